@@ -1,0 +1,172 @@
+/* bs-fs.c - file-system helpers that never leave a tree or follow a link */
+#include <stdlib.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "bs-fs.h"
+#include "bs-macro.h"
+#include "bs-path.h"
+#include "bs-proto.h"
+
+int bs_open_beneath(int dirfd, const char *path, int flags, mode_t mode) {
+        struct open_how how = {
+                .flags = (uint64_t) (flags | O_CLOEXEC),
+                .mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0,
+                .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+        };
+        int fd;
+        do
+                fd = (int) syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+        while (fd < 0 && errno == EINTR);
+        return fd < 0 ? -errno : fd;
+}
+
+int bs_open_parent(int rootfd, const char *path, const char **base) {
+        char parent[BS_PATH_MAX + 1];
+        size_t n = bs_path_parent_len(path);
+
+        *base = bs_path_base(path);
+        if (n == 0)
+                return bs_open_beneath(rootfd, ".", O_RDONLY | O_DIRECTORY, 0);
+        if (n > BS_PATH_MAX)
+                return -ENAMETOOLONG;
+        memcpy(parent, path, n);
+        parent[n] = 0;
+        return bs_open_beneath(rootfd, parent, O_RDONLY | O_DIRECTORY, 0);
+}
+
+int bs_mkdir_parents(int rootfd, const char *path, mode_t mode) {
+        char buf[BS_PATH_MAX + 1];
+        size_t n = bs_path_parent_len(path);
+
+        if (n == 0)
+                return 0;
+        if (n > BS_PATH_MAX)
+                return -ENAMETOOLONG;
+        memcpy(buf, path, n);
+        buf[n] = 0;
+        for (char *s = buf;; s++) {
+                if (*s != '/' && *s != 0)
+                        continue;
+                char c = *s;
+                *s = 0;
+                const char *base;
+                _cleanup_(closep) int pfd = bs_open_parent(rootfd, buf, &base);
+                if (pfd < 0)
+                        return pfd;
+                if (mkdirat(pfd, base, mode) < 0 && errno != EEXIST)
+                        return -errno;
+                *s = c;
+                if (c == 0)
+                        break;
+        }
+        return 0;
+}
+
+int bs_write_all(int fd, const void *p, size_t n) {
+        const uint8_t *b = p;
+        while (n > 0) {
+                ssize_t w = write(fd, b, n);
+                if (w < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                b += w;
+                n -= (size_t) w;
+        }
+        return 0;
+}
+
+ssize_t bs_pread_full(int fd, void *p, size_t n, off_t off) {
+        size_t got = 0;
+        while (got < n) {
+                ssize_t r = pread(fd, (uint8_t *) p + got, n - got, off + (off_t) got);
+                if (r < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (r == 0)
+                        break;
+                got += (size_t) r;
+        }
+        return (ssize_t) got;
+}
+
+int bs_fsync_dir(int dirfd) {
+        return fsync(dirfd) < 0 ? -errno : 0;
+}
+
+int bs_tmpfile_at(int dirfd, char *name, size_t namesz, mode_t mode) {
+        for (int i = 0; i < 100; i++) {
+                snprintf(name, namesz, BS_TEMP_PREFIX "%08x%08x", arc4random(), arc4random());
+                int fd = openat(dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+                if (fd >= 0)
+                        return fd;
+                if (errno != EEXIST)
+                        return -errno;
+        }
+        return -EEXIST;
+}
+
+int bs_rm_rf_at(int dfd, const char *name) {
+        struct stat st;
+
+        if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                return errno == ENOENT ? 0 : -errno;
+        if (!S_ISDIR(st.st_mode))
+                return unlinkat(dfd, name, 0) < 0 && errno != ENOENT ? -errno : 0;
+
+        int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        DIR *d = fdopendir(fd);
+        if (!d) {
+                close(fd);
+                return -errno;
+        }
+        int r = 0;
+        struct dirent *de;
+        while ((de = readdir(d))) {
+                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+                        continue;
+                int k = bs_rm_rf_at(dirfd(d), de->d_name);
+                if (k < 0 && r == 0)
+                        r = k;
+        }
+        closedir(d);
+        if (unlinkat(dfd, name, AT_REMOVEDIR) < 0 && errno != ENOENT && r == 0)
+                r = -errno;
+        return r;
+}
+
+int bs_set_mtime_fd(int fd, int64_t mtime_ns) {
+        struct timespec ts[2] = {
+                { .tv_nsec = UTIME_OMIT },
+                { .tv_sec = mtime_ns / 1000000000LL, .tv_nsec = mtime_ns % 1000000000LL },
+        };
+        if (ts[1].tv_nsec < 0) {
+                ts[1].tv_nsec += 1000000000LL;
+                ts[1].tv_sec -= 1;
+        }
+        return futimens(fd, ts) < 0 ? -errno : 0;
+}
+
+int bs_set_mtime_at(int dirfd, const char *name, int64_t mtime_ns) {
+        struct timespec ts[2] = {
+                { .tv_nsec = UTIME_OMIT },
+                { .tv_sec = mtime_ns / 1000000000LL, .tv_nsec = mtime_ns % 1000000000LL },
+        };
+        if (ts[1].tv_nsec < 0) {
+                ts[1].tv_nsec += 1000000000LL;
+                ts[1].tv_sec -= 1;
+        }
+        return utimensat(dirfd, name, ts, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+}

@@ -1,0 +1,49 @@
+/* bs-fs.h - file-system helpers that never leave a tree or follow a link */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+/**
+ * openat2() below dirfd with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+ * RESOLVE_NO_MAGICLINKS: no "..", no absolute path, no symlink anywhere
+ * in the path. Returns an fd or a negative errno.
+ */
+int bs_open_beneath(int dirfd, const char *path, int flags, mode_t mode);
+
+/**
+ * Open the parent directory of a tree path beneath rootfd (O_DIRECTORY),
+ * so the last component can be changed with the *at() calls. *base is set
+ * to the last component inside path. Returns an fd or a negative errno.
+ */
+int bs_open_parent(int rootfd, const char *path, const char **base);
+
+/** Create every missing directory of path (not the last component). */
+int bs_mkdir_parents(int rootfd, const char *path, mode_t mode);
+
+/** write() all of n bytes; -errno on failure. */
+int bs_write_all(int fd, const void *p, size_t n);
+/** pread() exactly n bytes unless the file ends; returns bytes read or -errno. */
+ssize_t bs_pread_full(int fd, void *p, size_t n, off_t off);
+/** fsync() a directory opened beneath dirfd ("." for dirfd itself). */
+int bs_fsync_dir(int dirfd);
+
+/**
+ * Create a new temporary file ".backupsync-tmp.XXXXXXXX" in dirfd.
+ * name receives its name (at least 32 bytes). Returns the fd or -errno.
+ */
+int bs_tmpfile_at(int dirfd, char *name, size_t namesz, mode_t mode);
+
+/** Remove name in dirfd and, for a directory, all it holds. Links are not followed. */
+int bs_rm_rf_at(int dirfd, const char *name);
+
+/** st_mtim as nanoseconds. */
+static inline int64_t bs_stat_mtime_ns(const struct stat *st) {
+        return (int64_t) st->st_mtim.tv_sec * 1000000000LL + st->st_mtim.tv_nsec;
+}
+/** Set mtime (nanoseconds) on an fd; atime is left alone. */
+int bs_set_mtime_fd(int fd, int64_t mtime_ns);
+/** Set mtime on name in dirfd without following a link. */
+int bs_set_mtime_at(int dirfd, const char *name, int64_t mtime_ns);

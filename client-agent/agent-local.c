@@ -1,0 +1,95 @@
+/* agent-local.c - reading the watched tree without following links out of it */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent-conflict.h"
+#include "agent.h"
+#include "bs-fs.h"
+#include "bs-hash.h"
+#include "bs-macro.h"
+#include "bs-path.h"
+
+int local_stat(Agent *a, const char *path, LocalEntry *l) {
+        const char *base;
+
+        l->exists = false;
+        l->kind = BS_KIND_NONE;
+        l->target[0] = 0;
+        _cleanup_(closep) int pfd = bs_open_parent(a->rootfd, path, &base);
+        if (pfd < 0) {
+                /* A missing parent, or one that is a link or a file now. */
+                if (pfd == -ENOENT || pfd == -ENOTDIR || pfd == -ELOOP || pfd == -EXDEV)
+                        return 0;
+                return pfd;
+        }
+        if (fstatat(pfd, base, &l->st, AT_SYMLINK_NOFOLLOW) < 0)
+                return errno == ENOENT || errno == ENOTDIR ? 0 : -errno;
+        l->exists = true;
+        if (S_ISREG(l->st.st_mode))
+                l->kind = BS_KIND_FILE;
+        else if (S_ISDIR(l->st.st_mode))
+                l->kind = BS_KIND_DIR;
+        else if (S_ISLNK(l->st.st_mode)) {
+                l->kind = BS_KIND_SYMLINK;
+                ssize_t n = readlinkat(pfd, base, l->target, BS_PATH_MAX);
+                if (n < 0)
+                        return -errno;
+                l->target[n] = 0;
+        }
+        return 0;
+}
+
+bool local_matches(const LocalEntry *l, const ManifestEntry *m) {
+        if (!l->exists || l->kind != m->kind)
+                return false;
+        switch (l->kind) {
+        case BS_KIND_FILE:
+                return (uint64_t) l->st.st_size == m->size && bs_stat_mtime_ns(&l->st) == m->mtime_ns &&
+                       (uint64_t) l->st.st_ino == m->ino && (l->st.st_mode & 07777) == (m->mode & 07777);
+        case BS_KIND_SYMLINK:
+                return strcmp(l->target, m->target) == 0;
+        case BS_KIND_DIR:
+                return true;
+        }
+        return false;
+}
+
+int local_hash(Agent *a, const char *path, uint8_t sha[BS_SHA_LEN]) {
+        _cleanup_(closep) int fd = bs_open_beneath(a->rootfd, path, O_RDONLY | O_NOCTTY, 0);
+        if (fd < 0)
+                return fd;
+        return bs_sha_fd(fd, sha);
+}
+
+void local_to_manifest(const LocalEntry *l, ManifestEntry *m) {
+        memset(m, 0, sizeof(*m));
+        m->kind = l->kind;
+        m->size = l->kind == BS_KIND_FILE ? (uint64_t) l->st.st_size : 0;
+        m->mode = l->st.st_mode & 07777;
+        m->mtime_ns = bs_stat_mtime_ns(&l->st);
+        m->ino = (uint64_t) l->st.st_ino;
+        snprintf(m->target, sizeof(m->target), "%s", l->target);
+}
+
+int local_conflict_copy(Agent *a, const char *path, char *out, size_t outsz) {
+        const char *base;
+        _cleanup_(closep) int pfd = bs_open_parent(a->rootfd, path, &base);
+        if (pfd < 0)
+                return pfd;
+        time_t now = time(NULL);
+        for (unsigned n = 1; n < 100; n++) {
+                int r = conflict_name(path, a->device_label, now, n, out, outsz);
+                if (r < 0)
+                        return r;
+                /* renameat2(NOREPLACE): never overwrite an earlier copy. */
+                if (renameat2(pfd, base, pfd, bs_path_base(out), RENAME_NOREPLACE) == 0)
+                        return 0;
+                if (errno != EEXIST)
+                        return -errno;
+        }
+        return -EEXIST;
+}

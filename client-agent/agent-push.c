@@ -1,0 +1,670 @@
+/* agent-push.c - turn local changes into pipelined requests and apply the answers
+ *
+ * A dirty path is compared with the manifest (the last agreed state) and
+ * becomes PUT, MKDIR, SYMLINK or DELETE naming the version it was based
+ * on. Requests go out without waiting for answers (a window of them), and
+ * the manifest is updated only by the server's ACK, so a lost connection
+ * leaves the change queued for the next round.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "bs-fs.h"
+#include "bs-hash.h"
+#include "bs-log.h"
+#include "bs-macro.h"
+#include "bs-path.h"
+
+#define PUSH_WINDOW 1024
+#define PUSH_OUT_HIGH (4u * 1024 * 1024)
+#define ANSWER_TIMEOUT_MS 120000
+
+typedef struct PushOp {
+        uint8_t type;
+        bool skipped;
+        uint32_t req;
+        char *path, *path2;
+        uint64_t base, base2;
+        ManifestEntry *e;
+} PushOp;
+
+typedef struct Plan {
+        PushOp *ops;
+        size_t n, cap;
+        char **dirs; /* directories made by this plan, sorted on demand */
+        size_t n_dirs, cap_dirs;
+} Plan;
+
+static void plan_clear(Plan *p) {
+        for (size_t i = 0; i < p->n; i++) {
+                free(p->ops[i].path);
+                free(p->ops[i].path2);
+                free(p->ops[i].e);
+        }
+        free(p->ops);
+        for (size_t i = 0; i < p->n_dirs; i++)
+                free(p->dirs[i]);
+        free(p->dirs);
+        *p = (Plan) {};
+}
+
+static PushOp *plan_add(Plan *p, uint8_t type, const char *path, const char *path2, uint64_t base,
+                        const LocalEntry *l) {
+        if (p->n == p->cap) {
+                size_t cap = p->cap ? p->cap * 2 : 64;
+                PushOp *o = realloc(p->ops, cap * sizeof(*o));
+                if (!o)
+                        return NULL;
+                p->ops = o;
+                p->cap = cap;
+        }
+        PushOp *op = &p->ops[p->n];
+        *op = (PushOp) { .type = type, .base = base };
+        op->path = strdup(path);
+        op->path2 = path2 ? strdup(path2) : NULL;
+        if (l) {
+                op->e = malloc(sizeof(*op->e));
+                if (op->e)
+                        local_to_manifest(l, op->e);
+        }
+        if (!op->path || (path2 && !op->path2) || (l && !op->e)) {
+                free(op->path);
+                free(op->path2);
+                free(op->e);
+                return NULL;
+        }
+        p->n++;
+        if (type == BS_MSG_MKDIR && p->n_dirs < 1u << 20) {
+                if (p->n_dirs == p->cap_dirs) {
+                        size_t cap = p->cap_dirs ? p->cap_dirs * 2 : 64;
+                        char **d = realloc(p->dirs, cap * sizeof(char *));
+                        if (d) {
+                                p->dirs = d;
+                                p->cap_dirs = cap;
+                        }
+                }
+                if (p->n_dirs < p->cap_dirs && (p->dirs[p->n_dirs] = strdup(path)))
+                        p->n_dirs++;
+        }
+        return op;
+}
+
+static bool plan_made_dir(const Plan *p, const char *dir) {
+        for (size_t i = p->n_dirs; i-- > 0;)
+                if (strcmp(p->dirs[i], dir) == 0)
+                        return true;
+        return false;
+}
+
+static int reconcile(Agent *a, Plan *p, const char *path, bool recursive);
+
+typedef struct Gone {
+        Agent *a;
+        char **v;
+        size_t n, cap;
+} Gone;
+
+static int collect_gone(const char *path, const ManifestEntry *e, void *userdata) {
+        Gone *g = userdata;
+        LocalEntry *l = malloc(sizeof(*l));
+        if (!l)
+                return -ENOMEM;
+        int k = local_stat(g->a, path, l);
+        bool missing = k == 0 && (!l->exists || l->kind == BS_KIND_NONE);
+        free(l);
+        if (!missing)
+                return 0;
+        if (g->n == g->cap) {
+                size_t cap = g->cap ? g->cap * 2 : 16;
+                char **v = realloc(g->v, cap * sizeof(char *));
+                if (!v)
+                        return -ENOMEM;
+                g->v = v;
+                g->cap = cap;
+        }
+        if ((g->v[g->n] = strdup(path)))
+                g->n++;
+        (void) e;
+        return 0;
+}
+
+/* Visit disk children, then delete what the manifest has and the disk lost. */
+static int reconcile_children(Agent *a, Plan *p, const char *dir, bool fresh) {
+        _cleanup_(closep) int fd = dir[0] ? bs_open_beneath(a->rootfd, dir, O_RDONLY | O_DIRECTORY, 0)
+                                          : fcntl(a->rootfd, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0)
+                return 0;
+        DIR *d = fdopendir(fd);
+        if (!d)
+                return -errno;
+        fd = -1;
+        char **names = NULL;
+        size_t n = 0, cap = 0;
+        struct dirent *de;
+        while ((de = readdir(d))) {
+                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 || bs_path_is_temp(de->d_name))
+                        continue;
+                if (n == cap) {
+                        cap = cap ? cap * 2 : 32;
+                        char **nn = realloc(names, cap * sizeof(char *));
+                        if (!nn)
+                                break;
+                        names = nn;
+                }
+                if ((names[n] = strdup(de->d_name)))
+                        n++;
+        }
+        closedir(d);
+
+        int r = 0;
+        char child[BS_PATH_MAX + 2];
+        for (size_t i = 0; i < n; i++) {
+                int w = dir[0] ? snprintf(child, sizeof(child), "%s/%s", dir, names[i])
+                               : snprintf(child, sizeof(child), "%s", names[i]);
+                if (w > 0 && (size_t) w <= BS_PATH_MAX && bs_path_check(child, (size_t) w) == 0) {
+                        int k = reconcile(a, p, child, true);
+                        if (k < 0 && r == 0)
+                                r = k;
+                } else {
+                        log_warning("skipping %s/%s: path too long for the protocol", dir, names[i]);
+                }
+                free(names[i]);
+        }
+        free(names);
+        if (fresh)
+                return r;
+
+        /* Entries the manifest lists under dir that are gone from disk. */
+        Gone gone = { .a = a };
+        manifest_children(a->state, dir, collect_gone, &gone);
+        for (size_t i = 0; i < gone.n; i++) {
+                ManifestEntry *m = malloc(sizeof(*m));
+                if (m && manifest_get(a->state, gone.v[i], m) == 0)
+                        plan_add(p, BS_MSG_DELETE, gone.v[i], NULL, m->version, NULL);
+                free(m);
+                free(gone.v[i]);
+        }
+        free(gone.v);
+        return r;
+}
+
+/* Make sure the parent of a new entry exists on the server first. */
+static bool parent_known(Agent *a, Plan *p, const char *path, ManifestEntry *scratch) {
+        size_t n = bs_path_parent_len(path);
+        if (n == 0)
+                return true;
+        char parent[BS_PATH_MAX + 1];
+        memcpy(parent, path, n);
+        parent[n] = 0;
+        if (manifest_get(a->state, parent, scratch) == 0 && scratch->kind == BS_KIND_DIR)
+                return true;
+        return plan_made_dir(p, parent);
+}
+
+static int reconcile(Agent *a, Plan *p, const char *path, bool recursive) {
+        _cleanup_(freep) LocalEntry *l = malloc(sizeof(*l));
+        _cleanup_(freep) ManifestEntry *m = malloc(sizeof(*m));
+        if (!l || !m)
+                return -ENOMEM;
+        if (path[0] == 0)
+                return reconcile_children(a, p, "", false);
+
+        int r = local_stat(a, path, l);
+        if (r < 0)
+                return r;
+        bool have = manifest_get(a->state, path, m) == 0;
+
+        if (!l->exists || l->kind == BS_KIND_NONE) {
+                if (l->exists)
+                        log_info("skipping %s: not a regular file, directory or symlink", path);
+                if (!have)
+                        return 0;
+                /* Delete the topmost vanished ancestor once, not each child. */
+                char top[BS_PATH_MAX + 1];
+                snprintf(top, sizeof(top), "%s", path);
+                uint64_t base = m->version;
+                for (;;) {
+                        size_t k = bs_path_parent_len(top);
+                        if (k == 0)
+                                break;
+                        char up[BS_PATH_MAX + 1];
+                        memcpy(up, top, k);
+                        up[k] = 0;
+                        if (local_stat(a, up, l) < 0 || l->exists || manifest_get(a->state, up, m) < 0)
+                                break;
+                        memcpy(top, up, k + 1);
+                        base = m->version;
+                }
+                if (p->n && p->ops[p->n - 1].type == BS_MSG_DELETE && bs_path_under(top, p->ops[p->n - 1].path))
+                        return 1;
+                return plan_add(p, BS_MSG_DELETE, top, NULL, base, NULL) ? 1 : -ENOMEM;
+        }
+
+        if (have && m->kind != l->kind) {
+                if (!plan_add(p, BS_MSG_DELETE, path, NULL, m->version, NULL))
+                        return -ENOMEM;
+                have = false;
+        }
+        if (!have && !parent_known(a, p, path, m)) {
+                /* The parent is new too: send it, with all it holds. */
+                char parent[BS_PATH_MAX + 1];
+                size_t k = bs_path_parent_len(path);
+                memcpy(parent, path, k);
+                parent[k] = 0;
+                return reconcile(a, p, parent, true);
+        }
+
+        switch (l->kind) {
+        case BS_KIND_FILE:
+                if (have && local_matches(l, m))
+                        return 0;
+                return plan_add(p, BS_MSG_PUT, path, NULL, have ? m->version : 0, l) ? 0 : -ENOMEM;
+        case BS_KIND_SYMLINK:
+                if (have && local_matches(l, m))
+                        return 0;
+                return plan_add(p, BS_MSG_SYMLINK, path, l->target, have ? m->version : 0, l) ? 0 : -ENOMEM;
+        case BS_KIND_DIR:
+                if (!have) {
+                        if (!plan_add(p, BS_MSG_MKDIR, path, NULL, 0, l))
+                                return -ENOMEM;
+                        return reconcile_children(a, p, path, true) < 0 ? -EIO : 1;
+                }
+                if (recursive) {
+                        r = reconcile_children(a, p, path, false);
+                        return r < 0 ? r : 1;
+                }
+                return 0;
+        }
+        return 0;
+}
+
+/* An upload in progress: file data goes out as the socket drains. */
+typedef struct Upload {
+        int fd;
+        PushOp *op;
+        uint64_t off, size;
+        struct stat st0;
+        BsSha *sha;
+} Upload;
+
+static int start_op(Agent *a, PushOp *op, Upload *up) {
+        BsMsg *m = calloc(1, sizeof(*m));
+        int r = 0;
+        if (!m)
+                return -ENOMEM;
+        op->req = ++a->next_req;
+        bs_msg_init(m, op->type, op->req);
+        m->base = op->base;
+        m->path_len = strlen(op->path);
+        memcpy(m->path, op->path, m->path_len + 1);
+        switch (op->type) {
+        case BS_MSG_PUT: {
+                int fd = bs_open_beneath(a->rootfd, op->path, O_RDONLY | O_NOCTTY, 0);
+                struct stat st;
+                if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+                        if (fd >= 0)
+                                close(fd);
+                        /* Gone or replaced since planned: look again next round. */
+                        agent_mark_dirty(a, op->path, false);
+                        op->skipped = true;
+                        goto out;
+                }
+                m->size = (uint64_t) st.st_size;
+                m->mode = st.st_mode & 07777;
+                m->mtime_ns = bs_stat_mtime_ns(&st);
+                *up = (Upload) { .fd = fd, .op = op, .size = m->size, .st0 = st };
+                r = bs_sha_new(&up->sha);
+                if (r < 0) {
+                        close(fd);
+                        up->fd = -1;
+                        goto out;
+                }
+                op->e->size = m->size;
+                op->e->mode = m->mode;
+                op->e->mtime_ns = m->mtime_ns;
+                op->e->ino = (uint64_t) st.st_ino;
+                break;
+        }
+        case BS_MSG_MKDIR:
+                m->mode = op->e ? op->e->mode : 0755;
+                m->mtime_ns = op->e ? op->e->mtime_ns : 0;
+                break;
+        case BS_MSG_SYMLINK:
+                m->mtime_ns = op->e->mtime_ns;
+                m->path2_len = strlen(op->path2);
+                memcpy(m->path2, op->path2, m->path2_len + 1);
+                break;
+        case BS_MSG_MOVE:
+                m->base2 = op->base2;
+                m->path2_len = strlen(op->path2);
+                memcpy(m->path2, op->path2, m->path2_len + 1);
+                break;
+        }
+        r = conn_send(a->conn, m);
+out:
+        free(m);
+        return r;
+}
+
+/* Queue the next piece of an upload; 1 when it is complete. */
+static int upload_step(Agent *a, Upload *up) {
+        BsBuf *out = &a->conn->out;
+        size_t off;
+        if (up->off < up->size) {
+                size_t want = (size_t) MIN((uint64_t) BS_CHUNK, up->size - up->off);
+                int r = bs_frame_begin(out, BS_MSG_DATA, &off);
+                r = r ?: bs_buf_put_u32(out, up->op->req);
+                r = r ?: bs_buf_reserve(out, want);
+                if (r < 0)
+                        return r;
+                ssize_t n = bs_pread_full(up->fd, out->data + out->end, want, (off_t) up->off);
+                if (n > 0) {
+                        bs_sha_update(up->sha, out->data + out->end, (size_t) n);
+                        out->end += (size_t) n;
+                        up->off += (uint64_t) n;
+                        bs_frame_end(out, off);
+                        a->bytes_uploaded += (uint64_t) n;
+                        return 0;
+                }
+                /* Shrunk or unreadable: drop the empty frame and abort. */
+                out->end = off;
+        }
+        BsMsg *m = calloc(1, sizeof(*m));
+        if (!m)
+                return -ENOMEM;
+        bs_msg_init(m, BS_MSG_PUT_END, up->op->req);
+        struct stat st1;
+        bool changed = up->off != up->size || fstat(up->fd, &st1) < 0 || st1.st_size != up->st0.st_size ||
+                       bs_stat_mtime_ns(&st1) != bs_stat_mtime_ns(&up->st0) ||
+                       st1.st_ctim.tv_sec != up->st0.st_ctim.tv_sec || st1.st_ctim.tv_nsec != up->st0.st_ctim.tv_nsec;
+        if (changed)
+                m->flags = BS_PUT_ABORT; /* read again once it settles */
+        else
+                bs_sha_final(up->sha, up->op->e->sha);
+        memcpy(m->sha, up->op->e->sha, BS_SHA_LEN);
+        int r = conn_send(a->conn, m);
+        free(m);
+        close(up->fd);
+        up->fd = -1;
+        up->sha = bs_sha_free(up->sha);
+        return r < 0 ? r : 1;
+}
+
+static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
+        char parent[BS_PATH_MAX + 1];
+        if (m->type == BS_MSG_ACK) {
+                switch (op->type) {
+                case BS_MSG_PUT:
+                case BS_MSG_MKDIR:
+                case BS_MSG_SYMLINK:
+                        op->e->version = m->seq;
+                        manifest_put(a->state, op->path, op->e);
+                        if (op->type == BS_MSG_PUT) {
+                                a->n_uploaded++;
+                                log_event(LOG_INFO, BS_MID_UPLOADED, a->account, op->path, "uploaded %s (%llu bytes)",
+                                          op->path, (unsigned long long) op->e->size);
+                        } else
+                                log_event(LOG_DEBUG, BS_MID_UPLOADED, a->account, op->path, "sent %s", op->path);
+                        break;
+                case BS_MSG_DELETE:
+                        manifest_delete_tree(a->state, op->path);
+                        log_event(LOG_INFO, BS_MID_DELETED, a->account, op->path, "deleted %s", op->path);
+                        break;
+                case BS_MSG_MOVE: {
+                        ManifestEntry *e = malloc(sizeof(*e));
+                        manifest_move_tree(a->state, op->path, op->path2);
+                        if (e && manifest_get(a->state, op->path2, e) == 0) {
+                                e->version = m->seq;
+                                manifest_put(a->state, op->path2, e);
+                        }
+                        free(e);
+                        log_event(LOG_INFO, BS_MID_MOVED, a->account, op->path2, "moved %s -> %s", op->path,
+                                  op->path2);
+                        break;
+                }
+                }
+                return;
+        }
+        if (m->type != BS_MSG_ERROR)
+                return;
+        switch (m->code) {
+        case BS_ERR_CONFLICT:
+        case BS_ERR_ABORTED:
+                /* Pull again: the next round keeps both versions. */
+                log_event(LOG_INFO, BS_MID_REJECTED, a->account, op->path, "%s: %s, syncing again", op->path,
+                          bs_err_name(m->code));
+                agent_mark_dirty(a, op->path, op->type == BS_MSG_MKDIR);
+                if (op->path2)
+                        agent_mark_dirty(a, op->path2, true);
+                a->again = true;
+                break;
+        case BS_ERR_NOT_FOUND: {
+                size_t n = bs_path_parent_len(op->path2 ? op->path2 : op->path);
+                memcpy(parent, op->path2 ? op->path2 : op->path, n);
+                parent[n] = 0;
+                agent_mark_dirty(a, parent, true);
+                agent_mark_dirty(a, op->path, true);
+                a->again = true;
+                break;
+        }
+        case BS_ERR_NO_SPACE:
+        case BS_ERR_IO:
+        case BS_ERR_BUSY:
+                log_event(LOG_ERR, BS_MID_REJECTED, a->account, op->path, "server could not store %s: %s (%s); will retry",
+                          op->path, bs_err_name(m->code), m->path);
+                agent_mark_dirty(a, op->path, false);
+                break;
+        default:
+                log_event(LOG_WARNING, BS_MID_REJECTED, a->account, op->path, "server refused %s: %s (%s)", op->path,
+                          bs_err_name(m->code), m->path);
+        }
+}
+
+/* Send every op, a window at a time, and apply the answers in order. */
+static int push_plan(Agent *a, Plan *p) {
+        Upload up = { .fd = -1 };
+        size_t next = 0, head = 0;
+        BsMsg *m = malloc(sizeof(*m));
+        int r = 0;
+        if (!m)
+                return -ENOMEM;
+
+        agent_state_begin(a->state);
+        while (head < p->n) {
+                while (bs_buf_len(&a->conn->out) < PUSH_OUT_HIGH) {
+                        if (up.fd >= 0) {
+                                r = upload_step(a, &up);
+                                if (r < 0)
+                                        goto out;
+                                continue;
+                        }
+                        if (next >= p->n || next - head >= PUSH_WINDOW)
+                                break;
+                        r = start_op(a, &p->ops[next++], &up);
+                        if (r < 0)
+                                goto out;
+                }
+                while (head < next && p->ops[head].skipped)
+                        head++;
+                if (head >= p->n)
+                        break;
+                if (head == next)
+                        continue;
+                r = conn_io(a->conn, bs_buf_len(&a->conn->out) ? ANSWER_TIMEOUT_MS : ANSWER_TIMEOUT_MS);
+                if (r < 0)
+                        goto out;
+                while ((r = conn_next(a->conn, m)) > 0) {
+                        while (head < next && p->ops[head].skipped)
+                                head++;
+                        if (head >= next || (m->type != BS_MSG_ACK && m->type != BS_MSG_ERROR) ||
+                            m->req != p->ops[head].req) {
+                                if (m->type == BS_MSG_ERROR && m->req == 0) {
+                                        log_error("server closed the session: %s (%s)", bs_err_name(m->code), m->path);
+                                        r = -ECONNRESET;
+                                } else {
+                                        log_error("unexpected %s from server during push", bs_msg_type_name(m->type));
+                                        r = -EPROTO;
+                                }
+                                goto out;
+                        }
+                        handle_answer(a, &p->ops[head], m);
+                        head++;
+                }
+                if (r < 0)
+                        goto out;
+        }
+        r = 0;
+out:
+        if (up.fd >= 0)
+                close(up.fd);
+        bs_sha_free(up.sha);
+        /* Ops never answered stay dirty for the next round. */
+        for (size_t i = head; i < p->n; i++) {
+                agent_mark_dirty(a, p->ops[i].path, p->ops[i].type == BS_MSG_MKDIR);
+                if (p->ops[i].path2 && p->ops[i].type == BS_MSG_MOVE)
+                        agent_mark_dirty(a, p->ops[i].path2, true);
+        }
+        agent_state_commit(a->state);
+        free(m);
+        return r;
+}
+
+/* Path order in which a directory's descendants directly follow it. */
+static int path_cmp(const void *x, const void *y) {
+        const unsigned char *s = (const unsigned char *) ((const DirtyPath *) x)->path;
+        const unsigned char *t = (const unsigned char *) ((const DirtyPath *) y)->path;
+        for (;; s++, t++) {
+                unsigned cs = *s == '/' ? 1 : *s, ct = *t == '/' ? 1 : *t;
+                if (cs != ct || cs == 0)
+                        return (int) cs - (int) ct;
+        }
+}
+
+static int push_moves(Agent *a) {
+        MovePath *moves = a->moves;
+        size_t n = a->n_moves;
+        int r = 0;
+        a->moves = NULL;
+        a->n_moves = a->cap_moves = 0;
+
+        for (size_t i = 0; i < n; i++) {
+                MovePath *mv = &moves[i];
+                ManifestEntry *m = malloc(sizeof(*m));
+                Plan p = {};
+                if (!m) {
+                        r = -ENOMEM;
+                        break;
+                }
+                if (r < 0 || manifest_get(a->state, mv->from, m) < 0) {
+                        /* Not known to the server (or no connection): plain changes. */
+                        agent_mark_dirty(a, mv->from, false);
+                        agent_mark_dirty(a, mv->to, mv->is_dir);
+                        free(m);
+                        continue;
+                }
+                uint64_t base = m->version, base_to = 0;
+                if (manifest_get(a->state, mv->to, m) == 0)
+                        base_to = m->version;
+                PushOp *op = plan_add(&p, BS_MSG_MOVE, mv->from, mv->to, base, NULL);
+                if (op) {
+                        op->base2 = base_to;
+                        r = push_plan(a, &p);
+                }
+                /* Content may have changed along with the name. */
+                agent_mark_dirty(a, mv->to, false);
+                plan_clear(&p);
+                free(m);
+        }
+        for (size_t i = 0; i < n; i++) {
+                free(moves[i].from);
+                free(moves[i].to);
+        }
+        free(moves);
+        return r;
+}
+
+/* Refuse to turn a vanished or emptied tree into mass deletions. */
+static bool tree_suddenly_empty(Agent *a) {
+        if (manifest_count(a->state) <= 0)
+                return false;
+        _cleanup_(closep) int fd = fcntl(a->rootfd, F_DUPFD_CLOEXEC, 3);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) < 0 || st.st_nlink == 0)
+                return true;
+        DIR *d = fdopendir(fd);
+        if (!d)
+                return true;
+        fd = -1;
+        rewinddir(d);
+        bool empty = true;
+        struct dirent *de;
+        while ((de = readdir(d)))
+                if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") && !bs_path_is_temp(de->d_name)) {
+                        empty = false;
+                        break;
+                }
+        closedir(d);
+        return empty;
+}
+
+int agent_push(Agent *a) {
+        int r;
+
+        if (a->rescan_all) {
+                if (tree_suddenly_empty(a)) {
+                        if (!a->paused)
+                                log_error("%s is empty or gone but %lld files were synced from it; refusing to "
+                                          "delete them everywhere. Restore the directory (or remount it); to start "
+                                          "over, remove the state directory %s",
+                                          a->cfg.dir, (long long) manifest_count(a->state), a->cfg.state_dir);
+                        a->paused = true;
+                        return -ENOENT;
+                }
+                a->paused = false;
+                a->rescan_all = false;
+                agent_mark_dirty(a, "", true);
+        }
+        if (a->paused)
+                return -ENOENT;
+
+        r = push_moves(a);
+        if (r < 0)
+                return r;
+
+        DirtyPath *dirty = a->dirty;
+        size_t n = a->n_dirty;
+        a->dirty = NULL;
+        a->n_dirty = a->cap_dirty = 0;
+        if (n == 0)
+                return 0;
+
+        qsort(dirty, n, sizeof(*dirty), path_cmp);
+        Plan p = {};
+        const char *skip = NULL;
+        for (size_t i = 0; i < n; i++) {
+                /* Merge duplicates; a recursive visit covers what is below it. */
+                if (i + 1 < n && strcmp(dirty[i].path, dirty[i + 1].path) == 0) {
+                        dirty[i + 1].recursive |= dirty[i].recursive;
+                        continue;
+                }
+                if (skip && (skip[0] == 0 || bs_path_under(dirty[i].path, skip)))
+                        continue;
+                r = reconcile(a, &p, dirty[i].path, dirty[i].recursive);
+                if (r > 0)
+                        skip = dirty[i].path;
+                else if (r < 0)
+                        log_warning("could not look at %s: %s", dirty[i].path, strerror(-r));
+        }
+        r = p.n ? push_plan(a, &p) : 0;
+        plan_clear(&p);
+        for (size_t i = 0; i < n; i++)
+                free(dirty[i].path);
+        free(dirty);
+        return r;
+}

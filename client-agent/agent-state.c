@@ -1,0 +1,299 @@
+/* agent-state.c - the agent's local state in SQLite */
+#include <errno.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "agent-state.h"
+#include "bs-macro.h"
+#include "bs-path.h"
+
+static inline void sqlite3_finalizep(sqlite3_stmt **st) {
+        sqlite3_finalize(*st);
+}
+
+/* Paths are BLOBs (any bytes); '||' yields TEXT, so cast back to compare. */
+#define BELOW(p) "(path > CAST(" p "||'/' AS BLOB) AND path < CAST(" p "||'0' AS BLOB))"
+
+struct AgentState {
+        sqlite3 *db;
+        sqlite3_stmt *get, *put, *del, *kv_get, *kv_set;
+};
+
+static const char schema[] =
+        "PRAGMA journal_mode=WAL;"
+        "PRAGMA synchronous=NORMAL;"
+        "CREATE TABLE IF NOT EXISTS kv(key TEXT PRIMARY KEY, value BLOB);"
+        "CREATE TABLE IF NOT EXISTS manifest("
+        " path BLOB PRIMARY KEY, parent BLOB NOT NULL, kind INTEGER, size INTEGER,"
+        " mode INTEGER, mtime INTEGER, ino INTEGER, sha BLOB, version INTEGER,"
+        " target BLOB, seen INTEGER DEFAULT 0);"
+        "CREATE INDEX IF NOT EXISTS manifest_parent ON manifest(parent);";
+
+static int sql_err(int rc) {
+        switch (rc) {
+        case SQLITE_OK: case SQLITE_ROW: case SQLITE_DONE: return 0;
+        case SQLITE_NOMEM: return -ENOMEM;
+        case SQLITE_FULL: return -ENOSPC;
+        case SQLITE_BUSY: case SQLITE_LOCKED: return -EBUSY;
+        case SQLITE_CANTOPEN: return -EACCES;
+        default: return -EIO;
+        }
+}
+
+AgentState *agent_state_free(AgentState *s) {
+        if (!s)
+                return NULL;
+        sqlite3_finalize(s->get);
+        sqlite3_finalize(s->put);
+        sqlite3_finalize(s->del);
+        sqlite3_finalize(s->kv_get);
+        sqlite3_finalize(s->kv_set);
+        sqlite3_close(s->db);
+        free(s);
+        return NULL;
+}
+
+int agent_state_open(const char *dir, AgentState **ret) {
+        _cleanup_(agent_state_freep) AgentState *s = calloc(1, sizeof(*s));
+        char path[4200];
+        int rc;
+
+        if (!s)
+                return -ENOMEM;
+        snprintf(path, sizeof(path), "%s/state.db", dir);
+        rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+        if (rc != SQLITE_OK)
+                return sql_err(rc);
+        sqlite3_busy_timeout(s->db, 5000);
+        rc = sqlite3_exec(s->db, schema, NULL, NULL, NULL);
+        rc = rc ?: sqlite3_prepare_v2(s->db, "SELECT kind,size,mode,mtime,ino,sha,version,target FROM manifest WHERE path=?", -1, &s->get, NULL);
+        rc = rc ?: sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO manifest(path,parent,kind,size,mode,mtime,ino,sha,version,target,seen) VALUES(?,?,?,?,?,?,?,?,?,?,1)", -1, &s->put, NULL);
+        rc = rc ?: sqlite3_prepare_v2(s->db, "DELETE FROM manifest WHERE path=?1 OR " BELOW("?1"), -1, &s->del, NULL);
+        rc = rc ?: sqlite3_prepare_v2(s->db, "SELECT value FROM kv WHERE key=?", -1, &s->kv_get, NULL);
+        rc = rc ?: sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO kv(key,value) VALUES(?,?)", -1, &s->kv_set, NULL);
+        if (rc != SQLITE_OK)
+                return sql_err(rc);
+        *ret = TAKE_PTR(s);
+        return 0;
+}
+
+static int kv_get(AgentState *s, const char *key, const void **p, int *n) {
+        sqlite3_reset(s->kv_get);
+        sqlite3_bind_text(s->kv_get, 1, key, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(s->kv_get);
+        if (rc == SQLITE_DONE)
+                return -ENOENT;
+        if (rc != SQLITE_ROW)
+                return sql_err(rc);
+        *p = sqlite3_column_blob(s->kv_get, 0);
+        *n = sqlite3_column_bytes(s->kv_get, 0);
+        return 0;
+}
+
+int agent_state_get(AgentState *s, const char *key, char *out, size_t outsz) {
+        const void *p;
+        int n, r = kv_get(s, key, &p, &n);
+        if (r < 0)
+                return r;
+        if ((size_t) n >= outsz)
+                return -ENAMETOOLONG;
+        memcpy(out, p, (size_t) n);
+        out[n] = 0;
+        return 0;
+}
+
+int agent_state_get_blob(AgentState *s, const char *key, void *out, size_t n) {
+        const void *p;
+        int len, r = kv_get(s, key, &p, &len);
+        if (r < 0)
+                return r;
+        if ((size_t) len != n)
+                return -EINVAL;
+        memcpy(out, p, n);
+        return 0;
+}
+
+int agent_state_set_blob(AgentState *s, const char *key, const void *p, size_t n) {
+        sqlite3_reset(s->kv_set);
+        sqlite3_bind_text(s->kv_set, 1, key, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(s->kv_set, 2, p, (int) n, SQLITE_STATIC);
+        return sql_err(sqlite3_step(s->kv_set));
+}
+
+int agent_state_set(AgentState *s, const char *key, const char *value) {
+        return agent_state_set_blob(s, key, value, strlen(value));
+}
+
+uint64_t agent_state_get_u64(AgentState *s, const char *key) {
+        char buf[32];
+        if (agent_state_get(s, key, buf, sizeof(buf)) < 0)
+                return 0;
+        return strtoull(buf, NULL, 10);
+}
+
+int agent_state_set_u64(AgentState *s, const char *key, uint64_t v) {
+        char buf[32];
+        snprintf(buf, sizeof(buf), "%llu", (unsigned long long) v);
+        return agent_state_set(s, key, buf);
+}
+
+int agent_state_begin(AgentState *s) {
+        if (!sqlite3_get_autocommit(s->db))
+                return 0;
+        return sql_err(sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL));
+}
+
+int agent_state_commit(AgentState *s) {
+        if (sqlite3_get_autocommit(s->db))
+                return 0;
+        return sql_err(sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL));
+}
+
+static void read_entry(sqlite3_stmt *st, int c, ManifestEntry *e) {
+        memset(e, 0, offsetof(ManifestEntry, target));
+        e->kind = (uint8_t) sqlite3_column_int(st, c + 0);
+        e->size = (uint64_t) sqlite3_column_int64(st, c + 1);
+        e->mode = (uint32_t) sqlite3_column_int(st, c + 2);
+        e->mtime_ns = sqlite3_column_int64(st, c + 3);
+        e->ino = (uint64_t) sqlite3_column_int64(st, c + 4);
+        if (sqlite3_column_bytes(st, c + 5) == BS_SHA_LEN)
+                memcpy(e->sha, sqlite3_column_blob(st, c + 5), BS_SHA_LEN);
+        e->version = (uint64_t) sqlite3_column_int64(st, c + 6);
+        int n = sqlite3_column_bytes(st, c + 7);
+        if (n > (int) BS_PATH_MAX)
+                n = 0;
+        if (n > 0)
+                memcpy(e->target, sqlite3_column_blob(st, c + 7), (size_t) n);
+        e->target[n] = 0;
+}
+
+int manifest_get(AgentState *s, const char *path, ManifestEntry *e) {
+        sqlite3_reset(s->get);
+        sqlite3_bind_blob(s->get, 1, path, (int) strlen(path), SQLITE_STATIC);
+        int rc = sqlite3_step(s->get);
+        if (rc == SQLITE_DONE)
+                return -ENOENT;
+        if (rc != SQLITE_ROW)
+                return sql_err(rc);
+        read_entry(s->get, 0, e);
+        return 0;
+}
+
+int manifest_put(AgentState *s, const char *path, const ManifestEntry *e) {
+        sqlite3_stmt *st = s->put;
+        sqlite3_reset(st);
+        sqlite3_bind_blob(st, 1, path, (int) strlen(path), SQLITE_STATIC);
+        sqlite3_bind_blob(st, 2, path, (int) bs_path_parent_len(path), SQLITE_STATIC);
+        sqlite3_bind_int(st, 3, e->kind);
+        sqlite3_bind_int64(st, 4, (sqlite3_int64) e->size);
+        sqlite3_bind_int(st, 5, (int) e->mode);
+        sqlite3_bind_int64(st, 6, e->mtime_ns);
+        sqlite3_bind_int64(st, 7, (sqlite3_int64) e->ino);
+        sqlite3_bind_blob(st, 8, e->sha, BS_SHA_LEN, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 9, (sqlite3_int64) e->version);
+        sqlite3_bind_blob(st, 10, e->target, (int) strlen(e->target), SQLITE_STATIC);
+        return sql_err(sqlite3_step(st));
+}
+
+int manifest_delete_tree(AgentState *s, const char *path) {
+        sqlite3_reset(s->del);
+        sqlite3_bind_blob(s->del, 1, path, (int) strlen(path), SQLITE_STATIC);
+        return sql_err(sqlite3_step(s->del));
+}
+
+int manifest_move_tree(AgentState *s, const char *from, const char *to) {
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
+        int fl = (int) strlen(from);
+        /* Rewrite the prefix of every path at or below from; parent too. */
+        int rc = sqlite3_prepare_v2(s->db,
+                "UPDATE manifest SET path = CAST(?2 || substr(path, ?3 + 1) AS BLOB),"
+                " parent = CASE WHEN path = ?1 THEN ?4 ELSE CAST(?2 || substr(parent, ?3 + 1) AS BLOB) END"
+                " WHERE path = ?1 OR " BELOW("?1"), -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sql_err(rc);
+        /* Whatever sat at the target before is replaced. */
+        int r = manifest_delete_tree(s, to);
+        if (r < 0)
+                return r;
+        sqlite3_bind_blob(st, 1, from, fl, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 2, to, (int) strlen(to), SQLITE_STATIC);
+        sqlite3_bind_int(st, 3, fl);
+        sqlite3_bind_blob(st, 4, to, (int) bs_path_parent_len(to), SQLITE_STATIC);
+        return sql_err(sqlite3_step(st));
+}
+
+int64_t manifest_count(AgentState *s) {
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(s->db, "SELECT count(*) FROM manifest", -1, &st, NULL) != SQLITE_OK)
+                return -EIO;
+        if (sqlite3_step(st) != SQLITE_ROW)
+                return -EIO;
+        return sqlite3_column_int64(st, 0);
+}
+
+static int iterate(sqlite3_stmt *st, manifest_iter_t fn, void *userdata) {
+        ManifestEntry e;
+        char path[BS_PATH_MAX + 1];
+        int rc;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                int n = sqlite3_column_bytes(st, 0);
+                if (n <= 0 || n > (int) BS_PATH_MAX)
+                        continue;
+                memcpy(path, sqlite3_column_blob(st, 0), (size_t) n);
+                path[n] = 0;
+                read_entry(st, 1, &e);
+                int r = fn(path, &e, userdata);
+                if (r != 0)
+                        return r;
+        }
+        return sql_err(rc);
+}
+
+#define COLS "path,kind,size,mode,mtime,ino,sha,version,target"
+
+int manifest_children(AgentState *s, const char *dir, manifest_iter_t fn, void *userdata) {
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
+        int rc = sqlite3_prepare_v2(s->db, "SELECT " COLS " FROM manifest WHERE parent=? ORDER BY path", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sql_err(rc);
+        sqlite3_bind_blob(st, 1, dir, (int) strlen(dir), SQLITE_STATIC);
+        return iterate(st, fn, userdata);
+}
+
+int manifest_below(AgentState *s, const char *dir, manifest_iter_t fn, void *userdata) {
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
+        int rc;
+        if (dir[0] == 0)
+                rc = sqlite3_prepare_v2(s->db, "SELECT " COLS " FROM manifest ORDER BY length(path) DESC", -1, &st, NULL);
+        else
+                rc = sqlite3_prepare_v2(s->db, "SELECT " COLS " FROM manifest WHERE " BELOW("?1") " ORDER BY length(path) DESC", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sql_err(rc);
+        if (dir[0])
+                sqlite3_bind_blob(st, 1, dir, (int) strlen(dir), SQLITE_STATIC);
+        return iterate(st, fn, userdata);
+}
+
+int manifest_clear_seen(AgentState *s) {
+        return sql_err(sqlite3_exec(s->db, "UPDATE manifest SET seen=0", NULL, NULL, NULL));
+}
+
+int manifest_mark_seen(AgentState *s, const char *path) {
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
+        int rc = sqlite3_prepare_v2(s->db, "UPDATE manifest SET seen=1 WHERE path=?", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sql_err(rc);
+        sqlite3_bind_blob(st, 1, path, (int) strlen(path), SQLITE_STATIC);
+        return sql_err(sqlite3_step(st));
+}
+
+int manifest_unseen(AgentState *s, manifest_iter_t fn, void *userdata) {
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
+        int rc = sqlite3_prepare_v2(s->db, "SELECT " COLS " FROM manifest WHERE seen=0 ORDER BY length(path) DESC", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sql_err(rc);
+        return iterate(st, fn, userdata);
+}

@@ -1,0 +1,61 @@
+/* agent-state.h - the agent's local state: token, device, last sequence, manifest
+ *
+ * Kept in SQLite (WAL) in the state directory. The manifest is the last
+ * state both this computer and the server agreed on: comparing it with the
+ * disk tells what changed locally, comparing it with the server's records
+ * tells what changed remotely.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "bs-proto.h"
+
+typedef struct AgentState AgentState;
+
+typedef struct ManifestEntry {
+        uint8_t kind; /* BsKind */
+        uint64_t size;
+        uint32_t mode;
+        int64_t mtime_ns;
+        uint64_t ino;
+        uint8_t sha[BS_SHA_LEN];
+        uint64_t version;
+        char target[BS_PATH_MAX + 1]; /* symlink text */
+} ManifestEntry;
+
+/** Open (creating) state.db in dir. */
+int agent_state_open(const char *dir, AgentState **ret);
+AgentState *agent_state_free(AgentState *s);
+static inline void agent_state_freep(AgentState **s) { if (*s) agent_state_free(*s); }
+
+/** Small key/value settings; get returns -ENOENT when unset. */
+int agent_state_get(AgentState *s, const char *key, char *out, size_t outsz);
+int agent_state_set(AgentState *s, const char *key, const char *value);
+int agent_state_get_blob(AgentState *s, const char *key, void *out, size_t n);
+int agent_state_set_blob(AgentState *s, const char *key, const void *p, size_t n);
+uint64_t agent_state_get_u64(AgentState *s, const char *key);
+int agent_state_set_u64(AgentState *s, const char *key, uint64_t v);
+
+int agent_state_begin(AgentState *s);
+int agent_state_commit(AgentState *s);
+
+/** Manifest entry of path; -ENOENT when absent. */
+int manifest_get(AgentState *s, const char *path, ManifestEntry *e);
+int manifest_put(AgentState *s, const char *path, const ManifestEntry *e);
+/** Remove path and everything below it. */
+int manifest_delete_tree(AgentState *s, const char *path);
+/** Rename path and everything below it to a new prefix. */
+int manifest_move_tree(AgentState *s, const char *from, const char *to);
+int64_t manifest_count(AgentState *s);
+
+typedef int (*manifest_iter_t)(const char *path, const ManifestEntry *e, void *userdata);
+/** Call fn for each direct child of dir ("" = root), in path order. */
+int manifest_children(AgentState *s, const char *dir, manifest_iter_t fn, void *userdata);
+/** Call fn for dir's entries below it (not dir itself), deepest first. */
+int manifest_below(AgentState *s, const char *dir, manifest_iter_t fn, void *userdata);
+/** Snapshot reconciliation: clear the seen marks, set one, list the unseen. */
+int manifest_clear_seen(AgentState *s);
+int manifest_mark_seen(AgentState *s, const char *path);
+int manifest_unseen(AgentState *s, manifest_iter_t fn, void *userdata);

@@ -1,0 +1,148 @@
+/* agent-sync.c - the session with the server and one sync round */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "bs-log.h"
+#include "bs-macro.h"
+
+#define CONNECT_TIMEOUT_MS 10000
+#define WELCOME_TIMEOUT_MS 30000
+
+void agent_disconnect(Agent *a, const char *why) {
+        if (!a->conn)
+                return;
+        if (why)
+                log_event(LOG_WARNING, BS_MID_CONN_LOST, a->account[0] ? a->account : NULL, NULL,
+                          "connection to %s port %s lost: %s", a->cfg.server, a->cfg.port, why);
+        a->socket_source = sd_event_source_disable_unref(a->socket_source);
+        a->conn = conn_free(a->conn);
+}
+
+int agent_connect(Agent *a) {
+        _cleanup_(conn_freep) Conn *c = NULL;
+        BsMsg *m = NULL;
+        char host[256];
+        int r;
+
+        if (a->conn)
+                return 0;
+        r = conn_connect(a->cfg.server, a->cfg.port, CONNECT_TIMEOUT_MS, &c);
+        if (r < 0)
+                return r;
+        m = calloc(1, sizeof(*m));
+        if (!m)
+                return -ENOMEM;
+        bs_msg_init(m, BS_MSG_HELLO, 0);
+        m->min_version = BS_PROTO_MIN_VERSION;
+        m->version = BS_PROTO_VERSION;
+        m->max_frame = BS_FRAME_MAX_DEFAULT;
+        memcpy(m->device, a->device, BS_DEVICE_LEN);
+        m->path_len = strlen(a->token);
+        memcpy(m->path, a->token, m->path_len + 1);
+        if (gethostname(host, sizeof(host)) < 0)
+                snprintf(host, sizeof(host), "unknown");
+        host[sizeof(host) - 1] = 0;
+        m->path2_len = strlen(host);
+        memcpy(m->path2, host, m->path2_len + 1);
+        r = conn_send(c, m);
+        r = r ?: conn_recv(c, m, WELCOME_TIMEOUT_MS);
+        if (r < 0)
+                goto out;
+        if (r == 0) {
+                r = -ETIMEDOUT;
+                goto out;
+        }
+        if (m->type == BS_MSG_ERROR) {
+                switch (m->code) {
+                case BS_ERR_AUTH:
+                        log_event(LOG_ERR, BS_MID_AUTH_FAILED, a->token[0] ? NULL : NULL, NULL,
+                                  "server refused the account token: %s", m->path);
+                        a->exit_code = AGENT_EXIT_NOPERM;
+                        r = -EACCES;
+                        break;
+                case BS_ERR_VERSION:
+                        log_error("protocol version mismatch: %s", m->path);
+                        a->exit_code = AGENT_EXIT_PROTOCOL;
+                        r = -EPROTONOSUPPORT;
+                        break;
+                default:
+                        log_warning("server refused the connection: %s (%s)", bs_err_name(m->code), m->path);
+                        r = -ECONNREFUSED;
+                }
+                goto out;
+        }
+        if (m->type != BS_MSG_WELCOME) {
+                log_error("server answered HELLO with %s", bs_msg_type_name(m->type));
+                r = -EPROTO;
+                goto out;
+        }
+        if (!bs_id_valid(m->path, m->path_len)) {
+                log_error("server sent a malformed account id");
+                r = -EPROTO;
+                goto out;
+        }
+        c->peer_max_frame = m->max_frame;
+        if (!a->token[0]) {
+                /* Registered: keep the token before anything else happens. */
+                BsToken t;
+                if (bs_token_parse(m->path2, m->path2_len, &t) < 0 || strcmp(t.id, m->path) != 0) {
+                        log_error("server sent a malformed token");
+                        r = -EPROTO;
+                        goto out;
+                }
+                bs_token_format(&t, a->token);
+                r = agent_state_set(a->state, "token", a->token);
+                if (r < 0) {
+                        log_error("cannot save the account token in %s: %s", a->cfg.state_dir, strerror(-r));
+                        a->exit_code = AGENT_EXIT_CANTCREAT;
+                        goto out;
+                }
+                printf("ID: %s\n", a->token);
+                fflush(stdout);
+                log_event(LOG_NOTICE, BS_MID_REGISTERED, m->path, NULL,
+                          "registered new account %s; use the token %s to add another computer", m->path, a->token);
+        } else if (!a->account[0]) {
+                agent_state_set(a->state, "token", a->token);
+                log_event(LOG_NOTICE, BS_MID_JOINED, m->path, NULL, "joined account %s", m->path);
+        }
+        memcpy(a->account, m->path, BS_ID_LEN + 1);
+        log_info("connected to %s port %s, account %s at sequence %llu", a->cfg.server, a->cfg.port, a->account,
+                 (unsigned long long) m->seq);
+        a->conn = TAKE_PTR(c);
+        r = 0;
+out:
+        free(m);
+        return r;
+}
+
+bool agent_idle(const Agent *a) {
+        return a->n_dirty == 0 && a->n_moves == 0 && !a->rescan_all && !a->again && !a->paused;
+}
+
+int agent_round(Agent *a) {
+        int r = agent_connect(a);
+        if (r < 0)
+                return r;
+        for (int i = 0; i < 8; i++) {
+                a->again = false;
+                /* Pull first: what others did is applied (or kept as a
+                 * conflict) before anything of ours goes out. */
+                r = agent_pull(a);
+                if (r < 0)
+                        break;
+                r = agent_push(a);
+                if (r < 0 || !a->again)
+                        break;
+        }
+        if (r >= 0 || r == -ENOENT) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                a->last_sync_usec = (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+        }
+        agent_update_status(a);
+        return r;
+}

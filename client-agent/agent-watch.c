@@ -1,0 +1,326 @@
+/* agent-watch.c - recursive inotify watcher of one directory tree */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "agent-watch.h"
+#include "bs-macro.h"
+#include "bs-path.h"
+#include "bs-proto.h"
+
+#define WATCH_MASK (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE | IN_ATTRIB | \
+                    IN_DELETE_SELF | IN_MOVE_SELF | IN_DONT_FOLLOW | IN_ONLYDIR | IN_EXCL_UNLINK)
+
+struct Watcher {
+        int fd;
+        char *root;
+        const WatcherOps *ops;
+        void *userdata;
+        char **paths; /* indexed by watch descriptor; NULL = free */
+        size_t n_paths;
+        size_t count;
+        char **unwatched;
+        size_t n_unwatched;
+        /* The first half of a move, waiting for its IN_MOVED_TO. */
+        uint32_t pending_cookie;
+        bool pending_dir;
+        char *pending_from;
+};
+
+int watcher_new(const char *root, const WatcherOps *ops, void *userdata, Watcher **ret) {
+        Watcher *w = calloc(1, sizeof(*w));
+        if (!w)
+                return -ENOMEM;
+        w->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+        w->root = strdup(root);
+        if (w->fd < 0 || !w->root) {
+                int r = w->fd < 0 ? -errno : -ENOMEM;
+                watcher_free(w);
+                return r;
+        }
+        w->ops = ops;
+        w->userdata = userdata;
+        *ret = w;
+        return 0;
+}
+
+static void clear_unwatched(Watcher *w) {
+        for (size_t i = 0; i < w->n_unwatched; i++)
+                free(w->unwatched[i]);
+        free(w->unwatched);
+        w->unwatched = NULL;
+        w->n_unwatched = 0;
+}
+
+void watcher_reset(Watcher *w) {
+        for (size_t i = 0; i < w->n_paths; i++)
+                if (w->paths[i]) {
+                        inotify_rm_watch(w->fd, (int) i);
+                        free(w->paths[i]);
+                        w->paths[i] = NULL;
+                }
+        w->count = 0;
+        clear_unwatched(w);
+        free(w->pending_from);
+        w->pending_from = NULL;
+}
+
+Watcher *watcher_free(Watcher *w) {
+        if (!w)
+                return NULL;
+        watcher_reset(w);
+        free(w->paths);
+        if (w->fd >= 0)
+                close(w->fd);
+        free(w->root);
+        free(w);
+        return NULL;
+}
+
+int watcher_fd(Watcher *w) {
+        return w->fd;
+}
+
+size_t watcher_count(const Watcher *w) {
+        return w->count;
+}
+
+size_t watcher_unwatched(const Watcher *w, const char *const **list) {
+        *list = (const char *const *) w->unwatched;
+        return w->n_unwatched;
+}
+
+static int set_path(Watcher *w, int wd, const char *path) {
+        if ((size_t) wd >= w->n_paths) {
+                size_t n = MAX((size_t) wd + 1, w->n_paths * 2);
+                char **p = realloc(w->paths, n * sizeof(char *));
+                if (!p)
+                        return -ENOMEM;
+                memset(p + w->n_paths, 0, (n - w->n_paths) * sizeof(char *));
+                w->paths = p;
+                w->n_paths = n;
+        }
+        char *d = strdup(path);
+        if (!d)
+                return -ENOMEM;
+        if (w->paths[wd])
+                free(w->paths[wd]);
+        else
+                w->count++;
+        w->paths[wd] = d;
+        return 0;
+}
+
+static void abs_path(const Watcher *w, const char *rel, char *out, size_t outsz) {
+        if (rel[0])
+                snprintf(out, outsz, "%s/%s", w->root, rel);
+        else
+                snprintf(out, outsz, "%s", w->root);
+}
+
+static void remember_unwatched(Watcher *w, const char *dir) {
+        char **p = realloc(w->unwatched, (w->n_unwatched + 1) * sizeof(char *));
+        if (!p)
+                return;
+        w->unwatched = p;
+        if ((p[w->n_unwatched] = strdup(dir)))
+                w->n_unwatched++;
+}
+
+/* Add one watch, then list the directory: a subdirectory made between the
+ * two is still found by the listing. */
+static int add_tree(Watcher *w, const char *dir, int depth) {
+        char abs[PATH_MAX + BS_PATH_MAX + 2];
+        int r = 0;
+
+        abs_path(w, dir, abs, sizeof(abs));
+        int wd = inotify_add_watch(w->fd, abs, WATCH_MASK);
+        if (wd < 0) {
+                if (errno == ENOSPC) {
+                        remember_unwatched(w, dir);
+                        r = -ENOSPC;
+                } else if (dir[0] == 0) {
+                        return -errno;
+                } else {
+                        return 0; /* vanished or not a directory any more */
+                }
+        } else if (set_path(w, wd, dir) < 0) {
+                return -ENOMEM;
+        }
+        if (depth > 512)
+                return r;
+
+        _cleanup_(closep) int fd = open(abs, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return r;
+        DIR *d = fdopendir(fd);
+        if (!d)
+                return r;
+        fd = -1;
+        struct dirent *de;
+        while ((de = readdir(d))) {
+                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 || bs_path_is_temp(de->d_name))
+                        continue;
+                bool isdir = de->d_type == DT_DIR;
+                if (de->d_type == DT_UNKNOWN) {
+                        struct stat st;
+                        isdir = fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+                }
+                if (!isdir)
+                        continue;
+                char sub[BS_PATH_MAX + 1];
+                int n = dir[0] ? snprintf(sub, sizeof(sub), "%s/%s", dir, de->d_name)
+                               : snprintf(sub, sizeof(sub), "%s", de->d_name);
+                if (n < 0 || (size_t) n >= sizeof(sub))
+                        continue;
+                int k = add_tree(w, sub, depth + 1);
+                if (k < 0 && r == 0)
+                        r = k;
+        }
+        closedir(d);
+        return r;
+}
+
+int watcher_add_tree(Watcher *w, const char *dir) {
+        return add_tree(w, dir, 0);
+}
+
+/* Forget (and stop) every watch at or below dir. */
+static void drop_below(Watcher *w, const char *dir) {
+        for (size_t i = 0; i < w->n_paths; i++)
+                if (w->paths[i] && bs_path_under(w->paths[i], dir)) {
+                        inotify_rm_watch(w->fd, (int) i);
+                        free(w->paths[i]);
+                        w->paths[i] = NULL;
+                        w->count--;
+                }
+}
+
+/* A directory moved within the tree keeps its watches; rename them. */
+static void rename_below(Watcher *w, const char *from, const char *to) {
+        char buf[BS_PATH_MAX + 1];
+        for (size_t i = 0; i < w->n_paths; i++)
+                if (w->paths[i] && bs_path_under(w->paths[i], from) &&
+                    bs_path_rebase(w->paths[i], from, to, buf, sizeof(buf)) == 0) {
+                        char *d = strdup(buf);
+                        if (d) {
+                                free(w->paths[i]);
+                                w->paths[i] = d;
+                        }
+                }
+}
+
+void watcher_flush(Watcher *w) {
+        if (!w->pending_from)
+                return;
+        char *from = TAKE_PTR(w->pending_from);
+        if (w->pending_dir)
+                drop_below(w, from);
+        w->ops->dirty(w->userdata, from, false);
+        free(from);
+}
+
+static void handle(Watcher *w, const struct inotify_event *ev) {
+        char path[BS_PATH_MAX + 1];
+
+        if (ev->mask & IN_Q_OVERFLOW) {
+                w->ops->rescan(w->userdata, "inotify event queue overflowed");
+                return;
+        }
+        if (ev->wd < 0 || (size_t) ev->wd >= w->n_paths || !w->paths[ev->wd])
+                return;
+        const char *dir = w->paths[ev->wd];
+
+        if (ev->mask & IN_IGNORED) {
+                bool root = dir[0] == 0;
+                free(w->paths[ev->wd]);
+                w->paths[ev->wd] = NULL;
+                w->count--;
+                if (root)
+                        w->ops->root_gone(w->userdata);
+                return;
+        }
+        if (ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT)) {
+                if (dir[0] == 0)
+                        w->ops->root_gone(w->userdata);
+                return;
+        }
+        if (ev->len == 0 || ev->name[0] == 0)
+                return;
+        if (bs_path_is_temp(ev->name))
+                return;
+        int n = dir[0] ? snprintf(path, sizeof(path), "%s/%s", dir, ev->name)
+                       : snprintf(path, sizeof(path), "%s", ev->name);
+        if (n < 0 || (size_t) n >= sizeof(path))
+                return;
+        bool isdir = ev->mask & IN_ISDIR;
+
+        if (ev->mask & IN_MOVED_FROM) {
+                watcher_flush(w);
+                w->pending_from = strdup(path);
+                w->pending_cookie = ev->cookie;
+                w->pending_dir = isdir;
+                return;
+        }
+        if (ev->mask & IN_MOVED_TO) {
+                if (w->pending_from && w->pending_cookie == ev->cookie) {
+                        char *from = TAKE_PTR(w->pending_from);
+                        if (isdir)
+                                rename_below(w, from, path);
+                        w->ops->move(w->userdata, from, path, isdir);
+                        free(from);
+                        return;
+                }
+                watcher_flush(w);
+                /* Moved in from outside the tree: a creation. */
+                if (isdir)
+                        add_tree(w, path, 0);
+                w->ops->dirty(w->userdata, path, isdir);
+                return;
+        }
+        watcher_flush(w);
+        if (ev->mask & IN_CREATE) {
+                if (isdir) {
+                        add_tree(w, path, 0);
+                        w->ops->dirty(w->userdata, path, true);
+                        return;
+                }
+                /* A new regular file is sent once closed after writing
+                 * (IN_CLOSE_WRITE); only links and hard links are whole now. */
+                struct stat st;
+                char abs[PATH_MAX + BS_PATH_MAX + 2];
+                abs_path(w, path, abs, sizeof(abs));
+                if (lstat(abs, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink < 2)
+                        return;
+                w->ops->dirty(w->userdata, path, false);
+                return;
+        }
+        if (ev->mask & (IN_CLOSE_WRITE | IN_ATTRIB | IN_DELETE))
+                w->ops->dirty(w->userdata, path, false);
+}
+
+int watcher_process(Watcher *w) {
+        char buf[64 * 1024] __attribute__((aligned(__alignof__(struct inotify_event))));
+        for (;;) {
+                ssize_t n = read(w->fd, buf, sizeof(buf));
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        if (errno == EAGAIN)
+                                return 0;
+                        return -errno;
+                }
+                for (char *p = buf; p < buf + n;) {
+                        const struct inotify_event *ev = (const struct inotify_event *) p;
+                        handle(w, ev);
+                        p += sizeof(*ev) + ev->len;
+                }
+        }
+}

@@ -1,0 +1,51 @@
+/* agent-watch.h - recursive inotify watcher of one directory tree
+ *
+ * Turns kernel events into three things the sync engine understands: a
+ * path that may differ from the manifest ("dirty"), a move within the
+ * tree, and "rescan everything" (queue overflow). Paths are relative to
+ * the root ("" is the root itself).
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct Watcher Watcher;
+
+typedef struct WatcherOps {
+        void (*dirty)(void *userdata, const char *path, bool recursive);
+        void (*move)(void *userdata, const char *from, const char *to, bool is_dir);
+        void (*rescan)(void *userdata, const char *reason);
+        void (*root_gone)(void *userdata);
+} WatcherOps;
+
+/** Create a watcher for root (an absolute path); no watch is added yet. */
+int watcher_new(const char *root, const WatcherOps *ops, void *userdata, Watcher **ret);
+Watcher *watcher_free(Watcher *w);
+static inline void watcher_freep(Watcher **w) { if (*w) watcher_free(*w); }
+
+/** The inotify fd, to poll for input. */
+int watcher_fd(Watcher *w);
+
+/**
+ * Watch dir (relative; "" = root) and every directory below it.
+ * Returns 0, -ENOSPC when the kernel watch limit was reached (the
+ * unwatched directories are remembered, see watcher_unwatched()), or
+ * another negative errno for the root itself.
+ */
+int watcher_add_tree(Watcher *w, const char *dir);
+
+/** Read and dispatch what the kernel has queued. */
+int watcher_process(Watcher *w);
+
+/** Report a move whose other half never came (moved out of the tree). */
+void watcher_flush(Watcher *w);
+
+/** Drop every watch (the tree is gone or is being rewatched). */
+void watcher_reset(Watcher *w);
+
+/** Number of directories watched. */
+size_t watcher_count(const Watcher *w);
+
+/** Directories that could not be watched (limit reached); they are rescanned by polling. */
+size_t watcher_unwatched(const Watcher *w, const char *const **list);

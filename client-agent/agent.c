@@ -1,0 +1,461 @@
+/* agent.c - backupsync-agent manager: state, watcher, timers and the event loop */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent-conflict.h"
+#include "agent.h"
+#include "bs-fs.h"
+#include "bs-log.h"
+#include "bs-macro.h"
+#include "bs-path.h"
+
+#define BACKOFF_MIN_USEC (1 * 1000000ULL)
+#define BACKOFF_MAX_USEC (60 * 1000000ULL)
+
+int agent_new(const AgentConfig *cfg, Agent **ret) {
+        Agent *a = calloc(1, sizeof(*a));
+        if (!a)
+                return -ENOMEM;
+        a->cfg = *cfg;
+        a->rootfd = -1;
+        *ret = a;
+        return 0;
+}
+
+Agent *agent_free(Agent *a) {
+        if (!a)
+                return NULL;
+        agent_disconnect(a, NULL);
+        sd_event_source_disable_unref(a->inotify_source);
+        sd_event_source_disable_unref(a->coalesce_timer);
+        sd_event_source_disable_unref(a->poll_timer);
+        sd_event_source_disable_unref(a->retry_timer);
+        sd_event_source_disable_unref(a->sigterm_source);
+        sd_event_source_disable_unref(a->sigint_source);
+        sd_event_unref(a->event);
+        watcher_free(a->watcher);
+        agent_state_free(a->state);
+        if (a->rootfd >= 0)
+                close(a->rootfd);
+        for (size_t i = 0; i < a->n_dirty; i++)
+                free(a->dirty[i].path);
+        free(a->dirty);
+        for (size_t i = 0; i < a->n_moves; i++) {
+                free(a->moves[i].from);
+                free(a->moves[i].to);
+        }
+        free(a->moves);
+        free(a);
+        return NULL;
+}
+
+void agent_mark_dirty(Agent *a, const char *path, bool recursive) {
+        if (a->n_dirty == a->cap_dirty) {
+                size_t cap = a->cap_dirty ? a->cap_dirty * 2 : 64;
+                DirtyPath *d = realloc(a->dirty, cap * sizeof(*d));
+                if (!d) {
+                        a->rescan_all = true; /* cannot remember it: look at everything */
+                        return;
+                }
+                a->dirty = d;
+                a->cap_dirty = cap;
+        }
+        char *p = strdup(path);
+        if (!p) {
+                a->rescan_all = true;
+                return;
+        }
+        a->dirty[a->n_dirty++] = (DirtyPath) { .path = p, .recursive = recursive };
+}
+
+void agent_update_status(Agent *a) {
+        char when[32] = "never";
+        if (a->last_sync_usec) {
+                time_t t = (time_t) (a->last_sync_usec / 1000000u);
+                struct tm tm;
+                localtime_r(&t, &tm);
+                strftime(when, sizeof(when), "%H:%M:%S", &tm);
+        }
+        sd_notifyf(false, "STATUS=%s%s: %zu directories watched, last sync %s, %zu changes pending, %llu uploaded, %llu downloaded%s",
+                   a->paused ? "PAUSED " : "", a->account[0] ? a->account : "(no account yet)",
+                   a->watcher ? watcher_count(a->watcher) : 0, when, a->n_dirty + a->n_moves,
+                   (unsigned long long) a->n_uploaded, (unsigned long long) a->n_downloaded,
+                   a->conn ? "" : ", not connected");
+}
+
+static void arm_timer(Agent *a, sd_event_source *s, uint64_t usec) {
+        uint64_t now;
+        sd_event_now(a->event, CLOCK_MONOTONIC, &now);
+        sd_event_source_set_time(s, now + usec);
+        sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+}
+
+static void schedule_round(Agent *a) {
+        int enabled = SD_EVENT_OFF;
+        if (!a->coalesce_timer)
+                return;
+        sd_event_source_get_enabled(a->coalesce_timer, &enabled);
+        if (enabled == SD_EVENT_OFF)
+                arm_timer(a, a->coalesce_timer, a->cfg.coalesce_usec);
+}
+
+static void on_dirty(void *userdata, const char *path, bool recursive) {
+        Agent *a = userdata;
+        agent_mark_dirty(a, path, recursive);
+        schedule_round(a);
+}
+
+static void on_move(void *userdata, const char *from, const char *to, bool is_dir) {
+        Agent *a = userdata;
+        char buf[BS_PATH_MAX + 1];
+        /* Queued paths name the moved entry by its old name: follow it. */
+        for (size_t i = 0; i < a->n_dirty; i++)
+                if (bs_path_under(a->dirty[i].path, from) &&
+                    bs_path_rebase(a->dirty[i].path, from, to, buf, sizeof(buf)) == 0) {
+                        char *p = strdup(buf);
+                        if (p) {
+                                free(a->dirty[i].path);
+                                a->dirty[i].path = p;
+                        }
+                }
+        if (a->n_moves == a->cap_moves) {
+                size_t cap = a->cap_moves ? a->cap_moves * 2 : 16;
+                MovePath *m = realloc(a->moves, cap * sizeof(*m));
+                if (!m) {
+                        a->rescan_all = true;
+                        return;
+                }
+                a->moves = m;
+                a->cap_moves = cap;
+        }
+        MovePath mv = { .from = strdup(from), .to = strdup(to), .is_dir = is_dir };
+        if (!mv.from || !mv.to) {
+                free(mv.from);
+                free(mv.to);
+                a->rescan_all = true;
+        } else
+                a->moves[a->n_moves++] = mv;
+        schedule_round(a);
+}
+
+static void on_rescan(void *userdata, const char *reason) {
+        Agent *a = userdata;
+        log_event(LOG_WARNING, BS_MID_RESCAN, a->account, NULL, "%s; rescanning %s", reason, a->cfg.dir);
+        watcher_add_tree(a->watcher, "");
+        a->rescan_all = true;
+        schedule_round(a);
+}
+
+static void on_root_gone(void *userdata) {
+        Agent *a = userdata;
+        if (a->root_gone)
+                return;
+        a->root_gone = true;
+        a->paused = true;
+        log_error("%s was removed, moved or unmounted; syncing is paused until it is back", a->cfg.dir);
+        agent_update_status(a);
+}
+
+static const WatcherOps watcher_ops = {
+        .dirty = on_dirty,
+        .move = on_move,
+        .rescan = on_rescan,
+        .root_gone = on_root_gone,
+};
+
+static void report_watch_limit(Agent *a) {
+        const char *const *list;
+        size_t n = watcher_unwatched(a->watcher, &list);
+        if (n == 0)
+                return;
+        FILE *f = fopen("/proc/sys/fs/inotify/max_user_watches", "re");
+        unsigned long limit = 0;
+        if (f) {
+                if (fscanf(f, "%lu", &limit) != 1)
+                        limit = 0;
+                fclose(f);
+        }
+        log_event(LOG_ERR, BS_MID_WATCH_LIMIT, a->account, NULL,
+                  "inotify watch limit reached (fs.inotify.max_user_watches=%lu): %zu directories are not watched "
+                  "and are rescanned every poll interval instead; raise it with "
+                  "'sysctl fs.inotify.max_user_watches=%lu'",
+                  limit, n, limit ? limit * 4 : 524288);
+}
+
+static int open_root(Agent *a) {
+        int fd = open(a->cfg.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        if (a->rootfd >= 0)
+                close(a->rootfd);
+        a->rootfd = fd;
+        /* Leftovers of an interrupted download. */
+        int dfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+        if (d) {
+                struct dirent *de;
+                while ((de = readdir(d)))
+                        if (bs_path_is_temp(de->d_name))
+                                unlinkat(fd, de->d_name, 0);
+                closedir(d);
+        } else if (dfd >= 0)
+                close(dfd);
+        return 0;
+}
+
+static int watch_root(Agent *a) {
+        watcher_reset(a->watcher);
+        int r = watcher_add_tree(a->watcher, "");
+        if (r == -ENOSPC)
+                report_watch_limit(a);
+        else if (r < 0)
+                return r;
+        return 0;
+}
+
+/* The watched directory came back (remounted, restored): start over. */
+static bool root_back(Agent *a) {
+        struct stat st;
+        if (stat(a->cfg.dir, &st) < 0 || !S_ISDIR(st.st_mode))
+                return false;
+        if (open_root(a) < 0 || watch_root(a) < 0)
+                return false;
+        log_info("%s is back; comparing it with the manifest", a->cfg.dir);
+        a->root_gone = false;
+        a->rescan_all = true;
+        return true;
+}
+
+static int on_socket(sd_event_source *s, int fd, uint32_t revents, void *userdata);
+
+static void run_round(Agent *a) {
+        if (a->root_gone && !root_back(a))
+                return;
+        int r = agent_round(a);
+        if (a->exit_code) {
+                sd_event_exit(a->event, a->exit_code);
+                return;
+        }
+        if (r < 0 && r != -ENOENT) {
+                char why[128];
+                snprintf(why, sizeof(why), "%s", strerror(-r));
+                if (a->conn)
+                        agent_disconnect(a, why);
+                else
+                        log_warning("cannot reach %s port %s: %s; retrying in %llus", a->cfg.server, a->cfg.port, why,
+                                    (unsigned long long) (MAX(a->backoff_usec, BACKOFF_MIN_USEC) / 1000000u));
+                a->backoff_usec = a->backoff_usec ? MIN(a->backoff_usec * 2, BACKOFF_MAX_USEC) : BACKOFF_MIN_USEC;
+                arm_timer(a, a->retry_timer, a->backoff_usec);
+                agent_update_status(a);
+                return;
+        }
+        a->backoff_usec = 0;
+        if (a->conn && !a->socket_source)
+                sd_event_add_io(a->event, &a->socket_source, a->conn->fd, EPOLLIN, on_socket, a);
+        if (a->socket_source)
+                sd_event_source_set_description(a->socket_source, "server-connection");
+        if (!a->synced_once && r >= 0) {
+                a->synced_once = true;
+                log_event(LOG_INFO, BS_MID_SYNCED, a->account, NULL, "%s is in sync with account %s", a->cfg.dir,
+                          a->account);
+        }
+}
+
+static int on_socket(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Agent *a = userdata;
+        BsMsg *m = malloc(sizeof(*m));
+        int r = m ? conn_io(a->conn, 0) : -ENOMEM;
+        while (r >= 0 && (r = conn_next(a->conn, m)) > 0)
+                log_debug("ignoring %s from server while idle", bs_msg_type_name(m->type));
+        free(m);
+        if (r < 0 && r != -ETIMEDOUT) {
+                agent_disconnect(a, r == -ECONNRESET ? "server closed the connection" : strerror(-r));
+                arm_timer(a, a->retry_timer, BACKOFF_MIN_USEC);
+                return 0;
+        }
+        /* Another computer changed something: fetch it now. */
+        if (a->conn->notify_seq > a->last_seq)
+                run_round(a);
+        return 0;
+}
+
+static int on_inotify(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Agent *a = userdata;
+        int r = watcher_process(a->watcher);
+        if (r < 0)
+                log_error("reading inotify events failed: %s", strerror(-r));
+        return 0;
+}
+
+static int on_coalesce(sd_event_source *s, uint64_t usec, void *userdata) {
+        Agent *a = userdata;
+        /* Events the kernel has queued belong to this round too. */
+        watcher_process(a->watcher);
+        watcher_flush(a->watcher);
+        run_round(a);
+        if (!agent_idle(a) && a->conn && !a->paused)
+                schedule_round(a);
+        return 0;
+}
+
+static int on_poll(sd_event_source *s, uint64_t usec, void *userdata) {
+        Agent *a = userdata;
+        const char *const *list;
+        size_t n = watcher_unwatched(a->watcher, &list);
+        for (size_t i = 0; i < n; i++)
+                agent_mark_dirty(a, list[i], true);
+        run_round(a);
+        sd_event_source_set_time(s, usec + a->cfg.poll_usec);
+        return 0;
+}
+
+static int on_retry(sd_event_source *s, uint64_t usec, void *userdata) {
+        run_round(userdata);
+        return 0;
+}
+
+static int load_identity(Agent *a) {
+        char buf[BS_TOKEN_MAX + 64];
+        BsToken t;
+
+        if (agent_state_get_blob(a->state, "device", a->device, BS_DEVICE_LEN) < 0) {
+                arc4random_buf(a->device, BS_DEVICE_LEN);
+                agent_state_set_blob(a->state, "device", a->device, BS_DEVICE_LEN);
+        }
+        if (a->cfg.device_name)
+                snprintf(buf, sizeof(buf), "%s", a->cfg.device_name);
+        else if (gethostname(buf, sizeof(buf)) < 0)
+                snprintf(buf, sizeof(buf), "device");
+        buf[sizeof(buf) - 1] = 0;
+        conflict_device_label(buf, a->device_label, sizeof(a->device_label));
+
+        bool have = agent_state_get(a->state, "token", buf, sizeof(buf)) == 0 && bs_token_parse(buf, strlen(buf), &t) == 0;
+        if (have)
+                bs_token_format(&t, a->token);
+        if (a->cfg.id) {
+                BsToken given;
+                if (bs_token_parse(a->cfg.id, strlen(a->cfg.id), &given) < 0) {
+                        log_error("'%s' is not an account token: expected ID (4 characters A-Z, 0-9) or ID-KEY as "
+                                  "printed by the first computer", a->cfg.id);
+                        return AGENT_EXIT_USAGE;
+                }
+                if (have && strcmp(given.id, t.id) != 0) {
+                        log_error("state directory %s belongs to account %s, not %s; use another --state-dir",
+                                  a->cfg.state_dir, t.id, given.id);
+                        return AGENT_EXIT_USAGE;
+                }
+                if (!have || (given.key[0] && strcmp(given.key, t.key) != 0))
+                        bs_token_format(&given, a->token);
+        }
+        a->last_seq = agent_state_get_u64(a->state, "last_seq");
+        return 0;
+}
+
+int agent_run(Agent *a) {
+        int r;
+
+        if (mkdir(a->cfg.state_dir, 0700) < 0 && errno != EEXIST) {
+                log_error("cannot create state directory %s: %m", a->cfg.state_dir);
+                return AGENT_EXIT_CANTCREAT;
+        }
+        r = agent_state_open(a->cfg.state_dir, &a->state);
+        if (r < 0) {
+                log_error("cannot open state in %s: %s", a->cfg.state_dir, strerror(-r));
+                return AGENT_EXIT_CANTCREAT;
+        }
+        r = load_identity(a);
+        if (r)
+                return r;
+
+        if (!a->token[0]) {
+                struct stat st;
+                if (stat(a->cfg.dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+                        log_error("%s is not a directory; to download an existing account into it, pass the "
+                                  "account token as the fourth argument", a->cfg.dir);
+                        return AGENT_EXIT_NOINPUT;
+                }
+        } else if (mkdir(a->cfg.dir, 0700) < 0 && errno != EEXIST) {
+                log_error("cannot create %s: %m", a->cfg.dir);
+                return AGENT_EXIT_CANTCREAT;
+        }
+        r = open_root(a);
+        if (r < 0) {
+                log_error("cannot open %s: %s", a->cfg.dir, strerror(-r));
+                return AGENT_EXIT_NOINPUT;
+        }
+
+        sigset_t ss;
+        sigemptyset(&ss);
+        sigaddset(&ss, SIGTERM);
+        sigaddset(&ss, SIGINT);
+        sigprocmask(SIG_BLOCK, &ss, NULL);
+        r = sd_event_new(&a->event);
+        r = r ?: watcher_new(a->cfg.dir, &watcher_ops, a, &a->watcher);
+        r = r ?: sd_event_add_signal(a->event, &a->sigterm_source, SIGTERM, NULL, NULL);
+        r = r ?: sd_event_add_signal(a->event, &a->sigint_source, SIGINT, NULL, NULL);
+        r = r ?: sd_event_add_io(a->event, &a->inotify_source, watcher_fd(a->watcher), EPOLLIN, on_inotify, a);
+        r = r ?: sd_event_add_time(a->event, &a->coalesce_timer, CLOCK_MONOTONIC, 0, 1000, on_coalesce, a);
+        r = r ?: sd_event_add_time_relative(a->event, &a->poll_timer, CLOCK_MONOTONIC, a->cfg.poll_usec, 100000, on_poll, a);
+        r = r ?: sd_event_add_time(a->event, &a->retry_timer, CLOCK_MONOTONIC, 0, 100000, on_retry, a);
+        if (r < 0) {
+                log_error("cannot set up the event loop: %s", strerror(-r));
+                return AGENT_EXIT_SOFTWARE;
+        }
+        sd_event_source_set_description(a->inotify_source, "inotify");
+        sd_event_source_set_description(a->coalesce_timer, "coalesce-timer");
+        sd_event_source_set_description(a->poll_timer, "poll-timer");
+        sd_event_source_set_description(a->retry_timer, "retry-timer");
+        sd_event_source_set_enabled(a->coalesce_timer, SD_EVENT_OFF);
+        sd_event_source_set_enabled(a->retry_timer, SD_EVENT_OFF);
+        sd_event_source_set_enabled(a->poll_timer, SD_EVENT_ON);
+
+        /* Watch first, then compare: a change made during the first
+         * scan is seen either by the scan or by the watcher. */
+        r = watch_root(a);
+        if (r < 0) {
+                log_error("cannot watch %s: %s", a->cfg.dir, strerror(-r));
+                return AGENT_EXIT_NOINPUT;
+        }
+        a->rescan_all = true;
+        log_info("watching %s (%zu directories), state in %s", a->cfg.dir, watcher_count(a->watcher), a->cfg.state_dir);
+
+        if (a->cfg.once) {
+                for (int i = 0; i < 10; i++) {
+                        r = agent_round(a);
+                        if (a->exit_code)
+                                return a->exit_code;
+                        if (r < 0) {
+                                log_error("sync with %s port %s failed: %s", a->cfg.server, a->cfg.port, strerror(-r));
+                                return r == -ENOENT ? AGENT_EXIT_DATAERR : AGENT_EXIT_UNAVAILABLE;
+                        }
+                        watcher_process(a->watcher);
+                        watcher_flush(a->watcher);
+                        if (agent_idle(a))
+                                return AGENT_EXIT_OK;
+                }
+                log_error("%s is not in sync yet: %zu changes still pending", a->cfg.dir, a->n_dirty + a->n_moves);
+                return AGENT_EXIT_TEMPFAIL;
+        }
+
+        run_round(a);
+        if (a->exit_code)
+                return a->exit_code;
+        sd_notify(false, "READY=1");
+        agent_update_status(a);
+        r = sd_event_loop(a->event);
+        sd_notify(false, "STOPPING=1");
+        if (r < 0) {
+                log_error("event loop failed: %s", strerror(-r));
+                return AGENT_EXIT_SOFTWARE;
+        }
+        return r;
+}

@@ -1,0 +1,134 @@
+/* agent.h - backupsync-agent: the manager object and what its parts share */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <systemd/sd-event.h>
+
+#include "agent-conn.h"
+#include "agent-state.h"
+#include "agent-watch.h"
+#include "bs-proto.h"
+#include "bs-token.h"
+
+/* Exit codes (sysexits.h), so systemctl status names the cause. */
+#define AGENT_EXIT_OK 0
+#define AGENT_EXIT_SOFTWARE 70
+#define AGENT_EXIT_USAGE 64
+#define AGENT_EXIT_DATAERR 65
+#define AGENT_EXIT_NOINPUT 66
+#define AGENT_EXIT_UNAVAILABLE 69
+#define AGENT_EXIT_CANTCREAT 73
+#define AGENT_EXIT_TEMPFAIL 75
+#define AGENT_EXIT_PROTOCOL 76
+#define AGENT_EXIT_NOPERM 77
+#define AGENT_EXIT_CONFIG 78
+
+typedef struct AgentConfig {
+        char *server;
+        char *port;
+        char *dir;       /* absolute */
+        char *state_dir;
+        char *id;        /* token given on the command line, or NULL */
+        char *device_name;
+        uint64_t poll_usec;
+        uint64_t coalesce_usec;
+        bool once;
+} AgentConfig;
+
+typedef struct DirtyPath {
+        char *path;
+        bool recursive;
+} DirtyPath;
+
+typedef struct MovePath {
+        char *from;
+        char *to;
+        bool is_dir;
+} MovePath;
+
+typedef struct Agent {
+        AgentConfig cfg;
+        AgentState *state;
+        Watcher *watcher;
+        Conn *conn;
+        int rootfd;
+
+        uint8_t device[BS_DEVICE_LEN];
+        char device_label[40];
+        char account[BS_ID_LEN + 1];
+        char token[BS_TOKEN_MAX + 1];
+        uint64_t last_seq;
+
+        /* Local changes waiting to be pushed. */
+        DirtyPath *dirty;
+        size_t n_dirty, cap_dirty;
+        MovePath *moves;
+        size_t n_moves, cap_moves;
+        bool rescan_all;
+        bool need_snapshot;
+        bool again;     /* another round is needed at once */
+        bool paused;    /* the watched directory is missing or was emptied */
+        bool root_gone;
+        int exit_code;  /* set when the agent must stop */
+
+        sd_event *event;
+        sd_event_source *inotify_source;
+        sd_event_source *coalesce_timer;
+        sd_event_source *poll_timer;
+        sd_event_source *socket_source;
+        sd_event_source *retry_timer;
+        sd_event_source *sigterm_source;
+        sd_event_source *sigint_source;
+        uint64_t backoff_usec;
+
+        /* For the status line and the tests. */
+        uint64_t n_uploaded, bytes_uploaded, n_downloaded, bytes_downloaded;
+        uint64_t n_conflicts;
+        uint64_t last_sync_usec;
+        bool synced_once;
+        uint32_t next_req;
+} Agent;
+
+/* agent.c */
+int agent_new(const AgentConfig *cfg, Agent **ret);
+Agent *agent_free(Agent *a);
+static inline void agent_freep(Agent **a) { if (*a) agent_free(*a); }
+/** Open state, watch the tree, connect and run until told to stop. Returns an exit code. */
+int agent_run(Agent *a);
+void agent_mark_dirty(Agent *a, const char *path, bool recursive);
+void agent_update_status(Agent *a);
+
+/* agent-sync.c */
+/** Connect (registering or joining when needed). */
+int agent_connect(Agent *a);
+void agent_disconnect(Agent *a, const char *why);
+/** One sync round: pull, apply, push. Negative errno on connection trouble. */
+int agent_round(Agent *a);
+/** True when nothing local waits to be pushed. */
+bool agent_idle(const Agent *a);
+
+/* agent-pull.c */
+int agent_pull(Agent *a);
+
+/* agent-push.c */
+int agent_push(Agent *a);
+
+/* agent-local.c: what is on disk */
+typedef struct LocalEntry {
+        bool exists;
+        uint8_t kind; /* BsKind, or BS_KIND_NONE for a special file */
+        struct stat st;
+        char target[BS_PATH_MAX + 1];
+} LocalEntry;
+
+int local_stat(Agent *a, const char *path, LocalEntry *l);
+/** True when the disk entry is what the manifest last recorded. */
+bool local_matches(const LocalEntry *l, const ManifestEntry *m);
+/** SHA-256 of a file in the tree. */
+int local_hash(Agent *a, const char *path, uint8_t sha[BS_SHA_LEN]);
+/** Move a local entry aside as a conflict copy; out gets the new path. */
+int local_conflict_copy(Agent *a, const char *path, char *out, size_t outsz);
+/** Fill a manifest entry from what is on disk. */
+void local_to_manifest(const LocalEntry *l, ManifestEntry *m);

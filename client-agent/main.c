@@ -1,0 +1,162 @@
+/* main.c - backupsync-agent: back up a directory and keep it in sync */
+#include <ctype.h>
+#include <errno.h>
+#include <sys/stat.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "bs-hash.h"
+#include "bs-log.h"
+#include "bs-parse.h"
+
+static void help(void) {
+        printf("Usage: backupsync-agent [OPTIONS] SERVER PORT DIR [ID]\n"
+               "\n"
+               "Back up DIR to the backupsync server at SERVER:PORT and keep it in sync\n"
+               "with the account's other computers. Without ID a new account is created\n"
+               "and its token printed as 'ID: <TOKEN>'; with ID (the token printed by the\n"
+               "first computer) DIR is created if needed and the account's files downloaded.\n"
+               "\n"
+               "Options:\n"
+               "  --state-dir DIR        where the agent keeps its state\n"
+               "                         (default $XDG_STATE_HOME/backupsync/<DIR path>)\n"
+               "  --poll-interval TIME   how often to ask for other computers' changes\n"
+               "                         (default 5s; units ms, s, m, h, d)\n"
+               "  --device-name NAME     name used in conflict copies (default: host name)\n"
+               "  --once                 sync once and exit: 0 when in sync\n"
+               "  -h, --help             show this help\n"
+               "  --version              show the version\n"
+               "\n"
+               "See backupsync-agent(1).\n");
+}
+
+/* "home-alice-docs" for /home/alice/docs, like systemd-escape --path. */
+static char *default_state_dir(const char *dir) {
+        const char *base = getenv("XDG_STATE_HOME");
+        const char *home = getenv("HOME");
+        char name[200], *out = NULL;
+        size_t o = 0;
+
+        for (const char *p = dir + 1; *p && o < 150; p++)
+                name[o++] = *p == '/' ? '-' : (isalnum((unsigned char) *p) || *p == '.' || *p == '_') ? *p : '_';
+        if (strlen(dir) > 150 || o == 0) {
+                uint8_t sha[32];
+                char hex[65];
+                bs_sha_buf(dir, strlen(dir), sha);
+                bs_hex(sha, 8, hex);
+                o += (size_t) snprintf(name + o, sizeof(name) - o, "%s%s", o ? "-" : "root-", hex);
+        }
+        name[o] = 0;
+        if (base && base[0] == '/')
+                return asprintf(&out, "%s/backupsync/%s", base, name) < 0 ? NULL : out;
+        if (home && home[0] == '/')
+                return asprintf(&out, "%s/.local/state/backupsync/%s", home, name) < 0 ? NULL : out;
+        return NULL;
+}
+
+static int mkdir_p(const char *path) {
+        char buf[PATH_MAX];
+        snprintf(buf, sizeof(buf), "%s", path);
+        for (char *p = buf + 1; *p; p++)
+                if (*p == '/') {
+                        *p = 0;
+                        if (mkdir(buf, 0700) < 0 && errno != EEXIST)
+                                return -errno;
+                        *p = '/';
+                }
+        return 0;
+}
+
+int main(int argc, char **argv) {
+        enum { ARG_STATE_DIR = 0x100, ARG_POLL, ARG_ONCE, ARG_VERSION, ARG_DEVICE };
+        static const struct option options[] = {
+                { "state-dir", required_argument, NULL, ARG_STATE_DIR },
+                { "poll-interval", required_argument, NULL, ARG_POLL },
+                { "device-name", required_argument, NULL, ARG_DEVICE },
+                { "once", no_argument, NULL, ARG_ONCE },
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, ARG_VERSION },
+                {},
+        };
+        AgentConfig cfg = { .poll_usec = 5000000ULL, .coalesce_usec = 20000ULL };
+        Agent *a = NULL;
+        int c;
+
+        bs_log_open("backupsync-agent");
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
+                switch (c) {
+                case 'h':
+                        help();
+                        return 0;
+                case ARG_VERSION:
+                        printf("backupsync-agent %s (protocol %u)\n", BS_VERSION, BS_PROTO_VERSION);
+                        return 0;
+                case ARG_STATE_DIR:
+                        cfg.state_dir = optarg;
+                        break;
+                case ARG_POLL:
+                        if (bs_parse_duration(optarg, &cfg.poll_usec) < 0 || cfg.poll_usec < 100000) {
+                                log_error("--poll-interval: '%s' is not a duration of at least 100ms (e.g. 5, 5s, 2m)", optarg);
+                                return AGENT_EXIT_USAGE;
+                        }
+                        break;
+                case ARG_DEVICE:
+                        cfg.device_name = optarg;
+                        break;
+                case ARG_ONCE:
+                        cfg.once = true;
+                        break;
+                default:
+                        fprintf(stderr, "Try 'backupsync-agent --help'.\n");
+                        return AGENT_EXIT_USAGE;
+                }
+        int n = argc - optind;
+        if (n < 3 || n > 4) {
+                log_error("expected SERVER PORT DIR [ID]; try --help");
+                return AGENT_EXIT_USAGE;
+        }
+        uint16_t port;
+        cfg.server = argv[optind];
+        cfg.port = argv[optind + 1];
+        if (bs_parse_port(cfg.port, &port) < 0 || port == 0) {
+                log_error("'%s' is not a TCP port (1-65535)", cfg.port);
+                return AGENT_EXIT_USAGE;
+        }
+        const char *dir = argv[optind + 2];
+        if (dir[0] == '/')
+                cfg.dir = strdup(dir);
+        else {
+                char cwd[PATH_MAX];
+                if (!getcwd(cwd, sizeof(cwd)) || asprintf(&cfg.dir, "%s/%s", cwd, dir) < 0)
+                        cfg.dir = NULL;
+        }
+        if (!cfg.dir) {
+                log_error("cannot resolve %s", dir);
+                return AGENT_EXIT_USAGE;
+        }
+        for (size_t k = strlen(cfg.dir); k > 1 && cfg.dir[k - 1] == '/'; k--)
+                cfg.dir[k - 1] = 0;
+        if (n == 4)
+                cfg.id = argv[optind + 3];
+        if (!cfg.state_dir) {
+                cfg.state_dir = default_state_dir(cfg.dir);
+                if (!cfg.state_dir) {
+                        log_error("no state directory: set HOME or XDG_STATE_HOME, or pass --state-dir");
+                        return AGENT_EXIT_USAGE;
+                }
+                mkdir_p(cfg.state_dir);
+        }
+
+        if (agent_new(&cfg, &a) < 0) {
+                log_error("out of memory");
+                return AGENT_EXIT_SOFTWARE;
+        }
+        int r = agent_run(a);
+        agent_free(a);
+        return r;
+}

@@ -137,7 +137,7 @@ static int collect_gone(const char *path, const ManifestEntry *e, void *userdata
 /* Visit disk children, then delete what the manifest has and the disk lost. */
 static int reconcile_children(Agent *a, Plan *p, const char *dir, bool fresh) {
         _cleanup_(closep) int fd = dir[0] ? bs_open_beneath(a->rootfd, dir, O_RDONLY | O_DIRECTORY, 0)
-                                          : fcntl(a->rootfd, F_DUPFD_CLOEXEC, 3);
+                                          : openat(a->rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd < 0)
                 return 0;
         DIR *d = fdopendir(fd);
@@ -212,8 +212,10 @@ static int reconcile(Agent *a, Plan *p, const char *path, bool recursive) {
         _cleanup_(freep) ManifestEntry *m = malloc(sizeof(*m));
         if (!l || !m)
                 return -ENOMEM;
-        if (path[0] == 0)
-                return reconcile_children(a, p, "", false);
+        if (path[0] == 0) {
+                int k = reconcile_children(a, p, "", false);
+                return k < 0 ? k : 1;
+        }
 
         int r = local_stat(a, path, l);
         if (r < 0)
@@ -546,6 +548,24 @@ static int path_cmp(const void *x, const void *y) {
         }
 }
 
+/* A move is sent as a MOVE only while the disk still says so: the old name
+ * no longer holds what the manifest recorded, and the new name holds that
+ * same entry (same inode for a file or link, a directory for a directory). */
+static bool move_still_true(Agent *a, const MovePath *mv, const ManifestEntry *m) {
+        LocalEntry *l = malloc(sizeof(*l));
+        bool ok = false;
+        if (!l)
+                return false;
+        if (local_stat(a, mv->from, l) < 0 || (l->exists && local_matches(l, m)))
+                goto out;
+        if (local_stat(a, mv->to, l) < 0 || !l->exists || l->kind != m->kind)
+                goto out;
+        ok = m->kind == BS_KIND_DIR || (uint64_t) l->st.st_ino == m->ino;
+out:
+        free(l);
+        return ok;
+}
+
 static int push_moves(Agent *a) {
         MovePath *moves = a->moves;
         size_t n = a->n_moves;
@@ -563,6 +583,13 @@ static int push_moves(Agent *a) {
                 }
                 if (r < 0 || manifest_get(a->state, mv->from, m) < 0) {
                         /* Not known to the server (or no connection): plain changes. */
+                        agent_mark_dirty(a, mv->from, false);
+                        agent_mark_dirty(a, mv->to, mv->is_dir);
+                        free(m);
+                        continue;
+                }
+                if (!move_still_true(a, mv, m)) {
+                        /* Our own rename (a conflict copy) or undone since: compare instead. */
                         agent_mark_dirty(a, mv->from, false);
                         agent_mark_dirty(a, mv->to, mv->is_dir);
                         free(m);
@@ -593,7 +620,7 @@ static int push_moves(Agent *a) {
 static bool tree_suddenly_empty(Agent *a) {
         if (manifest_count(a->state) <= 0)
                 return false;
-        _cleanup_(closep) int fd = fcntl(a->rootfd, F_DUPFD_CLOEXEC, 3);
+        _cleanup_(closep) int fd = openat(a->rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         struct stat st;
         if (fd < 0 || fstat(fd, &st) < 0 || st.st_nlink == 0)
                 return true;

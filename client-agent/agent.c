@@ -199,7 +199,8 @@ static int open_root(Agent *a) {
                 close(a->rootfd);
         a->rootfd = fd;
         /* Leftovers of an interrupted download. */
-        int dfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        /* A new open file description: a dup would share the read position. */
+        int dfd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
         if (d) {
                 struct dirent *de;

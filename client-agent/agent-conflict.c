@@ -30,11 +30,22 @@ static bool is_marker(const char *s, size_t n) {
         return true;
 }
 
+/* Length of s[0..n) without a trailing "-N" copy counter. */
+static size_t strip_counter(const char *s, size_t n) {
+        size_t k = n;
+        while (k > 0 && n - k < 4 && isdigit((unsigned char) s[k - 1]))
+                k--;
+        /* Only a counter after the full HHMMSS stamp: "-YYYYMMDD-HHMMSS-N". */
+        if (k < n && k > 17 && s[k - 1] == '-' && is_marker(s, k - 1))
+                return k - 1;
+        return n;
+}
+
 /* Length of a marker that ends s[0..n), or 0. */
 static size_t marker_len(const char *s, size_t n) {
         for (size_t i = n; i-- > 0;)
                 if (s[i] == '.' && n - i >= TAG_LEN && strncmp(s + i, tag, TAG_LEN) == 0)
-                        return is_marker(s + i, n - i) ? n - i : 0;
+                        return is_marker(s + i, strip_counter(s + i, n - i)) ? n - i : 0;
         return 0;
 }
 

@@ -375,7 +375,7 @@ static int upload_step(Agent *a, Upload *up) {
                         return 0;
                 }
                 /* Shrunk or unreadable: drop the empty frame and abort. */
-                out->end = off;
+                bs_frame_cancel(out, off);
         }
         BsMsg *m = calloc(1, sizeof(*m));
         if (!m)

@@ -17,7 +17,8 @@
 int bs_open_beneath(int dirfd, const char *path, int flags, mode_t mode) {
         struct open_how how = {
                 .flags = (uint64_t) (flags | O_CLOEXEC),
-                .mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0,
+                /* O_TMPFILE includes O_DIRECTORY: test it whole. */
+                .mode = ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) ? mode : 0,
                 .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
         };
         int fd;

@@ -31,8 +31,8 @@ ssize_t bs_pread_full(int fd, void *p, size_t n, off_t off);
 int bs_fsync_dir(int dirfd);
 
 /**
- * Create a new temporary file ".backupsync-tmp.XXXXXXXX" in dirfd.
- * name receives its name (at least 32 bytes). Returns the fd or -errno.
+ * Create a new temporary file ".backupsync-tmp." plus 16 hex digits in dirfd.
+ * name receives its name (at least 33 bytes). Returns the fd or -errno.
  */
 int bs_tmpfile_at(int dirfd, char *name, size_t namesz, mode_t mode);
 

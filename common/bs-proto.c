@@ -217,20 +217,44 @@ int bs_frame_begin(BsBuf *out, uint8_t type, size_t *off) {
         int r = bs_buf_reserve(out, BS_FRAME_HDR);
         if (r < 0)
                 return r;
-        *off = out->end;
+        /* Relative to the unread data: a later reserve may move the bytes. */
+        *off = out->end - out->start;
         bs_buf_put_u32(out, 0);
         return bs_buf_put_u8(out, type);
 }
 
 void bs_frame_end(BsBuf *out, size_t off) {
-        uint32_t len = htobe32((uint32_t) (out->end - off - 4));
-        memcpy(out->data + off, &len, 4);
+        uint32_t len = htobe32((uint32_t) (out->end - out->start - off - 4));
+        memcpy(out->data + out->start + off, &len, 4);
+}
+
+void bs_frame_cancel(BsBuf *out, size_t off) {
+        out->end = out->start + off;
+}
+
+/* The limits the decoder enforces, so we never send what the peer refuses. */
+static int limits_ok(const BsMsg *m) {
+        size_t max1 = BS_PATH_MAX, max2 = BS_PATH_MAX;
+        switch (m->type) {
+        case BS_MSG_HELLO:
+                max1 = BS_TEXT_MAX;
+                max2 = BS_NAME_MAX;
+                break;
+        case BS_MSG_WELCOME:
+        case BS_MSG_ERROR:
+                max1 = max2 = BS_TEXT_MAX;
+                break;
+        }
+        return m->path_len > max1 || m->path2_len > max2 ? -E2BIG : 0;
 }
 
 int bs_msg_encode(BsBuf *out, const BsMsg *m) {
-        size_t off, saved_end = out->end;
+        size_t off;
         int r;
 
+        r = limits_ok(m);
+        if (r < 0)
+                return r;
         r = bs_frame_begin(out, m->type, &off);
         if (r < 0)
                 return r;
@@ -336,7 +360,7 @@ int bs_msg_encode(BsBuf *out, const BsMsg *m) {
                 r = -EINVAL;
         }
         if (r < 0) {
-                out->end = saved_end;
+                bs_frame_cancel(out, off);
                 return r;
         }
         bs_frame_end(out, off);
@@ -344,9 +368,11 @@ int bs_msg_encode(BsBuf *out, const BsMsg *m) {
 }
 
 int bs_record_encode(BsBuf *out, const BsRecord *rec) {
-        size_t saved_end = out->end;
+        size_t saved = out->end - out->start;
         int r;
 
+        if (rec->path_len > BS_PATH_MAX || rec->path2_len > BS_PATH_MAX)
+                return -E2BIG;
         r = bs_buf_put_u64(out, rec->seq);
         r = r ?: bs_buf_put_u8(out, rec->op);
         r = r ?: bs_buf_put_u8(out, rec->kind);
@@ -358,7 +384,7 @@ int bs_record_encode(BsBuf *out, const BsRecord *rec) {
         r = r ?: bs_buf_put_str(out, rec->path, rec->path_len);
         r = r ?: bs_buf_put_str(out, rec->path2, rec->path2_len);
         if (r < 0)
-                out->end = saved_end;
+                out->end = out->start + saved;
         return r;
 }
 

@@ -162,3 +162,5 @@ void bs_msg_init(BsMsg *m, uint8_t type, uint32_t req);
 int bs_frame_begin(BsBuf *out, uint8_t type, size_t *off);
 /** Patch the length of the frame begun at off. */
 void bs_frame_end(BsBuf *out, size_t off);
+/** Drop the frame begun at off (and anything appended after it). */
+void bs_frame_cancel(BsBuf *out, size_t off);

@@ -1,0 +1,333 @@
+/* test-fs.c - unit tests for common/bs-fs.[ch], on real temporary directories */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bs-fs.h"
+#include "bs-path.h"
+
+static char base_dir[PATH_MAX - 64]; /* the test's scratch directory */
+static char root[PATH_MAX];     /* base_dir/root, the "tree" */
+static char outside[PATH_MAX];  /* base_dir/outside, must never be touched */
+static int rootfd = -1;
+
+static void rm_rf(const char *path) {
+        char cmd[PATH_MAX + 32];
+        snprintf(cmd, sizeof(cmd), "rm -rf -- '%s'", path);
+        if (system(cmd) != 0)
+                fprintf(stderr, "cleanup of %s failed\n", path);
+}
+
+static void write_file(int dfd, const char *name, const char *text) {
+        int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        cr_assert_geq(fd, 0, "create %s: %s", name, strerror(errno));
+        cr_assert_eq(bs_write_all(fd, text, strlen(text)), 0);
+        close(fd);
+}
+
+static bool exists_at(int dfd, const char *name) {
+        struct stat st;
+        return fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+static void setup(void) {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(base_dir, sizeof(base_dir), "%s/bs-test-fs-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+        cr_assert_not_null(mkdtemp(base_dir));
+        snprintf(root, sizeof(root), "%s/root", base_dir);
+        snprintf(outside, sizeof(outside), "%s/outside", base_dir);
+        cr_assert_eq(mkdir(root, 0755), 0);
+        cr_assert_eq(mkdir(outside, 0755), 0);
+        int ofd = open(outside, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        cr_assert_geq(ofd, 0);
+        write_file(ofd, "secret", "outside data\n");
+        close(ofd);
+
+        rootfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        cr_assert_geq(rootfd, 0);
+        cr_assert_eq(mkdirat(rootfd, "dir", 0755), 0);
+        cr_assert_eq(mkdirat(rootfd, "dir/sub", 0755), 0);
+        write_file(rootfd, "file", "top\n");
+        write_file(rootfd, "dir/inner", "inner\n");
+        write_file(rootfd, "dir/sub/deep", "deep\n");
+        /* A link to a directory outside the tree and a link to a file. */
+        cr_assert_eq(symlinkat(outside, rootfd, "escape"), 0);
+        cr_assert_eq(symlinkat("file", rootfd, "filelink"), 0);
+        cr_assert_eq(symlinkat("dir", rootfd, "dirlink"), 0);
+}
+
+static void teardown(void) {
+        if (rootfd >= 0)
+                close(rootfd);
+        rootfd = -1;
+        rm_rf(base_dir);
+}
+
+TestSuite(fs, .init = setup, .fini = teardown);
+
+Test(fs, open_beneath_plain) {
+        int fd = bs_open_beneath(rootfd, "dir/inner", O_RDONLY, 0);
+        cr_assert_geq(fd, 0, "%s", strerror(-fd));
+        char buf[16] = { 0 };
+        cr_assert_eq(read(fd, buf, sizeof(buf) - 1), 6);
+        cr_assert_str_eq(buf, "inner\n");
+        cr_assert(fcntl(fd, F_GETFD) & FD_CLOEXEC, "fd is close-on-exec");
+        close(fd);
+
+        fd = bs_open_beneath(rootfd, "dir/sub", O_RDONLY | O_DIRECTORY, 0);
+        cr_assert_geq(fd, 0);
+        close(fd);
+
+        fd = bs_open_beneath(rootfd, "missing", O_RDONLY, 0);
+        cr_assert_eq(fd, -ENOENT);
+}
+
+Test(fs, open_beneath_create_uses_mode) {
+        int fd = bs_open_beneath(rootfd, "dir/new", O_WRONLY | O_CREAT | O_EXCL, 0600);
+        cr_assert_geq(fd, 0, "%s", strerror(-fd));
+        struct stat st;
+        cr_assert_eq(fstat(fd, &st), 0);
+        cr_assert_eq(st.st_mode & 0777, 0600);
+        close(fd);
+        cr_assert(exists_at(rootfd, "dir/new"));
+}
+
+Test(fs, open_beneath_refuses_dotdot) {
+        cr_assert_eq(bs_open_beneath(rootfd, "..", O_RDONLY | O_DIRECTORY, 0), -EXDEV);
+        cr_assert_eq(bs_open_beneath(rootfd, "../outside/secret", O_RDONLY, 0), -EXDEV);
+        cr_assert_eq(bs_open_beneath(rootfd, "dir/../../outside/secret", O_RDONLY, 0), -EXDEV);
+        /* With a fresh file created this way, nothing appears outside. */
+        int fd = bs_open_beneath(rootfd, "../outside/created", O_WRONLY | O_CREAT, 0644);
+        cr_assert_lt(fd, 0);
+        int ofd = open(outside, O_RDONLY | O_DIRECTORY);
+        cr_assert_not(exists_at(ofd, "created"));
+        close(ofd);
+}
+
+Test(fs, open_beneath_refuses_absolute) {
+        char abs[PATH_MAX + 16];
+        snprintf(abs, sizeof(abs), "%s/file", root);
+        cr_assert_eq(bs_open_beneath(rootfd, abs, O_RDONLY, 0), -EXDEV);
+        cr_assert_eq(bs_open_beneath(rootfd, "/etc/passwd", O_RDONLY, 0), -EXDEV);
+}
+
+Test(fs, open_beneath_refuses_symlink_component) {
+        int fd = bs_open_beneath(rootfd, "escape/secret", O_RDONLY, 0);
+        cr_assert_eq(fd, -ELOOP, "got %d", fd);
+        fd = bs_open_beneath(rootfd, "dirlink/inner", O_RDONLY, 0);
+        cr_assert_eq(fd, -ELOOP, "a link inside the tree is refused too (got %d)", fd);
+        fd = bs_open_beneath(rootfd, "escape/new", O_WRONLY | O_CREAT, 0644);
+        cr_assert_lt(fd, 0);
+        int ofd = open(outside, O_RDONLY | O_DIRECTORY);
+        cr_assert_not(exists_at(ofd, "new"));
+        close(ofd);
+}
+
+Test(fs, open_beneath_refuses_symlink_last) {
+        cr_assert_eq(bs_open_beneath(rootfd, "filelink", O_RDONLY, 0), -ELOOP);
+        cr_assert_eq(bs_open_beneath(rootfd, "escape", O_RDONLY | O_DIRECTORY, 0), -ELOOP);
+        /* Writing through a link would change the target: refused. */
+        cr_assert_lt(bs_open_beneath(rootfd, "filelink", O_WRONLY | O_TRUNC, 0), 0);
+        int fd = bs_open_beneath(rootfd, "file", O_RDONLY, 0);
+        cr_assert_geq(fd, 0);
+        struct stat st;
+        cr_assert_eq(fstat(fd, &st), 0);
+        cr_assert_eq(st.st_size, 4, "target untouched");
+        close(fd);
+}
+
+/* open(2) ignores the mode without O_CREAT/O_TMPFILE; so should this
+ * wrapper. O_TMPFILE contains the O_DIRECTORY bit, so testing
+ * flags & (O_CREAT | O_TMPFILE) passes a mode for every O_DIRECTORY open,
+ * which openat2() refuses with EINVAL. See bs-fs.c, bs_open_beneath(). */
+Test(fs, open_beneath_directory_with_mode) {
+        int fd = bs_open_beneath(rootfd, "dir", O_RDONLY | O_DIRECTORY, 0755);
+        cr_expect_geq(fd, 0, "O_DIRECTORY open with a mode failed: %s", strerror(-fd));
+        if (fd >= 0)
+                close(fd);
+}
+
+Test(fs, open_parent) {
+        const char *base = NULL;
+        int fd = bs_open_parent(rootfd, "dir/sub/deep", &base);
+        cr_assert_geq(fd, 0, "%s", strerror(-fd));
+        cr_assert_str_eq(base, "deep");
+        cr_assert(exists_at(fd, base));
+        struct stat a, b;
+        cr_assert_eq(fstat(fd, &a), 0);
+        cr_assert_eq(fstatat(rootfd, "dir/sub", &b, 0), 0);
+        cr_assert_eq(a.st_ino, b.st_ino, "fd is dir/sub");
+        close(fd);
+
+        /* A top-level name: the parent is the root itself. */
+        fd = bs_open_parent(rootfd, "file", &base);
+        cr_assert_geq(fd, 0);
+        cr_assert_str_eq(base, "file");
+        cr_assert_eq(fstat(fd, &a), 0);
+        cr_assert_eq(fstat(rootfd, &b), 0);
+        cr_assert_eq(a.st_ino, b.st_ino);
+        close(fd);
+
+        /* The last component need not exist. */
+        fd = bs_open_parent(rootfd, "dir/not-yet", &base);
+        cr_assert_geq(fd, 0);
+        cr_assert_str_eq(base, "not-yet");
+        close(fd);
+
+        /* But every parent must, and none may be a link. */
+        cr_assert_eq(bs_open_parent(rootfd, "nodir/x", &base), -ENOENT);
+        cr_assert_eq(bs_open_parent(rootfd, "escape/secret", &base), -ELOOP);
+        cr_assert_eq(bs_open_parent(rootfd, "dirlink/inner", &base), -ELOOP);
+        cr_assert_eq(bs_open_parent(rootfd, "file/x", &base), -ENOTDIR);
+}
+
+Test(fs, mkdir_parents) {
+        cr_assert_eq(bs_mkdir_parents(rootfd, "a/b/c/file.txt", 0755), 0);
+        struct stat st;
+        cr_assert_eq(fstatat(rootfd, "a/b/c", &st, AT_SYMLINK_NOFOLLOW), 0);
+        cr_assert(S_ISDIR(st.st_mode));
+        cr_assert_not(exists_at(rootfd, "a/b/c/file.txt"), "last component is not created");
+
+        /* Existing parents are fine; again is fine. */
+        cr_assert_eq(bs_mkdir_parents(rootfd, "a/b/c/file.txt", 0755), 0);
+        cr_assert_eq(bs_mkdir_parents(rootfd, "dir/sub/new/x", 0755), 0);
+        cr_assert_eq(fstatat(rootfd, "dir/sub/new", &st, AT_SYMLINK_NOFOLLOW), 0);
+        cr_assert(S_ISDIR(st.st_mode));
+
+        /* Top-level: nothing to do. */
+        cr_assert_eq(bs_mkdir_parents(rootfd, "toplevel", 0755), 0);
+        cr_assert_not(exists_at(rootfd, "toplevel"));
+
+        /* Never through a link: nothing is created outside. */
+        cr_assert_lt(bs_mkdir_parents(rootfd, "escape/evil/x", 0755), 0);
+        int ofd = open(outside, O_RDONLY | O_DIRECTORY);
+        cr_assert_not(exists_at(ofd, "evil"));
+        close(ofd);
+
+        /* A file in the way. */
+        cr_assert_lt(bs_mkdir_parents(rootfd, "file/x/y", 0755), 0);
+}
+
+Test(fs, tmpfile_at) {
+        char name[64];
+        int fd = bs_tmpfile_at(rootfd, name, sizeof(name), 0600);
+        cr_assert_geq(fd, 0, "%s", strerror(-fd));
+        cr_assert_eq(strncmp(name, ".backupsync-tmp.", 16), 0, "name \"%s\"", name);
+        cr_assert(bs_path_is_temp(name));
+        cr_assert_gt(strlen(name), 16, "random part present");
+        struct stat a, b;
+        cr_assert_eq(fstat(fd, &a), 0);
+        cr_assert_eq(fstatat(rootfd, name, &b, AT_SYMLINK_NOFOLLOW), 0, "name refers to the file");
+        cr_assert_eq(a.st_ino, b.st_ino);
+        cr_assert(S_ISREG(a.st_mode));
+        cr_assert_eq(a.st_size, 0);
+        cr_assert_eq(a.st_mode & 0077, 0);
+
+        char name2[64];
+        int fd2 = bs_tmpfile_at(rootfd, name2, sizeof(name2), 0600);
+        cr_assert_geq(fd2, 0);
+        cr_assert_str_neq(name, name2);
+        close(fd);
+        close(fd2);
+}
+
+Test(fs, tmpfile_at_small_buffer) {
+        /* The header promises 32 bytes are enough for the name. */
+        char name[32];
+        int fd = bs_tmpfile_at(rootfd, name, sizeof(name), 0600);
+        cr_assert_geq(fd, 0);
+        cr_assert(bs_path_is_temp(name));
+        struct stat a, b;
+        cr_assert_eq(fstat(fd, &a), 0);
+        cr_assert_eq(fstatat(rootfd, name, &b, AT_SYMLINK_NOFOLLOW), 0);
+        cr_assert_eq(a.st_ino, b.st_ino);
+        close(fd);
+}
+
+Test(fs, rm_rf_nested_tree) {
+        cr_assert_eq(bs_mkdir_parents(rootfd, "dir/sub/a/b/c/d", 0755), 0);
+        write_file(rootfd, "dir/sub/a/b/c/f1", "1");
+        write_file(rootfd, "dir/sub/a/f2", "2");
+        cr_assert_eq(symlinkat("../../..", rootfd, "dir/sub/a/up"), 0);
+        cr_assert_eq(bs_rm_rf_at(rootfd, "dir"), 0);
+        cr_assert_not(exists_at(rootfd, "dir"));
+        /* Siblings survive. */
+        cr_assert(exists_at(rootfd, "file"));
+}
+
+Test(fs, rm_rf_does_not_follow_links) {
+        /* A tree holding a link to a directory outside. */
+        cr_assert_eq(mkdirat(rootfd, "victim", 0755), 0);
+        char target[PATH_MAX + 16];
+        snprintf(target, sizeof(target), "%s", outside);
+        cr_assert_eq(symlinkat(target, rootfd, "victim/link"), 0);
+        write_file(rootfd, "victim/own", "x");
+        cr_assert_eq(bs_rm_rf_at(rootfd, "victim"), 0);
+        cr_assert_not(exists_at(rootfd, "victim"));
+
+        /* The link itself as the argument. */
+        cr_assert_eq(bs_rm_rf_at(rootfd, "escape"), 0);
+        cr_assert_not(exists_at(rootfd, "escape"));
+
+        int ofd = open(outside, O_RDONLY | O_DIRECTORY);
+        cr_assert_geq(ofd, 0, "outside dir survives");
+        cr_assert(exists_at(ofd, "secret"), "outside contents survive");
+        close(ofd);
+}
+
+Test(fs, rm_rf_single_and_missing) {
+        cr_assert_eq(bs_rm_rf_at(rootfd, "file"), 0);
+        cr_assert_not(exists_at(rootfd, "file"));
+        cr_assert_eq(bs_rm_rf_at(rootfd, "file"), 0, "missing is not an error");
+        cr_assert_eq(bs_rm_rf_at(rootfd, "filelink"), 0);
+        cr_assert_not(exists_at(rootfd, "filelink"));
+}
+
+Test(fs, write_all_and_pread_full) {
+        int fd = bs_open_beneath(rootfd, "data", O_RDWR | O_CREAT | O_EXCL, 0644);
+        cr_assert_geq(fd, 0);
+        char big[200000];
+        for (size_t i = 0; i < sizeof(big); i++)
+                big[i] = (char) (i % 251);
+        cr_assert_eq(bs_write_all(fd, big, sizeof(big)), 0);
+        char back[1000];
+        cr_assert_eq(bs_pread_full(fd, back, sizeof(back), 150000), (ssize_t) sizeof(back));
+        cr_assert_eq(memcmp(back, big + 150000, sizeof(back)), 0);
+        /* Short at the end of the file. */
+        cr_assert_eq(bs_pread_full(fd, back, sizeof(back), (off_t) sizeof(big) - 10), 10);
+        cr_assert_eq(bs_pread_full(fd, back, sizeof(back), (off_t) sizeof(big)), 0);
+        cr_assert_eq(bs_fsync_dir(rootfd), 0);
+        close(fd);
+        cr_assert_eq(bs_write_all(-1, "x", 1), -EBADF);
+}
+
+Test(fs, set_mtime) {
+        const int64_t t = 1600000000LL * 1000000000LL + 123456789LL;
+        int fd = bs_open_beneath(rootfd, "file", O_RDONLY, 0);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(bs_set_mtime_fd(fd, t), 0);
+        struct stat st;
+        cr_assert_eq(fstat(fd, &st), 0);
+        cr_assert_eq(bs_stat_mtime_ns(&st), t);
+        close(fd);
+
+        /* On a link: the link changes, the target does not. */
+        const int64_t t2 = 1500000000LL * 1000000000LL + 5;
+        cr_assert_eq(bs_set_mtime_at(rootfd, "filelink", t2), 0);
+        cr_assert_eq(fstatat(rootfd, "filelink", &st, AT_SYMLINK_NOFOLLOW), 0);
+        cr_assert_eq(bs_stat_mtime_ns(&st), t2);
+        cr_assert_eq(fstatat(rootfd, "file", &st, AT_SYMLINK_NOFOLLOW), 0);
+        cr_assert_eq(bs_stat_mtime_ns(&st), t);
+
+        /* Before 1970. */
+        const int64_t t3 = -1500000000LL;
+        cr_assert_eq(bs_set_mtime_at(rootfd, "file", t3), 0);
+        cr_assert_eq(fstatat(rootfd, "file", &st, 0), 0);
+        cr_assert_eq(bs_stat_mtime_ns(&st), t3);
+}

@@ -1,0 +1,559 @@
+/* account-apply.c - applying PUT, MKDIR, SYMLINK, DELETE and MOVE to an account
+ *
+ * Each change: check the path and its base version, change tree/ through
+ * directory fds only, keep what it replaces or deletes under
+ * versions/<seq>, then record entries, the log record and the new
+ * sequence inside a savepoint of the group-commit transaction.
+ *
+ * Modes on disk always grant the server read and write (and search for
+ * directories), so a client's read-only directory cannot lock the server
+ * out of its own tree; the client's mode is kept in the entry.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "account-internal.h"
+#include "bs-fs.h"
+#include "bs-macro.h"
+#include "bs-path.h"
+
+#define FILE_DISK_MODE(m) (((m) & 0777) | 0600)
+#define DIR_DISK_MODE(m) (((m) & 0777) | 0700)
+
+/* Look up path; a missing entry is kind NONE with version 0, as the protocol counts it. */
+static int lookup(Account *a, const char *path, AccountEntry *e) {
+        int r = account_entry_get(a, path, e);
+        if (r == -ENOENT) {
+                *e = (AccountEntry) { .kind = BS_KIND_NONE };
+                return 0;
+        }
+        return r;
+}
+
+static int check_path(const char *path) {
+        return bs_path_check(path, strlen(path));
+}
+
+/* Open the parent directory in the tree and make sure it is a known directory. */
+static int open_parent(Account *a, const char *path, const char **base) {
+        int fd = bs_open_parent(a->tree_fd, path, base);
+        if (fd == -ENOTDIR)
+                return -ENOENT;
+        if (fd < 0)
+                return fd;
+
+        size_t n = bs_path_parent_len(path);
+        if (n > 0) {
+                char parent[BS_PATH_MAX + 1];
+                AccountEntry e;
+                memcpy(parent, path, n);
+                parent[n] = 0;
+                int r = account_entry_get(a, parent, &e);
+                if (r >= 0 && e.kind != BS_KIND_DIR)
+                        r = -ENOENT;
+                if (r < 0) {
+                        close(fd);
+                        return r;
+                }
+        }
+        return fd;
+}
+
+static void stored_name(char *buf, size_t n, uint64_t seq) {
+        snprintf(buf, n, "%llu", (unsigned long long) seq);
+}
+
+/*
+ * Keep the entry at path (name in parent_fd) as versions/<seq>: a file is
+ * hard-linked when it is about to be replaced by rename, anything else is
+ * moved out of the tree. Files get a versions row each, so GET by content
+ * still finds them.
+ */
+static int keep_version(Account *a, int parent_fd, const char *name, const char *path,
+                        const AccountEntry *e, uint64_t seq, bool link) {
+        char stored[32];
+        int r;
+
+        stored_name(stored, sizeof(stored), seq);
+        /* A leftover of a change that was rolled back holds nothing we need. */
+        r = bs_rm_rf_at(a->versions_fd, stored);
+        if (r < 0)
+                return r;
+        if (link ? linkat(parent_fd, name, a->versions_fd, stored, 0)
+                 : renameat(parent_fd, name, a->versions_fd, stored)) {
+                /* Missing on disk: nothing to keep, the entry goes anyway. */
+                if (errno == ENOENT)
+                        return 0;
+                return -errno;
+        }
+        if (e->kind == BS_KIND_FILE) {
+                r = account_version_add(a, path, e, stored, seq);
+                if (r < 0)
+                        return r;
+        } else if (e->kind == BS_KIND_DIR) {
+                AccountRange range;
+                sqlite3_stmt *st;
+                r = account_stmt(a, STMT_ENTRY_LIST_BELOW, &st);
+                if (r < 0)
+                        return r;
+                account_range(&range, path);
+                sqlite3_bind_blob(st, 1, range.lo, (int) range.len, SQLITE_STATIC);
+                sqlite3_bind_blob(st, 2, range.hi, (int) range.len, SQLITE_STATIC);
+                /* The listing statement and the versions insert are different statements. */
+                for (;;) {
+                        char p[BS_PATH_MAX + 1], s[BS_PATH_MAX + 40];
+                        int rc = sqlite3_step(st);
+                        if (rc == SQLITE_DONE)
+                                break;
+                        if (rc != SQLITE_ROW) {
+                                r = account_sqlite_errno(rc) ?: -EIO;
+                                break;
+                        }
+                        if (sqlite3_column_int(st, 1) != BS_KIND_FILE)
+                                continue;
+                        r = account_column_path(st, 0, p, NULL);
+                        if (r < 0)
+                                break;
+                        AccountEntry f = {
+                                .kind = BS_KIND_FILE,
+                                .size = (uint64_t) sqlite3_column_int64(st, 2),
+                                .mode = (uint32_t) sqlite3_column_int64(st, 3),
+                                .mtime_ns = sqlite3_column_int64(st, 4),
+                                .version = (uint64_t) sqlite3_column_int64(st, 6),
+                        };
+                        if (sqlite3_column_bytes(st, 5) == BS_SHA_LEN)
+                                memcpy(f.sha, sqlite3_column_blob(st, 5), BS_SHA_LEN);
+                        snprintf(s, sizeof(s), "%s%s", stored, p + strlen(path));
+                        r = account_version_add(a, p, &f, s, seq);
+                        if (r < 0)
+                                break;
+                }
+                sqlite3_reset(st);
+                if (r < 0)
+                        return r;
+        }
+        return bs_fsync_dir(a->versions_fd);
+}
+
+/* Record an applied change: entry (unless removed), log record, sequence. */
+static int record(Account *a, uint64_t seq, const uint8_t *device, BsOp op, const char *path,
+                  const char *path2, const AccountEntry *e) {
+        int r = 0;
+        if (op != BS_OP_DELETE && op != BS_OP_MOVE)
+                r = account_entry_set(a, path, e);
+        r = r ?: account_log_add(a, seq, device, op, e, path, path2);
+        return r ?: account_set_seq(a, seq);
+}
+
+int account_put_check(Account *a, const char *path, uint64_t base, uint64_t size) {
+        _cleanup_(closep) int pfd = -1;
+        const char *name;
+        AccountEntry e;
+        int r;
+
+        r = check_path(path);
+        if (r < 0)
+                return r;
+        pfd = open_parent(a, path, &name);
+        if (pfd < 0)
+                return pfd;
+        r = lookup(a, path, &e);
+        if (r < 0)
+                return r;
+        if (e.kind != BS_KIND_NONE && e.kind != BS_KIND_FILE)
+                return -ESTALE;
+        if (base == e.version)
+                return 0;
+        /* A repeated upload whose ACK was lost: identical content is already done. */
+        if (e.kind == BS_KIND_FILE && e.size == size)
+                return 1;
+        return -ESTALE;
+}
+
+int account_upload_begin(Account *a, AccountUpload *u) {
+        *u = ACCOUNT_UPLOAD_NULL;
+        int r = bs_sha_new(&u->sha);
+        if (r < 0)
+                return r;
+        u->fd = bs_tmpfile_at(a->tmp_fd, u->name, sizeof(u->name), 0600);
+        if (u->fd < 0) {
+                r = u->fd;
+                u->sha = bs_sha_free(u->sha);
+                return r;
+        }
+        return 0;
+}
+
+int account_upload_write(AccountUpload *u, const void *p, size_t n, uint64_t limit) {
+        if (n > limit || u->written > limit - n)
+                return -EFBIG;
+        int r = bs_write_all(u->fd, p, n);
+        r = r ?: bs_sha_update(u->sha, p, n);
+        if (r >= 0)
+                u->written += n;
+        return r;
+}
+
+void account_upload_discard(Account *a, AccountUpload *u) {
+        if (u->fd >= 0) {
+                close(u->fd);
+                (void) unlinkat(a->tmp_fd, u->name, 0);
+        }
+        bs_sha_free(u->sha);
+        *u = ACCOUNT_UPLOAD_NULL;
+}
+
+int account_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN],
+                const char *path, uint64_t base, uint64_t size, uint32_t mode,
+                int64_t mtime_ns, const uint8_t sha[BS_SHA_LEN], uint64_t *ret_version) {
+        _cleanup_(closep) int pfd = -1;
+        uint8_t got[BS_SHA_LEN];
+        const char *name;
+        AccountEntry e;
+        int r;
+
+        r = bs_sha_final(u->sha, got);
+        if (r < 0)
+                goto out;
+        if (u->written != size || memcmp(got, sha, BS_SHA_LEN) != 0) {
+                r = -EBADMSG;
+                goto out;
+        }
+        r = check_path(path);
+        if (r < 0)
+                goto out;
+        pfd = open_parent(a, path, &name);
+        if (pfd < 0) {
+                r = pfd;
+                goto out;
+        }
+        /* Checked again: another connection may have changed path during the upload. */
+        r = lookup(a, path, &e);
+        if (r < 0)
+                goto out;
+        if (e.kind != BS_KIND_NONE && e.kind != BS_KIND_FILE) {
+                r = -ESTALE;
+                goto out;
+        }
+        if (e.kind == BS_KIND_FILE && memcmp(e.sha, sha, BS_SHA_LEN) == 0 &&
+            (base != e.version || ((e.mode & 07777) == (mode & 07777) && e.mtime_ns == mtime_ns))) {
+                *ret_version = e.version;
+                r = 1;
+                goto out;
+        }
+        if (base != e.version) {
+                r = -ESTALE;
+                goto out;
+        }
+
+        uint64_t seq = a->seq + 1;
+        AccountEntry n = {
+                .kind = BS_KIND_FILE,
+                .size = size,
+                .mode = mode & 07777,
+                .mtime_ns = mtime_ns,
+                .version = seq,
+        };
+        memcpy(n.sha, sha, BS_SHA_LEN);
+        memcpy(n.device, device, BS_DEVICE_LEN);
+
+        if (fchmod(u->fd, FILE_DISK_MODE(mode)) < 0 || fsync(u->fd) < 0) {
+                r = -errno;
+                goto out;
+        }
+        r = bs_set_mtime_fd(u->fd, mtime_ns);
+        if (r < 0)
+                goto out;
+        r = account_change_begin(a);
+        if (r < 0)
+                goto out;
+        if (e.kind == BS_KIND_FILE)
+                r = keep_version(a, pfd, name, path, &e, seq, true);
+        if (r >= 0 && renameat(a->tmp_fd, u->name, pfd, name) < 0)
+                r = -errno;
+        r = r ?: bs_fsync_dir(pfd);
+        r = r ?: record(a, seq, device, BS_OP_PUT, path, NULL, &n);
+        r = account_change_end(a, r);
+        if (r >= 0)
+                *ret_version = seq;
+out:
+        account_upload_discard(a, u);
+        return r;
+}
+
+int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path,
+                  uint64_t base, uint32_t mode, int64_t mtime_ns, uint64_t *ret_version) {
+        _cleanup_(closep) int pfd = -1;
+        const char *name;
+        AccountEntry e;
+        struct stat st;
+        int r;
+
+        r = check_path(path);
+        if (r < 0)
+                return r;
+        pfd = open_parent(a, path, &name);
+        if (pfd < 0)
+                return pfd;
+        r = lookup(a, path, &e);
+        if (r < 0)
+                return r;
+        if (e.kind == BS_KIND_DIR) {
+                *ret_version = e.version;
+                return 1;
+        }
+        if (e.kind != BS_KIND_NONE || base != 0)
+                return -ESTALE;
+
+        uint64_t seq = a->seq + 1;
+        AccountEntry n = { .kind = BS_KIND_DIR, .mode = mode & 07777, .mtime_ns = mtime_ns, .version = seq };
+        memcpy(n.device, device, BS_DEVICE_LEN);
+
+        r = account_change_begin(a);
+        if (r < 0)
+                return r;
+        /* A directory left by a change that was not committed is reused. */
+        if (mkdirat(pfd, name, 0700) < 0 &&
+            (errno != EEXIST || fstatat(pfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode)))
+                r = -errno;
+        if (r >= 0 && fchmodat(pfd, name, DIR_DISK_MODE(mode), 0) < 0)
+                r = -errno;
+        r = r ?: bs_set_mtime_at(pfd, name, mtime_ns);
+        r = r ?: bs_fsync_dir(pfd);
+        r = r ?: record(a, seq, device, BS_OP_MKDIR, path, NULL, &n);
+        r = account_change_end(a, r);
+        if (r >= 0)
+                *ret_version = seq;
+        return r;
+}
+
+int account_symlink(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path,
+                    uint64_t base, const char *target, int64_t mtime_ns, uint64_t *ret_version) {
+        _cleanup_(closep) int pfd = -1;
+        char tmp[64];
+        const char *name;
+        AccountEntry e;
+        int r;
+
+        r = check_path(path);
+        if (r < 0)
+                return r;
+        size_t tlen = strlen(target);
+        if (tlen == 0 || tlen > BS_PATH_MAX)
+                return -EINVAL;
+        pfd = open_parent(a, path, &name);
+        if (pfd < 0)
+                return pfd;
+        r = lookup(a, path, &e);
+        if (r < 0)
+                return r;
+        if (e.kind == BS_KIND_SYMLINK && e.target_len == tlen && memcmp(e.target, target, tlen) == 0) {
+                *ret_version = e.version;
+                return 1;
+        }
+        if ((e.kind != BS_KIND_NONE && e.kind != BS_KIND_SYMLINK) || base != e.version)
+                return -ESTALE;
+
+        uint64_t seq = a->seq + 1;
+        AccountEntry n = { .kind = BS_KIND_SYMLINK, .size = tlen, .mode = 0777, .mtime_ns = mtime_ns,
+                           .version = seq, .target_len = tlen };
+        memcpy(n.target, target, tlen + 1);
+        memcpy(n.device, device, BS_DEVICE_LEN);
+
+        r = account_change_begin(a);
+        if (r < 0)
+                return r;
+        /* Made in tmp/ and renamed over: the path never lacks an entry mid-way. */
+        snprintf(tmp, sizeof(tmp), BS_TEMP_PREFIX "%08x%08x", arc4random(), arc4random());
+        if (symlinkat(target, a->tmp_fd, tmp) < 0)
+                r = -errno;
+        r = r ?: bs_set_mtime_at(a->tmp_fd, tmp, mtime_ns);
+        if (r >= 0 && renameat(a->tmp_fd, tmp, pfd, name) < 0)
+                r = -errno;
+        if (r < 0)
+                (void) unlinkat(a->tmp_fd, tmp, 0);
+        r = r ?: bs_fsync_dir(pfd);
+        r = r ?: record(a, seq, device, BS_OP_SYMLINK, path, target, &n);
+        r = account_change_end(a, r);
+        if (r >= 0)
+                *ret_version = seq;
+        return r;
+}
+
+int account_delete(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path,
+                   uint64_t base, uint64_t *ret_version) {
+        _cleanup_(closep) int pfd = -1;
+        const char *name;
+        AccountEntry e;
+        int r;
+
+        r = check_path(path);
+        if (r < 0)
+                return r;
+        r = lookup(a, path, &e);
+        if (r < 0)
+                return r;
+        if (e.kind == BS_KIND_NONE) {
+                *ret_version = 0;
+                return 1;
+        }
+        if (base != e.version)
+                return -ESTALE;
+        pfd = open_parent(a, path, &name);
+        if (pfd < 0)
+                return pfd;
+
+        uint64_t seq = a->seq + 1;
+        AccountEntry n = e;
+        memcpy(n.device, device, BS_DEVICE_LEN);
+
+        r = account_change_begin(a);
+        if (r < 0)
+                return r;
+        r = keep_version(a, pfd, name, path, &e, seq, false);
+        r = r ?: bs_fsync_dir(pfd);
+        r = r ?: account_entries_remove(a, path);
+        r = r ?: record(a, seq, device, BS_OP_DELETE, path, NULL, &n);
+        r = account_change_end(a, r);
+        if (r >= 0)
+                *ret_version = seq;
+        return r;
+}
+
+/* Rewrite the entries below from to lie below to; they keep their versions. */
+static int rebase_below(Account *a, const char *from, const char *to) {
+        AccountRange range;
+        sqlite3_stmt *st;
+        char **paths = NULL;
+        size_t n = 0, cap = 0;
+        int r;
+
+        r = account_stmt(a, STMT_ENTRY_LIST_BELOW, &st);
+        if (r < 0)
+                return r;
+        account_range(&range, from);
+        sqlite3_bind_blob(st, 1, range.lo, (int) range.len, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 2, range.hi, (int) range.len, SQLITE_STATIC);
+        /* Collected first: rows must not change under a running listing. */
+        for (;;) {
+                char p[BS_PATH_MAX + 1];
+                int rc = sqlite3_step(st);
+                if (rc == SQLITE_DONE)
+                        break;
+                if (rc != SQLITE_ROW) {
+                        r = account_sqlite_errno(rc) ?: -EIO;
+                        break;
+                }
+                r = account_column_path(st, 0, p, NULL);
+                if (r < 0)
+                        break;
+                if (n == cap) {
+                        cap = cap ? cap * 2 : 64;
+                        char **np = reallocarray(paths, cap, sizeof(*paths));
+                        if (!np) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                        paths = np;
+                }
+                paths[n] = strdup(p);
+                if (!paths[n]) {
+                        r = -ENOMEM;
+                        break;
+                }
+                n++;
+        }
+        sqlite3_reset(st);
+
+        for (size_t i = 0; r >= 0 && i < n; i++) {
+                char np[BS_PATH_MAX + 1];
+                r = bs_path_rebase(paths[i], from, to, np, sizeof(np));
+                if (r < 0)
+                        break;
+                r = account_stmt(a, STMT_ENTRY_RENAME, &st);
+                if (r < 0)
+                        break;
+                account_bind_path(st, 1, paths[i]);
+                account_bind_path(st, 2, np);
+                r = account_step_done(st);
+        }
+        for (size_t i = 0; i < n; i++)
+                free(paths[i]);
+        free(paths);
+        return r;
+}
+
+int account_move(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *from,
+                 uint64_t base_from, const char *to, uint64_t base_to, uint64_t *ret_version) {
+        _cleanup_(closep) int from_pfd = -1, to_pfd = -1;
+        const char *from_name, *to_name;
+        AccountEntry e, t;
+        int r;
+
+        r = check_path(from);
+        r = r ?: check_path(to);
+        if (r < 0)
+                return r;
+        /* Into itself, onto itself, or over its own parent. */
+        if (bs_path_under(to, from) || bs_path_under(from, to))
+                return -EINVAL;
+        r = lookup(a, from, &e);
+        r = r ?: lookup(a, to, &t);
+        if (r < 0)
+                return r;
+        if (e.kind == BS_KIND_NONE || e.version != base_from || t.version != base_to)
+                return -ESTALE;
+        from_pfd = open_parent(a, from, &from_name);
+        if (from_pfd < 0)
+                return from_pfd;
+        to_pfd = open_parent(a, to, &to_name);
+        if (to_pfd < 0)
+                return to_pfd;
+        /* The rewritten paths below must still fit the path rules. */
+        if (e.kind == BS_KIND_DIR && strlen(to) > strlen(from)) {
+                AccountRange range;
+                sqlite3_stmt *st;
+                r = account_stmt(a, STMT_ENTRY_LIST_BELOW, &st);
+                if (r < 0)
+                        return r;
+                account_range(&range, from);
+                sqlite3_bind_blob(st, 1, range.lo, (int) range.len, SQLITE_STATIC);
+                sqlite3_bind_blob(st, 2, range.hi, (int) range.len, SQLITE_STATIC);
+                while (r >= 0 && sqlite3_step(st) == SQLITE_ROW)
+                        if ((size_t) sqlite3_column_bytes(st, 0) + strlen(to) - strlen(from) > BS_PATH_MAX)
+                                r = -EINVAL;
+                sqlite3_reset(st);
+                if (r < 0)
+                        return r;
+        }
+
+        uint64_t seq = a->seq + 1;
+        AccountEntry n = e;
+        n.version = seq;
+        memcpy(n.device, device, BS_DEVICE_LEN);
+
+        r = account_change_begin(a);
+        if (r < 0)
+                return r;
+        if (t.kind != BS_KIND_NONE) {
+                r = keep_version(a, to_pfd, to_name, to, &t, seq, false);
+                r = r ?: account_entries_remove(a, to);
+        }
+        if (r >= 0 && renameat(from_pfd, from_name, to_pfd, to_name) < 0)
+                r = -errno;
+        r = r ?: bs_fsync_dir(to_pfd);
+        r = r ?: bs_fsync_dir(from_pfd);
+        r = r ?: rebase_below(a, from, to);
+        r = r ?: account_entries_remove(a, from);
+        r = r ?: account_entry_set(a, to, &n);
+        r = r ?: record(a, seq, device, BS_OP_MOVE, from, to, &n);
+        r = account_change_end(a, r);
+        if (r >= 0)
+                *ret_version = seq;
+        return r;
+}

@@ -1,0 +1,76 @@
+/* account-internal.h - what account.c and account-apply.c share
+ *
+ * Not part of the storage interface: only the account-*.c files include
+ * this header.
+ */
+#pragma once
+
+#include <sqlite3.h>
+
+#include "account.h"
+
+enum {
+        STMT_META_GET,
+        STMT_META_SET,
+        STMT_ENTRY_GET,
+        STMT_ENTRY_PUT,
+        STMT_ENTRY_DELETE_TREE,
+        STMT_ENTRY_LIST_BELOW,
+        STMT_ENTRY_RENAME,
+        STMT_ENTRY_BY_SHA,
+        STMT_VERSION_ADD,
+        STMT_VERSION_BY_SHA,
+        STMT_LOG_ADD,
+        STMT_DEVICE_SEEN,
+        _STMT_MAX,
+};
+
+struct Account {
+        char id[BS_ID_LEN + 1];
+        char *db_path;
+        int dir_fd;
+        int tree_fd;
+        int tmp_fd;
+        int versions_fd;
+        sqlite3 *db;
+        sqlite3_stmt *stmt[_STMT_MAX];
+        uint64_t seq;
+        uint64_t committed_seq;
+        uint64_t change_seq; /* seq when the current change began */
+        bool in_txn;
+        char key_hash[65];
+};
+
+/* Bounds of "all paths below p" as blobs: [p + "/", p + "0"). */
+typedef struct AccountRange {
+        char lo[BS_PATH_MAX + 2];
+        char hi[BS_PATH_MAX + 2];
+        size_t len;
+} AccountRange;
+
+/** Map an SQLite result code to a negative errno. */
+int account_sqlite_errno(int rc);
+/** A reset, unbound cached statement. */
+int account_stmt(Account *a, unsigned id, sqlite3_stmt **ret);
+/** Step a statement that returns no rows (SQLITE_DONE). */
+int account_step_done(sqlite3_stmt *st);
+/** Bind a NUL-free byte path as a BLOB. */
+int account_bind_path(sqlite3_stmt *st, int idx, const char *p);
+/** Copy a BLOB path column into out (BS_PATH_MAX + 1 bytes). */
+int account_column_path(sqlite3_stmt *st, int col, char *out, size_t *len);
+void account_range(AccountRange *r, const char *path);
+
+/** Open a change: the transaction if needed, and a savepoint for this one change. */
+int account_change_begin(Account *a);
+/** Close a change: keep it on r >= 0, else roll back to its savepoint. Returns r. */
+int account_change_end(Account *a, int r);
+
+int account_entry_set(Account *a, const char *path, const AccountEntry *e);
+/** Remove the entries of path and all below it. */
+int account_entries_remove(Account *a, const char *path);
+int account_log_add(Account *a, uint64_t seq, const uint8_t device[BS_DEVICE_LEN], BsOp op,
+                    const AccountEntry *e, const char *path, const char *path2);
+int account_version_add(Account *a, const char *path, const AccountEntry *e,
+                        const char *stored, uint64_t replaced_seq);
+/** Advance the account's sequence to seq (inside the open change). */
+int account_set_seq(Account *a, uint64_t seq);

@@ -1,0 +1,208 @@
+/* account-read.c - reading an account: PULL cursors and content for GET
+ *
+ * A PULL answer may be larger than any buffer we want to hold, so it is
+ * read lazily as the connection drains. The cursor uses its own database
+ * connection inside one read transaction: in WAL mode that pins a
+ * consistent snapshot while the account's main connection keeps
+ * committing changes of other sessions.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "account-internal.h"
+#include "bs-fs.h"
+#include "bs-macro.h"
+
+struct AccountCursor {
+        sqlite3 *db;
+        sqlite3_stmt *stmt;
+        uint64_t seq;
+        bool snapshot;
+};
+
+AccountCursor *account_cursor_free(AccountCursor *c) {
+        if (!c)
+                return NULL;
+        sqlite3_finalize(c->stmt);
+        if (c->db) {
+                (void) sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+                sqlite3_close_v2(c->db);
+        }
+        free(c);
+        return NULL;
+}
+
+static int cursor_exec(AccountCursor *c, const char *sql) {
+        return account_sqlite_errno(sqlite3_exec(c->db, sql, NULL, NULL, NULL));
+}
+
+int account_cursor_new(Account *a, uint64_t since, AccountCursor **ret) {
+        _cleanup_(account_cursor_freep) AccountCursor *c = NULL;
+        sqlite3_stmt *st = NULL;
+        int r, rc;
+
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        rc = sqlite3_open_v2(a->db_path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+        if (rc != SQLITE_OK)
+                return account_sqlite_errno(rc) ?: -EIO;
+        sqlite3_busy_timeout(c->db, 5000);
+        r = cursor_exec(c, "BEGIN");
+        if (r < 0)
+                return r;
+        /* The first read fixes the snapshot; the sequence comes from it. */
+        rc = sqlite3_prepare_v2(c->db, "SELECT value FROM meta WHERE key = 'seq'", -1, &st, NULL);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+                c->seq = (uint64_t) sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        if (rc != SQLITE_ROW)
+                return account_sqlite_errno(rc) ?: -EIO;
+
+        c->snapshot = since == 0;
+        if (c->snapshot)
+                rc = sqlite3_prepare_v2(c->db,
+                                        "SELECT path, kind, size, mode, mtime_ns, sha, target, version, device "
+                                        "FROM entries ORDER BY path",
+                                        -1, &c->stmt, NULL);
+        else
+                rc = sqlite3_prepare_v2(c->db,
+                                        "SELECT seq, device, op, kind, path, path2, size, mode, mtime_ns, sha "
+                                        "FROM log WHERE seq > ?1 ORDER BY seq",
+                                        -1, &c->stmt, NULL);
+        if (rc != SQLITE_OK)
+                return account_sqlite_errno(rc) ?: -EIO;
+        if (!c->snapshot)
+                sqlite3_bind_int64(c->stmt, 1, (sqlite3_int64) since);
+        *ret = TAKE_PTR(c);
+        return 0;
+}
+
+uint64_t account_cursor_seq(const AccountCursor *c) {
+        return c->seq;
+}
+
+bool account_cursor_is_snapshot(const AccountCursor *c) {
+        return c->snapshot;
+}
+
+static void column_fixed(sqlite3_stmt *st, int col, uint8_t *out, size_t n) {
+        if ((size_t) sqlite3_column_bytes(st, col) == n)
+                memcpy(out, sqlite3_column_blob(st, col), n);
+        else
+                memset(out, 0, n);
+}
+
+int account_cursor_next(AccountCursor *c, BsRecord *rec) {
+        sqlite3_stmt *st = c->stmt;
+        int rc = sqlite3_step(st);
+        int r;
+
+        if (rc == SQLITE_DONE)
+                return 0;
+        if (rc != SQLITE_ROW)
+                return account_sqlite_errno(rc) ?: -EIO;
+
+        memset(rec, 0, offsetof(BsRecord, path));
+        if (c->snapshot) {
+                rec->kind = (uint8_t) sqlite3_column_int(st, 1);
+                rec->op = rec->kind == BS_KIND_DIR       ? BS_OP_MKDIR
+                          : rec->kind == BS_KIND_SYMLINK ? BS_OP_SYMLINK
+                                                         : BS_OP_PUT;
+                rec->size = (uint64_t) sqlite3_column_int64(st, 2);
+                rec->mode = (uint32_t) sqlite3_column_int64(st, 3);
+                rec->mtime_ns = sqlite3_column_int64(st, 4);
+                column_fixed(st, 5, rec->sha, BS_SHA_LEN);
+                rec->seq = (uint64_t) sqlite3_column_int64(st, 7);
+                column_fixed(st, 8, rec->device, BS_DEVICE_LEN);
+                r = account_column_path(st, 0, rec->path, &rec->path_len);
+                r = r ?: account_column_path(st, 6, rec->path2, &rec->path2_len);
+        } else {
+                rec->seq = (uint64_t) sqlite3_column_int64(st, 0);
+                column_fixed(st, 1, rec->device, BS_DEVICE_LEN);
+                rec->op = (uint8_t) sqlite3_column_int(st, 2);
+                rec->kind = (uint8_t) sqlite3_column_int(st, 3);
+                rec->size = (uint64_t) sqlite3_column_int64(st, 6);
+                rec->mode = (uint32_t) sqlite3_column_int64(st, 7);
+                rec->mtime_ns = sqlite3_column_int64(st, 8);
+                column_fixed(st, 9, rec->sha, BS_SHA_LEN);
+                r = account_column_path(st, 4, rec->path, &rec->path_len);
+                r = r ?: account_column_path(st, 5, rec->path2, &rec->path2_len);
+        }
+        return r < 0 ? r : 1;
+}
+
+/* Open a stored file and make sure it is what the metadata promises. */
+static int open_checked(int dir_fd, const char *path, uint64_t size) {
+        struct stat st;
+        int fd = bs_open_beneath(dir_fd, path, O_RDONLY | O_NOCTTY, 0);
+        if (fd < 0)
+                return fd;
+        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t) st.st_size != size) {
+                close(fd);
+                return -ENOENT;
+        }
+        return fd;
+}
+
+/* Try the rows of a sha lookup (path/stored, size, mode, mtime, version) in turn. */
+static int open_from_rows(Account *a, unsigned id, int dir_fd, const uint8_t sha[BS_SHA_LEN],
+                          AccountContent *ret) {
+        sqlite3_stmt *st;
+        int r = account_stmt(a, id, &st);
+        if (r < 0)
+                return r;
+        sqlite3_bind_blob(st, 1, sha, BS_SHA_LEN, SQLITE_STATIC);
+        r = -ENOENT;
+        while (sqlite3_step(st) == SQLITE_ROW) {
+                char p[BS_PATH_MAX + 1];
+                uint64_t size = (uint64_t) sqlite3_column_int64(st, 1);
+                /* versions.stored is TEXT, entries.path a BLOB: both are bytes here. */
+                const void *s = sqlite3_column_blob(st, 0);
+                size_t n = (size_t) sqlite3_column_bytes(st, 0);
+                if (n == 0 || n > BS_PATH_MAX)
+                        continue;
+                memcpy(p, s, n);
+                p[n] = 0;
+                int fd = open_checked(dir_fd, p, size);
+                if (fd < 0)
+                        continue;
+                *ret = (AccountContent) {
+                        .fd = fd,
+                        .size = size,
+                        .mode = (uint32_t) sqlite3_column_int64(st, 2),
+                        .mtime_ns = sqlite3_column_int64(st, 3),
+                        .version = (uint64_t) sqlite3_column_int64(st, 4),
+                };
+                r = 0;
+                break;
+        }
+        sqlite3_reset(st);
+        return r;
+}
+
+int account_content_open(Account *a, const uint8_t sha[BS_SHA_LEN], const char *path,
+                         AccountContent *ret) {
+        AccountEntry e;
+        int r;
+
+        if (path && path[0] && account_entry_get(a, path, &e) >= 0 && e.kind == BS_KIND_FILE &&
+            memcmp(e.sha, sha, BS_SHA_LEN) == 0) {
+                int fd = open_checked(a->tree_fd, path, e.size);
+                if (fd >= 0) {
+                        *ret = (AccountContent) { .fd = fd, .size = e.size, .mode = e.mode,
+                                                  .mtime_ns = e.mtime_ns, .version = e.version };
+                        return 0;
+                }
+        }
+        r = open_from_rows(a, STMT_ENTRY_BY_SHA, a->tree_fd, sha, ret);
+        if (r != -ENOENT)
+                return r;
+        return open_from_rows(a, STMT_VERSION_BY_SHA, a->versions_fd, sha, ret);
+}

@@ -1,0 +1,515 @@
+/* account.c - opening, creating and committing one account's storage
+ *
+ * STORAGE/<ID>/ holds tree/ (the current files), tmp/ (uploads in
+ * progress, same file system so they can be renamed into the tree),
+ * versions/ (replaced and deleted content) and meta.db. meta.db is opened
+ * in WAL mode with synchronous=FULL: a COMMIT is durable when it returns.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "account-internal.h"
+#include "bs-fs.h"
+#include "bs-macro.h"
+
+static const char *const schema =
+        "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);"
+        "CREATE TABLE IF NOT EXISTS entries("
+        "  path BLOB PRIMARY KEY, kind INTEGER NOT NULL, size INTEGER NOT NULL,"
+        "  mode INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha BLOB, target BLOB,"
+        "  version INTEGER NOT NULL, device BLOB);"
+        "CREATE INDEX IF NOT EXISTS entries_sha ON entries(sha);"
+        "CREATE TABLE IF NOT EXISTS log("
+        "  seq INTEGER PRIMARY KEY, device BLOB, op INTEGER, kind INTEGER, path BLOB,"
+        "  path2 BLOB, size INTEGER, mode INTEGER, mtime_ns INTEGER, sha BLOB, time INTEGER);"
+        "CREATE TABLE IF NOT EXISTS versions("
+        "  id INTEGER PRIMARY KEY, path BLOB, version INTEGER, sha BLOB, size INTEGER,"
+        "  mode INTEGER, mtime_ns INTEGER, stored TEXT, replaced_seq INTEGER);"
+        "CREATE INDEX IF NOT EXISTS versions_sha ON versions(sha);"
+        "CREATE TABLE IF NOT EXISTS devices("
+        "  id BLOB PRIMARY KEY, name TEXT, first_seen INTEGER, last_seen INTEGER);";
+
+static const char *const stmt_sql[_STMT_MAX] = {
+        [STMT_META_GET] = "SELECT value FROM meta WHERE key = ?1",
+        [STMT_META_SET] = "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
+        [STMT_ENTRY_GET] = "SELECT kind, size, mode, mtime_ns, version, sha, device, target "
+                           "FROM entries WHERE path = ?1",
+        [STMT_ENTRY_PUT] = "INSERT OR REPLACE INTO entries"
+                           "(path, kind, size, mode, mtime_ns, sha, target, version, device) "
+                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        [STMT_ENTRY_DELETE_TREE] = "DELETE FROM entries WHERE path = ?1 OR (path >= ?2 AND path < ?3)",
+        [STMT_ENTRY_LIST_BELOW] = "SELECT path, kind, size, mode, mtime_ns, sha, version FROM entries "
+                                  "WHERE path >= ?1 AND path < ?2 ORDER BY path",
+        [STMT_ENTRY_RENAME] = "UPDATE entries SET path = ?2 WHERE path = ?1",
+        [STMT_ENTRY_BY_SHA] = "SELECT path, size, mode, mtime_ns, version FROM entries "
+                              "WHERE sha = ?1 AND kind = 1",
+        [STMT_VERSION_ADD] = "INSERT INTO versions"
+                             "(path, version, sha, size, mode, mtime_ns, stored, replaced_seq) "
+                             "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        [STMT_VERSION_BY_SHA] = "SELECT stored, size, mode, mtime_ns, version FROM versions "
+                                "WHERE sha = ?1 ORDER BY id DESC",
+        [STMT_LOG_ADD] = "INSERT INTO log"
+                         "(seq, device, op, kind, path, path2, size, mode, mtime_ns, sha, time) "
+                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        [STMT_DEVICE_SEEN] = "INSERT INTO devices(id, name, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3) "
+                             "ON CONFLICT(id) DO UPDATE SET name = ?2, last_seen = ?3",
+};
+
+int account_sqlite_errno(int rc) {
+        switch (rc & 0xff) {
+        case SQLITE_OK:
+        case SQLITE_DONE:
+        case SQLITE_ROW:
+                return 0;
+        case SQLITE_FULL:
+                return -ENOSPC;
+        case SQLITE_NOMEM:
+                return -ENOMEM;
+        case SQLITE_BUSY:
+        case SQLITE_LOCKED:
+                return -EBUSY;
+        case SQLITE_CANTOPEN:
+                return -ENOENT;
+        case SQLITE_READONLY:
+        case SQLITE_PERM:
+                return -EROFS;
+        default:
+                return -EIO;
+        }
+}
+
+int account_stmt(Account *a, unsigned id, sqlite3_stmt **ret) {
+        if (!a->stmt[id]) {
+                int rc = sqlite3_prepare_v3(a->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
+                                            &a->stmt[id], NULL);
+                if (rc != SQLITE_OK)
+                        return account_sqlite_errno(rc);
+        }
+        sqlite3_reset(a->stmt[id]);
+        sqlite3_clear_bindings(a->stmt[id]);
+        *ret = a->stmt[id];
+        return 0;
+}
+
+int account_step_done(sqlite3_stmt *st) {
+        int rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        return rc == SQLITE_DONE ? 0 : account_sqlite_errno(rc) ?: -EIO;
+}
+
+int account_bind_path(sqlite3_stmt *st, int idx, const char *p) {
+        /* A non-NULL pointer keeps an empty path a zero-length BLOB, not NULL. */
+        int rc = sqlite3_bind_blob(st, idx, p ? p : "", p ? (int) strlen(p) : 0, SQLITE_STATIC);
+        return account_sqlite_errno(rc);
+}
+
+int account_column_path(sqlite3_stmt *st, int col, char *out, size_t *len) {
+        const void *p = sqlite3_column_blob(st, col);
+        size_t n = (size_t) sqlite3_column_bytes(st, col);
+        if (n > BS_PATH_MAX)
+                return -EIO;
+        if (n)
+                memcpy(out, p, n);
+        out[n] = 0;
+        if (len)
+                *len = n;
+        return 0;
+}
+
+void account_range(AccountRange *r, const char *path) {
+        size_t n = strlen(path);
+        memcpy(r->lo, path, n);
+        memcpy(r->hi, path, n);
+        r->lo[n] = '/';
+        r->hi[n] = '/' + 1;
+        r->lo[n + 1] = r->hi[n + 1] = 0;
+        r->len = n + 1;
+}
+
+static int exec(Account *a, const char *sql) {
+        return account_sqlite_errno(sqlite3_exec(a->db, sql, NULL, NULL, NULL));
+}
+
+static int meta_get(Account *a, const char *key, char *out, size_t outsz) {
+        sqlite3_stmt *st;
+        int r = account_stmt(a, STMT_META_GET, &st);
+        if (r < 0)
+                return r;
+        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+                const unsigned char *v = sqlite3_column_text(st, 0);
+                snprintf(out, outsz, "%s", v ? (const char *) v : "");
+                r = 0;
+        } else
+                r = rc == SQLITE_DONE ? -ENOENT : account_sqlite_errno(rc);
+        sqlite3_reset(st);
+        return r;
+}
+
+static int meta_set(Account *a, const char *key, const char *value) {
+        sqlite3_stmt *st;
+        int r = account_stmt(a, STMT_META_SET, &st);
+        if (r < 0)
+                return r;
+        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+        return account_step_done(st);
+}
+
+static int open_db(Account *a, bool create) {
+        int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
+        int rc = sqlite3_open_v2(a->db_path, &a->db, flags, NULL);
+        if (rc != SQLITE_OK)
+                return account_sqlite_errno(rc) ?: -EIO;
+        sqlite3_extended_result_codes(a->db, 1);
+        sqlite3_busy_timeout(a->db, 5000);
+        int r = exec(a, "PRAGMA journal_mode=WAL");
+        r = r ?: exec(a, "PRAGMA synchronous=FULL");
+        r = r ?: exec(a, schema);
+        return r;
+}
+
+/* Open (and create when missing) one of the account's subdirectories. */
+static int open_subdir(int dir_fd, const char *name) {
+        if (mkdirat(dir_fd, name, 0700) < 0 && errno != EEXIST)
+                return -errno;
+        int fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        return fd < 0 ? -errno : fd;
+}
+
+static int empty_dir(int fd) {
+        int dfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (dfd < 0)
+                return -errno;
+        DIR *d = fdopendir(dfd);
+        if (!d) {
+                close(dfd);
+                return -errno;
+        }
+        rewinddir(d);
+        int r = 0;
+        struct dirent *de;
+        while ((de = readdir(d))) {
+                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+                        continue;
+                int k = bs_rm_rf_at(fd, de->d_name);
+                if (k < 0 && r == 0)
+                        r = k;
+        }
+        closedir(d);
+        return r;
+}
+
+static int account_alloc(const char *storage, const char *id, Account **ret) {
+        Account *a = calloc(1, sizeof(*a));
+        if (!a)
+                return -ENOMEM;
+        a->dir_fd = a->tree_fd = a->tmp_fd = a->versions_fd = -1;
+        memcpy(a->id, id, BS_ID_LEN);
+        if (asprintf(&a->db_path, "%s/%s/meta.db", storage, id) < 0) {
+                free(a);
+                return -ENOMEM;
+        }
+        *ret = a;
+        return 0;
+}
+
+static int account_open_dirs(Account *a, int storage_fd) {
+        a->dir_fd = openat(storage_fd, a->id, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (a->dir_fd < 0)
+                return -errno;
+        a->tree_fd = open_subdir(a->dir_fd, "tree");
+        if (a->tree_fd < 0)
+                return a->tree_fd;
+        a->tmp_fd = open_subdir(a->dir_fd, "tmp");
+        if (a->tmp_fd < 0)
+                return a->tmp_fd;
+        a->versions_fd = open_subdir(a->dir_fd, "versions");
+        return a->versions_fd < 0 ? a->versions_fd : 0;
+}
+
+int account_create(const char *storage, Account **ret, char *token) {
+        _cleanup_(account_freep) Account *a = NULL;
+        _cleanup_(closep) int storage_fd = -1;
+        char id[BS_ID_LEN + 1], now[32];
+        BsToken t = {};
+        int r;
+
+        storage_fd = open(storage, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (storage_fd < 0)
+                return -errno;
+        /* 36^4 IDs: retry on a taken one; a full space ends with -EEXIST. */
+        for (int i = 0;; i++) {
+                bs_id_generate(id);
+                if (mkdirat(storage_fd, id, 0700) >= 0)
+                        break;
+                if (errno != EEXIST || i >= 1000)
+                        return -errno;
+        }
+        r = account_alloc(storage, id, &a);
+        if (r < 0)
+                goto fail;
+        memcpy(t.id, id, sizeof(t.id));
+        r = bs_key_generate(t.key);
+        r = r ?: bs_key_hash(t.key, a->key_hash);
+        r = r ?: account_open_dirs(a, storage_fd);
+        r = r ?: open_db(a, true);
+        if (r < 0)
+                goto fail;
+        snprintf(now, sizeof(now), "%lld", (long long) time(NULL));
+        r = exec(a, "BEGIN IMMEDIATE");
+        r = r ?: meta_set(a, "seq", "0");
+        r = r ?: meta_set(a, "created", now);
+        /* The key hash last: an account without it does not exist (see open). */
+        r = r ?: meta_set(a, "key_hash", a->key_hash);
+        r = r ?: exec(a, "COMMIT");
+        r = r ?: bs_fsync_dir(storage_fd);
+        if (r < 0)
+                goto fail;
+        bs_token_format(&t, token);
+        *ret = TAKE_PTR(a);
+        return 0;
+fail:
+        a = account_free(a);
+        (void) bs_rm_rf_at(storage_fd, id);
+        return r;
+}
+
+int account_open(const char *storage, const char *id, Account **ret) {
+        _cleanup_(account_freep) Account *a = NULL;
+        _cleanup_(closep) int storage_fd = -1;
+        char buf[64];
+        int r;
+
+        if (!bs_id_valid(id, strlen(id)))
+                return -ENOENT;
+        storage_fd = open(storage, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (storage_fd < 0)
+                return -errno;
+        r = account_alloc(storage, id, &a);
+        if (r < 0)
+                return r;
+        r = account_open_dirs(a, storage_fd);
+        if (r < 0)
+                return r;
+        if (faccessat(a->dir_fd, "meta.db", F_OK, AT_SYMLINK_NOFOLLOW) < 0)
+                return -ENOENT;
+        r = open_db(a, false);
+        if (r < 0)
+                return r;
+        r = meta_get(a, "key_hash", a->key_hash, sizeof(a->key_hash));
+        if (r < 0)
+                return r;
+        r = meta_get(a, "seq", buf, sizeof(buf));
+        if (r < 0)
+                return r;
+        a->seq = a->committed_seq = strtoull(buf, NULL, 10);
+        r = empty_dir(a->tmp_fd);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(a);
+        return 0;
+}
+
+Account *account_free(Account *a) {
+        if (!a)
+                return NULL;
+        if (a->in_txn)
+                (void) exec(a, "ROLLBACK");
+        for (unsigned i = 0; i < _STMT_MAX; i++)
+                sqlite3_finalize(a->stmt[i]);
+        sqlite3_close_v2(a->db);
+        for (int *fd = &a->dir_fd; fd <= &a->versions_fd; fd++)
+                if (*fd >= 0)
+                        close(*fd);
+        free(a->db_path);
+        free(a);
+        return NULL;
+}
+
+const char *account_id(const Account *a) {
+        return a->id;
+}
+
+uint64_t account_seq(const Account *a) {
+        return a->seq;
+}
+
+uint64_t account_committed_seq(const Account *a) {
+        return a->committed_seq;
+}
+
+bool account_key_valid(Account *a, const char *key) {
+        char h[65];
+        if (bs_key_hash(key, h) < 0)
+                return false;
+        return bs_key_hash_equal(h, a->key_hash);
+}
+
+int account_device_seen(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *name) {
+        sqlite3_stmt *st;
+        int r = account_stmt(a, STMT_DEVICE_SEEN, &st);
+        if (r < 0)
+                return r;
+        sqlite3_bind_blob(st, 1, device, BS_DEVICE_LEN, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, (sqlite3_int64) time(NULL));
+        /* Outside a change transaction this is its own small commit. */
+        return account_step_done(st);
+}
+
+bool account_in_transaction(const Account *a) {
+        return a->in_txn;
+}
+
+int account_commit(Account *a) {
+        if (!a->in_txn)
+                return 0;
+        int r = exec(a, "COMMIT");
+        if (r < 0) {
+                (void) exec(a, "ROLLBACK");
+                a->seq = a->committed_seq;
+        } else
+                a->committed_seq = a->seq;
+        a->in_txn = false;
+        return r;
+}
+
+int account_change_begin(Account *a) {
+        int r;
+        if (!a->in_txn) {
+                r = exec(a, "BEGIN IMMEDIATE");
+                if (r < 0)
+                        return r;
+                a->in_txn = true;
+        }
+        a->change_seq = a->seq;
+        return exec(a, "SAVEPOINT change");
+}
+
+int account_change_end(Account *a, int r) {
+        if (r >= 0) {
+                int k = exec(a, "RELEASE change");
+                if (k >= 0)
+                        return r;
+                r = k;
+        }
+        (void) exec(a, "ROLLBACK TO change");
+        (void) exec(a, "RELEASE change");
+        a->seq = a->change_seq;
+        return r;
+}
+
+int account_entry_get(Account *a, const char *path, AccountEntry *ret) {
+        sqlite3_stmt *st;
+        int r = account_stmt(a, STMT_ENTRY_GET, &st);
+        if (r < 0)
+                return r;
+        account_bind_path(st, 1, path);
+        int rc = sqlite3_step(st);
+        if (rc != SQLITE_ROW) {
+                sqlite3_reset(st);
+                return rc == SQLITE_DONE ? -ENOENT : account_sqlite_errno(rc);
+        }
+        *ret = (AccountEntry) {
+                .kind = (BsKind) sqlite3_column_int(st, 0),
+                .size = (uint64_t) sqlite3_column_int64(st, 1),
+                .mode = (uint32_t) sqlite3_column_int64(st, 2),
+                .mtime_ns = sqlite3_column_int64(st, 3),
+                .version = (uint64_t) sqlite3_column_int64(st, 4),
+        };
+        if (sqlite3_column_bytes(st, 5) == BS_SHA_LEN)
+                memcpy(ret->sha, sqlite3_column_blob(st, 5), BS_SHA_LEN);
+        if (sqlite3_column_bytes(st, 6) == BS_DEVICE_LEN)
+                memcpy(ret->device, sqlite3_column_blob(st, 6), BS_DEVICE_LEN);
+        r = account_column_path(st, 7, ret->target, &ret->target_len);
+        sqlite3_reset(st);
+        return r;
+}
+
+int account_entry_set(Account *a, const char *path, const AccountEntry *e) {
+        sqlite3_stmt *st;
+        int r = account_stmt(a, STMT_ENTRY_PUT, &st);
+        if (r < 0)
+                return r;
+        account_bind_path(st, 1, path);
+        sqlite3_bind_int(st, 2, (int) e->kind);
+        sqlite3_bind_int64(st, 3, (sqlite3_int64) e->size);
+        sqlite3_bind_int64(st, 4, (sqlite3_int64) e->mode);
+        sqlite3_bind_int64(st, 5, e->mtime_ns);
+        /* Only files have content; NULL keeps dirs and links out of sha lookups. */
+        if (e->kind == BS_KIND_FILE)
+                sqlite3_bind_blob(st, 6, e->sha, BS_SHA_LEN, SQLITE_STATIC);
+        if (e->kind == BS_KIND_SYMLINK)
+                account_bind_path(st, 7, e->target);
+        sqlite3_bind_int64(st, 8, (sqlite3_int64) e->version);
+        sqlite3_bind_blob(st, 9, e->device, BS_DEVICE_LEN, SQLITE_STATIC);
+        return account_step_done(st);
+}
+
+int account_entries_remove(Account *a, const char *path) {
+        AccountRange range;
+        sqlite3_stmt *st;
+        int r = account_stmt(a, STMT_ENTRY_DELETE_TREE, &st);
+        if (r < 0)
+                return r;
+        account_range(&range, path);
+        account_bind_path(st, 1, path);
+        sqlite3_bind_blob(st, 2, range.lo, (int) range.len, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 3, range.hi, (int) range.len, SQLITE_STATIC);
+        return account_step_done(st);
+}
+
+int account_log_add(Account *a, uint64_t seq, const uint8_t device[BS_DEVICE_LEN], BsOp op,
+                    const AccountEntry *e, const char *path, const char *path2) {
+        sqlite3_stmt *st;
+        int r = account_stmt(a, STMT_LOG_ADD, &st);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(st, 1, (sqlite3_int64) seq);
+        sqlite3_bind_blob(st, 2, device, BS_DEVICE_LEN, SQLITE_STATIC);
+        sqlite3_bind_int(st, 3, (int) op);
+        sqlite3_bind_int(st, 4, (int) e->kind);
+        account_bind_path(st, 5, path);
+        account_bind_path(st, 6, path2);
+        sqlite3_bind_int64(st, 7, (sqlite3_int64) e->size);
+        sqlite3_bind_int64(st, 8, (sqlite3_int64) e->mode);
+        sqlite3_bind_int64(st, 9, e->mtime_ns);
+        sqlite3_bind_blob(st, 10, e->sha, BS_SHA_LEN, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 11, (sqlite3_int64) time(NULL));
+        return account_step_done(st);
+}
+
+int account_version_add(Account *a, const char *path, const AccountEntry *e,
+                        const char *stored, uint64_t replaced_seq) {
+        sqlite3_stmt *st;
+        int r = account_stmt(a, STMT_VERSION_ADD, &st);
+        if (r < 0)
+                return r;
+        account_bind_path(st, 1, path);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64) e->version);
+        sqlite3_bind_blob(st, 3, e->sha, BS_SHA_LEN, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, (sqlite3_int64) e->size);
+        sqlite3_bind_int64(st, 5, (sqlite3_int64) e->mode);
+        sqlite3_bind_int64(st, 6, e->mtime_ns);
+        sqlite3_bind_text(st, 7, stored, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 8, (sqlite3_int64) replaced_seq);
+        return account_step_done(st);
+}
+
+int account_set_seq(Account *a, uint64_t seq) {
+        char buf[32];
+        snprintf(buf, sizeof(buf), "%llu", (unsigned long long) seq);
+        int r = meta_set(a, "seq", buf);
+        if (r >= 0)
+                a->seq = seq;
+        return r;
+}

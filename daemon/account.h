@@ -1,0 +1,158 @@
+/* account.h - one account's storage: tree, kept versions, change log
+ *
+ * This is the storage interface of the server. An Account owns the
+ * account's directory STORAGE/<ID>/ (tree/, tmp/, versions/) and its
+ * metadata database meta.db (SQLite). Every change is checked against the
+ * path's current version, applied to tree/ only through directory fds and
+ * recorded as one change-log record. Changes join the open transaction
+ * (group commit); nothing is durable until account_commit().
+ *
+ * Errors are negative errno values with these meanings for the protocol:
+ * -ESTALE base is not the current version (CONFLICT), -ENOENT missing
+ * entry, content or parent (NOT_FOUND), -EINVAL/-ELOOP/-EXDEV the path
+ * breaks the rules or leaves the tree (BAD_PATH), -EBADMSG size or SHA-256
+ * mismatch (CHECKSUM), -EFBIG more data than announced (TOO_LARGE),
+ * -ENOSPC/-EDQUOT disk full (NO_SPACE); anything else is an I/O error.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bs-hash.h"
+#include "bs-proto.h"
+#include "bs-token.h"
+
+typedef struct Account Account;
+typedef struct AccountCursor AccountCursor;
+
+/* The current state of one path, as kept in the entries table. */
+typedef struct AccountEntry {
+        BsKind kind;
+        uint64_t size;
+        uint32_t mode;
+        int64_t mtime_ns;
+        uint64_t version;
+        uint8_t sha[BS_SHA_LEN];
+        uint8_t device[BS_DEVICE_LEN];
+        size_t target_len;
+        char target[BS_PATH_MAX + 1]; /* symlink text */
+} AccountEntry;
+
+/* An upload in progress: a temporary file in tmp/ and its running hash. */
+typedef struct AccountUpload {
+        int fd;
+        char name[64];
+        BsSha *sha;
+        uint64_t written;
+} AccountUpload;
+
+#define ACCOUNT_UPLOAD_NULL ((AccountUpload) { .fd = -1 })
+
+/* An opened content for GET: the fd stays valid while the path changes. */
+typedef struct AccountContent {
+        int fd;
+        uint64_t size;
+        uint32_t mode;
+        int64_t mtime_ns;
+        uint64_t version;
+} AccountContent;
+
+/**
+ * Create a new account with a fresh unique ID and key below storage.
+ * token receives "ID-KEY" (BS_TOKEN_MAX + 1 bytes); only its hash is kept.
+ */
+int account_create(const char *storage, Account **ret, char *token);
+
+/**
+ * Open an existing account. -ENOENT when there is no such (complete)
+ * account. Leftover temporary files of interrupted uploads are removed.
+ */
+int account_open(const char *storage, const char *id, Account **ret);
+
+/** Close the account; an open transaction is rolled back. Returns NULL. */
+Account *account_free(Account *a);
+static inline void account_freep(Account **a) { if (*a) account_free(*a); }
+
+const char *account_id(const Account *a);
+/** The account's sequence, including changes not committed yet. */
+uint64_t account_seq(const Account *a);
+/** The sequence of the last committed change. */
+uint64_t account_committed_seq(const Account *a);
+
+/** Compare key with the stored hash, in constant time. */
+bool account_key_valid(Account *a, const char *key);
+
+/** Remember a device (id and readable name) that connected now. */
+int account_device_seen(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *name);
+
+/** True while changes wait for account_commit(). */
+bool account_in_transaction(const Account *a);
+/** Make the pending changes durable. On failure they are rolled back. */
+int account_commit(Account *a);
+
+/** Look up the entry of path: 0, or -ENOENT. */
+int account_entry_get(Account *a, const char *path, AccountEntry *ret);
+
+/**
+ * Check a PUT header: 0 when the upload may proceed, 1 when the base is
+ * stale but the file has the announced size, so the content decides at
+ * the end (identical content is already done), or a negative errno.
+ */
+int account_put_check(Account *a, const char *path, uint64_t base, uint64_t size);
+
+/** Start an upload: a temporary file in tmp/. */
+int account_upload_begin(Account *a, AccountUpload *u);
+/** Append bytes to an upload; -EFBIG once it would pass limit. */
+int account_upload_write(AccountUpload *u, const void *p, size_t n, uint64_t limit);
+/** Drop an upload and its temporary file. */
+void account_upload_discard(Account *a, AccountUpload *u);
+
+/**
+ * Finish an upload as path. Checks size and SHA-256, re-checks base, keeps
+ * the replaced file in versions/ and renames the new one into the tree.
+ * The upload is consumed. Returns 0 (applied; *ret_version is the new
+ * sequence), 1 (the file already had this content; *ret_version is its
+ * version), or a negative errno.
+ */
+int account_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN],
+                const char *path, uint64_t base, uint64_t size, uint32_t mode,
+                int64_t mtime_ns, const uint8_t sha[BS_SHA_LEN], uint64_t *ret_version);
+
+/* The other changes return 0 (applied) or 1 (already done) like account_put(). */
+
+/** Create a directory. */
+int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path,
+                  uint64_t base, uint32_t mode, int64_t mtime_ns, uint64_t *ret_version);
+/** Create or replace a symlink; target is stored verbatim, never followed. */
+int account_symlink(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path,
+                    uint64_t base, const char *target, int64_t mtime_ns, uint64_t *ret_version);
+/** Delete a path and, for a directory, all below it; files are kept as versions. */
+int account_delete(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path,
+                   uint64_t base, uint64_t *ret_version);
+/** Move from to to; an entry at to (base_to != 0) is replaced and kept. */
+int account_move(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *from,
+                 uint64_t base_from, const char *to, uint64_t base_to, uint64_t *ret_version);
+
+/**
+ * Open content for GET: the file at path when it has this SHA-256, else
+ * any current file or kept version with it. -ENOENT when there is none.
+ */
+int account_content_open(Account *a, const uint8_t sha[BS_SHA_LEN], const char *path,
+                         AccountContent *ret);
+
+/**
+ * Start reading the account for PULL: a snapshot of all entries (since 0)
+ * or the change-log records after since. The cursor reads one consistent
+ * state over its own database connection, so changes committed meanwhile
+ * do not tear the answer. Commit before creating one.
+ */
+int account_cursor_new(Account *a, uint64_t since, AccountCursor **ret);
+AccountCursor *account_cursor_free(AccountCursor *c);
+static inline void account_cursor_freep(AccountCursor **c) { if (*c) account_cursor_free(*c); }
+/** The sequence the answer is complete up to. */
+uint64_t account_cursor_seq(const AccountCursor *c);
+bool account_cursor_is_snapshot(const AccountCursor *c);
+/** Next record: 1, or 0 at the end, or a negative errno. */
+int account_cursor_next(AccountCursor *c, BsRecord *rec);

@@ -1,0 +1,278 @@
+/* server.c - the manager: listening socket, sessions, account cache, limits */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "bs-log.h"
+#include "bs-macro.h"
+#include "server.h"
+#include "session.h"
+
+#define ACCEPT_BATCH 64
+
+static int on_signal(sd_event_source *source, const struct signalfd_siginfo *si, void *userdata) {
+        Server *s = userdata;
+        log_info("received %s, exiting", strsignal((int) si->ssi_signo));
+        (void) sd_notify(0, "STOPPING=1");
+        return sd_event_exit(s->event, 0);
+}
+
+int server_new(Server **ret, sd_event *event, const ServerConfig *config) {
+        _cleanup_(server_freep) Server *s = NULL;
+        int r;
+
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->listen_fd = -1;
+        s->event = sd_event_ref(event);
+        s->idle_timeout_usec = config->idle_timeout_usec;
+        s->max_connections = config->max_connections;
+        s->require_key = config->require_key;
+        s->storage = strdup(config->storage);
+        if (!s->storage)
+                return -ENOMEM;
+        r = ratelimit_new(&s->ratelimit);
+        if (r < 0)
+                return r;
+        r = sd_event_add_signal(event, &s->sigterm_source, SIGTERM | SD_EVENT_SIGNAL_PROCMASK, on_signal, s);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_description(s->sigterm_source, "server-sigterm");
+        r = sd_event_add_signal(event, &s->sigint_source, SIGINT | SD_EVENT_SIGNAL_PROCMASK, on_signal, s);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_description(s->sigint_source, "server-sigint");
+        *ret = TAKE_PTR(s);
+        return 0;
+}
+
+Server *server_free(Server *s) {
+        if (!s)
+                return NULL;
+        while (s->sessions)
+                session_free(s->sessions);
+        while (s->accounts) {
+                ServerAccount *a = s->accounts;
+                s->accounts = a->next;
+                account_free(a->account);
+                free(a);
+        }
+        sd_event_source_disable_unref(s->listen_source);
+        sd_event_source_disable_unref(s->sigterm_source);
+        sd_event_source_disable_unref(s->sigint_source);
+        if (s->listen_fd >= 0)
+                close(s->listen_fd);
+        ratelimit_free(s->ratelimit);
+        free(s->storage);
+        sd_event_unref(s->event);
+        free(s);
+        return NULL;
+}
+
+/* Over the cap: say BUSY without allocating anything for the connection. */
+static void refuse_busy(int fd) {
+        BsBuf b = {};
+        BsMsg m;
+        static const char text[] = "connection cap reached; retry later";
+
+        bs_msg_init(&m, BS_MSG_ERROR, 0);
+        m.code = BS_ERR_BUSY;
+        memcpy(m.path, text, sizeof(text));
+        m.path_len = sizeof(text) - 1;
+        if (bs_msg_encode(&b, &m) >= 0)
+                (void) send(fd, bs_buf_head(&b), bs_buf_len(&b), MSG_DONTWAIT | MSG_NOSIGNAL);
+        bs_buf_free(&b);
+}
+
+static int on_accept(sd_event_source *source, int fd, uint32_t revents, void *userdata) {
+        Server *s = userdata;
+
+        for (unsigned i = 0; i < ACCEPT_BATCH; i++) {
+                struct sockaddr_storage sa;
+                socklen_t len = sizeof(sa);
+                int one = 1;
+                Session *session;
+
+                int cfd = accept4(fd, (struct sockaddr *) &sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (cfd < 0) {
+                        if (errno == EINTR || errno == ECONNABORTED)
+                                continue;
+                        if (errno == EMFILE || errno == ENFILE) {
+                                /* Level-triggered: without a pause this would spin. */
+                                log_warning("accept failed, pausing until a connection ends: %m");
+                                s->accept_paused = true;
+                                (void) sd_event_source_set_enabled(source, SD_EVENT_OFF);
+                        } else if (errno != EAGAIN)
+                                log_warning("accept failed: %m");
+                        break;
+                }
+                (void) setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+                if (s->n_sessions >= s->max_connections) {
+                        log_warning("connection cap of %u reached, refusing a connection", s->max_connections);
+                        refuse_busy(cfd);
+                        close(cfd);
+                        continue;
+                }
+                int r = session_new(&session, s, cfd, (struct sockaddr *) &sa, len);
+                if (r < 0) {
+                        errno = -r;
+                        log_error("cannot set up a connection: %m");
+                        close(cfd);
+                        continue;
+                }
+                log_debug("connection from %s", session->peer);
+                server_update_status(s);
+        }
+        return 0;
+}
+
+static int add_listen_source(Server *s) {
+        int r = sd_event_add_io(s->event, &s->listen_source, s->listen_fd, EPOLLIN, on_accept, s);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_description(s->listen_source, "server-listen");
+        return 0;
+}
+
+int server_listen(Server *s, const char *addr, uint16_t port, uint16_t *ret_port) {
+        struct sockaddr_storage ss = {};
+        socklen_t len;
+        int one = 1, zero = 0;
+
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) &ss;
+        struct sockaddr_in *in = (struct sockaddr_in *) &ss;
+        if (inet_pton(AF_INET6, addr, &in6->sin6_addr) == 1) {
+                in6->sin6_family = AF_INET6;
+                in6->sin6_port = htons(port);
+                len = sizeof(*in6);
+        } else if (inet_pton(AF_INET, addr, &in->sin_addr) == 1) {
+                in->sin_family = AF_INET;
+                in->sin_port = htons(port);
+                len = sizeof(*in);
+        } else
+                return -EINVAL;
+
+        _cleanup_(closep) int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        (void) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        /* "::" serves IPv4 too, whatever the system default says. */
+        if (ss.ss_family == AF_INET6)
+                (void) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+        if (bind(fd, (struct sockaddr *) &ss, len) < 0 || listen(fd, SOMAXCONN) < 0)
+                return -errno;
+        len = sizeof(ss);
+        if (getsockname(fd, (struct sockaddr *) &ss, &len) < 0)
+                return -errno;
+        *ret_port = ntohs(ss.ss_family == AF_INET6 ? in6->sin6_port : in->sin_port);
+        s->listen_fd = TAKE_FD(fd);
+        return add_listen_source(s);
+}
+
+int server_adopt_listen_fd(Server *s, int fd) {
+        int flags = fcntl(fd, F_GETFL);
+        if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+                return -errno;
+        s->listen_fd = fd;
+        return add_listen_source(s);
+}
+
+static int cache_add(Server *s, Account *a) {
+        ServerAccount *sa = calloc(1, sizeof(*sa));
+        if (!sa)
+                return -ENOMEM;
+        sa->account = a;
+        sa->n_users = 1;
+        sa->next = s->accounts;
+        s->accounts = sa;
+        s->n_accounts++;
+        server_update_status(s);
+        return 0;
+}
+
+int server_account_register(Server *s, Account **ret, char *token) {
+        Account *a;
+        int r = account_create(s->storage, &a, token);
+        if (r < 0)
+                return r;
+        r = cache_add(s, a);
+        if (r < 0) {
+                account_free(a);
+                return r;
+        }
+        *ret = a;
+        return 0;
+}
+
+int server_account_acquire(Server *s, const char *id, Account **ret) {
+        Account *a;
+        int r;
+
+        for (ServerAccount *sa = s->accounts; sa; sa = sa->next)
+                if (strcmp(account_id(sa->account), id) == 0) {
+                        sa->n_users++;
+                        *ret = sa->account;
+                        return 0;
+                }
+        r = account_open(s->storage, id, &a);
+        if (r < 0)
+                return r;
+        r = cache_add(s, a);
+        if (r < 0) {
+                account_free(a);
+                return r;
+        }
+        *ret = a;
+        return 0;
+}
+
+void server_account_release(Server *s, Account *a) {
+        for (ServerAccount **p = &s->accounts; *p; p = &(*p)->next) {
+                ServerAccount *sa = *p;
+                if (sa->account != a)
+                        continue;
+                if (--sa->n_users > 0)
+                        return;
+                *p = sa->next;
+                account_free(sa->account);
+                free(sa);
+                s->n_accounts--;
+                server_update_status(s);
+                return;
+        }
+}
+
+void server_notify(Server *s, Account *a, Session *except) {
+        for (Session *session = s->sessions; session; session = session->next)
+                if (session != except && session->account == a)
+                        session_notify(session, account_committed_seq(a));
+}
+
+void server_session_gone(Server *s) {
+        s->n_sessions--;
+        if (s->accept_paused && s->listen_source) {
+                s->accept_paused = false;
+                (void) sd_event_source_set_enabled(s->listen_source, SD_EVENT_ON);
+        }
+        server_update_status(s);
+}
+
+void server_update_status(Server *s) {
+        static unsigned last_accounts = UINT32_MAX, last_sessions = UINT32_MAX;
+
+        if (s->n_accounts == last_accounts && s->n_sessions == last_sessions)
+                return;
+        last_accounts = s->n_accounts;
+        last_sessions = s->n_sessions;
+        (void) sd_notifyf(0, "STATUS=%u accounts open, %u connections", s->n_accounts, s->n_sessions);
+}

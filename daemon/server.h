@@ -1,0 +1,85 @@
+/* server.h - the manager: listening socket, sessions, account cache, limits
+ *
+ * One Server per process. It accepts connections into Sessions, keeps each
+ * Account open while any session uses it (so all sessions of an account
+ * share one database handle and one tree fd, and the single-threaded loop
+ * orders their changes), enforces the connection cap and the failed-login
+ * rate limit, and keeps systemd informed through sd_notify().
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+#include "account.h"
+#include "ratelimit.h"
+
+#ifndef USEC_PER_SEC
+#define USEC_PER_SEC 1000000ULL
+#endif
+
+typedef struct Server Server;
+typedef struct ServerAccount ServerAccount;
+typedef struct Session Session;
+
+typedef struct ServerConfig {
+        const char *storage;        /* absolute path of the storage directory */
+        uint64_t idle_timeout_usec; /* 0: never */
+        unsigned max_connections;
+        bool require_key;
+} ServerConfig;
+
+/* An open account and how many sessions use it. */
+struct ServerAccount {
+        ServerAccount *next;
+        Account *account;
+        unsigned n_users;
+};
+
+struct Server {
+        sd_event *event;
+        char *storage;
+        uint64_t idle_timeout_usec;
+        unsigned max_connections;
+        bool require_key;
+
+        int listen_fd;
+        sd_event_source *listen_source;
+        bool accept_paused; /* out of fds: resumed when a session ends */
+        sd_event_source *sigterm_source;
+        sd_event_source *sigint_source;
+
+        Session *sessions;
+        unsigned n_sessions;
+        ServerAccount *accounts;
+        unsigned n_accounts;
+        RateLimit *ratelimit;
+};
+
+/** Create the manager on event (referenced), with signal handlers for a clean exit. */
+int server_new(Server **ret, sd_event *event, const ServerConfig *config);
+Server *server_free(Server *s);
+static inline void server_freep(Server **s) { if (*s) server_free(*s); }
+
+/**
+ * Bind and listen on addr (an IPv4 or IPv6 literal; "::" is dual stack)
+ * and port (0: any free port). *ret_port receives the bound port.
+ */
+int server_listen(Server *s, const char *addr, uint16_t port, uint16_t *ret_port);
+/** Use a listening socket passed by systemd. */
+int server_adopt_listen_fd(Server *s, int fd);
+
+/** Register a new account; token receives "ID-KEY". The caller holds one use. */
+int server_account_register(Server *s, Account **ret, char *token);
+/** Open or share an account by ID; -ENOENT for an unknown one. */
+int server_account_acquire(Server *s, const char *id, Account **ret);
+/** Drop one use; the account is closed with its last user. */
+void server_account_release(Server *s, Account *a);
+
+/** Tell every session of a but except that its sequence advanced. */
+void server_notify(Server *s, Account *a, Session *except);
+/** A session was unlinked: count it and resume accepting if that was paused. */
+void server_session_gone(Server *s);
+/** Publish STATUS= to the service manager. */
+void server_update_status(Server *s);

@@ -1,0 +1,577 @@
+/* session.c - one client connection: I/O, frame dispatch, HELLO, changes
+ *
+ * The event handler runs one pass: read what the socket has, handle whole
+ * frames in order, commit the account's transaction, then write. Writing
+ * only after the commit is what makes every ACK mean "durable".
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include "bs-log.h"
+#include "bs-macro.h"
+#include "bs-path.h"
+#include "server.h"
+#include "session.h"
+
+static int on_io(sd_event_source *source, int fd, uint32_t revents, void *userdata);
+static int on_timer(sd_event_source *source, uint64_t usec, void *userdata);
+
+static uint64_t now_usec(Session *s) {
+        uint64_t t = 0;
+        (void) sd_event_now(s->server->event, CLOCK_MONOTONIC, &t);
+        return t;
+}
+
+static void peer_format(Session *s, const struct sockaddr *sa) {
+        static const uint8_t v4mapped[12] = { [10] = 0xff, [11] = 0xff };
+
+        if (sa->sa_family == AF_INET6) {
+                const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) sa;
+                memcpy(s->peer_addr, &in6->sin6_addr, 16);
+                if (memcmp(s->peer_addr, v4mapped, 12) == 0)
+                        inet_ntop(AF_INET, s->peer_addr + 12, s->peer, sizeof(s->peer));
+                else
+                        inet_ntop(AF_INET6, &in6->sin6_addr, s->peer, sizeof(s->peer));
+        } else if (sa->sa_family == AF_INET) {
+                const struct sockaddr_in *in = (const struct sockaddr_in *) sa;
+                memcpy(s->peer_addr, v4mapped, 12);
+                memcpy(s->peer_addr + 12, &in->sin_addr, 4);
+                inet_ntop(AF_INET, &in->sin_addr, s->peer, sizeof(s->peer));
+        } else
+                snprintf(s->peer, sizeof(s->peer), "local");
+}
+
+int session_new(Session **ret, Server *server, int fd, const struct sockaddr *peer, socklen_t peer_len) {
+        _cleanup_(session_freep) Session *s = NULL;
+        char desc[96];
+        int r;
+
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->server = server;
+        s->fd = fd;
+        s->upload.u = ACCOUNT_UPLOAD_NULL;
+        s->content.fd = -1;
+        s->peer_max_frame = BS_FRAME_MIN;
+        peer_format(s, peer);
+        (void) peer_len;
+
+        /* Linked first, so session_free() on a failure below unlinks it. */
+        s->next = server->sessions;
+        if (s->next)
+                s->next->prev = s;
+        server->sessions = s;
+        server->n_sessions++;
+
+        r = sd_event_add_io(server->event, &s->io_source, fd, EPOLLIN, on_io, s);
+        if (r < 0)
+                return r;
+        snprintf(desc, sizeof(desc), "session-io-%s", s->peer);
+        (void) sd_event_source_set_description(s->io_source, desc);
+        s->last_io_usec = now_usec(s);
+        if (server->idle_timeout_usec > 0) {
+                r = sd_event_add_time(server->event, &s->timer_source, CLOCK_MONOTONIC,
+                                      s->last_io_usec + server->idle_timeout_usec, USEC_PER_SEC,
+                                      on_timer, s);
+                if (r < 0)
+                        return r;
+                snprintf(desc, sizeof(desc), "session-timer-%s", s->peer);
+                (void) sd_event_source_set_description(s->timer_source, desc);
+        }
+        *ret = TAKE_PTR(s);
+        return 0;
+}
+
+Session *session_free(Session *s) {
+        if (!s)
+                return NULL;
+        Server *server = s->server;
+
+        session_transfer_reset(s);
+        if (s->account) {
+                /* Changes of an interrupted pass are still answered in its buffer: keep them. */
+                if (account_in_transaction(s->account))
+                        (void) session_end_pass(s);
+                server_account_release(server, s->account);
+        }
+        sd_event_source_disable_unref(s->io_source);
+        sd_event_source_disable_unref(s->timer_source);
+        if (s->fd >= 0)
+                close(s->fd);
+        bs_buf_free(&s->in);
+        bs_buf_free(&s->out);
+
+        if (s->prev)
+                s->prev->next = s->next;
+        else if (server->sessions == s)
+                server->sessions = s->next;
+        if (s->next)
+                s->next->prev = s->prev;
+        server_session_gone(server);
+        free(s);
+        return NULL;
+}
+
+/*
+ * bs_buf_reserve() compacts the buffer when it lacks room, which moves
+ * the offset bs_frame_begin() returned. Reserving the whole frame first
+ * means nothing moves while it is encoded.
+ */
+int session_send(Session *s, const BsMsg *m) {
+        int r = bs_buf_reserve(&s->out, BS_FRAME_HDR + 128 + m->path_len + m->path2_len + m->data_len);
+        return r ?: bs_msg_encode(&s->out, m);
+}
+
+static int send_errorv(Session *s, uint32_t req, BsErr code, const char *fmt, va_list ap) {
+        BsMsg m;
+        bs_msg_init(&m, BS_MSG_ERROR, req);
+        m.code = code;
+        int n = vsnprintf(m.path, BS_TEXT_MAX + 1, fmt, ap);
+        m.path_len = n < 0 ? 0 : MIN((size_t) n, (size_t) BS_TEXT_MAX);
+        return session_send(s, &m);
+}
+
+int session_send_error(Session *s, uint32_t req, BsErr code, const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        int r = send_errorv(s, req, code, fmt, ap);
+        va_end(ap);
+        return r;
+}
+
+int session_fail(Session *s, uint32_t req, BsErr code, const char *fmt, ...) {
+        char text[512];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(text, sizeof(text), fmt, ap);
+        va_end(ap);
+        bs_logf(LOG_WARNING,
+                &(BsLogCtx) { .message_id = BS_MID_REJECTED,
+                              .account = s->account ? account_id(s->account) : NULL },
+                "connection from %s: %s: %s", s->peer, bs_err_name(code), text);
+        (void) session_send_error(s, req, code, "%s", text);
+        s->state = SESSION_CLOSING;
+        return -ECONNABORTED;
+}
+
+BsErr session_errno_to_code(int r) {
+        switch (r) {
+        case -ESTALE:
+        case -EEXIST:
+        case -EISDIR:
+        case -ENOTEMPTY:
+                return BS_ERR_CONFLICT;
+        case -ENOENT:
+        case -ENOTDIR:
+                return BS_ERR_NOT_FOUND;
+        case -EINVAL:
+        case -ELOOP:
+        case -EXDEV:
+        case -ENAMETOOLONG:
+                return BS_ERR_BAD_PATH;
+        case -EBADMSG:
+                return BS_ERR_CHECKSUM;
+        case -EFBIG:
+                return BS_ERR_TOO_LARGE;
+        case -ENOSPC:
+        case -EDQUOT:
+                return BS_ERR_NO_SPACE;
+        default:
+                return BS_ERR_IO;
+        }
+}
+
+const char *session_log_path(const char *p, char *buf) {
+        char *o = buf;
+        for (; *p; p++) {
+                unsigned char c = (unsigned char) *p;
+                if (c < 0x20 || c == 0x7f)
+                        o += sprintf(o, "\\x%02x", c);
+                else
+                        *o++ = (char) c;
+        }
+        *o = 0;
+        return buf;
+}
+
+void session_notify(Session *s, uint64_t seq) {
+        BsMsg m;
+        if (s->state != SESSION_RUNNING)
+                return;
+        /* A slow reader gets one NOTIFY with the newest seq once it drains. */
+        if (bs_buf_len(&s->out) >= SESSION_OUT_HIGH) {
+                s->notify_pending = seq;
+                return;
+        }
+        bs_msg_init(&m, BS_MSG_NOTIFY, 0);
+        m.seq = seq;
+        (void) session_send(s, &m);
+        (void) sd_event_source_set_io_events(s->io_source, EPOLLIN | EPOLLOUT);
+}
+
+void session_change_begin(Session *s) {
+        if (!account_in_transaction(s->account))
+                s->txn_mark = bs_buf_len(&s->out);
+}
+
+int session_end_pass(Session *s) {
+        if (!s->account || !account_in_transaction(s->account))
+                return 0;
+        uint64_t before = account_committed_seq(s->account);
+        int r = account_commit(s->account);
+        if (r < 0) {
+                /* Those answers promised durability we do not have: take them back. */
+                s->out.end = s->out.start + MIN(s->txn_mark, bs_buf_len(&s->out));
+                errno = -r;
+                log_error("account %s: commit failed: %m", account_id(s->account));
+                return session_fail(s, 0, BS_ERR_IO, "could not commit changes");
+        }
+        if (account_committed_seq(s->account) > before)
+                server_notify(s->server, s->account, s);
+        return 0;
+}
+
+static int send_welcome(Session *s, const char *token) {
+        BsMsg m;
+        bs_msg_init(&m, BS_MSG_WELCOME, 0);
+        m.version = BS_PROTO_VERSION;
+        m.max_frame = BS_FRAME_MAX_DEFAULT;
+        m.seq = account_committed_seq(s->account);
+        m.path_len = strlen(account_id(s->account));
+        memcpy(m.path, account_id(s->account), m.path_len + 1);
+        m.path2_len = strlen(token);
+        memcpy(m.path2, token, m.path2_len + 1);
+        return session_send(s, &m);
+}
+
+static int auth_failed(Session *s, const char *id) {
+        ratelimit_fail(s->server->ratelimit, s->peer_addr, now_usec(s));
+        bs_logf(LOG_WARNING, &(BsLogCtx) { .message_id = BS_MID_AUTH_FAILED, .account = id },
+                "auth failed for %s from %s", id, s->peer);
+        (void) session_send_error(s, 0, BS_ERR_AUTH, "unknown account or wrong key");
+        s->state = SESSION_CLOSING;
+        return -ECONNABORTED;
+}
+
+static int handle_hello(Session *s, const BsMsg *m) {
+        Server *server = s->server;
+        char token[BS_TOKEN_MAX + 1] = "";
+        uint64_t left;
+        BsToken t;
+        int r;
+
+        if (m->type != BS_MSG_HELLO)
+                return session_fail(s, m->req, BS_ERR_PROTOCOL, "expected HELLO, got %s",
+                                    bs_msg_type_name(m->type));
+        if (ratelimit_blocked(server->ratelimit, s->peer_addr, now_usec(s), &left))
+                return session_fail(s, 0, BS_ERR_RATE_LIMITED,
+                                    "too many failed logins from %s; retry in %llu s", s->peer,
+                                    (unsigned long long) (left + USEC_PER_SEC - 1) / USEC_PER_SEC);
+        if (m->min_version > m->version || m->min_version > BS_PROTO_VERSION ||
+            m->version < BS_PROTO_MIN_VERSION)
+                return session_fail(s, 0, BS_ERR_VERSION,
+                                    "no common protocol version: agent speaks %u..%u, server speaks %u..%u",
+                                    m->min_version, m->version, BS_PROTO_MIN_VERSION, BS_PROTO_VERSION);
+        if (m->max_frame < BS_FRAME_MIN)
+                return session_fail(s, 0, BS_ERR_BAD_FRAME, "frame limit %u is below %u",
+                                    m->max_frame, BS_FRAME_MIN);
+        s->peer_max_frame = MIN(m->max_frame, BS_FRAME_LIMIT);
+        memcpy(s->device, m->device, BS_DEVICE_LEN);
+
+        if (m->path_len == 0) {
+                r = server_account_register(server, &s->account, token);
+                if (r < 0) {
+                        errno = -r;
+                        log_error("could not create an account for %s: %m", s->peer);
+                        return session_fail(s, 0, session_errno_to_code(r) == BS_ERR_NO_SPACE ? BS_ERR_NO_SPACE : BS_ERR_IO,
+                                            "could not create an account");
+                }
+                log_event(LOG_INFO, BS_MID_REGISTERED, account_id(s->account), NULL,
+                          "registered account %s", account_id(s->account));
+        } else {
+                if (bs_token_parse(m->path, m->path_len, &t) < 0)
+                        return auth_failed(s, "(malformed)");
+                /* Checked before the lookup, so the answer tells nothing about the ID. */
+                if (!t.key[0] && server->require_key)
+                        return session_fail(s, 0, BS_ERR_AUTH,
+                                            "this server needs the full token ID-KEY printed at registration");
+                r = server_account_acquire(server, t.id, &s->account);
+                if (r == -ENOENT)
+                        return auth_failed(s, t.id);
+                if (r < 0) {
+                        errno = -r;
+                        log_error("could not open account %s: %m", t.id);
+                        return session_fail(s, 0, BS_ERR_IO, "could not open the account");
+                }
+                if (t.key[0] && !account_key_valid(s->account, t.key)) {
+                        server_account_release(server, TAKE_PTR(s->account));
+                        return auth_failed(s, t.id);
+                }
+                ratelimit_success(server->ratelimit, s->peer_addr);
+                log_event(LOG_INFO, BS_MID_JOINED, account_id(s->account), NULL,
+                          "joined account %s from %s", account_id(s->account), s->peer);
+        }
+        r = account_device_seen(s->account, s->device, m->path2);
+        if (r < 0) {
+                errno = -r;
+                log_warning("account %s: could not record device: %m", account_id(s->account));
+        }
+        s->state = SESSION_RUNNING;
+        server_update_status(server);
+        return send_welcome(s, token);
+}
+
+static int send_ack(Session *s, uint32_t req, uint64_t version) {
+        BsMsg m;
+        bs_msg_init(&m, BS_MSG_ACK, req);
+        m.seq = version;
+        return session_send(s, &m);
+}
+
+/* MKDIR, SYMLINK, DELETE and MOVE: one change each, answered ACK or ERROR. */
+static int handle_change(Session *s, const BsMsg *m) {
+        char lp[4 * BS_PATH_MAX + 1], lp2[4 * BS_PATH_MAX + 1];
+        const char *id = account_id(s->account);
+        uint64_t version = 0;
+        int r;
+
+        if (bs_path_check(m->path, m->path_len) < 0)
+                return session_send_error(s, m->req, BS_ERR_BAD_PATH, "bad path");
+        if ((m->type == BS_MSG_MOVE && bs_path_check(m->path2, m->path2_len) < 0) ||
+            (m->type == BS_MSG_SYMLINK && (m->path2_len == 0 || strlen(m->path2) != m->path2_len)))
+                return session_send_error(s, m->req, BS_ERR_BAD_PATH,
+                                          m->type == BS_MSG_MOVE ? "bad target path" : "bad link target");
+
+        session_change_begin(s);
+        switch (m->type) {
+        case BS_MSG_MKDIR:
+                r = account_mkdir(s->account, s->device, m->path, m->base, m->mode, m->mtime_ns, &version);
+                break;
+        case BS_MSG_SYMLINK:
+                r = account_symlink(s->account, s->device, m->path, m->base, m->path2, m->mtime_ns, &version);
+                break;
+        case BS_MSG_DELETE:
+                r = account_delete(s->account, s->device, m->path, m->base, &version);
+                break;
+        default:
+                r = account_move(s->account, s->device, m->path, m->base, m->path2, m->base2, &version);
+                break;
+        }
+        session_log_path(m->path, lp);
+        if (r < 0) {
+                BsErr code = session_errno_to_code(r);
+                errno = -r;
+                if (code == BS_ERR_IO || code == BS_ERR_NO_SPACE)
+                        log_event(LOG_ERR, BS_MID_REJECTED, id, m->path, "%s %s %s failed: %m",
+                                  bs_msg_type_name(m->type), id, lp);
+                else
+                        log_event(LOG_INFO, code == BS_ERR_CONFLICT ? BS_MID_CONFLICT : BS_MID_REJECTED, id,
+                                  m->path, "%s %s %s refused: %s", bs_msg_type_name(m->type), id, lp,
+                                  bs_err_name(code));
+                return session_send_error(s, m->req, code, "%s: %s", bs_err_name(code), strerror(-r));
+        }
+        if (r == 0)
+                switch (m->type) {
+                case BS_MSG_MKDIR:
+                        log_event(LOG_INFO, BS_MID_CHANGED, id, m->path, "mkdir %s %s", id, lp);
+                        break;
+                case BS_MSG_SYMLINK:
+                        log_event(LOG_INFO, BS_MID_CHANGED, id, m->path, "symlink %s %s", id, lp);
+                        break;
+                case BS_MSG_DELETE:
+                        log_event(LOG_INFO, BS_MID_DELETED, id, m->path, "deleted %s %s", id, lp);
+                        break;
+                default:
+                        log_event(LOG_INFO, BS_MID_MOVED, id, m->path, "moved %s %s -> %s", id, lp,
+                                  session_log_path(m->path2, lp2));
+                        break;
+                }
+        return send_ack(s, m->req, version);
+}
+
+static int handle_request(Session *s, const BsMsg *m) {
+        BsMsg pong;
+
+        switch (m->type) {
+        case BS_MSG_PING:
+                bs_msg_init(&pong, BS_MSG_PONG, 0);
+                pong.seq = m->seq;
+                return session_send(s, &pong);
+        case BS_MSG_PONG:
+                return 0;
+        case BS_MSG_PULL:
+                return session_start_pull(s, m);
+        case BS_MSG_GET:
+                return session_start_get(s, m);
+        case BS_MSG_PUT:
+                return session_handle_put(s, m);
+        case BS_MSG_DATA:
+                return session_handle_data(s, m);
+        case BS_MSG_PUT_END:
+                return session_handle_put_end(s, m);
+        case BS_MSG_MKDIR:
+        case BS_MSG_SYMLINK:
+        case BS_MSG_DELETE:
+        case BS_MSG_MOVE:
+                return handle_change(s, m);
+        default:
+                return session_fail(s, m->req, BS_ERR_PROTOCOL, "unexpected %s", bs_msg_type_name(m->type));
+        }
+}
+
+/* One pass: stream, handle whole frames, commit. Never writes to the socket. */
+static void session_run(Session *s) {
+        static BsMsg m; /* 8 KiB of paths: kept off the stack; one pass runs at a time */
+        size_t len;
+        int r;
+
+        while (s->state != SESSION_CLOSING) {
+                if (s->notify_pending && bs_buf_len(&s->out) < SESSION_OUT_HIGH) {
+                        session_notify(s, s->notify_pending);
+                        s->notify_pending = 0;
+                }
+                if (s->stream != STREAM_NONE) {
+                        if (session_stream_fill(s) < 0 || s->stream != STREAM_NONE)
+                                break;
+                }
+                if (bs_buf_len(&s->out) >= SESSION_OUT_HIGH)
+                        break;
+                r = bs_frame_peek(bs_buf_head(&s->in), bs_buf_len(&s->in), BS_FRAME_MAX_DEFAULT, &len);
+                if (r == 0)
+                        break;
+                if (r == -EMSGSIZE) {
+                        (void) session_fail(s, 0, BS_ERR_BAD_FRAME, "frame over the limit of %u bytes",
+                                            BS_FRAME_MAX_DEFAULT);
+                        break;
+                }
+                if (r < 0 || bs_msg_decode(bs_buf_head(&s->in), len, &m) < 0) {
+                        (void) session_fail(s, 0, BS_ERR_BAD_FRAME, "malformed frame");
+                        break;
+                }
+                r = s->state == SESSION_HELLO ? handle_hello(s, &m) : handle_request(s, &m);
+                bs_buf_consume(&s->in, len);
+                if (r < 0 && s->state != SESSION_CLOSING)
+                        (void) session_fail(s, m.req, BS_ERR_IO, "out of memory");
+        }
+        (void) session_end_pass(s);
+}
+
+static int session_read(Session *s) {
+        while (bs_buf_len(&s->in) < SESSION_IN_MAX) {
+                int r = bs_buf_reserve(&s->in, 64 * 1024);
+                if (r < 0)
+                        return r;
+                ssize_t n = read(s->fd, s->in.data + s->in.end, s->in.cap - s->in.end);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        if (errno == EAGAIN)
+                                return 0;
+                        return -errno;
+                }
+                if (n == 0) {
+                        s->read_eof = true;
+                        return 0;
+                }
+                s->in.end += (size_t) n;
+                s->last_io_usec = now_usec(s);
+        }
+        return 0;
+}
+
+static int session_flush(Session *s) {
+        while (bs_buf_len(&s->out) > 0) {
+                ssize_t n = write(s->fd, bs_buf_head(&s->out), bs_buf_len(&s->out));
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        if (errno == EAGAIN)
+                                return 0;
+                        return -errno;
+                }
+                bs_buf_consume(&s->out, (size_t) n);
+                s->last_io_usec = now_usec(s);
+        }
+        return 0;
+}
+
+/* Decide what to wait for; true when the session is finished and must be freed. */
+static bool session_update(Session *s) {
+        uint32_t events = 0;
+        size_t len;
+
+        if (s->state == SESSION_CLOSING && bs_buf_len(&s->out) == 0)
+                return true;
+        /* Work left in our buffers: level-triggered EPOLLOUT brings us back as soon
+         * as the socket takes more, even when the peer sends nothing further. */
+        bool pending = s->state != SESSION_CLOSING &&
+                       (s->stream != STREAM_NONE ||
+                        bs_frame_peek(bs_buf_head(&s->in), bs_buf_len(&s->in), BS_FRAME_MAX_DEFAULT, &len) != 0);
+        if (s->read_eof && !pending && bs_buf_len(&s->out) == 0)
+                return true;
+        if (s->state != SESSION_CLOSING && !s->read_eof && bs_buf_len(&s->in) < SESSION_IN_MAX &&
+            bs_buf_len(&s->out) < SESSION_OUT_HIGH)
+                events |= EPOLLIN;
+        if (bs_buf_len(&s->out) > 0 || pending)
+                events |= EPOLLOUT;
+        (void) sd_event_source_set_io_events(s->io_source, events);
+        return false;
+}
+
+static int on_io(sd_event_source *source, int fd, uint32_t revents, void *userdata) {
+        Session *s = userdata;
+        int r = 0;
+
+        if ((revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) && s->state != SESSION_CLOSING)
+                r = session_read(s);
+        if (r >= 0 && (revents & EPOLLOUT))
+                r = session_flush(s);
+        if (r >= 0) {
+                session_run(s);
+                r = session_flush(s);
+        }
+        if (r < 0) {
+                if (r != -ECONNRESET && r != -EPIPE) {
+                        errno = -r;
+                        log_warning("connection from %s: %m", s->peer);
+                }
+                bs_logf(LOG_INFO, &(BsLogCtx) { .message_id = BS_MID_CONN_LOST,
+                                                .account = s->account ? account_id(s->account) : NULL },
+                        "connection from %s lost", s->peer);
+                session_free(s);
+                return 0;
+        }
+        if (session_update(s)) {
+                log_debug("connection from %s closed", s->peer);
+                session_free(s);
+        }
+        return 0;
+}
+
+static int on_timer(sd_event_source *source, uint64_t usec, void *userdata) {
+        Session *s = userdata;
+        uint64_t deadline = s->last_io_usec + s->server->idle_timeout_usec;
+
+        if (usec < deadline) {
+                (void) sd_event_source_set_time(source, deadline);
+                (void) sd_event_source_set_enabled(source, SD_EVENT_ONESHOT);
+                return 0;
+        }
+        log_event(LOG_INFO, BS_MID_CONN_LOST, s->account ? account_id(s->account) : NULL, NULL,
+                  "connection from %s timed out", s->peer);
+        if (s->state != SESSION_CLOSING)
+                (void) session_send_error(s, 0, BS_ERR_TIMEOUT, "idle for %llu s",
+                                          (unsigned long long) (s->server->idle_timeout_usec / USEC_PER_SEC));
+        (void) session_flush(s);
+        session_free(s);
+        return 0;
+}

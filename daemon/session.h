@@ -1,0 +1,114 @@
+/* session.h - one client connection: buffers, frame dispatch, state machine
+ *
+ * A session reads frames into its input buffer, handles them in order and
+ * queues answers in its output buffer, which is written as the socket
+ * drains. Changes of one pass over the received frames share one commit,
+ * and the answers only reach the socket after it. Long answers (PULL,
+ * GET) are streamed: produced as the output drains, while the session
+ * reads no further requests, so answers stay in request order.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <systemd/sd-event.h>
+
+#include "account.h"
+#include "bs-buf.h"
+#include "bs-proto.h"
+
+typedef struct Server Server;
+typedef struct Session Session;
+
+typedef enum SessionState {
+        SESSION_HELLO,   /* waiting for HELLO */
+        SESSION_RUNNING, /* serving requests */
+        SESSION_CLOSING, /* flushing a final ERROR, then closed */
+} SessionState;
+
+typedef enum SessionStream {
+        STREAM_NONE,
+        STREAM_PULL,
+        STREAM_GET,
+} SessionStream;
+
+struct Session {
+        Server *server;
+        Session *prev, *next;
+        int fd;
+        sd_event_source *io_source;
+        sd_event_source *timer_source;
+        char peer[64];      /* address for logs */
+        uint8_t peer_addr[16]; /* IPv6 or v4-mapped, for the rate limit */
+        SessionState state;
+        bool read_eof;
+        uint64_t last_io_usec;
+        BsBuf in, out;
+
+        Account *account;
+        uint8_t device[BS_DEVICE_LEN];
+        uint32_t peer_max_frame;
+        uint64_t notify_pending; /* NOTIFY held back while the output is full */
+        size_t txn_mark;         /* output length when the open transaction began */
+
+        struct {
+                bool active;
+                bool discard; /* already answered: drop its DATA and PUT_END */
+                uint32_t req;
+                uint64_t base, size;
+                uint32_t mode;
+                int64_t mtime_ns;
+                char path[BS_PATH_MAX + 1];
+                AccountUpload u;
+        } upload;
+
+        SessionStream stream;
+        uint32_t stream_req;
+        AccountCursor *cursor;
+        BsRecord *rec; /* read from the cursor but not yet sent */
+        bool rec_pending;
+        AccountContent content;
+        uint64_t content_off;
+};
+
+/* Output levels: stop taking requests above HIGH, stream until FILL. */
+#define SESSION_OUT_HIGH (4u * 1024 * 1024)
+#define SESSION_OUT_FILL (1u * 1024 * 1024)
+#define SESSION_IN_MAX (BS_FRAME_MAX_DEFAULT + 64u * 1024)
+
+/** Take over an accepted, non-blocking socket. */
+int session_new(Session **ret, Server *server, int fd, const struct sockaddr *peer, socklen_t peer_len);
+/** Close the connection and release its account. Returns NULL. */
+Session *session_free(Session *s);
+static inline void session_freep(Session **s) { if (*s) session_free(*s); }
+
+/** Queue NOTIFY seq (called for the other sessions of an account). */
+void session_notify(Session *s, uint64_t seq);
+
+/* Shared by session.c and session-transfer.c. */
+
+/** Queue a message, with room reserved up front (see session.c). */
+int session_send(Session *s, const BsMsg *m);
+/** Queue ERROR for req; the session stays open. */
+int session_send_error(Session *s, uint32_t req, BsErr code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/** Log, queue ERROR and close the session once the output is flushed. Returns -ECONNABORTED. */
+int session_fail(Session *s, uint32_t req, BsErr code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/** The protocol error code for a negative errno from the account layer. */
+BsErr session_errno_to_code(int r);
+/** Note the output length before the first change of a transaction. */
+void session_change_begin(Session *s);
+/** Commit the pass's changes, then notify the other sessions. */
+int session_end_pass(Session *s);
+/** A path for a log line: control bytes escaped. buf: 4 * BS_PATH_MAX + 1 bytes. */
+const char *session_log_path(const char *p, char *buf);
+
+int session_handle_put(Session *s, const BsMsg *m);
+int session_handle_data(Session *s, const BsMsg *m);
+int session_handle_put_end(Session *s, const BsMsg *m);
+int session_start_pull(Session *s, const BsMsg *m);
+int session_start_get(Session *s, const BsMsg *m);
+/** Produce stream frames until the output is full or the stream ends. */
+int session_stream_fill(Session *s);
+/** Drop any upload and stream in progress. */
+void session_transfer_reset(Session *s);

@@ -102,6 +102,8 @@ int conn_flush(Conn *c) {
 }
 
 static int fill(Conn *c) {
+        if (c->eof)
+                return -ECONNRESET;
         for (int i = 0; i < 16; i++) {
                 int r = bs_buf_reserve(&c->in, 256 * 1024);
                 if (r < 0)
@@ -114,8 +116,12 @@ static int fill(Conn *c) {
                                 return 0;
                         return -errno;
                 }
-                if (n == 0)
-                        return -ECONNRESET;
+                if (n == 0) {
+                        /* Frames read before the close (an ERROR saying
+                         * why) are still decoded; the next read fails. */
+                        c->eof = true;
+                        return i > 0 ? 0 : -ECONNRESET;
+                }
                 c->in.end += (size_t) n;
                 c->bytes_in += (uint64_t) n;
                 if (bs_buf_len(&c->in) > 8u * 1024 * 1024)
@@ -139,7 +145,7 @@ int conn_io(Conn *c, int timeout_ms) {
                 return -ETIMEDOUT;
         if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
                 r = fill(c);
-                if (r < 0)
+                if (r < 0 || c->eof)
                         return r;
         }
         return conn_flush(c);

@@ -6,6 +6,7 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "bs-buf.h"
@@ -17,6 +18,7 @@ typedef struct Conn {
         uint32_t peer_max_frame;
         uint64_t notify_seq; /* highest NOTIFY seen */
         uint64_t bytes_in, bytes_out;
+        bool eof;
 } Conn;
 
 /** Connect to host:port (name, IPv4 or IPv6) within timeout_ms. */

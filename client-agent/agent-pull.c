@@ -229,7 +229,7 @@ static int handle_frame(Agent *a, Pull *p, const BsMsg *m) {
         if (m->type == BS_MSG_DATA && p->cur && m->req == p->cur->req) {
                 if (m->data_len > p->left)
                         return -EBADMSG;
-                int r = bs_write_all(p->fd, m->data, m->data_len);
+                int r = bs_write_sparse(p->fd, m->data, m->data_len);
                 if (r < 0) {
                         log_error("cannot write %s: %s", p->cur->path, strerror(-r));
                         return r;

@@ -498,7 +498,16 @@ static int push_plan(Agent *a, Plan *p) {
                         break;
                 if (head == next)
                         continue;
-                r = conn_io(a->conn, bs_buf_len(&a->conn->out) ? ANSWER_TIMEOUT_MS : ANSWER_TIMEOUT_MS);
+                /* Block only when there is nothing more to send: data still
+                 * to produce must not wait behind answers that cannot come. */
+                r = conn_flush(a->conn);
+                if (r < 0)
+                        goto out;
+                bool more = up.fd >= 0 || (next < p->n && next - head < PUSH_WINDOW);
+                bool wait = !more || bs_buf_len(&a->conn->out) >= PUSH_OUT_HIGH;
+                r = conn_io(a->conn, wait ? ANSWER_TIMEOUT_MS : 0);
+                if (r == -ETIMEDOUT && !wait)
+                        r = 0;
                 if (r < 0)
                         goto out;
                 while ((r = conn_next(a->conn, m)) > 0) {

@@ -85,6 +85,17 @@ int bs_write_all(int fd, const void *p, size_t n) {
         return 0;
 }
 
+int bs_write_sparse(int fd, const void *p, size_t n) {
+        const uint8_t *b = p;
+        if (n < 4096 || b[0] != 0 || memcmp(b, b + 1, n - 1) != 0)
+                return bs_write_all(fd, p, n);
+        off_t end = lseek(fd, (off_t) n, SEEK_CUR);
+        if (end < 0)
+                return -errno;
+        /* Extend now, so a file that ends in a hole has its full size. */
+        return ftruncate(fd, end) < 0 ? -errno : 0;
+}
+
 ssize_t bs_pread_full(int fd, void *p, size_t n, off_t off) {
         size_t got = 0;
         while (got < n) {

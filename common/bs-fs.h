@@ -25,6 +25,12 @@ int bs_mkdir_parents(int rootfd, const char *path, mode_t mode);
 
 /** write() all of n bytes; -errno on failure. */
 int bs_write_all(int fd, const void *p, size_t n);
+/**
+ * Append n bytes at the file offset of fd, which must be written from the
+ * start in order; a block of zeros becomes a hole, so sparse files stay
+ * sparse. -errno on failure.
+ */
+int bs_write_sparse(int fd, const void *p, size_t n);
 /** pread() exactly n bytes unless the file ends; returns bytes read or -errno. */
 ssize_t bs_pread_full(int fd, void *p, size_t n, off_t off);
 /** fsync() a directory opened beneath dirfd ("." for dirfd itself). */

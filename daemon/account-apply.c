@@ -192,7 +192,7 @@ int account_upload_begin(Account *a, AccountUpload *u) {
 int account_upload_write(AccountUpload *u, const void *p, size_t n, uint64_t limit) {
         if (n > limit || u->written > limit - n)
                 return -EFBIG;
-        int r = bs_write_all(u->fd, p, n);
+        int r = bs_write_sparse(u->fd, p, n);
         r = r ?: bs_sha_update(u->sha, p, n);
         if (r >= 0)
                 u->written += n;

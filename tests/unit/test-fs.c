@@ -331,3 +331,26 @@ Test(fs, set_mtime) {
         cr_assert_eq(fstatat(rootfd, "file", &st, 0), 0);
         cr_assert_eq(bs_stat_mtime_ns(&st), t3);
 }
+
+Test(fs, write_sparse_keeps_holes_and_size) {
+        char path[] = "/tmp/bs-test-sparse-XXXXXX";
+        int fd = mkstemp(path);
+        cr_assert(fd >= 0);
+        static uint8_t zeros[256 * 1024], data[4096];
+        memset(data, 'x', sizeof(data));
+        for (int i = 0; i < 8; i++)
+                cr_assert_eq(bs_write_sparse(fd, zeros, sizeof(zeros)), 0);
+        cr_assert_eq(bs_write_sparse(fd, data, sizeof(data)), 0);
+        cr_assert_eq(bs_write_sparse(fd, zeros, sizeof(zeros)), 0);
+        struct stat st;
+        cr_assert_eq(fstat(fd, &st), 0);
+        cr_expect_eq(st.st_size, 9 * sizeof(zeros) + sizeof(data));
+        cr_expect_lt(st.st_blocks * 512, 1024 * 1024, "zeros became holes");
+        uint8_t back[4096];
+        cr_assert_eq(pread(fd, back, sizeof(back), 8 * sizeof(zeros)), (ssize_t) sizeof(back));
+        cr_expect_eq(memcmp(back, data, sizeof(back)), 0);
+        cr_assert_eq(pread(fd, back, sizeof(back), 0), (ssize_t) sizeof(back));
+        cr_expect_eq(back[0], 0);
+        close(fd);
+        unlink(path);
+}

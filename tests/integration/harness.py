@@ -1,0 +1,516 @@
+"""harness.py - a small library for backupsync's integration tests.
+
+Real processes on loopback in temporary directories: one backupsyncd and
+several backupsync-agent processes. Python 3 standard library only.
+
+Binaries are found under $BS_BUILD_DIR (default /work/main/build).
+
+Typical use:
+
+    with harness.Env("name") as env:
+        srv = env.server()
+        a = env.agent("A", env.path("a"))      # registers, waits for ID:
+        b = env.agent("B", env.path("b"), token=a.token)
+        harness.assert_trees_equal(a.dir, b.dir)
+
+Everything started through an Env is killed when the `with` block ends,
+also on failure; on failure the tail of every log is printed first.
+"""
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+BUILD_DIR = os.environ.get("BS_BUILD_DIR", "/work/main/build")
+SERVER_BIN = os.path.join(BUILD_DIR, "daemon", "backupsyncd")
+AGENT_BIN = os.path.join(BUILD_DIR, "client-agent", "backupsync-agent")
+
+TMP_PREFIX = ".backupsync-tmp."
+
+# How long a change may take to travel A -> server -> B. The poll interval
+# is 5 s and NOTIFY makes it immediate, so 30 s is generous.
+SYNC_TIMEOUT = 30.0
+LOG_TAIL = 40
+
+# Processes expected to be running; wait_until() fails fast when one died.
+_running = []
+
+
+class TestFailure(AssertionError):
+    pass
+
+
+def fail(msg):
+    raise TestFailure(msg)
+
+
+def check(cond, msg):
+    if not cond:
+        raise TestFailure(msg)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def _check_alive():
+    for proc in list(_running):
+        rc = proc.popen.poll() if proc.popen else None
+        if rc is not None:
+            _running.remove(proc)
+            fail("%s exited unexpectedly with status %s" % (proc.name, rc))
+
+
+def wait_until(pred, timeout=SYNC_TIMEOUT, msg="condition", check_alive=True):
+    """Poll pred() every 20 ms until it returns a true value (returned)."""
+    deadline = time.monotonic() + timeout
+    last_err = None
+    while True:
+        try:
+            v = pred()
+            if v:
+                return v
+        except (OSError, ValueError) as e:  # files vanish while we look
+            last_err = e
+        if check_alive:
+            _check_alive()
+        if time.monotonic() >= deadline:
+            extra = " (last error: %r)" % (last_err,) if last_err else ""
+            fail("timed out after %.1f s waiting for: %s%s" % (timeout, msg, extra))
+        time.sleep(0.02)
+
+
+# ---------------------------------------------------------------- trees
+
+SMALL = 1 << 20
+
+
+def _file_digest(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(1 << 20)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def sha256_file(path):
+    return _file_digest(path)
+
+
+def snapshot(root, modes=True):
+    """relpath -> (kind, content, mode) for everything below root.
+
+    kind is 'file', 'dir' or 'link' (or 'other'); content is the file's
+    bytes (or 'sha256:<hex>' for files over 1 MiB), the link target for a
+    symlink, None for a directory. mode is the permission bits (None for
+    links, or for everything when modes=False). Names starting with
+    .backupsync-tmp. are ignored. Symlinks are never followed.
+    """
+    out = {}
+
+    def walk(d, rel):
+        with os.scandir(d) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            if e.name.startswith(TMP_PREFIX):
+                continue
+            r = rel + e.name
+            st = os.lstat(e.path)
+            m = stat.S_IMODE(st.st_mode) if modes else None
+            if stat.S_ISLNK(st.st_mode):
+                out[r] = ("link", os.readlink(e.path), None)
+            elif stat.S_ISDIR(st.st_mode):
+                out[r] = ("dir", None, m)
+                walk(e.path, r + "/")
+            elif stat.S_ISREG(st.st_mode):
+                if st.st_size <= SMALL:
+                    with open(e.path, "rb") as f:
+                        content = f.read()
+                else:
+                    content = "sha256:" + _file_digest(e.path)
+                out[r] = ("file", content, m)
+            else:
+                out[r] = ("other", None, m)
+
+    walk(root, "")
+    return out
+
+
+def _short(v):
+    s = repr(v)
+    return s if len(s) < 120 else s[:117] + "..."
+
+
+def diff_snapshots(a, b, na="a", nb="b", limit=20):
+    lines = []
+    for k in sorted(set(a) | set(b)):
+        if k not in b:
+            lines.append("only in %s: %r %s" % (na, k, _short(a[k])))
+        elif k not in a:
+            lines.append("only in %s: %r %s" % (nb, k, _short(b[k])))
+        elif a[k] != b[k]:
+            lines.append("differs: %r %s: %s / %s: %s" % (k, na, _short(a[k]), nb, _short(b[k])))
+    more = len(lines) - limit
+    lines = lines[:limit]
+    if more > 0:
+        lines.append("... and %d more differences" % more)
+    return "\n".join(lines)
+
+
+def assert_trees_equal(a, b, timeout=SYNC_TIMEOUT, modes=True, msg=""):
+    """Wait until the trees under a and b are equal (see snapshot())."""
+    deadline = time.monotonic() + timeout
+    sa = sb = {}
+    while True:
+        try:
+            sa = snapshot(a, modes)
+            sb = snapshot(b, modes)
+            if sa == sb:
+                return sa
+        except OSError:
+            pass
+        _check_alive()
+        if time.monotonic() >= deadline:
+            fail("trees differ after %.1f s%s: %s vs %s\n%s" % (
+                timeout, (" (" + msg + ")") if msg else "", a, b,
+                diff_snapshots(sa, sb, a, b)))
+        time.sleep(0.02)
+
+
+def wait_tree(root, expected, timeout=SYNC_TIMEOUT, modes=False, msg=""):
+    """Wait until snapshot(root) == expected (a snapshot dict)."""
+    deadline = time.monotonic() + timeout
+    s = {}
+    while True:
+        try:
+            s = snapshot(root, modes)
+            if s == expected:
+                return s
+        except OSError:
+            pass
+        _check_alive()
+        if time.monotonic() >= deadline:
+            fail("tree %s is not as expected after %.1f s%s:\n%s" % (
+                root, timeout, (" (" + msg + ")") if msg else "",
+                diff_snapshots(s, expected, root, "expected")))
+        time.sleep(0.02)
+
+
+def read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def write_file(path, data, mode=None, mtime=None):
+    if isinstance(data, str):
+        data = data.encode()
+    d = os.path.dirname(path)
+    if d:
+        os.makedirs(d, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    if mode is not None:
+        os.chmod(path, mode)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+
+
+def wait_content(path, data, timeout=SYNC_TIMEOUT, msg=None):
+    """Wait until the regular file at path holds exactly data."""
+    if isinstance(data, str):
+        data = data.encode()
+
+    def ok():
+        st = os.lstat(path)
+        return stat.S_ISREG(st.st_mode) and read_bytes(path) == data
+
+    wait_until(ok, timeout, msg or "%s to hold %s" % (path, _short(data)))
+
+
+def wait_absent(path, timeout=SYNC_TIMEOUT, msg=None):
+    wait_until(lambda: not os.path.lexists(path), timeout, msg or "%s to disappear" % path)
+
+
+def conflict_copies(root):
+    return sorted(k for k in snapshot(root, modes=False) if ".conflict-" in k)
+
+
+# ---------------------------------------------------------------- processes
+
+def _tail(path, n=LOG_TAIL):
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError as e:
+        return ["(cannot read %s: %s)" % (path, e)]
+    return lines[-n:]
+
+
+class _Proc:
+    name = "process"
+    popen = None
+
+    def _start(self, argv, stdout, stderr):
+        self.popen = subprocess.Popen(argv, stdout=stdout, stderr=stderr,
+                                      stdin=subprocess.DEVNULL)
+        if self not in _running:
+            _running.append(self)
+
+    def running(self):
+        return self.popen is not None and self.popen.poll() is None
+
+    def _forget(self):
+        if self in _running:
+            _running.remove(self)
+
+    def stop(self, timeout=15):
+        """SIGTERM, wait; returns the exit status (SIGKILL after timeout)."""
+        self._forget()
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+                fail("%s did not exit within %d s of SIGTERM" % (self.name, timeout))
+        return self.popen.returncode
+
+    def kill9(self):
+        self._forget()
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+    def cleanup(self):
+        self._forget()
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def wait_exit(self, timeout):
+        try:
+            rc = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            fail("%s did not exit within %s s" % (self.name, timeout))
+        self._forget()
+        return rc
+
+
+class Server(_Proc):
+    def __init__(self, env, name="server", storage=None, port=None, args=()):
+        self.env = env
+        self.name = name
+        self.storage = storage or env.path(name + "-storage")
+        self.port = port or free_port()
+        self.args = list(args)
+        self.log = env.path(name + ".log")
+        env.logs.append(self.log)
+        env.procs.append(self)
+
+    def start(self, timeout=15):
+        argv = [SERVER_BIN, str(self.port), "--storage", self.storage,
+                "--listen", "127.0.0.1"] + self.args
+        with open(self.log, "ab") as log:
+            log.write(("### %s: %s\n" % (time.strftime("%H:%M:%S"), " ".join(argv))).encode())
+            log.flush()
+            self._start(argv, log, log)
+        wait_until(lambda: port_open(self.port), timeout,
+                   "%s listening on 127.0.0.1:%d" % (self.name, self.port))
+        return self
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def log_text(self):
+        with open(self.log, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def log_lines(self):
+        return self.log_text().splitlines()
+
+    def tree(self, account):
+        """The account's tree directory; account is an ID or a token."""
+        return os.path.join(self.storage, account.split("-")[0], "tree")
+
+
+class Agent(_Proc):
+    def __init__(self, env, name, dir, token=None, server=None, state_dir=None,
+                 args=(), poll=None):
+        self.env = env
+        self.name = "agent " + name
+        self.device = name
+        self.dir = dir
+        self.token = token
+        self.server = server or env.servers[0]
+        self.state_dir = state_dir or env.path("state-" + name)
+        self.args = list(args)
+        self.poll = poll
+        self.log = env.path("agent-%s.log" % name)
+        self.out = env.path("agent-%s.out" % name)
+        env.logs.append(self.log)
+        env.logs.append(self.out)
+        env.procs.append(self)
+
+    def argv(self, once=False, token=None, port=None):
+        tok = token if token is not None else self.token
+        argv = [AGENT_BIN, "127.0.0.1", str(port or self.server.port), self.dir]
+        if tok:
+            argv.append(tok)
+        argv += ["--state-dir", self.state_dir, "--device-name", self.device]
+        if self.poll:
+            argv += ["--poll-interval", self.poll]
+        if once:
+            argv.append("--once")
+        return argv + self.args
+
+    def _mark(self, argv):
+        for p in (self.log, self.out):
+            with open(p, "ab") as f:
+                f.write(("### %s: %s\n" % (time.strftime("%H:%M:%S"),
+                                           " ".join(argv))).encode())
+
+    def start(self, wait_id=True, timeout=60):
+        """Start watching; when registering, wait for the ID line."""
+        registering = not self.token
+        argv = self.argv()
+        self._mark(argv)
+        with open(self.out, "ab") as out, open(self.log, "ab") as log:
+            self._start(argv, out, log)
+        if registering and wait_id:
+            self.token = self.wait_id(timeout)
+        return self
+
+    def id_lines(self):
+        with open(self.out, "rb") as f:
+            lines = f.read().decode("utf-8", "replace").splitlines()
+        return [l for l in lines if not l.startswith("### ")]
+
+    def wait_id(self, timeout=60):
+        def got():
+            ls = self.id_lines()
+            return ls[0] if ls else None
+        line = wait_until(got, timeout, "%s to print its 'ID: <TOKEN>' line" % self.name)
+        check(line.startswith("ID: "), "%s printed %r instead of 'ID: <TOKEN>'" % (self.name, line))
+        token = line[4:]
+        acct = token.split("-")[0]
+        check(len(acct) == 4 and all(c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789" for c in acct),
+              "account ID %r in token %r is not 4 characters of [A-Z0-9]" % (acct, token))
+        return token
+
+    @property
+    def account(self):
+        return self.token.split("-")[0]
+
+    def run_once(self, timeout=120, token=None, port=None):
+        """Run with --once; returns (exit status, stdout lines, stderr text)."""
+        argv = self.argv(once=True, token=token, port=port)
+        self._mark(argv)
+        out_start = os.path.getsize(self.out)
+        log_start = os.path.getsize(self.log)
+        with open(self.out, "ab") as out, open(self.log, "ab") as log:
+            p = subprocess.Popen(argv, stdout=out, stderr=log, stdin=subprocess.DEVNULL)
+            self.popen = p
+            try:
+                rc = p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                fail("%s --once did not exit within %d s" % (self.name, timeout))
+        with open(self.out, "rb") as f:
+            f.seek(out_start)
+            stdout = f.read().decode("utf-8", "replace").splitlines()
+        with open(self.log, "rb") as f:
+            f.seek(log_start)
+            stderr = f.read().decode("utf-8", "replace")
+        return rc, stdout, stderr
+
+    def log_text(self):
+        with open(self.log, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def log_lines(self):
+        return self.log_text().splitlines()
+
+
+class Env:
+    """One scenario: a temporary directory and everything started in it."""
+
+    def __init__(self, name="test"):
+        self.name = name
+        self.procs = []
+        self.logs = []
+        self.servers = []
+        self.root = None
+
+    def __enter__(self):
+        for b in (SERVER_BIN, AGENT_BIN):
+            if not os.access(b, os.X_OK):
+                fail("%s is not built (BS_BUILD_DIR=%s)" % (b, BUILD_DIR))
+        self.root = tempfile.mkdtemp(prefix="bs-it-%s-" % self.name, dir="/tmp")
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        for p in reversed(self.procs):
+            try:
+                p.cleanup()
+            except Exception:  # keep cleaning up
+                pass
+        if exc_type is not None:
+            self.print_logs()
+        if os.environ.get("BS_KEEP"):
+            print("kept %s" % self.root, file=sys.stderr)
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
+        return False
+
+    def print_logs(self, n=LOG_TAIL):
+        for log in self.logs:
+            if not os.path.exists(log):
+                continue
+            print("----- last %d lines of %s -----" % (n, os.path.basename(log)), file=sys.stderr)
+            for line in _tail(log, n):
+                print("  " + line, file=sys.stderr)
+        sys.stderr.flush()
+
+    def path(self, *parts):
+        return os.path.join(self.root, *parts)
+
+    def server(self, start=True, **kw):
+        s = Server(self, name="server" if not self.servers else "server%d" % len(self.servers), **kw)
+        self.servers.append(s)
+        if start:
+            s.start()
+        return s
+
+    def agent(self, name, dir=None, token=None, start=True, **kw):
+        a = Agent(self, name, dir or self.path(name), token=token, **kw)
+        if start:
+            a.start()
+        return a

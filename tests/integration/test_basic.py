@@ -1,0 +1,230 @@
+"""Basic scenarios: registration, joining, every operation both ways."""
+
+import os
+import stat
+
+from harness import (Env, assert_trees_equal, check, conflict_copies, fail,
+                     read_bytes, snapshot, wait_absent, wait_content,
+                     wait_tree, wait_until, write_file)
+
+EXEC_MTIME = 1500000000
+
+
+def _populate(root):
+    os.makedirs(root)
+    write_file(os.path.join(root, "top.txt"), "top level\n")
+    write_file(os.path.join(root, "empty-file"), b"")
+    write_file(os.path.join(root, "sub dir", "file with spaces.txt"), "spaces\n")
+    write_file(os.path.join(root, "sub dir", "deeper", "deepest", "leaf.bin"), bytes(range(256)) * 40)
+    write_file(os.path.join(root, "Ünïcødé", "日本語ファイル.txt"), "unicode ✓\n")
+    write_file(os.path.join(root, "new\nline.txt"), "name has a newline\n")
+    write_file(os.path.join(root, "run.sh"), "#!/bin/sh\necho hi\n", mode=0o755, mtime=EXEC_MTIME)
+    write_file(os.path.join(root, "private.txt"), "secret\n", mode=0o600)
+    os.makedirs(os.path.join(root, "empty dir"))
+    os.symlink("sub dir/file with spaces.txt", os.path.join(root, "link-rel"))
+    os.symlink("/etc/passwd", os.path.join(root, "link-outside"))
+    os.symlink("does/not/exist", os.path.join(root, "link-dangling"))
+    os.mkfifo(os.path.join(root, "a-fifo"))
+
+
+def test_register_and_join():
+    with Env("register_and_join") as env:
+        srv = env.server()
+        adir = env.path("A")
+        _populate(adir)
+        a = env.agent("A", adir)
+        expected = snapshot(adir)
+        check(expected.pop("a-fifo")[0] == "other", "test setup: FIFO missing")
+
+        # server tree equals A, without the FIFO
+        exp_nomode = {k: (v[0], v[1], None) for k, v in expected.items()}
+        wait_tree(srv.tree(a.token), exp_nomode, modes=False, msg="server tree equals A (no FIFO)")
+        check(not os.path.lexists(os.path.join(srv.tree(a.token), "a-fifo")), "FIFO reached the server")
+        check(os.path.islink(os.path.join(srv.tree(a.token), "link-outside")),
+              "server stored link-outside as something other than a symlink")
+
+        # FIFO skipped with a log line naming it
+        wait_until(lambda: any("a-fifo" in l and "skip" in l.lower() for l in a.log_lines()),
+                   10, "agent A to log that it skipped the FIFO a-fifo")
+
+        # B joins into a directory that does not exist yet
+        bdir = env.path("nonexistent-parent-is-ok", "B")
+        os.makedirs(os.path.dirname(bdir))
+        b = env.agent("B", bdir, token=a.token)
+        wait_tree(bdir, expected, modes=True, msg="B equals A incl. modes, without the FIFO")
+
+        for rel, (kind, content, mode) in expected.items():
+            pa, pb = os.path.join(adir, rel), os.path.join(bdir, rel)
+            sa, sb = os.lstat(pa), os.lstat(pb)
+            if kind == "file":
+                check(int(sa.st_mtime) == int(sb.st_mtime),
+                      "mtime of %r: A %d, B %d" % (rel, sa.st_mtime, sb.st_mtime))
+            if kind == "link":
+                check(stat.S_ISLNK(sb.st_mode), "%r is not a symlink on B" % rel)
+        st = os.lstat(os.path.join(bdir, "run.sh"))
+        check(stat.S_IMODE(st.st_mode) == 0o755, "run.sh mode on B is %o" % stat.S_IMODE(st.st_mode))
+        check(int(st.st_mtime) == EXEC_MTIME, "run.sh mtime on B is %d, want %d" % (st.st_mtime, EXEC_MTIME))
+        check(os.readlink(os.path.join(bdir, "link-outside")) == "/etc/passwd", "link-outside target on B")
+        check(os.readlink(os.path.join(bdir, "link-rel")) == "sub dir/file with spaces.txt", "link-rel target on B")
+        check(not os.path.lexists(os.path.join(bdir, "a-fifo")), "FIFO arrived on B")
+        check(os.path.isdir(os.path.join(bdir, "empty dir")), "empty dir missing on B")
+        check(conflict_copies(adir) == [] and conflict_copies(bdir) == [], "conflict copies appeared")
+        # A still holds its FIFO untouched
+        check(stat.S_ISFIFO(os.lstat(os.path.join(adir, "a-fifo")).st_mode), "A's FIFO was touched")
+
+
+def _two(env, name, files=None):
+    """Server + A (registered with files) + B joined and in sync."""
+    srv = env.server()
+    adir = env.path("A")
+    os.makedirs(adir)
+    for rel, data in (files or {"seed.txt": "seed\n"}).items():
+        write_file(os.path.join(adir, rel), data)
+    a = env.agent("A", adir)
+    b = env.agent("B", env.path("B"), token=a.token)
+    assert_trees_equal(adir, b.dir, msg="initial join")
+    return srv, a, b
+
+
+def _ops_one_way(src, dst, srv_tree, tag):
+    """Do every operation in src, check each arrives in dst and on the server."""
+    S = lambda *p: os.path.join(src, *p)
+    D = lambda *p: os.path.join(dst, *p)
+    V = lambda *p: os.path.join(srv_tree, *p)
+
+    def both(rel, data):
+        wait_content(D(rel), data, msg="%s: %r = %r on the other side" % (tag, rel, data))
+        wait_content(V(rel), data, msg="%s: %r = %r on the server" % (tag, rel, data))
+
+    def gone(rel):
+        wait_absent(D(rel), msg="%s: %r deleted on the other side" % (tag, rel))
+        wait_absent(V(rel), msg="%s: %r deleted on the server" % (tag, rel))
+
+    # create, modify, delete a file
+    write_file(S("f-%s.txt" % tag), "created on %s\n" % tag)
+    both("f-%s.txt" % tag, "created on %s\n" % tag)
+    write_file(S("f-%s.txt" % tag), "modified on %s, longer content\n" % tag)
+    both("f-%s.txt" % tag, "modified on %s, longer content\n" % tag)
+    with open(S("f-%s.txt" % tag), "ab") as f:
+        f.write(b"appended\n")
+    both("f-%s.txt" % tag, "modified on %s, longer content\nappended\n" % tag)
+    os.unlink(S("f-%s.txt" % tag))
+    gone("f-%s.txt" % tag)
+
+    # mkdir, mkdir -p, rmdir of a tree
+    os.mkdir(S("d-%s" % tag))
+    wait_until(lambda: os.path.isdir(D("d-%s" % tag)), msg="%s: mkdir arrives" % tag)
+    os.makedirs(S("p-%s" % tag, "x", "y", "z"))
+    write_file(S("p-%s" % tag, "x", "y", "z", "in.txt"), "deep %s\n" % tag)
+    write_file(S("p-%s" % tag, "x", "mid.txt"), "mid %s\n" % tag)
+    both(os.path.join("p-%s" % tag, "x", "y", "z", "in.txt"), "deep %s\n" % tag)
+    both(os.path.join("p-%s" % tag, "x", "mid.txt"), "mid %s\n" % tag)
+    wait_until(lambda: os.path.isdir(D("d-%s" % tag)) and os.path.isdir(V("d-%s" % tag)),
+               msg="%s: empty dir on both" % tag)
+    import shutil
+    shutil.rmtree(S("p-%s" % tag))
+    gone("p-%s" % tag)
+    os.rmdir(S("d-%s" % tag))
+    gone("d-%s" % tag)
+
+    # rename a file; move a file into another dir
+    write_file(S("r-%s.txt" % tag), "rename me %s\n" % tag)
+    both("r-%s.txt" % tag, "rename me %s\n" % tag)
+    os.rename(S("r-%s.txt" % tag), S("renamed-%s.txt" % tag))
+    both("renamed-%s.txt" % tag, "rename me %s\n" % tag)
+    gone("r-%s.txt" % tag)
+    os.makedirs(S("target-%s" % tag))
+    wait_until(lambda: os.path.isdir(D("target-%s" % tag)), msg="%s: target dir arrives" % tag)
+    os.rename(S("renamed-%s.txt" % tag), S("target-%s" % tag, "moved.txt"))
+    both(os.path.join("target-%s" % tag, "moved.txt"), "rename me %s\n" % tag)
+    gone("renamed-%s.txt" % tag)
+
+    # rename a directory with content
+    write_file(S("target-%s" % tag, "sub", "two.txt"), "two %s\n" % tag)
+    both(os.path.join("target-%s" % tag, "sub", "two.txt"), "two %s\n" % tag)
+    os.rename(S("target-%s" % tag), S("dir-renamed-%s" % tag))
+    both(os.path.join("dir-renamed-%s" % tag, "moved.txt"), "rename me %s\n" % tag)
+    both(os.path.join("dir-renamed-%s" % tag, "sub", "two.txt"), "two %s\n" % tag)
+    gone("target-%s" % tag)
+
+    # symlink create / delete
+    os.symlink("dir-renamed-%s/moved.txt" % tag, S("ln-%s" % tag))
+    wait_until(lambda: os.path.islink(D("ln-%s" % tag)) and
+               os.readlink(D("ln-%s" % tag)) == "dir-renamed-%s/moved.txt" % tag,
+               msg="%s: symlink arrives with its target" % tag)
+    wait_until(lambda: os.path.islink(V("ln-%s" % tag)), msg="%s: symlink on the server" % tag)
+    os.unlink(S("ln-%s" % tag))
+    gone("ln-%s" % tag)
+
+
+def test_ops_both_directions():
+    with Env("ops_both_directions") as env:
+        srv, a, b = _two(env, "ops")
+        _ops_one_way(a.dir, b.dir, srv.tree(a.token), "A")
+        assert_trees_equal(a.dir, b.dir, msg="after A's operations")
+        _ops_one_way(b.dir, a.dir, srv.tree(a.token), "B")
+        assert_trees_equal(a.dir, b.dir, msg="after B's operations")
+        assert_trees_equal(a.dir, srv.tree(a.token), modes=False, msg="server equals A")
+        check(conflict_copies(a.dir) == [], "conflict copies: %s" % conflict_copies(a.dir))
+
+
+def test_burst_2000():
+    with Env("burst_2000") as env:
+        srv, a, b = _two(env, "burst")
+        expected = {}
+        for d in range(20):
+            os.makedirs(os.path.join(a.dir, "dir%02d" % d))
+            for i in range(100):
+                rel = "dir%02d/file%03d.txt" % (d, i)
+                data = ("burst %s " % rel).encode() * (1 + (d * 100 + i) % 7)
+                write_file(os.path.join(a.dir, rel), data)
+                expected[rel] = data
+        snap = snapshot(a.dir)
+        wait_tree(b.dir, snap, timeout=120, modes=True, msg="2000 files on B")
+        wait_tree(srv.tree(a.token), {k: (v[0], v[1], None) for k, v in snap.items()},
+                  timeout=60, modes=False, msg="2000 files on the server")
+
+
+def test_editor_save():
+    with Env("editor_save") as env:
+        srv, a, b = _two(env, "editor", {"doc.txt": "version 0\n"})
+        path = os.path.join(a.dir, "doc.txt")
+        for i in range(1, 8):
+            # as vim/gedit: write a temporary file, fsync, rename over
+            tmp = os.path.join(a.dir, ".doc.txt.swp%d" % i if i % 2 else ".goutputstream-%d" % i)
+            with open(tmp, "wb") as f:
+                f.write(("version %d\n" % i).encode() * i)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, path)
+            if i % 3 == 0:  # sometimes wait for it to arrive, sometimes not
+                wait_content(os.path.join(b.dir, "doc.txt"), ("version %d\n" % i).encode() * i)
+        final = ("version 7\n").encode() * 7
+        wait_content(os.path.join(b.dir, "doc.txt"), final)
+        wait_content(os.path.join(srv.tree(a.token), "doc.txt"), final)
+        snap = assert_trees_equal(a.dir, b.dir)
+        check(sorted(snap) == ["doc.txt"], "unexpected entries: %s" % sorted(snap))
+        for root in (b.dir, srv.tree(a.token)):
+            leftovers = [n for n in os.listdir(root) if n != "doc.txt"]
+            check(leftovers == [], "left-over temporary files in %s: %s" % (root, leftovers))
+
+
+def test_sequential_edits():
+    with Env("sequential_edits") as env:
+        srv, a, b = _two(env, "seq", {"f.txt": "v0\n"})
+        fa, fb = os.path.join(a.dir, "f.txt"), os.path.join(b.dir, "f.txt")
+        fs = os.path.join(srv.tree(a.token), "f.txt")
+        for rnd in range(3):
+            write_file(fa, "A round %d\n" % rnd)
+            wait_content(fb, "A round %d\n" % rnd)
+            wait_content(fs, "A round %d\n" % rnd)
+            write_file(fb, "B round %d, a bit longer\n" % rnd)
+            wait_content(fa, "B round %d, a bit longer\n" % rnd)
+            wait_content(fs, "B round %d, a bit longer\n" % rnd)
+        write_file(fa, "A final\n")
+        wait_content(fb, "A final\n")
+        assert_trees_equal(a.dir, b.dir)
+        for root in (a.dir, b.dir, srv.tree(a.token)):
+            check(conflict_copies(root) == [], "conflict copies in %s: %s" % (root, conflict_copies(root)))
+        check(not any("conflict" in l for l in a.log_lines() + b.log_lines()),
+              "an agent logged a conflict")

@@ -1,8 +1,7 @@
 /* agent-push.c - turn local changes into pipelined requests and apply the answers
  *
- * A dirty path is compared with the manifest (the last agreed state) and
- * becomes PUT, MKDIR, SYMLINK or DELETE naming the version it was based
- * on. Requests go out without waiting for answers (a window of them), and
+ * The plan (agent-plan.c) is sent without waiting for answers (a window of
+ * requests, file data streamed as the socket drains), and
  * the manifest is updated only by the server's ACK, so a lost connection
  * leaves the change queued for the next round.
  */
@@ -14,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "agent-plan.h"
 #include "agent.h"
 #include "bs-fs.h"
 #include "bs-hash.h"
@@ -24,267 +24,6 @@
 #define PUSH_WINDOW 1024
 #define PUSH_OUT_HIGH (4u * 1024 * 1024)
 #define ANSWER_TIMEOUT_MS 120000
-
-typedef struct PushOp {
-        uint8_t type;
-        bool skipped;
-        uint32_t req;
-        char *path, *path2;
-        uint64_t base, base2;
-        ManifestEntry *e;
-} PushOp;
-
-typedef struct Plan {
-        PushOp *ops;
-        size_t n, cap;
-        char **dirs; /* directories made by this plan, sorted on demand */
-        size_t n_dirs, cap_dirs;
-} Plan;
-
-static void plan_clear(Plan *p) {
-        for (size_t i = 0; i < p->n; i++) {
-                free(p->ops[i].path);
-                free(p->ops[i].path2);
-                free(p->ops[i].e);
-        }
-        free(p->ops);
-        for (size_t i = 0; i < p->n_dirs; i++)
-                free(p->dirs[i]);
-        free(p->dirs);
-        *p = (Plan) {};
-}
-
-static PushOp *plan_add(Plan *p, uint8_t type, const char *path, const char *path2, uint64_t base,
-                        const LocalEntry *l) {
-        if (p->n == p->cap) {
-                size_t cap = p->cap ? p->cap * 2 : 64;
-                PushOp *o = realloc(p->ops, cap * sizeof(*o));
-                if (!o)
-                        return NULL;
-                p->ops = o;
-                p->cap = cap;
-        }
-        PushOp *op = &p->ops[p->n];
-        *op = (PushOp) { .type = type, .base = base };
-        op->path = strdup(path);
-        op->path2 = path2 ? strdup(path2) : NULL;
-        if (l) {
-                op->e = malloc(sizeof(*op->e));
-                if (op->e)
-                        local_to_manifest(l, op->e);
-        }
-        if (!op->path || (path2 && !op->path2) || (l && !op->e)) {
-                free(op->path);
-                free(op->path2);
-                free(op->e);
-                return NULL;
-        }
-        p->n++;
-        if (type == BS_MSG_MKDIR && p->n_dirs < 1u << 20) {
-                if (p->n_dirs == p->cap_dirs) {
-                        size_t cap = p->cap_dirs ? p->cap_dirs * 2 : 64;
-                        char **d = realloc(p->dirs, cap * sizeof(char *));
-                        if (d) {
-                                p->dirs = d;
-                                p->cap_dirs = cap;
-                        }
-                }
-                if (p->n_dirs < p->cap_dirs && (p->dirs[p->n_dirs] = strdup(path)))
-                        p->n_dirs++;
-        }
-        return op;
-}
-
-static bool plan_made_dir(const Plan *p, const char *dir) {
-        for (size_t i = p->n_dirs; i-- > 0;)
-                if (strcmp(p->dirs[i], dir) == 0)
-                        return true;
-        return false;
-}
-
-static int reconcile(Agent *a, Plan *p, const char *path, bool recursive);
-
-typedef struct Gone {
-        Agent *a;
-        char **v;
-        size_t n, cap;
-} Gone;
-
-static int collect_gone(const char *path, const ManifestEntry *e, void *userdata) {
-        Gone *g = userdata;
-        LocalEntry *l = malloc(sizeof(*l));
-        if (!l)
-                return -ENOMEM;
-        int k = local_stat(g->a, path, l);
-        bool missing = k == 0 && (!l->exists || l->kind == BS_KIND_NONE);
-        free(l);
-        if (!missing)
-                return 0;
-        if (g->n == g->cap) {
-                size_t cap = g->cap ? g->cap * 2 : 16;
-                char **v = realloc(g->v, cap * sizeof(char *));
-                if (!v)
-                        return -ENOMEM;
-                g->v = v;
-                g->cap = cap;
-        }
-        if ((g->v[g->n] = strdup(path)))
-                g->n++;
-        (void) e;
-        return 0;
-}
-
-/* Visit disk children, then delete what the manifest has and the disk lost. */
-static int reconcile_children(Agent *a, Plan *p, const char *dir, bool fresh) {
-        _cleanup_(closep) int fd = dir[0] ? bs_open_beneath(a->rootfd, dir, O_RDONLY | O_DIRECTORY, 0)
-                                          : openat(a->rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0)
-                return 0;
-        DIR *d = fdopendir(fd);
-        if (!d)
-                return -errno;
-        fd = -1;
-        char **names = NULL;
-        size_t n = 0, cap = 0;
-        struct dirent *de;
-        while ((de = readdir(d))) {
-                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 || bs_path_is_temp(de->d_name))
-                        continue;
-                if (n == cap) {
-                        cap = cap ? cap * 2 : 32;
-                        char **nn = realloc(names, cap * sizeof(char *));
-                        if (!nn)
-                                break;
-                        names = nn;
-                }
-                if ((names[n] = strdup(de->d_name)))
-                        n++;
-        }
-        closedir(d);
-
-        int r = 0;
-        char child[BS_PATH_MAX + 2];
-        for (size_t i = 0; i < n; i++) {
-                int w = dir[0] ? snprintf(child, sizeof(child), "%s/%s", dir, names[i])
-                               : snprintf(child, sizeof(child), "%s", names[i]);
-                if (w > 0 && (size_t) w <= BS_PATH_MAX && bs_path_check(child, (size_t) w) == 0) {
-                        int k = reconcile(a, p, child, true);
-                        if (k < 0 && r == 0)
-                                r = k;
-                } else {
-                        log_warning("skipping %s/%s: path too long for the protocol", dir, names[i]);
-                }
-                free(names[i]);
-        }
-        free(names);
-        if (fresh)
-                return r;
-
-        /* Entries the manifest lists under dir that are gone from disk. */
-        Gone gone = { .a = a };
-        manifest_children(a->state, dir, collect_gone, &gone);
-        for (size_t i = 0; i < gone.n; i++) {
-                ManifestEntry *m = malloc(sizeof(*m));
-                if (m && manifest_get(a->state, gone.v[i], m) == 0)
-                        plan_add(p, BS_MSG_DELETE, gone.v[i], NULL, m->version, NULL);
-                free(m);
-                free(gone.v[i]);
-        }
-        free(gone.v);
-        return r;
-}
-
-/* Make sure the parent of a new entry exists on the server first. */
-static bool parent_known(Agent *a, Plan *p, const char *path, ManifestEntry *scratch) {
-        size_t n = bs_path_parent_len(path);
-        if (n == 0)
-                return true;
-        char parent[BS_PATH_MAX + 1];
-        memcpy(parent, path, n);
-        parent[n] = 0;
-        if (manifest_get(a->state, parent, scratch) == 0 && scratch->kind == BS_KIND_DIR)
-                return true;
-        return plan_made_dir(p, parent);
-}
-
-static int reconcile(Agent *a, Plan *p, const char *path, bool recursive) {
-        _cleanup_(freep) LocalEntry *l = malloc(sizeof(*l));
-        _cleanup_(freep) ManifestEntry *m = malloc(sizeof(*m));
-        if (!l || !m)
-                return -ENOMEM;
-        if (path[0] == 0) {
-                int k = reconcile_children(a, p, "", false);
-                return k < 0 ? k : 1;
-        }
-
-        int r = local_stat(a, path, l);
-        if (r < 0)
-                return r;
-        bool have = manifest_get(a->state, path, m) == 0;
-
-        if (!l->exists || l->kind == BS_KIND_NONE) {
-                if (l->exists)
-                        log_info("skipping %s: not a regular file, directory or symlink", path);
-                if (!have)
-                        return 0;
-                /* Delete the topmost vanished ancestor once, not each child. */
-                char top[BS_PATH_MAX + 1];
-                snprintf(top, sizeof(top), "%s", path);
-                uint64_t base = m->version;
-                for (;;) {
-                        size_t k = bs_path_parent_len(top);
-                        if (k == 0)
-                                break;
-                        char up[BS_PATH_MAX + 1];
-                        memcpy(up, top, k);
-                        up[k] = 0;
-                        if (local_stat(a, up, l) < 0 || l->exists || manifest_get(a->state, up, m) < 0)
-                                break;
-                        memcpy(top, up, k + 1);
-                        base = m->version;
-                }
-                if (p->n && p->ops[p->n - 1].type == BS_MSG_DELETE && bs_path_under(top, p->ops[p->n - 1].path))
-                        return 1;
-                return plan_add(p, BS_MSG_DELETE, top, NULL, base, NULL) ? 1 : -ENOMEM;
-        }
-
-        if (have && m->kind != l->kind) {
-                if (!plan_add(p, BS_MSG_DELETE, path, NULL, m->version, NULL))
-                        return -ENOMEM;
-                have = false;
-        }
-        if (!have && !parent_known(a, p, path, m)) {
-                /* The parent is new too: send it, with all it holds. */
-                char parent[BS_PATH_MAX + 1];
-                size_t k = bs_path_parent_len(path);
-                memcpy(parent, path, k);
-                parent[k] = 0;
-                return reconcile(a, p, parent, true);
-        }
-
-        switch (l->kind) {
-        case BS_KIND_FILE:
-                if (have && local_matches(l, m))
-                        return 0;
-                return plan_add(p, BS_MSG_PUT, path, NULL, have ? m->version : 0, l) ? 0 : -ENOMEM;
-        case BS_KIND_SYMLINK:
-                if (have && local_matches(l, m))
-                        return 0;
-                return plan_add(p, BS_MSG_SYMLINK, path, l->target, have ? m->version : 0, l) ? 0 : -ENOMEM;
-        case BS_KIND_DIR:
-                if (!have) {
-                        if (!plan_add(p, BS_MSG_MKDIR, path, NULL, 0, l))
-                                return -ENOMEM;
-                        return reconcile_children(a, p, path, true) < 0 ? -EIO : 1;
-                }
-                if (recursive) {
-                        r = reconcile_children(a, p, path, false);
-                        return r < 0 ? r : 1;
-                }
-                return 0;
-        }
-        return 0;
-}
 
 /* An upload in progress: file data goes out as the socket drains. */
 typedef struct Upload {
@@ -546,17 +285,6 @@ out:
         return r;
 }
 
-/* Path order in which a directory's descendants directly follow it. */
-static int path_cmp(const void *x, const void *y) {
-        const unsigned char *s = (const unsigned char *) ((const DirtyPath *) x)->path;
-        const unsigned char *t = (const unsigned char *) ((const DirtyPath *) y)->path;
-        for (;; s++, t++) {
-                unsigned cs = *s == '/' ? 1 : *s, ct = *t == '/' ? 1 : *t;
-                if (cs != ct || cs == 0)
-                        return (int) cs - (int) ct;
-        }
-}
-
 /* A move is sent as a MOVE only while the disk still says so: the old name
  * no longer holds what the manifest recorded, and the new name holds that
  * same entry (same inode for a file or link, a directory for a directory). */
@@ -680,7 +408,7 @@ int agent_push(Agent *a) {
         if (n == 0)
                 return 0;
 
-        qsort(dirty, n, sizeof(*dirty), path_cmp);
+        qsort(dirty, n, sizeof(*dirty), plan_path_cmp);
         Plan p = {};
         const char *skip = NULL;
         for (size_t i = 0; i < n; i++) {
@@ -691,7 +419,7 @@ int agent_push(Agent *a) {
                 }
                 if (skip && (skip[0] == 0 || bs_path_under(dirty[i].path, skip)))
                         continue;
-                r = reconcile(a, &p, dirty[i].path, dirty[i].recursive);
+                r = plan_reconcile(a, &p, dirty[i].path, dirty[i].recursive);
                 if (r > 0)
                         skip = dirty[i].path;
                 else if (r < 0)

@@ -1,0 +1,283 @@
+/* agent-apply.c - applying the server's change records to the local tree */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agent-apply.h"
+#include "bs-fs.h"
+#include "bs-hash.h"
+#include "bs-log.h"
+#include "bs-macro.h"
+#include "bs-path.h"
+
+static void manifest_from_disk(Agent *a, const char *path, const Rec *x, const char *target) {
+        LocalEntry *l = malloc(sizeof(*l));
+        ManifestEntry *e = malloc(sizeof(*e));
+        if (l && e && local_stat(a, path, l) == 0 && l->exists) {
+                local_to_manifest(l, e);
+                memcpy(e->sha, x->sha, BS_SHA_LEN);
+                e->version = x->seq;
+                if (target)
+                        snprintf(e->target, sizeof(e->target), "%s", target);
+                manifest_put(a->state, path, e);
+        }
+        free(l);
+        free(e);
+}
+
+/* Set a local entry aside when it holds something the server has not seen. */
+static int keep_local(Agent *a, const char *path, const LocalEntry *l, const ManifestEntry *m, bool have) {
+        char copy[BS_PATH_MAX + 1];
+        if (!l->exists || (have && local_matches(l, m)))
+                return 0;
+        int r = local_conflict_copy(a, path, copy, sizeof(copy));
+        if (r < 0) {
+                log_error("cannot keep local %s as a conflict copy: %s", path, strerror(-r));
+                return r;
+        }
+        a->n_conflicts++;
+        log_event(LOG_WARNING, BS_MID_CONFLICT, a->account, path,
+                  "conflict on %s: changed here and on another computer; local version kept as %s", path, copy);
+        agent_mark_dirty(a, copy, true);
+        return 1;
+}
+
+static int place(Agent *a, const char *tmp, const char *path) {
+        const char *base;
+        int r = bs_mkdir_parents(a->rootfd, path, 0755);
+        if (r < 0)
+                return r;
+        _cleanup_(closep) int pfd = bs_open_parent(a->rootfd, path, &base);
+        if (pfd < 0)
+                return pfd;
+        if (renameat(a->rootfd, tmp, pfd, base) < 0)
+                return -errno;
+        return 0;
+}
+
+static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool have) {
+        if (l->exists && !(have && local_matches(l, m))) {
+                uint8_t sha[BS_SHA_LEN];
+                if (l->kind == BS_KIND_FILE && local_hash(a, x->path, sha) == 0 && memcmp(sha, x->sha, BS_SHA_LEN) == 0) {
+                        manifest_from_disk(a, x->path, x, NULL); /* already the same content */
+                        return 0;
+                }
+        }
+        if (!x->ready) {
+                if (x->want)
+                        return 0; /* fetch failed; a snapshot will retry */
+                /* Content unchanged: only the version moves. */
+                if (have) {
+                        m->version = x->seq;
+                        manifest_put(a->state, x->path, m);
+                }
+                return 0;
+        }
+        if (keep_local(a, x->path, l, m, have) < 0)
+                return 0;
+        if (l->exists && have && local_matches(l, m) && l->kind == BS_KIND_DIR)
+                apply_delete_tree(a, x->path);
+        int r = place(a, x->tmp, x->path);
+        if (r < 0) {
+                log_error("cannot write %s: %s", x->path, strerror(-r));
+                return 0;
+        }
+        x->tmp[0] = 0;
+        manifest_from_disk(a, x->path, x, NULL);
+        a->n_downloaded++;
+        log_event(LOG_INFO, BS_MID_DOWNLOADED, a->account, x->path, "downloaded %s (%llu bytes)", x->path,
+                  (unsigned long long) x->size);
+        return 0;
+}
+
+static int apply_mkdir(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool have) {
+        const char *base;
+        if (!(l->exists && l->kind == BS_KIND_DIR)) {
+                if (keep_local(a, x->path, l, m, have) < 0)
+                        return 0;
+                if (l->exists && have && local_matches(l, m))
+                        unlinkat(a->rootfd, x->path, 0); /* an unchanged file or link */
+                int r = bs_mkdir_parents(a->rootfd, x->path, 0755);
+                _cleanup_(closep) int pfd = r < 0 ? r : bs_open_parent(a->rootfd, x->path, &base);
+                if (pfd < 0 || (mkdirat(pfd, base, (x->mode & 07777) | 0700) < 0 && errno != EEXIST)) {
+                        log_error("cannot create directory %s: %m", x->path);
+                        return 0;
+                }
+        }
+        manifest_from_disk(a, x->path, x, NULL);
+        return 0;
+}
+
+static int apply_symlink(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool have) {
+        char tmp[64];
+        if (l->exists && l->kind == BS_KIND_SYMLINK && strcmp(l->target, x->path2) == 0) {
+                manifest_from_disk(a, x->path, x, x->path2);
+                return 0;
+        }
+        if (keep_local(a, x->path, l, m, have) < 0)
+                return 0;
+        for (int i = 0;; i++) {
+                snprintf(tmp, sizeof(tmp), BS_TEMP_PREFIX "l%08x", arc4random());
+                if (symlinkat(x->path2, a->rootfd, tmp) == 0)
+                        break;
+                if (errno != EEXIST || i > 10) {
+                        log_error("cannot create link %s: %m", x->path);
+                        return 0;
+                }
+        }
+        int r = place(a, tmp, x->path);
+        if (r < 0) {
+                unlinkat(a->rootfd, tmp, 0);
+                log_error("cannot create link %s: %s", x->path, strerror(-r));
+                return 0;
+        }
+        manifest_from_disk(a, x->path, x, x->path2);
+        return 0;
+}
+
+
+int apply_collect_path(const char *path, const ManifestEntry *e, void *userdata) {
+        PathList *pl = userdata;
+        (void) e;
+        if (pl->n == pl->cap) {
+                size_t cap = pl->cap ? pl->cap * 2 : 64;
+                char **v = realloc(pl->v, cap * sizeof(char *));
+                if (!v)
+                        return -ENOMEM;
+                pl->v = v;
+                pl->cap = cap;
+        }
+        if ((pl->v[pl->n] = strdup(path)))
+                pl->n++;
+        return 0;
+}
+
+/* Remove what the manifest lists, deepest first, unless it changed here. */
+static void delete_one_if_unchanged(Agent *a, const char *path, bool *kept) {
+        LocalEntry *l = malloc(sizeof(*l));
+        ManifestEntry *m = malloc(sizeof(*m));
+        const char *base;
+        if (l && m && manifest_get(a->state, path, m) == 0 && local_stat(a, path, l) == 0 && l->exists) {
+                int pfd = bs_open_parent(a->rootfd, path, &base);
+                if (pfd >= 0) {
+                        if (local_matches(l, m) && l->kind != BS_KIND_DIR)
+                                unlinkat(pfd, base, 0);
+                        else if (l->kind == BS_KIND_DIR) {
+                                if (unlinkat(pfd, base, AT_REMOVEDIR) < 0)
+                                        *kept = true;
+                        } else
+                                *kept = true;
+                        close(pfd);
+                }
+        }
+        free(l);
+        free(m);
+}
+
+void apply_delete_tree(Agent *a, const char *path) {
+        PathList pl = {};
+        bool kept = false;
+        manifest_below(a->state, path, apply_collect_path, &pl);
+        for (size_t i = 0; i < pl.n; i++) {
+                delete_one_if_unchanged(a, pl.v[i], &kept);
+                free(pl.v[i]);
+        }
+        free(pl.v);
+        delete_one_if_unchanged(a, path, &kept);
+        manifest_delete_tree(a->state, path);
+        /* What changed here and was never sent survives and is sent now. */
+        if (kept) {
+                log_event(LOG_WARNING, BS_MID_CONFLICT, a->account, path,
+                          "%s was deleted on another computer but holds local changes; keeping them", path);
+                agent_mark_dirty(a, path, true);
+        }
+}
+
+static void apply_delete(Agent *a, Rec *x, ManifestEntry *m, bool have) {
+        if (!have || m->version > x->seq)
+                return;
+        apply_delete_tree(a, x->path);
+        log_event(LOG_INFO, BS_MID_DELETED, a->account, x->path, "removed %s (deleted on another computer)", x->path);
+}
+
+static void apply_move(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m) {
+        LocalEntry *lt = malloc(sizeof(*lt));
+        ManifestEntry *mt = malloc(sizeof(*mt));
+        const char *bf, *bt;
+        if (!lt || !mt)
+                goto out;
+        bool have_to = manifest_get(a->state, x->path2, mt) == 0;
+        if (have_to && mt->version >= x->seq)
+                goto out; /* already here (our own move) */
+        if (manifest_get(a->state, x->path, m) < 0 || local_stat(a, x->path, l) < 0 ||
+            local_stat(a, x->path2, lt) < 0)
+                goto resync;
+        bool from_ok = m->kind == BS_KIND_DIR ? l->exists && l->kind == BS_KIND_DIR : local_matches(l, m);
+        bool to_ok = !lt->exists || (have_to && lt->kind != BS_KIND_DIR && local_matches(lt, mt));
+        if (!from_ok || !to_ok)
+                goto resync;
+        if (bs_mkdir_parents(a->rootfd, x->path2, 0755) < 0)
+                goto resync;
+        int pf = bs_open_parent(a->rootfd, x->path, &bf);
+        int pt = bs_open_parent(a->rootfd, x->path2, &bt);
+        int r = pf >= 0 && pt >= 0 ? renameat(pf, bf, pt, bt) : -1;
+        if (pf >= 0)
+                close(pf);
+        if (pt >= 0)
+                close(pt);
+        if (r < 0)
+                goto resync;
+        manifest_move_tree(a->state, x->path, x->path2);
+        if (manifest_get(a->state, x->path2, m) == 0) {
+                m->version = x->seq;
+                manifest_put(a->state, x->path2, m);
+        }
+        log_event(LOG_INFO, BS_MID_MOVED, a->account, x->path2, "moved %s -> %s (on another computer)", x->path,
+                  x->path2);
+        goto out;
+resync:
+        /* Local state differs from what the move assumes: compare everything. */
+        a->need_snapshot = true;
+out:
+        free(lt);
+        free(mt);
+}
+
+void apply_record(Agent *a, Rec *x, bool snapshot) {
+        LocalEntry *l = malloc(sizeof(*l));
+        ManifestEntry *m = malloc(sizeof(*m));
+        if (!l || !m)
+                goto out;
+        if (snapshot)
+                manifest_mark_seen(a->state, x->path);
+        bool have = manifest_get(a->state, x->path, m) == 0;
+        if (x->op == BS_OP_MOVE) {
+                apply_move(a, x, l, m);
+                goto out;
+        }
+        if (x->op == BS_OP_DELETE) {
+                apply_delete(a, x, m, have);
+                goto out;
+        }
+        if (have && m->version >= x->seq)
+                goto out;
+        if (local_stat(a, x->path, l) < 0)
+                goto out;
+        switch (x->op) {
+        case BS_OP_PUT:
+                apply_put(a, x, l, m, have);
+                break;
+        case BS_OP_MKDIR:
+                apply_mkdir(a, x, l, m, have);
+                break;
+        case BS_OP_SYMLINK:
+                apply_symlink(a, x, l, m, have);
+                break;
+        }
+out:
+        free(l);
+        free(m);
+}

@@ -1,0 +1,37 @@
+/* agent-apply.h - applying the server's change records to the local tree
+ *
+ * Before anything local is replaced, the disk is compared with the
+ * manifest: a local change nobody has seen yet is kept as a conflict copy,
+ * never overwritten.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "agent.h"
+
+/* One change record, with its content once fetched (agent-pull.c). */
+typedef struct Rec {
+        uint64_t seq, size;
+        int64_t mtime_ns;
+        uint32_t mode;
+        uint8_t op, kind;
+        uint8_t sha[BS_SHA_LEN];
+        char *path, *path2;
+        bool want, requested, ready, failed;
+        uint32_t req;
+        char tmp[64];
+} Rec;
+
+typedef struct PathList {
+        char **v;
+        size_t n, cap;
+} PathList;
+
+/** manifest_iter_t that appends each path to a PathList. */
+int apply_collect_path(const char *path, const ManifestEntry *e, void *userdata);
+/** Apply one record in server order; snapshot marks the path as seen. */
+void apply_record(Agent *a, Rec *x, bool snapshot);
+/** Delete path and what is below it where unchanged here; keep the rest. */
+void apply_delete_tree(Agent *a, const char *path);

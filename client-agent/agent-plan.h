@@ -1,0 +1,39 @@
+/* agent-plan.h - from local changes to a list of requests
+ *
+ * A dirty path is compared with the manifest (the last agreed state) and
+ * becomes PUT, MKDIR, SYMLINK, DELETE or MOVE naming the version it was
+ * based on. The plan is sent by agent-push.c.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "agent.h"
+
+typedef struct PushOp {
+        uint8_t type;
+        bool skipped;
+        uint32_t req;
+        char *path, *path2;
+        uint64_t base, base2;
+        ManifestEntry *e;
+} PushOp;
+
+typedef struct Plan {
+        PushOp *ops;
+        size_t n, cap;
+        char **dirs; /* directories made by this plan, sorted on demand */
+        size_t n_dirs, cap_dirs;
+} Plan;
+
+void plan_clear(Plan *p);
+/** Append an op; l (may be NULL) gives what the manifest records on ACK. */
+PushOp *plan_add(Plan *p, uint8_t type, const char *path, const char *path2, uint64_t base, const LocalEntry *l);
+/**
+ * Add what path (and, when recursive or new, everything below it) needs.
+ * Returns 1 when the whole subtree below path was covered, 0, or -errno.
+ */
+int plan_reconcile(Agent *a, Plan *p, const char *path, bool recursive);
+/** qsort() order in which a directory's descendants directly follow it. */
+int plan_path_cmp(const void *x, const void *y);

@@ -209,6 +209,47 @@ def test_editor_save():
             check(leftovers == [], "left-over temporary files in %s: %s" % (root, leftovers))
 
 
+def test_changing_while_read():
+    """A file that changes while the agent reads it is read again: the
+    upload is aborted (the server answers ABORTED) and the final content
+    arrives, never a mix of old and new bytes."""
+    import threading
+    import time
+    with Env("changing_while_read") as env:
+        srv, a, b = _two(env, "grow", {"grow.bin": "start\n"})
+        path = os.path.join(a.dir, "grow.bin")
+        chunk = os.urandom(256 << 10)
+        stop = threading.Event()
+
+        def writer():
+            with open(path, "ab") as f:
+                for i in range(300):
+                    if stop.is_set():
+                        break
+                    f.write(chunk)
+                    f.flush()
+                    time.sleep(0.002)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        try:
+            # IN_ATTRIB makes the agent look at the file while it grows.
+            mode = 0o600
+            while t.is_alive():
+                os.chmod(path, mode)
+                mode ^= 0o044
+                time.sleep(0.03)
+        finally:
+            stop.set()
+            t.join()
+        with open(path, "rb") as f:
+            final = f.read()
+        wait_content(os.path.join(b.dir, "grow.bin"), final, timeout=120)
+        wait_content(os.path.join(srv.tree(a.token), "grow.bin"), final, timeout=10)
+        check(any("ABORTED" in line for line in a.log_lines()),
+              "the agent never saw the file change under it (no aborted upload in its log)")
+
+
 def test_sequential_edits():
     with Env("sequential_edits") as env:
         srv, a, b = _two(env, "seq", {"f.txt": "v0\n"})

@@ -13,6 +13,7 @@
 
 #include "agent-conflict.h"
 #include "agent.h"
+#include "bs-config.h"
 #include "bs-fs.h"
 #include "bs-log.h"
 #include "bs-macro.h"
@@ -41,6 +42,7 @@ Agent *agent_free(Agent *a) {
         sd_event_source_disable_unref(a->retry_timer);
         sd_event_source_disable_unref(a->sigterm_source);
         sd_event_source_disable_unref(a->sigint_source);
+        sd_event_source_disable_unref(a->sighup_source);
         sd_event_unref(a->event);
         watcher_free(a->watcher);
         agent_state_free(a->state);
@@ -54,6 +56,7 @@ Agent *agent_free(Agent *a) {
                 free(a->moves[i].to);
         }
         free(a->moves);
+        free(a->reloaded_device_name);
         free(a);
         return NULL;
 }
@@ -324,6 +327,78 @@ static int on_retry(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
+/* The name in conflict copies: --device-name or device-name=, else the host name. */
+static void set_device_label(Agent *a) {
+        char buf[256];
+        if (a->cfg.device_name)
+                snprintf(buf, sizeof(buf), "%s", a->cfg.device_name);
+        else if (gethostname(buf, sizeof(buf)) < 0)
+                snprintf(buf, sizeof(buf), "device");
+        buf[sizeof(buf) - 1] = 0;
+        conflict_device_label(buf, a->device_label, sizeof(a->device_label));
+}
+
+static bool streq_null(const char *x, const char *y) {
+        return (!x && !y) || (x && y && strcmp(x, y) == 0);
+}
+
+/* Re-read [agent:NAME]; a broken file keeps the configuration in effect. */
+static void reload_config(Agent *a) {
+        _cleanup_(bs_agent_config_done) BsAgentConfig c;
+        BsConfigError err;
+        char msg[PATH_MAX + 1024], port[8];
+
+        bs_agent_config_init(&c);
+        if (!a->cfg.instance) {
+                log_info("started without --instance: there is no configuration to reload");
+                return;
+        }
+        int r = bs_config_load_agent(a->cfg.config_file, a->cfg.config_must_exist, a->cfg.user_config_file,
+                                     a->cfg.instance, &c, &err);
+        if (r < 0) {
+                bs_config_error_format(&err, msg, sizeof(msg));
+                log_error("%s; keeping the old configuration", msg);
+                return;
+        }
+        snprintf(port, sizeof(port), "%u", c.port);
+        if (!streq_null(c.server, a->cfg.server) || strcmp(port, a->cfg.port) != 0)
+                log_warning("[agent:%s]: server or port changed; that needs a restart", a->cfg.instance);
+        if (!streq_null(c.path, a->cfg.dir))
+                log_warning("[agent:%s]: path changed; that needs a restart", a->cfg.instance);
+        if (!streq_null(c.id, a->cfg.id))
+                log_warning("[agent:%s]: id changed; that needs a restart", a->cfg.instance);
+
+        if (!a->cfg.poll_pinned && c.poll_usec != a->cfg.poll_usec) {
+                a->cfg.poll_usec = c.poll_usec;
+                /* Counted from now; arm_timer() makes it one-shot, but on_poll() expects it on. */
+                arm_timer(a, a->poll_timer, a->cfg.poll_usec);
+                (void) sd_event_source_set_enabled(a->poll_timer, SD_EVENT_ON);
+        }
+        if (!a->cfg.device_name_pinned && !streq_null(c.device_name, a->cfg.device_name)) {
+                free(a->reloaded_device_name);
+                a->reloaded_device_name = TAKE_PTR(c.device_name);
+                a->cfg.device_name = a->reloaded_device_name;
+                set_device_label(a);
+        }
+        log_info("configuration reloaded: poll interval %llu ms, device name %s",
+                 (unsigned long long) (a->cfg.poll_usec / 1000), a->device_label);
+}
+
+static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Agent *a = userdata;
+        struct timespec ts;
+
+        /* MONOTONIC_USEC lets Type=notify-reload match this to its SIGHUP. */
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        sd_notifyf(false, "RELOADING=1\nMONOTONIC_USEC=%llu",
+                   (unsigned long long) ts.tv_sec * 1000000ULL + (unsigned long long) ts.tv_nsec / 1000);
+        log_info("received SIGHUP, reloading the configuration");
+        reload_config(a);
+        sd_notify(false, "READY=1");
+        agent_update_status(a);
+        return 0;
+}
+
 static int load_identity(Agent *a) {
         char buf[BS_TOKEN_MAX + 64];
         BsToken t;
@@ -332,12 +407,7 @@ static int load_identity(Agent *a) {
                 arc4random_buf(a->device, BS_DEVICE_LEN);
                 agent_state_set_blob(a->state, "device", a->device, BS_DEVICE_LEN);
         }
-        if (a->cfg.device_name)
-                snprintf(buf, sizeof(buf), "%s", a->cfg.device_name);
-        else if (gethostname(buf, sizeof(buf)) < 0)
-                snprintf(buf, sizeof(buf), "device");
-        buf[sizeof(buf) - 1] = 0;
-        conflict_device_label(buf, a->device_label, sizeof(a->device_label));
+        set_device_label(a);
 
         bool have = agent_state_get(a->state, "token", buf, sizeof(buf)) == 0 && bs_token_parse(buf, strlen(buf), &t) == 0;
         if (have)
@@ -398,11 +468,18 @@ int agent_run(Agent *a) {
         sigemptyset(&ss);
         sigaddset(&ss, SIGTERM);
         sigaddset(&ss, SIGINT);
+        sigaddset(&ss, SIGHUP);
         sigprocmask(SIG_BLOCK, &ss, NULL);
         r = sd_event_new(&a->event);
+        if (r >= 0) {
+                /* WATCHDOG=1 from the loop when WatchdogSec= is set. */
+                int w = sd_event_set_watchdog(a->event, true);
+                r = w < 0 ? w : 0;
+        }
         r = r ?: watcher_new(a->cfg.dir, &watcher_ops, a, &a->watcher);
         r = r ?: sd_event_add_signal(a->event, &a->sigterm_source, SIGTERM, NULL, NULL);
         r = r ?: sd_event_add_signal(a->event, &a->sigint_source, SIGINT, NULL, NULL);
+        r = r ?: sd_event_add_signal(a->event, &a->sighup_source, SIGHUP, on_sighup, a);
         r = r ?: sd_event_add_io(a->event, &a->inotify_source, watcher_fd(a->watcher), EPOLLIN, on_inotify, a);
         r = r ?: sd_event_add_time(a->event, &a->coalesce_timer, CLOCK_MONOTONIC, 0, 1000, on_coalesce, a);
         r = r ?: sd_event_add_time_relative(a->event, &a->poll_timer, CLOCK_MONOTONIC, a->cfg.poll_usec, 100000, on_poll, a);
@@ -411,6 +488,9 @@ int agent_run(Agent *a) {
                 log_error("cannot set up the event loop: %s", strerror(-r));
                 return AGENT_EXIT_SOFTWARE;
         }
+        sd_event_source_set_description(a->sigterm_source, "sigterm");
+        sd_event_source_set_description(a->sigint_source, "sigint");
+        sd_event_source_set_description(a->sighup_source, "sighup");
         sd_event_source_set_description(a->inotify_source, "inotify");
         sd_event_source_set_description(a->coalesce_timer, "coalesce-timer");
         sd_event_source_set_description(a->poll_timer, "poll-timer");

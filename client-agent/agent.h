@@ -35,6 +35,14 @@ typedef struct AgentConfig {
         uint64_t poll_usec;
         uint64_t coalesce_usec;
         bool once;
+
+        /* With --instance: what SIGHUP re-reads, and what the command line
+         * pinned (a reload does not change those). */
+        const char *instance; /* NULL: positional form, nothing to reload */
+        const char *config_file;
+        bool config_must_exist;
+        const char *user_config_file; /* NULL: none */
+        bool poll_pinned, device_name_pinned;
 } AgentConfig;
 
 typedef struct DirtyPath {
@@ -81,7 +89,9 @@ typedef struct Agent {
         sd_event_source *retry_timer;
         sd_event_source *sigterm_source;
         sd_event_source *sigint_source;
+        sd_event_source *sighup_source;
         uint64_t backoff_usec;
+        char *reloaded_device_name; /* owns cfg.device_name after a reload */
 
         /* For the status line and the tests. */
         uint64_t n_uploaded, bytes_uploaded, n_downloaded, bytes_downloaded;

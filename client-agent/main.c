@@ -10,21 +10,37 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "bs-config.h"
 #include "bs-hash.h"
 #include "bs-log.h"
+#include "bs-macro.h"
 #include "bs-parse.h"
+
+#define DEFAULT_CONFIG BS_SYSCONFDIR "/backupsync.ini"
 
 static void help(void) {
         printf("Usage: backupsync-agent [OPTIONS] SERVER PORT DIR [ID]\n"
+               "       backupsync-agent [OPTIONS] --instance NAME\n"
                "\n"
                "Back up DIR to the backupsync server at SERVER:PORT and keep it in sync\n"
                "with the account's other computers. Without ID a new account is created\n"
                "and its token printed as 'ID: <TOKEN>'; with ID (the token printed by the\n"
                "first computer) DIR is created if needed and the account's files downloaded.\n"
                "\n"
+               "With --instance, SERVER, PORT, DIR and ID come from the [agent:NAME]\n"
+               "section of the configuration: the system file, then the user's\n"
+               "$XDG_CONFIG_HOME/backupsync.ini (else ~/.config/backupsync.ini), whose\n"
+               "keys override it. SIGHUP re-reads it and applies poll-interval and\n"
+               "device-name.\n"
+               "\n"
                "Options:\n"
-               "  --state-dir DIR        where the agent keeps its state\n"
-               "                         (default $XDG_STATE_HOME/backupsync/<DIR path>)\n"
+               "  --instance NAME        read [agent:NAME] from the configuration\n"
+               "  --config FILE          system configuration file\n"
+               "                         (default " DEFAULT_CONFIG ")\n"
+               "  --state-dir DIR        where the agent keeps its state (default\n"
+               "                         $XDG_STATE_HOME/backupsync/<DIR path>; with\n"
+               "                         --instance $STATE_DIRECTORY, else\n"
+               "                         $XDG_STATE_HOME/backupsync/NAME)\n"
                "  --poll-interval TIME   how often to ask for other computers' changes\n"
                "                         (default 5s; units ms, s, m, h, d)\n"
                "  --device-name NAME     name used in conflict copies (default: host name)\n"
@@ -59,6 +75,23 @@ static char *default_state_dir(const char *dir) {
         return NULL;
 }
 
+/* Under systemd the unit's StateDirectory=backupsync/%i, else the XDG place. */
+static char *instance_state_dir(const char *name) {
+        const char *sd = getenv("STATE_DIRECTORY");
+        const char *base = getenv("XDG_STATE_HOME");
+        const char *home = getenv("HOME");
+        char *out = NULL;
+
+        if (sd && sd[0] == '/')
+                /* It may list several directories; the first is ours. */
+                return strndup(sd, strcspn(sd, ":"));
+        if (base && base[0] == '/')
+                return asprintf(&out, "%s/backupsync/%s", base, name) < 0 ? NULL : out;
+        if (home && home[0] == '/')
+                return asprintf(&out, "%s/.local/state/backupsync/%s", home, name) < 0 ? NULL : out;
+        return NULL;
+}
+
 static int mkdir_p(const char *path) {
         char buf[PATH_MAX];
         snprintf(buf, sizeof(buf), "%s", path);
@@ -72,9 +105,46 @@ static int mkdir_p(const char *path) {
         return 0;
 }
 
+/* Fill cfg from [agent:NAME]; options given on the command line win. */
+static int load_instance(AgentConfig *cfg, BsAgentConfig *ini) {
+        BsConfigError err;
+        char *user = NULL, msg[PATH_MAX + 1024];
+
+        int r = bs_config_user_file(&user);
+        if (r < 0 && r != -ENOENT) {
+                log_error("out of memory");
+                return AGENT_EXIT_SOFTWARE;
+        }
+        cfg->user_config_file = user; /* kept for SIGHUP */
+        bs_agent_config_init(ini);
+        r = bs_config_load_agent(cfg->config_file, cfg->config_must_exist, user, cfg->instance, ini, &err);
+        if (r == -ENOMEM) {
+                log_error("out of memory");
+                return AGENT_EXIT_SOFTWARE;
+        }
+        if (r < 0) {
+                bs_config_error_format(&err, msg, sizeof(msg));
+                log_error("%s", msg);
+                return AGENT_EXIT_CONFIG;
+        }
+        cfg->server = ini->server;
+        if (asprintf(&cfg->port, "%u", ini->port) < 0 || !(cfg->dir = strdup(ini->path))) {
+                log_error("out of memory");
+                return AGENT_EXIT_SOFTWARE;
+        }
+        cfg->id = ini->id;
+        if (!cfg->poll_pinned)
+                cfg->poll_usec = ini->poll_usec;
+        if (!cfg->device_name_pinned)
+                cfg->device_name = ini->device_name;
+        return 0;
+}
+
 int main(int argc, char **argv) {
-        enum { ARG_STATE_DIR = 0x100, ARG_POLL, ARG_ONCE, ARG_VERSION, ARG_DEVICE };
+        enum { ARG_STATE_DIR = 0x100, ARG_POLL, ARG_ONCE, ARG_VERSION, ARG_DEVICE, ARG_INSTANCE, ARG_CONFIG };
         static const struct option options[] = {
+                { "instance", required_argument, NULL, ARG_INSTANCE },
+                { "config", required_argument, NULL, ARG_CONFIG },
                 { "state-dir", required_argument, NULL, ARG_STATE_DIR },
                 { "poll-interval", required_argument, NULL, ARG_POLL },
                 { "device-name", required_argument, NULL, ARG_DEVICE },
@@ -83,10 +153,13 @@ int main(int argc, char **argv) {
                 { "version", no_argument, NULL, ARG_VERSION },
                 {},
         };
-        AgentConfig cfg = { .poll_usec = 5000000ULL, .coalesce_usec = 20000ULL };
+        AgentConfig cfg = { .poll_usec = BS_CONFIG_DEFAULT_POLL_USEC, .coalesce_usec = 20000ULL };
+        /* Owns the strings cfg points to under --instance, until exit. */
+        _cleanup_(bs_agent_config_done) BsAgentConfig ini;
         Agent *a = NULL;
-        int c;
+        int c, r;
 
+        bs_agent_config_init(&ini);
         bs_log_open("backupsync-agent");
         while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
                 switch (c) {
@@ -96,17 +169,31 @@ int main(int argc, char **argv) {
                 case ARG_VERSION:
                         printf("backupsync-agent %s (protocol %u)\n", BS_VERSION, BS_PROTO_VERSION);
                         return 0;
+                case ARG_INSTANCE:
+                        if (!bs_config_instance_valid(optarg)) {
+                                log_error("--instance: '%s' is not an instance name (A-Z, a-z, 0-9, '_', '.', '@', '-')",
+                                          optarg);
+                                return AGENT_EXIT_USAGE;
+                        }
+                        cfg.instance = optarg;
+                        break;
+                case ARG_CONFIG:
+                        cfg.config_file = optarg;
+                        cfg.config_must_exist = true;
+                        break;
                 case ARG_STATE_DIR:
                         cfg.state_dir = optarg;
                         break;
                 case ARG_POLL:
-                        if (bs_parse_duration(optarg, &cfg.poll_usec) < 0 || cfg.poll_usec < 100000) {
+                        if (bs_parse_duration(optarg, &cfg.poll_usec) < 0 || cfg.poll_usec < BS_CONFIG_MIN_POLL_USEC) {
                                 log_error("--poll-interval: '%s' is not a duration of at least 100ms (e.g. 5, 5s, 2m)", optarg);
                                 return AGENT_EXIT_USAGE;
                         }
+                        cfg.poll_pinned = true;
                         break;
                 case ARG_DEVICE:
                         cfg.device_name = optarg;
+                        cfg.device_name_pinned = true;
                         break;
                 case ARG_ONCE:
                         cfg.once = true;
@@ -116,35 +203,52 @@ int main(int argc, char **argv) {
                         return AGENT_EXIT_USAGE;
                 }
         int n = argc - optind;
-        if (n < 3 || n > 4) {
-                log_error("expected SERVER PORT DIR [ID]; try --help");
-                return AGENT_EXIT_USAGE;
-        }
-        uint16_t port;
-        cfg.server = argv[optind];
-        cfg.port = argv[optind + 1];
-        if (bs_parse_port(cfg.port, &port) < 0 || port == 0) {
-                log_error("'%s' is not a TCP port (1-65535)", cfg.port);
-                return AGENT_EXIT_USAGE;
-        }
-        const char *dir = argv[optind + 2];
-        if (dir[0] == '/')
-                cfg.dir = strdup(dir);
-        else {
-                char cwd[PATH_MAX];
-                if (!getcwd(cwd, sizeof(cwd)) || asprintf(&cfg.dir, "%s/%s", cwd, dir) < 0)
-                        cfg.dir = NULL;
-        }
-        if (!cfg.dir) {
-                log_error("cannot resolve %s", dir);
-                return AGENT_EXIT_USAGE;
+        if (cfg.instance) {
+                if (n > 0) {
+                        log_error("--instance takes SERVER, PORT, DIR and ID from the configuration; "
+                                  "unexpected argument '%s'", argv[optind]);
+                        return AGENT_EXIT_USAGE;
+                }
+                if (!cfg.config_file)
+                        cfg.config_file = DEFAULT_CONFIG;
+                r = load_instance(&cfg, &ini);
+                if (r)
+                        return r;
+        } else {
+                if (cfg.config_file) {
+                        log_error("--config needs --instance NAME to say which [agent:NAME] section to read");
+                        return AGENT_EXIT_USAGE;
+                }
+                if (n < 3 || n > 4) {
+                        log_error("expected SERVER PORT DIR [ID] or --instance NAME; try --help");
+                        return AGENT_EXIT_USAGE;
+                }
+                uint16_t port;
+                cfg.server = argv[optind];
+                cfg.port = argv[optind + 1];
+                if (bs_parse_port(cfg.port, &port) < 0 || port == 0) {
+                        log_error("'%s' is not a TCP port (1-65535)", cfg.port);
+                        return AGENT_EXIT_USAGE;
+                }
+                const char *dir = argv[optind + 2];
+                if (dir[0] == '/')
+                        cfg.dir = strdup(dir);
+                else {
+                        char cwd[PATH_MAX];
+                        if (!getcwd(cwd, sizeof(cwd)) || asprintf(&cfg.dir, "%s/%s", cwd, dir) < 0)
+                                cfg.dir = NULL;
+                }
+                if (!cfg.dir) {
+                        log_error("cannot resolve %s", dir);
+                        return AGENT_EXIT_USAGE;
+                }
+                if (n == 4)
+                        cfg.id = argv[optind + 3];
         }
         for (size_t k = strlen(cfg.dir); k > 1 && cfg.dir[k - 1] == '/'; k--)
                 cfg.dir[k - 1] = 0;
-        if (n == 4)
-                cfg.id = argv[optind + 3];
         if (!cfg.state_dir) {
-                cfg.state_dir = default_state_dir(cfg.dir);
+                cfg.state_dir = cfg.instance ? instance_state_dir(cfg.instance) : default_state_dir(cfg.dir);
                 if (!cfg.state_dir) {
                         log_error("no state directory: set HOME or XDG_STATE_HOME, or pass --state-dir");
                         return AGENT_EXIT_USAGE;
@@ -156,7 +260,7 @@ int main(int argc, char **argv) {
                 log_error("out of memory");
                 return AGENT_EXIT_SOFTWARE;
         }
-        int r = agent_run(a);
+        r = agent_run(a);
         agent_free(a);
         return r;
 }

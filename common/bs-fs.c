@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -14,7 +15,49 @@
 #include "bs-path.h"
 #include "bs-proto.h"
 
+/* openat2() refused by a seccomp filter (systemd's RestrictSUIDSGID=, which
+ * DynamicUser= implies, cannot look into struct open_how and answers
+ * ENOSYS): walk the path one component at a time, never following a link. */
+int bs_open_walk(int dirfd, const char *path, int flags, mode_t mode) {
+        char buf[BS_PATH_MAX + 1];
+        int fd = -1, cur = dirfd;
+
+        if (strcmp(path, ".") == 0) {
+                fd = openat(dirfd, ".", flags | O_CLOEXEC);
+                return fd < 0 ? -errno : fd;
+        }
+        if (path[0] == '/' || strlen(path) > BS_PATH_MAX)
+                return -EXDEV;
+        strcpy(buf, path);
+        char *s = buf;
+        for (;;) {
+                char *slash = strchr(s, '/');
+                if (slash)
+                        *slash = 0;
+                if (s[0] == 0 || strcmp(s, ".") == 0 || strcmp(s, "..") == 0) {
+                        fd = -EXDEV;
+                        break;
+                }
+                int next = slash ? openat(cur, s, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                                 : openat(cur, s, flags | O_NOFOLLOW | O_CLOEXEC, mode);
+                fd = next < 0 ? -errno : next;
+                struct stat st;
+                /* As openat2() says: a link where a directory should be is ELOOP. */
+                if (fd == -ENOTDIR && slash && fstatat(cur, s, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
+                        fd = -ELOOP;
+                if (cur != dirfd)
+                        close(cur);
+                cur = dirfd;
+                if (fd < 0 || !slash)
+                        break;
+                cur = fd;
+                s = slash + 1;
+        }
+        return fd;
+}
+
 int bs_open_beneath(int dirfd, const char *path, int flags, mode_t mode) {
+        static bool no_openat2;
         struct open_how how = {
                 .flags = (uint64_t) (flags | O_CLOEXEC),
                 /* O_TMPFILE includes O_DIRECTORY: test it whole. */
@@ -22,9 +65,15 @@ int bs_open_beneath(int dirfd, const char *path, int flags, mode_t mode) {
                 .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
         };
         int fd;
+        if (no_openat2)
+                return bs_open_walk(dirfd, path, flags, (mode_t) how.mode);
         do
                 fd = (int) syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
         while (fd < 0 && errno == EINTR);
+        if (fd < 0 && (errno == ENOSYS || errno == EPERM)) {
+                no_openat2 = errno == ENOSYS;
+                return bs_open_walk(dirfd, path, flags, (mode_t) how.mode);
+        }
         return fd < 0 ? -errno : fd;
 }
 

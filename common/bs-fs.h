@@ -14,6 +14,13 @@
 int bs_open_beneath(int dirfd, const char *path, int flags, mode_t mode);
 
 /**
+ * The same without openat2(), one component at a time with O_NOFOLLOW;
+ * bs_open_beneath() falls back to it where a seccomp filter refuses
+ * openat2() (systemd's RestrictSUIDSGID=).
+ */
+int bs_open_walk(int dirfd, const char *path, int flags, mode_t mode);
+
+/**
  * Open the parent directory of a tree path beneath rootfd (O_DIRECTORY),
  * so the last component can be changed with the *at() calls. *base is set
  * to the last component inside path. Returns an fd or a negative errno.

@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,19 +17,33 @@
 #include <systemd/sd-event.h>
 #include <unistd.h>
 
+#include "bs-config.h"
 #include "bs-log.h"
 #include "bs-macro.h"
+#include "bs-parse.h"
 #include "server.h"
 
+#define DEFAULT_CONFIG BS_SYSCONFDIR "/backupsync.ini"
+
+/* The command line; what it sets wins over the configuration file. */
 typedef struct Args {
-        uint16_t port;
+        const char *config; /* NULL: DEFAULT_CONFIG, which may be missing */
         const char *storage;
         const char *listen;
-        const char *config;
-        uint64_t idle_timeout_sec;
+        uint16_t port;
+        uint64_t idle_timeout_usec;
         unsigned max_connections;
         bool require_key;
+        bool port_set, idle_timeout_set, max_connections_set, require_key_set;
 } Args;
+
+/* What main() and the SIGHUP handler share. */
+typedef struct Context {
+        Args args;
+        BsServerConfig cfg;  /* in effect: defaults < file < command line */
+        bool socket_activated; /* port and listen come from systemd */
+        bool storage_from_config;
+} Context;
 
 static void help(void) {
         printf("Usage: backupsyncd [PORT] [OPTIONS]\n"
@@ -37,32 +52,23 @@ static void help(void) {
                "change log, and serves the backupsync agents.\n"
                "\n"
                "  PORT                     TCP port (default 7373; 0 picks a free one)\n"
+               "  --config FILE            configuration file, [server] section\n"
+               "                           (default " DEFAULT_CONFIG ")\n"
                "  --storage DIR            storage directory (default $STATE_DIRECTORY,\n"
-               "                           else ./backupsync-data)\n"
+               "                           else storage= from the config, else\n"
+               "                           ./backupsync-data)\n"
                "  --listen ADDR            IPv4 or IPv6 address to listen on (default ::,\n"
                "                           which also serves IPv4)\n"
-               "  --config FILE            configuration file (not yet read)\n"
-               "  --idle-timeout SECONDS   close connections idle this long (default 120,\n"
-               "                           0: never)\n"
+               "  --idle-timeout TIME      close connections idle this long (default 120s,\n"
+               "                           0: never; units ms, s, m, h, d)\n"
                "  --max-connections N      connection cap (default 1024)\n"
                "  --require-key yes|no     joining needs the full token ID-KEY (default yes)\n"
                "  -h --help                show this help\n"
                "  --version                show the version\n"
                "\n"
-               "With a socket passed by systemd (socket activation), PORT and --listen\n"
-               "are ignored.\n");
-}
-
-static int parse_uint(const char *s, unsigned long long max, unsigned long long *ret) {
-        char *end;
-        if (!s[0] || s[0] == '-')
-                return -EINVAL;
-        errno = 0;
-        unsigned long long v = strtoull(s, &end, 10);
-        if (errno || *end || v > max)
-                return -EINVAL;
-        *ret = v;
-        return 0;
+               "Options override the configuration file. SIGHUP re-reads the file and\n"
+               "applies idle-timeout, max-connections and require-key. With a socket\n"
+               "passed by systemd (socket activation), PORT and --listen are ignored.\n");
 }
 
 static int parse_args(int argc, char **argv, Args *a) {
@@ -79,6 +85,7 @@ static int parse_args(int argc, char **argv, Args *a) {
                 {},
         };
         unsigned long long v;
+        char *end;
         int c;
 
         while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
@@ -93,28 +100,29 @@ static int parse_args(int argc, char **argv, Args *a) {
                         a->config = optarg;
                         break;
                 case ARG_IDLE:
-                        if (parse_uint(optarg, 365ULL * 24 * 3600, &v) < 0) {
-                                fprintf(stderr, "backupsyncd: invalid --idle-timeout: %s\n", optarg);
+                        if (bs_parse_duration(optarg, &a->idle_timeout_usec) < 0) {
+                                fprintf(stderr, "backupsyncd: --idle-timeout: '%s' is not a duration (e.g. 120, 2m)\n",
+                                        optarg);
                                 return -EINVAL;
                         }
-                        a->idle_timeout_sec = v;
+                        a->idle_timeout_set = true;
                         break;
                 case ARG_MAXCONN:
-                        if (parse_uint(optarg, 1000000, &v) < 0 || v == 0) {
+                        errno = 0;
+                        v = optarg[0] >= '0' && optarg[0] <= '9' ? strtoull(optarg, &end, 10) : 0;
+                        if (errno || v == 0 || *end || v > BS_CONFIG_MAX_CONNECTIONS) {
                                 fprintf(stderr, "backupsyncd: invalid --max-connections: %s\n", optarg);
                                 return -EINVAL;
                         }
                         a->max_connections = (unsigned) v;
+                        a->max_connections_set = true;
                         break;
                 case ARG_KEY:
-                        if (strcmp(optarg, "yes") == 0)
-                                a->require_key = true;
-                        else if (strcmp(optarg, "no") == 0)
-                                a->require_key = false;
-                        else {
+                        if (bs_parse_bool(optarg, &a->require_key) < 0) {
                                 fprintf(stderr, "backupsyncd: --require-key takes yes or no, not %s\n", optarg);
                                 return -EINVAL;
                         }
+                        a->require_key_set = true;
                         break;
                 case 'h':
                         help();
@@ -128,11 +136,12 @@ static int parse_args(int argc, char **argv, Args *a) {
                 }
 
         if (optind < argc) {
-                if (parse_uint(argv[optind], 65535, &v) < 0) {
+                /* 0 is allowed here (any free port), unlike in the file. */
+                if (bs_parse_port(argv[optind], &a->port) < 0) {
                         fprintf(stderr, "backupsyncd: invalid port: %s\n", argv[optind]);
                         return -EINVAL;
                 }
-                a->port = (uint16_t) v;
+                a->port_set = true;
                 optind++;
         }
         if (optind < argc) {
@@ -140,6 +149,80 @@ static int parse_args(int argc, char **argv, Args *a) {
                 return -EINVAL;
         }
         return 1;
+}
+
+/* Built-in defaults, then the file, then the command line. */
+static int load_config(const Args *a, BsServerConfig *cfg, BsConfigError *err) {
+        bs_server_config_init(cfg);
+        int r = bs_config_load_server(a->config ?: DEFAULT_CONFIG, a->config != NULL, cfg, err);
+        if (r < 0)
+                return r;
+        if (a->port_set)
+                cfg->port = a->port;
+        if (a->listen) {
+                free(cfg->listen);
+                cfg->listen = strdup(a->listen);
+                if (!cfg->listen)
+                        return -ENOMEM;
+        }
+        if (a->idle_timeout_set)
+                cfg->idle_timeout_usec = a->idle_timeout_usec;
+        if (a->max_connections_set)
+                cfg->max_connections = a->max_connections;
+        if (a->require_key_set)
+                cfg->require_key = a->require_key;
+        return 0;
+}
+
+static bool streq_null(const char *a, const char *b) {
+        return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+static void log_limits(const char *what, const BsServerConfig *cfg) {
+        log_info("%s: idle timeout %llu ms, at most %u connections, require-key %s", what,
+                 (unsigned long long) (cfg->idle_timeout_usec / 1000), cfg->max_connections,
+                 cfg->require_key ? "yes" : "no");
+}
+
+/* SIGHUP: a broken file keeps the configuration in effect. */
+static int reload(Server *server, void *userdata) {
+        Context *ctx = userdata;
+        const char *file = ctx->args.config ?: DEFAULT_CONFIG;
+        BsServerConfig cfg;
+        BsConfigError err;
+        char msg[PATH_MAX + 1024];
+
+        int r = load_config(&ctx->args, &cfg, &err);
+        if (r < 0) {
+                if (r == -ENOMEM)
+                        log_error("cannot reload the configuration: out of memory; keeping the old one");
+                else {
+                        bs_config_error_format(&err, msg, sizeof(msg));
+                        log_error("%s; keeping the old configuration", msg);
+                }
+                bs_server_config_done(&cfg);
+                return r;
+        }
+        if (!ctx->socket_activated && (cfg.port != ctx->cfg.port || !streq_null(cfg.listen, ctx->cfg.listen)))
+                log_warning("%s: the listening address or port changed; that needs a restart", file);
+        if (ctx->storage_from_config && !streq_null(cfg.storage, ctx->cfg.storage))
+                log_warning("%s: storage changed; that needs a restart", file);
+        server_apply(server, &(ServerConfig) {
+                .idle_timeout_usec = cfg.idle_timeout_usec,
+                .max_connections = cfg.max_connections,
+                .require_key = cfg.require_key,
+        });
+        /* Keep what the restart-only keys were at startup, so a second
+         * reload still compares against what is really in use. */
+        free(cfg.listen);
+        free(cfg.storage);
+        cfg.listen = TAKE_PTR(ctx->cfg.listen);
+        cfg.storage = TAKE_PTR(ctx->cfg.storage);
+        cfg.port = ctx->cfg.port;
+        bs_server_config_done(&ctx->cfg);
+        ctx->cfg = cfg;
+        log_limits("configuration reloaded", &ctx->cfg);
+        return 0;
 }
 
 /* mkdir -p with mode 0700 for what we create; existing directories are left alone. */
@@ -160,37 +243,54 @@ static int mkdir_p(const char *path) {
         }
 }
 
+static void context_done(Context *ctx) {
+        bs_server_config_done(&ctx->cfg);
+}
+
 int main(int argc, char **argv) {
+        /* Declared before the server, so it outlives the server's SIGHUP handler. */
+        _cleanup_(context_done) Context ctx = {};
         _cleanup_(server_freep) Server *server = NULL;
         sd_event *event = NULL;
-        Args args = {
-                .port = 7373,
-                .listen = "::",
-                .idle_timeout_sec = 120,
-                .max_connections = 1024,
-                .require_key = true,
-        };
-        char storage[PATH_MAX];
+        BsConfigError err;
+        char storage[PATH_MAX], first[PATH_MAX], msg[PATH_MAX + 1024];
+        const char *dir;
         int r, n_fds;
 
         bs_log_open("backupsyncd");
-        r = parse_args(argc, argv, &args);
+        r = parse_args(argc, argv, &ctx.args);
         if (r <= 0)
                 return r < 0 ? EX_USAGE : EXIT_SUCCESS;
+        r = load_config(&ctx.args, &ctx.cfg, &err);
+        if (r == -ENOMEM) {
+                log_error("out of memory");
+                return EX_OSERR;
+        }
+        if (r < 0) {
+                bs_config_error_format(&err, msg, sizeof(msg));
+                log_error("%s", msg);
+                return EX_CONFIG;
+        }
 
-        if (!args.storage)
-                args.storage = getenv("STATE_DIRECTORY");
-        if (!args.storage || !args.storage[0])
-                args.storage = "./backupsync-data";
-        /* $STATE_DIRECTORY may list several directories; the first is ours. */
-        char first[PATH_MAX];
-        snprintf(first, sizeof(first), "%s", args.storage);
-        first[strcspn(first, ":")] = 0;
-        r = mkdir_p(first);
-        if (r < 0 || !realpath(first, storage) || access(storage, R_OK | W_OK | X_OK) < 0) {
+        /* --storage, then systemd's StateDirectory=, then the file. */
+        const char *state_dir = getenv("STATE_DIRECTORY");
+        if (ctx.args.storage)
+                dir = ctx.args.storage;
+        else if (state_dir && state_dir[0]) {
+                /* $STATE_DIRECTORY may list several directories; the first is ours. */
+                snprintf(first, sizeof(first), "%s", state_dir);
+                first[strcspn(first, ":")] = 0;
+                dir = first;
+        } else if (ctx.cfg.storage) {
+                dir = ctx.cfg.storage;
+                ctx.storage_from_config = true;
+        } else
+                dir = "./backupsync-data";
+        r = mkdir_p(dir);
+        if (r < 0 || !realpath(dir, storage) || access(storage, R_OK | W_OK | X_OK) < 0) {
                 if (r < 0)
                         errno = -r;
-                log_error("storage directory %s is not usable: %m", first);
+                log_error("storage directory %s is not usable: %m", dir);
                 return EX_CANTCREAT;
         }
 
@@ -209,9 +309,9 @@ int main(int argc, char **argv) {
         if (r >= 0) {
                 ServerConfig config = {
                         .storage = storage,
-                        .idle_timeout_usec = args.idle_timeout_sec * USEC_PER_SEC,
-                        .max_connections = args.max_connections,
-                        .require_key = args.require_key,
+                        .idle_timeout_usec = ctx.cfg.idle_timeout_usec,
+                        .max_connections = ctx.cfg.max_connections,
+                        .require_key = ctx.cfg.require_key,
                 };
                 r = server_new(&server, event, &config);
         }
@@ -221,6 +321,7 @@ int main(int argc, char **argv) {
                 log_error("cannot set up the server: %m");
                 return EX_OSERR;
         }
+        server_set_reload(server, reload, &ctx);
 
         n_fds = sd_listen_fds(1);
         if (n_fds < 0) {
@@ -228,6 +329,7 @@ int main(int argc, char **argv) {
                 log_error("cannot take the sockets passed by systemd: %m");
                 return EX_UNAVAILABLE;
         }
+        ctx.socket_activated = n_fds > 0;
         if (n_fds > 0) {
                 int fd = SD_LISTEN_FDS_START;
                 if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0) {
@@ -256,23 +358,23 @@ int main(int argc, char **argv) {
                 log_event(LOG_INFO, BS_MID_STARTED, NULL, NULL, "listening on %s port %u (socket from systemd)",
                           addr, port);
         } else {
+                const char *listen_addr = ctx.cfg.listen ?: "::";
                 uint16_t port;
-                r = server_listen(server, args.listen, args.port, &port);
+                r = server_listen(server, listen_addr, ctx.cfg.port, &port);
                 if (r == -EINVAL) {
-                        log_error("--listen needs an IPv4 or IPv6 address, not %s", args.listen);
+                        log_error("--listen needs an IPv4 or IPv6 address, not %s", listen_addr);
                         return EX_USAGE;
                 }
                 if (r < 0) {
                         errno = -r;
-                        log_error("cannot listen on %s port %u: %m", args.listen, args.port);
+                        log_error("cannot listen on %s port %u: %m", listen_addr, ctx.cfg.port);
                         return EX_UNAVAILABLE;
                 }
-                log_event(LOG_INFO, BS_MID_STARTED, NULL, NULL, "listening on %s port %u", args.listen, port);
+                log_event(LOG_INFO, BS_MID_STARTED, NULL, NULL, "listening on %s port %u", listen_addr, port);
         }
 
-        log_info("storage %s, idle timeout %llu s, at most %u connections, require-key %s", storage,
-                 (unsigned long long) args.idle_timeout_sec, args.max_connections,
-                 args.require_key ? "yes" : "no");
+        log_info("storage %s, configuration %s", storage, ctx.args.config ?: DEFAULT_CONFIG);
+        log_limits("limits", &ctx.cfg);
         (void) sd_notify(0, "READY=1");
         server_update_status(server);
         r = sd_event_loop(server->event);

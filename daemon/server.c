@@ -10,6 +10,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <systemd/sd-daemon.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bs-log.h"
@@ -26,6 +27,24 @@ static int on_signal(sd_event_source *source, const struct signalfd_siginfo *si,
         return sd_event_exit(s->event, 0);
 }
 
+static int on_sighup(sd_event_source *source, const struct signalfd_siginfo *si, void *userdata) {
+        Server *s = userdata;
+        struct timespec ts;
+
+        /* MONOTONIC_USEC lets Type=notify-reload match this to its SIGHUP. */
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        (void) sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+                          (unsigned long long) ts.tv_sec * USEC_PER_SEC + (unsigned long long) ts.tv_nsec / 1000);
+        log_info("received SIGHUP, reloading the configuration");
+        if (s->reload)
+                (void) s->reload(s, s->reload_userdata);
+        (void) sd_notify(0, "READY=1");
+        /* A fresh STATUS=: systemd clears the old one on RELOADING=1 in some versions. */
+        s->status_accounts = s->status_sessions = UINT32_MAX;
+        server_update_status(s);
+        return 0;
+}
+
 int server_new(Server **ret, sd_event *event, const ServerConfig *config) {
         _cleanup_(server_freep) Server *s = NULL;
         int r;
@@ -34,10 +53,9 @@ int server_new(Server **ret, sd_event *event, const ServerConfig *config) {
         if (!s)
                 return -ENOMEM;
         s->listen_fd = -1;
+        s->status_accounts = s->status_sessions = UINT32_MAX;
         s->event = sd_event_ref(event);
-        s->idle_timeout_usec = config->idle_timeout_usec;
-        s->max_connections = config->max_connections;
-        s->require_key = config->require_key;
+        server_apply(s, config);
         s->storage = strdup(config->storage);
         if (!s->storage)
                 return -ENOMEM;
@@ -52,6 +70,15 @@ int server_new(Server **ret, sd_event *event, const ServerConfig *config) {
         if (r < 0)
                 return r;
         (void) sd_event_source_set_description(s->sigint_source, "server-sigint");
+        r = sd_event_add_signal(event, &s->sighup_source, SIGHUP | SD_EVENT_SIGNAL_PROCMASK, on_sighup, s);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_description(s->sighup_source, "server-sighup");
+        /* Sends WATCHDOG=1 from the loop when WatchdogSec= is set: a hung
+         * loop stops the pings and systemd restarts the service. */
+        r = sd_event_set_watchdog(event, true);
+        if (r < 0)
+                return r;
         *ret = TAKE_PTR(s);
         return 0;
 }
@@ -70,6 +97,7 @@ Server *server_free(Server *s) {
         sd_event_source_disable_unref(s->listen_source);
         sd_event_source_disable_unref(s->sigterm_source);
         sd_event_source_disable_unref(s->sigint_source);
+        sd_event_source_disable_unref(s->sighup_source);
         if (s->listen_fd >= 0)
                 close(s->listen_fd);
         ratelimit_free(s->ratelimit);
@@ -268,11 +296,27 @@ void server_session_gone(Server *s) {
 }
 
 void server_update_status(Server *s) {
-        static unsigned last_accounts = UINT32_MAX, last_sessions = UINT32_MAX;
-
-        if (s->n_accounts == last_accounts && s->n_sessions == last_sessions)
+        if (s->n_accounts == s->status_accounts && s->n_sessions == s->status_sessions)
                 return;
-        last_accounts = s->n_accounts;
-        last_sessions = s->n_sessions;
+        s->status_accounts = s->n_accounts;
+        s->status_sessions = s->n_sessions;
         (void) sd_notifyf(0, "STATUS=%u accounts open, %u connections", s->n_accounts, s->n_sessions);
+}
+
+void server_set_reload(Server *s, ServerReloadFn fn, void *userdata) {
+        s->reload = fn;
+        s->reload_userdata = userdata;
+}
+
+void server_apply(Server *s, const ServerConfig *config) {
+        bool idle_changed = s->idle_timeout_usec != config->idle_timeout_usec;
+
+        s->idle_timeout_usec = config->idle_timeout_usec;
+        s->max_connections = config->max_connections;
+        s->require_key = config->require_key;
+        /* Open connections get the new deadline too. Over a lowered cap,
+         * existing connections stay; new ones wait until there is room. */
+        if (idle_changed)
+                for (Session *session = s->sessions; session; session = session->next)
+                        (void) session_rearm_idle_timer(session);
 }

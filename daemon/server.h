@@ -24,11 +24,15 @@ typedef struct ServerAccount ServerAccount;
 typedef struct Session Session;
 
 typedef struct ServerConfig {
-        const char *storage;        /* absolute path of the storage directory */
+        const char *storage;        /* absolute path of the storage directory; fixed for the process */
         uint64_t idle_timeout_usec; /* 0: never */
         unsigned max_connections;
         bool require_key;
 } ServerConfig;
+
+/* Re-reads the configuration on SIGHUP and applies it with server_apply().
+ * Returns 0, or a negative errno after logging why the old one was kept. */
+typedef int (*ServerReloadFn)(Server *s, void *userdata);
 
 /* An open account and how many sessions use it. */
 struct ServerAccount {
@@ -49,6 +53,10 @@ struct Server {
         bool accept_paused; /* out of fds: resumed when a session ends */
         sd_event_source *sigterm_source;
         sd_event_source *sigint_source;
+        sd_event_source *sighup_source;
+        ServerReloadFn reload;
+        void *reload_userdata;
+        unsigned status_accounts, status_sessions; /* last STATUS= sent */
 
         Session *sessions;
         unsigned n_sessions;
@@ -57,7 +65,10 @@ struct Server {
         RateLimit *ratelimit;
 };
 
-/** Create the manager on event (referenced), with signal handlers for a clean exit. */
+/**
+ * Create the manager on event (referenced), with signal handlers for a
+ * clean exit and for SIGHUP, and the watchdog enabled on event.
+ */
 int server_new(Server **ret, sd_event *event, const ServerConfig *config);
 Server *server_free(Server *s);
 static inline void server_freep(Server **s) { if (*s) server_free(*s); }
@@ -81,5 +92,10 @@ void server_account_release(Server *s, Account *a);
 void server_notify(Server *s, Account *a, Session *except);
 /** A session was unlinked: count it and resume accepting if that was paused. */
 void server_session_gone(Server *s);
-/** Publish STATUS= to the service manager. */
+/** Publish STATUS= to the service manager when the counts changed. */
 void server_update_status(Server *s);
+
+/** Call fn on SIGHUP, between RELOADING=1 and READY=1. */
+void server_set_reload(Server *s, ServerReloadFn fn, void *userdata);
+/** Take the limits of config that can change while running (not storage). */
+void server_apply(Server *s, const ServerConfig *config);

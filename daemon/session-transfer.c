@@ -42,9 +42,9 @@ static int upload_refuse(Session *s, int r, const char *what) {
         session_log_path(s->upload.path, lp);
         errno = -r;
         if (code == BS_ERR_IO || code == BS_ERR_NO_SPACE)
-                log_event(LOG_ERR, BS_MID_REJECTED, id, s->upload.path, "upload %s %s failed: %s: %m", id, lp, what);
+                session_log_event(s, LOG_ERR, BS_MID_REJECTED, s->upload.path, "upload %s %s failed: %s: %m", id, lp, what);
         else
-                log_event(LOG_INFO, code == BS_ERR_CONFLICT ? BS_MID_CONFLICT : BS_MID_REJECTED, id,
+                session_log_event(s, LOG_INFO, code == BS_ERR_CONFLICT ? BS_MID_CONFLICT : BS_MID_REJECTED,
                           s->upload.path, "upload %s %s refused: %s", id, lp, bs_err_name(code));
         account_upload_discard(s->account, &s->upload.u);
         s->upload.discard = true;
@@ -119,7 +119,7 @@ int session_handle_put_end(Session *s, const BsMsg *m) {
         if (r < 0)
                 return upload_refuse(s, r, bs_err_name(session_errno_to_code(r)));
         if (r == 0)
-                log_event(LOG_INFO, BS_MID_UPLOADED, id, s->upload.path, "uploaded %s %s (%llu bytes)", id,
+                session_log_event(s, LOG_INFO, BS_MID_UPLOADED, s->upload.path, "uploaded %s %s (%llu bytes)", id,
                           session_log_path(s->upload.path, lp), (unsigned long long) s->upload.size);
         bs_msg_init(&ack, BS_MSG_ACK, m->req);
         ack.seq = version;

@@ -77,16 +77,30 @@ int session_new(Session **ret, Server *server, int fd, const struct sockaddr *pe
         snprintf(desc, sizeof(desc), "session-io-%s", s->peer);
         (void) sd_event_source_set_description(s->io_source, desc);
         s->last_io_usec = now_usec(s);
-        if (server->idle_timeout_usec > 0) {
-                r = sd_event_add_time(server->event, &s->timer_source, CLOCK_MONOTONIC,
-                                      s->last_io_usec + server->idle_timeout_usec, USEC_PER_SEC,
-                                      on_timer, s);
-                if (r < 0)
-                        return r;
-                snprintf(desc, sizeof(desc), "session-timer-%s", s->peer);
-                (void) sd_event_source_set_description(s->timer_source, desc);
-        }
+        r = session_rearm_idle_timer(s);
+        if (r < 0)
+                return r;
         *ret = TAKE_PTR(s);
+        return 0;
+}
+
+int session_rearm_idle_timer(Session *s) {
+        Server *server = s->server;
+        char desc[96];
+        int r;
+
+        if (server->idle_timeout_usec == 0)
+                return s->timer_source ? sd_event_source_set_enabled(s->timer_source, SD_EVENT_OFF) : 0;
+        uint64_t deadline = s->last_io_usec + server->idle_timeout_usec;
+        if (s->timer_source) {
+                r = sd_event_source_set_time(s->timer_source, deadline);
+                return r < 0 ? r : sd_event_source_set_enabled(s->timer_source, SD_EVENT_ONESHOT);
+        }
+        r = sd_event_add_time(server->event, &s->timer_source, CLOCK_MONOTONIC, deadline, USEC_PER_SEC, on_timer, s);
+        if (r < 0)
+                return r;
+        snprintf(desc, sizeof(desc), "session-timer-%s", s->peer);
+        (void) sd_event_source_set_description(s->timer_source, desc);
         return 0;
 }
 
@@ -286,6 +300,11 @@ static int handle_hello(Session *s, const BsMsg *m) {
                                     m->max_frame, BS_FRAME_MIN);
         s->peer_max_frame = MIN(m->max_frame, BS_FRAME_LIMIT);
         memcpy(s->device, m->device, BS_DEVICE_LEN);
+        /* The agent's host name: untrusted, so printable ASCII only. */
+        size_t o = 0;
+        for (size_t i = 0; i < m->path2_len && o < sizeof(s->device_name) - 1; i++)
+                s->device_name[o++] = m->path2[i] > 0x20 && m->path2[i] < 0x7f ? m->path2[i] : '_';
+        s->device_name[o] = 0;
 
         if (m->path_len == 0) {
                 r = server_account_register(server, &s->account, token);
@@ -295,7 +314,7 @@ static int handle_hello(Session *s, const BsMsg *m) {
                         return session_fail(s, 0, session_errno_to_code(r) == BS_ERR_NO_SPACE ? BS_ERR_NO_SPACE : BS_ERR_IO,
                                             "could not create an account");
                 }
-                log_event(LOG_INFO, BS_MID_REGISTERED, account_id(s->account), NULL,
+                session_log_event(s, LOG_INFO, BS_MID_REGISTERED, NULL,
                           "registered account %s", account_id(s->account));
         } else {
                 if (bs_token_parse(m->path, m->path_len, &t) < 0)
@@ -317,7 +336,7 @@ static int handle_hello(Session *s, const BsMsg *m) {
                         return auth_failed(s, t.id);
                 }
                 ratelimit_success(server->ratelimit, s->peer_addr);
-                log_event(LOG_INFO, BS_MID_JOINED, account_id(s->account), NULL,
+                session_log_event(s, LOG_INFO, BS_MID_JOINED, NULL,
                           "joined account %s from %s", account_id(s->account), s->peer);
         }
         r = account_device_seen(s->account, s->device, m->path2);
@@ -371,10 +390,10 @@ static int handle_change(Session *s, const BsMsg *m) {
                 BsErr code = session_errno_to_code(r);
                 errno = -r;
                 if (code == BS_ERR_IO || code == BS_ERR_NO_SPACE)
-                        log_event(LOG_ERR, BS_MID_REJECTED, id, m->path, "%s %s %s failed: %m",
+                        session_log_event(s, LOG_ERR, BS_MID_REJECTED, m->path, "%s %s %s failed: %m",
                                   bs_msg_type_name(m->type), id, lp);
                 else
-                        log_event(LOG_INFO, code == BS_ERR_CONFLICT ? BS_MID_CONFLICT : BS_MID_REJECTED, id,
+                        session_log_event(s, LOG_INFO, code == BS_ERR_CONFLICT ? BS_MID_CONFLICT : BS_MID_REJECTED,
                                   m->path, "%s %s %s refused: %s", bs_msg_type_name(m->type), id, lp,
                                   bs_err_name(code));
                 return session_send_error(s, m->req, code, "%s: %s", bs_err_name(code), strerror(-r));
@@ -382,16 +401,16 @@ static int handle_change(Session *s, const BsMsg *m) {
         if (r == 0)
                 switch (m->type) {
                 case BS_MSG_MKDIR:
-                        log_event(LOG_INFO, BS_MID_CHANGED, id, m->path, "mkdir %s %s", id, lp);
+                        session_log_event(s, LOG_INFO, BS_MID_CHANGED, m->path, "mkdir %s %s", id, lp);
                         break;
                 case BS_MSG_SYMLINK:
-                        log_event(LOG_INFO, BS_MID_CHANGED, id, m->path, "symlink %s %s", id, lp);
+                        session_log_event(s, LOG_INFO, BS_MID_CHANGED, m->path, "symlink %s %s", id, lp);
                         break;
                 case BS_MSG_DELETE:
-                        log_event(LOG_INFO, BS_MID_DELETED, id, m->path, "deleted %s %s", id, lp);
+                        session_log_event(s, LOG_INFO, BS_MID_DELETED, m->path, "deleted %s %s", id, lp);
                         break;
                 default:
-                        log_event(LOG_INFO, BS_MID_MOVED, id, m->path, "moved %s %s -> %s", id, lp,
+                        session_log_event(s, LOG_INFO, BS_MID_MOVED, m->path, "moved %s %s -> %s", id, lp,
                                   session_log_path(m->path2, lp2));
                         break;
                 }
@@ -561,6 +580,8 @@ static int on_timer(sd_event_source *source, uint64_t usec, void *userdata) {
         Session *s = userdata;
         uint64_t deadline = s->last_io_usec + s->server->idle_timeout_usec;
 
+        if (s->server->idle_timeout_usec == 0) /* switched off by a reload */
+                return 0;
         if (usec < deadline) {
                 (void) sd_event_source_set_time(source, deadline);
                 (void) sd_event_source_set_enabled(source, SD_EVENT_ONESHOT);

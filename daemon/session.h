@@ -16,6 +16,7 @@
 
 #include "account.h"
 #include "bs-buf.h"
+#include "bs-log.h"
 #include "bs-proto.h"
 
 typedef struct Server Server;
@@ -48,6 +49,7 @@ struct Session {
 
         Account *account;
         uint8_t device[BS_DEVICE_LEN];
+        char device_name[BS_NAME_MAX + 1]; /* from HELLO, printable, for logs */
         uint32_t peer_max_frame;
         uint64_t notify_pending; /* NOTIFY held back while the output is full */
         size_t txn_mark;         /* output length when the open transaction began */
@@ -72,6 +74,15 @@ struct Session {
         uint64_t content_off;
 };
 
+/* An event of this session's account and device, for the journal. */
+#define session_log_event(s, prio, mid, p, ...)                                                         \
+        bs_logf(prio,                                                                                   \
+                &(BsLogCtx) { .message_id = (mid),                                                     \
+                              .account = (s)->account ? account_id((s)->account) : NULL,               \
+                              .path = (p),                                                             \
+                              .device = (s)->device_name[0] ? (s)->device_name : NULL },               \
+                __VA_ARGS__)
+
 /* Output levels: stop taking requests above HIGH, stream until FILL. */
 #define SESSION_OUT_HIGH (4u * 1024 * 1024)
 #define SESSION_OUT_FILL (1u * 1024 * 1024)
@@ -83,6 +94,8 @@ int session_new(Session **ret, Server *server, int fd, const struct sockaddr *pe
 Session *session_free(Session *s);
 static inline void session_freep(Session **s) { if (*s) session_free(*s); }
 
+/** Follow the server's current idle timeout (after a reload): arm, move or stop the timer. */
+int session_rearm_idle_timer(Session *s);
 /** Queue NOTIFY seq (called for the other sessions of an account). */
 void session_notify(Session *s, uint64_t seq);
 

@@ -354,3 +354,31 @@ Test(fs, write_sparse_keeps_holes_and_size) {
         close(fd);
         unlink(path);
 }
+
+/* The fallback used where openat2() is filtered must refuse the same. */
+Test(fs, open_walk_same_rules) {
+        int fd = bs_open_walk(rootfd, "dir/sub/deep", O_RDONLY, 0);
+        cr_assert_geq(fd, 0, "%s", strerror(-fd));
+        close(fd);
+        fd = bs_open_walk(rootfd, ".", O_RDONLY | O_DIRECTORY, 0);
+        cr_assert_geq(fd, 0);
+        close(fd);
+        cr_expect_eq(bs_open_walk(rootfd, "missing/x", O_RDONLY, 0), -ENOENT);
+        cr_expect_eq(bs_open_walk(rootfd, "..", O_RDONLY | O_DIRECTORY, 0), -EXDEV);
+        cr_expect_eq(bs_open_walk(rootfd, "dir/../../outside/secret", O_RDONLY, 0), -EXDEV);
+        cr_expect_eq(bs_open_walk(rootfd, "/etc/passwd", O_RDONLY, 0), -EXDEV);
+        cr_expect_eq(bs_open_walk(rootfd, "dir//inner", O_RDONLY, 0), -EXDEV);
+        cr_expect_eq(bs_open_walk(rootfd, "escape/secret", O_RDONLY, 0), -ELOOP);
+        cr_expect_eq(bs_open_walk(rootfd, "dirlink/inner", O_RDONLY, 0), -ELOOP);
+        cr_expect_eq(bs_open_walk(rootfd, "filelink", O_RDONLY, 0), -ELOOP);
+        cr_expect_lt(bs_open_walk(rootfd, "escape/new", O_WRONLY | O_CREAT, 0644), 0);
+        int ofd = open(outside, O_RDONLY | O_DIRECTORY);
+        cr_expect_not(exists_at(ofd, "new"));
+        close(ofd);
+        fd = bs_open_walk(rootfd, "dir/made", O_WRONLY | O_CREAT | O_EXCL, 0600);
+        cr_assert_geq(fd, 0, "%s", strerror(-fd));
+        struct stat st;
+        cr_assert_eq(fstat(fd, &st), 0);
+        cr_expect_eq(st.st_mode & 0777, 0600);
+        close(fd);
+}

@@ -1,0 +1,432 @@
+/* bs-config.c - backupsync.ini: the [server] and [agent:NAME] sections */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bs-config.h"
+#include "bs-macro.h"
+#include "bs-parse.h"
+#include "bs-token.h"
+
+#define INSTANCE_MAX 128
+
+typedef enum ParseMode {
+        PARSE_SERVER,
+        PARSE_AGENT,
+} ParseMode;
+
+typedef struct Parser {
+        ParseMode mode;
+        const char *file;
+        FILE *f;
+        unsigned line;     /* of the line inih is looking at */
+        bool line_started; /* fgets() handed out a partial line */
+
+        BsServerConfig *server;
+        BsAgentConfig *agent;
+        const char *instance;
+        bool found;               /* [agent:instance] seen in some file */
+        const char *section_file; /* last file with [agent:instance] */
+
+        BsConfigError *err;
+        int error; /* negative errno of the first problem; 0: none */
+} Parser;
+
+static const char *const agent_keys[] = { "server", "port", "path", "id", "poll-interval", "device-name" };
+
+void bs_server_config_init(BsServerConfig *cfg) {
+        *cfg = (BsServerConfig) {
+                .port = BS_CONFIG_DEFAULT_PORT,
+                .require_key = true,
+                .idle_timeout_usec = BS_CONFIG_DEFAULT_IDLE_USEC,
+                .max_connections = BS_CONFIG_DEFAULT_MAX_CONNECTIONS,
+        };
+}
+
+void bs_server_config_done(BsServerConfig *cfg) {
+        free(cfg->listen);
+        free(cfg->storage);
+        cfg->listen = cfg->storage = NULL;
+}
+
+void bs_agent_config_init(BsAgentConfig *cfg) {
+        *cfg = (BsAgentConfig) { .poll_usec = BS_CONFIG_DEFAULT_POLL_USEC };
+}
+
+void bs_agent_config_done(BsAgentConfig *cfg) {
+        free(cfg->name);
+        free(cfg->server);
+        free(cfg->path);
+        free(cfg->id);
+        free(cfg->device_name);
+        cfg->name = cfg->server = cfg->path = cfg->id = cfg->device_name = NULL;
+}
+
+bool bs_config_instance_valid(const char *name) {
+        size_t n = name ? strlen(name) : 0;
+        if (n == 0 || n > INSTANCE_MAX)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (!isalnum((unsigned char) name[i]) && !strchr("_.@-", name[i]))
+                        return false;
+        return true;
+}
+
+static void error_set(BsConfigError *err, const char *file, unsigned line, const char *key, const char *fmt, ...)
+        __attribute__((format(printf, 5, 6)));
+
+static void error_set(BsConfigError *err, const char *file, unsigned line, const char *key, const char *fmt, ...) {
+        va_list ap;
+
+        snprintf(err->file, sizeof(err->file), "%s", file ?: "");
+        err->line = line;
+        snprintf(err->key, sizeof(err->key), "%s", key ?: "");
+        va_start(ap, fmt);
+        vsnprintf(err->message, sizeof(err->message), fmt, ap);
+        va_end(ap);
+}
+
+/* Only the first problem is kept: later ones are often its consequences. */
+#define parser_fail(p, errnum, key, ...)                                                 \
+        do {                                                                             \
+                if (!(p)->error) {                                                       \
+                        (p)->error = (errnum);                                           \
+                        error_set((p)->err, (p)->file, (p)->line, (key), __VA_ARGS__);   \
+                }                                                                        \
+        } while (0)
+
+void bs_config_error_format(const BsConfigError *err, char *buf, size_t size) {
+        char where[PATH_MAX + 32] = "";
+
+        if (err->file[0] && err->line)
+                snprintf(where, sizeof(where), "%s:%u: ", err->file, err->line);
+        else if (err->file[0])
+                snprintf(where, sizeof(where), "%s: ", err->file);
+        snprintf(buf, size, "%s%s%s%s", where, err->key, err->key[0] ? ": " : "", err->message);
+}
+
+static int set_string(char **dst, const char *value) {
+        char *s = strdup(value);
+        if (!s)
+                return -ENOMEM;
+        free(*dst);
+        *dst = s;
+        return 0;
+}
+
+static bool is_address(const char *s) {
+        unsigned char buf[sizeof(struct in6_addr)];
+        return inet_pton(AF_INET6, s, buf) == 1 || inet_pton(AF_INET, s, buf) == 1;
+}
+
+/* RFC 1123 host name characters; the resolver decides whether it exists. */
+static bool is_host(const char *s) {
+        if (!s[0] || strlen(s) > 253 || s[0] == '-' || s[0] == '.')
+                return false;
+        for (const char *c = s; *c; c++)
+                if (!isalnum((unsigned char) *c) && *c != '-' && *c != '.' && *c != '_')
+                        return false;
+        return true;
+}
+
+/* A leading "~" or "~/" is $HOME; "~user" is not supported. */
+static int expand_path(Parser *p, const char *key, const char *value, char **ret) {
+        const char *home = getenv("HOME");
+        char *s;
+
+        if (value[0] != '~')
+                s = strdup(value);
+        else if (value[1] != 0 && value[1] != '/') {
+                parser_fail(p, -EINVAL, key, "'%s': only a leading ~ or ~/ is expanded", value);
+                return -EINVAL;
+        } else if (!home || home[0] != '/') {
+                parser_fail(p, -EINVAL, key, "'%s': cannot expand ~, $HOME is not set", value);
+                return -EINVAL;
+        } else if (asprintf(&s, "%s%s", home, value + 1) < 0)
+                s = NULL;
+        if (!s) {
+                parser_fail(p, -ENOMEM, key, "out of memory");
+                return -ENOMEM;
+        }
+        if (s[0] != '/') {
+                parser_fail(p, -EINVAL, key, "'%s' is not an absolute path (or one starting with ~/)", value);
+                free(s);
+                return -EINVAL;
+        }
+        *ret = s;
+        return 0;
+}
+
+static int parse_duration(Parser *p, const char *key, const char *value, uint64_t min, uint64_t *ret) {
+        uint64_t v;
+        if (bs_parse_duration(value, &v) < 0) {
+                parser_fail(p, -EINVAL, key, "'%s' is not a duration (e.g. 5, 5s, 250ms, 2m, 1h, 30d)", value);
+                return -EINVAL;
+        }
+        if (v < min) {
+                parser_fail(p, -EINVAL, key, "'%s' is shorter than %llums", value, (unsigned long long) (min / 1000));
+                return -EINVAL;
+        }
+        *ret = v;
+        return 0;
+}
+
+static int parse_port(Parser *p, const char *key, const char *value, uint16_t *ret) {
+        uint16_t v;
+        if (bs_parse_port(value, &v) < 0 || v == 0) {
+                parser_fail(p, -EINVAL, key, "'%s' is not a TCP port (1-65535)", value);
+                return -EINVAL;
+        }
+        *ret = v;
+        return 0;
+}
+
+static int store_string(Parser *p, const char *key, char **dst, const char *value) {
+        if (set_string(dst, value) < 0) {
+                parser_fail(p, -ENOMEM, key, "out of memory");
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+static void server_key(Parser *p, const char *key, const char *value) {
+        BsServerConfig *c = p->server;
+
+        if (strcmp(key, "port") == 0)
+                (void) parse_port(p, key, value, &c->port);
+        else if (strcmp(key, "listen") == 0) {
+                if (!is_address(value))
+                        parser_fail(p, -EINVAL, key, "'%s' is not an IPv4 or IPv6 address", value);
+                else
+                        (void) store_string(p, key, &c->listen, value);
+        } else if (strcmp(key, "storage") == 0) {
+                if (value[0] != '/')
+                        parser_fail(p, -EINVAL, key, "'%s' is not an absolute path", value);
+                else
+                        (void) store_string(p, key, &c->storage, value);
+        } else if (strcmp(key, "require-key") == 0) {
+                if (bs_parse_bool(value, &c->require_key) < 0)
+                        parser_fail(p, -EINVAL, key, "'%s' is not a boolean (yes or no)", value);
+        } else if (strcmp(key, "keep-versions") == 0)
+                (void) parse_duration(p, key, value, 0, &c->keep_versions_usec);
+        else if (strcmp(key, "idle-timeout") == 0)
+                (void) parse_duration(p, key, value, 0, &c->idle_timeout_usec);
+        else if (strcmp(key, "max-connections") == 0) {
+                char *end;
+                errno = 0;
+                unsigned long long v = isdigit((unsigned char) value[0]) ? strtoull(value, &end, 10) : 0;
+                if (!isdigit((unsigned char) value[0]) || errno || *end || v < 1 || v > BS_CONFIG_MAX_CONNECTIONS)
+                        parser_fail(p, -EINVAL, key, "'%s' is not a number from 1 to %u", value,
+                                    BS_CONFIG_MAX_CONNECTIONS);
+                else
+                        c->max_connections = (unsigned) v;
+        } else
+                parser_fail(p, -EINVAL, key, "unknown key in [server] (known: port, listen, storage, require-key, "
+                            "keep-versions, idle-timeout, max-connections)");
+}
+
+static void agent_key(Parser *p, const char *instance, const char *key, const char *value) {
+        BsAgentConfig *c = p->agent;
+        bool known = false;
+
+        for (size_t i = 0; i < ELEMENTSOF(agent_keys); i++)
+                known = known || strcmp(key, agent_keys[i]) == 0;
+        if (!known) {
+                parser_fail(p, -EINVAL, key, "unknown key in [agent:%s] (known: server, port, path, id, "
+                            "poll-interval, device-name)", instance);
+                return;
+        }
+        /* Values of other instances are their agents' business: a typo
+         * there must not stop this one from starting or reloading. */
+        if (strcmp(instance, p->instance) != 0)
+                return;
+        p->found = true;
+        p->section_file = p->file;
+
+        if (strcmp(key, "server") == 0) {
+                if (!is_address(value) && !is_host(value))
+                        parser_fail(p, -EINVAL, key, "'%s' is not a host name or address", value);
+                else
+                        (void) store_string(p, key, &c->server, value);
+        } else if (strcmp(key, "port") == 0)
+                (void) parse_port(p, key, value, &c->port);
+        else if (strcmp(key, "path") == 0) {
+                char *s;
+                if (expand_path(p, key, value, &s) >= 0) {
+                        free(c->path);
+                        c->path = s;
+                }
+        } else if (strcmp(key, "id") == 0) {
+                BsToken t;
+                if (bs_token_parse(value, strlen(value), &t) < 0)
+                        parser_fail(p, -EINVAL, key, "'%s' is not an account token (ID or ID-KEY)", value);
+                else
+                        (void) store_string(p, key, &c->id, value);
+        } else if (strcmp(key, "poll-interval") == 0)
+                (void) parse_duration(p, key, value, BS_CONFIG_MIN_POLL_USEC, &c->poll_usec);
+        else if (strcmp(key, "device-name") == 0) {
+                if (!value[0])
+                        parser_fail(p, -EINVAL, key, "empty value");
+                else
+                        (void) store_string(p, key, &c->device_name, value);
+        }
+}
+
+/* Checks a section name; called for every header line, so that an empty
+ * section is checked too (inih only reports sections that have keys). */
+static void section_begin(Parser *p, const char *section) {
+        if (strcmp(section, "server") == 0)
+                return;
+        if (strncmp(section, "agent:", 6) == 0) {
+                if (!bs_config_instance_valid(section + 6))
+                        parser_fail(p, -EINVAL, NULL,
+                                    "invalid section [%s]: the name after 'agent:' may only contain "
+                                    "A-Z, a-z, 0-9, '_', '.', '@' and '-'", section);
+                else if (p->mode == PARSE_AGENT && strcmp(section + 6, p->instance) == 0) {
+                        p->found = true;
+                        p->section_file = p->file;
+                }
+                return;
+        }
+        parser_fail(p, -EINVAL, NULL, "unknown section [%s] (known: [server], [agent:NAME])", section);
+}
+
+static int handler(void *user, const char *section, const char *key, const char *value) {
+        Parser *p = user;
+        int before = p->error;
+
+        if (!section[0])
+                parser_fail(p, -EINVAL, key, "key outside of a section");
+        else if (strcmp(section, "server") == 0) {
+                if (p->mode == PARSE_SERVER)
+                        server_key(p, key, value);
+        } else if (strncmp(section, "agent:", 6) == 0) {
+                if (p->mode == PARSE_AGENT && bs_config_instance_valid(section + 6))
+                        agent_key(p, section + 6, key, value);
+        } else
+                section_begin(p, section);
+        return before == p->error;
+}
+
+/* fgets() for inih that counts lines and spots section headers. */
+static char *reader(char *str, int num, void *stream) {
+        Parser *p = stream;
+
+        char *s = fgets(str, num, p->f);
+        if (!s)
+                return NULL;
+        size_t n = strlen(s);
+        if (!p->line_started)
+                p->line++;
+        p->line_started = n > 0 && s[n - 1] != '\n' && !feof(p->f);
+        if (p->line_started) {
+                /* inih would take the rest for a line of its own. */
+                parser_fail(p, -EINVAL, NULL, "line longer than %d characters", num - 2);
+                return NULL;
+        }
+        if (p->line == 1 && strncmp(s, "\xEF\xBB\xBF", 3) == 0)
+                s += 3;
+        /* Like inih: '[' first on the line, the name up to ']'; an
+         * indented line may be a continuation, so inih decides those. */
+        if (s[0] == '[') {
+                char *end = strchr(s + 1, ']');
+                if (end) {
+                        char name[256];
+                        snprintf(name, sizeof(name), "%.*s", (int) (end - s - 1), s + 1);
+                        section_begin(p, name);
+                }
+        }
+        return str;
+}
+
+static int parse_file(Parser *p, const char *file, bool must_exist) {
+        p->file = file;
+        p->line = 0;
+        p->line_started = false;
+        p->f = fopen(file, "re");
+        if (!p->f) {
+                int r = -errno;
+                if (r == -ENOENT && !must_exist)
+                        return 0;
+                error_set(p->err, file, 0, NULL, "cannot read: %s", strerror(-r));
+                return r;
+        }
+        int line = ini_parse_stream(reader, p, handler, p);
+        fclose(p->f);
+        p->f = NULL;
+        if (line == -2) {
+                error_set(p->err, file, 0, NULL, "out of memory");
+                return -ENOMEM;
+        }
+        /* inih reports the first line it did not like; when that is before
+         * the first problem we found, it is a syntax error. */
+        if (line > 0 && (!p->error || (unsigned) line < p->err->line)) {
+                p->error = -EINVAL;
+                error_set(p->err, file, (unsigned) line, NULL,
+                          "syntax error: expected [section], key = value, or a comment");
+        }
+        return p->error;
+}
+
+int bs_config_load_server(const char *file, bool must_exist, BsServerConfig *cfg, BsConfigError *err) {
+        Parser p = { .mode = PARSE_SERVER, .server = cfg, .err = err };
+        return parse_file(&p, file, must_exist);
+}
+
+int bs_config_load_agent(const char *system_file, bool system_must_exist, const char *user_file,
+                         const char *instance, BsAgentConfig *cfg, BsConfigError *err) {
+        Parser p = { .mode = PARSE_AGENT, .agent = cfg, .instance = instance, .err = err };
+        int r;
+
+        if (!bs_config_instance_valid(instance)) {
+                error_set(err, NULL, 0, NULL,
+                          "'%s' is not an instance name: it may only contain A-Z, a-z, 0-9, '_', '.', '@' and '-'",
+                          instance ?: "");
+                return -EINVAL;
+        }
+        r = parse_file(&p, system_file, system_must_exist);
+        if (r < 0)
+                return r;
+        if (user_file) {
+                r = parse_file(&p, user_file, false);
+                if (r < 0)
+                        return r;
+        }
+        if (!p.found) {
+                error_set(err, NULL, 0, NULL, "no [agent:%s] section in %s%s%s", instance, system_file,
+                          user_file ? " or " : "", user_file ?: "");
+                return -ESRCH;
+        }
+        const char *missing = !cfg->server ? "server" : cfg->port == 0 ? "port" : !cfg->path ? "path" : NULL;
+        if (missing) {
+                error_set(err, p.section_file, 0, NULL, "[agent:%s]: missing required key '%s'", instance, missing);
+                return -EINVAL;
+        }
+        if (set_string(&cfg->name, instance) < 0) {
+                error_set(err, NULL, 0, NULL, "out of memory");
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+int bs_config_user_file(char **ret) {
+        const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+        char *s;
+
+        /* The XDG spec says to ignore a relative $XDG_CONFIG_HOME. */
+        if (xdg && xdg[0] == '/') {
+                if (asprintf(&s, "%s/backupsync.ini", xdg) < 0)
+                        return -ENOMEM;
+        } else if (home && home[0] == '/') {
+                if (asprintf(&s, "%s/.config/backupsync.ini", home) < 0)
+                        return -ENOMEM;
+        } else
+                return -ENOENT;
+        *ret = s;
+        return 0;
+}

@@ -1,0 +1,90 @@
+/* bs-config.h - backupsync.ini: the [server] and [agent:NAME] sections
+ *
+ * Both programs read the same file format (inih). Every key is checked
+ * when the file is read, and the first problem comes back as a
+ * BsConfigError naming file, line and key, which the caller formats
+ * with bs_config_error_format() and reports once.
+ */
+#pragma once
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define BS_CONFIG_DEFAULT_PORT 7373
+#define BS_CONFIG_DEFAULT_IDLE_USEC (120ULL * 1000000ULL)
+#define BS_CONFIG_DEFAULT_MAX_CONNECTIONS 1024u
+#define BS_CONFIG_DEFAULT_POLL_USEC (5ULL * 1000000ULL)
+#define BS_CONFIG_MIN_POLL_USEC 100000ULL
+#define BS_CONFIG_MAX_CONNECTIONS 1000000u
+
+/* The first problem found; line 0 when it belongs to no line, key "" when to no key. */
+typedef struct BsConfigError {
+        char file[PATH_MAX];
+        unsigned line;
+        char key[64];
+        char message[512];
+} BsConfigError;
+
+/* [server]; strings are owned (NULL: not set). */
+typedef struct BsServerConfig {
+        uint16_t port;
+        char *listen;
+        char *storage;
+        bool require_key;
+        uint64_t keep_versions_usec; /* 0: keep every version */
+        uint64_t idle_timeout_usec;  /* 0: never */
+        unsigned max_connections;
+} BsServerConfig;
+
+/* [agent:NAME]; strings are owned (NULL: not set). */
+typedef struct BsAgentConfig {
+        char *name;
+        char *server;
+        uint16_t port;
+        char *path; /* with ~ expanded */
+        char *id;   /* token, validated; NULL: register a new account */
+        uint64_t poll_usec;
+        char *device_name;
+} BsAgentConfig;
+
+/** Fill cfg with the built-in defaults (port 7373, listen ::, require-key yes, ...). */
+void bs_server_config_init(BsServerConfig *cfg);
+/** Free the strings of cfg; it may be initialized again afterwards. */
+void bs_server_config_done(BsServerConfig *cfg);
+/** Fill cfg with the built-in defaults (poll-interval 5s) and nothing else. */
+void bs_agent_config_init(BsAgentConfig *cfg);
+/** Free the strings of cfg; it may be initialized again afterwards. */
+void bs_agent_config_done(BsAgentConfig *cfg);
+
+/**
+ * Read the [server] section of file over the values already in cfg
+ * (other sections but [agent:*] are errors; [agent:*] are skipped).
+ * A missing file is fine unless must_exist. On error cfg may be partly
+ * overwritten, so load into a copy when the old values must survive.
+ * Returns 0, or a negative errno with err filled in.
+ */
+int bs_config_load_server(const char *file, bool must_exist, BsServerConfig *cfg, BsConfigError *err);
+
+/**
+ * Read [agent:instance] from system_file, then from user_file (NULL: none),
+ * whose keys override the system file's key by key. Only [agent:*]
+ * sections are looked at; every one of them must hold known keys only,
+ * the values of [agent:instance] must be valid, and server, port and path
+ * are required. A missing file is fine unless system_must_exist (only the
+ * system file can be named by the user). Returns 0, -ENOENT when neither
+ * file has [agent:instance], another negative errno on other errors; err
+ * is filled in on every error.
+ */
+int bs_config_load_agent(const char *system_file, bool system_must_exist, const char *user_file,
+                         const char *instance, BsAgentConfig *cfg, BsConfigError *err);
+
+/** The user's file: $XDG_CONFIG_HOME/backupsync.ini, else ~/.config/backupsync.ini. -ENOENT without either. */
+int bs_config_user_file(char **ret);
+
+/** True when name may follow "agent:" in a section name: [A-Za-z0-9_.@-]+. */
+bool bs_config_instance_valid(const char *name);
+
+/** "FILE:LINE: KEY: MESSAGE", leaving out what err does not have. */
+void bs_config_error_format(const BsConfigError *err, char *buf, size_t size);

@@ -1,0 +1,426 @@
+/* test-config.c - unit tests for common/bs-config.[ch] */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bs-config.h"
+
+static char dir[] = "/tmp/bs-test-config-XXXXXX";
+static char sysfile[PATH_MAX], userfile[PATH_MAX];
+
+static void setup(void) {
+        cr_assert_not_null(mkdtemp(dir));
+        snprintf(sysfile, sizeof(sysfile), "%s/system.ini", dir);
+        snprintf(userfile, sizeof(userfile), "%s/user.ini", dir);
+        setenv("HOME", "/home/tester", 1);
+}
+
+static void teardown(void) {
+        unlink(sysfile);
+        unlink(userfile);
+        rmdir(dir);
+}
+
+static void write_file(const char *path, const char *text) {
+        FILE *f = fopen(path, "we");
+        cr_assert_not_null(f);
+        fputs(text, f);
+        fclose(f);
+}
+
+static const char *formatted(const BsConfigError *e) {
+        static char buf[2048];
+        bs_config_error_format(e, buf, sizeof(buf));
+        return buf;
+}
+
+/* Load text as a server config; returns the result, cfg is left filled. */
+static int server_load(const char *text, BsServerConfig *cfg, BsConfigError *err) {
+        write_file(sysfile, text);
+        bs_server_config_init(cfg);
+        return bs_config_load_server(sysfile, true, cfg, err);
+}
+
+static int agent_load(const char *sys, const char *user, const char *name, BsAgentConfig *cfg, BsConfigError *err) {
+        unlink(sysfile);
+        unlink(userfile);
+        if (sys)
+                write_file(sysfile, sys);
+        if (user)
+                write_file(userfile, user);
+        bs_agent_config_init(cfg);
+        return bs_config_load_agent(sysfile, false, userfile, name, cfg, err);
+}
+
+TestSuite(config, .init = setup, .fini = teardown);
+
+Test(config, server_defaults) {
+        BsServerConfig c;
+        BsConfigError e = {};
+        cr_assert_eq(server_load("; nothing\n", &c, &e), 0);
+        cr_expect_eq(c.port, 7373);
+        cr_expect_null(c.listen);
+        cr_expect_null(c.storage);
+        cr_expect(c.require_key);
+        cr_expect_eq(c.keep_versions_usec, 0);
+        cr_expect_eq(c.idle_timeout_usec, 120000000ULL);
+        cr_expect_eq(c.max_connections, 1024);
+        bs_server_config_done(&c);
+
+        /* A missing file is fine unless it must exist. */
+        unlink(sysfile);
+        bs_server_config_init(&c);
+        cr_expect_eq(bs_config_load_server(sysfile, false, &c, &e), 0);
+        cr_expect_eq(bs_config_load_server(sysfile, true, &c, &e), -ENOENT);
+        cr_expect_str_eq(e.file, sysfile);
+        cr_expect(strstr(e.message, "cannot read") != NULL, "%s", e.message);
+}
+
+Test(config, server_all_keys) {
+        BsServerConfig c;
+        BsConfigError e = {};
+        cr_assert_eq(server_load("[server]\n"
+                                 "port = 8000\n"
+                                 "listen = 127.0.0.1\n"
+                                 "storage = /srv/bs\n"
+                                 "require-key = no\n"
+                                 "keep-versions = 30d\n"
+                                 "idle-timeout = 2m\n"
+                                 "max-connections = 10\n"
+                                 "[agent:docs]\n"
+                                 "anything = is skipped by the server\n"
+                                 "[server]\n"
+                                 "listen = ::1 ; the later duplicate section wins\n",
+                                 &c, &e),
+                     0, "%s", formatted(&e));
+        cr_expect_eq(c.port, 8000);
+        cr_expect_str_eq(c.listen, "::1");
+        cr_expect_str_eq(c.storage, "/srv/bs");
+        cr_expect_not(c.require_key);
+        cr_expect_eq(c.keep_versions_usec, 30ULL * 86400 * 1000000);
+        cr_expect_eq(c.idle_timeout_usec, 120ULL * 1000000);
+        cr_expect_eq(c.max_connections, 10);
+        bs_server_config_done(&c);
+
+        cr_assert_eq(server_load("[server]\nidle-timeout = 250ms\nmax-connections = 1000000\nrequire-key = yes\n"
+                                 "port = 65535\n",
+                                 &c, &e),
+                     0);
+        cr_expect_eq(c.idle_timeout_usec, 250000);
+        cr_expect_eq(c.max_connections, 1000000);
+        cr_expect_eq(c.port, 65535);
+        bs_server_config_done(&c);
+}
+
+Test(config, server_bad_values) {
+        static const struct {
+                const char *line, *key, *needle;
+        } bad[] = {
+                { "port = 0", "port", "'0' is not a TCP port" },
+                { "port = 65536", "port", "not a TCP port" },
+                { "port = http", "port", "not a TCP port" },
+                { "listen = localhost", "listen", "not an IPv4 or IPv6 address" },
+                { "listen = 1.2.3", "listen", "not an IPv4 or IPv6 address" },
+                { "storage = relative/dir", "storage", "not an absolute path" },
+                { "storage =", "storage", "not an absolute path" },
+                { "require-key = maybe", "require-key", "not a boolean" },
+                { "keep-versions = 30 days", "keep-versions", "'30 days' is not a duration" },
+                { "idle-timeout = 5x", "idle-timeout", "'5x' is not a duration" },
+                { "idle-timeout = -1", "idle-timeout", "not a duration" },
+                { "max-connections = 0", "max-connections", "not a number from 1 to 1000000" },
+                { "max-connections = 1000001", "max-connections", "not a number" },
+                { "max-connections = -5", "max-connections", "not a number" },
+                { "max-connections = 10k", "max-connections", "not a number" },
+                { "bogus = 1", "bogus", "unknown key in [server]" },
+        };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                BsServerConfig c;
+                BsConfigError e = {};
+                char text[256], want[PATH_MAX + 64];
+                snprintf(text, sizeof(text), "; comment\n[server]\n%s\n", bad[i].line);
+                cr_expect_eq(server_load(text, &c, &e), -EINVAL, "%s", bad[i].line);
+                cr_expect_str_eq(e.file, sysfile);
+                cr_expect_eq(e.line, 3, "%s: line %u", bad[i].line, e.line);
+                cr_expect_str_eq(e.key, bad[i].key);
+                cr_expect(strstr(e.message, bad[i].needle) != NULL, "%s: %s", bad[i].line, e.message);
+                snprintf(want, sizeof(want), "%s:3: %s: ", sysfile, bad[i].key);
+                cr_expect(strncmp(formatted(&e), want, strlen(want)) == 0, "%s", formatted(&e));
+                bs_server_config_done(&c);
+        }
+}
+
+Test(config, server_structure_errors) {
+        BsServerConfig c;
+        BsConfigError e = {};
+        char want[PATH_MAX + 64];
+
+        /* An unknown section is an error even when it is empty. */
+        cr_expect_eq(server_load("[server]\nport = 1\n[servers]\n", &c, &e), -EINVAL);
+        cr_expect_eq(e.line, 3);
+        cr_expect_str_eq(e.key, "");
+        cr_expect(strstr(e.message, "unknown section [servers]") != NULL, "%s", e.message);
+        snprintf(want, sizeof(want), "%s:3: unknown section [servers]", sysfile);
+        cr_expect(strncmp(formatted(&e), want, strlen(want)) == 0, "%s", formatted(&e));
+        bs_server_config_done(&c);
+
+        cr_expect_eq(server_load("[agent:]\n", &c, &e), -EINVAL);
+        cr_expect(strstr(e.message, "invalid section [agent:]") != NULL, "%s", e.message);
+        cr_expect_eq(server_load("[agent:a b]\nserver = x\n", &c, &e), -EINVAL);
+        cr_expect_eq(e.line, 1);
+        cr_expect_eq(server_load("port = 1\n", &c, &e), -EINVAL);
+        cr_expect(strstr(e.message, "outside of a section") != NULL, "%s", e.message);
+
+        /* Syntax errors name their line, also before a later value error. */
+        cr_expect_eq(server_load("[server]\nport 7373\nidle-timeout = 5x\n", &c, &e), -EINVAL);
+        cr_expect_eq(e.line, 2);
+        cr_expect(strstr(e.message, "syntax error") != NULL, "%s", e.message);
+        cr_expect_eq(server_load("[server]\nport = 7373\n[server\n", &c, &e), -EINVAL);
+        cr_expect_eq(e.line, 3);
+        cr_expect(strstr(e.message, "syntax error") != NULL, "%s", e.message);
+
+        /* The first problem is reported, not a later one. */
+        cr_expect_eq(server_load("[server]\nport = 0\nlisten = x\n", &c, &e), -EINVAL);
+        cr_expect_eq(e.line, 2);
+        cr_expect_str_eq(e.key, "port");
+
+        /* Lines inih cannot hold are refused, not split. */
+        char text[600];
+        snprintf(text, sizeof(text), "[server]\nstorage = /%0400d\n", 0);
+        cr_expect_eq(server_load(text, &c, &e), -EINVAL);
+        cr_expect_eq(e.line, 2);
+        cr_expect(strstr(e.message, "line longer than") != NULL, "%s", e.message);
+        bs_server_config_done(&c);
+}
+
+static const char agents[] = "[server]\n"
+                             "port = 7373\n"
+                             "[agent:photos]\n"
+                             "server = photos.example.org\n"
+                             "port = 9000\n"
+                             "path = /data/photos\n"
+                             "[agent:docs]\n"
+                             "server = backup.example.org\n"
+                             "port = 7373\n"
+                             "path = ~/Documents\n"
+                             "poll-interval = 250ms\n"
+                             "device-name = laptop\n"
+                             "id = ABCD\n";
+
+Test(config, agent_lookup) {
+        BsAgentConfig c;
+        BsConfigError e = {};
+
+        cr_assert_eq(agent_load(agents, NULL, "docs", &c, &e), 0, "%s", formatted(&e));
+        cr_expect_str_eq(c.name, "docs");
+        cr_expect_str_eq(c.server, "backup.example.org");
+        cr_expect_eq(c.port, 7373);
+        cr_expect_str_eq(c.path, "/home/tester/Documents");
+        cr_expect_eq(c.poll_usec, 250000);
+        cr_expect_str_eq(c.device_name, "laptop");
+        cr_expect_str_eq(c.id, "ABCD");
+        bs_agent_config_done(&c);
+
+        cr_assert_eq(agent_load(agents, NULL, "photos", &c, &e), 0, "%s", formatted(&e));
+        cr_expect_str_eq(c.server, "photos.example.org");
+        cr_expect_eq(c.port, 9000);
+        cr_expect_str_eq(c.path, "/data/photos");
+        cr_expect_eq(c.poll_usec, 5000000, "default poll-interval");
+        cr_expect_null(c.id);
+        cr_expect_null(c.device_name);
+        bs_agent_config_done(&c);
+
+        /* Addresses, IPv6 included, and a bare ~. */
+        cr_assert_eq(agent_load("[agent:x]\nserver = ::1\nport = 1\npath = ~\n", NULL, "x", &c, &e), 0,
+                     "%s", formatted(&e));
+        cr_expect_str_eq(c.server, "::1");
+        cr_expect_str_eq(c.path, "/home/tester");
+        bs_agent_config_done(&c);
+        cr_assert_eq(agent_load("[agent:a.b@c_d-e]\nserver = 10.0.0.1\nport = 1\npath = /x\nid = abcd-"
+                                "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567\n",
+                                NULL, "a.b@c_d-e", &c, &e),
+                     0, "%s", formatted(&e));
+        cr_expect_str_eq(c.id, "abcd-ABCDEFGHIJKLMNOPQRSTUVWXYZ234567");
+        bs_agent_config_done(&c);
+}
+
+Test(config, agent_user_overrides) {
+        BsAgentConfig c;
+        BsConfigError e = {};
+
+        /* Key by key: the user file changes port and adds id, the rest stays. */
+        cr_assert_eq(agent_load(agents, "[agent:docs]\nport = 7000\nid = WXYZ\n", "docs", &c, &e), 0,
+                     "%s", formatted(&e));
+        cr_expect_str_eq(c.server, "backup.example.org");
+        cr_expect_eq(c.port, 7000);
+        cr_expect_str_eq(c.id, "WXYZ");
+        cr_expect_eq(c.poll_usec, 250000);
+        bs_agent_config_done(&c);
+
+        /* A section only in the user file, with the system file missing. */
+        cr_assert_eq(agent_load(NULL, "[agent:mine]\nserver = h\nport = 2\npath = /m\n", "mine", &c, &e), 0,
+                     "%s", formatted(&e));
+        cr_expect_str_eq(c.server, "h");
+        bs_agent_config_done(&c);
+
+        /* Required keys may come from either file. */
+        cr_assert_eq(agent_load("[agent:s]\nserver = h\n", "[agent:s]\nport = 2\npath = /m\n", "s", &c, &e), 0,
+                     "%s", formatted(&e));
+        bs_agent_config_done(&c);
+
+        /* Errors in the user file name the user file. */
+        cr_expect_eq(agent_load(agents, "[agent:docs]\n\npoll-interval = 5x\n", "docs", &c, &e), -EINVAL);
+        cr_expect_str_eq(e.file, userfile);
+        cr_expect_eq(e.line, 3);
+        bs_agent_config_done(&c);
+}
+
+Test(config, agent_missing_section) {
+        BsAgentConfig c;
+        BsConfigError e = {};
+
+        cr_expect_eq(agent_load(agents, NULL, "music", &c, &e), -ESRCH);
+        cr_expect(strstr(formatted(&e), "no [agent:music] section in ") == formatted(&e), "%s", formatted(&e));
+        cr_expect(strstr(e.message, sysfile) != NULL && strstr(e.message, userfile) != NULL, "%s", e.message);
+        bs_agent_config_done(&c);
+        cr_expect_eq(agent_load(NULL, NULL, "music", &c, &e), -ESRCH);
+        bs_agent_config_done(&c);
+
+        /* An explicit file must exist. */
+        unlink(sysfile);
+        bs_agent_config_init(&c);
+        cr_expect_eq(bs_config_load_agent(sysfile, true, NULL, "docs", &c, &e), -ENOENT);
+        cr_expect_str_eq(e.file, sysfile);
+        bs_agent_config_done(&c);
+
+        cr_expect_eq(agent_load(agents, NULL, "bad name", &c, &e), -EINVAL);
+        cr_expect(strstr(e.message, "not an instance name") != NULL, "%s", e.message);
+        bs_agent_config_done(&c);
+}
+
+Test(config, agent_missing_keys) {
+        static const struct {
+                const char *text, *missing;
+        } cases[] = {
+                { "[agent:docs]\nport = 1\npath = /p\n", "server" },
+                { "[agent:docs]\nserver = h\npath = /p\n", "port" },
+                { "[agent:docs]\nserver = h\nport = 1\n", "path" },
+                { "[agent:docs]\n", "server" },
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                BsAgentConfig c;
+                BsConfigError e = {};
+                char want[PATH_MAX + 128];
+                cr_expect_eq(agent_load(cases[i].text, NULL, "docs", &c, &e), -EINVAL);
+                snprintf(want, sizeof(want), "%s: [agent:docs]: missing required key '%s'", sysfile, cases[i].missing);
+                cr_expect_str_eq(formatted(&e), want);
+                bs_agent_config_done(&c);
+        }
+}
+
+Test(config, agent_bad_values) {
+        static const struct {
+                const char *line, *key, *needle;
+        } bad[] = {
+                { "server = bad host", "server", "not a host name or address" },
+                { "server =", "server", "not a host name" },
+                { "port = 0", "port", "not a TCP port" },
+                { "port = 70000", "port", "not a TCP port" },
+                { "path = relative", "path", "not an absolute path" },
+                { "path = ~alice/x", "path", "only a leading ~ or ~/" },
+                { "id = not a token", "id", "not an account token" },
+                { "id = AB", "id", "not an account token" },
+                { "poll-interval = 5x", "poll-interval", "'5x' is not a duration" },
+                { "poll-interval = 50ms", "poll-interval", "shorter than 100ms" },
+                { "device-name =", "device-name", "empty value" },
+                { "colour = blue", "colour", "unknown key in [agent:docs]" },
+        };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                BsAgentConfig c;
+                BsConfigError e = {};
+                char text[256], want[PATH_MAX + 64];
+                snprintf(text, sizeof(text), "[agent:docs]\nserver = h\nport = 1\npath = /p\n%s\n", bad[i].line);
+                cr_expect_eq(agent_load(text, NULL, "docs", &c, &e), -EINVAL, "%s", bad[i].line);
+                snprintf(want, sizeof(want), "%s:5: %s: ", sysfile, bad[i].key);
+                cr_expect(strncmp(formatted(&e), want, strlen(want)) == 0, "%s", formatted(&e));
+                cr_expect(strstr(e.message, bad[i].needle) != NULL, "%s: %s", bad[i].line, e.message);
+                bs_agent_config_done(&c);
+        }
+}
+
+Test(config, agent_other_sections) {
+        BsAgentConfig c;
+        BsConfigError e = {};
+
+        /* [server] is the server's: even unknown keys there are not ours. */
+        cr_expect_eq(agent_load("[server]\nbogus = 1\n[agent:docs]\nserver = h\nport = 1\npath = /p\n", NULL,
+                                "docs", &c, &e),
+                     0, "%s", formatted(&e));
+        bs_agent_config_done(&c);
+        /* Another instance's bad value does not stop this one ... */
+        cr_expect_eq(agent_load("[agent:o]\nport = 0\n[agent:docs]\nserver = h\nport = 1\npath = /p\n", NULL, "docs",
+                                &c, &e),
+                     0, "%s", formatted(&e));
+        bs_agent_config_done(&c);
+        /* ... but unknown keys and sections are errors wherever they are. */
+        cr_expect_eq(agent_load("[agent:o]\nprot = 1\n[agent:docs]\nserver = h\nport = 1\npath = /p\n", NULL, "docs",
+                                &c, &e),
+                     -EINVAL);
+        cr_expect_eq(e.line, 2);
+        cr_expect_str_eq(e.key, "prot");
+        bs_agent_config_done(&c);
+        cr_expect_eq(agent_load("[agent:docs]\nserver = h\nport = 1\npath = /p\n[agents:x]\n", NULL, "docs", &c, &e),
+                     -EINVAL);
+        cr_expect_eq(e.line, 5);
+        cr_expect(strstr(e.message, "unknown section [agents:x]") != NULL, "%s", e.message);
+        bs_agent_config_done(&c);
+}
+
+Test(config, home_unset) {
+        BsAgentConfig c;
+        BsConfigError e = {};
+        unsetenv("HOME");
+        cr_expect_eq(agent_load("[agent:docs]\nserver = h\nport = 1\npath = ~/d\n", NULL, "docs", &c, &e), -EINVAL);
+        cr_expect(strstr(e.message, "$HOME is not set") != NULL, "%s", e.message);
+        bs_agent_config_done(&c);
+}
+
+Test(config, user_file) {
+        char *s = NULL;
+        setenv("XDG_CONFIG_HOME", "/xdg", 1);
+        cr_assert_eq(bs_config_user_file(&s), 0);
+        cr_expect_str_eq(s, "/xdg/backupsync.ini");
+        free(s);
+        setenv("XDG_CONFIG_HOME", "relative", 1);
+        cr_assert_eq(bs_config_user_file(&s), 0);
+        cr_expect_str_eq(s, "/home/tester/.config/backupsync.ini");
+        free(s);
+        unsetenv("XDG_CONFIG_HOME");
+        unsetenv("HOME");
+        cr_expect_eq(bs_config_user_file(&s), -ENOENT);
+}
+
+Test(config, instance_names) {
+        cr_expect(bs_config_instance_valid("docs"));
+        cr_expect(bs_config_instance_valid("a-b_c.d@e9"));
+        cr_expect_not(bs_config_instance_valid(""));
+        cr_expect_not(bs_config_instance_valid(NULL));
+        cr_expect_not(bs_config_instance_valid("a/b"));
+        cr_expect_not(bs_config_instance_valid("a b"));
+        cr_expect_not(bs_config_instance_valid("a:b"));
+}
+
+Test(config, error_format) {
+        BsConfigError e = { .file = "/etc/backupsync.ini", .line = 12, .key = "poll-interval",
+                            .message = "'5x' is not a duration" };
+        cr_expect_str_eq(formatted(&e), "/etc/backupsync.ini:12: poll-interval: '5x' is not a duration");
+        e.line = 0;
+        e.key[0] = 0;
+        snprintf(e.message, sizeof(e.message), "[agent:docs]: missing required key 'server'");
+        cr_expect_str_eq(formatted(&e), "/etc/backupsync.ini: [agent:docs]: missing required key 'server'");
+        e.file[0] = 0;
+        snprintf(e.message, sizeof(e.message), "no [agent:x] section in a or b");
+        cr_expect_str_eq(formatted(&e), "no [agent:x] section in a or b");
+}

@@ -207,7 +207,6 @@ static int finish_download(Agent *a, Pull *p) {
                 return 0;
         }
         x->ready = true;
-        a->bytes_downloaded += x->size;
         return 0;
 }
 
@@ -223,6 +222,7 @@ static int handle_frame(Agent *a, Pull *p, const BsMsg *m) {
                 }
                 bs_sha_update(p->sha, m->data, m->data_len);
                 p->left -= m->data_len;
+                a->bytes_downloaded += m->data_len;
                 return p->left == 0 ? finish_download(a, p) : 0;
         }
         if (p->cur || p->fifo_head == p->fifo_tail)
@@ -260,7 +260,8 @@ static int pump(Agent *a, Pull *p) {
         int r;
         if (!m)
                 return -ENOMEM;
-        r = conn_io(a->conn, PULL_TIMEOUT_MS);
+        agent_progress(a, "downloading", p->fifo_head, p->n, a->bytes_downloaded);
+        r = agent_io(a, PULL_TIMEOUT_MS);
         while (r >= 0 && (r = conn_next(a->conn, m)) > 0)
                 r = handle_frame(a, p, m);
         free(m);

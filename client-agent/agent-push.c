@@ -235,6 +235,7 @@ static int push_plan(Agent *a, Plan *p) {
                         head++;
                 if (head >= p->n)
                         break;
+                agent_progress(a, "uploading", head, p->n, a->bytes_uploaded);
                 if (head == next)
                         continue;
                 /* Block only when there is nothing more to send: data still
@@ -244,7 +245,7 @@ static int push_plan(Agent *a, Plan *p) {
                         goto out;
                 bool more = up.fd >= 0 || (next < p->n && next - head < PUSH_WINDOW);
                 bool wait = !more || bs_buf_len(&a->conn->out) >= PUSH_OUT_HIGH;
-                r = conn_io(a->conn, wait ? ANSWER_TIMEOUT_MS : 0);
+                r = wait ? agent_io(a, ANSWER_TIMEOUT_MS) : conn_io(a->conn, 0);
                 if (r == -ETIMEDOUT && !wait)
                         r = 0;
                 if (r < 0)

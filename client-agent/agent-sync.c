@@ -5,6 +5,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <systemd/sd-daemon.h>
+
 #include "agent.h"
 #include "bs-log.h"
 #include "bs-macro.h"
@@ -117,6 +119,21 @@ int agent_connect(Agent *a) {
 out:
         free(m);
         return r;
+}
+
+int agent_io(Agent *a, int timeout_ms) {
+        /* In slices, so a slow answer (the server fsyncing a huge file)
+         * does not starve the watchdog. */
+        for (int waited = 0;;) {
+                int slice = MIN(timeout_ms - waited, 5000);
+                int r = conn_io(a->conn, slice);
+                if (r != -ETIMEDOUT)
+                        return r;
+                waited += slice;
+                if (waited >= timeout_ms)
+                        return r;
+                sd_notify(false, "WATCHDOG=1");
+        }
 }
 
 bool agent_idle(const Agent *a) {

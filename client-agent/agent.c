@@ -95,6 +95,17 @@ void agent_update_status(Agent *a) {
                    a->conn ? "" : ", not connected");
 }
 
+void agent_progress(Agent *a, const char *what, uint64_t done, uint64_t total, uint64_t bytes) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t now = (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+        if (now - a->progress_usec < 1000000u)
+                return;
+        a->progress_usec = now;
+        sd_notifyf(false, "WATCHDOG=1\nSTATUS=%s: %s %llu of %llu changes, %.1f MiB so far", a->account,
+                   what, (unsigned long long) done, (unsigned long long) total, (double) bytes / (1024.0 * 1024.0));
+}
+
 static void arm_timer(Agent *a, sd_event_source *s, uint64_t usec) {
         uint64_t now;
         sd_event_now(a->event, CLOCK_MONOTONIC, &now);

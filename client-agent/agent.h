@@ -97,6 +97,7 @@ typedef struct Agent {
         uint64_t n_uploaded, bytes_uploaded, n_downloaded, bytes_downloaded;
         uint64_t n_conflicts;
         uint64_t last_sync_usec;
+        uint64_t progress_usec; /* last progress report within a round */
         bool synced_once;
         uint32_t next_req;
 } Agent;
@@ -109,6 +110,12 @@ static inline void agent_freep(Agent **a) { if (*a) agent_free(*a); }
 int agent_run(Agent *a);
 void agent_mark_dirty(Agent *a, const char *path, bool recursive);
 void agent_update_status(Agent *a);
+/**
+ * Called from inside a long round (a first upload can take hours): keeps
+ * the watchdog fed and shows "uploading 120 of 10000 changes, 1.2 GiB
+ * sent" in systemctl status, at most once a second.
+ */
+void agent_progress(Agent *a, const char *what, uint64_t done, uint64_t total, uint64_t bytes);
 
 /* agent-sync.c */
 /** Connect (registering or joining when needed). */
@@ -116,6 +123,8 @@ int agent_connect(Agent *a);
 void agent_disconnect(Agent *a, const char *why);
 /** One sync round: pull, apply, push. Negative errno on connection trouble. */
 int agent_round(Agent *a);
+/** conn_io() for up to timeout_ms, feeding the watchdog meanwhile. */
+int agent_io(Agent *a, int timeout_ms);
 /** True when nothing local waits to be pushed. */
 bool agent_idle(const Agent *a);
 

@@ -38,6 +38,7 @@ struct Account {
         uint64_t committed_seq;
         uint64_t change_seq; /* seq when the current change began */
         bool in_txn;
+        bool unclean; /* not closed by account_free() last time */
         char key_hash[65];
 };
 
@@ -47,6 +48,10 @@ typedef struct AccountRange {
         char hi[BS_PATH_MAX + 2];
         size_t len;
 } AccountRange;
+
+static inline void sqlite3_finalizep(sqlite3_stmt **st) {
+        sqlite3_finalize(*st);
+}
 
 /** Map an SQLite result code to a negative errno. */
 int account_sqlite_errno(int rc);

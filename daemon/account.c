@@ -315,6 +315,11 @@ int account_open(const char *storage, const char *id, Account **ret) {
         r = empty_dir(a->tmp_fd);
         if (r < 0)
                 return r;
+        /* Cleared while open, set again by account_free(): a kill leaves it unset. */
+        a->unclean = meta_get(a, "clean", buf, sizeof(buf)) < 0 || strcmp(buf, "1") != 0;
+        r = meta_set(a, "clean", "0");
+        if (r < 0)
+                return r;
         *ret = TAKE_PTR(a);
         return 0;
 }
@@ -324,6 +329,8 @@ Account *account_free(Account *a) {
                 return NULL;
         if (a->in_txn)
                 (void) exec(a, "ROLLBACK");
+        else if (a->db && !a->unclean)
+                (void) meta_set(a, "clean", "1");
         for (unsigned i = 0; i < _STMT_MAX; i++)
                 sqlite3_finalize(a->stmt[i]);
         sqlite3_close_v2(a->db);
@@ -333,6 +340,10 @@ Account *account_free(Account *a) {
         free(a->db_path);
         free(a);
         return NULL;
+}
+
+bool account_needs_recovery(const Account *a) {
+        return a->unclean;
 }
 
 const char *account_id(const Account *a) {

@@ -65,6 +65,20 @@ typedef struct AccountContent {
  */
 int account_create(const char *storage, Account **ret, char *token);
 
+typedef void (*account_verify_fn)(void *userdata, const char *path, const char *problem);
+
+/**
+ * Compare tree/ with the metadata and call report for each disagreement
+ * (files are hashed when size or mtime differ, or all of them with
+ * hash_all). With repair, each difference is recorded as a change, so the
+ * metadata agrees with the tree again and agents converge on it. Returns
+ * the number of disagreements, or a negative errno.
+ */
+int account_verify(Account *a, bool repair, bool hash_all, account_verify_fn report, void *userdata);
+
+/** True when the account was not closed cleanly (the server was killed). */
+bool account_needs_recovery(const Account *a);
+
 /**
  * Open an existing account. -ENOENT when there is no such (complete)
  * account. Leftover temporary files of interrupted uploads are removed.

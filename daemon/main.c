@@ -1,6 +1,8 @@
 /* main.c - backupsyncd: arguments, storage, listening socket, event loop */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -17,7 +19,9 @@
 #include <systemd/sd-event.h>
 #include <unistd.h>
 
+#include "account.h"
 #include "bs-config.h"
+#include "bs-token.h"
 #include "bs-log.h"
 #include "bs-macro.h"
 #include "bs-parse.h"
@@ -35,6 +39,7 @@ typedef struct Args {
         unsigned max_connections;
         bool require_key;
         bool port_set, idle_timeout_set, max_connections_set, require_key_set;
+        bool verify;
 } Args;
 
 /* What main() and the SIGHUP handler share. */
@@ -63,6 +68,9 @@ static void help(void) {
                "                           0: never; units ms, s, m, h, d)\n"
                "  --max-connections N      connection cap (default 1024)\n"
                "  --require-key yes|no     joining needs the full token ID-KEY (default yes)\n"
+               "  --verify                 check that every account's tree agrees with its\n"
+               "                           metadata (hashing every file), print each\n"
+               "                           difference and exit: 0 all agree, 1 not\n"
                "  -h --help                show this help\n"
                "  --version                show the version\n"
                "\n"
@@ -72,7 +80,7 @@ static void help(void) {
 }
 
 static int parse_args(int argc, char **argv, Args *a) {
-        enum { ARG_STORAGE = 0x100, ARG_LISTEN, ARG_CONFIG, ARG_IDLE, ARG_MAXCONN, ARG_KEY, ARG_VERSION };
+        enum { ARG_STORAGE = 0x100, ARG_LISTEN, ARG_CONFIG, ARG_IDLE, ARG_MAXCONN, ARG_KEY, ARG_VERSION, ARG_VERIFY };
         static const struct option options[] = {
                 { "storage", required_argument, NULL, ARG_STORAGE },
                 { "listen", required_argument, NULL, ARG_LISTEN },
@@ -82,6 +90,7 @@ static int parse_args(int argc, char **argv, Args *a) {
                 { "require-key", required_argument, NULL, ARG_KEY },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
+                { "verify", no_argument, NULL, ARG_VERIFY },
                 {},
         };
         unsigned long long v;
@@ -130,6 +139,9 @@ static int parse_args(int argc, char **argv, Args *a) {
                 case ARG_VERSION:
                         printf("backupsyncd %s\n", BS_VERSION);
                         return 0;
+                case ARG_VERIFY:
+                        a->verify = true;
+                        break;
                 default:
                         fprintf(stderr, "Try 'backupsyncd --help'.\n");
                         return -EINVAL;
@@ -225,6 +237,49 @@ static int reload(Server *server, void *userdata) {
         return 0;
 }
 
+static void print_problem(void *userdata, const char *path, const char *problem) {
+        printf("%s: %s: %s\n", (const char *) userdata, path, problem);
+}
+
+/* backupsyncd --verify: every account below storage, report only. */
+static int verify_all(const char *storage) {
+        _cleanup_(closep) int fd = open(storage, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+        unsigned accounts = 0, bad = 0;
+        int ret = EXIT_SUCCESS;
+
+        if (!d) {
+                log_error("cannot read storage %s: %m", storage);
+                return EX_NOINPUT;
+        }
+        fd = -1;
+        struct dirent *de;
+        while ((de = readdir(d))) {
+                Account *a = NULL;
+                if (!bs_id_valid(de->d_name, strlen(de->d_name)))
+                        continue;
+                int r = account_open(storage, de->d_name, &a);
+                if (r == -ENOENT)
+                        continue;
+                accounts++;
+                if (r >= 0)
+                        r = account_verify(a, false, true, print_problem, de->d_name);
+                if (r < 0) {
+                        errno = -r;
+                        log_error("account %s: cannot verify: %m", de->d_name);
+                        ret = EX_SOFTWARE;
+                } else if (r > 0) {
+                        bad++;
+                        if (ret == EXIT_SUCCESS)
+                                ret = EXIT_FAILURE;
+                }
+                account_free(a);
+        }
+        closedir(d);
+        printf("%u account%s checked, %u with differences\n", accounts, accounts == 1 ? "" : "s", bad);
+        return ret;
+}
+
 /* mkdir -p with mode 0700 for what we create; existing directories are left alone. */
 static int mkdir_p(const char *path) {
         char buf[PATH_MAX];
@@ -293,6 +348,9 @@ int main(int argc, char **argv) {
                 log_error("storage directory %s is not usable: %m", dir);
                 return EX_CANTCREAT;
         }
+
+        if (ctx.args.verify)
+                return verify_all(storage);
 
         /* Each connection needs a socket and, while downloading, a file: the
          * default soft limit of 1024 would be hit before --max-connections. */

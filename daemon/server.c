@@ -242,6 +242,11 @@ int server_account_register(Server *s, Account **ret, char *token) {
         return 0;
 }
 
+static void log_recovered(void *userdata, const char *path, const char *problem) {
+        log_event(LOG_WARNING, BS_MID_RESCAN, (const char *) userdata, path, "account %s: %s: %s",
+                  (const char *) userdata, path, problem);
+}
+
 int server_account_acquire(Server *s, const char *id, Account **ret) {
         Account *a;
         int r;
@@ -255,6 +260,18 @@ int server_account_acquire(Server *s, const char *id, Account **ret) {
         r = account_open(s->storage, id, &a);
         if (r < 0)
                 return r;
+        if (account_needs_recovery(a)) {
+                /* Killed last time: make the metadata agree with the tree
+                 * before anyone is served from it. */
+                r = account_verify(a, true, false, log_recovered, (void *) account_id(a));
+                if (r < 0) {
+                        account_free(a);
+                        return r;
+                }
+                log_event(LOG_NOTICE, BS_MID_RESCAN, account_id(a), NULL,
+                          "account %s was not closed cleanly; checked its tree, %d difference%s recorded", account_id(a),
+                          r, r == 1 ? "" : "s");
+        }
         r = cache_add(s, a);
         if (r < 0) {
                 account_free(a);

@@ -137,6 +137,25 @@ static int upload_step(Agent *a, Upload *up) {
         return r < 0 ? r : 1;
 }
 
+/* The server refused an upload before its end (disk full at the DATA it
+ * could not write): it drops the rest, so stop reading the file and end
+ * the upload now. PUT_END is still owed, or the server would take our next
+ * PUT for a protocol error; it answers nothing more for this request. */
+static int upload_cancel(Agent *a, Upload *up) {
+        BsMsg *m = calloc(1, sizeof(*m));
+        int r = -ENOMEM;
+        if (m) {
+                bs_msg_init(m, BS_MSG_PUT_END, up->op->req);
+                m->flags = BS_PUT_ABORT;
+                r = conn_send(a->conn, m);
+                free(m);
+        }
+        close(up->fd);
+        up->fd = -1;
+        up->sha = bs_sha_free(up->sha);
+        return r;
+}
+
 static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
         char parent[BS_PATH_MAX + 1];
         if (m->type == BS_MSG_ACK) {
@@ -197,9 +216,19 @@ static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
         case BS_ERR_NO_SPACE:
         case BS_ERR_IO:
         case BS_ERR_BUSY:
-                log_event(LOG_ERR, BS_MID_REJECTED, a->account, op->path, "server could not store %s: %s (%s); will retry",
-                          op->path, bs_err_name(m->code), m->path);
-                agent_mark_dirty(a, op->path, false);
+                /* The server's trouble, not ours: keep the change queued, but
+                 * retry it later (agent.c backs off) rather than at once. */
+                if (m->code == BS_ERR_NO_SPACE)
+                        log_event(LOG_ERR, BS_MID_REJECTED, a->account, op->path,
+                                  "the server's disk is full: %s was not stored (NO_SPACE: %s); it stays queued "
+                                  "and will be retried", op->path, m->path);
+                else
+                        log_event(LOG_ERR, BS_MID_REJECTED, a->account, op->path,
+                                  "server could not store %s: %s (%s); it stays queued and will be retried", op->path,
+                                  bs_err_name(m->code), m->path);
+                agent_mark_failed(a, op->path, op->type == BS_MSG_MKDIR);
+                if (op->path2 && op->type == BS_MSG_MOVE)
+                        agent_mark_failed(a, op->path2, true);
                 break;
         default:
                 log_event(LOG_WARNING, BS_MID_REJECTED, a->account, op->path, "server refused %s: %s (%s)", op->path,
@@ -265,6 +294,8 @@ static int push_plan(Agent *a, Plan *p) {
                                 goto out;
                         }
                         handle_answer(a, &p->ops[head], m);
+                        if (up.fd >= 0 && up.op == &p->ops[head] && (r = upload_cancel(a, &up)) < 0)
+                                goto out;
                         head++;
                 }
                 if (r < 0)

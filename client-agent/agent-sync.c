@@ -32,6 +32,9 @@ int agent_connect(Agent *a) {
 
         if (a->conn)
                 return 0;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        a->last_connect_usec = (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
         r = conn_connect(a->cfg.server, a->cfg.port, CONNECT_TIMEOUT_MS, &c);
         if (r < 0)
                 return r;
@@ -136,8 +139,12 @@ int agent_io(Agent *a, int timeout_ms) {
         }
 }
 
+bool agent_busy(const Agent *a) {
+        return a->n_dirty > 0 || a->n_moves > 0 || a->rescan_all || a->again;
+}
+
 bool agent_idle(const Agent *a) {
-        return a->n_dirty == 0 && a->n_moves == 0 && !a->rescan_all && !a->again && !a->paused;
+        return !agent_busy(a) && a->n_failed == 0 && !a->paused;
 }
 
 int agent_round(Agent *a) {

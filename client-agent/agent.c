@@ -19,8 +19,15 @@
 #include "bs-macro.h"
 #include "bs-path.h"
 
+/* Reconnect delay: 1 s doubling to 30 s. The poll timer and local changes
+ * also try to connect (see on_coalesce()), so a server back after a
+ * restart is found within seconds; the cap only bounds an idle agent. */
 #define BACKOFF_MIN_USEC (1 * 1000000ULL)
-#define BACKOFF_MAX_USEC (60 * 1000000ULL)
+#define BACKOFF_MAX_USEC (30 * 1000000ULL)
+/* Changes the server could not store (disk full): 1 s doubling to 60 s,
+ * so a full disk costs a few uploads a minute, not one every round. */
+#define FAILED_BACKOFF_MIN_USEC (1 * 1000000ULL)
+#define FAILED_BACKOFF_MAX_USEC (60 * 1000000ULL)
 
 int agent_new(const AgentConfig *cfg, Agent **ret) {
         Agent *a = calloc(1, sizeof(*a));
@@ -40,6 +47,7 @@ Agent *agent_free(Agent *a) {
         sd_event_source_disable_unref(a->coalesce_timer);
         sd_event_source_disable_unref(a->poll_timer);
         sd_event_source_disable_unref(a->retry_timer);
+        sd_event_source_disable_unref(a->failed_timer);
         sd_event_source_disable_unref(a->sigterm_source);
         sd_event_source_disable_unref(a->sigint_source);
         sd_event_source_disable_unref(a->sighup_source);
@@ -51,6 +59,9 @@ Agent *agent_free(Agent *a) {
         for (size_t i = 0; i < a->n_dirty; i++)
                 free(a->dirty[i].path);
         free(a->dirty);
+        for (size_t i = 0; i < a->n_failed; i++)
+                free(a->failed[i].path);
+        free(a->failed);
         for (size_t i = 0; i < a->n_moves; i++) {
                 free(a->moves[i].from);
                 free(a->moves[i].to);
@@ -61,23 +72,39 @@ Agent *agent_free(Agent *a) {
         return NULL;
 }
 
-void agent_mark_dirty(Agent *a, const char *path, bool recursive) {
-        if (a->n_dirty == a->cap_dirty) {
-                size_t cap = a->cap_dirty ? a->cap_dirty * 2 : 64;
-                DirtyPath *d = realloc(a->dirty, cap * sizeof(*d));
-                if (!d) {
-                        a->rescan_all = true; /* cannot remember it: look at everything */
-                        return;
-                }
-                a->dirty = d;
-                a->cap_dirty = cap;
+static int path_list_add(DirtyPath **list, size_t *n, size_t *cap, const char *path, bool recursive) {
+        if (*n == *cap) {
+                size_t c = *cap ? *cap * 2 : 64;
+                DirtyPath *d = realloc(*list, c * sizeof(*d));
+                if (!d)
+                        return -ENOMEM;
+                *list = d;
+                *cap = c;
         }
         char *p = strdup(path);
-        if (!p) {
+        if (!p)
+                return -ENOMEM;
+        (*list)[(*n)++] = (DirtyPath) { .path = p, .recursive = recursive };
+        return 0;
+}
+
+void agent_mark_dirty(Agent *a, const char *path, bool recursive) {
+        if (path_list_add(&a->dirty, &a->n_dirty, &a->cap_dirty, path, recursive) < 0)
+                a->rescan_all = true; /* cannot remember it: look at everything */
+}
+
+void agent_mark_failed(Agent *a, const char *path, bool recursive) {
+        if (path_list_add(&a->failed, &a->n_failed, &a->cap_failed, path, recursive) < 0)
                 a->rescan_all = true;
-                return;
+}
+
+/* Failed changes become ordinary dirty paths for the next round. */
+static void requeue_failed(Agent *a) {
+        for (size_t i = 0; i < a->n_failed; i++) {
+                agent_mark_dirty(a, a->failed[i].path, a->failed[i].recursive);
+                free(a->failed[i].path);
         }
-        a->dirty[a->n_dirty++] = (DirtyPath) { .path = p, .recursive = recursive };
+        a->n_failed = 0;
 }
 
 void agent_update_status(Agent *a) {
@@ -90,7 +117,7 @@ void agent_update_status(Agent *a) {
         }
         sd_notifyf(false, "STATUS=%s%s: %zu directories watched, last sync %s, %zu changes pending, %llu uploaded, %llu downloaded%s",
                    a->paused ? "PAUSED " : "", a->account[0] ? a->account : "(no account yet)",
-                   a->watcher ? watcher_count(a->watcher) : 0, when, a->n_dirty + a->n_moves,
+                   a->watcher ? watcher_count(a->watcher) : 0, when, a->n_dirty + a->n_moves + a->n_failed,
                    (unsigned long long) a->n_uploaded, (unsigned long long) a->n_downloaded,
                    a->conn ? "" : ", not connected");
 }
@@ -111,6 +138,38 @@ static void arm_timer(Agent *a, sd_event_source *s, uint64_t usec) {
         sd_event_now(a->event, CLOCK_MONOTONIC, &now);
         sd_event_source_set_time(s, now + usec);
         sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+}
+
+static bool timer_enabled(sd_event_source *s) {
+        int enabled = SD_EVENT_OFF;
+        return s && sd_event_source_get_enabled(s, &enabled) >= 0 && enabled != SD_EVENT_OFF;
+}
+
+/* Make the retry timer fire no later than when (CLOCK_MONOTONIC). */
+static void retry_by(Agent *a, uint64_t when) {
+        uint64_t t;
+        if (timer_enabled(a->retry_timer) && sd_event_source_get_time(a->retry_timer, &t) >= 0 && t <= when)
+                return;
+        sd_event_source_set_time(a->retry_timer, when);
+        sd_event_source_set_enabled(a->retry_timer, SD_EVENT_ONESHOT);
+}
+
+/* After a round: changes the server refused for lack of space (or an I/O
+ * error) wait on their own timer, with a delay that doubles at each
+ * failure and starts over once nothing is failing. */
+static void schedule_failed(Agent *a) {
+        if (a->n_failed == 0) {
+                a->failed_backoff_usec = 0;
+                sd_event_source_set_enabled(a->failed_timer, SD_EVENT_OFF);
+                return;
+        }
+        if (timer_enabled(a->failed_timer))
+                return;
+        a->failed_backoff_usec = a->failed_backoff_usec ? MIN(a->failed_backoff_usec * 2, FAILED_BACKOFF_MAX_USEC)
+                                                        : FAILED_BACKOFF_MIN_USEC;
+        log_warning("%zu changes could not be stored on the server; retrying in %llus", a->n_failed,
+                    (unsigned long long) (a->failed_backoff_usec / 1000000u));
+        arm_timer(a, a->failed_timer, a->failed_backoff_usec);
 }
 
 static void schedule_round(Agent *a) {
@@ -262,18 +321,28 @@ static void run_round(Agent *a) {
         }
         if (r < 0 && r != -ENOENT) {
                 char why[128];
+                bool was_connected = a->conn;
                 snprintf(why, sizeof(why), "%s", strerror(-r));
                 if (a->conn)
                         agent_disconnect(a, why);
-                else
-                        log_warning("cannot reach %s port %s: %s; retrying in %llus", a->cfg.server, a->cfg.port, why,
-                                    (unsigned long long) (MAX(a->backoff_usec, BACKOFF_MIN_USEC) / 1000000u));
-                a->backoff_usec = a->backoff_usec ? MIN(a->backoff_usec * 2, BACKOFF_MAX_USEC) : BACKOFF_MIN_USEC;
-                arm_timer(a, a->retry_timer, a->backoff_usec);
+                /* Only the retry timer's own attempts lengthen the delay: an
+                 * attempt made for a local change or by the poll timer must
+                 * not push the next retry further away. */
+                if (!timer_enabled(a->retry_timer)) {
+                        a->backoff_usec = a->backoff_usec ? MIN(a->backoff_usec * 2, BACKOFF_MAX_USEC)
+                                                          : BACKOFF_MIN_USEC;
+                        if (!was_connected)
+                                log_warning("cannot reach %s port %s: %s; retrying in %llus", a->cfg.server,
+                                            a->cfg.port, why, (unsigned long long) (a->backoff_usec / 1000000u));
+                        arm_timer(a, a->retry_timer, a->backoff_usec);
+                }
                 agent_update_status(a);
                 return;
         }
         a->backoff_usec = 0;
+        sd_event_source_set_enabled(a->retry_timer, SD_EVENT_OFF);
+        if (r >= 0)
+                schedule_failed(a);
         if (a->conn && !a->socket_source)
                 sd_event_add_io(a->event, &a->socket_source, a->conn->fd, EPOLLIN, on_socket, a);
         if (a->socket_source)
@@ -316,8 +385,21 @@ static int on_coalesce(sd_event_source *s, uint64_t usec, void *userdata) {
         /* Events the kernel has queued belong to this round too. */
         watcher_process(a->watcher);
         watcher_flush(a->watcher);
+        if (!a->conn) {
+                /* Disconnected: a local change is a reason to try the server
+                 * now instead of at the end of a long backoff, but no more
+                 * than once a second while files keep changing. */
+                uint64_t now, due = a->last_connect_usec + BACKOFF_MIN_USEC;
+                sd_event_now(a->event, CLOCK_MONOTONIC, &now);
+                if (due > now) {
+                        retry_by(a, due);
+                        return 0;
+                }
+        }
         run_round(a);
-        if (!agent_idle(a) && a->conn && !a->paused)
+        /* Failed changes are not counted: they wait for failed_timer, or
+         * a full disk would be retried every coalesce window. */
+        if (agent_busy(a) && a->conn && !a->paused)
                 schedule_round(a);
         return 0;
 }
@@ -335,6 +417,14 @@ static int on_poll(sd_event_source *s, uint64_t usec, void *userdata) {
 
 static int on_retry(sd_event_source *s, uint64_t usec, void *userdata) {
         run_round(userdata);
+        return 0;
+}
+
+static int on_failed_retry(sd_event_source *s, uint64_t usec, void *userdata) {
+        Agent *a = userdata;
+        log_info("retrying %zu changes the server could not store", a->n_failed);
+        requeue_failed(a);
+        run_round(a);
         return 0;
 }
 
@@ -495,6 +585,7 @@ int agent_run(Agent *a) {
         r = r ?: sd_event_add_time(a->event, &a->coalesce_timer, CLOCK_MONOTONIC, 0, 1000, on_coalesce, a);
         r = r ?: sd_event_add_time_relative(a->event, &a->poll_timer, CLOCK_MONOTONIC, a->cfg.poll_usec, 100000, on_poll, a);
         r = r ?: sd_event_add_time(a->event, &a->retry_timer, CLOCK_MONOTONIC, 0, 100000, on_retry, a);
+        r = r ?: sd_event_add_time(a->event, &a->failed_timer, CLOCK_MONOTONIC, 0, 100000, on_failed_retry, a);
         if (r < 0) {
                 log_error("cannot set up the event loop: %s", strerror(-r));
                 return AGENT_EXIT_SOFTWARE;
@@ -506,8 +597,10 @@ int agent_run(Agent *a) {
         sd_event_source_set_description(a->coalesce_timer, "coalesce-timer");
         sd_event_source_set_description(a->poll_timer, "poll-timer");
         sd_event_source_set_description(a->retry_timer, "retry-timer");
+        sd_event_source_set_description(a->failed_timer, "failed-changes-timer");
         sd_event_source_set_enabled(a->coalesce_timer, SD_EVENT_OFF);
         sd_event_source_set_enabled(a->retry_timer, SD_EVENT_OFF);
+        sd_event_source_set_enabled(a->failed_timer, SD_EVENT_OFF);
         sd_event_source_set_enabled(a->poll_timer, SD_EVENT_ON);
 
         /* Watch first, then compare: a change made during the first
@@ -533,8 +626,12 @@ int agent_run(Agent *a) {
                         watcher_flush(a->watcher);
                         if (agent_idle(a))
                                 return AGENT_EXIT_OK;
+                        /* What the server could not store will not fit a moment later either. */
+                        if (!agent_busy(a))
+                                break;
                 }
-                log_error("%s is not in sync yet: %zu changes still pending", a->cfg.dir, a->n_dirty + a->n_moves);
+                log_error("%s is not in sync yet: %zu changes still pending", a->cfg.dir,
+                          a->n_dirty + a->n_moves + a->n_failed);
                 return AGENT_EXIT_TEMPFAIL;
         }
 

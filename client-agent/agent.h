@@ -74,6 +74,10 @@ typedef struct Agent {
         size_t n_dirty, cap_dirty;
         MovePath *moves;
         size_t n_moves, cap_moves;
+        /* Changes the server could not store (disk full, I/O error, busy):
+         * retried on failed_timer with a growing delay, not at every round. */
+        DirtyPath *failed;
+        size_t n_failed, cap_failed;
         bool rescan_all;
         bool need_snapshot;
         bool again;     /* another round is needed at once */
@@ -87,10 +91,13 @@ typedef struct Agent {
         sd_event_source *poll_timer;
         sd_event_source *socket_source;
         sd_event_source *retry_timer;
+        sd_event_source *failed_timer;
         sd_event_source *sigterm_source;
         sd_event_source *sigint_source;
         sd_event_source *sighup_source;
-        uint64_t backoff_usec;
+        uint64_t backoff_usec;        /* reconnect delay; 0 while connected */
+        uint64_t failed_backoff_usec; /* next delay for failed changes; 0 after a success */
+        uint64_t last_connect_usec;   /* CLOCK_MONOTONIC of the last connect attempt */
         char *reloaded_device_name; /* owns cfg.device_name after a reload */
 
         /* For the status line and the tests. */
@@ -109,6 +116,8 @@ static inline void agent_freep(Agent **a) { if (*a) agent_free(*a); }
 /** Open state, watch the tree, connect and run until told to stop. Returns an exit code. */
 int agent_run(Agent *a);
 void agent_mark_dirty(Agent *a, const char *path, bool recursive);
+/** Queue a change the server could not store, for a later retry with backoff. */
+void agent_mark_failed(Agent *a, const char *path, bool recursive);
 void agent_update_status(Agent *a);
 /**
  * Called from inside a long round (a first upload can take hours): keeps
@@ -125,8 +134,10 @@ void agent_disconnect(Agent *a, const char *why);
 int agent_round(Agent *a);
 /** conn_io() for up to timeout_ms, feeding the watchdog meanwhile. */
 int agent_io(Agent *a, int timeout_ms);
-/** True when nothing local waits to be pushed. */
+/** True when nothing local waits to be pushed (failed changes included). */
 bool agent_idle(const Agent *a);
+/** True when a change waits to be pushed now (failed changes wait for their timer). */
+bool agent_busy(const Agent *a);
 
 /* agent-pull.c */
 int agent_pull(Agent *a);

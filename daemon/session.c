@@ -478,6 +478,9 @@ static void session_run(Session *s) {
                 }
                 r = s->state == SESSION_HELLO ? handle_hello(s, &m) : handle_request(s, &m);
                 bs_buf_consume(&s->in, len);
+                /* Progress is a whole frame: a byte now and then must not
+                 * keep a connection (and its slot) alive forever. */
+                s->last_io_usec = now_usec(s);
                 if (r < 0 && s->state != SESSION_CLOSING)
                         (void) session_fail(s, m.req, BS_ERR_IO, "out of memory");
         }
@@ -502,7 +505,6 @@ static int session_read(Session *s) {
                         return 0;
                 }
                 s->in.end += (size_t) n;
-                s->last_io_usec = now_usec(s);
         }
         return 0;
 }

@@ -74,10 +74,17 @@ def test_server_killed_burst():
         srv, a, b = _two(env)
 
         def burst():
+            # Each file is moved in whole, so whatever the server holds of
+            # it must be exactly A's bytes: anything else was partial.
+            stage = env.path("stage")
+            os.makedirs(stage)
+            os.makedirs(os.path.join(a.dir, "burst"))
             for d in range(10):
                 os.makedirs(os.path.join(a.dir, "burst", "d%d" % d))
                 for f in range(100):
-                    write_file(os.path.join(a.dir, "burst", "d%d" % d, "f%03d" % f), "%d %d\n" % (d, f) * 50)
+                    tmp = os.path.join(stage, "f")
+                    write_file(tmp, "%d %d\n" % (d, f) * 50)
+                    os.rename(tmp, os.path.join(a.dir, "burst", "d%d" % d, "f%03d" % f))
         snap = _kill_restart_converge(srv, a, b, burst, 0.15)
         check(sum(1 for k in snap if k.startswith("burst/")) == 1010, "burst incomplete after recovery")
 

@@ -156,6 +156,8 @@ int main(int argc, char **argv) {
         AgentConfig cfg = { .poll_usec = BS_CONFIG_DEFAULT_POLL_USEC, .coalesce_usec = 20000ULL };
         /* Owns the strings cfg points to under --instance, until exit. */
         _cleanup_(bs_agent_config_done) BsAgentConfig ini;
+        /* What main() allocated for cfg (the rest points into argv or ini). */
+        _cleanup_(freep) char *owned_dir = NULL, *owned_port = NULL, *owned_state_dir = NULL, *owned_user_file = NULL;
         Agent *a = NULL;
         int c, r;
 
@@ -212,6 +214,9 @@ int main(int argc, char **argv) {
                 if (!cfg.config_file)
                         cfg.config_file = DEFAULT_CONFIG;
                 r = load_instance(&cfg, &ini);
+                owned_dir = cfg.dir;
+                owned_port = cfg.port;
+                owned_user_file = (char *) cfg.user_config_file;
                 if (r)
                         return r;
         } else {
@@ -238,6 +243,7 @@ int main(int argc, char **argv) {
                         if (!getcwd(cwd, sizeof(cwd)) || asprintf(&cfg.dir, "%s/%s", cwd, dir) < 0)
                                 cfg.dir = NULL;
                 }
+                owned_dir = cfg.dir;
                 if (!cfg.dir) {
                         log_error("cannot resolve %s", dir);
                         return AGENT_EXIT_USAGE;
@@ -248,7 +254,8 @@ int main(int argc, char **argv) {
         for (size_t k = strlen(cfg.dir); k > 1 && cfg.dir[k - 1] == '/'; k--)
                 cfg.dir[k - 1] = 0;
         if (!cfg.state_dir) {
-                cfg.state_dir = cfg.instance ? instance_state_dir(cfg.instance) : default_state_dir(cfg.dir);
+                cfg.state_dir = owned_state_dir =
+                        cfg.instance ? instance_state_dir(cfg.instance) : default_state_dir(cfg.dir);
                 if (!cfg.state_dir) {
                         log_error("no state directory: set HOME or XDG_STATE_HOME, or pass --state-dir");
                         return AGENT_EXIT_USAGE;

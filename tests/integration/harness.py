@@ -305,13 +305,19 @@ class _Proc:
             self.popen.wait()
 
     def cleanup(self):
+        """SIGTERM first, so a sanitized build's leak check runs at exit
+        (tools/test counts its reports); SIGKILL if it does not stop."""
         self._forget()
         if self.popen is not None and self.popen.poll() is None:
-            self.popen.kill()
+            self.popen.send_signal(signal.SIGTERM)
             try:
                 self.popen.wait(10)
             except subprocess.TimeoutExpired:
-                pass
+                self.popen.kill()
+                try:
+                    self.popen.wait(10)
+                except subprocess.TimeoutExpired:
+                    pass
 
     def wait_exit(self, timeout):
         try:

@@ -21,7 +21,7 @@
 #include "bs-path.h"
 
 #define GET_WINDOW 64
-#define PULL_TIMEOUT_MS 120000
+#define PULL_TIMEOUT_MS 60000 /* of silence: then the connection is dropped and retried */
 
 typedef struct Pull {
         Rec *recs;

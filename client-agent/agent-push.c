@@ -23,7 +23,7 @@
 
 #define PUSH_WINDOW 1024
 #define PUSH_OUT_HIGH (4u * 1024 * 1024)
-#define ANSWER_TIMEOUT_MS 120000
+#define ANSWER_TIMEOUT_MS 60000 /* of silence: then the connection is dropped and retried */
 
 /* An upload in progress: file data goes out as the socket drains. */
 typedef struct Upload {

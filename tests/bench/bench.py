@@ -1,0 +1,979 @@
+#!/usr/bin/env python3
+"""bench.py - backupsync's benchmark suite (Python 3 standard library only).
+
+Runs backupsyncd and backupsync-agent on 127.0.0.1 against rsync (daemon
+mode) and lsyncd (default.rsync) on the same generated data, prints a
+table of medians, ratios and targets, and writes tests/bench/results.md.
+
+Run it through tools/bench, which installs rsync and lsyncd and builds:
+
+    tools/bench                 # full run, 3 runs per case
+    tools/bench --quick         # small data, to smoke-test the suite
+    tools/bench --runs 5 --cases 1,6
+
+Everything runs in a temporary directory under /var/tmp (not tmpfs) that
+is removed at the end, with every process started here, also on failure.
+Every wait is bounded; a tool that breaks makes its case FAIL and the
+script exit non-zero.
+"""
+
+import argparse
+import datetime
+import hashlib
+import importlib.util
+import os
+import platform
+import random
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(os.path.dirname(HERE))
+BUILD_DIR = os.environ.get("BS_BUILD_DIR", os.path.join(TOP, "build"))
+SERVER_BIN = os.path.join(BUILD_DIR, "daemon", "backupsyncd")
+AGENT_BIN = os.path.join(BUILD_DIR, "client-agent", "backupsync-agent")
+BSPROTO = os.path.join(TOP, "tests", "integration", "bsproto.py")
+RESULTS = os.path.join(HERE, "results.md")
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+class BenchError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- helpers
+
+def log(msg):
+    print("[%s] %s" % (time.strftime("%H:%M:%S"), msg), flush=True)
+
+
+def wait_until(pred, timeout, what, interval=0.02, procs=()):
+    """Poll pred() until true (returned); BenchError after timeout or when
+    one of procs exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            v = pred()
+            if v:
+                return v
+        except OSError:
+            pass
+        for p in procs:
+            if p.poll() is not None:
+                raise BenchError("%s exited with status %s while waiting for %s"
+                                 % (p.bench_name, p.returncode, what))
+        if time.monotonic() >= deadline:
+            raise BenchError("timed out after %.0f s waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def lo_bytes():
+    """Bytes received on the loopback interface (= bytes sent on it)."""
+    with open("/proc/net/dev") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name.strip() == "lo":
+                return int(rest.split()[0])
+    raise BenchError("no lo interface in /proc/net/dev")
+
+
+def drop_caches():
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def tree_stats(root):
+    """(number of regular files, total size) below root."""
+    n = size = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            st = os.lstat(os.path.join(dirpath, name))
+            n += 1
+            size += st.st_size
+    return n, size
+
+
+def proc_status(pid):
+    out = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM"):
+                out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+def cpu_ticks(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def percentile(values, p):
+    v = sorted(values)
+    if not v:
+        return float("nan")
+    k = (len(v) - 1) * p / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def write_random_file(path, size, chunk=8 * MiB):
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(chunk, left)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def make_tree(root, ndirs, per_dir, size_fn):
+    os.makedirs(root, exist_ok=True)
+    for d in range(ndirs):
+        dp = os.path.join(root, "d%05d" % d)
+        os.mkdir(dp)
+        for i in range(per_dir):
+            with open(os.path.join(dp, "f%05d" % i), "wb") as f:
+                f.write(os.urandom(size_fn()))
+
+
+def fmt_time(s):
+    if s is None:
+        return "-"
+    if s < 1:
+        return "%.1f ms" % (s * 1000)
+    return "%.2f s" % s
+
+
+def fmt_bytes(b):
+    if b is None:
+        return "-"
+    if b >= GiB:
+        return "%.2f GiB" % (b / GiB)
+    if b >= MiB:
+        return "%.1f MiB" % (b / MiB)
+    if b >= 1024:
+        return "%.1f KiB" % (b / 1024)
+    return "%d B" % b
+
+
+# ---------------------------------------------------------------- processes
+
+class Bench:
+    """The temporary directory and every process started in it."""
+
+    def __init__(self, root):
+        self.root = root
+        self.procs = []
+        self.logs = []
+
+    def path(self, *parts):
+        return os.path.join(self.root, *parts)
+
+    def spawn(self, name, argv, logname, stdout=None):
+        logpath = self.path(logname)
+        self.logs.append(logpath)
+        lf = open(logpath, "ab")
+        out = lf
+        if stdout is not None:
+            out = open(self.path(stdout), "ab")
+            self.logs.append(self.path(stdout))
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=lf,
+                             start_new_session=True)
+        lf.close()
+        if out is not lf:
+            out.close()
+        p.bench_name = name
+        p.bench_log = logpath
+        self.procs.append(p)
+        return p
+
+    def stop(self, p, timeout=15):
+        """SIGTERM the process group, then SIGKILL after timeout."""
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(10)
+        # children in its group (lsyncd's rsyncs) go too
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def stop_all(self):
+        for p in reversed(list(self.procs)):
+            try:
+                self.stop(p, timeout=5)
+            except Exception:
+                pass
+
+    def tail(self, n=15):
+        for lp in self.logs:
+            try:
+                with open(lp, "rb") as f:
+                    lines = f.read().decode("utf-8", "replace").splitlines()
+            except OSError:
+                continue
+            if not lines:
+                continue
+            print("----- last %d lines of %s -----" % (n, os.path.basename(lp)), file=sys.stderr)
+            for l in lines[-n:]:
+                print("  " + l, file=sys.stderr)
+
+    # ---- backupsync
+
+    def server(self, name, extra=()):
+        port = free_port()
+        storage = self.path(name + "-storage")
+        argv = [SERVER_BIN, str(port), "--storage", storage, "--listen", "127.0.0.1"] + list(extra)
+        p = self.spawn(name, argv, name + ".log")
+        wait_until(lambda: port_open(port), 15, "%s to listen" % name, procs=[p])
+        p.port = port
+        return p
+
+    def agent_argv(self, srv, d, token, state, once=False, extra=()):
+        argv = [AGENT_BIN, "127.0.0.1", str(srv.port), d]
+        if token:
+            argv.append(token)
+        argv += ["--state-dir", state]
+        if once:
+            argv.append("--once")
+        return argv + list(extra)
+
+    def agent(self, name, srv, d, token=None, extra=(), timeout=120, state=None):
+        """A watching agent; when registering, waits for its ID line."""
+        state = state or self.path("state-" + name)
+        p = self.spawn("agent " + name, self.agent_argv(srv, d, token, state, extra=extra),
+                       "agent-%s.log" % name, stdout="agent-%s.out" % name)
+        p.state = state
+        if not token:
+            p.token = wait_id(self.path("agent-%s.out" % name), timeout, p)
+        else:
+            p.token = token
+        return p
+
+    # ---- rsync daemon
+
+    def rsync_daemon(self, modules):
+        port = free_port()
+        conf = self.path("rsyncd.conf")
+        with open(conf, "w") as f:
+            f.write("use chroot = no\nuid = root\ngid = root\n"
+                    "log file = %s\n" % self.path("rsyncd-xfer.log"))
+            for name, path in modules.items():
+                os.makedirs(path, exist_ok=True)
+                f.write("[%s]\npath = %s\nread only = no\n" % (name, path))
+        p = self.spawn("rsync daemon", ["rsync", "--daemon", "--no-detach", "--config=" + conf,
+                                        "--port=%d" % port, "--address=127.0.0.1"],
+                       "rsyncd.log")
+        wait_until(lambda: port_open(port), 15, "rsync daemon to listen", procs=[p])
+        p.port = port
+        return p
+
+    # ---- lsyncd
+
+    def lsyncd(self, name, src, target, delay=None):
+        """lsyncd default.rsync src -> target; waits until its start-up sync
+        copied the marker file when target is a local directory."""
+        conf = self.path(name + ".lua")
+        with open(src + "/.bench-ready", "w") as f:
+            f.write(name)
+        lines = ['settings { nodaemon = true, logfile = "%s", statusFile = "%s" }'
+                 % (self.path(name + ".lsyncd-log"), self.path(name + ".status")),
+                 'sync { default.rsync, source = "%s", target = "%s"%s }'
+                 % (src, target, "" if delay is None else ", delay = %s" % delay)]
+        with open(conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.logs.append(self.path(name + ".lsyncd-log"))
+        p = self.spawn(name, ["lsyncd", conf], name + ".log")
+        return p
+
+
+def wait_id(outpath, timeout, proc):
+    def got():
+        with open(outpath, "rb") as f:
+            for line in f.read().decode("utf-8", "replace").splitlines():
+                if line.startswith("ID: "):
+                    return line[4:].strip()
+        return None
+    return wait_until(got, timeout, "%s to print its ID line" % proc.bench_name, procs=[proc])
+
+
+def count_lines(path, needle):
+    with open(path, "rb") as f:
+        return sum(1 for l in f.read().decode("utf-8", "replace").splitlines() if needle in l)
+
+
+def load_bsproto():
+    spec = importlib.util.spec_from_file_location("bsproto", BSPROTO)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# ---------------------------------------------------------------- results
+
+class Results:
+    def __init__(self):
+        self.rows = []      # dicts
+        self.notes = []
+
+    def add(self, case, metric, bs, peer=None, peer_val=None, fmt=fmt_time,
+            target=None, target_text="-", ratio_target=None):
+        """target: callable(bs, ratio) -> bool, or None."""
+        ratio = None
+        if bs is not None and peer_val:
+            ratio = bs / peer_val
+        res = "-"
+        if target is not None and bs is not None:
+            res = "PASS" if target(bs, ratio) else "MISS"
+        self.rows.append(dict(case=case, metric=metric, bs=fmt(bs) if bs is not None else "-",
+                              peer=peer or "-", peer_val=fmt(peer_val) if peer_val is not None else "-",
+                              ratio=("%.2f" % ratio) if ratio is not None else "-",
+                              target=target_text, result=res))
+
+    def fail(self, case, msg):
+        self.rows.append(dict(case=case, metric="FAILED: " + msg.replace("|", "/").replace("\n", " "),
+                              bs="-", peer="-", peer_val="-", ratio="-", target="-", result="FAIL"))
+
+    def note(self, text):
+        self.notes.append(text)
+
+    HEAD = ["Case", "Metric", "backupsync", "Peer", "Peer value", "Ratio bs/peer", "Target", "Result"]
+    KEYS = ["case", "metric", "bs", "peer", "peer_val", "ratio", "target", "result"]
+
+    def markdown(self):
+        out = ["| " + " | ".join(self.HEAD) + " |", "|" + "---|" * len(self.HEAD)]
+        for r in self.rows:
+            out.append("| " + " | ".join(str(r[k]) for k in self.KEYS) + " |")
+        return "\n".join(out)
+
+    def text(self):
+        table = [self.HEAD] + [[str(r[k]) for k in self.KEYS] for r in self.rows]
+        w = [max(len(row[i]) for row in table) for i in range(len(self.HEAD))]
+        lines = []
+        for j, row in enumerate(table):
+            lines.append("  ".join(c.ljust(w[i]) for i, c in enumerate(row)).rstrip())
+            if j == 0:
+                lines.append("  ".join("-" * x for x in w))
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- cases
+
+def case1_first_backup(b, cfg, res):
+    """10,000 x 4 KiB in 100 dirs + 4 x 64 MiB: first backup."""
+    C = "1 first backup"
+    src = b.path("c1-src")
+    log("case 1: generating %d small files + %d x %s" % (cfg.c1_dirs * cfg.c1_per_dir, 4,
+                                                         fmt_bytes(cfg.c1_big)))
+    make_tree(src, cfg.c1_dirs, cfg.c1_per_dir, lambda: 4096)
+    for i in range(4):
+        write_random_file(os.path.join(src, "big%d.bin" % i), cfg.c1_big)
+    nfiles, total = tree_stats(src)
+    has_fsync = "--fsync" in subprocess.run(["rsync", "--help"], capture_output=True,
+                                             text=True, timeout=30).stdout
+    if not has_fsync:
+        res.note("case 1: this rsync has no --fsync; the rsync --fsync column is skipped.")
+    dst = b.path("c1-rsync-dst")
+    rd = b.rsync_daemon({"mod": dst})
+    times = {"backupsync": [], "rsync": [], "rsync --fsync": []}
+    dropped = True
+    try:
+        for run in range(cfg.runs):
+            # backupsync: fresh server storage, register + --once until exit 0
+            srv = b.server("c1-server-%d" % run)
+            state = b.path("c1-state-%d" % run)
+            dropped &= drop_caches()
+            argv = b.agent_argv(srv, src, None, state, once=True)
+            t0 = time.monotonic()
+            with open(b.path("c1-agent-%d.log" % run), "wb") as lf:
+                p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
+                                   timeout=cfg.c1_timeout)
+            dt = time.monotonic() - t0
+            if p.returncode != 0:
+                b.logs.append(b.path("c1-agent-%d.log" % run))
+                raise BenchError("backupsync-agent --once exited %d" % p.returncode)
+            up = count_lines(srv.bench_log, "uploaded ")
+            if up != nfiles:
+                raise BenchError("server logged %d uploads, expected %d" % (up, nfiles))
+            times["backupsync"].append(dt)
+            log("case 1 run %d: backupsync %.2f s" % (run + 1, dt))
+            b.stop(srv)
+            shutil.rmtree(b.path("c1-server-%d-storage" % run), ignore_errors=True)
+            shutil.rmtree(state, ignore_errors=True)
+
+            for name, extra in (("rsync", []), ("rsync --fsync", ["--fsync"])):
+                if extra and not has_fsync:
+                    continue
+                shutil.rmtree(dst)
+                os.mkdir(dst)
+                dropped &= drop_caches()
+                t0 = time.monotonic()
+                p = subprocess.run(["rsync", "-a"] + extra + [src + "/", "rsync://127.0.0.1:%d/mod/" % rd.port],
+                                   stdin=subprocess.DEVNULL, capture_output=True, timeout=cfg.c1_timeout)
+                dt = time.monotonic() - t0
+                if p.returncode != 0:
+                    raise BenchError("%s exited %d: %s" % (name, p.returncode, p.stderr.decode()[-500:]))
+                if tree_stats(dst) != (nfiles, total):
+                    raise BenchError("%s: destination incomplete" % name)
+                times[name].append(dt)
+                log("case 1 run %d: %s %.2f s" % (run + 1, name, dt))
+    finally:
+        b.stop(rd)
+        shutil.rmtree(dst, ignore_errors=True)
+    if not dropped:
+        res.note("case 1: could not drop the page cache (not root?); runs are warm.")
+    res.note("case 1 per run: " + "; ".join("%s %s" % (k, ", ".join("%.1f s" % t for t in v))
+                                              for k, v in times.items() if v))
+    bs = statistics.median(times["backupsync"])
+    desc = "time, %d files, %s" % (nfiles, fmt_bytes(total))
+    res.add(C, desc, bs, "rsync", statistics.median(times["rsync"]),
+            target=lambda v, r: r <= 1.0, target_text="ratio <= 1.0")
+    if has_fsync:
+        res.add(C, desc, bs, "rsync --fsync", statistics.median(times["rsync --fsync"]),
+                target=lambda v, r: r <= 0.5, target_text="ratio <= 0.5 (well under 1)")
+    shutil.rmtree(src, ignore_errors=True)
+
+
+class BsPair:
+    """A server and agents A and B of one account, idle and in sync."""
+
+    def __init__(self, b, name):
+        self.b = b
+        self.name = name
+        self.a_dir = b.path(name + "-A")
+        self.b_dir = b.path(name + "-B")
+        os.makedirs(self.a_dir)
+        self.srv = b.server(name + "-server")
+        self.a = b.agent(name + "-A", self.srv, self.a_dir)
+        self.b_agent = b.agent(name + "-B", self.srv, self.b_dir, token=self.a.token)
+        self.procs = [self.srv, self.a, self.b_agent]
+        with open(os.path.join(self.a_dir, ".bench-ready"), "w") as f:
+            f.write("ready")
+        wait_until(lambda: os.path.exists(os.path.join(self.b_dir, ".bench-ready")), 60,
+                   "%s: B to have the marker file" % name, procs=self.procs)
+        time.sleep(1)
+
+    def stop(self):
+        for p in (self.b_agent, self.a, self.srv):
+            self.b.stop(p)
+
+
+class LsPair:
+    """lsyncd default.rsync A -> B (a local directory, or an rsync daemon
+    module whose path is B)."""
+
+    def __init__(self, b, name, delay=None, via_daemon=False):
+        self.b = b
+        self.a_dir = b.path(name + "-A")
+        self.b_dir = b.path(name + "-B")
+        os.makedirs(self.a_dir)
+        os.makedirs(self.b_dir)
+        self.rd = None
+        target = self.b_dir + "/"
+        if via_daemon:
+            self.rd = b.rsync_daemon({"lsync": self.b_dir})
+            target = "rsync://127.0.0.1:%d/lsync/" % self.rd.port
+        self.p = b.lsyncd(name, self.a_dir, target, delay)
+        self.procs = [self.p] + ([self.rd] if self.rd else [])
+        wait_until(lambda: os.path.exists(os.path.join(self.b_dir, ".bench-ready")), 60,
+                   "%s: lsyncd start-up sync" % name, procs=self.procs)
+        time.sleep(1)
+
+    def stop(self):
+        self.b.stop(self.p)
+        if self.rd:
+            self.b.stop(self.rd)
+
+
+def latency_trials(pair, n, label, timeout, gap=0.1):
+    lat = []
+    for i in range(n):
+        name = "lat-%s-%d" % (label, i)
+        data = ("%s %d %s\n" % (label, i, os.urandom(8).hex())).encode()
+        dst = os.path.join(pair.b_dir, name)
+        t0 = time.monotonic()
+        with open(os.path.join(pair.a_dir, name), "wb") as f:
+            f.write(data)
+        deadline = t0 + timeout
+        while True:
+            try:
+                with open(dst, "rb") as f:
+                    if f.read() == data:
+                        break
+            except OSError:
+                pass
+            now = time.monotonic()
+            if now > deadline:
+                raise BenchError("%s: trial %d not on B after %.0f s" % (label, i, timeout))
+            if i % 10 == 0:
+                for p in pair.procs:
+                    if p.poll() is not None:
+                        raise BenchError("%s exited with status %s" % (p.bench_name, p.returncode))
+            time.sleep(0.001)
+        lat.append(time.monotonic() - t0)
+        time.sleep(gap)
+    return lat
+
+
+def case2_latency(b, cfg, res, pairs):
+    C = "2 change propagation"
+    bs = pairs["bs"]
+    log("case 2: backupsync, %d trials" % cfg.trials)
+    lb = latency_trials(bs, cfg.trials, "bs", 30)
+    log("case 2: lsyncd delay=0, %d trials" % cfg.trials)
+    l0 = latency_trials(pairs["ls0"], cfg.trials, "ls0", 30)
+    log("case 2: lsyncd default delay, %d trials" % cfg.trials_default)
+    lsd = b.path("c2-lsd")
+    lp = LsPair(b, "c2-lsd", delay=None)
+    try:
+        ld = latency_trials(lp, cfg.trials_default, "lsd", 60, gap=0.5)
+    finally:
+        lp.stop()
+    res.note("case 2: %d trials for backupsync and lsyncd delay=0; %d for lsyncd with its "
+             "default delay (15 s), whose p99 is then just its maximum." % (cfg.trials, cfg.trials_default))
+    for p, tgt in ((50, 0.050), (99, 0.250)):
+        v = percentile(lb, p)
+        res.add(C, "p%d latency A -> B" % p, v, "lsyncd delay=0", percentile(l0, p),
+                target=lambda x, r, t=tgt: x <= t, target_text="<= %d ms" % (tgt * 1000))
+        res.add(C, "p%d latency A -> B" % p, v, "lsyncd default delay", percentile(ld, p),
+                target=lambda x, r, t=tgt: x <= t, target_text="<= %d ms" % (tgt * 1000))
+
+
+def wait_tree(d, want, timeout, procs, what):
+    wait_until(lambda: os.path.isdir(d) and tree_stats(d) == want, timeout, what,
+               interval=0.02, procs=procs)
+
+
+def case3_burst(b, cfg, res, pairs):
+    C = "3 burst"
+    prep = b.path("c3-tree")
+    make_tree(prep, cfg.c3_dirs, cfg.c3_per_dir, lambda: random.randint(100, 4096))
+    want = tree_stats(prep)
+    times = {"bs": [], "ls0": []}
+    for run in range(cfg.runs):
+        for key in ("bs", "ls0"):
+            pair = pairs[key]
+            name = "burst-%d" % run
+            t0 = time.monotonic()
+            subprocess.run(["cp", "-r", prep, os.path.join(pair.a_dir, name)], check=True, timeout=300)
+            wait_tree(os.path.join(pair.b_dir, name), want, cfg.wait_timeout, pair.procs,
+                      "%s: burst on B" % key)
+            dt = time.monotonic() - t0
+            times[key].append(dt)
+            log("case 3 run %d: %s %.2f s" % (run + 1, key, dt))
+            shutil.rmtree(os.path.join(pair.a_dir, name))
+            wait_until(lambda: not os.path.exists(os.path.join(pair.b_dir, name)),
+                       cfg.wait_timeout, "%s: burst removed on B" % key, procs=pair.procs)
+            time.sleep(1)
+    shutil.rmtree(prep)
+    res.note("case 3 per run: backupsync %s; lsyncd %s" % (
+        ", ".join("%.1f s" % t for t in times["bs"]), ", ".join("%.1f s" % t for t in times["ls0"])))
+    res.add(C, "time, cp -r of %d files until all on B" % want[0], statistics.median(times["bs"]),
+            "lsyncd delay=0", statistics.median(times["ls0"]),
+            target=lambda v, r: r <= 1.0, target_text="ratio <= 1.0")
+
+
+def case4_rename(b, cfg, res, pairs):
+    C = "4 rename"
+    prep = b.path("c4-tree")
+    make_tree(prep, 1, cfg.c4_files, lambda: random.randint(100, 4096))
+    flat = os.path.join(prep, "d00000")
+    want = tree_stats(flat)
+    lsn = LsPair(b, "c4-lsnet", delay=0, via_daemon=True)
+    out = {}
+    try:
+        for key, pair in (("bs", pairs["bs"]), ("ls", lsn)):
+            subprocess.run(["cp", "-r", flat, os.path.join(pair.a_dir, "ren-0")], check=True, timeout=300)
+            wait_tree(os.path.join(pair.b_dir, "ren-0"), want, cfg.wait_timeout, pair.procs,
+                      "%s: rename dir on B" % key)
+            time.sleep(2)
+            times, nbytes, ups = [], [], []
+            for run in range(cfg.runs):
+                old = os.path.join(pair.a_dir, "ren-%d" % run)
+                new = os.path.join(pair.a_dir, "ren-%d" % (run + 1))
+                bold = os.path.join(pair.b_dir, "ren-%d" % run)
+                bnew = os.path.join(pair.b_dir, "ren-%d" % (run + 1))
+                u0 = count_lines(pair.srv.bench_log, "uploaded ") if key == "bs" else 0
+                l0 = lo_bytes()
+                t0 = time.monotonic()
+                os.rename(old, new)
+                wait_until(lambda: not os.path.exists(bold) and os.path.isdir(bnew)
+                           and tree_stats(bnew) == want, cfg.wait_timeout,
+                           "%s: renamed dir on B" % key, procs=pair.procs)
+                dt = time.monotonic() - t0
+                nb = lo_bytes() - l0
+                times.append(dt)
+                nbytes.append(nb)
+                if key == "bs":
+                    ups.append(count_lines(pair.srv.bench_log, "uploaded ") - u0)
+                log("case 4 run %d: %s %.2f s, %s on lo" % (run + 1, key, dt, fmt_bytes(nb)))
+                time.sleep(2)
+            out[key] = (times, nbytes, ups)
+    finally:
+        lsn.stop()
+    shutil.rmtree(prep)
+    res.note("case 4: lsyncd targets an rsync daemon on 127.0.0.1 here (not a local directory) "
+             "so that its bytes cross the loopback interface like backupsync's; loopback bytes "
+             "count everything on lo while the rename propagates.")
+    bt, bb, bu = out["bs"]
+    lt, lb, _ = out["ls"]
+    res.add(C, "time, rename of a %d-file dir" % want[0], statistics.median(bt), "lsyncd delay=0",
+            statistics.median(lt), target=lambda v, r: r <= 1.0, target_text="ratio <= 1.0")
+    res.add(C, "bytes on loopback", statistics.median(bb), "lsyncd delay=0", statistics.median(lb),
+            fmt=fmt_bytes, target=lambda v, r: v <= 1 * MiB, target_text="<= 1 MiB (metadata only)")
+    res.add(C, "files re-uploaded (server log)", max(bu), fmt=lambda x: "%d" % x,
+            target=lambda v, r: v == 0, target_text="0")
+
+
+def wait_idle(pid, quiet=2.0, timeout=600, proc=None):
+    """Until the process used no CPU for `quiet` seconds."""
+    deadline = time.monotonic() + timeout
+    last = cpu_ticks(pid)
+    since = time.monotonic()
+    while True:
+        time.sleep(0.25)
+        if proc is not None and proc.poll() is not None:
+            raise BenchError("%s exited with status %s" % (proc.bench_name, proc.returncode))
+        t = cpu_ticks(pid)
+        now = time.monotonic()
+        if t != last:
+            last, since = t, now
+        elif now - since >= quiet:
+            return
+        if now > deadline:
+            raise BenchError("pid %d not idle after %.0f s" % (pid, timeout))
+
+
+def case5_memory(b, cfg, res):
+    C = "5 memory"
+    root = b.path("c5-tree")
+    log("case 5: creating %d files in %d dirs" % (cfg.c5_dirs * cfg.c5_per_dir, cfg.c5_dirs))
+    make_tree(root, cfg.c5_dirs, cfg.c5_per_dir, lambda: random.randint(0, 100))
+    srv = b.server("c5-server")
+    state = b.path("c5-state")
+    t0 = time.monotonic()
+    with open(b.path("c5-once.log"), "wb") as lf:
+        b.logs.append(b.path("c5-once.log"))
+        p = subprocess.run(b.agent_argv(srv, root, None, state, once=True), stdin=subprocess.DEVNULL,
+                           stdout=lf, stderr=subprocess.STDOUT, timeout=cfg.c5_timeout)
+    if p.returncode != 0:
+        raise BenchError("first upload (--once) exited %d" % p.returncode)
+    log("case 5: first upload of %d files took %.1f s" % (cfg.c5_dirs * cfg.c5_per_dir,
+                                                          time.monotonic() - t0))
+    with open(b.path("c5-once.log"), "rb") as f:
+        token = [l for l in f.read().decode().splitlines() if l.startswith("ID: ")][0][4:]
+    # the same state (manifest) the first upload left: a restarted agent
+    a = b.agent("c5-A", srv, root, token=token, state=state)
+    t1 = time.monotonic()
+    time.sleep(1)
+    wait_idle(a.pid, quiet=3.0, timeout=600, proc=a)
+    st = proc_status(a.pid)
+    log("case 5: agent idle after %.1f s" % (time.monotonic() - t1))
+    b.stop(a)
+    b.stop(srv)
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(b.path("c5-server-storage"), ignore_errors=True)
+    desc = "agent idle, %d files / %d dirs" % (cfg.c5_dirs * cfg.c5_per_dir, cfg.c5_dirs)
+    res.add(C, desc + ": VmRSS", st["VmRSS"], fmt=fmt_bytes,
+            target=lambda v, r: v <= 32 * MiB, target_text="<= 32 MiB")
+    res.add(C, desc + ": VmHWM", st["VmHWM"], fmt=fmt_bytes,
+            target=lambda v, r: v <= 32 * MiB, target_text="<= 32 MiB")
+
+    # server with 1,000 idle sessions
+    bsproto = load_bsproto()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = cfg.c5_sessions + 1000
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, soft), max(want, hard)))
+        except (ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    srv = b.server("c5-sessions-server", ["--max-connections", "2000"])
+    socks = []
+    try:
+        s = bsproto.connect(srv.port)
+        socks.append(s)
+        token = bsproto.hello(s, name="bench")["token"]
+        time.sleep(0.5)
+        base = proc_status(srv.pid)["VmRSS"]
+        for i in range(cfg.c5_sessions):
+            s = bsproto.connect(srv.port)
+            socks.append(s)
+            bsproto.hello(s, token=token, device=os.urandom(16), name="bench%d" % i)
+        time.sleep(1)
+        if srv.poll() is not None:
+            raise BenchError("server exited with %s" % srv.returncode)
+        st = proc_status(srv.pid)
+    finally:
+        for s in socks:
+            s.close()
+        b.stop(srv)
+    res.add(C, "server, %d idle sessions: VmRSS" % cfg.c5_sessions, st["VmRSS"], fmt=fmt_bytes,
+            target=lambda v, r: v <= 64 * MiB, target_text="<= 64 MiB")
+    res.note("case 5: the server's VmRSS was %s with one session, %s with %d (VmHWM %s)."
+             % (fmt_bytes(base), fmt_bytes(st["VmRSS"]), cfg.c5_sessions + 1, fmt_bytes(st["VmHWM"])))
+
+
+def case6_big_edit(b, cfg, res):
+    C = "6 edit in a big file"
+    size = cfg.c6_size
+    gen = b.path("c6-big.bin")
+    log("case 6: generating a %s file" % fmt_bytes(size))
+    write_random_file(gen, size)
+    off = size // 2 - MiB // 2
+    # backupsync pair, then the file copied into A
+    pair = BsPair(b, "c6-bs")
+    rsrc = b.path("c6-rsync-src")
+    rdst = b.path("c6-rsync-dst")
+    os.makedirs(rsrc)
+    rd = b.rsync_daemon({"big": rdst})
+    try:
+        shutil.copyfile(gen, os.path.join(rsrc, "big.bin"))
+        shutil.copyfile(gen, os.path.join(pair.a_dir, "big.bin.part"))
+        os.rename(os.path.join(pair.a_dir, "big.bin.part"), os.path.join(pair.a_dir, "big.bin"))
+        os.unlink(gen)
+        bfile = os.path.join(pair.b_dir, "big.bin")
+        wait_until(lambda: os.path.getsize(bfile) == size, cfg.c6_timeout,
+                   "backupsync: big file on B", interval=0.2, procs=pair.procs)
+        time.sleep(2)
+        r = subprocess.run(["rsync", "-a", rsrc + "/", "rsync://127.0.0.1:%d/big/" % rd.port],
+                           capture_output=True, timeout=cfg.c6_timeout)
+        if r.returncode != 0:
+            raise BenchError("rsync (initial) exited %d: %s" % (r.returncode, r.stderr.decode()[-300:]))
+        bt, bb, rt, rb = [], [], [], []
+        for run in range(cfg.runs):
+            patch = os.urandom(MiB)
+            # backupsync
+            l0 = lo_bytes()
+            t0 = time.monotonic()
+            with open(os.path.join(pair.a_dir, "big.bin"), "r+b") as f:
+                f.seek(off)
+                f.write(patch)
+
+            def has_patch():
+                with open(bfile, "rb") as f:
+                    f.seek(off)
+                    return f.read(MiB) == patch
+            wait_until(has_patch, cfg.c6_timeout, "backupsync: edit on B", interval=0.02,
+                       procs=pair.procs)
+            bt.append(time.monotonic() - t0)
+            bb.append(lo_bytes() - l0)
+            log("case 6 run %d: backupsync %.2f s, %s on lo" % (run + 1, bt[-1], fmt_bytes(bb[-1])))
+            time.sleep(2)
+            # rsync
+            with open(os.path.join(rsrc, "big.bin"), "r+b") as f:
+                f.seek(off)
+                f.write(patch)
+            l0 = lo_bytes()
+            t0 = time.monotonic()
+            r = subprocess.run(["rsync", "-a", rsrc + "/", "rsync://127.0.0.1:%d/big/" % rd.port],
+                               capture_output=True, timeout=cfg.c6_timeout)
+            dt = time.monotonic() - t0
+            if r.returncode != 0:
+                raise BenchError("rsync exited %d: %s" % (r.returncode, r.stderr.decode()[-300:]))
+            with open(os.path.join(rdst, "big.bin"), "rb") as f:
+                f.seek(off)
+                if f.read(MiB) != patch:
+                    raise BenchError("rsync: edit not at the destination")
+            rt.append(dt)
+            rb.append(lo_bytes() - l0)
+            log("case 6 run %d: rsync %.2f s, %s on lo" % (run + 1, rt[-1], fmt_bytes(rb[-1])))
+    finally:
+        pair.stop()
+        b.stop(rd)
+    for d in (rsrc, rdst, pair.a_dir, pair.b_dir, b.path("c6-bs-server-storage")):
+        shutil.rmtree(d, ignore_errors=True)
+    res.add(C, "time, 1 MiB overwritten in a %s file" % fmt_bytes(size), statistics.median(bt),
+            "rsync (daemon)", statistics.median(rt), target=lambda v, r: r <= 1.0,
+            target_text="ratio <= 1.0")
+    res.add(C, "bytes on loopback", statistics.median(bb), "rsync (daemon)", statistics.median(rb),
+            fmt=fmt_bytes, target=lambda v, r: r <= 1.0, target_text="ratio <= 1.0")
+    res.note("case 6: backupsync sends the whole file A -> server and again server -> B (so about "
+             "twice its size on loopback); rsync sends only the delta to its daemon.")
+
+
+# ---------------------------------------------------------------- main
+
+class Cfg:
+    pass
+
+
+def config(args):
+    c = Cfg()
+    c.runs = args.runs
+    q = args.quick
+    c.c1_dirs, c.c1_per_dir = (10, 100) if q else (100, 100)
+    c.c1_big = 8 * MiB if q else 64 * MiB
+    c.c1_timeout = 600
+    c.trials = args.trials or (20 if q else 100)
+    c.trials_default = args.trials_default or (2 if q else 5)
+    c.c3_dirs, c.c3_per_dir = (10, 100) if q else (100, 100)
+    c.c4_files = 1000 if q else 10000
+    c.c5_dirs, c.c5_per_dir = (1000, 10) if q else (10000, 10)
+    c.c5_sessions = 100 if q else 1000
+    c.c5_timeout = 1800
+    c.c6_size = 64 * MiB if q else GiB
+    c.c6_timeout = 600
+    c.wait_timeout = 300
+    return c
+
+
+def main():
+    ap = argparse.ArgumentParser(description="backupsync benchmark suite")
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per case (default 3)")
+    ap.add_argument("--quick", action="store_true", help="small data, to smoke-test the suite")
+    ap.add_argument("--cases", default="1,2,3,4,5,6", help="comma-separated case numbers")
+    ap.add_argument("--trials", type=int, default=0, help="case 2 trials (default 100, quick 20)")
+    ap.add_argument("--trials-default", type=int, default=0,
+                    help="case 2 trials for lsyncd with its 15 s default delay (default 5)")
+    ap.add_argument("--shared-net", action="store_true",
+                    help="do not run in a private network namespace (loopback byte counts then "
+                         "include other programs' traffic)")
+    ap.add_argument("--output", default=RESULTS, help="markdown results file (default %(default)s)")
+    args = ap.parse_args()
+    # A private network namespace with its own lo: the loopback byte counts
+    # (cases 4 and 6) then see only this benchmark's traffic, not that of
+    # tests others run on the machine at the same time.
+    private_net = os.environ.get("BENCH_NETNS") == "1"
+    if not args.shared_net and not private_net and os.geteuid() == 0 and shutil.which("unshare"):
+        env = dict(os.environ, BENCH_NETNS="1")
+        sys.stdout.flush()
+        os.execvpe("unshare", ["unshare", "--net", "--", sys.executable, os.path.abspath(__file__)]
+                   + sys.argv[1:], env)
+    if private_net:
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=30)
+    cases = {int(x) for x in args.cases.split(",") if x.strip()}
+    cfg = config(args)
+    for binary in (SERVER_BIN, AGENT_BIN):
+        if not os.access(binary, os.X_OK):
+            sys.exit("bench: %s is not built (run tools/bench)" % binary)
+    for tool in ("rsync", "lsyncd"):
+        if shutil.which(tool) is None:
+            sys.exit("bench: %s is not installed (run tools/bench)" % tool)
+
+    started = time.monotonic()
+    date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    res = Results()
+    if private_net:
+        res.note("run in a private network namespace (unshare --net): loopback bytes are this "
+                 "benchmark's only (they include TCP/IP headers).")
+    else:
+        res.note("run in the host's network namespace: loopback bytes may include other traffic.")
+    if args.quick:
+        res.note("--quick: reduced data sizes; not comparable with a full run.")
+    root = tempfile.mkdtemp(prefix="bs-bench-", dir="/var/tmp")
+    b = Bench(root)
+    failed = False
+    log("bench: working in %s" % root)
+
+    def run_case(n, fn, *a):
+        nonlocal failed
+        if n not in cases:
+            return
+        try:
+            fn(b, cfg, res, *a)
+        except (BenchError, subprocess.SubprocessError, OSError) as e:
+            failed = True
+            log("case %d FAILED: %s" % (n, e))
+            b.tail()
+            res.fail(str(n), str(e))
+
+    try:
+        run_case(1, case1_first_backup)
+        pairs = {}
+        if cases & {2, 3, 4}:
+            try:
+                pairs["bs"] = BsPair(b, "bs")
+                pairs["ls0"] = LsPair(b, "ls0", delay=0)
+            except BenchError as e:
+                failed = True
+                log("setting up agents / lsyncd FAILED: %s" % e)
+                b.tail()
+                res.fail("2-4", str(e))
+                cases -= {2, 3, 4}
+        run_case(2, case2_latency, pairs)
+        run_case(3, case3_burst, pairs)
+        run_case(4, case4_rename, pairs)
+        for p in pairs.values():
+            p.stop()
+        run_case(5, case5_memory)
+        run_case(6, case6_big_edit)
+    except KeyboardInterrupt:
+        failed = True
+        res.note("interrupted")
+    finally:
+        b.stop_all()
+        if os.environ.get("BENCH_KEEP"):
+            log("kept %s" % root)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+    elapsed = time.monotonic() - started
+    cmd = "tools/bench" + ("" if len(sys.argv) == 1 else " " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    machine = "Linux %s, %d cores (nproc), %s" % (platform.release(), os.cpu_count(),
+                                                 platform.machine())
+    print()
+    print(res.text())
+    print()
+    for n in res.notes:
+        print("note: " + n)
+    print("command: %s; date %s; %s; runs %d; took %.0f s" % (cmd, date, machine, cfg.runs, elapsed))
+    md = ["# backupsync benchmark results", "",
+          "- command: `%s`" % cmd,
+          "- date: %s" % date,
+          "- machine: %s (`uname -r` %s, nproc %d)" % (machine, platform.release(), os.cpu_count()),
+          "- runs per case: %d (values are medians); run time %.0f s" % (cfg.runs, elapsed),
+          "", res.markdown(), ""]
+    md += ["- " + n for n in res.notes]
+    md.append("")
+    with open(args.output, "w") as f:
+        f.write("\n".join(md))
+    print("wrote %s" % args.output)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -86,18 +86,10 @@ int conn_send(Conn *c, const BsMsg *m) {
 }
 
 int conn_flush(Conn *c) {
-        while (bs_buf_len(&c->out) > 0) {
-                ssize_t n = send(c->fd, bs_buf_head(&c->out), bs_buf_len(&c->out), MSG_NOSIGNAL);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        if (errno == EAGAIN)
-                                return 0;
-                        return -errno;
-                }
-                c->bytes_out += (uint64_t) n;
-                bs_buf_consume(&c->out, (size_t) n);
-        }
+        ssize_t n = bs_buf_send(&c->out, c->fd);
+        if (n < 0)
+                return (int) n;
+        c->bytes_out += (uint64_t) n;
         return 0;
 }
 

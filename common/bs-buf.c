@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "bs-buf.h"
 
@@ -51,6 +52,24 @@ void bs_buf_consume(BsBuf *b, size_t n) {
                 return;
         }
         b->start += n;
+}
+
+ssize_t bs_buf_send(BsBuf *b, int fd) {
+        size_t sent = 0;
+        while (bs_buf_len(b) > 0) {
+                /* MSG_NOSIGNAL: a closed peer is an EPIPE to handle, not a signal. */
+                ssize_t n = send(fd, bs_buf_head(b), bs_buf_len(b), MSG_NOSIGNAL);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        if (errno == EAGAIN)
+                                break;
+                        return -errno;
+                }
+                sent += (size_t) n;
+                bs_buf_consume(b, (size_t) n);
+        }
+        return (ssize_t) sent;
 }
 
 int bs_buf_put_u8(BsBuf *b, uint8_t v) {

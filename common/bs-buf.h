@@ -4,6 +4,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* A FIFO byte buffer: data is appended at the end and consumed at the front. */
 typedef struct BsBuf {
@@ -21,6 +22,11 @@ static inline uint8_t *bs_buf_head(const BsBuf *b) { return b->data + b->start; 
 int bs_buf_reserve(BsBuf *b, size_t n);
 int bs_buf_append(BsBuf *b, const void *p, size_t n);
 void bs_buf_consume(BsBuf *b, size_t n);
+/**
+ * Send what is buffered to a non-blocking socket until it would block.
+ * Returns the bytes sent (0 when none could be), or -errno.
+ */
+ssize_t bs_buf_send(BsBuf *b, int fd);
 /** Append with bs_buf_put_*: these set b->oom instead of failing each call. */
 int bs_buf_put_u8(BsBuf *b, uint8_t v);
 int bs_buf_put_u16(BsBuf *b, uint16_t v);

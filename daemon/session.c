@@ -510,19 +510,10 @@ static int session_read(Session *s) {
 }
 
 static int session_flush(Session *s) {
-        while (bs_buf_len(&s->out) > 0) {
-                ssize_t n = write(s->fd, bs_buf_head(&s->out), bs_buf_len(&s->out));
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        if (errno == EAGAIN)
-                                return 0;
-                        return -errno;
-                }
-                bs_buf_consume(&s->out, (size_t) n);
+        ssize_t n = bs_buf_send(&s->out, s->fd);
+        if (n > 0)
                 s->last_io_usec = now_usec(s);
-        }
-        return 0;
+        return n < 0 ? (int) n : 0;
 }
 
 /* Decide what to wait for; true when the session is finished and must be freed. */

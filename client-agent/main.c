@@ -75,7 +75,7 @@ static char *default_state_dir(const char *dir) {
         return NULL;
 }
 
-/* Under systemd the unit's StateDirectory=backupsync/%i, else the XDG place. */
+/* A unit's StateDirectory= if it has one, else the XDG place. */
 static char *instance_state_dir(const char *name) {
         const char *sd = getenv("STATE_DIRECTORY");
         const char *base = getenv("XDG_STATE_HOME");

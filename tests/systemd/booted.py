@@ -347,6 +347,10 @@ class Scenario:
             return None
         self.token = wait_for("alice's token in journalctl --user -u backupsync-agent@docs", token)
         say("alice's token: %s" % self.token)
+        p = c.user("alice", "test -s .local/state/backupsync/docs/state.db && echo present", check=False)
+        if "present" not in p.stdout:
+            raise StepFailed("alice's agent state is not in ~/.local/state/backupsync/docs")
+        say("state in ~/.local/state/backupsync/docs")
 
     def bob_joins(self):
         c = self.c

@@ -50,34 +50,24 @@ static int seen_add(Account *a, const char *path) {
         return account_step_done(st);
 }
 
-/* Record what is on disk at path as the account's new state of path. */
-static int adopt(Verify *v, const char *path, const AccountEntry *disk, bool existed) {
+/*
+ * Record one difference as a change of the server's own: the entry found
+ * on disk (op PUT, MKDIR or SYMLINK), or a deletion (op DELETE). With
+ * replace, whatever the metadata had at path and below goes first.
+ */
+static int record_found(Verify *v, BsOp op, const char *path, const AccountEntry *found, bool replace) {
         Account *a = v->a;
         int r = account_change_begin(a);
         if (r < 0)
                 return r;
         uint64_t seq = a->seq + 1;
-        AccountEntry e = *disk;
+        AccountEntry e = *found;
         e.version = seq;
-        BsOp op = e.kind == BS_KIND_DIR ? BS_OP_MKDIR : e.kind == BS_KIND_SYMLINK ? BS_OP_SYMLINK : BS_OP_PUT;
-        if (existed)
+        if (replace)
                 r = account_entries_remove(a, path);
-        r = r ?: account_entry_set(a, path, &e);
-        r = r ?: account_log_add(a, seq, server_device, op, &e, path, e.kind == BS_KIND_SYMLINK ? e.target : NULL);
-        r = r ?: account_set_seq(a, seq);
-        return account_change_end(a, r);
-}
-
-static int forget(Verify *v, const char *path, const AccountEntry *old) {
-        Account *a = v->a;
-        int r = account_change_begin(a);
-        if (r < 0)
-                return r;
-        uint64_t seq = a->seq + 1;
-        AccountEntry e = *old;
-        e.version = seq;
-        r = account_entries_remove(a, path);
-        r = r ?: account_log_add(a, seq, server_device, BS_OP_DELETE, &e, path, NULL);
+        if (op != BS_OP_DELETE)
+                r = r ?: account_entry_set(a, path, &e);
+        r = r ?: account_log_add(a, seq, server_device, op, &e, path, op == BS_OP_SYMLINK ? e.target : NULL);
         r = r ?: account_set_seq(a, seq);
         return account_change_end(a, r);
 }
@@ -147,7 +137,8 @@ static int check_one(Verify *v, int dfd, const char *name, const char *path, con
         }
         snprintf(buf, sizeof(buf), "%s%s", what, v->repair ? "; recorded as found" : "");
         note(v, path, buf);
-        return v->repair ? adopt(v, path, &disk, known) : 0;
+        BsOp op = disk.kind == BS_KIND_DIR ? BS_OP_MKDIR : disk.kind == BS_KIND_SYMLINK ? BS_OP_SYMLINK : BS_OP_PUT;
+        return v->repair ? record_found(v, op, path, &disk, known) : 0;
 }
 
 static int walk(Verify *v, int dfd, const char *dir, int depth) {
@@ -224,7 +215,7 @@ static int check_missing(Verify *v) {
                 note(v, paths[i], v->repair ? "in the metadata but not in the tree; recorded as deleted"
                                             : "in the metadata but not in the tree");
                 if (v->repair && account_entry_get(v->a, paths[i], &e) == 0)
-                        r = forget(v, paths[i], &e);
+                        r = record_found(v, BS_OP_DELETE, paths[i], &e, true);
         }
         free(paths);
         return r;

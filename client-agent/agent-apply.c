@@ -13,19 +13,28 @@
 #include "bs-macro.h"
 #include "bs-path.h"
 
-static void manifest_from_disk(Agent *a, const char *path, const Rec *x, const char *target) {
-        LocalEntry *l = malloc(sizeof(*l));
+/* Record that path holds version x, as l describes it. l must describe
+ * what this agent wrote (or hashed), not a stat taken afterwards: the user
+ * may already have written over it, and that edit must stay a change. */
+static void record(Agent *a, const char *path, const Rec *x, const LocalEntry *l, const char *target) {
         ManifestEntry *e = malloc(sizeof(*e));
-        if (l && e && local_stat(a, path, l) == 0 && l->exists) {
-                local_to_manifest(l, e);
-                memcpy(e->sha, x->sha, BS_SHA_LEN);
-                e->version = x->seq;
-                if (target)
-                        snprintf(e->target, sizeof(e->target), "%s", target);
-                manifest_put(a->state, path, e);
-        }
-        free(l);
+        if (!e)
+                return;
+        local_to_manifest(l, e);
+        memcpy(e->sha, x->sha, BS_SHA_LEN);
+        e->version = x->seq;
+        if (target)
+                snprintf(e->target, sizeof(e->target), "%s", target);
+        manifest_put(a->state, path, e);
         free(e);
+}
+
+/* Directories carry no content, so their stat now is as good as any. */
+static void record_dir(Agent *a, const char *path, const Rec *x) {
+        LocalEntry *l = malloc(sizeof(*l));
+        if (l && local_stat(a, path, l) == 0 && l->exists)
+                record(a, path, x, l, NULL);
+        free(l);
 }
 
 /* Set a local entry aside when it holds something the server has not seen. */
@@ -61,10 +70,12 @@ static int place(Agent *a, const char *tmp, const char *path) {
 static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool have) {
         if (l->exists && !(have && local_matches(l, m))) {
                 uint8_t sha[BS_SHA_LEN];
-                if (l->kind == BS_KIND_FILE && local_hash(a, x->path, sha) == 0 && memcmp(sha, x->sha, BS_SHA_LEN) == 0) {
-                        manifest_from_disk(a, x->path, x, NULL); /* already the same content */
+                if (l->kind == BS_KIND_FILE && local_hash(a, x->path, sha, l) == 0 && memcmp(sha, x->sha, BS_SHA_LEN) == 0) {
+                        record(a, x->path, x, l, NULL); /* already the same content */
                         return 0;
                 }
+                if (local_stat(a, x->path, l) < 0)
+                        return 0;
         }
         if (!x->ready) {
                 if (x->want)
@@ -80,13 +91,15 @@ static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool hav
                 return 0;
         if (l->exists && have && local_matches(l, m) && l->kind == BS_KIND_DIR)
                 apply_delete_tree(a, x->path);
-        int r = place(a, x->tmp, x->path);
+        /* The rename keeps inode, size, mode and mtime: stat before it. */
+        int r = local_stat(a, x->tmp, l);
+        r = r < 0 ? r : place(a, x->tmp, x->path);
         if (r < 0) {
                 log_error("cannot write %s: %s", x->path, strerror(-r));
                 return 0;
         }
         x->tmp[0] = 0;
-        manifest_from_disk(a, x->path, x, NULL);
+        record(a, x->path, x, l, NULL);
         a->n_downloaded++;
         log_event(LOG_INFO, BS_MID_DOWNLOADED, a->account, x->path, "downloaded %s (%llu bytes)", x->path,
                   (unsigned long long) x->size);
@@ -107,14 +120,14 @@ static int apply_mkdir(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool h
                         return 0;
                 }
         }
-        manifest_from_disk(a, x->path, x, NULL);
+        record_dir(a, x->path, x);
         return 0;
 }
 
 static int apply_symlink(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool have) {
         char tmp[64];
         if (l->exists && l->kind == BS_KIND_SYMLINK && strcmp(l->target, x->path2) == 0) {
-                manifest_from_disk(a, x->path, x, x->path2);
+                record(a, x->path, x, l, x->path2);
                 return 0;
         }
         if (keep_local(a, x->path, l, m, have) < 0)
@@ -128,13 +141,14 @@ static int apply_symlink(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool
                         return 0;
                 }
         }
-        int r = place(a, tmp, x->path);
+        int r = local_stat(a, tmp, l);
+        r = r < 0 ? r : place(a, tmp, x->path);
         if (r < 0) {
                 unlinkat(a->rootfd, tmp, 0);
                 log_error("cannot create link %s: %s", x->path, strerror(-r));
                 return 0;
         }
-        manifest_from_disk(a, x->path, x, x->path2);
+        record(a, x->path, x, l, x->path2);
         return 0;
 }
 

@@ -58,11 +58,26 @@ bool local_matches(const LocalEntry *l, const ManifestEntry *m) {
         return false;
 }
 
-int local_hash(Agent *a, const char *path, uint8_t sha[BS_SHA_LEN]) {
+int local_hash(Agent *a, const char *path, uint8_t sha[BS_SHA_LEN], LocalEntry *l) {
+        struct stat st0;
         _cleanup_(closep) int fd = bs_open_beneath(a->rootfd, path, O_RDONLY | O_NOCTTY, 0);
         if (fd < 0)
                 return fd;
-        return bs_sha_fd(fd, sha);
+        if (fstat(fd, &st0) < 0)
+                return -errno;
+        int r = bs_sha_fd(fd, sha);
+        if (r < 0)
+                return r;
+        if (fstat(fd, &l->st) < 0)
+                return -errno;
+        /* Written to while we read: the hash names no version of it. */
+        if (l->st.st_size != st0.st_size || bs_stat_mtime_ns(&l->st) != bs_stat_mtime_ns(&st0) ||
+            l->st.st_ctim.tv_sec != st0.st_ctim.tv_sec || l->st.st_ctim.tv_nsec != st0.st_ctim.tv_nsec)
+                return -EAGAIN;
+        l->exists = true;
+        l->kind = S_ISREG(l->st.st_mode) ? BS_KIND_FILE : BS_KIND_NONE;
+        l->target[0] = 0;
+        return 0;
 }
 
 void local_to_manifest(const LocalEntry *l, ManifestEntry *m) {

@@ -156,8 +156,11 @@ typedef struct LocalEntry {
 int local_stat(Agent *a, const char *path, LocalEntry *l);
 /** True when the disk entry is what the manifest last recorded. */
 bool local_matches(const LocalEntry *l, const ManifestEntry *m);
-/** SHA-256 of a file in the tree. */
-int local_hash(Agent *a, const char *path, uint8_t sha[BS_SHA_LEN]);
+/**
+ * SHA-256 of a file in the tree, and in l the stat of the very content
+ * hashed; -EAGAIN when the file changed while it was read.
+ */
+int local_hash(Agent *a, const char *path, uint8_t sha[BS_SHA_LEN], LocalEntry *l);
 /** Move a local entry aside as a conflict copy; out gets the new path. */
 int local_conflict_copy(Agent *a, const char *path, char *out, size_t outsz);
 /** Fill a manifest entry from what is on disk. */

@@ -2,6 +2,7 @@
 
 import os
 import stat
+import time
 
 from harness import (Env, assert_trees_equal, check, conflict_copies, fail,
                      read_bytes, snapshot, wait_absent, wait_content,
@@ -269,3 +270,58 @@ def test_sequential_edits():
             check(conflict_copies(root) == [], "conflict copies in %s: %s" % (root, conflict_copies(root)))
         check(not any("conflict" in l for l in a.log_lines() + b.log_lines()),
               "an agent logged a conflict")
+
+
+class _Inotify:
+    """Just enough inotify (ctypes) to act the instant an agent renames a file into place."""
+    IN_MOVED_TO = 0x80
+
+    def __init__(self, directory, mask):
+        import ctypes
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._libc.inotify_init1(os.O_CLOEXEC)
+        check(self.fd >= 0, "inotify_init1 failed")
+        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(directory), mask)
+        check(wd >= 0, "inotify_add_watch failed")
+
+    def wait_name(self, name, timeout):
+        import select
+        import struct
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                fail("no inotify event for %r within %.0f s" % (name, timeout))
+            buf = os.read(self.fd, 65536)
+            off = 0
+            while off < len(buf):
+                _, _, _, n = struct.unpack_from("iIII", buf, off)
+                ev = buf[off + 16:off + 16 + n].rstrip(b"\0")
+                off += 16 + n
+                if ev == os.fsencode(name):
+                    return
+
+    def close(self):
+        os.close(self.fd)
+
+
+def test_edit_right_after_download():
+    """An edit made the instant a download lands is a new local change, not
+    part of the download: it must reach the other computer."""
+    with Env("edit_right_after_download") as env:
+        srv, a, b = _two(env, "edit", {"f.txt": "v0\n"})
+        fa, fb = os.path.join(a.dir, "f.txt"), os.path.join(b.dir, "f.txt")
+        fs = os.path.join(srv.tree(a.token), "f.txt")
+        ino = _Inotify(b.dir, _Inotify.IN_MOVED_TO)
+        try:
+            for rnd in range(25):
+                write_file(fa, "A %d\n" % rnd)
+                ino.wait_name("f.txt", 30)
+                # Same inode, new size and mtime: what an editor saving in place does.
+                write_file(fb, "B %d, written as soon as A's version landed\n" % rnd)
+                want = "B %d, written as soon as A's version landed\n" % rnd
+                wait_content(fs, want, msg="round %d: B's edit on the server" % rnd)
+                wait_content(fa, want, msg="round %d: B's edit on A" % rnd)
+        finally:
+            ino.close()
+        assert_trees_equal(a.dir, b.dir)

@@ -63,11 +63,15 @@ static int receive_changes(Agent *a, Pull *p, uint64_t since) {
         bs_msg_init(m, BS_MSG_PULL, ++a->next_req);
         m->seq = since;
         uint32_t req = m->req;
+        log_debug("asking for changes since %llu (request %u)", (unsigned long long) since, req);
         r = conn_send(a->conn, m);
         if (r < 0)
                 goto out;
         for (;;) {
                 r = conn_recv(a->conn, m, PULL_TIMEOUT_MS);
+                if (r == -ETIMEDOUT)
+                        log_warning("no list of changes from the server after %d s (request %u, %zu records so far)",
+                                    PULL_TIMEOUT_MS / 1000, req, p->n);
                 if (r < 0)
                         goto out;
                 if (m->type == BS_MSG_ERROR) {
@@ -262,6 +266,9 @@ static int pump(Agent *a, Pull *p) {
                 return -ENOMEM;
         agent_progress(a, "downloading", p->fifo_head, p->n, a->bytes_downloaded);
         r = agent_io(a, PULL_TIMEOUT_MS);
+        if (r == -ETIMEDOUT)
+                log_warning("no data from the server for %d s while downloading (%zu of %zu answers, %s)",
+                            PULL_TIMEOUT_MS / 1000, p->fifo_head, p->fifo_tail, p->cur ? p->cur->path : "between files");
         while (r >= 0 && (r = conn_next(a->conn, m)) > 0)
                 r = handle_frame(a, p, m);
         free(m);

@@ -245,6 +245,7 @@ static int push_plan(Agent *a, Plan *p) {
         if (!m)
                 return -ENOMEM;
 
+        log_debug("sending %zu changes", p->n);
         agent_state_begin(a->state);
         while (head < p->n) {
                 while (bs_buf_len(&a->conn->out) < PUSH_OUT_HIGH) {
@@ -277,6 +278,11 @@ static int push_plan(Agent *a, Plan *p) {
                 r = wait ? agent_io(a, ANSWER_TIMEOUT_MS) : conn_io(a->conn, 0);
                 if (r == -ETIMEDOUT && !wait)
                         r = 0;
+                if (r == -ETIMEDOUT)
+                        log_warning("no answer from the server for %d s: %zu of %zu changes answered, %zu sent, "
+                                    "%zu bytes not yet sent%s%s", ANSWER_TIMEOUT_MS / 1000, head, p->n, next,
+                                    bs_buf_len(&a->conn->out), up.fd >= 0 ? ", uploading " : "",
+                                    up.fd >= 0 ? up.op->path : "");
                 if (r < 0)
                         goto out;
                 while ((r = conn_next(a->conn, m)) > 0) {

@@ -151,6 +151,9 @@ int agent_round(Agent *a) {
         int r = agent_connect(a);
         if (r < 0)
                 return r;
+        log_debug("round: at sequence %llu (server said %llu), %zu paths and %zu moves queued%s",
+                  (unsigned long long) a->last_seq, (unsigned long long) a->conn->notify_seq, a->n_dirty,
+                  a->n_moves, a->rescan_all ? ", full rescan" : "");
         for (int i = 0; i < 8; i++) {
                 a->again = false;
                 /* Pull first: what others did is applied (or kept as a

@@ -5,6 +5,12 @@
  * versions/<seq>, then record entries, the log record and the new
  * sequence inside a savepoint of the group-commit transaction.
  *
+ * Nothing here syncs: account_commit() does, once per transaction. An
+ * upload is not even renamed into the tree at once: it waits in tmp/
+ * (account->pending) so that one syncfs makes the whole batch durable
+ * before any of it gets a name in the tree. Other changes place the
+ * waiting uploads first, so the tree is always what the log says.
+ *
  * Modes on disk always grant the server read and write (and search for
  * directories), so a client's read-only directory cannot lock the server
  * out of its own tree; the client's mode is kept in the entry.
@@ -137,7 +143,8 @@ static int keep_version(Account *a, int parent_fd, const char *name, const char 
                 if (r < 0)
                         return r;
         }
-        return bs_fsync_dir(a->versions_fd);
+        a->tree_changed = true;
+        return 0;
 }
 
 /* Record an applied change: entry (unless removed), log record, sequence. */
@@ -173,6 +180,25 @@ int account_put_check(Account *a, const char *path, uint64_t base, uint64_t size
         if (e.kind == BS_KIND_FILE && e.size == size)
                 return 1;
         return -ESTALE;
+}
+
+static bool pending_has(const Account *a, const char *path) {
+        for (size_t i = 0; i < a->n_pending; i++)
+                if (strcmp(a->pending[i].path, path) == 0)
+                        return true;
+        return false;
+}
+
+static int reserve_pending(Account *a) {
+        if (a->n_pending < a->cap_pending)
+                return 0;
+        size_t cap = a->cap_pending ? a->cap_pending * 2 : 64;
+        AccountPending *p = reallocarray(a->pending, cap, sizeof(*p));
+        if (!p)
+                return -ENOMEM;
+        a->pending = p;
+        a->cap_pending = cap;
+        return 0;
 }
 
 int account_upload_begin(Account *a, AccountUpload *u) {
@@ -212,6 +238,7 @@ int account_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN
                 const char *path, uint64_t base, uint64_t size, uint32_t mode,
                 int64_t mtime_ns, const uint8_t sha[BS_SHA_LEN], uint64_t *ret_version) {
         _cleanup_(closep) int pfd = -1;
+        _cleanup_(freep) char *dup = NULL;
         uint8_t got[BS_SHA_LEN];
         const char *name;
         AccountEntry e;
@@ -262,25 +289,44 @@ int account_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN
         memcpy(n.sha, sha, BS_SHA_LEN);
         memcpy(n.device, device, BS_DEVICE_LEN);
 
-        if (fchmod(u->fd, FILE_DISK_MODE(mode)) < 0 || fsync(u->fd) < 0) {
+        if (fchmod(u->fd, FILE_DISK_MODE(mode)) < 0) {
                 r = -errno;
                 goto out;
         }
         r = bs_set_mtime_fd(u->fd, mtime_ns);
         if (r < 0)
                 goto out;
+        /* The batch must not hold two files for one path, and stays bounded. */
+        if (pending_has(a, path) || a->n_pending >= ACCOUNT_PENDING_MAX) {
+                r = account_flush_pending(a);
+                if (r < 0)
+                        goto out;
+        }
+        r = reserve_pending(a);
+        if (r < 0)
+                goto out;
+        dup = strdup(path);
+        if (!dup) {
+                r = -ENOMEM;
+                goto out;
+        }
         r = account_change_begin(a);
         if (r < 0)
                 goto out;
         if (e.kind == BS_KIND_FILE)
                 r = keep_version(a, pfd, name, path, &e, seq, true);
-        if (r >= 0 && renameat(a->tmp_fd, u->name, pfd, name) < 0)
-                r = -errno;
-        r = r ?: bs_fsync_dir(pfd);
         r = r ?: record(a, seq, device, BS_OP_PUT, path, NULL, &n);
         r = account_change_end(a, r);
-        if (r >= 0)
+        if (r >= 0) {
+                /* Renamed into the tree by account_flush_pending(), after one sync. */
+                AccountPending *p = &a->pending[a->n_pending];
+                p->path = TAKE_PTR(dup);
+                memcpy(p->tmp, u->name, sizeof(p->tmp));
+                a->n_pending++;
+                close(u->fd);
+                u->fd = -1;
                 *ret_version = seq;
+        }
 out:
         account_upload_discard(a, u);
         return r;
@@ -314,7 +360,9 @@ int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *p
         AccountEntry n = { .kind = BS_KIND_DIR, .mode = mode & 07777, .mtime_ns = mtime_ns, .version = seq };
         memcpy(n.device, device, BS_DEVICE_LEN);
 
-        r = account_change_begin(a);
+        /* A new name beside the waiting uploads, unless it is one of them. */
+        r = pending_has(a, path) ? account_flush_pending(a) : 0;
+        r = r ?: account_change_begin(a);
         if (r < 0)
                 return r;
         /* A directory left by a change that was not committed is reused. */
@@ -324,7 +372,7 @@ int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *p
         if (r >= 0 && fchmodat(pfd, name, DIR_DISK_MODE(mode), 0) < 0)
                 r = -errno;
         r = r ?: bs_set_mtime_at(pfd, name, mtime_ns);
-        r = r ?: bs_fsync_dir(pfd);
+        a->tree_changed = true;
         r = r ?: record(a, seq, device, BS_OP_MKDIR, path, NULL, &n);
         r = account_change_end(a, r);
         if (r >= 0)
@@ -365,7 +413,9 @@ int account_symlink(Account *a, const uint8_t device[BS_DEVICE_LEN], const char 
         memcpy(n.target, target, tlen + 1);
         memcpy(n.device, device, BS_DEVICE_LEN);
 
-        r = account_change_begin(a);
+        /* A new name beside the waiting uploads, unless it is one of them. */
+        r = pending_has(a, path) ? account_flush_pending(a) : 0;
+        r = r ?: account_change_begin(a);
         if (r < 0)
                 return r;
         /* Made in tmp/ and renamed over: the path never lacks an entry mid-way. */
@@ -377,7 +427,7 @@ int account_symlink(Account *a, const uint8_t device[BS_DEVICE_LEN], const char 
                 r = -errno;
         if (r < 0)
                 (void) unlinkat(a->tmp_fd, tmp, 0);
-        r = r ?: bs_fsync_dir(pfd);
+        a->tree_changed = true;
         r = r ?: record(a, seq, device, BS_OP_SYMLINK, path, target, &n);
         r = account_change_end(a, r);
         if (r >= 0)
@@ -412,11 +462,12 @@ int account_delete(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *
         AccountEntry n = e;
         memcpy(n.device, device, BS_DEVICE_LEN);
 
-        r = account_change_begin(a);
+        /* The tree must hold every upload before it changes otherwise. */
+        r = account_flush_pending(a);
+        r = r ?: account_change_begin(a);
         if (r < 0)
                 return r;
         r = keep_version(a, pfd, name, path, &e, seq, false);
-        r = r ?: bs_fsync_dir(pfd);
         r = r ?: account_entries_remove(a, path);
         r = r ?: record(a, seq, device, BS_OP_DELETE, path, NULL, &n);
         r = account_change_end(a, r);
@@ -537,7 +588,9 @@ int account_move(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *fr
         n.version = seq;
         memcpy(n.device, device, BS_DEVICE_LEN);
 
-        r = account_change_begin(a);
+        /* The tree must hold every upload before it changes otherwise. */
+        r = account_flush_pending(a);
+        r = r ?: account_change_begin(a);
         if (r < 0)
                 return r;
         if (t.kind != BS_KIND_NONE) {
@@ -546,8 +599,7 @@ int account_move(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *fr
         }
         if (r >= 0 && renameat(from_pfd, from_name, to_pfd, to_name) < 0)
                 r = -errno;
-        r = r ?: bs_fsync_dir(to_pfd);
-        r = r ?: bs_fsync_dir(from_pfd);
+        a->tree_changed = true;
         r = r ?: rebase_below(a, from, to);
         r = r ?: account_entries_remove(a, from);
         r = r ?: account_entry_set(a, to, &n);

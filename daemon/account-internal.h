@@ -25,6 +25,15 @@ enum {
         _STMT_MAX,
 };
 
+/* An upload checked and recorded, whose file waits in tmp/ for the group sync. */
+typedef struct AccountPending {
+        char tmp[64];
+        char *path;
+} AccountPending;
+
+/* Renames into the tree wait for one sync of tmp/ per batch. */
+#define ACCOUNT_PENDING_MAX 1024
+
 struct Account {
         char id[BS_ID_LEN + 1];
         char *db_path;
@@ -38,6 +47,10 @@ struct Account {
         uint64_t committed_seq;
         uint64_t change_seq; /* seq when the current change began */
         bool in_txn;
+        bool tree_changed; /* tree/ or versions/ changed since the last sync */
+        int txn_error; /* a batch that could not be placed: the commit fails */
+        AccountPending *pending;
+        size_t n_pending, cap_pending;
         bool unclean; /* not closed by account_free() last time */
         char key_hash[65];
 };
@@ -64,6 +77,15 @@ int account_bind_path(sqlite3_stmt *st, int idx, const char *p);
 /** Copy a BLOB path column into out (BS_PATH_MAX + 1 bytes). */
 int account_column_path(sqlite3_stmt *st, int col, char *out, size_t *len);
 void account_range(AccountRange *r, const char *path);
+
+/**
+ * Make the uploads waiting in tmp/ durable (one syncfs) and rename them
+ * into the tree, in order. Called before any change that is not a plain
+ * upload, and at commit.
+ */
+int account_flush_pending(Account *a);
+/** Forget the waiting uploads and remove their files. */
+void account_drop_pending(Account *a);
 
 /** Open a change: the transaction if needed, and a savepoint for this one change. */
 int account_change_begin(Account *a);

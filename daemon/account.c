@@ -327,6 +327,8 @@ int account_open(const char *storage, const char *id, Account **ret) {
 Account *account_free(Account *a) {
         if (!a)
                 return NULL;
+        account_drop_pending(a);
+        free(a->pending);
         if (a->in_txn)
                 (void) exec(a, "ROLLBACK");
         else if (a->db && !a->unclean)
@@ -381,16 +383,62 @@ bool account_in_transaction(const Account *a) {
         return a->in_txn;
 }
 
+int account_flush_pending(Account *a) {
+        int r = 0;
+        if (a->n_pending == 0)
+                return 0;
+        /* One sync for the whole batch: the data is durable before any
+         * name in the tree points at it, so a crash never shows a short file. */
+        if (syncfs(a->tmp_fd) < 0)
+                r = -errno;
+        for (size_t i = 0; r >= 0 && i < a->n_pending; i++) {
+                const char *base;
+                int pfd = bs_open_parent(a->tree_fd, a->pending[i].path, &base);
+                if (pfd < 0)
+                        r = pfd;
+                else if (renameat(a->tmp_fd, a->pending[i].tmp, pfd, base) < 0)
+                        r = -errno;
+                if (pfd >= 0)
+                        close(pfd);
+                if (r >= 0)
+                        a->pending[i].tmp[0] = 0;
+        }
+        a->tree_changed = true;
+        account_drop_pending(a);
+        /* Their records are in the transaction already: it must not commit. */
+        if (r < 0 && !a->txn_error)
+                a->txn_error = r;
+        return r;
+}
+
+void account_drop_pending(Account *a) {
+        for (size_t i = 0; i < a->n_pending; i++) {
+                if (a->pending[i].tmp[0])
+                        (void) unlinkat(a->tmp_fd, a->pending[i].tmp, 0);
+                free(a->pending[i].path);
+        }
+        a->n_pending = 0;
+}
+
 int account_commit(Account *a) {
         if (!a->in_txn)
                 return 0;
-        int r = exec(a, "COMMIT");
+        int r = account_flush_pending(a);
+        r = r ?: a->txn_error;
+        /* Group commit: one sync of the file system makes every change of
+         * the transaction durable before the metadata names it. */
+        if (r >= 0 && a->tree_changed && syncfs(a->tree_fd) < 0)
+                r = -errno;
+        if (r >= 0)
+                a->tree_changed = false;
+        r = r ?: exec(a, "COMMIT");
         if (r < 0) {
                 (void) exec(a, "ROLLBACK");
                 a->seq = a->committed_seq;
         } else
                 a->committed_seq = a->seq;
         a->in_txn = false;
+        a->txn_error = 0;
         return r;
 }
 

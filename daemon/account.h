@@ -125,7 +125,9 @@ void account_upload_discard(Account *a, AccountUpload *u);
 
 /**
  * Finish an upload as path. Checks size and SHA-256, re-checks base, keeps
- * the replaced file in versions/ and renames the new one into the tree.
+ * the replaced file in versions/ and records the change; the file is
+ * renamed into the tree with the rest of its batch, after one sync, at the
+ * latest by account_commit().
  * The upload is consumed. Returns 0 (applied; *ret_version is the new
  * sequence), 1 (the file already had this content; *ret_version is its
  * version), or a negative errno.

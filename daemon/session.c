@@ -476,6 +476,8 @@ static void session_run(Session *s) {
                         (void) session_fail(s, 0, BS_ERR_BAD_FRAME, "malformed frame");
                         break;
                 }
+                if (m.type != BS_MSG_DATA)
+                        log_debug("connection from %s: %s request %u", s->peer, bs_msg_type_name(m.type), m.req);
                 r = s->state == SESSION_HELLO ? handle_hello(s, &m) : handle_request(s, &m);
                 bs_buf_consume(&s->in, len);
                 /* Progress is a whole frame: a byte now and then must not

@@ -2,8 +2,11 @@
  *
  * Records are applied in the server's order (agent-apply.c). File content
  * is fetched by its SHA-256 with GETs sent ahead of the record being
- * applied (a window of them), written to a temporary file, checked, and
- * then renamed into place.
+ * applied (a window of them), written to a temporary file and checked.
+ * Downloaded files are placed in batches: one syncfs makes a batch
+ * durable, then its records are applied in order, so a crash never leaves
+ * a short file under a real name (a rescan would take it for a local
+ * edit) and a burst costs one sync per batch, not one per file.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +24,8 @@
 #include "bs-path.h"
 
 #define GET_WINDOW 64
+#define APPLY_BATCH_FILES 256
+#define APPLY_BATCH_BYTES (64u * 1024 * 1024)
 #define PULL_TIMEOUT_MS 60000 /* of silence: then the connection is dropped and retried */
 
 typedef struct Pull {
@@ -36,6 +41,10 @@ typedef struct Pull {
         Rec *cur;
         uint64_t left;
         BsSha *sha;
+        /* Records before applied are applied; the batch waits for one sync. */
+        size_t applied;
+        size_t batch_files;
+        uint64_t batch_bytes;
 } Pull;
 
 static void pull_clear(Agent *a, Pull *p) {
@@ -196,10 +205,7 @@ static int finish_download(Agent *a, Pull *p) {
                 r = -errno;
         if (r == 0)
                 r = bs_set_mtime_fd(p->fd, x->mtime_ns);
-        /* Durable before it replaces anything: a crash must not leave a
-         * short file that a rescan would take for a local edit. */
-        if (r == 0 && fsync(p->fd) < 0)
-                r = -errno;
+        /* Made durable by apply_batch(), before it replaces anything. */
         close(p->fd);
         p->fd = -1;
         p->cur = NULL;
@@ -276,6 +282,30 @@ static int pump(Agent *a, Pull *p) {
 }
 
 
+/* Apply the records before end, in order, once their content is durable. */
+static void apply_batch(Agent *a, Pull *p, size_t end) {
+        if (p->batch_files > 0 && syncfs(a->rootfd) < 0) {
+                log_error("cannot flush downloaded files to disk: %m; fetching them again later");
+                for (size_t i = p->applied; i < end; i++) {
+                        Rec *x = &p->recs[i];
+                        if (x->ready) {
+                                unlinkat(a->rootfd, x->tmp, 0);
+                                x->tmp[0] = 0;
+                                x->ready = false;
+                        }
+                }
+                a->need_snapshot = true;
+        }
+        for (size_t i = p->applied; i < end; i++)
+                apply_record(a, &p->recs[i], p->snapshot);
+        p->applied = end;
+        p->batch_files = 0;
+        p->batch_bytes = 0;
+        /* Each placed file queued a few inotify events: read them now, or a
+         * long burst overflows the kernel's queue and forces a full rescan. */
+        watcher_process(a->watcher);
+}
+
 static int unseen_deleted(const char *path, const ManifestEntry *e, void *userdata) {
         return apply_collect_path(path, e, userdata);
 }
@@ -300,10 +330,19 @@ static int pull_once(Agent *a, uint64_t since) {
                         r = send_gets(a, &p);
                 while (x->requested && !x->ready && !x->failed && r >= 0)
                         r = pump(a, &p);
-                if (r < 0)
+                if (r < 0) {
+                        apply_batch(a, &p, i); /* what is complete is kept */
                         break;
-                apply_record(a, x, p.snapshot);
+                }
+                if (x->ready) {
+                        p.batch_files++;
+                        p.batch_bytes += x->size;
+                }
+                if (p.batch_files >= APPLY_BATCH_FILES || p.batch_bytes >= APPLY_BATCH_BYTES)
+                        apply_batch(a, &p, i + 1);
         }
+        if (r >= 0)
+                apply_batch(a, &p, p.n);
         if (r >= 0 && p.snapshot) {
                 /* Entries the server no longer has were deleted elsewhere. */
                 PathList pl = {};

@@ -25,7 +25,7 @@ typedef struct ManifestEntry {
         char target[BS_PATH_MAX + 1]; /* symlink text */
 } ManifestEntry;
 
-/** Open (creating) state.db in dir. */
+/** Open (creating) state.db in dir and lock it: -EBUSY when another agent has it. */
 int agent_state_open(const char *dir, AgentState **ret);
 AgentState *agent_state_free(AgentState *s);
 static inline void agent_state_freep(AgentState **s) { if (*s) agent_state_free(*s); }

@@ -540,6 +540,11 @@ int agent_run(Agent *a) {
                 return AGENT_EXIT_CANTCREAT;
         }
         r = agent_state_open(a->cfg.state_dir, &a->state);
+        if (r == -EBUSY) {
+                log_error("state directory %s is in use by another backupsync-agent; give each agent its own "
+                          "--state-dir", a->cfg.state_dir);
+                return AGENT_EXIT_TEMPFAIL;
+        }
         if (r < 0) {
                 log_error("cannot open state in %s: %s", a->cfg.state_dir, strerror(-r));
                 return AGENT_EXIT_CANTCREAT;

@@ -151,3 +151,28 @@ def test_empty_tree_safety():
             check(got == server_exp, "%s: server tree lost files: %s" % (what, sorted(got)))
             check(snapshot(b.dir) == exp, "%s: B's tree changed: %s" % (what, sorted(snapshot(b.dir))))
             check(b.running(), "agent B stopped")
+
+
+def test_state_dir_in_use():
+    """Two agents must never share a state directory: the second one stops
+    at once with a message naming it, and the first keeps syncing."""
+    with Env("state_dir_in_use") as env:
+        srv = env.server()
+        adir = env.path("A")
+        write_file(os.path.join(adir, "one.txt"), "one\n")
+        a = env.agent("A", adir)
+        wait_content(os.path.join(srv.tree(a.token), "one.txt"), "one\n")
+        for once in (True, False):
+            x = env.agent("X%d" % once, adir, token=a.token, state_dir=a.state_dir, start=False)
+            if once:
+                rc, _, err = x.run_once(timeout=30)
+            else:
+                x.start()
+                rc = x.wait_exit(30)
+                err = x.log_text()
+            check(rc == 75, "second agent on the same state directory exited %s, want 75; stderr:\n%s"
+                  % (rc, err))
+            check("in use" in err and a.state_dir in err,
+                  "the message does not say the state directory is in use:\n%s" % err)
+        write_file(os.path.join(adir, "two.txt"), "two\n")
+        wait_content(os.path.join(srv.tree(a.token), "two.txt"), "two\n")

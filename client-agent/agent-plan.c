@@ -1,6 +1,7 @@
 /* agent-plan.c - from local changes to a list of requests */
 #include <dirent.h>
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,9 +42,15 @@ PushOp *plan_add(Plan *p, uint8_t type, const char *path, const char *path2, uin
         op->path = strdup(path);
         op->path2 = path2 ? strdup(path2) : NULL;
         if (l) {
-                op->e = malloc(sizeof(*op->e));
+                /* Only as much of target as the link text needs: a plan of
+                 * 100,000 files must not cost 4 KiB each. Nothing copies
+                 * op->e as a whole struct. */
+                ManifestEntry full;
+                local_to_manifest(l, &full);
+                size_t sz = offsetof(ManifestEntry, target) + strlen(full.target) + 1;
+                op->e = malloc(sz);
                 if (op->e)
-                        local_to_manifest(l, op->e);
+                        memcpy(op->e, &full, sz);
         }
         if (!op->path || (path2 && !op->path2) || (l && !op->e)) {
                 free(op->path);

@@ -17,7 +17,7 @@ typedef struct PushOp {
         uint32_t req;
         char *path, *path2;
         uint64_t base, base2;
-        ManifestEntry *e;
+        ManifestEntry *e; /* allocated short: target holds only the link text */
 } PushOp;
 
 typedef struct Plan {

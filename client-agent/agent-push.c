@@ -159,6 +159,11 @@ static int upload_cancel(Agent *a, Upload *up) {
 static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
         char parent[BS_PATH_MAX + 1];
         if (m->type == BS_MSG_ACK) {
+                /* The very next change of the account is ours, and the
+                 * manifest records it below: the next pull need not list it
+                 * again. A gap means another computer's change: pull it. */
+                if (m->seq == a->last_seq + 1)
+                        a->last_seq = m->seq;
                 switch (op->type) {
                 case BS_MSG_PUT:
                 case BS_MSG_MKDIR:
@@ -240,6 +245,7 @@ static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
 static int push_plan(Agent *a, Plan *p) {
         Upload up = { .fd = -1 };
         size_t next = 0, head = 0;
+        uint64_t last_seq0 = a->last_seq;
         BsMsg *m = malloc(sizeof(*m));
         int r = 0;
         if (!m)
@@ -312,6 +318,8 @@ out:
         if (up.fd >= 0)
                 close(up.fd);
         bs_sha_free(up.sha);
+        if (a->last_seq != last_seq0)
+                agent_state_set_u64(a->state, "last_seq", a->last_seq);
         /* Ops never answered stay dirty for the next round. */
         for (size_t i = head; i < p->n; i++) {
                 agent_mark_dirty(a, p->ops[i].path, p->ops[i].type == BS_MSG_MKDIR);

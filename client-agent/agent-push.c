@@ -21,7 +21,7 @@
 #include "bs-macro.h"
 #include "bs-path.h"
 
-#define PUSH_WINDOW 1024
+#define PUSH_WINDOW 4096
 #define PUSH_OUT_HIGH (4u * 1024 * 1024)
 #define ANSWER_TIMEOUT_MS 60000 /* of silence: then the connection is dropped and retried */
 

@@ -447,7 +447,7 @@ static int handle_request(Session *s, const BsMsg *m) {
         }
 }
 
-/* One pass: stream, handle whole frames, commit. Never writes to the socket. */
+/* Stream, then handle whole frames. Never writes to the socket. */
 static void session_run(Session *s) {
         static BsMsg m; /* 8 KiB of paths: kept off the stack; one pass runs at a time */
         size_t len;
@@ -486,7 +486,6 @@ static void session_run(Session *s) {
                 if (r < 0 && s->state != SESSION_CLOSING)
                         (void) session_fail(s, m.req, BS_ERR_IO, "out of memory");
         }
-        (void) session_end_pass(s);
 }
 
 static int session_read(Session *s) {
@@ -550,8 +549,22 @@ static int on_io(sd_event_source *source, int fd, uint32_t revents, void *userda
         if (r >= 0 && (revents & EPOLLOUT))
                 r = session_flush(s);
         if (r >= 0) {
-                session_run(s);
-                r = session_flush(s);
+                /* While the agent keeps sending, read on before committing: a
+                 * burst of small files shares one commit (two syncs) per few
+                 * MiB instead of one per input buffer. The budget keeps one
+                 * busy session from holding the others up for long. */
+                for (int i = 1;; i++) {
+                        session_run(s);
+                        if (i >= SESSION_PASS_READS || s->state == SESSION_CLOSING || s->read_eof ||
+                            s->stream != STREAM_NONE || bs_buf_len(&s->out) >= SESSION_OUT_HIGH)
+                                break;
+                        size_t before = bs_buf_len(&s->in);
+                        r = session_read(s);
+                        if (r < 0 || bs_buf_len(&s->in) == before)
+                                break;
+                }
+                (void) session_end_pass(s);
+                r = r ?: session_flush(s);
         }
         if (r < 0) {
                 if (r != -ECONNRESET && r != -EPIPE) {

@@ -87,6 +87,8 @@ struct Session {
 #define SESSION_OUT_HIGH (4u * 1024 * 1024)
 #define SESSION_OUT_FILL (1u * 1024 * 1024)
 #define SESSION_IN_MAX (BS_FRAME_MAX_DEFAULT + 64u * 1024)
+/* Input buffers read and handled per commit while more keeps arriving. */
+#define SESSION_PASS_READS 8
 
 /** Take over an accepted, non-blocking socket. */
 int session_new(Session **ret, Server *server, int fd, const struct sockaddr *peer, socklen_t peer_len);

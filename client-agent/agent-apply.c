@@ -101,7 +101,7 @@ static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool hav
         x->tmp[0] = 0;
         record(a, x->path, x, l, NULL);
         a->n_downloaded++;
-        log_event(LOG_INFO, BS_MID_DOWNLOADED, a->account, x->path, "downloaded %s (%llu bytes)", x->path,
+        log_event(AGENT_FILE_LOG(a), BS_MID_DOWNLOADED, a->account, x->path, "downloaded %s (%llu bytes)", x->path,
                   (unsigned long long) x->size);
         return 0;
 }
@@ -214,7 +214,7 @@ static void apply_delete(Agent *a, Rec *x, ManifestEntry *m, bool have) {
         if (!have || m->version > x->seq)
                 return;
         apply_delete_tree(a, x->path);
-        log_event(LOG_INFO, BS_MID_DELETED, a->account, x->path, "removed %s (deleted on another computer)", x->path);
+        log_event(AGENT_FILE_LOG(a), BS_MID_DELETED, a->account, x->path, "removed %s (deleted on another computer)", x->path);
 }
 
 static void apply_move(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m) {

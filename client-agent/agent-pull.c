@@ -315,6 +315,8 @@ static int pull_once(Agent *a, uint64_t since) {
         int r = receive_changes(a, &p, since);
         if (r < 0)
                 goto out;
+        uint64_t n0 = a->n_downloaded;
+        a->quiet_files = p.n > AGENT_FILE_LOG_MAX;
         agent_state_begin(a->state);
         if (p.snapshot)
                 manifest_clear_seen(a->state);
@@ -359,6 +361,10 @@ static int pull_once(Agent *a, uint64_t since) {
                 agent_state_set_u64(a->state, "last_seq", p.seq);
         }
         agent_state_commit(a->state);
+        if (a->quiet_files && a->n_downloaded > n0)
+                log_event(LOG_INFO, BS_MID_DOWNLOADED, a->account, NULL, "downloaded %llu files from other computers (%zu changes)",
+                          (unsigned long long) (a->n_downloaded - n0), p.n);
+        a->quiet_files = false;
 out:
         pull_clear(a, &p);
         return r;

@@ -172,14 +172,14 @@ static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
                         manifest_put(a->state, op->path, op->e);
                         if (op->type == BS_MSG_PUT) {
                                 a->n_uploaded++;
-                                log_event(LOG_INFO, BS_MID_UPLOADED, a->account, op->path, "uploaded %s (%llu bytes)",
+                                log_event(AGENT_FILE_LOG(a), BS_MID_UPLOADED, a->account, op->path, "uploaded %s (%llu bytes)",
                                           op->path, (unsigned long long) op->e->size);
                         } else
                                 log_event(LOG_DEBUG, BS_MID_UPLOADED, a->account, op->path, "sent %s", op->path);
                         break;
                 case BS_MSG_DELETE:
                         manifest_delete_tree(a->state, op->path);
-                        log_event(LOG_INFO, BS_MID_DELETED, a->account, op->path, "deleted %s", op->path);
+                        log_event(AGENT_FILE_LOG(a), BS_MID_DELETED, a->account, op->path, "deleted %s", op->path);
                         break;
                 case BS_MSG_MOVE: {
                         ManifestEntry *e = malloc(sizeof(*e));
@@ -251,7 +251,9 @@ static int push_plan(Agent *a, Plan *p) {
         if (!m)
                 return -ENOMEM;
 
+        uint64_t n0 = a->n_uploaded, b0 = a->bytes_uploaded;
         log_debug("sending %zu changes", p->n);
+        a->quiet_files = p->n > AGENT_FILE_LOG_MAX;
         agent_state_begin(a->state);
         while (head < p->n) {
                 while (bs_buf_len(&a->conn->out) < PUSH_OUT_HIGH) {
@@ -320,6 +322,11 @@ out:
         bs_sha_free(up.sha);
         if (a->last_seq != last_seq0)
                 agent_state_set_u64(a->state, "last_seq", a->last_seq);
+        if (a->quiet_files && a->n_uploaded > n0)
+                log_event(LOG_INFO, BS_MID_UPLOADED, a->account, NULL, "uploaded %llu files (%.1f MiB), %zu of %zu changes answered",
+                          (unsigned long long) (a->n_uploaded - n0), (double) (a->bytes_uploaded - b0) / (1024.0 * 1024.0),
+                          head, p->n);
+        a->quiet_files = false;
         /* Ops never answered stay dirty for the next round. */
         for (size_t i = head; i < p->n; i++) {
                 agent_mark_dirty(a, p->ops[i].path, p->ops[i].type == BS_MSG_MKDIR);

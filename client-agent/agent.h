@@ -105,6 +105,10 @@ typedef struct Agent {
         uint64_t n_conflicts;
         uint64_t last_sync_usec;
         uint64_t progress_usec; /* last progress report within a round */
+        /* A big batch logs one summary line, not a line per file: journald
+         * drops messages past its rate limit (10,000 per 30 s by default),
+         * and an error among them must not be lost. */
+        bool quiet_files;
         bool synced_once;
         uint32_t next_req;
 } Agent;
@@ -125,6 +129,11 @@ void agent_update_status(Agent *a);
  * sent" in systemctl status, at most once a second.
  */
 void agent_progress(Agent *a, const char *what, uint64_t done, uint64_t total, uint64_t bytes);
+
+/** Log level of a per-file line in the current batch (see quiet_files). */
+#define AGENT_FILE_LOG(a) ((a)->quiet_files ? LOG_DEBUG : LOG_INFO)
+/* A batch larger than this logs a summary instead of a line per file. */
+#define AGENT_FILE_LOG_MAX 100
 
 /* agent-sync.c */
 /** Connect (registering or joining when needed). */

@@ -22,6 +22,7 @@ typedef struct Rec {
         bool want, requested, ready, failed;
         uint32_t req;
         char tmp[64];
+        int fd; /* the downloaded temporary file until its batch is synced, or -1 */
 } Rec;
 
 typedef struct PathList {

@@ -3,10 +3,11 @@
  * Records are applied in the server's order (agent-apply.c). File content
  * is fetched by its SHA-256 with GETs sent ahead of the record being
  * applied (a window of them), written to a temporary file and checked.
- * Downloaded files are placed in batches: one syncfs makes a batch
- * durable, then its records are applied in order, so a crash never leaves
- * a short file under a real name (a rescan would take it for a local
- * edit) and a burst costs one sync per batch, not one per file.
+ * Downloaded files are placed in batches: writeback starts as each one
+ * completes, the batch is synced (a few files one by one, a burst with
+ * one syncfs()), then its records are applied in order, so a crash never
+ * leaves a short file under a real name (a rescan would take it for a
+ * local edit), and a burst costs one sync per batch, not one per file.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -25,6 +26,7 @@
 
 #define GET_WINDOW 64
 #define APPLY_BATCH_FILES 256
+#define APPLY_BULK_MIN 16
 #define APPLY_BATCH_BYTES (64u * 1024 * 1024)
 #define PULL_TIMEOUT_MS 60000 /* of silence: then the connection is dropped and retried */
 
@@ -51,6 +53,8 @@ static void pull_clear(Agent *a, Pull *p) {
         for (size_t i = 0; i < p->n; i++) {
                 if (p->recs[i].tmp[0])
                         unlinkat(a->rootfd, p->recs[i].tmp, 0);
+                if (p->recs[i].fd >= 0)
+                        close(p->recs[i].fd);
                 free(p->recs[i].path);
                 free(p->recs[i].path2);
         }
@@ -120,7 +124,7 @@ static int receive_changes(Agent *a, Pull *p, uint64_t since) {
                         }
                         Rec *x = &p->recs[p->n];
                         *x = (Rec) { .seq = rec->seq, .size = rec->size, .mtime_ns = rec->mtime_ns,
-                                     .mode = rec->mode, .op = rec->op, .kind = rec->kind };
+                                     .mode = rec->mode, .op = rec->op, .kind = rec->kind, .fd = -1 };
                         memcpy(x->sha, rec->sha, BS_SHA_LEN);
                         x->path = strdup(rec->path);
                         x->path2 = strdup(rec->path2);
@@ -206,8 +210,14 @@ static int finish_download(Agent *a, Pull *p) {
         if (r == 0)
                 r = bs_set_mtime_fd(p->fd, x->mtime_ns);
         /* Made durable by apply_batch(), before it replaces anything. */
-        close(p->fd);
-        p->fd = -1;
+        if (r == 0) {
+                if (x->size >= 1024 * 1024) /* small files: costs more than it saves */
+                        (void) sync_file_range(p->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+                x->fd = TAKE_FD(p->fd);
+        } else {
+                close(p->fd);
+                p->fd = -1;
+        }
         p->cur = NULL;
         if (r < 0) {
                 log_error("download of %s failed: %s", x->path, strerror(-r));
@@ -284,17 +294,22 @@ static int pump(Agent *a, Pull *p) {
 
 /* Apply the records before end, in order, once their content is durable. */
 static void apply_batch(Agent *a, Pull *p, size_t end) {
-        if (p->batch_files > 0 && syncfs(a->rootfd) < 0) {
-                log_error("cannot flush downloaded files to disk: %m; fetching them again later");
-                for (size_t i = p->applied; i < end; i++) {
-                        Rec *x = &p->recs[i];
-                        if (x->ready) {
-                                unlinkat(a->rootfd, x->tmp, 0);
-                                x->tmp[0] = 0;
-                                x->ready = false;
-                        }
+        /* A few files are synced one by one, which never waits for other
+         * programs' dirty data; a burst with one syncfs(). */
+        bool bulk = p->batch_files >= APPLY_BULK_MIN && syncfs(a->rootfd) == 0;
+        for (size_t i = p->applied; i < end; i++) {
+                Rec *x = &p->recs[i];
+                if (x->fd < 0)
+                        continue;
+                if (!bulk && fdatasync(x->fd) < 0) {
+                        log_error("cannot flush the download of %s to disk: %m; fetching it again later", x->path);
+                        unlinkat(a->rootfd, x->tmp, 0);
+                        x->tmp[0] = 0;
+                        x->ready = false;
+                        a->need_snapshot = true;
                 }
-                a->need_snapshot = true;
+                close(x->fd);
+                x->fd = -1;
         }
         for (size_t i = p->applied; i < end; i++)
                 apply_record(a, &p->recs[i], p->snapshot);

@@ -5,11 +5,12 @@
  * versions/<seq>, then record entries, the log record and the new
  * sequence inside a savepoint of the group-commit transaction.
  *
- * Nothing here syncs: account_commit() does, once per transaction. An
- * upload is not even renamed into the tree at once: it waits in tmp/
- * (account->pending) so that one syncfs makes the whole batch durable
- * before any of it gets a name in the tree. Other changes place the
- * waiting uploads first, so the tree is always what the log says.
+ * An upload is not renamed into the tree at once: it waits in tmp/
+ * (account->pending) so that a batch is made durable together before any
+ * of it gets a name in the tree (account_flush_pending()). Other changes
+ * place the waiting uploads first, so the tree is always what the log
+ * says, and sync their directory themselves; versions/ is synced once per
+ * transaction by account_commit().
  *
  * Modes on disk always grant the server read and write (and search for
  * directories), so a client's read-only directory cannot lock the server
@@ -143,7 +144,7 @@ static int keep_version(Account *a, int parent_fd, const char *name, const char 
                 if (r < 0)
                         return r;
         }
-        a->tree_changed = true;
+        a->versions_changed = true;
         return 0;
 }
 
@@ -322,9 +323,12 @@ int account_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN
                 AccountPending *p = &a->pending[a->n_pending];
                 p->path = TAKE_PTR(dup);
                 memcpy(p->tmp, u->name, sizeof(p->tmp));
+                /* A big file starts going to disk now, so the flush waits
+                 * less; for small ones this costs more than it saves. */
+                if (size >= ACCOUNT_WRITEBACK_MIN)
+                        (void) sync_file_range(u->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+                p->fd = TAKE_FD(u->fd);
                 a->n_pending++;
-                close(u->fd);
-                u->fd = -1;
                 *ret_version = seq;
         }
 out:
@@ -372,7 +376,7 @@ int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *p
         if (r >= 0 && fchmodat(pfd, name, DIR_DISK_MODE(mode), 0) < 0)
                 r = -errno;
         r = r ?: bs_set_mtime_at(pfd, name, mtime_ns);
-        a->tree_changed = true;
+        r = r ?: bs_fsync_dir(pfd);
         r = r ?: record(a, seq, device, BS_OP_MKDIR, path, NULL, &n);
         r = account_change_end(a, r);
         if (r >= 0)
@@ -427,7 +431,7 @@ int account_symlink(Account *a, const uint8_t device[BS_DEVICE_LEN], const char 
                 r = -errno;
         if (r < 0)
                 (void) unlinkat(a->tmp_fd, tmp, 0);
-        a->tree_changed = true;
+        r = r ?: bs_fsync_dir(pfd);
         r = r ?: record(a, seq, device, BS_OP_SYMLINK, path, target, &n);
         r = account_change_end(a, r);
         if (r >= 0)
@@ -468,6 +472,7 @@ int account_delete(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *
         if (r < 0)
                 return r;
         r = keep_version(a, pfd, name, path, &e, seq, false);
+        r = r ?: bs_fsync_dir(pfd);
         r = r ?: account_entries_remove(a, path);
         r = r ?: record(a, seq, device, BS_OP_DELETE, path, NULL, &n);
         r = account_change_end(a, r);
@@ -599,7 +604,8 @@ int account_move(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *fr
         }
         if (r >= 0 && renameat(from_pfd, from_name, to_pfd, to_name) < 0)
                 r = -errno;
-        a->tree_changed = true;
+        r = r ?: bs_fsync_dir(to_pfd);
+        r = r ?: bs_fsync_dir(from_pfd);
         r = r ?: rebase_below(a, from, to);
         r = r ?: account_entries_remove(a, from);
         r = r ?: account_entry_set(a, to, &n);

@@ -29,10 +29,15 @@ enum {
 typedef struct AccountPending {
         char tmp[64];
         char *path;
+        int fd; /* open: its writeback was started, fdatasync() comes at the flush */
 } AccountPending;
 
-/* Renames into the tree wait for one sync of tmp/ per batch. */
+/* Uploads placed per batch (each holds an fd until then). */
 #define ACCOUNT_PENDING_MAX 1024
+/* From this many uploads on, a batch is synced with syncfs(). */
+#define ACCOUNT_BULK_MIN 16
+/* Uploads from this size on start their writeback as soon as they end. */
+#define ACCOUNT_WRITEBACK_MIN (1024 * 1024)
 
 struct Account {
         char id[BS_ID_LEN + 1];
@@ -47,7 +52,7 @@ struct Account {
         uint64_t committed_seq;
         uint64_t change_seq; /* seq when the current change began */
         bool in_txn;
-        bool tree_changed; /* tree/ or versions/ changed since the last sync */
+        bool versions_changed; /* versions/ has names not yet synced */
         int txn_error; /* a batch that could not be placed: the commit fails */
         AccountPending *pending;
         size_t n_pending, cap_pending;
@@ -79,9 +84,9 @@ int account_column_path(sqlite3_stmt *st, int col, char *out, size_t *len);
 void account_range(AccountRange *r, const char *path);
 
 /**
- * Make the uploads waiting in tmp/ durable (one syncfs) and rename them
- * into the tree, in order. Called before any change that is not a plain
- * upload, and at commit.
+ * Make the uploads waiting in tmp/ durable and rename them into the tree,
+ * in order, then sync the directories that changed. Called before any
+ * change that is not a plain upload, and at commit.
  */
 int account_flush_pending(Account *a);
 /** Forget the waiting uploads and remove their files. */

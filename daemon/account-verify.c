@@ -1,6 +1,6 @@
 /* account-verify.c - compare an account's tree with its metadata, and recover
  *
- * A change reaches tree/ (rename, then one syncfs per commit) before its
+ * A change reaches tree/ (rename, directory fsync) before its
  * metadata is committed, and several changes share one commit. A server killed in
  * between leaves a tree that is ahead of meta.db. Such changes were never
  * acknowledged, so their agents send them again; what matters is that the

@@ -465,6 +465,9 @@ int account_commit(Account *a) {
         if (r < 0) {
                 (void) exec(a, "ROLLBACK");
                 a->seq = a->committed_seq;
+                /* The tree may hold changes the metadata lost: leave the
+                 * account marked unclean, so the next start recovers it. */
+                a->unclean = true;
         } else
                 a->committed_seq = a->seq;
         a->in_txn = false;

@@ -213,7 +213,13 @@ static int finish_download(Agent *a, Pull *p) {
         if (r == 0) {
                 if (x->size >= 1024 * 1024) /* small files: costs more than it saves */
                         (void) sync_file_range(p->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-                x->fd = TAKE_FD(p->fd);
+                /* A batch this big is synced with syncfs(): no fd needed. */
+                if (p->batch_files < APPLY_BULK_MIN)
+                        x->fd = TAKE_FD(p->fd);
+                else {
+                        close(p->fd);
+                        p->fd = -1;
+                }
         } else {
                 close(p->fd);
                 p->fd = -1;
@@ -295,20 +301,27 @@ static int pump(Agent *a, Pull *p) {
 /* Apply the records before end, in order, once their content is durable. */
 static void apply_batch(Agent *a, Pull *p, size_t end) {
         /* A few files are synced one by one, which never waits for other
-         * programs' dirty data; a burst with one syncfs(). */
-        bool bulk = p->batch_files >= APPLY_BULK_MIN && syncfs(a->rootfd) == 0;
+         * programs' dirty data; a burst with one syncfs(). Files that
+         * finished while an earlier batch was big kept no fd: syncfs too. */
+        bool missing = false;
+        for (size_t i = p->applied; i < end; i++)
+                missing |= p->recs[i].ready && p->recs[i].fd < 0;
+        bool bulk = (p->batch_files >= APPLY_BULK_MIN || missing) && syncfs(a->rootfd) == 0;
         for (size_t i = p->applied; i < end; i++) {
                 Rec *x = &p->recs[i];
-                if (x->fd < 0)
+                if (!x->ready)
                         continue;
-                if (!bulk && fdatasync(x->fd) < 0) {
-                        log_error("cannot flush the download of %s to disk: %m; fetching it again later", x->path);
+                /* Only the first files of a batch keep an fd (see finish_download()). */
+                if (!bulk && (x->fd < 0 || fdatasync(x->fd) < 0)) {
+                        log_error("cannot flush the download of %s to disk: %s; fetching it again later", x->path,
+                                  x->fd < 0 ? "syncfs failed" : strerror(errno));
                         unlinkat(a->rootfd, x->tmp, 0);
                         x->tmp[0] = 0;
                         x->ready = false;
                         a->need_snapshot = true;
                 }
-                close(x->fd);
+                if (x->fd >= 0)
+                        close(x->fd);
                 x->fd = -1;
         }
         for (size_t i = p->applied; i < end; i++)

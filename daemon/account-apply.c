@@ -327,7 +327,13 @@ int account_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN
                  * less; for small ones this costs more than it saves. */
                 if (size >= ACCOUNT_WRITEBACK_MIN)
                         (void) sync_file_range(u->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-                p->fd = TAKE_FD(u->fd);
+                /* Only a small batch syncs file by file: a big one needs no fds. */
+                if (a->n_pending < ACCOUNT_BULK_MIN)
+                        p->fd = TAKE_FD(u->fd);
+                else {
+                        p->fd = -1;
+                        close(TAKE_FD(u->fd));
+                }
                 a->n_pending++;
                 *ret_version = seq;
         }

@@ -29,7 +29,7 @@ enum {
 typedef struct AccountPending {
         char tmp[64];
         char *path;
-        int fd; /* open: its writeback was started, fdatasync() comes at the flush */
+        int fd; /* the first ACCOUNT_BULK_MIN keep it open for fdatasync(), or -1 */
 } AccountPending;
 
 /* Uploads placed per batch (each holds an fd until then). */

@@ -445,7 +445,8 @@ void account_drop_pending(Account *a) {
         for (size_t i = 0; i < a->n_pending; i++) {
                 if (a->pending[i].tmp[0])
                         (void) unlinkat(a->tmp_fd, a->pending[i].tmp, 0);
-                close(a->pending[i].fd);
+                if (a->pending[i].fd >= 0)
+                        close(a->pending[i].fd);
                 free(a->pending[i].path);
         }
         a->n_pending = 0;

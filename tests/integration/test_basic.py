@@ -331,16 +331,19 @@ def test_log_summary():
     """A big batch is one journal line, not one per file (journald drops
     lines past its rate limit); a single change still names its file."""
     with Env("log_summary") as env:
-        files = {"many/f%03d.txt" % i: "file %d\n" % i for i in range(300)}
+        # 260: more than one batch of 256 downloads
+        files = {"many/f%03d.txt" % i: "file %d\n" % i for i in range(260)}
         srv, a, b = _two(env, "summary", files)  # B has them all when this returns
         for agent, verb in ((a, "uploaded"), (b, "downloaded")):
             lines = agent.log_lines()
             per_file = [l for l in lines if verb + " many/" in l]
-            summary = [l for l in lines if (verb + " 300 files") in l]
-            check(per_file == [], "%s logged %d per-file lines for one batch of 300, e.g. %r"
+            summary = [l for l in lines if (verb + " 260 files") in l]
+            check(per_file == [], "%s logged %d per-file lines for one batch of 260, e.g. %r"
                   % (agent.name, len(per_file), per_file[:1]))
-            check(len(summary) == 1, "%s did not log one '%s 300 files' summary:\n%s"
+            check(len(summary) == 1, "%s did not log one '%s 260 files' summary:\n%s"
                   % (agent.name, verb, "\n".join(lines[-10:])))
+            errors = [l for l in lines if "cannot" in l or "no content" in l]
+            check(errors == [], "%s logged errors: %s" % (agent.name, errors))
         write_file(os.path.join(a.dir, "one.txt"), "one\n")
         wait_content(os.path.join(b.dir, "one.txt"), "one\n")
         wait_until(lambda: any("uploaded one.txt (" in l for l in a.log_lines()), 10,

@@ -316,7 +316,10 @@ def test_edit_right_after_download():
         try:
             for rnd in range(25):
                 write_file(fa, "A %d\n" % rnd)
-                ino.wait_name("f.txt", 30)
+                # A may first send the empty file it saw mid-write: wait
+                # for the rename that brings A's whole version.
+                while read_bytes(fb) != ("A %d\n" % rnd).encode():
+                    ino.wait_name("f.txt", 30)
                 # Same inode, new size and mtime: what an editor saving in place does.
                 write_file(fb, "B %d, written as soon as A's version landed\n" % rnd)
                 want = "B %d, written as soon as A's version landed\n" % rnd

@@ -190,3 +190,11 @@ Test(manifest, local_matches_rule) {
         strcpy(m.target, "a");
         cr_expect(local_matches(&l, &m));
 }
+
+Test(manifest, second_open_of_the_same_state_is_refused) {
+        AgentState *other = NULL;
+        cr_assert_eq(agent_state_open(dir, &other), -EBUSY, "a second agent could open the state");
+        cr_assert_null(other);
+        put("still-works", BS_KIND_FILE, 1);
+        cr_assert(has("still-works"));
+}

@@ -1,0 +1,139 @@
+/* test-account.c - unit tests for the server's storage: the group commit of uploads */
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "account.h"
+#include "bs-hash.h"
+
+static char storage[] = "/tmp/bs-test-account-XXXXXX";
+static Account *acc;
+static char token[BS_TOKEN_MAX + 1];
+static const uint8_t device[BS_DEVICE_LEN] = { 1 };
+
+static void setup(void) {
+        cr_assert_not_null(mkdtemp(storage));
+        cr_assert_eq(account_create(storage, &acc, token), 0);
+}
+
+static void teardown(void) {
+        char cmd[128];
+        account_free(acc);
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", storage);
+        cr_assert_eq(system(cmd), 0);
+        strcpy(storage, "/tmp/bs-test-account-XXXXXX");
+}
+
+static void path_of(char *buf, size_t n, const char *sub, const char *rel) {
+        snprintf(buf, n, "%s/%s/%s/%s", storage, account_id(acc), sub, rel);
+}
+
+/* Upload content as path on base; returns what account_put() returns. */
+static int put(const char *path, uint64_t base, const char *content, uint64_t *version) {
+        AccountUpload u;
+        uint8_t sha[BS_SHA_LEN];
+        size_t n = strlen(content);
+        cr_assert_eq(bs_sha_buf(content, n, sha), 0);
+        cr_assert_eq(account_put_check(acc, path, base, n), 0, "put check %s", path);
+        cr_assert_eq(account_upload_begin(acc, &u), 0);
+        cr_assert_eq(account_upload_write(&u, content, n, n), 0);
+        return account_put(acc, &u, device, path, base, n, 0644, 1000000000, sha, version);
+}
+
+static char *tree_content(const char *rel) {
+        static char buf[256];
+        char p[4200];
+        path_of(p, sizeof(p), "tree", rel);
+        FILE *f = fopen(p, "re");
+        if (!f)
+                return NULL;
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        return buf;
+}
+
+static int count_entries(const char *sub) {
+        char p[4200];
+        int n = 0;
+        path_of(p, sizeof(p), sub, "");
+        DIR *d = opendir(p);
+        cr_assert_not_null(d, "opendir %s", p);
+        for (struct dirent *de; (de = readdir(d));)
+                n += strcmp(de->d_name, ".") && strcmp(de->d_name, "..");
+        closedir(d);
+        return n;
+}
+
+TestSuite(account, .init = setup, .fini = teardown);
+
+/* Below 16 uploads (synced file by file) and from 16 on (syncfs). */
+ParameterizedTestParameters(account, batch_appears_only_at_commit) {
+        static int sizes[] = { 1, 3, 15, 16, 40 };
+        return cr_make_param_array(int, sizes, sizeof(sizes) / sizeof(sizes[0]));
+}
+
+ParameterizedTest(int *n, account, batch_appears_only_at_commit) {
+        char name[32], content[32];
+        uint64_t v;
+        for (int i = 0; i < *n; i++) {
+                snprintf(name, sizeof(name), "f%d", i);
+                snprintf(content, sizeof(content), "content %d\n", i);
+                cr_assert_eq(put(name, 0, content, &v), 0);
+                cr_assert_eq(v, (uint64_t) i + 1);
+        }
+        /* Recorded but neither durable nor visible yet. */
+        cr_assert_eq(count_entries("tree"), 0, "an upload is in the tree before the commit");
+        cr_assert_eq(count_entries("tmp"), *n);
+        cr_assert_eq(account_committed_seq(acc), 0);
+        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(account_committed_seq(acc), (uint64_t) *n);
+        cr_assert_eq(count_entries("tree"), *n);
+        cr_assert_eq(count_entries("tmp"), 0);
+        for (int i = 0; i < *n; i++) {
+                snprintf(name, sizeof(name), "f%d", i);
+                snprintf(content, sizeof(content), "content %d\n", i);
+                cr_assert_str_eq(tree_content(name), content);
+        }
+}
+
+Test(account, same_path_twice_in_one_batch_keeps_the_last) {
+        uint64_t v1, v2;
+        cr_assert_eq(put("f", 0, "first\n", &v1), 0);
+        cr_assert_eq(put("f", v1, "second\n", &v2), 0);
+        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_str_eq(tree_content("f"), "second\n");
+        cr_assert_eq(count_entries("versions"), 1, "the first content was not kept as a version");
+}
+
+Test(account, other_changes_see_the_waiting_uploads) {
+        uint64_t v, vm;
+        cr_assert_eq(put("a", 0, "moved\n", &v), 0);
+        cr_assert_eq(put("b", 0, "deleted\n", &v), 0);
+        /* Both act on the tree: the uploads must be placed first. */
+        cr_assert_eq(account_move(acc, device, "a", 1, "c", 0, &vm), 0);
+        cr_assert_eq(account_delete(acc, device, "b", 2, &vm), 0);
+        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_null(tree_content("a"));
+        cr_assert_null(tree_content("b"));
+        cr_assert_str_eq(tree_content("c"), "moved\n");
+        cr_assert_eq(count_entries("tmp"), 0);
+}
+
+Test(account, closing_without_commit_leaves_nothing) {
+        uint64_t v;
+        cr_assert_eq(put("x", 0, "never committed\n", &v), 0);
+        cr_assert_eq(put("y", 0, "never committed\n", &v), 0);
+        acc = account_free(acc);
+        cr_assert_eq(account_open(storage, strtok(token, "-"), &acc), 0);
+        cr_assert_eq(account_committed_seq(acc), 0);
+        cr_assert_eq(count_entries("tree"), 0);
+        cr_assert_eq(count_entries("tmp"), 0);
+}

@@ -1,8 +1,9 @@
 /* session.c - one client connection: I/O, frame dispatch, HELLO, changes
  *
- * The event handler runs one pass: read what the socket has, handle whole
- * frames in order, commit the account's transaction, then write. Writing
- * only after the commit is what makes every ACK mean "durable".
+ * The event handler runs one pass: read what the socket has (reading on,
+ * up to SESSION_PASS_READS buffers, while more keeps arriving), handle
+ * whole frames in order, commit the account's transaction, then write.
+ * Writing only after the commit is what makes every ACK mean "durable".
  */
 #include <arpa/inet.h>
 #include <errno.h>

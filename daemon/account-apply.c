@@ -183,13 +183,6 @@ int account_put_check(Account *a, const char *path, uint64_t base, uint64_t size
         return -ESTALE;
 }
 
-static bool pending_has(const Account *a, const char *path) {
-        for (size_t i = 0; i < a->n_pending; i++)
-                if (strcmp(a->pending[i].path, path) == 0)
-                        return true;
-        return false;
-}
-
 static int reserve_pending(Account *a) {
         if (a->n_pending < a->cap_pending)
                 return 0;
@@ -297,8 +290,11 @@ int account_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN
         r = bs_set_mtime_fd(u->fd, mtime_ns);
         if (r < 0)
                 goto out;
-        /* The batch must not hold two files for one path, and stays bounded. */
-        if (pending_has(a, path) || a->n_pending >= ACCOUNT_PENDING_MAX) {
+        /* The batch must not hold two files for one path, and stays bounded.
+         * A file written in this transaction may be waiting: its version is
+         * newer than the last commit (no need to search the batch). */
+        bool maybe_waiting = e.kind == BS_KIND_FILE && e.version > a->committed_seq;
+        if (maybe_waiting || a->n_pending >= ACCOUNT_PENDING_MAX) {
                 r = account_flush_pending(a);
                 if (r < 0)
                         goto out;
@@ -370,9 +366,9 @@ int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *p
         AccountEntry n = { .kind = BS_KIND_DIR, .mode = mode & 07777, .mtime_ns = mtime_ns, .version = seq };
         memcpy(n.device, device, BS_DEVICE_LEN);
 
-        /* A new name beside the waiting uploads, unless it is one of them. */
-        r = pending_has(a, path) ? account_flush_pending(a) : 0;
-        r = r ?: account_change_begin(a);
+        /* A waiting upload's path holds a file entry, refused above: the
+         * new name never collides with the batch. */
+        r = account_change_begin(a);
         if (r < 0)
                 return r;
         /* A directory left by a change that was not committed is reused. */
@@ -423,9 +419,8 @@ int account_symlink(Account *a, const uint8_t device[BS_DEVICE_LEN], const char 
         memcpy(n.target, target, tlen + 1);
         memcpy(n.device, device, BS_DEVICE_LEN);
 
-        /* A new name beside the waiting uploads, unless it is one of them. */
-        r = pending_has(a, path) ? account_flush_pending(a) : 0;
-        r = r ?: account_change_begin(a);
+        /* A waiting upload's path holds a file entry, refused above. */
+        r = account_change_begin(a);
         if (r < 0)
                 return r;
         /* Made in tmp/ and renamed over: the path never lacks an entry mid-way. */

@@ -19,6 +19,8 @@ void plan_clear(Plan *p) {
                 free(p->ops[i].path);
                 free(p->ops[i].path2);
                 free(p->ops[i].e);
+                if (p->ops[i].fd >= 0)
+                        close(p->ops[i].fd);
         }
         free(p->ops);
         for (size_t i = 0; i < p->n_dirs; i++)
@@ -38,7 +40,7 @@ PushOp *plan_add(Plan *p, uint8_t type, const char *path, const char *path2, uin
                 p->cap = cap;
         }
         PushOp *op = &p->ops[p->n];
-        *op = (PushOp) { .type = type, .base = base };
+        *op = (PushOp) { .type = type, .base = base, .fd = -1 };
         op->path = strdup(path);
         op->path2 = path2 ? strdup(path2) : NULL;
         if (l) {

@@ -17,6 +17,8 @@ typedef struct PushOp {
         uint32_t req;
         char *path, *path2;
         uint64_t base, base2;
+        int fd; /* PUT opened ahead of its turn, its reading already started, or -1 */
+        uint64_t prefetched; /* bytes asked to be read ahead */
         ManifestEntry *e; /* allocated short: target holds only the link text */
 } PushOp;
 

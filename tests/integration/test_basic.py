@@ -186,6 +186,46 @@ def test_burst_2000():
                   timeout=60, modes=False, msg="2000 files on the server")
 
 
+def test_churn_during_first_backup():
+    """Files deleted, replaced, rewritten and moved while the first upload
+    reads ahead of what it sends: the server and a second computer end with
+    what the disk holds, nothing that was there only for a moment."""
+    import random
+    with Env("churn_during_first_backup") as env:
+        srv = env.server()
+        adir = env.path("A")
+        rnd = random.Random(7)
+        for d in range(30):
+            os.makedirs(os.path.join(adir, "d%02d" % d))
+            for i in range(100):
+                write_file(os.path.join(adir, "d%02d/f%03d" % (d, i)), os.urandom(rnd.choice((100, 4096, 20000))))
+        for i in range(3):
+            write_file(os.path.join(adir, "big%d.bin" % i), os.urandom(4 << 20))
+        a = env.agent("A", adir)
+        # While the upload runs: delete, rename over, rewrite, move a directory.
+        picks = rnd.sample(range(30 * 100), 900)
+        for k, n in enumerate(picks):
+            rel = os.path.join(adir, "d%02d/f%03d" % (n // 100, n % 100))
+            if not os.path.exists(rel):
+                continue
+            if k % 3 == 0:
+                os.unlink(rel)
+            elif k % 3 == 1:
+                write_file(rel + ".new", b"replaced %d\n" % n)
+                os.rename(rel + ".new", rel)
+            else:
+                with open(rel, "r+b") as f:
+                    f.write(b"rewritten in place %d" % n)
+        os.rename(os.path.join(adir, "d29"), os.path.join(adir, "moved29"))
+        os.unlink(os.path.join(adir, "big1.bin"))
+        write_file(os.path.join(adir, "big2.bin"), b"small now\n")
+        b = env.agent("B", env.path("B"), token=a.token)
+        assert_trees_equal(adir, b.dir, timeout=180, msg="B after the churn")
+        snap = snapshot(adir)
+        wait_tree(srv.tree(a.token), {k: (v[0], v[1], None) for k, v in snap.items()},
+                  timeout=60, modes=False, msg="server tree after the churn")
+
+
 def test_editor_save():
     with Env("editor_save") as env:
         srv, a, b = _two(env, "editor", {"doc.txt": "version 0\n"})

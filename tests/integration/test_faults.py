@@ -226,6 +226,11 @@ def _big_file_done(path, size, sha):
     return os.path.isfile(path) and os.path.getsize(path) == size and sha256_file(path) == sha
 
 
+def _tmp_files(stmp):
+    """Upload files waiting under the server's tmp/ (spread over subdirectories)."""
+    return [os.path.join(r, f) for r, _, fs in os.walk(stmp) for f in fs]
+
+
 def test_fault_agent_killed():
     size = 300 * MiB
     with Env("fault_agent_killed") as env:
@@ -246,7 +251,7 @@ def test_fault_agent_killed():
 
         def partial_on_server():
             try:
-                return any(os.path.getsize(os.path.join(stmp, n)) > 0 for n in os.listdir(stmp))
+                return any(os.path.getsize(p) > 0 for p in _tmp_files(stmp))
             except OSError:
                 return False
         while not partial_on_server() and time.monotonic() - t0 < 0.3:
@@ -260,7 +265,7 @@ def test_fault_agent_killed():
         wait_until(lambda: _big_file_done(os.path.join(b.dir, "upload.bin"), size, sha1), 180,
                    "upload.bin complete on B after A restarted")
         check(_big_file_done(os.path.join(tree, "upload.bin"), size, sha1), "upload.bin on the server differs")
-        wait_until(lambda: os.listdir(stmp) == [], 10,
+        wait_until(lambda: _tmp_files(stmp) == [], 10,
                    "the server to discard the killed agent's partial upload in %s" % stmp)
         exp = {"seed.txt", "upload.bin"}
         for root in (adir, b.dir):

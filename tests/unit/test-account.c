@@ -42,7 +42,7 @@ static int put(const char *path, uint64_t base, const char *content, uint64_t *v
         size_t n = strlen(content);
         cr_assert_eq(bs_sha_buf(content, n, sha), 0);
         cr_assert_eq(account_put_check(acc, path, base, n), 0, "put check %s", path);
-        cr_assert_eq(account_upload_begin(acc, &u), 0);
+        cr_assert_eq(account_upload_begin(acc, path, &u), 0);
         cr_assert_eq(account_upload_write(&u, content, n, n), 0);
         return account_put(acc, &u, device, path, base, n, 0644, 1000000000, sha, version);
 }
@@ -60,16 +60,29 @@ static char *tree_content(const char *rel) {
         return buf;
 }
 
-static int count_entries(const char *sub) {
+/* Files (not directories) anywhere below path. */
+static int count_files_in(const char *path) {
         char p[4200];
         int n = 0;
-        path_of(p, sizeof(p), sub, "");
-        DIR *d = opendir(p);
-        cr_assert_not_null(d, "opendir %s", p);
-        for (struct dirent *de; (de = readdir(d));)
-                n += strcmp(de->d_name, ".") && strcmp(de->d_name, "..");
+        DIR *d = opendir(path);
+        cr_assert_not_null(d, "opendir %s", path);
+        for (struct dirent *de; (de = readdir(d));) {
+                if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+                        continue;
+                snprintf(p, sizeof(p), "%s/%s", path, de->d_name);
+                struct stat st;
+                cr_assert_eq(lstat(p, &st), 0, "lstat %s", p);
+                n += S_ISDIR(st.st_mode) ? count_files_in(p) : 1;
+        }
         closedir(d);
         return n;
+}
+
+/* Files below tmp/, tree/ or versions/ (tmp/ spreads uploads over subdirectories). */
+static int count_entries(const char *sub) {
+        char p[4200];
+        path_of(p, sizeof(p), sub, "");
+        return count_files_in(p);
 }
 
 TestSuite(account, .init = setup, .fini = teardown);
@@ -136,4 +149,27 @@ Test(account, closing_without_commit_leaves_nothing) {
         cr_assert_eq(account_committed_seq(acc), 0);
         cr_assert_eq(count_entries("tree"), 0);
         cr_assert_eq(count_entries("tmp"), 0);
+}
+
+Test(account, crash_leftovers_in_tmp_removed_at_open) {
+        char p[4200];
+        AccountUpload u;
+        /* An upload cut off by a crash: its temporary file stays behind. */
+        cr_assert_eq(account_upload_begin(acc, "dir/file", &u), 0);
+        cr_assert_eq(account_upload_write(&u, "partial", 7, 100), 0);
+        close(u.fd);
+        bs_sha_free(u.sha);
+        path_of(p, sizeof(p), "tmp", "stray");
+        FILE *f = fopen(p, "we");
+        cr_assert_not_null(f);
+        fclose(f);
+        cr_assert_eq(count_entries("tmp"), 2);
+        acc = account_free(acc);
+        cr_assert_eq(account_open(storage, strtok(token, "-"), &acc), 0);
+        cr_assert_eq(count_entries("tmp"), 0);
+        /* and uploads still work after the cleanup */
+        uint64_t v;
+        cr_assert_eq(put("g", 0, "after\n", &v), 0);
+        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_str_eq(tree_content("g"), "after\n");
 }

@@ -9,8 +9,8 @@
  * (account->pending) so that a batch is made durable together before any
  * of it gets a name in the tree (account_flush_pending()). Other changes
  * place the waiting uploads first, so the tree is always what the log
- * says, and sync their directory themselves; versions/ is synced once per
- * transaction by account_commit().
+ * says; the directories they change (and versions/) are synced once per
+ * transaction, before its COMMIT, by account_commit().
  *
  * Modes on disk always grant the server read and write (and search for
  * directories), so a client's read-only directory cannot lock the server
@@ -403,7 +403,7 @@ int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *p
         if (r >= 0 && fchmodat(pfd, name, DIR_DISK_MODE(mode), 0) < 0)
                 r = -errno;
         r = r ?: bs_set_mtime_at(pfd, name, mtime_ns);
-        r = r ?: bs_fsync_dir(pfd);
+        r = r ?: account_defer_dir_sync(a, pfd);
         r = r ?: record(a, seq, device, BS_OP_MKDIR, path, NULL, &n);
         r = account_change_end(a, r);
         if (r >= 0)
@@ -457,7 +457,7 @@ int account_symlink(Account *a, const uint8_t device[BS_DEVICE_LEN], const char 
                 r = -errno;
         if (r < 0)
                 (void) unlinkat(a->tmp_fd, tmp, 0);
-        r = r ?: bs_fsync_dir(pfd);
+        r = r ?: account_defer_dir_sync(a, pfd);
         r = r ?: record(a, seq, device, BS_OP_SYMLINK, path, target, &n);
         r = account_change_end(a, r);
         if (r >= 0)
@@ -498,7 +498,7 @@ int account_delete(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *
         if (r < 0)
                 return r;
         r = keep_version(a, pfd, name, path, &e, seq, false);
-        r = r ?: bs_fsync_dir(pfd);
+        r = r ?: account_defer_dir_sync(a, pfd);
         r = r ?: account_entries_remove(a, path);
         r = r ?: record(a, seq, device, BS_OP_DELETE, path, NULL, &n);
         r = account_change_end(a, r);
@@ -630,8 +630,8 @@ int account_move(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *fr
         }
         if (r >= 0 && renameat(from_pfd, from_name, to_pfd, to_name) < 0)
                 r = -errno;
-        r = r ?: bs_fsync_dir(to_pfd);
-        r = r ?: bs_fsync_dir(from_pfd);
+        r = r ?: account_defer_dir_sync(a, to_pfd);
+        r = r ?: account_defer_dir_sync(a, from_pfd);
         r = r ?: rebase_below(a, from, to);
         r = r ?: account_entries_remove(a, from);
         r = r ?: account_entry_set(a, to, &n);

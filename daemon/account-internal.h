@@ -6,6 +6,7 @@
 #pragma once
 
 #include <sqlite3.h>
+#include <sys/types.h>
 
 #include "account.h"
 
@@ -32,6 +33,13 @@ typedef struct AccountPending {
         int fd; /* the first ACCOUNT_BULK_MIN keep it open for fdatasync(), or -1 */
 } AccountPending;
 
+/* A directory changed in this transaction, synced before it commits. */
+typedef struct AccountDirSync {
+        int fd;
+        dev_t dev;
+        ino_t ino;
+} AccountDirSync;
+
 /* Uploads placed per batch (each holds an fd until then). */
 #define ACCOUNT_PENDING_MAX 1024
 /* From this many uploads on, a batch is synced with syncfs(). */
@@ -41,6 +49,8 @@ typedef struct AccountPending {
  * directory for every upload made ext4 search one crowded inode group
  * for each file (twice the cost per file after many deletions). */
 #define ACCOUNT_TMP_DIRS 64
+/* Directories waiting for their sync at commit, at most (then synced at once). */
+#define ACCOUNT_DIR_SYNC_MAX 64
 /* Uploads from this size on start their writeback as soon as they end. */
 #define ACCOUNT_WRITEBACK_MIN (1024 * 1024)
 
@@ -62,6 +72,8 @@ struct Account {
         int txn_error; /* a batch that could not be placed: the commit fails */
         AccountPending *pending;
         size_t n_pending, cap_pending;
+        AccountDirSync dir_sync[ACCOUNT_DIR_SYNC_MAX]; /* see account_defer_dir_sync() */
+        size_t n_dir_sync;
         bool unclean; /* not closed by account_free() last time */
         char key_hash[65];
 };
@@ -97,6 +109,11 @@ void account_range(AccountRange *r, const char *path);
 int account_flush_pending(Account *a);
 /** Forget the waiting uploads and remove their files. */
 void account_drop_pending(Account *a);
+/**
+ * Have the directory dfd synced before the transaction commits (once, however
+ * many changes touched it); the fd is duplicated. Returns 0 or -errno.
+ */
+int account_defer_dir_sync(Account *a, int dfd);
 
 /** Open a change: the transaction if needed, and a savepoint for this one change. */
 int account_change_begin(Account *a);

@@ -327,11 +327,23 @@ int account_open(const char *storage, const char *id, Account **ret) {
         return 0;
 }
 
+/* Sync (unless r < 0) and close the deferred directories; the first error. */
+static int sync_dirs(Account *a, int r) {
+        for (size_t i = 0; i < a->n_dir_sync; i++) {
+                if (r >= 0)
+                        r = bs_fsync_dir(a->dir_sync[i].fd);
+                close(a->dir_sync[i].fd);
+        }
+        a->n_dir_sync = 0;
+        return r;
+}
+
 Account *account_free(Account *a) {
         if (!a)
                 return NULL;
         account_drop_pending(a);
         free(a->pending);
+        (void) sync_dirs(a, -ECANCELED); /* closes only */
         if (a->in_txn)
                 (void) exec(a, "ROLLBACK");
         else if (a->db && !a->unclean)
@@ -457,11 +469,32 @@ void account_drop_pending(Account *a) {
         a->n_pending = 0;
 }
 
+int account_defer_dir_sync(Account *a, int dfd) {
+        struct stat st;
+        if (fstat(dfd, &st) < 0)
+                return -errno;
+        for (size_t i = 0; i < a->n_dir_sync; i++)
+                if (a->dir_sync[i].ino == st.st_ino && a->dir_sync[i].dev == st.st_dev)
+                        return 0;
+        if (a->n_dir_sync == ACCOUNT_DIR_SYNC_MAX) {
+                int r = sync_dirs(a, 0);
+                if (r < 0)
+                        return r;
+        }
+        int fd = fcntl(dfd, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0)
+                return -errno;
+        a->dir_sync[a->n_dir_sync++] = (AccountDirSync) { .fd = fd, .dev = st.st_dev, .ino = st.st_ino };
+        return 0;
+}
+
 int account_commit(Account *a) {
         if (!a->in_txn)
                 return 0;
         int r = account_flush_pending(a);
         r = r ?: a->txn_error;
+        /* Directories changed by MKDIR, SYMLINK, DELETE and MOVE: each once. */
+        r = sync_dirs(a, r);
         /* Kept versions: one directory sync per transaction. */
         if (r >= 0 && a->versions_changed)
                 r = bs_fsync_dir(a->versions_fd);

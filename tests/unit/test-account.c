@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "account.h"
+#include "account-internal.h"
 #include "bs-hash.h"
 
 static char storage[] = "/tmp/bs-test-account-XXXXXX";
@@ -172,4 +172,19 @@ Test(account, crash_leftovers_in_tmp_removed_at_open) {
         cr_assert_eq(put("g", 0, "after\n", &v), 0);
         cr_assert_eq(account_commit(acc), 0);
         cr_assert_str_eq(tree_content("g"), "after\n");
+}
+
+/* Many directory changes in one transaction sync each directory once, at commit. */
+Test(account, directory_syncs_deferred_to_commit) {
+        char name[32];
+        uint64_t v;
+        for (int i = 0; i < 100; i++) {
+                snprintf(name, sizeof(name), "d%03d", i);
+                cr_assert_eq(account_mkdir(acc, device, name, 0, 0755, 0, &v), 0);
+        }
+        cr_assert_eq(account_mkdir(acc, device, "d000/sub", 0, 0755, 0, &v), 0);
+        cr_assert_eq(acc->n_dir_sync, 2, "the root and d000 wait for one sync each");
+        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(acc->n_dir_sync, 0);
+        cr_assert_eq(account_committed_seq(acc), 101);
 }

@@ -48,13 +48,18 @@ static int check_path(const char *path) {
 
 /* Open the parent directory in the tree and make sure it is a known directory. */
 static int open_parent(Account *a, const char *path, const char **base) {
+        size_t n = bs_path_parent_len(path);
+        if (n > 0 && a->parent_fd >= 0 && n == a->parent_len && memcmp(path, a->parent_path, n) == 0) {
+                int fd = fcntl(a->parent_fd, F_DUPFD_CLOEXEC, 3);
+                *base = path + n + 1;
+                return fd < 0 ? -errno : fd;
+        }
         int fd = bs_open_parent(a->tree_fd, path, base);
         if (fd == -ENOTDIR)
                 return -ENOENT;
         if (fd < 0)
                 return fd;
 
-        size_t n = bs_path_parent_len(path);
         if (n > 0) {
                 char parent[BS_PATH_MAX + 1];
                 AccountEntry e;
@@ -66,6 +71,12 @@ static int open_parent(Account *a, const char *path, const char **base) {
                 if (r < 0) {
                         close(fd);
                         return r;
+                }
+                account_forget_parent(a);
+                a->parent_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+                if (a->parent_fd >= 0) {
+                        memcpy(a->parent_path, path, n);
+                        a->parent_len = n;
                 }
         }
         return fd;
@@ -492,6 +503,8 @@ int account_delete(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *
         AccountEntry n = e;
         memcpy(n.device, device, BS_DEVICE_LEN);
 
+        /* It may remove or move a directory the cache names. */
+        account_forget_parent(a);
         /* The tree must hold every upload before it changes otherwise. */
         r = account_flush_pending(a);
         r = r ?: account_change_begin(a);
@@ -619,6 +632,8 @@ int account_move(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *fr
         n.version = seq;
         memcpy(n.device, device, BS_DEVICE_LEN);
 
+        /* It may remove or move a directory the cache names. */
+        account_forget_parent(a);
         /* The tree must hold every upload before it changes otherwise. */
         r = account_flush_pending(a);
         r = r ?: account_change_begin(a);

@@ -23,6 +23,9 @@ enum {
         STMT_VERSION_BY_SHA,
         STMT_LOG_ADD,
         STMT_DEVICE_SEEN,
+        STMT_SAVEPOINT,
+        STMT_RELEASE,
+        STMT_ROLLBACK_TO,
         _STMT_MAX,
 };
 
@@ -73,6 +76,11 @@ struct Account {
         AccountPending *pending;
         size_t n_pending, cap_pending;
         AccountDirSync dir_sync[ACCOUNT_DIR_SYNC_MAX]; /* see account_defer_dir_sync() */
+        /* The last parent directory an upload went to, known to be a
+         * directory entry: a burst names the same one again and again. */
+        int parent_fd;
+        size_t parent_len;
+        char parent_path[BS_PATH_MAX + 1];
         size_t n_dir_sync;
         bool unclean; /* not closed by account_free() last time */
         char key_hash[65];
@@ -107,6 +115,8 @@ void account_range(AccountRange *r, const char *path);
  * change that is not a plain upload, and at commit.
  */
 int account_flush_pending(Account *a);
+/** Drop the cached parent directory: after a change that can remove or move one. */
+void account_forget_parent(Account *a);
 /** Forget the waiting uploads and remove their files. */
 void account_drop_pending(Account *a);
 /**

@@ -253,6 +253,7 @@ static int rescue_versions(Verify *v) {
 }
 
 int account_verify(Account *a, bool repair, bool hash_all, account_verify_fn report, void *userdata) {
+        account_forget_parent(a); /* a repair may replace directories */
         Verify v = { .a = a, .repair = repair, .hash_all = hash_all, .report = report, .userdata = userdata };
         int r;
 

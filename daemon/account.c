@@ -61,6 +61,10 @@ static const char *const stmt_sql[_STMT_MAX] = {
                          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         [STMT_DEVICE_SEEN] = "INSERT INTO devices(id, name, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3) "
                              "ON CONFLICT(id) DO UPDATE SET name = ?2, last_seen = ?3",
+        /* Every change is one savepoint: prepared once, not parsed per change. */
+        [STMT_SAVEPOINT] = "SAVEPOINT change",
+        [STMT_RELEASE] = "RELEASE change",
+        [STMT_ROLLBACK_TO] = "ROLLBACK TO change",
 };
 
 int account_sqlite_errno(int rc) {
@@ -138,6 +142,13 @@ static int exec(Account *a, const char *sql) {
         return account_sqlite_errno(sqlite3_exec(a->db, sql, NULL, NULL, NULL));
 }
 
+/* Run a prepared statement that takes no parameters and returns no rows. */
+static int stmt_exec(Account *a, unsigned id) {
+        sqlite3_stmt *st;
+        int r = account_stmt(a, id, &st);
+        return r < 0 ? r : account_step_done(st);
+}
+
 static int meta_get(Account *a, const char *key, char *out, size_t outsz) {
         sqlite3_stmt *st;
         int r = account_stmt(a, STMT_META_GET, &st);
@@ -213,7 +224,7 @@ static int account_alloc(const char *storage, const char *id, Account **ret) {
         Account *a = calloc(1, sizeof(*a));
         if (!a)
                 return -ENOMEM;
-        a->dir_fd = a->tree_fd = a->tmp_fd = a->versions_fd = -1;
+        a->dir_fd = a->tree_fd = a->tmp_fd = a->versions_fd = a->parent_fd = -1;
         for (size_t i = 0; i < ELEMENTSOF(a->tmp_dirs); i++)
                 a->tmp_dirs[i] = -1;
         memcpy(a->id, id, BS_ID_LEN);
@@ -344,6 +355,7 @@ Account *account_free(Account *a) {
         account_drop_pending(a);
         free(a->pending);
         (void) sync_dirs(a, -ECANCELED); /* closes only */
+        account_forget_parent(a);
         if (a->in_txn)
                 (void) exec(a, "ROLLBACK");
         else if (a->db && !a->unclean)
@@ -469,6 +481,13 @@ void account_drop_pending(Account *a) {
         a->n_pending = 0;
 }
 
+void account_forget_parent(Account *a) {
+        if (a->parent_fd >= 0)
+                close(a->parent_fd);
+        a->parent_fd = -1;
+        a->parent_len = 0;
+}
+
 int account_defer_dir_sync(Account *a, int dfd) {
         struct stat st;
         if (fstat(dfd, &st) < 0)
@@ -503,6 +522,7 @@ int account_commit(Account *a) {
         r = r ?: exec(a, "COMMIT");
         if (r < 0) {
                 (void) exec(a, "ROLLBACK");
+                account_forget_parent(a);
                 a->seq = a->committed_seq;
                 /* The tree may hold changes the metadata lost: leave the
                  * account marked unclean, so the next start recovers it. */
@@ -523,18 +543,19 @@ int account_change_begin(Account *a) {
                 a->in_txn = true;
         }
         a->change_seq = a->seq;
-        return exec(a, "SAVEPOINT change");
+        return stmt_exec(a, STMT_SAVEPOINT);
 }
 
 int account_change_end(Account *a, int r) {
         if (r >= 0) {
-                int k = exec(a, "RELEASE change");
+                int k = stmt_exec(a, STMT_RELEASE);
                 if (k >= 0)
                         return r;
                 r = k;
         }
-        (void) exec(a, "ROLLBACK TO change");
-        (void) exec(a, "RELEASE change");
+        (void) stmt_exec(a, STMT_ROLLBACK_TO);
+        (void) stmt_exec(a, STMT_RELEASE);
+        account_forget_parent(a);
         a->seq = a->change_seq;
         return r;
 }

@@ -188,3 +188,22 @@ Test(account, directory_syncs_deferred_to_commit) {
         cr_assert_eq(acc->n_dir_sync, 0);
         cr_assert_eq(account_committed_seq(acc), 101);
 }
+
+/* Uploads reuse the last parent directory; a delete or move must not leave
+ * them writing into a directory that no longer has that name. */
+Test(account, cached_parent_follows_delete_and_move) {
+        uint64_t vd, vf, vx, v;
+        cr_assert_eq(account_mkdir(acc, device, "d", 0, 0755, 0, &vd), 0);
+        cr_assert_eq(put("d/f", 0, "one\n", &vf), 0);
+        cr_assert_eq(account_delete(acc, device, "d", vd, &vx), 0);
+        cr_assert_eq(account_mkdir(acc, device, "d", 0, 0755, 0, &vd), 0);
+        cr_assert_eq(put("d/g", 0, "two\n", &v), 0);
+        cr_assert_eq(account_move(acc, device, "d", vd, "e", 0, &vx), 0);
+        cr_assert_eq(account_put_check(acc, "d/h", 0, 6), -ENOENT, "upload into a moved directory's old name");
+        cr_assert_eq(put("e/h", 0, "three\n", &v), 0);
+        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_null(tree_content("d/f"));
+        cr_assert_null(tree_content("d/g"));
+        cr_assert_str_eq(tree_content("e/g"), "two\n");
+        cr_assert_str_eq(tree_content("e/h"), "three\n");
+}

@@ -13,20 +13,57 @@
 #include "bs-macro.h"
 #include "bs-path.h"
 
+void local_scan_begin(Agent *a) {
+        local_scan_end(a);
+        a->scanning = true;
+}
+
+void local_scan_end(Agent *a) {
+        if (a->scan_fd >= 0)
+                close(a->scan_fd);
+        a->scan_fd = -1;
+        a->scanning = false;
+}
+
+/* The parent of path: the scan's kept directory when it is that one. */
+static int open_parent(Agent *a, const char *path, const char **base, bool *kept) {
+        size_t n = bs_path_parent_len(path);
+        *kept = false;
+        if (!a->scanning)
+                return bs_open_parent(a->rootfd, path, base);
+        if (a->scan_fd >= 0 && n == a->scan_len && memcmp(path, a->scan_dir, n) == 0) {
+                *base = bs_path_base(path);
+                *kept = true;
+                return a->scan_fd;
+        }
+        int fd = bs_open_parent(a->rootfd, path, base);
+        if (fd >= 0 && n <= BS_PATH_MAX) {
+                if (a->scan_fd >= 0)
+                        close(a->scan_fd);
+                a->scan_fd = fd;
+                a->scan_len = n;
+                memcpy(a->scan_dir, path, n);
+                *kept = true;
+        }
+        return fd;
+}
+
 int local_stat(Agent *a, const char *path, LocalEntry *l) {
         const char *base;
+        bool kept;
 
         l->exists = false;
         l->kind = BS_KIND_NONE;
         l->target[0] = 0;
-        _cleanup_(closep) int pfd = bs_open_parent(a->rootfd, path, &base);
-        if (pfd < 0) {
+        int fd = open_parent(a, path, &base, &kept);
+        _cleanup_(closep) int pfd = kept ? -1 : fd;
+        if (fd < 0) {
                 /* A missing parent, or one that is a link or a file now. */
-                if (pfd == -ENOENT || pfd == -ENOTDIR || pfd == -ELOOP || pfd == -EXDEV)
+                if (fd == -ENOENT || fd == -ENOTDIR || fd == -ELOOP || fd == -EXDEV)
                         return 0;
-                return pfd;
+                return fd;
         }
-        if (fstatat(pfd, base, &l->st, AT_SYMLINK_NOFOLLOW) < 0)
+        if (fstatat(fd, base, &l->st, AT_SYMLINK_NOFOLLOW) < 0)
                 return errno == ENOENT || errno == ENOTDIR ? 0 : -errno;
         l->exists = true;
         if (S_ISREG(l->st.st_mode))
@@ -35,7 +72,7 @@ int local_stat(Agent *a, const char *path, LocalEntry *l) {
                 l->kind = BS_KIND_DIR;
         else if (S_ISLNK(l->st.st_mode)) {
                 l->kind = BS_KIND_SYMLINK;
-                ssize_t n = readlinkat(pfd, base, l->target, BS_PATH_MAX);
+                ssize_t n = readlinkat(fd, base, l->target, BS_PATH_MAX);
                 if (n < 0)
                         return -errno;
                 l->target[n] = 0;

@@ -495,6 +495,7 @@ int agent_push(Agent *a) {
         qsort(dirty, n, sizeof(*dirty), plan_path_cmp);
         Plan p = {};
         const char *skip = NULL;
+        local_scan_begin(a);
         for (size_t i = 0; i < n; i++) {
                 /* Merge duplicates; a recursive visit covers what is below it. */
                 if (i + 1 < n && strcmp(dirty[i].path, dirty[i + 1].path) == 0) {
@@ -509,6 +510,7 @@ int agent_push(Agent *a) {
                 else if (r < 0)
                         log_warning("could not look at %s: %s", dirty[i].path, strerror(-r));
         }
+        local_scan_end(a);
         r = p.n ? push_plan(a, &p) : 0;
         plan_clear(&p);
         for (size_t i = 0; i < n; i++)

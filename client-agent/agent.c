@@ -34,7 +34,7 @@ int agent_new(const AgentConfig *cfg, Agent **ret) {
         if (!a)
                 return -ENOMEM;
         a->cfg = *cfg;
-        a->rootfd = -1;
+        a->rootfd = a->scan_fd = -1;
         *ret = a;
         return 0;
 }
@@ -56,6 +56,7 @@ Agent *agent_free(Agent *a) {
         agent_state_free(a->state);
         if (a->rootfd >= 0)
                 close(a->rootfd);
+        local_scan_end(a);
         for (size_t i = 0; i < a->n_dirty; i++)
                 free(a->dirty[i].path);
         free(a->dirty);

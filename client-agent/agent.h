@@ -62,6 +62,12 @@ typedef struct Agent {
         Watcher *watcher;
         Conn *conn;
         int rootfd;
+        /* While a plan is made: the directory whose entries are being
+         * looked at, so each entry costs one fstatat(), not a path walk. */
+        bool scanning;
+        int scan_fd;
+        size_t scan_len;
+        char scan_dir[BS_PATH_MAX + 1];
 
         uint8_t device[BS_DEVICE_LEN];
         char device_label[40];
@@ -163,6 +169,13 @@ typedef struct LocalEntry {
 } LocalEntry;
 
 int local_stat(Agent *a, const char *path, LocalEntry *l);
+/**
+ * Between these, local_stat() keeps the last parent directory open: for
+ * making a plan, where nothing is changed on disk by the agent and a
+ * directory replaced meanwhile is seen again through inotify.
+ */
+void local_scan_begin(Agent *a);
+void local_scan_end(Agent *a);
 /** True when the disk entry is what the manifest last recorded. */
 bool local_matches(const LocalEntry *l, const ManifestEntry *m);
 /**

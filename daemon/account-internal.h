@@ -137,5 +137,5 @@ int account_log_add(Account *a, uint64_t seq, const uint8_t device[BS_DEVICE_LEN
                     const AccountEntry *e, const char *path, const char *path2);
 int account_version_add(Account *a, const char *path, const AccountEntry *e,
                         const char *stored, uint64_t replaced_seq);
-/** Advance the account's sequence to seq (inside the open change). */
+/** Advance the account's sequence to seq (inside the open change; stored at commit). */
 int account_set_seq(Account *a, uint64_t seq);

@@ -507,6 +507,13 @@ int account_defer_dir_sync(Account *a, int dfd) {
         return 0;
 }
 
+/* The sequence is stored once per transaction, not once per change. */
+static int store_seq(Account *a) {
+        char buf[32];
+        snprintf(buf, sizeof(buf), "%llu", (unsigned long long) a->seq);
+        return meta_set(a, "seq", buf);
+}
+
 int account_commit(Account *a) {
         if (!a->in_txn)
                 return 0;
@@ -519,6 +526,8 @@ int account_commit(Account *a) {
                 r = bs_fsync_dir(a->versions_fd);
         if (r >= 0)
                 a->versions_changed = false;
+        if (r >= 0 && a->seq != a->committed_seq)
+                r = store_seq(a);
         r = r ?: exec(a, "COMMIT");
         if (r < 0) {
                 (void) exec(a, "ROLLBACK");
@@ -658,10 +667,7 @@ int account_version_add(Account *a, const char *path, const AccountEntry *e,
 }
 
 int account_set_seq(Account *a, uint64_t seq) {
-        char buf[32];
-        snprintf(buf, sizeof(buf), "%llu", (unsigned long long) seq);
-        int r = meta_set(a, "seq", buf);
-        if (r >= 0)
-                a->seq = seq;
-        return r;
+        a->seq = seq;
+        return 0;
 }
+

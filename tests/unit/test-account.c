@@ -207,3 +207,22 @@ Test(account, cached_parent_follows_delete_and_move) {
         cr_assert_str_eq(tree_content("e/g"), "two\n");
         cr_assert_str_eq(tree_content("e/h"), "three\n");
 }
+
+/* The sequence is stored at commit: reopening finds the last committed one. */
+Test(account, sequence_survives_reopen) {
+        uint64_t v;
+        cr_assert_eq(put("a", 0, "1\n", &v), 0);
+        cr_assert_eq(put("b", 0, "2\n", &v), 0);
+        cr_assert_eq(put("c", 0, "3\n", &v), 0);
+        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(put("d", 0, "not committed\n", &v), 0);
+        acc = account_free(acc);
+        cr_assert_eq(account_open(storage, strtok(token, "-"), &acc), 0);
+        cr_assert_eq(account_committed_seq(acc), 3);
+        cr_assert_eq(put("e", 0, "4\n", &v), 0);
+        cr_assert_eq(v, 4);
+        cr_assert_eq(account_commit(acc), 0);
+        acc = account_free(acc);
+        cr_assert_eq(account_open(storage, token, &acc), 0);
+        cr_assert_eq(account_committed_seq(acc), 4);
+}

@@ -206,37 +206,12 @@ static int reserve_pending(Account *a) {
         return 0;
 }
 
-/* The tmp/ directory for an upload to path: one per parent directory, so
- * a directory's files are allocated together and a burst is spread. */
-static int tmp_dir(Account *a, const char *path, char sub[static 4]) {
-        uint32_t h = 2166136261u; /* FNV-1a */
-        for (size_t i = 0, n = bs_path_parent_len(path); i < n; i++)
-                h = (h ^ (uint8_t) path[i]) * 16777619u;
-        unsigned k = h % ACCOUNT_TMP_DIRS;
-        snprintf(sub, 4, "%02u/", k);
-        if (a->tmp_dirs[k] >= 0)
-                return a->tmp_dirs[k];
-        char name[3] = { sub[0], sub[1], 0 };
-        if (mkdirat(a->tmp_fd, name, 0700) < 0 && errno != EEXIST)
-                return -errno;
-        int fd = openat(a->tmp_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        return a->tmp_dirs[k] = fd;
-}
-
-int account_upload_begin(Account *a, const char *path, AccountUpload *u) {
-        char sub[4];
+int account_upload_begin(Account *a, AccountUpload *u) {
         *u = ACCOUNT_UPLOAD_NULL;
-        int dfd = tmp_dir(a, path, sub);
-        if (dfd < 0)
-                return dfd;
         int r = bs_sha_new(&u->sha);
         if (r < 0)
                 return r;
-        /* Named "NN/<temp name>": tmp/-relative, as renames and unlinks use it. */
-        memcpy(u->name, sub, 3);
-        u->fd = bs_tmpfile_at(dfd, u->name + 3, sizeof(u->name) - 3, 0600);
+        u->fd = bs_tmpfile_at(a->tmp_fd, u->name, sizeof(u->name), 0600);
         if (u->fd < 0) {
                 r = u->fd;
                 u->sha = bs_sha_free(u->sha);

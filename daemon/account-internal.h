@@ -47,11 +47,6 @@ typedef struct AccountDirSync {
 #define ACCOUNT_PENDING_MAX 1024
 /* From this many uploads on, a batch is synced with syncfs(). */
 #define ACCOUNT_BULK_MIN 16
-/* tmp/ is split in this many directories, chosen by the upload's parent
- * directory: a filesystem places a new inode near its directory, and one
- * directory for every upload made ext4 search one crowded inode group
- * for each file (twice the cost per file after many deletions). */
-#define ACCOUNT_TMP_DIRS 64
 /* Directories waiting for their sync at commit, at most (then synced at once). */
 #define ACCOUNT_DIR_SYNC_MAX 64
 /* Uploads from this size on start their writeback as soon as they end. */
@@ -64,7 +59,6 @@ struct Account {
         int tree_fd;
         int tmp_fd;
         int versions_fd;
-        int tmp_dirs[ACCOUNT_TMP_DIRS]; /* tmp/00 .. tmp/63, opened when first used, or -1 */
         sqlite3 *db;
         sqlite3_stmt *stmt[_STMT_MAX];
         uint64_t seq;

@@ -1,6 +1,6 @@
 /* account.c - opening, creating and committing one account's storage
  *
- * STORAGE/<ID>/ holds tree/ (the current files), tmp/00..63/ (uploads in
+ * STORAGE/<ID>/ holds tree/ (the current files), tmp/ (uploads in
  * progress, same file system so they can be renamed into the tree),
  * versions/ (replaced and deleted content) and meta.db. meta.db is opened
  * in WAL mode with synchronous=FULL: a COMMIT is durable when it returns.
@@ -225,8 +225,6 @@ static int account_alloc(const char *storage, const char *id, Account **ret) {
         if (!a)
                 return -ENOMEM;
         a->dir_fd = a->tree_fd = a->tmp_fd = a->versions_fd = a->parent_fd = -1;
-        for (size_t i = 0; i < ELEMENTSOF(a->tmp_dirs); i++)
-                a->tmp_dirs[i] = -1;
         memcpy(a->id, id, BS_ID_LEN);
         if (asprintf(&a->db_path, "%s/%s/meta.db", storage, id) < 0) {
                 free(a);
@@ -366,9 +364,6 @@ Account *account_free(Account *a) {
         for (int *fd = &a->dir_fd; fd <= &a->versions_fd; fd++)
                 if (*fd >= 0)
                         close(*fd);
-        for (size_t i = 0; i < ELEMENTSOF(a->tmp_dirs); i++)
-                if (a->tmp_dirs[i] >= 0)
-                        close(a->tmp_dirs[i]);
         free(a->db_path);
         free(a);
         return NULL;

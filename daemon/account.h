@@ -116,8 +116,8 @@ int account_entry_get(Account *a, const char *path, AccountEntry *ret);
  */
 int account_put_check(Account *a, const char *path, uint64_t base, uint64_t size);
 
-/** Start an upload for path: a temporary file under tmp/. */
-int account_upload_begin(Account *a, const char *path, AccountUpload *u);
+/** Start an upload: a temporary file in tmp/. */
+int account_upload_begin(Account *a, AccountUpload *u);
 /** Append bytes to an upload; -EFBIG once it would pass limit. */
 int account_upload_write(AccountUpload *u, const void *p, size_t n, uint64_t limit);
 /** Drop an upload and its temporary file. */

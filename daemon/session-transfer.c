@@ -72,7 +72,7 @@ int session_handle_put(Session *s, const BsMsg *m) {
         r = account_put_check(s->account, m->path, m->base, m->size);
         if (r < 0)
                 return upload_refuse(s, r, bs_err_name(session_errno_to_code(r)));
-        r = account_upload_begin(s->account, m->path, &s->upload.u);
+        r = account_upload_begin(s->account, &s->upload.u);
         if (r < 0)
                 return upload_refuse(s, r, "cannot create a temporary file");
         return 0;

@@ -227,7 +227,7 @@ def _big_file_done(path, size, sha):
 
 
 def _tmp_files(stmp):
-    """Upload files waiting under the server's tmp/ (spread over subdirectories)."""
+    """Upload files waiting under the server's tmp/."""
     return [os.path.join(r, f) for r, _, fs in os.walk(stmp) for f in fs]
 
 

@@ -42,7 +42,7 @@ static int put(const char *path, uint64_t base, const char *content, uint64_t *v
         size_t n = strlen(content);
         cr_assert_eq(bs_sha_buf(content, n, sha), 0);
         cr_assert_eq(account_put_check(acc, path, base, n), 0, "put check %s", path);
-        cr_assert_eq(account_upload_begin(acc, path, &u), 0);
+        cr_assert_eq(account_upload_begin(acc, &u), 0);
         cr_assert_eq(account_upload_write(&u, content, n, n), 0);
         return account_put(acc, &u, device, path, base, n, 0644, 1000000000, sha, version);
 }
@@ -78,7 +78,7 @@ static int count_files_in(const char *path) {
         return n;
 }
 
-/* Files below tmp/, tree/ or versions/ (tmp/ spreads uploads over subdirectories). */
+/* Files below tmp/, tree/ or versions/. */
 static int count_entries(const char *sub) {
         char p[4200];
         path_of(p, sizeof(p), sub, "");
@@ -155,7 +155,7 @@ Test(account, crash_leftovers_in_tmp_removed_at_open) {
         char p[4200];
         AccountUpload u;
         /* An upload cut off by a crash: its temporary file stays behind. */
-        cr_assert_eq(account_upload_begin(acc, "dir/file", &u), 0);
+        cr_assert_eq(account_upload_begin(acc, &u), 0);
         cr_assert_eq(account_upload_write(&u, "partial", 7, 100), 0);
         close(u.fd);
         bs_sha_free(u.sha);

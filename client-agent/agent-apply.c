@@ -101,8 +101,13 @@ static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool hav
         x->tmp[0] = 0;
         record(a, x->path, x, l, NULL);
         a->n_downloaded++;
-        log_event(AGENT_FILE_LOG(a), BS_MID_DOWNLOADED, a->account, x->path, "downloaded %s (%llu bytes)", x->path,
-                  (unsigned long long) x->size);
+        if (x->copied > 0)
+                log_event(AGENT_FILE_LOG(a), BS_MID_DOWNLOADED, a->account, x->path,
+                          "downloaded %s (%llu bytes, %llu received, the rest unchanged)", x->path,
+                          (unsigned long long) x->size, (unsigned long long) (x->size - x->copied));
+        else
+                log_event(AGENT_FILE_LOG(a), BS_MID_DOWNLOADED, a->account, x->path, "downloaded %s (%llu bytes)",
+                          x->path, (unsigned long long) x->size);
         return 0;
 }
 

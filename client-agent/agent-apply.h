@@ -23,6 +23,8 @@ typedef struct Rec {
         uint32_t req;
         char tmp[64];
         int fd; /* the downloaded temporary file until its batch is synced, or -1 */
+        int src_fd; /* GET_DELTA: the local file COPY reads from, or -1 */
+        uint64_t copied; /* bytes of the download taken from the local version */
 } Rec;
 
 typedef struct PathList {

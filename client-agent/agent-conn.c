@@ -66,6 +66,7 @@ int conn_connect(const char *host, const char *port, int timeout_ms, Conn **ret)
         }
         c->fd = fd;
         c->peer_max_frame = BS_FRAME_MAX_DEFAULT;
+        c->version = BS_PROTO_MIN_VERSION;
         *ret = c;
         return 0;
 }

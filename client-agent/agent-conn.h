@@ -16,6 +16,7 @@ typedef struct Conn {
         int fd;
         BsBuf in, out;
         uint32_t peer_max_frame;
+        uint16_t version;    /* protocol version the server chose */
         uint64_t notify_seq; /* highest NOTIFY seen */
         uint64_t bytes_in, bytes_out;
         bool eof;

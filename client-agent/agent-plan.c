@@ -19,6 +19,8 @@ void plan_clear(Plan *p) {
                 free(p->ops[i].path);
                 free(p->ops[i].path2);
                 free(p->ops[i].e);
+                bs_blocks_free(p->ops[i].blocks);
+                free(p->ops[i].delta_base);
                 if (p->ops[i].fd >= 0)
                         close(p->ops[i].fd);
         }

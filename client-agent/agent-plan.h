@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "agent.h"
+#include "bs-blocks.h"
 
 typedef struct PushOp {
         uint8_t type;
@@ -20,6 +21,12 @@ typedef struct PushOp {
         int fd; /* PUT opened ahead of its turn, its reading already started, or -1 */
         uint64_t prefetched; /* bytes asked to be read ahead */
         ManifestEntry *e; /* allocated short: target holds only the link text */
+        /* PUT of a big file: the block fingerprints of what was sent, kept
+         * on ACK for the next delta; and, when only changed blocks were
+         * sent, the SHA-256 of the content the rest was copied from. */
+        BsBlocks *blocks;
+        uint8_t *delta_base;
+        uint64_t sent; /* of a delta: the bytes that went as DATA */
 } PushOp;
 
 typedef struct Plan {

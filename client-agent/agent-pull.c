@@ -8,6 +8,11 @@
  * one syncfs()), then its records are applied in order, so a crash never
  * leaves a short file under a real name (a rescan would take it for a
  * local edit), and a burst costs one sync per batch, not one per file.
+ *
+ * A big file the agent holds an older version of is asked for with
+ * GET_DELTA: the server sends COPY for the ranges that version already
+ * has, which are read from the local file, and DATA for the rest. The
+ * result is checked against its SHA-256 like any download.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -18,6 +23,7 @@
 
 #include "agent-apply.h"
 #include "agent.h"
+#include "bs-blocks.h"
 #include "bs-fs.h"
 #include "bs-hash.h"
 #include "bs-log.h"
@@ -43,6 +49,8 @@ typedef struct Pull {
         Rec *cur;
         uint64_t left;
         BsSha *sha;
+        BsBlocks *blocks; /* fingerprints of a big download, kept for a later delta upload */
+        uint8_t *copy_buf;
         /* Records before applied are applied; the batch waits for one sync. */
         size_t applied;
         size_t batch_files;
@@ -55,6 +63,8 @@ static void pull_clear(Agent *a, Pull *p) {
                         unlinkat(a->rootfd, p->recs[i].tmp, 0);
                 if (p->recs[i].fd >= 0)
                         close(p->recs[i].fd);
+                if (p->recs[i].src_fd >= 0)
+                        close(p->recs[i].src_fd);
                 free(p->recs[i].path);
                 free(p->recs[i].path2);
         }
@@ -63,6 +73,8 @@ static void pull_clear(Agent *a, Pull *p) {
         if (p->fd >= 0)
                 close(p->fd);
         bs_sha_free(p->sha);
+        bs_blocks_free(p->blocks);
+        free(p->copy_buf);
 }
 
 static int receive_changes(Agent *a, Pull *p, uint64_t since) {
@@ -124,7 +136,8 @@ static int receive_changes(Agent *a, Pull *p, uint64_t since) {
                         }
                         Rec *x = &p->recs[p->n];
                         *x = (Rec) { .seq = rec->seq, .size = rec->size, .mtime_ns = rec->mtime_ns,
-                                     .mode = rec->mode, .op = rec->op, .kind = rec->kind, .fd = -1 };
+                                     .mode = rec->mode, .op = rec->op, .kind = rec->kind, .fd = -1,
+                                     .src_fd = -1 };
                         memcpy(x->sha, rec->sha, BS_SHA_LEN);
                         x->path = strdup(rec->path);
                         x->path2 = strdup(rec->path2);
@@ -166,6 +179,32 @@ out:
         return want;
 }
 
+/* For GET_DELTA: an fd of the local file when it still holds the version the
+ * manifest records, which have receives; -1 to fetch the whole file. */
+static int delta_source(Agent *a, const Rec *x, uint8_t have[BS_SHA_LEN]) {
+        ManifestEntry *m = malloc(sizeof(*m));
+        LocalEntry *l = malloc(sizeof(*l));
+        struct stat st;
+        int fd = -1;
+        if (!m || !l)
+                goto out;
+        if (manifest_get(a->state, x->path, m) < 0 || m->kind != BS_KIND_FILE || m->size < BS_DELTA_MIN ||
+            memcmp(m->sha, x->sha, BS_SHA_LEN) == 0 || local_stat(a, x->path, l) < 0 || !local_matches(l, m))
+                goto out;
+        fd = bs_open_beneath(a->rootfd, x->path, O_RDONLY | O_NOCTTY, 0);
+        /* The very file that was compared, not one renamed over it since. */
+        if (fd >= 0 && (fstat(fd, &st) < 0 || st.st_ino != l->st.st_ino || st.st_dev != l->st.st_dev)) {
+                close(fd);
+                fd = -1;
+        }
+        if (fd >= 0)
+                memcpy(have, m->sha, BS_SHA_LEN);
+out:
+        free(m);
+        free(l);
+        return fd < 0 ? -1 : fd;
+}
+
 static int send_gets(Agent *a, Pull *p) {
         while (p->next_get < p->n && p->fifo_tail - p->fifo_head < GET_WINDOW) {
                 Rec *x = &p->recs[p->next_get];
@@ -174,6 +213,9 @@ static int send_gets(Agent *a, Pull *p) {
                         if (!m)
                                 return -ENOMEM;
                         bs_msg_init(m, BS_MSG_GET, ++a->next_req);
+                        if (x->size >= BS_DELTA_MIN && !a->no_delta && a->conn->version >= BS_PROTO_DELTA_VERSION &&
+                            (x->src_fd = delta_source(a, x, m->have)) >= 0)
+                                m->type = BS_MSG_GET_DELTA;
                         memcpy(m->sha, x->sha, BS_SHA_LEN);
                         m->path_len = strlen(x->path);
                         memcpy(m->path, x->path, m->path_len + 1);
@@ -198,6 +240,22 @@ static int send_gets(Agent *a, Pull *p) {
         return 0;
 }
 
+/* The fingerprints of a big download replace those of the version it replaces. */
+static void keep_blocks(Agent *a, const Rec *x, BsBlocks *b) {
+        ManifestEntry *old = malloc(sizeof(*old));
+        size_t n;
+        if (bs_blocks_final(b) < 0) {
+                free(old);
+                return;
+        }
+        if (old && manifest_get(a->state, x->path, old) == 0 && old->kind == BS_KIND_FILE &&
+            memcmp(old->sha, x->sha, BS_SHA_LEN) != 0)
+                blocks_delete(a->state, old->sha);
+        free(old);
+        const uint8_t *sums = bs_blocks_sums(b, &n);
+        blocks_put(a->state, x->sha, bs_blocks_block(b), sums, n);
+}
+
 static int finish_download(Agent *a, Pull *p) {
         Rec *x = p->cur;
         uint8_t sha[BS_SHA_LEN];
@@ -205,6 +263,19 @@ static int finish_download(Agent *a, Pull *p) {
         p->sha = bs_sha_free(p->sha);
         if (r == 0 && memcmp(sha, x->sha, BS_SHA_LEN) != 0)
                 r = -EBADMSG;
+        if (x->src_fd >= 0) {
+                close(x->src_fd);
+                x->src_fd = -1;
+                /* The local file changed under us, or the server's copy of
+                 * it differs: the next pass fetches whole files. */
+                if (r == -EBADMSG) {
+                        a->no_delta = true;
+                        a->need_snapshot = true;
+                }
+        }
+        if (r == 0 && p->blocks)
+                keep_blocks(a, x, p->blocks);
+        p->blocks = bs_blocks_free(p->blocks);
         if (r == 0 && fchmod(p->fd, x->mode & 07777) < 0)
                 r = -errno;
         if (r == 0)
@@ -236,19 +307,57 @@ static int finish_download(Agent *a, Pull *p) {
         return 0;
 }
 
+/* Write the next bytes of the download being received. */
+static int take_bytes(Agent *a, Pull *p, const uint8_t *data, size_t n) {
+        int r = bs_write_sparse(p->fd, data, n);
+        if (r < 0) {
+                log_error("cannot write %s: %s", p->cur->path, strerror(-r));
+                return r;
+        }
+        bs_sha_update(p->sha, data, n);
+        if (p->blocks && bs_blocks_update(p->blocks, data, n) < 0)
+                p->blocks = bs_blocks_free(p->blocks);
+        p->left -= n;
+        return 0;
+}
+
+/* COPY: the next len bytes are those at off of the local version. A local
+ * file that is shorter now yields zeros, which the SHA-256 check refuses. */
+static int copy_local(Agent *a, Pull *p, uint64_t off, uint64_t len) {
+        if (!p->copy_buf && !(p->copy_buf = malloc(BS_CHUNK)))
+                return -ENOMEM;
+        while (len > 0) {
+                size_t n = (size_t) MIN((uint64_t) BS_CHUNK, len);
+                ssize_t got = bs_pread_full(p->cur->src_fd, p->copy_buf, n, (off_t) off);
+                if (got < (ssize_t) n)
+                        memset(p->copy_buf + (got > 0 ? got : 0), 0, n - (size_t) (got > 0 ? got : 0));
+                int r = take_bytes(a, p, p->copy_buf, n);
+                if (r < 0)
+                        return r;
+                off += n;
+                len -= n;
+        }
+        return 0;
+}
+
 /* Handle the frames that answer our GETs. */
 static int handle_frame(Agent *a, Pull *p, const BsMsg *m) {
         if (m->type == BS_MSG_DATA && p->cur && m->req == p->cur->req) {
                 if (m->data_len > p->left)
                         return -EBADMSG;
-                int r = bs_write_sparse(p->fd, m->data, m->data_len);
-                if (r < 0) {
-                        log_error("cannot write %s: %s", p->cur->path, strerror(-r));
+                int r = take_bytes(a, p, m->data, m->data_len);
+                if (r < 0)
                         return r;
-                }
-                bs_sha_update(p->sha, m->data, m->data_len);
-                p->left -= m->data_len;
                 a->bytes_downloaded += m->data_len;
+                return p->left == 0 ? finish_download(a, p) : 0;
+        }
+        if (m->type == BS_MSG_COPY && p->cur && m->req == p->cur->req) {
+                if (p->cur->src_fd < 0 || m->size > p->left)
+                        return -EPROTO;
+                int r = copy_local(a, p, m->offset, m->size);
+                if (r < 0)
+                        return r;
+                p->cur->copied += m->size;
                 return p->left == 0 ? finish_download(a, p) : 0;
         }
         if (p->cur || p->fifo_head == p->fifo_tail)
@@ -275,6 +384,8 @@ static int handle_frame(Agent *a, Pull *p, const BsMsg *m) {
                 close(fd);
                 return r;
         }
+        if (m->size >= BS_DELTA_MIN)
+                (void) bs_blocks_new(&p->blocks, m->size); /* without: no delta upload of it later */
         p->fd = fd;
         p->cur = x;
         p->left = m->size;
@@ -399,6 +510,7 @@ out:
 }
 
 int agent_pull(Agent *a) {
+        a->no_delta = false;
         int r = pull_once(a, a->last_seq);
         for (int i = 0; r >= 0 && a->need_snapshot && i < 3; i++) {
                 a->need_snapshot = false;

@@ -4,6 +4,12 @@
  * requests, file data streamed as the socket drains), and
  * the manifest is updated only by the server's ACK, so a lost connection
  * leaves the change queued for the next round.
+ *
+ * A big file whose last agreed content has block fingerprints kept
+ * (bs-blocks.h) is sent as a delta: each block whose fingerprint is
+ * unchanged becomes a COPY from that content on the server, only the
+ * others travel. The server checks the SHA-256 of the result as for any
+ * upload; if it refuses, the file is sent whole.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -29,6 +35,8 @@
 #define PREFETCH_BYTES (32u * 1024 * 1024)
 #define PUSH_OUT_HIGH (4u * 1024 * 1024)
 #define ANSWER_TIMEOUT_MS 60000 /* of silence: then the connection is dropped and retried */
+/* Bytes found unchanged before the push loop gets to service the socket. */
+#define DELTA_YIELD (64u * 1024 * 1024)
 
 /* An upload in progress: file data goes out as the socket drains. */
 typedef struct Upload {
@@ -37,7 +45,56 @@ typedef struct Upload {
         uint64_t off, size;
         struct stat st0;
         BsSha *sha;
+        BsBlocks *blocks; /* fingerprints of what is read (big files) */
+        /* A delta: the base content's fingerprints, a buffer of whole
+         * blocks, and the run of unchanged bytes the next COPY names. */
+        uint8_t *base;
+        size_t n_base;
+        uint32_t base_block;
+        uint8_t *buf;
+        size_t buf_len;
+        uint64_t copy_off, copy_len;
 } Upload;
+
+static void upload_free(Upload *up) {
+        if (up->fd >= 0)
+                close(up->fd);
+        up->fd = -1;
+        up->sha = bs_sha_free(up->sha);
+        up->blocks = bs_blocks_free(up->blocks);
+        free(up->base);
+        free(up->buf);
+        up->base = up->buf = NULL;
+}
+
+/* Send a big file as a delta when the fingerprints of its base are kept. */
+static void delta_begin(Agent *a, PushOp *op, Upload *up) {
+        ManifestEntry *old;
+        if (up->size < BS_DELTA_MIN)
+                return;
+        (void) bs_blocks_new(&up->blocks, up->size); /* without: no delta next time */
+        if (op->base == 0 || a->conn->version < BS_PROTO_DELTA_VERSION)
+                return;
+        old = malloc(sizeof(*old));
+        if (!old)
+                return;
+        if (manifest_get(a->state, op->path, old) == 0 && old->kind == BS_KIND_FILE && old->version == op->base &&
+            blocks_get(a->state, old->sha, &up->base_block, &up->base, &up->n_base) == 0) {
+                uint32_t b = up->base_block;
+                up->buf_len = b >= BS_CHUNK ? b : BS_CHUNK / b * b;
+                up->buf = malloc(up->buf_len);
+                op->delta_base = malloc(BS_SHA_LEN);
+                if (up->buf && op->delta_base)
+                        memcpy(op->delta_base, old->sha, BS_SHA_LEN);
+                else {
+                        free(up->base);
+                        free(up->buf);
+                        free(op->delta_base);
+                        up->base = up->buf = op->delta_base = NULL;
+                }
+        }
+        free(old);
+}
 
 static int start_op(Agent *a, PushOp *op, Upload *up) {
         BsMsg *m = calloc(1, sizeof(*m));
@@ -67,10 +124,10 @@ static int start_op(Agent *a, PushOp *op, Upload *up) {
                 *up = (Upload) { .fd = fd, .op = op, .size = m->size, .st0 = st };
                 r = bs_sha_new(&up->sha);
                 if (r < 0) {
-                        close(fd);
-                        up->fd = -1;
+                        upload_free(up);
                         goto out;
                 }
+                delta_begin(a, op, up);
                 op->e->size = m->size;
                 op->e->mode = m->mode;
                 op->e->mtime_ns = m->mtime_ns;
@@ -98,11 +155,95 @@ out:
         return r;
 }
 
-/* Queue the next piece of an upload; 1 when it is complete. */
+static int queue_data(Agent *a, uint32_t req, const uint8_t *p, size_t n) {
+        BsBuf *out = &a->conn->out;
+        while (n > 0) {
+                size_t k = MIN(n, (size_t) BS_CHUNK), off;
+                int r = bs_frame_begin(out, BS_MSG_DATA, &off);
+                r = r ?: bs_buf_put_u32(out, req);
+                r = r ?: bs_buf_append(out, p, k);
+                if (r < 0)
+                        return r;
+                bs_frame_end(out, off);
+                a->bytes_uploaded += k;
+                p += k;
+                n -= k;
+        }
+        return 0;
+}
+
+/* Queue a COPY for the run of unchanged blocks found so far. */
+static int flush_copy(Agent *a, Upload *up) {
+        BsMsg *m;
+        int r;
+        if (up->copy_len == 0)
+                return 0;
+        m = malloc(sizeof(*m));
+        if (!m)
+                return -ENOMEM;
+        bs_msg_init(m, BS_MSG_COPY, up->op->req);
+        m->offset = up->copy_off;
+        m->size = up->copy_len;
+        memcpy(m->sha, up->op->delta_base, BS_SHA_LEN);
+        up->copy_len = 0;
+        r = conn_send(a->conn, m);
+        free(m);
+        return r;
+}
+
+/* The next whole blocks of a delta: COPY for the unchanged, DATA for the
+ * rest. 0 to go on, 1 when the file came out short, 2 to let the socket
+ * be serviced after many unchanged blocks. */
+static int delta_step(Agent *a, Upload *up) {
+        uint32_t b = up->base_block;
+        size_t want = (size_t) MIN((uint64_t) up->buf_len, up->size - up->off);
+        ssize_t n = bs_pread_full(up->fd, up->buf, want, (off_t) up->off);
+        int r;
+        if (n <= 0)
+                return 1;
+        bs_sha_update(up->sha, up->buf, (size_t) n);
+        bool same_size = up->blocks && bs_blocks_block(up->blocks) == b;
+        if (up->blocks && !same_size && bs_blocks_update(up->blocks, up->buf, (size_t) n) < 0)
+                up->blocks = bs_blocks_free(up->blocks);
+        for (size_t i = 0; i < (size_t) n; i += b) {
+                size_t len = MIN((size_t) b, (size_t) n - i);
+                uint64_t k = (up->off + i) / b;
+                uint8_t sum[BS_BLOCK_SUM_LEN];
+                bs_block_sum(up->buf + i, len, sum);
+                if (same_size && bs_blocks_add(up->blocks, sum) < 0)
+                        up->blocks = bs_blocks_free(up->blocks), same_size = false;
+                if (k < up->n_base && memcmp(sum, up->base + k * BS_BLOCK_SUM_LEN, BS_BLOCK_SUM_LEN) == 0) {
+                        if (up->copy_len == 0)
+                                up->copy_off = up->off + i;
+                        up->copy_len += len;
+                        continue;
+                }
+                r = flush_copy(a, up);
+                r = r ?: queue_data(a, up->op->req, up->buf + i, len);
+                if (r < 0)
+                        return r;
+                up->op->sent += len;
+        }
+        up->off += (uint64_t) n;
+        if ((size_t) n < want)
+                return 1;
+        if (up->copy_len >= DELTA_YIELD) {
+                r = flush_copy(a, up);
+                return r < 0 ? r : 2;
+        }
+        return 0;
+}
+
+/* Queue the next piece of an upload; 1 when it is complete, 2 after a
+ * long run of unchanged blocks (see delta_step()). */
 static int upload_step(Agent *a, Upload *up) {
         BsBuf *out = &a->conn->out;
         size_t off;
-        if (up->off < up->size) {
+        if (up->off < up->size && up->base) {
+                int r = delta_step(a, up);
+                if (r == 0 || r == 2 || r < 0)
+                        return r;
+        } else if (up->off < up->size) {
                 size_t want = (size_t) MIN((uint64_t) BS_CHUNK, up->size - up->off);
                 int r = bs_frame_begin(out, BS_MSG_DATA, &off);
                 r = r ?: bs_buf_put_u32(out, up->op->req);
@@ -112,6 +253,8 @@ static int upload_step(Agent *a, Upload *up) {
                 ssize_t n = bs_pread_full(up->fd, out->data + out->end, want, (off_t) up->off);
                 if (n > 0) {
                         bs_sha_update(up->sha, out->data + out->end, (size_t) n);
+                        if (up->blocks && bs_blocks_update(up->blocks, out->data + out->end, (size_t) n) < 0)
+                                up->blocks = bs_blocks_free(up->blocks);
                         out->end += (size_t) n;
                         up->off += (uint64_t) n;
                         bs_frame_end(out, off);
@@ -129,16 +272,19 @@ static int upload_step(Agent *a, Upload *up) {
         bool changed = up->off != up->size || fstat(up->fd, &st1) < 0 || st1.st_size != up->st0.st_size ||
                        bs_stat_mtime_ns(&st1) != bs_stat_mtime_ns(&up->st0) ||
                        st1.st_ctim.tv_sec != up->st0.st_ctim.tv_sec || st1.st_ctim.tv_nsec != up->st0.st_ctim.tv_nsec;
+        int r = 0;
         if (changed)
                 m->flags = BS_PUT_ABORT; /* read again once it settles */
-        else
+        else {
                 bs_sha_final(up->sha, up->op->e->sha);
+                r = flush_copy(a, up);
+                if (up->blocks && bs_blocks_final(up->blocks) == 0)
+                        up->op->blocks = TAKE_PTR(up->blocks); /* kept on ACK */
+        }
         memcpy(m->sha, up->op->e->sha, BS_SHA_LEN);
-        int r = conn_send(a->conn, m);
+        r = r ?: conn_send(a->conn, m);
         free(m);
-        close(up->fd);
-        up->fd = -1;
-        up->sha = bs_sha_free(up->sha);
+        upload_free(up);
         return r < 0 ? r : 1;
 }
 
@@ -155,10 +301,22 @@ static int upload_cancel(Agent *a, Upload *up) {
                 r = conn_send(a->conn, m);
                 free(m);
         }
-        close(up->fd);
-        up->fd = -1;
-        up->sha = bs_sha_free(up->sha);
+        upload_free(up);
         return r;
+}
+
+/* On ACK of a big file: its fingerprints replace those of the content it
+ * replaced (fingerprints no manifest entry names are dropped at start). */
+static void keep_blocks(Agent *a, PushOp *op) {
+        ManifestEntry *old = malloc(sizeof(*old));
+        if (old && manifest_get(a->state, op->path, old) == 0 && old->kind == BS_KIND_FILE &&
+            memcmp(old->sha, op->e->sha, BS_SHA_LEN) != 0)
+                blocks_delete(a->state, old->sha);
+        free(old);
+        size_t n;
+        const uint8_t *sums = bs_blocks_sums(op->blocks, &n);
+        blocks_put(a->state, op->e->sha, bs_blocks_block(op->blocks), sums, n);
+        op->blocks = bs_blocks_free(op->blocks);
 }
 
 static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
@@ -174,11 +332,18 @@ static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
                 case BS_MSG_MKDIR:
                 case BS_MSG_SYMLINK:
                         op->e->version = m->seq;
+                        if (op->blocks)
+                                keep_blocks(a, op);
                         manifest_put(a->state, op->path, op->e);
                         if (op->type == BS_MSG_PUT) {
                                 a->n_uploaded++;
-                                log_event(AGENT_FILE_LOG(a), BS_MID_UPLOADED, a->account, op->path, "uploaded %s (%llu bytes)",
-                                          op->path, (unsigned long long) op->e->size);
+                                if (op->delta_base)
+                                        log_event(AGENT_FILE_LOG(a), BS_MID_UPLOADED, a->account, op->path,
+                                                  "uploaded %s (%llu bytes, %llu sent, the rest unchanged)", op->path,
+                                                  (unsigned long long) op->e->size, (unsigned long long) op->sent);
+                                else
+                                        log_event(AGENT_FILE_LOG(a), BS_MID_UPLOADED, a->account, op->path,
+                                                  "uploaded %s (%llu bytes)", op->path, (unsigned long long) op->e->size);
                         } else
                                 log_event(LOG_DEBUG, BS_MID_UPLOADED, a->account, op->path, "sent %s", op->path);
                         break;
@@ -203,6 +368,15 @@ static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
         }
         if (m->type != BS_MSG_ERROR)
                 return;
+        if (op->delta_base && (m->code == BS_ERR_CHECKSUM || m->code == BS_ERR_NOT_FOUND)) {
+                /* The server's copy of the base is not what the fingerprints say, or gone. */
+                log_warning("%s: the server refused the changed blocks (%s: %s); sending the whole file", op->path,
+                            bs_err_name(m->code), m->path);
+                blocks_delete(a->state, op->delta_base);
+                agent_mark_dirty(a, op->path, false);
+                a->again = true;
+                return;
+        }
         switch (m->code) {
         case BS_ERR_CONFLICT:
         case BS_ERR_ABORTED:
@@ -290,6 +464,8 @@ static int push_plan(Agent *a, Plan *p) {
                                 r = upload_step(a, &up);
                                 if (r < 0)
                                         goto out;
+                                if (r == 2)
+                                        break;
                                 continue;
                         }
                         if (next >= p->n || next - head >= PUSH_WINDOW)
@@ -348,9 +524,7 @@ static int push_plan(Agent *a, Plan *p) {
         }
         r = 0;
 out:
-        if (up.fd >= 0)
-                close(up.fd);
-        bs_sha_free(up.sha);
+        upload_free(&up);
         if (a->last_seq != last_seq0)
                 agent_state_set_u64(a->state, "last_seq", a->last_seq);
         if (a->quiet_files && a->n_uploaded > n0)

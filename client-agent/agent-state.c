@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "agent-state.h"
+#include "bs-blocks.h"
 #include "bs-macro.h"
 #include "bs-path.h"
 
@@ -36,6 +37,8 @@ static const char schema[] =
         " mode INTEGER, mtime INTEGER, ino INTEGER, sha BLOB, version INTEGER,"
         " target BLOB, seen INTEGER DEFAULT 0);"
         "CREATE INDEX IF NOT EXISTS manifest_parent ON manifest(parent);"
+        "CREATE TABLE IF NOT EXISTS blocks(sha BLOB PRIMARY KEY, block INTEGER, sums BLOB);"
+        "DELETE FROM blocks WHERE sha NOT IN (SELECT sha FROM manifest WHERE kind=1);"
         "BEGIN IMMEDIATE; COMMIT;"; /* take the lock now */
 
 static int sql_err(int rc) {
@@ -227,6 +230,50 @@ int manifest_move_tree(AgentState *s, const char *from, const char *to) {
         sqlite3_bind_blob(st, 2, to, (int) strlen(to), SQLITE_STATIC);
         sqlite3_bind_int(st, 3, fl);
         sqlite3_bind_blob(st, 4, to, (int) bs_path_parent_len(to), SQLITE_STATIC);
+        return sql_err(sqlite3_step(st));
+}
+
+int blocks_get(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint32_t *block, uint8_t **sums, size_t *count) {
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
+        int rc = sqlite3_prepare_v2(s->db, "SELECT block, sums FROM blocks WHERE sha=?", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sql_err(rc);
+        sqlite3_bind_blob(st, 1, sha, BS_SHA_LEN, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE)
+                return -ENOENT;
+        if (rc != SQLITE_ROW)
+                return sql_err(rc);
+        int n = sqlite3_column_bytes(st, 1);
+        sqlite3_int64 b = sqlite3_column_int64(st, 0);
+        if (n <= 0 || n % BS_BLOCK_SUM_LEN != 0 || b < BS_BLOCK_MIN || b > (1 << 30))
+                return -ENOENT;
+        *sums = malloc((size_t) n);
+        if (!*sums)
+                return -ENOMEM;
+        memcpy(*sums, sqlite3_column_blob(st, 1), (size_t) n);
+        *block = (uint32_t) b;
+        *count = (size_t) n / BS_BLOCK_SUM_LEN;
+        return 0;
+}
+
+int blocks_put(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint32_t block, const uint8_t *sums, size_t count) {
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
+        int rc = sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO blocks(sha, block, sums) VALUES(?,?,?)", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sql_err(rc);
+        sqlite3_bind_blob(st, 1, sha, BS_SHA_LEN, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, block);
+        sqlite3_bind_blob(st, 3, sums, (int) (count * BS_BLOCK_SUM_LEN), SQLITE_STATIC);
+        return sql_err(sqlite3_step(st));
+}
+
+int blocks_delete(AgentState *s, const uint8_t sha[BS_SHA_LEN]) {
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
+        int rc = sqlite3_prepare_v2(s->db, "DELETE FROM blocks WHERE sha=?", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sql_err(rc);
+        sqlite3_bind_blob(st, 1, sha, BS_SHA_LEN, SQLITE_STATIC);
         return sql_err(sqlite3_step(st));
 }
 

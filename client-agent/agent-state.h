@@ -55,6 +55,14 @@ typedef int (*manifest_iter_t)(const char *path, const ManifestEntry *e, void *u
 int manifest_children(AgentState *s, const char *dir, manifest_iter_t fn, void *userdata);
 /** Call fn for dir's entries below it (not dir itself), deepest first. */
 int manifest_below(AgentState *s, const char *dir, manifest_iter_t fn, void *userdata);
+/**
+ * Block fingerprints (bs-blocks.h) of a content, by its SHA-256: what a
+ * delta upload compares against. get returns -ENOENT when none are kept,
+ * else 0 with a malloc'ed array of *count fingerprints the caller frees.
+ */
+int blocks_get(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint32_t *block, uint8_t **sums, size_t *count);
+int blocks_put(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint32_t block, const uint8_t *sums, size_t count);
+int blocks_delete(AgentState *s, const uint8_t sha[BS_SHA_LEN]);
 /** Snapshot reconciliation: clear the seen marks, set one, list the unseen. */
 int manifest_clear_seen(AgentState *s);
 int manifest_mark_seen(AgentState *s, const char *path);

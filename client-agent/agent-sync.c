@@ -91,6 +91,7 @@ int agent_connect(Agent *a) {
                 goto out;
         }
         c->peer_max_frame = m->max_frame;
+        c->version = m->version;
         if (!a->token[0]) {
                 /* Registered: keep the token before anything else happens. */
                 BsToken t;

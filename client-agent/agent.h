@@ -86,6 +86,7 @@ typedef struct Agent {
         size_t n_failed, cap_failed;
         bool rescan_all;
         bool need_snapshot;
+        bool no_delta;  /* a delta download failed: fetch whole files until the next round */
         bool again;     /* another round is needed at once */
         bool paused;    /* the watched directory is missing or was emptied */
         bool root_gone;

@@ -17,6 +17,7 @@ const char *bs_msg_type_name(uint8_t type) {
         case BS_MSG_CHANGES: return "CHANGES";
         case BS_MSG_GET: return "GET";
         case BS_MSG_FILE: return "FILE";
+        case BS_MSG_GET_DELTA: return "GET_DELTA";
         case BS_MSG_PUT: return "PUT";
         case BS_MSG_DATA: return "DATA";
         case BS_MSG_PUT_END: return "PUT_END";
@@ -24,6 +25,7 @@ const char *bs_msg_type_name(uint8_t type) {
         case BS_MSG_DELETE: return "DELETE";
         case BS_MSG_MOVE: return "MOVE";
         case BS_MSG_SYMLINK: return "SYMLINK";
+        case BS_MSG_COPY: return "COPY";
         case BS_MSG_ACK: return "ACK";
         }
         return "unknown";
@@ -144,6 +146,18 @@ int bs_msg_decode(const uint8_t *frame, size_t len, BsMsg *m) {
                 m->req = bs_get_u32(&r);
                 bs_get_bytes(&r, m->sha, BS_SHA_LEN);
                 get_field(&r, m->path, &m->path_len, BS_PATH_MAX);
+                break;
+        case BS_MSG_GET_DELTA:
+                m->req = bs_get_u32(&r);
+                bs_get_bytes(&r, m->sha, BS_SHA_LEN);
+                bs_get_bytes(&r, m->have, BS_SHA_LEN);
+                get_field(&r, m->path, &m->path_len, BS_PATH_MAX);
+                break;
+        case BS_MSG_COPY:
+                m->req = bs_get_u32(&r);
+                m->offset = bs_get_u64(&r);
+                m->size = bs_get_u64(&r);
+                bs_get_bytes(&r, m->sha, BS_SHA_LEN);
                 break;
         case BS_MSG_FILE:
                 m->req = bs_get_u32(&r);
@@ -300,6 +314,18 @@ int bs_msg_encode(BsBuf *out, const BsMsg *m) {
                 r = bs_buf_put_u32(out, m->req);
                 r = r ?: bs_buf_append(out, m->sha, BS_SHA_LEN);
                 r = r ?: bs_buf_put_str(out, m->path, m->path_len);
+                break;
+        case BS_MSG_GET_DELTA:
+                r = bs_buf_put_u32(out, m->req);
+                r = r ?: bs_buf_append(out, m->sha, BS_SHA_LEN);
+                r = r ?: bs_buf_append(out, m->have, BS_SHA_LEN);
+                r = r ?: bs_buf_put_str(out, m->path, m->path_len);
+                break;
+        case BS_MSG_COPY:
+                r = bs_buf_put_u32(out, m->req);
+                r = r ?: bs_buf_put_u64(out, m->offset);
+                r = r ?: bs_buf_put_u64(out, m->size);
+                r = r ?: bs_buf_append(out, m->sha, BS_SHA_LEN);
                 break;
         case BS_MSG_FILE:
                 r = bs_buf_put_u32(out, m->req);

@@ -12,8 +12,10 @@
 
 #include "bs-buf.h"
 
-#define BS_PROTO_VERSION 1u
+#define BS_PROTO_VERSION 2u
 #define BS_PROTO_MIN_VERSION 1u
+/* The first version with COPY and GET_DELTA (delta transfer). */
+#define BS_PROTO_DELTA_VERSION 2u
 #define BS_FRAME_HDR 5u
 #define BS_FRAME_MAX_DEFAULT (1024u * 1024u)
 #define BS_FRAME_MIN (64u * 1024u)
@@ -37,6 +39,7 @@ typedef enum BsMsgType {
         BS_MSG_CHANGES = 11,
         BS_MSG_GET = 12,
         BS_MSG_FILE = 13,
+        BS_MSG_GET_DELTA = 14,
         BS_MSG_PUT = 20,
         BS_MSG_DATA = 21,
         BS_MSG_PUT_END = 22,
@@ -44,6 +47,7 @@ typedef enum BsMsgType {
         BS_MSG_DELETE = 24,
         BS_MSG_MOVE = 25,
         BS_MSG_SYMLINK = 26,
+        BS_MSG_COPY = 27,
         BS_MSG_ACK = 30,
 } BsMsgType;
 
@@ -98,12 +102,14 @@ typedef struct BsMsg {
         uint64_t base;
         uint64_t base2;
         uint64_t size;
+        uint64_t offset;      /* COPY: where the bytes start in the named content */
         uint32_t mode;
         int64_t mtime_ns;
         uint16_t code;
         uint8_t flags;
         uint32_t count;
         uint8_t sha[BS_SHA_LEN];
+        uint8_t have[BS_SHA_LEN]; /* GET_DELTA: the content the agent holds */
         uint8_t device[BS_DEVICE_LEN];
         size_t path_len, path2_len;
         char path[BS_PATH_MAX + 1];

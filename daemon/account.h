@@ -120,6 +120,12 @@ int account_put_check(Account *a, const char *path, uint64_t base, uint64_t size
 int account_upload_begin(Account *a, AccountUpload *u);
 /** Append bytes to an upload; -EFBIG once it would pass limit. */
 int account_upload_write(AccountUpload *u, const void *p, size_t n, uint64_t limit);
+/**
+ * Append len bytes of stored content src, from offset off, to an upload
+ * (COPY): -EBADMSG when the range is not within src, -EFBIG once the
+ * upload would pass limit.
+ */
+int account_upload_copy(AccountUpload *u, const AccountContent *src, uint64_t off, uint64_t len, uint64_t limit);
 /** Drop an upload and its temporary file. */
 void account_upload_discard(Account *a, AccountUpload *u);
 

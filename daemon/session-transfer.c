@@ -1,10 +1,13 @@
-/* session-transfer.c - uploads (PUT, DATA, PUT_END) and streamed answers (PULL, GET)
+/* session-transfer.c - uploads (PUT, DATA, COPY, PUT_END) and streamed answers (PULL, GET, GET_DELTA)
  *
  * An upload is written to a temporary file as its DATA arrives, so a file
- * of any size costs one buffer. A PUT refused at its header is answered at
- * once and its DATA and PUT_END are then dropped. Streamed answers are
+ * of any size costs one buffer; COPY takes bytes from a stored content
+ * instead of the wire. A PUT refused at its header is answered at once and
+ * its DATA, COPY and PUT_END are then dropped. Streamed answers are
  * produced only while the output buffer is below SESSION_OUT_FILL: one
  * slow reader holds a bounded amount of memory and blocks nobody else.
+ * GET_DELTA compares the content with the one the agent holds and sends
+ * COPY for the runs that are equal, DATA for the rest.
  */
 #include <endian.h>
 #include <errno.h>
@@ -19,13 +22,24 @@
 #include "server.h"
 #include "session.h"
 
+/* Equal runs are found in pieces of this size. */
+#define DELTA_PIECE (16u * 1024)
+/* Bytes compared without output before a GET_DELTA lets other sessions run. */
+#define DELTA_YIELD (64u * 1024 * 1024)
+
+static void content_close(AccountContent *c) {
+        if (c->fd >= 0)
+                close(c->fd);
+        c->fd = -1;
+}
+
 void session_transfer_reset(Session *s) {
         if (s->upload.active && s->account)
                 account_upload_discard(s->account, &s->upload.u);
         s->upload.active = false;
-        if (s->content.fd >= 0)
-                close(s->content.fd);
-        s->content.fd = -1;
+        content_close(&s->upload.src);
+        content_close(&s->content);
+        content_close(&s->have);
         s->cursor = account_cursor_free(s->cursor);
         free(s->rec);
         s->rec = NULL;
@@ -47,6 +61,7 @@ static int upload_refuse(Session *s, int r, const char *what) {
                 session_log_event(s, LOG_INFO, code == BS_ERR_CONFLICT ? BS_MID_CONFLICT : BS_MID_REJECTED,
                           s->upload.path, "upload %s %s refused: %s", id, lp, bs_err_name(code));
         account_upload_discard(s->account, &s->upload.u);
+        content_close(&s->upload.src);
         s->upload.discard = true;
         return session_send_error(s, s->upload.req, code, "%s: %s", what, strerror(-r));
 }
@@ -65,6 +80,7 @@ int session_handle_put(Session *s, const BsMsg *m) {
         s->upload.mode = m->mode;
         s->upload.mtime_ns = m->mtime_ns;
         s->upload.u = ACCOUNT_UPLOAD_NULL;
+        s->upload.copied = 0;
         memcpy(s->upload.path, m->path, m->path_len + 1);
 
         if (bs_path_check(m->path, m->path_len) < 0)
@@ -92,6 +108,41 @@ int session_handle_data(Session *s, const BsMsg *m) {
         return 0;
 }
 
+int session_handle_copy(Session *s, const BsMsg *m) {
+        int r;
+
+        if (s->version < BS_PROTO_DELTA_VERSION)
+                return session_fail(s, m->req, BS_ERR_PROTOCOL, "COPY needs protocol version %u, this session speaks %u",
+                                    BS_PROTO_DELTA_VERSION, s->version);
+        if (!s->upload.active || m->req != s->upload.req)
+                return session_fail(s, m->req, BS_ERR_PROTOCOL, "COPY for request %u, which is no upload in progress",
+                                    m->req);
+        if (s->upload.discard)
+                return 0;
+        if (s->upload.src.fd < 0 || memcmp(s->upload.src_sha, m->sha, BS_SHA_LEN) != 0) {
+                content_close(&s->upload.src);
+                /* The tree must hold this pass's uploads before a file in it is read. */
+                r = session_end_pass(s);
+                if (r < 0)
+                        return r;
+                r = account_content_open(s->account, m->sha, s->upload.path, &s->upload.src);
+                if (r < 0) {
+                        s->upload.src.fd = -1;
+                        return upload_refuse(s, r, "no stored content to copy from");
+                }
+                memcpy(s->upload.src_sha, m->sha, BS_SHA_LEN);
+        }
+        r = account_upload_copy(&s->upload.u, &s->upload.src, m->offset, m->size, s->upload.size);
+        if (r == -EFBIG)
+                return upload_refuse(s, r, "more data than announced");
+        if (r == -EBADMSG)
+                return upload_refuse(s, r, "COPY beyond the end of the stored content");
+        if (r < 0)
+                return upload_refuse(s, r, "cannot copy");
+        s->upload.copied += m->size;
+        return 0;
+}
+
 int session_handle_put_end(Session *s, const BsMsg *m) {
         char lp[4 * BS_PATH_MAX + 1];
         const char *id = account_id(s->account);
@@ -102,6 +153,7 @@ int session_handle_put_end(Session *s, const BsMsg *m) {
         if (!s->upload.active || m->req != s->upload.req)
                 return session_fail(s, m->req, BS_ERR_PROTOCOL, "PUT_END for request %u, which is no upload in progress",
                                     m->req);
+        content_close(&s->upload.src);
         if (s->upload.discard) {
                 s->upload.active = false;
                 return 0;
@@ -118,7 +170,12 @@ int session_handle_put_end(Session *s, const BsMsg *m) {
         s->upload.active = false;
         if (r < 0)
                 return upload_refuse(s, r, bs_err_name(session_errno_to_code(r)));
-        if (r == 0)
+        if (r == 0 && s->upload.copied > 0)
+                session_log_event(s, LOG_INFO, BS_MID_UPLOADED, s->upload.path,
+                                  "uploaded %s %s (%llu bytes, %llu sent, the rest copied from the stored version)", id,
+                                  session_log_path(s->upload.path, lp), (unsigned long long) s->upload.size,
+                                  (unsigned long long) (s->upload.size - s->upload.copied));
+        else if (r == 0)
                 session_log_event(s, LOG_INFO, BS_MID_UPLOADED, s->upload.path, "uploaded %s %s (%llu bytes)", id,
                           session_log_path(s->upload.path, lp), (unsigned long long) s->upload.size);
         bs_msg_init(&ack, BS_MSG_ACK, m->req);
@@ -152,6 +209,9 @@ int session_start_get(Session *s, const BsMsg *m) {
         BsMsg f;
         int r;
 
+        if (m->type == BS_MSG_GET_DELTA && s->version < BS_PROTO_DELTA_VERSION)
+                return session_fail(s, m->req, BS_ERR_PROTOCOL, "GET_DELTA needs protocol version %u, this session speaks %u",
+                                    BS_PROTO_DELTA_VERSION, s->version);
         if (m->path_len > 0 && bs_path_check(m->path, m->path_len) < 0)
                 return session_send_error(s, m->req, BS_ERR_BAD_PATH, "bad path");
         r = session_end_pass(s);
@@ -165,6 +225,12 @@ int session_start_get(Session *s, const BsMsg *m) {
                 log_error("account %s: cannot open content: %m", account_id(s->account));
                 return session_send_error(s, m->req, session_errno_to_code(r), "cannot open content");
         }
+        /* Without the agent's content (no longer kept) the answer is all DATA. */
+        s->have.fd = -1;
+        s->copy_len = 0;
+        if (m->type == BS_MSG_GET_DELTA && account_content_open(s->account, m->have, m->path, &s->have) < 0)
+                s->have.fd = -1;
+        memcpy(s->have_sha, m->have, BS_SHA_LEN);
         bs_msg_init(&f, BS_MSG_FILE, m->req);
         f.size = s->content.size;
         f.mode = s->content.mode;
@@ -208,6 +274,87 @@ static int fill_get(Session *s) {
         s->out.end += n;
         bs_frame_end(&s->out, off);
         s->content_off += n;
+        return 0;
+}
+
+/* Queue a COPY for the run of equal bytes found so far. */
+static int flush_copy(Session *s) {
+        BsMsg c;
+        if (s->copy_len == 0)
+                return 0;
+        bs_msg_init(&c, BS_MSG_COPY, s->stream_req);
+        c.offset = s->copy_off;
+        c.size = s->copy_len;
+        memcpy(c.sha, s->have_sha, BS_SHA_LEN);
+        s->copy_len = 0;
+        return session_send(s, &c);
+}
+
+static int queue_data(Session *s, const uint8_t *p, size_t n) {
+        size_t off;
+        int r = bs_buf_reserve(&s->out, BS_FRAME_HDR + 4 + n);
+        if (r < 0)
+                return r;
+        bs_frame_begin(&s->out, BS_MSG_DATA, &off);
+        bs_buf_put_u32(&s->out, s->stream_req);
+        bs_buf_append(&s->out, p, n);
+        bs_frame_end(&s->out, off);
+        return 0;
+}
+
+/* One chunk of a GET_DELTA answer; 1 when it is time to let others run. */
+static int fill_get_delta(Session *s) {
+        /* One server thread: static buffers are never shared. */
+        static uint8_t nb[BS_CHUNK], hb[BS_CHUNK];
+        uint64_t off = s->content_off, left = s->content.size - off;
+        size_t chunk = MIN((size_t) BS_CHUNK, (size_t) s->peer_max_frame - 64);
+        size_t n = (size_t) MIN((uint64_t) chunk, left), hn = 0;
+        int r;
+
+        if (left == 0) {
+                r = flush_copy(s);
+                content_close(&s->content);
+                content_close(&s->have);
+                s->stream = STREAM_NONE;
+                return r;
+        }
+        ssize_t got = bs_pread_full(s->content.fd, nb, n, (off_t) off);
+        if (got != (ssize_t) n) {
+                errno = got < 0 ? (int) -got : EIO;
+                log_error("account %s: reading content failed: %m", account_id(s->account));
+                return session_fail(s, s->stream_req, BS_ERR_IO, "reading content failed");
+        }
+        if (off < s->have.size) {
+                /* A short or failed read of the agent's content only means less is equal. */
+                got = bs_pread_full(s->have.fd, hb, (size_t) MIN((uint64_t) n, s->have.size - off), (off_t) off);
+                hn = got > 0 ? (size_t) got : 0;
+        }
+        for (size_t i = 0; i < n;) {
+                size_t j = i;
+                /* The run of pieces equal in both, then the run that differs. */
+                while (j < n && j + MIN(DELTA_PIECE, n - j) <= hn && memcmp(nb + j, hb + j, MIN(DELTA_PIECE, n - j)) == 0)
+                        j += MIN(DELTA_PIECE, n - j);
+                if (j > i) {
+                        if (s->copy_len == 0)
+                                s->copy_off = off + i;
+                        s->copy_len += j - i;
+                        i = j;
+                        continue;
+                }
+                while (j < n && !(j + MIN(DELTA_PIECE, n - j) <= hn &&
+                                  memcmp(nb + j, hb + j, MIN(DELTA_PIECE, n - j)) == 0))
+                        j += MIN(DELTA_PIECE, n - j);
+                r = flush_copy(s);
+                r = r ?: queue_data(s, nb + i, j - i);
+                if (r < 0)
+                        return r;
+                i = j;
+        }
+        s->content_off += n;
+        if (s->copy_len >= DELTA_YIELD) {
+                r = flush_copy(s);
+                return r < 0 ? r : 1;
+        }
         return 0;
 }
 
@@ -268,9 +415,15 @@ static int fill_pull(Session *s) {
 
 int session_stream_fill(Session *s) {
         int r = 0;
-        while (r >= 0 && s->stream != STREAM_NONE && s->state != SESSION_CLOSING &&
-               bs_buf_len(&s->out) < SESSION_OUT_FILL)
-                r = s->stream == STREAM_GET ? fill_get(s) : fill_pull(s);
+        while (r == 0 && s->stream != STREAM_NONE && s->state != SESSION_CLOSING &&
+               bs_buf_len(&s->out) < SESSION_OUT_FILL) {
+                if (s->stream == STREAM_PULL)
+                        r = fill_pull(s);
+                else
+                        r = s->have.fd >= 0 ? fill_get_delta(s) : fill_get(s);
+        }
+        if (r > 0)
+                r = 0;
         if (r < 0 && s->state != SESSION_CLOSING)
                 r = session_fail(s, s->stream_req, BS_ERR_IO, "out of memory");
         return r;

@@ -61,6 +61,8 @@ int session_new(Session **ret, Server *server, int fd, const struct sockaddr *pe
         s->fd = fd;
         s->upload.u = ACCOUNT_UPLOAD_NULL;
         s->content.fd = -1;
+        s->have.fd = -1;
+        s->upload.src.fd = -1;
         s->peer_max_frame = BS_FRAME_MIN;
         peer_format(s, peer);
         (void) peer_len;
@@ -258,7 +260,7 @@ int session_end_pass(Session *s) {
 static int send_welcome(Session *s, const char *token) {
         BsMsg m;
         bs_msg_init(&m, BS_MSG_WELCOME, 0);
-        m.version = BS_PROTO_VERSION;
+        m.version = s->version;
         m.max_frame = BS_FRAME_MAX_DEFAULT;
         m.seq = account_committed_seq(s->account);
         m.path_len = strlen(account_id(s->account));
@@ -300,6 +302,7 @@ static int handle_hello(Session *s, const BsMsg *m) {
                 return session_fail(s, 0, BS_ERR_BAD_FRAME, "frame limit %u is below %u",
                                     m->max_frame, BS_FRAME_MIN);
         s->peer_max_frame = MIN(m->max_frame, BS_FRAME_LIMIT);
+        s->version = MIN(m->version, (uint16_t) BS_PROTO_VERSION);
         memcpy(s->device, m->device, BS_DEVICE_LEN);
         /* The agent's host name: untrusted, so printable ASCII only. */
         size_t o = 0;
@@ -431,11 +434,14 @@ static int handle_request(Session *s, const BsMsg *m) {
         case BS_MSG_PULL:
                 return session_start_pull(s, m);
         case BS_MSG_GET:
+        case BS_MSG_GET_DELTA:
                 return session_start_get(s, m);
         case BS_MSG_PUT:
                 return session_handle_put(s, m);
         case BS_MSG_DATA:
                 return session_handle_data(s, m);
+        case BS_MSG_COPY:
+                return session_handle_copy(s, m);
         case BS_MSG_PUT_END:
                 return session_handle_put_end(s, m);
         case BS_MSG_MKDIR:

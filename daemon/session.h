@@ -43,6 +43,7 @@ struct Session {
         char peer[64];      /* address for logs */
         uint8_t peer_addr[16]; /* IPv6 or v4-mapped, for the rate limit */
         SessionState state;
+        uint16_t version;   /* protocol version chosen at HELLO */
         bool read_eof;
         uint64_t last_io_usec;
         BsBuf in, out;
@@ -63,6 +64,10 @@ struct Session {
                 int64_t mtime_ns;
                 char path[BS_PATH_MAX + 1];
                 AccountUpload u;
+                /* COPY: the stored content bytes are copied from, opened at the first COPY */
+                AccountContent src;
+                uint8_t src_sha[BS_SHA_LEN];
+                uint64_t copied;
         } upload;
 
         SessionStream stream;
@@ -72,6 +77,11 @@ struct Session {
         bool rec_pending;
         AccountContent content;
         uint64_t content_off;
+        /* GET_DELTA: the content the agent holds, and the run of bytes found
+         * equal in it that the next COPY will name. */
+        AccountContent have;
+        uint8_t have_sha[BS_SHA_LEN];
+        uint64_t copy_off, copy_len;
 };
 
 /* An event of this session's account and device, for the journal. */
@@ -120,6 +130,7 @@ const char *session_log_path(const char *p, char *buf);
 
 int session_handle_put(Session *s, const BsMsg *m);
 int session_handle_data(Session *s, const BsMsg *m);
+int session_handle_copy(Session *s, const BsMsg *m);
 int session_handle_put_end(Session *s, const BsMsg *m);
 int session_start_pull(Session *s, const BsMsg *m);
 int session_start_get(Session *s, const BsMsg *m);

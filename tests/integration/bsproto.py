@@ -24,15 +24,16 @@ import os
 import socket
 import struct
 
-VERSION = 1
+VERSION = 1        # what this client speaks unless told otherwise
+DELTA_VERSION = 2  # COPY and GET_DELTA
 FRAME_MAX_DEFAULT = 1024 * 1024
 CHUNK = 256 * 1024
 
 MSG = {
     "HELLO": 1, "WELCOME": 2, "ERROR": 3, "PING": 4, "PONG": 5, "NOTIFY": 6,
-    "PULL": 10, "CHANGES": 11, "GET": 12, "FILE": 13,
+    "PULL": 10, "CHANGES": 11, "GET": 12, "FILE": 13, "GET_DELTA": 14,
     "PUT": 20, "DATA": 21, "PUT_END": 22, "MKDIR": 23, "DELETE": 24,
-    "MOVE": 25, "SYMLINK": 26, "ACK": 30,
+    "MOVE": 25, "SYMLINK": 26, "COPY": 27, "ACK": 30,
 }
 MSG_NAME = {v: k for k, v in MSG.items()}
 
@@ -138,6 +139,14 @@ def enc_changes(req, seq, flags, records):
 
 def enc_get(req, content_sha, path):
     return frame("GET", struct.pack(">I", req) + _b(content_sha) + s16(path))
+
+
+def enc_get_delta(req, content_sha, have_sha, path):
+    return frame("GET_DELTA", struct.pack(">I", req) + _b(content_sha) + _b(have_sha) + s16(path))
+
+
+def enc_copy(req, offset, length, content_sha):
+    return frame("COPY", struct.pack(">IQQ", req, offset, length) + _b(content_sha))
 
 
 def enc_file(req, size, mode, mtime_ns, version, content_sha):
@@ -252,6 +261,14 @@ def decode(msg_type, payload):
         (m["req"],) = rd.unpack(">I")
         m["sha"] = rd.take(32)
         m["path"] = rd.str()
+    elif name == "GET_DELTA":
+        (m["req"],) = rd.unpack(">I")
+        m["sha"] = rd.take(32)
+        m["have"] = rd.take(32)
+        m["path"] = rd.str()
+    elif name == "COPY":
+        m["req"], m["offset"], m["size"] = rd.unpack(">IQQ")
+        m["sha"] = rd.take(32)
     elif name == "FILE":
         m["req"], m["size"], m["mode"], m["mtime_ns"], m["version"] = rd.unpack(">IQIqQ")
         m["sha"] = rd.take(32)

@@ -7,6 +7,7 @@
 
 #include "agent-state.h"
 #include "agent.h"
+#include "bs-blocks.h"
 
 static char dir[] = "/tmp/bs-test-manifest-XXXXXX";
 static AgentState *st;
@@ -197,4 +198,40 @@ Test(manifest, second_open_of_the_same_state_is_refused) {
         cr_assert_null(other);
         put("still-works", BS_KIND_FILE, 1);
         cr_assert(has("still-works"));
+}
+
+Test(manifest, block_fingerprints_by_content) {
+        uint8_t sha[BS_SHA_LEN], other[BS_SHA_LEN], sums[3 * BS_BLOCK_SUM_LEN], *got = NULL;
+        uint32_t block = 0;
+        size_t count = 0;
+        memset(sha, 0x11, sizeof(sha));
+        memset(other, 0x22, sizeof(other));
+        for (size_t i = 0; i < sizeof(sums); i++)
+                sums[i] = (uint8_t) i;
+        cr_assert_eq(blocks_get(st, sha, &block, &got, &count), -ENOENT);
+        cr_assert_eq(blocks_put(st, sha, 2 * BS_BLOCK_MIN, sums, 3), 0);
+        cr_assert_eq(blocks_get(st, sha, &block, &got, &count), 0);
+        cr_assert_eq(block, 2 * BS_BLOCK_MIN);
+        cr_assert_eq(count, 3);
+        cr_assert_eq(memcmp(got, sums, sizeof(sums)), 0);
+        free(got);
+        cr_assert_eq(blocks_get(st, other, &block, &got, &count), -ENOENT);
+        cr_assert_eq(blocks_delete(st, sha), 0);
+        cr_assert_eq(blocks_get(st, sha, &block, &got, &count), -ENOENT);
+}
+
+Test(manifest, block_fingerprints_no_entry_names_are_dropped_at_open) {
+        uint8_t sums[BS_BLOCK_SUM_LEN] = { 1 }, *got = NULL, kept[BS_SHA_LEN], stale[BS_SHA_LEN];
+        uint32_t block;
+        size_t count;
+        put("big", BS_KIND_FILE, 9); /* sha: 32 bytes of 9 */
+        memset(kept, 9, sizeof(kept));
+        memset(stale, 8, sizeof(stale));
+        cr_assert_eq(blocks_put(st, kept, BS_BLOCK_MIN, sums, 1), 0);
+        cr_assert_eq(blocks_put(st, stale, BS_BLOCK_MIN, sums, 1), 0);
+        agent_state_free(st);
+        cr_assert_eq(agent_state_open(dir, &st), 0);
+        cr_assert_eq(blocks_get(st, kept, &block, &got, &count), 0, "a manifest entry has this content");
+        free(got);
+        cr_assert_eq(blocks_get(st, stale, &block, &got, &count), -ENOENT, "nothing has this content any more");
 }

@@ -13,7 +13,7 @@ static const uint8_t all_types[] = {
         BS_MSG_HELLO, BS_MSG_WELCOME, BS_MSG_ERROR, BS_MSG_PING, BS_MSG_PONG,
         BS_MSG_NOTIFY, BS_MSG_PULL, BS_MSG_CHANGES, BS_MSG_GET, BS_MSG_FILE,
         BS_MSG_PUT, BS_MSG_DATA, BS_MSG_PUT_END, BS_MSG_MKDIR, BS_MSG_DELETE,
-        BS_MSG_MOVE, BS_MSG_SYMLINK, BS_MSG_ACK,
+        BS_MSG_MOVE, BS_MSG_SYMLINK, BS_MSG_ACK, BS_MSG_GET_DELTA, BS_MSG_COPY,
 };
 #define N_TYPES (sizeof(all_types) / sizeof(all_types[0]))
 
@@ -168,6 +168,18 @@ static BsMsg *sample(uint8_t type) {
                 m->req = req;
                 m->seq = 1234567;
                 break;
+        case BS_MSG_GET_DELTA:
+                m->req = req;
+                fill(m->sha, BS_SHA_LEN, 0x36);
+                fill(m->have, BS_SHA_LEN, 0x63);
+                SET_STR(m->path, &m->path_len, "vm/disk image.qcow2");
+                break;
+        case BS_MSG_COPY:
+                m->req = req;
+                m->offset = 0x0000000140000000ull;
+                m->size = 0x00000000fff00001ull;
+                fill(m->sha, BS_SHA_LEN, 0x77);
+                break;
         default:
                 cr_assert_fail("no sample for type %u", type);
         }
@@ -185,12 +197,14 @@ static void assert_msg_eq(const BsMsg *a, const BsMsg *b) {
         cr_assert_eq(a->base, b->base, "%s: base", t);
         cr_assert_eq(a->base2, b->base2, "%s: base2", t);
         cr_assert_eq(a->size, b->size, "%s: size", t);
+        cr_assert_eq(a->offset, b->offset, "%s: offset", t);
         cr_assert_eq(a->mode, b->mode, "%s: mode", t);
         cr_assert_eq(a->mtime_ns, b->mtime_ns, "%s: mtime_ns", t);
         cr_assert_eq(a->code, b->code, "%s: code", t);
         cr_assert_eq(a->flags, b->flags, "%s: flags", t);
         cr_assert_eq(a->count, b->count, "%s: count", t);
         cr_assert_eq(memcmp(a->sha, b->sha, BS_SHA_LEN), 0, "%s: sha", t);
+        cr_assert_eq(memcmp(a->have, b->have, BS_SHA_LEN), 0, "%s: have", t);
         cr_assert_eq(memcmp(a->device, b->device, BS_DEVICE_LEN), 0, "%s: device", t);
         cr_assert_eq(a->path_len, b->path_len, "%s: path_len", t);
         cr_assert_eq(memcmp(a->path, b->path, a->path_len + 1), 0, "%s: path", t);
@@ -371,6 +385,36 @@ Test(proto, exact_layouts) {
         cr_assert_eq(f[13], 0xee);
         cr_assert_eq(f[28], 0xee);
         cr_assert_eq(memcmp(f + 29, "\0\0\0\1h", 5), 0);
+        bs_buf_free(&b);
+
+        /* COPY: u32 req, u64 offset, u64 length, sha content (docs/protocol.md). */
+        bs_msg_init(&m, BS_MSG_COPY, 7);
+        m.offset = 0x10000;
+        m.size = 0x20000;
+        memset(m.sha, 0xcc, BS_SHA_LEN);
+        encode_frame(&m, &b);
+        f = bs_buf_head(&b);
+        cr_assert_eq(bs_buf_len(&b), 5 + 4 + 8 + 8 + 32);
+        cr_assert_eq(f[4], 27);
+        cr_assert_eq(memcmp(f + 5, "\0\0\0\7" "\0\0\0\0\0\1\0\0" "\0\0\0\0\0\2\0\0", 20), 0);
+        cr_assert_eq(f[25], 0xcc);
+        cr_assert_eq(f[56], 0xcc);
+        bs_buf_free(&b);
+
+        /* GET_DELTA: u32 req, sha content, sha have, str path. */
+        bs_msg_init(&m, BS_MSG_GET_DELTA, 1);
+        memset(m.sha, 0xaa, BS_SHA_LEN);
+        memset(m.have, 0xbb, BS_SHA_LEN);
+        SET_STR(m.path, &m.path_len, "f");
+        encode_frame(&m, &b);
+        f = bs_buf_head(&b);
+        cr_assert_eq(bs_buf_len(&b), 5 + 4 + 32 + 32 + 2 + 1);
+        cr_assert_eq(f[4], 14);
+        cr_assert_eq(f[9], 0xaa);
+        cr_assert_eq(f[40], 0xaa);
+        cr_assert_eq(f[41], 0xbb);
+        cr_assert_eq(f[72], 0xbb);
+        cr_assert_eq(memcmp(f + 73, "\0\1f", 3), 0);
         bs_buf_free(&b);
 
         cr_assert_eq(BS_RECORD_MIN, 82, "docs/protocol.md: 82 bytes is the smallest record");
@@ -643,6 +687,12 @@ static int decode_path_msg(uint8_t type, size_t plen, size_t p2len) {
                 bs_buf_append(&b, "0123456789abcdef0123456789abcdef", BS_SHA_LEN);
                 put_str_n(&b, 'p', plen);
                 break;
+        case BS_MSG_GET_DELTA:
+                bs_buf_put_u32(&b, 1);
+                bs_buf_append(&b, "0123456789abcdef0123456789abcdef", BS_SHA_LEN);
+                bs_buf_append(&b, "fedcba9876543210fedcba9876543210", BS_SHA_LEN);
+                put_str_n(&b, 'p', plen);
+                break;
         case BS_MSG_PUT:
                 bs_buf_put_u32(&b, 1);
                 bs_buf_put_u64(&b, 0);
@@ -709,7 +759,7 @@ Test(proto, strings_over_limit) {
         cr_assert_eq(decode_path_msg(BS_MSG_ERROR, T, 0), 0);
         cr_assert_eq(decode_path_msg(BS_MSG_ERROR, T + 1, 0), -EBADMSG);
 
-        static const uint8_t one_path[] = { BS_MSG_GET, BS_MSG_PUT, BS_MSG_MKDIR, BS_MSG_DELETE };
+        static const uint8_t one_path[] = { BS_MSG_GET, BS_MSG_GET_DELTA, BS_MSG_PUT, BS_MSG_MKDIR, BS_MSG_DELETE };
         for (size_t i = 0; i < sizeof(one_path); i++) {
                 cr_assert_eq(decode_path_msg(one_path[i], P, 0), 0, "%s", bs_msg_type_name(one_path[i]));
                 cr_assert_eq(decode_path_msg(one_path[i], P + 1, 0), -EBADMSG, "%s",
@@ -942,6 +992,7 @@ Test(proto, names) {
         static const char *const names[] = {
                 "HELLO", "WELCOME", "ERROR", "PING", "PONG", "NOTIFY", "PULL", "CHANGES", "GET",
                 "FILE", "PUT", "DATA", "PUT_END", "MKDIR", "DELETE", "MOVE", "SYMLINK", "ACK",
+                "GET_DELTA", "COPY",
         };
         for (size_t i = 0; i < N_TYPES; i++)
                 cr_assert_str_eq(bs_msg_type_name(all_types[i]), names[i]);

@@ -1,0 +1,264 @@
+"""Delta transfer: an edit in a big file sends only the changed blocks,
+both ways, and a wrong base falls back to the whole file."""
+
+import os
+import re
+import socket
+import time
+
+import bsproto
+from harness import (Env, check, fail, sha256_file, wait_until, write_file)
+
+MiB = 1 << 20
+
+
+def _random_file(path, size, seed):
+    """Incompressible, reproducible content."""
+    import hashlib
+    out, block, i = bytearray(), b"", 0
+    while len(out) < size:
+        block = hashlib.sha256(b"%d-%d" % (seed, i)).digest() * 2048  # 64 KiB
+        out += block
+        i += 1
+    write_file(path, bytes(out[:size]))
+
+
+def _overwrite(path, offset, data, keep_mtime=False):
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+    if keep_mtime:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _same(pa, pb):
+    return (os.path.isfile(pb) and os.path.getsize(pb) == os.path.getsize(pa)
+            and sha256_file(pb) == sha256_file(pa))
+
+
+def _numbers(lines, pattern):
+    """The (total, moved) byte counts of every log line matching pattern."""
+    out = []
+    for l in lines:
+        m = re.search(pattern, l)
+        if m:
+            out.append((int(m.group(1)), int(m.group(2))))
+    return out
+
+
+def _join(env, files):
+    srv = env.server()
+    adir = env.path("A")
+    os.makedirs(adir)
+    for rel, (size, seed) in files.items():
+        _random_file(os.path.join(adir, rel), size, seed)
+    a = env.agent("A", adir)
+    b = env.agent("B", env.path("B"), token=a.token)
+    for rel in files:
+        wait_until(lambda: _same(os.path.join(adir, rel), os.path.join(b.dir, rel)), 60,
+                   "%s on B after the join" % rel)
+    return srv, a, b
+
+
+def test_delta_edit_both_ways():
+    with Env("delta_edit_both_ways") as env:
+        size = 24 * MiB
+        srv, a, b = _join(env, {"disk.img": (size, 1), "small.txt": (100 * 1024, 2)})
+        pa, pb = os.path.join(a.dir, "disk.img"), os.path.join(b.dir, "disk.img")
+
+        # 100 KB overwritten in the middle on A: at most 3 blocks of 64 KiB go up.
+        _overwrite(pa, 10 * MiB + 1000, b"A" * 100000)
+        wait_until(lambda: _same(pa, pb), 60, "A's edit of disk.img on B")
+        ups = _numbers(srv.log_lines(), r"uploaded \S+ disk\.img \((\d+) bytes, (\d+) sent")
+        check(len(ups) == 1, "server: one delta upload of disk.img expected, log shows %r" % ups)
+        check(ups[0][0] == size and ups[0][1] <= 3 * 64 * 1024,
+              "server: %d of %d bytes of disk.img were sent, want at most 192 KiB" % (ups[0][1], size))
+        wait_until(lambda: _numbers(b.log_lines(), r"downloaded disk\.img \((\d+) bytes, (\d+) received"), 10,
+                   "B to log a delta download of disk.img")
+        downs = _numbers(b.log_lines(), r"downloaded disk\.img \((\d+) bytes, (\d+) received")
+        check(downs[-1][1] <= 3 * 64 * 1024,
+              "B received %d bytes of disk.img for a 100 KB edit" % downs[-1][1])
+
+        # B, which only ever downloaded the file, edits the start and grows it.
+        _overwrite(pb, 0, b"B" * 5000)
+        with open(pb, "ab") as f:
+            f.write(b"appended on B\n" * 1000)
+        wait_until(lambda: _same(pb, pa), 60, "B's edit of disk.img on A")
+        ups = _numbers(srv.log_lines(), r"uploaded \S+ disk\.img \((\d+) bytes, (\d+) sent")
+        check(len(ups) == 2 and ups[1][0] == size + 14000 and ups[1][1] <= 3 * 64 * 1024,
+              "server: B's edit should be a delta of at most 192 KiB, log shows %r" % ups)
+        wait_until(lambda: _numbers(a.log_lines(), r"downloaded disk\.img \((\d+) bytes, (\d+) received"), 10,
+                   "A to log a delta download of disk.img")
+
+        # The server tree holds the result, and the replaced versions are kept.
+        spath = os.path.join(srv.tree(a.token), "disk.img")
+        check(sha256_file(spath) == sha256_file(pa), "the server's disk.img differs from A's")
+        vdir = os.path.join(os.path.dirname(srv.tree(a.token)), "versions")
+        kept = [n for n in os.listdir(vdir) if os.path.getsize(os.path.join(vdir, n)) == size]
+        check(len(kept) == 2, "two replaced versions of disk.img kept, found %r" % kept)
+
+        # A small file is always sent whole.
+        ps = os.path.join(a.dir, "small.txt")
+        _overwrite(ps, 10, b"edit")
+        wait_until(lambda: _same(ps, os.path.join(b.dir, "small.txt")), 30, "small.txt on B")
+        check(not _numbers(srv.log_lines(), r"uploaded \S+ small\.txt \((\d+) bytes, (\d+) sent"),
+              "small.txt (100 KiB) was sent as a delta")
+
+
+def test_delta_server_copy_differs():
+    """The server's stored copy no longer matches what A fingerprinted: the
+    delta's SHA-256 fails, A drops its fingerprints and sends the whole file."""
+    with Env("delta_server_copy_differs") as env:
+        size = 8 * MiB
+        srv, a, b = _join(env, {"vm.img": (size, 3)})
+        pa = os.path.join(a.dir, "vm.img")
+        spath = os.path.join(srv.tree(a.token), "vm.img")
+        _overwrite(spath, 6 * MiB, b"bit rot on the server" * 10)  # a block A will not send
+        _overwrite(pa, 1 * MiB, b"A" * 1000)
+        wait_until(lambda: sha256_file(spath) == sha256_file(pa), 60, "A's edit on the server")
+        wait_until(lambda: _same(pa, os.path.join(b.dir, "vm.img")), 60, "A's edit on B")
+        text = srv.log_text()
+        check("CHECKSUM" in text or "refused" in text, "the server did not refuse the wrong delta")
+        check(any("sending the whole file" in l for l in a.log_lines()),
+              "A did not say it sends vm.img whole after the refused delta")
+        whole = [l for l in srv.log_lines() if re.search(r"uploaded \S+ vm\.img \(%d bytes\)$" % size, l)]
+        check(len(whole) >= 2, "expected the join upload and a whole re-upload of vm.img, got %r" % whole)
+
+
+def test_delta_local_copy_differs():
+    """B's local copy was changed behind its back (same size and mtime), so
+    what it copies for a delta download is wrong: the SHA-256 check refuses
+    it and B fetches the whole file."""
+    with Env("delta_local_copy_differs") as env:
+        size = 8 * MiB
+        srv, a, b = _join(env, {"data.bin": (size, 4)})
+        pa, pb = os.path.join(a.dir, "data.bin"), os.path.join(b.dir, "data.bin")
+        time.sleep(0.5)  # B's own events of the join are behind it
+        _overwrite(pb, 5 * MiB, b"silently corrupted" * 10, keep_mtime=True)
+        _overwrite(pa, 1 * MiB, b"A" * 1000)
+        wait_until(lambda: _same(pa, pb), 60, "A's edit on B despite B's corrupted copy")
+        check(any("download of data.bin failed" in l for l in b.log_lines()),
+              "B did not report the failed delta download")
+        check(not [n for n in os.listdir(b.dir) if "conflict" in n], "a conflict copy appeared on B")
+
+
+def _session(port, token, version=bsproto.DELTA_VERSION):
+    sock = bsproto.connect(port)
+    w = bsproto.hello(sock, token, device=os.urandom(16), name="hostile", max_version=version)
+    return sock, w
+
+
+def _closed_after(sock, timeout=5.0):
+    """The messages until the server closes: a list, or None when it stays open."""
+    sock.settimeout(timeout)
+    msgs = []
+    try:
+        while True:
+            msgs.append(bsproto.recv_frame(sock, skip_notify=True))
+    except (EOFError, ConnectionResetError):
+        return msgs
+    except socket.timeout:
+        return None
+
+
+def test_hostile_delta():
+    """COPY and GET_DELTA from a client that lies: each refused with its
+    code, nothing half-written stored, the session (or at worst only it)
+    ends, and the honest agents go on syncing."""
+    with Env("hostile_delta") as env:
+        size = 4 * MiB
+        srv, a, b = _join(env, {"base.bin": (size, 5)})
+        port, tok = srv.port, a.token
+        pa = os.path.join(a.dir, "base.bin")
+        base = open(pa, "rb").read()
+        base_sha = bsproto.sha256(base)
+        tree = srv.tree(tok)
+        before = sha256_file(os.path.join(tree, "base.bin"))
+
+        sock, w = _session(port, tok)
+        check(w["version"] == bsproto.DELTA_VERSION, "WELCOME chose version %d, want 2" % w["version"])
+
+        def put_copy(req, path, size, copies, sha, data=b""):
+            out = [bsproto.enc_put(req, path, 0 if path != "base.bin" else ver, size)]
+            for off, n in copies:
+                out.append(bsproto.enc_copy(req, off, n, base_sha))
+            if data:
+                out.append(bsproto.enc_data(req, data))
+            out.append(bsproto.enc_put_end(req, sha))
+            sock.sendall(b"".join(out))
+            return bsproto.answer(sock)
+
+        recs = {r["path"]: r for r in bsproto.pull(sock, 1, 0)[2]}
+        ver = recs[b"base.bin"]["seq"]
+
+        # A copy of the whole base under a new name: legitimate, nothing sent.
+        m = put_copy(2, "copy.bin", size, [(0, size)], base_sha)
+        check(m["type"] == "ACK", "COPY of a whole stored file refused: %r" % m)
+        check(sha256_file(os.path.join(tree, "copy.bin")) == before, "copy.bin differs from base.bin")
+
+        # A range past the end of the content.
+        m = put_copy(3, "past.bin", 100, [(size - 10, 100)], bsproto.sha256(b"x" * 100))
+        check(m["type"] == "ERROR" and m["name"] == "CHECKSUM", "COPY past the end: %r" % m)
+        # An offset that overflows when the length is added.
+        m = put_copy(4, "wrap.bin", 16, [((1 << 64) - 8, 16)], bsproto.sha256(b"x" * 16))
+        check(m["type"] == "ERROR" and m["name"] == "CHECKSUM", "COPY with a wrapping offset: %r" % m)
+        # More bytes than the PUT announced.
+        m = put_copy(5, "long.bin", 10, [(0, 11)], bsproto.sha256(base[:11]))
+        check(m["type"] == "ERROR" and m["name"] == "TOO_LARGE", "COPY longer than the upload: %r" % m)
+        # A content the account does not have.
+        sock.sendall(bsproto.enc_put(6, "ghost.bin", 0, 10) + bsproto.enc_copy(6, 0, 10, os.urandom(32))
+                     + bsproto.enc_put_end(6, os.urandom(32)))
+        m = bsproto.answer(sock)
+        check(m["type"] == "ERROR" and m["name"] == "NOT_FOUND", "COPY of unknown content: %r" % m)
+        # A result whose SHA-256 is not what was claimed: base.bin stays as it was.
+        m = put_copy(7, "base.bin", size, [(0, size - 5)], bsproto.sha256(base), data=b"EVIL!")
+        check(m["type"] == "ERROR" and m["name"] == "CHECKSUM", "a lying delta was not refused: %r" % m)
+        check(sha256_file(os.path.join(tree, "base.bin")) == before, "base.bin changed by a refused delta")
+        bsproto.ping(sock)  # all of these kept the session
+
+        # GET_DELTA of content the server no longer has as "have": answered whole.
+        sock.sendall(bsproto.enc_get_delta(8, base_sha, os.urandom(32), "base.bin"))
+        f = bsproto.expect(sock, "FILE")
+        got = b""
+        while len(got) < f["size"]:
+            d = bsproto.expect(sock, "DATA", "COPY")
+            check(d["type"] == "DATA", "COPY from content the client does not have")
+            got += d["data"]
+        check(got == base, "GET_DELTA with an unknown have did not send the whole file")
+        # GET_DELTA against itself: all COPY, no DATA.
+        sock.sendall(bsproto.enc_get_delta(9, base_sha, base_sha, "base.bin"))
+        f = bsproto.expect(sock, "FILE")
+        n = 0
+        while n < f["size"]:
+            d = bsproto.expect(sock, "COPY", "DATA")
+            check(d["type"] == "COPY" and d["offset"] == n and d["sha"] == base_sha,
+                  "GET_DELTA of the content held: %r" % {k: d[k] for k in d if k != "data"})
+            n += d["size"]
+        bsproto.ping(sock)
+
+        # COPY outside an upload is a protocol error that ends the session.
+        sock.sendall(bsproto.enc_copy(10, 0, 1, base_sha))
+        msgs = _closed_after(sock)
+        check(msgs is not None and any(m["type"] == "ERROR" and m["name"] == "PROTOCOL" for m in msgs),
+              "COPY without PUT: %r" % msgs)
+        sock.close()
+
+        # A version 1 session may not use them.
+        sock, w = _session(port, tok, version=1)
+        check(w["version"] == 1, "WELCOME chose version %d for a version 1 client" % w["version"])
+        sock.sendall(bsproto.enc_get_delta(1, base_sha, base_sha, "base.bin"))
+        msgs = _closed_after(sock)
+        check(msgs is not None and any(m["type"] == "ERROR" and m["name"] == "PROTOCOL" for m in msgs),
+              "GET_DELTA in a version 1 session: %r" % msgs)
+        sock.close()
+
+        # Nothing half-written is left, and the honest agents still sync.
+        tmp = os.path.join(os.path.dirname(tree), "tmp")
+        wait_until(lambda: not os.listdir(tmp), 10, "the refused uploads' temporary files to go")
+        for name in ("past.bin", "wrap.bin", "long.bin", "ghost.bin"):
+            check(not os.path.exists(os.path.join(tree, name)), "%s was stored" % name)
+        _overwrite(pa, 100, b"honest edit")
+        wait_until(lambda: _same(pa, os.path.join(b.dir, "base.bin")), 30, "an honest edit on B")
+        wait_until(lambda: _same(os.path.join(tree, "copy.bin"), os.path.join(b.dir, "copy.bin")), 30,
+                   "copy.bin on B")

@@ -44,12 +44,14 @@ static void check_same_msg(const BsMsg *a, const BsMsg *b) {
         CHECK(a->base == b->base);
         CHECK(a->base2 == b->base2);
         CHECK(a->size == b->size);
+        CHECK(a->offset == b->offset);
         CHECK(a->mode == b->mode);
         CHECK(a->mtime_ns == b->mtime_ns);
         CHECK(a->code == b->code);
         CHECK(a->flags == b->flags);
         CHECK(a->count == b->count);
         CHECK(memcmp(a->sha, b->sha, BS_SHA_LEN) == 0);
+        CHECK(memcmp(a->have, b->have, BS_SHA_LEN) == 0);
         CHECK(memcmp(a->device, b->device, BS_DEVICE_LEN) == 0);
         CHECK(same_bytes(a->path, a->path_len, b->path, b->path_len));
         CHECK(same_bytes(a->path2, a->path2_len, b->path2, b->path2_len));
@@ -64,6 +66,7 @@ static void check_same_record(const BsRecord *a, const BsRecord *b) {
         CHECK(a->kind == b->kind);
         CHECK(memcmp(a->device, b->device, BS_DEVICE_LEN) == 0);
         CHECK(a->size == b->size);
+        CHECK(a->offset == b->offset);
         CHECK(a->mode == b->mode);
         CHECK(a->mtime_ns == b->mtime_ns);
         CHECK(memcmp(a->sha, b->sha, BS_SHA_LEN) == 0);

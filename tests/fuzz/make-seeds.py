@@ -58,6 +58,9 @@ def frames():
         "move": p.enc_move(12, "docs/a.txt", "docs/c.txt", 2, 0),
         "symlink": p.enc_symlink(13, "docs/l", "/etc/passwd", 0, 7),
         "ack": p.enc_ack(13, 14),
+        "get-delta": p.enc_get_delta(14, SHA, p.sha256(b"older"), "docs/a.txt"),
+        "copy": p.enc_copy(15, 1 << 20, 64 << 10, SHA),
+        "bad-copy-short": p.frame("COPY", struct.pack(">IQQ", 1, 0, 1) + SHA[:31]),
         # malformed: each should be refused, never crash
         "bad-zero-length": struct.pack(">I", 0),
         "bad-unknown-type": p.frame(99, b"\0" * 8),

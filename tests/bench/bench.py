@@ -831,8 +831,9 @@ def case6_big_edit(b, cfg, res):
             target_text="ratio <= 1.0")
     res.add(C, "bytes on loopback", statistics.median(bb), "rsync (daemon)", statistics.median(rb),
             fmt=fmt_bytes, target=lambda v, r: r <= 1.0, target_text="ratio <= 1.0")
-    res.note("case 6: backupsync sends the whole file A -> server and again server -> B (so about "
-             "twice its size on loopback); rsync sends only the delta to its daemon.")
+    res.note("case 6: backupsync sends A's changed 64 KiB blocks to the server (COPY for the rest), "
+             "and the server sends B only the 16 KiB pieces that differ from B's version: two hops, "
+             "until the edit is readable on B; rsync makes one hop, to its daemon.")
 
 
 # ---------------------------------------------------------------- main

@@ -226,3 +226,37 @@ Test(account, sequence_survives_reopen) {
         cr_assert_eq(account_open(storage, token, &acc), 0);
         cr_assert_eq(account_committed_seq(acc), 4);
 }
+
+/* COPY: an upload built from a stored content and new bytes. */
+Test(account, upload_copy_from_stored_content) {
+        const char *old = "0123456789abcdefghij", *want = "0123456789ABCDEFghij";
+        uint8_t old_sha[BS_SHA_LEN], sha[BS_SHA_LEN];
+        uint64_t v1, v2;
+        AccountContent src;
+        AccountUpload u;
+
+        cr_assert_eq(put("f", 0, old, &v1), 0);
+        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(bs_sha_buf(old, strlen(old), old_sha), 0);
+        cr_assert_eq(bs_sha_buf(want, strlen(want), sha), 0);
+        cr_assert_eq(account_content_open(acc, old_sha, "f", &src), 0);
+
+        cr_assert_eq(account_put_check(acc, "f", v1, 20), 0);
+        cr_assert_eq(account_upload_begin(acc, &u), 0);
+        cr_assert_eq(account_upload_copy(&u, &src, 0, 10, 20), 0);
+        cr_assert_eq(account_upload_write(&u, "ABCDEF", 6, 20), 0);
+        cr_assert_eq(account_upload_copy(&u, &src, 16, 4, 20), 0);
+        cr_assert_eq(account_put(acc, &u, device, "f", v1, 20, 0644, 1000000000, sha, &v2), 0);
+        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_str_eq(tree_content("f"), want);
+
+        /* Ranges outside the content, however they are spelled, and past the limit. */
+        cr_assert_eq(account_upload_begin(acc, &u), 0);
+        cr_assert_eq(account_upload_copy(&u, &src, 15, 6, 100), -EBADMSG);
+        cr_assert_eq(account_upload_copy(&u, &src, 21, 0, 100), -EBADMSG);
+        cr_assert_eq(account_upload_copy(&u, &src, UINT64_MAX - 2, 4, 100), -EBADMSG);
+        cr_assert_eq(account_upload_copy(&u, &src, 0, 20, 19), -EFBIG);
+        cr_assert_eq(account_upload_copy(&u, &src, 20, 0, 19), 0, "an empty range at the end is fine");
+        account_upload_discard(acc, &u);
+        close(src.fd);
+}

@@ -35,8 +35,6 @@
 #define PREFETCH_BYTES (32u * 1024 * 1024)
 #define PUSH_OUT_HIGH (4u * 1024 * 1024)
 #define ANSWER_TIMEOUT_MS 60000 /* of silence: then the connection is dropped and retried */
-/* Bytes found unchanged before the push loop gets to service the socket. */
-#define DELTA_YIELD (64u * 1024 * 1024)
 
 /* An upload in progress: file data goes out as the socket drains. */
 typedef struct Upload {
@@ -172,21 +170,24 @@ static int queue_data(Agent *a, uint32_t req, const uint8_t *p, size_t n) {
         return 0;
 }
 
-/* Queue a COPY for the run of unchanged blocks found so far. */
+/* Queue COPY frames (each at most BS_COPY_MAX) for the run of unchanged blocks found so far. */
 static int flush_copy(Agent *a, Upload *up) {
         BsMsg *m;
-        int r;
+        int r = 0;
         if (up->copy_len == 0)
                 return 0;
         m = malloc(sizeof(*m));
         if (!m)
                 return -ENOMEM;
-        bs_msg_init(m, BS_MSG_COPY, up->op->req);
-        m->offset = up->copy_off;
-        m->size = up->copy_len;
-        memcpy(m->sha, up->op->delta_base, BS_SHA_LEN);
-        up->copy_len = 0;
-        r = conn_send(a->conn, m);
+        while (r >= 0 && up->copy_len > 0) {
+                bs_msg_init(m, BS_MSG_COPY, up->op->req);
+                m->offset = up->copy_off;
+                m->size = MIN(up->copy_len, (uint64_t) BS_COPY_MAX);
+                memcpy(m->sha, up->op->delta_base, BS_SHA_LEN);
+                up->copy_off += m->size;
+                up->copy_len -= m->size;
+                r = conn_send(a->conn, m);
+        }
         free(m);
         return r;
 }
@@ -197,6 +198,7 @@ static int flush_copy(Agent *a, Upload *up) {
 static int delta_step(Agent *a, Upload *up) {
         uint32_t b = up->base_block;
         size_t want = (size_t) MIN((uint64_t) up->buf_len, up->size - up->off);
+        bool yield = false;
         ssize_t n = bs_pread_full(up->fd, up->buf, want, (off_t) up->off);
         int r;
         if (n <= 0)
@@ -213,6 +215,14 @@ static int delta_step(Agent *a, Upload *up) {
                 if (same_size && bs_blocks_add(up->blocks, sum) < 0)
                         up->blocks = bs_blocks_free(up->blocks), same_size = false;
                 if (k < up->n_base && memcmp(sum, up->base + k * BS_BLOCK_SUM_LEN, BS_BLOCK_SUM_LEN) == 0) {
+                        /* A COPY names at most BS_COPY_MAX bytes; after each
+                         * the push loop gets to service the socket. */
+                        if (up->copy_len + len > BS_COPY_MAX) {
+                                r = flush_copy(a, up);
+                                if (r < 0)
+                                        return r;
+                                yield = true;
+                        }
                         if (up->copy_len == 0)
                                 up->copy_off = up->off + i;
                         up->copy_len += len;
@@ -227,11 +237,7 @@ static int delta_step(Agent *a, Upload *up) {
         up->off += (uint64_t) n;
         if ((size_t) n < want)
                 return 1;
-        if (up->copy_len >= DELTA_YIELD) {
-                r = flush_copy(a, up);
-                return r < 0 ? r : 2;
-        }
-        return 0;
+        return yield ? 2 : 0;
 }
 
 /* Queue the next piece of an upload; 1 when it is complete, 2 after a

@@ -21,6 +21,7 @@
 #define BS_FRAME_MIN (64u * 1024u)
 #define BS_FRAME_LIMIT (16u * 1024u * 1024u)
 #define BS_CHUNK (256u * 1024u)
+#define BS_COPY_MAX (16u * 1024u * 1024u) /* bytes one COPY in an upload may name */
 #define BS_PATH_MAX 4096u
 #define BS_NAME_MAX 255u
 #define BS_SHA_LEN 32u

@@ -24,8 +24,8 @@
 
 /* Equal runs are found in pieces of this size. */
 #define DELTA_PIECE (16u * 1024)
-/* Bytes compared without output before a GET_DELTA lets other sessions run. */
-#define DELTA_YIELD (64u * 1024 * 1024)
+/* Bytes found equal before a GET_DELTA sends their COPY and lets other sessions run. */
+#define DELTA_YIELD BS_COPY_MAX
 
 static void content_close(AccountContent *c) {
         if (c->fd >= 0)
@@ -119,6 +119,8 @@ int session_handle_copy(Session *s, const BsMsg *m) {
                                     m->req);
         if (s->upload.discard)
                 return 0;
+        if (m->size > BS_COPY_MAX)
+                return upload_refuse(s, -EFBIG, "COPY of more than 16 MiB");
         if (s->upload.src.fd < 0 || memcmp(s->upload.src_sha, m->sha, BS_SHA_LEN) != 0) {
                 content_close(&s->upload.src);
                 /* The tree must hold this pass's uploads before a file in it is read. */
@@ -140,6 +142,7 @@ int session_handle_copy(Session *s, const BsMsg *m) {
         if (r < 0)
                 return upload_refuse(s, r, "cannot copy");
         s->upload.copied += m->size;
+        s->copied_this_turn += m->size;
         return 0;
 }
 

@@ -469,7 +469,7 @@ static void session_run(Session *s) {
                         if (session_stream_fill(s) < 0 || s->stream != STREAM_NONE)
                                 break;
                 }
-                if (bs_buf_len(&s->out) >= SESSION_OUT_HIGH)
+                if (bs_buf_len(&s->out) >= SESSION_OUT_HIGH || s->copied_this_turn >= SESSION_COPY_BUDGET)
                         break;
                 r = bs_frame_peek(bs_buf_head(&s->in), bs_buf_len(&s->in), BS_FRAME_MAX_DEFAULT, &len);
                 if (r == 0)
@@ -560,9 +560,11 @@ static int on_io(sd_event_source *source, int fd, uint32_t revents, void *userda
                  * burst of small files shares one commit (two syncs) per few
                  * MiB instead of one per input buffer. The budget keeps one
                  * busy session from holding the others up for long. */
+                s->copied_this_turn = 0;
                 for (int i = 1;; i++) {
                         session_run(s);
                         if (i >= SESSION_PASS_READS || s->state == SESSION_CLOSING || s->read_eof ||
+                            s->copied_this_turn >= SESSION_COPY_BUDGET ||
                             s->stream != STREAM_NONE || bs_buf_len(&s->out) >= SESSION_OUT_HIGH)
                                 break;
                         size_t before = bs_buf_len(&s->in);

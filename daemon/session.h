@@ -53,6 +53,7 @@ struct Session {
         char device_name[BS_NAME_MAX + 1]; /* from HELLO, printable, for logs */
         uint32_t peer_max_frame;
         uint64_t notify_pending; /* NOTIFY held back while the output is full */
+        uint64_t copied_this_turn; /* by COPY frames, against SESSION_COPY_BUDGET */
         size_t txn_mark;         /* output length when the open transaction began */
 
         struct {
@@ -99,6 +100,9 @@ struct Session {
 #define SESSION_IN_MAX (BS_FRAME_MAX_DEFAULT + 64u * 1024)
 /* Input buffers read and handled per commit while more keeps arriving. */
 #define SESSION_PASS_READS 8
+/* Bytes a session's COPY frames may copy before the others get their turn:
+ * a 57-byte frame can ask for 16 MiB of disk work. */
+#define SESSION_COPY_BUDGET (64u * 1024 * 1024)
 
 /** Take over an accepted, non-blocking socket. */
 int session_new(Session **ret, Server *server, int fd, const struct sockaddr *peer, socklen_t peer_len);

@@ -48,6 +48,7 @@ typedef struct Pull {
         int fd;
         Rec *cur;
         uint64_t left;
+        uint64_t writeback; /* bytes of it whose writeback was started */
         BsSha *sha;
         BsBlocks *blocks; /* fingerprints of a big download, kept for a later delta upload */
         uint8_t *copy_buf;
@@ -318,6 +319,7 @@ static int take_bytes(Agent *a, Pull *p, const uint8_t *data, size_t n) {
         if (p->blocks && bs_blocks_update(p->blocks, data, n) < 0)
                 p->blocks = bs_blocks_free(p->blocks);
         p->left -= n;
+        bs_writeback_step(p->fd, &p->writeback, p->cur->size - p->left);
         return 0;
 }
 
@@ -389,6 +391,7 @@ static int handle_frame(Agent *a, Pull *p, const BsMsg *m) {
         p->fd = fd;
         p->cur = x;
         p->left = m->size;
+        p->writeback = 0;
         return p->left == 0 ? finish_download(a, p) : 0;
 }
 

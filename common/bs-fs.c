@@ -145,6 +145,13 @@ int bs_write_sparse(int fd, const void *p, size_t n) {
         return ftruncate(fd, end) < 0 ? -errno : 0;
 }
 
+void bs_writeback_step(int fd, uint64_t *started, uint64_t written) {
+        if (written < *started || written - *started < BS_WRITEBACK_STEP)
+                return;
+        (void) sync_file_range(fd, (off_t) *started, (off_t) (written - *started), SYNC_FILE_RANGE_WRITE);
+        *started = written;
+}
+
 ssize_t bs_pread_full(int fd, void *p, size_t n, off_t off) {
         size_t got = 0;
         while (got < n) {

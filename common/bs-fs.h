@@ -40,6 +40,16 @@ int bs_write_all(int fd, const void *p, size_t n);
 int bs_write_sparse(int fd, const void *p, size_t n);
 /** pread() exactly n bytes unless the file ends; returns bytes read or -errno. */
 ssize_t bs_pread_full(int fd, void *p, size_t n, off_t off);
+
+/* Written data of a big file is handed to the disk in steps of this size. */
+#define BS_WRITEBACK_STEP (8u * 1024 * 1024)
+/**
+ * Start writeback of what was written to fd since *started, once that is
+ * BS_WRITEBACK_STEP or more, so the disk works while the file is still
+ * being written and the final sync has little left to do. Never fails:
+ * it only brings work forward.
+ */
+void bs_writeback_step(int fd, uint64_t *started, uint64_t written);
 /** fsync() a directory opened beneath dirfd ("." for dirfd itself). */
 int bs_fsync_dir(int dirfd);
 

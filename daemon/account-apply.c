@@ -225,8 +225,10 @@ int account_upload_write(AccountUpload *u, const void *p, size_t n, uint64_t lim
                 return -EFBIG;
         int r = bs_write_sparse(u->fd, p, n);
         r = r ?: bs_sha_update(u->sha, p, n);
-        if (r >= 0)
+        if (r >= 0) {
                 u->written += n;
+                bs_writeback_step(u->fd, &u->writeback, u->written);
+        }
         return r;
 }
 

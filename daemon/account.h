@@ -46,6 +46,7 @@ typedef struct AccountUpload {
         char name[64];
         BsSha *sha;
         uint64_t written;
+        uint64_t writeback; /* written bytes whose writeback was started */
 } AccountUpload;
 
 #define ACCOUNT_UPLOAD_NULL ((AccountUpload) { .fd = -1 })

@@ -106,6 +106,39 @@ def test_delta_edit_both_ways():
               "small.txt (100 KiB) was sent as a delta")
 
 
+def test_delta_many_turns():
+    """A 200 MiB file edited at its end: the server copies the unchanged
+    199 MiB over several turns (16 MiB per COPY, 64 MiB per turn) while a
+    second connection keeps being served."""
+    with Env("delta_many_turns") as env:
+        size = 200 * MiB
+        srv = env.server()
+        adir = env.path("A")
+        os.makedirs(adir)
+        pa = os.path.join(adir, "big.bin")
+        with open(pa, "wb") as f:
+            for _ in range(size // MiB):
+                f.write(os.urandom(MiB))
+        a = env.agent("A", adir)
+        b = env.agent("B", env.path("B"), token=a.token)
+        pb = os.path.join(b.dir, "big.bin")
+        wait_until(lambda: _same(pa, pb), 120, "big.bin on B")
+        sock = bsproto.connect(srv.port)
+        bsproto.hello(sock, a.token, device=os.urandom(16), name="bystander")
+        _overwrite(pa, size - 1000, b"the end, edited")
+        pongs = 0
+        deadline = time.monotonic() + 60
+        while not _same(pa, pb):
+            bsproto.ping(sock, pongs)
+            pongs += 1
+            check(time.monotonic() < deadline, "the edit did not reach B within 60 s")
+            time.sleep(0.01)
+        sock.close()
+        ups = _numbers(srv.log_lines(), r"uploaded \S+ big\.bin \((\d+) bytes, (\d+) sent")
+        check(len(ups) == 1 and ups[0][1] <= 2 * 64 * 1024, "server: the edit was not a small delta: %r" % ups)
+        check(pongs > 0, "the bystander connection was never answered")
+
+
 def test_delta_server_copy_differs():
     """The server's stored copy no longer matches what A fingerprinted: the
     delta's SHA-256 fails, A drops its fingerprints and sends the whole file."""
@@ -206,6 +239,9 @@ def test_hostile_delta():
         # More bytes than the PUT announced.
         m = put_copy(5, "long.bin", 10, [(0, 11)], bsproto.sha256(base[:11]))
         check(m["type"] == "ERROR" and m["name"] == "TOO_LARGE", "COPY longer than the upload: %r" % m)
+        # One COPY may name at most 16 MiB (each costs the server disk work).
+        m = put_copy(11, "huge.bin", 64 * MiB, [(0, 16 * MiB + 1)], bsproto.sha256(b""))
+        check(m["type"] == "ERROR" and m["name"] == "TOO_LARGE", "COPY of 16 MiB + 1: %r" % m)
         # A content the account does not have.
         sock.sendall(bsproto.enc_put(6, "ghost.bin", 0, 10) + bsproto.enc_copy(6, 0, 10, os.urandom(32))
                      + bsproto.enc_put_end(6, os.urandom(32)))
@@ -256,7 +292,7 @@ def test_hostile_delta():
         # Nothing half-written is left, and the honest agents still sync.
         tmp = os.path.join(os.path.dirname(tree), "tmp")
         wait_until(lambda: not os.listdir(tmp), 10, "the refused uploads' temporary files to go")
-        for name in ("past.bin", "wrap.bin", "long.bin", "ghost.bin"):
+        for name in ("past.bin", "wrap.bin", "long.bin", "ghost.bin", "huge.bin"):
             check(not os.path.exists(os.path.join(tree, name)), "%s was stored" % name)
         _overwrite(pa, 100, b"honest edit")
         wait_until(lambda: _same(pa, os.path.join(b.dir, "base.bin")), 30, "an honest edit on B")

@@ -4,10 +4,11 @@
  * is fetched by its SHA-256 with GETs sent ahead of the record being
  * applied (a window of them), written to a temporary file and checked.
  * Downloaded files are placed in batches: writeback starts as each one
- * completes, the batch is synced (a few files one by one, a burst with
- * one syncfs()), then its records are applied in order, so a crash never
- * leaves a short file under a real name (a rescan would take it for a
- * local edit), and a burst costs one sync per batch, not one per file.
+ * completes (and every 8 MiB of a big one), the batch is synced (a few
+ * files one by one, a burst with one syncfs()), then its records are
+ * applied in order, so a crash never leaves a short file under a real
+ * name (a rescan would take it for a local edit), and a burst costs one
+ * sync per batch, not one per file.
  *
  * A big file the agent holds an older version of is asked for with
  * GET_DELTA: the server sends COPY for the ranges that version already

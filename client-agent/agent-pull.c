@@ -242,22 +242,6 @@ static int send_gets(Agent *a, Pull *p) {
         return 0;
 }
 
-/* The fingerprints of a big download replace those of the version it replaces. */
-static void keep_blocks(Agent *a, const Rec *x, BsBlocks *b) {
-        ManifestEntry *old = malloc(sizeof(*old));
-        size_t n;
-        if (bs_blocks_final(b) < 0) {
-                free(old);
-                return;
-        }
-        if (old && manifest_get(a->state, x->path, old) == 0 && old->kind == BS_KIND_FILE &&
-            memcmp(old->sha, x->sha, BS_SHA_LEN) != 0)
-                blocks_delete(a->state, old->sha);
-        free(old);
-        const uint8_t *sums = bs_blocks_sums(b, &n);
-        blocks_put(a->state, x->sha, bs_blocks_block(b), sums, n);
-}
-
 static int finish_download(Agent *a, Pull *p) {
         Rec *x = p->cur;
         uint8_t sha[BS_SHA_LEN];
@@ -275,8 +259,12 @@ static int finish_download(Agent *a, Pull *p) {
                         a->need_snapshot = true;
                 }
         }
-        if (r == 0 && p->blocks)
-                keep_blocks(a, x, p->blocks);
+        /* The fingerprints of a big download replace those of the version it replaces. */
+        if (r == 0 && p->blocks && bs_blocks_final(p->blocks) == 0) {
+                size_t n;
+                const uint8_t *sums = bs_blocks_sums(p->blocks, &n);
+                blocks_replace(a->state, x->path, x->sha, bs_blocks_block(p->blocks), sums, n);
+        }
         p->blocks = bs_blocks_free(p->blocks);
         if (r == 0 && fchmod(p->fd, x->mode & 07777) < 0)
                 r = -errno;

@@ -212,8 +212,10 @@ static int delta_step(Agent *a, Upload *up) {
                 uint64_t k = (up->off + i) / b;
                 uint8_t sum[BS_BLOCK_SUM_LEN];
                 bs_block_sum(up->buf + i, len, sum);
-                if (same_size && bs_blocks_add(up->blocks, sum) < 0)
-                        up->blocks = bs_blocks_free(up->blocks), same_size = false;
+                if (same_size && bs_blocks_add(up->blocks, sum) < 0) {
+                        up->blocks = bs_blocks_free(up->blocks);
+                        same_size = false;
+                }
                 if (k < up->n_base && memcmp(sum, up->base + k * BS_BLOCK_SUM_LEN, BS_BLOCK_SUM_LEN) == 0) {
                         /* A COPY names at most BS_COPY_MAX bytes; after each
                          * the push loop gets to service the socket. */
@@ -314,14 +316,9 @@ static int upload_cancel(Agent *a, Upload *up) {
 /* On ACK of a big file: its fingerprints replace those of the content it
  * replaced (fingerprints no manifest entry names are dropped at start). */
 static void keep_blocks(Agent *a, PushOp *op) {
-        ManifestEntry *old = malloc(sizeof(*old));
-        if (old && manifest_get(a->state, op->path, old) == 0 && old->kind == BS_KIND_FILE &&
-            memcmp(old->sha, op->e->sha, BS_SHA_LEN) != 0)
-                blocks_delete(a->state, old->sha);
-        free(old);
         size_t n;
         const uint8_t *sums = bs_blocks_sums(op->blocks, &n);
-        blocks_put(a->state, op->e->sha, bs_blocks_block(op->blocks), sums, n);
+        blocks_replace(a->state, op->path, op->e->sha, bs_blocks_block(op->blocks), sums, n);
         op->blocks = bs_blocks_free(op->blocks);
 }
 

@@ -277,6 +277,18 @@ int blocks_delete(AgentState *s, const uint8_t sha[BS_SHA_LEN]) {
         return sql_err(sqlite3_step(st));
 }
 
+int blocks_replace(AgentState *s, const char *path, const uint8_t sha[BS_SHA_LEN], uint32_t block,
+                   const uint8_t *sums, size_t count) {
+        ManifestEntry *old = malloc(sizeof(*old));
+        int r = 0;
+        if (!old)
+                return -ENOMEM;
+        if (manifest_get(s, path, old) == 0 && old->kind == BS_KIND_FILE && memcmp(old->sha, sha, BS_SHA_LEN) != 0)
+                r = blocks_delete(s, old->sha);
+        free(old);
+        return r ?: blocks_put(s, sha, block, sums, count);
+}
+
 int64_t manifest_count(AgentState *s) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
         if (sqlite3_prepare_v2(s->db, "SELECT count(*) FROM manifest", -1, &st, NULL) != SQLITE_OK)

@@ -63,6 +63,12 @@ int manifest_below(AgentState *s, const char *dir, manifest_iter_t fn, void *use
 int blocks_get(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint32_t *block, uint8_t **sums, size_t *count);
 int blocks_put(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint32_t block, const uint8_t *sums, size_t count);
 int blocks_delete(AgentState *s, const uint8_t sha[BS_SHA_LEN]);
+/**
+ * Keep the fingerprints of content sha, which path now holds, in place of
+ * those of the content the manifest still records for path.
+ */
+int blocks_replace(AgentState *s, const char *path, const uint8_t sha[BS_SHA_LEN], uint32_t block,
+                   const uint8_t *sums, size_t count);
 /** Snapshot reconciliation: clear the seen marks, set one, list the unseen. */
 int manifest_clear_seen(AgentState *s);
 int manifest_mark_seen(AgentState *s, const char *path);

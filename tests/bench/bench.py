@@ -442,7 +442,7 @@ def case1_first_backup(b, cfg, res):
             log("case 1 run %d: backupsync %.2f s" % (run + 1, dt))
             b.stop(srv)
             # Copies are removed only after the last run: on a file system
-            # without a journal, ext4 skips inodes freed in the last seconds
+            # without a journal, ext4 skips inodes freed in the last minutes
             # when it allocates new ones, which would slow down whichever
             # tool runs right after a removal.
 

@@ -28,6 +28,8 @@
  * so a full disk costs a few uploads a minute, not one every round. */
 #define FAILED_BACKOFF_MIN_USEC (1 * 1000000ULL)
 #define FAILED_BACKOFF_MAX_USEC (60 * 1000000ULL)
+/* Quiet after the last local event before a round starts (see schedule_round()). */
+#define COALESCE_QUIET_USEC 3000ULL
 
 int agent_new(const AgentConfig *cfg, Agent **ret) {
         Agent *a = calloc(1, sizeof(*a));
@@ -173,13 +175,20 @@ static void schedule_failed(Agent *a) {
         arm_timer(a, a->failed_timer, a->failed_backoff_usec);
 }
 
+/* A round starts once local events pause for COALESCE_QUIET_USEC, so a
+ * saved file leaves within a few milliseconds, but no later than
+ * coalesce_usec after the first of them, so a long burst is sent in
+ * rounds as it goes. */
 static void schedule_round(Agent *a) {
-        int enabled = SD_EVENT_OFF;
+        uint64_t now;
         if (!a->coalesce_timer)
                 return;
-        sd_event_source_get_enabled(a->coalesce_timer, &enabled);
-        if (enabled == SD_EVENT_OFF)
-                arm_timer(a, a->coalesce_timer, a->cfg.coalesce_usec);
+        sd_event_now(a->event, CLOCK_MONOTONIC, &now);
+        if (!timer_enabled(a->coalesce_timer))
+                a->coalesce_first_usec = now;
+        sd_event_source_set_time(a->coalesce_timer,
+                                 MIN(now + COALESCE_QUIET_USEC, a->coalesce_first_usec + a->cfg.coalesce_usec));
+        sd_event_source_set_enabled(a->coalesce_timer, SD_EVENT_ONESHOT);
 }
 
 static void on_dirty(void *userdata, const char *path, bool recursive) {

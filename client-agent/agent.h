@@ -33,7 +33,7 @@ typedef struct AgentConfig {
         char *id;        /* token given on the command line, or NULL */
         char *device_name;
         uint64_t poll_usec;
-        uint64_t coalesce_usec;
+        uint64_t coalesce_usec; /* longest wait from a local event to its round */
         bool once;
 
         /* With --instance: what SIGHUP re-reads, and what the command line
@@ -95,6 +95,7 @@ typedef struct Agent {
         sd_event *event;
         sd_event_source *inotify_source;
         sd_event_source *coalesce_timer;
+        uint64_t coalesce_first_usec; /* CLOCK_MONOTONIC of the first event the armed timer waits for */
         sd_event_source *poll_timer;
         sd_event_source *socket_source;
         sd_event_source *retry_timer;

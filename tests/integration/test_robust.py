@@ -1,6 +1,7 @@
 """Scale, restarts, overflow, several computers, large files, latency."""
 
 import os
+import signal
 import shutil
 import statistics
 import time
@@ -78,10 +79,19 @@ def test_overflow_rescan():
         assert_trees_equal(adir, b.dir, msg="initial join")
         mark = len(a.log_lines())
 
+        # Once the agent watches many/, a pause of the agent (it reads no
+        # events) makes 500 new files overflow its queue of 16 for sure,
+        # however fast it would otherwise keep up.
         os.makedirs(os.path.join(adir, "many"))
-        for i in range(500):
-            with open(os.path.join(adir, "many", "n%03d.txt" % i), "wb") as f:
-                f.write(b"overflow file %d\n" % i)
+        wait_until(lambda: os.path.isdir(os.path.join(srv.tree(a.token), "many")), 30,
+                   "many/ on the server, so agent A watches it")
+        a.popen.send_signal(signal.SIGSTOP)
+        try:
+            for i in range(500):
+                with open(os.path.join(adir, "many", "n%03d.txt" % i), "wb") as f:
+                    f.write(b"overflow file %d\n" % i)
+        finally:
+            a.popen.send_signal(signal.SIGCONT)
         exp = snapshot(adir)
         check(len([k for k in exp if k.startswith("many/")]) == 500, "test setup")
         wait_until(lambda: any("overflow" in l.lower() or "rescan" in l.lower()

@@ -320,8 +320,9 @@ static int copy_local(Agent *a, Pull *p, uint64_t off, uint64_t len) {
         while (len > 0) {
                 size_t n = (size_t) MIN((uint64_t) BS_CHUNK, len);
                 ssize_t got = bs_pread_full(p->cur->src_fd, p->copy_buf, n, (off_t) off);
-                if (got < (ssize_t) n)
-                        memset(p->copy_buf + (got > 0 ? got : 0), 0, n - (size_t) (got > 0 ? got : 0));
+                size_t have = got > 0 ? (size_t) got : 0;
+                if (have < n)
+                        memset(p->copy_buf + have, 0, n - have);
                 int r = take_bytes(a, p, p->copy_buf, n);
                 if (r < 0)
                         return r;

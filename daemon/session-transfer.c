@@ -305,6 +305,12 @@ static int queue_data(Session *s, const uint8_t *p, size_t n) {
         return 0;
 }
 
+/* Whether the piece at j of n new bytes equals the agent's (hn bytes of it read). */
+static bool piece_same(const uint8_t *nb, const uint8_t *hb, size_t j, size_t n, size_t hn) {
+        size_t len = MIN(DELTA_PIECE, n - j);
+        return j + len <= hn && memcmp(nb + j, hb + j, len) == 0;
+}
+
 /* One chunk of a GET_DELTA answer; 1 when it is time to let others run. */
 static int fill_get_delta(Session *s) {
         /* One server thread: static buffers are never shared. */
@@ -332,25 +338,22 @@ static int fill_get_delta(Session *s) {
                 got = bs_pread_full(s->have.fd, hb, (size_t) MIN((uint64_t) n, s->have.size - off), (off_t) off);
                 hn = got > 0 ? (size_t) got : 0;
         }
+        /* Runs of pieces alike in being equal in both, or not. */
         for (size_t i = 0; i < n;) {
-                size_t j = i;
-                /* The run of pieces equal in both, then the run that differs. */
-                while (j < n && j + MIN(DELTA_PIECE, n - j) <= hn && memcmp(nb + j, hb + j, MIN(DELTA_PIECE, n - j)) == 0)
+                bool same = piece_same(nb, hb, i, n, hn);
+                size_t j = i + MIN(DELTA_PIECE, n - i);
+                while (j < n && piece_same(nb, hb, j, n, hn) == same)
                         j += MIN(DELTA_PIECE, n - j);
-                if (j > i) {
+                if (same) {
                         if (s->copy_len == 0)
                                 s->copy_off = off + i;
                         s->copy_len += j - i;
-                        i = j;
-                        continue;
+                } else {
+                        r = flush_copy(s);
+                        r = r ?: queue_data(s, nb + i, j - i);
+                        if (r < 0)
+                                return r;
                 }
-                while (j < n && !(j + MIN(DELTA_PIECE, n - j) <= hn &&
-                                  memcmp(nb + j, hb + j, MIN(DELTA_PIECE, n - j)) == 0))
-                        j += MIN(DELTA_PIECE, n - j);
-                r = flush_copy(s);
-                r = r ?: queue_data(s, nb + i, j - i);
-                if (r < 0)
-                        return r;
                 i = j;
         }
         s->content_off += n;

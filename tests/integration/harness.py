@@ -3,7 +3,8 @@
 Real processes on loopback in temporary directories: one backupsyncd and
 several backupsync-agent processes. Python 3 standard library only.
 
-Binaries are found under $BS_BUILD_DIR (default /work/main/build).
+Binaries are found under $BS_BUILD_DIR (default: build/ at the top of
+the source tree this file is in).
 
 Typical use:
 
@@ -28,7 +29,8 @@ import sys
 import tempfile
 import time
 
-BUILD_DIR = os.environ.get("BS_BUILD_DIR", "/work/main/build")
+_SRC_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+BUILD_DIR = os.environ.get("BS_BUILD_DIR", os.path.join(_SRC_DIR, "build"))
 SERVER_BIN = os.path.join(BUILD_DIR, "daemon", "backupsyncd")
 AGENT_BIN = os.path.join(BUILD_DIR, "client-agent", "backupsync-agent")
 
@@ -117,14 +119,16 @@ def sha256_file(path):
     return _file_digest(path)
 
 
-def snapshot(root, modes=True):
+def snapshot(root, modes=True, mtimes=False):
     """relpath -> (kind, content, mode) for everything below root.
 
     kind is 'file', 'dir' or 'link' (or 'other'); content is the file's
     bytes (or 'sha256:<hex>' for files over 1 MiB), the link target for a
     symlink, None for a directory. mode is the permission bits (None for
-    links, or for everything when modes=False). Names starting with
-    .backupsync-tmp. are ignored. Symlinks are never followed.
+    links, or for everything when modes=False). With mtimes=True each
+    tuple gets a fourth item: a file's mtime in nanoseconds (None for
+    directories and links). Names starting with .backupsync-tmp. are
+    ignored. Symlinks are never followed.
     """
     out = {}
 
@@ -138,22 +142,107 @@ def snapshot(root, modes=True):
             st = os.lstat(e.path)
             m = stat.S_IMODE(st.st_mode) if modes else None
             if stat.S_ISLNK(st.st_mode):
-                out[r] = ("link", os.readlink(e.path), None)
+                t = ("link", os.readlink(e.path), None)
             elif stat.S_ISDIR(st.st_mode):
-                out[r] = ("dir", None, m)
-                walk(e.path, r + "/")
+                t = ("dir", None, m)
             elif stat.S_ISREG(st.st_mode):
                 if st.st_size <= SMALL:
                     with open(e.path, "rb") as f:
                         content = f.read()
                 else:
                     content = "sha256:" + _file_digest(e.path)
-                out[r] = ("file", content, m)
+                t = ("file", content, m)
             else:
-                out[r] = ("other", None, m)
+                t = ("other", None, m)
+            if mtimes:
+                t = t + (st.st_mtime_ns if t[0] == "file" else None,)
+            out[r] = t
+            if t[0] == "dir":
+                walk(e.path, r + "/")
 
     walk(root, "")
     return out
+
+
+def server_snapshot(srv, account):
+    """The account as the server records it, in the shape of
+    snapshot(root, modes=True, mtimes=True): kinds, modes and mtimes from
+    meta.db (the tree on disk always grants the server rw), content from
+    the tree. Read while the server runs (SQLite readers do not block it,
+    nor it them, in WAL mode)."""
+    import sqlite3
+    acct = account.split("-")[0]
+    base = os.path.join(srv.storage, acct)
+    tree = os.path.join(base, "tree")
+    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(base, "meta.db"), uri=True, timeout=30)
+    try:
+        rows = db.execute("SELECT path, kind, mode, mtime_ns, target FROM entries").fetchall()
+    finally:
+        db.close()
+    out = {}
+    for path, kind, mode, mtime_ns, target in rows:
+        rel = bytes(path).decode("utf-8", "surrogateescape") if not isinstance(path, str) else path
+        full = os.path.join(tree, rel)
+        if kind == 1:
+            st = os.lstat(full)
+            if st.st_size <= SMALL:
+                content = read_bytes(full)
+            else:
+                content = "sha256:" + _file_digest(full)
+            out[rel] = ("file", content, mode & 0o7777, mtime_ns)
+        elif kind == 2:
+            out[rel] = ("dir", None, mode & 0o7777, None)
+        else:
+            t = target if isinstance(target, str) else bytes(target or b"").decode("utf-8", "surrogateescape")
+            out[rel] = ("link", t, None, None)
+    return out
+
+
+def verify_server(srv):
+    """backupsyncd --verify on srv's storage must find no difference. The
+    server is stopped for it (and started again when it was running)."""
+    was = srv.running()
+    if was:
+        srv.stop()
+    r = subprocess.run([SERVER_BIN, "--verify", "--storage", srv.storage],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+    out = r.stdout.decode(errors="replace")
+    check(r.returncode == 0, "backupsyncd --verify found differences (exit %d):\n%s" % (r.returncode, out))
+    check("0 with differences" in out, "unexpected --verify output:\n%s" % out)
+    if was:
+        srv.start()
+
+
+def assert_converged(srv, agents, timeout=SYNC_TIMEOUT, msg="", verify=True):
+    """Wait until every agent's tree equals the server's record of the
+    account exactly (kind, content, file and directory modes, symlink
+    targets, file mtimes in ns), then (verify=True) run --verify.
+    Returns the common snapshot."""
+    deadline = time.monotonic() + timeout
+    account = agents[0].token
+    last = ""
+    while True:
+        try:
+            ss = server_snapshot(srv, account)
+            diffs = []
+            for ag in agents:
+                sa = snapshot(ag.dir, modes=True, mtimes=True)
+                if sa != ss:
+                    diffs.append(diff_snapshots(sa, ss, ag.name, "server"))
+            if not diffs:
+                break
+            last = "\n".join(diffs)
+        except (OSError, ValueError) as e:
+            last = "(%r)" % (e,)
+        except Exception as e:  # sqlite3 errors while the server writes
+            last = "(%r)" % (e,)
+        _check_alive()
+        if time.monotonic() >= deadline:
+            fail("not converged after %.1f s%s:\n%s" % (timeout, (" (" + msg + ")") if msg else "", last))
+        time.sleep(0.05)
+    if verify:
+        verify_server(srv)
+    return ss
 
 
 def _short(v):

@@ -29,12 +29,120 @@ static void record(Agent *a, const char *path, const Rec *x, const LocalEntry *l
         free(e);
 }
 
-/* Directories carry no content, so their stat now is as good as any. */
+/* Record that path holds version x's content, as l describes the file on
+ * disk, but with the mode and mtime of x: a disk that differs in them
+ * holds a local change, which the next push sends. */
+static void record_meta(Agent *a, const char *path, const Rec *x, const LocalEntry *l) {
+        LocalEntry *k = malloc(sizeof(*k));
+        if (!k)
+                return;
+        *k = *l;
+        k->st.st_mode = (k->st.st_mode & ~07777u) | (x->mode & 07777);
+        k->st.st_mtim.tv_sec = x->mtime_ns / 1000000000LL;
+        k->st.st_mtim.tv_nsec = x->mtime_ns % 1000000000LL;
+        if (k->st.st_mtim.tv_nsec < 0) {
+                k->st.st_mtim.tv_nsec += 1000000000LL;
+                k->st.st_mtim.tv_sec -= 1;
+        }
+        record(a, path, x, k, NULL);
+        free(k);
+}
+
+/* Directories carry no content, so their stat now is as good as any; the
+ * mode recorded is the server's (see record_meta()). */
 static void record_dir(Agent *a, const char *path, const Rec *x) {
         LocalEntry *l = malloc(sizeof(*l));
-        if (l && local_stat(a, path, l) == 0 && l->exists)
-                record(a, path, x, l, NULL);
+        if (l && local_stat(a, path, l) == 0 && l->exists && l->kind == BS_KIND_DIR)
+                record_meta(a, path, x, l);
         free(l);
+}
+
+/* Give a directory the mode a record names. One its owner cannot write
+ * into waits for the end of the pull (apply_late_modes()), as with tar
+ * and rsync, unless we are root. */
+static void set_dir_mode(Agent *a, const char *path, uint32_t mode) {
+        const char *base;
+        mode &= 07777;
+        if ((mode & 0300) != 0300 && geteuid() != 0) {
+                if (a->n_late_modes == a->cap_late_modes) {
+                        size_t cap = a->cap_late_modes ? a->cap_late_modes * 2 : 16;
+                        LateMode *v = reallocarray(a->late_modes, cap, sizeof(*v));
+                        if (!v)
+                                return;
+                        a->late_modes = v;
+                        a->cap_late_modes = cap;
+                }
+                char *d = strdup(path);
+                if (d)
+                        a->late_modes[a->n_late_modes++] = (LateMode) { d, mode };
+                return;
+        }
+        _cleanup_(closep) int pfd = bs_open_parent(a->rootfd, path, &base);
+        if (pfd < 0 || fchmodat(pfd, base, mode, AT_SYMLINK_NOFOLLOW) < 0)
+                log_warning("cannot set the mode of directory %s to %04o: %s", path, mode,
+                            strerror(pfd < 0 ? -pfd : errno));
+}
+
+void apply_late_modes(Agent *a) {
+        ManifestEntry *m = malloc(sizeof(*m));
+        /* Deepest first: a parent closed before its child would lock us out. */
+        for (size_t i = a->n_late_modes; i-- > 0;) {
+                LateMode *lm = &a->late_modes[i];
+                const char *base;
+                /* Only while the manifest still wants that mode there. */
+                if (m && manifest_get(a->state, lm->path, m) == 0 && m->kind == BS_KIND_DIR &&
+                    (m->mode & 07777) == lm->mode) {
+                        int pfd = bs_open_parent(a->rootfd, lm->path, &base);
+                        if (pfd < 0 || fchmodat(pfd, base, lm->mode, AT_SYMLINK_NOFOLLOW) < 0)
+                                log_warning("cannot set the mode of directory %s to %04o: %s", lm->path, lm->mode,
+                                            strerror(pfd < 0 ? -pfd : errno));
+                        if (pfd >= 0)
+                                close(pfd);
+                }
+                free(lm->path);
+        }
+        free(a->late_modes);
+        a->late_modes = NULL;
+        a->n_late_modes = a->cap_late_modes = 0;
+        free(m);
+}
+
+/* A record whose content the file already holds: give it the record's
+ * mode and mtime (a metadata-only change made elsewhere), then record it. */
+static void set_file_meta(Agent *a, const Rec *x, const LocalEntry *l) {
+        _cleanup_(closep) int pfd = -1;
+        const char *base;
+        LocalEntry *now = malloc(sizeof(*now));
+        int r = 0;
+        if (!now)
+                return;
+        if ((l->st.st_mode & 07777) == (x->mode & 07777) && bs_stat_mtime_ns(&l->st) == x->mtime_ns) {
+                record(a, x->path, x, l, NULL);
+                goto out;
+        }
+        pfd = bs_open_parent(a->rootfd, x->path, &base);
+        if (pfd < 0)
+                r = pfd;
+        else if ((l->st.st_mode & 07777) != (x->mode & 07777) &&
+                 fchmodat(pfd, base, x->mode & 07777, AT_SYMLINK_NOFOLLOW) < 0)
+                r = -errno;
+        else
+                r = bs_set_mtime_at(pfd, base, x->mtime_ns);
+        if (r == 0)
+                r = local_stat(a, x->path, now);
+        if (r == 0 && (!now->exists || now->kind != BS_KIND_FILE || now->st.st_ino != l->st.st_ino ||
+                       now->st.st_size != l->st.st_size))
+                r = -ESTALE; /* replaced meanwhile: a local change, compared next round */
+        if (r < 0) {
+                log_warning("cannot give %s the mode and time it has on the server: %s", x->path, strerror(-r));
+                record_meta(a, x->path, x, l);
+                goto out;
+        }
+        record(a, x->path, x, now, NULL);
+        log_event(AGENT_FILE_LOG(a), BS_MID_DOWNLOADED, a->account, x->path,
+                  "updated %s (mode %04o, time changed on another computer)", x->path, x->mode & 07777);
+out:
+        free(now);
 }
 
 /* Set a local entry aside when it holds something the server has not seen. */
@@ -71,7 +179,8 @@ static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool hav
         if (l->exists && !(have && local_matches(l, m))) {
                 uint8_t sha[BS_SHA_LEN];
                 if (l->kind == BS_KIND_FILE && local_hash(a, x->path, sha, l) == 0 && memcmp(sha, x->sha, BS_SHA_LEN) == 0) {
-                        record(a, x->path, x, l, NULL); /* already the same content */
+                        /* Already the same content; a mode or time of its own is sent. */
+                        record_meta(a, x->path, x, l);
                         return 0;
                 }
                 if (local_stat(a, x->path, l) < 0)
@@ -80,10 +189,13 @@ static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool hav
         if (!x->ready) {
                 if (x->want)
                         return 0; /* fetch failed; a snapshot will retry */
-                /* Content unchanged: only the version moves. */
-                if (have) {
-                        m->version = x->seq;
-                        manifest_put(a->state, x->path, m);
+                /* Not fetched: the disk must hold that content already. */
+                if (have && m->kind == BS_KIND_FILE && memcmp(m->sha, x->sha, BS_SHA_LEN) == 0 && local_matches(l, m))
+                        set_file_meta(a, x, l);
+                else {
+                        log_warning("%s: change %llu was not fetched but is not here; comparing the whole tree",
+                                    x->path, (unsigned long long) x->seq);
+                        a->need_snapshot = true;
                 }
                 return 0;
         }
@@ -120,10 +232,16 @@ static int apply_mkdir(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool h
                         unlinkat(a->rootfd, x->path, 0); /* an unchanged file or link */
                 int r = bs_mkdir_parents(a->rootfd, x->path, 0755);
                 _cleanup_(closep) int pfd = r < 0 ? r : bs_open_parent(a->rootfd, x->path, &base);
-                if (pfd < 0 || (mkdirat(pfd, base, (x->mode & 07777) | 0700) < 0 && errno != EEXIST)) {
+                if (pfd < 0 || (mkdirat(pfd, base, 0700) < 0 && errno != EEXIST)) {
                         log_error("cannot create directory %s: %m", x->path);
                         return 0;
                 }
+                set_dir_mode(a, x->path, x->mode); /* exact, whatever the umask */
+        } else if (!have || (l->st.st_mode & 07777) == (m->mode & 07777)) {
+                /* Unchanged here (or never recorded): the server's mode. A
+                 * mode changed here stays and is sent by the next push. */
+                if ((l->st.st_mode & 07777) != (x->mode & 07777))
+                        set_dir_mode(a, x->path, x->mode);
         }
         record_dir(a, x->path, x);
         return 0;
@@ -272,6 +390,8 @@ void apply_record(Agent *a, Rec *x, bool snapshot) {
                 goto out;
         if (snapshot)
                 manifest_mark_seen(a->state, x->path);
+        if (x->superseded)
+                goto out; /* a later record of this pull replaces it */
         bool have = manifest_get(a->state, x->path, m) == 0;
         if (x->op == BS_OP_MOVE) {
                 apply_move(a, x, l, m);

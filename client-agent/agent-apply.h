@@ -20,6 +20,11 @@ typedef struct Rec {
         uint8_t sha[BS_SHA_LEN];
         char *path, *path2;
         bool want, requested, ready, failed;
+        /* Set before anything is fetched (agent-pull.c): a later record of
+         * this pull replaces the path, so this one needs no content; an
+         * earlier record of this pull changes the path (or a directory
+         * above it), so the manifest cannot tell what the disk will hold. */
+        bool superseded, touched;
         uint32_t req;
         char tmp[64];
         int fd; /* the downloaded temporary file until its batch is synced, or -1 */
@@ -36,5 +41,7 @@ typedef struct PathList {
 int apply_collect_path(const char *path, const ManifestEntry *e, void *userdata);
 /** Apply one record in server order; snapshot marks the path as seen. */
 void apply_record(Agent *a, Rec *x, bool snapshot);
+/** Set the directory modes that had to wait for the end of a pull. */
+void apply_late_modes(Agent *a);
 /** Delete path and what is below it where unchanged here; keep the rest. */
 void apply_delete_tree(Agent *a, const char *path);

@@ -90,7 +90,7 @@ bool local_matches(const LocalEntry *l, const ManifestEntry *m) {
         case BS_KIND_SYMLINK:
                 return strcmp(l->target, m->target) == 0;
         case BS_KIND_DIR:
-                return true;
+                return (l->st.st_mode & 07777) == (m->mode & 07777);
         }
         return false;
 }

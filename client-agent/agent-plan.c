@@ -259,6 +259,9 @@ int plan_reconcile(Agent *a, Plan *p, const char *path, bool recursive) {
                                 return -ENOMEM;
                         return reconcile_children(a, p, path, true) < 0 ? -EIO : 1;
                 }
+                /* A mode changed here: MKDIR of the existing directory sets it. */
+                if (!local_matches(l, m) && !plan_add(p, BS_MSG_MKDIR, path, NULL, m->version, l))
+                        return -ENOMEM;
                 if (recursive) {
                         r = reconcile_children(a, p, path, false);
                         return r < 0 ? r : 1;

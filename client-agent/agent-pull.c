@@ -161,6 +161,93 @@ out:
         return r;
 }
 
+typedef struct Key {
+        const char *path;
+        size_t i;
+} Key;
+
+static int key_cmp(const void *x, const void *y) {
+        const Key *k = x, *l = y;
+        int c = strcmp(k->path, l->path);
+        return c ? c : (k->i > l->i) - (k->i < l->i);
+}
+
+/* First key for path in a sorted array, or NULL. */
+static const Key *key_first(const Key *v, size_t n, const char *path) {
+        size_t lo = 0, hi = n;
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+                if (strcmp(v[mid].path, path) < 0)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        return lo < n && strcmp(v[lo].path, path) == 0 ? &v[lo] : NULL;
+}
+
+/*
+ * Decide, before anything is fetched, which PUT records need no content:
+ * the manifest describes the disk before this pull, so it can only say
+ * "already here" for a path no earlier record of the pull changes. A
+ * record replaced later in the pull (same path, no MOVE in between) is
+ * superseded and neither fetched nor applied.
+ */
+static int mark_order(Pull *p) {
+        size_t n_keys = 0, n_anc = 0;
+        int r = 0;
+        if (p->snapshot || p->n < 2)
+                return 0; /* a snapshot names each path once */
+        Key *keys = calloc(2 * p->n, sizeof(Key));
+        Key *anc = calloc(2 * p->n, sizeof(Key));
+        size_t *moves = calloc(p->n + 1, sizeof(size_t)); /* MOVE records before i */
+        if (!keys || !anc || !moves) {
+                r = -ENOMEM;
+                goto out;
+        }
+        for (size_t i = 0; i < p->n; i++) {
+                Rec *x = &p->recs[i];
+                bool move = x->op == BS_OP_MOVE;
+                moves[i + 1] = moves[i] + move;
+                keys[n_keys++] = (Key) { x->path, i };
+                if (move)
+                        keys[n_keys++] = (Key) { x->path2, i };
+                if (move || x->op == BS_OP_DELETE) {
+                        anc[n_anc++] = (Key) { x->path, i };
+                        if (move)
+                                anc[n_anc++] = (Key) { x->path2, i };
+                }
+        }
+        qsort(keys, n_keys, sizeof(Key), key_cmp);
+        qsort(anc, n_anc, sizeof(Key), key_cmp);
+        for (size_t k = 0; k < n_keys; k++) {
+                Rec *x = &p->recs[keys[k].i];
+                if (x->op != BS_OP_PUT || keys[k].path != x->path)
+                        continue;
+                if (k > 0 && strcmp(keys[k - 1].path, x->path) == 0)
+                        x->touched = true;
+                if (k + 1 < n_keys && strcmp(keys[k + 1].path, x->path) == 0) {
+                        size_t j = keys[k + 1].i;
+                        const Rec *y = &p->recs[j];
+                        if (y->op != BS_OP_MOVE && moves[j] == moves[keys[k].i])
+                                x->superseded = true;
+                }
+                /* A directory above it deleted or moved earlier in the pull. */
+                char up[BS_PATH_MAX + 1];
+                snprintf(up, sizeof(up), "%s", x->path);
+                for (size_t len = bs_path_parent_len(up); len > 0 && !x->touched; len = bs_path_parent_len(up)) {
+                        up[len] = 0;
+                        const Key *f = key_first(anc, n_anc, up);
+                        if (f && f->i < keys[k].i)
+                                x->touched = true;
+                }
+        }
+out:
+        free(keys);
+        free(anc);
+        free(moves);
+        return r;
+}
+
 /* Would applying this record need its content from the server? */
 static bool wants_content(Agent *a, Rec *x) {
         ManifestEntry *m = malloc(sizeof(*m));
@@ -168,7 +255,11 @@ static bool wants_content(Agent *a, Rec *x) {
         bool want = true;
         if (!m || !l)
                 goto out;
-        if (manifest_get(a->state, x->path, m) == 0) {
+        if (x->superseded)
+                want = false;
+        else if (x->touched)
+                want = true;
+        else if (manifest_get(a->state, x->path, m) == 0) {
                 if (m->version >= x->seq)
                         want = false;
                 else if (m->kind == BS_KIND_FILE && memcmp(m->sha, x->sha, BS_SHA_LEN) == 0 &&
@@ -445,6 +536,8 @@ static int unseen_deleted(const char *path, const ManifestEntry *e, void *userda
 static int pull_once(Agent *a, uint64_t since) {
         Pull p = { .fd = -1 };
         int r = receive_changes(a, &p, since);
+        if (r >= 0)
+                r = mark_order(&p);
         if (r < 0)
                 goto out;
         uint64_t n0 = a->n_downloaded;
@@ -488,6 +581,7 @@ static int pull_once(Agent *a, uint64_t since) {
                 }
                 free(pl.v);
         }
+        apply_late_modes(a);
         if (r >= 0) {
                 a->last_seq = p.seq;
                 agent_state_set_u64(a->state, "last_seq", p.seq);

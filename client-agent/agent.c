@@ -62,6 +62,9 @@ Agent *agent_free(Agent *a) {
         for (size_t i = 0; i < a->n_dirty; i++)
                 free(a->dirty[i].path);
         free(a->dirty);
+        for (size_t i = 0; i < a->n_late_modes; i++)
+                free(a->late_modes[i].path);
+        free(a->late_modes);
         for (size_t i = 0; i < a->n_failed; i++)
                 free(a->failed[i].path);
         free(a->failed);

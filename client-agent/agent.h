@@ -56,6 +56,12 @@ typedef struct MovePath {
         bool is_dir;
 } MovePath;
 
+/* A directory mode to set once a pull has placed what goes inside. */
+typedef struct LateMode {
+        char *path;
+        uint32_t mode;
+} LateMode;
+
 typedef struct Agent {
         AgentConfig cfg;
         AgentState *state;
@@ -84,6 +90,8 @@ typedef struct Agent {
          * retried on failed_timer with a growing delay, not at every round. */
         DirtyPath *failed;
         size_t n_failed, cap_failed;
+        LateMode *late_modes;
+        size_t n_late_modes, cap_late_modes;
         bool rescan_all;
         bool need_snapshot;
         bool no_delta;  /* a delta download failed: fetch whole files until the next round */

@@ -390,9 +390,28 @@ int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *p
         r = lookup(a, path, &e);
         if (r < 0)
                 return r;
-        if (e.kind == BS_KIND_DIR) {
+        if (e.kind == BS_KIND_DIR && (e.mode & 07777) == (mode & 07777)) {
                 *ret_version = e.version;
                 return 1;
+        }
+        if (e.kind == BS_KIND_DIR) {
+                /* A new mode for a directory: the last one sent wins, whatever
+                 * its base, as a directory holds no content to lose. */
+                uint64_t seq = a->seq + 1;
+                AccountEntry n = e;
+                n.mode = mode & 07777;
+                n.version = seq;
+                memcpy(n.device, device, BS_DEVICE_LEN);
+                r = account_change_begin(a);
+                if (r < 0)
+                        return r;
+                if (fchmodat(pfd, name, DIR_DISK_MODE(mode), 0) < 0)
+                        r = -errno;
+                r = r ?: record(a, seq, device, BS_OP_MKDIR, path, NULL, &n);
+                r = account_change_end(a, r);
+                if (r >= 0)
+                        *ret_version = seq;
+                return r;
         }
         if (e.kind != BS_KIND_NONE || base != 0)
                 return -ESTALE;

@@ -1,0 +1,137 @@
+"""test_converge.py - a computer that missed changes ends up exactly like the others.
+
+Regression tests for ways one computer silently and permanently differed
+from the server: records skipped because their content looked familiar
+while the computer was behind, directory modes never sent, and mode or
+time changes never applied elsewhere.
+"""
+
+import os
+import signal
+import subprocess
+import time
+
+import harness
+from harness import assert_converged, check, write_file
+
+
+def _pair(env):
+    srv = env.server()
+    os.makedirs(env.path("a"))
+    a = env.agent("A", env.path("a"))
+    b = env.agent("B", env.path("b"), token=a.token)
+    return srv, a, b
+
+
+def test_behind_returns_to_earlier():
+    """B, paused, misses a delete and re-create of the same bytes, and an
+    edit undone on A: once resumed it holds exactly what A holds."""
+    with harness.Env("behind") as env:
+        srv, a, b = _pair(env)
+        f, h = os.path.join(a.dir, "f"), os.path.join(a.dir, "h")
+        for rnd in range(3):
+            write_file(f, "X")
+            write_file(h, "ref-main")
+            assert_converged(srv, [a, b], verify=False, msg="round %d before the pause" % rnd)
+            b.popen.send_signal(signal.SIGSTOP)
+            try:
+                steps = [lambda: os.unlink(f), lambda: write_file(f, "X"),
+                         lambda: write_file(h, "x" * 40), lambda: write_file(h, "ref-main")]
+                for step in steps:
+                    step()
+                    time.sleep(0.35)  # A uploads each step on its own
+            finally:
+                b.popen.send_signal(signal.SIGCONT)
+            # Past a poll interval, so B had every chance to pull.
+            time.sleep(1)
+            assert_converged(srv, [a, b], msg="round %d after the pause" % rnd)
+
+
+def test_git_branch_switch_while_behind():
+    """git checkout of an old commit, a branch, a commit and back, made while
+    B is paused: B's .git/HEAD and work tree match A's afterwards."""
+    with harness.Env("gitbehind") as env:
+        srv, a, b = _pair(env)
+        repo = os.path.join(a.dir, "repo")
+        genv = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org",
+                    GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.org")
+
+        def git(*args):
+            subprocess.run(["git", "-C", repo] + list(args), env=genv, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        subprocess.run(["git", "init", "-q", "-b", "main", repo], env=genv, check=True)
+        for i in range(3):
+            write_file(os.path.join(repo, "file%d" % i), "version %d\n" % i)
+            git("add", "-A")
+            git("commit", "-q", "-m", "c%d" % i)
+        assert_converged(srv, [a, b], timeout=60, verify=False)
+        b.popen.send_signal(signal.SIGSTOP)
+        try:
+            git("checkout", "-q", "HEAD~2")
+            time.sleep(0.35)
+            git("checkout", "-q", "-b", "side")
+            write_file(os.path.join(repo, "side.txt"), "side\n")
+            git("add", "-A")
+            git("commit", "-q", "-m", "side")
+            time.sleep(0.35)
+            git("checkout", "-q", "-")
+            time.sleep(0.35)
+            git("checkout", "-q", "side")
+            time.sleep(0.35)
+        finally:
+            b.popen.send_signal(signal.SIGCONT)
+        assert_converged(srv, [a, b], timeout=60)
+        brepo = os.path.join(b.dir, "repo")
+        r = subprocess.run(["git", "-C", brepo, "fsck", "--full"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT)
+        check(r.returncode == 0, "git fsck on B failed:\n%s" % r.stdout.decode(errors="replace"))
+        head = harness.read_bytes(os.path.join(brepo, ".git", "HEAD"))
+        check(head == b"ref: refs/heads/side\n", "B's .git/HEAD is %r" % head)
+
+
+def test_dir_modes():
+    """Directory modes travel: one made 0700, filled, then opened up (as cp -a
+    and tar do), and a chmod of a directory synced long before."""
+    with harness.Env("dirmodes") as env:
+        srv, a, b = _pair(env)
+        old = os.path.join(a.dir, "old")
+        os.mkdir(old)
+        write_file(os.path.join(old, "f"), "f")
+        assert_converged(srv, [a, b], verify=False)
+        os.chmod(old, 0o750)
+        d = os.path.join(a.dir, "new")
+        os.mkdir(d, 0o700)
+        os.mkdir(os.path.join(d, "sub"), 0o700)
+        write_file(os.path.join(d, "sub", "g"), "g", mode=0o600)
+        os.chmod(os.path.join(d, "sub", "g"), 0o644)
+        os.chmod(os.path.join(d, "sub"), 0o755)
+        os.chmod(d, 0o755)
+        ro = os.path.join(a.dir, "ro")
+        os.mkdir(ro)
+        write_file(os.path.join(ro, "r"), "r")
+        os.chmod(ro, 0o555)
+        snap = assert_converged(srv, [a, b])
+        check(snap["old"][2] == 0o750 and snap["new"][2] == 0o755 and snap["ro"][2] == 0o555,
+              "modes: %r" % {k: oct(v[2]) for k, v in snap.items() if v[0] == "dir"})
+
+
+def test_metadata_only():
+    """chmod, touch -d with nanoseconds, touch -m and a rewrite with the same
+    bytes reach the other computer, without sending the content again."""
+    with harness.Env("metaonly") as env:
+        srv, a, b = _pair(env)
+        f = os.path.join(a.dir, "f")
+        write_file(f, "content\n" * 1000)
+        assert_converged(srv, [a, b], verify=False)
+        steps = [
+            ("chmod", lambda: os.chmod(f, 0o600)),
+            ("touch -d", lambda: subprocess.run(["touch", "-d", "2001-02-03 04:05:06.123456789", f], check=True)),
+            ("touch -m", lambda: subprocess.run(["touch", "-m", f], check=True)),
+            ("same bytes", lambda: write_file(f, "content\n" * 1000)),
+            ("chmod right after close", lambda: (write_file(f, "other\n"), os.chmod(f, 0o640))),
+        ]
+        for name, step in steps:
+            step()
+            assert_converged(srv, [a, b], verify=False, msg=name)
+        harness.verify_server(srv)

@@ -381,8 +381,13 @@ static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
                 return;
         }
         switch (m->code) {
-        case BS_ERR_CONFLICT:
         case BS_ERR_ABORTED:
+                /* Changed while read: being written, look again once it settles. */
+                log_event(LOG_INFO, BS_MID_REJECTED, a->account, op->path,
+                          "%s changed while it was read (ABORTED); sending it once it settles", op->path);
+                agent_settle(a, op->path);
+                break;
+        case BS_ERR_CONFLICT:
                 /* Pull again: the next round keeps both versions. */
                 log_event(LOG_INFO, BS_MID_REJECTED, a->account, op->path, "%s: %s, syncing again", op->path,
                           bs_err_name(m->code));

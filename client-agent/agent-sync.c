@@ -145,7 +145,7 @@ bool agent_busy(const Agent *a) {
 }
 
 bool agent_idle(const Agent *a) {
-        return !agent_busy(a) && a->n_failed == 0 && !a->paused;
+        return !agent_busy(a) && a->n_failed == 0 && a->n_settling == 0 && !a->paused;
 }
 
 int agent_round(Agent *a) {

@@ -15,7 +15,7 @@
 #include "bs-path.h"
 #include "bs-proto.h"
 
-#define WATCH_MASK (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE | IN_ATTRIB | \
+#define WATCH_MASK (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE | IN_ATTRIB | IN_MODIFY | \
                     IN_DELETE_SELF | IN_MOVE_SELF | IN_DONT_FOLLOW | IN_ONLYDIR | IN_EXCL_UNLINK)
 
 struct Watcher {
@@ -292,14 +292,24 @@ static void handle(Watcher *w, const struct inotify_event *ev) {
                         w->ops->dirty(w->userdata, path, true);
                         return;
                 }
-                /* A new regular file is sent once closed after writing
-                 * (IN_CLOSE_WRITE); only links and hard links are whole now. */
+                /* A new regular file is usually being written: it is sent
+                 * when closed after writing (IN_CLOSE_WRITE), or once it has
+                 * settled, for one made whole by link() (no close follows;
+                 * its other name may be gone before we could look). Links
+                 * and hard links still named twice are whole now. */
                 struct stat st;
                 char abs[PATH_MAX + BS_PATH_MAX + 2];
                 abs_path(w, path, abs, sizeof(abs));
-                if (lstat(abs, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink < 2)
+                if (lstat(abs, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink < 2) {
+                        w->ops->settle(w->userdata, path);
                         return;
+                }
                 w->ops->dirty(w->userdata, path, false);
+                return;
+        }
+        /* Written and still open (a log, a database): sent once settled. */
+        if (ev->mask & IN_MODIFY) {
+                w->ops->settle(w->userdata, path);
                 return;
         }
         if (ev->mask & (IN_CLOSE_WRITE | IN_ATTRIB | IN_DELETE))

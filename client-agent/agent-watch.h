@@ -1,7 +1,8 @@
 /* agent-watch.h - recursive inotify watcher of one directory tree
  *
- * Turns kernel events into three things the sync engine understands: a
- * path that may differ from the manifest ("dirty"), a move within the
+ * Turns kernel events into what the sync engine understands: a path that
+ * may differ from the manifest ("dirty"), a file still being written
+ * ("settle": look once it has been quiet for a while), a move within the
  * tree, and "rescan everything" (queue overflow). Paths are relative to
  * the root ("" is the root itself).
  */
@@ -14,6 +15,7 @@ typedef struct Watcher Watcher;
 
 typedef struct WatcherOps {
         void (*dirty)(void *userdata, const char *path, bool recursive);
+        void (*settle)(void *userdata, const char *path);
         void (*move)(void *userdata, const char *from, const char *to, bool is_dir);
         void (*rescan)(void *userdata, const char *reason);
         void (*root_gone)(void *userdata);

@@ -28,6 +28,10 @@
  * so a full disk costs a few uploads a minute, not one every round. */
 #define FAILED_BACKOFF_MIN_USEC (1 * 1000000ULL)
 #define FAILED_BACKOFF_MAX_USEC (60 * 1000000ULL)
+/* A file being written is looked at once quiet this long, or at the latest
+ * this long after its first event (see agent_settle()). */
+#define SETTLE_QUIET_USEC (1 * 1000000ULL)
+#define SETTLE_MAX_USEC (10 * 1000000ULL)
 /* Quiet after the last local event before a round starts (see schedule_round()). */
 #define COALESCE_QUIET_USEC 3000ULL
 
@@ -48,6 +52,7 @@ Agent *agent_free(Agent *a) {
         sd_event_source_disable_unref(a->inotify_source);
         sd_event_source_disable_unref(a->coalesce_timer);
         sd_event_source_disable_unref(a->poll_timer);
+        sd_event_source_disable_unref(a->settle_timer);
         sd_event_source_disable_unref(a->retry_timer);
         sd_event_source_disable_unref(a->failed_timer);
         sd_event_source_disable_unref(a->sigterm_source);
@@ -62,6 +67,9 @@ Agent *agent_free(Agent *a) {
         for (size_t i = 0; i < a->n_dirty; i++)
                 free(a->dirty[i].path);
         free(a->dirty);
+        for (size_t i = 0; i < a->n_settling; i++)
+                free(a->settling[i].path);
+        free(a->settling);
         for (size_t i = 0; i < a->n_late_modes; i++)
                 free(a->late_modes[i].path);
         free(a->late_modes);
@@ -123,7 +131,8 @@ void agent_update_status(Agent *a) {
         }
         sd_notifyf(false, "STATUS=%s%s: %zu directories watched, last sync %s, %zu changes pending, %llu uploaded, %llu downloaded%s",
                    a->paused ? "PAUSED " : "", a->account[0] ? a->account : "(no account yet)",
-                   a->watcher ? watcher_count(a->watcher) : 0, when, a->n_dirty + a->n_moves + a->n_failed,
+                   a->watcher ? watcher_count(a->watcher) : 0, when,
+                   a->n_dirty + a->n_moves + a->n_failed + a->n_settling,
                    (unsigned long long) a->n_uploaded, (unsigned long long) a->n_downloaded,
                    a->conn ? "" : ", not connected");
 }
@@ -196,8 +205,80 @@ static void schedule_round(Agent *a) {
 
 static void on_dirty(void *userdata, const char *path, bool recursive) {
         Agent *a = userdata;
+        /* Closed after writing: the file need not settle any more. */
+        if (a->n_settling > 0 && strcmp(a->settling[a->n_settling - 1].path, path) == 0)
+                free(a->settling[--a->n_settling].path);
         agent_mark_dirty(a, path, recursive);
         schedule_round(a);
+}
+
+void agent_settle(Agent *a, const char *path) {
+        uint64_t now;
+        sd_event_now(a->event, CLOCK_MONOTONIC, &now);
+        /* Writes to a file come in runs: look only at the last few. */
+        for (size_t i = a->n_settling, k = 0; i-- > 0 && k < 4; k++)
+                if (strcmp(a->settling[i].path, path) == 0) {
+                        a->settling[i].last_usec = now;
+                        return;
+                }
+        if (a->n_settling == a->cap_settling) {
+                size_t cap = a->cap_settling ? a->cap_settling * 2 : 16;
+                SettlePath *v = reallocarray(a->settling, cap, sizeof(*v));
+                if (!v) {
+                        agent_mark_dirty(a, path, false);
+                        return;
+                }
+                a->settling = v;
+                a->cap_settling = cap;
+        }
+        char *d = strdup(path);
+        if (!d) {
+                agent_mark_dirty(a, path, false);
+                return;
+        }
+        a->settling[a->n_settling++] = (SettlePath) { d, now, now };
+        if (a->settle_timer && !timer_enabled(a->settle_timer))
+                arm_timer(a, a->settle_timer, SETTLE_QUIET_USEC);
+}
+
+void agent_settle_all(Agent *a) {
+        for (size_t i = 0; i < a->n_settling; i++) {
+                agent_mark_dirty(a, a->settling[i].path, false);
+                free(a->settling[i].path);
+        }
+        a->n_settling = 0;
+}
+
+static void on_settle(void *userdata, const char *path) {
+        agent_settle(userdata, path);
+}
+
+static int on_settle_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Agent *a = userdata;
+        uint64_t now, next = UINT64_MAX;
+        size_t kept = 0;
+        bool due = false;
+        sd_event_now(a->event, CLOCK_MONOTONIC, &now);
+        for (size_t i = 0; i < a->n_settling; i++) {
+                SettlePath *p = &a->settling[i];
+                uint64_t when = MIN(p->last_usec + SETTLE_QUIET_USEC, p->first_usec + SETTLE_MAX_USEC);
+                if (when <= now) {
+                        agent_mark_dirty(a, p->path, false);
+                        free(p->path);
+                        due = true;
+                        continue;
+                }
+                next = MIN(next, when);
+                a->settling[kept++] = *p;
+        }
+        a->n_settling = kept;
+        if (kept > 0) {
+                sd_event_source_set_time(s, next);
+                sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+        }
+        if (due)
+                schedule_round(a);
+        return 0;
 }
 
 static void on_move(void *userdata, const char *from, const char *to, bool is_dir) {
@@ -253,6 +334,7 @@ static void on_root_gone(void *userdata) {
 
 static const WatcherOps watcher_ops = {
         .dirty = on_dirty,
+        .settle = on_settle,
         .move = on_move,
         .rescan = on_rescan,
         .root_gone = on_root_gone,
@@ -604,6 +686,7 @@ int agent_run(Agent *a) {
         r = r ?: sd_event_add_time_relative(a->event, &a->poll_timer, CLOCK_MONOTONIC, a->cfg.poll_usec, 100000, on_poll, a);
         r = r ?: sd_event_add_time(a->event, &a->retry_timer, CLOCK_MONOTONIC, 0, 100000, on_retry, a);
         r = r ?: sd_event_add_time(a->event, &a->failed_timer, CLOCK_MONOTONIC, 0, 100000, on_failed_retry, a);
+        r = r ?: sd_event_add_time(a->event, &a->settle_timer, CLOCK_MONOTONIC, 0, 50000, on_settle_timer, a);
         if (r < 0) {
                 log_error("cannot set up the event loop: %s", strerror(-r));
                 return AGENT_EXIT_SOFTWARE;
@@ -616,6 +699,8 @@ int agent_run(Agent *a) {
         sd_event_source_set_description(a->poll_timer, "poll-timer");
         sd_event_source_set_description(a->retry_timer, "retry-timer");
         sd_event_source_set_description(a->failed_timer, "failed-changes-timer");
+        sd_event_source_set_description(a->settle_timer, "settle-timer");
+        sd_event_source_set_enabled(a->settle_timer, SD_EVENT_OFF);
         sd_event_source_set_enabled(a->coalesce_timer, SD_EVENT_OFF);
         sd_event_source_set_enabled(a->retry_timer, SD_EVENT_OFF);
         sd_event_source_set_enabled(a->failed_timer, SD_EVENT_OFF);
@@ -633,6 +718,7 @@ int agent_run(Agent *a) {
 
         if (a->cfg.once) {
                 for (int i = 0; i < 10; i++) {
+                        agent_settle_all(a);
                         r = agent_round(a);
                         if (a->exit_code)
                                 return a->exit_code;
@@ -642,6 +728,7 @@ int agent_run(Agent *a) {
                         }
                         watcher_process(a->watcher);
                         watcher_flush(a->watcher);
+                        agent_settle_all(a);
                         if (agent_idle(a))
                                 return AGENT_EXIT_OK;
                         /* What the server could not store will not fit a moment later either. */

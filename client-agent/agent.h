@@ -50,6 +50,12 @@ typedef struct DirtyPath {
         bool recursive;
 } DirtyPath;
 
+/* A file being written: looked at once quiet (see agent_settle()). */
+typedef struct SettlePath {
+        char *path;
+        uint64_t first_usec, last_usec; /* CLOCK_MONOTONIC of its first and last event */
+} SettlePath;
+
 typedef struct MovePath {
         char *from;
         char *to;
@@ -86,6 +92,8 @@ typedef struct Agent {
         size_t n_dirty, cap_dirty;
         MovePath *moves;
         size_t n_moves, cap_moves;
+        SettlePath *settling;
+        size_t n_settling, cap_settling;
         /* Changes the server could not store (disk full, I/O error, busy):
          * retried on failed_timer with a growing delay, not at every round. */
         DirtyPath *failed;
@@ -105,6 +113,7 @@ typedef struct Agent {
         sd_event_source *coalesce_timer;
         uint64_t coalesce_first_usec; /* CLOCK_MONOTONIC of the first event the armed timer waits for */
         sd_event_source *poll_timer;
+        sd_event_source *settle_timer;
         sd_event_source *socket_source;
         sd_event_source *retry_timer;
         sd_event_source *failed_timer;
@@ -136,6 +145,15 @@ static inline void agent_freep(Agent **a) { if (*a) agent_free(*a); }
 /** Open state, watch the tree, connect and run until told to stop. Returns an exit code. */
 int agent_run(Agent *a);
 void agent_mark_dirty(Agent *a, const char *path, bool recursive);
+/**
+ * A file is being written (modified while open, created and not yet
+ * closed, or changed while it was read for upload): it becomes dirty once
+ * it has had no event for a second, or ten seconds after the first, so a
+ * log kept open still reaches the server within seconds.
+ */
+void agent_settle(Agent *a, const char *path);
+/** Every settling file becomes dirty now (--once, which cannot wait). */
+void agent_settle_all(Agent *a);
 /** Queue a change the server could not store, for a later retry with backoff. */
 void agent_mark_failed(Agent *a, const char *path, bool recursive);
 void agent_update_status(Agent *a);

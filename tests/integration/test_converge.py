@@ -135,3 +135,21 @@ def test_metadata_only():
             step()
             assert_converged(srv, [a, b], verify=False, msg=name)
         harness.verify_server(srv)
+
+
+def test_link_in_synced_dir():
+    """A file made whole by link() and its temporary name removed at once
+    (how git writes objects), in a directory synced long before."""
+    with harness.Env("linksynced") as env:
+        srv, a, b = _pair(env)
+        d = os.path.join(a.dir, "objects")
+        os.mkdir(d)
+        write_file(os.path.join(d, "seed"), "seed")
+        assert_converged(srv, [a, b], verify=False)
+        for i in range(10):
+            tmp, final = os.path.join(d, "tmp_obj"), os.path.join(d, "obj%d" % i)
+            write_file(tmp, "object %d\n" % i)
+            os.link(tmp, final)
+            os.unlink(tmp)
+        snap = assert_converged(srv, [a, b])
+        check(all("objects/obj%d" % i in snap for i in range(10)), "objects missing: %r" % sorted(snap))

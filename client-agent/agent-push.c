@@ -94,6 +94,39 @@ static void delta_begin(Agent *a, PushOp *op, Upload *up) {
         free(old);
 }
 
+/*
+ * A file whose content is what the manifest records, and only its mode or
+ * mtime changed: true when its size, inode and mtime are unchanged (the
+ * test every change is found by), or, for a small file, when its SHA-256
+ * says so. Then ATTR sends the metadata alone.
+ */
+static bool same_content(Agent *a, const PushOp *op, int fd, const struct stat *st, uint8_t sha[BS_SHA_LEN]) {
+        ManifestEntry *m;
+        bool same = false;
+        if (op->base == 0 || a->conn->version < BS_PROTO_ATTR_VERSION)
+                return false;
+        m = malloc(sizeof(*m));
+        if (!m || manifest_get(a->state, op->path, m) < 0 || m->kind != BS_KIND_FILE || m->version != op->base ||
+            m->size != (uint64_t) st->st_size)
+                goto out;
+        if (m->ino == (uint64_t) st->st_ino && m->mtime_ns == bs_stat_mtime_ns(st)) {
+                memcpy(sha, m->sha, BS_SHA_LEN);
+                same = true;
+        } else if (m->size < BS_DELTA_MIN) {
+                /* A big file goes as a delta, which copies what is unchanged. */
+                struct stat st1;
+                uint8_t got[BS_SHA_LEN];
+                same = bs_sha_fd(fd, got) == 0 && fstat(fd, &st1) == 0 && st1.st_size == st->st_size &&
+                       bs_stat_mtime_ns(&st1) == bs_stat_mtime_ns(st) && st1.st_ctim.tv_sec == st->st_ctim.tv_sec &&
+                       st1.st_ctim.tv_nsec == st->st_ctim.tv_nsec && memcmp(got, m->sha, BS_SHA_LEN) == 0;
+                if (same)
+                        memcpy(sha, got, BS_SHA_LEN);
+        }
+out:
+        free(m);
+        return same;
+}
+
 static int start_op(Agent *a, PushOp *op, Upload *up) {
         BsMsg *m = calloc(1, sizeof(*m));
         int r = 0;
@@ -119,6 +152,16 @@ static int start_op(Agent *a, PushOp *op, Upload *up) {
                 m->size = (uint64_t) st.st_size;
                 m->mode = st.st_mode & 07777;
                 m->mtime_ns = bs_stat_mtime_ns(&st);
+                op->e->size = m->size;
+                op->e->mode = m->mode;
+                op->e->mtime_ns = m->mtime_ns;
+                op->e->ino = (uint64_t) st.st_ino;
+                if (same_content(a, op, fd, &st, op->e->sha)) {
+                        close(fd);
+                        op->type = m->type = BS_MSG_ATTR;
+                        memcpy(m->sha, op->e->sha, BS_SHA_LEN);
+                        break;
+                }
                 *up = (Upload) { .fd = fd, .op = op, .size = m->size, .st0 = st };
                 r = bs_sha_new(&up->sha);
                 if (r < 0) {
@@ -126,10 +169,6 @@ static int start_op(Agent *a, PushOp *op, Upload *up) {
                         goto out;
                 }
                 delta_begin(a, op, up);
-                op->e->size = m->size;
-                op->e->mode = m->mode;
-                op->e->mtime_ns = m->mtime_ns;
-                op->e->ino = (uint64_t) st.st_ino;
                 break;
         }
         case BS_MSG_MKDIR:
@@ -349,6 +388,12 @@ static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
                                                   "uploaded %s (%llu bytes)", op->path, (unsigned long long) op->e->size);
                         } else
                                 log_event(LOG_DEBUG, BS_MID_UPLOADED, a->account, op->path, "sent %s", op->path);
+                        break;
+                case BS_MSG_ATTR:
+                        op->e->version = m->seq;
+                        manifest_put(a->state, op->path, op->e);
+                        log_event(AGENT_FILE_LOG(a), BS_MID_UPLOADED, a->account, op->path,
+                                  "sent the mode %04o and time of %s (content unchanged)", op->e->mode, op->path);
                         break;
                 case BS_MSG_DELETE:
                         manifest_delete_tree(a->state, op->path);

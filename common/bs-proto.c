@@ -26,6 +26,7 @@ const char *bs_msg_type_name(uint8_t type) {
         case BS_MSG_MOVE: return "MOVE";
         case BS_MSG_SYMLINK: return "SYMLINK";
         case BS_MSG_COPY: return "COPY";
+        case BS_MSG_ATTR: return "ATTR";
         case BS_MSG_ACK: return "ACK";
         }
         return "unknown";
@@ -200,6 +201,14 @@ int bs_msg_decode(const uint8_t *frame, size_t len, BsMsg *m) {
                 m->base = bs_get_u64(&r);
                 get_field(&r, m->path, &m->path_len, BS_PATH_MAX);
                 break;
+        case BS_MSG_ATTR:
+                m->req = bs_get_u32(&r);
+                m->base = bs_get_u64(&r);
+                m->mode = bs_get_u32(&r);
+                m->mtime_ns = (int64_t) bs_get_u64(&r);
+                bs_get_bytes(&r, m->sha, BS_SHA_LEN);
+                get_field(&r, m->path, &m->path_len, BS_PATH_MAX);
+                break;
         case BS_MSG_MOVE:
                 m->req = bs_get_u32(&r);
                 m->base = bs_get_u64(&r);
@@ -362,6 +371,14 @@ int bs_msg_encode(BsBuf *out, const BsMsg *m) {
         case BS_MSG_DELETE:
                 r = bs_buf_put_u32(out, m->req);
                 r = r ?: bs_buf_put_u64(out, m->base);
+                r = r ?: bs_buf_put_str(out, m->path, m->path_len);
+                break;
+        case BS_MSG_ATTR:
+                r = bs_buf_put_u32(out, m->req);
+                r = r ?: bs_buf_put_u64(out, m->base);
+                r = r ?: bs_buf_put_u32(out, m->mode);
+                r = r ?: bs_buf_put_u64(out, (uint64_t) m->mtime_ns);
+                r = r ?: bs_buf_append(out, m->sha, BS_SHA_LEN);
                 r = r ?: bs_buf_put_str(out, m->path, m->path_len);
                 break;
         case BS_MSG_MOVE:

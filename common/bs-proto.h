@@ -12,10 +12,12 @@
 
 #include "bs-buf.h"
 
-#define BS_PROTO_VERSION 2u
+#define BS_PROTO_VERSION 3u
 #define BS_PROTO_MIN_VERSION 1u
 /* The first version with COPY and GET_DELTA (delta transfer). */
 #define BS_PROTO_DELTA_VERSION 2u
+/* The first version with ATTR (a file's mode and mtime without its content). */
+#define BS_PROTO_ATTR_VERSION 3u
 #define BS_FRAME_HDR 5u
 #define BS_FRAME_MAX_DEFAULT (1024u * 1024u)
 #define BS_FRAME_MIN (64u * 1024u)
@@ -49,6 +51,7 @@ typedef enum BsMsgType {
         BS_MSG_MOVE = 25,
         BS_MSG_SYMLINK = 26,
         BS_MSG_COPY = 27,
+        BS_MSG_ATTR = 28,
         BS_MSG_ACK = 30,
 } BsMsgType;
 

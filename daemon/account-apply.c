@@ -373,6 +373,61 @@ out:
         return r;
 }
 
+int account_attr(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
+                 uint32_t mode, int64_t mtime_ns, const uint8_t sha[BS_SHA_LEN], uint64_t *ret_version) {
+        _cleanup_(closep) int pfd = -1, fd = -1;
+        const char *name;
+        AccountEntry e;
+        int r;
+
+        r = check_path(path);
+        if (r < 0)
+                return r;
+        pfd = open_parent(a, path, &name);
+        if (pfd < 0)
+                return pfd;
+        r = lookup(a, path, &e);
+        if (r < 0)
+                return r;
+        if (e.kind != BS_KIND_FILE || memcmp(e.sha, sha, BS_SHA_LEN) != 0)
+                return e.kind == BS_KIND_NONE ? -ENOENT : -ESTALE;
+        if ((e.mode & 07777) == (mode & 07777) && e.mtime_ns == mtime_ns) {
+                *ret_version = e.version;
+                return 1;
+        }
+        if (base != e.version)
+                return -ESTALE;
+        /* Its file may still wait in tmp/: place it first. */
+        if (e.version > a->committed_seq) {
+                r = account_flush_pending(a);
+                if (r < 0)
+                        return r;
+        }
+
+        uint64_t seq = a->seq + 1;
+        AccountEntry n = e;
+        n.mode = mode & 07777;
+        n.mtime_ns = mtime_ns;
+        n.version = seq;
+        memcpy(n.device, device, BS_DEVICE_LEN);
+        r = account_change_begin(a);
+        if (r < 0)
+                return r;
+        fd = openat(pfd, name, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC);
+        if (fd < 0)
+                r = -errno;
+        if (r >= 0 && fchmod(fd, FILE_DISK_MODE(mode)) < 0)
+                r = -errno;
+        r = r ?: bs_set_mtime_fd(fd, mtime_ns);
+        /* The mtime is compared by recovery: durable before the commit. */
+        r = r ?: account_defer_sync(a, fd);
+        r = r ?: record(a, seq, device, BS_OP_PUT, path, NULL, &n);
+        r = account_change_end(a, r);
+        if (r >= 0)
+                *ret_version = seq;
+        return r;
+}
+
 int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path,
                   uint64_t base, uint32_t mode, int64_t mtime_ns, uint64_t *ret_version) {
         _cleanup_(closep) int pfd = -1;
@@ -432,7 +487,7 @@ int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *p
         if (r >= 0 && fchmodat(pfd, name, DIR_DISK_MODE(mode), 0) < 0)
                 r = -errno;
         r = r ?: bs_set_mtime_at(pfd, name, mtime_ns);
-        r = r ?: account_defer_dir_sync(a, pfd);
+        r = r ?: account_defer_sync(a, pfd);
         r = r ?: record(a, seq, device, BS_OP_MKDIR, path, NULL, &n);
         r = account_change_end(a, r);
         if (r >= 0)
@@ -486,7 +541,7 @@ int account_symlink(Account *a, const uint8_t device[BS_DEVICE_LEN], const char 
                 r = -errno;
         if (r < 0)
                 (void) unlinkat(a->tmp_fd, tmp, 0);
-        r = r ?: account_defer_dir_sync(a, pfd);
+        r = r ?: account_defer_sync(a, pfd);
         r = r ?: record(a, seq, device, BS_OP_SYMLINK, path, target, &n);
         r = account_change_end(a, r);
         if (r >= 0)
@@ -529,7 +584,7 @@ int account_delete(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *
         if (r < 0)
                 return r;
         r = keep_version(a, pfd, name, path, &e, seq, false);
-        r = r ?: account_defer_dir_sync(a, pfd);
+        r = r ?: account_defer_sync(a, pfd);
         r = r ?: account_entries_remove(a, path);
         r = r ?: record(a, seq, device, BS_OP_DELETE, path, NULL, &n);
         r = account_change_end(a, r);
@@ -663,8 +718,8 @@ int account_move(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *fr
         }
         if (r >= 0 && renameat(from_pfd, from_name, to_pfd, to_name) < 0)
                 r = -errno;
-        r = r ?: account_defer_dir_sync(a, to_pfd);
-        r = r ?: account_defer_dir_sync(a, from_pfd);
+        r = r ?: account_defer_sync(a, to_pfd);
+        r = r ?: account_defer_sync(a, from_pfd);
         r = r ?: rebase_below(a, from, to);
         r = r ?: account_entries_remove(a, from);
         r = r ?: account_entry_set(a, to, &n);

@@ -47,7 +47,8 @@ typedef struct AccountDirSync {
 #define ACCOUNT_PENDING_MAX 1024
 /* From this many uploads on, a batch is synced with syncfs(). */
 #define ACCOUNT_BULK_MIN 16
-/* Directories waiting for their sync at commit, at most (then synced at once). */
+/* Directories (and files given a new mode) waiting for their sync at
+ * commit, at most (then synced at once). */
 #define ACCOUNT_DIR_SYNC_MAX 64
 /* Uploads from this size on start their writeback as soon as they end. */
 #define ACCOUNT_WRITEBACK_MIN (1024 * 1024)
@@ -69,7 +70,7 @@ struct Account {
         int txn_error; /* a batch that could not be placed: the commit fails */
         AccountPending *pending;
         size_t n_pending, cap_pending;
-        AccountDirSync dir_sync[ACCOUNT_DIR_SYNC_MAX]; /* see account_defer_dir_sync() */
+        AccountDirSync dir_sync[ACCOUNT_DIR_SYNC_MAX]; /* see account_defer_sync() */
         /* The last parent directory an upload went to, known to be a
          * directory entry: a burst names the same one again and again. */
         int parent_fd;
@@ -114,10 +115,11 @@ void account_forget_parent(Account *a);
 /** Forget the waiting uploads and remove their files. */
 void account_drop_pending(Account *a);
 /**
- * Have the directory dfd synced before the transaction commits (once, however
- * many changes touched it); the fd is duplicated. Returns 0 or -errno.
+ * Have fd synced before the transaction commits (once, however many
+ * changes touched it): a directory whose entries changed, or a file whose
+ * mode or mtime did. The fd is duplicated. Returns 0 or -errno.
  */
-int account_defer_dir_sync(Account *a, int dfd);
+int account_defer_sync(Account *a, int dfd);
 
 /** Open a change: the transaction if needed, and a savepoint for this one change. */
 int account_change_begin(Account *a);

@@ -336,8 +336,18 @@ int account_open(const char *storage, const char *id, Account **ret) {
         return 0;
 }
 
-/* Sync (unless r < 0) and close the deferred directories; the first error. */
+/* Sync (unless r < 0) and close the deferred directories and files; the
+ * first error. Many at once cost one syncfs() instead. */
 static int sync_dirs(Account *a, int r) {
+        if (r >= 0 && a->n_dir_sync >= ACCOUNT_BULK_MIN) {
+                r = syncfs(a->tree_fd) < 0 ? -errno : 0;
+                if (r >= 0 && a->versions_changed)
+                        r = syncfs(a->versions_fd) < 0 ? -errno : 0;
+                for (size_t i = 0; i < a->n_dir_sync; i++)
+                        close(a->dir_sync[i].fd);
+                a->n_dir_sync = 0;
+                return r;
+        }
         for (size_t i = 0; i < a->n_dir_sync; i++) {
                 if (r >= 0)
                         r = bs_fsync_dir(a->dir_sync[i].fd);
@@ -483,7 +493,7 @@ void account_forget_parent(Account *a) {
         a->parent_len = 0;
 }
 
-int account_defer_dir_sync(Account *a, int dfd) {
+int account_defer_sync(Account *a, int dfd) {
         struct stat st;
         if (fstat(dfd, &st) < 0)
                 return -errno;

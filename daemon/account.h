@@ -145,7 +145,14 @@ int account_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN
 
 /* The other changes return 0 (applied) or 1 (already done) like account_put(). */
 
-/** Create a directory. */
+/**
+ * Give the file at path a new mode and mtime, its content unchanged: the
+ * agent names the content (sha) it means, so a file changed meanwhile is
+ * a conflict (-ESTALE), as is a base that is not the current version.
+ */
+int account_attr(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
+                 uint32_t mode, int64_t mtime_ns, const uint8_t sha[BS_SHA_LEN], uint64_t *ret_version);
+/** Create a directory, or give an existing one a new mode. */
 int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path,
                   uint64_t base, uint32_t mode, int64_t mtime_ns, uint64_t *ret_version);
 /** Create or replace a symlink; target is stored verbatim, never followed. */

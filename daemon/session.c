@@ -360,7 +360,7 @@ static int send_ack(Session *s, uint32_t req, uint64_t version) {
         return session_send(s, &m);
 }
 
-/* MKDIR, SYMLINK, DELETE and MOVE: one change each, answered ACK or ERROR. */
+/* ATTR, MKDIR, SYMLINK, DELETE and MOVE: one change each, answered ACK or ERROR. */
 static int handle_change(Session *s, const BsMsg *m) {
         char lp[4 * BS_PATH_MAX + 1], lp2[4 * BS_PATH_MAX + 1];
         const char *id = account_id(s->account);
@@ -374,8 +374,14 @@ static int handle_change(Session *s, const BsMsg *m) {
                 return session_send_error(s, m->req, BS_ERR_BAD_PATH,
                                           m->type == BS_MSG_MOVE ? "bad target path" : "bad link target");
 
+        if (m->type == BS_MSG_ATTR && s->version < BS_PROTO_ATTR_VERSION)
+                return session_fail(s, m->req, BS_ERR_PROTOCOL, "ATTR needs protocol version %u (this session: %u)",
+                                    BS_PROTO_ATTR_VERSION, s->version);
         session_change_begin(s);
         switch (m->type) {
+        case BS_MSG_ATTR:
+                r = account_attr(s->account, s->device, m->path, m->base, m->mode, m->mtime_ns, m->sha, &version);
+                break;
         case BS_MSG_MKDIR:
                 r = account_mkdir(s->account, s->device, m->path, m->base, m->mode, m->mtime_ns, &version);
                 break;
@@ -404,6 +410,10 @@ static int handle_change(Session *s, const BsMsg *m) {
         }
         if (r == 0)
                 switch (m->type) {
+                case BS_MSG_ATTR:
+                        session_log_event(s, LOG_INFO, BS_MID_CHANGED, m->path, "mode %04o and time of %s %s",
+                                          m->mode & 07777, id, lp);
+                        break;
                 case BS_MSG_MKDIR:
                         session_log_event(s, LOG_INFO, BS_MID_CHANGED, m->path, "mkdir %s %s", id, lp);
                         break;
@@ -444,6 +454,7 @@ static int handle_request(Session *s, const BsMsg *m) {
                 return session_handle_copy(s, m);
         case BS_MSG_PUT_END:
                 return session_handle_put_end(s, m);
+        case BS_MSG_ATTR:
         case BS_MSG_MKDIR:
         case BS_MSG_SYMLINK:
         case BS_MSG_DELETE:

@@ -26,6 +26,7 @@ import struct
 
 VERSION = 1        # what this client speaks unless told otherwise
 DELTA_VERSION = 2  # COPY and GET_DELTA
+ATTR_VERSION = 3   # ATTR
 FRAME_MAX_DEFAULT = 1024 * 1024
 CHUNK = 256 * 1024
 
@@ -33,7 +34,7 @@ MSG = {
     "HELLO": 1, "WELCOME": 2, "ERROR": 3, "PING": 4, "PONG": 5, "NOTIFY": 6,
     "PULL": 10, "CHANGES": 11, "GET": 12, "FILE": 13, "GET_DELTA": 14,
     "PUT": 20, "DATA": 21, "PUT_END": 22, "MKDIR": 23, "DELETE": 24,
-    "MOVE": 25, "SYMLINK": 26, "COPY": 27, "ACK": 30,
+    "MOVE": 25, "SYMLINK": 26, "COPY": 27, "ATTR": 28, "ACK": 30,
 }
 MSG_NAME = {v: k for k, v in MSG.items()}
 
@@ -179,6 +180,10 @@ def enc_move(req, src, dst, base_from, base_to=0):
 
 def enc_symlink(req, path, target, base=0, mtime_ns=0):
     return frame("SYMLINK", struct.pack(">IQq", req, base, mtime_ns) + s16(path) + s16(target))
+
+
+def enc_attr(req, path, base, mode, mtime_ns, content_sha):
+    return frame("ATTR", struct.pack(">IQIq", req, base, mode, mtime_ns) + _b(content_sha) + s16(path))
 
 
 def enc_ack(req, version):

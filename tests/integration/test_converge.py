@@ -131,9 +131,17 @@ def test_metadata_only():
             ("same bytes", lambda: write_file(f, "content\n" * 1000)),
             ("chmod right after close", lambda: (write_file(f, "other\n"), os.chmod(f, 0o640))),
         ]
-        for name, step in steps:
+        def uploads():
+            return sum(1 for l in a.log_lines() if "uploaded f (" in l)
+
+        for i, (name, step) in enumerate(steps):
+            before = uploads()
             step()
             assert_converged(srv, [a, b], verify=False, msg=name)
+            if i < 4:  # the content is unchanged: no upload, only ATTR
+                check(uploads() == before, "%s: the content was uploaded again" % name)
+        check(sum(1 for l in srv.log_lines() if "mode 0" in l and " of " in l) >= 4,
+              "the server logged no metadata-only change")
         harness.verify_server(srv)
 
 

@@ -4,10 +4,11 @@ both ways, and a wrong base falls back to the whole file."""
 import os
 import re
 import socket
+import stat
 import time
 
 import bsproto
-from harness import (Env, check, fail, sha256_file, wait_until, write_file)
+from harness import (Env, check, fail, read_bytes, sha256_file, wait_until, write_file)
 
 MiB = 1 << 20
 
@@ -193,6 +194,68 @@ def _closed_after(sock, timeout=5.0):
         return msgs
     except socket.timeout:
         return None
+
+
+def test_hostile_attr():
+    """ATTR (mode and mtime without content) from a client that lies or is
+    behind: a content other than the file's, a directory, a missing path,
+    a stale base, a bad path, and ATTR in a version 2 session are refused
+    with their codes; the tree keeps its mode and time; an honest ATTR is
+    applied and reaches the other computer."""
+    with Env("hostile_attr") as env:
+        srv, a, b = _join(env, {"f.bin": (1000, 3)})
+        os.mkdir(os.path.join(a.dir, "d"))
+        wait_until(lambda: os.path.isdir(os.path.join(b.dir, "d")), 30, "d on B")
+        port, tok = srv.port, a.token
+        data = open(os.path.join(a.dir, "f.bin"), "rb").read()
+        sha = bsproto.sha256(data)
+        tree = srv.tree(tok)
+        st0 = os.stat(os.path.join(tree, "f.bin"))
+
+        sock, w = _session(port, tok, version=bsproto.ATTR_VERSION)
+        check(w["version"] == bsproto.ATTR_VERSION, "WELCOME chose version %d, want 3" % w["version"])
+        recs = {r["path"]: r for r in bsproto.pull(sock, 1, 0)[2]}
+        ver = recs[b"f.bin"]["seq"]
+
+        def attr(req, path, base, mode, mtime_ns, content):
+            sock.sendall(bsproto.enc_attr(req, path, base, mode, mtime_ns, content))
+            return bsproto.answer(sock)
+
+        for req, (what, args, code) in enumerate([
+                ("another content", ("f.bin", ver, 0o600, 5, os.urandom(32)), "CONFLICT"),
+                ("a directory", ("d", recs[b"d"]["seq"], 0o700, 5, sha), "CONFLICT"),
+                ("a missing path", ("nothing", 0, 0o600, 5, sha), "NOT_FOUND"),
+                ("a stale base", ("f.bin", ver - 1, 0o600, 5, sha), "CONFLICT"),
+                ("a path out of the tree", ("../f.bin", ver, 0o600, 5, sha), "BAD_PATH"),
+        ], start=2):
+            m = attr(req, *args)
+            check(m["type"] == "ERROR" and m["name"] == code, "ATTR of %s: %r, want %s" % (what, m, code))
+        st = os.stat(os.path.join(tree, "f.bin"))
+        check((st.st_mode, st.st_mtime_ns) == (st0.st_mode, st0.st_mtime_ns), "a refused ATTR changed the file")
+        bsproto.ping(sock)
+
+        # The honest one: applied, a new version, on B without its content.
+        m = attr(20, "f.bin", ver, 0o640, 981173106123456789, sha)
+        check(m["type"] == "ACK" and m["version"] > ver, "honest ATTR: %r" % m)
+        st = os.stat(os.path.join(tree, "f.bin"))
+        check(st.st_mtime_ns == 981173106123456789, "the server's file has mtime %d" % st.st_mtime_ns)
+        pb = os.path.join(b.dir, "f.bin")
+        wait_until(lambda: os.stat(pb).st_mtime_ns == 981173106123456789 and
+                   stat.S_IMODE(os.stat(pb).st_mode) == 0o640, 30, "the new mode and time on B")
+        # Sent again (its ACK lost): the current version, no new one.
+        m2 = attr(21, "f.bin", ver, 0o640, 981173106123456789, sha)
+        check(m2["type"] == "ACK" and m2["version"] == m["version"], "repeated ATTR: %r" % m2)
+        sock.close()
+
+        # A version 2 session may not use it.
+        sock, w = _session(port, tok, version=2)
+        sock.sendall(bsproto.enc_attr(1, "f.bin", m["version"], 0o600, 5, sha))
+        msgs = _closed_after(sock)
+        check(msgs is not None and any(x["type"] == "ERROR" and x["name"] == "PROTOCOL" for x in msgs),
+              "ATTR in a version 2 session: %r" % msgs)
+        sock.close()
+        wait_until(lambda: read_bytes(pb) == data, 5, "B's content unchanged")
+        check(stat.S_IMODE(os.stat(os.path.join(a.dir, "f.bin")).st_mode) == 0o640, "A did not get the mode")
 
 
 def test_hostile_delta():

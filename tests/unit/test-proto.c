@@ -14,6 +14,7 @@ static const uint8_t all_types[] = {
         BS_MSG_NOTIFY, BS_MSG_PULL, BS_MSG_CHANGES, BS_MSG_GET, BS_MSG_FILE,
         BS_MSG_PUT, BS_MSG_DATA, BS_MSG_PUT_END, BS_MSG_MKDIR, BS_MSG_DELETE,
         BS_MSG_MOVE, BS_MSG_SYMLINK, BS_MSG_ACK, BS_MSG_GET_DELTA, BS_MSG_COPY,
+        BS_MSG_ATTR,
 };
 #define N_TYPES (sizeof(all_types) / sizeof(all_types[0]))
 
@@ -179,6 +180,14 @@ static BsMsg *sample(uint8_t type) {
                 m->offset = 0x0000000140000000ull;
                 m->size = 0x00000000fff00001ull;
                 fill(m->sha, BS_SHA_LEN, 0x77);
+                break;
+        case BS_MSG_ATTR:
+                m->req = req;
+                m->base = 0x0a0b0c0d0e0f1011ull;
+                m->mode = 04751;
+                m->mtime_ns = -1;
+                fill(m->sha, BS_SHA_LEN, 0x3c);
+                SET_STR(m->path, &m->path_len, "only/its mode");
                 break;
         default:
                 cr_assert_fail("no sample for type %u", type);
@@ -415,6 +424,23 @@ Test(proto, exact_layouts) {
         cr_assert_eq(f[41], 0xbb);
         cr_assert_eq(f[72], 0xbb);
         cr_assert_eq(memcmp(f + 73, "\0\1f", 3), 0);
+        bs_buf_free(&b);
+
+        /* ATTR: u32 req, u64 base, u32 mode, i64 mtime_ns, sha content, str path. */
+        bs_msg_init(&m, BS_MSG_ATTR, 2);
+        m.base = 3;
+        m.mode = 0640;
+        m.mtime_ns = 0x0102030405060708ll;
+        memset(m.sha, 0xdd, BS_SHA_LEN);
+        SET_STR(m.path, &m.path_len, "f");
+        encode_frame(&m, &b);
+        f = bs_buf_head(&b);
+        cr_assert_eq(bs_buf_len(&b), 5 + 4 + 8 + 4 + 8 + 32 + 2 + 1);
+        cr_assert_eq(f[4], 28);
+        cr_assert_eq(memcmp(f + 5, "\0\0\0\2" "\0\0\0\0\0\0\0\3" "\0\0\1\xa0" "\1\2\3\4\5\6\7\x08", 24), 0);
+        cr_assert_eq(f[29], 0xdd);
+        cr_assert_eq(f[60], 0xdd);
+        cr_assert_eq(memcmp(f + 61, "\0\1f", 3), 0);
         bs_buf_free(&b);
 
         cr_assert_eq(BS_RECORD_MIN, 82, "docs/protocol.md: 82 bytes is the smallest record");
@@ -708,6 +734,14 @@ static int decode_path_msg(uint8_t type, size_t plen, size_t p2len) {
                 bs_buf_put_u64(&b, 0);
                 put_str_n(&b, 'p', plen);
                 break;
+        case BS_MSG_ATTR:
+                bs_buf_put_u32(&b, 1);
+                bs_buf_put_u64(&b, 1);
+                bs_buf_put_u32(&b, 0644);
+                bs_buf_put_u64(&b, 0);
+                bs_buf_append(&b, "0123456789abcdef0123456789abcdef", BS_SHA_LEN);
+                put_str_n(&b, 'p', plen);
+                break;
         case BS_MSG_DELETE:
                 bs_buf_put_u32(&b, 1);
                 bs_buf_put_u64(&b, 0);
@@ -759,7 +793,8 @@ Test(proto, strings_over_limit) {
         cr_assert_eq(decode_path_msg(BS_MSG_ERROR, T, 0), 0);
         cr_assert_eq(decode_path_msg(BS_MSG_ERROR, T + 1, 0), -EBADMSG);
 
-        static const uint8_t one_path[] = { BS_MSG_GET, BS_MSG_GET_DELTA, BS_MSG_PUT, BS_MSG_MKDIR, BS_MSG_DELETE };
+        static const uint8_t one_path[] = { BS_MSG_GET, BS_MSG_GET_DELTA, BS_MSG_PUT, BS_MSG_MKDIR, BS_MSG_DELETE,
+                                            BS_MSG_ATTR };
         for (size_t i = 0; i < sizeof(one_path); i++) {
                 cr_assert_eq(decode_path_msg(one_path[i], P, 0), 0, "%s", bs_msg_type_name(one_path[i]));
                 cr_assert_eq(decode_path_msg(one_path[i], P + 1, 0), -EBADMSG, "%s",
@@ -992,7 +1027,7 @@ Test(proto, names) {
         static const char *const names[] = {
                 "HELLO", "WELCOME", "ERROR", "PING", "PONG", "NOTIFY", "PULL", "CHANGES", "GET",
                 "FILE", "PUT", "DATA", "PUT_END", "MKDIR", "DELETE", "MOVE", "SYMLINK", "ACK",
-                "GET_DELTA", "COPY",
+                "GET_DELTA", "COPY", "ATTR",
         };
         for (size_t i = 0; i < N_TYPES; i++)
                 cr_assert_str_eq(bs_msg_type_name(all_types[i]), names[i]);

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agent-plan.h"
@@ -664,6 +665,24 @@ static int push_moves(Agent *a) {
         return r;
 }
 
+/* After the verification pass made its plan: every change in it is one no
+ * event reported. Each is logged (the first 100), since each is a bug to
+ * find or a file system that does not report everything. */
+static void report_unseen(Agent *a, const Plan *p, double ms) {
+        static const char *const what[] = {
+                [BS_MSG_PUT] = "changed", [BS_MSG_MKDIR] = "made or given a new mode",
+                [BS_MSG_SYMLINK] = "linked", [BS_MSG_DELETE] = "removed",
+        };
+        for (size_t i = 0; i < p->n && i < 100; i++) {
+                const PushOp *op = &p->ops[i];
+                const char *w = op->type < ELEMENTSOF(what) && what[op->type] ? what[op->type] : "changed";
+                log_event(LOG_WARNING, BS_MID_UNSEEN, a->account, op->path,
+                          "verification pass: %s was %s but no file-system event said so; sending it now", op->path, w);
+        }
+        log_info("verification pass: %lld entries compared in %.1f ms, %zu changes no event reported", (long long) manifest_count(a->state),
+                 ms, p->n);
+}
+
 /* Refuse to turn a vanished or emptied tree into mass deletions. */
 static bool tree_suddenly_empty(Agent *a) {
         if (manifest_count(a->state) <= 0)
@@ -722,6 +741,10 @@ int agent_push(Agent *a) {
         qsort(dirty, n, sizeof(*dirty), plan_path_cmp);
         Plan p = {};
         const char *skip = NULL;
+        bool verifying = a->verifying && n == 1 && dirty[0].path[0] == 0;
+        a->verifying = false;
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
         local_scan_begin(a);
         for (size_t i = 0; i < n; i++) {
                 /* Merge duplicates; a recursive visit covers what is below it. */
@@ -738,6 +761,10 @@ int agent_push(Agent *a) {
                         log_warning("could not look at %s: %s", dirty[i].path, strerror(-r));
         }
         local_scan_end(a);
+        if (verifying) {
+                clock_gettime(CLOCK_MONOTONIC, &t1);
+                report_unseen(a, &p, (double) (t1.tv_sec - t0.tv_sec) * 1e3 + (double) (t1.tv_nsec - t0.tv_nsec) / 1e6);
+        }
         r = p.n ? push_plan(a, &p) : 0;
         plan_clear(&p);
         for (size_t i = 0; i < n; i++)

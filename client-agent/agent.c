@@ -53,6 +53,7 @@ Agent *agent_free(Agent *a) {
         sd_event_source_disable_unref(a->coalesce_timer);
         sd_event_source_disable_unref(a->poll_timer);
         sd_event_source_disable_unref(a->settle_timer);
+        sd_event_source_disable_unref(a->verify_timer);
         sd_event_source_disable_unref(a->retry_timer);
         sd_event_source_disable_unref(a->failed_timer);
         sd_event_source_disable_unref(a->sigterm_source);
@@ -510,6 +511,25 @@ static int on_poll(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
+/* The verification pass: the whole tree compared with the manifest while
+ * nothing is queued, so whatever it finds is a change no event reported
+ * (agent_push() logs each). Busy or paused: again a poll interval later. */
+static int on_verify(sd_event_source *s, uint64_t usec, void *userdata) {
+        Agent *a = userdata;
+        watcher_process(a->watcher);
+        watcher_flush(a->watcher);
+        if (a->paused || a->root_gone || !agent_idle(a)) {
+                sd_event_source_set_time(s, usec + a->cfg.poll_usec);
+                return 0;
+        }
+        a->verifying = true;
+        a->rescan_all = true;
+        run_round(a);
+        a->verifying = false;
+        sd_event_source_set_time(s, usec + a->cfg.verify_usec);
+        return 0;
+}
+
 static int on_retry(sd_event_source *s, uint64_t usec, void *userdata) {
         run_round(userdata);
         return 0;
@@ -570,14 +590,23 @@ static void reload_config(Agent *a) {
                 arm_timer(a, a->poll_timer, a->cfg.poll_usec);
                 (void) sd_event_source_set_enabled(a->poll_timer, SD_EVENT_ON);
         }
+        if (!a->cfg.verify_pinned && c.verify_usec != a->cfg.verify_usec) {
+                a->cfg.verify_usec = c.verify_usec;
+                if (c.verify_usec) {
+                        arm_timer(a, a->verify_timer, c.verify_usec);
+                        (void) sd_event_source_set_enabled(a->verify_timer, SD_EVENT_ON);
+                } else
+                        (void) sd_event_source_set_enabled(a->verify_timer, SD_EVENT_OFF);
+        }
         if (!a->cfg.device_name_pinned && !streq_null(c.device_name, a->cfg.device_name)) {
                 free(a->reloaded_device_name);
                 a->reloaded_device_name = TAKE_PTR(c.device_name);
                 a->cfg.device_name = a->reloaded_device_name;
                 set_device_label(a);
         }
-        log_info("configuration reloaded: poll interval %llu ms, device name %s",
-                 (unsigned long long) (a->cfg.poll_usec / 1000), a->device_label);
+        log_info("configuration reloaded: poll interval %llu ms, verification every %llu s, device name %s",
+                 (unsigned long long) (a->cfg.poll_usec / 1000), (unsigned long long) (a->cfg.verify_usec / 1000000),
+                 a->device_label);
 }
 
 static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
@@ -687,6 +716,8 @@ int agent_run(Agent *a) {
         r = r ?: sd_event_add_time(a->event, &a->retry_timer, CLOCK_MONOTONIC, 0, 100000, on_retry, a);
         r = r ?: sd_event_add_time(a->event, &a->failed_timer, CLOCK_MONOTONIC, 0, 100000, on_failed_retry, a);
         r = r ?: sd_event_add_time(a->event, &a->settle_timer, CLOCK_MONOTONIC, 0, 50000, on_settle_timer, a);
+        r = r ?: sd_event_add_time_relative(a->event, &a->verify_timer, CLOCK_MONOTONIC,
+                                            a->cfg.verify_usec ?: UINT64_MAX / 2, 1000000, on_verify, a);
         if (r < 0) {
                 log_error("cannot set up the event loop: %s", strerror(-r));
                 return AGENT_EXIT_SOFTWARE;
@@ -700,6 +731,8 @@ int agent_run(Agent *a) {
         sd_event_source_set_description(a->retry_timer, "retry-timer");
         sd_event_source_set_description(a->failed_timer, "failed-changes-timer");
         sd_event_source_set_description(a->settle_timer, "settle-timer");
+        sd_event_source_set_description(a->verify_timer, "verify-timer");
+        sd_event_source_set_enabled(a->verify_timer, a->cfg.verify_usec ? SD_EVENT_ON : SD_EVENT_OFF);
         sd_event_source_set_enabled(a->settle_timer, SD_EVENT_OFF);
         sd_event_source_set_enabled(a->coalesce_timer, SD_EVENT_OFF);
         sd_event_source_set_enabled(a->retry_timer, SD_EVENT_OFF);

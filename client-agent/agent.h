@@ -33,6 +33,7 @@ typedef struct AgentConfig {
         char *id;        /* token given on the command line, or NULL */
         char *device_name;
         uint64_t poll_usec;
+        uint64_t verify_usec;   /* the verification pass; 0: none */
         uint64_t coalesce_usec; /* longest wait from a local event to its round */
         bool once;
 
@@ -42,7 +43,7 @@ typedef struct AgentConfig {
         const char *config_file;
         bool config_must_exist;
         const char *user_config_file; /* NULL: none */
-        bool poll_pinned, device_name_pinned;
+        bool poll_pinned, verify_pinned, device_name_pinned;
 } AgentConfig;
 
 typedef struct DirtyPath {
@@ -101,6 +102,7 @@ typedef struct Agent {
         LateMode *late_modes;
         size_t n_late_modes, cap_late_modes;
         bool rescan_all;
+        bool verifying; /* this rescan is the verification pass: report what it finds */
         bool need_snapshot;
         bool no_delta;  /* a delta download failed: fetch whole files until the next round */
         bool again;     /* another round is needed at once */
@@ -114,6 +116,7 @@ typedef struct Agent {
         uint64_t coalesce_first_usec; /* CLOCK_MONOTONIC of the first event the armed timer waits for */
         sd_event_source *poll_timer;
         sd_event_source *settle_timer;
+        sd_event_source *verify_timer;
         sd_event_source *socket_source;
         sd_event_source *retry_timer;
         sd_event_source *failed_timer;

@@ -30,8 +30,8 @@ static void help(void) {
                "With --instance, SERVER, PORT, DIR and ID come from the [agent:NAME]\n"
                "section of the configuration: the system file, then the user's\n"
                "$XDG_CONFIG_HOME/backupsync.ini (else ~/.config/backupsync.ini), whose\n"
-               "keys override it. SIGHUP re-reads it and applies poll-interval and\n"
-               "device-name.\n"
+               "keys override it. SIGHUP re-reads it and applies poll-interval,\n"
+               "verify-interval and device-name.\n"
                "\n"
                "Options:\n"
                "  --instance NAME        read [agent:NAME] from the configuration\n"
@@ -43,6 +43,9 @@ static void help(void) {
                "                         $XDG_STATE_HOME/backupsync/NAME)\n"
                "  --poll-interval TIME   how often to ask for other computers' changes\n"
                "                         (default 5s; units ms, s, m, h, d)\n"
+               "  --verify-interval TIME how often to compare the whole tree with what was\n"
+               "                         synced, for changes no event reported (default 1h;\n"
+               "                         0: never)\n"
                "  --device-name NAME     name used in conflict copies (default: host name)\n"
                "  --once                 sync once and exit: 0 when in sync\n"
                "  -h, --help             show this help\n"
@@ -135,25 +138,30 @@ static int load_instance(AgentConfig *cfg, BsAgentConfig *ini) {
         cfg->id = ini->id;
         if (!cfg->poll_pinned)
                 cfg->poll_usec = ini->poll_usec;
+        if (!cfg->verify_pinned)
+                cfg->verify_usec = ini->verify_usec;
         if (!cfg->device_name_pinned)
                 cfg->device_name = ini->device_name;
         return 0;
 }
 
 int main(int argc, char **argv) {
-        enum { ARG_STATE_DIR = 0x100, ARG_POLL, ARG_ONCE, ARG_VERSION, ARG_DEVICE, ARG_INSTANCE, ARG_CONFIG };
+        enum { ARG_STATE_DIR = 0x100, ARG_POLL, ARG_VERIFY, ARG_ONCE, ARG_VERSION, ARG_DEVICE, ARG_INSTANCE,
+               ARG_CONFIG };
         static const struct option options[] = {
                 { "instance", required_argument, NULL, ARG_INSTANCE },
                 { "config", required_argument, NULL, ARG_CONFIG },
                 { "state-dir", required_argument, NULL, ARG_STATE_DIR },
                 { "poll-interval", required_argument, NULL, ARG_POLL },
+                { "verify-interval", required_argument, NULL, ARG_VERIFY },
                 { "device-name", required_argument, NULL, ARG_DEVICE },
                 { "once", no_argument, NULL, ARG_ONCE },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
                 {},
         };
-        AgentConfig cfg = { .poll_usec = BS_CONFIG_DEFAULT_POLL_USEC, .coalesce_usec = 20000ULL };
+        AgentConfig cfg = { .poll_usec = BS_CONFIG_DEFAULT_POLL_USEC, .verify_usec = BS_CONFIG_DEFAULT_VERIFY_USEC,
+                            .coalesce_usec = 20000ULL };
         /* Owns the strings cfg points to under --instance, until exit. */
         _cleanup_(bs_agent_config_done) BsAgentConfig ini;
         /* What main() allocated for cfg (the rest points into argv or ini). */
@@ -192,6 +200,13 @@ int main(int argc, char **argv) {
                                 return AGENT_EXIT_USAGE;
                         }
                         cfg.poll_pinned = true;
+                        break;
+                case ARG_VERIFY:
+                        if (bs_parse_duration(optarg, &cfg.verify_usec) < 0) {
+                                log_error("--verify-interval: '%s' is not a duration (e.g. 1h, 10m; 0 for none)", optarg);
+                                return AGENT_EXIT_USAGE;
+                        }
+                        cfg.verify_pinned = true;
                         break;
                 case ARG_DEVICE:
                         cfg.device_name = optarg;

@@ -37,7 +37,8 @@ typedef struct Parser {
         int error; /* negative errno of the first problem; 0: none */
 } Parser;
 
-static const char *const agent_keys[] = { "server", "port", "path", "id", "poll-interval", "device-name" };
+static const char *const agent_keys[] = { "server", "port", "path", "id", "poll-interval", "verify-interval",
+                                           "device-name" };
 
 void bs_server_config_init(BsServerConfig *cfg) {
         *cfg = (BsServerConfig) {
@@ -55,7 +56,8 @@ void bs_server_config_done(BsServerConfig *cfg) {
 }
 
 void bs_agent_config_init(BsAgentConfig *cfg) {
-        *cfg = (BsAgentConfig) { .poll_usec = BS_CONFIG_DEFAULT_POLL_USEC };
+        *cfg = (BsAgentConfig) { .poll_usec = BS_CONFIG_DEFAULT_POLL_USEC,
+                                 .verify_usec = BS_CONFIG_DEFAULT_VERIFY_USEC };
 }
 
 void bs_agent_config_done(BsAgentConfig *cfg) {
@@ -238,7 +240,7 @@ static void agent_key(Parser *p, const char *instance, const char *key, const ch
                 known = known || strcmp(key, agent_keys[i]) == 0;
         if (!known) {
                 parser_fail(p, -EINVAL, key, "unknown key in [agent:%s] (known: server, port, path, id, "
-                            "poll-interval, device-name)", instance);
+                            "poll-interval, verify-interval, device-name)", instance);
                 return;
         }
         /* Values of other instances are their agents' business: a typo
@@ -269,6 +271,8 @@ static void agent_key(Parser *p, const char *instance, const char *key, const ch
                         (void) store_string(p, key, &c->id, value);
         } else if (strcmp(key, "poll-interval") == 0)
                 (void) parse_duration(p, key, value, BS_CONFIG_MIN_POLL_USEC, &c->poll_usec);
+        else if (strcmp(key, "verify-interval") == 0)
+                (void) parse_duration(p, key, value, 0, &c->verify_usec);
         else if (strcmp(key, "device-name") == 0) {
                 if (!value[0])
                         parser_fail(p, -EINVAL, key, "empty value");

@@ -17,6 +17,8 @@
 #define BS_CONFIG_DEFAULT_MAX_CONNECTIONS 1024u
 #define BS_CONFIG_DEFAULT_POLL_USEC (5ULL * 1000000ULL)
 #define BS_CONFIG_MIN_POLL_USEC 100000ULL
+/* The agent's verification pass: every hour, as Syncthing's full rescan. */
+#define BS_CONFIG_DEFAULT_VERIFY_USEC (3600ULL * 1000000ULL)
 #define BS_CONFIG_MAX_CONNECTIONS 1000000u
 
 /* The first problem found; line 0 when it belongs to no line, key "" when to no key. */
@@ -46,6 +48,7 @@ typedef struct BsAgentConfig {
         char *path; /* with ~ expanded */
         char *id;   /* token, validated; NULL: register a new account */
         uint64_t poll_usec;
+        uint64_t verify_usec; /* 0: no verification pass */
         char *device_name;
 } BsAgentConfig;
 
@@ -53,7 +56,7 @@ typedef struct BsAgentConfig {
 void bs_server_config_init(BsServerConfig *cfg);
 /** Free the strings of cfg; it may be initialized again afterwards. */
 void bs_server_config_done(BsServerConfig *cfg);
-/** Fill cfg with the built-in defaults (poll-interval 5s) and nothing else. */
+/** Fill cfg with the built-in defaults (poll-interval 5s, verify-interval 1h) and nothing else. */
 void bs_agent_config_init(BsAgentConfig *cfg);
 /** Free the strings of cfg; it may be initialized again afterwards. */
 void bs_agent_config_done(BsAgentConfig *cfg);

@@ -25,6 +25,7 @@
 #define BS_MID_SYNCED       "6f0c1a4e2b7d4f0a9c1e3b5d7f9a1c0d"
 #define BS_MID_AUTH_FAILED  "6f0c1a4e2b7d4f0a9c1e3b5d7f9a1c0e"
 #define BS_MID_CHANGED      "6f0c1a4e2b7d4f0a9c1e3b5d7f9a1c0f"
+#define BS_MID_UNSEEN       "6f0c1a4e2b7d4f0a9c1e3b5d7f9a1c10"
 
 /* Extra structured fields of one event; any may be NULL. */
 typedef struct BsLogCtx {

@@ -256,9 +256,10 @@ def test_sighup_reload():
         b = InstanceAgent(env, "B", "b", aini, environ, env.path("B"), token=a.token)
         b.start()
         wait_content(os.path.join(b.dir, "three.txt"), "three\n")
-        write_file(aini, base + "poll-interval = 700ms\ndevice-name = renamed\n")
+        write_file(aini, base + "poll-interval = 700ms\nverify-interval = 10m\ndevice-name = renamed\n")
         b.popen.send_signal(signal.SIGHUP)
-        wait_until(lambda: "configuration reloaded: poll interval 700 ms, device name renamed" in b.log_text(), 15,
+        wait_until(lambda: "configuration reloaded: poll interval 700 ms, verification every 600 s, device name renamed"
+                   in b.log_text(), 15,
                    "the agent to log the reload")
         write_file(aini, base.replace("path = ", "path = /elsewhere") + "poll-interval = 1s\n")
         b.popen.send_signal(signal.SIGHUP)

@@ -161,3 +161,40 @@ def test_link_in_synced_dir():
             os.unlink(tmp)
         snap = assert_converged(srv, [a, b])
         check(all("objects/obj%d" % i in snap for i in range(10)), "objects missing: %r" % sorted(snap))
+
+
+def test_verify_pass_mmap():
+    """A write through a memory mapping that stays mapped raises no inotify
+    event at all (the close-after-write event comes only when the last
+    mapping goes): the verification pass finds it, sends it, and logs it
+    as a change no event reported."""
+    import ctypes
+    import mmap
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.msync.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    with harness.Env("verifymmap") as env:
+        srv = env.server()
+        os.makedirs(env.path("a"))
+        f = os.path.join(env.path("a"), "mapped.bin")
+        write_file(f, b"\0" * 8192)
+        a = env.agent("A", env.path("a"), args=["--verify-interval", "2s"])
+        b = env.agent("B", env.path("b"), token=a.token)
+        assert_converged(srv, [a, b], verify=False)
+        # ctypes, not Python's mmap, which keeps a dup of the fd.
+        fd = os.open(f, os.O_RDWR)
+        p = libc.mmap(None, 8192, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+        check(p not in (None, ctypes.c_void_p(-1).value), "mmap failed: %d" % ctypes.get_errno())
+        os.close(fd)
+        try:
+            ctypes.memmove(p + 100, b"HELLO", 5)
+            check(libc.msync(ctypes.c_void_p(p), 8192, 4) == 0, "msync failed")  # MS_SYNC
+            snap = assert_converged(srv, [a, b], timeout=30, verify=False)
+            check(snap["mapped.bin"][1][100:105] == b"HELLO", "the mapped write did not travel")
+            check(any("verification pass: mapped.bin was changed" in l for l in a.log_lines()),
+                  "the verification pass did not report the change it found")
+        finally:
+            libc.munmap(ctypes.c_void_p(p), 8192)
+        harness.verify_server(srv)

@@ -206,6 +206,7 @@ static const char agents[] = "[server]\n"
                              "port = 7373\n"
                              "path = ~/Documents\n"
                              "poll-interval = 250ms\n"
+                             "verify-interval = 0\n"
                              "device-name = laptop\n"
                              "id = ABCD\n";
 
@@ -219,6 +220,7 @@ Test(config, agent_lookup) {
         cr_expect_eq(c.port, 7373);
         cr_expect_str_eq(c.path, "/home/tester/Documents");
         cr_expect_eq(c.poll_usec, 250000);
+        cr_expect_eq(c.verify_usec, 0, "verify-interval = 0: no verification pass");
         cr_expect_str_eq(c.device_name, "laptop");
         cr_expect_str_eq(c.id, "ABCD");
         bs_agent_config_done(&c);
@@ -228,6 +230,7 @@ Test(config, agent_lookup) {
         cr_expect_eq(c.port, 9000);
         cr_expect_str_eq(c.path, "/data/photos");
         cr_expect_eq(c.poll_usec, 5000000, "default poll-interval");
+        cr_expect_eq(c.verify_usec, 3600000000ULL, "default verify-interval");
         cr_expect_null(c.id);
         cr_expect_null(c.device_name);
         bs_agent_config_done(&c);
@@ -334,6 +337,7 @@ Test(config, agent_bad_values) {
                 { "id = AB", "id", "not an account token" },
                 { "poll-interval = 5x", "poll-interval", "'5x' is not a duration" },
                 { "poll-interval = 50ms", "poll-interval", "shorter than 100ms" },
+                { "verify-interval = often", "verify-interval", "'often' is not a duration" },
                 { "device-name =", "device-name", "empty value" },
                 { "colour = blue", "colour", "unknown key in [agent:docs]" },
         };

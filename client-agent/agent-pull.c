@@ -535,6 +535,7 @@ static int unseen_deleted(const char *path, const ManifestEntry *e, void *userda
 
 static int pull_once(Agent *a, uint64_t since) {
         Pull p = { .fd = -1 };
+        uint64_t seq0 = a->last_seq;
         int r = receive_changes(a, &p, since);
         if (r >= 0)
                 r = mark_order(&p);
@@ -542,7 +543,11 @@ static int pull_once(Agent *a, uint64_t since) {
                 goto out;
         uint64_t n0 = a->n_downloaded;
         a->quiet_files = p.n > AGENT_FILE_LOG_MAX;
-        agent_state_begin(a->state);
+        r = agent_state_begin(a->state);
+        if (r < 0) {
+                r = agent_state_failed(a, r);
+                goto out;
+        }
         if (p.snapshot)
                 manifest_clear_seen(a->state);
         for (size_t i = 0; i < p.n; i++) {
@@ -582,11 +587,17 @@ static int pull_once(Agent *a, uint64_t since) {
                 free(pl.v);
         }
         apply_late_modes(a);
-        if (r >= 0) {
+        if (r >= 0 && p.seq != a->last_seq) {
                 a->last_seq = p.seq;
                 agent_state_set_u64(a->state, "last_seq", p.seq);
         }
-        agent_state_commit(a->state);
+        /* Rolled back when any write failed: the records come again. */
+        int k = agent_state_commit(a->state);
+        if (k < 0) {
+                a->last_seq = seq0;
+                r = agent_state_failed(a, k);
+        } else
+                agent_state_ok(a);
         if (a->quiet_files && a->n_downloaded > n0)
                 log_event(LOG_INFO, BS_MID_DOWNLOADED, a->account, NULL, "downloaded %llu files from other computers (%zu changes)",
                           (unsigned long long) (a->n_downloaded - n0), p.n);

@@ -511,7 +511,11 @@ static int push_plan(Agent *a, Plan *p) {
         uint64_t n0 = a->n_uploaded, b0 = a->bytes_uploaded;
         log_debug("sending %zu changes", p->n);
         a->quiet_files = p->n > AGENT_FILE_LOG_MAX;
-        agent_state_begin(a->state);
+        r = agent_state_begin(a->state);
+        if (r < 0) {
+                head = 0;
+                goto out;
+        }
         while (head < p->n) {
                 while (bs_buf_len(&a->conn->out) < PUSH_OUT_HIGH) {
                         if (up.fd >= 0) {
@@ -586,13 +590,21 @@ out:
                           (unsigned long long) (a->n_uploaded - n0), (double) (a->bytes_uploaded - b0) / (1024.0 * 1024.0),
                           head, p->n);
         a->quiet_files = false;
+        /* What the ACKs recorded is rolled back when a write failed: then
+         * every op is sent again (the server acknowledges what it has). */
+        int k = agent_state_commit(a->state);
+        if (k < 0) {
+                a->last_seq = last_seq0;
+                head = 0;
+                r = agent_state_failed(a, k);
+        } else
+                agent_state_ok(a);
         /* Ops never answered stay dirty for the next round. */
         for (size_t i = head; i < p->n; i++) {
                 agent_mark_dirty(a, p->ops[i].path, p->ops[i].type == BS_MSG_MKDIR);
                 if (p->ops[i].path2 && p->ops[i].type == BS_MSG_MOVE)
                         agent_mark_dirty(a, p->ops[i].path2, true);
         }
-        agent_state_commit(a->state);
         free(m);
         return r;
 }

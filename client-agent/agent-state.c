@@ -21,6 +21,12 @@ static inline void sqlite3_finalizep(sqlite3_stmt **st) {
 struct AgentState {
         sqlite3 *db;
         sqlite3_stmt *get, *put, *del, *kv_get, *kv_set;
+        /* The first failure since the transaction began: every later
+         * statement refuses to run (SQLite may have rolled back already,
+         * and a statement on its own would commit alone), and the commit
+         * rolls back instead, so the manifest and last_seq move together
+         * or not at all. */
+        int error;
 };
 
 /* locking_mode=EXCLUSIVE: one agent owns its state directory. It keeps the
@@ -50,6 +56,26 @@ static int sql_err(int rc) {
         case SQLITE_CANTOPEN: return -EACCES;
         default: return -EIO;
         }
+}
+
+/* Note a failure (not "no such row") for the commit to see. */
+static int note(AgentState *s, int r) {
+        if (r < 0 && r != -ENOENT && !s->error)
+                s->error = r;
+        return r;
+}
+
+static int step_done(AgentState *s, sqlite3_stmt *st) {
+        if (s->error)
+                return s->error;
+        return note(s, sql_err(sqlite3_step(st)));
+}
+
+/* A prepared statement for one use; a failure is noted like a write's. */
+static int prepare(AgentState *s, const char *sql, sqlite3_stmt **st) {
+        if (s->error)
+                return s->error;
+        return note(s, sql_err(sqlite3_prepare_v2(s->db, sql, -1, st, NULL)));
 }
 
 AgentState *agent_state_free(AgentState *s) {
@@ -95,7 +121,7 @@ static int kv_get(AgentState *s, const char *key, const void **p, int *n) {
         if (rc == SQLITE_DONE)
                 return -ENOENT;
         if (rc != SQLITE_ROW)
-                return sql_err(rc);
+                return note(s, sql_err(rc));
         *p = sqlite3_column_blob(s->kv_get, 0);
         *n = sqlite3_column_bytes(s->kv_get, 0);
         return 0;
@@ -107,10 +133,13 @@ int agent_state_get(AgentState *s, const char *key, char *out, size_t outsz) {
         if (r < 0)
                 return r;
         if ((size_t) n >= outsz)
-                return -ENAMETOOLONG;
-        memcpy(out, p, (size_t) n);
-        out[n] = 0;
-        return 0;
+                r = -ENAMETOOLONG;
+        else {
+                memcpy(out, p, (size_t) n);
+                out[n] = 0;
+        }
+        sqlite3_reset(s->kv_get); /* no read transaction left open */
+        return r;
 }
 
 int agent_state_get_blob(AgentState *s, const char *key, void *out, size_t n) {
@@ -119,16 +148,18 @@ int agent_state_get_blob(AgentState *s, const char *key, void *out, size_t n) {
         if (r < 0)
                 return r;
         if ((size_t) len != n)
-                return -EINVAL;
-        memcpy(out, p, n);
-        return 0;
+                r = -EINVAL;
+        else
+                memcpy(out, p, n);
+        sqlite3_reset(s->kv_get);
+        return r;
 }
 
 int agent_state_set_blob(AgentState *s, const char *key, const void *p, size_t n) {
         sqlite3_reset(s->kv_set);
         sqlite3_bind_text(s->kv_set, 1, key, -1, SQLITE_STATIC);
         sqlite3_bind_blob(s->kv_set, 2, p, (int) n, SQLITE_STATIC);
-        return sql_err(sqlite3_step(s->kv_set));
+        return step_done(s, s->kv_set);
 }
 
 int agent_state_set(AgentState *s, const char *key, const char *value) {
@@ -150,14 +181,31 @@ int agent_state_set_u64(AgentState *s, const char *key, uint64_t v) {
 
 int agent_state_begin(AgentState *s) {
         if (!sqlite3_get_autocommit(s->db))
-                return 0;
-        return sql_err(sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL));
+                return s->error;
+        s->error = 0;
+        return note(s, sql_err(sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL)));
 }
 
 int agent_state_commit(AgentState *s) {
-        if (sqlite3_get_autocommit(s->db))
-                return 0;
-        return sql_err(sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL));
+        int r = s->error;
+        if (!sqlite3_get_autocommit(s->db)) {
+                if (r == 0)
+                        r = sql_err(sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL));
+                /* A failed COMMIT may leave the transaction open. */
+                if (r < 0 && !sqlite3_get_autocommit(s->db))
+                        (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        }
+        s->error = 0;
+        return r;
+}
+
+int agent_state_flush(AgentState *s) {
+        /* synchronous=NORMAL syncs at checkpoints only: make one now. */
+        return sql_err(sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_FULL, NULL, NULL));
+}
+
+int agent_state_error(const AgentState *s) {
+        return s->error;
 }
 
 static void read_entry(sqlite3_stmt *st, int c, ManifestEntry *e) {
@@ -185,8 +233,9 @@ int manifest_get(AgentState *s, const char *path, ManifestEntry *e) {
         if (rc == SQLITE_DONE)
                 return -ENOENT;
         if (rc != SQLITE_ROW)
-                return sql_err(rc);
+                return note(s, sql_err(rc));
         read_entry(s->get, 0, e);
+        sqlite3_reset(s->get);
         return 0;
 }
 
@@ -203,47 +252,47 @@ int manifest_put(AgentState *s, const char *path, const ManifestEntry *e) {
         sqlite3_bind_blob(st, 8, e->sha, BS_SHA_LEN, SQLITE_STATIC);
         sqlite3_bind_int64(st, 9, (sqlite3_int64) e->version);
         sqlite3_bind_blob(st, 10, e->target, (int) strlen(e->target), SQLITE_STATIC);
-        return sql_err(sqlite3_step(st));
+        return step_done(s, st);
 }
 
 int manifest_delete_tree(AgentState *s, const char *path) {
         sqlite3_reset(s->del);
         sqlite3_bind_blob(s->del, 1, path, (int) strlen(path), SQLITE_STATIC);
-        return sql_err(sqlite3_step(s->del));
+        return step_done(s, s->del);
 }
 
 int manifest_move_tree(AgentState *s, const char *from, const char *to) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
         int fl = (int) strlen(from);
         /* Rewrite the prefix of every path at or below from; parent too. */
-        int rc = sqlite3_prepare_v2(s->db,
+        int r = prepare(s,
                 "UPDATE manifest SET path = CAST(?2 || substr(path, ?3 + 1) AS BLOB),"
                 " parent = CASE WHEN path = ?1 THEN ?4 ELSE CAST(?2 || substr(parent, ?3 + 1) AS BLOB) END"
-                " WHERE path = ?1 OR " BELOW("?1"), -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sql_err(rc);
+                " WHERE path = ?1 OR " BELOW("?1"), &st);
+        if (r < 0)
+                return r;
         /* Whatever sat at the target before is replaced. */
-        int r = manifest_delete_tree(s, to);
+        r = manifest_delete_tree(s, to);
         if (r < 0)
                 return r;
         sqlite3_bind_blob(st, 1, from, fl, SQLITE_STATIC);
         sqlite3_bind_blob(st, 2, to, (int) strlen(to), SQLITE_STATIC);
         sqlite3_bind_int(st, 3, fl);
         sqlite3_bind_blob(st, 4, to, (int) bs_path_parent_len(to), SQLITE_STATIC);
-        return sql_err(sqlite3_step(st));
+        return step_done(s, st);
 }
 
 int blocks_get(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint32_t *block, uint8_t **sums, size_t *count) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
-        int rc = sqlite3_prepare_v2(s->db, "SELECT block, sums FROM blocks WHERE sha=?", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sql_err(rc);
+        int rc = prepare(s, "SELECT block, sums FROM blocks WHERE sha=?", &st);
+        if (rc < 0)
+                return rc;
         sqlite3_bind_blob(st, 1, sha, BS_SHA_LEN, SQLITE_STATIC);
         rc = sqlite3_step(st);
         if (rc == SQLITE_DONE)
                 return -ENOENT;
         if (rc != SQLITE_ROW)
-                return sql_err(rc);
+                return note(s, sql_err(rc));
         int n = sqlite3_column_bytes(st, 1);
         sqlite3_int64 b = sqlite3_column_int64(st, 0);
         if (n <= 0 || n % BS_BLOCK_SUM_LEN != 0 || b < BS_BLOCK_MIN || b > (1 << 30))
@@ -259,22 +308,22 @@ int blocks_get(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint32_t *block, ui
 
 int blocks_put(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint32_t block, const uint8_t *sums, size_t count) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
-        int rc = sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO blocks(sha, block, sums) VALUES(?,?,?)", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sql_err(rc);
+        int r = prepare(s, "INSERT OR REPLACE INTO blocks(sha, block, sums) VALUES(?,?,?)", &st);
+        if (r < 0)
+                return r;
         sqlite3_bind_blob(st, 1, sha, BS_SHA_LEN, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, block);
         sqlite3_bind_blob(st, 3, sums, (int) (count * BS_BLOCK_SUM_LEN), SQLITE_STATIC);
-        return sql_err(sqlite3_step(st));
+        return step_done(s, st);
 }
 
 int blocks_delete(AgentState *s, const uint8_t sha[BS_SHA_LEN]) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
-        int rc = sqlite3_prepare_v2(s->db, "DELETE FROM blocks WHERE sha=?", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sql_err(rc);
+        int r = prepare(s, "DELETE FROM blocks WHERE sha=?", &st);
+        if (r < 0)
+                return r;
         sqlite3_bind_blob(st, 1, sha, BS_SHA_LEN, SQLITE_STATIC);
-        return sql_err(sqlite3_step(st));
+        return step_done(s, st);
 }
 
 int blocks_replace(AgentState *s, const char *path, const uint8_t sha[BS_SHA_LEN], uint32_t block,
@@ -283,7 +332,10 @@ int blocks_replace(AgentState *s, const char *path, const uint8_t sha[BS_SHA_LEN
         int r = 0;
         if (!old)
                 return -ENOMEM;
-        if (manifest_get(s, path, old) == 0 && old->kind == BS_KIND_FILE && memcmp(old->sha, sha, BS_SHA_LEN) != 0)
+        int k = manifest_get(s, path, old);
+        if (k < 0 && k != -ENOENT)
+                r = k;
+        else if (k == 0 && old->kind == BS_KIND_FILE && memcmp(old->sha, sha, BS_SHA_LEN) != 0)
                 r = blocks_delete(s, old->sha);
         free(old);
         return r ?: blocks_put(s, sha, block, sums, count);
@@ -298,7 +350,7 @@ int64_t manifest_count(AgentState *s) {
         return sqlite3_column_int64(st, 0);
 }
 
-static int iterate(sqlite3_stmt *st, manifest_iter_t fn, void *userdata) {
+static int iterate(AgentState *s, sqlite3_stmt *st, manifest_iter_t fn, void *userdata) {
         ManifestEntry e;
         char path[BS_PATH_MAX + 1];
         int rc;
@@ -313,51 +365,53 @@ static int iterate(sqlite3_stmt *st, manifest_iter_t fn, void *userdata) {
                 if (r != 0)
                         return r;
         }
-        return sql_err(rc);
+        return note(s, sql_err(rc));
 }
 
 #define COLS "path,kind,size,mode,mtime,ino,sha,version,target"
 
 int manifest_children(AgentState *s, const char *dir, manifest_iter_t fn, void *userdata) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
-        int rc = sqlite3_prepare_v2(s->db, "SELECT " COLS " FROM manifest WHERE parent=? ORDER BY path", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sql_err(rc);
+        int rc = prepare(s, "SELECT " COLS " FROM manifest WHERE parent=? ORDER BY path", &st);
+        if (rc < 0)
+                return rc;
         sqlite3_bind_blob(st, 1, dir, (int) strlen(dir), SQLITE_STATIC);
-        return iterate(st, fn, userdata);
+        return iterate(s, st, fn, userdata);
 }
 
 int manifest_below(AgentState *s, const char *dir, manifest_iter_t fn, void *userdata) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
         int rc;
         if (dir[0] == 0)
-                rc = sqlite3_prepare_v2(s->db, "SELECT " COLS " FROM manifest ORDER BY length(path) DESC", -1, &st, NULL);
+                rc = prepare(s, "SELECT " COLS " FROM manifest ORDER BY length(path) DESC", &st);
         else
-                rc = sqlite3_prepare_v2(s->db, "SELECT " COLS " FROM manifest WHERE " BELOW("?1") " ORDER BY length(path) DESC", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sql_err(rc);
+                rc = prepare(s, "SELECT " COLS " FROM manifest WHERE " BELOW("?1") " ORDER BY length(path) DESC", &st);
+        if (rc < 0)
+                return rc;
         if (dir[0])
                 sqlite3_bind_blob(st, 1, dir, (int) strlen(dir), SQLITE_STATIC);
-        return iterate(st, fn, userdata);
+        return iterate(s, st, fn, userdata);
 }
 
 int manifest_clear_seen(AgentState *s) {
-        return sql_err(sqlite3_exec(s->db, "UPDATE manifest SET seen=0", NULL, NULL, NULL));
+        if (s->error)
+                return s->error;
+        return note(s, sql_err(sqlite3_exec(s->db, "UPDATE manifest SET seen=0", NULL, NULL, NULL)));
 }
 
 int manifest_mark_seen(AgentState *s, const char *path) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
-        int rc = sqlite3_prepare_v2(s->db, "UPDATE manifest SET seen=1 WHERE path=?", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sql_err(rc);
+        int r = prepare(s, "UPDATE manifest SET seen=1 WHERE path=?", &st);
+        if (r < 0)
+                return r;
         sqlite3_bind_blob(st, 1, path, (int) strlen(path), SQLITE_STATIC);
-        return sql_err(sqlite3_step(st));
+        return step_done(s, st);
 }
 
 int manifest_unseen(AgentState *s, manifest_iter_t fn, void *userdata) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
-        int rc = sqlite3_prepare_v2(s->db, "SELECT " COLS " FROM manifest WHERE seen=0 ORDER BY length(path) DESC", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sql_err(rc);
-        return iterate(st, fn, userdata);
+        int rc = prepare(s, "SELECT " COLS " FROM manifest WHERE seen=0 ORDER BY length(path) DESC", &st);
+        if (rc < 0)
+                return rc;
+        return iterate(s, st, fn, userdata);
 }

@@ -4,6 +4,14 @@
  * state both this computer and the server agreed on: comparing it with the
  * disk tells what changed locally, comparing it with the server's records
  * tells what changed remotely.
+ *
+ * Writes belong to a transaction (agent_state_begin/commit). The first
+ * statement of one that fails (a full or read-only file system, an I/O
+ * error) is remembered: later statements refuse to run and return it,
+ * and the commit rolls everything back and returns it, so the manifest
+ * and last_seq never move apart and nothing half-recorded is kept.
+ * Callers therefore need to check only the commit; they may stop early
+ * on any other result.
  */
 #pragma once
 
@@ -38,8 +46,18 @@ int agent_state_set_blob(AgentState *s, const char *key, const void *p, size_t n
 uint64_t agent_state_get_u64(AgentState *s, const char *key);
 int agent_state_set_u64(AgentState *s, const char *key, uint64_t v);
 
+/** Open a transaction (0, or the error of the one still open). */
 int agent_state_begin(AgentState *s);
+/** Commit, or roll back when any statement since begin failed; returns that failure. */
 int agent_state_commit(AgentState *s);
+/**
+ * Make what is committed durable now (commits are, with WAL and
+ * synchronous=NORMAL, only at the next checkpoint): for what cannot be
+ * learnt again, the token and the device id.
+ */
+int agent_state_flush(AgentState *s);
+/** The failure the open transaction has met, or 0. */
+int agent_state_error(const AgentState *s);
 
 /** Manifest entry of path; -ENOENT when absent. */
 int manifest_get(AgentState *s, const char *path, ManifestEntry *e);

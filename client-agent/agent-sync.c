@@ -24,6 +24,12 @@ void agent_disconnect(Agent *a, const char *why) {
         a->conn = conn_free(a->conn);
 }
 
+/* Is the token the one the state keeps (a restart, not a join)? */
+static bool token_saved(Agent *a) {
+        char buf[BS_TOKEN_MAX + 1];
+        return agent_state_get(a->state, "token", buf, sizeof(buf)) == 0 && strcmp(buf, a->token) == 0;
+}
+
 int agent_connect(Agent *a) {
         _cleanup_(conn_freep) Conn *c = NULL;
         BsMsg *m = NULL;
@@ -102,6 +108,7 @@ int agent_connect(Agent *a) {
                 }
                 bs_token_format(&t, a->token);
                 r = agent_state_set(a->state, "token", a->token);
+                r = r ?: agent_state_flush(a->state); /* printed next: it must survive a power loss */
                 if (r < 0) {
                         log_error("cannot save the account token in %s: %s", a->cfg.state_dir, strerror(-r));
                         a->exit_code = AGENT_EXIT_CANTCREAT;
@@ -111,8 +118,14 @@ int agent_connect(Agent *a) {
                 fflush(stdout);
                 log_event(LOG_NOTICE, BS_MID_REGISTERED, m->path, NULL,
                           "registered new account %s; use the token %s to add another computer", m->path, a->token);
-        } else if (!a->account[0]) {
-                agent_state_set(a->state, "token", a->token);
+        } else if (!a->account[0] && !token_saved(a)) {
+                r = agent_state_set(a->state, "token", a->token);
+                r = r ?: agent_state_flush(a->state);
+                if (r < 0) {
+                        log_error("cannot save the account token in %s: %s", a->cfg.state_dir, strerror(-r));
+                        a->exit_code = AGENT_EXIT_CANTCREAT;
+                        goto out;
+                }
                 log_event(LOG_NOTICE, BS_MID_JOINED, m->path, NULL, "joined account %s", m->path);
         }
         memcpy(a->account, m->path, BS_ID_LEN + 1);

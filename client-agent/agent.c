@@ -122,6 +122,21 @@ static void requeue_failed(Agent *a) {
         a->n_failed = 0;
 }
 
+int agent_state_failed(Agent *a, int r) {
+        if (!a->state_error)
+                log_error("cannot write the state database in %s: %s; nothing is recorded or sent until it can "
+                          "be, and changes wait (retried with a growing delay)", a->cfg.state_dir, strerror(-r));
+        a->state_error = r;
+        return r;
+}
+
+void agent_state_ok(Agent *a) {
+        if (!a->state_error)
+                return;
+        log_info("the state database in %s can be written again; syncing resumes", a->cfg.state_dir);
+        a->state_error = 0;
+}
+
 void agent_update_status(Agent *a) {
         char when[32] = "never";
         if (a->last_sync_usec) {
@@ -130,8 +145,8 @@ void agent_update_status(Agent *a) {
                 localtime_r(&t, &tm);
                 strftime(when, sizeof(when), "%H:%M:%S", &tm);
         }
-        sd_notifyf(false, "STATUS=%s%s: %zu directories watched, last sync %s, %zu changes pending, %llu uploaded, %llu downloaded%s",
-                   a->paused ? "PAUSED " : "", a->account[0] ? a->account : "(no account yet)",
+        sd_notifyf(false, "STATUS=%s%s%s: %zu directories watched, last sync %s, %zu changes pending, %llu uploaded, %llu downloaded%s",
+                   a->paused ? "PAUSED " : "", a->state_error ? "STATE NOT WRITABLE " : "", a->account[0] ? a->account : "(no account yet)",
                    a->watcher ? watcher_count(a->watcher) : 0, when,
                    a->n_dirty + a->n_moves + a->n_failed + a->n_settling,
                    (unsigned long long) a->n_uploaded, (unsigned long long) a->n_downloaded,
@@ -415,6 +430,16 @@ static void run_round(Agent *a) {
                 sd_event_exit(a->event, a->exit_code);
                 return;
         }
+        if (r < 0 && a->state_error) {
+                /* Our own disk, not the server: keep the connection. */
+                if (!timer_enabled(a->retry_timer)) {
+                        a->backoff_usec = a->backoff_usec ? MIN(a->backoff_usec * 2, BACKOFF_MAX_USEC)
+                                                          : BACKOFF_MIN_USEC;
+                        arm_timer(a, a->retry_timer, a->backoff_usec);
+                }
+                agent_update_status(a);
+                return;
+        }
         if (r < 0 && r != -ENOENT) {
                 char why[128];
                 bool was_connected = a->conn;
@@ -630,7 +655,12 @@ static int load_identity(Agent *a) {
 
         if (agent_state_get_blob(a->state, "device", a->device, BS_DEVICE_LEN) < 0) {
                 arc4random_buf(a->device, BS_DEVICE_LEN);
-                agent_state_set_blob(a->state, "device", a->device, BS_DEVICE_LEN);
+                int r = agent_state_set_blob(a->state, "device", a->device, BS_DEVICE_LEN);
+                r = r ?: agent_state_flush(a->state);
+                if (r < 0) {
+                        log_error("cannot save the device id in %s: %s", a->cfg.state_dir, strerror(-r));
+                        return AGENT_EXIT_CANTCREAT;
+                }
         }
         set_device_label(a);
 
@@ -755,6 +785,8 @@ int agent_run(Agent *a) {
                         r = agent_round(a);
                         if (a->exit_code)
                                 return a->exit_code;
+                        if (r < 0 && a->state_error)
+                                return AGENT_EXIT_CANTCREAT;
                         if (r < 0) {
                                 log_error("sync with %s port %s failed: %s", a->cfg.server, a->cfg.port, strerror(-r));
                                 return r == -ENOENT ? AGENT_EXIT_DATAERR : AGENT_EXIT_UNAVAILABLE;

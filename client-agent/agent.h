@@ -109,6 +109,7 @@ typedef struct Agent {
         bool paused;    /* the watched directory is missing or was emptied */
         bool root_gone;
         int exit_code;  /* set when the agent must stop */
+        int state_error; /* the state database could not be written: the failure logged, until a commit works */
 
         sd_event *event;
         sd_event_source *inotify_source;
@@ -160,6 +161,14 @@ void agent_settle_all(Agent *a);
 /** Queue a change the server could not store, for a later retry with backoff. */
 void agent_mark_failed(Agent *a, const char *path, bool recursive);
 void agent_update_status(Agent *a);
+/**
+ * A commit of the state failed and was rolled back: log it (once, until a
+ * commit works again) and return r, which ends the round; it is retried
+ * with a growing delay, and nothing is recorded meanwhile.
+ */
+int agent_state_failed(Agent *a, int r);
+/** A commit worked: say so if one had failed. */
+void agent_state_ok(Agent *a);
 /**
  * Called from inside a long round (a first upload can take hours): keeps
  * the watchdog fed and shows "uploading 120 of 10000 changes, 1.2 GiB

@@ -198,3 +198,110 @@ def test_verify_pass_mmap():
         finally:
             libc.munmap(ctypes.c_void_p(p), 8192)
         harness.verify_server(srv)
+
+
+def _state_fs(env):
+    """A 16 MiB ext4 file system on a loop device for a state directory."""
+    img, mnt = env.path("state.img"), env.path("state-A")
+    with open(img, "wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", img], check=True)
+    os.makedirs(mnt)
+    subprocess.run(["mount", "-o", "loop", img, mnt], check=True)
+    return img, mnt
+
+
+def test_state_disk_full_and_failing():
+    """The agent's state file system fills up, then fails under the running
+    agent (shut down: every write is an I/O error, as a dying disk), then
+    is read-only at start: the agent logs the reason once, records nothing
+    half-way, sends and applies nothing it cannot record, exits 73 when it
+    cannot open its state at all, and once the state can be written again
+    (after a kill -9 meanwhile) every computer converges with no conflict
+    copy and no change lost."""
+    import fcntl
+    import struct
+    check(os.geteuid() == 0, "this test mounts a loop device and needs root")
+    with harness.Env("statefull") as env:
+        srv = env.server()
+        os.makedirs(env.path("a"))
+        write_file(os.path.join(env.path("a"), "first"), "first\n")
+        img, sdir = _state_fs(env)
+        try:
+            a = env.agent("A", env.path("a"), state_dir=sdir, poll="500ms")
+            b = env.agent("B", env.path("b"), token=a.token, poll="500ms")
+            assert_converged(srv, [a, b], verify=False)
+            msg, ok = "cannot write the state database", "can be written again"
+
+            def logged_once():
+                """Each failure is logged once, until a commit works again."""
+                seq = [l for l in a.log_lines() if msg in l or ok in l]
+                twice = [i for i in range(1, len(seq)) if msg in seq[i] and msg in seq[i - 1]]
+                check(not twice, "the failure was logged again without a recovery between:\n%s" % "\n".join(seq))
+
+            def changes(tag):
+                for i in range(20):
+                    write_file(os.path.join(a.dir, "%s-a%d" % (tag, i)), "a %d\n" % i * 200)
+                    write_file(os.path.join(b.dir, "%s-b%d" % (tag, i)), "b %d\n" % i * 200)
+
+            def converged(tag):
+                snap = assert_converged(srv, [a, b], timeout=60, verify=False, msg="after the state was " + tag)
+                check(all("%s-a%d" % (tag, i) in snap and "%s-b%d" % (tag, i) in snap for i in range(20)),
+                      "changes missing after the state was %s" % tag)
+                conflicts = [k for k in snap if ".conflict-" in k]
+                check(not conflicts, "conflict copies: %r" % conflicts)
+
+            # Full: the agent waits, logs once, and resumes by itself.
+            filler = os.path.join(sdir, "filler")
+            with open(filler, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+            changes("full")
+            harness.wait_until(lambda: msg in a.log_text(), 30, "A to log that its state is full")
+            time.sleep(3)  # several retries
+            check(a.running(), "A exited when its state could not be written")
+            logged_once()
+            os.unlink(filler)
+            os.sync()  # the shutdown below drops what is not on disk
+            converged("full")
+            harness.wait_until(lambda: a.log_lines()[-1:] and ok in [l for l in a.log_lines() if msg in l or ok in l][-1],
+                               30, "A to log that its state can be written again")
+
+            # Failing under the agent: killed meanwhile, restarted on the
+            # file system mounted again.
+            fd = os.open(sdir, os.O_RDONLY)
+            try:
+                fcntl.ioctl(fd, 0x8004587D, struct.pack("I", 2))  # FS_IOC_SHUTDOWN, no log flush
+            finally:
+                os.close(fd)
+            changes("gone")
+            harness.wait_until(lambda: msg in [l for l in a.log_lines() if msg in l or ok in l][-1], 30,
+                               "A to log that its state fails")
+            time.sleep(2)
+            check(a.running(), "A exited when its state failed")
+            logged_once()
+            a.kill9()
+            subprocess.run(["umount", sdir], check=True)
+            subprocess.run(["mount", "-o", "loop", img, sdir], check=True)
+            a.start()
+            converged("gone")
+            check("joined account" not in a.log_text(), "A lost its token to the failure")
+
+            # Read-only before the start: exit 73, nothing changed.
+            a.stop()
+            subprocess.run(["mount", "-o", "remount,ro", sdir], check=True)
+            rc, _, err = a.run_once(timeout=60)
+            check(rc == 73, "--once on a read-only state exited %d, want 73:\n%s" % (rc, err))
+            subprocess.run(["mount", "-o", "remount,rw", sdir], check=True)
+            a.start()
+            changes("back")
+            converged("back")
+            a.stop()
+            b.stop()
+            harness.verify_server(srv)
+        finally:
+            subprocess.run(["umount", "-l", sdir])

@@ -176,15 +176,23 @@ static int place(Agent *a, const char *tmp, const char *path) {
 }
 
 static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool have) {
+        bool meta_only = false; /* changed here in mode or mtime only */
         if (l->exists && !(have && local_matches(l, m))) {
                 uint8_t sha[BS_SHA_LEN];
-                if (l->kind == BS_KIND_FILE && local_hash(a, x->path, sha, l) == 0 && memcmp(sha, x->sha, BS_SHA_LEN) == 0) {
-                        /* Already the same content; a mode or time of its own is sent. */
-                        record_meta(a, x->path, x, l);
-                        return 0;
+                if (l->kind == BS_KIND_FILE && local_hash(a, x->path, sha, l) == 0) {
+                        if (memcmp(sha, x->sha, BS_SHA_LEN) == 0) {
+                                /* Already the same content; a mode or time of its own is sent. */
+                                record_meta(a, x->path, x, l);
+                                return 0;
+                        }
+                        meta_only = have && m->kind == BS_KIND_FILE && memcmp(sha, m->sha, BS_SHA_LEN) == 0;
                 }
+                struct stat hashed = l->st;
                 if (local_stat(a, x->path, l) < 0)
                         return 0;
+                /* Only while it is still the file that was hashed. */
+                meta_only = meta_only && l->kind == BS_KIND_FILE && l->st.st_ino == hashed.st_ino &&
+                            l->st.st_size == hashed.st_size && bs_stat_mtime_ns(&l->st) == bs_stat_mtime_ns(&hashed);
         }
         if (!x->ready) {
                 if (x->want)
@@ -199,7 +207,12 @@ static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool hav
                 }
                 return 0;
         }
-        if (keep_local(a, x->path, l, m, have) < 0)
+        /* New content from elsewhere beats a mode or time changed here:
+         * no conflict copy of unchanged bytes. */
+        if (meta_only)
+                log_info("%s: its mode or time changed here, its content on another computer; taking that version",
+                         x->path);
+        else if (keep_local(a, x->path, l, m, have) < 0)
                 return 0;
         if (l->exists && have && local_matches(l, m) && l->kind == BS_KIND_DIR)
                 apply_delete_tree(a, x->path);

@@ -305,3 +305,22 @@ def test_state_disk_full_and_failing():
             harness.verify_server(srv)
         finally:
             subprocess.run(["umount", "-l", sdir])
+
+
+def test_mode_here_content_there():
+    """A mode changed on B while A wrote new content: B takes A's version,
+    with no conflict copy of bytes that never changed on B."""
+    with harness.Env("modethere") as env:
+        srv, a, b = _pair(env)
+        write_file(os.path.join(a.dir, "f"), "old\n")
+        assert_converged(srv, [a, b], verify=False)
+        b.popen.send_signal(signal.SIGSTOP)
+        try:
+            os.chmod(os.path.join(b.dir, "f"), 0o600)
+            write_file(os.path.join(a.dir, "f"), "new content from A\n")
+            harness.wait_content(os.path.join(srv.tree(a.token), "f"), "new content from A\n")
+        finally:
+            b.popen.send_signal(signal.SIGCONT)
+        snap = assert_converged(srv, [a, b])
+        check(snap["f"][1] == b"new content from A\n", "f is %r" % (snap["f"],))
+        check(not [k for k in snap if ".conflict-" in k], "conflict copies: %r" % sorted(snap))

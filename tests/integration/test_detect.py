@@ -13,12 +13,14 @@ difference names its case.
 import ctypes
 import errno
 import functools
+import hashlib
 import mmap
 import os
 import subprocess
 import time
 
-from harness import (Env, assert_converged, check, fail, read_bytes, snapshot,
+import harness
+from harness import (Env, check, fail, read_bytes, server_snapshot, snapshot,
                      write_file)
 
 # How long the synced directories exist on A, B and the server before the
@@ -42,6 +44,47 @@ _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c
 def _oserror(what, path):
     e = ctypes.get_errno()
     return OSError(e, "%s: %s" % (what, os.strerror(e)), path)
+
+
+def _describe(v):
+    """One snapshot entry, readable: kind, size, digest, mode, mtime."""
+    if v is None:
+        return "absent"
+    kind, content, mode = v[0], v[1], v[2]
+    mtime = v[3] if len(v) > 3 else None
+    if kind == "file":
+        if isinstance(content, bytes):
+            size, digest = "%d bytes" % len(content), hashlib.sha256(content).hexdigest()[:12]
+        else:
+            size, digest = "over 1 MiB", content[7:19]
+        return "file %s sha256 %s mode %o mtime_ns %s" % (size, digest, mode, mtime)
+    if kind == "dir":
+        return "dir mode %o" % mode
+    if kind == "link":
+        return "symlink -> %r" % (content,)
+    return repr(v)
+
+
+def assert_converged(srv, agents, timeout=30, msg="", verify=True):
+    """harness.assert_converged, with every difference spelled out (sizes,
+    digests, octal modes, mtimes) when it fails."""
+    try:
+        return harness.assert_converged(srv, agents, timeout=timeout, msg=msg, verify=verify)
+    except harness.TestFailure as e:
+        lines = []
+        try:
+            ss = server_snapshot(srv, agents[0].token)
+            for ag in agents:
+                sa = snapshot(ag.dir, modes=True, mtimes=True)
+                for k in sorted(set(sa) | set(ss)):
+                    if sa.get(k) != ss.get(k):
+                        lines.append("  %s: %s: %s / server: %s"
+                                     % (k, ag.name, _describe(sa.get(k)), _describe(ss.get(k))))
+        except Exception as e2:  # the details are a help, not the verdict
+            lines.append("  (no details: %r)" % (e2,))
+        if not lines:
+            raise
+        raise harness.TestFailure("%s\nin detail:\n%s" % (e, "\n".join(lines[:40]))) from None
 
 
 def linkat(olddirfd, oldpath, newdirfd, newpath, flags):
@@ -136,6 +179,7 @@ def _start(env, root):
 def _setup(env, cases):
     """Server, A and B with the synced directory of every case on all
     three; returns (srv, a, b, [Ctx for synced and fresh of every case])."""
+    os.umask(0o022)  # the modes expected below assume it
     root = env.path("A")
     os.makedirs(root)
     os.makedirs(os.path.join(root, "staging"))
@@ -183,7 +227,7 @@ def _short(v):
 
 def _run(name, cases, after=None):
     """Every case in a synced and a fresh directory, then convergence;
-    after(done), when given, checks more once it converged."""
+    after(srv, a, b, done), when given, checks more once it converged."""
     with Env(name) as env:
         srv, a, b, ctxs = _setup(env, cases)
         done = []
@@ -299,13 +343,15 @@ def _link_into_fanout(c):
             "ab/cdef0123": F(data(c.name, 900), 0o444)}
 
 
+def _seed_fanouts(c):
+    for i in range(4):
+        os.mkdir(c.p("%02x" % i))
+
+
 def _link_many(c):
-    exp = {}
+    exp = {"%02x" % i: D() for i in range(4)}
     for i in range(30):
         sub = "%02x" % (i % 4)
-        if not os.path.isdir(c.p(sub)):
-            os.mkdir(c.p(sub))
-            exp[sub] = D()
         _git_write(c.p("tmp_obj_%d" % i), c.p(sub, "obj%02d" % i), data("%s %d" % (c.name, i), 100 + i * 50))
         exp["%s/obj%02d" % (sub, i)] = F(data("%s %d" % (c.name, i), 100 + i * 50), 0o444)
     return exp
@@ -342,7 +388,7 @@ def test_detect_link():
     _run("detect_link", [
         Case("link-same-dir", _link_same_dir),
         Case("link-fanout", _link_into_fanout, seed=_seed_fanout),
-        Case("link-many", _link_many),
+        Case("link-many", _link_many, seed=_seed_fanouts),
         Case("link-kept", _link_kept),
         Case("link-from-outside", _link_from_outside),
         Case("link-replace", _link_replace, seed=_seed_existing),
@@ -356,10 +402,16 @@ def _tmpfile_link(path, content, how, more=b""):
     try:
         os.write(fd, content)
         if how == "empty-path":
-            linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH)
-        else:
+            try:
+                linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH)
+            except OSError as e:  # AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH
+                if e.errno not in (errno.ENOENT, errno.EPERM):
+                    raise
+                how = "proc-fd"
+        if how == "proc-fd":
             linkat(AT_FDCWD, "/proc/self/fd/%d" % fd, AT_FDCWD, path, AT_SYMLINK_FOLLOW)
         if more:
+            time.sleep(0.5)  # the name is seen and read before this write
             os.write(fd, more)
     finally:
         os.close(fd)
@@ -389,7 +441,8 @@ def _tmpfile_then_rename(c):
 def test_detect_tmpfile_linkat():
     """An O_TMPFILE file written and given a name with linkat(): by
     AT_EMPTY_PATH and by /proc/self/fd with AT_SYMLINK_FOLLOW; written
-    more after the linkat and closed; linked to a temporary name and
+    more 0.5 s after the linkat and closed (the kernel reports that close
+    under the name '#<inode>', not the new name); linked to a temporary name and
     renamed over an existing file."""
     _run("detect_tmpfile_linkat", [
         Case("tmpfile-empty-path", _tmpfile_empty_path),
@@ -713,7 +766,9 @@ def test_detect_mmap():
     """Writes through mmap(MAP_SHARED) and msync() to an existing file:
     once with the mapping and the fd closed right after, once with both
     kept open (no close event comes: the content must still arrive while
-    the file stays mapped), then closed."""
+    the file stays mapped), then closed. In the fresh directory the file
+    is made 0.5 s before the mmap writes, so they change a file already
+    seen."""
     cases = [Case("mmap-closed", None, seed=_seed_m), Case("mmap-kept-open", None, seed=_seed_m)]
     with Env("detect_mmap") as env:
         srv, a, b, ctxs = _setup(env, cases)
@@ -723,6 +778,7 @@ def test_detect_mmap():
                 if c.where == "fresh":
                     os.mkdir(c.d)
                     case.seed(c)
+                    time.sleep(0.5)  # the new file is read before the mmap writes
                 fd, mm, want = _mmap_write(c)
                 if case.name == "mmap-closed":
                     mm.close()
@@ -982,12 +1038,14 @@ def test_detect_dir_modes():
 
 # ---------------------------------------------------------------- new directory race
 
-RACE_ROUNDS = 120
+RACE_ROUNDS = 300
 
 
 def _race_fill(top, i):
-    """A directory made and filled at once, three ways."""
+    """A directory made and filled at once, three ways; returns what the
+    test made {relpath below top: (kind, content)}."""
     d = os.path.join(top, "r%03d" % i)
+    r = "r%03d/" % i
     k = i % 3
     if k == 0:
         os.mkdir(d)
@@ -996,38 +1054,52 @@ def _race_fill(top, i):
         write_file(os.path.join(d, "sub", "f1"), "f1 %d\n" % i)
         os.mkdir(os.path.join(d, "sub", "deeper"))
         write_file(os.path.join(d, "sub", "deeper", "f2"), "f2 %d\n" % i)
+        made = {"f0": b"f0 %d\n" % i, "sub": None, "sub/f1": b"f1 %d\n" % i,
+                "sub/deeper": None, "sub/deeper/f2": b"f2 %d\n" % i}
     elif k == 1:
         os.makedirs(os.path.join(d, "a", "b", "c"))
         write_file(os.path.join(d, "a", "b", "c", "leaf"), "leaf %d\n" % i)
         write_file(os.path.join(d, "a", "mid"), "mid %d\n" % i)
         os.mkdir(os.path.join(d, "empty"))
+        made = {"a": None, "a/b": None, "a/b/c": None, "a/b/c/leaf": b"leaf %d\n" % i,
+                "a/mid": b"mid %d\n" % i, "empty": None}
     else:
         os.mkdir(d)
         os.mkdir(os.path.join(d, "x"))
         write_file(os.path.join(d, "x", "first"), "first %d\n" % i)
         write_file(os.path.join(d, "second"), "second %d\n" % i)
         os.symlink("x/first", os.path.join(d, "ln"))
+        made = {"x": None, "x/first": b"first %d\n" % i, "second": b"second %d\n" % i, "ln": "x/first"}
+    out = {r[:-1]: ("dir", None)}
+    for rel, v in made.items():
+        kind = "dir" if v is None else "link" if isinstance(v, str) else "file"
+        out[r + rel] = (kind, v)
+    return out
 
 
 def test_detect_new_dir_race():
     """A directory made and at once (no pause) filled with files and with
-    subdirectories holding files, before the agent can watch it: 120
+    subdirectories holding files, before the agent can watch it: 300
     times, in a synced directory and in directories themselves made just
-    before. Everything arrives."""
+    before. Everything arrives, and A still holds exactly what was made."""
     with Env("detect_new_dir_race") as env:
+        os.umask(0o022)
         root = env.path("A")
         os.makedirs(os.path.join(root, "synced-race"))
         srv, a, b = _start(env, root)
         assert_converged(srv, [a, b], msg="setup", verify=False)
         time.sleep(SETTLE)
+        made = {"synced-race": ("dir", None)}
         for i in range(RACE_ROUNDS):
             if i % 2:
-                top = os.path.join(root, "synced-race")
+                top = "synced-race"
             else:
-                top = os.path.join(root, "fresh-race-%03d" % i)
-                os.mkdir(top)
-            _race_fill(top, i)
+                top = "fresh-race-%03d" % i
+                os.mkdir(os.path.join(root, top))
+                made[top] = ("dir", None)
+            for rel, v in _race_fill(os.path.join(root, top), i).items():
+                made[top + "/" + rel] = v
         snap = assert_converged(srv, [a, b], timeout=30, msg="new directories filled at once")
-        files = [k for k, v in snap.items() if v[0] == "file"]
-        want = sum((3 if i % 3 == 0 else 2) for i in range(RACE_ROUNDS))
-        check(len(files) == want, "%d files converged, the test made %d" % (len(files), want))
+        got = {k: v[:2] for k, v in snap.items()}
+        check(got == made, "A does not hold what the test made:\n%s"
+              % harness.diff_snapshots(got, made, "A", "made"))

@@ -24,6 +24,7 @@ import importlib.util
 import os
 import platform
 import random
+import re
 import resource
 import shlex
 import shutil
@@ -709,13 +710,30 @@ def case5_memory(b, cfg, res):
                                                           time.monotonic() - t0))
     with open(b.path("c5-once.log"), "rb") as f:
         token = [l for l in f.read().decode().splitlines() if l.startswith("ID: ")][0][4:]
-    # the same state (manifest) the first upload left: a restarted agent
-    a = b.agent("c5-A", srv, root, token=token, state=state)
+    # the same state (manifest) the first upload left: a restarted agent,
+    # whose verification pass runs once it is idle
+    verify_s = 20
+    a = b.agent("c5-A", srv, root, token=token, state=state, extra=["--verify-interval", "%ds" % verify_s])
     t1 = time.monotonic()
     time.sleep(1)
     wait_idle(a.pid, quiet=3.0, timeout=600, proc=a)
     st = proc_status(a.pid)
     log("case 5: agent idle after %.1f s" % (time.monotonic() - t1))
+    alog = b.path("agent-c5-A.log")
+    passes = []
+    for _ in range(cfg.runs):
+        want = len(passes) + 1
+        ticks0 = cpu_ticks(a.pid)
+        wait_until(lambda: len(re.findall(r"verification pass: \d+ entries compared in ([0-9.]+) ms",
+                                          open(alog).read())) >= want, verify_s * 3 + 600,
+                   "the agent's verification pass %d" % want, interval=0.2, procs=[a])
+        found = re.findall(r"verification pass: (\d+) entries compared in ([0-9.]+) ms, (\d+) changes",
+                           open(alog).read())
+        passes.append((int(found[-1][0]), float(found[-1][1]) / 1000.0, int(found[-1][2]),
+                       (cpu_ticks(a.pid) - ticks0) / os.sysconf("SC_CLK_TCK")))
+    t2 = time.monotonic()
+    subprocess.run(["find", root, "-printf", "%s %T@\n"], stdout=subprocess.DEVNULL, check=True)
+    find_s = time.monotonic() - t2
     b.stop(a)
     b.stop(srv)
     shutil.rmtree(root, ignore_errors=True)
@@ -725,6 +743,14 @@ def case5_memory(b, cfg, res):
             target=lambda v, r: v <= 32 * MiB, target_text="<= 32 MiB")
     res.add(C, desc + ": VmHWM", st["VmHWM"], fmt=fmt_bytes,
             target=lambda v, r: v <= 32 * MiB, target_text="<= 32 MiB")
+    secs = sorted(p[1] for p in passes)
+    res.add(C, "verification pass, %d entries: time" % passes[-1][0], secs[len(secs) // 2], fmt=fmt_time,
+            peer="find -printf (a stat of every entry)", peer_val=find_s)
+    res.note("case 5: verification passes (entries, seconds, differences found, agent CPU seconds "
+             "between two passes): %s; a pass runs every verify-interval (default 1h)."
+             % "; ".join("%d, %.2f s, %d, %.2f s" % p for p in passes))
+    if any(p[2] for p in passes):
+        raise BenchError("the verification pass found changes in a tree nobody changed: %r" % passes)
 
     # server with 1,000 idle sessions
     bsproto = load_bsproto()

@@ -97,30 +97,13 @@ int conn_flush(Conn *c) {
 static int fill(Conn *c) {
         if (c->eof)
                 return -ECONNRESET;
-        for (int i = 0; i < 16; i++) {
-                int r = bs_buf_reserve(&c->in, 256 * 1024);
-                if (r < 0)
-                        return r;
-                ssize_t n = recv(c->fd, c->in.data + c->in.end, c->in.cap - c->in.end, 0);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        if (errno == EAGAIN)
-                                return 0;
-                        return -errno;
-                }
-                if (n == 0) {
-                        /* Frames read before the close (an ERROR saying
-                         * why) are still decoded; the next read fails. */
-                        c->eof = true;
-                        return i > 0 ? 0 : -ECONNRESET;
-                }
-                c->in.end += (size_t) n;
-                c->bytes_in += (uint64_t) n;
-                if (bs_buf_len(&c->in) > 8u * 1024 * 1024)
-                        return 0;
-        }
-        return 0;
+        ssize_t n = bs_buf_recv(&c->in, c->fd, 256 * 1024, 8u * 1024 * 1024, &c->eof);
+        if (n < 0)
+                return (int) n;
+        c->bytes_in += (uint64_t) n;
+        /* Frames read before a close (an ERROR saying why) are still
+         * decoded; the next read fails. */
+        return c->eof && n == 0 ? -ECONNRESET : 0;
 }
 
 int conn_io(Conn *c, int timeout_ms) {

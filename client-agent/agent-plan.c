@@ -1,5 +1,4 @@
 /* agent-plan.c - from local changes to a list of requests */
-#include <dirent.h>
 #include <errno.h>
 #include <stddef.h>
 #include <fcntl.h>
@@ -122,43 +121,26 @@ static int reconcile_children(Agent *a, Plan *p, const char *dir, bool fresh) {
                                           : openat(a->rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd < 0)
                 return 0;
-        DIR *d = fdopendir(fd);
-        if (!d)
-                return -errno;
-        fd = -1;
-        char **names = NULL;
-        size_t n = 0, cap = 0;
-        struct dirent *de;
-        while ((de = readdir(d))) {
-                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 || bs_path_is_temp(de->d_name))
-                        continue;
-                if (n == cap) {
-                        cap = cap ? cap * 2 : 32;
-                        char **nn = realloc(names, cap * sizeof(char *));
-                        if (!nn)
-                                break;
-                        names = nn;
-                }
-                if ((names[n] = strdup(de->d_name)))
-                        n++;
-        }
-        closedir(d);
-
-        int r = 0;
+        BsDirent *names;
+        size_t n;
+        int r = bs_dir_list(fd, &names, &n);
+        if (r < 0)
+                return r;
         char child[BS_PATH_MAX + 2];
         for (size_t i = 0; i < n; i++) {
-                int w = dir[0] ? snprintf(child, sizeof(child), "%s/%s", dir, names[i])
-                               : snprintf(child, sizeof(child), "%s", names[i]);
+                if (bs_path_is_temp(names[i].name))
+                        continue;
+                int w = dir[0] ? snprintf(child, sizeof(child), "%s/%s", dir, names[i].name)
+                               : snprintf(child, sizeof(child), "%s", names[i].name);
                 if (w > 0 && (size_t) w <= BS_PATH_MAX && bs_path_check(child, (size_t) w) == 0) {
                         int k = plan_reconcile(a, p, child, true);
                         if (k < 0 && r == 0)
                                 r = k;
                 } else {
-                        log_warning("skipping %s/%s: path too long for the protocol", dir, names[i]);
+                        log_warning("skipping %s/%s: path too long for the protocol", dir, names[i].name);
                 }
-                free(names[i]);
         }
-        free(names);
+        bs_dir_list_free(names, n);
         if (fresh)
                 return r;
 

@@ -11,7 +11,6 @@
  * others travel. The server checks the SHA-256 of the result as for any
  * upload; if it refuses, the file is sent whole.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -699,23 +698,15 @@ static void report_unseen(Agent *a, const Plan *p, double ms) {
 static bool tree_suddenly_empty(Agent *a) {
         if (manifest_count(a->state) <= 0)
                 return false;
-        _cleanup_(closep) int fd = openat(a->rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         struct stat st;
-        if (fd < 0 || fstat(fd, &st) < 0 || st.st_nlink == 0)
+        BsDirent *v;
+        size_t n;
+        if (fstat(a->rootfd, &st) < 0 || st.st_nlink == 0 || bs_dir_list(a->rootfd, &v, &n) < 0)
                 return true;
-        DIR *d = fdopendir(fd);
-        if (!d)
-                return true;
-        fd = -1;
-        rewinddir(d);
         bool empty = true;
-        struct dirent *de;
-        while ((de = readdir(d)))
-                if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") && !bs_path_is_temp(de->d_name)) {
-                        empty = false;
-                        break;
-                }
-        closedir(d);
+        for (size_t i = 0; i < n && empty; i++)
+                empty = bs_path_is_temp(v[i].name);
+        bs_dir_list_free(v, n);
         return empty;
 }
 

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "agent-watch.h"
+#include "bs-fs.h"
 #include "bs-macro.h"
 #include "bs-path.h"
 #include "bs-proto.h"
@@ -158,33 +159,30 @@ static int add_tree(Watcher *w, const char *dir, int depth) {
                 return r;
 
         _cleanup_(closep) int fd = open(abs, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (fd < 0)
+        BsDirent *v;
+        size_t nv;
+        if (fd < 0 || bs_dir_list(fd, &v, &nv) < 0)
                 return r;
-        DIR *d = fdopendir(fd);
-        if (!d)
-                return r;
-        fd = -1;
-        struct dirent *de;
-        while ((de = readdir(d))) {
-                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 || bs_path_is_temp(de->d_name))
+        for (size_t i = 0; i < nv; i++) {
+                const char *name = v[i].name;
+                if (bs_path_is_temp(name))
                         continue;
-                bool isdir = de->d_type == DT_DIR;
-                if (de->d_type == DT_UNKNOWN) {
+                bool isdir = v[i].type == DT_DIR;
+                if (v[i].type == DT_UNKNOWN) {
                         struct stat st;
-                        isdir = fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+                        isdir = fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
                 }
                 if (!isdir)
                         continue;
                 char sub[BS_PATH_MAX + 1];
-                int n = dir[0] ? snprintf(sub, sizeof(sub), "%s/%s", dir, de->d_name)
-                               : snprintf(sub, sizeof(sub), "%s", de->d_name);
+                int n = dir[0] ? snprintf(sub, sizeof(sub), "%s/%s", dir, name) : snprintf(sub, sizeof(sub), "%s", name);
                 if (n < 0 || (size_t) n >= sizeof(sub))
                         continue;
                 int k = add_tree(w, sub, depth + 1);
                 if (k < 0 && r == 0)
                         r = k;
         }
-        closedir(d);
+        bs_dir_list_free(v, nv);
         return r;
 }
 

@@ -1,5 +1,4 @@
 /* agent.c - backupsync-agent manager: state, watcher, timers and the event loop */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -383,17 +382,14 @@ static int open_root(Agent *a) {
                 close(a->rootfd);
         a->rootfd = fd;
         /* Leftovers of an interrupted download. */
-        /* A new open file description: a dup would share the read position. */
-        int dfd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
-        if (d) {
-                struct dirent *de;
-                while ((de = readdir(d)))
-                        if (bs_path_is_temp(de->d_name))
-                                unlinkat(fd, de->d_name, 0);
-                closedir(d);
-        } else if (dfd >= 0)
-                close(dfd);
+        BsDirent *v;
+        size_t n;
+        if (bs_dir_list(fd, &v, &n) == 0) {
+                for (size_t i = 0; i < n; i++)
+                        if (bs_path_is_temp(v[i].name))
+                                (void) unlinkat(fd, v[i].name, 0);
+                bs_dir_list_free(v, n);
+        }
         return 0;
 }
 

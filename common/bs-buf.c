@@ -4,8 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "bs-buf.h"
+#include "bs-macro.h"
 
 void bs_buf_free(BsBuf *b) {
         free(b->data);
@@ -70,6 +72,30 @@ ssize_t bs_buf_send(BsBuf *b, int fd) {
                 bs_buf_consume(b, (size_t) n);
         }
         return (ssize_t) sent;
+}
+
+ssize_t bs_buf_recv(BsBuf *b, int fd, size_t chunk, size_t max, bool *eof) {
+        size_t got = 0;
+        while (bs_buf_len(b) < max) {
+                int r = bs_buf_reserve(b, chunk);
+                if (r < 0)
+                        return r;
+                ssize_t n = read(fd, b->data + b->end, MIN(chunk, b->cap - b->end));
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        if (errno == EAGAIN)
+                                break;
+                        return -errno;
+                }
+                if (n == 0) {
+                        *eof = true;
+                        break;
+                }
+                b->end += (size_t) n;
+                got += (size_t) n;
+        }
+        return (ssize_t) got;
 }
 
 int bs_buf_put_u8(BsBuf *b, uint8_t v) {

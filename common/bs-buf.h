@@ -27,6 +27,12 @@ void bs_buf_consume(BsBuf *b, size_t n);
  * Returns the bytes sent (0 when none could be), or -errno.
  */
 ssize_t bs_buf_send(BsBuf *b, int fd);
+/**
+ * Read from a non-blocking fd into b, chunk bytes at a time, until it
+ * would block, the peer closed (*eof set true), or b holds max bytes.
+ * Returns the bytes read (0 when none were), or -errno.
+ */
+ssize_t bs_buf_recv(BsBuf *b, int fd, size_t chunk, size_t max, bool *eof);
 /** Append with bs_buf_put_*: these set b->oom instead of failing each call. */
 int bs_buf_put_u8(BsBuf *b, uint8_t v);
 int bs_buf_put_u16(BsBuf *b, uint16_t v);

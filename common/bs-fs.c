@@ -172,6 +172,60 @@ int bs_fsync_dir(int dirfd) {
         return fsync(dirfd) < 0 ? -errno : 0;
 }
 
+BsDirent *bs_dir_list_free(BsDirent *v, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                free(v[i].name);
+        free(v);
+        return NULL;
+}
+
+int bs_dir_list(int dirfd, BsDirent **ret, size_t *ret_n) {
+        /* A new open file description: a dup would share the position. */
+        int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        DIR *d = fdopendir(fd);
+        if (!d) {
+                close(fd);
+                return -errno;
+        }
+        BsDirent *v = NULL;
+        size_t n = 0, cap = 0;
+        int r = 0;
+        struct dirent *de;
+        errno = 0;
+        while ((de = readdir(d))) {
+                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+                        continue;
+                if (n == cap) {
+                        size_t c = cap ? cap * 2 : 32;
+                        BsDirent *nv = reallocarray(v, c, sizeof(*nv));
+                        if (!nv) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                        v = nv;
+                        cap = c;
+                }
+                if (!(v[n].name = strdup(de->d_name))) {
+                        r = -ENOMEM;
+                        break;
+                }
+                v[n++].type = de->d_type;
+                errno = 0;
+        }
+        if (r == 0 && errno != 0)
+                r = -errno;
+        closedir(d);
+        if (r < 0) {
+                bs_dir_list_free(v, n);
+                return r;
+        }
+        *ret = v;
+        *ret_n = n;
+        return 0;
+}
+
 int bs_tmpfile_at(int dirfd, char *name, size_t namesz, mode_t mode) {
         for (int i = 0; i < 100; i++) {
                 snprintf(name, namesz, BS_TEMP_PREFIX "%08x%08x", arc4random(), arc4random());

@@ -59,6 +59,21 @@ int bs_fsync_dir(int dirfd);
  */
 int bs_tmpfile_at(int dirfd, char *name, size_t namesz, mode_t mode);
 
+/* A directory entry as bs_dir_list() returns it. */
+typedef struct BsDirent {
+        char *name;
+        unsigned char type; /* d_type: DT_DIR, DT_REG, ... or DT_UNKNOWN */
+} BsDirent;
+
+/**
+ * The entries of the directory open at dirfd, but "." and "..", in
+ * readdir() order; dirfd stays open and its position untouched. *ret is
+ * freed with bs_dir_list_free(). Returns 0 or -errno.
+ */
+int bs_dir_list(int dirfd, BsDirent **ret, size_t *ret_n);
+/** Free what bs_dir_list() returned; NULL. */
+BsDirent *bs_dir_list_free(BsDirent *v, size_t n);
+
 /** Remove name in dirfd and, for a directory, all it holds. Links are not followed. */
 int bs_rm_rf_at(int dirfd, const char *name);
 

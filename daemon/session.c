@@ -507,25 +507,8 @@ static void session_run(Session *s) {
 }
 
 static int session_read(Session *s) {
-        while (bs_buf_len(&s->in) < SESSION_IN_MAX) {
-                int r = bs_buf_reserve(&s->in, 64 * 1024);
-                if (r < 0)
-                        return r;
-                ssize_t n = read(s->fd, s->in.data + s->in.end, s->in.cap - s->in.end);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        if (errno == EAGAIN)
-                                return 0;
-                        return -errno;
-                }
-                if (n == 0) {
-                        s->read_eof = true;
-                        return 0;
-                }
-                s->in.end += (size_t) n;
-        }
-        return 0;
+        ssize_t n = bs_buf_recv(&s->in, s->fd, 64 * 1024, SESSION_IN_MAX, &s->read_eof);
+        return n < 0 ? (int) n : 0;
 }
 
 static int session_flush(Session *s) {

@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "bs-buf.h"
 #include "bs-macro.h"
@@ -256,4 +258,25 @@ Test(reader, bad_is_sticky) {
         cr_assert_eq(bs_get_u8(&r), 0);
         cr_assert_eq(bs_get_u16(&r), 0);
         cr_assert_eq(r.left, 6);
+}
+
+/* bs_buf_recv: reads until it would block, stops at max, reports the close. */
+Test(buf, recv_until_block_max_and_eof) {
+        int sv[2];
+        BsBuf b = {};
+        bool eof = false;
+        cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+        cr_assert_eq(bs_buf_recv(&b, sv[0], 16, 1024, &eof), 0, "nothing to read: 0");
+        cr_assert(!eof);
+        cr_assert_eq(write(sv[1], "0123456789abcdefXYZ", 19), 19);
+        cr_assert_eq(bs_buf_recv(&b, sv[0], 8, 16, &eof), 16, "stops at max");
+        cr_assert_eq(memcmp(bs_buf_head(&b), "0123456789abcdef", 16), 0);
+        bs_buf_consume(&b, 16);
+        close(sv[1]);
+        cr_assert_eq(bs_buf_recv(&b, sv[0], 8, 16, &eof), 3, "the rest, then the close");
+        cr_assert(eof);
+        cr_assert_eq(memcmp(bs_buf_head(&b), "XYZ", 3), 0);
+        cr_assert_eq(bs_buf_recv(&b, -1, 8, 16, &eof), -EBADF);
+        close(sv[0]);
+        bs_buf_free(&b);
 }

@@ -1,5 +1,6 @@
 /* test-fs.c - unit tests for common/bs-fs.[ch], on real temporary directories */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -381,4 +382,42 @@ Test(fs, open_walk_same_rules) {
         cr_assert_eq(fstat(fd, &st), 0);
         cr_expect_eq(st.st_mode & 0777, 0600);
         close(fd);
+}
+
+/* bs_dir_list: every entry but . and .., with its type, position untouched. */
+Test(fs, dir_list) {
+        BsDirent *v;
+        size_t n;
+        cr_assert_eq(mkdirat(rootfd, "listed", 0755), 0);
+        int d = openat(rootfd, "listed", O_RDONLY | O_DIRECTORY);
+        cr_assert_geq(d, 0);
+        cr_assert_eq(bs_dir_list(d, &v, &n), 0);
+        cr_assert_eq(n, 0, "an empty directory");
+        bs_dir_list_free(v, n);
+        write_file(d, "f", "x");
+        cr_assert_eq(mkdirat(d, "sub", 0755), 0);
+        cr_assert_eq(symlinkat("f", d, "l"), 0);
+        for (int round = 0; round < 2; round++) { /* twice: the fd's position is not used up */
+                cr_assert_eq(bs_dir_list(d, &v, &n), 0);
+                cr_assert_eq(n, 3);
+                int seen = 0;
+                for (size_t i = 0; i < n; i++) {
+                        if (strcmp(v[i].name, "f") == 0) {
+                                seen |= 1;
+                                cr_expect(v[i].type == DT_REG || v[i].type == DT_UNKNOWN);
+                        }
+                        else if (strcmp(v[i].name, "sub") == 0) {
+                                seen |= 2;
+                                cr_expect(v[i].type == DT_DIR || v[i].type == DT_UNKNOWN);
+                        }
+                        else if (strcmp(v[i].name, "l") == 0) {
+                                seen |= 4;
+                                cr_expect(v[i].type == DT_LNK || v[i].type == DT_UNKNOWN);
+                        }
+                }
+                cr_assert_eq(seen, 7);
+                bs_dir_list_free(v, n);
+        }
+        close(d);
+        cr_assert_eq(bs_dir_list(-1, &v, &n), -EBADF);
 }

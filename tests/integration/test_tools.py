@@ -591,7 +591,8 @@ def _sqlite_same(env, srv, a, b, out, tag, msg):
 def test_tools_stress_ng():
     """stress-ng's rename, dir, link, symlink, chmod, utime and dirmany
     stressors thrash a subdirectory of A for 10 s; once stress-ng has
-    stopped (and cleaned up), A, B and the server agree exactly."""
+    stopped (and cleaned up), A, B and the server agree exactly. Again
+    for 5 s with --keep-files: what the stressors left converges too."""
     _need("stress-ng")
     with Env("tools_stress_ng") as env:
         srv, a, b = _pair(env, "stress-ng")
@@ -608,6 +609,20 @@ def test_tools_stress_ng():
         # and the tree still syncs afterwards
         write_file(os.path.join(sdir, "after.txt"), "after stress-ng\n", mode=0o600)
         _converged(srv, [a, b], timeout=CONVERGE, msg="a file written after stress-ng")
+
+        # again with --keep-files (without dirmany, which would leave
+        # too many files): the end state holds what the stressors left
+        sdir2 = os.path.join(a.dir, "stress-kept")
+        os.mkdir(sdir2)
+        out = _run(["stress-ng", "--rename", "1", "--dir", "1", "--dir-dirs", "500", "--link", "1",
+                    "--symlink", "1", "--chmod", "1", "--utime", "1", "--timeout", "5s",
+                    "--temp-path", sdir2, "--keep-files", "--metrics-brief"], cwd=env.root, timeout=120)
+        check("successful run completed" in out or "passed" in out,
+              "stress-ng --keep-files did not report success:\n%s" % out[-2000:])
+        files, dirs, links = _count(sdir2)
+        check(files + dirs > 100, "stress-ng --keep-files left only %d files, %d dirs" % (files, dirs))
+        _converged(srv, [a, b], timeout=CONVERGE_BIG,
+                   msg="after stress-ng --keep-files left %d files, %d dirs, %d links" % (files, dirs, links))
 
 
 def test_tools_chmod_dirs():

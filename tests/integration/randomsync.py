@@ -68,6 +68,7 @@ import signal
 import sqlite3
 import stat
 import sys
+import tempfile
 import time
 import traceback
 
@@ -287,6 +288,26 @@ def server_contents(srv, account):
     return log, entries, versions, bad
 
 
+def describe_content(t):
+    v = t[1]
+    if t[0] == "link":
+        return "-> %r" % v
+    if isinstance(v, str):  # 'sha256:...' for big files
+        return v[:19]
+    head = v.split(b"\n", 1)[0][:40]
+    return "%d bytes %s %r" % (len(v), hashlib.sha256(v).hexdigest()[:12], head)
+
+
+def describe(t):
+    if t[0] == "dir":
+        return "dir mode %o" % t[2]
+    if t[0] == "link":
+        return "link -> %r" % t[1]
+    if t[0] == "file":
+        return "file mode %o, %s" % (t[2], describe_content(t))
+    return t[0]
+
+
 # ---------------------------------------------------------------- computers
 
 class Computer:
@@ -305,7 +326,7 @@ class Computer:
 
 class Run:
     def __init__(self, seed, ops=150, computers=None, skip=(), converge_timeout=90.0,
-                 verbose=False, out=sys.stdout):
+                 verbose=False, out=sys.stdout, keep_failed=False):
         self.seed = seed
         self.nops = ops
         self.rng = random.Random("randomsync/%d" % seed)
@@ -324,6 +345,10 @@ class Run:
         self.history = []     # earlier small contents, for restore_earlier
         self.t0 = None
         self.done = 0
+        self.summary = ""
+        self.keep_failed = keep_failed
+        self.oplog_file = None
+        self.diff_paths = set()
 
     # -------------------------------------------------- bookkeeping
 
@@ -1018,9 +1043,21 @@ class Run:
                 c.agent.start()
                 c.down = False
 
+    def unmap_all(self):
+        """A write through a mapping kept open is not seen until the last
+        mapping goes (then IN_CLOSE_WRITE), or by the agent's verification
+        pass (hourly): docs/sync-model.md. Convergence is required once
+        they are gone."""
+        for c in self.computers:
+            for h in list(c.handles):
+                if h["map"] is not None:
+                    self.close_handle(c, h)
+                    self.log("-- [%s] unmapped and closed %s (mapped at #%d)" % (c.name, h["path"], h["op"]))
+
     def settle(self, what, verify):
         """Everything up; convergence within the timeout, and no content
         lost: what any tree held now, or the server ever stored."""
+        self.unmap_all()
         before = {}
         for c in self.computers:
             for sha, rel in tree_contents(c.dir).items():
@@ -1033,13 +1070,49 @@ class Run:
             assert_converged(self.srv, [c.agent for c in self.computers],
                              timeout=self.converge_timeout, msg=what, verify=verify)
         except TestFailure as e:
-            problems.append(str(e))
+            msg = str(e)
+            if msg.startswith("not converged"):
+                try:
+                    msg = msg.splitlines()[0] + "\n" + self.explain()
+                except Exception as e2:  # keep the harness's words
+                    msg += "\n(%r)" % (e2,)
+            problems.append(msg)
         lost = self.lost_content(before)
         if lost:
             problems.append("content lost (%s):\n%s" % (what, lost))
         if problems:
             raise TestFailure("\n".join(problems))
         self.log("-- %s: converged in %.1f s" % (what, time.monotonic() - t))
+
+    def explain(self, limit=25):
+        """Each difference between a tree and the server's records, field by field."""
+        ss = harness.server_snapshot(self.srv, self.computers[0].agent.token)
+        lines = []
+        for c in self.computers:
+            sa = harness.snapshot(c.dir, modes=True, mtimes=True)
+            for k in sorted(set(sa) | set(ss)):
+                a, b = sa.get(k), ss.get(k)
+                if a == b:
+                    continue
+                self.diff_paths.add(k)
+                if a is None or b is None:
+                    lines.append("  %s: %r only %s: %s" % (c.name, k, "on the server" if a is None else "here",
+                                                          describe(a or b)))
+                    continue
+                fields = []
+                if a[0] != b[0]:
+                    fields.append("kind %s / server %s" % (describe(a), describe(b)))
+                else:
+                    if a[1] != b[1]:
+                        fields.append("content %s / server %s" % (describe_content(a), describe_content(b)))
+                    if a[2] != b[2]:
+                        fields.append("mode %s / server %s" % (oct(a[2]) if a[2] is not None else None,
+                                                               oct(b[2]) if b[2] is not None else None))
+                    if a[3] != b[3]:
+                        fields.append("mtime_ns %s / server %s" % (a[3], b[3]))
+                lines.append("  %s: %r differs: %s" % (c.name, k, "; ".join(fields)))
+        more = len(lines) - limit
+        return "\n".join(lines[:limit] + (["  ... and %d more" % more] if more > 0 else []))
 
     def lost_content(self, before):
         final = {}
@@ -1051,6 +1124,7 @@ class Run:
         lines = []
         for sha, (seq, path) in sorted(log.items(), key=lambda kv: kv[1][0]):
             if sha not in have:
+                self.diff_paths.add(path)
                 lines.append("  %s stored by the server (log seq %d, PUT %s)%s, written by %s" % (
                     sha[:12], seq, path, self._bad(bad, sha), self.provenance.get(sha, "?")))
         for sha, where in sorted(before.items(), key=lambda kv: kv[1]):
@@ -1101,10 +1175,41 @@ class Run:
                      self.seed, self.ncomputers, self.done, self.nops, self.errors),
                  "last %d operations:" % min(OPLOG_TAIL, len(self.oplog))]
         lines += ["  " + l for l in self.oplog[-OPLOG_TAIL:]]
+        if self.diff_paths:
+            names = set()
+            for k in self.diff_paths:
+                names.add(k)
+                names.add(os.path.basename(k).split(".conflict-")[0])
+            older = [l for l in self.oplog[:-OPLOG_TAIL]
+                     if any((" " + n) in l or ("/" + n) in l for n in names)]
+            if older:
+                lines.append("earlier operations naming %s:" % ", ".join(sorted(names)))
+                lines += ["  " + l for l in older[-30:]]
+        if self.oplog_file:
+            lines.append("all operations: " + self.oplog_file)
         lines += ["failure:", str(err), "replay: " + self.replay_command(), "=" * 72]
         return "\n".join(lines)
 
+    def save_oplog(self, env):
+        d = env.root if self.keep_failed else tempfile.gettempdir()
+        path = os.path.join(d, "randomsync-%d-ops.txt" % self.seed)
+        try:
+            with open(path, "w") as f:
+                f.write("\n".join(self.oplog) + "\n")
+            self.oplog_file = path
+        except OSError:
+            pass
+
     def run(self):
+        had_keep = "BS_KEEP" in os.environ
+        try:
+            return self._run()
+        finally:
+            if not had_keep:
+                os.environ.pop("BS_KEEP", None)
+
+    def _run(self):
+        wait_for_build()
         self.t0 = time.monotonic()
         with Env("random-%d" % self.seed) as env:
             try:
@@ -1115,8 +1220,10 @@ class Run:
                 for i in range(1, self.nops + 1):
                     self.step(i)
                     self.done = i
-                # Some files stay open (and mapped) while the run converges.
+                # Some files written while open stay open while the run
+                # converges (their writes are seen by IN_MODIFY).
                 r = random.Random("randomsync/%d/end" % self.seed)
+                self.unmap_all()
                 for c in self.computers:
                     for h in list(c.handles):
                         if r.random() < 0.5:
@@ -1126,13 +1233,27 @@ class Run:
                             self.log("-- [%s] %s (opened at #%d) stays open" % (c.name, h["path"], h["op"]))
                 self.settle("end of run", verify=True)
             except Exception as e:
+                self.save_oplog(env)
+                if self.keep_failed:
+                    os.environ["BS_KEEP"] = "1"  # harness.Env keeps the directory
                 print(self.report(e), file=sys.stderr, flush=True)
                 first = str(e).strip().splitlines()[:12]
+                self.summary = "\n".join(first[:3])
                 raise RandomSyncFailure("seed %d: %s\nreplay: %s" % (
                     self.seed, "\n".join(first), self.replay_command())) from e
             finally:
                 self.release()
         return time.monotonic() - self.t0
+
+
+def wait_for_build(timeout=300):
+    """The binaries may be missing for a moment while they are rebuilt."""
+    deadline = time.monotonic() + timeout
+    while not all(os.access(b, os.X_OK) for b in (harness.SERVER_BIN, harness.AGENT_BIN)):
+        if time.monotonic() > deadline:
+            return  # Env says which one is missing
+        time.sleep(1)
+    time.sleep(0.5)
 
 
 def skip_from_env():
@@ -1154,6 +1275,8 @@ def main(argv=None):
                     "(also $BS_RANDOM_SKIP)")
     ap.add_argument("--timeout", type=float, default=90.0,
                     help="seconds to wait for convergence at the end (90)")
+    ap.add_argument("--keep-failed", action="store_true",
+                    help="keep the directories (trees, logs, state, storage) of failing seeds")
     ap.add_argument("--stop", action="store_true", help="stop a soak at the first failure")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every operation")
     ap.add_argument("--list-ops", action="store_true", help="print the operation kinds and weights")
@@ -1169,7 +1292,8 @@ def main(argv=None):
     seeds = 0
     t0 = time.monotonic()
     for seed in range(first, first + args.seeds):
-        run = Run(seed, args.ops, args.computers, skip, args.timeout, args.verbose)
+        run = Run(seed, args.ops, args.computers, skip, args.timeout, args.verbose,
+                  keep_failed=args.keep_failed)
         seeds += 1
         try:
             took = run.run()
@@ -1178,7 +1302,7 @@ def main(argv=None):
                 seed, run.ncomputers, run.done, run.errors, took), flush=True)
         except TestFailure as e:
             total_ops += run.done
-            failed.append((seed, run.replay_command(), str(e).splitlines()[1:2]))
+            failed.append((seed, run.replay_command(), (run.summary or str(e)).splitlines()))
             print("FAIL seed %d after %d ops" % (seed, run.done), flush=True)
             if args.stop:
                 break
@@ -1195,7 +1319,7 @@ def main(argv=None):
     print("randomsync: %d seeds, %d operations, %d failed, %.0f s" % (
         seeds, total_ops, len(failed), time.monotonic() - t0))
     for seed, cmd, what in failed:
-        print("  seed %d: %s\n    %s" % (seed, (what or [""])[0], cmd))
+        print("  seed %d: %s\n    %s" % (seed, "\n    ".join(what[:3]), cmd))
     return 1 if failed else 0
 
 

@@ -9,7 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "agent.h"
+#include "agent-local.h"
 
 /* One change record, with its content once fetched (agent-pull.c). */
 typedef struct Rec {

@@ -7,7 +7,7 @@
 #include <unistd.h>
 
 #include "agent-conflict.h"
-#include "agent.h"
+#include "agent-local.h"
 #include "bs-fs.h"
 #include "bs-hash.h"
 #include "bs-macro.h"

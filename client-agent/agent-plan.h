@@ -9,7 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "agent.h"
+#include "agent-local.h"
 #include "bs-blocks.h"
 
 typedef struct PushOp {

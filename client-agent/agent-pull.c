@@ -23,7 +23,8 @@
 #include <unistd.h>
 
 #include "agent-apply.h"
-#include "agent.h"
+#include "agent-pull.h"
+#include "agent-session.h"
 #include "bs-blocks.h"
 #include "bs-fs.h"
 #include "bs-hash.h"

@@ -20,7 +20,8 @@
 #include <unistd.h>
 
 #include "agent-plan.h"
-#include "agent.h"
+#include "agent-push.h"
+#include "agent-session.h"
 #include "bs-fs.h"
 #include "bs-hash.h"
 #include "bs-log.h"
@@ -721,14 +722,14 @@ int agent_push(Agent *a) {
                                           "over, remove the state directory %s",
                                           a->cfg.dir, (long long) manifest_count(a->state), a->cfg.state_dir);
                         a->paused = true;
-                        return -ENOENT;
+                        return 0;
                 }
                 a->paused = false;
                 a->rescan_all = false;
                 agent_mark_dirty(a, "", true);
         }
         if (a->paused)
-                return -ENOENT;
+                return 0; /* a state, not an error: the loop and --once look at it */
 
         r = push_moves(a);
         if (r < 0)

@@ -1,4 +1,5 @@
-/* agent.h - backupsync-agent: the manager object and what its parts share */
+/* agent.h - backupsync-agent: the Agent object, its queue of local changes,
+ * and what the parts of a round share. The event loop is agent-loop.c. */
 #pragma once
 
 #include <stdbool.h>
@@ -12,18 +13,20 @@
 #include "bs-proto.h"
 #include "bs-token.h"
 
-/* Exit codes (sysexits.h), so systemctl status names the cause. */
-#define AGENT_EXIT_OK 0
-#define AGENT_EXIT_SOFTWARE 70
-#define AGENT_EXIT_USAGE 64
-#define AGENT_EXIT_DATAERR 65
-#define AGENT_EXIT_NOINPUT 66
-#define AGENT_EXIT_UNAVAILABLE 69
-#define AGENT_EXIT_CANTCREAT 73
-#define AGENT_EXIT_TEMPFAIL 75
-#define AGENT_EXIT_PROTOCOL 76
-#define AGENT_EXIT_NOPERM 77
-#define AGENT_EXIT_CONFIG 78
+/* Why the agent stopped; main() turns each into its exit status. */
+typedef enum AgentStop {
+        AGENT_STOP_NONE = 0,    /* running, or done as asked */
+        AGENT_STOP_USAGE,       /* a token or state directory that does not fit the arguments */
+        AGENT_STOP_TREE_GONE,   /* --once: the tree is empty or gone but was synced */
+        AGENT_STOP_NO_DIR,      /* the directory does not exist, or cannot be opened or watched */
+        AGENT_STOP_UNREACHABLE, /* --once: the server cannot be reached */
+        AGENT_STOP_SOFTWARE,    /* out of memory, the event loop failed */
+        AGENT_STOP_STATE,       /* the state cannot be created, opened or saved */
+        AGENT_STOP_IN_USE,      /* another agent has the state directory */
+        AGENT_STOP_NOT_IN_SYNC, /* --once: changes still pending */
+        AGENT_STOP_VERSION,     /* no protocol version in common with the server */
+        AGENT_STOP_AUTH,        /* the server refused the token */
+} AgentStop;
 
 typedef struct AgentConfig {
         char *server;
@@ -108,7 +111,7 @@ typedef struct Agent {
         bool again;     /* another round is needed at once */
         bool paused;    /* the watched directory is missing or was emptied */
         bool root_gone;
-        int exit_code;  /* set when the agent must stop */
+        AgentStop stop; /* set when the agent must stop */
         int state_error; /* the state database could not be written: the failure logged, until a commit works */
 
         sd_event *event;
@@ -144,11 +147,19 @@ typedef struct Agent {
 
 /* agent.c */
 int agent_new(const AgentConfig *cfg, Agent **ret);
+/** Free everything the agent owns, event sources included; NULL. */
 Agent *agent_free(Agent *a);
 static inline void agent_freep(Agent **a) { if (*a) agent_free(*a); }
-/** Open state, watch the tree, connect and run until told to stop. Returns an exit code. */
-int agent_run(Agent *a);
+/** Queue path (and, when recursive, what is below it) for the next round. */
 void agent_mark_dirty(Agent *a, const char *path, bool recursive);
+/** The watcher saw path closed after writing (or otherwise whole): dirty now. */
+void agent_closed(Agent *a, const char *path, bool recursive);
+/** Queue a move seen by the watcher; queued paths follow it to its new name. */
+void agent_mark_moved(Agent *a, const char *from, const char *to, bool is_dir);
+/** Queue a change the server could not store, for a later retry with backoff. */
+void agent_mark_failed(Agent *a, const char *path, bool recursive);
+/** The failed changes become dirty paths again (their retry is due). */
+void agent_requeue_failed(Agent *a);
 /**
  * A file is being written (modified while open, created and not yet
  * closed, or changed while it was read for upload): it becomes dirty once
@@ -158,9 +169,23 @@ void agent_mark_dirty(Agent *a, const char *path, bool recursive);
 void agent_settle(Agent *a, const char *path);
 /** Every settling file becomes dirty now (--once, which cannot wait). */
 void agent_settle_all(Agent *a);
-/** Queue a change the server could not store, for a later retry with backoff. */
-void agent_mark_failed(Agent *a, const char *path, bool recursive);
+/**
+ * The settling files whose time has come (CLOCK_MONOTONIC now) become
+ * dirty; true when any did. *next: when the next one is due, or
+ * UINT64_MAX.
+ */
+bool agent_settle_due(Agent *a, uint64_t now, uint64_t *next);
+/** True when nothing local waits to be pushed (failed and settling changes included). */
+bool agent_idle(const Agent *a);
+/** True when a change waits to be pushed now (failed changes wait for their timer). */
+bool agent_busy(const Agent *a);
 void agent_update_status(Agent *a);
+/**
+ * Called from inside a long round (a first upload can take hours): keeps
+ * the watchdog fed and shows "uploading 120 of 10000 changes, 1.2 GiB
+ * sent" in systemctl status, at most once a second.
+ */
+void agent_progress(Agent *a, const char *what, uint64_t done, uint64_t total, uint64_t bytes);
 /**
  * A commit of the state failed and was rolled back: log it (once, until a
  * commit works again) and return r, which ends the round; it is retried
@@ -169,61 +194,8 @@ void agent_update_status(Agent *a);
 int agent_state_failed(Agent *a, int r);
 /** A commit worked: say so if one had failed. */
 void agent_state_ok(Agent *a);
-/**
- * Called from inside a long round (a first upload can take hours): keeps
- * the watchdog fed and shows "uploading 120 of 10000 changes, 1.2 GiB
- * sent" in systemctl status, at most once a second.
- */
-void agent_progress(Agent *a, const char *what, uint64_t done, uint64_t total, uint64_t bytes);
 
 /** Log level of a per-file line in the current batch (see quiet_files). */
 #define AGENT_FILE_LOG(a) ((a)->quiet_files ? LOG_DEBUG : LOG_INFO)
 /* A batch larger than this logs a summary instead of a line per file. */
 #define AGENT_FILE_LOG_MAX 100
-
-/* agent-sync.c */
-/** Connect (registering or joining when needed). */
-int agent_connect(Agent *a);
-void agent_disconnect(Agent *a, const char *why);
-/** One sync round: pull, apply, push. Negative errno on connection trouble. */
-int agent_round(Agent *a);
-/** conn_io() for up to timeout_ms, feeding the watchdog meanwhile. */
-int agent_io(Agent *a, int timeout_ms);
-/** True when nothing local waits to be pushed (failed changes included). */
-bool agent_idle(const Agent *a);
-/** True when a change waits to be pushed now (failed changes wait for their timer). */
-bool agent_busy(const Agent *a);
-
-/* agent-pull.c */
-int agent_pull(Agent *a);
-
-/* agent-push.c */
-int agent_push(Agent *a);
-
-/* agent-local.c: what is on disk */
-typedef struct LocalEntry {
-        bool exists;
-        uint8_t kind; /* BsKind, or BS_KIND_NONE for a special file */
-        struct stat st;
-        char target[BS_PATH_MAX + 1];
-} LocalEntry;
-
-int local_stat(Agent *a, const char *path, LocalEntry *l);
-/**
- * Between these, local_stat() keeps the last parent directory open: for
- * making a plan, where nothing is changed on disk by the agent and a
- * directory replaced meanwhile is seen again through inotify.
- */
-void local_scan_begin(Agent *a);
-void local_scan_end(Agent *a);
-/** True when the disk entry is what the manifest last recorded. */
-bool local_matches(const LocalEntry *l, const ManifestEntry *m);
-/**
- * SHA-256 of a file in the tree, and in l the stat of the very content
- * hashed; -EAGAIN when the file changed while it was read.
- */
-int local_hash(Agent *a, const char *path, uint8_t sha[BS_SHA_LEN], LocalEntry *l);
-/** Move a local entry aside as a conflict copy; out gets the new path. */
-int local_conflict_copy(Agent *a, const char *path, char *out, size_t outsz);
-/** Fill a manifest entry from what is on disk. */
-void local_to_manifest(const LocalEntry *l, ManifestEntry *m);

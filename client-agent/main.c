@@ -7,8 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sysexits.h>
 #include <unistd.h>
 
+#include "agent-loop.h"
 #include "agent.h"
 #include "bs-config.h"
 #include "bs-hash.h"
@@ -116,24 +118,24 @@ static int load_instance(AgentConfig *cfg, BsAgentConfig *ini) {
         int r = bs_config_user_file(&user);
         if (r < 0 && r != -ENOENT) {
                 log_error("out of memory");
-                return AGENT_EXIT_SOFTWARE;
+                return EX_SOFTWARE;
         }
         cfg->user_config_file = user; /* kept for SIGHUP */
         bs_agent_config_init(ini);
         r = bs_config_load_agent(cfg->config_file, cfg->config_must_exist, user, cfg->instance, ini, &err);
         if (r == -ENOMEM) {
                 log_error("out of memory");
-                return AGENT_EXIT_SOFTWARE;
+                return EX_SOFTWARE;
         }
         if (r < 0) {
                 bs_config_error_format(&err, msg, sizeof(msg));
                 log_error("%s", msg);
-                return AGENT_EXIT_CONFIG;
+                return EX_CONFIG;
         }
         cfg->server = ini->server;
         if (asprintf(&cfg->port, "%u", ini->port) < 0 || !(cfg->dir = strdup(ini->path))) {
                 log_error("out of memory");
-                return AGENT_EXIT_SOFTWARE;
+                return EX_SOFTWARE;
         }
         cfg->id = ini->id;
         if (!cfg->poll_pinned)
@@ -143,6 +145,25 @@ static int load_instance(AgentConfig *cfg, BsAgentConfig *ini) {
         if (!cfg->device_name_pinned)
                 cfg->device_name = ini->device_name;
         return 0;
+}
+
+/* The exit status for why the agent stopped (sysexits.h, so systemctl
+ * status names the cause; backupsync-agent(1) lists them). */
+static int exit_status(AgentStop stop) {
+        switch (stop) {
+        case AGENT_STOP_NONE: return 0;
+        case AGENT_STOP_USAGE: return EX_USAGE;
+        case AGENT_STOP_TREE_GONE: return EX_DATAERR;
+        case AGENT_STOP_NO_DIR: return EX_NOINPUT;
+        case AGENT_STOP_UNREACHABLE: return EX_UNAVAILABLE;
+        case AGENT_STOP_SOFTWARE: return EX_SOFTWARE;
+        case AGENT_STOP_STATE: return EX_CANTCREAT;
+        case AGENT_STOP_IN_USE: return EX_TEMPFAIL;
+        case AGENT_STOP_NOT_IN_SYNC: return EX_TEMPFAIL;
+        case AGENT_STOP_VERSION: return EX_PROTOCOL;
+        case AGENT_STOP_AUTH: return EX_NOPERM;
+        }
+        return EX_SOFTWARE;
 }
 
 int main(int argc, char **argv) {
@@ -183,7 +204,7 @@ int main(int argc, char **argv) {
                         if (!bs_config_instance_valid(optarg)) {
                                 log_error("--instance: '%s' is not an instance name (A-Z, a-z, 0-9, '_', '.', '@', '-')",
                                           optarg);
-                                return AGENT_EXIT_USAGE;
+                                return EX_USAGE;
                         }
                         cfg.instance = optarg;
                         break;
@@ -197,14 +218,14 @@ int main(int argc, char **argv) {
                 case ARG_POLL:
                         if (bs_parse_duration(optarg, &cfg.poll_usec) < 0 || cfg.poll_usec < BS_CONFIG_MIN_POLL_USEC) {
                                 log_error("--poll-interval: '%s' is not a duration of at least 100ms (e.g. 5, 5s, 2m)", optarg);
-                                return AGENT_EXIT_USAGE;
+                                return EX_USAGE;
                         }
                         cfg.poll_pinned = true;
                         break;
                 case ARG_VERIFY:
                         if (bs_parse_duration(optarg, &cfg.verify_usec) < 0) {
                                 log_error("--verify-interval: '%s' is not a duration (e.g. 1h, 10m; 0 for none)", optarg);
-                                return AGENT_EXIT_USAGE;
+                                return EX_USAGE;
                         }
                         cfg.verify_pinned = true;
                         break;
@@ -217,14 +238,14 @@ int main(int argc, char **argv) {
                         break;
                 default:
                         fprintf(stderr, "Try 'backupsync-agent --help'.\n");
-                        return AGENT_EXIT_USAGE;
+                        return EX_USAGE;
                 }
         int n = argc - optind;
         if (cfg.instance) {
                 if (n > 0) {
                         log_error("--instance takes SERVER, PORT, DIR and ID from the configuration; "
                                   "unexpected argument '%s'", argv[optind]);
-                        return AGENT_EXIT_USAGE;
+                        return EX_USAGE;
                 }
                 if (!cfg.config_file)
                         cfg.config_file = DEFAULT_CONFIG;
@@ -237,18 +258,18 @@ int main(int argc, char **argv) {
         } else {
                 if (cfg.config_file) {
                         log_error("--config needs --instance NAME to say which [agent:NAME] section to read");
-                        return AGENT_EXIT_USAGE;
+                        return EX_USAGE;
                 }
                 if (n < 3 || n > 4) {
                         log_error("expected SERVER PORT DIR [ID] or --instance NAME; try --help");
-                        return AGENT_EXIT_USAGE;
+                        return EX_USAGE;
                 }
                 uint16_t port;
                 cfg.server = argv[optind];
                 cfg.port = argv[optind + 1];
                 if (bs_parse_port(cfg.port, &port) < 0 || port == 0) {
                         log_error("'%s' is not a TCP port (1-65535)", cfg.port);
-                        return AGENT_EXIT_USAGE;
+                        return EX_USAGE;
                 }
                 const char *dir = argv[optind + 2];
                 if (dir[0] == '/')
@@ -261,7 +282,7 @@ int main(int argc, char **argv) {
                 owned_dir = cfg.dir;
                 if (!cfg.dir) {
                         log_error("cannot resolve %s", dir);
-                        return AGENT_EXIT_USAGE;
+                        return EX_USAGE;
                 }
                 if (n == 4)
                         cfg.id = argv[optind + 3];
@@ -273,16 +294,16 @@ int main(int argc, char **argv) {
                         cfg.instance ? instance_state_dir(cfg.instance) : default_state_dir(cfg.dir);
                 if (!cfg.state_dir) {
                         log_error("no state directory: set HOME or XDG_STATE_HOME, or pass --state-dir");
-                        return AGENT_EXIT_USAGE;
+                        return EX_USAGE;
                 }
                 mkdir_p(cfg.state_dir);
         }
 
         if (agent_new(&cfg, &a) < 0) {
                 log_error("out of memory");
-                return AGENT_EXIT_SOFTWARE;
+                return EX_SOFTWARE;
         }
-        r = agent_run(a);
+        AgentStop stop = agent_run(a);
         agent_free(a);
-        return r;
+        return exit_status(stop);
 }

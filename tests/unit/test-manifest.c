@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "agent-state.h"
-#include "agent.h"
+#include "agent-local.h"
 #include "bs-blocks.h"
 
 static char dir[] = "/tmp/bs-test-manifest-XXXXXX";

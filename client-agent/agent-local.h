@@ -1,0 +1,37 @@
+/* agent-local.h - reading the watched tree without following links out of it */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include "agent.h"
+
+typedef struct LocalEntry {
+        bool exists;
+        uint8_t kind; /* BsKind, or BS_KIND_NONE for a special file */
+        struct stat st;
+        char target[BS_PATH_MAX + 1];
+} LocalEntry;
+
+/** lstat() of a tree path beneath the root, never through a link; l->exists false when absent. */
+int local_stat(Agent *a, const char *path, LocalEntry *l);
+/**
+ * Between these, local_stat() keeps the last parent directory open: for
+ * making a plan, where nothing is changed on disk by the agent and a
+ * directory replaced meanwhile is seen again through inotify.
+ */
+void local_scan_begin(Agent *a);
+void local_scan_end(Agent *a);
+/** True when the disk entry is what the manifest last recorded. */
+bool local_matches(const LocalEntry *l, const ManifestEntry *m);
+/**
+ * SHA-256 of a file in the tree, and in l the stat of the very content
+ * hashed; -EAGAIN when the file changed while it was read.
+ */
+int local_hash(Agent *a, const char *path, uint8_t sha[BS_SHA_LEN], LocalEntry *l);
+/** Move a local entry aside as a conflict copy; out gets the new path. */
+int local_conflict_copy(Agent *a, const char *path, char *out, size_t outsz);
+/** Fill a manifest entry from what is on disk. */
+void local_to_manifest(const LocalEntry *l, ManifestEntry *m);

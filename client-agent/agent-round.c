@@ -1,0 +1,41 @@
+/* agent-round.c - one sync round: pull what others changed, then push ours
+ *
+ * Called by the loop (agent-loop.c) and by --once; it never touches the
+ * event loop itself: the loop looks at the queue afterwards.
+ */
+#include <errno.h>
+#include <time.h>
+
+#include "agent-pull.h"
+#include "agent-push.h"
+#include "agent-round.h"
+#include "agent-session.h"
+#include "agent.h"
+#include "bs-log.h"
+
+int agent_round(Agent *a) {
+        int r = agent_connect(a);
+        if (r < 0)
+                return r;
+        log_debug("round: at sequence %llu (server said %llu), %zu paths and %zu moves queued%s",
+                  (unsigned long long) a->last_seq, (unsigned long long) a->conn->notify_seq, a->n_dirty,
+                  a->n_moves, a->rescan_all ? ", full rescan" : "");
+        for (int i = 0; i < 8; i++) {
+                a->again = false;
+                /* Pull first: what others did is applied (or kept as a
+                 * conflict) before anything of ours goes out. */
+                r = agent_pull(a);
+                if (r < 0)
+                        break;
+                r = agent_push(a);
+                if (r < 0 || !a->again)
+                        break;
+        }
+        if (r >= 0) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                a->last_sync_usec = (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+        }
+        agent_update_status(a);
+        return r;
+}

@@ -1,0 +1,160 @@
+/* agent-session.c - the agent's session with the server: HELLO/WELCOME, I/O, hang-up
+ *
+ * Registration and joining happen here (the token is saved before it is
+ * printed). A refusal that retrying cannot mend (token refused, no common
+ * protocol version, a token that cannot be saved) sets a->stop; the loop
+ * ends on it and main() picks the exit status.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <systemd/sd-daemon.h>
+
+#include "agent-session.h"
+#include "agent.h"
+#include "bs-log.h"
+#include "bs-macro.h"
+
+#define CONNECT_TIMEOUT_MS 10000
+#define WELCOME_TIMEOUT_MS 30000
+
+void agent_disconnect(Agent *a, const char *why) {
+        if (!a->conn)
+                return;
+        if (why)
+                log_event(LOG_WARNING, BS_MID_CONN_LOST, a->account[0] ? a->account : NULL, NULL,
+                          "connection to %s port %s lost: %s", a->cfg.server, a->cfg.port, why);
+        a->conn = conn_free(a->conn);
+}
+
+/* Is the token the one the state keeps (a restart, not a join)? */
+static bool token_saved(Agent *a) {
+        char buf[BS_TOKEN_MAX + 1];
+        return agent_state_get(a->state, "token", buf, sizeof(buf)) == 0 && strcmp(buf, a->token) == 0;
+}
+
+int agent_connect(Agent *a) {
+        _cleanup_(conn_freep) Conn *c = NULL;
+        BsMsg *m = NULL;
+        char host[256];
+        int r;
+
+        if (a->conn)
+                return 0;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        a->last_connect_usec = (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+        r = conn_connect(a->cfg.server, a->cfg.port, CONNECT_TIMEOUT_MS, &c);
+        if (r < 0)
+                return r;
+        m = calloc(1, sizeof(*m));
+        if (!m)
+                return -ENOMEM;
+        bs_msg_init(m, BS_MSG_HELLO, 0);
+        m->min_version = BS_PROTO_MIN_VERSION;
+        m->version = BS_PROTO_VERSION;
+        m->max_frame = BS_FRAME_MAX_DEFAULT;
+        memcpy(m->device, a->device, BS_DEVICE_LEN);
+        m->path_len = strlen(a->token);
+        memcpy(m->path, a->token, m->path_len + 1);
+        if (gethostname(host, sizeof(host)) < 0)
+                snprintf(host, sizeof(host), "unknown");
+        host[sizeof(host) - 1] = 0;
+        m->path2_len = strlen(host);
+        memcpy(m->path2, host, m->path2_len + 1);
+        r = conn_send(c, m);
+        r = r ?: conn_recv(c, m, WELCOME_TIMEOUT_MS);
+        if (r < 0)
+                goto out;
+        if (r == 0) {
+                r = -ETIMEDOUT;
+                goto out;
+        }
+        if (m->type == BS_MSG_ERROR) {
+                switch (m->code) {
+                case BS_ERR_AUTH:
+                        log_event(LOG_ERR, BS_MID_AUTH_FAILED, a->token[0] ? NULL : NULL, NULL,
+                                  "server refused the account token: %s", m->path);
+                        a->stop = AGENT_STOP_AUTH;
+                        r = -EACCES;
+                        break;
+                case BS_ERR_VERSION:
+                        log_error("protocol version mismatch: %s", m->path);
+                        a->stop = AGENT_STOP_VERSION;
+                        r = -EPROTONOSUPPORT;
+                        break;
+                default:
+                        log_warning("server refused the connection: %s (%s)", bs_err_name(m->code), m->path);
+                        r = -ECONNREFUSED;
+                }
+                goto out;
+        }
+        if (m->type != BS_MSG_WELCOME) {
+                log_error("server answered HELLO with %s", bs_msg_type_name(m->type));
+                r = -EPROTO;
+                goto out;
+        }
+        if (!bs_id_valid(m->path, m->path_len)) {
+                log_error("server sent a malformed account id");
+                r = -EPROTO;
+                goto out;
+        }
+        c->peer_max_frame = m->max_frame;
+        c->version = m->version;
+        if (!a->token[0]) {
+                /* Registered: keep the token before anything else happens. */
+                BsToken t;
+                if (bs_token_parse(m->path2, m->path2_len, &t) < 0 || strcmp(t.id, m->path) != 0) {
+                        log_error("server sent a malformed token");
+                        r = -EPROTO;
+                        goto out;
+                }
+                bs_token_format(&t, a->token);
+                r = agent_state_set(a->state, "token", a->token);
+                r = r ?: agent_state_flush(a->state); /* printed next: it must survive a power loss */
+                if (r < 0) {
+                        log_error("cannot save the account token in %s: %s", a->cfg.state_dir, strerror(-r));
+                        a->stop = AGENT_STOP_STATE;
+                        goto out;
+                }
+                printf("ID: %s\n", a->token);
+                fflush(stdout);
+                log_event(LOG_NOTICE, BS_MID_REGISTERED, m->path, NULL,
+                          "registered new account %s; use the token %s to add another computer", m->path, a->token);
+        } else if (!a->account[0] && !token_saved(a)) {
+                r = agent_state_set(a->state, "token", a->token);
+                r = r ?: agent_state_flush(a->state);
+                if (r < 0) {
+                        log_error("cannot save the account token in %s: %s", a->cfg.state_dir, strerror(-r));
+                        a->stop = AGENT_STOP_STATE;
+                        goto out;
+                }
+                log_event(LOG_NOTICE, BS_MID_JOINED, m->path, NULL, "joined account %s", m->path);
+        }
+        memcpy(a->account, m->path, BS_ID_LEN + 1);
+        log_info("connected to %s port %s, account %s at sequence %llu", a->cfg.server, a->cfg.port, a->account,
+                 (unsigned long long) m->seq);
+        a->conn = TAKE_PTR(c);
+        r = 0;
+out:
+        free(m);
+        return r;
+}
+
+int agent_io(Agent *a, int timeout_ms) {
+        /* In slices, so a slow answer (the server fsyncing a huge file)
+         * does not starve the watchdog. */
+        for (int waited = 0;;) {
+                int slice = MIN(timeout_ms - waited, 5000);
+                int r = conn_io(a->conn, slice);
+                if (r != -ETIMEDOUT)
+                        return r;
+                waited += slice;
+                if (waited >= timeout_ms)
+                        return r;
+                sd_notify(false, "WATCHDOG=1");
+        }
+}

@@ -225,6 +225,46 @@ void watcher_flush(Watcher *w) {
         free(from);
 }
 
+/* The events of a file made with O_TMPFILE keep naming it "#<inode>",
+ * also once linkat() gave it a name: true, with the inode, for such a name. */
+static bool anon_name(const char *name, uint64_t *ino) {
+        char *end;
+        if (name[0] != '#' || name[1] < '0' || name[1] > '9')
+                return false;
+        errno = 0;
+        unsigned long long v = strtoull(name + 1, &end, 10);
+        if (errno != 0 || *end != 0)
+                return false;
+        *ino = v;
+        return true;
+}
+
+/* A write or attribute change of an O_TMPFILE file: the names it has in
+ * dir now, found by its inode, are what changed (a name it got in another
+ * directory is left to the verification pass). */
+static void handle_anon(Watcher *w, const char *dir, uint64_t ino, uint32_t mask) {
+        char abs[PATH_MAX + BS_PATH_MAX + 2], path[BS_PATH_MAX + 1];
+        BsDirent *v;
+        size_t n;
+        abs_path(w, dir, abs, sizeof(abs));
+        _cleanup_(closep) int fd = open(abs, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 || bs_dir_list(fd, &v, &n) < 0)
+                return;
+        for (size_t i = 0; i < n; i++) {
+                if (v[i].ino != ino || bs_path_is_temp(v[i].name))
+                        continue;
+                int k = dir[0] ? snprintf(path, sizeof(path), "%s/%s", dir, v[i].name)
+                               : snprintf(path, sizeof(path), "%s", v[i].name);
+                if (k < 0 || (size_t) k >= sizeof(path))
+                        continue;
+                if (mask & IN_MODIFY)
+                        w->ops->settle(w->userdata, path);
+                else
+                        w->ops->dirty(w->userdata, path, false);
+        }
+        bs_dir_list_free(v, n);
+}
+
 static void handle(Watcher *w, const struct inotify_event *ev) {
         char path[BS_PATH_MAX + 1];
 
@@ -254,6 +294,12 @@ static void handle(Watcher *w, const struct inotify_event *ev) {
                 return;
         if (bs_path_is_temp(ev->name))
                 return;
+        uint64_t ino;
+        if (anon_name(ev->name, &ino)) {
+                if (ev->mask & (IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB))
+                        handle_anon(w, dir, ino, ev->mask);
+                return;
+        }
         int n = dir[0] ? snprintf(path, sizeof(path), "%s/%s", dir, ev->name)
                        : snprintf(path, sizeof(path), "%s", ev->name);
         if (n < 0 || (size_t) n >= sizeof(path))

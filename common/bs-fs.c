@@ -211,7 +211,8 @@ int bs_dir_list(int dirfd, BsDirent **ret, size_t *ret_n) {
                         r = -ENOMEM;
                         break;
                 }
-                v[n++].type = de->d_type;
+                v[n].type = de->d_type;
+                v[n++].ino = (uint64_t) de->d_ino;
                 errno = 0;
         }
         if (r == 0 && errno != 0)

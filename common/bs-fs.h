@@ -63,6 +63,7 @@ int bs_tmpfile_at(int dirfd, char *name, size_t namesz, mode_t mode);
 typedef struct BsDirent {
         char *name;
         unsigned char type; /* d_type: DT_DIR, DT_REG, ... or DT_UNKNOWN */
+        uint64_t ino;       /* d_ino */
 } BsDirent;
 
 /**

@@ -169,14 +169,14 @@ class Case:
         self.later = later
 
 
-def _start(env, root):
+def _start(env, root, args=()):
     srv = env.server()
-    a = env.agent("A", root)
+    a = env.agent("A", root, args=list(args))
     b = env.agent("B", env.path("B"), token=a.token)
     return srv, a, b
 
 
-def _setup(env, cases):
+def _setup(env, cases, args=()):
     """Server, A and B with the synced directory of every case on all
     three; returns (srv, a, b, [Ctx for synced and fresh of every case])."""
     os.umask(0o022)  # the modes expected below assume it
@@ -193,7 +193,7 @@ def _setup(env, cases):
                 os.mkdir(c.d)
                 case.seed(c)
             ctxs.append((case, c))
-    srv, a, b = _start(env, root)
+    srv, a, b = _start(env, root, args)
     assert_converged(srv, [a, b], timeout=60, msg="setup: the synced directories", verify=False)
     time.sleep(SETTLE)
     return srv, a, b, ctxs
@@ -765,13 +765,14 @@ def _mmap_write(c):
 def test_detect_mmap():
     """Writes through mmap(MAP_SHARED) and msync() to an existing file:
     once with the mapping and the fd closed right after, once with both
-    kept open (no close event comes: the content must still arrive while
-    the file stays mapped), then closed. In the fresh directory the file
-    is made 0.5 s before the mmap writes, so they change a file already
-    seen."""
+    kept open (no event at all comes until the last mapping goes: the
+    agent's verification pass, run every 3 s here, must find the content
+    while the file stays mapped), then closed. In the fresh directory the
+    file is made 0.5 s before the mmap writes, so they change a file
+    already seen."""
     cases = [Case("mmap-closed", None, seed=_seed_m), Case("mmap-kept-open", None, seed=_seed_m)]
     with Env("detect_mmap") as env:
-        srv, a, b, ctxs = _setup(env, cases)
+        srv, a, b, ctxs = _setup(env, cases, args=["--verify-interval", "3s"])
         done, kept = [], []
         try:
             for case, c in ctxs:

@@ -61,6 +61,8 @@ def frames():
         "get-delta": p.enc_get_delta(14, SHA, p.sha256(b"older"), "docs/a.txt"),
         "copy": p.enc_copy(15, 1 << 20, 64 << 10, SHA),
         "bad-copy-short": p.frame("COPY", struct.pack(">IQQ", 1, 0, 1) + SHA[:31]),
+        "attr": p.enc_attr(16, "docs/a.txt", 2, 0o640, 1700000000123456789, SHA),
+        "bad-attr-short": p.frame("ATTR", struct.pack(">IQIq", 1, 2, 0o644, 0) + SHA[:31]),
         # malformed: each should be refused, never crash
         "bad-zero-length": struct.pack(">I", 0),
         "bad-unknown-type": p.frame(99, b"\0" * 8),
@@ -94,7 +96,7 @@ CONFIGS = {
     "server": b"[server]\nport = 7373\nlisten = ::\nstorage = /var/lib/backupsync\n"
               b"require-key = yes\nkeep-versions = 30d\nidle-timeout = 120s\nmax-connections = 1024\n",
     "agent": b"[agent:docs]\nserver = backup.example.org\nport = 7373\npath = ~/Documents\n"
-             b"id = ABCD\npoll-interval = 250ms\ndevice-name = laptop\n",
+             b"id = ABCD\npoll-interval = 250ms\nverify-interval = 30m\ndevice-name = laptop\n",
     "both": b"; comment\n# comment\n[server]\nport = 1\n\n[agent:docs]\nserver = ::1\nport = 2\n"
             b"path = /srv/docs\n[agent:photos]\nserver = 10.0.0.1\nport = 3\npath = ~\n",
     "bom-continuation": b"\xef\xbb\xbf[agent:docs]\nserver = h\nport = 9\npath = /p\n"

@@ -82,6 +82,23 @@ static int open_parent(Account *a, const char *path, const char **base) {
         return fd;
 }
 
+/* What every change starts with: a valid path, its parent open (a known
+ * directory) and its entry. Returns the parent's fd or -errno. */
+static int open_entry(Account *a, const char *path, const char **name, AccountEntry *e) {
+        int r = check_path(path);
+        if (r < 0)
+                return r;
+        int pfd = open_parent(a, path, name);
+        if (pfd < 0)
+                return pfd;
+        r = lookup(a, path, e);
+        if (r < 0) {
+                close(pfd);
+                return r;
+        }
+        return pfd;
+}
+
 static void stored_name(char *buf, size_t n, uint64_t seq) {
         snprintf(buf, n, "%llu", (unsigned long long) seq);
 }
@@ -173,17 +190,10 @@ int account_put_check(Account *a, const char *path, uint64_t base, uint64_t size
         _cleanup_(closep) int pfd = -1;
         const char *name;
         AccountEntry e;
-        int r;
 
-        r = check_path(path);
-        if (r < 0)
-                return r;
-        pfd = open_parent(a, path, &name);
+        pfd = open_entry(a, path, &name, &e);
         if (pfd < 0)
                 return pfd;
-        r = lookup(a, path, &e);
-        if (r < 0)
-                return r;
         if (e.kind != BS_KIND_NONE && e.kind != BS_KIND_FILE)
                 return -ESTALE;
         if (base == e.version)
@@ -380,15 +390,9 @@ int account_attr(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *pa
         AccountEntry e;
         int r;
 
-        r = check_path(path);
-        if (r < 0)
-                return r;
-        pfd = open_parent(a, path, &name);
+        pfd = open_entry(a, path, &name, &e);
         if (pfd < 0)
                 return pfd;
-        r = lookup(a, path, &e);
-        if (r < 0)
-                return r;
         if (e.kind != BS_KIND_FILE || memcmp(e.sha, sha, BS_SHA_LEN) != 0)
                 return e.kind == BS_KIND_NONE ? -ENOENT : -ESTALE;
         if ((e.mode & 07777) == (mode & 07777) && e.mtime_ns == mtime_ns) {
@@ -436,15 +440,9 @@ int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *p
         struct stat st;
         int r;
 
-        r = check_path(path);
-        if (r < 0)
-                return r;
-        pfd = open_parent(a, path, &name);
+        pfd = open_entry(a, path, &name, &e);
         if (pfd < 0)
                 return pfd;
-        r = lookup(a, path, &e);
-        if (r < 0)
-                return r;
         if (e.kind == BS_KIND_DIR && (e.mode & 07777) == (mode & 07777)) {
                 *ret_version = e.version;
                 return 1;

@@ -12,8 +12,8 @@ computers' trees, all at once, the way people and programs do:
             earlier state (X, Y, X again), hard links (link, then unlink
             the old name), O_TMPFILE + linkat, renameat2(RENAME_EXCHANGE),
             copy_file_range, posix_fallocate, hole punching, writes
-            through mmap (also after the descriptor is closed), files kept
-            open while written
+            through mmap (also after the descriptor is closed, and kept
+            mapped), files kept open while written
   dirs      mkdir (also with restrictive modes opened up later), chmod,
             rename, delete trees, moves in from and out to a directory
             outside the tree
@@ -28,11 +28,15 @@ computers' trees, all at once, the way people and programs do:
 Every operation picks its target among what exists at that moment, and
 tolerates the other computers changing the same tree meanwhile.
 
-After the last operation everything is resumed and the run requires:
+After the last operation every mapping is removed (docs/sync-model.md:
+a write through a mapping is seen when the last mapping goes, otherwise
+only by the hourly verification pass), half of the files kept open are
+closed, everything is resumed, and the run requires:
 
   1. every agent's tree equals the server's records exactly (kinds,
      content, file and directory modes, symlink targets, file mtimes in
-     ns), and `backupsyncd --verify` finds nothing (harness.assert_converged);
+     ns; every name of a hard-linked file is a file of its own), and
+     `backupsyncd --verify` finds nothing (harness.assert_converged);
   2. no content is lost: every content the server ever stored (PUT records
      of its change log) and every file content on any computer when the
      operations stopped is, at the end, in some computer's tree (conflict
@@ -52,8 +56,12 @@ Usage:
                                             # out operation kinds (to make
                                             # progress while a known bug
                                             # is being fixed)
+  randomsync.py --seeds 50 --keep-failed    # keep trees, logs, state and
+                                            # storage of failing seeds
   randomsync.py --list-ops
-  BS_SEED=N is the default for --seed; BS_KEEP=1 keeps the directories.
+  BS_SEED=N is the default for --seed; BS_KEEP=1 keeps every directory.
+  A failing seed's whole operation log is written to
+  randomsync-SEED-ops.txt (in the kept directory, else in /tmp).
 """
 
 import argparse
@@ -122,6 +130,7 @@ class RandomSyncFailure(TestFailure):
 _libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
+AT_SYMLINK_FOLLOW = 0x400
 RENAME_EXCHANGE = 2
 FALLOC_FL_KEEP_SIZE = 1
 FALLOC_FL_PUNCH_HOLE = 2
@@ -148,11 +157,23 @@ def rename_exchange(a, b):
         _raise_errno("renameat2(RENAME_EXCHANGE)", a)
 
 
-def linkat_empty_path(fd, path):
+def _linkat(olddirfd, oldpath, newpath, flags, what):
     fn = _libc.linkat
     fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-    if fn(fd, b"", AT_FDCWD, os.fsencode(path), AT_EMPTY_PATH) != 0:
-        _raise_errno("linkat(AT_EMPTY_PATH)", path)
+    if fn(olddirfd, oldpath, AT_FDCWD, os.fsencode(newpath), flags) != 0:
+        _raise_errno(what, newpath)
+
+
+def linkat_empty_path(fd, path):
+    """linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH): needs CAP_DAC_READ_SEARCH."""
+    _linkat(fd, b"", path, AT_EMPTY_PATH, "linkat(AT_EMPTY_PATH)")
+
+
+def linkat_proc_fd(fd, path):
+    """linkat(AT_FDCWD, "/proc/self/fd/N", AT_FDCWD, path, AT_SYMLINK_FOLLOW),
+    the unprivileged way to name an O_TMPFILE file (os.link would link
+    the /proc symlink itself)."""
+    _linkat(AT_FDCWD, b"/proc/self/fd/%d" % fd, path, AT_SYMLINK_FOLLOW, "linkat(/proc/self/fd, AT_SYMLINK_FOLLOW)")
 
 
 def fallocate(fd, mode, off, length):
@@ -754,7 +775,7 @@ class Run:
                 linkat_empty_path(fd, c.p(name))
                 how = "linkat(AT_EMPTY_PATH)"
             else:
-                os.link("/proc/self/fd/%d" % fd, c.p(name), follow_symlinks=True)
+                linkat_proc_fd(fd, c.p(name))
                 how = "linkat(/proc/self/fd, AT_SYMLINK_FOLLOW)"
             if replace:
                 os.rename(c.p(name), c.p(rel))
@@ -1019,12 +1040,16 @@ class Run:
         self.counts[kind] = self.counts.get(kind, 0) + 1
         t = Tree(c.dir)
         try:
-            desc = fn(i, c, r, t)
+            try:
+                desc = fn(i, c, r, t)
+            except NoTarget:
+                if "create" in self.skip:
+                    desc = "(nothing to %s)" % kind
+                else:
+                    kind = "create"
+                    desc = "(nothing to %s) " % kind + self.op_create(i, c, r, Tree(c.dir))
         except NoTarget:
-            if "create" in self.skip:
-                desc, kind = "(nothing to %s)" % kind, "none"
-            else:
-                desc = "(nothing to %s) " % kind + self.op_create(i, c, r, Tree(c.dir))
+            desc = "(nothing to %s)" % kind
         except (OSError, ValueError) as e:
             self.errors += 1
             desc = "%s failed: %s" % (kind, e)
@@ -1122,16 +1147,36 @@ class Run:
         log, entries, versions, bad = server_contents(self.srv, self.computers[0].agent.token)
         have = set(final) | entries | versions
         lines = []
+        unnamed = None
         for sha, (seq, path) in sorted(log.items(), key=lambda kv: kv[1][0]):
             if sha not in have:
                 self.diff_paths.add(path)
+                if unnamed is None:
+                    unnamed = self.unnamed_versions()
+                where = self._bad(bad, sha)
+                if sha in unnamed:
+                    where += " (its bytes are in versions/%s, which no versions row names)" % unnamed[sha]
                 lines.append("  %s stored by the server (log seq %d, PUT %s)%s, written by %s" % (
-                    sha[:12], seq, path, self._bad(bad, sha), self.provenance.get(sha, "?")))
+                    sha[:12], seq, path, where, self.provenance.get(sha, "?")))
         for sha, where in sorted(before.items(), key=lambda kv: kv[1]):
             if sha not in have and sha not in log:
                 lines.append("  %s was in %s when the operations stopped, written by %s; the server never had it" % (
                     sha[:12], where, self.provenance.get(sha, "?")))
         return "\n".join(lines)
+
+    def unnamed_versions(self):
+        """sha -> path below versions/ of files the server keeps there
+        that no versions row names (e.g. versions/recovered-*)."""
+        base = os.path.join(self.srv.storage, self.computers[0].agent.account, "versions")
+        out = {}
+        for d, dirs, files in os.walk(base):
+            for n in files:
+                p = os.path.join(d, n)
+                try:
+                    out.setdefault(sha256_path(p), os.path.relpath(p, base))
+                except OSError:
+                    pass
+        return out
 
     @staticmethod
     def _bad(bad, sha):

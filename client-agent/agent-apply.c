@@ -139,6 +139,9 @@ static void set_file_meta(Agent *a, const Rec *x, const LocalEntry *l) {
                 goto out;
         }
         record(a, x->path, x, now, NULL);
+        /* Its other names (hard links here) changed too: compared next round. */
+        if (now->st.st_nlink > 1)
+                local_mark_links(a, x->path, (uint64_t) now->st.st_ino);
         log_event(AGENT_FILE_LOG(a), BS_MID_DOWNLOADED, a->account, x->path,
                   "updated %s (mode %04o, time changed on another computer)", x->path, x->mode & 07777);
 out:
@@ -160,6 +163,31 @@ static int keep_local(Agent *a, const char *path, const LocalEntry *l, const Man
                   "conflict on %s: changed here and on another computer; local version kept as %s", path, copy);
         agent_mark_dirty(a, copy, true);
         return 1;
+}
+
+/* A file or link from elsewhere takes the name of a directory here: what
+ * in it was in sync goes, and a directory still holding local changes is
+ * kept whole as a conflict copy, so that the name is free (or the record
+ * could never be applied, and the directory never sent). */
+static int make_room(Agent *a, const char *path, LocalEntry *l) {
+        char copy[BS_PATH_MAX + 1];
+        if (!l->exists || l->kind != BS_KIND_DIR)
+                return 0;
+        apply_delete_tree(a, path, UINT64_MAX);
+        int r = local_stat(a, path, l);
+        if (r < 0 || !l->exists)
+                return r;
+        r = local_conflict_copy(a, path, copy, sizeof(copy));
+        if (r < 0) {
+                log_error("cannot keep local directory %s as a conflict copy: %s", path, strerror(-r));
+                return r;
+        }
+        a->n_conflicts++;
+        log_event(LOG_WARNING, BS_MID_CONFLICT, a->account, path,
+                  "conflict on %s: a directory here with local changes, not a directory on another computer; "
+                  "local directory kept as %s", path, copy);
+        agent_mark_dirty(a, copy, true);
+        return local_stat(a, path, l);
 }
 
 static int place(Agent *a, const char *tmp, const char *path) {
@@ -214,8 +242,8 @@ static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool hav
                          x->path);
         else if (keep_local(a, x->path, l, m, have) < 0)
                 return 0;
-        if (l->exists && have && local_matches(l, m) && l->kind == BS_KIND_DIR)
-                apply_delete_tree(a, x->path);
+        if (make_room(a, x->path, l) < 0)
+                return 0;
         /* The rename keeps inode, size, mode and mtime: stat before it. */
         int r = local_stat(a, x->tmp, l);
         r = r < 0 ? r : place(a, x->tmp, x->path);
@@ -266,7 +294,7 @@ static int apply_symlink(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool
                 record(a, x->path, x, l, x->path2);
                 return 0;
         }
-        if (keep_local(a, x->path, l, m, have) < 0)
+        if (keep_local(a, x->path, l, m, have) < 0 || make_room(a, x->path, l) < 0)
                 return 0;
         for (int i = 0;; i++) {
                 snprintf(tmp, sizeof(tmp), BS_TEMP_PREFIX "l%08x", arc4random());
@@ -305,52 +333,76 @@ int apply_collect_path(const char *path, const ManifestEntry *e, void *userdata)
         return 0;
 }
 
-/* Remove what the manifest lists, deepest first, unless it changed here. */
-static void delete_one_if_unchanged(Agent *a, const char *path, bool *kept) {
+/* Remove one entry the manifest lists, unless it changed here (kept, and
+ * sent again as new) or is newer than the deletion (left alone). Its
+ * manifest entry goes unless it is newer. Returns true when something on
+ * disk was removed. */
+static bool delete_one_if_unchanged(Agent *a, const char *path, uint64_t seq, bool *kept) {
         LocalEntry *l = malloc(sizeof(*l));
         ManifestEntry *m = malloc(sizeof(*m));
         const char *base;
-        if (l && m && manifest_get(a->state, path, m) == 0 && local_stat(a, path, l) == 0 && l->exists) {
+        bool removed = false;
+        if (!l || !m || manifest_get(a->state, path, m) < 0 || m->version > seq)
+                goto out;
+        if (local_stat(a, path, l) == 0 && l->exists) {
                 int pfd = bs_open_parent(a->rootfd, path, &base);
                 if (pfd >= 0) {
                         if (local_matches(l, m) && l->kind != BS_KIND_DIR)
-                                unlinkat(pfd, base, 0);
+                                removed = unlinkat(pfd, base, 0) == 0;
                         else if (l->kind == BS_KIND_DIR) {
-                                if (unlinkat(pfd, base, AT_REMOVEDIR) < 0)
-                                        *kept = true;
+                                removed = unlinkat(pfd, base, AT_REMOVEDIR) == 0;
+                                *kept |= !removed;
                         } else
                                 *kept = true;
                         close(pfd);
                 }
         }
+        manifest_delete(a->state, path);
+out:
         free(l);
         free(m);
+        return removed;
 }
 
-void apply_delete_tree(Agent *a, const char *path) {
+bool apply_delete_tree(Agent *a, const char *path, uint64_t seq) {
         PathList pl = {};
-        bool kept = false;
+        bool kept = false, removed = false;
         manifest_below(a->state, path, apply_collect_path, &pl);
         for (size_t i = 0; i < pl.n; i++) {
-                delete_one_if_unchanged(a, pl.v[i], &kept);
+                removed |= delete_one_if_unchanged(a, pl.v[i], seq, &kept);
                 free(pl.v[i]);
         }
         free(pl.v);
-        delete_one_if_unchanged(a, path, &kept);
-        manifest_delete_tree(a->state, path);
+        removed |= delete_one_if_unchanged(a, path, seq, &kept);
         /* What changed here and was never sent survives and is sent now. */
         if (kept) {
                 log_event(LOG_WARNING, BS_MID_CONFLICT, a->account, path,
                           "%s was deleted on another computer but holds local changes; keeping them", path);
                 agent_mark_dirty(a, path, true);
         }
+        return removed;
 }
 
 static void apply_delete(Agent *a, Rec *x, ManifestEntry *m, bool have) {
-        if (!have || m->version > x->seq)
-                return;
-        apply_delete_tree(a, x->path);
-        log_event(AGENT_FILE_LOG(a), BS_MID_DELETED, a->account, x->path, "removed %s (deleted on another computer)", x->path);
+        if (have && m->version > x->seq)
+                return; /* made again since, and that is here */
+        /* Also when path itself is no longer in the manifest (our own
+         * deletion of it is recorded): what is below it and older than
+         * this deletion goes too. */
+        bool removed = apply_delete_tree(a, x->path, x->seq);
+        /* A directory an older record of this pull made again (to hold a
+         * file this deletion removed) goes when nothing is left in it. */
+        if (!have) {
+                const char *base;
+                int pfd = bs_open_parent(a->rootfd, x->path, &base);
+                if (pfd >= 0) {
+                        removed |= unlinkat(pfd, base, AT_REMOVEDIR) == 0;
+                        close(pfd);
+                }
+        }
+        if (removed || have)
+                log_event(AGENT_FILE_LOG(a), BS_MID_DELETED, a->account, x->path,
+                          "removed %s (deleted on another computer)", x->path);
 }
 
 static void apply_move(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m) {

@@ -43,5 +43,9 @@ int apply_collect_path(const char *path, const ManifestEntry *e, void *userdata)
 void apply_record(Agent *a, Rec *x, bool snapshot);
 /** Set the directory modes that had to wait for the end of a pull. */
 void apply_late_modes(Agent *a);
-/** Delete path and what is below it where unchanged here; keep the rest. */
-void apply_delete_tree(Agent *a, const char *path);
+/**
+ * Delete path and what is below it where unchanged here and not newer
+ * than seq (UINT64_MAX: whatever its version); what changed here is kept
+ * and queued to be sent again. True when anything was removed from disk.
+ */
+bool apply_delete_tree(Agent *a, const char *path, uint64_t seq);

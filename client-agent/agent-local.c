@@ -145,3 +145,23 @@ int local_conflict_copy(Agent *a, const char *path, char *out, size_t outsz) {
         }
         return -EEXIST;
 }
+
+typedef struct Links {
+        Agent *a;
+        const char *path;
+} Links;
+
+static int mark_link(const char *path, const ManifestEntry *e, void *userdata) {
+        Links *k = userdata;
+        (void) e;
+        if (strcmp(path, k->path) != 0) {
+                agent_mark_dirty(k->a, path, false);
+                k->a->again = true; /* a plan being made has taken the queue */
+        }
+        return 0;
+}
+
+void local_mark_links(Agent *a, const char *path, uint64_t ino) {
+        Links k = { a, path };
+        (void) manifest_same_inode(a->state, ino, mark_link, &k);
+}

@@ -33,5 +33,11 @@ bool local_matches(const LocalEntry *l, const ManifestEntry *m);
 int local_hash(Agent *a, const char *path, uint8_t sha[BS_SHA_LEN], LocalEntry *l);
 /** Move a local entry aside as a conflict copy; out gets the new path. */
 int local_conflict_copy(Agent *a, const char *path, char *out, size_t outsz);
+/**
+ * A file with several names (hard links) changed through path: inotify
+ * reports only the name used, but the bytes or mode changed under every
+ * name. Queue its other names the manifest knows (same inode ino).
+ */
+void local_mark_links(Agent *a, const char *path, uint64_t ino);
 /** Fill a manifest entry from what is on disk. */
 void local_to_manifest(const LocalEntry *l, ManifestEntry *m);

@@ -230,6 +230,8 @@ int plan_reconcile(Agent *a, Plan *p, const char *path, bool recursive) {
         case BS_KIND_FILE:
                 if (have && local_matches(l, m))
                         return 0;
+                if (l->st.st_nlink > 1)
+                        local_mark_links(a, path, (uint64_t) l->st.st_ino);
                 return plan_add(p, BS_MSG_PUT, path, NULL, have ? m->version : 0, l) ? 0 : -ENOMEM;
         case BS_KIND_SYMLINK:
                 if (have && local_matches(l, m))

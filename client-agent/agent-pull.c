@@ -232,14 +232,21 @@ static int mark_order(Pull *p) {
                         if (y->op != BS_OP_MOVE && moves[j] == moves[keys[k].i])
                                 x->superseded = true;
                 }
-                /* A directory above it deleted or moved earlier in the pull. */
+                /* A directory above it deleted or moved earlier in the pull
+                 * (touched), or deleted later with no move between
+                 * (superseded: the deletion takes it too). */
                 char up[BS_PATH_MAX + 1];
+                size_t i = keys[k].i;
                 snprintf(up, sizeof(up), "%s", x->path);
-                for (size_t len = bs_path_parent_len(up); len > 0 && !x->touched; len = bs_path_parent_len(up)) {
+                for (size_t len = bs_path_parent_len(up); len > 0; len = bs_path_parent_len(up)) {
                         up[len] = 0;
-                        const Key *f = key_first(anc, n_anc, up);
-                        if (f && f->i < keys[k].i)
-                                x->touched = true;
+                        for (const Key *f = key_first(anc, n_anc, up); f && f < anc + n_anc && strcmp(f->path, up) == 0;
+                             f++) {
+                                if (f->i < i)
+                                        x->touched = true;
+                                else if (p->recs[f->i].op == BS_OP_DELETE && moves[f->i] == moves[i])
+                                        x->superseded = true;
+                        }
                 }
         }
 out:
@@ -582,7 +589,7 @@ static int pull_once(Agent *a, uint64_t since) {
                 manifest_unseen(a->state, unseen_deleted, &pl);
                 for (size_t i = 0; i < pl.n; i++) {
                         if (manifest_get(a->state, pl.v[i], &(ManifestEntry) {}) == 0)
-                                apply_delete_tree(a, pl.v[i]);
+                                apply_delete_tree(a, pl.v[i], UINT64_MAX);
                         free(pl.v[i]);
                 }
                 free(pl.v);

@@ -362,6 +362,29 @@ static void keep_blocks(Agent *a, PushOp *op) {
         op->blocks = bs_blocks_free(op->blocks);
 }
 
+/* Was path refused as CONFLICT already, with nothing pulled since? Either
+ * way it is remembered, with the sequence it was refused at. */
+static bool refused_before(Agent *a, const char *path) {
+        size_t kept = 0;
+        bool again = false;
+        for (size_t i = 0; i < a->n_refused; i++) {
+                DirtyPath *d = &a->refused[i];
+                /* .recursive is unused here; stale entries (a pull moved
+                 * last_seq since) are dropped. */
+                if (strcmp(d->path, path) == 0 && a->refused_seq == a->last_seq)
+                        again = true;
+                if (a->refused_seq == a->last_seq)
+                        a->refused[kept++] = *d;
+                else
+                        free(d->path);
+        }
+        a->n_refused = kept;
+        a->refused_seq = a->last_seq;
+        if (!again)
+                (void) agent_mark_refused(a, path);
+        return again;
+}
+
 static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
         char parent[BS_PATH_MAX + 1];
         if (m->type == BS_MSG_ACK) {
@@ -434,6 +457,18 @@ static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
                 agent_settle(a, op->path);
                 break;
         case BS_ERR_CONFLICT:
+                if (refused_before(a, op->path)) {
+                        /* Refused again with nothing new pulled since: pulling
+                         * at once cannot help, so it waits like a change the
+                         * server could not store (a bug; say so once). */
+                        log_event(LOG_WARNING, BS_MID_REJECTED, a->account, op->path,
+                                  "%s: refused again although nothing changed on the server since; retrying later",
+                                  op->path);
+                        agent_mark_failed(a, op->path, op->type == BS_MSG_MKDIR);
+                        if (op->path2)
+                                agent_mark_failed(a, op->path2, true);
+                        break;
+                }
                 /* Pull again: the next round keeps both versions. */
                 log_event(LOG_INFO, BS_MID_REJECTED, a->account, op->path, "%s: %s, syncing again", op->path,
                           bs_err_name(m->code));

@@ -43,6 +43,7 @@ static const char schema[] =
         " mode INTEGER, mtime INTEGER, ino INTEGER, sha BLOB, version INTEGER,"
         " target BLOB, seen INTEGER DEFAULT 0);"
         "CREATE INDEX IF NOT EXISTS manifest_parent ON manifest(parent);"
+        "CREATE INDEX IF NOT EXISTS manifest_ino ON manifest(ino);"
         "CREATE TABLE IF NOT EXISTS blocks(sha BLOB PRIMARY KEY, block INTEGER, sums BLOB);"
         "DELETE FROM blocks WHERE sha NOT IN (SELECT sha FROM manifest WHERE kind=1);"
         "BEGIN IMMEDIATE; COMMIT;"; /* take the lock now */
@@ -261,6 +262,15 @@ int manifest_delete_tree(AgentState *s, const char *path) {
         return step_done(s, s->del);
 }
 
+int manifest_delete(AgentState *s, const char *path) {
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
+        int r = prepare(s, "DELETE FROM manifest WHERE path=?", &st);
+        if (r < 0)
+                return r;
+        sqlite3_bind_blob(st, 1, path, (int) strlen(path), SQLITE_STATIC);
+        return step_done(s, st);
+}
+
 int manifest_move_tree(AgentState *s, const char *from, const char *to) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
         int fl = (int) strlen(from);
@@ -390,6 +400,15 @@ int manifest_below(AgentState *s, const char *dir, manifest_iter_t fn, void *use
                 return rc;
         if (dir[0])
                 sqlite3_bind_blob(st, 1, dir, (int) strlen(dir), SQLITE_STATIC);
+        return iterate(s, st, fn, userdata);
+}
+
+int manifest_same_inode(AgentState *s, uint64_t ino, manifest_iter_t fn, void *userdata) {
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
+        int rc = prepare(s, "SELECT " COLS " FROM manifest WHERE ino=? AND kind=1", &st);
+        if (rc < 0)
+                return rc;
+        sqlite3_bind_int64(st, 1, (sqlite3_int64) ino);
         return iterate(s, st, fn, userdata);
 }
 

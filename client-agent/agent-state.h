@@ -62,6 +62,8 @@ int agent_state_error(const AgentState *s);
 /** Manifest entry of path; -ENOENT when absent. */
 int manifest_get(AgentState *s, const char *path, ManifestEntry *e);
 int manifest_put(AgentState *s, const char *path, const ManifestEntry *e);
+/** Remove the entry of path alone. */
+int manifest_delete(AgentState *s, const char *path);
 /** Remove path and everything below it. */
 int manifest_delete_tree(AgentState *s, const char *path);
 /** Rename path and everything below it to a new prefix. */
@@ -87,6 +89,8 @@ int blocks_delete(AgentState *s, const uint8_t sha[BS_SHA_LEN]);
  */
 int blocks_replace(AgentState *s, const char *path, const uint8_t sha[BS_SHA_LEN], uint32_t block,
                    const uint8_t *sums, size_t count);
+/** Call fn for each file the manifest records with inode ino (its hard links). */
+int manifest_same_inode(AgentState *s, uint64_t ino, manifest_iter_t fn, void *userdata);
 /** Snapshot reconciliation: clear the seen marks, set one, list the unseen. */
 int manifest_clear_seen(AgentState *s);
 int manifest_mark_seen(AgentState *s, const char *path);

@@ -74,6 +74,9 @@ Agent *agent_free(Agent *a) {
         for (size_t i = 0; i < a->n_failed; i++)
                 free(a->failed[i].path);
         free(a->failed);
+        for (size_t i = 0; i < a->n_refused; i++)
+                free(a->refused[i].path);
+        free(a->refused);
         for (size_t i = 0; i < a->n_moves; i++) {
                 free(a->moves[i].from);
                 free(a->moves[i].to);
@@ -107,6 +110,10 @@ void agent_mark_dirty(Agent *a, const char *path, bool recursive) {
                 a->rescan_all = true; /* cannot remember it: look at everything */
 }
 
+
+int agent_mark_refused(Agent *a, const char *path) {
+        return path_list_add(&a->refused, &a->n_refused, &a->cap_refused, path, false);
+}
 
 void agent_mark_failed(Agent *a, const char *path, bool recursive) {
         if (path_list_add(&a->failed, &a->n_failed, &a->cap_failed, path, recursive) < 0)

@@ -104,6 +104,11 @@ typedef struct Agent {
         size_t n_failed, cap_failed;
         LateMode *late_modes;
         size_t n_late_modes, cap_late_modes;
+        /* Paths refused as CONFLICT at refused_seq (a last_seq): refused
+         * again at the same one, pulling cannot help. */
+        DirtyPath *refused;
+        size_t n_refused, cap_refused;
+        uint64_t refused_seq;
         bool rescan_all;
         bool verifying; /* this rescan is the verification pass: report what it finds */
         bool need_snapshot;
@@ -158,6 +163,8 @@ void agent_closed(Agent *a, const char *path, bool recursive);
 void agent_mark_moved(Agent *a, const char *from, const char *to, bool is_dir);
 /** Queue a change the server could not store, for a later retry with backoff. */
 void agent_mark_failed(Agent *a, const char *path, bool recursive);
+/** Remember a path the server refused as CONFLICT (see agent-push.c). */
+int agent_mark_refused(Agent *a, const char *path);
 /** The failed changes become dirty paths again (their retry is due). */
 void agent_requeue_failed(Agent *a);
 /**

@@ -332,3 +332,55 @@ def test_mode_here_content_there():
         snap = assert_converged(srv, [a, b])
         check(snap["f"][1] == b"new content from A\n", "f is %r" % (snap["f"],))
         check(not [k for k in snap if ".conflict-" in k], "conflict copies: %r" % sorted(snap))
+
+
+def test_hard_link_written_through_other_name():
+    """Two names of one file (a hard link, as cp -al and rsnapshot make):
+    a write or chmod through one name changes the bytes under both, though
+    inotify reports only the name used; both names converge elsewhere."""
+    with harness.Env("hardlink") as env:
+        srv, a, b = _pair(env)
+        os.makedirs(os.path.join(a.dir, "d1"))
+        os.makedirs(os.path.join(a.dir, "d2"))
+        f, g = os.path.join(a.dir, "d1", "f"), os.path.join(a.dir, "d2", "g")
+        write_file(f, "first\n")
+        os.link(f, g)
+        assert_converged(srv, [a, b], verify=False)
+        for i in range(3):
+            with open(g if i % 2 == 0 else f, "ab") as fh:
+                fh.write(b"appended %d\n" % i)
+            snap = assert_converged(srv, [a, b], verify=False, msg="append %d" % i)
+            check(snap["d1/f"][1] == snap["d2/g"][1], "the two names differ on the server")
+        os.chmod(g, 0o600)
+        snap = assert_converged(srv, [a, b], msg="chmod through one name")
+        check(snap["d1/f"][2] == 0o600, "d1/f has mode %o" % snap["d1/f"][2])
+
+
+def test_dir_replaced_while_changed_here():
+    """A directory replaced by a file (and another by a symlink) on A while
+    B, paused, made changes inside it: B keeps its directory as a conflict
+    copy, takes A's file and link, and every computer converges (before,
+    B could neither place the file nor send its directory, and retried
+    for ever)."""
+    with harness.Env("dirreplaced") as env:
+        srv, a, b = _pair(env)
+        for d in ("d0", "d1"):
+            os.makedirs(os.path.join(a.dir, d, "sub"))
+            write_file(os.path.join(a.dir, d, "sub", "old.txt"), "old\n")
+        assert_converged(srv, [a, b], verify=False)
+        b.popen.send_signal(signal.SIGSTOP)
+        try:
+            for d in ("d0", "d1"):
+                write_file(os.path.join(b.dir, d, "sub", "new on B.txt"), "B's change in %s\n" % d)
+                subprocess.run(["rm", "-rf", os.path.join(a.dir, d)], check=True)
+            write_file(os.path.join(a.dir, "d0"), "now a file\n")
+            os.symlink("elsewhere", os.path.join(a.dir, "d1"))
+            harness.wait_until(lambda: os.path.isfile(os.path.join(srv.tree(a.token), "d0")) and
+                               os.path.islink(os.path.join(srv.tree(a.token), "d1")), 30, "A's file and link on the server")
+        finally:
+            b.popen.send_signal(signal.SIGCONT)
+        snap = assert_converged(srv, [a, b], timeout=60)
+        check(snap["d0"][0] == "file" and snap["d1"][0] == "link", "d0, d1: %r, %r" % (snap["d0"], snap["d1"]))
+        kept = sorted(k for k in snap if k.endswith("new on B.txt"))
+        check(len(kept) == 2 and all(".conflict-B-" in k for k in kept), "B's changes: %r" % kept)
+        check(b.log_text().count("CONFLICT, syncing again") < 20, "B retried a refused change over and over")

@@ -31,6 +31,24 @@ BUDGET = 480  # seconds: no new seed starts after this (a failing one takes ~2 m
 # (seed, ops, computers, what it found). A replay acts on trees that
 # depend on timing, so it reproduces its bug often, not always.
 REGRESSION_SEEDS = [
+    (308, 150, 2, "a file renamed in a directory, then the directory renamed: the "
+                  "file's rename never reached the server (A: sub/l1, server: sub/e.txt)"),
+    (314, 150, 3, "a file moved into a directory just before renameat2(RENAME_EXCHANGE) "
+                  "swapped that directory with a file: the file was never uploaded"),
+    (305, 150, 2, "RENAME_EXCHANGE of a directory and a symlink: the other computer "
+                  "logs 'cannot create link d0/d0: Is a directory' forever"),
+    (502, 150, 3, "RENAME_EXCHANGE of a file and a directory while another computer "
+                  "added files in it: 'MKDIR d0 refused: CONFLICT' ~1700 times a second"),
+    (315, 150, 3, "a file moved out of a directory on one computer while the directory "
+                  "was renamed on another: a stale copy stays at the new place, not on the server"),
+    (319, 150, 3, "a file deleted on one computer while its directory was renamed on "
+                  "another: the server keeps it at the new place, the deleting computer lacks it"),
+    (306, 150, 2, "after directory exchanges, 'ATTR d1/g refused: CONFLICT' repeated "
+                  "~1700 times a second: a pull brings nothing newer, the same ATTR goes again"),
+    (205, 150, 3, "hard links: a utime through one name (d0/a.conflict-...) changed the "
+                  "other name (l1) without an event; l1's mtime never reached the server"),
+    (103, 150, 3, "a directory here, a file on the server at the same path (d1): "
+                  "'MKDIR d1 refused: CONFLICT' forever"),
 ]
 
 

@@ -96,6 +96,7 @@ static void schedule_round(Agent *a) {
 
 static void on_dirty(void *userdata, const char *path, bool recursive) {
         Agent *a = userdata;
+        log_debug("event: %s%s", path, recursive ? " (and below)" : "");
         agent_closed(a, path, recursive);
         schedule_round(a);
 }
@@ -117,6 +118,7 @@ static void arm_settle(Agent *a) {
 
 static void on_settle(void *userdata, const char *path) {
         Agent *a = userdata;
+        log_debug("event: %s is being written", path);
         agent_settle(a, path);
         arm_settle(a);
 }
@@ -135,7 +137,15 @@ static int on_settle_timer(sd_event_source *s, uint64_t usec, void *userdata) {
 
 static void on_move(void *userdata, const char *from, const char *to, bool is_dir) {
         Agent *a = userdata;
+        log_debug("event: %s moved to %s", from, to);
         agent_mark_moved(a, from, to, is_dir);
+        schedule_round(a);
+}
+
+static void on_exchange(void *userdata, const char *x, const char *y) {
+        Agent *a = userdata;
+        log_debug("event: %s and %s exchanged", x, y);
+        agent_mark_exchanged(a, x, y);
         schedule_round(a);
 }
 
@@ -161,6 +171,7 @@ static const WatcherOps watcher_ops = {
         .dirty = on_dirty,
         .settle = on_settle,
         .move = on_move,
+        .exchange = on_exchange,
         .rescan = on_rescan,
         .root_gone = on_root_gone,
 };
@@ -308,6 +319,9 @@ static int on_inotify(sd_event_source *s, int fd, uint32_t revents, void *userda
         int r = watcher_process(a->watcher);
         if (r < 0)
                 log_error("reading inotify events failed: %s", strerror(-r));
+        /* A move waits for what may follow it; the round flushes it. */
+        if (watcher_holding(a->watcher))
+                schedule_round(a);
         return 0;
 }
 

@@ -33,6 +33,10 @@ struct Watcher {
         uint32_t pending_cookie;
         bool pending_dir;
         char *pending_from;
+        /* The last whole move, held until the next event: its reverse
+         * right after it, both names still there, is renameat2(RENAME_EXCHANGE). */
+        char *held_from, *held_to;
+        bool held_dir;
 };
 
 int watcher_new(const char *root, const WatcherOps *ops, void *userdata, Watcher **ret) {
@@ -71,6 +75,9 @@ void watcher_reset(Watcher *w) {
         clear_unwatched(w);
         free(w->pending_from);
         w->pending_from = NULL;
+        free(w->held_from);
+        free(w->held_to);
+        w->held_from = w->held_to = NULL;
 }
 
 Watcher *watcher_free(Watcher *w) {
@@ -215,7 +222,8 @@ static void rename_below(Watcher *w, const char *from, const char *to) {
                 }
 }
 
-void watcher_flush(Watcher *w) {
+/* A move whose other half never came: moved out of the tree. */
+static void flush_pending(Watcher *w) {
         if (!w->pending_from)
                 return;
         char *from = TAKE_PTR(w->pending_from);
@@ -223,6 +231,61 @@ void watcher_flush(Watcher *w) {
                 drop_below(w, from);
         w->ops->dirty(w->userdata, from, false);
         free(from);
+}
+
+static void deliver_held(Watcher *w) {
+        if (!w->held_from)
+                return;
+        char *from = TAKE_PTR(w->held_from), *to = TAKE_PTR(w->held_to);
+        if (w->held_dir)
+                rename_below(w, from, to);
+        w->ops->move(w->userdata, from, to, w->held_dir);
+        free(from);
+        free(to);
+}
+
+/* from was moved to to: held, unless it undoes the held move while both
+ * names exist, which is an exchange: both swap at once. */
+static void moved(Watcher *w, char *from, const char *to, bool isdir) {
+        char abs[PATH_MAX + BS_PATH_MAX + 2];
+        struct stat st;
+        if (w->held_from && strcmp(w->held_from, to) == 0 && strcmp(w->held_to, from) == 0) {
+                abs_path(w, from, abs, sizeof(abs));
+                if (lstat(abs, &st) == 0) {
+                        /* Watches: swap the two prefixes through a name no path has. */
+                        static const char tmp[] = "\001exchange";
+                        if (w->held_dir)
+                                rename_below(w, to, tmp);
+                        if (isdir)
+                                rename_below(w, from, to);
+                        if (w->held_dir)
+                                rename_below(w, tmp, from);
+                        w->ops->exchange(w->userdata, to, from);
+                        free(w->held_from);
+                        free(w->held_to);
+                        w->held_from = w->held_to = NULL;
+                        free(from);
+                        return;
+                }
+        }
+        deliver_held(w);
+        w->held_to = strdup(to);
+        if (!w->held_to) {
+                w->ops->rescan(w->userdata, "out of memory");
+                free(from);
+                return;
+        }
+        w->held_from = from;
+        w->held_dir = isdir;
+}
+
+bool watcher_holding(const Watcher *w) {
+        return w->pending_from || w->held_from;
+}
+
+void watcher_flush(Watcher *w) {
+        flush_pending(w);
+        deliver_held(w);
 }
 
 /* The events of a file made with O_TMPFILE keep naming it "#<inode>",
@@ -265,6 +328,24 @@ static void handle_anon(Watcher *w, const char *dir, uint64_t ino, uint32_t mask
         bs_dir_list_free(v, n);
 }
 
+/* Would this event keep the held move waiting: the first half of its
+ * reverse (an exchange), the second half of that, or the moved
+ * directory's own IN_MOVE_SELF, which comes between them? */
+static bool keeps_held(Watcher *w, const struct inotify_event *ev) {
+        char path[BS_PATH_MAX + 1];
+        if (ev->mask & IN_MOVE_SELF)
+                return true; /* the moved directory's own watch: says nothing new */
+        if (ev->mask & IN_MOVED_TO)
+                return w->pending_from && w->pending_cookie == ev->cookie;
+        if (!(ev->mask & IN_MOVED_FROM) || ev->wd < 0 || (size_t) ev->wd >= w->n_paths || !w->paths[ev->wd] ||
+            ev->len == 0)
+                return false;
+        const char *dir = w->paths[ev->wd];
+        int n = dir[0] ? snprintf(path, sizeof(path), "%s/%s", dir, ev->name)
+                       : snprintf(path, sizeof(path), "%s", ev->name);
+        return n > 0 && (size_t) n < sizeof(path) && strcmp(path, w->held_to) == 0;
+}
+
 static void handle(Watcher *w, const struct inotify_event *ev) {
         char path[BS_PATH_MAX + 1];
 
@@ -272,6 +353,9 @@ static void handle(Watcher *w, const struct inotify_event *ev) {
                 w->ops->rescan(w->userdata, "inotify event queue overflowed");
                 return;
         }
+        /* Anything else sees the held move done first (its watches renamed). */
+        if (w->held_from && !keeps_held(w, ev))
+                deliver_held(w);
         if (ev->wd < 0 || (size_t) ev->wd >= w->n_paths || !w->paths[ev->wd])
                 return;
         const char *dir = w->paths[ev->wd];
@@ -307,7 +391,7 @@ static void handle(Watcher *w, const struct inotify_event *ev) {
         bool isdir = ev->mask & IN_ISDIR;
 
         if (ev->mask & IN_MOVED_FROM) {
-                watcher_flush(w);
+                flush_pending(w);
                 w->pending_from = strdup(path);
                 w->pending_cookie = ev->cookie;
                 w->pending_dir = isdir;
@@ -315,11 +399,7 @@ static void handle(Watcher *w, const struct inotify_event *ev) {
         }
         if (ev->mask & IN_MOVED_TO) {
                 if (w->pending_from && w->pending_cookie == ev->cookie) {
-                        char *from = TAKE_PTR(w->pending_from);
-                        if (isdir)
-                                rename_below(w, from, path);
-                        w->ops->move(w->userdata, from, path, isdir);
-                        free(from);
+                        moved(w, TAKE_PTR(w->pending_from), path, isdir);
                         return;
                 }
                 watcher_flush(w);

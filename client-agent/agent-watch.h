@@ -17,6 +17,8 @@ typedef struct WatcherOps {
         void (*dirty)(void *userdata, const char *path, bool recursive);
         void (*settle)(void *userdata, const char *path);
         void (*move)(void *userdata, const char *from, const char *to, bool is_dir);
+        /* renameat2(RENAME_EXCHANGE): x and y swapped. */
+        void (*exchange)(void *userdata, const char *x, const char *y);
         void (*rescan)(void *userdata, const char *reason);
         void (*root_gone)(void *userdata);
 } WatcherOps;
@@ -40,8 +42,14 @@ int watcher_add_tree(Watcher *w, const char *dir);
 /** Read and dispatch what the kernel has queued. */
 int watcher_process(Watcher *w);
 
-/** Report a move whose other half never came (moved out of the tree). */
+/**
+ * Report what waits for a later event: a move whose other half never came
+ * (moved out of the tree), and the last move, held back in case its
+ * reverse follows (renameat2(RENAME_EXCHANGE) reports two moves).
+ */
 void watcher_flush(Watcher *w);
+/** True when watcher_flush() has something to report. */
+bool watcher_holding(const Watcher *w);
 
 /** Drop every watch (the tree is gone or is being rewatched). */
 void watcher_reset(Watcher *w);

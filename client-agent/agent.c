@@ -237,18 +237,75 @@ void agent_closed(Agent *a, const char *path, bool recursive) {
         agent_mark_dirty(a, path, recursive);
 }
 
-void agent_mark_moved(Agent *a, const char *from, const char *to, bool is_dir) {
+/* Rename *path when it is at or below from (to the same place below to). */
+static void follow(char **path, const char *from, const char *to) {
         char buf[BS_PATH_MAX + 1];
+        if (bs_path_under(*path, from) && bs_path_rebase(*path, from, to, buf, sizeof(buf)) == 0) {
+                char *p = strdup(buf);
+                if (p) {
+                        free(*path);
+                        *path = p;
+                }
+        }
+}
+
+/* Queued moves at or below path name places that change now: both ends
+ * become plain changes, compared once the change at hand is sent. */
+static void moves_to_dirty(Agent *a, const char *path, const char *from, const char *to) {
+        size_t kept = 0;
+        for (size_t i = 0; i < a->n_moves; i++) {
+                MovePath *mv = &a->moves[i];
+                if (bs_path_under(mv->from, path) || bs_path_under(mv->to, path)) {
+                        if (from) {
+                                follow(&mv->from, from, to);
+                                follow(&mv->to, from, to);
+                        }
+                        agent_mark_dirty(a, mv->from, false);
+                        agent_mark_dirty(a, mv->to, mv->is_dir);
+                        free(mv->from);
+                        free(mv->to);
+                        continue;
+                }
+                a->moves[kept++] = *mv;
+        }
+        a->n_moves = kept;
+}
+
+void agent_mark_exchanged(Agent *a, const char *x, const char *y) {
+        /* Swap the two prefixes through a name no path has. */
+        static const char tmp[] = "\001exchange";
+        moves_to_dirty(a, x, NULL, NULL);
+        moves_to_dirty(a, y, NULL, NULL);
+        DirtyPath *lists[] = { a->dirty, a->failed };
+        size_t counts[] = { a->n_dirty, a->n_failed };
+        for (size_t l = 0; l < 2; l++)
+                for (size_t i = 0; i < counts[l]; i++) {
+                        follow(&lists[l][i].path, x, tmp);
+                        follow(&lists[l][i].path, y, x);
+                        follow(&lists[l][i].path, tmp, y);
+                }
+        for (size_t i = 0; i < a->n_settling; i++) {
+                follow(&a->settling[i].path, x, tmp);
+                follow(&a->settling[i].path, y, x);
+                follow(&a->settling[i].path, tmp, y);
+        }
+        /* Sent as what each name holds now: no MOVE says "swapped". */
+        agent_mark_dirty(a, x, true);
+        agent_mark_dirty(a, y, true);
+}
+
+void agent_mark_moved(Agent *a, const char *from, const char *to, bool is_dir) {
         /* Queued paths name the moved entry by its old name: follow it. */
         for (size_t i = 0; i < a->n_dirty; i++)
-                if (bs_path_under(a->dirty[i].path, from) &&
-                    bs_path_rebase(a->dirty[i].path, from, to, buf, sizeof(buf)) == 0) {
-                        char *p = strdup(buf);
-                        if (p) {
-                                free(a->dirty[i].path);
-                                a->dirty[i].path = p;
-                        }
-                }
+                follow(&a->dirty[i].path, from, to);
+        for (size_t i = 0; i < a->n_failed; i++)
+                follow(&a->failed[i].path, from, to);
+        for (size_t i = 0; i < a->n_settling; i++)
+                follow(&a->settling[i].path, from, to);
+        /* A move queued inside what moves now names places the server
+         * never had together (a file renamed, then its directory): send
+         * both ends as plain changes, compared after this move. */
+        moves_to_dirty(a, from, from, to);
         if (a->n_moves == a->cap_moves) {
                 size_t cap = a->cap_moves ? a->cap_moves * 2 : 16;
                 MovePath *m = reallocarray(a->moves, cap, sizeof(*m));

@@ -161,6 +161,8 @@ void agent_mark_dirty(Agent *a, const char *path, bool recursive);
 void agent_closed(Agent *a, const char *path, bool recursive);
 /** Queue a move seen by the watcher; queued paths follow it to its new name. */
 void agent_mark_moved(Agent *a, const char *from, const char *to, bool is_dir);
+/** renameat2(RENAME_EXCHANGE) swapped x and y: queued paths follow, both are compared. */
+void agent_mark_exchanged(Agent *a, const char *x, const char *y);
 /** Queue a change the server could not store, for a later retry with backoff. */
 void agent_mark_failed(Agent *a, const char *path, bool recursive);
 /** Remember a path the server refused as CONFLICT (see agent-push.c). */

@@ -384,3 +384,36 @@ def test_dir_replaced_while_changed_here():
         kept = sorted(k for k in snap if k.endswith("new on B.txt"))
         check(len(kept) == 2 and all(".conflict-B-" in k for k in kept), "B's changes: %r" % kept)
         check(b.log_text().count("CONFLICT, syncing again") < 20, "B retried a refused change over and over")
+
+
+def test_moves_in_moved_directories():
+    """Moves the agent saw one after the other, at once: a file renamed and
+    then its directory; a file moved into a directory which renameat2
+    (RENAME_EXCHANGE) then swaps with a file; two directories swapped, and
+    a file in one chmod-ed after. Each converges on B (the first was sent
+    as a rename between names the server never had together, the others as
+    two moves undoing each other)."""
+    from randomsync import rename_exchange
+    with harness.Env("movesmoved") as env:
+        srv, a, b = _pair(env)
+        p = lambda *x: os.path.join(a.dir, *x)
+        write_file(p("d", "sub", "e.txt"), "e\n")
+        write_file(p("d0", "a.txt"), "a\n")
+        write_file(p("sub", "h.txt"), "h\n")
+        write_file(p("d1", "g"), "g in d1\n")
+        write_file(p("xy", "g"), "g in xy\n")
+        write_file(p("xy", "only"), "only in xy\n")
+        assert_converged(srv, [a, b], verify=False)
+        os.rename(p("d", "sub", "e.txt"), p("d", "sub", "l1"))
+        os.rename(p("d"), p("d2"))
+        write_file(env.path("in"), "moved in\n")
+        os.rename(env.path("in"), p("d0", "b.txt"))
+        rename_exchange(p("d0"), p("sub", "h.txt"))
+        rename_exchange(p("d1"), p("xy"))
+        time.sleep(0.5)
+        os.chmod(p("d1", "g"), 0o600)
+        snap = assert_converged(srv, [a, b])
+        check(snap["d2/sub/l1"][1] == b"e\n" and "d2/sub/e.txt" not in snap, "rename then directory: %r" % sorted(snap))
+        check(snap["sub/h.txt/b.txt"][1] == b"moved in\n" and snap["d0"][1] == b"h\n", "exchange: %r" % sorted(snap))
+        check(snap["d1/g"][1:3] == (b"g in xy\n", 0o600) and snap["xy/g"][1] == b"g in d1\n", "directories swapped: %r"
+              % {k: snap[k][:3] for k in ("d1/g", "xy/g")})

@@ -256,6 +256,46 @@ out:
         return r;
 }
 
+/* Rename *path when it is at or below from. */
+static int follow_move(char **path, const char *from, const char *to) {
+        char buf[BS_PATH_MAX + 1];
+        if (!bs_path_under(*path, from))
+                return 0;
+        if (bs_path_rebase(*path, from, to, buf, sizeof(buf)) < 0)
+                return 0; /* too long there: left as it is, compared later */
+        char *p = strdup(buf);
+        if (!p)
+                return -ENOMEM;
+        free(*path);
+        *path = p;
+        return 0;
+}
+
+/*
+ * A MOVE of ours that the manifest already records (acknowledged before
+ * this pull) came after some records of the pull: those name the places
+ * as they were before it (another computer deleted d/f, then we moved d
+ * to e). Rename them through it, or they would miss what they change.
+ */
+static int follow_own_moves(Agent *a, Pull *p) {
+        ManifestEntry *m = malloc(sizeof(*m));
+        int r = 0;
+        if (!m)
+                return -ENOMEM;
+        for (size_t j = 0; j < p->n && r >= 0; j++) {
+                Rec *mv = &p->recs[j];
+                if (mv->op != BS_OP_MOVE || manifest_get(a->state, mv->path2, m) < 0 || m->version < mv->seq)
+                        continue;
+                for (size_t i = 0; i < j && r >= 0; i++) {
+                        r = follow_move(&p->recs[i].path, mv->path, mv->path2);
+                        if (r >= 0 && p->recs[i].op == BS_OP_MOVE)
+                                r = follow_move(&p->recs[i].path2, mv->path, mv->path2);
+                }
+        }
+        free(m);
+        return r;
+}
+
 /* Would applying this record need its content from the server? */
 static bool wants_content(Agent *a, Rec *x) {
         ManifestEntry *m = malloc(sizeof(*m));
@@ -545,6 +585,8 @@ static int pull_once(Agent *a, uint64_t since) {
         Pull p = { .fd = -1 };
         uint64_t seq0 = a->last_seq;
         int r = receive_changes(a, &p, since);
+        if (r >= 0 && !p.snapshot)
+                r = follow_own_moves(a, &p);
         if (r >= 0)
                 r = mark_order(&p);
         if (r < 0)

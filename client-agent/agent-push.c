@@ -662,7 +662,7 @@ out:
         return ok;
 }
 
-static int push_moves(Agent *a) {
+int agent_push_moves(Agent *a) {
         MovePath *moves = a->moves;
         size_t n = a->n_moves;
         int r = 0;
@@ -699,8 +699,11 @@ static int push_moves(Agent *a) {
                         op->base2 = base_to;
                         r = push_plan(a, &p);
                 }
-                /* Content may have changed along with the name. */
-                agent_mark_dirty(a, mv->to, false);
+                /* Content may have changed along with the name; below a
+                 * directory, what a record pulled just before the move
+                 * removed from the manifest but not from the moved tree
+                 * (it was no longer at the old name) is found again. */
+                agent_mark_dirty(a, mv->to, mv->is_dir);
                 plan_clear(&p);
                 free(m);
         }
@@ -766,7 +769,7 @@ int agent_push(Agent *a) {
         if (a->paused)
                 return 0; /* a state, not an error: the loop and --once look at it */
 
-        r = push_moves(a);
+        r = agent_push_moves(a);
         if (r < 0)
                 return r;
 

@@ -9,3 +9,5 @@
  * and returns 0. Returns 0 or a negative errno.
  */
 int agent_push(Agent *a);
+/** Send the queued moves alone (MOVE, or plain changes when no longer true). */
+int agent_push_moves(Agent *a);

@@ -20,7 +20,12 @@ int agent_round(Agent *a) {
         log_debug("round: at sequence %llu (server said %llu), %zu paths and %zu moves queued%s",
                   (unsigned long long) a->last_seq, (unsigned long long) a->conn->notify_seq, a->n_dirty,
                   a->n_moves, a->rescan_all ? ", full rescan" : "");
-        for (int i = 0; i < 8; i++) {
+        /* Moves first: they carry no content, and records pulled next may
+         * name places they renamed (another computer deleted d/f while we
+         * moved d to e), which the pull follows once the move is recorded. */
+        if (a->n_moves > 0 && !a->paused)
+                r = agent_push_moves(a);
+        for (int i = 0; r >= 0 && i < 8; i++) {
                 a->again = false;
                 /* Pull first: what others did is applied (or kept as a
                  * conflict) before anything of ours goes out. */

@@ -417,3 +417,26 @@ def test_moves_in_moved_directories():
         check(snap["sub/h.txt/b.txt"][1] == b"moved in\n" and snap["d0"][1] == b"h\n", "exchange: %r" % sorted(snap))
         check(snap["d1/g"][1:3] == (b"g in xy\n", 0o600) and snap["xy/g"][1] == b"g in d1\n", "directories swapped: %r"
               % {k: snap[k][:3] for k in ("d1/g", "xy/g")})
+
+
+def test_move_against_delete_and_move_out():
+    """B deletes d/f and moves d2/sub/g out of d2 while A renames d and d2,
+    a few milliseconds apart, again and again: every computer ends up with
+    the same tree (a file A's move kept under the new name is kept
+    everywhere: a move here wins over a deletion there)."""
+    with harness.Env("movedelete") as env:
+        srv, a, b = _pair(env)
+        for rnd in range(4):
+            d, d2 = "d%d" % rnd, "m%d" % rnd
+            write_file(os.path.join(a.dir, d, "f"), "f\n")
+            write_file(os.path.join(a.dir, d, "other"), "o\n")
+            write_file(os.path.join(a.dir, d2, "sub", "g"), "g\n")
+            assert_converged(srv, [a, b], verify=False, msg="round %d before" % rnd)
+            os.unlink(os.path.join(b.dir, d, "f"))
+            os.rename(os.path.join(b.dir, d2, "sub", "g"), os.path.join(b.dir, "g%d" % rnd))
+            time.sleep(0.005 * rnd)
+            os.rename(os.path.join(a.dir, d), os.path.join(a.dir, "e%d" % rnd))
+            os.rename(os.path.join(a.dir, d2), os.path.join(a.dir, "n%d" % rnd))
+            snap = assert_converged(srv, [a, b], verify=False, msg="round %d after" % rnd)
+            check("e%d/other" % rnd in snap and "n%d/sub" % rnd in snap, "round %d: %r" % (rnd, sorted(snap)))
+        harness.verify_server(srv)

@@ -49,6 +49,13 @@ REGRESSION_SEEDS = [
                   "other name (l1) without an event; l1's mtime never reached the server"),
     (103, 150, 3, "a directory here, a file on the server at the same path (d1): "
                   "'MKDIR d1 refused: CONFLICT' forever"),
+    (1001, 150, 3, "a write through one hard link left the other name stale; a file replacing "
+                   "a directory with local changes looped on CONFLICT; an upload into a directory "
+                   "this computer had deleted came back for good"),
+    (2002, 200, 2, "a file kept under a directory another computer moved while this one moved "
+                   "files in it: changes never sent"),
+    (2004, 200, 2, "directory moves on both computers at once: a file missing on one, content "
+                   "differing on the other"),
 ]
 
 

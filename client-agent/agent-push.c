@@ -422,6 +422,13 @@ static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
                 case BS_MSG_DELETE:
                         manifest_delete_tree(a->state, op->path);
                         log_event(AGENT_FILE_LOG(a), BS_MID_DELETED, a->account, op->path, "deleted %s", op->path);
+                        /* Already gone on the server though we had a version of
+                         * it: deleted there too, or moved away with a directory
+                         * above it, and then it lives on under a name no record
+                         * we pull will give it here. The next pull compares the
+                         * whole tree (a move there wins over a deletion here). */
+                        if (m->seq == 0 && op->base != 0)
+                                a->need_snapshot = true;
                         break;
                 case BS_MSG_MOVE: {
                         ManifestEntry *e = malloc(sizeof(*e));

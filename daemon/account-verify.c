@@ -221,8 +221,73 @@ static int check_missing(Verify *v) {
         return r;
 }
 
+/*
+ * A rescued file whose content an entry names: that content was
+ * acknowledged, and the unfinished change was replacing or deleting it,
+ * which the repair below may now record as found. A versions row keeps
+ * it reachable (GET by content, history). stored is below versions/.
+ */
+static int rescue_row(Account *a, const char *stored) {
+        uint8_t sha[BS_SHA_LEN];
+        char path[BS_PATH_MAX + 1];
+        sqlite3_stmt *st;
+        int r = hash_at(a->versions_fd, stored, sha);
+        r = r ?: account_stmt(a, STMT_ENTRY_BY_SHA, &st);
+        if (r < 0)
+                return r == -EISDIR ? 0 : r;
+        sqlite3_bind_blob(st, 1, sha, BS_SHA_LEN, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        if (rc != SQLITE_ROW) {
+                sqlite3_reset(st);
+                return rc == SQLITE_DONE ? 0 : (account_sqlite_errno(rc) ?: -EIO);
+        }
+        AccountEntry e = {
+                .kind = BS_KIND_FILE,
+                .size = (uint64_t) sqlite3_column_int64(st, 1),
+                .mode = (uint32_t) sqlite3_column_int64(st, 2),
+                .mtime_ns = sqlite3_column_int64(st, 3),
+                .version = (uint64_t) sqlite3_column_int64(st, 4),
+        };
+        memcpy(e.sha, sha, BS_SHA_LEN);
+        r = account_column_path(st, 0, path, NULL);
+        sqlite3_reset(st);
+        if (r < 0)
+                return r;
+        r = account_change_begin(a);
+        r = r ?: account_version_add(a, path, &e, stored, a->committed_seq + 1);
+        return account_change_end(a, r);
+}
+
+/* The files below a rescued directory, each as rescue_row(). */
+static int rescue_rows(Account *a, const char *stored, int depth) {
+        struct stat st;
+        if (fstatat(a->versions_fd, stored, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                return -errno;
+        if (S_ISREG(st.st_mode))
+                return rescue_row(a, stored);
+        if (!S_ISDIR(st.st_mode) || depth > 256)
+                return 0;
+        _cleanup_(closep) int fd = openat(a->versions_fd, stored, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        BsDirent *v = NULL;
+        size_t n = 0;
+        if (fd < 0)
+                return -errno;
+        int r = bs_dir_list(fd, &v, &n);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; r >= 0 && i < n; i++) {
+                char sub[BS_PATH_MAX + 64];
+                int k = snprintf(sub, sizeof(sub), "%s/%s", stored, v[i].name);
+                if (k > 0 && (size_t) k < sizeof(sub))
+                        r = rescue_rows(a, sub, depth + 1);
+        }
+        bs_dir_list_free(v, n);
+        return r;
+}
+
 /* Kept content named after a sequence number that was never committed
- * would be overwritten by the next change of that number: keep it aside. */
+ * would be overwritten by the next change of that number: keep it aside,
+ * and reachable when it is content an entry names. */
 static int rescue_versions(Verify *v) {
         Account *a = v->a;
         _cleanup_(closep) int fd = openat(a->versions_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -245,8 +310,11 @@ static int rescue_versions(Verify *v) {
                         continue;
                 char to[64];
                 snprintf(to, sizeof(to), "recovered-%llu-%lld", n, (long long) time(NULL));
-                if (renameat(a->versions_fd, de->d_name, a->versions_fd, to) < 0 && r == 0)
-                        r = -errno;
+                if (renameat(a->versions_fd, de->d_name, a->versions_fd, to) < 0) {
+                        if (r == 0)
+                                r = -errno;
+                } else if (r == 0)
+                        r = rescue_rows(a, to, 0);
         }
         closedir(d);
         return r ?: bs_fsync_dir(a->versions_fd);

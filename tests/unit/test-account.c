@@ -260,3 +260,31 @@ Test(account, upload_copy_from_stored_content) {
         account_upload_discard(acc, &u);
         close(src.fd);
 }
+
+/* A crash in the middle of an overwrite: the tree holds the new content,
+ * versions/<uncommitted seq> the acknowledged old one. The repair records
+ * the tree as found and keeps the old content reachable by its SHA-256. */
+Test(account, repair_keeps_content_of_an_unfinished_change) {
+        char tree_f[4200], kept[4200];
+        uint8_t old_sha[BS_SHA_LEN];
+        uint64_t v;
+        cr_assert_eq(put("f", 0, "old\n", &v), 0);
+        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(bs_sha_buf("old\n", 4, old_sha), 0);
+        path_of(tree_f, sizeof(tree_f), "tree", "f");
+        char name[32];
+        snprintf(name, sizeof(name), "%llu", (unsigned long long) (v + 1));
+        path_of(kept, sizeof(kept), "versions", name);
+        cr_assert_eq(link(tree_f, kept), 0, "the old content kept as keep_version() does");
+        cr_assert_eq(unlink(tree_f), 0);
+        FILE *f = fopen(tree_f, "we");
+        cr_assert_not_null(f);
+        fputs("new content\n", f);
+        fclose(f);
+        cr_assert_gt(account_verify(acc, true, false, NULL, NULL), 0, "differences were found and recorded");
+        AccountContent c;
+        cr_assert_eq(account_content_open(acc, old_sha, "f", &c), 0, "the acknowledged content is reachable");
+        cr_assert_eq(c.size, 4);
+        close(c.fd);
+        cr_assert_str_eq(tree_content("f"), "new content\n");
+}

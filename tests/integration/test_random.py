@@ -59,10 +59,11 @@ REGRESSION_SEEDS = [
 
 # Seeds that still fail, left out of the suite until their cause is found
 # (replay each with the command in its failure message):
-# - 2002 (200 ops, 2 computers): a write through mmap to d2/g on A, right
-#   after A was resumed, while B exchanged d1 with a file A had just made a
-#   directory of, and the server was killed: A's change never reaches the
-#   server (A: new content and mtime, server: the old), nothing logged.
+# - 2002 (200 ops, 2 computers): A writes 476 bytes through a descriptor
+#   it opened on d2/sub/e.txt before that file was linked to d2/g and the
+#   name e.txt removed (op #194). inotify reports the write under the
+#   removed name, so the agent never looks at d2/g, and only the
+#   verification pass (every hour by default) would send it.
 OPEN_SEEDS = [(2002, 200, 2)]
 
 

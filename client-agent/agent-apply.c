@@ -57,11 +57,18 @@ static void record_dir(Agent *a, const char *path, const Rec *x) {
         free(l);
 }
 
+static void chmod_dir(Agent *a, const char *path, uint32_t mode) {
+        const char *base;
+        _cleanup_(closep) int pfd = bs_open_parent(a->rootfd, path, &base);
+        if (pfd < 0 || fchmodat(pfd, base, mode, AT_SYMLINK_NOFOLLOW) < 0)
+                log_warning("cannot set the mode of directory %s to %04o: %s", path, mode,
+                            strerror(pfd < 0 ? -pfd : errno));
+}
+
 /* Give a directory the mode a record names. One its owner cannot write
  * into waits for the end of the pull (apply_late_modes()), as with tar
  * and rsync, unless we are root. */
 static void set_dir_mode(Agent *a, const char *path, uint32_t mode) {
-        const char *base;
         mode &= 07777;
         if ((mode & 0300) != 0300 && geteuid() != 0) {
                 if (a->n_late_modes == a->cap_late_modes) {
@@ -77,10 +84,7 @@ static void set_dir_mode(Agent *a, const char *path, uint32_t mode) {
                         a->late_modes[a->n_late_modes++] = (LateMode) { d, mode };
                 return;
         }
-        _cleanup_(closep) int pfd = bs_open_parent(a->rootfd, path, &base);
-        if (pfd < 0 || fchmodat(pfd, base, mode, AT_SYMLINK_NOFOLLOW) < 0)
-                log_warning("cannot set the mode of directory %s to %04o: %s", path, mode,
-                            strerror(pfd < 0 ? -pfd : errno));
+        chmod_dir(a, path, mode);
 }
 
 void apply_late_modes(Agent *a) {
@@ -88,17 +92,10 @@ void apply_late_modes(Agent *a) {
         /* Deepest first: a parent closed before its child would lock us out. */
         for (size_t i = a->n_late_modes; i-- > 0;) {
                 LateMode *lm = &a->late_modes[i];
-                const char *base;
                 /* Only while the manifest still wants that mode there. */
                 if (m && manifest_get(a->state, lm->path, m) == 0 && m->kind == BS_KIND_DIR &&
-                    (m->mode & 07777) == lm->mode) {
-                        int pfd = bs_open_parent(a->rootfd, lm->path, &base);
-                        if (pfd < 0 || fchmodat(pfd, base, lm->mode, AT_SYMLINK_NOFOLLOW) < 0)
-                                log_warning("cannot set the mode of directory %s to %04o: %s", lm->path, lm->mode,
-                                            strerror(pfd < 0 ? -pfd : errno));
-                        if (pfd >= 0)
-                                close(pfd);
-                }
+                    (m->mode & 07777) == lm->mode)
+                        chmod_dir(a, lm->path, lm->mode);
                 free(lm->path);
         }
         free(a->late_modes);

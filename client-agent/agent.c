@@ -271,24 +271,24 @@ static void moves_to_dirty(Agent *a, const char *path, const char *from, const c
         a->n_moves = kept;
 }
 
-void agent_mark_exchanged(Agent *a, const char *x, const char *y) {
-        /* Swap the two prefixes through a name no path has. */
+/* Rename *path at or below x to below y and the other way round, through
+ * a name no path has. */
+static void swap(char **path, const char *x, const char *y) {
         static const char tmp[] = "\001exchange";
+        follow(path, x, tmp);
+        follow(path, y, x);
+        follow(path, tmp, y);
+}
+
+void agent_mark_exchanged(Agent *a, const char *x, const char *y) {
         moves_to_dirty(a, x, NULL, NULL);
         moves_to_dirty(a, y, NULL, NULL);
-        DirtyPath *lists[] = { a->dirty, a->failed };
-        size_t counts[] = { a->n_dirty, a->n_failed };
-        for (size_t l = 0; l < 2; l++)
-                for (size_t i = 0; i < counts[l]; i++) {
-                        follow(&lists[l][i].path, x, tmp);
-                        follow(&lists[l][i].path, y, x);
-                        follow(&lists[l][i].path, tmp, y);
-                }
-        for (size_t i = 0; i < a->n_settling; i++) {
-                follow(&a->settling[i].path, x, tmp);
-                follow(&a->settling[i].path, y, x);
-                follow(&a->settling[i].path, tmp, y);
-        }
+        for (size_t i = 0; i < a->n_dirty; i++)
+                swap(&a->dirty[i].path, x, y);
+        for (size_t i = 0; i < a->n_failed; i++)
+                swap(&a->failed[i].path, x, y);
+        for (size_t i = 0; i < a->n_settling; i++)
+                swap(&a->settling[i].path, x, y);
         /* Sent as what each name holds now: no MOVE says "swapped". */
         agent_mark_dirty(a, x, true);
         agent_mark_dirty(a, y, true);

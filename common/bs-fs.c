@@ -250,21 +250,18 @@ int bs_rm_rf_at(int dfd, const char *name) {
         int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)
                 return -errno;
-        DIR *d = fdopendir(fd);
-        if (!d) {
-                close(fd);
-                return -errno;
+        BsDirent *v;
+        size_t n;
+        int r = bs_dir_list(fd, &v, &n);
+        if (r == 0) {
+                for (size_t i = 0; i < n; i++) {
+                        int k = bs_rm_rf_at(fd, v[i].name);
+                        if (k < 0 && r == 0)
+                                r = k;
+                }
+                bs_dir_list_free(v, n);
         }
-        int r = 0;
-        struct dirent *de;
-        while ((de = readdir(d))) {
-                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-                        continue;
-                int k = bs_rm_rf_at(dirfd(d), de->d_name);
-                if (k < 0 && r == 0)
-                        r = k;
-        }
-        closedir(d);
+        close(fd);
         if (unlinkat(dfd, name, AT_REMOVEDIR) < 0 && errno != ENOENT && r == 0)
                 r = -errno;
         return r;

@@ -165,3 +165,14 @@ void local_mark_links(Agent *a, const char *path, uint64_t ino) {
         Links k = { a, path };
         (void) manifest_same_inode(a->state, ino, mark_link, &k);
 }
+
+bool local_removed_written(Agent *a, const char *path) {
+        _cleanup_(freep) ManifestEntry *m = malloc(sizeof(*m));
+        uint64_t ino = 0;
+        if (m && manifest_get(a->state, path, m) == 0 && m->kind == BS_KIND_FILE)
+                ino = m->ino; /* its removal not sent yet */
+        else if (!agent_gone_link(a, path, &ino))
+                return false;
+        local_mark_links(a, path, ino);
+        return true;
+}

@@ -39,5 +39,11 @@ int local_conflict_copy(Agent *a, const char *path, char *out, size_t outsz);
  * name. Queue its other names the manifest knows (same inode ino).
  */
 void local_mark_links(Agent *a, const char *path, uint64_t ino);
+/**
+ * A file was written through path after that name was removed: queue the
+ * other names of its inode. False when its inode is not known (the name
+ * came and went unseen), and only a look at the whole tree can find them.
+ */
+bool local_removed_written(Agent *a, const char *path);
 /** Fill a manifest entry from what is on disk. */
 void local_to_manifest(const LocalEntry *l, ManifestEntry *m);

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "agent-conflict.h"
+#include "agent-local.h"
 #include "agent-loop.h"
 #include "agent-round.h"
 #include "agent-session.h"
@@ -149,6 +150,36 @@ static void on_exchange(void *userdata, const char *x, const char *y) {
         schedule_round(a);
 }
 
+/* A pass brought forward costs at most 1/VERIFY_SOON_SHARE of the time,
+ * and comes at most once a minute. */
+#define VERIFY_SOON_SHARE 60
+#define VERIFY_SOON_MIN_USEC (60 * 1000000ULL)
+
+/* Bring the verification pass forward (unless switched off). */
+static void verify_soon(Agent *a) {
+        uint64_t now, at, cur;
+        if (!a->cfg.verify_usec || sd_event_now(a->event, CLOCK_MONOTONIC, &now) < 0 ||
+            sd_event_source_get_time(a->verify_timer, &cur) < 0)
+                return;
+        at = now;
+        if (a->verify_last_usec)
+                at = MAX(at, a->verify_last_usec + MAX(VERIFY_SOON_MIN_USEC, VERIFY_SOON_SHARE * a->verify_cost_usec));
+        if (at < cur) {
+                log_debug("verification pass brought forward by %llu s", (unsigned long long) ((cur - at) / 1000000u));
+                (void) sd_event_source_set_time(a->verify_timer, at);
+        }
+}
+
+static void on_removed_written(void *userdata, const char *path) {
+        Agent *a = userdata;
+        log_debug("event: %s written after its name was removed", path);
+        /* Its other names unknown: made and removed while events waited
+         * (the agent busy, stopped or suspended). */
+        if (!local_removed_written(a, path))
+                a->verify_wanted = true;
+        schedule_round(a);
+}
+
 static void on_rescan(void *userdata, const char *reason) {
         Agent *a = userdata;
         log_event(LOG_WARNING, BS_MID_RESCAN, a->account, NULL, "%s; rescanning %s", reason, a->cfg.dir);
@@ -172,6 +203,7 @@ static const WatcherOps watcher_ops = {
         .settle = on_settle,
         .move = on_move,
         .exchange = on_exchange,
+        .removed_written = on_removed_written,
         .rescan = on_rescan,
         .root_gone = on_root_gone,
 };
@@ -248,6 +280,10 @@ static void run_round(Agent *a) {
                 return;
         }
         arm_settle(a); /* files a round found still being written */
+        if (a->verify_wanted) {
+                a->verify_wanted = false;
+                verify_soon(a);
+        }
         if (r < 0 && a->state_error) {
                 /* Our own disk, not the server: keep the connection. */
                 if (!timer_enabled(a->retry_timer)) {
@@ -373,8 +409,10 @@ static int on_verify(sd_event_source *s, uint64_t usec, void *userdata) {
         }
         a->verifying = true;
         a->rescan_all = true;
+        a->verify_last_usec = now_usec();
         run_round(a);
         a->verifying = false;
+        a->verify_cost_usec = now_usec() - a->verify_last_usec;
         sd_event_source_set_time(s, usec + a->cfg.verify_usec);
         return 0;
 }

@@ -189,8 +189,28 @@ int plan_reconcile(Agent *a, Plan *p, const char *path, bool recursive) {
         if (!l->exists || l->kind == BS_KIND_NONE) {
                 if (l->exists)
                         log_info("skipping %s: not a regular file, directory or symlink", path);
-                if (!have)
+                uint64_t ino;
+                if (!have) {
+                        if (l->exists)
+                                return 0;
+                        /* Written through a removed name of a linked file?
+                         * If the name went unseen (made and removed while
+                         * events waited, or before its directory was
+                         * watched), its inode is unknown: only a look at
+                         * the whole tree finds its other names. */
+                        if (agent_gone_link(a, path, &ino))
+                                local_mark_links(a, path, ino);
+                        else if (!watcher_saw_removed(a->watcher, path))
+                                a->verify_wanted = true;
                         return 0;
+                }
+                if (m->kind == BS_KIND_FILE && m->ino) {
+                        /* It may live on under another name (link, then
+                         * unlink: git, mail programs), perhaps not yet in
+                         * the manifest, and be written through this one. */
+                        local_mark_links(a, path, m->ino);
+                        agent_remember_gone_link(a, path, m->ino);
+                }
                 /* Delete the topmost vanished ancestor once, not each child. */
                 char top[BS_PATH_MAX + 1];
                 snprintf(top, sizeof(top), "%s", path);

@@ -16,8 +16,14 @@
 #include "bs-path.h"
 #include "bs-proto.h"
 
+/* Not IN_EXCL_UNLINK: a file with another name (a hard link) is still
+ * written through a descriptor opened on a removed name, and its events
+ * name only that (see agent_gone_link()). */
 #define WATCH_MASK (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE | IN_ATTRIB | IN_MODIFY | \
-                    IN_DELETE_SELF | IN_MOVE_SELF | IN_DONT_FOLLOW | IN_ONLYDIR | IN_EXCL_UNLINK)
+                    IN_DELETE_SELF | IN_MOVE_SELF | IN_DONT_FOLLOW | IN_ONLYDIR)
+
+/* How many removed file names are remembered (see removed_written). */
+#define WATCH_REMOVED 256
 
 struct Watcher {
         int fd;
@@ -37,6 +43,10 @@ struct Watcher {
          * right after it, both names still there, is renameat2(RENAME_EXCHANGE). */
         char *held_from, *held_to;
         bool held_dir;
+        /* Files whose IN_DELETE came last for their name: a write event
+         * for one of them is a write through a removed name. */
+        char *removed[WATCH_REMOVED];
+        size_t next_removed;
 };
 
 int watcher_new(const char *root, const WatcherOps *ops, void *userdata, Watcher **ret) {
@@ -84,6 +94,8 @@ Watcher *watcher_free(Watcher *w) {
         if (!w)
                 return NULL;
         watcher_reset(w);
+        for (size_t i = 0; i < WATCH_REMOVED; i++)
+                free(w->removed[i]);
         free(w->paths);
         if (w->fd >= 0)
                 close(w->fd);
@@ -223,12 +235,44 @@ static void rename_below(Watcher *w, const char *from, const char *to) {
 }
 
 /* A move whose other half never came: moved out of the tree. */
+static void remember_removed(Watcher *w, const char *path) {
+        char *p = strdup(path);
+        if (!p)
+                return; /* a hint only: the verification pass is the net */
+        free(w->removed[w->next_removed]);
+        w->removed[w->next_removed] = p;
+        w->next_removed = (w->next_removed + 1) % WATCH_REMOVED;
+}
+
+/* Index of path among the removed names, or -1. */
+static int find_removed(const Watcher *w, const char *path) {
+        for (size_t i = 0; i < WATCH_REMOVED; i++)
+                if (w->removed[i] && strcmp(w->removed[i], path) == 0)
+                        return (int) i;
+        return -1;
+}
+
+bool watcher_saw_removed(const Watcher *w, const char *path) {
+        return find_removed(w, path) >= 0;
+}
+
+/* The name exists again (created, moved in): its events are its own. */
+static void forget_removed(Watcher *w, const char *path) {
+        int i = find_removed(w, path);
+        if (i >= 0) {
+                free(w->removed[i]);
+                w->removed[i] = NULL;
+        }
+}
+
 static void flush_pending(Watcher *w) {
         if (!w->pending_from)
                 return;
         char *from = TAKE_PTR(w->pending_from);
         if (w->pending_dir)
                 drop_below(w, from);
+        else
+                remember_removed(w, from); /* moved out of the tree */
         w->ops->dirty(w->userdata, from, false);
         free(from);
 }
@@ -397,6 +441,8 @@ static void handle(Watcher *w, const struct inotify_event *ev) {
                 w->pending_dir = isdir;
                 return;
         }
+        if (ev->mask & (IN_CREATE | IN_MOVED_TO))
+                forget_removed(w, path);
         if (ev->mask & IN_MOVED_TO) {
                 if (w->pending_from && w->pending_cookie == ev->cookie) {
                         moved(w, TAKE_PTR(w->pending_from), path, isdir);
@@ -431,6 +477,12 @@ static void handle(Watcher *w, const struct inotify_event *ev) {
                 w->ops->dirty(w->userdata, path, false);
                 return;
         }
+        if ((ev->mask & (IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB)) && find_removed(w, path) >= 0) {
+                w->ops->removed_written(w->userdata, path);
+                return;
+        }
+        if ((ev->mask & IN_DELETE) && !isdir)
+                remember_removed(w, path);
         /* Written and still open (a log, a database): sent once settled. */
         if (ev->mask & IN_MODIFY) {
                 w->ops->settle(w->userdata, path);

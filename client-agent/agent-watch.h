@@ -19,6 +19,9 @@ typedef struct WatcherOps {
         void (*move)(void *userdata, const char *from, const char *to, bool is_dir);
         /* renameat2(RENAME_EXCHANGE): x and y swapped. */
         void (*exchange)(void *userdata, const char *x, const char *y);
+        /* Written after its name was removed: the file lives on, open, and
+         * perhaps under another name (a hard link) no event will report. */
+        void (*removed_written)(void *userdata, const char *path);
         void (*rescan)(void *userdata, const char *reason);
         void (*root_gone)(void *userdata);
 } WatcherOps;
@@ -50,6 +53,13 @@ int watcher_process(Watcher *w);
 void watcher_flush(Watcher *w);
 /** True when watcher_flush() has something to report. */
 bool watcher_holding(const Watcher *w);
+
+/**
+ * True when an IN_DELETE was the last event seen for path (among the last
+ * few hundred removals): a name that is gone without one was removed
+ * unseen, or went with its directory.
+ */
+bool watcher_saw_removed(const Watcher *w, const char *path);
 
 /** Drop every watch (the tree is gone or is being rewatched). */
 void watcher_reset(Watcher *w);

@@ -23,12 +23,6 @@
 #define SETTLE_QUIET_USEC (1 * 1000000ULL)
 #define SETTLE_MAX_USEC (10 * 1000000ULL)
 
-static uint64_t now_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
-}
-
 int agent_new(const AgentConfig *cfg, Agent **ret) {
         Agent *a = calloc(1, sizeof(*a));
         if (!a)
@@ -82,6 +76,8 @@ Agent *agent_free(Agent *a) {
                 free(a->moves[i].to);
         }
         free(a->moves);
+        for (size_t i = 0; i < AGENT_GONE_LINKS; i++)
+                free(a->gone_links[i].path);
         free(a->reloaded_device_name);
         free(a);
         return NULL;
@@ -110,6 +106,25 @@ void agent_mark_dirty(Agent *a, const char *path, bool recursive) {
                 a->rescan_all = true; /* cannot remember it: look at everything */
 }
 
+
+void agent_remember_gone_link(Agent *a, const char *path, uint64_t ino) {
+        char *p = strdup(path);
+        if (!p)
+                return; /* a hint only: the verification pass finds what it would have */
+        GoneLink *g = &a->gone_links[a->next_gone_link];
+        free(g->path);
+        *g = (GoneLink) { .path = p, .ino = ino };
+        a->next_gone_link = (a->next_gone_link + 1) % AGENT_GONE_LINKS;
+}
+
+bool agent_gone_link(const Agent *a, const char *path, uint64_t *ino) {
+        for (size_t i = 0; i < AGENT_GONE_LINKS; i++)
+                if (a->gone_links[i].path && strcmp(a->gone_links[i].path, path) == 0) {
+                        *ino = a->gone_links[i].ino;
+                        return true;
+                }
+        return false;
+}
 
 int agent_mark_refused(Agent *a, const char *path) {
         return path_list_add(&a->refused, &a->n_refused, &a->cap_refused, path, false);

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <sys/stat.h>
 #include <systemd/sd-event.h>
+#include <time.h>
 
 #include "agent-conn.h"
 #include "agent-state.h"
@@ -66,6 +67,15 @@ typedef struct MovePath {
         bool is_dir;
 } MovePath;
 
+/* A file's name removed: the file may live on under another (a hard link). */
+typedef struct GoneLink {
+        char *path;
+        uint64_t ino;
+} GoneLink;
+
+/* How many removed names of linked files are remembered (see agent_gone_link()). */
+#define AGENT_GONE_LINKS 256
+
 /* A directory mode to set once a pull has placed what goes inside. */
 typedef struct LateMode {
         char *path;
@@ -109,11 +119,14 @@ typedef struct Agent {
         DirtyPath *refused;
         size_t n_refused, cap_refused;
         uint64_t refused_seq;
+        GoneLink gone_links[AGENT_GONE_LINKS]; /* a ring, oldest overwritten */
+        size_t next_gone_link;
         bool rescan_all;
         bool verifying; /* this rescan is the verification pass: report what it finds */
         bool need_snapshot;
         bool no_delta;  /* a delta download failed: fetch whole files until the next round */
         bool again;     /* another round is needed at once */
+        bool verify_wanted; /* a change may have gone unreported: bring the verification pass forward */
         bool paused;    /* the watched directory is missing or was emptied */
         bool root_gone;
         AgentStop stop; /* set when the agent must stop */
@@ -126,6 +139,8 @@ typedef struct Agent {
         sd_event_source *poll_timer;
         sd_event_source *settle_timer;
         sd_event_source *verify_timer;
+        uint64_t verify_last_usec; /* CLOCK_MONOTONIC of the last verification pass; 0: none yet */
+        uint64_t verify_cost_usec; /* how long it took */
         sd_event_source *socket_source;
         sd_event_source *retry_timer;
         sd_event_source *failed_timer;
@@ -150,6 +165,13 @@ typedef struct Agent {
         uint32_t next_req;
 } Agent;
 
+/** CLOCK_MONOTONIC now, in microseconds. */
+static inline uint64_t now_usec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+}
+
 /* agent.c */
 int agent_new(const AgentConfig *cfg, Agent **ret);
 /** Free everything the agent owns, event sources included; NULL. */
@@ -163,6 +185,16 @@ void agent_closed(Agent *a, const char *path, bool recursive);
 void agent_mark_moved(Agent *a, const char *from, const char *to, bool is_dir);
 /** renameat2(RENAME_EXCHANGE) swapped x and y: queued paths follow, both are compared. */
 void agent_mark_exchanged(Agent *a, const char *x, const char *y);
+/**
+ * path, a file of inode ino, was removed; another name of it may stay.
+ * A program holding it open keeps writing through the removed name, and
+ * inotify reports those writes under that name only: agent_gone_link()
+ * finds the inode again so its remaining names are compared. The last
+ * AGENT_GONE_LINKS are kept; older ones are left to the verification pass.
+ */
+void agent_remember_gone_link(Agent *a, const char *path, uint64_t ino);
+/** The inode of a removed name remembered above; false when unknown. */
+bool agent_gone_link(const Agent *a, const char *path, uint64_t *ino);
 /** Queue a change the server could not store, for a later retry with backoff. */
 void agent_mark_failed(Agent *a, const char *path, bool recursive);
 /** Remember a path the server refused as CONFLICT (see agent-push.c). */

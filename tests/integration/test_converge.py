@@ -356,6 +356,64 @@ def test_hard_link_written_through_other_name():
         check(snap["d1/f"][2] == 0o600, "d1/f has mode %o" % snap["d1/f"][2])
 
 
+def test_write_through_removed_link_name():
+    """A program keeps a file open while its name is replaced by another
+    (link, then unlink: how git and mail programs publish a file) and goes
+    on writing: inotify reports those writes under the removed name only,
+    yet the remaining name's new bytes reach every computer (before, only
+    the hourly verification pass would have sent them)."""
+    with harness.Env("removedlink") as env:
+        srv, a, b = _pair(env)
+        os.makedirs(os.path.join(a.dir, "d", "sub"))
+        e, g = os.path.join(a.dir, "d", "sub", "e.txt"), os.path.join(a.dir, "d", "g")
+        write_file(e, "first\n")
+        with open(e, "ab") as fh:
+            assert_converged(srv, [a, b], verify=False, msg="e.txt")
+            os.link(e, g)
+            assert_converged(srv, [a, b], verify=False, msg="the second name")
+            os.unlink(e)
+            assert_converged(srv, [a, b], verify=False, msg="the first name removed")
+            for i in range(2):
+                fh.write(b"written through the removed name %d\n" % i)
+                fh.flush()
+                time.sleep(0.2)
+        snap = assert_converged(srv, [a, b], timeout=20, msg="writes through the removed name")
+        check(snap["d/g"][1] == b"first\nwritten through the removed name 0\n"
+                                b"written through the removed name 1\n",
+              "d/g on the server lacks the writes: %r" % (snap["d/g"],))
+        check("d/sub/e.txt" not in snap, "the removed name came back")
+
+
+def test_write_through_name_never_seen():
+    """The same while the agent was stopped (as when suspended or busy):
+    the first name came and went unseen, so no event and no record says
+    which inode the writes reach. The agent brings its verification pass
+    forward (the default interval is an hour) and the other name's bytes
+    arrive; the pass logs what no event reported."""
+    with harness.Env("neverseen") as env:
+        srv, a, b = _pair(env)
+        os.makedirs(os.path.join(a.dir, "d", "sub"))
+        assert_converged(srv, [a, b], verify=False, msg="d/sub")
+        e, g = os.path.join(a.dir, "d", "sub", "e.txt"), os.path.join(a.dir, "d", "g")
+        a.popen.send_signal(signal.SIGSTOP)
+        try:
+            write_file(e, "first\n")
+            fh = open(e, "ab")
+            os.link(e, g)
+            os.unlink(e)
+        finally:
+            a.popen.send_signal(signal.SIGCONT)
+        with fh:
+            assert_converged(srv, [a, b], verify=False, msg="the second name")
+            mark = len(a.log_lines())
+            fh.write(b"written through a name the agent never saw\n")
+        snap = assert_converged(srv, [a, b], timeout=20, msg="writes through the unseen name")
+        check(snap["d/g"][1] == b"first\nwritten through a name the agent never saw\n",
+              "d/g on the server lacks the write: %r" % (snap["d/g"],))
+        check(any("verification pass: d/g was changed" in l for l in a.log_lines()[mark:]),
+              "agent A did not say the verification pass found d/g")
+
+
 def test_dir_replaced_while_changed_here():
     """A directory replaced by a file (and another by a symlink) on A while
     B, paused, made changes inside it: B keeps its directory as a conflict

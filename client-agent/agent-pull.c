@@ -426,10 +426,11 @@ static int finish_download(Agent *a, Pull *p) {
         }
         p->cur = NULL;
         if (r < 0) {
-                log_error("download of %s failed: %s", x->path, strerror(-r));
+                log_error("download of %s failed: %s; fetching it again", x->path, strerror(-r));
                 unlinkat(a->rootfd, x->tmp, 0);
                 x->tmp[0] = 0;
                 x->failed = true;
+                a->need_snapshot = true; /* its record is passed: compare with the server's listing */
                 return 0;
         }
         x->ready = true;

@@ -362,7 +362,7 @@ static void keep_blocks(Agent *a, PushOp *op) {
         op->blocks = bs_blocks_free(op->blocks);
 }
 
-/* Was path refused as CONFLICT already, with nothing pulled since? Either
+/* Was path refused (CONFLICT, NOT_FOUND) already, with nothing pulled since? Either
  * way it is remembered, with the sequence it was refused at. */
 static bool refused_before(Agent *a, const char *path) {
         size_t kept = 0;
@@ -464,6 +464,7 @@ static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
                 agent_settle(a, op->path);
                 break;
         case BS_ERR_CONFLICT:
+        case BS_ERR_NOT_FOUND:
                 if (refused_before(a, op->path)) {
                         /* Refused again with nothing new pulled since: pulling
                          * at once cannot help, so it waits like a change the
@@ -476,23 +477,21 @@ static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
                                 agent_mark_failed(a, op->path2, true);
                         break;
                 }
-                /* Pull again: the next round keeps both versions. */
+                /* Pull again: the next round keeps both versions (CONFLICT),
+                 * or sends the missing parent (NOT_FOUND). */
                 log_event(LOG_INFO, BS_MID_REJECTED, a->account, op->path, "%s: %s, syncing again", op->path,
                           bs_err_name(m->code));
-                agent_mark_dirty(a, op->path, op->type == BS_MSG_MKDIR);
+                if (m->code == BS_ERR_NOT_FOUND) {
+                        size_t n = bs_path_parent_len(op->path2 ? op->path2 : op->path);
+                        memcpy(parent, op->path2 ? op->path2 : op->path, n);
+                        parent[n] = 0;
+                        agent_mark_dirty(a, parent, true);
+                }
+                agent_mark_dirty(a, op->path, op->type == BS_MSG_MKDIR || m->code == BS_ERR_NOT_FOUND);
                 if (op->path2)
                         agent_mark_dirty(a, op->path2, true);
                 a->again = true;
                 break;
-        case BS_ERR_NOT_FOUND: {
-                size_t n = bs_path_parent_len(op->path2 ? op->path2 : op->path);
-                memcpy(parent, op->path2 ? op->path2 : op->path, n);
-                parent[n] = 0;
-                agent_mark_dirty(a, parent, true);
-                agent_mark_dirty(a, op->path, true);
-                a->again = true;
-                break;
-        }
         case BS_ERR_NO_SPACE:
         case BS_ERR_IO:
         case BS_ERR_BUSY:

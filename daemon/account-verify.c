@@ -110,6 +110,7 @@ static int check_one(Verify *v, int dfd, const char *name, const char *path, con
         }
 
         const char *what = NULL;
+        bool hashed = false;
         if (!known)
                 what = "in the tree but not in the metadata";
         else if (e.kind != disk.kind)
@@ -122,6 +123,7 @@ static int check_one(Verify *v, int dfd, const char *name, const char *path, con
                         r = hash_at(dfd, name, disk.sha);
                         if (r < 0)
                                 return r;
+                        hashed = true;
                         if (memcmp(disk.sha, e.sha, BS_SHA_LEN) != 0)
                                 what = "content differs from the metadata";
                         else if (stat_differs)
@@ -130,7 +132,9 @@ static int check_one(Verify *v, int dfd, const char *name, const char *path, con
         }
         if (!what)
                 return 0;
-        if (disk.kind == BS_KIND_FILE && !known) {
+        /* A file found where the metadata has none, or something else:
+         * its record must carry its content's hash, which agents check. */
+        if (disk.kind == BS_KIND_FILE && !hashed) {
                 r = hash_at(dfd, name, disk.sha);
                 if (r < 0)
                         return r;

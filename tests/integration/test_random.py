@@ -54,17 +54,11 @@ REGRESSION_SEEDS = [
                    "this computer had deleted came back for good"),
     (2004, 200, 2, "directory moves on both computers at once: a file missing on one, content "
                    "differing on the other"),
+    (2002, 200, 2, "a write through the descriptor of a name removed after the file got another "
+                   "name (d2/g) reached no one; after a server crash, a directory replaced by a file "
+                   "was recorded without its content's hash, the download failed for good and the "
+                   "agent sent NOT_FOUND uploads without pause"),
 ]
-
-
-# Seeds that still fail, left out of the suite until their cause is found
-# (replay each with the command in its failure message):
-# - 2002 (200 ops, 2 computers): A writes 476 bytes through a descriptor
-#   it opened on d2/sub/e.txt before that file was linked to d2/g and the
-#   name e.txt removed (op #194). inotify reports the write under the
-#   removed name, so the agent never looks at d2/g, and only the
-#   verification pass (every hour by default) would send it.
-OPEN_SEEDS = [(2002, 200, 2)]
 
 
 def _run_seeds(seeds, budget):

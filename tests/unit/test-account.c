@@ -288,3 +288,26 @@ Test(account, repair_keeps_content_of_an_unfinished_change) {
         close(c.fd);
         cr_assert_str_eq(tree_content("f"), "new content\n");
 }
+
+/* A crash between a directory's removal and the file that replaced it
+ * reaching the metadata: the repair records the file with the hash of its
+ * content (agents check it), not an empty one. */
+Test(account, repair_records_the_hash_of_a_file_that_replaced_a_directory) {
+        char tree_d[4200];
+        uint8_t sha[BS_SHA_LEN];
+        uint64_t v;
+        AccountEntry e;
+        cr_assert_eq(account_mkdir(acc, device, "d", 0, 0755, 0, &v), 0);
+        cr_assert_eq(account_commit(acc), 0);
+        path_of(tree_d, sizeof(tree_d), "tree", "d");
+        cr_assert_eq(rmdir(tree_d), 0);
+        FILE *f = fopen(tree_d, "we");
+        cr_assert_not_null(f);
+        fputs("a file now\n", f);
+        fclose(f);
+        cr_assert_gt(account_verify(acc, true, false, NULL, NULL), 0, "the difference was found and recorded");
+        cr_assert_eq(account_entry_get(acc, "d", &e), 0);
+        cr_assert_eq(e.kind, BS_KIND_FILE);
+        cr_assert_eq(bs_sha_buf("a file now\n", 11, sha), 0);
+        cr_assert_arr_eq(e.sha, sha, BS_SHA_LEN, "the record carries the content's hash");
+}

@@ -43,8 +43,8 @@ struct Watcher {
          * right after it, both names still there, is renameat2(RENAME_EXCHANGE). */
         char *held_from, *held_to;
         bool held_dir;
-        /* Files whose IN_DELETE came last for their name: a write event
-         * for one of them is a write through a removed name. */
+        /* File names whose IN_DELETE or IN_MOVED_FROM came last: a write
+         * event for one removed is a write through a removed name. */
         char *removed[WATCH_REMOVED];
         size_t next_removed;
 };
@@ -271,8 +271,6 @@ static void flush_pending(Watcher *w) {
         char *from = TAKE_PTR(w->pending_from);
         if (w->pending_dir)
                 drop_below(w, from);
-        else
-                remember_removed(w, from); /* moved out of the tree */
         w->ops->dirty(w->userdata, from, false);
         free(from);
 }
@@ -436,6 +434,8 @@ static void handle(Watcher *w, const struct inotify_event *ev) {
 
         if (ev->mask & IN_MOVED_FROM) {
                 flush_pending(w);
+                if (!isdir)
+                        remember_removed(w, path); /* renamed or moved out: gone, and seen going */
                 w->pending_from = strdup(path);
                 w->pending_cookie = ev->cookie;
                 w->pending_dir = isdir;

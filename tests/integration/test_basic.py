@@ -248,6 +248,20 @@ def test_editor_save():
         for root in (b.dir, srv.tree(a.token)):
             leftovers = [n for n in os.listdir(root) if n != "doc.txt"]
             check(leftovers == [], "left-over temporary files in %s: %s" % (root, leftovers))
+        # Temporary files written and removed, or moved out, before the
+        # agent looked (configure's conftest, a download moved away) are
+        # names seen going: nothing for the verification pass to look for.
+        for i in range(20):
+            tmp = os.path.join(a.dir, "conftest%d.c" % i)
+            write_file(tmp, "int main(void) { return %d; }\n" % i)
+            if i % 2:
+                os.unlink(tmp)
+            else:
+                os.rename(tmp, env.path("moved-out-%d" % i))
+        wait_content(os.path.join(b.dir, "doc.txt"), final)
+        time.sleep(1.5)
+        passes = [l for l in a.log_lines() if "verification pass" in l]
+        check(passes == [], "editor saves and temporary files brought the verification pass forward: %s" % passes)
 
 
 def test_changing_while_read():

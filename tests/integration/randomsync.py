@@ -1230,6 +1230,18 @@ class Run:
             if older:
                 lines.append("earlier operations naming %s:" % ", ".join(sorted(names)))
                 lines += ["  " + l for l in older[-30:]]
+            # What each program logged about them: the tail of a log
+            # (printed by the harness) often misses the moment it went wrong.
+            logs = [("server", getattr(self, "srv", None))]
+            logs += [("agent " + c.name, getattr(c, "agent", None)) for c in getattr(self, "computers", [])]
+            for who, proc in logs:
+                try:
+                    said = [l for l in proc.log_lines() if any(n in l for n in self.diff_paths)]
+                except (AttributeError, OSError):
+                    continue
+                if said:
+                    lines.append("%s logged about %s:" % (who, ", ".join(sorted(self.diff_paths))))
+                    lines += ["  " + l for l in said[-25:]]
         if self.oplog_file:
             lines.append("all operations: " + self.oplog_file)
         lines += ["failure:", str(err), "replay: " + self.replay_command(), "=" * 72]

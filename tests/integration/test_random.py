@@ -62,6 +62,9 @@ REGRESSION_SEEDS = [
 
 
 def _run_seeds(seeds, budget):
+    # Each event and request in the logs: a failure's report quotes what
+    # the programs said about the paths that differ.
+    os.environ.setdefault("BACKUPSYNC_LOG_LEVEL", "debug")
     t0 = time.monotonic()
     failed, skipped = [], []
     for seed, ops, computers, what in seeds:

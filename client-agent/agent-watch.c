@@ -271,6 +271,8 @@ static void flush_pending(Watcher *w) {
         char *from = TAKE_PTR(w->pending_from);
         if (w->pending_dir)
                 drop_below(w, from);
+        else
+                remember_removed(w, from); /* moved out of the tree: seen going */
         w->ops->dirty(w->userdata, from, false);
         free(from);
 }
@@ -281,6 +283,8 @@ static void deliver_held(Watcher *w) {
         char *from = TAKE_PTR(w->held_from), *to = TAKE_PTR(w->held_to);
         if (w->held_dir)
                 rename_below(w, from, to);
+        else
+                remember_removed(w, from); /* renamed: seen going */
         w->ops->move(w->userdata, from, to, w->held_dir);
         free(from);
         free(to);
@@ -302,6 +306,8 @@ static void moved(Watcher *w, char *from, const char *to, bool isdir) {
                                 rename_below(w, from, to);
                         if (w->held_dir)
                                 rename_below(w, tmp, from);
+                        forget_removed(w, to);
+                        forget_removed(w, from);
                         w->ops->exchange(w->userdata, to, from);
                         free(w->held_from);
                         free(w->held_to);
@@ -434,8 +440,6 @@ static void handle(Watcher *w, const struct inotify_event *ev) {
 
         if (ev->mask & IN_MOVED_FROM) {
                 flush_pending(w);
-                if (!isdir)
-                        remember_removed(w, path); /* renamed or moved out: gone, and seen going */
                 w->pending_from = strdup(path);
                 w->pending_cookie = ev->cookie;
                 w->pending_dir = isdir;
@@ -478,8 +482,14 @@ static void handle(Watcher *w, const struct inotify_event *ev) {
                 return;
         }
         if ((ev->mask & (IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB)) && find_removed(w, path) >= 0) {
-                w->ops->removed_written(w->userdata, path);
-                return;
+                struct stat st;
+                char abs[PATH_MAX + BS_PATH_MAX + 2];
+                abs_path(w, path, abs, sizeof(abs));
+                if (lstat(abs, &st) < 0) {
+                        w->ops->removed_written(w->userdata, path);
+                        return;
+                }
+                forget_removed(w, path); /* there again without an event we could tell */
         }
         if ((ev->mask & IN_DELETE) && !isdir)
                 remember_removed(w, path);

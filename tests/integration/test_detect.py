@@ -529,6 +529,21 @@ def _exchange_files(c):
             "y": F(data("x " + c.name, 1100), 0o644, 1200000000 * 10**9)}
 
 
+def _exchange_then_write(c):
+    # The names stay (each holds the other file): later writes to them are
+    # writes to files that are there, not through removed names.
+    renameat2(c.p("x"), c.p("y"), RENAME_EXCHANGE)
+    time.sleep(0.3)
+    for name in ("x", "y"):
+        with open(c.p(name), "r+b") as f:
+            f.seek(10)
+            f.write(b"written after the exchange")
+    want = {}
+    for name, was in (("x", data("y " + c.name, 2300)), ("y", data("x " + c.name, 1100))):
+        want[name] = F(was[:10] + b"written after the exchange" + was[36:], 0o600 if name == "x" else 0o644)
+    return want
+
+
 def _seed_file_and_dir(c):
     write_file(c.p("f"), data("f " + c.name, 1300), mode=0o640)
     os.makedirs(c.p("sub", "deeper"))
@@ -582,6 +597,7 @@ def test_detect_renameat2():
     directories; RENAME_NOREPLACE of a file and of a directory."""
     _run("detect_renameat2", [
         Case("exchange-files", _exchange_files, seed=_seed_two_files),
+        Case("exchange-then-write", _exchange_then_write, seed=_seed_two_files),
         Case("exchange-file-dir", _exchange_file_dir, seed=_seed_file_and_dir),
         Case("exchange-across-dirs", _exchange_across_dirs, seed=_seed_two_dirs),
         Case("noreplace-file", _noreplace, seed=_seed_two_files),

@@ -46,7 +46,7 @@ struct Watcher {
         /* File names whose IN_DELETE or IN_MOVED_FROM came last: a write
          * event for one removed is a write through a removed name. */
         char *removed[WATCH_REMOVED];
-        size_t next_removed;
+        size_t next_removed, n_removed;
 };
 
 int watcher_new(const char *root, const WatcherOps *ops, void *userdata, Watcher **ret) {
@@ -234,19 +234,21 @@ static void rename_below(Watcher *w, const char *from, const char *to) {
                 }
 }
 
-/* A move whose other half never came: moved out of the tree. */
 static void remember_removed(Watcher *w, const char *path) {
         char *p = strdup(path);
         if (!p)
                 return; /* a hint only: the verification pass is the net */
-        free(w->removed[w->next_removed]);
+        if (w->removed[w->next_removed])
+                free(w->removed[w->next_removed]);
+        else
+                w->n_removed++;
         w->removed[w->next_removed] = p;
         w->next_removed = (w->next_removed + 1) % WATCH_REMOVED;
 }
 
 /* Index of path among the removed names, or -1. */
 static int find_removed(const Watcher *w, const char *path) {
-        for (size_t i = 0; i < WATCH_REMOVED; i++)
+        for (size_t i = 0; i < WATCH_REMOVED && w->n_removed > 0; i++)
                 if (w->removed[i] && strcmp(w->removed[i], path) == 0)
                         return (int) i;
         return -1;
@@ -262,9 +264,11 @@ static void forget_removed(Watcher *w, const char *path) {
         if (i >= 0) {
                 free(w->removed[i]);
                 w->removed[i] = NULL;
+                w->n_removed--;
         }
 }
 
+/* A move whose other half never came: moved out of the tree. */
 static void flush_pending(Watcher *w) {
         if (!w->pending_from)
                 return;

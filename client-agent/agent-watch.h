@@ -55,9 +55,9 @@ void watcher_flush(Watcher *w);
 bool watcher_holding(const Watcher *w);
 
 /**
- * True when an IN_DELETE was the last event seen for path (among the last
- * few hundred removals): a name that is gone without one was removed
- * unseen, or went with its directory.
+ * True when the last event seen for path removed it (IN_DELETE, a rename
+ * away, a move out of the tree; among the last few hundred): a name gone
+ * without one was removed unseen, or went with its directory.
  */
 bool watcher_saw_removed(const Watcher *w, const char *path);
 

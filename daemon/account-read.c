@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "account-internal.h"
+#include "account-read.h"
 #include "bs-fs.h"
 #include "bs-macro.h"
 

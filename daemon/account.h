@@ -165,24 +165,3 @@ int account_delete(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *
 int account_move(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *from,
                  uint64_t base_from, const char *to, uint64_t base_to, uint64_t *ret_version);
 
-/**
- * Open content for GET: the file at path when it has this SHA-256, else
- * any current file or kept version with it. -ENOENT when there is none.
- */
-int account_content_open(Account *a, const uint8_t sha[BS_SHA_LEN], const char *path,
-                         AccountContent *ret);
-
-/**
- * Start reading the account for PULL: a snapshot of all entries (since 0)
- * or the change-log records after since. The cursor reads one consistent
- * state over its own database connection, so changes committed meanwhile
- * do not tear the answer. Commit before creating one.
- */
-int account_cursor_new(Account *a, uint64_t since, AccountCursor **ret);
-AccountCursor *account_cursor_free(AccountCursor *c);
-static inline void account_cursor_freep(AccountCursor **c) { if (*c) account_cursor_free(*c); }
-/** The sequence the answer is complete up to. */
-uint64_t account_cursor_seq(const AccountCursor *c);
-bool account_cursor_is_snapshot(const AccountCursor *c);
-/** Next record: 1, or 0 at the end, or a negative errno. */
-int account_cursor_next(AccountCursor *c, BsRecord *rec);

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "account-read.h"
 #include "bs-fs.h"
 #include "bs-log.h"
 #include "bs-macro.h"

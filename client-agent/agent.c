@@ -6,6 +6,7 @@
  * the event loop or arms its timers (agent-loop.c does, after a round).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include "bs-log.h"
 #include "bs-macro.h"
 #include "bs-path.h"
+#include "bs-status.h"
 
 /* A file being written is looked at once quiet this long, or at the latest
  * this long after its first event (see agent_settle()). */
@@ -162,7 +164,59 @@ void agent_state_ok(Agent *a) {
 }
 
 
+/* For `backupsync status`: the same state, in the state directory. A
+ * failure only costs the command its live view; it is not logged each
+ * round, only when it starts failing. */
+static void write_status(Agent *a, BsSyncState state) {
+        BsStatus st = {
+                .pid = getpid(),
+                .state = state,
+                .last_sync_usec = a->last_sync_usec,
+                .offline_since_usec = a->offline_since_usec,
+                .pending = a->n_dirty + a->n_moves + a->n_failed + a->n_settling,
+                .watched = a->watcher ? watcher_count(a->watcher) : 0,
+                .uploaded = a->n_uploaded,
+                .downloaded = a->n_downloaded,
+                .conflicts = a->n_conflicts,
+        };
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        st.updated_usec = (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+        (void) strlcpy(st.dir, a->cfg.dir, sizeof(st.dir));
+        (void) strlcpy(st.server, a->cfg.server, sizeof(st.server));
+        (void) strlcpy(st.port, a->cfg.port, sizeof(st.port));
+        (void) strlcpy(st.account, a->account, sizeof(st.account));
+        if (state == BS_SYNC_PAUSED)
+                (void) strlcpy(st.reason, a->root_gone ? "the directory was removed, moved or unmounted"
+                                                       : "the directory is empty but was synced", sizeof(st.reason));
+        else if (state == BS_SYNC_ERROR)
+                snprintf(st.reason, sizeof(st.reason), "the state in %s cannot be written: %s", a->cfg.state_dir,
+                         strerror(-a->state_error));
+        int fd = open(a->cfg.state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int r = fd < 0 ? -errno : bs_status_write(fd, &st);
+        if (fd >= 0)
+                close(fd);
+        if (r < 0 && !a->status_failed)
+                log_warning("cannot write %s/" BS_STATUS_FILE ": %s", a->cfg.state_dir, strerror(-r));
+        a->status_failed = r < 0;
+}
+
+void agent_status_stopped(Agent *a) {
+        write_status(a, BS_SYNC_STOPPED);
+}
+
 void agent_update_status(Agent *a) {
+        if (a->conn)
+                a->offline_since_usec = 0;
+        else if (!a->offline_since_usec) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                a->offline_since_usec = (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+        }
+        size_t pending = a->n_dirty + a->n_moves + a->n_failed + a->n_settling;
+        write_status(a, a->paused ? BS_SYNC_PAUSED : a->state_error ? BS_SYNC_ERROR : !a->conn ? BS_SYNC_OFFLINE
+                        : pending ? BS_SYNC_SYNCING : BS_SYNC_IN_SYNC);
+
         char when[32] = "never";
         if (a->last_sync_usec) {
                 time_t t = (time_t) (a->last_sync_usec / 1000000u);

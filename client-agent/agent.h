@@ -156,6 +156,8 @@ typedef struct Agent {
         uint64_t n_uploaded, bytes_uploaded, n_downloaded, bytes_downloaded;
         uint64_t n_conflicts;
         uint64_t last_sync_usec;
+        uint64_t offline_since_usec; /* CLOCK_REALTIME when the connection was found gone; 0 while connected */
+        bool status_failed;          /* the status file could not be written (said once) */
         uint64_t progress_usec; /* last progress report within a round */
         /* A big batch logs one summary line, not a line per file: journald
          * drops messages past its rate limit (10,000 per 30 s by default),
@@ -220,7 +222,10 @@ bool agent_settle_due(Agent *a, uint64_t now, uint64_t *next);
 bool agent_idle(const Agent *a);
 /** True when a change waits to be pushed now (failed changes wait for their timer). */
 bool agent_busy(const Agent *a);
+/** Tell systemd (STATUS=) and `backupsync status` (STATE_DIR/status) how things stand. */
 void agent_update_status(Agent *a);
+/** The status file says the agent stopped. */
+void agent_status_stopped(Agent *a);
 /**
  * Called from inside a long round (a first upload can take hours): keeps
  * the watchdog fed and shows "uploading 120 of 10000 changes, 1.2 GiB

@@ -1,5 +1,4 @@
 /* main.c - backupsync-agent: back up a directory and keep it in sync */
-#include <ctype.h>
 #include <errno.h>
 #include <sys/stat.h>
 #include <getopt.h>
@@ -13,7 +12,6 @@
 #include "agent-loop.h"
 #include "agent.h"
 #include "bs-config.h"
-#include "bs-hash.h"
 #include "bs-log.h"
 #include "bs-macro.h"
 #include "bs-parse.h"
@@ -54,47 +52,6 @@ static void help(void) {
                "  --version              show the version\n"
                "\n"
                "See backupsync-agent(1).\n");
-}
-
-/* "home-alice-docs" for /home/alice/docs, like systemd-escape --path. */
-static char *default_state_dir(const char *dir) {
-        const char *base = getenv("XDG_STATE_HOME");
-        const char *home = getenv("HOME");
-        char name[200], *out = NULL;
-        size_t o = 0;
-
-        for (const char *p = dir + 1; *p && o < 150; p++)
-                name[o++] = *p == '/' ? '-' : (isalnum((unsigned char) *p) || *p == '.' || *p == '_') ? *p : '_';
-        if (strlen(dir) > 150 || o == 0) {
-                uint8_t sha[32];
-                char hex[65];
-                bs_sha_buf(dir, strlen(dir), sha);
-                bs_hex(sha, 8, hex);
-                o += (size_t) snprintf(name + o, sizeof(name) - o, "%s%s", o ? "-" : "root-", hex);
-        }
-        name[o] = 0;
-        if (base && base[0] == '/')
-                return asprintf(&out, "%s/backupsync/%s", base, name) < 0 ? NULL : out;
-        if (home && home[0] == '/')
-                return asprintf(&out, "%s/.local/state/backupsync/%s", home, name) < 0 ? NULL : out;
-        return NULL;
-}
-
-/* A unit's StateDirectory= if it has one, else the XDG place. */
-static char *instance_state_dir(const char *name) {
-        const char *sd = getenv("STATE_DIRECTORY");
-        const char *base = getenv("XDG_STATE_HOME");
-        const char *home = getenv("HOME");
-        char *out = NULL;
-
-        if (sd && sd[0] == '/')
-                /* It may list several directories; the first is ours. */
-                return strndup(sd, strcspn(sd, ":"));
-        if (base && base[0] == '/')
-                return asprintf(&out, "%s/backupsync/%s", base, name) < 0 ? NULL : out;
-        if (home && home[0] == '/')
-                return asprintf(&out, "%s/.local/state/backupsync/%s", home, name) < 0 ? NULL : out;
-        return NULL;
 }
 
 static int mkdir_p(const char *path) {
@@ -291,7 +248,7 @@ int main(int argc, char **argv) {
                 cfg.dir[k - 1] = 0;
         if (!cfg.state_dir) {
                 cfg.state_dir = owned_state_dir =
-                        cfg.instance ? instance_state_dir(cfg.instance) : default_state_dir(cfg.dir);
+                        cfg.instance ? bs_state_dir_for_instance(cfg.instance) : bs_state_dir_for_dir(cfg.dir);
                 if (!cfg.state_dir) {
                         log_error("no state directory: set HOME or XDG_STATE_HOME, or pass --state-dir");
                         return EX_USAGE;

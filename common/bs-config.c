@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "bs-config.h"
+#include "bs-hash.h"
 #include "bs-macro.h"
 #include "bs-parse.h"
 #include "bs-token.h"
@@ -433,4 +434,54 @@ int bs_config_user_file(char **ret) {
                 return -ENOENT;
         *ret = s;
         return 0;
+}
+
+char *bs_state_base(void) {
+        const char *base = getenv("XDG_STATE_HOME");
+        const char *home = getenv("HOME");
+        char *out = NULL;
+        if (base && base[0] == '/')
+                return asprintf(&out, "%s/backupsync", base) < 0 ? NULL : out;
+        if (home && home[0] == '/')
+                return asprintf(&out, "%s/.local/state/backupsync", home) < 0 ? NULL : out;
+        return NULL;
+}
+
+/* Under the base: "home-alice-docs" for /home/alice/docs, like systemd-escape --path. */
+char *bs_state_dir_for_dir(const char *dir) {
+        char name[200], *base, *out = NULL;
+        size_t o = 0;
+
+        for (const char *p = dir + 1; *p && o < 150; p++)
+                name[o++] = *p == '/' ? '-' : (isalnum((unsigned char) *p) || *p == '.' || *p == '_') ? *p : '_';
+        if (strlen(dir) > 150 || o == 0) {
+                uint8_t sha[32];
+                char hex[65];
+                bs_sha_buf(dir, strlen(dir), sha);
+                bs_hex(sha, 8, hex);
+                o += (size_t) snprintf(name + o, sizeof(name) - o, "%s%s", o ? "-" : "root-", hex);
+        }
+        name[o] = 0;
+        if (!(base = bs_state_base()))
+                return NULL;
+        if (asprintf(&out, "%s/%s", base, name) < 0)
+                out = NULL;
+        free(base);
+        return out;
+}
+
+/* A unit's StateDirectory= if it has one, else under the base. */
+char *bs_state_dir_for_instance(const char *name) {
+        const char *sd = getenv("STATE_DIRECTORY");
+        char *base, *out = NULL;
+
+        if (sd && sd[0] == '/')
+                /* It may list several directories; the first is ours. */
+                return strndup(sd, strcspn(sd, ":"));
+        if (!(base = bs_state_base()))
+                return NULL;
+        if (asprintf(&out, "%s/%s", base, name) < 0)
+                out = NULL;
+        free(base);
+        return out;
 }

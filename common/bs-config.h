@@ -89,5 +89,16 @@ int bs_config_user_file(char **ret);
 /** True when name may follow "agent:" in a section name: [A-Za-z0-9_.@-]+. */
 bool bs_config_instance_valid(const char *name);
 
+/**
+ * Where an agent keeps its state when not told: for a by-hand agent of DIR
+ * $XDG_STATE_HOME/backupsync/<DIR escaped> (~/.local/state without
+ * XDG_STATE_HOME), for an instance a unit's $STATE_DIRECTORY, else
+ * .../backupsync/NAME. NULL when neither variable nor HOME says where.
+ */
+char *bs_state_dir_for_dir(const char *dir);
+/** $XDG_STATE_HOME/backupsync, else ~/.local/state/backupsync; NULL without either variable. */
+char *bs_state_base(void);
+char *bs_state_dir_for_instance(const char *name);
+
 /** "FILE:LINE: KEY: MESSAGE", leaving out what err does not have. */
 void bs_config_error_format(const BsConfigError *err, char *buf, size_t size);

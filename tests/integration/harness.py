@@ -33,6 +33,7 @@ _SRC_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file_
 BUILD_DIR = os.environ.get("BS_BUILD_DIR", os.path.join(_SRC_DIR, "build"))
 SERVER_BIN = os.path.join(BUILD_DIR, "daemon", "backupsyncd")
 AGENT_BIN = os.path.join(BUILD_DIR, "client-agent", "backupsync-agent")
+CLI_BIN = os.path.join(BUILD_DIR, "client-cli", "backupsync")
 
 TMP_PREFIX = ".backupsync-tmp."
 

@@ -1,0 +1,241 @@
+/* cli-status.c - `backupsync status`
+ *
+ * Reads each agent's STATE_DIR/status, which the agent rewrites whenever
+ * its state changes, and tells whether that agent still runs: a status
+ * left by an agent that was killed says so.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sysexits.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bs-config.h"
+#include "bs-macro.h"
+#include "bs-status.h"
+#include "cli-status.h"
+
+/* Is the agent that wrote s still running? Its pid alive and named so. */
+static bool agent_running(const BsStatus *s) {
+        char path[64], comm[32] = "";
+        if (s->state == BS_SYNC_STOPPED || (kill(s->pid, 0) < 0 && errno == ESRCH))
+                return false;
+        snprintf(path, sizeof(path), "/proc/%ld/comm", (long) s->pid);
+        FILE *f = fopen(path, "re");
+        if (!f)
+                return true; /* no /proc to ask: the pid exists */
+        bool ours = fgets(comm, sizeof(comm), f) && strncmp(comm, "backupsync-agen", 15) == 0;
+        fclose(f);
+        return ours;
+}
+
+static void format_time(uint64_t usec, char *buf, size_t size) {
+        time_t t = (time_t) (usec / 1000000u);
+        struct tm tm;
+        if (!usec || !localtime_r(&t, &tm) || !strftime(buf, size, "%Y-%m-%d %H:%M:%S", &tm))
+                snprintf(buf, size, "never");
+}
+
+static void format_iso(uint64_t usec, char *buf, size_t size) {
+        time_t t = (time_t) (usec / 1000000u);
+        struct tm tm;
+        if (!usec || !gmtime_r(&t, &tm) || !strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm))
+                buf[0] = 0;
+}
+
+static void format_ago(uint64_t usec, char *buf, size_t size) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t now = (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+        uint64_t s = now > usec ? (now - usec) / 1000000u : 0;
+        if (s < 120)
+                snprintf(buf, size, "%" PRIu64 " s ago", s);
+        else if (s < 7200)
+                snprintf(buf, size, "%" PRIu64 " min ago", s / 60);
+        else if (s < 2 * 86400)
+                snprintf(buf, size, "%" PRIu64 " h ago", s / 3600);
+        else
+                snprintf(buf, size, "%" PRIu64 " days ago", s / 86400);
+}
+
+static void json_string(const char *v) {
+        putchar('"');
+        for (const unsigned char *p = (const unsigned char *) v; *p; p++) {
+                if (*p == '"' || *p == '\\')
+                        printf("\\%c", *p);
+                else if (*p < 0x20)
+                        printf("\\u%04x", *p);
+                else
+                        putchar(*p);
+        }
+        putchar('"');
+}
+
+static void json_time(const char *key, uint64_t usec) {
+        char iso[32];
+        format_iso(usec, iso, sizeof(iso));
+        printf(", \"%s\": ", key);
+        if (iso[0])
+                json_string(iso);
+        else
+                fputs("null", stdout);
+}
+
+static void print_json(const char *name, const char *state_dir, const BsStatus *s, bool running) {
+        fputs("{\"name\": ", stdout);
+        json_string(name);
+        fputs(", \"state_dir\": ", stdout);
+        json_string(state_dir);
+        printf(", \"running\": %s, \"state\": ", running ? "true" : "false");
+        json_string(running ? bs_sync_state_to_string(s->state) : "not running");
+        fputs(", \"last_state\": ", stdout);
+        json_string(bs_sync_state_to_string(s->state));
+        fputs(", \"reason\": ", stdout);
+        json_string(s->reason);
+        fputs(", \"directory\": ", stdout);
+        json_string(s->dir);
+        fputs(", \"server\": ", stdout);
+        json_string(s->server);
+        fputs(", \"port\": ", stdout);
+        json_string(s->port);
+        fputs(", \"account\": ", stdout);
+        json_string(s->account);
+        json_time("last_sync", s->last_sync_usec);
+        json_time("offline_since", s->offline_since_usec);
+        json_time("updated", s->updated_usec);
+        printf(", \"pid\": %ld, \"pending\": %" PRIu64 ", \"watched\": %" PRIu64 ", \"uploaded\": %" PRIu64
+               ", \"downloaded\": %" PRIu64 ", \"conflicts\": %" PRIu64 "}",
+               (long) s->pid, s->pending, s->watched, s->uploaded, s->downloaded, s->conflicts);
+}
+
+static void print_text(const char *name, const char *state_dir, const BsStatus *s, bool running) {
+        char when[64], ago[64];
+        printf("%s (%s)\n", name, state_dir);
+        if (running) {
+                printf("  state:      %s", bs_sync_state_to_string(s->state));
+                if (s->state == BS_SYNC_SYNCING)
+                        printf(", %" PRIu64 " changes pending", s->pending);
+                if (s->state == BS_SYNC_OFFLINE && s->offline_since_usec) {
+                        format_time(s->offline_since_usec, when, sizeof(when));
+                        printf(" since %s", when);
+                }
+                if (s->reason[0])
+                        printf(": %s", s->reason);
+                putchar('\n');
+        } else {
+                format_time(s->updated_usec, when, sizeof(when));
+                printf("  state:      not running (%s at %s%s%s)\n",
+                       s->state == BS_SYNC_STOPPED ? "stopped" : "ended without saying so; last", when,
+                       s->state == BS_SYNC_STOPPED ? "" : ", ",
+                       s->state == BS_SYNC_STOPPED ? "" : bs_sync_state_to_string(s->state));
+        }
+        printf("  directory:  %s\n", s->dir);
+        printf("  server:     %s port %s, account %s\n", s->server, s->port, s->account[0] ? s->account : "(none yet)");
+        format_time(s->last_sync_usec, when, sizeof(when));
+        if (s->last_sync_usec) {
+                format_ago(s->last_sync_usec, ago, sizeof(ago));
+                printf("  last sync:  %s (%s)\n", when, ago);
+        } else
+                printf("  last sync:  never\n");
+        printf("  pending:    %" PRIu64 " changes\n", s->pending);
+        printf("  watching:   %" PRIu64 " directories\n", s->watched);
+        printf("  transfers:  %" PRIu64 " uploaded, %" PRIu64 " downloaded, %" PRIu64 " conflict copies made\n",
+               s->uploaded, s->downloaded, s->conflicts);
+}
+
+/* One agent; returns an exit status. */
+static int show(const char *state_dir, bool json, bool *first) {
+        BsStatus s;
+        const char *slash = strrchr(state_dir, '/');
+        const char *name = slash && slash[1] ? slash + 1 : state_dir;
+        int fd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int r = fd < 0 ? -errno : bs_status_read(fd, &s);
+        if (fd >= 0)
+                close(fd);
+        if (r == -ENOENT) {
+                fprintf(stderr, "backupsync: %s: no agent status here (no agent has run with this state directory)\n",
+                        state_dir);
+                return EX_NOINPUT;
+        }
+        if (r < 0) {
+                fprintf(stderr, "backupsync: %s/" BS_STATUS_FILE ": %s\n", state_dir,
+                        r == -EBADMSG ? "not a status file" : strerror(-r));
+                return r == -EBADMSG ? EX_DATAERR : EX_NOINPUT;
+        }
+        bool running = agent_running(&s);
+        if (json) {
+                fputs(*first ? "[" : ",\n ", stdout);
+                print_json(name, state_dir, &s, running);
+        } else {
+                if (!*first)
+                        putchar('\n');
+                print_text(name, state_dir, &s, running);
+        }
+        *first = false;
+        return EX_OK;
+}
+
+static int cmp_str(const void *x, const void *y) {
+        return strcmp(*(char *const *) x, *(char *const *) y);
+}
+
+int cli_status(char *const *state_dirs, size_t n, bool json) {
+        bool first = true;
+        int ret = EX_OK;
+        if (n > 0) {
+                for (size_t i = 0; i < n; i++) {
+                        int r = show(state_dirs[i], json, &first);
+                        ret = ret == EX_OK ? r : ret;
+                }
+        } else {
+                /* Every agent of this user: the state directories under the
+                 * common base that hold a status file. */
+                _cleanup_(freep) char *probe = bs_state_base();
+                char **found = NULL;
+                size_t nfound = 0;
+                if (!probe) {
+                        fprintf(stderr, "backupsync: neither XDG_STATE_HOME nor HOME is set; use --state-dir\n");
+                        return EX_USAGE;
+                }
+                DIR *d = opendir(probe);
+                struct dirent *de;
+                while (d && (de = readdir(d))) {
+                        char *p, **v;
+                        if (de->d_name[0] == '.')
+                                continue;
+                        if (asprintf(&p, "%s/%s/" BS_STATUS_FILE, probe, de->d_name) < 0)
+                                break;
+                        bool has = access(p, F_OK) == 0;
+                        p[strlen(p) - strlen("/" BS_STATUS_FILE)] = 0;
+                        if (!has || !(v = realloc(found, (nfound + 1) * sizeof(*found)))) {
+                                free(p);
+                                continue;
+                        }
+                        found = v;
+                        found[nfound++] = p;
+                }
+                if (d)
+                        closedir(d);
+                if (nfound == 0) {
+                        fprintf(stderr, "backupsync: no agent has run for this user (nothing in %s)\n", probe);
+                        free(found);
+                        return EX_NOINPUT;
+                }
+                qsort(found, nfound, sizeof(*found), cmp_str);
+                for (size_t i = 0; i < nfound; i++) {
+                        int r = show(found[i], json, &first);
+                        ret = ret == EX_OK ? r : ret;
+                        free(found[i]);
+                }
+                free(found);
+        }
+        if (json)
+                puts(first ? "[]" : "]");
+        return ret;
+}

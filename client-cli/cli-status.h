@@ -1,0 +1,12 @@
+/* cli-status.h - `backupsync status`: how each agent of this user stands */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/**
+ * Print the status of the agents whose state directories are given (n > 0),
+ * else of every agent under the user's state directory. Returns an exit
+ * status (sysexits.h).
+ */
+int cli_status(char *const *state_dirs, size_t n, bool json);

@@ -1,0 +1,164 @@
+/* bs-status.c - an agent's live status file */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bs-macro.h"
+#include "bs-status.h"
+
+static const char *const state_names[_BS_SYNC_MAX] = {
+        [BS_SYNC_UNKNOWN] = "unknown",  [BS_SYNC_IN_SYNC] = "in sync", [BS_SYNC_SYNCING] = "syncing",
+        [BS_SYNC_OFFLINE] = "offline",  [BS_SYNC_PAUSED] = "paused",   [BS_SYNC_ERROR] = "error",
+        [BS_SYNC_STOPPED] = "stopped",
+};
+
+const char *bs_sync_state_to_string(BsSyncState s) {
+        return s >= 0 && s < _BS_SYNC_MAX ? state_names[s] : NULL;
+}
+
+/* A value on one line: newlines and control bytes become '?'. */
+static void put_text(FILE *f, const char *key, const char *v) {
+        fprintf(f, "%s=", key);
+        for (const unsigned char *p = (const unsigned char *) v; *p; p++)
+                fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, f);
+        fputc('\n', f);
+}
+
+int bs_status_write(int dir_fd, const BsStatus *s) {
+        static const char tmp[] = BS_STATUS_FILE ".tmp";
+        int fd = openat(dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+                return -errno;
+        FILE *f = fdopen(fd, "w");
+        if (!f) {
+                int r = -errno;
+                close(fd);
+                return r;
+        }
+        fprintf(f, "PID=%ld\nSTATE=%d\n", (long) s->pid, (int) s->state);
+        put_text(f, "DIR", s->dir);
+        put_text(f, "SERVER", s->server);
+        put_text(f, "PORT", s->port);
+        put_text(f, "ACCOUNT", s->account);
+        put_text(f, "REASON", s->reason);
+        fprintf(f,
+                "UPDATED_USEC=%" PRIu64 "\nLAST_SYNC_USEC=%" PRIu64 "\nOFFLINE_SINCE_USEC=%" PRIu64 "\n"
+                "PENDING=%" PRIu64 "\nWATCHED=%" PRIu64 "\nUPLOADED=%" PRIu64 "\nDOWNLOADED=%" PRIu64
+                "\nCONFLICTS=%" PRIu64 "\n",
+                s->updated_usec, s->last_sync_usec, s->offline_since_usec, s->pending, s->watched, s->uploaded,
+                s->downloaded, s->conflicts);
+        int r = fflush(f) == 0 && !ferror(f) ? 0 : -errno;
+        if (fclose(f) != 0 && r == 0)
+                r = -errno;
+        if (r == 0 && renameat(dir_fd, tmp, dir_fd, BS_STATUS_FILE) < 0)
+                r = -errno;
+        if (r < 0)
+                (void) unlinkat(dir_fd, tmp, 0);
+        return r;
+}
+
+static int parse_u64(const char *v, uint64_t *out) {
+        char *end;
+        if (*v < '0' || *v > '9')
+                return -EBADMSG;
+        errno = 0;
+        unsigned long long x = strtoull(v, &end, 10);
+        if (errno || *end)
+                return -EBADMSG;
+        *out = x;
+        return 0;
+}
+
+/* Copy a text value, refusing one that does not fit. */
+static int take_text(char *dst, size_t size, const char *v) {
+        size_t n = strlen(v);
+        if (n >= size)
+                return -EBADMSG;
+        memcpy(dst, v, n + 1);
+        return 0;
+}
+
+static int parse_line(BsStatus *s, char *line) {
+        char *eq = strchr(line, '=');
+        uint64_t x;
+        if (!eq)
+                return -EBADMSG;
+        *eq = 0;
+        const char *k = line, *v = eq + 1;
+        if (strcmp(k, "PID") == 0) {
+                if (parse_u64(v, &x) < 0 || x == 0 || x > INT32_MAX)
+                        return -EBADMSG;
+                s->pid = (pid_t) x;
+        } else if (strcmp(k, "STATE") == 0) {
+                if (parse_u64(v, &x) < 0 || x >= _BS_SYNC_MAX)
+                        return -EBADMSG;
+                s->state = (BsSyncState) x;
+        } else if (strcmp(k, "DIR") == 0)
+                return take_text(s->dir, sizeof(s->dir), v);
+        else if (strcmp(k, "SERVER") == 0)
+                return take_text(s->server, sizeof(s->server), v);
+        else if (strcmp(k, "PORT") == 0)
+                return take_text(s->port, sizeof(s->port), v);
+        else if (strcmp(k, "ACCOUNT") == 0)
+                return take_text(s->account, sizeof(s->account), v);
+        else if (strcmp(k, "REASON") == 0)
+                return take_text(s->reason, sizeof(s->reason), v);
+        else {
+                static const struct {
+                        const char *key;
+                        size_t off;
+                } nums[] = {
+                        { "UPDATED_USEC", offsetof(BsStatus, updated_usec) },
+                        { "LAST_SYNC_USEC", offsetof(BsStatus, last_sync_usec) },
+                        { "OFFLINE_SINCE_USEC", offsetof(BsStatus, offline_since_usec) },
+                        { "PENDING", offsetof(BsStatus, pending) },
+                        { "WATCHED", offsetof(BsStatus, watched) },
+                        { "UPLOADED", offsetof(BsStatus, uploaded) },
+                        { "DOWNLOADED", offsetof(BsStatus, downloaded) },
+                        { "CONFLICTS", offsetof(BsStatus, conflicts) },
+                };
+                for (size_t i = 0; i < ELEMENTSOF(nums); i++)
+                        if (strcmp(k, nums[i].key) == 0) {
+                                if (parse_u64(v, &x) < 0)
+                                        return -EBADMSG;
+                                memcpy((char *) s + nums[i].off, &x, sizeof(x));
+                                return 0;
+                        }
+        }
+        return 0; /* unknown keys: a newer agent's */
+}
+
+int bs_status_read(int dir_fd, BsStatus *s) {
+        int fd = openat(dir_fd, BS_STATUS_FILE, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+        if (fd < 0)
+                return -errno;
+        FILE *f = fdopen(fd, "r");
+        if (!f) {
+                int r = -errno;
+                close(fd);
+                return r;
+        }
+        char line[BS_STATUS_TEXT_MAX + 64];
+        int r = 0;
+        *s = (BsStatus) {};
+        while (r == 0 && fgets(line, sizeof(line), f)) {
+                size_t n = strlen(line);
+                if (n == 0 || line[n - 1] != '\n') {
+                        r = -EBADMSG; /* longer than any line we write, or cut short */
+                        break;
+                }
+                line[n - 1] = 0;
+                r = parse_line(s, line);
+        }
+        if (r == 0 && ferror(f))
+                r = -EIO;
+        if (r == 0 && s->pid == 0)
+                r = -EBADMSG;
+        fclose(f);
+        return r;
+}

@@ -447,9 +447,17 @@ char *bs_state_base(void) {
         return NULL;
 }
 
+static char *under_base(const char *name) {
+        char *base = bs_state_base(), *out = NULL;
+        if (base && asprintf(&out, "%s/%s", base, name) < 0)
+                out = NULL;
+        free(base);
+        return out;
+}
+
 /* Under the base: "home-alice-docs" for /home/alice/docs, like systemd-escape --path. */
 char *bs_state_dir_for_dir(const char *dir) {
-        char name[200], *base, *out = NULL;
+        char name[200];
         size_t o = 0;
 
         for (const char *p = dir + 1; *p && o < 150; p++)
@@ -462,26 +470,15 @@ char *bs_state_dir_for_dir(const char *dir) {
                 o += (size_t) snprintf(name + o, sizeof(name) - o, "%s%s", o ? "-" : "root-", hex);
         }
         name[o] = 0;
-        if (!(base = bs_state_base()))
-                return NULL;
-        if (asprintf(&out, "%s/%s", base, name) < 0)
-                out = NULL;
-        free(base);
-        return out;
+        return under_base(name);
 }
 
 /* A unit's StateDirectory= if it has one, else under the base. */
 char *bs_state_dir_for_instance(const char *name) {
         const char *sd = getenv("STATE_DIRECTORY");
-        char *base, *out = NULL;
 
         if (sd && sd[0] == '/')
                 /* It may list several directories; the first is ours. */
                 return strndup(sd, strcspn(sd, ":"));
-        if (!(base = bs_state_base()))
-                return NULL;
-        if (asprintf(&out, "%s/%s", base, name) < 0)
-                out = NULL;
-        free(base);
-        return out;
+        return under_base(name);
 }

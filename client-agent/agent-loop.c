@@ -677,7 +677,6 @@ AgentStop agent_run(Agent *a) {
         agent_update_status(a);
         r = sd_event_loop(a->event);
         sd_notify(false, "STOPPING=1");
-        agent_status_stopped(a);
         if (r < 0) {
                 log_error("event loop failed: %s", strerror(-r));
                 return AGENT_STOP_SOFTWARE;

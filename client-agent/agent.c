@@ -199,10 +199,14 @@ static void write_status(Agent *a, BsSyncState state) {
         if (r < 0 && !a->status_failed)
                 log_warning("cannot write %s/" BS_STATUS_FILE ": %s", a->cfg.state_dir, strerror(-r));
         a->status_failed = r < 0;
+        a->status_written = true;
 }
 
 void agent_status_stopped(Agent *a) {
-        write_status(a, BS_SYNC_STOPPED);
+        /* Only ours: an agent refused the state directory (another one
+         * holds it) must not say that one stopped. */
+        if (a->status_written)
+                write_status(a, BS_SYNC_STOPPED);
 }
 
 void agent_update_status(Agent *a) {

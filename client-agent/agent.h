@@ -158,6 +158,7 @@ typedef struct Agent {
         uint64_t last_sync_usec;
         uint64_t offline_since_usec; /* CLOCK_REALTIME when the connection was found gone; 0 while connected */
         bool status_failed;          /* the status file could not be written (said once) */
+        bool status_written;         /* this agent has written the status file */
         uint64_t progress_usec; /* last progress report within a round */
         /* A big batch logs one summary line, not a line per file: journald
          * drops messages past its rate limit (10,000 per 30 s by default),
@@ -224,7 +225,7 @@ bool agent_idle(const Agent *a);
 bool agent_busy(const Agent *a);
 /** Tell systemd (STATUS=) and `backupsync status` (STATE_DIR/status) how things stand. */
 void agent_update_status(Agent *a);
-/** The status file says the agent stopped. */
+/** The status file says the agent stopped (when this agent wrote it before). */
 void agent_status_stopped(Agent *a);
 /**
  * Called from inside a long round (a first upload can take hours): keeps

@@ -261,6 +261,7 @@ int main(int argc, char **argv) {
                 return EX_SOFTWARE;
         }
         AgentStop stop = agent_run(a);
+        agent_status_stopped(a);
         agent_free(a);
         return exit_status(stop);
 }

@@ -63,9 +63,23 @@ def test_cli_status():
 
         a.start()
         wait_until(lambda: _status(a.state_dir)["running"], 10, "running again")
+        # A second agent refused the same state directory (exit 75) does
+        # not speak for the one that holds it.
+        r = subprocess.run(a.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+        check(r.returncode == 75, "a second agent on the state directory exited %d" % r.returncode)
+        s = _status(a.state_dir)
+        check(s["running"] and s["state"] == "in sync", "after a refused second agent: %r" % (s,))
         a.kill9()
         rc, out, _ = _cli("status", "--state-dir", a.state_dir)
         check(rc == 0 and "not running (ended without saying so; last" in out, "text after SIGKILL: %s" % out)
+
+        # --once: syncs, then says it stopped.
+        write_file(os.path.join(a.dir, "h.txt"), "for --once\n")
+        r = subprocess.run(a.argv(once=True), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        check(r.returncode == 0, "--once exited %d" % r.returncode)
+        s = _status(a.state_dir)
+        check(not s["running"] and s["last_state"] == "stopped" and s["uploaded"] >= 1,
+              "after --once: %r" % (s,))
 
 
 def test_cli_status_all_and_errors():

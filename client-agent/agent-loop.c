@@ -665,8 +665,7 @@ AgentStop agent_run(Agent *a) {
                         if (!agent_busy(a))
                                 break;
                 }
-                log_error("%s is not in sync yet: %zu changes still pending", a->cfg.dir,
-                          a->n_dirty + a->n_moves + a->n_failed);
+                log_error("%s is not in sync yet: %zu changes still pending", a->cfg.dir, agent_pending(a));
                 return AGENT_STOP_NOT_IN_SYNC;
         }
 

@@ -189,18 +189,14 @@ int plan_reconcile(Agent *a, Plan *p, const char *path, bool recursive) {
         if (!l->exists || l->kind == BS_KIND_NONE) {
                 if (l->exists)
                         log_info("skipping %s: not a regular file, directory or symlink", path);
-                uint64_t ino;
                 if (!have) {
-                        if (l->exists)
-                                return 0;
                         /* Written through a removed name of a linked file?
                          * If the name went unseen (made and removed while
                          * events waited, or before its directory was
                          * watched), its inode is unknown: only a look at
                          * the whole tree finds its other names. */
-                        if (agent_gone_link(a, path, &ino))
-                                local_mark_links(a, path, ino);
-                        else if (!watcher_saw_removed(a->watcher, path))
+                        if (!l->exists && !local_removed_written(a, path) &&
+                            !watcher_saw_removed(a->watcher, path))
                                 a->verify_wanted = true;
                         return 0;
                 }

@@ -36,11 +36,8 @@ int agent_round(Agent *a) {
                 if (r < 0 || !a->again)
                         break;
         }
-        if (r >= 0) {
-                struct timespec ts;
-                clock_gettime(CLOCK_REALTIME, &ts);
-                a->last_sync_usec = (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
-        }
+        if (r >= 0)
+                a->last_sync_usec = realtime_usec();
         agent_update_status(a);
         return r;
 }

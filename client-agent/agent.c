@@ -30,7 +30,7 @@ int agent_new(const AgentConfig *cfg, Agent **ret) {
         if (!a)
                 return -ENOMEM;
         a->cfg = *cfg;
-        a->rootfd = a->scan_fd = -1;
+        a->rootfd = a->scan_fd = a->state_dir_fd = -1;
         *ret = a;
         return 0;
 }
@@ -58,6 +58,8 @@ Agent *agent_free(Agent *a) {
                 close(a->rootfd);
         if (a->scan_fd >= 0)
                 close(a->scan_fd);
+        if (a->state_dir_fd >= 0)
+                close(a->state_dir_fd);
         for (size_t i = 0; i < a->n_dirty; i++)
                 free(a->dirty[i].path);
         free(a->dirty);
@@ -173,15 +175,13 @@ static void write_status(Agent *a, BsSyncState state) {
                 .state = state,
                 .last_sync_usec = a->last_sync_usec,
                 .offline_since_usec = a->offline_since_usec,
-                .pending = a->n_dirty + a->n_moves + a->n_failed + a->n_settling,
+                .updated_usec = realtime_usec(),
+                .pending = agent_pending(a),
                 .watched = a->watcher ? watcher_count(a->watcher) : 0,
                 .uploaded = a->n_uploaded,
                 .downloaded = a->n_downloaded,
                 .conflicts = a->n_conflicts,
         };
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        st.updated_usec = (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
         (void) strlcpy(st.dir, a->cfg.dir, sizeof(st.dir));
         (void) strlcpy(st.server, a->cfg.server, sizeof(st.server));
         (void) strlcpy(st.port, a->cfg.port, sizeof(st.port));
@@ -192,10 +192,9 @@ static void write_status(Agent *a, BsSyncState state) {
         else if (state == BS_SYNC_ERROR)
                 snprintf(st.reason, sizeof(st.reason), "the state in %s cannot be written: %s", a->cfg.state_dir,
                          strerror(-a->state_error));
-        int fd = open(a->cfg.state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        int r = fd < 0 ? -errno : bs_status_write(fd, &st);
-        if (fd >= 0)
-                close(fd);
+        if (a->state_dir_fd < 0)
+                a->state_dir_fd = open(a->cfg.state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int r = a->state_dir_fd < 0 ? -errno : bs_status_write(a->state_dir_fd, &st);
         if (r < 0 && !a->status_failed)
                 log_warning("cannot write %s/" BS_STATUS_FILE ": %s", a->cfg.state_dir, strerror(-r));
         a->status_failed = r < 0;
@@ -212,12 +211,9 @@ void agent_status_stopped(Agent *a) {
 void agent_update_status(Agent *a) {
         if (a->conn)
                 a->offline_since_usec = 0;
-        else if (!a->offline_since_usec) {
-                struct timespec ts;
-                clock_gettime(CLOCK_REALTIME, &ts);
-                a->offline_since_usec = (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
-        }
-        size_t pending = a->n_dirty + a->n_moves + a->n_failed + a->n_settling;
+        else if (!a->offline_since_usec)
+                a->offline_since_usec = realtime_usec();
+        size_t pending = agent_pending(a);
         write_status(a, a->paused ? BS_SYNC_PAUSED : a->state_error ? BS_SYNC_ERROR : !a->conn ? BS_SYNC_OFFLINE
                         : pending ? BS_SYNC_SYNCING : BS_SYNC_IN_SYNC);
 
@@ -231,7 +227,7 @@ void agent_update_status(Agent *a) {
         sd_notifyf(false, "STATUS=%s%s%s: %zu directories watched, last sync %s, %zu changes pending, %llu uploaded, %llu downloaded%s",
                    a->paused ? "PAUSED " : "", a->state_error ? "STATE NOT WRITABLE " : "", a->account[0] ? a->account : "(no account yet)",
                    a->watcher ? watcher_count(a->watcher) : 0, when,
-                   a->n_dirty + a->n_moves + a->n_failed + a->n_settling,
+                   pending,
                    (unsigned long long) a->n_uploaded, (unsigned long long) a->n_downloaded,
                    a->conn ? "" : ", not connected");
 }

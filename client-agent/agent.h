@@ -159,6 +159,7 @@ typedef struct Agent {
         uint64_t offline_since_usec; /* CLOCK_REALTIME when the connection was found gone; 0 while connected */
         bool status_failed;          /* the status file could not be written (said once) */
         bool status_written;         /* this agent has written the status file */
+        int state_dir_fd;            /* for the status file; -1 until first needed */
         uint64_t progress_usec; /* last progress report within a round */
         /* A big batch logs one summary line, not a line per file: journald
          * drops messages past its rate limit (10,000 per 30 s by default),
@@ -172,6 +173,13 @@ typedef struct Agent {
 static inline uint64_t now_usec(void) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+}
+
+/** CLOCK_REALTIME now, in microseconds (times shown to people). */
+static inline uint64_t realtime_usec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
         return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
 }
 
@@ -219,6 +227,10 @@ void agent_settle_all(Agent *a);
  * UINT64_MAX.
  */
 bool agent_settle_due(Agent *a, uint64_t now, uint64_t *next);
+/** Local changes waiting: queued, moved, failed and settling. */
+static inline size_t agent_pending(const Agent *a) {
+        return a->n_dirty + a->n_moves + a->n_failed + a->n_settling;
+}
 /** True when nothing local waits to be pushed (failed and settling changes included). */
 bool agent_idle(const Agent *a);
 /** True when a change waits to be pushed now (failed changes wait for their timer). */

@@ -4,7 +4,6 @@
  * its state changes, and tells whether that agent still runs: a status
  * left by an agent that was killed says so.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -17,6 +16,7 @@
 #include <unistd.h>
 
 #include "bs-config.h"
+#include "bs-fs.h"
 #include "bs-macro.h"
 #include "bs-status.h"
 #include "cli-status.h"
@@ -185,6 +185,37 @@ static int cmp_str(const void *x, const void *y) {
         return strcmp(*(char *const *) x, *(char *const *) y);
 }
 
+/* The state directories under base that hold a status file, sorted. */
+static void find_agents(const char *base, char ***ret, size_t *ret_n) {
+        BsDirent *v = NULL;
+        size_t nv = 0, n = 0;
+        char **found = NULL;
+        int dfd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0 && bs_dir_list(dfd, &v, &nv) == 0)
+                for (size_t i = 0; i < nv; i++) {
+                        char rel[512], *p, **grown;
+                        int k = snprintf(rel, sizeof(rel), "%s/" BS_STATUS_FILE, v[i].name);
+                        if (v[i].name[0] == '.' || k < 0 || (size_t) k >= sizeof(rel) ||
+                            faccessat(dfd, rel, F_OK, 0) < 0)
+                                continue;
+                        if (asprintf(&p, "%s/%s", base, v[i].name) < 0)
+                                break;
+                        if (!(grown = realloc(found, (n + 1) * sizeof(*found)))) {
+                                free(p);
+                                break;
+                        }
+                        found = grown;
+                        found[n++] = p;
+                }
+        bs_dir_list_free(v, nv);
+        if (dfd >= 0)
+                close(dfd);
+        if (n)
+                qsort(found, n, sizeof(*found), cmp_str);
+        *ret = found;
+        *ret_n = n;
+}
+
 int cli_status(char *const *state_dirs, size_t n, bool json) {
         bool first = true;
         int ret = EX_OK;
@@ -203,31 +234,12 @@ int cli_status(char *const *state_dirs, size_t n, bool json) {
                         fprintf(stderr, "backupsync: neither XDG_STATE_HOME nor HOME is set; use --state-dir\n");
                         return EX_USAGE;
                 }
-                DIR *d = opendir(probe);
-                struct dirent *de;
-                while (d && (de = readdir(d))) {
-                        char *p, **v;
-                        if (de->d_name[0] == '.')
-                                continue;
-                        if (asprintf(&p, "%s/%s/" BS_STATUS_FILE, probe, de->d_name) < 0)
-                                break;
-                        bool has = access(p, F_OK) == 0;
-                        p[strlen(p) - strlen("/" BS_STATUS_FILE)] = 0;
-                        if (!has || !(v = realloc(found, (nfound + 1) * sizeof(*found)))) {
-                                free(p);
-                                continue;
-                        }
-                        found = v;
-                        found[nfound++] = p;
-                }
-                if (d)
-                        closedir(d);
+                find_agents(probe, &found, &nfound);
                 if (nfound == 0) {
                         fprintf(stderr, "backupsync: no agent has run for this user (nothing in %s)\n", probe);
                         free(found);
                         return EX_NOINPUT;
                 }
-                qsort(found, nfound, sizeof(*found), cmp_str);
                 for (size_t i = 0; i < nfound; i++) {
                         int r = show(found[i], json, &first);
                         ret = ret == EX_OK ? r : ret;

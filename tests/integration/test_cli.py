@@ -54,6 +54,17 @@ def test_cli_status():
         srv.start()
         wait_until(lambda: _status(a.state_dir)["state"] == "in sync", 30, "status in sync again")
 
+        # The directory removed under the agent: paused, with the reason.
+        moved = env.path("A-moved-away")
+        os.rename(a.dir, moved)
+        s = wait_until(lambda: (lambda v: v if v["state"] == "paused" else None)(_status(a.state_dir)), 20,
+                       "status paused")
+        check("removed, moved or unmounted" in s["reason"], "paused without the reason: %r" % (s,))
+        rc, out, _ = _cli("status", "--state-dir", a.state_dir)
+        check(rc == 0 and "state:      paused: the directory was removed" in out, "text when paused: %s" % out)
+        os.rename(moved, a.dir)
+        wait_until(lambda: _status(a.state_dir)["state"] == "in sync", 30, "in sync once the directory is back")
+
         check(a.stop() == 0, "agent A did not stop cleanly")
         s = _status(a.state_dir)
         check(not s["running"] and s["state"] == "not running" and s["last_state"] == "stopped",

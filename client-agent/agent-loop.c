@@ -334,8 +334,8 @@ static void run_round(Agent *a) {
 static int on_socket(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         Agent *a = userdata;
         BsMsg *m = malloc(sizeof(*m));
-        int r = m ? conn_io(a->conn, 0) : -ENOMEM;
-        while (r >= 0 && (r = conn_next(a->conn, m)) > 0)
+        int r = m ? bs_conn_io(a->conn, 0) : -ENOMEM;
+        while (r >= 0 && (r = bs_conn_next(a->conn, m)) > 0)
                 log_debug("ignoring %s from server while idle", bs_msg_type_name(m->type));
         free(m);
         if (r < 0 && r != -ETIMEDOUT) {

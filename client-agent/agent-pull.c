@@ -92,11 +92,11 @@ static int receive_changes(Agent *a, Pull *p, uint64_t since) {
         m->seq = since;
         uint32_t req = m->req;
         log_debug("asking for changes since %llu (request %u)", (unsigned long long) since, req);
-        r = conn_send(a->conn, m);
+        r = bs_conn_send(a->conn, m);
         if (r < 0)
                 goto out;
         for (;;) {
-                r = conn_recv(a->conn, m, PULL_TIMEOUT_MS);
+                r = bs_conn_recv(a->conn, m, PULL_TIMEOUT_MS);
                 if (r == -ETIMEDOUT)
                         log_warning("no list of changes from the server after %d s (request %u, %zu records so far)",
                                     PULL_TIMEOUT_MS / 1000, req, p->n);
@@ -362,7 +362,7 @@ static int send_gets(Agent *a, Pull *p) {
                         memcpy(m->path, x->path, m->path_len + 1);
                         x->req = m->req;
                         x->requested = true;
-                        int r = conn_send(a->conn, m);
+                        int r = bs_conn_send(a->conn, m);
                         free(m);
                         if (r < 0)
                                 return r;
@@ -535,7 +535,7 @@ static int pump(Agent *a, Pull *p) {
         if (r == -ETIMEDOUT)
                 log_warning("no data from the server for %d s while downloading (%zu of %zu answers, %s)",
                             PULL_TIMEOUT_MS / 1000, p->fifo_head, p->fifo_tail, p->cur ? p->cur->path : "between files");
-        while (r >= 0 && (r = conn_next(a->conn, m)) > 0)
+        while (r >= 0 && (r = bs_conn_next(a->conn, m)) > 0)
                 r = handle_frame(a, p, m);
         free(m);
         return r;

@@ -187,7 +187,7 @@ static int start_op(Agent *a, PushOp *op, Upload *up) {
                 memcpy(m->path2, op->path2, m->path2_len + 1);
                 break;
         }
-        r = conn_send(a->conn, m);
+        r = bs_conn_send(a->conn, m);
 out:
         free(m);
         return r;
@@ -226,7 +226,7 @@ static int flush_copy(Agent *a, Upload *up) {
                 memcpy(m->sha, up->op->delta_base, BS_SHA_LEN);
                 up->copy_off += m->size;
                 up->copy_len -= m->size;
-                r = conn_send(a->conn, m);
+                r = bs_conn_send(a->conn, m);
         }
         free(m);
         return r;
@@ -330,7 +330,7 @@ static int upload_step(Agent *a, Upload *up) {
                         up->op->blocks = TAKE_PTR(up->blocks); /* kept on ACK */
         }
         memcpy(m->sha, up->op->e->sha, BS_SHA_LEN);
-        r = r ?: conn_send(a->conn, m);
+        r = r ?: bs_conn_send(a->conn, m);
         free(m);
         upload_free(up);
         return r < 0 ? r : 1;
@@ -346,7 +346,7 @@ static int upload_cancel(Agent *a, Upload *up) {
         if (m) {
                 bs_msg_init(m, BS_MSG_PUT_END, up->op->req);
                 m->flags = BS_PUT_ABORT;
-                r = conn_send(a->conn, m);
+                r = bs_conn_send(a->conn, m);
                 free(m);
         }
         upload_free(up);
@@ -584,12 +584,12 @@ static int push_plan(Agent *a, Plan *p) {
                         continue;
                 /* Block only when there is nothing more to send: data still
                  * to produce must not wait behind answers that cannot come. */
-                r = conn_flush(a->conn);
+                r = bs_conn_flush(a->conn);
                 if (r < 0)
                         goto out;
                 bool more = up.fd >= 0 || (next < p->n && next - head < PUSH_WINDOW);
                 bool wait = !more || bs_buf_len(&a->conn->out) >= PUSH_OUT_HIGH;
-                r = wait ? agent_io(a, ANSWER_TIMEOUT_MS) : conn_io(a->conn, 0);
+                r = wait ? agent_io(a, ANSWER_TIMEOUT_MS) : bs_conn_io(a->conn, 0);
                 if (r == -ETIMEDOUT && !wait)
                         r = 0;
                 if (r == -ETIMEDOUT)
@@ -599,7 +599,7 @@ static int push_plan(Agent *a, Plan *p) {
                                     up.fd >= 0 ? up.op->path : "");
                 if (r < 0)
                         goto out;
-                while ((r = conn_next(a->conn, m)) > 0) {
+                while ((r = bs_conn_next(a->conn, m)) > 0) {
                         while (head < next && p->ops[head].skipped)
                                 head++;
                         if (head >= next || (m->type != BS_MSG_ACK && m->type != BS_MSG_ERROR) ||

@@ -27,7 +27,7 @@ void agent_disconnect(Agent *a, const char *why) {
         if (why)
                 log_event(LOG_WARNING, BS_MID_CONN_LOST, a->account[0] ? a->account : NULL, NULL,
                           "connection to %s port %s lost: %s", a->cfg.server, a->cfg.port, why);
-        a->conn = conn_free(a->conn);
+        a->conn = bs_conn_free(a->conn);
 }
 
 /* Is the token the one the state keeps (a restart, not a join)? */
@@ -37,7 +37,7 @@ static bool token_saved(Agent *a) {
 }
 
 int agent_connect(Agent *a) {
-        _cleanup_(conn_freep) Conn *c = NULL;
+        _cleanup_(bs_conn_freep) BsConn *c = NULL;
         BsMsg *m = NULL;
         char host[256];
         int r;
@@ -47,7 +47,7 @@ int agent_connect(Agent *a) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         a->last_connect_usec = (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
-        r = conn_connect(a->cfg.server, a->cfg.port, CONNECT_TIMEOUT_MS, &c);
+        r = bs_conn_connect(a->cfg.server, a->cfg.port, CONNECT_TIMEOUT_MS, &c);
         if (r < 0)
                 return r;
         m = calloc(1, sizeof(*m));
@@ -65,8 +65,8 @@ int agent_connect(Agent *a) {
         host[sizeof(host) - 1] = 0;
         m->path2_len = strlen(host);
         memcpy(m->path2, host, m->path2_len + 1);
-        r = conn_send(c, m);
-        r = r ?: conn_recv(c, m, WELCOME_TIMEOUT_MS);
+        r = bs_conn_send(c, m);
+        r = r ?: bs_conn_recv(c, m, WELCOME_TIMEOUT_MS);
         if (r < 0)
                 goto out;
         if (r == 0) {
@@ -135,6 +135,7 @@ int agent_connect(Agent *a) {
                 log_event(LOG_NOTICE, BS_MID_JOINED, m->path, NULL, "joined account %s", m->path);
         }
         memcpy(a->account, m->path, BS_ID_LEN + 1);
+        agent_token_file(a);
         log_info("connected to %s port %s, account %s at sequence %llu", a->cfg.server, a->cfg.port, a->account,
                  (unsigned long long) m->seq);
         a->conn = TAKE_PTR(c);
@@ -149,7 +150,7 @@ int agent_io(Agent *a, int timeout_ms) {
          * does not starve the watchdog. */
         for (int waited = 0;;) {
                 int slice = MIN(timeout_ms - waited, 5000);
-                int r = conn_io(a->conn, slice);
+                int r = bs_conn_io(a->conn, slice);
                 if (r != -ETIMEDOUT)
                         return r;
                 waited += slice;

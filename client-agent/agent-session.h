@@ -11,5 +11,5 @@
 int agent_connect(Agent *a);
 /** Drop the connection, logging why (why may be NULL: no log line). */
 void agent_disconnect(Agent *a, const char *why);
-/** conn_io() for up to timeout_ms, feeding the watchdog meanwhile. */
+/** bs_conn_io() for up to timeout_ms, feeding the watchdog meanwhile. */
 int agent_io(Agent *a, int timeout_ms);

@@ -39,7 +39,7 @@ int agent_new(const AgentConfig *cfg, Agent **ret) {
 Agent *agent_free(Agent *a) {
         if (!a)
                 return NULL;
-        conn_free(a->conn);
+        bs_conn_free(a->conn);
         sd_event_source_disable_unref(a->socket_source);
         sd_event_source_disable_unref(a->inotify_source);
         sd_event_source_disable_unref(a->coalesce_timer);
@@ -169,6 +169,13 @@ void agent_state_ok(Agent *a) {
 /* For `backupsync status`: the same state, in the state directory. A
  * failure only costs the command its live view; it is not logged each
  * round, only when it starts failing. */
+/* The state directory's fd, opened once. */
+static int state_dir(Agent *a) {
+        if (a->state_dir_fd < 0)
+                a->state_dir_fd = open(a->cfg.state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        return a->state_dir_fd < 0 ? -errno : a->state_dir_fd;
+}
+
 static void write_status(Agent *a, BsSyncState state) {
         BsStatus st = {
                 .pid = getpid(),
@@ -192,13 +199,19 @@ static void write_status(Agent *a, BsSyncState state) {
         else if (state == BS_SYNC_ERROR)
                 snprintf(st.reason, sizeof(st.reason), "the state in %s cannot be written: %s", a->cfg.state_dir,
                          strerror(-a->state_error));
-        if (a->state_dir_fd < 0)
-                a->state_dir_fd = open(a->cfg.state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        int r = a->state_dir_fd < 0 ? -errno : bs_status_write(a->state_dir_fd, &st);
+        int fd = state_dir(a);
+        int r = fd < 0 ? fd : bs_status_write(fd, &st);
         if (r < 0 && !a->status_failed)
                 log_warning("cannot write %s/" BS_STATUS_FILE ": %s", a->cfg.state_dir, strerror(-r));
         a->status_failed = r < 0;
         a->status_written = true;
+}
+
+void agent_token_file(Agent *a) {
+        int fd = state_dir(a);
+        int r = fd < 0 ? fd : bs_token_file_write(fd, a->token);
+        if (r < 0)
+                log_warning("cannot write %s/" BS_TOKEN_FILE ": %s", a->cfg.state_dir, strerror(-r));
 }
 
 void agent_status_stopped(Agent *a) {

@@ -8,7 +8,7 @@
 #include <systemd/sd-event.h>
 #include <time.h>
 
-#include "agent-conn.h"
+#include "bs-conn.h"
 #include "agent-state.h"
 #include "agent-watch.h"
 #include "bs-proto.h"
@@ -86,7 +86,7 @@ typedef struct Agent {
         AgentConfig cfg;
         AgentState *state;
         Watcher *watcher;
-        Conn *conn;
+        BsConn *conn;
         int rootfd;
         /* While a plan is made: the directory whose entries are being
          * looked at, so each entry costs one fstatat(), not a path walk. */
@@ -239,6 +239,8 @@ bool agent_busy(const Agent *a);
 void agent_update_status(Agent *a);
 /** The status file says the agent stopped (when this agent wrote it before). */
 void agent_status_stopped(Agent *a);
+/** Leave the account token in STATE_DIR/token for the backupsync command. */
+void agent_token_file(Agent *a);
 /**
  * Called from inside a long round (a first upload can take hours): keeps
  * the watchdog fed and shows "uploading 120 of 10000 changes, 1.2 GiB

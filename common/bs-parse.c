@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "bs-parse.h"
 
@@ -14,7 +15,7 @@ int bs_parse_duration(const char *s, uint64_t *usec) {
         } units[] = {
                 { "", 1000000ULL },   { "s", 1000000ULL },          { "ms", 1000ULL },
                 { "m", 60000000ULL }, { "min", 60000000ULL },       { "h", 3600000000ULL },
-                { "d", 86400000000ULL },
+                { "d", 86400000000ULL }, { "w", 604800000000ULL },
         };
         char *end;
 
@@ -59,4 +60,87 @@ int bs_parse_bool(const char *s, bool *b) {
                 }
         }
         return -EINVAL;
+}
+
+/* Read exactly n digits as a number; NULL when they are not there. */
+static const char *digits(const char *p, int n, int *v) {
+        *v = 0;
+        for (int i = 0; i < n; i++, p++) {
+                if (!isdigit((unsigned char) *p))
+                        return NULL;
+                *v = *v * 10 + (*p - '0');
+        }
+        return p;
+}
+
+int bs_parse_time(const char *s, time_t now, time_t *ret) {
+        struct tm tm = { .tm_isdst = -1 };
+        int y, mo, d, h = 0, mi = 0, sec = 0, zh, zm;
+        const char *p;
+
+        if (!s || !*s)
+                return -EINVAL;
+        if (*s == '@' || *s == '-') {
+                char *end;
+                if (*s == '-') {
+                        uint64_t usec;
+                        if (bs_parse_duration(s + 1, &usec) < 0 || usec / 1000000 > (uint64_t) now)
+                                return -EINVAL;
+                        *ret = now - (time_t) (usec / 1000000);
+                        return 0;
+                }
+                if (!isdigit((unsigned char) s[1]))
+                        return -EINVAL;
+                errno = 0;
+                long long v = strtoll(s + 1, &end, 10);
+                if (errno || *end)
+                        return -EINVAL;
+                *ret = (time_t) v;
+                return 0;
+        }
+        if (!(p = digits(s, 4, &y)) || *p++ != '-' || !(p = digits(p, 2, &mo)) || *p++ != '-' ||
+            !(p = digits(p, 2, &d)))
+                return -EINVAL;
+        if (*p == 'T' || *p == ' ') {
+                p++;
+                if (!(p = digits(p, 2, &h)) || *p++ != ':' || !(p = digits(p, 2, &mi)))
+                        return -EINVAL;
+                if (*p == ':' && !(p = digits(p + 1, 2, &sec)))
+                        return -EINVAL;
+        }
+        if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
+                return -EINVAL;
+        tm.tm_year = y - 1900;
+        tm.tm_mon = mo - 1;
+        tm.tm_mday = d;
+        tm.tm_hour = h;
+        tm.tm_min = mi;
+        tm.tm_sec = sec;
+        if (*p == 0) {
+                time_t t = mktime(&tm);
+                if (t == (time_t) -1 || tm.tm_mday != d)
+                        return -EINVAL;
+                *ret = t;
+                return 0;
+        }
+        long off = 0;
+        if (*p == 'Z')
+                p++;
+        else if (*p == '+' || *p == '-') {
+                int sign = *p++ == '-' ? -1 : 1;
+                if (!(p = digits(p, 2, &zh)))
+                        return -EINVAL;
+                if (*p == ':')
+                        p++;
+                if (!(p = digits(p, 2, &zm)) || zh > 23 || zm > 59)
+                        return -EINVAL;
+                off = sign * (zh * 3600L + zm * 60L);
+        }
+        if (*p)
+                return -EINVAL;
+        time_t t = timegm(&tm);
+        if (t == (time_t) -1 || tm.tm_mday != d)
+                return -EINVAL;
+        *ret = t - off;
+        return 0;
 }

@@ -3,6 +3,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 /**
  * Parse a duration: a number with an optional unit, "5", "5s", "250ms",
@@ -15,3 +16,12 @@ int bs_parse_port(const char *s, uint16_t *port);
 
 /** Parse yes/no/true/false/on/off/1/0. Returns 0 or -EINVAL. */
 int bs_parse_bool(const char *s, bool *b);
+
+/**
+ * Parse a moment as people type it: ISO 8601 ("2026-11-30T14:05:00Z",
+ * "2026-11-30 14:05", "2026-11-30T14:05+01:00"; without a zone it is local
+ * time; the seconds and the time of day may be left out), "@EPOCH", or
+ * relative to now ("-2h", "-3d", "-90s"). Returns 0 with seconds since the
+ * epoch in *ret, or -EINVAL.
+ */
+int bs_parse_time(const char *s, time_t now, time_t *ret);

@@ -18,6 +18,8 @@ const char *bs_msg_type_name(uint8_t type) {
         case BS_MSG_GET: return "GET";
         case BS_MSG_FILE: return "FILE";
         case BS_MSG_GET_DELTA: return "GET_DELTA";
+        case BS_MSG_HISTORY: return "HISTORY";
+        case BS_MSG_HISTORY_ROWS: return "HISTORY_ROWS";
         case BS_MSG_PUT: return "PUT";
         case BS_MSG_DATA: return "DATA";
         case BS_MSG_PUT_END: return "PUT_END";
@@ -132,12 +134,21 @@ int bs_msg_decode(const uint8_t *frame, size_t len, BsMsg *m) {
                 m->req = bs_get_u32(&r);
                 m->seq = bs_get_u64(&r);
                 break;
+        case BS_MSG_HISTORY:
+                m->req = bs_get_u32(&r);
+                m->flags = bs_get_u8(&r);
+                m->seq = bs_get_u64(&r);
+                m->time = (int64_t) bs_get_u64(&r);
+                m->count = bs_get_u32(&r);
+                get_field(&r, m->path, &m->path_len, BS_PATH_MAX);
+                break;
         case BS_MSG_CHANGES:
+        case BS_MSG_HISTORY_ROWS:
                 m->req = bs_get_u32(&r);
                 m->seq = bs_get_u64(&r);
                 m->flags = bs_get_u8(&r);
                 m->count = bs_get_u32(&r);
-                if (r.bad || (uint64_t) m->count * BS_RECORD_MIN > r.left)
+                if (r.bad || (uint64_t) m->count * (m->type == BS_MSG_CHANGES ? BS_RECORD_MIN : BS_HIST_ROW_MIN) > r.left)
                         return -EBADMSG;
                 m->data = r.p;
                 m->data_len = r.left;
@@ -312,7 +323,16 @@ int bs_msg_encode(BsBuf *out, const BsMsg *m) {
                 r = bs_buf_put_u32(out, m->req);
                 r = r ?: bs_buf_put_u64(out, m->seq);
                 break;
+        case BS_MSG_HISTORY:
+                r = bs_buf_put_u32(out, m->req);
+                r = r ?: bs_buf_put_u8(out, m->flags);
+                r = r ?: bs_buf_put_u64(out, m->seq);
+                r = r ?: bs_buf_put_u64(out, (uint64_t) m->time);
+                r = r ?: bs_buf_put_u32(out, m->count);
+                r = r ?: bs_buf_put_str(out, m->path, m->path_len);
+                break;
         case BS_MSG_CHANGES:
+        case BS_MSG_HISTORY_ROWS:
                 r = bs_buf_put_u32(out, m->req);
                 r = r ?: bs_buf_put_u64(out, m->seq);
                 r = r ?: bs_buf_put_u8(out, m->flags);
@@ -446,4 +466,30 @@ int bs_record_decode(BsReader *rd, BsRecord *rec) {
             rec->kind < BS_KIND_FILE || rec->kind > BS_KIND_SYMLINK)
                 return -EBADMSG;
         return 0;
+}
+
+int bs_hist_row_encode(BsBuf *out, const BsHistRow *row) {
+        size_t saved = out->end - out->start;
+        int r;
+
+        if (row->name_len > BS_NAME_MAX)
+                return -E2BIG;
+        r = bs_buf_put_u64(out, row->until);
+        r = r ?: bs_buf_put_u64(out, (uint64_t) row->time);
+        r = r ?: bs_buf_put_u64(out, (uint64_t) row->until_time);
+        r = r ?: bs_buf_put_str(out, row->device_name, row->name_len);
+        r = r ?: bs_record_encode(out, &row->rec);
+        if (r < 0)
+                out->end = out->start + saved;
+        return r;
+}
+
+int bs_hist_row_decode(BsReader *rd, BsHistRow *row) {
+        row->until = bs_get_u64(rd);
+        row->time = (int64_t) bs_get_u64(rd);
+        row->until_time = (int64_t) bs_get_u64(rd);
+        get_field(rd, row->device_name, &row->name_len, BS_NAME_MAX);
+        if (rd->bad)
+                return -EBADMSG;
+        return bs_record_decode(rd, &row->rec);
 }

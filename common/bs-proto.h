@@ -12,12 +12,14 @@
 
 #include "bs-buf.h"
 
-#define BS_PROTO_VERSION 3u
+#define BS_PROTO_VERSION 4u
 #define BS_PROTO_MIN_VERSION 1u
 /* The first version with COPY and GET_DELTA (delta transfer). */
 #define BS_PROTO_DELTA_VERSION 2u
 /* The first version with ATTR (a file's mode and mtime without its content). */
 #define BS_PROTO_ATTR_VERSION 3u
+/* The first version with HISTORY (the log, versions, deleted entries, the tree as of a moment). */
+#define BS_PROTO_HISTORY_VERSION 4u
 #define BS_FRAME_HDR 5u
 #define BS_FRAME_MAX_DEFAULT (1024u * 1024u)
 #define BS_FRAME_MIN (64u * 1024u)
@@ -30,6 +32,7 @@
 #define BS_DEVICE_LEN 16u
 #define BS_TEXT_MAX 4096u
 #define BS_RECORD_MIN (8 + 1 + 1 + BS_DEVICE_LEN + 8 + 4 + 8 + BS_SHA_LEN + 2 + 2)
+#define BS_HIST_ROW_MIN (8 + 8 + 8 + 2 + BS_RECORD_MIN)
 
 typedef enum BsMsgType {
         BS_MSG_HELLO = 1,
@@ -43,6 +46,8 @@ typedef enum BsMsgType {
         BS_MSG_GET = 12,
         BS_MSG_FILE = 13,
         BS_MSG_GET_DELTA = 14,
+        BS_MSG_HISTORY = 15,
+        BS_MSG_HISTORY_ROWS = 16,
         BS_MSG_PUT = 20,
         BS_MSG_DATA = 21,
         BS_MSG_PUT_END = 22,
@@ -89,6 +94,14 @@ typedef enum BsKind {
         BS_KIND_SYMLINK = 3,
 } BsKind;
 
+/* What a HISTORY request asks for (its flags byte). */
+typedef enum BsHistWhat {
+        BS_HIST_LOG = 1,      /* change-log records, newest first */
+        BS_HIST_VERSIONS = 2, /* every kept state of one path, newest first */
+        BS_HIST_DELETED = 3,  /* paths deleted and not there now, newest deletion first */
+        BS_HIST_TREE = 4,     /* the entries as of a sequence, in path order */
+} BsHistWhat;
+
 #define BS_CHANGES_SNAPSHOT 0x01u /* records are the whole current tree */
 #define BS_CHANGES_MORE 0x02u     /* another CHANGES frame follows */
 #define BS_PUT_ABORT 0x01u        /* PUT_END: discard the upload */
@@ -107,6 +120,7 @@ typedef struct BsMsg {
         uint64_t base2;
         uint64_t size;
         uint64_t offset;      /* COPY: where the bytes start in the named content */
+        int64_t time;         /* HISTORY: seconds since the epoch, 0 for none */
         uint32_t mode;
         int64_t mtime_ns;
         uint16_t code;
@@ -136,6 +150,20 @@ typedef struct BsRecord {
         char path2[BS_PATH_MAX + 1]; /* MOVE target or symlink target */
 } BsRecord;
 
+/*
+ * One row of a HISTORY answer: an entry's state (rec: rec.seq is its
+ * version) with when it began (time) and ended (until, until_time; 0
+ * while it is current), and the name of the device that made it, or, for
+ * BS_HIST_DELETED, that deleted it.
+ */
+typedef struct BsHistRow {
+        uint64_t until;
+        int64_t time, until_time;
+        size_t name_len;
+        char device_name[BS_NAME_MAX + 1];
+        BsRecord rec;
+} BsHistRow;
+
 /** Name of a message type for logs; "unknown" for anything else. */
 const char *bs_msg_type_name(uint8_t type);
 /** Name of an error code for logs and messages. */
@@ -164,6 +192,12 @@ int bs_record_encode(BsBuf *out, const BsRecord *rec);
 
 /** Decode the next record of a CHANGES payload; -EBADMSG when malformed. */
 int bs_record_decode(BsReader *rd, BsRecord *rec);
+
+/** Append one HISTORY_ROWS row to out. */
+int bs_hist_row_encode(BsBuf *out, const BsHistRow *row);
+
+/** Decode the next row of a HISTORY_ROWS payload; -EBADMSG when malformed. */
+int bs_hist_row_decode(BsReader *rd, BsHistRow *row);
 
 /** Fill a message header: zero everything, set type and request id. */
 void bs_msg_init(BsMsg *m, uint8_t type, uint32_t req);

@@ -6,7 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include "bs-fs.h"
 
 #include "bs-macro.h"
 #include "bs-status.h"
@@ -161,4 +164,43 @@ int bs_status_read(int dir_fd, BsStatus *s) {
                 r = -EBADMSG;
         fclose(f);
         return r;
+}
+
+int bs_token_file_write(int dir_fd, const char *token) {
+        static const char tmp[] = BS_TOKEN_FILE ".tmp";
+        char have[BS_TOKEN_MAX + 1];
+        if (bs_token_file_read(dir_fd, have) == 0 && strcmp(have, token) == 0)
+                return 0;
+        int fd = openat(dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+                return -errno;
+        int r = fchmod(fd, 0600) < 0 ? -errno : 0;
+        r = r ?: bs_write_all(fd, token, strlen(token));
+        r = r ?: bs_write_all(fd, "\n", 1);
+        if (r == 0 && fsync(fd) < 0)
+                r = -errno;
+        close(fd);
+        if (r == 0 && renameat(dir_fd, tmp, dir_fd, BS_TOKEN_FILE) < 0)
+                r = -errno;
+        if (r < 0)
+                (void) unlinkat(dir_fd, tmp, 0);
+        return r;
+}
+
+int bs_token_file_read(int dir_fd, char *token) {
+        char buf[BS_TOKEN_MAX + 2];
+        BsToken t;
+        int fd = openat(dir_fd, BS_TOKEN_FILE, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+        if (fd < 0)
+                return -errno;
+        ssize_t n = bs_pread_full(fd, buf, sizeof(buf), 0);
+        close(fd);
+        if (n < 0)
+                return (int) n;
+        while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+                n--;
+        if (bs_token_parse(buf, (size_t) n, &t) < 0)
+                return -EBADMSG;
+        bs_token_format(&t, token);
+        return 0;
 }

@@ -14,6 +14,9 @@
 #include "bs-token.h"
 
 #define BS_STATUS_FILE "status"
+/* The account token, mode 0600, for the backupsync command: the agent's
+ * database is locked while it runs. */
+#define BS_TOKEN_FILE "token"
 #define BS_STATUS_TEXT_MAX 256
 
 typedef enum BsSyncState {
@@ -50,3 +53,11 @@ int bs_status_write(int dir_fd, const BsStatus *s);
  * is not a status file (a line without '=', a number that does not parse).
  */
 int bs_status_read(int dir_fd, BsStatus *s);
+
+/** Write token to DIR/token (mode 0600) atomically, unless it holds it already. */
+int bs_token_file_write(int dir_fd, const char *token);
+/**
+ * Read DIR/token into token (BS_TOKEN_MAX + 1 bytes). -ENOENT when there
+ * is none, -EBADMSG when it holds no valid token.
+ */
+int bs_token_file_read(int dir_fd, char *token);

@@ -106,12 +106,14 @@ static void stored_name(char *buf, size_t n, uint64_t seq) {
 /*
  * Keep the entry at path (name in parent_fd) as versions/<seq>: a file is
  * hard-linked when it is about to be replaced by rename, anything else is
- * moved out of the tree. Files get a versions row each, so GET by content
- * still finds them.
+ * moved out of the tree. Its state and everything below it go into the
+ * history, so GET by content and the tree as of an earlier moment still
+ * find them.
  */
 static int keep_version(Account *a, int parent_fd, const char *name, const char *path,
                         const AccountEntry *e, uint64_t seq, bool link) {
         char stored[32];
+        bool kept = true;
         int r;
 
         stored_name(stored, sizeof(stored), seq);
@@ -122,57 +124,15 @@ static int keep_version(Account *a, int parent_fd, const char *name, const char 
         if (link ? linkat(parent_fd, name, a->versions_fd, stored, 0)
                  : renameat(parent_fd, name, a->versions_fd, stored)) {
                 /* Missing on disk: nothing to keep, the entry goes anyway. */
-                if (errno == ENOENT)
-                        return 0;
-                return -errno;
+                if (errno != ENOENT)
+                        return -errno;
+                kept = false;
         }
-        if (e->kind == BS_KIND_FILE) {
-                r = account_version_add(a, path, e, stored, seq);
-                if (r < 0)
-                        return r;
-        } else if (e->kind == BS_KIND_DIR) {
-                AccountRange range;
-                sqlite3_stmt *st;
-                r = account_stmt(a, STMT_ENTRY_LIST_BELOW, &st);
-                if (r < 0)
-                        return r;
-                account_range(&range, path);
-                sqlite3_bind_blob(st, 1, range.lo, (int) range.len, SQLITE_STATIC);
-                sqlite3_bind_blob(st, 2, range.hi, (int) range.len, SQLITE_STATIC);
-                /* The listing statement and the versions insert are different statements. */
-                for (;;) {
-                        char p[BS_PATH_MAX + 1], s[BS_PATH_MAX + 40];
-                        int rc = sqlite3_step(st);
-                        if (rc == SQLITE_DONE)
-                                break;
-                        if (rc != SQLITE_ROW) {
-                                r = account_sqlite_errno(rc) ?: -EIO;
-                                break;
-                        }
-                        if (sqlite3_column_int(st, 1) != BS_KIND_FILE)
-                                continue;
-                        r = account_column_path(st, 0, p, NULL);
-                        if (r < 0)
-                                break;
-                        AccountEntry f = {
-                                .kind = BS_KIND_FILE,
-                                .size = (uint64_t) sqlite3_column_int64(st, 2),
-                                .mode = (uint32_t) sqlite3_column_int64(st, 3),
-                                .mtime_ns = sqlite3_column_int64(st, 4),
-                                .version = (uint64_t) sqlite3_column_int64(st, 6),
-                        };
-                        if (sqlite3_column_bytes(st, 5) == BS_SHA_LEN)
-                                memcpy(f.sha, sqlite3_column_blob(st, 5), BS_SHA_LEN);
-                        snprintf(s, sizeof(s), "%s%s", stored, p + strlen(path));
-                        r = account_version_add(a, p, &f, s, seq);
-                        if (r < 0)
-                                break;
-                }
-                sqlite3_reset(st);
-                if (r < 0)
-                        return r;
-        }
-        a->versions_changed = true;
+        r = account_history_close(a, path, e->kind == BS_KIND_DIR, seq, kept ? stored : NULL);
+        if (r < 0)
+                return r;
+        if (kept)
+                a->versions_changed = true;
         return 0;
 }
 
@@ -425,6 +385,7 @@ int account_attr(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *pa
         r = r ?: bs_set_mtime_fd(fd, mtime_ns);
         /* The mtime is compared by recovery: durable before the commit. */
         r = r ?: account_defer_sync(a, fd);
+        r = r ?: account_history_close(a, path, false, seq, NULL);
         r = r ?: record(a, seq, device, BS_OP_PUT, path, NULL, &n);
         r = account_change_end(a, r);
         if (r >= 0)
@@ -460,6 +421,7 @@ int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *p
                         return r;
                 if (fchmodat(pfd, name, DIR_DISK_MODE(mode), 0) < 0)
                         r = -errno;
+                r = r ?: account_history_close(a, path, false, seq, NULL);
                 r = r ?: record(a, seq, device, BS_OP_MKDIR, path, NULL, &n);
                 r = account_change_end(a, r);
                 if (r >= 0)
@@ -540,6 +502,7 @@ int account_symlink(Account *a, const uint8_t device[BS_DEVICE_LEN], const char 
         if (r < 0)
                 (void) unlinkat(a->tmp_fd, tmp, 0);
         r = r ?: account_defer_sync(a, pfd);
+        r = r ?: account_history_close(a, path, false, seq, NULL);
         r = r ?: record(a, seq, device, BS_OP_SYMLINK, path, target, &n);
         r = account_change_end(a, r);
         if (r >= 0)
@@ -591,8 +554,9 @@ int account_delete(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *
         return r;
 }
 
-/* Rewrite the entries below from to lie below to; they keep their versions. */
-static int rebase_below(Account *a, const char *from, const char *to) {
+/* Rewrite the entries below from to lie below to; they keep their versions
+ * (an agent's base) but their state at the new path begins at seq. */
+static int rebase_below(Account *a, const char *from, const char *to, uint64_t seq) {
         AccountRange range;
         sqlite3_stmt *st;
         char **paths = NULL;
@@ -646,6 +610,7 @@ static int rebase_below(Account *a, const char *from, const char *to) {
                         break;
                 account_bind_path(st, 1, paths[i]);
                 account_bind_path(st, 2, np);
+                sqlite3_bind_int64(st, 3, (sqlite3_int64) seq);
                 r = account_step_done(st);
         }
         for (size_t i = 0; i < n; i++)
@@ -718,7 +683,8 @@ int account_move(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *fr
                 r = -errno;
         r = r ?: account_defer_sync(a, to_pfd);
         r = r ?: account_defer_sync(a, from_pfd);
-        r = r ?: rebase_below(a, from, to);
+        r = r ?: account_history_close(a, from, true, seq, NULL);
+        r = r ?: rebase_below(a, from, to, seq);
         r = r ?: account_entries_remove(a, from);
         r = r ?: account_entry_set(a, to, &n);
         r = r ?: record(a, seq, device, BS_OP_MOVE, from, to, &n);

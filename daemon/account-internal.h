@@ -21,6 +21,7 @@ enum {
         STMT_ENTRY_BY_SHA,
         STMT_VERSION_ADD,
         STMT_VERSION_BY_SHA,
+        STMT_HISTORY_CLOSE,
         STMT_LOG_ADD,
         STMT_DEVICE_SEEN,
         STMT_SAVEPOINT,
@@ -133,5 +134,13 @@ int account_log_add(Account *a, uint64_t seq, const uint8_t device[BS_DEVICE_LEN
                     const AccountEntry *e, const char *path, const char *path2);
 int account_version_add(Account *a, const char *path, const AccountEntry *e,
                         const char *stored, uint64_t replaced_seq);
+/**
+ * Keep the state of path (and, with below, of everything below it) in
+ * the history as ended at until: the entries are about to change, move or
+ * go. stored names where a file's content was kept in versions/ (files
+ * below get stored + their path below path), or NULL when the content
+ * stays in the tree or in the store anyway.
+ */
+int account_history_close(Account *a, const char *path, bool below, uint64_t until, const char *stored);
 /** Advance the account's sequence to seq (inside the open change; stored at commit). */
 int account_set_seq(Account *a, uint64_t seq);

@@ -63,8 +63,10 @@ static int record_found(Verify *v, BsOp op, const char *path, const AccountEntry
         uint64_t seq = a->seq + 1;
         AccountEntry e = *found;
         e.version = seq;
+        /* Whatever disk holds now, what the metadata had stays in the history. */
+        r = account_history_close(a, path, replace, seq, NULL);
         if (replace)
-                r = account_entries_remove(a, path);
+                r = r ?: account_entries_remove(a, path);
         if (op != BS_OP_DELETE)
                 r = r ?: account_entry_set(a, path, &e);
         r = r ?: account_log_add(a, seq, server_device, op, &e, path, op == BS_OP_SYMLINK ? e.target : NULL);

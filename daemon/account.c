@@ -37,23 +37,51 @@ static const char *const schema =
         "CREATE TABLE IF NOT EXISTS devices("
         "  id BLOB PRIMARY KEY, name TEXT, first_seen INTEGER, last_seen INTEGER);";
 
+/*
+ * Changes of the schema, by PRAGMA user_version. 1: the history of every
+ * entry, not only of file contents. versions holds each state an entry
+ * left (kind, target and device too) with the sequence it began at
+ * (since) and ended at (replaced_seq); entries.since is where the current
+ * state began, which differs from its version only below a moved
+ * directory. Rows from before have since NULL: their version stands in.
+ */
+static const char *const migrations[] = {
+        "ALTER TABLE entries ADD COLUMN since INTEGER;"
+        "ALTER TABLE versions ADD COLUMN kind INTEGER NOT NULL DEFAULT 1;"
+        "ALTER TABLE versions ADD COLUMN target BLOB;"
+        "ALTER TABLE versions ADD COLUMN device BLOB;"
+        "ALTER TABLE versions ADD COLUMN since INTEGER;"
+        "CREATE INDEX versions_path ON versions(path);"
+        "CREATE INDEX log_time ON log(time);"
+        "CREATE INDEX log_path ON log(path);",
+};
+
 static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_META_GET] = "SELECT value FROM meta WHERE key = ?1",
         [STMT_META_SET] = "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
         [STMT_ENTRY_GET] = "SELECT kind, size, mode, mtime_ns, version, sha, device, target "
                            "FROM entries WHERE path = ?1",
         [STMT_ENTRY_PUT] = "INSERT OR REPLACE INTO entries"
-                           "(path, kind, size, mode, mtime_ns, sha, target, version, device) "
-                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                           "(path, kind, size, mode, mtime_ns, sha, target, version, device, since) "
+                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?8)",
         [STMT_ENTRY_DELETE_TREE] = "DELETE FROM entries WHERE path = ?1 OR (path >= ?2 AND path < ?3)",
         [STMT_ENTRY_LIST_BELOW] = "SELECT path, kind, size, mode, mtime_ns, sha, version FROM entries "
                                   "WHERE path >= ?1 AND path < ?2 ORDER BY path",
-        [STMT_ENTRY_RENAME] = "UPDATE entries SET path = ?2 WHERE path = ?1",
+        [STMT_ENTRY_RENAME] = "UPDATE entries SET path = ?2, since = ?3 WHERE path = ?1",
         [STMT_ENTRY_BY_SHA] = "SELECT path, size, mode, mtime_ns, version FROM entries "
                               "WHERE sha = ?1 AND kind = 1",
         [STMT_VERSION_ADD] = "INSERT INTO versions"
-                             "(path, version, sha, size, mode, mtime_ns, stored, replaced_seq) "
-                             "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                             "(path, version, sha, size, mode, mtime_ns, stored, replaced_seq, kind, since) "
+                             "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?2)",
+        /* The entries at ?1 and in [?2, ?3) end at ?4; a file's content is
+         * kept as ?5 followed by its path below ?1 (from byte ?6 on). */
+        [STMT_HISTORY_CLOSE] = "INSERT INTO versions"
+                               "(path, version, sha, size, mode, mtime_ns, stored, replaced_seq, kind, target,"
+                               " device, since) "
+                               "SELECT path, version, sha, size, mode, mtime_ns,"
+                               " CASE WHEN kind = 1 AND ?5 IS NOT NULL THEN ?5 || CAST(substr(path, ?6) AS TEXT) END,"
+                               " ?4, kind, target, device, COALESCE(since, version) "
+                               "FROM entries WHERE path = ?1 OR (path >= ?2 AND path < ?3)",
         [STMT_VERSION_BY_SHA] = "SELECT stored, size, mode, mtime_ns, version FROM versions "
                                 "WHERE sha = ?1 ORDER BY id DESC",
         [STMT_LOG_ADD] = "INSERT INTO log"
@@ -176,6 +204,29 @@ static int meta_set(Account *a, const char *key, const char *value) {
         return account_step_done(st);
 }
 
+/* Bring the schema up to date, each step in its own transaction. */
+static int migrate(Account *a) {
+        sqlite3_stmt *st = NULL;
+        int rc = sqlite3_prepare_v2(a->db, "PRAGMA user_version", -1, &st, NULL);
+        int have = rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
+        sqlite3_finalize(st);
+        if (have < 0)
+                return account_sqlite_errno(rc) ?: -EIO;
+        for (size_t i = (size_t) have; i < ELEMENTSOF(migrations); i++) {
+                char v[64];
+                snprintf(v, sizeof(v), "PRAGMA user_version = %zu", i + 1);
+                int r = exec(a, "BEGIN IMMEDIATE");
+                r = r ?: exec(a, migrations[i]);
+                r = r ?: exec(a, v);
+                r = r ?: exec(a, "COMMIT");
+                if (r < 0) {
+                        (void) exec(a, "ROLLBACK");
+                        return r;
+                }
+        }
+        return 0;
+}
+
 static int open_db(Account *a, bool create) {
         int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
         int rc = sqlite3_open_v2(a->db_path, &a->db, flags, NULL);
@@ -186,7 +237,7 @@ static int open_db(Account *a, bool create) {
         int r = exec(a, "PRAGMA journal_mode=WAL");
         r = r ?: exec(a, "PRAGMA synchronous=FULL");
         r = r ?: exec(a, schema);
-        return r;
+        return r ?: migrate(a);
 }
 
 /* Open (and create when missing) one of the account's subdirectories. */
@@ -668,6 +719,27 @@ int account_version_add(Account *a, const char *path, const AccountEntry *e,
         sqlite3_bind_int64(st, 6, e->mtime_ns);
         sqlite3_bind_text(st, 7, stored, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 8, (sqlite3_int64) replaced_seq);
+        return account_step_done(st);
+}
+
+int account_history_close(Account *a, const char *path, bool below, uint64_t until, const char *stored) {
+        AccountRange range = {};
+        sqlite3_stmt *st;
+        int r = account_stmt(a, STMT_HISTORY_CLOSE, &st);
+        if (r < 0)
+                return r;
+        if (below)
+                account_range(&range, path);
+        account_bind_path(st, 1, path);
+        /* Without below, an empty range: lo = hi. */
+        sqlite3_bind_blob(st, 2, range.lo, (int) range.len, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 3, range.lo, (int) range.len, SQLITE_STATIC);
+        if (below)
+                sqlite3_bind_blob(st, 3, range.hi, (int) range.len, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, (sqlite3_int64) until);
+        if (stored)
+                sqlite3_bind_text(st, 5, stored, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 6, (int) strlen(path) + 1);
         return account_step_done(st);
 }
 

@@ -44,6 +44,9 @@ void session_transfer_reset(Session *s) {
         s->cursor = account_cursor_free(s->cursor);
         free(s->rec);
         s->rec = NULL;
+        s->query = account_query_free(s->query);
+        free(s->row);
+        s->row = NULL;
         s->rec_pending = false;
         s->stream = STREAM_NONE;
 }
@@ -426,6 +429,8 @@ int session_stream_fill(Session *s) {
                bs_buf_len(&s->out) < SESSION_OUT_FILL) {
                 if (s->stream == STREAM_PULL)
                         r = fill_pull(s);
+                else if (s->stream == STREAM_HISTORY)
+                        r = session_history_fill(s);
                 else
                         r = s->have.fd >= 0 ? fill_get_delta(s) : fill_get(s);
         }

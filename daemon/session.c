@@ -443,6 +443,8 @@ static int handle_request(Session *s, const BsMsg *m) {
                 return 0;
         case BS_MSG_PULL:
                 return session_start_pull(s, m);
+        case BS_MSG_HISTORY:
+                return session_start_history(s, m);
         case BS_MSG_GET:
         case BS_MSG_GET_DELTA:
                 return session_start_get(s, m);

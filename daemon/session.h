@@ -15,6 +15,7 @@
 #include <systemd/sd-event.h>
 
 #include "account.h"
+#include "account-read.h"
 #include "bs-buf.h"
 #include "bs-log.h"
 #include "bs-proto.h"
@@ -32,6 +33,7 @@ typedef enum SessionStream {
         STREAM_NONE,
         STREAM_PULL,
         STREAM_GET,
+        STREAM_HISTORY,
 } SessionStream;
 
 struct Session {
@@ -75,7 +77,9 @@ struct Session {
         uint32_t stream_req;
         AccountCursor *cursor;
         BsRecord *rec; /* read from the cursor but not yet sent */
-        bool rec_pending;
+        AccountQuery *query;
+        BsHistRow *row; /* read from the query but not yet sent */
+        bool rec_pending; /* rec or row */
         AccountContent content;
         uint64_t content_off;
         /* GET_DELTA: the content the agent holds, and the run of bytes found
@@ -138,6 +142,9 @@ int session_handle_copy(Session *s, const BsMsg *m);
 int session_handle_put_end(Session *s, const BsMsg *m);
 int session_start_pull(Session *s, const BsMsg *m);
 int session_start_get(Session *s, const BsMsg *m);
+int session_start_history(Session *s, const BsMsg *m);
+/** One HISTORY_ROWS frame (session-history.c). */
+int session_history_fill(Session *s);
 /** Produce stream frames until the output is full or the stream ends. */
 int session_stream_fill(Session *s);
 /** Drop any upload and stream in progress. */

@@ -54,3 +54,35 @@ Test(parse, booleans) {
         cr_expect_eq(bs_parse_bool("maybe", &b), -EINVAL);
         cr_expect_eq(bs_parse_bool("", &b), -EINVAL);
 }
+
+Test(parse, times) {
+        const time_t now = 1796135400; /* 2026-12-01T14:30:00Z */
+        static const struct {
+                const char *s;
+                time_t t;
+        } ok[] = {
+                { "2026-11-30T14:05:00Z", 1796047500 },  { "2026-11-30T14:05Z", 1796047500 },
+                { "2026-11-30 14:05:07Z", 1796047507 },  { "2026-11-30T15:05:00+01:00", 1796047500 },
+                { "2026-11-30T13:05:00-0100", 1796047500 }, { "@1796047500", 1796047500 },
+                { "-2h", 1796128200 },                   { "-3d", 1795876200 },
+                { "-90s", 1796135310 },                  { "-1w", 1795530600 },
+        };
+        for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+                time_t t = 0;
+                cr_expect_eq(bs_parse_time(ok[i].s, now, &t), 0, "%s", ok[i].s);
+                cr_expect_eq(t, ok[i].t, "%s: %lld", ok[i].s, (long long) t);
+        }
+        /* Local time: the same wall clock as mktime() reads it. */
+        setenv("TZ", "Europe/Berlin", 1);
+        tzset();
+        time_t t = 0;
+        cr_expect_eq(bs_parse_time("2026-11-30 15:05", now, &t), 0);
+        cr_expect_eq(t, 1796047500, "local time: %lld", (long long) t);
+        cr_expect_eq(bs_parse_time("2026-11-30", now, &t), 0);
+        cr_expect_eq(t, 1796047500 - 15 * 3600 - 5 * 60, "midnight local time: %lld", (long long) t);
+        static const char *const bad[] = { "", "yesterday", "2026-13-01", "2026-02-30", "2026-11-30T25:00",
+                                           "2026-11-30T14", "2026-11-30T14:05:00Q", "26-11-30", "@", "@12x",
+                                           "-", "-2y", "2026-11-30T14:05:00+1", "-99999999d" };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+                cr_expect_eq(bs_parse_time(bad[i], now, &t), -EINVAL, "'%s' should be refused", bad[i]);
+}

@@ -1,4 +1,4 @@
-/* agent-conn.c - the agent's one connection to the server */
+/* bs-conn.c - a client's connection to the server */
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -11,7 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "agent-conn.h"
+#include "bs-conn.h"
 #include "bs-macro.h"
 
 static int connect_one(const struct addrinfo *ai, int timeout_ms) {
@@ -45,7 +45,7 @@ static int connect_one(const struct addrinfo *ai, int timeout_ms) {
         return fd;
 }
 
-int conn_connect(const char *host, const char *port, int timeout_ms, Conn **ret) {
+int bs_conn_connect(const char *host, const char *port, int timeout_ms, BsConn **ret) {
         struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG }, *res = NULL;
         int r = getaddrinfo(host, port, &hints, &res);
         if (r != 0)
@@ -59,7 +59,7 @@ int conn_connect(const char *host, const char *port, int timeout_ms, Conn **ret)
         freeaddrinfo(res);
         if (fd < 0)
                 return fd;
-        Conn *c = calloc(1, sizeof(*c));
+        BsConn *c = calloc(1, sizeof(*c));
         if (!c) {
                 close(fd);
                 return -ENOMEM;
@@ -71,7 +71,7 @@ int conn_connect(const char *host, const char *port, int timeout_ms, Conn **ret)
         return 0;
 }
 
-Conn *conn_free(Conn *c) {
+BsConn *bs_conn_free(BsConn *c) {
         if (!c)
                 return NULL;
         if (c->fd >= 0)
@@ -82,11 +82,11 @@ Conn *conn_free(Conn *c) {
         return NULL;
 }
 
-int conn_send(Conn *c, const BsMsg *m) {
+int bs_conn_send(BsConn *c, const BsMsg *m) {
         return bs_msg_encode(&c->out, m);
 }
 
-int conn_flush(Conn *c) {
+int bs_conn_flush(BsConn *c) {
         ssize_t n = bs_buf_send(&c->out, c->fd);
         if (n < 0)
                 return (int) n;
@@ -94,7 +94,7 @@ int conn_flush(Conn *c) {
         return 0;
 }
 
-static int fill(Conn *c) {
+static int fill(BsConn *c) {
         if (c->eof)
                 return -ECONNRESET;
         ssize_t n = bs_buf_recv(&c->in, c->fd, 256 * 1024, 8u * 1024 * 1024, &c->eof);
@@ -106,8 +106,8 @@ static int fill(Conn *c) {
         return c->eof && n == 0 ? -ECONNRESET : 0;
 }
 
-int conn_io(Conn *c, int timeout_ms) {
-        int r = conn_flush(c);
+int bs_conn_io(BsConn *c, int timeout_ms) {
+        int r = bs_conn_flush(c);
         if (r < 0)
                 return r;
         struct pollfd p = { .fd = c->fd, .events = POLLIN | (bs_buf_len(&c->out) ? POLLOUT : 0) };
@@ -124,10 +124,10 @@ int conn_io(Conn *c, int timeout_ms) {
                 if (r < 0 || c->eof)
                         return r;
         }
-        return conn_flush(c);
+        return bs_conn_flush(c);
 }
 
-int conn_next(Conn *c, BsMsg *m) {
+int bs_conn_next(BsConn *c, BsMsg *m) {
         for (;;) {
                 size_t len;
                 int r = bs_frame_peek(bs_buf_head(&c->in), bs_buf_len(&c->in), BS_FRAME_MAX_DEFAULT, &len);
@@ -154,16 +154,16 @@ static int64_t now_ms(void) {
         return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int conn_recv(Conn *c, BsMsg *m, int timeout_ms) {
+int bs_conn_recv(BsConn *c, BsMsg *m, int timeout_ms) {
         int64_t deadline = now_ms() + timeout_ms;
         for (;;) {
-                int r = conn_next(c, m);
+                int r = bs_conn_next(c, m);
                 if (r != 0)
                         return r;
                 int64_t left = deadline - now_ms();
                 if (left <= 0)
                         return -ETIMEDOUT;
-                r = conn_io(c, (int) left);
+                r = bs_conn_io(c, (int) left);
                 if (r < 0 && r != -ETIMEDOUT)
                         return r;
         }

@@ -19,7 +19,9 @@
 #include "bs-fs.h"
 #include "bs-macro.h"
 #include "bs-status.h"
+#include "cli-account.h"
 #include "cli-status.h"
+#include "cli-util.h"
 
 /* Is the agent that wrote s still running? Its pid alive and named so. */
 static bool agent_running(const BsStatus *s) {
@@ -33,20 +35,6 @@ static bool agent_running(const BsStatus *s) {
         bool ours = fgets(comm, sizeof(comm), f) && strncmp(comm, "backupsync-agen", 15) == 0;
         fclose(f);
         return ours;
-}
-
-static void format_time(uint64_t usec, char *buf, size_t size) {
-        time_t t = (time_t) (usec / 1000000u);
-        struct tm tm;
-        if (!usec || !localtime_r(&t, &tm) || !strftime(buf, size, "%Y-%m-%d %H:%M:%S", &tm))
-                snprintf(buf, size, "never");
-}
-
-static void format_iso(uint64_t usec, char *buf, size_t size) {
-        time_t t = (time_t) (usec / 1000000u);
-        struct tm tm;
-        if (!usec || !gmtime_r(&t, &tm) || !strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm))
-                buf[0] = 0;
 }
 
 static void format_ago(uint64_t usec, char *buf, size_t size) {
@@ -64,51 +52,28 @@ static void format_ago(uint64_t usec, char *buf, size_t size) {
                 snprintf(buf, size, "%" PRIu64 " days ago", s / 86400);
 }
 
-static void json_string(const char *v) {
-        putchar('"');
-        for (const unsigned char *p = (const unsigned char *) v; *p; p++) {
-                if (*p == '"' || *p == '\\')
-                        printf("\\%c", *p);
-                else if (*p < 0x20)
-                        printf("\\u%04x", *p);
-                else
-                        putchar(*p);
-        }
-        putchar('"');
-}
-
-static void json_time(const char *key, uint64_t usec) {
-        char iso[32];
-        format_iso(usec, iso, sizeof(iso));
-        printf(", \"%s\": ", key);
-        if (iso[0])
-                json_string(iso);
-        else
-                fputs("null", stdout);
-}
-
 static void print_json(const char *name, const char *state_dir, const BsStatus *s, bool running) {
         fputs("{\"name\": ", stdout);
-        json_string(name);
+        cli_json_string(name);
         fputs(", \"state_dir\": ", stdout);
-        json_string(state_dir);
+        cli_json_string(state_dir);
         printf(", \"running\": %s, \"state\": ", running ? "true" : "false");
-        json_string(running ? bs_sync_state_to_string(s->state) : "not running");
+        cli_json_string(running ? bs_sync_state_to_string(s->state) : "not running");
         fputs(", \"last_state\": ", stdout);
-        json_string(bs_sync_state_to_string(s->state));
+        cli_json_string(bs_sync_state_to_string(s->state));
         fputs(", \"reason\": ", stdout);
-        json_string(s->reason);
+        cli_json_string(s->reason);
         fputs(", \"directory\": ", stdout);
-        json_string(s->dir);
+        cli_json_string(s->dir);
         fputs(", \"server\": ", stdout);
-        json_string(s->server);
+        cli_json_string(s->server);
         fputs(", \"port\": ", stdout);
-        json_string(s->port);
+        cli_json_string(s->port);
         fputs(", \"account\": ", stdout);
-        json_string(s->account);
-        json_time("last_sync", s->last_sync_usec);
-        json_time("offline_since", s->offline_since_usec);
-        json_time("updated", s->updated_usec);
+        cli_json_string(s->account);
+        cli_json_time("last_sync", (time_t) (s->last_sync_usec / 1000000u));
+        cli_json_time("offline_since", (time_t) (s->offline_since_usec / 1000000u));
+        cli_json_time("updated", (time_t) (s->updated_usec / 1000000u));
         printf(", \"pid\": %ld, \"pending\": %" PRIu64 ", \"watched\": %" PRIu64 ", \"uploaded\": %" PRIu64
                ", \"downloaded\": %" PRIu64 ", \"conflicts\": %" PRIu64 "}",
                (long) s->pid, s->pending, s->watched, s->uploaded, s->downloaded, s->conflicts);
@@ -122,14 +87,14 @@ static void print_text(const char *name, const char *state_dir, const BsStatus *
                 if (s->state == BS_SYNC_SYNCING)
                         printf(", %" PRIu64 " changes pending", s->pending);
                 if (s->state == BS_SYNC_OFFLINE && s->offline_since_usec) {
-                        format_time(s->offline_since_usec, when, sizeof(when));
+                        cli_format_time((time_t) (s->offline_since_usec / 1000000u), when, sizeof(when));
                         printf(" since %s", when);
                 }
                 if (s->reason[0])
                         printf(": %s", s->reason);
                 putchar('\n');
         } else {
-                format_time(s->updated_usec, when, sizeof(when));
+                cli_format_time((time_t) (s->updated_usec / 1000000u), when, sizeof(when));
                 printf("  state:      not running (%s at %s%s%s)\n",
                        s->state == BS_SYNC_STOPPED ? "stopped" : "ended without saying so; last", when,
                        s->state == BS_SYNC_STOPPED ? "" : ", ",
@@ -137,7 +102,7 @@ static void print_text(const char *name, const char *state_dir, const BsStatus *
         }
         printf("  directory:  %s\n", s->dir);
         printf("  server:     %s port %s, account %s\n", s->server, s->port, s->account[0] ? s->account : "(none yet)");
-        format_time(s->last_sync_usec, when, sizeof(when));
+        cli_format_time((time_t) (s->last_sync_usec / 1000000u), when, sizeof(when));
         if (s->last_sync_usec) {
                 format_ago(s->last_sync_usec, ago, sizeof(ago));
                 printf("  last sync:  %s (%s)\n", when, ago);
@@ -181,41 +146,6 @@ static int show(const char *state_dir, bool json, bool *first) {
         return EX_OK;
 }
 
-static int cmp_str(const void *x, const void *y) {
-        return strcmp(*(char *const *) x, *(char *const *) y);
-}
-
-/* The state directories under base that hold a status file, sorted. */
-static void find_agents(const char *base, char ***ret, size_t *ret_n) {
-        BsDirent *v = NULL;
-        size_t nv = 0, n = 0;
-        char **found = NULL;
-        int dfd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0 && bs_dir_list(dfd, &v, &nv) == 0)
-                for (size_t i = 0; i < nv; i++) {
-                        char rel[512], *p, **grown;
-                        int k = snprintf(rel, sizeof(rel), "%s/" BS_STATUS_FILE, v[i].name);
-                        if (v[i].name[0] == '.' || k < 0 || (size_t) k >= sizeof(rel) ||
-                            faccessat(dfd, rel, F_OK, 0) < 0)
-                                continue;
-                        if (asprintf(&p, "%s/%s", base, v[i].name) < 0)
-                                break;
-                        if (!(grown = realloc(found, (n + 1) * sizeof(*found)))) {
-                                free(p);
-                                break;
-                        }
-                        found = grown;
-                        found[n++] = p;
-                }
-        bs_dir_list_free(v, nv);
-        if (dfd >= 0)
-                close(dfd);
-        if (n)
-                qsort(found, n, sizeof(*found), cmp_str);
-        *ret = found;
-        *ret_n = n;
-}
-
 int cli_status(char *const *state_dirs, size_t n, bool json) {
         bool first = true;
         int ret = EX_OK;
@@ -234,7 +164,7 @@ int cli_status(char *const *state_dirs, size_t n, bool json) {
                         fprintf(stderr, "backupsync: neither XDG_STATE_HOME nor HOME is set; use --state-dir\n");
                         return EX_USAGE;
                 }
-                find_agents(probe, &found, &nfound);
+                cli_find_agents(probe, &found, &nfound);
                 if (nfound == 0) {
                         fprintf(stderr, "backupsync: no agent has run for this user (nothing in %s)\n", probe);
                         free(found);

@@ -343,7 +343,9 @@ static int handle_hello(Session *s, const BsMsg *m) {
                 session_log_event(s, LOG_INFO, BS_MID_JOINED, NULL,
                           "joined account %s from %s", account_id(s->account), s->peer);
         }
-        r = account_device_seen(s->account, s->device, m->path2);
+        /* An all-zero device is a reader (the backupsync command), not a computer of the account. */
+        static const uint8_t reader[BS_DEVICE_LEN];
+        r = memcmp(s->device, reader, BS_DEVICE_LEN) ? account_device_seen(s->account, s->device, m->path2) : 0;
         if (r < 0) {
                 errno = -r;
                 log_warning("account %s: could not record device: %m", account_id(s->account));

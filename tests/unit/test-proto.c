@@ -14,7 +14,7 @@ static const uint8_t all_types[] = {
         BS_MSG_NOTIFY, BS_MSG_PULL, BS_MSG_CHANGES, BS_MSG_GET, BS_MSG_FILE,
         BS_MSG_PUT, BS_MSG_DATA, BS_MSG_PUT_END, BS_MSG_MKDIR, BS_MSG_DELETE,
         BS_MSG_MOVE, BS_MSG_SYMLINK, BS_MSG_ACK, BS_MSG_GET_DELTA, BS_MSG_COPY,
-        BS_MSG_ATTR,
+        BS_MSG_ATTR, BS_MSG_HISTORY, BS_MSG_HISTORY_ROWS,
 };
 #define N_TYPES (sizeof(all_types) / sizeof(all_types[0]))
 
@@ -104,6 +104,34 @@ static BsMsg *sample(uint8_t type) {
                 m->seq = 77;
                 m->flags = BS_CHANGES_SNAPSHOT | BS_CHANGES_MORE;
                 m->count = 5;
+                m->data = records;
+                m->data_len = records_len;
+                break;
+        }
+        case BS_MSG_HISTORY:
+                m->req = req;
+                m->flags = BS_HIST_TREE;
+                m->seq = 0xfedcba9876543210ull;
+                m->time = -1796047500;
+                m->count = 100000;
+                m->path_len = strlen("photos/2026/x.jpg");
+                memcpy(m->path, "photos/2026/x.jpg", m->path_len + 1);
+                break;
+        case BS_MSG_HISTORY_ROWS: {
+                BsBuf b = { 0 };
+                for (int i = 0; i < 3; i++) {
+                        BsHistRow r = { .until = (uint64_t) i * 7, .time = 1796047500 + i, .until_time = -i,
+                                        .name_len = 6, .device_name = "laptop", .rec = sample_record(i) };
+                        cr_assert_eq(bs_hist_row_encode(&b, &r), 0);
+                }
+                cr_assert_leq(bs_buf_len(&b), sizeof(records));
+                records_len = bs_buf_len(&b);
+                memcpy(records, bs_buf_head(&b), records_len);
+                bs_buf_free(&b);
+                m->req = req;
+                m->seq = 78;
+                m->flags = BS_CHANGES_MORE;
+                m->count = 3;
                 m->data = records;
                 m->data_len = records_len;
                 break;
@@ -209,6 +237,7 @@ static void assert_msg_eq(const BsMsg *a, const BsMsg *b) {
         cr_assert_eq(a->offset, b->offset, "%s: offset", t);
         cr_assert_eq(a->mode, b->mode, "%s: mode", t);
         cr_assert_eq(a->mtime_ns, b->mtime_ns, "%s: mtime_ns", t);
+        cr_assert_eq(a->time, b->time, "%s: time", t);
         cr_assert_eq(a->code, b->code, "%s: code", t);
         cr_assert_eq(a->flags, b->flags, "%s: flags", t);
         cr_assert_eq(a->count, b->count, "%s: count", t);
@@ -269,7 +298,7 @@ Test(proto, round_trip_every_type) {
                 cr_assert_eq(bs_msg_decode(bs_buf_head(&b), flen, got), 0,
                              "decode %s", bs_msg_type_name(m->type));
                 assert_msg_eq(m, got);
-                if (m->type == BS_MSG_DATA || m->type == BS_MSG_CHANGES) {
+                if (m->type == BS_MSG_DATA || m->type == BS_MSG_CHANGES || m->type == BS_MSG_HISTORY_ROWS) {
                         /* Points into the frame, after the fixed fields. */
                         cr_assert_geq((const uint8_t *) got->data, bs_buf_head(&b));
                         cr_assert_eq((const uint8_t *) got->data + got->data_len,
@@ -580,7 +609,7 @@ Test(proto, truncated_at_every_length) {
         for (size_t i = 0; i < N_TYPES; i++) {
                 uint8_t type = all_types[i];
                 BsMsg *m = sample(type);
-                if (type == BS_MSG_CHANGES)
+                if (type == BS_MSG_CHANGES || type == BS_MSG_HISTORY_ROWS)
                         m->count = 0, m->data = NULL, m->data_len = 0;
                 BsBuf b;
                 encode_frame(m, &b);
@@ -625,7 +654,7 @@ Test(proto, trailing_bytes) {
         for (size_t i = 0; i < N_TYPES; i++) {
                 uint8_t type = all_types[i];
                 /* DATA and CHANGES end with "the rest of the frame". */
-                if (type == BS_MSG_DATA || type == BS_MSG_CHANGES)
+                if (type == BS_MSG_DATA || type == BS_MSG_CHANGES || type == BS_MSG_HISTORY_ROWS)
                         continue;
                 BsMsg *m = sample(type);
                 BsBuf b;
@@ -1027,7 +1056,7 @@ Test(proto, names) {
         static const char *const names[] = {
                 "HELLO", "WELCOME", "ERROR", "PING", "PONG", "NOTIFY", "PULL", "CHANGES", "GET",
                 "FILE", "PUT", "DATA", "PUT_END", "MKDIR", "DELETE", "MOVE", "SYMLINK", "ACK",
-                "GET_DELTA", "COPY", "ATTR",
+                "GET_DELTA", "COPY", "ATTR", "HISTORY", "HISTORY_ROWS",
         };
         for (size_t i = 0; i < N_TYPES; i++)
                 cr_assert_str_eq(bs_msg_type_name(all_types[i]), names[i]);
@@ -1062,4 +1091,38 @@ Test(proto, msg_init) {
         for (size_t i = 0; i < BS_SHA_LEN; i++)
                 cr_assert_eq(m->sha[i], 0);
         free(m);
+}
+
+Test(proto, hist_row_round_trip_and_truncation) {
+        BsHistRow r = { .until = 9, .time = 1796047500, .until_time = 1796047600, .rec = sample_record(3) };
+        static BsHistRow back;
+        r.name_len = BS_NAME_MAX;
+        memset(r.device_name, 'n', BS_NAME_MAX);
+        r.device_name[BS_NAME_MAX] = 0;
+        BsBuf b = { 0 };
+        cr_assert_eq(bs_hist_row_encode(&b, &r), 0);
+        size_t n = bs_buf_len(&b);
+        cr_assert_geq(n, BS_HIST_ROW_MIN);
+        BsReader rd;
+        bs_reader_init(&rd, bs_buf_head(&b), n);
+        cr_assert_eq(bs_hist_row_decode(&rd, &back), 0);
+        cr_assert_eq(rd.left, 0);
+        cr_assert_eq(back.until, 9);
+        cr_assert_eq(back.time, 1796047500);
+        cr_assert_eq(back.until_time, 1796047600);
+        cr_assert_eq(back.name_len, BS_NAME_MAX);
+        cr_assert_eq(memcmp(back.device_name, r.device_name, BS_NAME_MAX + 1), 0);
+        cr_assert_eq(back.rec.seq, r.rec.seq);
+        cr_assert_eq(back.rec.path_len, r.rec.path_len);
+        cr_assert_eq(memcmp(back.rec.path, r.rec.path, r.rec.path_len + 1), 0);
+        /* Every shorter prefix is refused. */
+        for (size_t k = 0; k < n; k++) {
+                bs_reader_init(&rd, bs_buf_head(&b), k);
+                cr_assert_eq(bs_hist_row_decode(&rd, &back), -EBADMSG, "prefix of %zu bytes", k);
+        }
+        /* A device name over its limit is not sent. */
+        r.name_len = BS_NAME_MAX + 1;
+        cr_assert_eq(bs_hist_row_encode(&b, &r), -E2BIG);
+        cr_assert_eq(bs_buf_len(&b), n, "nothing appended");
+        bs_buf_free(&b);
 }

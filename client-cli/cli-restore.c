@@ -1,0 +1,444 @@
+/* cli-restore.c - `backupsync restore`: files and trees as they were
+ *
+ * First the entries to bring back are listed by the server (the tree as
+ * of a sequence, or one version of a file); then directories are made,
+ * symlinks placed, and the files fetched by SHA-256 with up to
+ * PIPELINE_MAX requests in flight, so a big tree costs no round trip per
+ * file. Every file is written to a temporary name beside its place,
+ * checked against its SHA-256, given its mode and mtime, and only then
+ * renamed into place: nothing half-written is ever visible. Directory
+ * modes and mtimes come last, deepest first, so a read-only directory
+ * can still be filled. Paths from the server are checked and every file
+ * is opened beneath the target, never through a symlink.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sysexits.h>
+#include <unistd.h>
+
+#include "bs-fs.h"
+#include "bs-hash.h"
+#include "bs-macro.h"
+#include "bs-path.h"
+#include "cli-history.h"
+#include "cli-restore.h"
+
+#define PIPELINE_MAX 256
+#define PIPELINE_BYTES (64u * 1024 * 1024)
+
+typedef struct Item {
+        char *path;
+        char *target; /* symlinks */
+        uint8_t kind;
+        uint32_t mode;
+        int64_t mtime_ns;
+        uint64_t size;
+        uint8_t sha[BS_SHA_LEN];
+} Item;
+
+typedef struct Restore {
+        Item *items;
+        size_t n, cap;
+        const char *want_path; /* the path asked for, for messages */
+        uint64_t version;      /* --version: the row to take */
+        bool found;
+        BsHistRow first, second; /* versions: the newest two rows */
+        size_t n_rows;
+        /* progress */
+        uint64_t files_total, files_done, bytes_done;
+        unsigned failed;
+        bool tty;
+} Restore;
+
+static int add_item(Restore *r, const BsRecord *rec) {
+        if (bs_path_check(rec->path, rec->path_len) < 0 ||
+            (rec->kind == BS_KIND_SYMLINK && (rec->path2_len == 0 || memchr(rec->path2, 0, rec->path2_len)))) {
+                fprintf(stderr, "backupsync: the server sent a bad path; stopping\n");
+                return EX_PROTOCOL;
+        }
+        if (r->n == r->cap) {
+                size_t cap = r->cap ? 2 * r->cap : 256;
+                Item *v = reallocarray(r->items, cap, sizeof(*v));
+                if (!v)
+                        return EX_OSERR;
+                r->items = v;
+                r->cap = cap;
+        }
+        Item *it = &r->items[r->n];
+        *it = (Item) { .kind = rec->kind, .mode = rec->mode & 07777, .mtime_ns = rec->mtime_ns, .size = rec->size };
+        memcpy(it->sha, rec->sha, BS_SHA_LEN);
+        it->path = strdup(rec->path);
+        it->target = rec->kind == BS_KIND_SYMLINK ? strdup(rec->path2) : NULL;
+        if (!it->path || (rec->kind == BS_KIND_SYMLINK && !it->target))
+                return EX_OSERR;
+        r->n++;
+        if (it->kind == BS_KIND_FILE)
+                r->files_total++;
+        return EX_OK;
+}
+
+static int on_tree_row(void *userdata, const BsHistRow *row) {
+        return add_item(userdata, &row->rec);
+}
+
+static int on_version_row(void *userdata, const BsHistRow *row) {
+        Restore *r = userdata;
+        if (r->n_rows == 0)
+                r->first = *row;
+        else if (r->n_rows == 1)
+                r->second = *row;
+        r->n_rows++;
+        if (r->version && row->rec.seq == r->version && !r->found) {
+                r->found = true;
+                return add_item(r, &row->rec);
+        }
+        return EX_OK;
+}
+
+/* The entries of path as when says, into r->items. */
+static int collect(BsConn *c, Restore *r, const char *path, const CliRestoreWhen *when) {
+        const char *show = path[0] ? path : "/";
+        size_t before = r->n;
+        int k;
+
+        if (when->at) {
+                uint64_t seq = 0;
+                k = cli_history(c, BS_HIST_TREE, path, 0, (int64_t) when->at, 0, on_tree_row, r, &seq);
+                if (k == EX_OK && r->n == before) {
+                        fprintf(stderr, "backupsync: %s: nothing was there at that time\n", show);
+                        return EX_DATAERR;
+                }
+                return k;
+        }
+        if (!path[0]) {
+                fprintf(stderr, "backupsync: restoring the whole account needs --at TIME\n");
+                return EX_USAGE;
+        }
+        r->n_rows = 0;
+        r->found = false;
+        r->version = when->version;
+        k = cli_history(c, BS_HIST_VERSIONS, path, 0, 0, 0, on_version_row, r, NULL);
+        if (k != EX_OK)
+                return k;
+        if (r->n_rows == 0) {
+                fprintf(stderr, "backupsync: %s: nothing is kept under this path\n", show);
+                return EX_DATAERR;
+        }
+        if (when->version) {
+                if (!r->found) {
+                        fprintf(stderr, "backupsync: %s: there is no version %" PRIu64 " (backupsync versions %s "
+                                        "lists them)\n", show, when->version, show);
+                        return EX_DATAERR;
+                }
+                /* A directory's version: the tree below it as it was then. */
+                if (r->items[r->n - 1].kind == BS_KIND_DIR) {
+                        r->n--;
+                        free(r->items[r->n].path);
+                        return cli_history(c, BS_HIST_TREE, path, when->version, 0, 0, on_tree_row, r, NULL);
+                }
+                return EX_OK;
+        }
+        if (r->first.until == 0) {
+                /* There now: the content before the current one. */
+                if (r->first.rec.kind == BS_KIND_DIR) {
+                        fprintf(stderr, "backupsync: %s is a directory that exists; say which moment with --at TIME\n",
+                                show);
+                        return EX_USAGE;
+                }
+                if (r->n_rows < 2) {
+                        fprintf(stderr, "backupsync: %s has no earlier version\n", show);
+                        return EX_DATAERR;
+                }
+                return r->second.rec.kind == BS_KIND_DIR
+                               ? cli_history(c, BS_HIST_TREE, path, r->second.until - 1, 0, 0, on_tree_row, r, NULL)
+                               : add_item(r, &r->second.rec);
+        }
+        /* Deleted or moved away: as it was just before. */
+        return cli_history(c, BS_HIST_TREE, path, r->first.until - 1, 0, 0, on_tree_row, r, NULL);
+}
+
+static void progress(Restore *r, bool done) {
+        if (!r->tty)
+                return;
+        fprintf(stderr, "\rrestored %" PRIu64 " of %" PRIu64 " files, %.1f MiB%s", r->files_done, r->files_total,
+                (double) r->bytes_done / (1024.0 * 1024.0), done ? "\n" : "");
+}
+
+static void report(Restore *r, const char *path, const char *what, int err) {
+        if (r->tty)
+                fputc('\n', stderr);
+        fprintf(stderr, "backupsync: %s: %s%s%s\n", path, what, err ? ": " : "", err ? strerror(-err) : "");
+        r->failed++;
+}
+
+static int make_dir(int root, const Item *it) {
+        const char *base;
+        int r = bs_mkdir_parents(root, it->path, 0700);
+        if (r < 0)
+                return r;
+        _cleanup_(closep) int pfd = bs_open_parent(root, it->path, &base);
+        if (pfd < 0)
+                return pfd;
+        struct stat st;
+        if (mkdirat(pfd, base, 0700) < 0) {
+                if (errno != EEXIST)
+                        return -errno;
+                if (fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                        return -errno;
+                if (!S_ISDIR(st.st_mode))
+                        return -ENOTDIR;
+                /* Writable by us while it is filled; its own mode comes last. */
+                if (fchmodat(pfd, base, (st.st_mode & 07777) | 0700, 0) < 0)
+                        return -errno;
+        }
+        return 0;
+}
+
+static int make_symlink(int root, const Item *it) {
+        char tmp[64];
+        const char *base;
+        int r = bs_mkdir_parents(root, it->path, 0755);
+        if (r < 0)
+                return r;
+        _cleanup_(closep) int pfd = bs_open_parent(root, it->path, &base);
+        if (pfd < 0)
+                return pfd;
+        snprintf(tmp, sizeof(tmp), BS_TEMP_PREFIX "%08x%08x", arc4random(), arc4random());
+        if (symlinkat(it->target, pfd, tmp) < 0)
+                return -errno;
+        r = bs_set_mtime_at(pfd, tmp, it->mtime_ns);
+        if (r >= 0 && renameat(pfd, tmp, pfd, base) < 0)
+                r = -errno;
+        if (r < 0)
+                (void) unlinkat(pfd, tmp, 0);
+        return r;
+}
+
+/* A file being received: its temporary file and running hash. */
+typedef struct Incoming {
+        const Item *it;
+        int pfd, fd;
+        char tmp[64];
+        const char *base;
+        BsSha *sha;
+        uint64_t left;
+        int error;
+} Incoming;
+
+static void incoming_drop(Incoming *in) {
+        if (in->fd >= 0) {
+                close(in->fd);
+                (void) unlinkat(in->pfd, in->tmp, 0);
+        }
+        if (in->pfd >= 0)
+                close(in->pfd);
+        bs_sha_free(in->sha);
+        *in = (Incoming) { .pfd = -1, .fd = -1 };
+}
+
+static int incoming_start(Incoming *in, int root, const Item *it) {
+        *in = (Incoming) { .it = it, .pfd = -1, .fd = -1, .left = it->size };
+        int r = bs_mkdir_parents(root, it->path, 0755);
+        if (r < 0)
+                return r;
+        in->pfd = bs_open_parent(root, it->path, &in->base);
+        if (in->pfd < 0)
+                return in->pfd;
+        in->fd = bs_tmpfile_at(in->pfd, in->tmp, sizeof(in->tmp), 0600);
+        if (in->fd < 0)
+                return in->fd;
+        return bs_sha_new(&in->sha);
+}
+
+static int incoming_finish(Incoming *in) {
+        uint8_t got[BS_SHA_LEN];
+        int r = bs_sha_final(in->sha, got);
+        if (r < 0)
+                return r;
+        if (memcmp(got, in->it->sha, BS_SHA_LEN) != 0)
+                return -EBADMSG;
+        if (fchmod(in->fd, in->it->mode) < 0)
+                return -errno;
+        r = bs_set_mtime_fd(in->fd, in->it->mtime_ns);
+        if (r < 0)
+                return r;
+        if (fsync(in->fd) < 0)
+                return -errno;
+        if (renameat(in->pfd, in->tmp, in->pfd, in->base) < 0)
+                return -errno;
+        close(in->fd);
+        in->fd = -1;
+        return 0;
+}
+
+/* Fetch the files of r->items with requests pipelined. */
+static int fetch_files(BsConn *c, Restore *r, int root) {
+        static BsMsg m;
+        size_t next = 0, inflight_bytes = 0, n_inflight = 0, head = 0;
+        size_t *order = calloc(PIPELINE_MAX, sizeof(*order)); /* ring of item indexes in request order */
+        Incoming in = { .pfd = -1, .fd = -1 };
+        bool receiving = false;
+        int ret = EX_OK, k;
+
+        if (!order)
+                return EX_OSERR;
+        for (;;) {
+                /* Keep the pipe full. */
+                while (next < r->n && n_inflight < PIPELINE_MAX &&
+                       (n_inflight == 0 || inflight_bytes < PIPELINE_BYTES)) {
+                        const Item *it = &r->items[next];
+                        if (it->kind != BS_KIND_FILE) {
+                                next++;
+                                continue;
+                        }
+                        bs_msg_init(&m, BS_MSG_GET, (uint32_t) next + 1);
+                        memcpy(m.sha, it->sha, BS_SHA_LEN);
+                        m.path_len = strlen(it->path);
+                        memcpy(m.path, it->path, m.path_len + 1);
+                        if (bs_conn_send(c, &m) < 0) {
+                                ret = EX_OSERR;
+                                goto out;
+                        }
+                        order[(head + n_inflight) % PIPELINE_MAX] = next;
+                        n_inflight++;
+                        inflight_bytes += it->size;
+                        next++;
+                }
+                if (n_inflight == 0)
+                        break;
+                k = bs_conn_recv(c, &m, 60000);
+                if (k < 0) {
+                        fprintf(stderr, "%sbackupsync: connection to the server: %s\n", r->tty ? "\n" : "",
+                                strerror(-k));
+                        ret = EX_UNAVAILABLE;
+                        goto out;
+                }
+                size_t idx = order[head];
+                const Item *it = &r->items[idx];
+                if (m.req != (uint32_t) idx + 1) {
+                        fprintf(stderr, "backupsync: the server answered out of order\n");
+                        ret = EX_PROTOCOL;
+                        goto out;
+                }
+                bool done = false;
+                if (m.type == BS_MSG_ERROR) {
+                        report(r, it->path, m.path, 0);
+                        done = true;
+                } else if (m.type == BS_MSG_FILE && !receiving) {
+                        if (m.size != it->size) {
+                                fprintf(stderr, "backupsync: %s: the server sent %" PRIu64 " bytes, not %" PRIu64 "\n",
+                                        it->path, m.size, it->size);
+                                ret = EX_PROTOCOL;
+                                goto out;
+                        }
+                        receiving = true;
+                        in.error = incoming_start(&in, root, it);
+                        done = in.left == 0;
+                } else if (m.type == BS_MSG_DATA && receiving && m.data_len <= in.left) {
+                        if (in.error == 0)
+                                in.error = bs_sha_update(in.sha, m.data, m.data_len);
+                        if (in.error == 0)
+                                in.error = bs_write_all(in.fd, m.data, m.data_len);
+                        in.left -= m.data_len;
+                        r->bytes_done += m.data_len;
+                        done = in.left == 0;
+                } else {
+                        fprintf(stderr, "backupsync: the server answered %s\n", bs_msg_type_name(m.type));
+                        ret = EX_PROTOCOL;
+                        goto out;
+                }
+                if (!done)
+                        continue;
+                if (receiving) {
+                        if (in.error == 0)
+                                in.error = incoming_finish(&in);
+                        if (in.error == -EBADMSG)
+                                report(r, it->path, "the content does not match its SHA-256; not restored", 0);
+                        else if (in.error < 0)
+                                report(r, it->path, "cannot write", in.error);
+                        else
+                                r->files_done++;
+                        incoming_drop(&in);
+                        receiving = false;
+                }
+                head = (head + 1) % PIPELINE_MAX;
+                n_inflight--;
+                inflight_bytes -= it->size;
+                progress(r, false);
+        }
+out:
+        incoming_drop(&in);
+        free(order);
+        return ret;
+}
+
+/* Directory modes and mtimes, deepest first (reverse path order). */
+static void finish_dirs(Restore *r, int root) {
+        for (size_t i = r->n; i-- > 0;) {
+                const Item *it = &r->items[i];
+                const char *base;
+                if (it->kind != BS_KIND_DIR)
+                        continue;
+                _cleanup_(closep) int pfd = bs_open_parent(root, it->path, &base);
+                int k = pfd < 0 ? pfd : bs_set_mtime_at(pfd, base, it->mtime_ns);
+                if (k >= 0 && fchmodat(pfd, base, it->mode, 0) < 0)
+                        k = -errno;
+                if (k < 0)
+                        report(r, it->path, "cannot set the directory's mode and time", k);
+        }
+}
+
+int cli_restore(const CliAccount *acc, char *const *paths, size_t n, const CliRestoreWhen *when, const char *to) {
+        _cleanup_(bs_conn_freep) BsConn *c = NULL;
+        _cleanup_(closep) int root = -1;
+        Restore r = { .tty = isatty(STDERR_FILENO) };
+        int ret;
+
+        if (!to && !acc->dir[0]) {
+                fprintf(stderr, "backupsync: with only the server and token, say where to restore with --to DIR\n");
+                return EX_USAGE;
+        }
+        if (to && mkdir(to, 0700) < 0 && errno != EEXIST) {
+                fprintf(stderr, "backupsync: --to %s: %m\n", to);
+                return EX_CANTCREAT;
+        }
+        root = open(to ? to : acc->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (root < 0) {
+                fprintf(stderr, "backupsync: %s: %m\n", to ? to : acc->dir);
+                return to ? EX_CANTCREAT : EX_NOINPUT;
+        }
+        ret = cli_connect(acc, &c);
+        for (size_t i = 0; ret == EX_OK && i < n; i++)
+                ret = collect(c, &r, paths[i], when);
+        /* Directories first (path order puts a parent before its children), then links. */
+        for (size_t i = 0; ret == EX_OK && i < r.n; i++) {
+                int k = 0;
+                if (r.items[i].kind == BS_KIND_DIR)
+                        k = make_dir(root, &r.items[i]);
+                else if (r.items[i].kind == BS_KIND_SYMLINK)
+                        k = make_symlink(root, &r.items[i]);
+                if (k < 0)
+                        report(&r, r.items[i].path, "cannot create", k);
+        }
+        if (ret == EX_OK)
+                ret = fetch_files(c, &r, root);
+        if (ret == EX_OK) {
+                finish_dirs(&r, root);
+                progress(&r, true);
+                if (r.failed) {
+                        fprintf(stderr, "backupsync: %u entries could not be restored\n", r.failed);
+                        ret = EX_IOERR;
+                }
+        }
+        for (size_t i = 0; i < r.n; i++) {
+                free(r.items[i].path);
+                free(r.items[i].target);
+        }
+        free(r.items);
+        return ret;
+}

@@ -60,7 +60,11 @@ int agent_connect(Agent *a) {
         memcpy(m->device, a->device, BS_DEVICE_LEN);
         m->path_len = strlen(a->token);
         memcpy(m->path, a->token, m->path_len + 1);
-        if (gethostname(host, sizeof(host)) < 0)
+        /* The name the server shows in the history: --device-name or
+         * device-name=, else the host name. */
+        if (a->cfg.device_name)
+                snprintf(host, sizeof(host), "%s", a->cfg.device_name);
+        else if (gethostname(host, sizeof(host)) < 0)
                 snprintf(host, sizeof(host), "unknown");
         host[sizeof(host) - 1] = 0;
         m->path2_len = strlen(host);

@@ -1,0 +1,271 @@
+"""Getting files back: backupsync log, versions, deleted and restore against
+a real server, with agents running, stopped, or absent (only the token)."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import harness
+from harness import Env, check, snapshot, wait_content, wait_tree, wait_until, write_file
+
+EX_USAGE, EX_DATAERR, EX_NOPERM = 64, 65, 77
+
+
+def _cli(*args, env=None, timeout=120):
+    r = subprocess.run([harness.CLI_BIN] + [str(a) for a in args], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, env=env, timeout=timeout)
+    return r.returncode, r.stdout.decode(), r.stderr.decode()
+
+
+def _json(*args):
+    rc, out, err = _cli(*(args + ("--json",)))
+    check(rc == 0, "backupsync %s exited %d: %s" % (" ".join(map(str, args)), rc, err))
+    return json.loads(out)
+
+
+def _sha(data):
+    return hashlib.sha256(data if isinstance(data, bytes) else data.encode()).hexdigest()
+
+
+def _seq_now(a):
+    """The newest sequence in the account's log."""
+    log = _json("log", "-n", 1, "--state-dir", a.state_dir)
+    return log[0]["seq"] if log else 0
+
+
+def _wait_log(a, pred, msg):
+    return wait_until(lambda: (lambda v: v if pred(v) else None)(_json("log", "--state-dir", a.state_dir)),
+                      harness.SYNC_TIMEOUT, msg)
+
+
+def _next_second():
+    """Sleep into the next wall-clock second, so changes before and after
+    have different times in the log (which counts seconds)."""
+    t = time.time()
+    time.sleep(int(t) + 1.05 - t)
+
+
+def _make_tree(root):
+    """A directory with nested files, modes, mtimes and symlinks."""
+    write_file(os.path.join(root, "proj/README"), "read me\n", mode=0o644, mtime=1700000000)
+    write_file(os.path.join(root, "proj/bin/run.sh"), "#!/bin/sh\necho hi\n", mode=0o755, mtime=1700000100)
+    write_file(os.path.join(root, "proj/secret/key"), "k" * 5000, mode=0o600, mtime=1700000200)
+    write_file(os.path.join(root, "proj/empty"), b"", mode=0o640, mtime=1700000300)
+    os.symlink("../README", os.path.join(root, "proj/bin/readme-link"))
+    os.symlink("/nonexistent/target", os.path.join(root, "proj/dangling"))
+    os.chmod(os.path.join(root, "proj/secret"), 0o700)
+    os.chmod(os.path.join(root, "proj/bin"), 0o750)
+
+
+def test_history_log_versions_deleted():
+    """log, versions and deleted tell exactly what happened: operations,
+    paths, computers, sizes and SHA-256 of every version; clear errors for
+    paths and times that name nothing."""
+    with Env("history_log_versions_deleted") as env:
+        srv = env.server()
+        os.makedirs(env.path("A"))
+        a = env.agent("A", env.path("A"))
+        b = env.agent("B", env.path("B"), token=a.token)
+        f = os.path.join(a.dir, "notes.txt")
+        contents = ["first\n", "second, longer\n", "third\n"]
+        for c in contents:
+            write_file(f, c)
+            wait_content(os.path.join(b.dir, "notes.txt"), c)
+        # sed -i: a new file renamed over the old one.
+        subprocess.run(["sed", "-i", "s/third/fourth/", f], check=True)
+        contents.append("fourth\n")
+        wait_content(os.path.join(b.dir, "notes.txt"), "fourth\n")
+        _make_tree(b.dir)
+        wait_content(os.path.join(a.dir, "proj/secret/key"), "k" * 5000)
+        shutil.rmtree(os.path.join(a.dir, "proj"))
+        harness.wait_absent(os.path.join(b.dir, "proj"))
+
+        v = _json("versions", "notes.txt", "--state-dir", a.state_dir)
+        check([x["sha256"] for x in v] == [_sha(c) for c in reversed(contents)],
+              "versions are not the four contents newest first: %r" % (v,))
+        check([x["size"] for x in v] == [len(c) for c in reversed(contents)], "sizes: %r" % (v,))
+        check(all(x["device"] == "A" for x in v) and v[0]["current"] and v[0]["replaced"] is None and
+              all(x["replaced"] and not x["current"] for x in v[1:]), "devices/current/replaced: %r" % (v,))
+        check(all(v[i]["version"] > v[i + 1]["version"] for i in range(3)), "version numbers: %r" % (v,))
+        check(all(v[i]["time"] >= v[i + 1]["time"] and v[i + 1]["replaced"] == v[i]["time"] for i in range(3)),
+              "each version is replaced when the next is written: %r" % (v,))
+        # The same by an absolute path in the synced directory, and as text.
+        check(_json("versions", f, "--state-dir", a.state_dir) == v, "absolute path gives another answer")
+        rc, out, _ = _cli("versions", "notes.txt", "--state-dir", a.state_dir)
+        check(rc == 0 and "(current)" in out and _sha("first\n") in out, "text versions: %s" % out)
+
+        log = _json("log", "--state-dir", a.state_dir)
+        ops = [(x["op"], x["path"], x["device"]) for x in log]
+        check(ops[0] == ("delete", "proj", "A"), "newest change is not A's delete of proj: %r" % ops[:3])
+        check(("put", "proj/secret/key", "B") in ops and ("symlink", "proj/dangling", "B") in ops and
+              ("mkdir", "proj/bin", "B") in ops, "B's changes missing from the log: %r" % ops)
+        check(all(log[i]["seq"] > log[i + 1]["seq"] for i in range(len(log) - 1)), "log not newest first")
+        only = _json("log", "notes.txt", "--state-dir", a.state_dir)
+        check([x["path"] for x in only] == ["notes.txt"] * 4, "log of one path: %r" % (only,))
+        check(len(_json("log", "-n", 2, "--state-dir", a.state_dir)) == 2, "-n 2")
+        check(_json("log", "--since", "-1h", "--state-dir", a.state_dir) == log, "--since -1h drops changes")
+        check(_json("log", "--since", "@%d" % (int(time.time()) + 3600), "--state-dir", a.state_dir) == [],
+              "--since in the future lists changes")
+        check(all(x["device"] in ("A", "B") for x in log), "a reader counted as a computer: %r" % (log,))
+
+        d = _json("deleted", "--state-dir", a.state_dir)
+        got = {x["path"]: (x["kind"], x["size"], x["device"]) for x in d}
+        check(got.get("proj") == ("directory", 0, "A") and got.get("proj/secret/key") == ("file", 5000, "A") and
+              got.get("proj/bin/readme-link", ("",))[0] == "symlink" and "notes.txt" not in got,
+              "deleted: %r" % (d,))
+        check({x["path"] for x in _json("deleted", "proj/bin", "--state-dir", a.state_dir)} ==
+              {"proj/bin", "proj/bin/run.sh", "proj/bin/readme-link"}, "deleted under proj/bin")
+
+        # Errors: nothing kept, paths outside the account, bad times.
+        for args, want in [(("versions", "no-such-file"), EX_DATAERR), (("versions", "../etc/passwd"), EX_USAGE),
+                           (("log", "--since", "yesterday"), EX_USAGE), (("versions",), EX_USAGE),
+                           (("restore", "no-such-file"), EX_DATAERR), (("restore", "/"), EX_USAGE),
+                           (("restore", "notes.txt", "--at", "-1h", "--version", "3"), EX_USAGE),
+                           (("log", "--to", "/tmp"), EX_USAGE)]:
+            rc, out, err = _cli(*(args + ("--state-dir", a.state_dir)))
+            check(rc == want and err.startswith("backupsync: "),
+                  "backupsync %s: exit %d (want %d): %s" % (" ".join(args), rc, want, err))
+        rc, _, err = _cli("log", "--server", "127.0.0.1", "--port", srv.port, "--token", a.account + "-" + "A" * 32)
+        check(rc == EX_NOPERM and "AUTH" in err, "a wrong key: exit %d: %s" % (rc, err))
+
+
+def test_restore_deleted_tree_in_place():
+    """A deleted directory tree comes back by default as it was before the
+    deletion, exactly (contents, modes, mtimes, symlinks), as a new change
+    from this computer that reaches the other one."""
+    with Env("restore_deleted_tree_in_place") as env:
+        env.server()
+        os.makedirs(env.path("A"))
+        a = env.agent("A", env.path("A"))
+        b = env.agent("B", env.path("B"), token=a.token)
+        _make_tree(a.dir)
+        want = snapshot(os.path.join(a.dir, "proj"), mtimes=True)
+        wait_tree(os.path.join(b.dir, "proj"), snapshot(os.path.join(a.dir, "proj")), modes=True)
+        shutil.rmtree(os.path.join(b.dir, "proj"))
+        harness.wait_absent(os.path.join(a.dir, "proj"))
+        a.stop()  # works whether or not the agent runs
+
+        rc, out, err = _cli("restore", "proj", "--state-dir", a.state_dir)
+        check(rc == 0, "restore exited %d: %s" % (rc, err))
+        got = snapshot(os.path.join(a.dir, "proj"), mtimes=True)
+        check(got == want, "restored tree differs:\n%s" % harness.diff_snapshots(got, want, "restored", "before"))
+        a.start()
+        wait_tree(os.path.join(b.dir, "proj"), snapshot(os.path.join(a.dir, "proj")), modes=True,
+                  msg="the restore did not reach B")
+        _wait_log(a, lambda log: any(x["path"] == "proj/secret/key" and x["device"] == "A" and x["op"] == "put"
+                                     for x in log[:12]), "the restore logged as A's change")
+
+
+def test_restore_in_place_and_undo():
+    """Restoring a file in place makes its current content a version in
+    turn, reaches the other computer, and is itself undone by restoring
+    again; --version N takes exactly that version."""
+    with Env("restore_in_place_and_undo") as env:
+        env.server()
+        os.makedirs(env.path("A"))
+        a = env.agent("A", env.path("A"))
+        b = env.agent("B", env.path("B"), token=a.token)
+        f = os.path.join(a.dir, "doc.txt")
+        write_file(f, "good text\n", mode=0o640, mtime=1600000000)
+        wait_content(os.path.join(b.dir, "doc.txt"), "good text\n")
+        write_file(os.path.join(b.dir, "doc.txt"), "ruined\n")
+        wait_content(f, "ruined\n")
+
+        rc, _, err = _cli("restore", "doc.txt", "--state-dir", a.state_dir)
+        check(rc == 0, "restore exited %d: %s" % (rc, err))
+        check(harness.read_bytes(f) == b"good text\n", "not restored in place")
+        st = os.stat(f)
+        check(st.st_mode & 0o777 == 0o640 and st.st_mtime_ns == 1600000000 * 10**9,
+              "mode %o mtime %d not as before" % (st.st_mode & 0o777, st.st_mtime_ns))
+        wait_content(os.path.join(b.dir, "doc.txt"), "good text\n", msg="the restore did not reach B")
+        v = wait_until(lambda: (lambda v: v if len(v) == 3 else None)(
+            _json("versions", "doc.txt", "--state-dir", b.state_dir)), 30, "three versions")
+        check([x["sha256"] for x in v] == [_sha("good text\n"), _sha("ruined\n"), _sha("good text\n")],
+              "versions after the restore: %r" % (v,))
+
+        # Undo: the content before the current one is the ruined one.
+        rc, _, err = _cli("restore", "doc.txt", "--state-dir", b.state_dir)
+        check(rc == 0, "undo exited %d: %s" % (rc, err))
+        wait_content(f, "ruined\n", msg="the undo did not reach A")
+        # --version N into another directory: exactly that version.
+        out = env.path("out")
+        rc, _, err = _cli("restore", "doc.txt", "--version", v[2]["version"], "--to", out, "--state-dir", a.state_dir)
+        check(rc == 0 and harness.read_bytes(os.path.join(out, "doc.txt")) == b"good text\n",
+              "--version: exit %d: %s" % (rc, err))
+        rc, _, err = _cli("restore", "doc.txt", "--version", 999999, "--to", out, "--state-dir", a.state_dir)
+        check(rc == EX_DATAERR and "no version 999999" in err, "a version that never was: %d %s" % (rc, err))
+
+
+def test_restore_at_boundaries():
+    """--at TIME is the tree as of the last change made by then: exactly at
+    a change's second it is included, a second before it is not; before
+    the first change there is nothing, which is an error."""
+    with Env("restore_at_boundaries") as env:
+        env.server()
+        os.makedirs(env.path("A"))
+        a = env.agent("A", env.path("A"))
+        states = []
+        for i, (name, data) in enumerate([("x.txt", "1\n"), ("x.txt", "2\n"), ("y/z.txt", "3\n")]):
+            _next_second()
+            write_file(os.path.join(a.dir, name), data)
+            _wait_log(a, lambda log, n=i: len(log) >= n + 1 + (1 if n == 2 else 0), "change %d logged" % i)
+            _next_second()
+            states.append(snapshot(a.dir, modes=False))
+        log = _json("log", "--state-dir", a.state_dir)
+        times = sorted({x["time"] for x in log})
+        check(len(times) == 3, "three changes in three seconds: %r" % (log,))
+
+        def at(t, name):
+            out = env.path(name)
+            rc, _, err = _cli("restore", "/", "--at", t, "--to", out, "--state-dir", a.state_dir)
+            return rc, err, (snapshot(out, modes=False) if rc == 0 else None)
+
+        for i, t in enumerate(times):
+            rc, err, got = at(t, "at-%d" % i)  # ISO 8601 with Z, as the log prints it
+            check(rc == 0 and got == states[i], "--at %s (change %d): exit %d %s\n%s" % (
+                t, i, rc, err, harness.diff_snapshots(got or {}, states[i], "restored", "expected")))
+        epoch = int(time.mktime(time.strptime(times[1], "%Y-%m-%dT%H:%M:%SZ"))) - time.timezone
+        rc, err, got = at("@%d" % (epoch - 1), "before-1")
+        check(rc == 0 and got == states[0], "a second before change 1: %s" % err)
+        local = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+        rc, err, got = at(local, "local-1")
+        check(rc == 0 and got == states[1], "local time of change 1: %s" % err)
+        rc, err, _ = at("@%d" % (epoch - 3600), "before-all")
+        check(rc == EX_DATAERR and "nothing was there" in err, "before the first change: %d %s" % (rc, err))
+
+
+def test_restore_token_only():
+    """Disaster recovery: a fresh computer with nothing but the token (on
+    the command line or in BACKUPSYNC_TOKEN) rebuilds the whole account
+    as it is now and as it was before a mass deletion."""
+    with Env("restore_token_only") as env:
+        srv = env.server()
+        os.makedirs(env.path("A"))
+        a = env.agent("A", env.path("A"))
+        _make_tree(a.dir)
+        for i in range(300):
+            write_file(os.path.join(a.dir, "many/%02d/f%03d" % (i % 10, i)), "file %d\n" % i * (i + 1))
+        harness.assert_converged(srv, [a])
+        want = snapshot(a.dir, mtimes=True)
+        time.sleep(1.1)
+        before = int(time.time())
+        time.sleep(1.1)
+        shutil.rmtree(os.path.join(a.dir, "many"))
+        _wait_log(a, lambda log: log[0]["op"] == "delete" and log[0]["path"] == "many", "the deletion logged")
+        a.stop()
+
+        rc, _, err = _cli("restore", "/", "--at", "@%d" % before, "--to", env.path("new"),
+                          "--server", "127.0.0.1", "--port", srv.port, "--token", a.token)
+        check(rc == 0, "restore with the token exited %d: %s" % (rc, err))
+        got = snapshot(env.path("new"), mtimes=True)
+        check(got == want, "rebuilt tree differs:\n%s" % harness.diff_snapshots(got, want, "rebuilt", "A"))
+        e = dict(os.environ, BACKUPSYNC_TOKEN=a.token)
+        rc, _, err = _cli("restore", "/", "--at", "-1s", "--to", env.path("now"), "--server", "127.0.0.1",
+                          "--port", srv.port, env=e)
+        check(rc == 0, "restore with BACKUPSYNC_TOKEN exited %d: %s" % (rc, err))
+        check(snapshot(env.path("now"), mtimes=True) == snapshot(a.dir, mtimes=True), "the account as it is now")
+        rc, _, err = _cli("restore", "/", "--at", "-1s", "--server", "127.0.0.1", "--port", srv.port, env=e)
+        check(rc == EX_USAGE and "--to" in err, "token only, no --to: %d %s" % (rc, err))

@@ -100,6 +100,22 @@ static int on_version_row(void *userdata, const BsHistRow *row) {
         return EX_OK;
 }
 
+/* The run of deletions that ended with a directory's own: rm -rf arrives
+ * as the files' deletions, then the directory's. */
+typedef struct DeleteRun {
+        uint64_t first;
+        bool ended;
+} DeleteRun;
+
+static int on_log_row(void *userdata, const BsHistRow *row) {
+        DeleteRun *d = userdata;
+        if (d->ended || row->rec.op != BS_OP_DELETE)
+                d->ended = true;
+        else
+                d->first = row->rec.seq;
+        return EX_OK;
+}
+
 /* The entries of path as when says, into r->items. */
 static int collect(BsConn *c, Restore *r, const char *path, const CliRestoreWhen *when) {
         const char *show = path[0] ? path : "/";
@@ -158,8 +174,15 @@ static int collect(BsConn *c, Restore *r, const char *path, const CliRestoreWhen
                                ? cli_history(c, BS_HIST_TREE, path, r->second.until - 1, 0, 0, on_tree_row, r, NULL)
                                : add_item(r, &r->second.rec);
         }
-        /* Deleted or moved away: as it was just before. */
-        return cli_history(c, BS_HIST_TREE, path, r->first.until - 1, 0, 0, on_tree_row, r, NULL);
+        /* Deleted or moved away: as it was just before, and for a directory
+         * before the deletions of its contents that led to its own. */
+        DeleteRun d = { .first = r->first.until };
+        if (r->first.rec.kind == BS_KIND_DIR) {
+                k = cli_history(c, BS_HIST_LOG, path, r->first.until, 0, 0, on_log_row, &d, NULL);
+                if (k != EX_OK)
+                        return k;
+        }
+        return cli_history(c, BS_HIST_TREE, path, d.first - 1, 0, 0, on_tree_row, r, NULL);
 }
 
 static void progress(Restore *r, bool done) {

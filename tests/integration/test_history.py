@@ -144,7 +144,11 @@ def test_restore_deleted_tree_in_place():
         _make_tree(a.dir)
         want = snapshot(os.path.join(a.dir, "proj"), mtimes=True)
         wait_tree(os.path.join(b.dir, "proj"), snapshot(os.path.join(a.dir, "proj")), modes=True)
-        shutil.rmtree(os.path.join(b.dir, "proj"))
+        # rm -r deletes the files first: those deletions may travel on their
+        # own before the directory's. Make sure one does.
+        os.unlink(os.path.join(b.dir, "proj/secret/key"))
+        harness.wait_absent(os.path.join(a.dir, "proj/secret/key"))
+        subprocess.run(["rm", "-rf", os.path.join(b.dir, "proj")], check=True)
         harness.wait_absent(os.path.join(a.dir, "proj"))
         a.stop()  # works whether or not the agent runs
 

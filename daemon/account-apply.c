@@ -1,15 +1,15 @@
 /* account-apply.c - applying PUT, MKDIR, SYMLINK, DELETE and MOVE to an account
  *
  * Each change: check the path and its base version, change tree/ through
- * directory fds only, keep what it replaces or deletes under
- * versions/<seq>, then record entries, the log record and the new
- * sequence inside a savepoint of the group-commit transaction.
+ * directory fds only, keep what it replaces or deletes in the history and
+ * its contents in the store, then record entries, the log record and the
+ * new sequence inside a savepoint of the group-commit transaction.
  *
  * An upload is not renamed into the tree at once: it waits in tmp/
  * (account->pending) so that a batch is made durable together before any
  * of it gets a name in the tree (account_flush_pending()). Other changes
  * place the waiting uploads first, so the tree is always what the log
- * says; the directories they change (and versions/) are synced once per
+ * says; the directories they change (and the store's) are synced once per
  * transaction, before its COMMIT, by account_commit().
  *
  * Modes on disk always grant the server read and write (and search for
@@ -99,41 +99,101 @@ static int open_entry(Account *a, const char *path, const char **name, AccountEn
         return pfd;
 }
 
-static void stored_name(char *buf, size_t n, uint64_t seq) {
-        snprintf(buf, n, "%llu", (unsigned long long) seq);
+/* Link every file below the directory at path (open as dfd) into the store. */
+static int store_below(Account *a, int dfd, const char *path) {
+        AccountRange range;
+        sqlite3_stmt *st;
+        int r = account_stmt(a, STMT_ENTRY_LIST_BELOW, &st), pfd = -1;
+        char parent[BS_PATH_MAX + 1] = "";
+        size_t parent_len = SIZE_MAX;
+
+        if (r < 0)
+                return r;
+        account_range(&range, path);
+        sqlite3_bind_blob(st, 1, range.lo, (int) range.len, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 2, range.hi, (int) range.len, SQLITE_STATIC);
+        for (;;) {
+                char p[BS_PATH_MAX + 1];
+                uint8_t sha[BS_SHA_LEN];
+                const char *base;
+                int rc = sqlite3_step(st);
+                if (rc != SQLITE_ROW) {
+                        r = rc == SQLITE_DONE ? 0 : account_sqlite_errno(rc) ?: -EIO;
+                        break;
+                }
+                if (sqlite3_column_int(st, 1) != BS_KIND_FILE || sqlite3_column_bytes(st, 5) != BS_SHA_LEN)
+                        continue;
+                memcpy(sha, sqlite3_column_blob(st, 5), BS_SHA_LEN);
+                r = account_column_path(st, 0, p, NULL);
+                if (r < 0)
+                        break;
+                const char *rel = p + range.len;
+                size_t n = bs_path_parent_len(rel);
+                /* Rows come in path order: a directory's files one after another. */
+                if (n != parent_len || memcmp(rel, parent, n) != 0) {
+                        if (pfd >= 0)
+                                close(pfd);
+                        pfd = bs_open_parent(dfd, rel, &base);
+                        if (pfd < 0) {
+                                r = pfd == -ENOENT ? 0 : pfd;
+                                parent_len = SIZE_MAX;
+                                if (r < 0)
+                                        break;
+                                continue;
+                        }
+                        memcpy(parent, rel, n);
+                        parent_len = n;
+                }
+                base = bs_path_base(rel);
+                r = store_put(a->store, sha, pfd, base, STORE_LINK);
+                if (r == -ENOENT)
+                        r = 0; /* not on disk: nothing to keep */
+                if (r < 0)
+                        break;
+        }
+        sqlite3_reset(st);
+        if (pfd >= 0)
+                close(pfd);
+        return r;
 }
 
 /*
- * Keep the entry at path (name in parent_fd) as versions/<seq>: a file is
- * hard-linked when it is about to be replaced by rename, anything else is
- * moved out of the tree. Its state and everything below it go into the
- * history, so GET by content and the tree as of an earlier moment still
- * find them.
+ * The entry at path (name in parent_fd) and everything below it end at
+ * seq: their states go into the history and the files' contents into the
+ * store. With STORE_LINK (only for a file about to be replaced by rename)
+ * the name stays; else the entry leaves the tree. A directory's files are
+ * linked into the store before it goes, so a crash at any point leaves
+ * every content either in the tree or in the store.
  */
 static int keep_version(Account *a, int parent_fd, const char *name, const char *path,
-                        const AccountEntry *e, uint64_t seq, bool link) {
-        char stored[32];
-        bool kept = true;
-        int r;
-
-        stored_name(stored, sizeof(stored), seq);
-        /* A leftover of a change that was rolled back holds nothing we need. */
-        r = bs_rm_rf_at(a->versions_fd, stored);
+                        const AccountEntry *e, uint64_t seq, StorePut how) {
+        char del[64];
+        int r = account_history_close(a, path, e->kind == BS_KIND_DIR, seq);
         if (r < 0)
                 return r;
-        if (link ? linkat(parent_fd, name, a->versions_fd, stored, 0)
-                 : renameat(parent_fd, name, a->versions_fd, stored)) {
-                /* Missing on disk: nothing to keep, the entry goes anyway. */
-                if (errno != ENOENT)
+        switch (e->kind) {
+        case BS_KIND_FILE:
+                r = store_put(a->store, e->sha, parent_fd, name, how);
+                return r == -ENOENT ? 0 : r < 0 ? r : 0;
+        case BS_KIND_SYMLINK:
+                return unlinkat(parent_fd, name, 0) < 0 && errno != ENOENT ? -errno : 0;
+        case BS_KIND_DIR: {
+                _cleanup_(closep) int dfd = openat(parent_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (dfd < 0)
+                        return errno == ENOENT ? 0 : -errno;
+                r = store_below(a, dfd, path);
+                if (r < 0)
+                        return r;
+                /* Out of the tree in one step; what is left goes with tmp/. */
+                snprintf(del, sizeof(del), BS_TEMP_PREFIX "del-%llu", (unsigned long long) seq);
+                (void) bs_rm_rf_at(a->tmp_fd, del);
+                if (renameat(parent_fd, name, a->tmp_fd, del) < 0)
                         return -errno;
-                kept = false;
+                return bs_rm_rf_at(a->tmp_fd, del);
         }
-        r = account_history_close(a, path, e->kind == BS_KIND_DIR, seq, kept ? stored : NULL);
-        if (r < 0)
-                return r;
-        if (kept)
-                a->versions_changed = true;
-        return 0;
+        default:
+                return 0;
+        }
 }
 
 /* Record an applied change: entry (unless removed), log record, sequence. */
@@ -315,8 +375,10 @@ int account_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN
         r = account_change_begin(a);
         if (r < 0)
                 goto out;
+        /* The same content saved again costs no history space: the tree keeps it. */
         if (e.kind == BS_KIND_FILE)
-                r = keep_version(a, pfd, name, path, &e, seq, true);
+                r = memcmp(e.sha, sha, BS_SHA_LEN) ? keep_version(a, pfd, name, path, &e, seq, STORE_LINK)
+                                                   : account_history_close(a, path, false, seq);
         r = r ?: record(a, seq, device, BS_OP_PUT, path, NULL, &n);
         r = account_change_end(a, r);
         if (r >= 0) {
@@ -385,7 +447,7 @@ int account_attr(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *pa
         r = r ?: bs_set_mtime_fd(fd, mtime_ns);
         /* The mtime is compared by recovery: durable before the commit. */
         r = r ?: account_defer_sync(a, fd);
-        r = r ?: account_history_close(a, path, false, seq, NULL);
+        r = r ?: account_history_close(a, path, false, seq);
         r = r ?: record(a, seq, device, BS_OP_PUT, path, NULL, &n);
         r = account_change_end(a, r);
         if (r >= 0)
@@ -421,7 +483,7 @@ int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *p
                         return r;
                 if (fchmodat(pfd, name, DIR_DISK_MODE(mode), 0) < 0)
                         r = -errno;
-                r = r ?: account_history_close(a, path, false, seq, NULL);
+                r = r ?: account_history_close(a, path, false, seq);
                 r = r ?: record(a, seq, device, BS_OP_MKDIR, path, NULL, &n);
                 r = account_change_end(a, r);
                 if (r >= 0)
@@ -502,7 +564,7 @@ int account_symlink(Account *a, const uint8_t device[BS_DEVICE_LEN], const char 
         if (r < 0)
                 (void) unlinkat(a->tmp_fd, tmp, 0);
         r = r ?: account_defer_sync(a, pfd);
-        r = r ?: account_history_close(a, path, false, seq, NULL);
+        r = r ?: account_history_close(a, path, false, seq);
         r = r ?: record(a, seq, device, BS_OP_SYMLINK, path, target, &n);
         r = account_change_end(a, r);
         if (r >= 0)
@@ -544,7 +606,7 @@ int account_delete(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *
         r = r ?: account_change_begin(a);
         if (r < 0)
                 return r;
-        r = keep_version(a, pfd, name, path, &e, seq, false);
+        r = keep_version(a, pfd, name, path, &e, seq, STORE_MOVE);
         r = r ?: account_defer_sync(a, pfd);
         r = r ?: account_entries_remove(a, path);
         r = r ?: record(a, seq, device, BS_OP_DELETE, path, NULL, &n);
@@ -676,14 +738,14 @@ int account_move(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *fr
         if (r < 0)
                 return r;
         if (t.kind != BS_KIND_NONE) {
-                r = keep_version(a, to_pfd, to_name, to, &t, seq, false);
+                r = keep_version(a, to_pfd, to_name, to, &t, seq, STORE_MOVE);
                 r = r ?: account_entries_remove(a, to);
         }
         if (r >= 0 && renameat(from_pfd, from_name, to_pfd, to_name) < 0)
                 r = -errno;
         r = r ?: account_defer_sync(a, to_pfd);
         r = r ?: account_defer_sync(a, from_pfd);
-        r = r ?: account_history_close(a, from, true, seq, NULL);
+        r = r ?: account_history_close(a, from, true, seq);
         r = r ?: rebase_below(a, from, to, seq);
         r = r ?: account_entries_remove(a, from);
         r = r ?: account_entry_set(a, to, &n);

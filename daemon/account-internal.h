@@ -9,6 +9,7 @@
 #include <sys/types.h>
 
 #include "account.h"
+#include "store.h"
 
 enum {
         STMT_META_GET,
@@ -60,14 +61,14 @@ struct Account {
         int dir_fd;
         int tree_fd;
         int tmp_fd;
-        int versions_fd;
+        int versions_fd; /* contents kept by earlier releases, by sequence */
+        Store *store;
         sqlite3 *db;
         sqlite3_stmt *stmt[_STMT_MAX];
         uint64_t seq;
         uint64_t committed_seq;
         uint64_t change_seq; /* seq when the current change began */
         bool in_txn;
-        bool versions_changed; /* versions/ has names not yet synced */
         int txn_error; /* a batch that could not be placed: the commit fails */
         AccountPending *pending;
         size_t n_pending, cap_pending;
@@ -137,10 +138,8 @@ int account_version_add(Account *a, const char *path, const AccountEntry *e,
 /**
  * Keep the state of path (and, with below, of everything below it) in
  * the history as ended at until: the entries are about to change, move or
- * go. stored names where a file's content was kept in versions/ (files
- * below get stored + their path below path), or NULL when the content
- * stays in the tree or in the store anyway.
+ * go. Their contents are the store's or the tree's business.
  */
-int account_history_close(Account *a, const char *path, bool below, uint64_t until, const char *stored);
+int account_history_close(Account *a, const char *path, bool below, uint64_t until);
 /** Advance the account's sequence to seq (inside the open change; stored at commit). */
 int account_set_seq(Account *a, uint64_t seq);

@@ -167,11 +167,14 @@ static int open_from_rows(Account *a, unsigned id, int dir_fd, const uint8_t sha
                 /* versions.stored is TEXT, entries.path a BLOB: both are bytes here. */
                 const void *s = sqlite3_column_blob(st, 0);
                 size_t n = (size_t) sqlite3_column_bytes(st, 0);
-                if (n == 0 || n > BS_PATH_MAX)
+                if (n > BS_PATH_MAX)
                         continue;
                 memcpy(p, s, n);
                 p[n] = 0;
-                int fd = open_checked(dir_fd, p, size);
+                /* A version without a stored name is in the store. */
+                int fd = n == 0 && id == STMT_VERSION_BY_SHA ? store_get(a->store, sha, size)
+                         : n == 0                            ? -ENOENT
+                                                             : open_checked(dir_fd, p, size);
                 if (fd < 0)
                         continue;
                 *ret = (AccountContent) {

@@ -64,7 +64,7 @@ static int record_found(Verify *v, BsOp op, const char *path, const AccountEntry
         AccountEntry e = *found;
         e.version = seq;
         /* Whatever disk holds now, what the metadata had stays in the history. */
-        r = account_history_close(a, path, replace, seq, NULL);
+        r = account_history_close(a, path, replace, seq);
         if (replace)
                 r = r ?: account_entries_remove(a, path);
         if (op != BS_OP_DELETE)

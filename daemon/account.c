@@ -2,7 +2,8 @@
  *
  * STORAGE/<ID>/ holds tree/ (the current files), tmp/ (uploads in
  * progress, same file system so they can be renamed into the tree),
- * versions/ (replaced and deleted content) and meta.db. meta.db is opened
+ * content/ (the store of replaced and deleted contents, see store.h),
+ * versions/ (where releases before it kept them) and meta.db. meta.db is opened
  * in WAL mode with synchronous=FULL: a COMMIT is durable when it returns.
  */
 #include <dirent.h>
@@ -73,14 +74,11 @@ static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_VERSION_ADD] = "INSERT INTO versions"
                              "(path, version, sha, size, mode, mtime_ns, stored, replaced_seq, kind, since) "
                              "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?2)",
-        /* The entries at ?1 and in [?2, ?3) end at ?4; a file's content is
-         * kept as ?5 followed by its path below ?1 (from byte ?6 on). */
+        /* The entries at ?1 and in [?2, ?3) end at ?4; contents are in the store. */
         [STMT_HISTORY_CLOSE] = "INSERT INTO versions"
-                               "(path, version, sha, size, mode, mtime_ns, stored, replaced_seq, kind, target,"
-                               " device, since) "
-                               "SELECT path, version, sha, size, mode, mtime_ns,"
-                               " CASE WHEN kind = 1 AND ?5 IS NOT NULL THEN ?5 || CAST(substr(path, ?6) AS TEXT) END,"
-                               " ?4, kind, target, device, COALESCE(since, version) "
+                               "(path, version, sha, size, mode, mtime_ns, replaced_seq, kind, target, device, since) "
+                               "SELECT path, version, sha, size, mode, mtime_ns, ?4, kind, target, device,"
+                               " COALESCE(since, version) "
                                "FROM entries WHERE path = ?1 OR (path >= ?2 AND path < ?3)",
         [STMT_VERSION_BY_SHA] = "SELECT stored, size, mode, mtime_ns, version FROM versions "
                                 "WHERE sha = ?1 ORDER BY id DESC",
@@ -296,7 +294,9 @@ static int account_open_dirs(Account *a, int storage_fd) {
         if (a->tmp_fd < 0)
                 return a->tmp_fd;
         a->versions_fd = open_subdir(a->dir_fd, "versions");
-        return a->versions_fd < 0 ? a->versions_fd : 0;
+        if (a->versions_fd < 0)
+                return a->versions_fd;
+        return store_open(a->dir_fd, &a->store);
 }
 
 int account_create(const char *storage, Account **ret, char *token) {
@@ -392,8 +392,6 @@ int account_open(const char *storage, const char *id, Account **ret) {
 static int sync_dirs(Account *a, int r) {
         if (r >= 0 && a->n_dir_sync >= ACCOUNT_BULK_MIN) {
                 r = syncfs(a->tree_fd) < 0 ? -errno : 0;
-                if (r >= 0 && a->versions_changed)
-                        r = syncfs(a->versions_fd) < 0 ? -errno : 0;
                 for (size_t i = 0; i < a->n_dir_sync; i++)
                         close(a->dir_sync[i].fd);
                 a->n_dir_sync = 0;
@@ -425,6 +423,7 @@ Account *account_free(Account *a) {
         for (int *fd = &a->dir_fd; fd <= &a->versions_fd; fd++)
                 if (*fd >= 0)
                         close(*fd);
+        store_free(a->store);
         free(a->db_path);
         free(a);
         return NULL;
@@ -577,11 +576,9 @@ int account_commit(Account *a) {
         r = r ?: a->txn_error;
         /* Directories changed by MKDIR, SYMLINK, DELETE and MOVE: each once. */
         r = sync_dirs(a, r);
-        /* Kept versions: one directory sync per transaction. */
-        if (r >= 0 && a->versions_changed)
-                r = bs_fsync_dir(a->versions_fd);
+        /* Kept contents: their directories once per transaction. */
         if (r >= 0)
-                a->versions_changed = false;
+                r = store_sync(a->store);
         if (r >= 0 && a->seq != a->committed_seq)
                 r = store_seq(a);
         r = r ?: exec(a, "COMMIT");
@@ -722,7 +719,7 @@ int account_version_add(Account *a, const char *path, const AccountEntry *e,
         return account_step_done(st);
 }
 
-int account_history_close(Account *a, const char *path, bool below, uint64_t until, const char *stored) {
+int account_history_close(Account *a, const char *path, bool below, uint64_t until) {
         AccountRange range = {};
         sqlite3_stmt *st;
         int r = account_stmt(a, STMT_HISTORY_CLOSE, &st);
@@ -737,9 +734,6 @@ int account_history_close(Account *a, const char *path, bool below, uint64_t unt
         if (below)
                 sqlite3_bind_blob(st, 3, range.hi, (int) range.len, SQLITE_STATIC);
         sqlite3_bind_int64(st, 4, (sqlite3_int64) until);
-        if (stored)
-                sqlite3_bind_text(st, 5, stored, -1, SQLITE_STATIC);
-        sqlite3_bind_int(st, 6, (int) strlen(path) + 1);
         return account_step_done(st);
 }
 

@@ -267,7 +267,7 @@ def test_restore_token_only():
         got = snapshot(env.path("new"), mtimes=True)
         check(got == want, "rebuilt tree differs:\n%s" % harness.diff_snapshots(got, want, "rebuilt", "A"))
         e = dict(os.environ, BACKUPSYNC_TOKEN=a.token)
-        rc, _, err = _cli("restore", "/", "--at", "-1s", "--to", env.path("now"), "--server", "127.0.0.1",
+        rc, _, err = _cli("restore", "/", "--at", "-0s", "--to", env.path("now"), "--server", "127.0.0.1",
                           "--port", srv.port, env=e)
         check(rc == 0, "restore with BACKUPSYNC_TOKEN exited %d: %s" % (rc, err))
         check(snapshot(env.path("now"), mtimes=True) == snapshot(a.dir, mtimes=True), "the account as it is now")

@@ -79,7 +79,7 @@ static int count_files_in(const char *path) {
         return n;
 }
 
-/* Files below tmp/, tree/ or versions/. */
+/* Files below tmp/, tree/, content/ or versions/. */
 static int count_entries(const char *sub) {
         char p[4200];
         path_of(p, sizeof(p), sub, "");
@@ -124,7 +124,7 @@ Test(account, same_path_twice_in_one_batch_keeps_the_last) {
         cr_assert_eq(put("f", v1, "second\n", &v2), 0);
         cr_assert_eq(account_commit(acc), 0);
         cr_assert_str_eq(tree_content("f"), "second\n");
-        cr_assert_eq(count_entries("versions"), 1, "the first content was not kept as a version");
+        cr_assert_eq(count_entries("content"), 1, "the first content was not kept as a version");
 }
 
 Test(account, other_changes_see_the_waiting_uploads) {
@@ -311,4 +311,110 @@ Test(account, repair_records_the_hash_of_a_file_that_replaced_a_directory) {
         cr_assert_eq(e.kind, BS_KIND_FILE);
         cr_assert_eq(bs_sha_buf("a file now\n", 11, sha), 0);
         cr_assert_arr_eq(e.sha, sha, BS_SHA_LEN, "the record carries the content's hash");
+}
+
+/* Re-saving a file unchanged, and many copies of one content, cost one
+ * content in the store. */
+Test(account, identical_content_is_stored_once) {
+        uint64_t vf, vg, vh, v;
+        cr_assert_eq(put("f", 0, "same bytes\n", &vf), 0);
+        cr_assert_eq(put("g", 0, "same bytes\n", &vg), 0);
+        cr_assert_eq(put("h", 0, "same bytes\n", &vh), 0);
+        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(put("f", vf, "new f\n", &v), 0);
+        cr_assert_eq(put("g", vg, "new g\n", &v), 0);
+        cr_assert_eq(account_delete(acc, device, "h", vh, &v), 0);
+        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(count_entries("content"), 1, "three copies of one content are kept once");
+        /* The same content with another mtime: a new version, no new content. */
+        AccountEntry e;
+        cr_assert_eq(account_entry_get(acc, "f", &e), 0);
+        AccountUpload u;
+        cr_assert_eq(account_upload_begin(acc, &u), 0);
+        cr_assert_eq(account_upload_write(&u, "new f\n", 6, 6), 0);
+        cr_assert_eq(account_put(acc, &u, device, "f", e.version, 6, 0644, 2000000000, e.sha, &v), 0);
+        cr_assert_gt(v, e.version);
+        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(count_entries("content"), 1, "saving unchanged content grew the store");
+        uint8_t sha[BS_SHA_LEN];
+        AccountContent c;
+        cr_assert_eq(bs_sha_buf("same bytes\n", 11, sha), 0);
+        cr_assert_eq(account_content_open(acc, sha, "h", &c), 0, "the deleted copies' content is reachable");
+        cr_assert_eq(c.size, 11);
+        close(c.fd);
+}
+
+/* A deleted tree: out of the tree and tmp/, its contents in the store. */
+Test(account, deleted_tree_contents_reachable) {
+        uint64_t vd, v;
+        cr_assert_eq(account_mkdir(acc, device, "d", 0, 0755, 0, &vd), 0);
+        cr_assert_eq(account_mkdir(acc, device, "d/e", 0, 0700, 0, &v), 0);
+        cr_assert_eq(put("d/a", 0, "file a\n", &v), 0);
+        cr_assert_eq(put("d/e/b", 0, "file b\n", &v), 0);
+        cr_assert_eq(account_symlink(acc, device, "d/l", 0, "a", 0, &v), 0);
+        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(account_delete(acc, device, "d", vd, &v), 0);
+        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(count_entries("tree"), 0);
+        cr_assert_eq(count_entries("tmp"), 0);
+        cr_assert_eq(count_entries("content"), 2);
+        const char *contents[] = { "file a\n", "file b\n" };
+        for (size_t i = 0; i < 2; i++) {
+                uint8_t sha[BS_SHA_LEN];
+                AccountContent c;
+                cr_assert_eq(bs_sha_buf(contents[i], 7, sha), 0);
+                cr_assert_eq(account_content_open(acc, sha, "", &c), 0, "%s", contents[i]);
+                close(c.fd);
+        }
+}
+
+/* The tree as of a sequence, as a string "path kind sha0;..." in path order. */
+static void tree_as_of(uint64_t seq, char *out, size_t n) {
+        AccountQuery *q;
+        static BsHistRow row;
+        size_t o = 0;
+        out[0] = 0;
+        cr_assert_eq(account_query_new(acc, BS_HIST_TREE, "", seq, 0, 0, &q), 0);
+        while (account_query_next(q, &row) == 1) {
+                int k = snprintf(out + o, n - o, "%s %u %02x%s;", row.rec.path, row.rec.kind, row.rec.sha[0],
+                                 row.rec.kind == BS_KIND_SYMLINK ? row.rec.path2 : "");
+                cr_assert(k > 0 && (size_t) k < n - o);
+                o += (size_t) k;
+        }
+        account_query_free(q);
+}
+
+/* After every kind of change, the tree as of each earlier sequence is
+ * what it was then: moves of directories, replacements, deletions. */
+Test(account, tree_as_of_every_sequence) {
+        static char want[16][2048], got[2048];
+        uint64_t seqs[16], v, vd, vx, vl;
+        size_t n = 0;
+#define STEP(expr)                                                                 \
+        do {                                                                       \
+                cr_assert_geq((expr), 0, #expr);                                   \
+                cr_assert_eq(account_commit(acc), 0);                              \
+                seqs[n] = account_committed_seq(acc);                              \
+                tree_as_of(0, want[n], sizeof(want[n]));                           \
+                n++;                                                               \
+        } while (0)
+        STEP(account_mkdir(acc, device, "d", 0, 0755, 0, &vd));
+        STEP(put("d/x", 0, "one\n", &vx));
+        STEP(put("d/x", vx, "two\n", &vx));
+        STEP(account_symlink(acc, device, "d/l", 0, "x", 0, &vl));
+        STEP(account_symlink(acc, device, "d/l", vl, "y", 0, &vl));
+        STEP(account_move(acc, device, "d", vd, "e", 0, &vd));
+        STEP(account_mkdir(acc, device, "e", vd, 0700, 0, &vd));
+        STEP(put("f", 0, "three\n", &v));
+        STEP(account_move(acc, device, "f", v, "e/x", vx, &v));
+        STEP(account_delete(acc, device, "e", vd, &v));
+#undef STEP
+        for (size_t i = 0; i < n; i++) {
+                tree_as_of(seqs[i], got, sizeof(got));
+                cr_assert_str_eq(got, want[i], "as of sequence %llu", (unsigned long long) seqs[i]);
+        }
+        tree_as_of(seqs[n - 1], got, sizeof(got));
+        cr_assert_str_eq(got, "", "everything was deleted at the end");
+        tree_as_of(seqs[5], got, sizeof(got));
+        cr_assert(strstr(got, "e/x 1") && strstr(got, "e/l 3") && !strstr(got, "d/"), "after the move: %s", got);
 }

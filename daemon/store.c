@@ -1,0 +1,151 @@
+/* store.c - content by SHA-256 as plain files: content/<2 hex>/<64 hex>
+ *
+ * Puts are renames and links within one file system, so they cost no
+ * copy and are atomic: a content file is complete or absent. Their
+ * directory entries are made durable by store_sync(), which the account
+ * calls before it commits the rows that name them.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bs-fs.h"
+#include "bs-hash.h"
+#include "bs-macro.h"
+#include "store.h"
+
+/* From this many fan-out directories to sync, one syncfs() instead. */
+#define STORE_BULK_MIN 16
+
+struct Store {
+        int fd;              /* content/ */
+        uint8_t dirty[32];   /* fan-out directories with new names, a bit each */
+        unsigned n_dirty;
+        bool top_dirty;      /* a fan-out directory was created */
+};
+
+int store_open(int dir_fd, Store **ret) {
+        Store *s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        if (mkdirat(dir_fd, "content", 0700) < 0 && errno != EEXIST) {
+                free(s);
+                return -errno;
+        }
+        s->fd = openat(dir_fd, "content", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (s->fd < 0) {
+                int r = -errno;
+                free(s);
+                return r;
+        }
+        *ret = s;
+        return 0;
+}
+
+Store *store_free(Store *s) {
+        if (!s)
+                return NULL;
+        if (s->fd >= 0)
+                close(s->fd);
+        free(s);
+        return NULL;
+}
+
+/* "ab/abcd...": the fan-out directory is the first byte. */
+static void content_name(const uint8_t sha[BS_SHA_LEN], char out[2 + 1 + 2 * BS_SHA_LEN + 1]) {
+        bs_hex(sha, 1, out);
+        out[2] = '/';
+        bs_hex(sha, BS_SHA_LEN, out + 3);
+}
+
+static void mark_dirty(Store *s, uint8_t fan) {
+        if (!(s->dirty[fan / 8] & (1u << (fan % 8)))) {
+                s->dirty[fan / 8] |= (uint8_t) (1u << (fan % 8));
+                s->n_dirty++;
+        }
+}
+
+int store_put(Store *s, const uint8_t sha[BS_SHA_LEN], int dfd, const char *name, StorePut how) {
+        char n[2 + 1 + 2 * BS_SHA_LEN + 1], fan[3];
+        content_name(sha, n);
+        memcpy(fan, n, 2);
+        fan[2] = 0;
+        for (int attempt = 0;; attempt++) {
+                int r = how == STORE_LINK ? linkat(dfd, name, s->fd, n, 0) : renameat(dfd, name, s->fd, n);
+                if (r == 0) {
+                        mark_dirty(s, sha[0]);
+                        return 0;
+                }
+                if (errno == EEXIST && how == STORE_LINK)
+                        return 1;
+                if (errno != ENOENT || attempt > 0)
+                        return -errno;
+                /* The source or the fan-out directory is missing: which? */
+                if (faccessat(dfd, name, F_OK, AT_SYMLINK_NOFOLLOW) < 0)
+                        return -ENOENT;
+                if (mkdirat(s->fd, fan, 0700) < 0 && errno != EEXIST)
+                        return -errno;
+                s->top_dirty = true;
+        }
+}
+
+int store_get(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t size) {
+        char n[2 + 1 + 2 * BS_SHA_LEN + 1];
+        struct stat st;
+        content_name(sha, n);
+        int fd = openat(s->fd, n, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t) st.st_size != size) {
+                close(fd);
+                return -ENOENT;
+        }
+        return fd;
+}
+
+bool store_has(Store *s, const uint8_t sha[BS_SHA_LEN]) {
+        char n[2 + 1 + 2 * BS_SHA_LEN + 1];
+        content_name(sha, n);
+        return faccessat(s->fd, n, F_OK, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+int store_remove(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t *freed) {
+        char n[2 + 1 + 2 * BS_SHA_LEN + 1];
+        struct stat st;
+        content_name(sha, n);
+        if (fstatat(s->fd, n, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                return -errno;
+        if (unlinkat(s->fd, n, 0) < 0)
+                return -errno;
+        mark_dirty(s, sha[0]);
+        /* A content still linked elsewhere (the tree) frees nothing. */
+        if (freed)
+                *freed = st.st_nlink <= 1 ? (uint64_t) st.st_blocks * 512 : 0;
+        return 0;
+}
+
+int store_sync(Store *s) {
+        int r = 0;
+        if (s->n_dirty >= STORE_BULK_MIN)
+                r = syncfs(s->fd) < 0 ? -errno : 0;
+        else
+                for (unsigned fan = 0; r >= 0 && fan < 256; fan++) {
+                        char name[3];
+                        if (!(s->dirty[fan / 8] & (1u << (fan % 8))))
+                                continue;
+                        bs_hex((const uint8_t[]) { (uint8_t) fan }, 1, name);
+                        _cleanup_(closep) int fd = openat(s->fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                        r = fd < 0 ? -errno : bs_fsync_dir(fd);
+                }
+        if (r >= 0 && s->top_dirty)
+                r = bs_fsync_dir(s->fd);
+        if (r >= 0) {
+                memset(s->dirty, 0, sizeof(s->dirty));
+                s->n_dirty = 0;
+                s->top_dirty = false;
+        }
+        return r;
+}

@@ -1,0 +1,48 @@
+/* store.h - an account's content store: file contents kept by SHA-256
+ *
+ * The version store: what replaced and deleted files held, each content
+ * once however many versions, paths or accounts' copies name it. Narrow
+ * on purpose (put, get, has, remove by hash), so another implementation
+ * (an object store, content-defined chunks) can take its place without
+ * touching the code that decides what to keep. This one keeps plain
+ * files in STORAGE/<ID>/content/<2 hex>/<64 hex> on the tree's file
+ * system, so putting a file from the tree is a link or a rename.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "bs-proto.h"
+
+typedef struct Store Store;
+
+typedef enum StorePut {
+        STORE_LINK, /* the file stays where it is (it is about to be replaced) */
+        STORE_MOVE, /* the file leaves its place */
+} StorePut;
+
+/** Open (and create) the store in the account directory dir_fd. */
+int store_open(int dir_fd, Store **ret);
+/** Close the store; returns NULL. */
+Store *store_free(Store *s);
+static inline void store_freep(Store **s) { if (*s) store_free(*s); }
+
+/**
+ * Keep the file name in dfd as the content sha (which the caller vouches
+ * for). Returns 0 when stored, 1 when the store had it already (a MOVE
+ * still removes name), -ENOENT when there is no such file, or -errno.
+ */
+int store_put(Store *s, const uint8_t sha[BS_SHA_LEN], int dfd, const char *name, StorePut how);
+
+/** Open content sha for reading: the fd, or -ENOENT when it is not kept with that size. */
+int store_get(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t size);
+
+/** Whether content sha is kept. */
+bool store_has(Store *s, const uint8_t sha[BS_SHA_LEN]);
+
+/** Forget content sha: 0, or -ENOENT when it was not kept, or -errno. The space it frees is *freed. */
+int store_remove(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t *freed);
+
+/** Make every put since the last call durable (their directories synced). */
+int store_sync(Store *s);

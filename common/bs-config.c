@@ -45,6 +45,10 @@ void bs_server_config_init(BsServerConfig *cfg) {
         *cfg = (BsServerConfig) {
                 .port = BS_CONFIG_DEFAULT_PORT,
                 .require_key = true,
+                .keep_versions_usec = BS_CONFIG_DEFAULT_KEEP_VERSIONS_USEC,
+                .keep_all_usec = BS_CONFIG_DEFAULT_KEEP_ALL_USEC,
+                .keep_hourly_usec = BS_CONFIG_DEFAULT_KEEP_HOURLY_USEC,
+                .keep_daily_usec = BS_CONFIG_DEFAULT_KEEP_DAILY_USEC,
                 .idle_timeout_usec = BS_CONFIG_DEFAULT_IDLE_USEC,
                 .max_connections = BS_CONFIG_DEFAULT_MAX_CONNECTIONS,
         };
@@ -217,6 +221,16 @@ static void server_key(Parser *p, const char *key, const char *value) {
                         parser_fail(p, -EINVAL, key, "'%s' is not a boolean (yes or no)", value);
         } else if (strcmp(key, "keep-versions") == 0)
                 (void) parse_duration(p, key, value, 0, &c->keep_versions_usec);
+        else if (strcmp(key, "keep-all") == 0)
+                (void) parse_duration(p, key, value, 0, &c->keep_all_usec);
+        else if (strcmp(key, "keep-hourly") == 0)
+                (void) parse_duration(p, key, value, 0, &c->keep_hourly_usec);
+        else if (strcmp(key, "keep-daily") == 0)
+                (void) parse_duration(p, key, value, 0, &c->keep_daily_usec);
+        else if (strcmp(key, "history-max-size") == 0) {
+                if (bs_parse_size(value, &c->history_max_bytes) < 0)
+                        parser_fail(p, -EINVAL, key, "'%s' is not a size (bytes, or with K, M, G or T)", value);
+        }
         else if (strcmp(key, "idle-timeout") == 0)
                 (void) parse_duration(p, key, value, 0, &c->idle_timeout_usec);
         else if (strcmp(key, "max-connections") == 0) {
@@ -230,7 +244,8 @@ static void server_key(Parser *p, const char *key, const char *value) {
                         c->max_connections = (unsigned) v;
         } else
                 parser_fail(p, -EINVAL, key, "unknown key in [server] (known: port, listen, storage, require-key, "
-                            "keep-versions, idle-timeout, max-connections)");
+                            "keep-versions, keep-all, keep-hourly, keep-daily, history-max-size, idle-timeout, "
+                            "max-connections)");
 }
 
 static void agent_key(Parser *p, const char *instance, const char *key, const char *value) {

@@ -20,6 +20,12 @@
 /* The agent's verification pass: every hour, as Syncthing's full rescan. */
 #define BS_CONFIG_DEFAULT_VERIFY_USEC (3600ULL * 1000000ULL)
 #define BS_CONFIG_MAX_CONNECTIONS 1000000u
+/* Retention: every version for an hour, one an hour for a day, one a day
+ * for 30 days, one a week for a year. */
+#define BS_CONFIG_DEFAULT_KEEP_VERSIONS_USEC (365ULL * 86400 * 1000000)
+#define BS_CONFIG_DEFAULT_KEEP_ALL_USEC (3600ULL * 1000000)
+#define BS_CONFIG_DEFAULT_KEEP_HOURLY_USEC (86400ULL * 1000000)
+#define BS_CONFIG_DEFAULT_KEEP_DAILY_USEC (30ULL * 86400 * 1000000)
 
 /* The first problem found; line 0 when it belongs to no line, key "" when to no key. */
 typedef struct BsConfigError {
@@ -35,7 +41,11 @@ typedef struct BsServerConfig {
         char *listen;
         char *storage;
         bool require_key;
-        uint64_t keep_versions_usec; /* 0: keep every version */
+        uint64_t keep_versions_usec; /* 0: keep versions forever */
+        uint64_t keep_all_usec;      /* every version younger than this */
+        uint64_t keep_hourly_usec;   /* then one per hour until this age */
+        uint64_t keep_daily_usec;    /* then one per day, then one per week */
+        uint64_t history_max_bytes;  /* 0: no cap on the space of kept versions */
         uint64_t idle_timeout_usec;  /* 0: never */
         unsigned max_connections;
 } BsServerConfig;

@@ -21,4 +21,6 @@ int bs_sha_buf(const void *p, size_t n, uint8_t out[BS_SHA_LEN]);
 int bs_sha_fd(int fd, uint8_t out[BS_SHA_LEN]);
 /** Lower-case hex of n bytes into out (2n+1 bytes). */
 void bs_hex(const uint8_t *p, size_t n, char *out);
+/** Read exactly 2n lower-case hex digits (and nothing more) into n bytes; -EINVAL otherwise. */
+int bs_unhex(const char *s, uint8_t *out, size_t n);
 static inline void bs_sha_freep(BsSha **s) { if (*s) bs_sha_free(*s); }

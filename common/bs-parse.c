@@ -35,6 +35,32 @@ int bs_parse_duration(const char *s, uint64_t *usec) {
         return -EINVAL;
 }
 
+int bs_parse_size(const char *s, uint64_t *bytes) {
+        static const struct {
+                const char *unit;
+                unsigned shift;
+        } units[] = {
+                { "", 0 },   { "B", 0 },    { "K", 10 },  { "KiB", 10 }, { "M", 20 },
+                { "MiB", 20 }, { "G", 30 }, { "GiB", 30 }, { "T", 40 },  { "TiB", 40 },
+        };
+        char *end;
+
+        if (!s || !isdigit((unsigned char) *s))
+                return -EINVAL;
+        errno = 0;
+        unsigned long long v = strtoull(s, &end, 10);
+        if (errno != 0)
+                return -EINVAL;
+        for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+                if (strcmp(end, units[i].unit) == 0) {
+                        if (v > (UINT64_MAX >> units[i].shift))
+                                return -EINVAL;
+                        *bytes = (uint64_t) v << units[i].shift;
+                        return 0;
+                }
+        return -EINVAL;
+}
+
 int bs_parse_port(const char *s, uint16_t *port) {
         char *end;
         if (!s || !isdigit((unsigned char) *s))

@@ -11,6 +11,12 @@
  */
 int bs_parse_duration(const char *s, uint64_t *usec);
 
+/**
+ * Parse a size in bytes: a number with an optional binary unit, "4096",
+ * "512K", "64M", "10G", "2T" (also "10GiB"). Returns 0 or -EINVAL.
+ */
+int bs_parse_size(const char *s, uint64_t *bytes);
+
 /** Parse a TCP port 0..65535. Returns 0 or -EINVAL. */
 int bs_parse_port(const char *s, uint16_t *port);
 

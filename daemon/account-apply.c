@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "account-internal.h"
+#include "bs-clock.h"
 #include "bs-fs.h"
 #include "bs-macro.h"
 #include "bs-path.h"
@@ -619,6 +620,7 @@ int account_delete(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *
 /* Rewrite the entries below from to lie below to; they keep their versions
  * (an agent's base) but their state at the new path begins at seq. */
 static int rebase_below(Account *a, const char *from, const char *to, uint64_t seq) {
+        time_t now = bs_now();
         AccountRange range;
         sqlite3_stmt *st;
         char **paths = NULL;
@@ -673,6 +675,7 @@ static int rebase_below(Account *a, const char *from, const char *to, uint64_t s
                 account_bind_path(st, 1, paths[i]);
                 account_bind_path(st, 2, np);
                 sqlite3_bind_int64(st, 3, (sqlite3_int64) seq);
+                sqlite3_bind_int64(st, 4, (sqlite3_int64) now);
                 r = account_step_done(st);
         }
         for (size_t i = 0; i < n; i++)

@@ -28,6 +28,9 @@ struct AccountQuery {
 /* ?1 the path, [?2, ?3) the paths below it; an empty path is everything. */
 #define UNDER(col) "(?1 = CAST('' AS BLOB) OR " col " = ?1 OR (" col " >= ?2 AND " col " < ?3))"
 #define STATE_COLUMNS "path, version, kind, size, mode, mtime_ns, sha, target, device, COALESCE(since, version) AS since"
+/* When a state began and ended: kept with it, else (rows from before they
+ * were) from the log. */
+#define LOG_TIME(seq) "(SELECT time FROM log WHERE seq = " seq ")"
 
 static const char *const query_sql[] = {
         [BS_HIST_LOG] =
@@ -38,21 +41,24 @@ static const char *const query_sql[] = {
                 " AND l.time >= ?4 AND l.seq <= ?5 ORDER BY l.seq DESC LIMIT ?6",
         [BS_HIST_VERSIONS] =
                 "SELECT h.path, h.version, h.kind, h.size, h.mode, h.mtime_ns, h.sha, h.target AS path2, h.device,"
-                " h.until, (SELECT time FROM log WHERE seq = h.since) AS time,"
-                " (SELECT time FROM log WHERE seq = h.until) AS until_time,"
+                " h.until, COALESCE(h.t0, " LOG_TIME("h.since") ") AS time,"
+                " COALESCE(h.t1, " LOG_TIME("h.until") ") AS until_time,"
                 " (SELECT name FROM devices WHERE id = h.device) AS name, " OP_OF_KIND " AS op FROM ("
-                "  SELECT " STATE_COLUMNS ", 0 AS until FROM entries WHERE path = ?1"
+                "  SELECT " STATE_COLUMNS ", 0 AS until, time AS t0, 0 AS t1 FROM entries WHERE path = ?1"
                 "  UNION ALL"
-                "  SELECT " STATE_COLUMNS ", replaced_seq AS until FROM versions WHERE path = ?1) h "
+                "  SELECT " STATE_COLUMNS ", replaced_seq AS until, since_time AS t0, until_time AS t1"
+                "  FROM versions WHERE path = ?1) h "
                 "WHERE h.since <= ?5 "
                 "ORDER BY h.until = 0 DESC, h.until DESC, h.since DESC LIMIT ?6",
         /* The last deletion of each path not there now; by whom it was deleted. */
         [BS_HIST_DELETED] =
                 "SELECT v.path, v.version, v.kind, v.size, v.mode, v.mtime_ns, v.sha, v.target AS path2, v.device,"
-                " MAX(v.replaced_seq) AS until, (SELECT time FROM log WHERE seq = COALESCE(v.since, v.version)) AS time,"
-                " l.time AS until_time, (SELECT name FROM devices WHERE id = l.device) AS name, 3 AS op "
+                " MAX(v.replaced_seq) AS until,"
+                " COALESCE(v.since_time, " LOG_TIME("COALESCE(v.since, v.version)") ") AS time,"
+                " COALESCE(v.until_time, l.time) AS until_time,"
+                " (SELECT name FROM devices WHERE id = l.device) AS name, 3 AS op "
                 "FROM versions v JOIN log l ON l.seq = v.replaced_seq "
-                "WHERE l.op = 3 AND " UNDER("v.path") " AND l.time >= ?4 AND v.replaced_seq <= ?5"
+                "WHERE l.op = 3 AND " UNDER("v.path") " AND COALESCE(v.until_time, l.time) >= ?4 AND v.replaced_seq <= ?5"
                 " AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.path = v.path) "
                 "GROUP BY v.path ORDER BY until DESC, v.path LIMIT ?6",
         [BS_HIST_TREE] =

@@ -80,6 +80,7 @@ struct Account {
         char parent_path[BS_PATH_MAX + 1];
         size_t n_dir_sync;
         bool unclean; /* not closed by account_free() last time */
+        unsigned prune_phase, prune_fan; /* where account_prune() goes on */
         char key_hash[65];
 };
 

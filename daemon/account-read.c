@@ -66,7 +66,16 @@ int account_cursor_new(Account *a, uint64_t since, AccountCursor **ret) {
         if (rc != SQLITE_ROW)
                 return account_sqlite_errno(rc) ?: -EIO;
 
-        c->snapshot = since == 0;
+        /* From before the pruned part of the log: the whole tree instead. */
+        rc = sqlite3_prepare_v2(c->db, "SELECT COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'log_floor'), 0)",
+                                -1, &st, NULL);
+        uint64_t floor = 0;
+        if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW)
+                floor = (uint64_t) sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        if (rc != SQLITE_ROW)
+                return account_sqlite_errno(rc) ?: -EIO;
+        c->snapshot = since == 0 || since < floor;
         if (c->snapshot)
                 rc = sqlite3_prepare_v2(c->db,
                                         "SELECT path, kind, size, mode, mtime_ns, sha, target, version, device "

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "account-internal.h"
+#include "bs-clock.h"
 #include "bs-fs.h"
 #include "bs-macro.h"
 #include "bs-path.h"
@@ -55,6 +56,13 @@ static const char *const migrations[] = {
         "CREATE INDEX versions_path ON versions(path);"
         "CREATE INDEX log_time ON log(time);"
         "CREATE INDEX log_path ON log(path);",
+        /* 2: the times each state began and ended, kept with it, so the
+         * log can be pruned without losing them; entries.time is when the
+         * current state began. */
+        "ALTER TABLE entries ADD COLUMN time INTEGER;"
+        "ALTER TABLE versions ADD COLUMN since_time INTEGER;"
+        "ALTER TABLE versions ADD COLUMN until_time INTEGER;"
+        "CREATE INDEX versions_until ON versions(replaced_seq);",
 };
 
 static const char *const stmt_sql[_STMT_MAX] = {
@@ -63,12 +71,12 @@ static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_ENTRY_GET] = "SELECT kind, size, mode, mtime_ns, version, sha, device, target "
                            "FROM entries WHERE path = ?1",
         [STMT_ENTRY_PUT] = "INSERT OR REPLACE INTO entries"
-                           "(path, kind, size, mode, mtime_ns, sha, target, version, device, since) "
-                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?8)",
+                           "(path, kind, size, mode, mtime_ns, sha, target, version, device, since, time) "
+                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?8, ?10)",
         [STMT_ENTRY_DELETE_TREE] = "DELETE FROM entries WHERE path = ?1 OR (path >= ?2 AND path < ?3)",
         [STMT_ENTRY_LIST_BELOW] = "SELECT path, kind, size, mode, mtime_ns, sha, version FROM entries "
                                   "WHERE path >= ?1 AND path < ?2 ORDER BY path",
-        [STMT_ENTRY_RENAME] = "UPDATE entries SET path = ?2, since = ?3 WHERE path = ?1",
+        [STMT_ENTRY_RENAME] = "UPDATE entries SET path = ?2, since = ?3, time = ?4 WHERE path = ?1",
         [STMT_ENTRY_BY_SHA] = "SELECT path, size, mode, mtime_ns, version FROM entries "
                               "WHERE sha = ?1 AND kind = 1",
         [STMT_VERSION_ADD] = "INSERT INTO versions"
@@ -76,9 +84,11 @@ static const char *const stmt_sql[_STMT_MAX] = {
                              "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?2)",
         /* The entries at ?1 and in [?2, ?3) end at ?4; contents are in the store. */
         [STMT_HISTORY_CLOSE] = "INSERT INTO versions"
-                               "(path, version, sha, size, mode, mtime_ns, replaced_seq, kind, target, device, since) "
+                               "(path, version, sha, size, mode, mtime_ns, replaced_seq, kind, target, device, since,"
+                               " since_time, until_time) "
                                "SELECT path, version, sha, size, mode, mtime_ns, ?4, kind, target, device,"
-                               " COALESCE(since, version) "
+                               " COALESCE(since, version),"
+                               " COALESCE(time, (SELECT l.time FROM log l WHERE l.seq = COALESCE(since, version))), ?5 "
                                "FROM entries WHERE path = ?1 OR (path >= ?2 AND path < ?3)",
         [STMT_VERSION_BY_SHA] = "SELECT stored, size, mode, mtime_ns, version FROM versions "
                                 "WHERE sha = ?1 ORDER BY id DESC",
@@ -327,7 +337,7 @@ int account_create(const char *storage, Account **ret, char *token) {
         r = r ?: open_db(a, true);
         if (r < 0)
                 goto fail;
-        snprintf(now, sizeof(now), "%lld", (long long) time(NULL));
+        snprintf(now, sizeof(now), "%lld", (long long) bs_now());
         r = exec(a, "BEGIN IMMEDIATE");
         r = r ?: meta_set(a, "seq", "0");
         r = r ?: meta_set(a, "created", now);
@@ -459,7 +469,7 @@ int account_device_seen(Account *a, const uint8_t device[BS_DEVICE_LEN], const c
                 return r;
         sqlite3_bind_blob(st, 1, device, BS_DEVICE_LEN, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 3, (sqlite3_int64) time(NULL));
+        sqlite3_bind_int64(st, 3, (sqlite3_int64) bs_now());
         /* Outside a change transaction this is its own small commit. */
         return account_step_done(st);
 }
@@ -666,6 +676,7 @@ int account_entry_set(Account *a, const char *path, const AccountEntry *e) {
                 account_bind_path(st, 7, e->target);
         sqlite3_bind_int64(st, 8, (sqlite3_int64) e->version);
         sqlite3_bind_blob(st, 9, e->device, BS_DEVICE_LEN, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 10, (sqlite3_int64) bs_now());
         return account_step_done(st);
 }
 
@@ -698,7 +709,7 @@ int account_log_add(Account *a, uint64_t seq, const uint8_t device[BS_DEVICE_LEN
         sqlite3_bind_int64(st, 8, (sqlite3_int64) e->mode);
         sqlite3_bind_int64(st, 9, e->mtime_ns);
         sqlite3_bind_blob(st, 10, e->sha, BS_SHA_LEN, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 11, (sqlite3_int64) time(NULL));
+        sqlite3_bind_int64(st, 11, (sqlite3_int64) bs_now());
         return account_step_done(st);
 }
 
@@ -734,6 +745,7 @@ int account_history_close(Account *a, const char *path, bool below, uint64_t unt
         if (below)
                 sqlite3_bind_blob(st, 3, range.hi, (int) range.len, SQLITE_STATIC);
         sqlite3_bind_int64(st, 4, (sqlite3_int64) until);
+        sqlite3_bind_int64(st, 5, (sqlite3_int64) bs_now());
         return account_step_done(st);
 }
 

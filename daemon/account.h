@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "bs-hash.h"
 #include "bs-proto.h"
@@ -106,6 +107,30 @@ int account_device_seen(Account *a, const uint8_t device[BS_DEVICE_LEN], const c
 bool account_in_transaction(const Account *a);
 /** Make the pending changes durable. On failure they are rolled back. */
 int account_commit(Account *a);
+
+/* What the history keeps, in seconds (see account-prune.c). */
+typedef struct AccountRetention {
+        uint64_t keep_versions; /* 0: forever */
+        uint64_t keep_all, keep_hourly, keep_daily;
+        uint64_t max_bytes;     /* 0: no cap */
+} AccountRetention;
+
+/* What pruning freed, added up over calls. */
+typedef struct AccountPruneStats {
+        uint64_t versions;    /* history rows */
+        uint64_t contents;    /* contents removed from the store */
+        uint64_t bytes;       /* disk space they took */
+        uint64_t log_records;
+} AccountPruneStats;
+
+/**
+ * One bounded slice of pruning (at most budget rows, its own short
+ * transaction) as of now: the history the retention no longer keeps, the
+ * contents nothing names any more, the log before keep-versions. Adds what
+ * it freed to *stats. Returns 1 while more remains, 0 when a whole round
+ * is done, -EBUSY while changes wait for a commit, or a negative errno.
+ */
+int account_prune(Account *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats);
 
 /** Look up the entry of path: 0, or -ENOENT. */
 int account_entry_get(Account *a, const char *path, AccountEntry *ret);

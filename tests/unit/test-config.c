@@ -65,7 +65,11 @@ Test(config, server_defaults) {
         cr_expect_null(c.listen);
         cr_expect_null(c.storage);
         cr_expect(c.require_key);
-        cr_expect_eq(c.keep_versions_usec, 0);
+        cr_expect_eq(c.keep_versions_usec, 365ULL * 86400 * 1000000);
+        cr_expect_eq(c.keep_all_usec, 3600ULL * 1000000);
+        cr_expect_eq(c.keep_hourly_usec, 86400ULL * 1000000);
+        cr_expect_eq(c.keep_daily_usec, 30ULL * 86400 * 1000000);
+        cr_expect_eq(c.history_max_bytes, 0);
         cr_expect_eq(c.idle_timeout_usec, 120000000ULL);
         cr_expect_eq(c.max_connections, 1024);
         bs_server_config_done(&c);
@@ -88,6 +92,10 @@ Test(config, server_all_keys) {
                                  "storage = /srv/bs\n"
                                  "require-key = no\n"
                                  "keep-versions = 30d\n"
+                                 "keep-all = 2h\n"
+                                 "keep-hourly = 2d\n"
+                                 "keep-daily = 14d\n"
+                                 "history-max-size = 10G\n"
                                  "idle-timeout = 2m\n"
                                  "max-connections = 10\n"
                                  "[agent:docs]\n"
@@ -101,6 +109,10 @@ Test(config, server_all_keys) {
         cr_expect_str_eq(c.storage, "/srv/bs");
         cr_expect_not(c.require_key);
         cr_expect_eq(c.keep_versions_usec, 30ULL * 86400 * 1000000);
+        cr_expect_eq(c.keep_all_usec, 2ULL * 3600 * 1000000);
+        cr_expect_eq(c.keep_hourly_usec, 2ULL * 86400 * 1000000);
+        cr_expect_eq(c.keep_daily_usec, 14ULL * 86400 * 1000000);
+        cr_expect_eq(c.history_max_bytes, 10ULL << 30);
         cr_expect_eq(c.idle_timeout_usec, 120ULL * 1000000);
         cr_expect_eq(c.max_connections, 10);
         bs_server_config_done(&c);
@@ -128,6 +140,8 @@ Test(config, server_bad_values) {
                 { "storage =", "storage", "not an absolute path" },
                 { "require-key = maybe", "require-key", "not a boolean" },
                 { "keep-versions = 30 days", "keep-versions", "'30 days' is not a duration" },
+                { "keep-hourly = 1 day", "keep-hourly", "'1 day' is not a duration" },
+                { "history-max-size = 10 GB", "history-max-size", "'10 GB' is not a size" },
                 { "idle-timeout = 5x", "idle-timeout", "'5x' is not a duration" },
                 { "idle-timeout = -1", "idle-timeout", "not a duration" },
                 { "max-connections = 0", "max-connections", "not a number from 1 to 1000000" },

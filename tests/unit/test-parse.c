@@ -86,3 +86,24 @@ Test(parse, times) {
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
                 cr_expect_eq(bs_parse_time(bad[i], now, &t), -EINVAL, "'%s' should be refused", bad[i]);
 }
+
+Test(parse, sizes) {
+        static const struct {
+                const char *s;
+                uint64_t v;
+        } ok[] = {
+                { "0", 0 }, { "4096", 4096 }, { "512K", 512 << 10 }, { "64M", 64ULL << 20 },
+                { "10G", 10ULL << 30 }, { "10GiB", 10ULL << 30 }, { "2T", 2ULL << 40 }, { "7B", 7 },
+        };
+        for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+                uint64_t v = 1;
+                cr_expect_eq(bs_parse_size(ok[i].s, &v), 0, "%s", ok[i].s);
+                cr_expect_eq(v, ok[i].v, "%s", ok[i].s);
+        }
+        static const char *const bad[] = { "", "G", "-1", "1.5G", "10 G", "10g", "10GB", "99999999999999999999",
+                                           "16777216T" };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                uint64_t v;
+                cr_expect_eq(bs_parse_size(bad[i], &v), -EINVAL, "'%s' should be refused", bad[i]);
+        }
+}

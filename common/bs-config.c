@@ -49,6 +49,7 @@ void bs_server_config_init(BsServerConfig *cfg) {
                 .keep_all_usec = BS_CONFIG_DEFAULT_KEEP_ALL_USEC,
                 .keep_hourly_usec = BS_CONFIG_DEFAULT_KEEP_HOURLY_USEC,
                 .keep_daily_usec = BS_CONFIG_DEFAULT_KEEP_DAILY_USEC,
+                .prune_interval_usec = BS_CONFIG_DEFAULT_PRUNE_USEC,
                 .idle_timeout_usec = BS_CONFIG_DEFAULT_IDLE_USEC,
                 .max_connections = BS_CONFIG_DEFAULT_MAX_CONNECTIONS,
         };
@@ -227,7 +228,15 @@ static void server_key(Parser *p, const char *key, const char *value) {
                 (void) parse_duration(p, key, value, 0, &c->keep_hourly_usec);
         else if (strcmp(key, "keep-daily") == 0)
                 (void) parse_duration(p, key, value, 0, &c->keep_daily_usec);
-        else if (strcmp(key, "history-max-size") == 0) {
+        else if (strcmp(key, "prune-interval") == 0) {
+                uint64_t v;
+                if (parse_duration(p, key, value, 0, &v) == 0) {
+                        if (v < 1000000 || v > BS_CONFIG_DEFAULT_PRUNE_USEC)
+                                parser_fail(p, -EINVAL, key, "'%s' is not between 1s and 10m", value);
+                        else
+                                c->prune_interval_usec = v;
+                }
+        } else if (strcmp(key, "history-max-size") == 0) {
                 if (bs_parse_size(value, &c->history_max_bytes) < 0)
                         parser_fail(p, -EINVAL, key, "'%s' is not a size (bytes, or with K, M, G or T)", value);
         }
@@ -244,7 +253,8 @@ static void server_key(Parser *p, const char *key, const char *value) {
                         c->max_connections = (unsigned) v;
         } else
                 parser_fail(p, -EINVAL, key, "unknown key in [server] (known: port, listen, storage, require-key, "
-                            "keep-versions, keep-all, keep-hourly, keep-daily, history-max-size, idle-timeout, "
+                            "keep-versions, keep-all, keep-hourly, keep-daily, history-max-size, prune-interval, "
+                            "idle-timeout, "
                             "max-connections)");
 }
 

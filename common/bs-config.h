@@ -26,6 +26,7 @@
 #define BS_CONFIG_DEFAULT_KEEP_ALL_USEC (3600ULL * 1000000)
 #define BS_CONFIG_DEFAULT_KEEP_HOURLY_USEC (86400ULL * 1000000)
 #define BS_CONFIG_DEFAULT_KEEP_DAILY_USEC (30ULL * 86400 * 1000000)
+#define BS_CONFIG_DEFAULT_PRUNE_USEC (600ULL * 1000000)
 
 /* The first problem found; line 0 when it belongs to no line, key "" when to no key. */
 typedef struct BsConfigError {
@@ -46,6 +47,7 @@ typedef struct BsServerConfig {
         uint64_t keep_hourly_usec;   /* then one per hour until this age */
         uint64_t keep_daily_usec;    /* then one per day, then one per week */
         uint64_t history_max_bytes;  /* 0: no cap on the space of kept versions */
+        uint64_t prune_interval_usec; /* 1 s .. 10 min */
         uint64_t idle_timeout_usec;  /* 0: never */
         unsigned max_connections;
 } BsServerConfig;

@@ -393,3 +393,33 @@ int account_prune(Account *a, const AccountRetention *ret, time_t now, unsigned 
         a->prune_phase = 0;
         return 0;
 }
+
+/* Disk space below fd (a file or a directory of files), not shared with the tree. */
+static uint64_t du_at(int dfd, const char *name, int depth) {
+        struct stat st;
+        if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                return 0;
+        if (S_ISREG(st.st_mode))
+                return st.st_nlink <= 1 ? (uint64_t) st.st_blocks * 512 : 0;
+        if (!S_ISDIR(st.st_mode) || depth > 64)
+                return 0;
+        _cleanup_(closep) int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        BsDirent *v = NULL;
+        size_t n = 0;
+        uint64_t sum = 0;
+        if (fd < 0 || bs_dir_list(fd, &v, &n) < 0)
+                return 0;
+        for (size_t i = 0; i < n; i++)
+                sum += du_at(fd, v[i].name, depth + 1);
+        bs_dir_list_free(v, n);
+        return sum;
+}
+
+int account_history_usage(Account *a, uint64_t *bytes) {
+        uint64_t b = 0;
+        int r = store_usage(a->store, &b, NULL);
+        if (r < 0)
+                return r;
+        *bytes = b + du_at(a->versions_fd, ".", 0);
+        return 0;
+}

@@ -132,6 +132,9 @@ typedef struct AccountPruneStats {
  */
 int account_prune(Account *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats);
 
+/** The disk space the kept versions' contents take (the store, and versions/ of earlier releases). */
+int account_history_usage(Account *a, uint64_t *bytes);
+
 /** Look up the entry of path: 0, or -ENOENT. */
 int account_entry_get(Account *a, const char *path, AccountEntry *ret);
 

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sysexits.h>
 #include <systemd/sd-daemon.h>
@@ -20,6 +21,7 @@
 #include <unistd.h>
 
 #include "account.h"
+#include "bs-clock.h"
 #include "bs-config.h"
 #include "bs-token.h"
 #include "bs-log.h"
@@ -40,6 +42,7 @@ typedef struct Args {
         bool require_key;
         bool port_set, idle_timeout_set, max_connections_set, require_key_set;
         bool verify;
+        bool prune;
 } Args;
 
 /* What main() and the SIGHUP handler share. */
@@ -71,16 +74,21 @@ static void help(void) {
                "  --verify                 check that every account's tree agrees with its\n"
                "                           metadata (hashing every file), print each\n"
                "                           difference and exit: 0 all agree, 1 not\n"
+               "  --prune                  prune every account once as the retention settings\n"
+               "                           say (keep-versions, keep-all, ...), report what\n"
+               "                           was freed and exit; the server must be stopped\n"
                "  -h --help                show this help\n"
                "  --version                show the version\n"
                "\n"
                "Options override the configuration file. SIGHUP re-reads the file and\n"
-               "applies idle-timeout, max-connections and require-key. With a socket\n"
+               "applies idle-timeout, max-connections, require-key and the retention\n"
+               "settings. With a socket\n"
                "passed by systemd (socket activation), PORT and --listen are ignored.\n");
 }
 
 static int parse_args(int argc, char **argv, Args *a) {
-        enum { ARG_STORAGE = 0x100, ARG_LISTEN, ARG_CONFIG, ARG_IDLE, ARG_MAXCONN, ARG_KEY, ARG_VERSION, ARG_VERIFY };
+        enum { ARG_STORAGE = 0x100, ARG_LISTEN, ARG_CONFIG, ARG_IDLE, ARG_MAXCONN, ARG_KEY, ARG_VERSION, ARG_VERIFY,
+               ARG_PRUNE };
         static const struct option options[] = {
                 { "storage", required_argument, NULL, ARG_STORAGE },
                 { "listen", required_argument, NULL, ARG_LISTEN },
@@ -91,6 +99,7 @@ static int parse_args(int argc, char **argv, Args *a) {
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
                 { "verify", no_argument, NULL, ARG_VERIFY },
+                { "prune", no_argument, NULL, ARG_PRUNE },
                 {},
         };
         unsigned long long v;
@@ -142,6 +151,9 @@ static int parse_args(int argc, char **argv, Args *a) {
                 case ARG_VERIFY:
                         a->verify = true;
                         break;
+                case ARG_PRUNE:
+                        a->prune = true;
+                        break;
                 default:
                         fprintf(stderr, "Try 'backupsyncd --help'.\n");
                         return -EINVAL;
@@ -191,9 +203,24 @@ static bool streq_null(const char *a, const char *b) {
 }
 
 static void log_limits(const char *what, const BsServerConfig *cfg) {
-        log_info("%s: idle timeout %llu ms, at most %u connections, require-key %s", what,
-                 (unsigned long long) (cfg->idle_timeout_usec / 1000), cfg->max_connections,
-                 cfg->require_key ? "yes" : "no");
+        log_info("%s: idle timeout %llu ms, at most %u connections, require-key %s; versions kept %llu s "
+                 "(all for %llu s, hourly for %llu s, daily for %llu s, then weekly), history cap %llu bytes",
+                 what, (unsigned long long) (cfg->idle_timeout_usec / 1000), cfg->max_connections,
+                 cfg->require_key ? "yes" : "no", (unsigned long long) (cfg->keep_versions_usec / USEC_PER_SEC),
+                 (unsigned long long) (cfg->keep_all_usec / USEC_PER_SEC),
+                 (unsigned long long) (cfg->keep_hourly_usec / USEC_PER_SEC),
+                 (unsigned long long) (cfg->keep_daily_usec / USEC_PER_SEC),
+                 (unsigned long long) cfg->history_max_bytes);
+}
+
+static AccountRetention retention_of(const BsServerConfig *cfg) {
+        return (AccountRetention) {
+                .keep_versions = cfg->keep_versions_usec / USEC_PER_SEC,
+                .keep_all = cfg->keep_all_usec / USEC_PER_SEC,
+                .keep_hourly = cfg->keep_hourly_usec / USEC_PER_SEC,
+                .keep_daily = cfg->keep_daily_usec / USEC_PER_SEC,
+                .max_bytes = cfg->history_max_bytes,
+        };
 }
 
 /* SIGHUP: a broken file keeps the configuration in effect. */
@@ -223,6 +250,8 @@ static int reload(Server *server, void *userdata) {
                 .idle_timeout_usec = cfg.idle_timeout_usec,
                 .max_connections = cfg.max_connections,
                 .require_key = cfg.require_key,
+                .retention = retention_of(&cfg),
+                .prune_interval_usec = cfg.prune_interval_usec,
         });
         /* Keep what the restart-only keys were at startup, so a second
          * reload still compares against what is really in use. */
@@ -278,6 +307,91 @@ static int verify_all(const char *storage) {
         closedir(d);
         printf("%u account%s checked, %u with differences\n", accounts, accounts == 1 ? "" : "s", bad);
         return ret;
+}
+
+/* One backupsyncd per storage directory: the lock lives as long as the process. */
+static int lock_storage(const char *storage) {
+        char path[PATH_MAX];
+        if (snprintf(path, sizeof(path), "%s/.lock", storage) >= (int) sizeof(path))
+                return -ENAMETOOLONG;
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+                return -errno;
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+                int r = -errno;
+                close(fd);
+                return r;
+        }
+        return fd;
+}
+
+static void format_bytes(uint64_t n, char *buf, size_t size) {
+        if (n >= 1024ULL * 1024 * 1024)
+                snprintf(buf, size, "%.2f GiB", (double) n / (1024.0 * 1024 * 1024));
+        else
+                snprintf(buf, size, "%.1f MiB", (double) n / (1024.0 * 1024));
+}
+
+/* backupsyncd --prune: every account below storage, all slices at once. */
+static int prune_all(const char *storage, const AccountRetention *ret) {
+        _cleanup_(closep) int fd = open(storage, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+        AccountPruneStats total = {};
+        uint64_t before = 0, after = 0;
+        unsigned accounts = 0;
+        int ret_code = EXIT_SUCCESS;
+        char b1[32], b2[32], b3[32];
+
+        if (!d) {
+                log_error("cannot read storage %s: %m", storage);
+                return EX_NOINPUT;
+        }
+        fd = -1;
+        struct dirent *de;
+        while ((de = readdir(d))) {
+                Account *a = NULL;
+                AccountPruneStats st = {};
+                uint64_t b = 0, e = 0;
+                if (!bs_id_valid(de->d_name, strlen(de->d_name)))
+                        continue;
+                int r = account_open(storage, de->d_name, &a);
+                if (r == -ENOENT)
+                        continue;
+                accounts++;
+                if (r >= 0 && account_needs_recovery(a))
+                        r = account_verify(a, true, false, print_problem, de->d_name);
+                r = r < 0 ? r : account_history_usage(a, &b);
+                while (r >= 0 && (r = account_prune(a, ret, bs_now(), 1000, &st)) == 1)
+                        ;
+                if (r >= 0)
+                        r = account_history_usage(a, &e);
+                if (r < 0) {
+                        errno = -r;
+                        log_error("account %s: cannot prune: %m", de->d_name);
+                        ret_code = EX_SOFTWARE;
+                } else {
+                        format_bytes(b, b1, sizeof(b1));
+                        format_bytes(e, b2, sizeof(b2));
+                        printf("%s: %llu versions, %llu contents, %llu log records pruned; history %s before, %s after\n",
+                               de->d_name, (unsigned long long) st.versions, (unsigned long long) st.contents,
+                               (unsigned long long) st.log_records, b1, b2);
+                        total.versions += st.versions;
+                        total.contents += st.contents;
+                        total.bytes += st.bytes;
+                        total.log_records += st.log_records;
+                        before += b;
+                        after += e;
+                }
+                account_free(a);
+        }
+        closedir(d);
+        format_bytes(total.bytes, b1, sizeof(b1));
+        format_bytes(before, b2, sizeof(b2));
+        format_bytes(after, b3, sizeof(b3));
+        printf("%u account%s pruned: %llu versions, %llu contents (%s freed), %llu log records; history %s before, %s after\n",
+               accounts, accounts == 1 ? "" : "s", (unsigned long long) total.versions,
+               (unsigned long long) total.contents, b1, (unsigned long long) total.log_records, b2, b3);
+        return ret_code;
 }
 
 /* mkdir -p with mode 0700 for what we create; existing directories are left alone. */
@@ -352,6 +466,25 @@ int main(int argc, char **argv) {
         if (ctx.args.verify)
                 return verify_all(storage);
 
+        int lock_fd = lock_storage(storage);
+        if (lock_fd == -EWOULDBLOCK) {
+                log_error("storage %s is in use by another backupsyncd%s", storage,
+                          ctx.args.prune ? "; stop it first (a running server prunes by itself every 10 minutes)"
+                                         : "");
+                return EX_TEMPFAIL;
+        }
+        if (lock_fd < 0) {
+                errno = -lock_fd;
+                log_error("cannot lock storage %s: %m", storage);
+                return EX_CANTCREAT;
+        }
+        if (ctx.args.prune) {
+                AccountRetention ret = retention_of(&ctx.cfg);
+                r = prune_all(storage, &ret);
+                close(lock_fd);
+                return r;
+        }
+
         /* Each connection needs a socket and, while downloading, a file: the
          * default soft limit of 1024 would be hit before --max-connections. */
         struct rlimit rl;
@@ -370,8 +503,12 @@ int main(int argc, char **argv) {
                         .idle_timeout_usec = ctx.cfg.idle_timeout_usec,
                         .max_connections = ctx.cfg.max_connections,
                         .require_key = ctx.cfg.require_key,
+                        .retention = retention_of(&ctx.cfg),
+                        .prune_interval_usec = ctx.cfg.prune_interval_usec,
                 };
                 r = server_new(&server, event, &config);
+                if (r >= 0)
+                        r = server_prune_start(server);
         }
         sd_event_unref(event);
         if (r < 0) {

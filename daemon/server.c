@@ -86,6 +86,7 @@ int server_new(Server **ret, sd_event *event, const ServerConfig *config) {
 Server *server_free(Server *s) {
         if (!s)
                 return NULL;
+        server_prune_stop(s);
         while (s->sessions)
                 session_free(s->sessions);
         while (s->accounts) {
@@ -331,6 +332,8 @@ void server_apply(Server *s, const ServerConfig *config) {
         s->idle_timeout_usec = config->idle_timeout_usec;
         s->max_connections = config->max_connections;
         s->require_key = config->require_key;
+        s->retention = config->retention;
+        s->prune_interval_usec = config->prune_interval_usec ?: 600 * USEC_PER_SEC;
         /* Open connections get the new deadline too. Over a lowered cap,
          * existing connections stay; new ones wait until there is room. */
         if (idle_changed)

@@ -28,6 +28,8 @@ typedef struct ServerConfig {
         uint64_t idle_timeout_usec; /* 0: never */
         unsigned max_connections;
         bool require_key;
+        AccountRetention retention;
+        uint64_t prune_interval_usec;
 } ServerConfig;
 
 /* Re-reads the configuration on SIGHUP and applies it with server_apply().
@@ -63,6 +65,16 @@ struct Server {
         ServerAccount *accounts;
         unsigned n_accounts;
         RateLimit *ratelimit;
+
+        /* Pruning (server-prune.c): the accounts of this round, the one in hand. */
+        AccountRetention retention;
+        uint64_t prune_interval_usec;
+        sd_event_source *prune_timer_source;
+        sd_event_source *prune_slice_source;
+        char **prune_ids;
+        size_t n_prune_ids, i_prune;
+        Account *prune_account;
+        AccountPruneStats prune_stats;
 };
 
 /**
@@ -97,5 +109,10 @@ void server_update_status(Server *s);
 
 /** Call fn on SIGHUP, between RELOADING=1 and READY=1. */
 void server_set_reload(Server *s, ServerReloadFn fn, void *userdata);
+/** Prune every account soon after start and every prune-interval, in idle-priority slices (server-prune.c). */
+int server_prune_start(Server *s);
+/** Stop pruning and release the account in hand. */
+void server_prune_stop(Server *s);
+
 /** Take the limits of config that can change while running (not storage). */
 void server_apply(Server *s, const ServerConfig *config);

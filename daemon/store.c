@@ -149,3 +149,35 @@ int store_sync(Store *s) {
         }
         return r;
 }
+
+int store_usage(Store *s, uint64_t *bytes, uint64_t *count) {
+        uint64_t b = 0, n = 0;
+        for (unsigned fan = 0; fan < 256; fan++) {
+                char name[3];
+                BsDirent *v = NULL;
+                size_t nv = 0;
+                bs_hex((const uint8_t[]) { (uint8_t) fan }, 1, name);
+                _cleanup_(closep) int fd = openat(s->fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (fd < 0) {
+                        if (errno == ENOENT)
+                                continue;
+                        return -errno;
+                }
+                int r = bs_dir_list(fd, &v, &nv);
+                if (r < 0)
+                        return r;
+                for (size_t i = 0; i < nv; i++) {
+                        struct stat st;
+                        if (fstatat(fd, v[i].name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+                                continue;
+                        n++;
+                        if (st.st_nlink <= 1)
+                                b += (uint64_t) st.st_blocks * 512;
+                }
+                bs_dir_list_free(v, nv);
+        }
+        *bytes = b;
+        if (count)
+                *count = n;
+        return 0;
+}

@@ -44,5 +44,8 @@ bool store_has(Store *s, const uint8_t sha[BS_SHA_LEN]);
 /** Forget content sha: 0, or -ENOENT when it was not kept, or -errno. The space it frees is *freed. */
 int store_remove(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t *freed);
 
+/** The disk space the kept contents take (not counting those the tree also links) and their number. */
+int store_usage(Store *s, uint64_t *bytes, uint64_t *count);
+
 /** Make every put since the last call durable (their directories synced). */
 int store_sync(Store *s);

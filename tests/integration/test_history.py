@@ -273,3 +273,88 @@ def test_restore_token_only():
         check(snapshot(env.path("now"), mtimes=True) == snapshot(a.dir, mtimes=True), "the account as it is now")
         rc, _, err = _cli("restore", "/", "--at", "-1s", "--server", "127.0.0.1", "--port", srv.port, env=e)
         check(rc == EX_USAGE and "--to" in err, "token only, no --to: %d %s" % (rc, err))
+
+
+def _prune(srv, *extra, env=None):
+    r = subprocess.run([harness.SERVER_BIN, "--prune", "--storage", srv.storage] + list(extra),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=300)
+    return r.returncode, r.stdout.decode(), r.stderr.decode()
+
+
+def test_retention_thinning_and_prune():
+    """With the server's clock moved by a test clock: 24 edits half an
+    hour apart, then ten days later --prune keeps one version a day (and
+    says what it freed); every kept version still restores, and the tree
+    as of any moment still has the file. --prune refuses a running server."""
+    with Env("retention_thinning_and_prune") as env:
+        clock = env.path("clock")
+        write_file(clock, "0")
+        os.environ["BACKUPSYNC_TEST_CLOCK"] = clock
+        srv = env.server(args=["--config", "/dev/null"])
+        os.makedirs(env.path("A"))
+        a = env.agent("A", env.path("A"))
+        f = os.path.join(a.dir, "diary.txt")
+        contents = {}
+        for i in range(24):
+            write_file(clock, str(i * 1800))
+            data = ("entry %d\n" % i) * 2000
+            write_file(f, data)
+            contents[_sha(data)] = data
+            wait_until(lambda: (lambda r: r[0] == 0 and len(json.loads(r[1])) == i + 1)(
+                _cli("versions", "diary.txt", "--json", "--state-dir", a.state_dir)), 30, "version %d on the server" % i)
+        rc, _, err = _prune(srv)
+        check(rc == 75 and "in use" in err, "--prune on a running server: exit %d: %s" % (rc, err))
+        a.stop()
+        srv.stop()
+        write_file(clock, str(10 * 86400))
+        rc, out, err = _prune(srv)
+        check(rc == 0, "--prune exited %d: %s%s" % (rc, out, err))
+        check("1 account pruned:" in out, "report: %s" % out)
+        n_pruned = int(out.split("pruned: ")[1].split(" versions")[0])
+        srv.start()
+        v = _json("versions", "diary.txt", "--state-dir", a.state_dir)
+        # The 24 edits spanned 11.5 hours: ten days later one a day is kept,
+        # the day bucket boundary may split them in two.
+        check(2 <= len(v) <= 3 and v[0]["current"], "versions after pruning: %r" % (v,))
+        check(n_pruned == 24 - len(v), "the report says %d versions pruned, %d are left" % (n_pruned, len(v)))
+        check("history" in out and "before" in out and "after" in out, "no history sizes: %s" % out)
+        for x in v:
+            out_dir = env.path("v%d" % x["version"])
+            rc, _, err = _cli("restore", "diary.txt", "--version", x["version"], "--to", out_dir,
+                              "--state-dir", a.state_dir)
+            check(rc == 0 and harness.read_bytes(os.path.join(out_dir, "diary.txt")).decode() == contents[x["sha256"]],
+                  "version %d does not restore: %s" % (x["version"], err))
+        log = _json("log", "diary.txt", "--state-dir", a.state_dir)
+        for k, rec in enumerate(reversed(log)):
+            out_dir = env.path("at%d" % k)
+            rc, _, err = _cli("restore", "/", "--at", rec["time"], "--to", out_dir, "--state-dir", a.state_dir)
+            check(rc == 0 and os.path.exists(os.path.join(out_dir, "diary.txt")),
+                  "the tree as of %s lost the file: %s" % (rec["time"], err))
+
+
+def test_prune_during_burst():
+    """A server that prunes every second and keeps versions and the log for
+    one second only, while 2,000 files are written, then rewritten twice:
+    pruning runs during the burst (agents behind the pruned log get
+    snapshots), and nothing current is lost on the server or the other
+    computer."""
+    with Env("prune_during_burst") as env:
+        conf = env.path("backupsync.ini")
+        write_file(conf, "[server]\nkeep-versions = 1s\nkeep-all = 0\nprune-interval = 1s\n")
+        srv = env.server(args=["--config", conf])
+        os.makedirs(env.path("A"))
+        a = env.agent("A", env.path("A"))
+        b = env.agent("B", env.path("B"), token=a.token)
+        for rnd in range(3):
+            for d in range(20):
+                for i in range(100):
+                    write_file(os.path.join(a.dir, "d%02d/f%03d" % (d, i)), "round %d file %d %d\n" % (rnd, d, i))
+            if rnd == 0:
+                wait_content(os.path.join(b.dir, "d19/f099"), "round 0 file 19 99\n", timeout=120)
+        snap = snapshot(a.dir)
+        wait_tree(b.dir, snap, timeout=120, modes=True, msg="the rewritten burst on B")
+        wait_until(lambda: "pruned" in srv.log_text(), 30, "the server to prune")
+        harness.assert_converged(srv, [a, b])
+        for d in (0, 19):
+            v = _json("versions", "d%02d/f000" % d, "--state-dir", b.state_dir)
+            check(v[0]["current"] and v[0]["sha256"] == _sha("round 2 file %d 0\n" % d), "current version: %r" % (v,))

@@ -96,6 +96,7 @@ Test(config, server_all_keys) {
                                  "keep-hourly = 2d\n"
                                  "keep-daily = 14d\n"
                                  "history-max-size = 10G\n"
+                                 "prune-interval = 30s\n"
                                  "idle-timeout = 2m\n"
                                  "max-connections = 10\n"
                                  "[agent:docs]\n"
@@ -113,6 +114,7 @@ Test(config, server_all_keys) {
         cr_expect_eq(c.keep_hourly_usec, 2ULL * 86400 * 1000000);
         cr_expect_eq(c.keep_daily_usec, 14ULL * 86400 * 1000000);
         cr_expect_eq(c.history_max_bytes, 10ULL << 30);
+        cr_expect_eq(c.prune_interval_usec, 30ULL * 1000000);
         cr_expect_eq(c.idle_timeout_usec, 120ULL * 1000000);
         cr_expect_eq(c.max_connections, 10);
         bs_server_config_done(&c);
@@ -142,6 +144,7 @@ Test(config, server_bad_values) {
                 { "keep-versions = 30 days", "keep-versions", "'30 days' is not a duration" },
                 { "keep-hourly = 1 day", "keep-hourly", "'1 day' is not a duration" },
                 { "history-max-size = 10 GB", "history-max-size", "'10 GB' is not a size" },
+                { "prune-interval = 1h", "prune-interval", "'1h' is not between 1s and 10m" },
                 { "idle-timeout = 5x", "idle-timeout", "'5x' is not a duration" },
                 { "idle-timeout = -1", "idle-timeout", "not a duration" },
                 { "max-connections = 0", "max-connections", "not a number from 1 to 1000000" },

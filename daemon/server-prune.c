@@ -1,0 +1,141 @@
+/* server-prune.c - the manager's pruning: every account, in slices, in the background
+ *
+ * Soon after start and every prune-interval the manager goes through the
+ * accounts in storage. Each slice is one account_prune() call, run from
+ * an idle-priority defer source: it only runs when no connection has
+ * anything to do, and is short (SERVER_PRUNE_SLICE rows), so syncing
+ * never waits for it. An account in the middle of a transaction is
+ * tried again on the next turn.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bs-clock.h"
+#include "bs-log.h"
+#include "bs-macro.h"
+#include "bs-token.h"
+#include "server.h"
+
+#define SERVER_PRUNE_FIRST_USEC (5ULL * USEC_PER_SEC)
+#define SERVER_PRUNE_SLICE 200u
+
+static void prune_ids_free(Server *s) {
+        for (size_t i = 0; i < s->n_prune_ids; i++)
+                free(s->prune_ids[i]);
+        free(s->prune_ids);
+        s->prune_ids = NULL;
+        s->n_prune_ids = s->i_prune = 0;
+}
+
+/* The accounts in storage, as the round's work list. */
+static int list_accounts(Server *s) {
+        _cleanup_(closep) int fd = open(s->storage, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+        if (!d)
+                return -errno;
+        fd = -1;
+        struct dirent *de;
+        int r = 0;
+        while ((de = readdir(d))) {
+                if (!bs_id_valid(de->d_name, strlen(de->d_name)))
+                        continue;
+                char **v = reallocarray(s->prune_ids, s->n_prune_ids + 1, sizeof(*v));
+                if (!v || !(v[s->n_prune_ids] = strdup(de->d_name))) {
+                        if (v)
+                                s->prune_ids = v;
+                        r = -ENOMEM;
+                        break;
+                }
+                s->prune_ids = v;
+                s->n_prune_ids++;
+        }
+        closedir(d);
+        return r;
+}
+
+static void account_done(Server *s) {
+        const AccountPruneStats *st = &s->prune_stats;
+        if (st->versions || st->contents || st->log_records)
+                log_info("account %s: pruned %llu versions, %llu contents (%llu KiB), %llu log records",
+                         account_id(s->prune_account), (unsigned long long) st->versions,
+                         (unsigned long long) st->contents, (unsigned long long) (st->bytes / 1024),
+                         (unsigned long long) st->log_records);
+        server_account_release(s, TAKE_PTR(s->prune_account));
+        s->prune_stats = (AccountPruneStats) {};
+}
+
+static int on_prune_slice(sd_event_source *source, void *userdata) {
+        Server *s = userdata;
+        int r;
+
+        if (!s->prune_account) {
+                if (s->i_prune >= s->n_prune_ids) {
+                        prune_ids_free(s);
+                        (void) sd_event_source_set_enabled(s->prune_slice_source, SD_EVENT_OFF);
+                        return 0;
+                }
+                const char *id = s->prune_ids[s->i_prune++];
+                r = server_account_acquire(s, id, &s->prune_account);
+                if (r < 0) {
+                        if (r != -ENOENT) {
+                                errno = -r;
+                                log_warning("account %s: cannot open it to prune: %m", id);
+                        }
+                        return 0;
+                }
+        }
+        r = account_prune(s->prune_account, &s->retention, bs_now(), SERVER_PRUNE_SLICE, &s->prune_stats);
+        if (r == 1 || r == -EBUSY)
+                return 0;
+        if (r < 0) {
+                errno = -r;
+                log_warning("account %s: pruning failed: %m", account_id(s->prune_account));
+        }
+        account_done(s);
+        return 0;
+}
+
+static int on_prune_timer(sd_event_source *source, uint64_t usec, void *userdata) {
+        Server *s = userdata;
+        (void) sd_event_source_set_time_relative(source, s->prune_interval_usec);
+        (void) sd_event_source_set_enabled(source, SD_EVENT_ONESHOT);
+        if (s->n_prune_ids || s->prune_account)
+                return 0; /* the last round is still going */
+        int r = list_accounts(s);
+        if (r < 0) {
+                errno = -r;
+                log_warning("cannot list the accounts to prune: %m");
+                prune_ids_free(s);
+                return 0;
+        }
+        return sd_event_source_set_enabled(s->prune_slice_source, SD_EVENT_ON);
+}
+
+int server_prune_start(Server *s) {
+        int r = sd_event_add_time_relative(s->event, &s->prune_timer_source, CLOCK_MONOTONIC,
+                                           MIN(SERVER_PRUNE_FIRST_USEC, s->prune_interval_usec),
+                                           USEC_PER_SEC, on_prune_timer, s);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_description(s->prune_timer_source, "server-prune-timer");
+        r = sd_event_add_defer(s->event, &s->prune_slice_source, on_prune_slice, s);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_description(s->prune_slice_source, "server-prune-slice");
+        r = sd_event_source_set_priority(s->prune_slice_source, SD_EVENT_PRIORITY_IDLE);
+        if (r < 0)
+                return r;
+        return sd_event_source_set_enabled(s->prune_slice_source, SD_EVENT_OFF);
+}
+
+void server_prune_stop(Server *s) {
+        if (s->prune_account)
+                account_done(s);
+        prune_ids_free(s);
+        s->prune_timer_source = sd_event_source_disable_unref(s->prune_timer_source);
+        s->prune_slice_source = sd_event_source_disable_unref(s->prune_slice_source);
+}

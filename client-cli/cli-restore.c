@@ -8,7 +8,8 @@
  * checked against its SHA-256, given its mode and mtime, and only then
  * renamed into place: nothing half-written is ever visible. Directory
  * modes and mtimes come last, deepest first, so a read-only directory
- * can still be filled. Paths from the server are checked and every file
+ * can still be filled; then one syncfs() makes all of it durable (a
+ * restore cut short is simply run again). Paths from the server are checked and every file
  * is opened beneath the target, never through a symlink.
  */
 #include <errno.h>
@@ -290,8 +291,6 @@ static int incoming_finish(Incoming *in) {
         r = bs_set_mtime_fd(in->fd, in->it->mtime_ns);
         if (r < 0)
                 return r;
-        if (fsync(in->fd) < 0)
-                return -errno;
         if (renameat(in->pfd, in->tmp, in->pfd, in->base) < 0)
                 return -errno;
         close(in->fd);
@@ -452,6 +451,10 @@ int cli_restore(const CliAccount *acc, char *const *paths, size_t n, const CliRe
                 ret = fetch_files(c, &r, root);
         if (ret == EX_OK) {
                 finish_dirs(&r, root);
+                if (syncfs(root) < 0) {
+                        fprintf(stderr, "backupsync: cannot sync what was restored: %m\n");
+                        ret = EX_IOERR;
+                }
                 progress(&r, true);
                 if (r.failed) {
                         fprintf(stderr, "backupsync: %u entries could not be restored\n", r.failed);

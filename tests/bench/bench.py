@@ -41,6 +41,7 @@ TOP = os.path.dirname(os.path.dirname(HERE))
 BUILD_DIR = os.environ.get("BS_BUILD_DIR", os.path.join(TOP, "build"))
 SERVER_BIN = os.path.join(BUILD_DIR, "daemon", "backupsyncd")
 AGENT_BIN = os.path.join(BUILD_DIR, "client-agent", "backupsync-agent")
+CLI_BIN = os.path.join(BUILD_DIR, "client-cli", "backupsync")
 BSPROTO = os.path.join(TOP, "tests", "integration", "bsproto.py")
 RESULTS = os.path.join(HERE, "results.md")
 
@@ -885,6 +886,135 @@ def case6_big_edit(b, cfg, res):
              "rsync's one hop to its daemon compares with; A -> server -> B adds B fetching it.")
 
 
+def case7_restore(b, cfg, res):
+    """The tree of case 1 restored from the server into an empty directory
+    with backupsync restore / --at, against rsync -a pulling it from its
+    daemon."""
+    C = "7 restore"
+    src = b.path("c7-src")
+    log("case 7: generating %d small files + %d x %s" % (cfg.c1_dirs * cfg.c1_per_dir, 4, fmt_bytes(cfg.c1_big)))
+    make_tree(src, cfg.c1_dirs, cfg.c1_per_dir, lambda: 4096)
+    for i in range(4):
+        write_random_file(os.path.join(src, "big%d.bin" % i), cfg.c1_big)
+    nfiles, total = tree_stats(src)
+    srv = b.server("c7-server")
+    rd = b.rsync_daemon({"c7": src})
+    times = {"backupsync": [], "rsync": []}
+    try:
+        argv = b.agent_argv(srv, src, None, b.path("c7-state"), once=True)
+        with open(b.path("c7-agent.out"), "wb") as out:
+            p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL,
+                               timeout=cfg.c1_timeout)
+        if p.returncode != 0:
+            raise BenchError("backupsync-agent --once exited %d" % p.returncode)
+        with open(b.path("c7-agent.out"), "rb") as f:
+            token = [l[4:].strip() for l in f.read().decode().splitlines() if l.startswith("ID: ")][0]
+        time.sleep(1.1)
+        at = "@%d" % int(time.time())
+        for run in range(cfg.runs):
+            for name in ("backupsync", "rsync"):
+                dst = b.path("c7-%s-%d" % (name.split()[0], run))
+                drop_caches()
+                t0 = time.monotonic()
+                if name == "backupsync":
+                    p = subprocess.run([CLI_BIN, "restore", "/", "--at", at, "--to", dst, "--server", "127.0.0.1",
+                                        "--port", str(srv.port), "--token", token],
+                                       stdin=subprocess.DEVNULL, capture_output=True, timeout=cfg.c1_timeout)
+                else:
+                    p = subprocess.run(["rsync", "-a", "rsync://127.0.0.1:%d/c7/" % rd.port, dst + "/"],
+                                       stdin=subprocess.DEVNULL, capture_output=True, timeout=cfg.c1_timeout)
+                dt = time.monotonic() - t0
+                if p.returncode != 0:
+                    raise BenchError("%s exited %d: %s" % (name, p.returncode, p.stderr.decode()[-500:]))
+                if tree_stats(dst) != (nfiles, total):
+                    raise BenchError("%s: restored tree incomplete" % name)
+                times[name].append(dt)
+                log("case 7 run %d: %s %.2f s" % (run + 1, name, dt))
+                shutil.rmtree(dst, ignore_errors=True)
+    finally:
+        b.stop(srv)
+        b.stop(rd)
+        shutil.rmtree(src, ignore_errors=True)
+        shutil.rmtree(b.path("c7-server-storage"), ignore_errors=True)
+    res.note("case 7 per run: " + "; ".join("%s %s" % (k, ", ".join("%.1f s" % t for t in v))
+                                              for k, v in times.items()))
+    res.add(C, "time, restore / --at of %d files, %s, to an empty directory" % (nfiles, fmt_bytes(total)),
+            statistics.median(times["backupsync"]), "rsync -a from its daemon", statistics.median(times["rsync"]),
+            target=lambda v, r: r <= 1.0, target_text="ratio <= 1.0")
+
+
+def case8_history(b, cfg, res):
+    """A big file rewritten 20 times an hour apart (a test clock moves the
+    server's time), then saved 5 times unchanged: the history's size, and
+    after backupsyncd --prune two days later."""
+    C = "8 history and pruning"
+    size = cfg.c8_size
+    clock = b.path("c8-clock")
+    with open(clock, "w") as f:
+        f.write("0")
+    os.environ["BACKUPSYNC_TEST_CLOCK"] = clock
+    d = b.path("c8-A")
+    os.makedirs(d)
+    try:
+        srv = b.server("c8-server")
+        a = b.agent("c8-A", srv, d)
+    finally:
+        del os.environ["BACKUPSYNC_TEST_CLOCK"]
+    storage = b.path("c8-server-storage")
+    content = os.path.join(storage, a.token[:4], "content")
+    sfile = os.path.join(storage, a.token[:4], "tree", "big.bin")
+
+    def du(path):
+        n = 0
+        for root, _, files in os.walk(path):
+            for name in files:
+                st = os.lstat(os.path.join(root, name))
+                if st.st_nlink == 1:
+                    n += st.st_blocks * 512
+        return n
+
+    try:
+        for i in range(20):
+            with open(clock, "w") as f:
+                f.write(str(i * 3600))
+            data = os.urandom(size)
+            with open(os.path.join(d, "big.bin.tmp"), "wb") as f:
+                f.write(data)
+            os.rename(os.path.join(d, "big.bin.tmp"), os.path.join(d, "big.bin"))
+            head = data[:4096]
+            wait_until(lambda: os.path.getsize(sfile) == size and open(sfile, "rb").read(4096) == head,
+                       cfg.c6_timeout, "rewrite %d on the server" % i, interval=0.05, procs=[srv, a])
+        rewritten = du(content)
+        for i in range(5):
+            os.utime(os.path.join(d, "big.bin"), (1700000000 + i, 1700000000 + i))
+            time.sleep(0.5)
+        time.sleep(2)
+        unchanged = du(content) - rewritten
+        b.stop(a)
+        b.stop(srv)
+        with open(clock, "w") as f:
+            f.write(str(2 * 86400))
+        t0 = time.monotonic()
+        p = subprocess.run([SERVER_BIN, "--prune", "--storage", storage, "--config", "/dev/null"],
+                           capture_output=True, timeout=600, env=dict(os.environ, BACKUPSYNC_TEST_CLOCK=clock))
+        dt = time.monotonic() - t0
+        if p.returncode != 0:
+            raise BenchError("backupsyncd --prune exited %d: %s" % (p.returncode, p.stderr.decode()[-300:]))
+        report = p.stdout.decode().strip().splitlines()[-1]
+        after = du(content)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(storage, ignore_errors=True)
+    res.add(C, "history after 20 rewrites of a %s file" % fmt_bytes(size), rewritten, fmt=fmt_bytes,
+            target=lambda v, r: v <= 19 * size * 1.05, target_text="<= 19 contents")
+    res.add(C, "history added by 5 saves with the same content", unchanged, fmt=fmt_bytes,
+            target=lambda v, r: v == 0, target_text="0")
+    res.add(C, "history after backupsyncd --prune, 2 days later (default retention)", after, fmt=fmt_bytes,
+            target=lambda v, r: v <= 2 * size * 1.05, target_text="<= one per day")
+    res.add(C, "backupsyncd --prune time", dt)
+    res.note("case 8: backupsyncd --prune said: " + report)
+
+
 # ---------------------------------------------------------------- main
 
 class Cfg:
@@ -907,6 +1037,7 @@ def config(args):
     c.c5_timeout = 1800
     c.c6_size = 64 * MiB if q else GiB
     c.c6_timeout = 600
+    c.c8_size = 8 * MiB if q else 64 * MiB
     c.wait_timeout = 300
     return c
 
@@ -915,7 +1046,7 @@ def main():
     ap = argparse.ArgumentParser(description="backupsync benchmark suite")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per case (default 3)")
     ap.add_argument("--quick", action="store_true", help="small data, to smoke-test the suite")
-    ap.add_argument("--cases", default="1,2,3,4,5,6", help="comma-separated case numbers")
+    ap.add_argument("--cases", default="1,2,3,4,5,6,7,8", help="comma-separated case numbers")
     ap.add_argument("--trials", type=int, default=0, help="case 2 trials (default 100, quick 20)")
     ap.add_argument("--trials-default", type=int, default=0,
                     help="case 2 trials for lsyncd with its 15 s default delay (default 5)")
@@ -991,6 +1122,8 @@ def main():
             p.stop()
         run_case(5, case5_memory)
         run_case(6, case6_big_edit)
+        run_case(7, case7_restore)
+        run_case(8, case8_history)
     except KeyboardInterrupt:
         failed = True
         res.note("interrupted")

@@ -296,7 +296,9 @@ def server_contents(srv, account):
         h = bytes(sha).hex()
         if h in versions:
             continue
-        p = os.path.join(base, "versions", s(stored))
+        # Kept contents are in content/ by SHA-256; versions/ holds those of
+        # earlier releases, by the name the row gives.
+        p = os.path.join(base, "content", h[:2], h) if stored is None else os.path.join(base, "versions", s(stored))
         try:
             ok = sha256_path(p) == h
         except OSError:
@@ -1155,7 +1157,7 @@ class Run:
                     unnamed = self.unnamed_versions()
                 where = self._bad(bad, sha)
                 if sha in unnamed:
-                    where += " (its bytes are in versions/%s, which no versions row names)" % unnamed[sha]
+                    where += " (its bytes are in %s, which no versions row names)" % unnamed[sha]
                 lines.append("  %s stored by the server (log seq %d, PUT %s)%s, written by %s" % (
                     sha[:12], seq, path, where, self.provenance.get(sha, "?")))
         for sha, where in sorted(before.items(), key=lambda kv: kv[1]):
@@ -1165,22 +1167,23 @@ class Run:
         return "\n".join(lines)
 
     def unnamed_versions(self):
-        """sha -> path below versions/ of files the server keeps there
-        that no versions row names (e.g. versions/recovered-*)."""
-        base = os.path.join(self.srv.storage, self.computers[0].agent.account, "versions")
+        """sha -> path below versions/ or content/ of files the server
+        keeps there that no versions row names (e.g. versions/recovered-*)."""
+        acct = os.path.join(self.srv.storage, self.computers[0].agent.account)
         out = {}
-        for d, dirs, files in os.walk(base):
-            for n in files:
-                p = os.path.join(d, n)
-                try:
-                    out.setdefault(sha256_path(p), os.path.relpath(p, base))
-                except OSError:
-                    pass
+        for sub in ("versions", "content"):
+            for d, dirs, files in os.walk(os.path.join(acct, sub)):
+                for n in files:
+                    p = os.path.join(d, n)
+                    try:
+                        out.setdefault(sha256_path(p), os.path.relpath(p, acct))
+                    except OSError:
+                        pass
         return out
 
     @staticmethod
     def _bad(bad, sha):
-        return " (a versions row names it, but versions/%s is missing or differs)" % bad[sha] if sha in bad else ""
+        return " (a versions row names it, but its kept file %s is missing or differs)" % bad[sha] if sha in bad else ""
 
     def setup(self, env):
         self.env = env

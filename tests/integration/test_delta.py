@@ -95,9 +95,11 @@ def test_delta_edit_both_ways():
         # The server tree holds the result, and the replaced versions are kept.
         spath = os.path.join(srv.tree(a.token), "disk.img")
         check(sha256_file(spath) == sha256_file(pa), "the server's disk.img differs from A's")
-        vdir = os.path.join(os.path.dirname(srv.tree(a.token)), "versions")
-        kept = [n for n in os.listdir(vdir) if os.path.getsize(os.path.join(vdir, n)) == size]
+        cdir = os.path.join(os.path.dirname(srv.tree(a.token)), "content")
+        kept = [os.path.join(d, n) for d, _, names in os.walk(cdir) for n in names
+                if os.path.getsize(os.path.join(d, n)) == size]
         check(len(kept) == 2, "two replaced versions of disk.img kept, found %r" % kept)
+        check(all(sha256_file(p) == os.path.basename(p) for p in kept), "a kept content is not named by its SHA-256")
 
         # A small file is always sent whole.
         ps = os.path.join(a.dir, "small.txt")

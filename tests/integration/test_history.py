@@ -79,7 +79,9 @@ def test_history_log_versions_deleted():
         contents.append("fourth\n")
         wait_content(os.path.join(b.dir, "notes.txt"), "fourth\n")
         _make_tree(b.dir)
-        wait_content(os.path.join(a.dir, "proj/secret/key"), "k" * 5000)
+        # All of it on A (and B's modes sent) before A deletes what it sees.
+        wait_tree(os.path.join(a.dir, "proj"), snapshot(os.path.join(b.dir, "proj")), modes=True)
+        harness.assert_converged(srv, [a, b])
         shutil.rmtree(os.path.join(a.dir, "proj"))
         harness.wait_absent(os.path.join(b.dir, "proj"))
 

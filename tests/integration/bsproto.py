@@ -27,6 +27,7 @@ import struct
 VERSION = 1        # what this client speaks unless told otherwise
 DELTA_VERSION = 2  # COPY and GET_DELTA
 ATTR_VERSION = 3   # ATTR
+HISTORY_VERSION = 4  # HISTORY and HISTORY_ROWS
 FRAME_MAX_DEFAULT = 1024 * 1024
 CHUNK = 256 * 1024
 
@@ -35,7 +36,9 @@ MSG = {
     "PULL": 10, "CHANGES": 11, "GET": 12, "FILE": 13, "GET_DELTA": 14,
     "PUT": 20, "DATA": 21, "PUT_END": 22, "MKDIR": 23, "DELETE": 24,
     "MOVE": 25, "SYMLINK": 26, "COPY": 27, "ATTR": 28, "ACK": 30,
+    "HISTORY": 15, "HISTORY_ROWS": 16,
 }
+HIST = {"LOG": 1, "VERSIONS": 2, "DELETED": 3, "TREE": 4}
 MSG_NAME = {v: k for k, v in MSG.items()}
 
 ERR = {
@@ -186,6 +189,10 @@ def enc_attr(req, path, base, mode, mtime_ns, content_sha):
     return frame("ATTR", struct.pack(">IQIq", req, base, mode, mtime_ns) + _b(content_sha) + s16(path))
 
 
+def enc_history(req, what, path=b"", seq=0, time=0, limit=0):
+    return frame("HISTORY", struct.pack(">IBQqI", req, HIST.get(what, what), seq, time, limit) + s16(path))
+
+
 def enc_ack(req, version):
     return frame("ACK", struct.pack(">IQ", req, version))
 
@@ -262,6 +269,16 @@ def decode(msg_type, payload):
         if m["count"] * RECORD_MIN > len(payload) - rd.off:
             raise ProtocolError("CHANGES count over payload")
         m["records"] = [dec_record(rd) for _ in range(m["count"])]
+    elif name == "HISTORY_ROWS":
+        m["req"], m["seq"], m["flags"], m["count"] = rd.unpack(">IQBI")
+        rows = []
+        for _ in range(m["count"]):
+            row = {}
+            row["until"], row["time"], row["until_time"] = rd.unpack(">Qqq")
+            row["device_name"] = rd.str()
+            row.update(dec_record(rd))
+            rows.append(row)
+        m["rows"] = rows
     elif name == "GET":
         (m["req"],) = rd.unpack(">I")
         m["sha"] = rd.take(32)

@@ -360,3 +360,71 @@ def test_prune_during_burst():
         for d in (0, 19):
             v = _json("versions", "d%02d/f000" % d, "--state-dir", b.state_dir)
             check(v[0]["current"] and v[0]["sha256"] == _sha("round 2 file %d 0\n" % d), "current version: %r" % (v,))
+
+
+def _history(sock, req, what, path=b"", **kw):
+    """Send HISTORY; the rows of all HISTORY_ROWS frames, or the ERROR."""
+    import bsproto
+    sock.sendall(bsproto.enc_history(req, what, path, **kw))
+    rows = []
+    while True:
+        m = bsproto.recv_frame(sock, skip_notify=True)
+        if m["type"] != "HISTORY_ROWS":
+            return m
+        check(m["req"] == req, "HISTORY_ROWS for request %d, want %d" % (m["req"], req))
+        rows += m["rows"]
+        if not m["flags"] & 0x02:
+            return rows
+
+
+def test_hostile_history():
+    """HISTORY from a client that lies or is behind: before version 4 it
+    ends the session; an unknown kind, a path out of the tree or VERSIONS
+    without a path are refused with their codes and the session goes on; a
+    token reads its own account's history only; a reader is no computer."""
+    import bsproto
+    with Env("hostile_history") as env:
+        srv = env.server()
+        os.makedirs(env.path("A"))
+        os.makedirs(env.path("O"))
+        a = env.agent("A", env.path("A"))
+        other = env.agent("O", env.path("O"))
+        write_file(os.path.join(a.dir, "mine.txt"), "A's\n")
+        write_file(os.path.join(other.dir, "theirs.txt"), "O's\n")
+        wait_content(os.path.join(srv.tree(a.token), "mine.txt"), "A's\n")
+        wait_content(os.path.join(srv.tree(other.token), "theirs.txt"), "O's\n")
+
+        sock = bsproto.connect(srv.port)
+        w = bsproto.hello(sock, a.token, name="old", max_version=bsproto.ATTR_VERSION)
+        check(w["version"] == bsproto.ATTR_VERSION, "WELCOME: %r" % (w,))
+        m = _history(sock, 1, "LOG")
+        check(m["type"] == "ERROR" and m["name"] == "PROTOCOL", "HISTORY in a version 3 session: %r" % (m,))
+        sock.close()
+
+        sock = bsproto.connect(srv.port)
+        w = bsproto.hello(sock, a.token, name="reader", max_version=bsproto.HISTORY_VERSION)
+        check(w["version"] == bsproto.HISTORY_VERSION, "WELCOME: %r" % (w,))
+        for req, (what, path, code) in enumerate([(9, b"", "PROTOCOL"), (0, b"", "PROTOCOL"),
+                                                  ("VERSIONS", b"", "BAD_PATH"), ("LOG", b"../x", "BAD_PATH"),
+                                                  ("TREE", b"/etc", "BAD_PATH"), ("DELETED", b"a\0b", "BAD_PATH"),
+                                                  ("VERSIONS", b"a//b", "BAD_PATH")], start=2):
+            m = _history(sock, req, what, path)
+            check(isinstance(m, dict) and m["type"] == "ERROR" and m["name"] == code and m["req"] == req,
+                  "HISTORY %r %r: %r, want %s" % (what, path, m, code))
+        bsproto.ping(sock)
+        log = _history(sock, 20, "LOG")
+        check([r["path"] for r in log] == [b"mine.txt"], "A's log over the wire: %r" % (log,))
+        check(log[0]["device_name"] == b"A" and log[0]["time"] > 0, "row fields: %r" % (log[0],))
+        tree = _history(sock, 21, "TREE", seq=log[0]["seq"])
+        check([r["path"] for r in tree] == [b"mine.txt"] and tree[0]["until"] == 0, "A's tree: %r" % (tree,))
+        check(_history(sock, 22, "TREE", b"theirs.txt") == [], "A's token sees another account's path")
+        check(_history(sock, 23, "LOG", limit=1, time=int(time.time()) + 3600) == [], "LOG time bound")
+        sock.close()
+        # The raw reader (device 0) and the command are not the account's computers.
+        _cli("log", "--state-dir", a.state_dir)
+        check(all(x["device"] in ("A",) for x in _json("log", "--state-dir", a.state_dir)), "devices")
+        import sqlite3
+        db = sqlite3.connect("file:%s?mode=ro" % os.path.join(srv.storage, a.account, "meta.db"), uri=True)
+        names = sorted(n for (n,) in db.execute("SELECT name FROM devices"))
+        db.close()
+        check(names == ["A"], "readers (device 0) recorded among the account's computers: %r" % (names,))

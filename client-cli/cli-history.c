@@ -111,9 +111,40 @@ static void print_text(const Printer *p, const BsHistRow *row) {
         }
 }
 
+static void print_tree_row(const Printer *p, const BsHistRow *row) {
+        const BsRecord *r = &row->rec;
+        char sha[2 * BS_SHA_LEN + 1], when[32];
+        time_t mt = (time_t) (r->mtime_ns / 1000000000);
+        if (p->json) {
+                cli_hex(r->sha, BS_SHA_LEN, sha);
+                printf("%s\"path\": ", p->n ? ",\n {" : "[{");
+                cli_json_string(r->path);
+                fputs(", \"kind\": ", stdout);
+                cli_json_string(cli_kind_name(r->kind));
+                printf(", \"version\": %" PRIu64 ", \"size\": %" PRIu64 ", \"mode\": \"%04o\"", r->seq, r->size,
+                       (unsigned) r->mode & 07777);
+                cli_json_time("mtime", mt);
+                if (r->kind == BS_KIND_FILE)
+                        printf(", \"sha256\": \"%s\"", sha);
+                if (r->kind == BS_KIND_SYMLINK) {
+                        fputs(", \"target\": ", stdout);
+                        cli_json_string(r->path2);
+                }
+                putchar('}');
+                return;
+        }
+        cli_format_time(mt, when, sizeof(when));
+        printf("%c%04o %12" PRIu64 "  %s  %s%s%s\n", r->kind == BS_KIND_DIR ? 'd' : r->kind == BS_KIND_SYMLINK ? 'l' : '-',
+               (unsigned) r->mode & 07777, r->size, when, r->path,
+               r->kind == BS_KIND_DIR ? "/" : r->kind == BS_KIND_SYMLINK ? " -> " : "",
+               r->kind == BS_KIND_SYMLINK ? r->path2 : "");
+}
+
 static int on_row(void *userdata, const BsHistRow *row) {
         Printer *p = userdata;
-        if (p->json)
+        if (p->what == BS_HIST_TREE)
+                print_tree_row(p, row);
+        else if (p->json)
                 print_json(p, row);
         else
                 print_text(p, row);
@@ -127,6 +158,7 @@ static int run(const CliAccount *acc, BsHistWhat what, const char *path, time_t 
         int r = cli_connect(acc, &c);
         if (r != EX_OK)
                 return r;
+        /* ls: since is the moment, without it now. */
         r = cli_history(c, what, path, 0, (int64_t) since, n, on_row, &p, NULL);
         if (json && (p.n || r == EX_OK))
                 puts(p.n ? "]" : "[]");
@@ -134,6 +166,11 @@ static int run(const CliAccount *acc, BsHistWhat what, const char *path, time_t 
                 return r;
         if (p.n == 0 && what == BS_HIST_VERSIONS) {
                 fprintf(stderr, "backupsync: %s: nothing is kept under this path\n", path);
+                return EX_DATAERR;
+        }
+        if (p.n == 0 && what == BS_HIST_TREE) {
+                fprintf(stderr, "backupsync: %s: nothing was there %s\n", path[0] ? path : "/",
+                        since ? "at that time" : "now");
                 return EX_DATAERR;
         }
         return EX_OK;
@@ -149,4 +186,8 @@ int cli_versions(const CliAccount *acc, const char *path, bool json) {
 
 int cli_deleted(const CliAccount *acc, const char *path, bool json) {
         return run(acc, BS_HIST_DELETED, path, 0, 0, json);
+}
+
+int cli_ls(const CliAccount *acc, const char *path, time_t at, bool json) {
+        return run(acc, BS_HIST_TREE, path, at, 0, json);
 }

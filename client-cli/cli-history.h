@@ -13,5 +13,7 @@ int cli_log(const CliAccount *acc, const char *path, time_t since, uint32_t n, b
 int cli_versions(const CliAccount *acc, const char *path, bool json);
 /** Entries deleted under path and not there now, newest deletion first. */
 int cli_deleted(const CliAccount *acc, const char *path, bool json);
+/** The entries at path and below as they were at at (0: now), in path order. */
+int cli_ls(const CliAccount *acc, const char *path, time_t at, bool json);
 /** A kind's name: "file", "directory", "symlink". */
 const char *cli_kind_name(uint8_t kind);

@@ -54,6 +54,11 @@ typedef struct Restore {
         uint64_t files_total, files_done, bytes_done;
         unsigned failed;
         bool tty;
+        /* The parent directory of the last file: a tree's files come
+         * directory by directory. */
+        int parent_fd;
+        size_t parent_len;
+        char parent[BS_PATH_MAX + 1];
 } Restore;
 
 static int add_item(Restore *r, const BsRecord *rec) {
@@ -243,6 +248,30 @@ static int make_symlink(int root, const Item *it) {
         return r;
 }
 
+/* The parent directory of path beneath root (made when missing), borrowed
+ * from the cache: valid until the next call. */
+static int parent_of(Restore *r, int root, const char *path, const char **base) {
+        size_t n = bs_path_parent_len(path);
+        *base = bs_path_base(path);
+        if (r->parent_fd >= 0 && n == r->parent_len && memcmp(path, r->parent, n) == 0)
+                return r->parent_fd;
+        if (r->parent_fd >= 0)
+                close(r->parent_fd);
+        r->parent_fd = -1;
+        int fd = bs_open_parent(root, path, base);
+        if (fd == -ENOENT) {
+                int k = bs_mkdir_parents(root, path, 0755);
+                if (k < 0)
+                        return k;
+                fd = bs_open_parent(root, path, base);
+        }
+        if (fd < 0)
+                return fd;
+        memcpy(r->parent, path, n);
+        r->parent_len = n;
+        return r->parent_fd = fd;
+}
+
 /* A file being received: its temporary file and running hash. */
 typedef struct Incoming {
         const Item *it;
@@ -259,18 +288,13 @@ static void incoming_drop(Incoming *in) {
                 close(in->fd);
                 (void) unlinkat(in->pfd, in->tmp, 0);
         }
-        if (in->pfd >= 0)
-                close(in->pfd);
         bs_sha_free(in->sha);
         *in = (Incoming) { .pfd = -1, .fd = -1 };
 }
 
-static int incoming_start(Incoming *in, int root, const Item *it) {
+static int incoming_start(Incoming *in, Restore *r, int root, const Item *it) {
         *in = (Incoming) { .it = it, .pfd = -1, .fd = -1, .left = it->size };
-        int r = bs_mkdir_parents(root, it->path, 0755);
-        if (r < 0)
-                return r;
-        in->pfd = bs_open_parent(root, it->path, &in->base);
+        in->pfd = parent_of(r, root, it->path, &in->base);
         if (in->pfd < 0)
                 return in->pfd;
         in->fd = bs_tmpfile_at(in->pfd, in->tmp, sizeof(in->tmp), 0600);
@@ -359,7 +383,7 @@ static int fetch_files(BsConn *c, Restore *r, int root) {
                                 goto out;
                         }
                         receiving = true;
-                        in.error = incoming_start(&in, root, it);
+                        in.error = incoming_start(&in, r, root, it);
                         done = in.left == 0;
                 } else if (m.type == BS_MSG_DATA && receiving && m.data_len <= in.left) {
                         if (in.error == 0)
@@ -418,7 +442,7 @@ static void finish_dirs(Restore *r, int root) {
 int cli_restore(const CliAccount *acc, char *const *paths, size_t n, const CliRestoreWhen *when, const char *to) {
         _cleanup_(bs_conn_freep) BsConn *c = NULL;
         _cleanup_(closep) int root = -1;
-        Restore r = { .tty = isatty(STDERR_FILENO) };
+        Restore r = { .tty = isatty(STDERR_FILENO), .parent_fd = -1 };
         int ret;
 
         if (!to && !acc->dir[0]) {
@@ -461,6 +485,8 @@ int cli_restore(const CliAccount *acc, char *const *paths, size_t n, const CliRe
                         ret = EX_IOERR;
                 }
         }
+        if (r.parent_fd >= 0)
+                close(r.parent_fd);
         for (size_t i = 0; i < r.n; i++) {
                 free(r.items[i].path);
                 free(r.items[i].target);

@@ -26,6 +26,7 @@ static void usage(FILE *f) {
                    "       backupsync log [PATH] [--since TIME] [-n N] [--json] [ACCOUNT]\n"
                    "       backupsync versions PATH [--json] [ACCOUNT]\n"
                    "       backupsync deleted [DIR] [--json] [ACCOUNT]\n"
+                   "       backupsync ls [PATH] [--at TIME] [--json] [ACCOUNT]\n"
                    "       backupsync restore PATH... [--at TIME | --version N] [--to DIR] [ACCOUNT]\n"
                    "\n"
                    "  status               how each agent of this user stands: in sync, syncing,\n"
@@ -33,6 +34,7 @@ static void usage(FILE *f) {
                    "  log                  the account's changes, newest first\n"
                    "  versions             every kept version of a file, newest first\n"
                    "  deleted              what was deleted under DIR and is still kept\n"
+                   "  ls                   the tree as it is, or was at TIME\n"
                    "  restore              bring files or trees back as they were (default: the\n"
                    "                       content before the current one, or before deletion)\n"
                    "\n"
@@ -111,7 +113,7 @@ static int run_remote(const char *cmd, char **args, size_t n_args, const Options
                 fprintf(stderr, "backupsync: %s reads one account; give one --instance or --state-dir\n", cmd);
                 return EX_USAGE;
         }
-        if (!strcmp(cmd, "log") || !strcmp(cmd, "deleted")) {
+        if (!strcmp(cmd, "log") || !strcmp(cmd, "deleted") || !strcmp(cmd, "ls")) {
                 if (n_args > 1) {
                         fprintf(stderr, "backupsync: %s takes at most one path\n", cmd);
                         return EX_USAGE;
@@ -149,6 +151,8 @@ static int run_remote(const char *cmd, char **args, size_t n_args, const Options
         }
         if (!strcmp(cmd, "deleted"))
                 return cli_deleted(&acc, n_args ? paths[0] : "", o->json);
+        if (!strcmp(cmd, "ls"))
+                return cli_ls(&acc, n_args ? paths[0] : "", o->when.at, o->json);
         return cli_restore(&acc, paths, n_args, &o->when, o->to);
 }
 
@@ -269,9 +273,12 @@ int main(int argc, char **argv) {
                 } else
                         ret = cli_status(o.state_dirs, o.n_state_dirs, o.json);
         } else if (!strcmp(cmd, "log") || !strcmp(cmd, "versions") || !strcmp(cmd, "deleted") ||
-                   !strcmp(cmd, "restore")) {
-                if ((o.when.at || o.when.version || o.to) && strcmp(cmd, "restore") != 0) {
-                        fprintf(stderr, "backupsync: --at, --version N and --to go with restore\n");
+                   !strcmp(cmd, "restore") || !strcmp(cmd, "ls")) {
+                if (o.when.at && strcmp(cmd, "restore") != 0 && strcmp(cmd, "ls") != 0) {
+                        fprintf(stderr, "backupsync: --at goes with restore and ls\n");
+                        ret = EX_USAGE;
+                } else if ((o.when.version || o.to) && strcmp(cmd, "restore") != 0) {
+                        fprintf(stderr, "backupsync: --version N and --to go with restore\n");
                         ret = EX_USAGE;
                 } else if (o.since && strcmp(cmd, "log") != 0) {
                         fprintf(stderr, "backupsync: --since goes with log\n");

@@ -233,6 +233,13 @@ def test_restore_at_boundaries():
             rc, err, got = at(t, "at-%d" % i)  # ISO 8601 with Z, as the log prints it
             check(rc == 0 and got == states[i], "--at %s (change %d): exit %d %s\n%s" % (
                 t, i, rc, err, harness.diff_snapshots(got or {}, states[i], "restored", "expected")))
+            listed = _json("ls", "--at", t, "--state-dir", a.state_dir)
+            check({x["path"]: x["kind"] for x in listed} ==
+                  {k: {"file": "file", "dir": "directory"}[v[0]] for k, v in states[i].items()},
+                  "ls --at %s: %r" % (t, listed))
+        check([x["path"] for x in _json("ls", "y", "--state-dir", a.state_dir)] == ["y", "y/z.txt"], "ls y")
+        rc, out, _ = _cli("ls", "--state-dir", a.state_dir)
+        check(rc == 0 and "-0644" in out and "x.txt" in out and "y/\n" in out, "ls as text: %s" % out)
         epoch = int(time.mktime(time.strptime(times[1], "%Y-%m-%dT%H:%M:%SZ"))) - time.timezone
         rc, err, got = at("@%d" % (epoch - 1), "before-1")
         check(rc == 0 and got == states[0], "a second before change 1: %s" % err)
@@ -241,6 +248,8 @@ def test_restore_at_boundaries():
         check(rc == 0 and got == states[1], "local time of change 1: %s" % err)
         rc, err, _ = at("@%d" % (epoch - 3600), "before-all")
         check(rc == EX_DATAERR and "nothing was there" in err, "before the first change: %d %s" % (rc, err))
+        rc, _, err = _cli("ls", "--at", "@%d" % (epoch - 3600), "--state-dir", a.state_dir)
+        check(rc == EX_DATAERR and "nothing was there" in err, "ls before the first change: %d %s" % (rc, err))
 
 
 def test_restore_token_only():

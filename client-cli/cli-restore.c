@@ -8,8 +8,9 @@
  * checked against its SHA-256, given its mode and mtime, and only then
  * renamed into place: nothing half-written is ever visible. Directory
  * modes and mtimes come last, deepest first, so a read-only directory
- * can still be filled; then one syncfs() makes all of it durable (a
- * restore cut short is simply run again). Paths from the server are checked and every file
+ * can still be filled. Like cp, tar and rsync, a restore leaves writing
+ * back to the kernel: what the server keeps is the durable copy, and a
+ * restore cut short by a crash is simply run again. Paths from the server are checked and every file
  * is opened beneath the target, never through a symlink.
  */
 #include <errno.h>
@@ -29,7 +30,7 @@
 #include "cli-history.h"
 #include "cli-restore.h"
 
-#define PIPELINE_MAX 256
+#define PIPELINE_MAX 4096
 #define PIPELINE_BYTES (64u * 1024 * 1024)
 
 typedef struct Item {
@@ -284,10 +285,10 @@ typedef struct Incoming {
 } Incoming;
 
 static void incoming_drop(Incoming *in) {
-        if (in->fd >= 0) {
+        if (in->fd >= 0)
                 close(in->fd);
+        if (in->tmp[0])
                 (void) unlinkat(in->pfd, in->tmp, 0);
-        }
         bs_sha_free(in->sha);
         *in = (Incoming) { .pfd = -1, .fd = -1 };
 }
@@ -297,10 +298,26 @@ static int incoming_start(Incoming *in, Restore *r, int root, const Item *it) {
         in->pfd = parent_of(r, root, it->path, &in->base);
         if (in->pfd < 0)
                 return in->pfd;
-        in->fd = bs_tmpfile_at(in->pfd, in->tmp, sizeof(in->tmp), 0600);
+        /* Unnamed until complete and checked (O_TMPFILE), where the file
+         * system can; else a temporary name beside its place. */
+        in->tmp[0] = 0;
+        in->fd = openat(in->pfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, in->it->mode | 0600);
+        if (in->fd < 0)
+                in->fd = bs_tmpfile_at(in->pfd, in->tmp, sizeof(in->tmp), 0600);
         if (in->fd < 0)
                 return in->fd;
         return bs_sha_new(&in->sha);
+}
+
+/* The process's umask, read once: a file opened with a mode the umask
+ * leaves whole needs no fchmod(). */
+static mode_t current_umask(void) {
+        static mode_t mask = (mode_t) -1;
+        if (mask == (mode_t) -1) {
+                mask = umask(0);
+                umask(mask);
+        }
+        return mask;
 }
 
 static int incoming_finish(Incoming *in) {
@@ -310,15 +327,35 @@ static int incoming_finish(Incoming *in) {
                 return r;
         if (memcmp(got, in->it->sha, BS_SHA_LEN) != 0)
                 return -EBADMSG;
-        if (fchmod(in->fd, in->it->mode) < 0)
+        mode_t made = (in->tmp[0] ? 0600 : in->it->mode | 0600) & ~current_umask();
+        if (made != in->it->mode && fchmod(in->fd, in->it->mode) < 0)
                 return -errno;
         r = bs_set_mtime_fd(in->fd, in->it->mtime_ns);
         if (r < 0)
                 return r;
+        if (!in->tmp[0]) {
+                /* Linked in under its name at once, unless something is there:
+                 * then under a temporary one, renamed over it. */
+                char proc[64];
+                snprintf(proc, sizeof(proc), "/proc/self/fd/%d", in->fd);
+                if (linkat(AT_FDCWD, proc, in->pfd, in->base, AT_SYMLINK_FOLLOW) == 0)
+                        goto linked;
+                if (errno != EEXIST)
+                        return -errno;
+                for (int i = 0;; i++) {
+                        snprintf(in->tmp, sizeof(in->tmp), BS_TEMP_PREFIX "%08x%08x", arc4random(), arc4random());
+                        if (linkat(AT_FDCWD, proc, in->pfd, in->tmp, AT_SYMLINK_FOLLOW) == 0)
+                                break;
+                        if (errno != EEXIST || i > 100) {
+                                in->tmp[0] = 0;
+                                return -errno;
+                        }
+                }
+        }
         if (renameat(in->pfd, in->tmp, in->pfd, in->base) < 0)
                 return -errno;
-        close(in->fd);
-        in->fd = -1;
+linked:
+        in->tmp[0] = 0;
         return 0;
 }
 
@@ -475,10 +512,6 @@ int cli_restore(const CliAccount *acc, char *const *paths, size_t n, const CliRe
                 ret = fetch_files(c, &r, root);
         if (ret == EX_OK) {
                 finish_dirs(&r, root);
-                if (syncfs(root) < 0) {
-                        fprintf(stderr, "backupsync: cannot sync what was restored: %m\n");
-                        ret = EX_IOERR;
-                }
                 progress(&r, true);
                 if (r.failed) {
                         fprintf(stderr, "backupsync: %u entries could not be restored\n", r.failed);

@@ -83,6 +83,16 @@ int conflict_name(const char *path, const char *device, time_t when, unsigned n,
         return 0;
 }
 
+bool conflict_is_copy(const char *path) {
+        const char *base = bs_path_base(path);
+        size_t blen = strlen(base);
+        if (marker_len(base, blen) > 0)
+                return true;
+        /* Or with the extension after the marker: cut at the last dot. */
+        const char *dot = strrchr(base, '.');
+        return dot && dot != base && marker_len(base, (size_t) (dot - base)) > 0;
+}
+
 void conflict_device_label(const char *in, char *out, size_t outsz) {
         size_t o = 0;
         for (const char *p = in; *p && o + 1 < outsz && o < 32; p++) {

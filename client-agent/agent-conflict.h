@@ -1,6 +1,8 @@
 /* agent-conflict.h - names for the local copy kept when two computers collide */
 #pragma once
 
+#include <stdbool.h>
+
 #include <stddef.h>
 #include <time.h>
 
@@ -14,3 +16,6 @@ int conflict_name(const char *path, const char *device, time_t when, unsigned n,
 
 /** Reduce a host name to what may stand in a conflict name ([A-Za-z0-9_-], <= 32). */
 void conflict_device_label(const char *in, char *out, size_t outsz);
+
+/** Whether path is named like a conflict copy conflict_name() makes. */
+bool conflict_is_copy(const char *path);

@@ -27,6 +27,7 @@ struct AgentState {
          * rolls back instead, so the manifest and last_seq move together
          * or not at all. */
         int error;
+        uint64_t generation; /* manifest changes, counted */
 };
 
 /* locking_mode=EXCLUSIVE: one agent owns its state directory. It keeps the
@@ -241,6 +242,7 @@ int manifest_get(AgentState *s, const char *path, ManifestEntry *e) {
 }
 
 int manifest_put(AgentState *s, const char *path, const ManifestEntry *e) {
+        s->generation++;
         sqlite3_stmt *st = s->put;
         sqlite3_reset(st);
         sqlite3_bind_blob(st, 1, path, (int) strlen(path), SQLITE_STATIC);
@@ -257,12 +259,14 @@ int manifest_put(AgentState *s, const char *path, const ManifestEntry *e) {
 }
 
 int manifest_delete_tree(AgentState *s, const char *path) {
+        s->generation++;
         sqlite3_reset(s->del);
         sqlite3_bind_blob(s->del, 1, path, (int) strlen(path), SQLITE_STATIC);
         return step_done(s, s->del);
 }
 
 int manifest_delete(AgentState *s, const char *path) {
+        s->generation++;
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
         int r = prepare(s, "DELETE FROM manifest WHERE path=?", &st);
         if (r < 0)
@@ -272,6 +276,7 @@ int manifest_delete(AgentState *s, const char *path) {
 }
 
 int manifest_move_tree(AgentState *s, const char *from, const char *to) {
+        s->generation++;
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
         int fl = (int) strlen(from);
         /* Rewrite the prefix of every path at or below from; parent too. */
@@ -400,6 +405,18 @@ int manifest_below(AgentState *s, const char *dir, manifest_iter_t fn, void *use
                 return rc;
         if (dir[0])
                 sqlite3_bind_blob(st, 1, dir, (int) strlen(dir), SQLITE_STATIC);
+        return iterate(s, st, fn, userdata);
+}
+
+uint64_t manifest_generation(const AgentState *s) {
+        return s->generation;
+}
+
+int manifest_conflict_candidates(AgentState *s, manifest_iter_t fn, void *userdata) {
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
+        int rc = prepare(s, "SELECT " COLS " FROM manifest WHERE kind=1 AND CAST(path AS TEXT) GLOB '*.conflict-*'", &st);
+        if (rc < 0)
+                return rc;
         return iterate(s, st, fn, userdata);
 }
 

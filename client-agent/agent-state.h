@@ -91,6 +91,10 @@ int blocks_replace(AgentState *s, const char *path, const uint8_t sha[BS_SHA_LEN
                    const uint8_t *sums, size_t count);
 /** Call fn for each file the manifest records with inode ino (its hard links). */
 int manifest_same_inode(AgentState *s, uint64_t ino, manifest_iter_t fn, void *userdata);
+/** A number that changes whenever the manifest does. */
+uint64_t manifest_generation(const AgentState *s);
+/** The files whose names hold ".conflict-": what may be conflict copies. */
+int manifest_conflict_candidates(AgentState *s, manifest_iter_t fn, void *userdata);
 /** Snapshot reconciliation: clear the seen marks, set one, list the unseen. */
 int manifest_clear_seen(AgentState *s);
 int manifest_mark_seen(AgentState *s, const char *path);

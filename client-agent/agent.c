@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent-conflict.h"
 #include "agent.h"
 #include "bs-log.h"
 #include "bs-macro.h"
@@ -176,6 +177,30 @@ static int state_dir(Agent *a) {
         return a->state_dir_fd < 0 ? -errno : a->state_dir_fd;
 }
 
+static int count_conflict(const char *path, const ManifestEntry *e, void *userdata) {
+        (void) e;
+        if (conflict_is_copy(path))
+                (*(uint64_t *) userdata)++;
+        return 0;
+}
+
+/* The conflict copies the directory holds: the user has something to look at. */
+static uint64_t conflicts_present(Agent *a) {
+        uint64_t now = now_usec(), gen = a->state ? manifest_generation(a->state) : 0;
+        uint64_t wait = MAX(2ULL * 1000000, 20 * a->conflicts_cost_usec);
+        if (a->state && (!a->conflicts_counted ||
+                         (gen != a->conflicts_generation && now - a->conflicts_counted_usec >= wait))) {
+                uint64_t n = 0;
+                if (manifest_conflict_candidates(a->state, count_conflict, &n) >= 0)
+                        a->conflicts_present = n;
+                a->conflicts_generation = gen;
+                a->conflicts_counted = true;
+                a->conflicts_counted_usec = now_usec();
+                a->conflicts_cost_usec = a->conflicts_counted_usec - now;
+        }
+        return a->conflicts_present;
+}
+
 static void write_status(Agent *a, BsSyncState state) {
         BsStatus st = {
                 .pid = getpid(),
@@ -188,6 +213,7 @@ static void write_status(Agent *a, BsSyncState state) {
                 .uploaded = a->n_uploaded,
                 .downloaded = a->n_downloaded,
                 .conflicts = a->n_conflicts,
+                .conflicts_present = conflicts_present(a),
         };
         (void) strlcpy(st.dir, a->cfg.dir, sizeof(st.dir));
         (void) strlcpy(st.server, a->cfg.server, sizeof(st.server));

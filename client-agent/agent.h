@@ -155,6 +155,10 @@ typedef struct Agent {
         /* For the status line and the tests. */
         uint64_t n_uploaded, bytes_uploaded, n_downloaded, bytes_downloaded;
         uint64_t n_conflicts;
+        /* Conflict copies in the directory, counted from the manifest after
+         * it changed, at most every 2 s and 20 times the last count's cost. */
+        uint64_t conflicts_present, conflicts_generation, conflicts_counted_usec, conflicts_cost_usec;
+        bool conflicts_counted;
         uint64_t last_sync_usec;
         uint64_t offline_since_usec; /* CLOCK_REALTIME when the connection was found gone; 0 while connected */
         bool status_failed;          /* the status file could not be written (said once) */

@@ -75,8 +75,9 @@ static void print_json(const char *name, const char *state_dir, const BsStatus *
         cli_json_time("offline_since", (time_t) (s->offline_since_usec / 1000000u));
         cli_json_time("updated", (time_t) (s->updated_usec / 1000000u));
         printf(", \"pid\": %ld, \"pending\": %" PRIu64 ", \"watched\": %" PRIu64 ", \"uploaded\": %" PRIu64
-               ", \"downloaded\": %" PRIu64 ", \"conflicts\": %" PRIu64 "}",
-               (long) s->pid, s->pending, s->watched, s->uploaded, s->downloaded, s->conflicts);
+               ", \"downloaded\": %" PRIu64 ", \"conflicts\": %" PRIu64 ", \"conflicts_present\": %" PRIu64 "}",
+               (long) s->pid, s->pending, s->watched, s->uploaded, s->downloaded, s->conflicts,
+               s->conflicts_present);
 }
 
 static void print_text(const char *name, const char *state_dir, const BsStatus *s, bool running) {
@@ -112,6 +113,9 @@ static void print_text(const char *name, const char *state_dir, const BsStatus *
         printf("  watching:   %" PRIu64 " directories\n", s->watched);
         printf("  transfers:  %" PRIu64 " uploaded, %" PRIu64 " downloaded, %" PRIu64 " conflict copies made\n",
                s->uploaded, s->downloaded, s->conflicts);
+        if (s->conflicts_present)
+                printf("  conflicts:  %" PRIu64 " conflict cop%s in the directory to look at\n", s->conflicts_present,
+                       s->conflicts_present == 1 ? "y" : "ies");
 }
 
 /* One agent; returns an exit status. */
@@ -146,37 +150,95 @@ static int show(const char *state_dir, bool json, bool *first) {
         return EX_OK;
 }
 
-int cli_status(char *const *state_dirs, size_t n, bool json) {
+/* A configured instance whose agent never ran: no state to read. */
+static void show_never(const char *name, const char *state_dir, bool json, bool *first) {
+        if (json) {
+                fputs(*first ? "[" : ",\n ", stdout);
+                fputs("{\"name\": ", stdout);
+                cli_json_string(name);
+                fputs(", \"state_dir\": ", stdout);
+                cli_json_string(state_dir);
+                fputs(", \"running\": false, \"state\": \"never run\"}", stdout);
+        } else {
+                if (!*first)
+                        putchar('\n');
+                printf("%s (%s)\n  state:      never run (configured in [agent:%s]; start it with\n"
+                       "              systemctl --user enable --now backupsync-agent@%s)\n",
+                       name, state_dir, name, name);
+        }
+        *first = false;
+}
+
+static int cmp_str(const void *x, const void *y) {
+        return strcmp(*(char *const *) x, *(char *const *) y);
+}
+
+static void free_strv(char **v, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                free(v[i]);
+        free(v);
+}
+
+/* Every agent of this user: each configured [agent:NAME] and each state
+ * directory under the common base that holds a status file. */
+static int status_all(const char *system_file, bool json, bool *first) {
+        _cleanup_(freep) char *base = bs_state_base(), *user_file = NULL;
+        char **names = NULL, **found = NULL;
+        size_t n_names = 0, n_found = 0;
+        int ret = EX_OK;
+
+        if (!base) {
+                fprintf(stderr, "backupsync: neither XDG_STATE_HOME nor HOME is set; use --state-dir\n");
+                return EX_USAGE;
+        }
+        if (bs_config_agent_instances(system_file, &names, &n_names) < 0 ||
+            (bs_config_user_file(&user_file) == 0 && bs_config_agent_instances(user_file, &names, &n_names) < 0)) {
+                free_strv(names, n_names);
+                return EX_OSERR;
+        }
+        if (n_names)
+                qsort(names, n_names, sizeof(*names), cmp_str);
+        cli_find_agents(base, &found, &n_found);
+        if (n_names == 0 && n_found == 0) {
+                fprintf(stderr, "backupsync: no agent is configured or has run for this user (no [agent:NAME] in %s%s%s, "
+                                "nothing in %s)\n", system_file, user_file ? " or " : "", user_file ?: "", base);
+                ret = EX_NOINPUT;
+        }
+        for (size_t i = 0; i < n_names; i++) {
+                _cleanup_(freep) char *dir = bs_state_dir_for_instance(names[i]);
+                int r = EX_OK;
+                if (!dir)
+                        continue;
+                for (size_t k = 0; k < n_found; k++)
+                        if (found[k] && strcmp(found[k], dir) == 0) {
+                                free(found[k]);
+                                found[k] = NULL;
+                        }
+                if (faccessat(AT_FDCWD, dir, F_OK, 0) == 0 && (r = show(dir, json, first)) != EX_NOINPUT)
+                        ret = ret == EX_OK ? r : ret;
+                else
+                        show_never(names[i], dir, json, first);
+        }
+        for (size_t k = 0; k < n_found; k++)
+                if (found[k]) {
+                        int r = show(found[k], json, first);
+                        ret = ret == EX_OK ? r : ret;
+                }
+        free_strv(names, n_names);
+        free_strv(found, n_found);
+        return ret;
+}
+
+int cli_status(char *const *state_dirs, size_t n, const char *system_file, bool json) {
         bool first = true;
         int ret = EX_OK;
-        if (n > 0) {
+        if (n > 0)
                 for (size_t i = 0; i < n; i++) {
                         int r = show(state_dirs[i], json, &first);
                         ret = ret == EX_OK ? r : ret;
                 }
-        } else {
-                /* Every agent of this user: the state directories under the
-                 * common base that hold a status file. */
-                _cleanup_(freep) char *probe = bs_state_base();
-                char **found = NULL;
-                size_t nfound = 0;
-                if (!probe) {
-                        fprintf(stderr, "backupsync: neither XDG_STATE_HOME nor HOME is set; use --state-dir\n");
-                        return EX_USAGE;
-                }
-                cli_find_agents(probe, &found, &nfound);
-                if (nfound == 0) {
-                        fprintf(stderr, "backupsync: no agent has run for this user (nothing in %s)\n", probe);
-                        free(found);
-                        return EX_NOINPUT;
-                }
-                for (size_t i = 0; i < nfound; i++) {
-                        int r = show(found[i], json, &first);
-                        ret = ret == EX_OK ? r : ret;
-                        free(found[i]);
-                }
-                free(found);
-        }
+        else
+                ret = status_all(system_file, json, &first);
         if (json)
                 puts(first ? "[]" : "]");
         return ret;

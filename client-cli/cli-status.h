@@ -6,7 +6,8 @@
 
 /**
  * Print the status of the agents whose state directories are given (n > 0),
- * else of every agent under the user's state directory. Returns an exit
+ * else of every [agent:NAME] configured in system_file or the user's file
+ * and every agent under the user's state directory. Returns an exit
  * status (sysexits.h).
  */
-int cli_status(char *const *state_dirs, size_t n, bool json);
+int cli_status(char *const *state_dirs, size_t n, const char *system_file, bool json);

@@ -40,7 +40,9 @@ static void usage(FILE *f) {
                    "\n"
                    "ACCOUNT: --instance NAME (the agent of backupsync-agent@NAME), --state-dir DIR\n"
                    "(an agent run by hand), or --server HOST [--port PORT] --token TOKEN (or\n"
-                   "BACKUPSYNC_TOKEN in the environment). Default: this user's only agent.\n"
+                   "BACKUPSYNC_TOKEN in the environment). Default: this user's only agent; for\n"
+                   "status, every [agent:NAME] configured (--config FILE: the system file) and\n"
+                   "every agent that has run.\n"
                    "PATH: relative to the top of the synced directory, or an absolute path in it.\n"
                    "TIME: 2026-11-30T14:05:00Z, '2026-11-30 14:05' (local), @EPOCH, -2h, -3d.\n"
                    "See backupsync(1).\n");
@@ -51,6 +53,7 @@ typedef struct Options {
         char **state_dirs;
         size_t n_state_dirs;
         const char *server, *port, *token, *to;
+        const char *config; /* the system file */
         time_t since;
         uint32_t limit;
         CliRestoreWhen when;
@@ -157,10 +160,11 @@ static int run_remote(const char *cmd, char **args, size_t n_args, const Options
 }
 
 int main(int argc, char **argv) {
-        enum { ARG_JSON = 0x100, ARG_INSTANCE, ARG_STATE_DIR, ARG_SERVER, ARG_PORT, ARG_TOKEN, ARG_SINCE,
+        enum { ARG_CONFIG = 0xff, ARG_JSON = 0x100, ARG_INSTANCE, ARG_STATE_DIR, ARG_SERVER, ARG_PORT, ARG_TOKEN, ARG_SINCE,
                ARG_AT, ARG_VERSION_N, ARG_TO, ARG_HELP };
         static const struct option options[] = {
                 { "json", no_argument, NULL, ARG_JSON },
+                { "config", required_argument, NULL, ARG_CONFIG },
                 { "instance", required_argument, NULL, ARG_INSTANCE },
                 { "state-dir", required_argument, NULL, ARG_STATE_DIR },
                 { "server", required_argument, NULL, ARG_SERVER },
@@ -190,6 +194,9 @@ int main(int argc, char **argv) {
                 switch (c) {
                 case ARG_JSON:
                         o.json = true;
+                        break;
+                case ARG_CONFIG:
+                        o.config = optarg;
                         break;
                 case ARG_INSTANCE:
                         if (!bs_config_instance_valid(optarg)) {
@@ -271,7 +278,8 @@ int main(int argc, char **argv) {
                         fprintf(stderr, "backupsync: status reads the agents of this computer, not --server\n");
                         ret = EX_USAGE;
                 } else
-                        ret = cli_status(o.state_dirs, o.n_state_dirs, o.json);
+                        ret = cli_status(o.state_dirs, o.n_state_dirs, o.config ?: BS_SYSCONFDIR "/backupsync.ini",
+                                         o.json);
         } else if (!strcmp(cmd, "log") || !strcmp(cmd, "versions") || !strcmp(cmd, "deleted") ||
                    !strcmp(cmd, "restore") || !strcmp(cmd, "ls")) {
                 if (o.when.at && strcmp(cmd, "restore") != 0 && strcmp(cmd, "ls") != 0) {

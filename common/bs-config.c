@@ -507,3 +507,41 @@ char *bs_state_dir_for_instance(const char *name) {
                 return strndup(sd, strcspn(sd, ":"));
         return under_base(name);
 }
+
+typedef struct Instances {
+        char ***names;
+        size_t *n;
+        int error;
+} Instances;
+
+static int instance_handler(void *user, const char *section, const char *key, const char *value) {
+        Instances *in = user;
+        (void) key;
+        (void) value;
+        if (in->error || strncmp(section, "agent:", 6) != 0 || !bs_config_instance_valid(section + 6))
+                return 1;
+        for (size_t i = 0; i < *in->n; i++)
+                if (strcmp((*in->names)[i], section + 6) == 0)
+                        return 1;
+        char **v = reallocarray(*in->names, *in->n + 1, sizeof(*v));
+        if (!v || !(v[*in->n] = strdup(section + 6))) {
+                if (v)
+                        *in->names = v;
+                in->error = -ENOMEM;
+                return 1;
+        }
+        *in->names = v;
+        (*in->n)++;
+        return 1;
+}
+
+int bs_config_agent_instances(const char *file, char ***names, size_t *n) {
+        Instances in = { .names = names, .n = n };
+        FILE *f = fopen(file, "re");
+        if (!f)
+                return 0;
+        /* Every line, errors or not: a broken file still names its sections. */
+        (void) ini_parse_file(f, instance_handler, &in);
+        fclose(f);
+        return in.error;
+}

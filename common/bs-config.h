@@ -98,6 +98,13 @@ int bs_config_load_agent(const char *system_file, bool system_must_exist, const 
 /** The user's file: $XDG_CONFIG_HOME/backupsync.ini, else ~/.config/backupsync.ini. -ENOENT without either. */
 int bs_config_user_file(char **ret);
 
+/**
+ * Add the NAMEs of the [agent:NAME] sections of file (valid names only,
+ * each once) to *names / *n (strings and array owned by the caller). A
+ * file that cannot be read adds nothing. Returns 0 or -ENOMEM.
+ */
+int bs_config_agent_instances(const char *file, char ***names, size_t *n);
+
 /** True when name may follow "agent:" in a section name: [A-Za-z0-9_.@-]+. */
 bool bs_config_instance_valid(const char *name);
 

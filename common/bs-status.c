@@ -52,9 +52,9 @@ int bs_status_write(int dir_fd, const BsStatus *s) {
         fprintf(f,
                 "UPDATED_USEC=%" PRIu64 "\nLAST_SYNC_USEC=%" PRIu64 "\nOFFLINE_SINCE_USEC=%" PRIu64 "\n"
                 "PENDING=%" PRIu64 "\nWATCHED=%" PRIu64 "\nUPLOADED=%" PRIu64 "\nDOWNLOADED=%" PRIu64
-                "\nCONFLICTS=%" PRIu64 "\n",
+                "\nCONFLICTS=%" PRIu64 "\nCONFLICTS_PRESENT=%" PRIu64 "\n",
                 s->updated_usec, s->last_sync_usec, s->offline_since_usec, s->pending, s->watched, s->uploaded,
-                s->downloaded, s->conflicts);
+                s->downloaded, s->conflicts, s->conflicts_present);
         int r = fflush(f) == 0 && !ferror(f) ? 0 : -errno;
         if (fclose(f) != 0 && r == 0)
                 r = -errno;
@@ -124,6 +124,7 @@ static int parse_line(BsStatus *s, char *line) {
                         { "UPLOADED", offsetof(BsStatus, uploaded) },
                         { "DOWNLOADED", offsetof(BsStatus, downloaded) },
                         { "CONFLICTS", offsetof(BsStatus, conflicts) },
+                        { "CONFLICTS_PRESENT", offsetof(BsStatus, conflicts_present) },
                 };
                 for (size_t i = 0; i < ELEMENTSOF(nums); i++)
                         if (strcmp(k, nums[i].key) == 0) {

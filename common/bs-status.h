@@ -42,6 +42,7 @@ typedef struct BsStatus {
         uint64_t last_sync_usec;         /* CLOCK_REALTIME of the last successful round; 0: never */
         uint64_t offline_since_usec;     /* CLOCK_REALTIME; 0 while connected */
         uint64_t pending, watched, uploaded, downloaded, conflicts;
+        uint64_t conflicts_present; /* conflict copies in the directory now */
 } BsStatus;
 
 /** "in sync", "syncing", ...; NULL for a value out of range. */

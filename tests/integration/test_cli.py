@@ -122,8 +122,24 @@ def test_cli_status_all_and_errors():
         write_file(os.path.join(bad, "status"), "PID=12\nDIR=" + "x" * 5000 + "\n")
         rc, out, err = _cli("status", "--state-dir", bad)
         check(rc == EX_DATAERR, "an over-long value: %d %s" % (rc, err))
-        rc, out, err = _cli("status", env=dict(os.environ, XDG_STATE_HOME=env.path("empty")))
-        check(rc == EX_NOINPUT and "no agent has run" in err, "no agents: %d %s" % (rc, err))
+        noconf = env.path("no-config")
+        os.makedirs(noconf)
+        rc, out, err = _cli("status", "--config", "/dev/null",
+                            env=dict(os.environ, XDG_STATE_HOME=env.path("empty"), XDG_CONFIG_HOME=noconf))
+        check(rc == EX_NOINPUT and "no agent is configured or has run" in err, "no agents: %d %s" % (rc, err))
+        # Configured instances are listed too, also one that never ran.
+        conf = env.path("backupsync.ini")
+        write_file(conf, "[agent:docs]\nserver = 127.0.0.1\nport = %d\npath = %s\n"
+                         "[agent:laptop]\nserver = 127.0.0.1\nport = %d\npath = %s\n"
+                   % (srv.port, a.dir, srv.port, env.path("L")))
+        cenv = dict(penv, XDG_CONFIG_HOME=noconf)
+        rc, out, err = _cli("status", "--json", "--config", conf, env=cenv)
+        v = json.loads(out)
+        check(rc == 0 and [(x["name"], x["state"]) for x in v] ==
+              [("docs", "in sync"), ("laptop", "never run"), ("home-u-photos", "in sync")],
+              "configured and found agents (%d): %s %s" % (rc, out, err))
+        rc, out, err = _cli("status", "--config", conf, env=cenv)
+        check(rc == 0 and "never run (configured in [agent:laptop]" in out, "text (%d): %s %s" % (rc, out, err))
         rc, _, err = _cli("restore-everything")
         check(rc == EX_USAGE and "unknown command" in err, "unknown command: %d %s" % (rc, err))
         rc, _, err = _cli("status", "--instance", "../etc")

@@ -1,6 +1,8 @@
 """Conflicts and offline changes: nothing may be lost, nothing duplicated."""
 
 import os
+
+import harness
 import re
 import shutil
 
@@ -73,6 +75,18 @@ def test_simultaneous_conflict():
         time.sleep(2)
         for root in (a.dir, b.dir, srv.tree(a.token)):
             check(conflict_copies(root) == [copy], "conflict copies in %s: %s" % (root, conflict_copies(root)))
+        # backupsync status tells both computers there is one to look at;
+        # once it is removed, none.
+        import json
+        import subprocess
+
+        def present(x):
+            r = subprocess.run([harness.CLI_BIN, "status", "--json", "--state-dir", x.state_dir],
+                               stdout=subprocess.PIPE, timeout=30)
+            return json.loads(r.stdout)[0]["conflicts_present"]
+        wait_until(lambda: present(a) == 1 and present(b) == 1, 90, "status: one conflict copy present")
+        os.unlink(os.path.join(a.dir, copy))
+        wait_until(lambda: present(a) == 0 and present(b) == 0, 90, "status: no conflict copy present")
 
 
 def test_offline_both_sides():

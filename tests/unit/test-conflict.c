@@ -62,3 +62,23 @@ Test(conflict, device_label) {
         conflict_device_label("abcdefghijklmnopqrstuvwxyz0123456789", out, sizeof(out));
         cr_expect_eq(strlen(out), 32);
 }
+
+Test(conflict, copies_recognized) {
+        static const char *const yes[] = {
+                "report.conflict-laptop-20260921-141320.txt", "d/report.conflict-laptop-20260921-141320.txt",
+                "Makefile.conflict-desk-20260921-141320", "a.tar.conflict-x-20260921-141320.gz",
+                "report.conflict-laptop-20260921-141320-2.txt",
+        };
+        static const char *const no[] = {
+                "report.txt", "notes.conflict.txt", "a.conflict-laptop-2026092-141320.txt",
+                "a.conflict-lap top-20260921-141320.txt", ".conflict-x", "d.conflict-x-20260921-141320/file",
+        };
+        for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
+                cr_expect(conflict_is_copy(yes[i]), "%s is a conflict copy", yes[i]);
+        for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+                cr_expect(!conflict_is_copy(no[i]), "%s is not a conflict copy", no[i]);
+        /* What conflict_name() makes is recognized. */
+        char out[256];
+        cr_assert_eq(conflict_name("dir/photo.jpeg", "cam", 1790000000, 3, out, sizeof(out)), 0);
+        cr_expect(conflict_is_copy(out), "%s", out);
+}

@@ -32,17 +32,12 @@ static void put_text(FILE *f, const char *key, const char *v) {
         fputc('\n', f);
 }
 
-int bs_status_write(int dir_fd, const BsStatus *s) {
-        static const char tmp[] = BS_STATUS_FILE ".tmp";
-        int fd = openat(dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0)
-                return -errno;
-        FILE *f = fdopen(fd, "w");
-        if (!f) {
-                int r = -errno;
-                close(fd);
-                return r;
-        }
+/* The file's text, in a memory stream: written whole or not at all. */
+static char *format(const BsStatus *s, size_t *len) {
+        char *buf = NULL;
+        FILE *f = open_memstream(&buf, len);
+        if (!f)
+                return NULL;
         fprintf(f, "PID=%ld\nSTATE=%d\n", (long) s->pid, (int) s->state);
         put_text(f, "DIR", s->dir);
         put_text(f, "SERVER", s->server);
@@ -55,13 +50,37 @@ int bs_status_write(int dir_fd, const BsStatus *s) {
                 "\nCONFLICTS=%" PRIu64 "\nCONFLICTS_PRESENT=%" PRIu64 "\n",
                 s->updated_usec, s->last_sync_usec, s->offline_since_usec, s->pending, s->watched, s->uploaded,
                 s->downloaded, s->conflicts, s->conflicts_present);
-        int r = fflush(f) == 0 && !ferror(f) ? 0 : -errno;
-        if (fclose(f) != 0 && r == 0)
+        if (fclose(f) != 0) {
+                free(buf);
+                return NULL;
+        }
+        return buf;
+}
+
+int bs_status_write(int dir_fd, const BsStatus *s) {
+        static const char tmp[] = BS_STATUS_FILE ".tmp";
+        size_t len;
+        _cleanup_(freep) char *text = format(s, &len);
+        if (!text)
+                return -ENOMEM;
+        int fd = openat(dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        int r = fd < 0 ? -errno : bs_write_all(fd, text, len);
+        if (fd >= 0 && close(fd) < 0 && r == 0)
                 r = -errno;
         if (r == 0 && renameat(dir_fd, tmp, dir_fd, BS_STATUS_FILE) < 0)
                 r = -errno;
         if (r < 0)
                 (void) unlinkat(dir_fd, tmp, 0);
+        if (r == -ENOSPC || r == -EDQUOT) {
+                /* A full file system is when the status matters most: write
+                 * over the old file, whose block is already there (a reader
+                 * may see it torn for a moment and read it again). */
+                fd = openat(dir_fd, BS_STATUS_FILE, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+                if (fd < 0)
+                        return r;
+                r = pwrite(fd, text, len, 0) == (ssize_t) len && ftruncate(fd, (off_t) len) == 0 ? 0 : -errno;
+                close(fd);
+        }
         return r;
 }
 

@@ -6,6 +6,7 @@ while the computer was behind, directory modes never sent, and mode or
 time changes never applied elsewhere.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -273,6 +274,13 @@ def test_state_disk_full_and_failing():
             time.sleep(3)  # several retries
             check(a.running(), "A exited when its state could not be written")
             logged_once()
+            # backupsync status says so, with the reason, though the file
+            # system its status file is on is full.
+            r = subprocess.run([harness.CLI_BIN, "status", "--json", "--state-dir", sdir], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, timeout=30)
+            st = json.loads(r.stdout)[0] if r.returncode == 0 else {}
+            check(st.get("state") == "error" and "cannot be written" in st.get("reason", ""),
+                  "status while the state is full (%d): %r %s" % (r.returncode, st, r.stderr.decode()))
             os.unlink(filler)
             os.sync()  # the shutdown below drops what is not on disk
             converged("full")

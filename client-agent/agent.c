@@ -214,7 +214,12 @@ static void write_status(Agent *a, BsSyncState state) {
                 .downloaded = a->n_downloaded,
                 .conflicts = a->n_conflicts,
                 .conflicts_present = conflicts_present(a),
+                .progress_done = a->progress_done,
+                .progress_total = a->progress_total,
+                .progress_bytes = a->progress_bytes,
         };
+        if (a->progress_what)
+                (void) strlcpy(st.progress_what, a->progress_what, sizeof(st.progress_what));
         (void) strlcpy(st.dir, a->cfg.dir, sizeof(st.dir));
         (void) strlcpy(st.server, a->cfg.server, sizeof(st.server));
         (void) strlcpy(st.port, a->cfg.port, sizeof(st.port));
@@ -248,6 +253,9 @@ void agent_status_stopped(Agent *a) {
 }
 
 void agent_update_status(Agent *a) {
+        /* Called between rounds: no transfer is under way. */
+        a->progress_what = NULL;
+        a->progress_done = a->progress_total = a->progress_bytes = 0;
         if (a->conn)
                 a->offline_since_usec = 0;
         else if (!a->offline_since_usec)
@@ -279,6 +287,11 @@ void agent_progress(Agent *a, const char *what, uint64_t done, uint64_t total, u
         a->progress_usec = now;
         sd_notifyf(false, "WATCHDOG=1\nSTATUS=%s: %s %llu of %llu changes, %.1f MiB so far", a->account,
                    what, (unsigned long long) done, (unsigned long long) total, (double) bytes / (1024.0 * 1024.0));
+        a->progress_what = what;
+        a->progress_done = done;
+        a->progress_total = total;
+        a->progress_bytes = bytes;
+        write_status(a, BS_SYNC_SYNCING);
 }
 
 

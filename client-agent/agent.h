@@ -159,6 +159,9 @@ typedef struct Agent {
          * it changed, at most every 2 s and 20 times the last count's cost. */
         uint64_t conflicts_present, conflicts_generation, conflicts_counted_usec, conflicts_cost_usec;
         bool conflicts_counted;
+        /* The long transfer under way, for the status file (agent_progress()). */
+        const char *progress_what;
+        uint64_t progress_done, progress_total, progress_bytes;
         uint64_t last_sync_usec;
         uint64_t offline_since_usec; /* CLOCK_REALTIME when the connection was found gone; 0 while connected */
         bool status_failed;          /* the status file could not be written (said once) */

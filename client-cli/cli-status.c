@@ -75,9 +75,17 @@ static void print_json(const char *name, const char *state_dir, const BsStatus *
         cli_json_time("offline_since", (time_t) (s->offline_since_usec / 1000000u));
         cli_json_time("updated", (time_t) (s->updated_usec / 1000000u));
         printf(", \"pid\": %ld, \"pending\": %" PRIu64 ", \"watched\": %" PRIu64 ", \"uploaded\": %" PRIu64
-               ", \"downloaded\": %" PRIu64 ", \"conflicts\": %" PRIu64 ", \"conflicts_present\": %" PRIu64 "}",
+               ", \"downloaded\": %" PRIu64 ", \"conflicts\": %" PRIu64 ", \"conflicts_present\": %" PRIu64,
                (long) s->pid, s->pending, s->watched, s->uploaded, s->downloaded, s->conflicts,
                s->conflicts_present);
+        if (s->progress_what[0] && running) {
+                fputs(", \"progress\": {\"what\": ", stdout);
+                cli_json_string(s->progress_what);
+                printf(", \"done\": %" PRIu64 ", \"total\": %" PRIu64 ", \"bytes\": %" PRIu64 "}", s->progress_done,
+                       s->progress_total, s->progress_bytes);
+        } else
+                fputs(", \"progress\": null", stdout);
+        putchar('}');
 }
 
 static void print_text(const char *name, const char *state_dir, const BsStatus *s, bool running) {
@@ -85,7 +93,11 @@ static void print_text(const char *name, const char *state_dir, const BsStatus *
         printf("%s (%s)\n", name, state_dir);
         if (running) {
                 printf("  state:      %s", bs_sync_state_to_string(s->state));
-                if (s->state == BS_SYNC_SYNCING)
+                if (s->state == BS_SYNC_SYNCING && s->progress_what[0] && s->progress_total)
+                        printf(", %s %" PRIu64 " of %" PRIu64 " changes (%" PRIu64 "%%), %.1f MiB so far",
+                               s->progress_what, s->progress_done, s->progress_total,
+                               s->progress_done * 100 / s->progress_total, (double) s->progress_bytes / (1024.0 * 1024.0));
+                else if (s->state == BS_SYNC_SYNCING)
                         printf(", %" PRIu64 " changes pending", s->pending);
                 if (s->state == BS_SYNC_OFFLINE && s->offline_since_usec) {
                         cli_format_time((time_t) (s->offline_since_usec / 1000000u), when, sizeof(when));

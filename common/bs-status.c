@@ -44,12 +44,15 @@ static char *format(const BsStatus *s, size_t *len) {
         put_text(f, "PORT", s->port);
         put_text(f, "ACCOUNT", s->account);
         put_text(f, "REASON", s->reason);
+        put_text(f, "PROGRESS", s->progress_what);
         fprintf(f,
                 "UPDATED_USEC=%" PRIu64 "\nLAST_SYNC_USEC=%" PRIu64 "\nOFFLINE_SINCE_USEC=%" PRIu64 "\n"
                 "PENDING=%" PRIu64 "\nWATCHED=%" PRIu64 "\nUPLOADED=%" PRIu64 "\nDOWNLOADED=%" PRIu64
-                "\nCONFLICTS=%" PRIu64 "\nCONFLICTS_PRESENT=%" PRIu64 "\n",
+                "\nCONFLICTS=%" PRIu64 "\nCONFLICTS_PRESENT=%" PRIu64 "\nPROGRESS_DONE=%" PRIu64
+                "\nPROGRESS_TOTAL=%" PRIu64 "\nPROGRESS_BYTES=%" PRIu64 "\n",
                 s->updated_usec, s->last_sync_usec, s->offline_since_usec, s->pending, s->watched, s->uploaded,
-                s->downloaded, s->conflicts, s->conflicts_present);
+                s->downloaded, s->conflicts, s->conflicts_present, s->progress_done, s->progress_total,
+                s->progress_bytes);
         if (fclose(f) != 0) {
                 free(buf);
                 return NULL;
@@ -130,6 +133,8 @@ static int parse_line(BsStatus *s, char *line) {
                 return take_text(s->account, sizeof(s->account), v);
         else if (strcmp(k, "REASON") == 0)
                 return take_text(s->reason, sizeof(s->reason), v);
+        else if (strcmp(k, "PROGRESS") == 0)
+                return take_text(s->progress_what, sizeof(s->progress_what), v);
         else {
                 static const struct {
                         const char *key;
@@ -144,6 +149,9 @@ static int parse_line(BsStatus *s, char *line) {
                         { "DOWNLOADED", offsetof(BsStatus, downloaded) },
                         { "CONFLICTS", offsetof(BsStatus, conflicts) },
                         { "CONFLICTS_PRESENT", offsetof(BsStatus, conflicts_present) },
+                        { "PROGRESS_DONE", offsetof(BsStatus, progress_done) },
+                        { "PROGRESS_TOTAL", offsetof(BsStatus, progress_total) },
+                        { "PROGRESS_BYTES", offsetof(BsStatus, progress_bytes) },
                 };
                 for (size_t i = 0; i < ELEMENTSOF(nums); i++)
                         if (strcmp(k, nums[i].key) == 0) {

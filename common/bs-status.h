@@ -43,6 +43,10 @@ typedef struct BsStatus {
         uint64_t offline_since_usec;     /* CLOCK_REALTIME; 0 while connected */
         uint64_t pending, watched, uploaded, downloaded, conflicts;
         uint64_t conflicts_present; /* conflict copies in the directory now */
+        /* A long transfer under way: what ("uploading", "downloading"), how
+         * many changes of how many, bytes so far; what is "" otherwise. */
+        char progress_what[16];
+        uint64_t progress_done, progress_total, progress_bytes;
 } BsStatus;
 
 /** "in sync", "syncing", ...; NULL for a value out of range. */

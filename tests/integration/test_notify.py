@@ -4,6 +4,8 @@ import os
 import socket
 import time
 
+import harness
+
 from harness import Env, check
 
 GiB = 1 << 30
@@ -43,10 +45,32 @@ def test_status_progress():
         sock.settimeout(0.2)
         os.environ["NOTIFY_SOCKET"] = path
         try:
-            env.agent("A", d)
+            a = env.agent("A", d)
         finally:
             del os.environ["NOTIFY_SOCKET"]
-        msgs = _collect(sock, lambda m: "READY=1" in m, 300)
+        # Meanwhile backupsync status shows the same progress.
+        import json
+        import subprocess
+        import threading
+        samples, stop = [], threading.Event()
+
+        def poll():
+            while not stop.is_set():
+                r = subprocess.run([harness.CLI_BIN, "status", "--json", "--state-dir", a.state_dir],
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30)
+                if r.returncode == 0:
+                    samples.append(json.loads(r.stdout)[0])
+                time.sleep(0.1)
+        t = threading.Thread(target=poll)
+        t.start()
+        try:
+            msgs = _collect(sock, lambda m: "READY=1" in m, 300)
+        finally:
+            stop.set()
+            t.join()
+        prog = [x["progress"] for x in samples if x["state"] == "syncing" and x.get("progress")]
+        check(any(p["what"] == "uploading" and 0 < p["total"] and p["done"] <= p["total"] for p in prog),
+              "no upload progress in backupsync status: %r" % samples[-5:])
         before = [m for _, m in msgs[:-1]]
         check(any("WATCHDOG=1" in m for m in before), "no WATCHDOG=1 during the first upload: %r" % before)
         check(any("STATUS=" in m and "uploading" in m and "changes" in m for m in before),

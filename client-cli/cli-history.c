@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sysexits.h>
 
+#include "bs-hash.h"
 #include "bs-macro.h"
 #include "cli-history.h"
 #include "cli-util.h"
@@ -48,7 +49,7 @@ static const char *device_of(const BsHistRow *row) {
 static void print_json(const Printer *p, const BsHistRow *row) {
         const BsRecord *r = &row->rec;
         char sha[2 * BS_SHA_LEN + 1];
-        cli_hex(r->sha, BS_SHA_LEN, sha);
+        bs_hex(r->sha, BS_SHA_LEN, sha);
         fputs(p->n ? ",\n {" : "[{", stdout);
         if (p->what == BS_HIST_LOG) {
                 printf("\"seq\": %" PRIu64, r->seq);
@@ -83,7 +84,7 @@ static void print_text(const Printer *p, const BsHistRow *row) {
         char t1[32], t2[32], sha[2 * BS_SHA_LEN + 1];
         cli_format_time((time_t) row->time, t1, sizeof(t1));
         cli_format_time((time_t) row->until_time, t2, sizeof(t2));
-        cli_hex(r->sha, BS_SHA_LEN, sha);
+        bs_hex(r->sha, BS_SHA_LEN, sha);
         switch (p->what) {
         case BS_HIST_LOG:
                 if (p->n == 0)
@@ -116,7 +117,7 @@ static void print_tree_row(const Printer *p, const BsHistRow *row) {
         char sha[2 * BS_SHA_LEN + 1], when[32];
         time_t mt = (time_t) (r->mtime_ns / 1000000000);
         if (p->json) {
-                cli_hex(r->sha, BS_SHA_LEN, sha);
+                bs_hex(r->sha, BS_SHA_LEN, sha);
                 printf("%s\"path\": ", p->n ? ",\n {" : "[{");
                 cli_json_string(r->path);
                 fputs(", \"kind\": ", stdout);

@@ -37,12 +37,3 @@ void cli_json_time(const char *key, time_t t) {
         else
                 fputs("null", stdout);
 }
-
-void cli_hex(const uint8_t *p, size_t n, char *out) {
-        static const char digits[] = "0123456789abcdef";
-        for (size_t i = 0; i < n; i++) {
-                out[2 * i] = digits[p[i] >> 4];
-                out[2 * i + 1] = digits[p[i] & 15];
-        }
-        out[2 * n] = 0;
-}

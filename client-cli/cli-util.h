@@ -13,5 +13,3 @@ void cli_format_time(time_t t, char *buf, size_t size);
 void cli_format_iso(time_t t, char *buf, size_t size);
 /** Print ", \"key\": " and t as an ISO 8601 string, or null for 0. */
 void cli_json_time(const char *key, time_t t);
-/** Lower-case hex of n bytes into out (2n + 1 bytes). */
-void cli_hex(const uint8_t *p, size_t n, char *out);

@@ -75,10 +75,7 @@ AccountQuery *account_query_free(AccountQuery *q) {
         if (!q)
                 return NULL;
         sqlite3_finalize(q->stmt);
-        if (q->db) {
-                (void) sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
-                sqlite3_close_v2(q->db);
-        }
+        account_reader_close(q->db);
         free(q);
         return NULL;
 }
@@ -110,15 +107,7 @@ int account_query_new(Account *a, BsHistWhat what, const char *path, uint64_t se
         q = calloc(1, sizeof(*q));
         if (!q)
                 return -ENOMEM;
-        rc = sqlite3_open_v2(a->db_path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
-        if (rc != SQLITE_OK)
-                return account_sqlite_errno(rc) ?: -EIO;
-        sqlite3_busy_timeout(q->db, 5000);
-        rc = sqlite3_exec(q->db, "BEGIN", NULL, NULL, NULL);
-        if (rc != SQLITE_OK)
-                return account_sqlite_errno(rc) ?: -EIO;
-        /* The first read fixes the snapshot: the sequence comes from it. */
-        r = query_int(q->db, "SELECT CAST(value AS INTEGER) + 0 * ?1 FROM meta WHERE key = 'seq'", 0, &now);
+        r = account_reader_open(a, &q->db, &now);
         if (r < 0)
                 return r;
         /* The tree as of a time is as of the last change made by then;
@@ -148,13 +137,6 @@ uint64_t account_query_seq(const AccountQuery *q) {
         return q->seq;
 }
 
-static void column_fixed(sqlite3_stmt *st, int col, uint8_t *out, size_t n) {
-        if ((size_t) sqlite3_column_bytes(st, col) == n)
-                memcpy(out, sqlite3_column_blob(st, col), n);
-        else
-                memset(out, 0, n);
-}
-
 int account_query_next(AccountQuery *q, BsHistRow *row) {
         sqlite3_stmt *st = q->stmt;
         int rc = sqlite3_step(st);
@@ -170,8 +152,8 @@ int account_query_next(AccountQuery *q, BsHistRow *row) {
         row->rec.size = (uint64_t) sqlite3_column_int64(st, 3);
         row->rec.mode = (uint32_t) sqlite3_column_int64(st, 4);
         row->rec.mtime_ns = sqlite3_column_int64(st, 5);
-        column_fixed(st, 6, row->rec.sha, BS_SHA_LEN);
-        column_fixed(st, 8, row->rec.device, BS_DEVICE_LEN);
+        account_column_fixed(st, 6, row->rec.sha, BS_SHA_LEN);
+        account_column_fixed(st, 8, row->rec.device, BS_DEVICE_LEN);
         row->until = (uint64_t) sqlite3_column_int64(st, 9);
         row->time = sqlite3_column_int64(st, 10);
         row->until_time = sqlite3_column_int64(st, 11);

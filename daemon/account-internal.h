@@ -105,7 +105,16 @@ int account_step_done(sqlite3_stmt *st);
 int account_bind_path(sqlite3_stmt *st, int idx, const char *p);
 /** Copy a BLOB path column into out (BS_PATH_MAX + 1 bytes). */
 int account_column_path(sqlite3_stmt *st, int col, char *out, size_t *len);
+/** Copy a fixed-size BLOB column (a SHA-256, a device id) into out; zeros when it has another size. */
+void account_column_fixed(sqlite3_stmt *st, int col, uint8_t *out, size_t n);
 void account_range(AccountRange *r, const char *path);
+/**
+ * A connection of its own inside one read transaction: in WAL mode a
+ * consistent snapshot while the account's connection commits on.
+ * *ret_seq is the account's sequence in it.
+ */
+int account_reader_open(Account *a, sqlite3 **ret, uint64_t *ret_seq);
+void account_reader_close(sqlite3 *db);
 
 /**
  * Make the uploads waiting in tmp/ durable and rename them into the tree,

@@ -29,16 +29,40 @@ AccountCursor *account_cursor_free(AccountCursor *c) {
         if (!c)
                 return NULL;
         sqlite3_finalize(c->stmt);
-        if (c->db) {
-                (void) sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
-                sqlite3_close_v2(c->db);
-        }
+        account_reader_close(c->db);
         free(c);
         return NULL;
 }
 
-static int cursor_exec(AccountCursor *c, const char *sql) {
-        return account_sqlite_errno(sqlite3_exec(c->db, sql, NULL, NULL, NULL));
+int account_reader_open(Account *a, sqlite3 **ret, uint64_t *ret_seq) {
+        sqlite3 *db = NULL;
+        sqlite3_stmt *st = NULL;
+        int rc = sqlite3_open_v2(a->db_path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+        if (rc == SQLITE_OK) {
+                sqlite3_busy_timeout(db, 5000);
+                rc = sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
+        }
+        /* The first read fixes the snapshot; the sequence comes from it. */
+        if (rc == SQLITE_OK)
+                rc = sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'seq'", -1, &st, NULL);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+                *ret_seq = (uint64_t) sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        if (rc != SQLITE_ROW) {
+                sqlite3_close_v2(db);
+                return account_sqlite_errno(rc) ?: -EIO;
+        }
+        *ret = db;
+        return 0;
+}
+
+void account_reader_close(sqlite3 *db) {
+        if (db) {
+                (void) sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+                sqlite3_close_v2(db);
+        }
 }
 
 int account_cursor_new(Account *a, uint64_t since, AccountCursor **ret) {
@@ -49,23 +73,9 @@ int account_cursor_new(Account *a, uint64_t since, AccountCursor **ret) {
         c = calloc(1, sizeof(*c));
         if (!c)
                 return -ENOMEM;
-        rc = sqlite3_open_v2(a->db_path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
-        if (rc != SQLITE_OK)
-                return account_sqlite_errno(rc) ?: -EIO;
-        sqlite3_busy_timeout(c->db, 5000);
-        r = cursor_exec(c, "BEGIN");
+        r = account_reader_open(a, &c->db, &c->seq);
         if (r < 0)
                 return r;
-        /* The first read fixes the snapshot; the sequence comes from it. */
-        rc = sqlite3_prepare_v2(c->db, "SELECT value FROM meta WHERE key = 'seq'", -1, &st, NULL);
-        if (rc == SQLITE_OK)
-                rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW)
-                c->seq = (uint64_t) sqlite3_column_int64(st, 0);
-        sqlite3_finalize(st);
-        if (rc != SQLITE_ROW)
-                return account_sqlite_errno(rc) ?: -EIO;
-
         /* From before the pruned part of the log: the whole tree instead. */
         rc = sqlite3_prepare_v2(c->db, "SELECT COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'log_floor'), 0)",
                                 -1, &st, NULL);
@@ -102,13 +112,6 @@ bool account_cursor_is_snapshot(const AccountCursor *c) {
         return c->snapshot;
 }
 
-static void column_fixed(sqlite3_stmt *st, int col, uint8_t *out, size_t n) {
-        if ((size_t) sqlite3_column_bytes(st, col) == n)
-                memcpy(out, sqlite3_column_blob(st, col), n);
-        else
-                memset(out, 0, n);
-}
-
 int account_cursor_next(AccountCursor *c, BsRecord *rec) {
         sqlite3_stmt *st = c->stmt;
         int rc = sqlite3_step(st);
@@ -128,20 +131,20 @@ int account_cursor_next(AccountCursor *c, BsRecord *rec) {
                 rec->size = (uint64_t) sqlite3_column_int64(st, 2);
                 rec->mode = (uint32_t) sqlite3_column_int64(st, 3);
                 rec->mtime_ns = sqlite3_column_int64(st, 4);
-                column_fixed(st, 5, rec->sha, BS_SHA_LEN);
+                account_column_fixed(st, 5, rec->sha, BS_SHA_LEN);
                 rec->seq = (uint64_t) sqlite3_column_int64(st, 7);
-                column_fixed(st, 8, rec->device, BS_DEVICE_LEN);
+                account_column_fixed(st, 8, rec->device, BS_DEVICE_LEN);
                 r = account_column_path(st, 0, rec->path, &rec->path_len);
                 r = r ?: account_column_path(st, 6, rec->path2, &rec->path2_len);
         } else {
                 rec->seq = (uint64_t) sqlite3_column_int64(st, 0);
-                column_fixed(st, 1, rec->device, BS_DEVICE_LEN);
+                account_column_fixed(st, 1, rec->device, BS_DEVICE_LEN);
                 rec->op = (uint8_t) sqlite3_column_int(st, 2);
                 rec->kind = (uint8_t) sqlite3_column_int(st, 3);
                 rec->size = (uint64_t) sqlite3_column_int64(st, 6);
                 rec->mode = (uint32_t) sqlite3_column_int64(st, 7);
                 rec->mtime_ns = sqlite3_column_int64(st, 8);
-                column_fixed(st, 9, rec->sha, BS_SHA_LEN);
+                account_column_fixed(st, 9, rec->sha, BS_SHA_LEN);
                 r = account_column_path(st, 4, rec->path, &rec->path_len);
                 r = r ?: account_column_path(st, 5, rec->path2, &rec->path2_len);
         }

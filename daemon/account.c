@@ -164,6 +164,13 @@ int account_column_path(sqlite3_stmt *st, int col, char *out, size_t *len) {
         return 0;
 }
 
+void account_column_fixed(sqlite3_stmt *st, int col, uint8_t *out, size_t n) {
+        if ((size_t) sqlite3_column_bytes(st, col) == n)
+                memcpy(out, sqlite3_column_blob(st, col), n);
+        else
+                memset(out, 0, n);
+}
+
 void account_range(AccountRange *r, const char *path) {
         size_t n = strlen(path);
         memcpy(r->lo, path, n);

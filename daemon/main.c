@@ -27,6 +27,7 @@
 #include "bs-log.h"
 #include "bs-macro.h"
 #include "bs-parse.h"
+#include "offline.h"
 #include "server.h"
 
 #define DEFAULT_CONFIG BS_SYSCONFDIR "/backupsync.ini"
@@ -266,49 +267,6 @@ static int reload(Server *server, void *userdata) {
         return 0;
 }
 
-static void print_problem(void *userdata, const char *path, const char *problem) {
-        printf("%s: %s: %s\n", (const char *) userdata, path, problem);
-}
-
-/* backupsyncd --verify: every account below storage, report only. */
-static int verify_all(const char *storage) {
-        _cleanup_(closep) int fd = open(storage, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-        unsigned accounts = 0, bad = 0;
-        int ret = EXIT_SUCCESS;
-
-        if (!d) {
-                log_error("cannot read storage %s: %m", storage);
-                return EX_NOINPUT;
-        }
-        fd = -1;
-        struct dirent *de;
-        while ((de = readdir(d))) {
-                Account *a = NULL;
-                if (!bs_id_valid(de->d_name, strlen(de->d_name)))
-                        continue;
-                int r = account_open(storage, de->d_name, &a);
-                if (r == -ENOENT)
-                        continue;
-                accounts++;
-                if (r >= 0)
-                        r = account_verify(a, false, true, print_problem, de->d_name);
-                if (r < 0) {
-                        errno = -r;
-                        log_error("account %s: cannot verify: %m", de->d_name);
-                        ret = EX_SOFTWARE;
-                } else if (r > 0) {
-                        bad++;
-                        if (ret == EXIT_SUCCESS)
-                                ret = EXIT_FAILURE;
-                }
-                account_free(a);
-        }
-        closedir(d);
-        printf("%u account%s checked, %u with differences\n", accounts, accounts == 1 ? "" : "s", bad);
-        return ret;
-}
-
 /* One backupsyncd per storage directory: the lock lives as long as the process. */
 static int lock_storage(const char *storage) {
         char path[PATH_MAX];
@@ -323,75 +281,6 @@ static int lock_storage(const char *storage) {
                 return r;
         }
         return fd;
-}
-
-static void format_bytes(uint64_t n, char *buf, size_t size) {
-        if (n >= 1024ULL * 1024 * 1024)
-                snprintf(buf, size, "%.2f GiB", (double) n / (1024.0 * 1024 * 1024));
-        else
-                snprintf(buf, size, "%.1f MiB", (double) n / (1024.0 * 1024));
-}
-
-/* backupsyncd --prune: every account below storage, all slices at once. */
-static int prune_all(const char *storage, const AccountRetention *ret) {
-        _cleanup_(closep) int fd = open(storage, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-        AccountPruneStats total = {};
-        uint64_t before = 0, after = 0;
-        unsigned accounts = 0;
-        int ret_code = EXIT_SUCCESS;
-        char b1[32], b2[32], b3[32];
-
-        if (!d) {
-                log_error("cannot read storage %s: %m", storage);
-                return EX_NOINPUT;
-        }
-        fd = -1;
-        struct dirent *de;
-        while ((de = readdir(d))) {
-                Account *a = NULL;
-                AccountPruneStats st = {};
-                uint64_t b = 0, e = 0;
-                if (!bs_id_valid(de->d_name, strlen(de->d_name)))
-                        continue;
-                int r = account_open(storage, de->d_name, &a);
-                if (r == -ENOENT)
-                        continue;
-                accounts++;
-                if (r >= 0 && account_needs_recovery(a))
-                        r = account_verify(a, true, false, print_problem, de->d_name);
-                r = r < 0 ? r : account_history_usage(a, &b);
-                while (r >= 0 && (r = account_prune(a, ret, bs_now(), 1000, &st)) == 1)
-                        ;
-                if (r >= 0)
-                        r = account_history_usage(a, &e);
-                if (r < 0) {
-                        errno = -r;
-                        log_error("account %s: cannot prune: %m", de->d_name);
-                        ret_code = EX_SOFTWARE;
-                } else {
-                        format_bytes(b, b1, sizeof(b1));
-                        format_bytes(e, b2, sizeof(b2));
-                        printf("%s: %llu versions, %llu contents, %llu log records pruned; history %s before, %s after\n",
-                               de->d_name, (unsigned long long) st.versions, (unsigned long long) st.contents,
-                               (unsigned long long) st.log_records, b1, b2);
-                        total.versions += st.versions;
-                        total.contents += st.contents;
-                        total.bytes += st.bytes;
-                        total.log_records += st.log_records;
-                        before += b;
-                        after += e;
-                }
-                account_free(a);
-        }
-        closedir(d);
-        format_bytes(total.bytes, b1, sizeof(b1));
-        format_bytes(before, b2, sizeof(b2));
-        format_bytes(after, b3, sizeof(b3));
-        printf("%u account%s pruned: %llu versions, %llu contents (%s freed), %llu log records; history %s before, %s after\n",
-               accounts, accounts == 1 ? "" : "s", (unsigned long long) total.versions,
-               (unsigned long long) total.contents, b1, (unsigned long long) total.log_records, b2, b3);
-        return ret_code;
 }
 
 /* mkdir -p with mode 0700 for what we create; existing directories are left alone. */
@@ -464,7 +353,7 @@ int main(int argc, char **argv) {
         }
 
         if (ctx.args.verify)
-                return verify_all(storage);
+                return offline_verify(storage);
 
         int lock_fd = lock_storage(storage);
         if (lock_fd == -EWOULDBLOCK) {
@@ -480,7 +369,7 @@ int main(int argc, char **argv) {
         }
         if (ctx.args.prune) {
                 AccountRetention ret = retention_of(&ctx.cfg);
-                r = prune_all(storage, &ret);
+                r = offline_prune(storage, &ret);
                 close(lock_fd);
                 return r;
         }

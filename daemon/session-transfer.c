@@ -368,18 +368,18 @@ static int fill_get_delta(Session *s) {
         return 0;
 }
 
-static int fill_pull(Session *s) {
+int session_fill_rows(Session *s, const SessionRows *rows) {
         size_t budget = s->peer_max_frame / 2, off, flags_at, count_at;
         uint32_t count = 0, be;
         bool done = false;
         int r;
 
-        r = bs_buf_reserve(&s->out, budget + BS_RECORD_MIN + 2 * BS_PATH_MAX + 64);
+        r = bs_buf_reserve(&s->out, budget + rows->row_max + 64);
         if (r < 0)
                 return r;
-        bs_frame_begin(&s->out, BS_MSG_CHANGES, &off);
+        bs_frame_begin(&s->out, rows->type, &off);
         bs_buf_put_u32(&s->out, s->stream_req);
-        bs_buf_put_u64(&s->out, account_cursor_seq(s->cursor));
+        bs_buf_put_u64(&s->out, rows->seq);
         flags_at = s->out.end;
         bs_buf_put_u8(&s->out, 0);
         count_at = s->out.end;
@@ -387,14 +387,15 @@ static int fill_pull(Session *s) {
 
         for (;;) {
                 if (!s->rec_pending) {
-                        r = account_cursor_next(s->cursor, s->rec);
+                        r = rows->next(s);
                         if (r < 0) {
                                 bs_frame_cancel(&s->out, off);
                                 s->stream = STREAM_NONE;
-                                s->cursor = account_cursor_free(s->cursor);
+                                rows->done(s);
                                 errno = -r;
-                                log_error("account %s: reading the change log failed: %m", account_id(s->account));
-                                return session_send_error(s, s->stream_req, BS_ERR_IO, "reading the change log failed");
+                                log_error("account %s: reading the %s failed: %m", account_id(s->account), rows->what);
+                                return session_send_error(s, s->stream_req, BS_ERR_IO, "reading the %s failed",
+                                                          rows->what);
                         }
                         if (r == 0) {
                                 done = true;
@@ -402,25 +403,53 @@ static int fill_pull(Session *s) {
                         }
                         s->rec_pending = true;
                 }
-                size_t need = BS_RECORD_MIN + s->rec->path_len + s->rec->path2_len;
-                if (count > 0 && s->out.end - s->out.start - off + need > budget)
+                if (count > 0 && s->out.end - s->out.start - off + rows->size(s) > budget)
                         break;
-                r = bs_record_encode(&s->out, s->rec);
+                r = rows->encode(s);
                 if (r < 0)
                         return r;
                 s->rec_pending = false;
                 count++;
         }
-        s->out.data[flags_at] = (uint8_t) ((account_cursor_is_snapshot(s->cursor) ? BS_CHANGES_SNAPSHOT : 0) |
-                                           (done ? 0 : BS_CHANGES_MORE));
+        s->out.data[flags_at] = (uint8_t) (rows->flags | (done ? 0 : BS_CHANGES_MORE));
         be = htobe32(count);
         memcpy(s->out.data + count_at, &be, 4);
         bs_frame_end(&s->out, off);
         if (done) {
-                s->cursor = account_cursor_free(s->cursor);
+                rows->done(s);
                 s->stream = STREAM_NONE;
         }
         return 0;
+}
+
+static int pull_next(Session *s) {
+        return account_cursor_next(s->cursor, s->rec);
+}
+
+static size_t pull_size(Session *s) {
+        return BS_RECORD_MIN + s->rec->path_len + s->rec->path2_len;
+}
+
+static int pull_encode(Session *s) {
+        return bs_record_encode(&s->out, s->rec);
+}
+
+static void pull_done(Session *s) {
+        s->cursor = account_cursor_free(s->cursor);
+}
+
+static int fill_pull(Session *s) {
+        return session_fill_rows(s, &(SessionRows) {
+                .type = BS_MSG_CHANGES,
+                .seq = account_cursor_seq(s->cursor),
+                .flags = account_cursor_is_snapshot(s->cursor) ? BS_CHANGES_SNAPSHOT : 0,
+                .row_max = BS_RECORD_MIN + 2 * BS_PATH_MAX,
+                .what = "change log",
+                .next = pull_next,
+                .size = pull_size,
+                .encode = pull_encode,
+                .done = pull_done,
+        });
 }
 
 int session_stream_fill(Session *s) {

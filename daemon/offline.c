@@ -1,0 +1,148 @@
+/* offline.c - backupsyncd --verify and --prune: every account of a stopped server
+ *
+ * Both walk the storage directory's accounts one by one and report on
+ * standard output; the server's lock on the storage keeps them from
+ * running beside a live server (--verify only reads, so it does not ask).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sysexits.h>
+#include <unistd.h>
+
+#include "bs-clock.h"
+#include "bs-log.h"
+#include "bs-macro.h"
+#include "bs-token.h"
+#include "offline.h"
+
+/* fn(account, id, userdata) for each account below storage: 0, or an exit status to note. */
+typedef int (*account_fn)(Account *a, const char *id, void *userdata);
+
+/* Open each account in turn; *ret_n counts them. Returns the first exit status fn or opening gave. */
+static int for_each_account(const char *storage, account_fn fn, void *userdata, unsigned *ret_n) {
+        _cleanup_(closep) int fd = open(storage, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+        int ret = EXIT_SUCCESS;
+
+        *ret_n = 0;
+        if (!d) {
+                log_error("cannot read storage %s: %m", storage);
+                return EX_NOINPUT;
+        }
+        fd = -1;
+        struct dirent *de;
+        while ((de = readdir(d))) {
+                Account *a = NULL;
+                if (!bs_id_valid(de->d_name, strlen(de->d_name)))
+                        continue;
+                int r = account_open(storage, de->d_name, &a);
+                if (r == -ENOENT)
+                        continue;
+                (*ret_n)++;
+                if (r < 0) {
+                        errno = -r;
+                        log_error("account %s: cannot open it: %m", de->d_name);
+                        ret = EX_SOFTWARE;
+                        continue;
+                }
+                int k = fn(a, de->d_name, userdata);
+                if (k != EXIT_SUCCESS && (ret == EXIT_SUCCESS || k == EX_SOFTWARE))
+                        ret = k;
+                account_free(a);
+        }
+        closedir(d);
+        return ret;
+}
+
+static void print_problem(void *userdata, const char *path, const char *problem) {
+        printf("%s: %s: %s\n", (const char *) userdata, path, problem);
+}
+
+static int verify_one(Account *a, const char *id, void *userdata) {
+        unsigned *bad = userdata;
+        int r = account_verify(a, false, true, print_problem, (void *) id);
+        if (r < 0) {
+                errno = -r;
+                log_error("account %s: cannot verify: %m", id);
+                return EX_SOFTWARE;
+        }
+        if (r > 0) {
+                (*bad)++;
+                return EXIT_FAILURE;
+        }
+        return EXIT_SUCCESS;
+}
+
+int offline_verify(const char *storage) {
+        unsigned accounts, bad = 0;
+        int ret = for_each_account(storage, verify_one, &bad, &accounts);
+        if (ret != EX_NOINPUT)
+                printf("%u account%s checked, %u with differences\n", accounts, accounts == 1 ? "" : "s", bad);
+        return ret;
+}
+
+typedef struct Prune {
+        const AccountRetention *ret;
+        AccountPruneStats total;
+        uint64_t before, after;
+} Prune;
+
+static void format_bytes(uint64_t n, char *buf, size_t size) {
+        if (n >= 1024ULL * 1024 * 1024)
+                snprintf(buf, size, "%.2f GiB", (double) n / (1024.0 * 1024 * 1024));
+        else
+                snprintf(buf, size, "%.1f MiB", (double) n / (1024.0 * 1024));
+}
+
+static int prune_one(Account *a, const char *id, void *userdata) {
+        Prune *p = userdata;
+        AccountPruneStats st = {};
+        uint64_t before = 0, after = 0;
+        char b1[32], b2[32];
+        int r = 0;
+
+        if (account_needs_recovery(a))
+                r = account_verify(a, true, false, print_problem, (void *) id);
+        r = r < 0 ? r : account_history_usage(a, &before);
+        while (r >= 0 && (r = account_prune(a, p->ret, bs_now(), 1000, &st)) == 1)
+                ;
+        r = r < 0 ? r : account_history_usage(a, &after);
+        if (r < 0) {
+                errno = -r;
+                log_error("account %s: cannot prune: %m", id);
+                return EX_SOFTWARE;
+        }
+        format_bytes(before, b1, sizeof(b1));
+        format_bytes(after, b2, sizeof(b2));
+        printf("%s: %llu versions, %llu contents, %llu log records pruned; history %s before, %s after\n", id,
+               (unsigned long long) st.versions, (unsigned long long) st.contents, (unsigned long long) st.log_records,
+               b1, b2);
+        p->total.versions += st.versions;
+        p->total.contents += st.contents;
+        p->total.bytes += st.bytes;
+        p->total.log_records += st.log_records;
+        p->before += before;
+        p->after += after;
+        return EXIT_SUCCESS;
+}
+
+int offline_prune(const char *storage, const AccountRetention *ret) {
+        Prune p = { .ret = ret };
+        unsigned accounts;
+        char b1[32], b2[32], b3[32];
+        int r = for_each_account(storage, prune_one, &p, &accounts);
+        if (r == EX_NOINPUT)
+                return r;
+        format_bytes(p.total.bytes, b1, sizeof(b1));
+        format_bytes(p.before, b2, sizeof(b2));
+        format_bytes(p.after, b3, sizeof(b3));
+        printf("%u account%s pruned: %llu versions, %llu contents (%s freed), %llu log records; history %s before, "
+               "%s after\n",
+               accounts, accounts == 1 ? "" : "s", (unsigned long long) p.total.versions,
+               (unsigned long long) p.total.contents, b1, (unsigned long long) p.total.log_records, b2, b3);
+        return r;
+}

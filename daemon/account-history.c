@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "account-internal.h"
-#include "account-read.h"
+#include "account-history.h"
 #include "bs-macro.h"
 #include "bs-path.h"
 

@@ -164,6 +164,37 @@ int account_column_path(sqlite3_stmt *st, int col, char *out, size_t *len) {
         return 0;
 }
 
+int account_reader_open(Account *a, sqlite3 **ret, uint64_t *ret_seq) {
+        sqlite3 *db = NULL;
+        sqlite3_stmt *st = NULL;
+        int rc = sqlite3_open_v2(a->db_path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+        if (rc == SQLITE_OK) {
+                sqlite3_busy_timeout(db, 5000);
+                rc = sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
+        }
+        /* The first read fixes the snapshot; the sequence comes from it. */
+        if (rc == SQLITE_OK)
+                rc = sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'seq'", -1, &st, NULL);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+                *ret_seq = (uint64_t) sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        if (rc != SQLITE_ROW) {
+                sqlite3_close_v2(db);
+                return account_sqlite_errno(rc) ?: -EIO;
+        }
+        *ret = db;
+        return 0;
+}
+
+void account_reader_close(sqlite3 *db) {
+        if (db) {
+                (void) sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+                sqlite3_close_v2(db);
+        }
+}
+
 void account_column_fixed(sqlite3_stmt *st, int col, uint8_t *out, size_t n) {
         if ((size_t) sqlite3_column_bytes(st, col) == n)
                 memcpy(out, sqlite3_column_blob(st, col), n);

@@ -131,11 +131,3 @@ int server_prune_start(Server *s) {
                 return r;
         return sd_event_source_set_enabled(s->prune_slice_source, SD_EVENT_OFF);
 }
-
-void server_prune_stop(Server *s) {
-        if (s->prune_account)
-                account_done(s);
-        prune_ids_free(s);
-        s->prune_timer_source = sd_event_source_disable_unref(s->prune_timer_source);
-        s->prune_slice_source = sd_event_source_disable_unref(s->prune_slice_source);
-}

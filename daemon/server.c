@@ -86,7 +86,14 @@ int server_new(Server **ret, sd_event *event, const ServerConfig *config) {
 Server *server_free(Server *s) {
         if (!s)
                 return NULL;
-        server_prune_stop(s);
+        /* Pruning's account and work list (server-prune.c); its sources below. */
+        if (s->prune_account)
+                server_account_release(s, TAKE_PTR(s->prune_account));
+        for (size_t i = 0; i < s->n_prune_ids; i++)
+                free(s->prune_ids[i]);
+        free(s->prune_ids);
+        sd_event_source_disable_unref(s->prune_timer_source);
+        sd_event_source_disable_unref(s->prune_slice_source);
         while (s->sessions)
                 session_free(s->sessions);
         while (s->accounts) {

@@ -111,8 +111,6 @@ void server_update_status(Server *s);
 void server_set_reload(Server *s, ServerReloadFn fn, void *userdata);
 /** Prune every account soon after start and every prune-interval, in idle-priority slices (server-prune.c). */
 int server_prune_start(Server *s);
-/** Stop pruning and release the account in hand. */
-void server_prune_stop(Server *s);
 
 /** Take the limits of config that can change while running (not storage). */
 void server_apply(Server *s, const ServerConfig *config);

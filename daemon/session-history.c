@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "account-history.h"
 #include "account-read.h"
 #include "bs-log.h"
 #include "bs-path.h"

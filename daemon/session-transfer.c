@@ -452,20 +452,8 @@ static int fill_pull(Session *s) {
         });
 }
 
-int session_stream_fill(Session *s) {
-        int r = 0;
-        while (r == 0 && s->stream != STREAM_NONE && s->state != SESSION_CLOSING &&
-               bs_buf_len(&s->out) < SESSION_OUT_FILL) {
-                if (s->stream == STREAM_PULL)
-                        r = fill_pull(s);
-                else if (s->stream == STREAM_HISTORY)
-                        r = session_history_fill(s);
-                else
-                        r = s->have.fd >= 0 ? fill_get_delta(s) : fill_get(s);
-        }
-        if (r > 0)
-                r = 0;
-        if (r < 0 && s->state != SESSION_CLOSING)
-                r = session_fail(s, s->stream_req, BS_ERR_IO, "out of memory");
-        return r;
+int session_transfer_fill(Session *s) {
+        if (s->stream == STREAM_PULL)
+                return fill_pull(s);
+        return s->have.fd >= 0 ? fill_get_delta(s) : fill_get(s);
 }

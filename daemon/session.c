@@ -469,6 +469,20 @@ static int handle_request(Session *s, const BsMsg *m) {
         }
 }
 
+/* Produce stream frames until the output is full or the stream ends. */
+static int stream_fill(Session *s) {
+        int r = 0;
+        while (r == 0 && s->stream != STREAM_NONE && s->state != SESSION_CLOSING &&
+               bs_buf_len(&s->out) < SESSION_OUT_FILL) {
+                r = s->stream == STREAM_HISTORY ? session_history_fill(s) : session_transfer_fill(s);
+        }
+        if (r > 0)
+                r = 0;
+        if (r < 0 && s->state != SESSION_CLOSING)
+                r = session_fail(s, s->stream_req, BS_ERR_IO, "out of memory");
+        return r;
+}
+
 /* Stream, then handle whole frames. Never writes to the socket. */
 static void session_run(Session *s) {
         static BsMsg m; /* 8 KiB of paths: kept off the stack; one pass runs at a time */
@@ -481,7 +495,7 @@ static void session_run(Session *s) {
                         s->notify_pending = 0;
                 }
                 if (s->stream != STREAM_NONE) {
-                        if (session_stream_fill(s) < 0 || s->stream != STREAM_NONE)
+                        if (stream_fill(s) < 0 || s->stream != STREAM_NONE)
                                 break;
                 }
                 if (bs_buf_len(&s->out) >= SESSION_OUT_HIGH || s->copied_this_turn >= SESSION_COPY_BUDGET)

@@ -15,6 +15,7 @@
 #include <systemd/sd-event.h>
 
 #include "account.h"
+#include "account-history.h"
 #include "account-read.h"
 #include "bs-buf.h"
 #include "bs-log.h"
@@ -165,7 +166,7 @@ int session_fill_rows(Session *s, const SessionRows *rows);
 int session_start_history(Session *s, const BsMsg *m);
 /** One HISTORY_ROWS frame (session-history.c). */
 int session_history_fill(Session *s);
-/** Produce stream frames until the output is full or the stream ends. */
-int session_stream_fill(Session *s);
+/** One frame or chunk of a PULL or GET answer; 1 when others should run first. */
+int session_transfer_fill(Session *s);
 /** Drop any upload and stream in progress. */
 void session_transfer_reset(Session *s);

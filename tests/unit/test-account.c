@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "account-internal.h"
+#include "account-history.h"
 #include "account-read.h"
 #include "bs-hash.h"
 

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "account-internal.h"
+#include "account-history.h"
 #include "account-read.h"
 #include "bs-clock.h"
 #include "bs-hash.h"

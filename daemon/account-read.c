@@ -150,7 +150,8 @@ static int open_from_rows(Account *a, unsigned id, int dir_fd, const uint8_t sha
                 size_t n = (size_t) sqlite3_column_bytes(st, 0);
                 if (n > BS_PATH_MAX)
                         continue;
-                memcpy(p, s, n);
+                if (n > 0)
+                        memcpy(p, s, n);
                 p[n] = 0;
                 /* A version without a stored name is in the store. */
                 int fd = n == 0 && id == STMT_VERSION_BY_SHA ? store_get(a->store, sha, size)

@@ -40,6 +40,7 @@ typedef struct Item {
         uint32_t mode;
         int64_t mtime_ns;
         uint64_t size;
+        uint64_t version;
         uint8_t sha[BS_SHA_LEN];
 } Item;
 
@@ -77,7 +78,8 @@ static int add_item(Restore *r, const BsRecord *rec) {
                 r->cap = cap;
         }
         Item *it = &r->items[r->n];
-        *it = (Item) { .kind = rec->kind, .mode = rec->mode & 07777, .mtime_ns = rec->mtime_ns, .size = rec->size };
+        *it = (Item) { .kind = rec->kind, .mode = rec->mode & 07777, .mtime_ns = rec->mtime_ns, .size = rec->size,
+                       .version = rec->seq };
         memcpy(it->sha, rec->sha, BS_SHA_LEN);
         it->path = strdup(rec->path);
         it->target = rec->kind == BS_KIND_SYMLINK ? strdup(rec->path2) : NULL;
@@ -359,26 +361,41 @@ linked:
         return 0;
 }
 
-/* Fetch the files of r->items with requests pipelined. */
+static const Item *sort_items;
+
+static int cmp_version(const void *x, const void *y) {
+        const Item *a = &sort_items[*(const size_t *) x], *b = &sort_items[*(const size_t *) y];
+        return a->version < b->version ? -1 : a->version > b->version;
+}
+
+/* Fetch the files of r->items with requests pipelined. They are asked for
+ * in the order they were written (their versions): files written together
+ * lie together on the server's disk, so its reads follow one another. */
 static int fetch_files(BsConn *c, Restore *r, int root) {
         static BsMsg m;
-        size_t next = 0, inflight_bytes = 0, n_inflight = 0, head = 0;
+        size_t pos = 0, n_files = 0, inflight_bytes = 0, n_inflight = 0, head = 0;
         size_t *order = calloc(PIPELINE_MAX, sizeof(*order)); /* ring of item indexes in request order */
+        size_t *files = calloc(r->n ? r->n : 1, sizeof(*files));
         Incoming in = { .pfd = -1, .fd = -1 };
         bool receiving = false;
         int ret = EX_OK, k;
 
-        if (!order)
+        if (!order || !files) {
+                free(order);
+                free(files);
                 return EX_OSERR;
+        }
+        for (size_t i = 0; i < r->n; i++)
+                if (r->items[i].kind == BS_KIND_FILE)
+                        files[n_files++] = i;
+        sort_items = r->items;
+        qsort(files, n_files, sizeof(*files), cmp_version);
         for (;;) {
                 /* Keep the pipe full. */
-                while (next < r->n && n_inflight < PIPELINE_MAX &&
+                while (pos < n_files && n_inflight < PIPELINE_MAX &&
                        (n_inflight == 0 || inflight_bytes < PIPELINE_BYTES)) {
+                        size_t next = files[pos++];
                         const Item *it = &r->items[next];
-                        if (it->kind != BS_KIND_FILE) {
-                                next++;
-                                continue;
-                        }
                         bs_msg_init(&m, BS_MSG_GET, (uint32_t) next + 1);
                         memcpy(m.sha, it->sha, BS_SHA_LEN);
                         m.path_len = strlen(it->path);
@@ -390,7 +407,6 @@ static int fetch_files(BsConn *c, Restore *r, int root) {
                         order[(head + n_inflight) % PIPELINE_MAX] = next;
                         n_inflight++;
                         inflight_bytes += it->size;
-                        next++;
                 }
                 if (n_inflight == 0)
                         break;
@@ -457,6 +473,7 @@ static int fetch_files(BsConn *c, Restore *r, int root) {
 out:
         incoming_drop(&in);
         free(order);
+        free(files);
         return ret;
 }
 

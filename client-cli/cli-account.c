@@ -5,6 +5,7 @@
  * asks is answered from the server; the agent need not run.
  */
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -135,6 +136,37 @@ int cli_account_resolve(const char *state_dir, const char *server, const char *p
         if (r == EX_OK)
                 *ret = acc;
         return r;
+}
+
+int cli_account_from_config(const char *system_file, const char *instance, CliAccount *ret) {
+        _cleanup_(freep) char *user = NULL;
+        BsAgentConfig cfg;
+        BsConfigError err;
+        char msg[PATH_MAX + 1024];
+        CliAccount acc = {};
+
+        (void) bs_config_user_file(&user);
+        bs_agent_config_init(&cfg);
+        int r = bs_config_load_agent(system_file, false, user, instance, &cfg, &err);
+        if (r < 0) {
+                bs_config_error_format(&err, msg, sizeof(msg));
+                fprintf(stderr, "backupsync: %s\n", msg);
+                bs_agent_config_done(&cfg);
+                return r == -ESRCH ? EX_NOINPUT : EX_CONFIG;
+        }
+        if (!cfg.id) {
+                fprintf(stderr, "backupsync: [agent:%s] has no id (the account token) and its agent has not "
+                                "registered the account yet\n", instance);
+                bs_agent_config_done(&cfg);
+                return EX_NOINPUT;
+        }
+        snprintf(acc.server, sizeof(acc.server), "%s", cfg.server);
+        snprintf(acc.port, sizeof(acc.port), "%u", (unsigned) cfg.port);
+        snprintf(acc.token, sizeof(acc.token), "%s", cfg.id);
+        snprintf(acc.dir, sizeof(acc.dir), "%s", cfg.path ? cfg.path : "");
+        bs_agent_config_done(&cfg);
+        *ret = acc;
+        return EX_OK;
 }
 
 int cli_exit_for_error(uint16_t code) {

@@ -28,6 +28,14 @@ void cli_find_agents(const char *base, char ***ret, size_t *ret_n);
 int cli_account_resolve(const char *state_dir, const char *server, const char *port, const char *token,
                         CliAccount *ret);
 
+/**
+ * The account of [agent:instance] in system_file and the user's file:
+ * server, port, path and the token in id (which an agent that registered
+ * the account has only in its state). Prints what is wrong and returns
+ * an exit status.
+ */
+int cli_account_from_config(const char *system_file, const char *instance, CliAccount *ret);
+
 /** Connect and log in as a reader; prints what is wrong and returns an exit status. */
 int cli_connect(const CliAccount *acc, BsConn **ret);
 

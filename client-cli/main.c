@@ -52,6 +52,7 @@ typedef struct Options {
         bool json;
         char **state_dirs;
         size_t n_state_dirs;
+        const char *instance; /* the last --instance, for its [agent:NAME] section */
         const char *server, *port, *token, *to;
         const char *config; /* the system file */
         time_t since;
@@ -135,6 +136,11 @@ static int run_remote(const char *cmd, char **args, size_t n_args, const Options
                 return EX_USAGE;
         }
         r = cli_account_resolve(o->n_state_dirs ? o->state_dirs[0] : NULL, o->server, o->port, o->token, &acc);
+        /* An instance whose agent has not reached its server yet: its section says where and who. */
+        if (r == EX_NOINPUT && o->instance) {
+                fprintf(stderr, "backupsync: reading [agent:%s] from the configuration instead\n", o->instance);
+                r = cli_account_from_config(o->config ?: BS_SYSCONFDIR "/backupsync.ini", o->instance, &acc);
+        }
         if (r != EX_OK)
                 return r;
         for (size_t i = 0; i < n_args; i++) {
@@ -205,6 +211,7 @@ int main(int argc, char **argv) {
                                 ret = EX_USAGE;
                                 goto out;
                         }
+                        o.instance = optarg;
                         if (!(o.state_dirs[o.n_state_dirs++] = bs_state_dir_for_instance(optarg))) {
                                 fprintf(stderr, "backupsync: neither XDG_STATE_HOME nor HOME is set; use --state-dir\n");
                                 ret = EX_USAGE;
@@ -212,6 +219,7 @@ int main(int argc, char **argv) {
                         }
                         break;
                 case ARG_STATE_DIR:
+                        o.instance = NULL;
                         if (!(o.state_dirs[o.n_state_dirs++] = strdup(optarg))) {
                                 ret = EX_OSERR;
                                 goto out;

@@ -88,7 +88,7 @@ int bs_config_load_server(const char *file, bool must_exist, BsServerConfig *cfg
  * sections are looked at; every one of them must hold known keys only,
  * the values of [agent:instance] must be valid, and server, port and path
  * are required. A missing file is fine unless system_must_exist (only the
- * system file can be named by the user). Returns 0, -ENOENT when neither
+ * system file can be named by the user). Returns 0, -ESRCH when neither
  * file has [agent:instance], another negative errno on other errors; err
  * is filled in on every error.
  */

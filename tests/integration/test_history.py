@@ -284,6 +284,18 @@ def test_restore_token_only():
         check(snapshot(env.path("now"), mtimes=True) == snapshot(a.dir, mtimes=True), "the account as it is now")
         rc, _, err = _cli("restore", "/", "--at", "-1s", "--server", "127.0.0.1", "--port", srv.port, env=e)
         check(rc == EX_USAGE and "--to" in err, "token only, no --to: %d %s" % (rc, err))
+        # An instance configured with the token whose agent never ran here:
+        # its [agent:NAME] section names the account.
+        conf = env.path("backupsync.ini")
+        write_file(conf, "[agent:home]\nserver = 127.0.0.1\nport = %d\npath = %s\nid = %s\n"
+                   % (srv.port, env.path("home"), a.token))
+        cenv = dict(os.environ, XDG_STATE_HOME=env.path("no-state"), XDG_CONFIG_HOME=env.path("no-config"))
+        rc, out, err = _cli("restore", "/", "--at", "@%d" % before, "--to", env.path("from-config"),
+                            "--instance", "home", "--config", conf, env=cenv)
+        check(rc == 0 and snapshot(env.path("from-config"), mtimes=True) == want,
+              "restore --instance from the configuration: %d %s" % (rc, err))
+        rc, out, err = _cli("log", "--instance", "nope", "--config", conf, env=cenv)
+        check(rc == 66 and "no [agent:nope] section" in err, "an instance neither run nor configured: %d %s" % (rc, err))
 
 
 def _prune(srv, *extra, env=None):

@@ -8,15 +8,14 @@
 
 #include "bs-parse.h"
 
-int bs_parse_duration(const char *s, uint64_t *usec) {
-        static const struct {
-                const char *unit;
-                uint64_t usec;
-        } units[] = {
-                { "", 1000000ULL },   { "s", 1000000ULL },          { "ms", 1000ULL },
-                { "m", 60000000ULL }, { "min", 60000000ULL },       { "h", 3600000000ULL },
-                { "d", 86400000000ULL }, { "w", 604800000000ULL },
-        };
+/* A unit a number may carry, and what one of it is worth. */
+typedef struct Unit {
+        const char *unit;
+        uint64_t factor;
+} Unit;
+
+/* A decimal number followed by exactly one of units; overflow is -EINVAL. */
+static int parse_with_unit(const char *s, const Unit *units, size_t n, uint64_t *ret) {
         char *end;
 
         if (!s || !isdigit((unsigned char) *s))
@@ -25,40 +24,32 @@ int bs_parse_duration(const char *s, uint64_t *usec) {
         unsigned long long v = strtoull(s, &end, 10);
         if (errno != 0)
                 return -EINVAL;
-        for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+        for (size_t i = 0; i < n; i++)
                 if (strcmp(end, units[i].unit) == 0) {
-                        if (v > UINT64_MAX / units[i].usec)
+                        if (v > UINT64_MAX / units[i].factor)
                                 return -EINVAL;
-                        *usec = v * units[i].usec;
+                        *ret = v * units[i].factor;
                         return 0;
                 }
         return -EINVAL;
 }
 
-int bs_parse_size(const char *s, uint64_t *bytes) {
-        static const struct {
-                const char *unit;
-                unsigned shift;
-        } units[] = {
-                { "", 0 },   { "B", 0 },    { "K", 10 },  { "KiB", 10 }, { "M", 20 },
-                { "MiB", 20 }, { "G", 30 }, { "GiB", 30 }, { "T", 40 },  { "TiB", 40 },
+int bs_parse_duration(const char *s, uint64_t *usec) {
+        static const Unit units[] = {
+                { "", 1000000ULL },   { "s", 1000000ULL },          { "ms", 1000ULL },
+                { "m", 60000000ULL }, { "min", 60000000ULL },       { "h", 3600000000ULL },
+                { "d", 86400000000ULL }, { "w", 604800000000ULL },
         };
-        char *end;
+        return parse_with_unit(s, units, sizeof(units) / sizeof(units[0]), usec);
+}
 
-        if (!s || !isdigit((unsigned char) *s))
-                return -EINVAL;
-        errno = 0;
-        unsigned long long v = strtoull(s, &end, 10);
-        if (errno != 0)
-                return -EINVAL;
-        for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
-                if (strcmp(end, units[i].unit) == 0) {
-                        if (v > (UINT64_MAX >> units[i].shift))
-                                return -EINVAL;
-                        *bytes = (uint64_t) v << units[i].shift;
-                        return 0;
-                }
-        return -EINVAL;
+int bs_parse_size(const char *s, uint64_t *bytes) {
+        static const Unit units[] = {
+                { "", 1 },             { "B", 1 },             { "K", 1ULL << 10 }, { "KiB", 1ULL << 10 },
+                { "M", 1ULL << 20 },   { "MiB", 1ULL << 20 },  { "G", 1ULL << 30 }, { "GiB", 1ULL << 30 },
+                { "T", 1ULL << 40 },   { "TiB", 1ULL << 40 },
+        };
+        return parse_with_unit(s, units, sizeof(units) / sizeof(units[0]), bytes);
 }
 
 int bs_parse_port(const char *s, uint16_t *port) {

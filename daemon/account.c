@@ -477,6 +477,47 @@ Account *account_free(Account *a) {
         return NULL;
 }
 
+int account_list(const char *storage, char ***ret, size_t *ret_n) {
+        _cleanup_(closep) int fd = open(storage, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+        char **ids = NULL;
+        size_t n = 0;
+        int r = 0;
+
+        if (!d)
+                return -errno;
+        fd = -1;
+        struct dirent *de;
+        while ((de = readdir(d))) {
+                if (!bs_id_valid(de->d_name, strlen(de->d_name)))
+                        continue;
+                char **v = reallocarray(ids, n + 1, sizeof(*v));
+                if (!v || !(v[n] = strdup(de->d_name))) {
+                        if (v)
+                                ids = v;
+                        r = -ENOMEM;
+                        break;
+                }
+                ids = v;
+                n++;
+        }
+        closedir(d);
+        if (r < 0) {
+                account_list_free(ids, n);
+                return r;
+        }
+        *ret = ids;
+        *ret_n = n;
+        return 0;
+}
+
+char **account_list_free(char **ids, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                free(ids[i]);
+        free(ids);
+        return NULL;
+}
+
 bool account_needs_recovery(const Account *a) {
         return a->unclean;
 }

@@ -78,6 +78,14 @@ typedef void (*account_verify_fn)(void *userdata, const char *path, const char *
  */
 int account_verify(Account *a, bool repair, bool hash_all, account_verify_fn report, void *userdata);
 
+/**
+ * The IDs of the accounts below storage (directories named like one; an
+ * incomplete one fails account_open() with -ENOENT). Free with
+ * account_list_free().
+ */
+int account_list(const char *storage, char ***ret, size_t *ret_n);
+char **account_list_free(char **ids, size_t n);
+
 /** True when the account was not closed cleanly (the server was killed). */
 bool account_needs_recovery(const Account *a);
 

@@ -4,7 +4,6 @@
  * standard output; the server's lock on the storage keeps them from
  * running beside a live server (--verify only reads, so it does not ask).
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -24,37 +23,35 @@ typedef int (*account_fn)(Account *a, const char *id, void *userdata);
 
 /* Open each account in turn; *ret_n counts them. Returns the first exit status fn or opening gave. */
 static int for_each_account(const char *storage, account_fn fn, void *userdata, unsigned *ret_n) {
-        _cleanup_(closep) int fd = open(storage, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+        char **ids = NULL;
+        size_t n = 0;
         int ret = EXIT_SUCCESS;
 
         *ret_n = 0;
-        if (!d) {
+        int r = account_list(storage, &ids, &n);
+        if (r < 0) {
+                errno = -r;
                 log_error("cannot read storage %s: %m", storage);
                 return EX_NOINPUT;
         }
-        fd = -1;
-        struct dirent *de;
-        while ((de = readdir(d))) {
+        for (size_t i = 0; i < n; i++) {
                 Account *a = NULL;
-                if (!bs_id_valid(de->d_name, strlen(de->d_name)))
-                        continue;
-                int r = account_open(storage, de->d_name, &a);
+                r = account_open(storage, ids[i], &a);
                 if (r == -ENOENT)
                         continue;
                 (*ret_n)++;
                 if (r < 0) {
                         errno = -r;
-                        log_error("account %s: cannot open it: %m", de->d_name);
+                        log_error("account %s: cannot open it: %m", ids[i]);
                         ret = EX_SOFTWARE;
                         continue;
                 }
-                int k = fn(a, de->d_name, userdata);
+                int k = fn(a, ids[i], userdata);
                 if (k != EXIT_SUCCESS && (ret == EXIT_SUCCESS || k == EX_SOFTWARE))
                         ret = k;
                 account_free(a);
         }
-        closedir(d);
+        account_list_free(ids, n);
         return ret;
 }
 

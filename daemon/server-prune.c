@@ -7,7 +7,6 @@
  * never waits for it. An account in the middle of a transaction is
  * tried again on the next turn.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -24,37 +23,8 @@
 #define SERVER_PRUNE_SLICE 200u
 
 static void prune_ids_free(Server *s) {
-        for (size_t i = 0; i < s->n_prune_ids; i++)
-                free(s->prune_ids[i]);
-        free(s->prune_ids);
-        s->prune_ids = NULL;
+        s->prune_ids = account_list_free(s->prune_ids, s->n_prune_ids);
         s->n_prune_ids = s->i_prune = 0;
-}
-
-/* The accounts in storage, as the round's work list. */
-static int list_accounts(Server *s) {
-        _cleanup_(closep) int fd = open(s->storage, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-        if (!d)
-                return -errno;
-        fd = -1;
-        struct dirent *de;
-        int r = 0;
-        while ((de = readdir(d))) {
-                if (!bs_id_valid(de->d_name, strlen(de->d_name)))
-                        continue;
-                char **v = reallocarray(s->prune_ids, s->n_prune_ids + 1, sizeof(*v));
-                if (!v || !(v[s->n_prune_ids] = strdup(de->d_name))) {
-                        if (v)
-                                s->prune_ids = v;
-                        r = -ENOMEM;
-                        break;
-                }
-                s->prune_ids = v;
-                s->n_prune_ids++;
-        }
-        closedir(d);
-        return r;
 }
 
 static void account_done(Server *s) {
@@ -105,7 +75,7 @@ static int on_prune_timer(sd_event_source *source, uint64_t usec, void *userdata
         (void) sd_event_source_set_enabled(source, SD_EVENT_ONESHOT);
         if (s->n_prune_ids || s->prune_account)
                 return 0; /* the last round is still going */
-        int r = list_accounts(s);
+        int r = account_list(s->storage, &s->prune_ids, &s->n_prune_ids);
         if (r < 0) {
                 errno = -r;
                 log_warning("cannot list the accounts to prune: %m");

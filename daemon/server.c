@@ -89,9 +89,7 @@ Server *server_free(Server *s) {
         /* Pruning's account and work list (server-prune.c); its sources below. */
         if (s->prune_account)
                 server_account_release(s, TAKE_PTR(s->prune_account));
-        for (size_t i = 0; i < s->n_prune_ids; i++)
-                free(s->prune_ids[i]);
-        free(s->prune_ids);
+        account_list_free(s->prune_ids, s->n_prune_ids);
         sd_event_source_disable_unref(s->prune_timer_source);
         sd_event_source_disable_unref(s->prune_slice_source);
         while (s->sessions)

@@ -192,3 +192,9 @@ int account_content_open(Account *a, const uint8_t sha[BS_SHA_LEN], const char *
                 return r;
         return open_from_rows(a, STMT_VERSION_BY_SHA, a->versions_fd, sha, ret);
 }
+
+void account_content_prefetch(const AccountContent *c, uint64_t len) {
+        /* Advice only: a failure costs speed, never correctness. */
+        if (c->fd >= 0)
+                (void) posix_fadvise(c->fd, 0, (off_t) MIN(len, c->size), POSIX_FADV_WILLNEED);
+}

@@ -17,6 +17,8 @@
  */
 int account_content_open(Account *a, const uint8_t sha[BS_SHA_LEN], const char *path,
                          AccountContent *ret);
+/** Ask the kernel to start reading the first len bytes of c, without waiting. */
+void account_content_prefetch(const AccountContent *c, uint64_t len);
 
 /**
  * Start reading the account for PULL: a snapshot of all entries (since 0)

@@ -34,6 +34,75 @@ static void content_close(AccountContent *c) {
         c->fd = -1;
 }
 
+static void ahead_drop(Session *s) {
+        for (unsigned i = 0; i < s->ahead.count; i++) {
+                unsigned k = (s->ahead.head + i) % SESSION_PREFETCH;
+                content_close(&s->ahead.slot[k].c);
+                free(s->ahead.slot[k].path);
+                s->ahead.slot[k].path = NULL;
+        }
+        s->ahead.head = s->ahead.count = s->ahead.frames = 0;
+}
+
+/* The content read ahead for this GET, if any: 1 and ret taken over, else 0. */
+static int ahead_take(Session *s, const BsMsg *m, AccountContent *ret) {
+        if (s->ahead.count == 0)
+                return 0;
+        unsigned k = s->ahead.head;
+        if (memcmp(s->ahead.slot[k].sha, m->sha, BS_SHA_LEN) != 0 || strcmp(s->ahead.slot[k].path, m->path) != 0) {
+                /* Not the GET that was looked at: start over rather than guess. */
+                ahead_drop(s);
+                return 0;
+        }
+        *ret = s->ahead.slot[k].c;
+        s->ahead.slot[k].c.fd = -1;
+        free(s->ahead.slot[k].path);
+                s->ahead.slot[k].path = NULL;
+        s->ahead.head = (k + 1) % SESSION_PREFETCH;
+        s->ahead.count--;
+        return ret->fd >= 0;
+}
+
+void session_prefetch(Session *s) {
+        static BsMsg m; /* one server thread; kept off the stack like session_run's */
+        const uint8_t *p = bs_buf_head(&s->in);
+        size_t n = bs_buf_len(&s->in), off = 0, len;
+        unsigned i;
+
+        /* Inside a pass the tree may not yet hold what the entries say. */
+        if (!s->account || account_in_transaction(s->account))
+                return;
+        for (i = 0; s->ahead.count < SESSION_PREFETCH; i++, off += len) {
+                if (bs_frame_peek(p + off, n - off, BS_FRAME_MAX_DEFAULT, &len) <= 0)
+                        break;
+                if (i < s->ahead.frames)
+                        continue;
+                s->ahead.frames = i + 1;
+                if (p[off + 4] != BS_MSG_GET && p[off + 4] != BS_MSG_GET_DELTA)
+                        continue;
+                if (bs_msg_decode(p + off, len, &m) < 0)
+                        break; /* answered as malformed when its turn comes */
+                unsigned k = (s->ahead.head + s->ahead.count) % SESSION_PREFETCH;
+                char *path = strdup(m.path);
+                if (!path)
+                        break;
+                s->ahead.slot[k].path = path;
+                memcpy(s->ahead.slot[k].sha, m.sha, BS_SHA_LEN);
+                if (m.path_len > 0 && bs_path_check(m.path, m.path_len) < 0)
+                        s->ahead.slot[k].c.fd = -1;
+                else if (account_content_open(s->account, m.sha, m.path, &s->ahead.slot[k].c) < 0)
+                        s->ahead.slot[k].c.fd = -1;
+                account_content_prefetch(&s->ahead.slot[k].c, SESSION_PREFETCH_BYTES);
+                s->ahead.count++;
+        }
+}
+
+/* The session consumed its head frame. */
+void session_prefetch_consumed(Session *s) {
+        if (s->ahead.frames > 0)
+                s->ahead.frames--;
+}
+
 void session_transfer_reset(Session *s) {
         if (s->upload.active && s->account)
                 account_upload_discard(s->account, &s->upload.u);
@@ -41,6 +110,7 @@ void session_transfer_reset(Session *s) {
         content_close(&s->upload.src);
         content_close(&s->content);
         content_close(&s->have);
+        ahead_drop(s);
         s->cursor = account_cursor_free(s->cursor);
         free(s->rec);
         s->rec = NULL;
@@ -224,7 +294,11 @@ int session_start_get(Session *s, const BsMsg *m) {
         r = session_end_pass(s);
         if (r < 0)
                 return r;
-        r = account_content_open(s->account, m->sha, m->path, &s->content);
+        r = ahead_take(s, m, &s->content);
+        if (r == 0)
+                r = account_content_open(s->account, m->sha, m->path, &s->content);
+        if (r > 0)
+                r = 0;
         if (r == -ENOENT)
                 return session_send_error(s, m->req, BS_ERR_NOT_FOUND, "no such content");
         if (r < 0) {

@@ -516,6 +516,9 @@ static void session_run(Session *s) {
                         log_debug("connection from %s: %s request %u", s->peer, bs_msg_type_name(m.type), m.req);
                 r = s->state == SESSION_HELLO ? handle_hello(s, &m) : handle_request(s, &m);
                 bs_buf_consume(&s->in, len);
+                session_prefetch_consumed(s);
+                if ((m.type == BS_MSG_GET || m.type == BS_MSG_GET_DELTA) && s->state != SESSION_CLOSING)
+                        session_prefetch(s);
                 /* Progress is a whole frame: a byte now and then must not
                  * keep a connection (and its slot) alive forever. */
                 s->last_io_usec = now_usec(s);

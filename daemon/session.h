@@ -37,6 +37,11 @@ typedef enum SessionStream {
         STREAM_HISTORY,
 } SessionStream;
 
+/* GETs read ahead: enough to keep the disk's queue busy, few enough
+ * that a slow reader pins little. */
+#define SESSION_PREFETCH 16
+#define SESSION_PREFETCH_BYTES (256u * 1024)
+
 struct Session {
         Server *server;
         Session *prev, *next;
@@ -88,6 +93,17 @@ struct Session {
         AccountContent have;
         uint8_t have_sha[BS_SHA_LEN];
         uint64_t copy_off, copy_len;
+        /* GETs queued behind the one being answered, opened and read ahead
+         * so that the disk works on several at once (see session_prefetch). */
+        struct {
+                unsigned frames; /* input frames from the head already looked at */
+                unsigned head, count;
+                struct {
+                        uint8_t sha[BS_SHA_LEN];
+                        char *path;
+                        AccountContent c; /* fd -1: open it when its turn comes */
+                } slot[SESSION_PREFETCH];
+        } ahead;
 };
 
 /* An event of this session's account and device, for the journal. */
@@ -168,5 +184,9 @@ int session_start_history(Session *s, const BsMsg *m);
 int session_history_fill(Session *s);
 /** One frame or chunk of a PULL or GET answer; 1 when others should run first. */
 int session_transfer_fill(Session *s);
+/** Open and read ahead the contents of the GETs queued behind the current one. */
+void session_prefetch(Session *s);
+/** Note that the frame at the head of the input was consumed. */
+void session_prefetch_consumed(Session *s);
 /** Drop any upload and stream in progress. */
 void session_transfer_reset(Session *s);

@@ -198,6 +198,67 @@ def _closed_after(sock, timeout=5.0):
         return None
 
 
+def test_pipelined_gets():
+    """A burst of GETs sent at once, as a restore sends them, with uploads,
+    unknown contents and bad paths among them: the server reads the queued
+    contents ahead, and every answer is still the content asked for, in
+    order, including a file replaced between two GETs of it."""
+    with Env("pipelined_gets") as env:
+        srv = env.server()
+        sock, w = _session(srv.port, "")
+        files = {"d/f%02d" % i: os.urandom(1000 + 997 * i) for i in range(40)}
+        files["big.bin"] = os.urandom(3 * MiB + 17)
+        ver = {}
+        for i, (rel, data) in enumerate(sorted(files.items())):
+            if rel.startswith("d/") and "d" not in ver:
+                ver["d"] = bsproto.mkdir(sock, 1000, "d")["version"]
+            ver[rel] = bsproto.put(sock, 1 + i, rel, 0, data)["version"]
+        old = files["d/f05"]
+        new = os.urandom(5000)
+        # (req, what is expected: bytes, or an ERROR name) in the order sent.
+        want, out = [], []
+        for i, rel in enumerate(sorted(files)):
+            out.append(bsproto.enc_get(100 + i, bsproto.sha256(files[rel]), rel))
+            want.append((100 + i, files[rel]))
+            if rel == "d/f03":
+                # d/f05 replaced while its GETs (by both contents) wait in the queue.
+                data = [bsproto.enc_put(200, "d/f05", ver["d/f05"], len(new)), bsproto.enc_data(200, new),
+                        bsproto.enc_put_end(200, bsproto.sha256(new))]
+                out += data
+                want.append((200, "ACK"))
+                out.append(bsproto.enc_get(201, bsproto.sha256(new), "d/f05"))
+                want.append((201, new))
+                out.append(bsproto.enc_get(202, bsproto.sha256(old), "d/f05"))
+                want.append((202, old))
+                out.append(bsproto.enc_get(203, os.urandom(32), "d/f06"))
+                want.append((203, "NOT_FOUND"))
+                out.append(bsproto.enc_get(204, bsproto.sha256(files["d/f07"]), "../d/f07"))
+                want.append((204, "BAD_PATH"))
+                out.append(bsproto.enc_get(205, bsproto.sha256(files["d/f07"]), ""))
+                want.append((205, files["d/f07"]))
+        # Everything at once, as one write; a GET of d/f05 by its old content
+        # after the replacement is answered from the history.
+        sock.sendall(b"".join(out))
+        for req, x in want:
+            m = bsproto.recv_frame(sock, skip_notify=True)
+            check(m["req"] == req, "answer for req %d while req %d was next" % (m["req"], req))
+            if isinstance(x, bytes):
+                check(m["type"] == "FILE" and m["sha"] == bsproto.sha256(x),
+                      "GET req %d: %r" % (req, {k: m[k] for k in m if k != "data"}))
+                data = bytearray()
+                while len(data) < m["size"]:
+                    d = bsproto.expect(sock, "DATA")
+                    check(d["req"] == req, "DATA for req %d inside req %d" % (d["req"], req))
+                    data += d["data"]
+                check(bytes(data) == x, "GET req %d: wrong bytes" % req)
+            elif x == "ACK":
+                check(m["type"] == "ACK", "PUT in the burst: %r" % m)
+            else:
+                check(m["type"] == "ERROR" and m["name"] == x, "GET req %d: want %s, got %r" % (req, x, m))
+        bsproto.ping(sock)
+        sock.close()
+
+
 def test_hostile_attr():
     """ATTR (mode and mtime without content) from a client that lies or is
     behind: a content other than the file's, a directory, a missing path,

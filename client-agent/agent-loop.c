@@ -470,6 +470,10 @@ static void reload_config(Agent *a) {
                 log_warning("[agent:%s]: path changed; that needs a restart", a->cfg.instance);
         if (!streq_null(c.id, a->cfg.id))
                 log_warning("[agent:%s]: id changed; that needs a restart", a->cfg.instance);
+        if ((!a->cfg.tls_pinned && c.tls != a->cfg.tls) || !streq_null(c.server_fingerprint, a->cfg.server_fingerprint) ||
+            !streq_null(c.ca_file, a->cfg.ca_file))
+                log_warning("[agent:%s]: tls, server-fingerprint or ca-file changed; that needs a restart",
+                            a->cfg.instance);
 
         if (!a->cfg.poll_pinned && c.poll_usec != a->cfg.poll_usec) {
                 a->cfg.poll_usec = c.poll_usec;

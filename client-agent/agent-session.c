@@ -17,6 +17,7 @@
 #include "agent.h"
 #include "bs-log.h"
 #include "bs-macro.h"
+#include "bs-tls.h"
 
 #define CONNECT_TIMEOUT_MS 10000
 #define WELCOME_TIMEOUT_MS 30000
@@ -36,6 +37,82 @@ static bool token_saved(Agent *a) {
         return agent_state_get(a->state, "token", buf, sizeof(buf)) == 0 && strcmp(buf, a->token) == 0;
 }
 
+/* Connect, and check the server's key before anything is sent. */
+static int open_checked(Agent *a, BsConn **ret) {
+        BsTrust t = { .tls = a->cfg.tls, .ca_file = a->cfg.ca_file, .pin_dir_fd = -1 };
+        char have[BS_FP_TEXT_MAX], want[BS_FP_TEXT_MAX];
+        BsConnReport rep;
+
+        if (a->cfg.server_fingerprint) {
+                t.have_fp = true;
+                (void) bs_fp_parse(a->cfg.server_fingerprint, t.fp); /* checked when read */
+        }
+        if (!t.ca_file) {
+                int fd = agent_state_dir_fd(a);
+                if (fd < 0) {
+                        log_error("cannot open %s to keep the server's key: %s", a->cfg.state_dir, strerror(-fd));
+                        a->stop = AGENT_STOP_STATE;
+                        return fd;
+                }
+                t.pin_dir_fd = fd;
+        }
+        int r = bs_conn_open(a->cfg.server, a->cfg.port, CONNECT_TIMEOUT_MS, &t, ret, &rep);
+        bs_fp_format(rep.presented, have);
+        bs_fp_format(rep.expected, want);
+        if (r == -EPERM && t.have_fp) {
+                bs_logf(LOG_ERR, &(BsLogCtx) { .message_id = BS_MID_TLS_MISMATCH, .fingerprint = have },
+                        "the server at %s port %s presented the key %s, but %s was expected (given by "
+                        "server-fingerprint); nothing was sent. If the server's key was changed on purpose (ask "
+                        "its administrator: backupsyncd --fingerprint), give server-fingerprint = %s and start "
+                        "the agent again",
+                        a->cfg.server, a->cfg.port, have, want, have);
+                a->stop = AGENT_STOP_IDENTITY;
+                return r;
+        }
+        if (r == -EPERM) {
+                bs_logf(LOG_ERR, &(BsLogCtx) { .message_id = BS_MID_TLS_MISMATCH, .fingerprint = have },
+                        "the server at %s port %s presented the key %s, but %s was expected (pinned in %s/%s at "
+                        "the first contact); nothing was sent. If the server's key was changed on purpose (ask "
+                        "its administrator: backupsyncd --fingerprint), delete %s/%s or set server-fingerprint "
+                        "= %s, and start the agent again",
+                        a->cfg.server, a->cfg.port, have, want, a->cfg.state_dir, BS_PIN_FILE, a->cfg.state_dir,
+                        BS_PIN_FILE, have);
+                a->stop = AGENT_STOP_IDENTITY;
+                return r;
+        }
+        if (r == -EPROTO) {
+                if (t.ca_file && strncmp(rep.reason, "certificate verify failed", 25) == 0) {
+                        log_error("the server at %s port %s is not who it claims: %s; nothing was sent",
+                                  a->cfg.server, a->cfg.port, rep.reason);
+                        a->stop = AGENT_STOP_IDENTITY;
+                } else if (rep.server_said)
+                        /* In clear text before any handshake: a server without
+                         * TLS, or one that is full or has blocked us. */
+                        log_warning("the server at %s port %s %s: %s (%s)", a->cfg.server, a->cfg.port,
+                                    rep.code == BS_ERR_PROTOCOL ? "refused TLS" : "refused the connection",
+                                    bs_err_name(rep.code), rep.text);
+                else
+                        log_warning("TLS with %s port %s failed: %s", a->cfg.server, a->cfg.port, rep.reason);
+                return r;
+        }
+        if (r == -ETIMEDOUT && rep.reason[0])
+                log_warning("%s port %s: %s", a->cfg.server, a->cfg.port, rep.reason);
+        if (r == -EBADMSG) {
+                /* A pin we cannot read checks nothing: a person must look. */
+                log_error("%s/%s is damaged; delete it to pin the server's key again at the next contact",
+                          a->cfg.state_dir, BS_PIN_FILE);
+                a->stop = AGENT_STOP_IDENTITY;
+        }
+        if (r < 0)
+                return r;
+        if (rep.outcome == BS_TRUST_NEW_PIN)
+                bs_logf(LOG_NOTICE, &(BsLogCtx) { .message_id = BS_MID_TLS_PINNED, .fingerprint = have },
+                        "first contact with %s port %s: its key %s is now pinned in %s/%s; compare it with what "
+                        "the server's administrator sees (backupsyncd --fingerprint)",
+                        a->cfg.server, a->cfg.port, have, a->cfg.state_dir, BS_PIN_FILE);
+        return 0;
+}
+
 int agent_connect(Agent *a) {
         _cleanup_(bs_conn_freep) BsConn *c = NULL;
         BsMsg *m = NULL;
@@ -47,7 +124,8 @@ int agent_connect(Agent *a) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         a->last_connect_usec = (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
-        r = bs_conn_connect(a->cfg.server, a->cfg.port, CONNECT_TIMEOUT_MS, &c);
+        c = NULL;
+        r = open_checked(a, &c);
         if (r < 0)
                 return r;
         m = calloc(1, sizeof(*m));

@@ -171,7 +171,7 @@ void agent_state_ok(Agent *a) {
  * failure only costs the command its live view; it is not logged each
  * round, only when it starts failing. */
 /* The state directory's fd, opened once. */
-static int state_dir(Agent *a) {
+int agent_state_dir_fd(Agent *a) {
         if (a->state_dir_fd < 0)
                 a->state_dir_fd = open(a->cfg.state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         return a->state_dir_fd < 0 ? -errno : a->state_dir_fd;
@@ -230,7 +230,7 @@ static void write_status(Agent *a, BsSyncState state) {
         else if (state == BS_SYNC_ERROR)
                 snprintf(st.reason, sizeof(st.reason), "the state in %s cannot be written: %s", a->cfg.state_dir,
                          strerror(-a->state_error));
-        int fd = state_dir(a);
+        int fd = agent_state_dir_fd(a);
         int r = fd < 0 ? fd : bs_status_write(fd, &st);
         if (r < 0 && !a->status_failed)
                 log_warning("cannot write %s/" BS_STATUS_FILE ": %s", a->cfg.state_dir, strerror(-r));
@@ -239,7 +239,7 @@ static void write_status(Agent *a, BsSyncState state) {
 }
 
 void agent_token_file(Agent *a) {
-        int fd = state_dir(a);
+        int fd = agent_state_dir_fd(a);
         int r = fd < 0 ? fd : bs_token_file_write(fd, a->token);
         if (r < 0)
                 log_warning("cannot write %s/" BS_TOKEN_FILE ": %s", a->cfg.state_dir, strerror(-r));

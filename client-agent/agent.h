@@ -27,6 +27,7 @@ typedef enum AgentStop {
         AGENT_STOP_NOT_IN_SYNC, /* --once: changes still pending */
         AGENT_STOP_VERSION,     /* no protocol version in common with the server */
         AGENT_STOP_AUTH,        /* the server refused the token */
+        AGENT_STOP_IDENTITY,    /* the server's key is not the expected one */
 } AgentStop;
 
 typedef struct AgentConfig {
@@ -36,6 +37,9 @@ typedef struct AgentConfig {
         char *state_dir;
         char *id;        /* token given on the command line, or NULL */
         char *device_name;
+        bool tls;                         /* false: tls = no, clear text */
+        const char *server_fingerprint;   /* given; NULL: pinned at first contact */
+        const char *ca_file;              /* non-NULL: verify with CAs ("" system store) */
         uint64_t poll_usec;
         uint64_t verify_usec;   /* the verification pass; 0: none */
         uint64_t coalesce_usec; /* longest wait from a local event to its round */
@@ -47,7 +51,7 @@ typedef struct AgentConfig {
         const char *config_file;
         bool config_must_exist;
         const char *user_config_file; /* NULL: none */
-        bool poll_pinned, verify_pinned, device_name_pinned;
+        bool poll_pinned, verify_pinned, device_name_pinned, tls_pinned;
 } AgentConfig;
 
 typedef struct DirtyPath {
@@ -248,6 +252,8 @@ void agent_update_status(Agent *a);
 void agent_status_stopped(Agent *a);
 /** Leave the account token in STATE_DIR/token for the backupsync command. */
 void agent_token_file(Agent *a);
+/** The state directory, opened once; a negative errno when it cannot be. */
+int agent_state_dir_fd(Agent *a);
 /**
  * Called from inside a long round (a first upload can take hours): keeps
  * the watchdog fed and shows "uploading 120 of 10000 changes, 1.2 GiB

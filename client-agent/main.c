@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <sys/stat.h>
 #include <getopt.h>
+#include <signal.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,9 +13,11 @@
 #include "agent-loop.h"
 #include "agent.h"
 #include "bs-config.h"
+#include "bs-fs.h"
 #include "bs-log.h"
 #include "bs-macro.h"
 #include "bs-parse.h"
+#include "bs-tls.h"
 
 #define DEFAULT_CONFIG BS_SYSCONFDIR "/backupsync.ini"
 
@@ -47,24 +50,17 @@ static void help(void) {
                "                         synced, for changes no event reported (default 1h;\n"
                "                         0: never)\n"
                "  --device-name NAME     name used in conflict copies (default: host name)\n"
+               "  --server-fingerprint SHA256:HEX\n"
+               "                         the server's key, as backupsyncd --fingerprint\n"
+               "                         prints it (default: pinned at first contact)\n"
+               "  --ca-file FILE|system  verify the server's certificate with these CAs and\n"
+               "                         its name, instead of pinning its key\n"
+               "  --tls yes|no           no: clear text, for a server with tls = no\n"
                "  --once                 sync once and exit: 0 when in sync\n"
                "  -h, --help             show this help\n"
                "  --version              show the version\n"
                "\n"
                "See backupsync-agent(1).\n");
-}
-
-static int mkdir_p(const char *path) {
-        char buf[PATH_MAX];
-        snprintf(buf, sizeof(buf), "%s", path);
-        for (char *p = buf + 1; *p; p++)
-                if (*p == '/') {
-                        *p = 0;
-                        if (mkdir(buf, 0700) < 0 && errno != EEXIST)
-                                return -errno;
-                        *p = '/';
-                }
-        return 0;
 }
 
 /* Fill cfg from [agent:NAME]; options given on the command line win. */
@@ -101,6 +97,12 @@ static int load_instance(AgentConfig *cfg, BsAgentConfig *ini) {
                 cfg->verify_usec = ini->verify_usec;
         if (!cfg->device_name_pinned)
                 cfg->device_name = ini->device_name;
+        if (!cfg->tls_pinned)
+                cfg->tls = ini->tls;
+        if (!cfg->server_fingerprint)
+                cfg->server_fingerprint = ini->server_fingerprint;
+        if (!cfg->ca_file)
+                cfg->ca_file = ini->ca_file;
         return 0;
 }
 
@@ -119,13 +121,14 @@ static int exit_status(AgentStop stop) {
         case AGENT_STOP_NOT_IN_SYNC: return EX_TEMPFAIL;
         case AGENT_STOP_VERSION: return EX_PROTOCOL;
         case AGENT_STOP_AUTH: return EX_NOPERM;
+        case AGENT_STOP_IDENTITY: return EX_NOPERM;
         }
         return EX_SOFTWARE;
 }
 
 int main(int argc, char **argv) {
         enum { ARG_STATE_DIR = 0x100, ARG_POLL, ARG_VERIFY, ARG_ONCE, ARG_VERSION, ARG_DEVICE, ARG_INSTANCE,
-               ARG_CONFIG };
+               ARG_CONFIG, ARG_FINGERPRINT, ARG_CA_FILE, ARG_TLS };
         static const struct option options[] = {
                 { "instance", required_argument, NULL, ARG_INSTANCE },
                 { "config", required_argument, NULL, ARG_CONFIG },
@@ -134,12 +137,17 @@ int main(int argc, char **argv) {
                 { "verify-interval", required_argument, NULL, ARG_VERIFY },
                 { "device-name", required_argument, NULL, ARG_DEVICE },
                 { "once", no_argument, NULL, ARG_ONCE },
+                { "server-fingerprint", required_argument, NULL, ARG_FINGERPRINT },
+                { "ca-file", required_argument, NULL, ARG_CA_FILE },
+                { "tls", required_argument, NULL, ARG_TLS },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
                 {},
         };
         AgentConfig cfg = { .poll_usec = BS_CONFIG_DEFAULT_POLL_USEC, .verify_usec = BS_CONFIG_DEFAULT_VERIFY_USEC,
-                            .coalesce_usec = 20000ULL };
+                            .coalesce_usec = 20000ULL, .tls = true };
+        uint8_t fp[BS_FP_LEN];
+        char fp_text[BS_FP_TEXT_MAX];
         /* Owns the strings cfg points to under --instance, until exit. */
         _cleanup_(bs_agent_config_done) BsAgentConfig ini;
         /* What main() allocated for cfg (the rest points into argv or ini). */
@@ -149,6 +157,9 @@ int main(int argc, char **argv) {
 
         bs_agent_config_init(&ini);
         bs_log_open("backupsync-agent");
+        /* TLS writes with write(), not send(MSG_NOSIGNAL): a server gone
+         * away must fail the write, not kill the agent. */
+        signal(SIGPIPE, SIG_IGN);
         while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
                 switch (c) {
                 case 'h':
@@ -192,6 +203,25 @@ int main(int argc, char **argv) {
                         break;
                 case ARG_ONCE:
                         cfg.once = true;
+                        break;
+                case ARG_FINGERPRINT:
+                        if (bs_fp_parse(optarg, fp) < 0) {
+                                log_error("--server-fingerprint: '%s' is not a fingerprint (SHA256: and 64 hex "
+                                          "digits, as backupsyncd --fingerprint prints it)", optarg);
+                                return EX_USAGE;
+                        }
+                        bs_fp_format(fp, fp_text);
+                        cfg.server_fingerprint = fp_text;
+                        break;
+                case ARG_CA_FILE:
+                        cfg.ca_file = strcmp(optarg, "system") == 0 ? "" : optarg;
+                        break;
+                case ARG_TLS:
+                        if (bs_parse_bool(optarg, &cfg.tls) < 0) {
+                                log_error("--tls takes yes or no, not %s", optarg);
+                                return EX_USAGE;
+                        }
+                        cfg.tls_pinned = true;
                         break;
                 default:
                         fprintf(stderr, "Try 'backupsync-agent --help'.\n");
@@ -244,6 +274,11 @@ int main(int argc, char **argv) {
                 if (n == 4)
                         cfg.id = argv[optind + 3];
         }
+        /* Found out now, not as a failing handshake retried forever. */
+        if (cfg.ca_file && cfg.ca_file[0] && access(cfg.ca_file, R_OK) < 0) {
+                log_error("ca-file %s: %m", cfg.ca_file);
+                return cfg.instance ? EX_CONFIG : EX_USAGE;
+        }
         for (size_t k = strlen(cfg.dir); k > 1 && cfg.dir[k - 1] == '/'; k--)
                 cfg.dir[k - 1] = 0;
         if (!cfg.state_dir) {
@@ -253,7 +288,7 @@ int main(int argc, char **argv) {
                         log_error("no state directory: set HOME or XDG_STATE_HOME, or pass --state-dir");
                         return EX_USAGE;
                 }
-                mkdir_p(cfg.state_dir);
+                (void) bs_mkdir_p(cfg.state_dir, 0700);
         }
 
         if (agent_new(&cfg, &a) < 0) {

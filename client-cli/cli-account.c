@@ -77,6 +77,9 @@ static int from_state_dir(const char *state_dir, CliAccount *acc) {
         memcpy(acc->server, s.server, sizeof(acc->server));
         memcpy(acc->port, s.port, sizeof(acc->port));
         memcpy(acc->dir, s.dir, sizeof(acc->dir));
+        /* The agent pinned its server's key there: the same key is checked. */
+        if (snprintf(acc->pin_dir, sizeof(acc->pin_dir), "%s", state_dir) >= (int) sizeof(acc->pin_dir))
+                acc->pin_dir[0] = 0;
 out:
         if (fd >= 0)
                 close(fd);
@@ -85,7 +88,7 @@ out:
 
 int cli_account_resolve(const char *state_dir, const char *server, const char *port, const char *token,
                         CliAccount *ret) {
-        CliAccount acc = {};
+        CliAccount acc = { .tls = true };
         BsToken t;
 
         if (server) {
@@ -103,6 +106,7 @@ int cli_account_resolve(const char *state_dir, const char *server, const char *p
                 }
                 bs_token_format(&t, acc.token);
                 strcpy(acc.server, server);
+                /* Nowhere to pin: the key must be given (or a CA vouch for it). */
                 snprintf(acc.port, sizeof(acc.port), "%s", port ? port : "7373");
                 *ret = acc;
                 return EX_OK;
@@ -143,7 +147,7 @@ int cli_account_from_config(const char *system_file, const char *instance, CliAc
         BsAgentConfig cfg;
         BsConfigError err;
         char msg[PATH_MAX + 1024];
-        CliAccount acc = {};
+        CliAccount acc = { .tls = true };
 
         (void) bs_config_user_file(&user);
         bs_agent_config_init(&cfg);
@@ -165,7 +169,94 @@ int cli_account_from_config(const char *system_file, const char *instance, CliAc
         snprintf(acc.token, sizeof(acc.token), "%s", cfg.id);
         snprintf(acc.dir, sizeof(acc.dir), "%s", cfg.path ? cfg.path : "");
         bs_agent_config_done(&cfg);
+        /* The agent of this instance will keep its state there: the key
+         * seen now is pinned for both. */
+        _cleanup_(freep) char *state = bs_state_dir_for_instance(instance);
+        if (state && bs_mkdir_p(state, 0700) == 0)
+                snprintf(acc.pin_dir, sizeof(acc.pin_dir), "%s", state);
         *ret = acc;
+        return EX_OK;
+}
+
+void cli_account_trust(CliAccount *acc, const char *system_file, const char *instance, const CliTrustOptions *o) {
+        if (instance) {
+                _cleanup_(freep) char *user = NULL;
+                BsAgentConfig cfg;
+                BsConfigError err;
+                (void) bs_config_user_file(&user);
+                bs_agent_config_init(&cfg);
+                /* A broken or missing section was reported while choosing the account. */
+                if (bs_config_load_agent(system_file, false, user, instance, &cfg, &err) == 0) {
+                        acc->tls = cfg.tls;
+                        if (cfg.server_fingerprint)
+                                acc->have_fp = bs_fp_parse(cfg.server_fingerprint, acc->fp) == 0;
+                        if (cfg.ca_file) {
+                                acc->ca = true;
+                                snprintf(acc->ca_file, sizeof(acc->ca_file), "%s", cfg.ca_file);
+                        }
+                }
+                bs_agent_config_done(&cfg);
+        }
+        if (o->tls >= 0)
+                acc->tls = o->tls;
+        if (o->fingerprint)
+                acc->have_fp = bs_fp_parse(o->fingerprint, acc->fp) == 0;
+        if (o->ca_file) {
+                acc->ca = true;
+                snprintf(acc->ca_file, sizeof(acc->ca_file), "%s", o->ca_file);
+        }
+}
+
+/* Connect and check the server's key: nothing secret is sent before. */
+static int open_checked(const CliAccount *acc, BsConn **ret) {
+        char have[BS_FP_TEXT_MAX], want[BS_FP_TEXT_MAX];
+        BsTrust t = { .tls = acc->tls, .have_fp = acc->have_fp, .ca_file = acc->ca ? acc->ca_file : NULL,
+                      .pin_dir_fd = -1 };
+        BsConnReport rep;
+
+        memcpy(t.fp, acc->fp, BS_FP_LEN);
+        if (acc->pin_dir[0])
+                t.pin_dir_fd = open(acc->pin_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int r = bs_conn_open(acc->server, acc->port, 10000, &t, ret, &rep);
+        if (t.pin_dir_fd >= 0)
+                close(t.pin_dir_fd);
+        bs_fp_format(rep.presented, have);
+        bs_fp_format(rep.expected, want);
+        if (r == -EPERM && rep.outcome == BS_TRUST_UNKNOWN) {
+                fprintf(stderr, "backupsync: the server at %s port %s presented the key %s; nothing was sent. "
+                                "Check it with the server's administrator (backupsyncd --fingerprint) and pass "
+                                "--server-fingerprint %s (or --ca-file for a certificate from a CA)\n",
+                        acc->server, acc->port, have, have);
+                return EX_NOPERM;
+        }
+        if (r == -EPERM) {
+                fprintf(stderr, "backupsync: the server at %s port %s presented the key %s, but %s was expected "
+                                "(%s); nothing was sent. If the server's key was changed on purpose, pass "
+                                "--server-fingerprint %s%s%s%s\n",
+                        acc->server, acc->port, have, want,
+                        acc->have_fp ? "given by server-fingerprint" : "pinned by the agent", have,
+                        acc->have_fp ? "" : ", or delete ", acc->have_fp ? "" : acc->pin_dir,
+                        acc->have_fp ? "" : "/" BS_PIN_FILE);
+                return EX_NOPERM;
+        }
+        if (r == -EPROTO) {
+                fprintf(stderr, "backupsync: TLS with %s port %s failed: %s\n", acc->server, acc->port, rep.reason);
+                return acc->ca && strncmp(rep.reason, "certificate verify failed", 25) == 0 ? EX_NOPERM
+                       : rep.server_said ? cli_exit_for_error(rep.code)
+                                         : EX_UNAVAILABLE;
+        }
+        if (r == -EBADMSG) {
+                fprintf(stderr, "backupsync: %s/" BS_PIN_FILE " is damaged\n", acc->pin_dir);
+                return EX_DATAERR;
+        }
+        if (r < 0) {
+                fprintf(stderr, "backupsync: cannot reach %s port %s: %s\n", acc->server, acc->port,
+                        rep.reason[0] ? rep.reason : strerror(-r));
+                return EX_UNAVAILABLE;
+        }
+        if (rep.outcome == BS_TRUST_NEW_PIN)
+                fprintf(stderr, "backupsync: first contact with %s port %s: its key %s is now pinned in %s/"
+                                BS_PIN_FILE "\n", acc->server, acc->port, have, acc->pin_dir);
         return EX_OK;
 }
 
@@ -191,11 +282,9 @@ int cli_exit_for_error(uint16_t code) {
 int cli_connect(const CliAccount *acc, BsConn **ret) {
         _cleanup_(bs_conn_freep) BsConn *c = NULL;
         static BsMsg m;
-        int r = bs_conn_connect(acc->server, acc->port, 10000, &c);
-        if (r < 0) {
-                fprintf(stderr, "backupsync: cannot reach %s port %s: %s\n", acc->server, acc->port, strerror(-r));
-                return EX_UNAVAILABLE;
-        }
+        int r = open_checked(acc, &c);
+        if (r != EX_OK)
+                return r;
         bs_msg_init(&m, BS_MSG_HELLO, 0);
         m.min_version = BS_PROTO_HISTORY_VERSION;
         m.version = BS_PROTO_VERSION;

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +44,9 @@ static void usage(FILE *f) {
                    "BACKUPSYNC_TOKEN in the environment). Default: this user's only agent; for\n"
                    "status, every [agent:NAME] configured (--config FILE: the system file) and\n"
                    "every agent that has run.\n"
+                   "SERVER CHECK: as the agent does (its pinned key, or server-fingerprint and\n"
+                   "ca-file of its section); --server-fingerprint SHA256:HEX, --ca-file FILE|system\n"
+                   "and --tls no override that. With --server the key must be given.\n"
                    "PATH: relative to the top of the synced directory, or an absolute path in it.\n"
                    "TIME: 2026-11-30T14:05:00Z, '2026-11-30 14:05' (local), @EPOCH, -2h, -3d.\n"
                    "See backupsync(1).\n");
@@ -58,6 +62,8 @@ typedef struct Options {
         time_t since;
         uint32_t limit;
         CliRestoreWhen when;
+        CliTrustOptions trust;
+        char fp_text[BS_FP_TEXT_MAX];
 } Options;
 
 /* An account path from what the user typed: see usage(). "" is the top. */
@@ -143,6 +149,7 @@ static int run_remote(const char *cmd, char **args, size_t n_args, const Options
         }
         if (r != EX_OK)
                 return r;
+        cli_account_trust(&acc, o->config ?: BS_SYSCONFDIR "/backupsync.ini", o->instance, &o->trust);
         for (size_t i = 0; i < n_args; i++) {
                 r = account_path(&acc, args[i], paths_buf[i]);
                 if (r != EX_OK)
@@ -167,7 +174,7 @@ static int run_remote(const char *cmd, char **args, size_t n_args, const Options
 
 int main(int argc, char **argv) {
         enum { ARG_CONFIG = 0xff, ARG_JSON = 0x100, ARG_INSTANCE, ARG_STATE_DIR, ARG_SERVER, ARG_PORT, ARG_TOKEN, ARG_SINCE,
-               ARG_AT, ARG_VERSION_N, ARG_TO, ARG_HELP };
+               ARG_AT, ARG_VERSION_N, ARG_TO, ARG_HELP, ARG_FINGERPRINT, ARG_CA_FILE, ARG_TLS };
         static const struct option options[] = {
                 { "json", no_argument, NULL, ARG_JSON },
                 { "config", required_argument, NULL, ARG_CONFIG },
@@ -176,6 +183,9 @@ int main(int argc, char **argv) {
                 { "server", required_argument, NULL, ARG_SERVER },
                 { "port", required_argument, NULL, ARG_PORT },
                 { "token", required_argument, NULL, ARG_TOKEN },
+                { "server-fingerprint", required_argument, NULL, ARG_FINGERPRINT },
+                { "ca-file", required_argument, NULL, ARG_CA_FILE },
+                { "tls", required_argument, NULL, ARG_TLS },
                 { "since", required_argument, NULL, ARG_SINCE },
                 { "at", required_argument, NULL, ARG_AT },
                 { "version", required_argument, NULL, ARG_VERSION_N },
@@ -183,7 +193,7 @@ int main(int argc, char **argv) {
                 { "help", no_argument, NULL, ARG_HELP },
                 {},
         };
-        Options o = {};
+        Options o = { .trust.tls = -1 };
         uint64_t v;
         uint16_t port;
         int c, ret = EX_OK;
@@ -193,6 +203,8 @@ int main(int argc, char **argv) {
                 puts("backupsync " BS_VERSION);
                 return EX_OK;
         }
+        /* A server gone away must fail TLS's write(), not kill the command. */
+        signal(SIGPIPE, SIG_IGN);
         o.state_dirs = calloc((size_t) argc, sizeof(*o.state_dirs));
         if (!o.state_dirs)
                 return EX_OSERR;
@@ -242,6 +254,31 @@ int main(int argc, char **argv) {
                 case ARG_TO:
                         o.to = optarg;
                         break;
+                case ARG_FINGERPRINT: {
+                        uint8_t fp[BS_FP_LEN];
+                        if (bs_fp_parse(optarg, fp) < 0) {
+                                fprintf(stderr, "backupsync: --server-fingerprint: '%s' is not a fingerprint "
+                                                "(SHA256: and 64 hex digits)\n", optarg);
+                                ret = EX_USAGE;
+                                goto out;
+                        }
+                        bs_fp_format(fp, o.fp_text);
+                        o.trust.fingerprint = o.fp_text;
+                        break;
+                }
+                case ARG_CA_FILE:
+                        o.trust.ca_file = strcmp(optarg, "system") == 0 ? "" : optarg;
+                        break;
+                case ARG_TLS: {
+                        bool b;
+                        if (bs_parse_bool(optarg, &b) < 0) {
+                                fprintf(stderr, "backupsync: --tls takes yes or no, not %s\n", optarg);
+                                ret = EX_USAGE;
+                                goto out;
+                        }
+                        o.trust.tls = b;
+                        break;
+                }
                 case ARG_SINCE:
                         ret = parse_time_opt("--since", optarg, &o.since);
                         break;

@@ -12,6 +12,7 @@
 #include "bs-hash.h"
 #include "bs-macro.h"
 #include "bs-parse.h"
+#include "bs-tls.h"
 #include "bs-token.h"
 
 #define INSTANCE_MAX 128
@@ -39,12 +40,13 @@ typedef struct Parser {
 } Parser;
 
 static const char *const agent_keys[] = { "server", "port", "path", "id", "poll-interval", "verify-interval",
-                                           "device-name" };
+                                           "device-name", "tls", "server-fingerprint", "ca-file" };
 
 void bs_server_config_init(BsServerConfig *cfg) {
         *cfg = (BsServerConfig) {
                 .port = BS_CONFIG_DEFAULT_PORT,
                 .require_key = true,
+                .tls = true,
                 .keep_versions_usec = BS_CONFIG_DEFAULT_KEEP_VERSIONS_USEC,
                 .keep_all_usec = BS_CONFIG_DEFAULT_KEEP_ALL_USEC,
                 .keep_hourly_usec = BS_CONFIG_DEFAULT_KEEP_HOURLY_USEC,
@@ -58,12 +60,15 @@ void bs_server_config_init(BsServerConfig *cfg) {
 void bs_server_config_done(BsServerConfig *cfg) {
         free(cfg->listen);
         free(cfg->storage);
-        cfg->listen = cfg->storage = NULL;
+        free(cfg->tls_cert);
+        free(cfg->tls_key);
+        cfg->listen = cfg->storage = cfg->tls_cert = cfg->tls_key = NULL;
 }
 
 void bs_agent_config_init(BsAgentConfig *cfg) {
         *cfg = (BsAgentConfig) { .poll_usec = BS_CONFIG_DEFAULT_POLL_USEC,
-                                 .verify_usec = BS_CONFIG_DEFAULT_VERIFY_USEC };
+                                 .verify_usec = BS_CONFIG_DEFAULT_VERIFY_USEC,
+                                 .tls = true };
 }
 
 void bs_agent_config_done(BsAgentConfig *cfg) {
@@ -72,7 +77,10 @@ void bs_agent_config_done(BsAgentConfig *cfg) {
         free(cfg->path);
         free(cfg->id);
         free(cfg->device_name);
+        free(cfg->server_fingerprint);
+        free(cfg->ca_file);
         cfg->name = cfg->server = cfg->path = cfg->id = cfg->device_name = NULL;
+        cfg->server_fingerprint = cfg->ca_file = NULL;
 }
 
 bool bs_config_instance_valid(const char *name) {
@@ -220,6 +228,14 @@ static void server_key(Parser *p, const char *key, const char *value) {
         } else if (strcmp(key, "require-key") == 0) {
                 if (bs_parse_bool(value, &c->require_key) < 0)
                         parser_fail(p, -EINVAL, key, "'%s' is not a boolean (yes or no)", value);
+        } else if (strcmp(key, "tls") == 0) {
+                if (bs_parse_bool(value, &c->tls) < 0)
+                        parser_fail(p, -EINVAL, key, "'%s' is not a boolean (yes or no)", value);
+        } else if (strcmp(key, "tls-cert") == 0 || strcmp(key, "tls-key") == 0) {
+                if (value[0] != '/')
+                        parser_fail(p, -EINVAL, key, "'%s' is not an absolute path", value);
+                else
+                        (void) store_string(p, key, key[4] == 'c' ? &c->tls_cert : &c->tls_key, value);
         } else if (strcmp(key, "keep-versions") == 0)
                 (void) parse_duration(p, key, value, 0, &c->keep_versions_usec);
         else if (strcmp(key, "keep-all") == 0)
@@ -253,6 +269,7 @@ static void server_key(Parser *p, const char *key, const char *value) {
                         c->max_connections = (unsigned) v;
         } else
                 parser_fail(p, -EINVAL, key, "unknown key in [server] (known: port, listen, storage, require-key, "
+                            "tls, tls-cert, tls-key, "
                             "keep-versions, keep-all, keep-hourly, keep-daily, history-max-size, prune-interval, "
                             "idle-timeout, "
                             "max-connections)");
@@ -266,7 +283,8 @@ static void agent_key(Parser *p, const char *instance, const char *key, const ch
                 known = known || strcmp(key, agent_keys[i]) == 0;
         if (!known) {
                 parser_fail(p, -EINVAL, key, "unknown key in [agent:%s] (known: server, port, path, id, "
-                            "poll-interval, verify-interval, device-name)", instance);
+                            "poll-interval, verify-interval, device-name, tls, server-fingerprint, ca-file)",
+                            instance);
                 return;
         }
         /* Values of other instances are their agents' business: a typo
@@ -304,6 +322,27 @@ static void agent_key(Parser *p, const char *instance, const char *key, const ch
                         parser_fail(p, -EINVAL, key, "empty value");
                 else
                         (void) store_string(p, key, &c->device_name, value);
+        } else if (strcmp(key, "tls") == 0) {
+                if (bs_parse_bool(value, &c->tls) < 0)
+                        parser_fail(p, -EINVAL, key, "'%s' is not a boolean (yes or no)", value);
+        } else if (strcmp(key, "server-fingerprint") == 0) {
+                uint8_t fp[BS_FP_LEN];
+                char text[BS_FP_TEXT_MAX];
+                if (bs_fp_parse(value, fp) < 0)
+                        parser_fail(p, -EINVAL, key, "'%s' is not a fingerprint (SHA256: and 64 hex digits, "
+                                    "as backupsyncd --fingerprint prints it)", value);
+                else {
+                        bs_fp_format(fp, text);
+                        (void) store_string(p, key, &c->server_fingerprint, text);
+                }
+        } else if (strcmp(key, "ca-file") == 0) {
+                char *s;
+                if (strcmp(value, "system") == 0)
+                        (void) store_string(p, key, &c->ca_file, "");
+                else if (expand_path(p, key, value, &s) >= 0) {
+                        free(c->ca_file);
+                        c->ca_file = s;
+                }
         }
 }
 
@@ -405,7 +444,13 @@ static int parse_file(Parser *p, const char *file, bool must_exist) {
 
 int bs_config_load_server(const char *file, bool must_exist, BsServerConfig *cfg, BsConfigError *err) {
         Parser p = { .mode = PARSE_SERVER, .server = cfg, .err = err };
-        return parse_file(&p, file, must_exist);
+        int r = parse_file(&p, file, must_exist);
+        if (r == 0 && !cfg->tls_cert != !cfg->tls_key) {
+                error_set(err, file, 0, cfg->tls_cert ? "tls-key" : "tls-cert",
+                          "tls-cert and tls-key go together: set both, or neither for the server's own key");
+                return -EINVAL;
+        }
+        return r;
 }
 
 int bs_config_load_agent(const char *system_file, bool system_must_exist, const char *user_file,

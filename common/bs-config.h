@@ -50,6 +50,8 @@ typedef struct BsServerConfig {
         uint64_t prune_interval_usec; /* 1 s .. 10 min */
         uint64_t idle_timeout_usec;  /* 0: never */
         unsigned max_connections;
+        bool tls;                    /* default yes */
+        char *tls_cert, *tls_key;    /* an administrator's; NULL: the server's own */
 } BsServerConfig;
 
 /* [agent:NAME]; strings are owned (NULL: not set). */
@@ -62,6 +64,9 @@ typedef struct BsAgentConfig {
         uint64_t poll_usec;
         uint64_t verify_usec; /* 0: no verification pass */
         char *device_name;
+        bool tls;                 /* default yes */
+        char *server_fingerprint; /* "SHA256:..." as validated; NULL: pinned at first contact */
+        char *ca_file;            /* "" for the system store; NULL: no CA verification */
 } BsAgentConfig;
 
 /** Fill cfg with the built-in defaults (port 7373, listen ::, require-key yes, ...). */

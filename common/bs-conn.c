@@ -11,6 +11,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/x509.h>
+
 #include "bs-conn.h"
 #include "bs-macro.h"
 
@@ -74,6 +77,11 @@ int bs_conn_connect(const char *host, const char *port, int timeout_ms, BsConn *
 BsConn *bs_conn_free(BsConn *c) {
         if (!c)
                 return NULL;
+        if (c->ssl) {
+                if (SSL_is_init_finished(c->ssl))
+                        (void) SSL_shutdown(c->ssl); /* close_notify, best effort */
+                SSL_free(c->ssl);
+        }
         if (c->fd >= 0)
                 close(c->fd);
         bs_buf_free(&c->in);
@@ -87,7 +95,7 @@ int bs_conn_send(BsConn *c, const BsMsg *m) {
 }
 
 int bs_conn_flush(BsConn *c) {
-        ssize_t n = bs_buf_send(&c->out, c->fd);
+        ssize_t n = c->ssl ? bs_tls_send(c->ssl, &c->out) : bs_buf_send(&c->out, c->fd);
         if (n < 0)
                 return (int) n;
         c->bytes_out += (uint64_t) n;
@@ -97,7 +105,8 @@ int bs_conn_flush(BsConn *c) {
 static int fill(BsConn *c) {
         if (c->eof)
                 return -ECONNRESET;
-        ssize_t n = bs_buf_recv(&c->in, c->fd, 256 * 1024, 8u * 1024 * 1024, &c->eof);
+        ssize_t n = c->ssl ? bs_tls_recv(c->ssl, &c->in, 256 * 1024, 8u * 1024 * 1024, &c->eof)
+                           : bs_buf_recv(&c->in, c->fd, 256 * 1024, 8u * 1024 * 1024, &c->eof);
         if (n < 0)
                 return (int) n;
         c->bytes_in += (uint64_t) n;
@@ -110,16 +119,22 @@ int bs_conn_io(BsConn *c, int timeout_ms) {
         int r = bs_conn_flush(c);
         if (r < 0)
                 return r;
-        struct pollfd p = { .fd = c->fd, .events = POLLIN | (bs_buf_len(&c->out) ? POLLOUT : 0) };
+        struct pollfd p = { .fd = c->fd,
+                            .events = POLLIN | (bs_buf_len(&c->out) || (c->ssl && SSL_want_write(c->ssl)) ? POLLOUT : 0) };
         int n;
-        do
-                n = poll(&p, 1, timeout_ms);
-        while (n < 0 && errno == EINTR);
+        /* Bytes TLS holds decrypted are not the socket's to signal. */
+        if (c->ssl && SSL_has_pending(c->ssl)) {
+                n = 1;
+                p.revents = POLLIN;
+        } else
+                do
+                        n = poll(&p, 1, timeout_ms);
+                while (n < 0 && errno == EINTR);
         if (n < 0)
                 return -errno;
         if (n == 0)
                 return -ETIMEDOUT;
-        if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
+        if (p.revents & (POLLIN | POLLHUP | POLLERR) || c->ssl) {
                 r = fill(c);
                 if (r < 0 || c->eof)
                         return r;
@@ -148,23 +163,155 @@ int bs_conn_next(BsConn *c, BsMsg *m) {
         }
 }
 
-static int64_t now_ms(void) {
+static int64_t mono_ms(void) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 int bs_conn_recv(BsConn *c, BsMsg *m, int timeout_ms) {
-        int64_t deadline = now_ms() + timeout_ms;
+        int64_t deadline = mono_ms() + timeout_ms;
         for (;;) {
                 int r = bs_conn_next(c, m);
                 if (r != 0)
                         return r;
-                int64_t left = deadline - now_ms();
+                int64_t left = deadline - mono_ms();
                 if (left <= 0)
                         return -ETIMEDOUT;
                 r = bs_conn_io(c, (int) left);
                 if (r < 0 && r != -ETIMEDOUT)
                         return r;
         }
+}
+
+/* The first bytes the server sent during the handshake: a server that
+ * does not speak TLS answers with a clear-text ERROR frame. */
+typedef struct Recorded {
+        uint8_t data[BS_FRAME_HDR + 8 + BS_TEXT_MAX];
+        size_t len;
+} Recorded;
+
+static long record(BIO *b, int oper, const char *argp, size_t len, int argi, long argl, int ret, size_t *processed) {
+        (void) len;
+        (void) argi;
+        (void) argl;
+        if (oper == (BIO_CB_READ | BIO_CB_RETURN) && ret > 0 && processed) {
+                Recorded *rec = (Recorded *) BIO_get_callback_arg(b);
+                size_t n = MIN(*processed, sizeof(rec->data) - rec->len);
+                memcpy(rec->data + rec->len, argp, n);
+                rec->len += n;
+        }
+        return ret;
+}
+
+/* TLS stops reading at the first record header that makes no sense; the
+ * rest of a clear-text frame is still on the socket. */
+static void record_rest(int fd, Recorded *rec) {
+        size_t len;
+        for (int i = 0; i < 10 && rec->len < sizeof(rec->data) && rec->data[0] == 0; i++) {
+                if (bs_frame_peek(rec->data, rec->len, BS_FRAME_MAX_DEFAULT, &len) != 0)
+                        return;
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                if (poll(&p, 1, 100) <= 0)
+                        return;
+                ssize_t n = recv(fd, rec->data + rec->len, sizeof(rec->data) - rec->len, MSG_DONTWAIT);
+                if (n <= 0)
+                        return;
+                rec->len += (size_t) n;
+        }
+}
+
+static void explain_failure(SSL *ssl, int r, const Recorded *rec, BsConnReport *rep) {
+        BsMsg *m = malloc(sizeof(*m));
+        size_t len;
+
+        if (m && bs_frame_peek(rec->data, rec->len, BS_FRAME_MAX_DEFAULT, &len) == 1 &&
+            bs_msg_decode(rec->data, len, m) == 0 && m->type == BS_MSG_ERROR) {
+                rep->server_said = true;
+                rep->code = m->code;
+                snprintf(rep->text, sizeof(rep->text), "%.*s", (int) m->path_len, m->path);
+                snprintf(rep->reason, sizeof(rep->reason), "the server answered in clear text: %.200s", rep->text);
+        } else if (SSL_get_verify_result(ssl) != X509_V_OK)
+                snprintf(rep->reason, sizeof(rep->reason), "certificate verify failed: %s",
+                         X509_verify_cert_error_string(SSL_get_verify_result(ssl)));
+        else if (r == -ECONNRESET)
+                snprintf(rep->reason, sizeof(rep->reason),
+                         "the server closed the connection during the TLS handshake");
+        else if (rec->len > 0 && rec->data[0] != BS_TLS_HANDSHAKE_BYTE)
+                snprintf(rep->reason, sizeof(rep->reason),
+                         "the server does not speak TLS (a server with tls = no?)");
+        else
+                bs_tls_error(rep->reason, sizeof(rep->reason));
+        ERR_clear_error();
+        free(m);
+}
+
+static int start_tls(BsConn *c, const char *host, int timeout_ms, const BsTrust *t, BsConnReport *rep) {
+        SSL_CTX *ctx;
+        Recorded rec = {};
+        int64_t deadline = mono_ms() + timeout_ms;
+
+        int r = bs_tls_client_ctx_new(t->ca_file, &ctx);
+        if (r < 0) {
+                snprintf(rep->reason, sizeof(rep->reason), "cannot read the CA certificates in %s",
+                         t->ca_file && t->ca_file[0] ? t->ca_file : "the system store");
+                ERR_clear_error();
+                return -EPROTO;
+        }
+        r = bs_tls_client_new(ctx, c->fd, host, &c->ssl);
+        SSL_CTX_free(ctx); /* the connection holds its own reference */
+        if (r < 0)
+                return r;
+        BIO *rbio = SSL_get_rbio(c->ssl);
+        BIO_set_callback_arg(rbio, (char *) &rec);
+        BIO_set_callback_ex(rbio, record);
+        for (;;) {
+                r = bs_tls_handshake(c->ssl);
+                if (r != 0)
+                        break;
+                int64_t left = deadline - mono_ms();
+                if (left <= 0) {
+                        r = -ETIMEDOUT;
+                        break;
+                }
+                struct pollfd p = { .fd = c->fd, .events = SSL_want_write(c->ssl) ? POLLOUT : POLLIN };
+                if (poll(&p, 1, (int) left) < 0 && errno != EINTR) {
+                        r = -errno;
+                        break;
+                }
+        }
+        BIO_set_callback_ex(rbio, NULL);
+        BIO_set_callback_arg(rbio, NULL);
+        if (r == -ETIMEDOUT) {
+                snprintf(rep->reason, sizeof(rep->reason), "no TLS handshake within %d ms", timeout_ms);
+                return r;
+        }
+        if (r < 0) {
+                if (rec.len > 0)
+                        record_rest(c->fd, &rec);
+                explain_failure(c->ssl, r, &rec, rep);
+                return -EPROTO;
+        }
+        r = bs_fp_of_peer(c->ssl, rep->presented);
+        r = r ?: bs_trust_check(t, rep->presented, rep->expected, &rep->outcome);
+        if (r < 0)
+                return r;
+        return rep->outcome == BS_TRUST_MISMATCH || rep->outcome == BS_TRUST_UNKNOWN ? -EPERM : 0;
+}
+
+int bs_conn_open(const char *host, const char *port, int timeout_ms, const BsTrust *t, BsConn **ret,
+                 BsConnReport *rep) {
+        _cleanup_(bs_conn_freep) BsConn *c = NULL;
+
+        memset(rep, 0, sizeof(*rep));
+        int r = bs_conn_connect(host, port, timeout_ms, &c);
+        if (r < 0)
+                return r;
+        if (t->tls) {
+                r = start_tls(c, host, timeout_ms, t, rep);
+                if (r < 0)
+                        return r;
+        }
+        *ret = TAKE_PTR(c);
+        return 0;
 }

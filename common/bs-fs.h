@@ -29,6 +29,8 @@ int bs_open_parent(int rootfd, const char *path, const char **base);
 
 /** Create every missing directory of path (not the last component). */
 int bs_mkdir_parents(int rootfd, const char *path, mode_t mode);
+/** mkdir -p of an absolute or relative path; existing directories are left as they are. */
+int bs_mkdir_p(const char *path, mode_t mode);
 
 /** write() all of n bytes; -errno on failure. */
 int bs_write_all(int fd, const void *p, size_t n);

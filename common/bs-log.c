@@ -54,8 +54,8 @@ void bs_logv(int prio, const BsLogCtx *ctx, const char *fmt, va_list ap) {
         vsnprintf(msg, sizeof(msg), fmt, ap);
 
         if (log_to_journal) {
-                char f[8][4200];
-                struct iovec iov[8];
+                char f[9][4200];
+                struct iovec iov[9];
                 int n = 0;
                 snprintf(f[n++], sizeof(f[0]), "MESSAGE=%s", msg);
                 snprintf(f[n++], sizeof(f[0]), "PRIORITY=%i", prio);
@@ -68,6 +68,8 @@ void bs_logv(int prio, const BsLogCtx *ctx, const char *fmt, va_list ap) {
                         snprintf(f[n++], sizeof(f[0]), "BACKUPSYNC_PATH=%s", ctx->path);
                 if (ctx && ctx->device)
                         snprintf(f[n++], sizeof(f[0]), "BACKUPSYNC_DEVICE=%s", ctx->device);
+                if (ctx && ctx->fingerprint)
+                        snprintf(f[n++], sizeof(f[0]), "BACKUPSYNC_FINGERPRINT=%s", ctx->fingerprint);
                 for (int i = 0; i < n; i++)
                         iov[i] = (struct iovec) { .iov_base = f[i], .iov_len = strlen(f[i]) };
                 sd_journal_sendv(iov, n);

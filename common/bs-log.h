@@ -26,6 +26,9 @@
 #define BS_MID_AUTH_FAILED  "6f0c1a4e2b7d4f0a9c1e3b5d7f9a1c0e"
 #define BS_MID_CHANGED      "6f0c1a4e2b7d4f0a9c1e3b5d7f9a1c0f"
 #define BS_MID_UNSEEN       "6f0c1a4e2b7d4f0a9c1e3b5d7f9a1c10"
+#define BS_MID_TLS_KEY      "6f0c1a4e2b7d4f0a9c1e3b5d7f9a1c11"
+#define BS_MID_TLS_PINNED   "6f0c1a4e2b7d4f0a9c1e3b5d7f9a1c12"
+#define BS_MID_TLS_MISMATCH "6f0c1a4e2b7d4f0a9c1e3b5d7f9a1c13"
 
 /* Extra structured fields of one event; any may be NULL. */
 typedef struct BsLogCtx {
@@ -33,6 +36,7 @@ typedef struct BsLogCtx {
         const char *account;
         const char *path;
         const char *device;
+        const char *fingerprint; /* a server's TLS key, "SHA256:..." */
 } BsLogCtx;
 
 /** Pick the journal or stderr for this process; ident prefixes stderr lines. */

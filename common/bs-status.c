@@ -194,40 +194,55 @@ int bs_status_read(int dir_fd, BsStatus *s) {
         return r;
 }
 
-int bs_token_file_write(int dir_fd, const char *token) {
-        static const char tmp[] = BS_TOKEN_FILE ".tmp";
-        char have[BS_TOKEN_MAX + 1];
-        if (bs_token_file_read(dir_fd, have) == 0 && strcmp(have, token) == 0)
+int bs_line_file_write(int dir_fd, const char *name, const char *line) {
+        char tmp[64], have[256];
+        if (snprintf(tmp, sizeof(tmp), "%s.tmp", name) >= (int) sizeof(tmp))
+                return -ENAMETOOLONG;
+        if (bs_line_file_read(dir_fd, name, have, sizeof(have)) == 0 && strcmp(have, line) == 0)
                 return 0;
         int fd = openat(dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (fd < 0)
                 return -errno;
         int r = fchmod(fd, 0600) < 0 ? -errno : 0;
-        r = r ?: bs_write_all(fd, token, strlen(token));
+        r = r ?: bs_write_all(fd, line, strlen(line));
         r = r ?: bs_write_all(fd, "\n", 1);
         if (r == 0 && fsync(fd) < 0)
                 r = -errno;
         close(fd);
-        if (r == 0 && renameat(dir_fd, tmp, dir_fd, BS_TOKEN_FILE) < 0)
+        if (r == 0 && renameat(dir_fd, tmp, dir_fd, name) < 0)
                 r = -errno;
         if (r < 0)
                 (void) unlinkat(dir_fd, tmp, 0);
         return r;
 }
 
-int bs_token_file_read(int dir_fd, char *token) {
-        char buf[BS_TOKEN_MAX + 2];
-        BsToken t;
-        int fd = openat(dir_fd, BS_TOKEN_FILE, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+int bs_line_file_read(int dir_fd, const char *name, char *buf, size_t size) {
+        int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
         if (fd < 0)
                 return -errno;
-        ssize_t n = bs_pread_full(fd, buf, sizeof(buf), 0);
+        ssize_t n = bs_pread_full(fd, buf, size, 0);
         close(fd);
         if (n < 0)
                 return (int) n;
+        if ((size_t) n == size)
+                return -EBADMSG; /* longer than any line we write */
         while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
                 n--;
-        if (bs_token_parse(buf, (size_t) n, &t) < 0)
+        buf[n] = 0;
+        return memchr(buf, '\n', (size_t) n) || memchr(buf, 0, (size_t) n) ? -EBADMSG : 0;
+}
+
+int bs_token_file_write(int dir_fd, const char *token) {
+        return bs_line_file_write(dir_fd, BS_TOKEN_FILE, token);
+}
+
+int bs_token_file_read(int dir_fd, char *token) {
+        char buf[BS_TOKEN_MAX + 2];
+        BsToken t;
+        int r = bs_line_file_read(dir_fd, BS_TOKEN_FILE, buf, sizeof(buf));
+        if (r < 0)
+                return r;
+        if (bs_token_parse(buf, strlen(buf), &t) < 0)
                 return -EBADMSG;
         bs_token_format(&t, token);
         return 0;

@@ -59,6 +59,14 @@ int bs_status_write(int dir_fd, const BsStatus *s);
  */
 int bs_status_read(int dir_fd, BsStatus *s);
 
+/** Write one line to DIR/name (mode 0600) atomically, unless it holds it already. */
+int bs_line_file_write(int dir_fd, const char *name, const char *line);
+/**
+ * Read the one line of DIR/name into buf (without its newline). -ENOENT
+ * when there is none, -EBADMSG when it does not fit or holds more lines.
+ */
+int bs_line_file_read(int dir_fd, const char *name, char *buf, size_t size);
+
 /** Write token to DIR/token (mode 0600) atomically, unless it holds it already. */
 int bs_token_file_write(int dir_fd, const char *token);
 /**

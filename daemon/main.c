@@ -24,11 +24,13 @@
 #include "bs-clock.h"
 #include "bs-config.h"
 #include "bs-token.h"
+#include "bs-fs.h"
 #include "bs-log.h"
 #include "bs-macro.h"
 #include "bs-parse.h"
 #include "offline.h"
 #include "server.h"
+#include "server-tls.h"
 
 #define DEFAULT_CONFIG BS_SYSCONFDIR "/backupsync.ini"
 
@@ -44,6 +46,7 @@ typedef struct Args {
         bool port_set, idle_timeout_set, max_connections_set, require_key_set;
         bool verify;
         bool prune;
+        bool fingerprint;
 } Args;
 
 /* What main() and the SIGHUP handler share. */
@@ -78,18 +81,20 @@ static void help(void) {
                "  --prune                  prune every account once as the retention settings\n"
                "                           say (keep-versions, keep-all, ...), report what\n"
                "                           was freed and exit; the server must be stopped\n"
+               "  --fingerprint            print the fingerprint of the server's TLS key\n"
+               "                           (SHA256:...) for agents to check, and exit\n"
                "  -h --help                show this help\n"
                "  --version                show the version\n"
                "\n"
                "Options override the configuration file. SIGHUP re-reads the file and\n"
-               "applies idle-timeout, max-connections, require-key and the retention\n"
-               "settings. With a socket\n"
+               "applies idle-timeout, max-connections, require-key, the retention\n"
+               "settings and tls, tls-cert and tls-key. With a socket\n"
                "passed by systemd (socket activation), PORT and --listen are ignored.\n");
 }
 
 static int parse_args(int argc, char **argv, Args *a) {
         enum { ARG_STORAGE = 0x100, ARG_LISTEN, ARG_CONFIG, ARG_IDLE, ARG_MAXCONN, ARG_KEY, ARG_VERSION, ARG_VERIFY,
-               ARG_PRUNE };
+               ARG_PRUNE, ARG_FINGERPRINT };
         static const struct option options[] = {
                 { "storage", required_argument, NULL, ARG_STORAGE },
                 { "listen", required_argument, NULL, ARG_LISTEN },
@@ -101,6 +106,7 @@ static int parse_args(int argc, char **argv, Args *a) {
                 { "version", no_argument, NULL, ARG_VERSION },
                 { "verify", no_argument, NULL, ARG_VERIFY },
                 { "prune", no_argument, NULL, ARG_PRUNE },
+                { "fingerprint", no_argument, NULL, ARG_FINGERPRINT },
                 {},
         };
         unsigned long long v;
@@ -154,6 +160,9 @@ static int parse_args(int argc, char **argv, Args *a) {
                         break;
                 case ARG_PRUNE:
                         a->prune = true;
+                        break;
+                case ARG_FINGERPRINT:
+                        a->fingerprint = true;
                         break;
                 default:
                         fprintf(stderr, "Try 'backupsyncd --help'.\n");
@@ -224,6 +233,55 @@ static AccountRetention retention_of(const BsServerConfig *cfg) {
         };
 }
 
+/*
+ * The TLS context cfg asks for: the administrator's certificate, else the
+ * server's own key below storage (created at the first start when create).
+ * *ret is NULL with tls = no. Logs why on failure.
+ */
+static int tls_load(const BsServerConfig *cfg, const char *storage, bool create, SSL_CTX **ret,
+                    uint8_t fp[BS_FP_LEN]) {
+        char own[PATH_MAX], e[160];
+        const char *cert = cfg->tls_cert, *key = cfg->tls_key;
+
+        *ret = NULL;
+        if (!cfg->tls)
+                return 0;
+        if (!cert) {
+                int r = create ? server_tls_own(storage, own) : 0;
+                if (r < 0) {
+                        errno = -r;
+                        log_error("cannot create the server's TLS key in %s: %m", storage);
+                        return r;
+                }
+                if (!create && snprintf(own, sizeof(own), "%s/" SERVER_TLS_OWN, storage) >= (int) sizeof(own))
+                        return -ENAMETOOLONG;
+                if (!create && access(own, F_OK) < 0) {
+                        log_error("%s does not exist yet: the server creates its key when it first starts "
+                                  "(systemctl start backupsyncd)", own);
+                        return -ENOENT;
+                }
+                if (r > 0)
+                        log_info("created the server's TLS key and certificate in %s", own);
+                cert = key = own;
+        }
+        int r = server_tls_load(cert, key, ret, fp);
+        if (r < 0)
+                log_error("cannot use TLS certificate %s with key %s: %s", cert, key, bs_tls_error(e, sizeof(e)));
+        return r;
+}
+
+static void log_tls(const char *what, SSL_CTX *ctx, const uint8_t fp[BS_FP_LEN], const BsServerConfig *cfg) {
+        char text[BS_FP_TEXT_MAX];
+        if (!ctx) {
+                log_warning("%s: TLS is off (tls = no): tokens and files travel in clear text", what);
+                return;
+        }
+        bs_fp_format(fp, text);
+        bs_logf(LOG_INFO, &(BsLogCtx) { .message_id = BS_MID_TLS_KEY, .fingerprint = text },
+                "%s: TLS 1.3, %s, key fingerprint %s", what,
+                cfg->tls_cert ? cfg->tls_cert : "the server's own key", text);
+}
+
 /* SIGHUP: a broken file keeps the configuration in effect. */
 static int reload(Server *server, void *userdata) {
         Context *ctx = userdata;
@@ -247,6 +305,18 @@ static int reload(Server *server, void *userdata) {
                 log_warning("%s: the listening address or port changed; that needs a restart", file);
         if (ctx->storage_from_config && !streq_null(cfg.storage, ctx->cfg.storage))
                 log_warning("%s: storage changed; that needs a restart", file);
+        /* Certificates are read again every time: an ACME client renews the
+         * files in place and sends SIGHUP. */
+        SSL_CTX *tls;
+        uint8_t fp[BS_FP_LEN];
+        r = tls_load(&cfg, server->storage, true, &tls, fp);
+        if (r < 0) {
+                log_error("%s: keeping the configuration in effect", file);
+                bs_server_config_done(&cfg);
+                return r;
+        }
+        server_set_tls(server, tls, fp);
+        log_tls("configuration reloaded", tls, fp, &cfg);
         server_apply(server, &(ServerConfig) {
                 .idle_timeout_usec = cfg.idle_timeout_usec,
                 .max_connections = cfg.max_connections,
@@ -281,24 +351,6 @@ static int lock_storage(const char *storage) {
                 return r;
         }
         return fd;
-}
-
-/* mkdir -p with mode 0700 for what we create; existing directories are left alone. */
-static int mkdir_p(const char *path) {
-        char buf[PATH_MAX];
-        if (snprintf(buf, sizeof(buf), "%s", path) >= (int) sizeof(buf))
-                return -ENAMETOOLONG;
-        for (char *p = buf + 1;; p++) {
-                if (*p != '/' && *p != 0)
-                        continue;
-                char c = *p;
-                *p = 0;
-                if (mkdir(buf, 0700) < 0 && errno != EEXIST)
-                        return -errno;
-                *p = c;
-                if (c == 0)
-                        return 0;
-        }
 }
 
 static void context_done(Context *ctx) {
@@ -344,7 +396,24 @@ int main(int argc, char **argv) {
                 ctx.storage_from_config = true;
         } else
                 dir = "./backupsync-data";
-        r = mkdir_p(dir);
+        /* Only read: the storage is the running server's, not ours to create. */
+        if (ctx.args.fingerprint) {
+                SSL_CTX *tls;
+                uint8_t fp[BS_FP_LEN];
+                char text[BS_FP_TEXT_MAX];
+                if (!ctx.cfg.tls) {
+                        log_error("TLS is off (tls = no): the server has no fingerprint");
+                        return EX_CONFIG;
+                }
+                if (tls_load(&ctx.cfg, dir, false, &tls, fp) < 0)
+                        return EX_CONFIG;
+                SSL_CTX_free(tls);
+                bs_fp_format(fp, text);
+                printf("%s\n", text);
+                return EXIT_SUCCESS;
+        }
+
+        r = bs_mkdir_p(dir, 0700);
         if (r < 0 || !realpath(dir, storage) || access(storage, R_OK | W_OK | X_OK) < 0) {
                 if (r < 0)
                         errno = -r;
@@ -354,7 +423,6 @@ int main(int argc, char **argv) {
 
         if (ctx.args.verify)
                 return offline_verify(storage);
-
         int lock_fd = lock_storage(storage);
         if (lock_fd == -EWOULDBLOCK) {
                 log_error("storage %s is in use by another backupsyncd%s", storage,
@@ -405,6 +473,11 @@ int main(int argc, char **argv) {
                 log_error("cannot set up the server: %m");
                 return EX_OSERR;
         }
+        SSL_CTX *tls;
+        uint8_t fp[BS_FP_LEN];
+        if (tls_load(&ctx.cfg, storage, true, &tls, fp) < 0)
+                return EX_CONFIG;
+        server_set_tls(server, tls, fp);
         server_set_reload(server, reload, &ctx);
 
         n_fds = sd_listen_fds(1);
@@ -459,6 +532,7 @@ int main(int argc, char **argv) {
 
         log_info("storage %s, configuration %s", storage, ctx.args.config ?: DEFAULT_CONFIG);
         log_limits("limits", &ctx.cfg);
+        log_tls("identity", server->tls, fp, &ctx.cfg);
         (void) sd_notify(0, "READY=1");
         server_update_status(server);
         r = sd_event_loop(server->event);

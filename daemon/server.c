@@ -108,6 +108,7 @@ Server *server_free(Server *s) {
                 close(s->listen_fd);
         ratelimit_free(s->ratelimit);
         free(s->storage);
+        SSL_CTX_free(s->tls);
         sd_event_unref(s->event);
         free(s);
         return NULL;
@@ -323,7 +324,19 @@ void server_update_status(Server *s) {
                 return;
         s->status_accounts = s->n_accounts;
         s->status_sessions = s->n_sessions;
-        (void) sd_notifyf(0, "STATUS=%u accounts open, %u connections", s->n_accounts, s->n_sessions);
+        /* The fingerprint is what an administrator reads out to users: keep it in view. */
+        (void) sd_notifyf(0, "STATUS=%u accounts open, %u connections; %s%s", s->n_accounts, s->n_sessions,
+                          s->tls ? "TLS key " : "TLS off (tls = no)", s->tls_fp);
+}
+
+void server_set_tls(Server *s, SSL_CTX *ctx, const uint8_t fp[BS_FP_LEN]) {
+        SSL_CTX_free(s->tls);
+        s->tls = ctx;
+        s->tls_fp[0] = 0;
+        if (ctx)
+                bs_fp_format(fp, s->tls_fp);
+        s->status_accounts = UINT32_MAX; /* publish it */
+        server_update_status(s);
 }
 
 void server_set_reload(Server *s, ServerReloadFn fn, void *userdata) {

@@ -9,10 +9,12 @@
 #pragma once
 
 #include <stdbool.h>
+#include <openssl/ssl.h>
 #include <stdint.h>
 #include <systemd/sd-event.h>
 
 #include "account.h"
+#include "bs-tls.h"
 #include "ratelimit.h"
 
 #ifndef USEC_PER_SEC
@@ -59,6 +61,8 @@ struct Server {
         ServerReloadFn reload;
         void *reload_userdata;
         unsigned status_accounts, status_sessions; /* last STATUS= sent */
+        SSL_CTX *tls;      /* NULL: clear text (tls = no) */
+        char tls_fp[80];   /* "SHA256:..." of tls, for STATUS=; "" without */
 
         Session *sessions;
         unsigned n_sessions;
@@ -111,6 +115,12 @@ void server_update_status(Server *s);
 void server_set_reload(Server *s, ServerReloadFn fn, void *userdata);
 /** Prune every account soon after start and every prune-interval, in idle-priority slices (server-prune.c). */
 int server_prune_start(Server *s);
+
+/**
+ * Serve new connections with TLS from ctx (taken over), known by fp, or in
+ * clear text with ctx NULL. Connections already open keep what they have.
+ */
+void server_set_tls(Server *s, SSL_CTX *ctx, const uint8_t fp[BS_FP_LEN]);
 
 /** Take the limits of config that can change while running (not storage). */
 void server_apply(Server *s, const ServerConfig *config);

@@ -18,6 +18,7 @@
 #include "bs-log.h"
 #include "bs-macro.h"
 #include "bs-path.h"
+#include "bs-tls.h"
 #include "server.h"
 #include "session.h"
 
@@ -64,6 +65,7 @@ int session_new(Session **ret, Server *server, int fd, const struct sockaddr *pe
         s->have.fd = -1;
         s->upload.src.fd = -1;
         s->peer_max_frame = BS_FRAME_MIN;
+        s->state = server->tls ? SESSION_TLS : SESSION_HELLO;
         peer_format(s, peer);
         (void) peer_len;
 
@@ -79,12 +81,32 @@ int session_new(Session **ret, Server *server, int fd, const struct sockaddr *pe
                 return r;
         snprintf(desc, sizeof(desc), "session-io-%s", s->peer);
         (void) sd_event_source_set_description(s->io_source, desc);
-        s->last_io_usec = now_usec(s);
+        s->last_io_usec = s->start_usec = now_usec(s);
         r = session_rearm_idle_timer(s);
         if (r < 0)
                 return r;
+        /* A blocked address costs no handshake: it is told in clear text and
+         * the agent shows what it was told. */
+        uint64_t left;
+        if (server->tls && ratelimit_blocked(server->ratelimit, s->peer_addr, s->start_usec, &left)) {
+                s->state = SESSION_HELLO;
+                (void) session_fail(s, 0, BS_ERR_RATE_LIMITED, "too many failed logins from %s; retry in %llu s",
+                                    s->peer, (unsigned long long) (left + USEC_PER_SEC - 1) / USEC_PER_SEC);
+                (void) sd_event_source_set_io_events(s->io_source, EPOLLOUT);
+        }
         *ret = TAKE_PTR(s);
         return 0;
+}
+
+/* When the connection is closed unless something happens; 0: never. */
+static uint64_t session_deadline(Session *s) {
+        if (s->state == SESSION_TLS) {
+                uint64_t idle = s->server->idle_timeout_usec;
+                return s->start_usec + (idle ? MIN(idle, SESSION_HANDSHAKE_USEC) : SESSION_HANDSHAKE_USEC);
+        }
+        if (s->server->idle_timeout_usec == 0)
+                return 0;
+        return s->last_io_usec + s->server->idle_timeout_usec;
 }
 
 int session_rearm_idle_timer(Session *s) {
@@ -92,9 +114,9 @@ int session_rearm_idle_timer(Session *s) {
         char desc[96];
         int r;
 
-        if (server->idle_timeout_usec == 0)
+        uint64_t deadline = session_deadline(s);
+        if (deadline == 0)
                 return s->timer_source ? sd_event_source_set_enabled(s->timer_source, SD_EVENT_OFF) : 0;
-        uint64_t deadline = s->last_io_usec + server->idle_timeout_usec;
         if (s->timer_source) {
                 r = sd_event_source_set_time(s->timer_source, deadline);
                 return r < 0 ? r : sd_event_source_set_enabled(s->timer_source, SD_EVENT_ONESHOT);
@@ -113,6 +135,12 @@ Session *session_free(Session *s) {
         Server *server = s->server;
 
         session_transfer_reset(s);
+        if (s->ssl) {
+                /* close_notify, best effort: the socket is non-blocking. */
+                if (SSL_is_init_finished(s->ssl))
+                        (void) SSL_shutdown(s->ssl);
+                SSL_free(s->ssl);
+        }
         if (s->account) {
                 /* Changes of an interrupted pass are still answered in its buffer: keep them. */
                 if (account_in_transaction(s->account))
@@ -500,6 +528,14 @@ static void session_run(Session *s) {
                 }
                 if (bs_buf_len(&s->out) >= SESSION_OUT_HIGH || s->copied_this_turn >= SESSION_COPY_BUDGET)
                         break;
+                /* A frame's first byte is 0 (frames are under 16 MiB); a TLS
+                 * record's is 0x16: say what is wrong rather than "malformed". */
+                if (s->state == SESSION_HELLO && !s->ssl && bs_buf_len(&s->in) > 0 &&
+                    bs_buf_head(&s->in)[0] == BS_TLS_HANDSHAKE_BYTE) {
+                        (void) session_fail(s, 0, BS_ERR_PROTOCOL,
+                                            "this server runs without TLS (tls = no); the agent must have tls = no too");
+                        break;
+                }
                 r = bs_frame_peek(bs_buf_head(&s->in), bs_buf_len(&s->in), BS_FRAME_MAX_DEFAULT, &len);
                 if (r == 0)
                         break;
@@ -528,15 +564,64 @@ static void session_run(Session *s) {
 }
 
 static int session_read(Session *s) {
-        ssize_t n = bs_buf_recv(&s->in, s->fd, 64 * 1024, SESSION_IN_MAX, &s->read_eof);
+        ssize_t n = s->ssl ? bs_tls_recv(s->ssl, &s->in, 64 * 1024, SESSION_IN_MAX, &s->read_eof)
+                           : bs_buf_recv(&s->in, s->fd, 64 * 1024, SESSION_IN_MAX, &s->read_eof);
         return n < 0 ? (int) n : 0;
 }
 
 static int session_flush(Session *s) {
-        ssize_t n = bs_buf_send(&s->out, s->fd);
+        ssize_t n = s->ssl && SSL_is_init_finished(s->ssl) ? bs_tls_send(s->ssl, &s->out) : bs_buf_send(&s->out, s->fd);
         if (n > 0)
                 s->last_io_usec = now_usec(s);
         return n < 0 ? (int) n : 0;
+}
+
+/*
+ * Before HELLO: tell a clear-text client from a TLS one by its first byte,
+ * then drive the handshake. Returns 0 (s->state says whether it is done)
+ * or a negative errno when the connection is to be dropped.
+ */
+static int session_tls_step(Session *s) {
+        char e[160];
+
+        if (!s->ssl) {
+                uint8_t b;
+                ssize_t n = recv(s->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+                if (n < 0)
+                        return errno == EAGAIN || errno == EINTR ? 0 : -errno;
+                if (n == 0)
+                        return -ECONNRESET;
+                if (b != BS_TLS_HANDSHAKE_BYTE) {
+                        /* Said in clear text, which that agent understands. What
+                         * it sent (a token, likely) is dropped unparsed: left
+                         * unread, it would turn our close into a reset that
+                         * loses the answer. */
+                        uint8_t junk[4096];
+                        while (recv(s->fd, junk, sizeof(junk), MSG_DONTWAIT) > 0)
+                                ;
+                        s->state = SESSION_HELLO;
+                        (void) session_fail(s, 0, BS_ERR_PROTOCOL,
+                                            "this server requires TLS; an agent with tls = no cannot use it");
+                        return 0;
+                }
+                s->ssl = SSL_new(s->server->tls);
+                if (!s->ssl || !SSL_set_fd(s->ssl, s->fd))
+                        return -ENOMEM;
+                SSL_set_accept_state(s->ssl);
+        }
+        int r = bs_tls_handshake(s->ssl);
+        if (r == 0)
+                return 0;
+        if (r < 0) {
+                if (r == -EPROTO)
+                        bs_logf(LOG_INFO, &(BsLogCtx) { .message_id = BS_MID_REJECTED },
+                                "connection from %s: TLS handshake failed: %s", s->peer, bs_tls_error(e, sizeof(e)));
+                return r;
+        }
+        s->state = SESSION_HELLO;
+        s->last_io_usec = now_usec(s);
+        (void) session_rearm_idle_timer(s);
+        return 0;
 }
 
 /* Decide what to wait for; true when the session is finished and must be freed. */
@@ -546,17 +631,25 @@ static bool session_update(Session *s) {
 
         if (s->state == SESSION_CLOSING && bs_buf_len(&s->out) == 0)
                 return true;
-        /* Work left in our buffers: level-triggered EPOLLOUT brings us back as soon
-         * as the socket takes more, even when the peer sends nothing further. */
+        if (s->state == SESSION_TLS) {
+                (void) sd_event_source_set_io_events(s->io_source,
+                                                     s->ssl && SSL_want_write(s->ssl) ? EPOLLOUT : EPOLLIN);
+                return false;
+        }
+        /* Work left in our buffers (or held decrypted inside TLS, which the
+         * socket no longer signals): level-triggered EPOLLOUT brings us back
+         * as soon as the socket takes more, even when the peer sends nothing
+         * further. */
+        bool tls_held = s->ssl && SSL_has_pending(s->ssl) && bs_buf_len(&s->in) < SESSION_IN_MAX;
         bool pending = s->state != SESSION_CLOSING &&
-                       (s->stream != STREAM_NONE ||
+                       (s->stream != STREAM_NONE || tls_held ||
                         bs_frame_peek(bs_buf_head(&s->in), bs_buf_len(&s->in), BS_FRAME_MAX_DEFAULT, &len) != 0);
         if (s->read_eof && !pending && bs_buf_len(&s->out) == 0)
                 return true;
         if (s->state != SESSION_CLOSING && !s->read_eof && bs_buf_len(&s->in) < SESSION_IN_MAX &&
             bs_buf_len(&s->out) < SESSION_OUT_HIGH)
                 events |= EPOLLIN;
-        if (bs_buf_len(&s->out) > 0 || pending)
+        if (bs_buf_len(&s->out) > 0 || pending || (s->ssl && SSL_want_write(s->ssl)))
                 events |= EPOLLOUT;
         (void) sd_event_source_set_io_events(s->io_source, events);
         return false;
@@ -566,7 +659,22 @@ static int on_io(sd_event_source *source, int fd, uint32_t revents, void *userda
         Session *s = userdata;
         int r = 0;
 
-        if ((revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) && s->state != SESSION_CLOSING)
+        if (s->state == SESSION_TLS) {
+                r = session_tls_step(s);
+                if (r < 0) {
+                        session_free(s);
+                        return 0;
+                }
+                if (s->state == SESSION_TLS) {
+                        (void) session_update(s);
+                        return 0;
+                }
+                /* Done: HELLO may have come with the last handshake bytes. */
+                revents |= EPOLLIN;
+        }
+        /* With TLS a read may also be owed to bytes held inside it, or to a
+         * write that needed to read first: always try. */
+        if ((s->ssl || (revents & (EPOLLIN | EPOLLHUP | EPOLLERR))) && s->state != SESSION_CLOSING)
                 r = session_read(s);
         if (r >= 0 && (revents & EPOLLOUT))
                 r = session_flush(s);
@@ -610,13 +718,19 @@ static int on_io(sd_event_source *source, int fd, uint32_t revents, void *userda
 
 static int on_timer(sd_event_source *source, uint64_t usec, void *userdata) {
         Session *s = userdata;
-        uint64_t deadline = s->last_io_usec + s->server->idle_timeout_usec;
+        uint64_t deadline = session_deadline(s);
 
-        if (s->server->idle_timeout_usec == 0) /* switched off by a reload */
+        if (deadline == 0) /* switched off by a reload */
                 return 0;
         if (usec < deadline) {
                 (void) sd_event_source_set_time(source, deadline);
                 (void) sd_event_source_set_enabled(source, SD_EVENT_ONESHOT);
+                return 0;
+        }
+        if (s->state == SESSION_TLS) {
+                log_event(LOG_INFO, BS_MID_CONN_LOST, NULL, NULL, "connection from %s: no TLS handshake in time",
+                          s->peer);
+                session_free(s);
                 return 0;
         }
         log_event(LOG_INFO, BS_MID_CONN_LOST, s->account ? account_id(s->account) : NULL, NULL,

@@ -9,6 +9,7 @@
  */
 #pragma once
 
+#include <openssl/ssl.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -25,6 +26,7 @@ typedef struct Server Server;
 typedef struct Session Session;
 
 typedef enum SessionState {
+        SESSION_TLS,     /* before and during the TLS handshake */
         SESSION_HELLO,   /* waiting for HELLO */
         SESSION_RUNNING, /* serving requests */
         SESSION_CLOSING, /* flushing a final ERROR, then closed */
@@ -46,6 +48,8 @@ struct Session {
         Server *server;
         Session *prev, *next;
         int fd;
+        SSL *ssl;           /* NULL: clear text, or the handshake not begun */
+        uint64_t start_usec;
         sd_event_source *io_source;
         sd_event_source *timer_source;
         char peer[64];      /* address for logs */
@@ -119,6 +123,10 @@ struct Session {
 #define SESSION_OUT_HIGH (4u * 1024 * 1024)
 #define SESSION_OUT_FILL (1u * 1024 * 1024)
 #define SESSION_IN_MAX (BS_FRAME_MAX_DEFAULT + 64u * 1024)
+/* A handshake must be done this long after the connection was accepted
+ * (or within idle-timeout, when shorter): a client that stops half-way
+ * holds a connection slot no longer. */
+#define SESSION_HANDSHAKE_USEC (10ULL * 1000000)
 /* Input buffers read and handled per commit while more keeps arriving. */
 #define SESSION_PASS_READS 8
 /* Bytes a session's COPY frames may copy before the others get their turn:

@@ -2,10 +2,14 @@
 """bench.py - backupsync's benchmark suite (Python 3 standard library only).
 
 Runs backupsyncd and backupsync-agent on 127.0.0.1 against rsync (daemon
-mode) and lsyncd (default.rsync) on the same generated data, prints a
-table of medians, ratios and targets, and writes tests/bench/results.md.
+mode, and over ssh to a private sshd) and lsyncd (default.rsync) on the
+same generated data, prints a table of medians, ratios and targets, and
+writes tests/bench/results.md. backupsync runs with TLS, its default;
+cases 1 and 2 are measured again with tls = no beside it, so that the
+cost of encryption shows.
 
-Run it through tools/bench, which installs rsync and lsyncd and builds:
+Run it through tools/bench, which installs rsync, lsyncd and OpenSSH and
+builds:
 
     tools/bench                 # full run, 3 runs per case
     tools/bench --quick         # small data, to smoke-test the suite
@@ -19,10 +23,12 @@ script exit non-zero.
 
 import argparse
 import datetime
+import errno
 import hashlib
 import importlib.util
 import os
 import platform
+import pwd
 import random
 import re
 import resource
@@ -101,6 +107,28 @@ def lo_bytes():
             if name.strip() == "lo":
                 return int(rest.split()[0])
     raise BenchError("no lo interface in /proc/net/dev")
+
+
+def kernel_tls():
+    """Whether the kernel's TLS (the "tls" upper layer protocol of TCP)
+    attaches to a connected loopback socket, as a sentence for the notes."""
+    TCP_ULP = getattr(socket, "TCP_ULP", 31)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as ls:
+            ls.bind(("127.0.0.1", 0))
+            ls.listen(1)
+            with socket.create_connection(ls.getsockname(), 5) as c:
+                peer, _ = ls.accept()
+                with peer:
+                    c.setsockopt(socket.SOL_TCP, TCP_ULP, b"tls")
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            why = "this kernel has no tls module"
+        else:
+            why = "TCP_ULP tls: %s" % (os.strerror(e.errno) if e.errno else e)
+        return "kernel TLS: not available (%s); OpenSSL's user-space TLS measured." % why
+    return ("kernel TLS: available (the tls module attaches to TCP sockets); OpenSSL hands "
+            "record encryption to it where its build and the cipher allow.")
 
 
 def drop_caches():
@@ -265,14 +293,33 @@ class Bench:
 
     # ---- backupsync
 
-    def server(self, name, extra=()):
+    def server(self, name, extra=(), tls=True):
+        """backupsyncd on a free port; tls=False: with a configuration
+        file saying tls = no (its agents then get --tls no)."""
         port = free_port()
         storage = self.path(name + "-storage")
-        argv = [SERVER_BIN, str(port), "--storage", storage, "--listen", "127.0.0.1"] + list(extra)
-        p = self.spawn(name, argv, name + ".log")
+        argv = [SERVER_BIN, str(port), "--storage", storage, "--listen", "127.0.0.1"]
+        if not tls:
+            conf = self.path(name + ".ini")
+            with open(conf, "w") as f:
+                f.write("[server]\ntls = no\n")
+            argv += ["--config", conf]
+        p = self.spawn(name, argv + list(extra), name + ".log")
         wait_until(lambda: port_open(port), 15, "%s to listen" % name, procs=[p])
         p.port = port
+        p.storage = storage
+        p.tls = tls
         return p
+
+    def fingerprint(self, srv):
+        """The server's key as backupsyncd --fingerprint prints it."""
+        p = subprocess.run([SERVER_BIN, "--fingerprint", "--storage", srv.storage],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        fp = p.stdout.decode().strip()
+        if p.returncode != 0 or not re.fullmatch(r"SHA256:[0-9a-f]{64}", fp):
+            raise BenchError("backupsyncd --fingerprint exited %d: %s" % (p.returncode,
+                                                                         (p.stdout + p.stderr).decode()[-300:]))
+        return fp
 
     def agent_argv(self, srv, d, token, state, once=False, extra=()):
         argv = [AGENT_BIN, "127.0.0.1", str(srv.port), d]
@@ -281,6 +328,8 @@ class Bench:
         argv += ["--state-dir", state]
         if once:
             argv.append("--once")
+        if not srv.tls:
+            argv += ["--tls", "no"]
         return argv + list(extra)
 
     def agent(self, name, srv, d, token=None, extra=(), timeout=120, state=None):
@@ -311,6 +360,47 @@ class Bench:
                        "rsyncd.log")
         wait_until(lambda: port_open(port), 15, "rsync daemon to listen", procs=[p])
         p.port = port
+        return p
+
+    # ---- sshd, for rsync -e ssh
+
+    def sshd(self):
+        """A private sshd on 127.0.0.1 with its own host key, letting this
+        user (root) in with a key generated here; returns it with .ssh, the
+        -e command of rsync for it, and .user."""
+        d = self.path("sshd")
+        os.makedirs(d)
+        host_key = os.path.join(d, "host_ed25519")
+        client_key = os.path.join(d, "client_ed25519")
+        for key in (host_key, client_key):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key],
+                           stdin=subprocess.DEVNULL, capture_output=True, check=True, timeout=30)
+        shutil.copyfile(client_key + ".pub", os.path.join(d, "authorized_keys"))
+        # sshd's privilege separation directory, made by its service otherwise
+        if os.geteuid() == 0:
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        port = free_port()
+        conf = os.path.join(d, "sshd_config")
+        with open(conf, "w") as f:
+            f.write("\n".join([
+                "ListenAddress 127.0.0.1:%d" % port,
+                "HostKey %s" % host_key,
+                "PidFile %s" % os.path.join(d, "sshd.pid"),
+                "PermitRootLogin prohibit-password",
+                "PubkeyAuthentication yes",
+                "AuthorizedKeysFile %s" % os.path.join(d, "authorized_keys"),
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                "StrictModes no",
+                "PrintMotd no",
+                ""]))
+        p = self.spawn("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", conf], "sshd.log")
+        wait_until(lambda: port_open(port), 15, "sshd to listen", procs=[p])
+        p.port = port
+        p.user = pwd.getpwuid(os.geteuid()).pw_name
+        p.ssh = ("ssh -p %d -i %s -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+                 "-o BatchMode=yes -o Compression=no -o LogLevel=ERROR" % (port, client_key))
         return p
 
     # ---- lsyncd
@@ -405,7 +495,8 @@ class Results:
 # ---------------------------------------------------------------- cases
 
 def case1_first_backup(b, cfg, res):
-    """10,000 x 4 KiB in 100 dirs + 4 x 64 MiB: first backup."""
+    """10,000 x 4 KiB in 100 dirs + 4 x 64 MiB: first backup, with TLS and
+    with tls = no, against rsync to its daemon and rsync -e ssh."""
     C = "1 first backup"
     src = b.path("c1-src")
     log("case 1: generating %d small files + %d x %s" % (cfg.c1_dirs * cfg.c1_per_dir, 4,
@@ -419,80 +510,107 @@ def case1_first_backup(b, cfg, res):
     if not has_fsync:
         res.note("case 1: this rsync has no --fsync; the rsync --fsync column is skipped.")
     dst = b.path("c1-rsync-dst")
+    ssh_dst = b.path("c1-ssh-dst")
+    os.makedirs(ssh_dst)
     rd = b.rsync_daemon({"mod": dst})
-    times = {"backupsync": [], "rsync": [], "rsync --fsync": []}
+    sshd = None
+    bs_kinds = (("backupsync", True), ("backupsync (tls = no)", False))
+    times = {"backupsync": [], "backupsync (tls = no)": [], "rsync": [], "rsync --fsync": [],
+             "rsync -e ssh": []}
     dropped = True
     try:
+        sshd = b.sshd()
         for run in range(cfg.runs):
             # backupsync: fresh server storage, register + --once until exit 0
-            srv = b.server("c1-server-%d" % run)
-            state = b.path("c1-state-%d" % run)
-            dropped &= drop_caches()
-            argv = b.agent_argv(srv, src, None, state, once=True)
-            t0 = time.monotonic()
-            with open(b.path("c1-agent-%d.log" % run), "wb") as lf:
-                p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
-                                   timeout=cfg.c1_timeout)
-            dt = time.monotonic() - t0
-            if p.returncode != 0:
-                b.logs.append(b.path("c1-agent-%d.log" % run))
-                raise BenchError("backupsync-agent --once exited %d" % p.returncode)
-            up = count_lines(srv.bench_log, "uploaded ")
-            if up != nfiles:
-                raise BenchError("server logged %d uploads, expected %d" % (up, nfiles))
-            times["backupsync"].append(dt)
-            log("case 1 run %d: backupsync %.2f s" % (run + 1, dt))
-            b.stop(srv)
+            for name, tls in bs_kinds:
+                sub = "c1-%s-%d" % ("server" if tls else "clear", run)
+                srv = b.server(sub, tls=tls)
+                state = b.path(sub + "-state")
+                dropped &= drop_caches()
+                argv = b.agent_argv(srv, src, None, state, once=True)
+                t0 = time.monotonic()
+                with open(b.path(sub + "-agent.log"), "wb") as lf:
+                    p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
+                                       timeout=cfg.c1_timeout)
+                dt = time.monotonic() - t0
+                if p.returncode != 0:
+                    b.logs.append(b.path(sub + "-agent.log"))
+                    raise BenchError("%s: backupsync-agent --once exited %d" % (name, p.returncode))
+                up = count_lines(srv.bench_log, "uploaded ")
+                if up != nfiles:
+                    raise BenchError("%s: server logged %d uploads, expected %d" % (name, up, nfiles))
+                times[name].append(dt)
+                log("case 1 run %d: %s %.2f s" % (run + 1, name, dt))
+                b.stop(srv)
             # Copies are removed only after the last run: on a file system
             # without a journal, ext4 skips inodes freed in the last minutes
             # when it allocates new ones, which would slow down whichever
             # tool runs right after a removal.
 
-            for name, extra in (("rsync", []), ("rsync --fsync", ["--fsync"])):
-                if extra and not has_fsync:
-                    continue
-                sub = "run%d%s" % (run, "-fsync" if extra else "")
+            peers = [("rsync", [], "rsync://127.0.0.1:%d/mod/run%d/" % (rd.port, run),
+                      os.path.join(dst, "run%d" % run))]
+            if has_fsync:
+                peers.append(("rsync --fsync", ["--fsync"], "rsync://127.0.0.1:%d/mod/run%d-fsync/" % (rd.port, run),
+                              os.path.join(dst, "run%d-fsync" % run)))
+            peers.append(("rsync -e ssh", ["-e", sshd.ssh], "%s@127.0.0.1:%s/run%d/" % (sshd.user, ssh_dst, run),
+                          os.path.join(ssh_dst, "run%d" % run)))
+            for name, extra, to, local in peers:
                 dropped &= drop_caches()
                 t0 = time.monotonic()
-                p = subprocess.run(["rsync", "-a"] + extra + [src + "/", "rsync://127.0.0.1:%d/mod/%s/" % (rd.port, sub)],
+                p = subprocess.run(["rsync", "-a"] + extra + [src + "/", to],
                                    stdin=subprocess.DEVNULL, capture_output=True, timeout=cfg.c1_timeout)
                 dt = time.monotonic() - t0
                 if p.returncode != 0:
                     raise BenchError("%s exited %d: %s" % (name, p.returncode, p.stderr.decode()[-500:]))
-                if tree_stats(os.path.join(dst, sub)) != (nfiles, total):
+                if tree_stats(local) != (nfiles, total):
                     raise BenchError("%s: destination incomplete" % name)
                 times[name].append(dt)
                 log("case 1 run %d: %s %.2f s" % (run + 1, name, dt))
     finally:
         b.stop(rd)
+        if sshd is not None:
+            b.stop(sshd)
         shutil.rmtree(dst, ignore_errors=True)
+        shutil.rmtree(ssh_dst, ignore_errors=True)
         for run in range(cfg.runs):
-            shutil.rmtree(b.path("c1-server-%d-storage" % run), ignore_errors=True)
-            shutil.rmtree(b.path("c1-state-%d" % run), ignore_errors=True)
+            for sub in ("c1-server-%d" % run, "c1-clear-%d" % run):
+                shutil.rmtree(b.path(sub + "-storage"), ignore_errors=True)
+                shutil.rmtree(b.path(sub + "-state"), ignore_errors=True)
     if not dropped:
         res.note("case 1: could not drop the page cache (not root?); runs are warm.")
     res.note("case 1 per run: " + "; ".join("%s %s" % (k, ", ".join("%.1f s" % t for t in v))
                                               for k, v in times.items() if v))
-    bs = statistics.median(times["backupsync"])
+    ssh_v = subprocess.run(["ssh", "-V"], capture_output=True, text=True, timeout=30)
+    res.note("case 1: rsync -e ssh logs in as %s to a private sshd on 127.0.0.1 (%s, its default "
+             "cipher, Compression=no), the encrypted peer to backupsync's TLS; the tls = no rows are "
+             "backupsync in clear text against the same peers, for the cost of encryption."
+             % (sshd.user, (ssh_v.stderr or ssh_v.stdout).strip().split(",")[0]))
     desc = "time, %d files, %s" % (nfiles, fmt_bytes(total))
-    res.add(C, desc, bs, "rsync", statistics.median(times["rsync"]),
-            target=lambda v, r: r <= 1.0, target_text="ratio <= 1.0")
-    if has_fsync:
-        res.add(C, desc, bs, "rsync --fsync", statistics.median(times["rsync --fsync"]),
-                target=lambda v, r: r <= 0.5, target_text="ratio <= 0.5 (well under 1)")
+    for name, tls in bs_kinds:
+        bs = statistics.median(times[name])
+        d = desc if tls else desc + " (tls = no)"
+        res.add(C, d, bs, "rsync", statistics.median(times["rsync"]),
+                target=(lambda v, r: r <= 1.0) if tls else None, target_text="ratio <= 1.0" if tls else "-")
+        if has_fsync:
+            res.add(C, d, bs, "rsync --fsync", statistics.median(times["rsync --fsync"]),
+                    target=(lambda v, r: r <= 0.5) if tls else None,
+                    target_text="ratio <= 0.5 (well under 1)" if tls else "-")
+        res.add(C, d, bs, "rsync -e ssh", statistics.median(times["rsync -e ssh"]),
+                target=(lambda v, r: r <= 0.5) if tls else None, target_text="ratio <= 0.5" if tls else "-")
     shutil.rmtree(src, ignore_errors=True)
 
 
 class BsPair:
-    """A server and agents A and B of one account, idle and in sync."""
+    """A server and agents A and B of one account, idle and in sync
+    (tls=False: the server with tls = no, the agents with --tls no)."""
 
-    def __init__(self, b, name):
+    def __init__(self, b, name, tls=True):
         self.b = b
         self.name = name
         self.a_dir = b.path(name + "-A")
         self.b_dir = b.path(name + "-B")
         os.makedirs(self.a_dir)
-        self.srv = b.server(name + "-server")
+        self.srv = b.server(name + "-server", tls=tls)
         self.a = b.agent(name + "-A", self.srv, self.a_dir)
         self.b_agent = b.agent(name + "-B", self.srv, self.b_dir, token=self.a.token)
         self.procs = [self.srv, self.a, self.b_agent]
@@ -569,6 +687,12 @@ def case2_latency(b, cfg, res, pairs):
     bs = pairs["bs"]
     log("case 2: backupsync, %d trials" % cfg.trials)
     lb = latency_trials(bs, cfg.trials, "bs", 30)
+    log("case 2: backupsync with tls = no, %d trials" % cfg.trials)
+    cp = BsPair(b, "c2-clear", tls=False)
+    try:
+        lc = latency_trials(cp, cfg.trials, "clear", 30)
+    finally:
+        cp.stop()
     log("case 2: lsyncd delay=0, %d trials" % cfg.trials)
     l0 = latency_trials(pairs["ls0"], cfg.trials, "ls0", 30)
     log("case 2: lsyncd default delay, %d trials" % cfg.trials_default)
@@ -578,14 +702,17 @@ def case2_latency(b, cfg, res, pairs):
         ld = latency_trials(lp, cfg.trials_default, "lsd", 60, gap=0.5)
     finally:
         lp.stop()
-    res.note("case 2: %d trials for backupsync and lsyncd delay=0; %d for lsyncd with its "
-             "default delay (15 s), whose p99 is then just its maximum." % (cfg.trials, cfg.trials_default))
-    for p, tgt in ((50, 0.050), (99, 0.250)):
-        v = percentile(lb, p)
-        res.add(C, "p%d latency A -> B" % p, v, "lsyncd delay=0", percentile(l0, p),
-                target=lambda x, r, t=tgt: x <= t, target_text="<= %d ms" % (tgt * 1000))
-        res.add(C, "p%d latency A -> B" % p, v, "lsyncd default delay", percentile(ld, p),
-                target=lambda x, r, t=tgt: x <= t, target_text="<= %d ms" % (tgt * 1000))
+    res.note("case 2: %d trials for backupsync (with TLS, and with tls = no: a second server and "
+             "pair of agents) and lsyncd delay=0; %d for lsyncd with its default delay (15 s), whose "
+             "p99 is then just its maximum." % (cfg.trials, cfg.trials_default))
+    # the targets are backupsync's with TLS, its default; tls = no is for comparison
+    for lat, suffix, tls in ((lb, "", True), (lc, " (tls = no)", False)):
+        for p, ms in ((50, 15), (99, 250)):
+            v = percentile(lat, p)
+            for peer, pl in (("lsyncd delay=0", l0), ("lsyncd default delay", ld)):
+                res.add(C, "p%d latency A -> B%s" % (p, suffix), v, peer, percentile(pl, p),
+                        target=(lambda x, r, t=ms / 1000.0: x <= t) if tls else None,
+                        target_text=("<= %d ms" % ms) if tls else "-")
 
 
 def wait_tree(d, want, timeout, procs, what):
@@ -909,6 +1036,7 @@ def case7_restore(b, cfg, res):
             raise BenchError("backupsync-agent --once exited %d" % p.returncode)
         with open(b.path("c7-agent.out"), "rb") as f:
             token = [l[4:].strip() for l in f.read().decode().splitlines() if l.startswith("ID: ")][0]
+        fp = b.fingerprint(srv)
         time.sleep(1.1)
         at = "@%d" % int(time.time())
         for run in range(cfg.runs):
@@ -918,7 +1046,7 @@ def case7_restore(b, cfg, res):
                 t0 = time.monotonic()
                 if name == "backupsync":
                     p = subprocess.run([CLI_BIN, "restore", "/", "--at", at, "--to", dst, "--server", "127.0.0.1",
-                                        "--port", str(srv.port), "--token", token],
+                                        "--port", str(srv.port), "--token", token, "--server-fingerprint", fp],
                                        stdin=subprocess.DEVNULL, capture_output=True, timeout=cfg.c1_timeout)
                 else:
                     p = subprocess.run(["rsync", "-a", "rsync://127.0.0.1:%d/c7/" % rd.port, dst + "/"],
@@ -1075,7 +1203,7 @@ def main():
     for binary in (SERVER_BIN, AGENT_BIN):
         if not os.access(binary, os.X_OK):
             sys.exit("bench: %s is not built (run tools/bench)" % binary)
-    for tool in ("rsync", "lsyncd"):
+    for tool in ("rsync", "lsyncd") + (("ssh", "ssh-keygen", "/usr/sbin/sshd") if 1 in cases else ()):
         if shutil.which(tool) is None:
             sys.exit("bench: %s is not installed (run tools/bench)" % tool)
 
@@ -1087,6 +1215,7 @@ def main():
                  "benchmark's only (they include TCP/IP headers).")
     else:
         res.note("run in the host's network namespace: loopback bytes may include other traffic.")
+    res.note(kernel_tls())
     if args.quick:
         res.note("--quick: reduced data sizes; not comparable with a full run.")
     root = tempfile.mkdtemp(prefix="bs-bench-", dir="/var/tmp")

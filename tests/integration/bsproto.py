@@ -22,6 +22,7 @@ Typical use::
 import hashlib
 import os
 import socket
+import ssl
 import struct
 
 VERSION = 1        # what this client speaks unless told otherwise
@@ -327,11 +328,81 @@ def decode(msg_type, payload):
 
 # ---------------------------------------------------------------- transport
 
-def connect(port, host="127.0.0.1", timeout=10.0):
-    """A TCP connection to the server with a receive timeout."""
-    sock = socket.create_connection((host, port), timeout=timeout)
+def tls_context():
+    """TLS 1.3 as the agent speaks it; these tests check the server's key
+    themselves where it matters (the agent's checks are tested in
+    test_tls.py)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx
+
+
+class ClearAnswer:
+    """What a server said in clear text instead of a TLS handshake (BUSY,
+    RATE_LIMITED, a TLS/clear mismatch), read like a socket: the ERROR
+    frame, then EOF. TLS consumed the frame's first 5 bytes as a record
+    header; they are its length and type, which the rest implies."""
+
+    def __init__(self, sock, rest):
+        self.sock = sock  # at EOF: always readable, for select()
+        self.data = struct.pack(">IB", 1 + len(rest), MSG["ERROR"]) + rest
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def setblocking(self, flag):
+        pass
+
+    def recv(self, n):
+        out, self.data = self.data[:n], self.data[n:]
+        return out
+
+    def sendall(self, data):
+        pass
+
+    def settimeout(self, t):
+        pass
+
+    def shutdown(self, how):
+        pass
+
+    def close(self):
+        self.sock.close()
+
+
+def wrap(sock, tls=True):
+    """The socket inside TLS (the handshake done), or as it is for tls=False;
+    a ClearAnswer when the server answered in clear text."""
+    if not tls:
+        return sock
+    s = tls_context().wrap_socket(sock, do_handshake_on_connect=False)
+    try:
+        s.do_handshake()
+    except ssl.SSLError:
+        rest = b""
+        while True:
+            try:
+                chunk = socket.socket.recv(s, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            rest += chunk
+        if not rest:
+            s.close()
+            raise
+        return ClearAnswer(s, rest)
+    return s
+
+
+def connect(port, host="127.0.0.1", timeout=10.0, tls=True, source=None):
+    """A connection to the server with a receive timeout: TLS unless tls=False."""
+    sock = socket.create_connection((host, port), timeout=timeout,
+                                    source_address=(source, 0) if source else None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+    return wrap(sock, tls)
 
 
 def recv_exact(sock, n):

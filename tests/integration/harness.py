@@ -455,6 +455,14 @@ class Server(_Proc):
         """The account's tree directory; account is an ID or a token."""
         return os.path.join(self.storage, account.split("-")[0], "tree")
 
+    def fingerprint(self):
+        """The server's key, SHA256:..., as backupsyncd --fingerprint prints it."""
+        p = subprocess.run([SERVER_BIN, "--fingerprint", "--storage", self.storage] + self.args,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=30)
+        if p.returncode != 0:
+            raise TestFailure("backupsyncd --fingerprint exited %d: %s" % (p.returncode, p.stderr.decode()))
+        return p.stdout.decode().strip()
+
 
 class Agent(_Proc):
     def __init__(self, env, name, dir, token=None, server=None, state_dir=None,

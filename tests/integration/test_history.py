@@ -130,7 +130,8 @@ def test_history_log_versions_deleted():
             rc, out, err = _cli(*(args + ("--state-dir", a.state_dir)))
             check(rc == want and err.startswith("backupsync: "),
                   "backupsync %s: exit %d (want %d): %s" % (" ".join(args), rc, want, err))
-        rc, _, err = _cli("log", "--server", "127.0.0.1", "--port", srv.port, "--token", a.account + "-" + "A" * 32)
+        rc, _, err = _cli("log", "--server", "127.0.0.1", "--port", srv.port, "--token", a.account + "-" + "A" * 32,
+                          "--server-fingerprint", srv.fingerprint())
         check(rc == EX_NOPERM and "AUTH" in err, "a wrong key: exit %d: %s" % (rc, err))
 
 
@@ -272,14 +273,21 @@ def test_restore_token_only():
         _wait_log(a, lambda log: log[0]["op"] == "delete" and log[0]["path"] == "many", "the deletion logged")
         a.stop()
 
+        # Nowhere to pin the server's key: it must be given, and nothing is sent before.
         rc, _, err = _cli("restore", "/", "--at", "@%d" % before, "--to", env.path("new"),
                           "--server", "127.0.0.1", "--port", srv.port, "--token", a.token)
+        check(rc == EX_NOPERM and srv.fingerprint() in err and "--server-fingerprint" in err
+              and not os.listdir(env.path("new")),
+              "restore with the token but not the server's key: %d %s" % (rc, err))
+        fp = srv.fingerprint()
+        rc, _, err = _cli("restore", "/", "--at", "@%d" % before, "--to", env.path("new"),
+                          "--server", "127.0.0.1", "--port", srv.port, "--token", a.token, "--server-fingerprint", fp)
         check(rc == 0, "restore with the token exited %d: %s" % (rc, err))
         got = snapshot(env.path("new"), mtimes=True)
         check(got == want, "rebuilt tree differs:\n%s" % harness.diff_snapshots(got, want, "rebuilt", "A"))
         e = dict(os.environ, BACKUPSYNC_TOKEN=a.token)
         rc, _, err = _cli("restore", "/", "--at", "-0s", "--to", env.path("now"), "--server", "127.0.0.1",
-                          "--port", srv.port, env=e)
+                          "--port", srv.port, "--server-fingerprint", fp.lower().replace("sha256:", ""), env=e)
         check(rc == 0, "restore with BACKUPSYNC_TOKEN exited %d: %s" % (rc, err))
         check(snapshot(env.path("now"), mtimes=True) == snapshot(a.dir, mtimes=True), "the account as it is now")
         rc, _, err = _cli("restore", "/", "--at", "-1s", "--server", "127.0.0.1", "--port", srv.port, env=e)

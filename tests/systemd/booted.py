@@ -371,6 +371,7 @@ class Scenario:
         account = self.token.split("-")[0]
         p = self.c.run(["journalctl", "-o", "json", "-u", "backupsyncd", "--no-pager"])
         found = []
+        tls_key = []
         for line in p.stdout.splitlines():
             try:
                 e = json.loads(line)
@@ -378,6 +379,11 @@ class Scenario:
                 continue
             if e.get("MESSAGE_ID") and e.get("BACKUPSYNC_ACCOUNT") == account:
                 found.append(e)
+            if e.get("MESSAGE_ID") == "6f0c1a4e2b7d4f0a9c1e3b5d7f9a1c11" and e.get("BACKUPSYNC_FINGERPRINT"):
+                tls_key.append(e)
+        if not tls_key:
+            raise StepFailed("no backupsyncd journal entry for its TLS key (MESSAGE_ID=...c11, BACKUPSYNC_FINGERPRINT=)")
+        say("TLS key at start: %s" % tls_key[-1].get("MESSAGE"))
         if not found:
             raise StepFailed("no backupsyncd journal entry with MESSAGE_ID= and BACKUPSYNC_ACCOUNT=%s" % account)
         say("%d structured entries for account %s, e.g. MESSAGE_ID=%s MESSAGE=%s" % (
@@ -436,6 +442,14 @@ class Scenario:
         say(p.stdout)
         if not re.search(r"^\s*Status: ", p.stdout, re.M):
             raise StepFailed("systemctl status backupsyncd has no Status: line")
+        # The server's key, for an administrator to read out to users, is
+        # the one backupsyncd --fingerprint prints for the unit's storage.
+        m = re.search(r"^\s*Status: .*TLS key (SHA256:[0-9a-f]{64})", p.stdout, re.M)
+        if not m:
+            raise StepFailed("systemctl status backupsyncd does not show the TLS key's fingerprint")
+        fp = c.run(["/usr/local/sbin/backupsyncd", "--fingerprint", "--storage", "/var/lib/backupsync"]).stdout.strip()
+        if fp != m.group(1):
+            raise StepFailed("Status: shows %s, backupsyncd --fingerprint prints %s" % (m.group(1), fp))
         for u in ("alice", "bob"):
             p = c.user(u, "systemctl --user status --no-pager backupsync-agent@docs", check=False)
             say(p.stdout)

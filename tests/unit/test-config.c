@@ -72,6 +72,9 @@ Test(config, server_defaults) {
         cr_expect_eq(c.history_max_bytes, 0);
         cr_expect_eq(c.idle_timeout_usec, 120000000ULL);
         cr_expect_eq(c.max_connections, 1024);
+        cr_expect(c.tls, "TLS is on unless switched off");
+        cr_expect_null(c.tls_cert, "the server's own key");
+        cr_expect_null(c.tls_key);
         bs_server_config_done(&c);
 
         /* A missing file is fine unless it must exist. */
@@ -99,6 +102,9 @@ Test(config, server_all_keys) {
                                  "prune-interval = 30s\n"
                                  "idle-timeout = 2m\n"
                                  "max-connections = 10\n"
+                                 "tls = no\n"
+                                 "tls-cert = /etc/letsencrypt/live/b/fullchain.pem\n"
+                                 "tls-key = /etc/letsencrypt/live/b/privkey.pem\n"
                                  "[agent:docs]\n"
                                  "anything = is skipped by the server\n"
                                  "[server]\n"
@@ -117,6 +123,9 @@ Test(config, server_all_keys) {
         cr_expect_eq(c.prune_interval_usec, 30ULL * 1000000);
         cr_expect_eq(c.idle_timeout_usec, 120ULL * 1000000);
         cr_expect_eq(c.max_connections, 10);
+        cr_expect_not(c.tls);
+        cr_expect_str_eq(c.tls_cert, "/etc/letsencrypt/live/b/fullchain.pem");
+        cr_expect_str_eq(c.tls_key, "/etc/letsencrypt/live/b/privkey.pem");
         bs_server_config_done(&c);
 
         cr_assert_eq(server_load("[server]\nidle-timeout = 250ms\nmax-connections = 1000000\nrequire-key = yes\n"
@@ -151,6 +160,9 @@ Test(config, server_bad_values) {
                 { "max-connections = 1000001", "max-connections", "not a number" },
                 { "max-connections = -5", "max-connections", "not a number" },
                 { "max-connections = 10k", "max-connections", "not a number" },
+                { "tls = maybe", "tls", "not a boolean" },
+                { "tls-cert = cert.pem", "tls-cert", "not an absolute path" },
+                { "tls-key = ~/key.pem", "tls-key", "not an absolute path" },
                 { "bogus = 1", "bogus", "unknown key in [server]" },
         };
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -167,6 +179,18 @@ Test(config, server_bad_values) {
                 cr_expect(strncmp(formatted(&e), want, strlen(want)) == 0, "%s", formatted(&e));
                 bs_server_config_done(&c);
         }
+}
+
+Test(config, server_tls_cert_and_key_together) {
+        BsServerConfig c;
+        BsConfigError e = {};
+        cr_expect_eq(server_load("[server]\ntls-cert = /c.pem\n", &c, &e), -EINVAL);
+        cr_expect_str_eq(e.key, "tls-key");
+        cr_expect(strstr(e.message, "go together") != NULL, "%s", e.message);
+        bs_server_config_done(&c);
+        cr_expect_eq(server_load("[server]\ntls-key = /k.pem\n", &c, &e), -EINVAL);
+        cr_expect_str_eq(e.key, "tls-cert");
+        bs_server_config_done(&c);
 }
 
 Test(config, server_structure_errors) {
@@ -225,6 +249,9 @@ static const char agents[] = "[server]\n"
                              "poll-interval = 250ms\n"
                              "verify-interval = 0\n"
                              "device-name = laptop\n"
+                             "server-fingerprint = sha256:0ED8DADBB51C7B4A6E124636BA2D3E185EBDF698025EB62D2491AE26EA700FBB\n"
+                             "ca-file = ~/ca.pem\n"
+                             "tls = yes\n"
                              "id = ABCD\n";
 
 Test(config, agent_lookup) {
@@ -240,6 +267,10 @@ Test(config, agent_lookup) {
         cr_expect_eq(c.verify_usec, 0, "verify-interval = 0: no verification pass");
         cr_expect_str_eq(c.device_name, "laptop");
         cr_expect_str_eq(c.id, "ABCD");
+        cr_expect(c.tls);
+        cr_expect_str_eq(c.server_fingerprint,
+                         "SHA256:0ed8dadbb51c7b4a6e124636ba2d3e185ebdf698025eb62d2491ae26ea700fbb", "one text form");
+        cr_expect_str_eq(c.ca_file, "/home/tester/ca.pem");
         bs_agent_config_done(&c);
 
         cr_assert_eq(agent_load(agents, NULL, "photos", &c, &e), 0, "%s", formatted(&e));
@@ -250,6 +281,16 @@ Test(config, agent_lookup) {
         cr_expect_eq(c.verify_usec, 3600000000ULL, "default verify-interval");
         cr_expect_null(c.id);
         cr_expect_null(c.device_name);
+        cr_expect(c.tls, "TLS by default");
+        cr_expect_null(c.server_fingerprint, "pinned at first contact");
+        cr_expect_null(c.ca_file);
+        bs_agent_config_done(&c);
+
+        cr_assert_eq(agent_load("[agent:x]\nserver = h\nport = 1\npath = /p\nca-file = system\ntls = no\n", NULL,
+                                "x", &c, &e),
+                     0, "%s", formatted(&e));
+        cr_expect_str_eq(c.ca_file, "", "the system store");
+        cr_expect_not(c.tls);
         bs_agent_config_done(&c);
 
         /* Addresses, IPv6 included, and a bare ~. */
@@ -356,6 +397,11 @@ Test(config, agent_bad_values) {
                 { "poll-interval = 50ms", "poll-interval", "shorter than 100ms" },
                 { "verify-interval = often", "verify-interval", "'often' is not a duration" },
                 { "device-name =", "device-name", "empty value" },
+                { "tls = sometimes", "tls", "not a boolean" },
+                { "server-fingerprint = SHA256:12ab", "server-fingerprint", "not a fingerprint" },
+                { "server-fingerprint = MD5:0ed8dadbb51c7b4a6e124636ba2d3e185ebdf698025eb62d2491ae26ea700fbb",
+                  "server-fingerprint", "not a fingerprint" },
+                { "ca-file = ca.pem", "ca-file", "not an absolute path" },
                 { "colour = blue", "colour", "unknown key in [agent:docs]" },
         };
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {

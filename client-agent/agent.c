@@ -291,7 +291,8 @@ void agent_progress(Agent *a, const char *what, uint64_t done, uint64_t total, u
         a->progress_done = done;
         a->progress_total = total;
         a->progress_bytes = bytes;
-        write_status(a, BS_SYNC_SYNCING);
+        /* Progress does not hide an error that still holds. */
+        write_status(a, a->state_error ? BS_SYNC_ERROR : BS_SYNC_SYNCING);
 }
 
 

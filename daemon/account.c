@@ -282,6 +282,11 @@ static int open_db(Account *a, bool create) {
         sqlite3_busy_timeout(a->db, 5000);
         int r = exec(a, "PRAGMA journal_mode=WAL");
         r = r ?: exec(a, "PRAGMA synchronous=FULL");
+        /* Statement journals and sorts in memory: in temporary files they
+         * were written for every row a transaction changed (a first backup
+         * of 10,000 files wrote 120 MB to /var/tmp), and nothing in them
+         * needs to survive a crash. */
+        r = r ?: exec(a, "PRAGMA temp_store=MEMORY");
         r = r ?: exec(a, schema);
         return r ?: migrate(a);
 }

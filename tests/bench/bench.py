@@ -520,52 +520,61 @@ def case1_first_backup(b, cfg, res):
     dropped = True
     try:
         sshd = b.sshd()
+        def run_backupsync(run, name, tls):
+            sub = "c1-%s-%d" % ("server" if tls else "clear", run)
+            srv = b.server(sub, tls=tls)
+            state = b.path(sub + "-state")
+            argv = b.agent_argv(srv, src, None, state, once=True)
+            t0 = time.monotonic()
+            with open(b.path(sub + "-agent.log"), "wb") as lf:
+                p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
+                                   timeout=cfg.c1_timeout)
+            dt = time.monotonic() - t0
+            if p.returncode != 0:
+                b.logs.append(b.path(sub + "-agent.log"))
+                raise BenchError("%s: backupsync-agent --once exited %d" % (name, p.returncode))
+            up = count_lines(srv.bench_log, "uploaded ")
+            if up != nfiles:
+                raise BenchError("%s: server logged %d uploads, expected %d" % (name, up, nfiles))
+            b.stop(srv)
+            return dt
+
+        def run_rsync(name, extra, to, local):
+            t0 = time.monotonic()
+            p = subprocess.run(["rsync", "-a"] + extra + [src + "/", to],
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=cfg.c1_timeout)
+            dt = time.monotonic() - t0
+            if p.returncode != 0:
+                raise BenchError("%s exited %d: %s" % (name, p.returncode, p.stderr.decode()[-500:]))
+            if tree_stats(local) != (nfiles, total):
+                raise BenchError("%s: destination incomplete" % name)
+            return dt
+
         for run in range(cfg.runs):
             # backupsync: fresh server storage, register + --once until exit 0
-            for name, tls in bs_kinds:
-                sub = "c1-%s-%d" % ("server" if tls else "clear", run)
-                srv = b.server(sub, tls=tls)
-                state = b.path(sub + "-state")
+            tools = [(name, lambda run=run, name=name, tls=tls: run_backupsync(run, name, tls))
+                     for name, tls in bs_kinds]
+            tools.append(("rsync", lambda run=run: run_rsync(
+                "rsync", [], "rsync://127.0.0.1:%d/mod/run%d/" % (rd.port, run), os.path.join(dst, "run%d" % run))))
+            if has_fsync:
+                tools.append(("rsync --fsync", lambda run=run: run_rsync(
+                    "rsync --fsync", ["--fsync"], "rsync://127.0.0.1:%d/mod/run%d-fsync/" % (rd.port, run),
+                    os.path.join(dst, "run%d-fsync" % run))))
+            tools.append(("rsync -e ssh", lambda run=run: run_rsync(
+                "rsync -e ssh", ["-e", sshd.ssh], "%s@127.0.0.1:%s/run%d/" % (sshd.user, ssh_dst, run),
+                os.path.join(ssh_dst, "run%d" % run))))
+            # Each run starts with another tool: whichever runs first after
+            # the file system took the previous run's 50,000 files pays more.
+            k = run % len(tools)
+            for name, fn in tools[k:] + tools[:k]:
                 dropped &= drop_caches()
-                argv = b.agent_argv(srv, src, None, state, once=True)
-                t0 = time.monotonic()
-                with open(b.path(sub + "-agent.log"), "wb") as lf:
-                    p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
-                                       timeout=cfg.c1_timeout)
-                dt = time.monotonic() - t0
-                if p.returncode != 0:
-                    b.logs.append(b.path(sub + "-agent.log"))
-                    raise BenchError("%s: backupsync-agent --once exited %d" % (name, p.returncode))
-                up = count_lines(srv.bench_log, "uploaded ")
-                if up != nfiles:
-                    raise BenchError("%s: server logged %d uploads, expected %d" % (name, up, nfiles))
+                dt = fn()
                 times[name].append(dt)
                 log("case 1 run %d: %s %.2f s" % (run + 1, name, dt))
-                b.stop(srv)
             # Copies are removed only after the last run: on a file system
             # without a journal, ext4 skips inodes freed in the last minutes
             # when it allocates new ones, which would slow down whichever
             # tool runs right after a removal.
-
-            peers = [("rsync", [], "rsync://127.0.0.1:%d/mod/run%d/" % (rd.port, run),
-                      os.path.join(dst, "run%d" % run))]
-            if has_fsync:
-                peers.append(("rsync --fsync", ["--fsync"], "rsync://127.0.0.1:%d/mod/run%d-fsync/" % (rd.port, run),
-                              os.path.join(dst, "run%d-fsync" % run)))
-            peers.append(("rsync -e ssh", ["-e", sshd.ssh], "%s@127.0.0.1:%s/run%d/" % (sshd.user, ssh_dst, run),
-                          os.path.join(ssh_dst, "run%d" % run)))
-            for name, extra, to, local in peers:
-                dropped &= drop_caches()
-                t0 = time.monotonic()
-                p = subprocess.run(["rsync", "-a"] + extra + [src + "/", to],
-                                   stdin=subprocess.DEVNULL, capture_output=True, timeout=cfg.c1_timeout)
-                dt = time.monotonic() - t0
-                if p.returncode != 0:
-                    raise BenchError("%s exited %d: %s" % (name, p.returncode, p.stderr.decode()[-500:]))
-                if tree_stats(local) != (nfiles, total):
-                    raise BenchError("%s: destination incomplete" % name)
-                times[name].append(dt)
-                log("case 1 run %d: %s %.2f s" % (run + 1, name, dt))
     finally:
         b.stop(rd)
         if sshd is not None:

@@ -669,12 +669,14 @@ static int on_io(sd_event_source *source, int fd, uint32_t revents, void *userda
                         (void) session_update(s);
                         return 0;
                 }
-                /* Done: HELLO may have come with the last handshake bytes. */
-                revents |= EPOLLIN;
+                /* Done. HELLO, if it came with the last handshake bytes, is
+                 * held inside TLS or still in the socket: see below. */
         }
-        /* With TLS a read may also be owed to bytes held inside it, or to a
-         * write that needed to read first: always try. */
-        if ((s->ssl || (revents & (EPOLLIN | EPOLLHUP | EPOLLERR))) && s->state != SESSION_CLOSING)
+        /* With TLS a read may also be owed to bytes held inside it. Not
+         * otherwise: a read reserves the input buffer, which an idle
+         * connection should not hold. */
+        if (((revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) || (s->ssl && SSL_has_pending(s->ssl))) &&
+            s->state != SESSION_CLOSING)
                 r = session_read(s);
         if (r >= 0 && (revents & EPOLLOUT))
                 r = session_flush(s);
@@ -697,6 +699,12 @@ static int on_io(sd_event_source *source, int fd, uint32_t revents, void *userda
                 }
                 (void) session_end_pass(s);
                 r = r ?: session_flush(s);
+                /* An idle connection holds no buffers (a thousand would hold
+                 * 64 MiB and more); the next bytes allocate them again. */
+                if (bs_buf_len(&s->in) == 0)
+                        bs_buf_free(&s->in);
+                if (bs_buf_len(&s->out) == 0)
+                        bs_buf_free(&s->out);
         }
         if (r < 0) {
                 if (r != -ECONNRESET && r != -EPIPE) {

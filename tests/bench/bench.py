@@ -1156,6 +1156,35 @@ def case8_history(b, cfg, res):
     res.note("case 8: backupsyncd --prune said: " + report)
 
 
+def case9_chunker(b, cfg, res):
+    """The content-defined chunker on one core, in memory, and what each
+    chunk size would cost: bytes in new chunks after an edit of a 64 MiB
+    file against the chunk list such a file needs."""
+    C = "9 chunker"
+    exe = os.path.join(BUILD_DIR, "tests", "bench", "bench-chunk")
+    mib = 64 if cfg.c6_size < GiB else 512  # --quick: less
+    p = subprocess.run(["taskset", "-c", "0", exe, str(mib)], capture_output=True, text=True, timeout=600)
+    if p.returncode != 0:
+        raise BenchError("bench-chunk exited %d: %s" % (p.returncode, p.stderr[-300:]))
+    v = dict(l.split("=", 1) for l in p.stdout.split())
+    n = int(v["chunker_bytes"])
+    gbs = n / float(v["chunker_seconds"]) / 1e9
+    res.add(C, "FastCDC throughput, one core, %s in memory (GB/s)" % fmt_bytes(n), gbs,
+            fmt=lambda x: "%.2f" % x, target=lambda x, r: x >= 1.0, target_text=">= 1 GB/s")
+    res.add(C, "mean chunk size (min 16 KiB, avg 64 KiB, max 256 KiB)", n / int(v["chunker_chunks"]), fmt=fmt_bytes)
+    res.add(C, "chunking and SHA-256 of every chunk (GB/s)", n / float(v["chunk_and_sha_seconds"]) / 1e9,
+            fmt=lambda x: "%.2f" % x)
+    rows = []
+    for avg in sorted({int(k.split("_")[1]) for k in v if k.startswith("sizes_")}):
+        g = lambda what: int(v["sizes_%d_%s" % (avg, what)])
+        rows.append("avg %s: 100 B inserted at the start %s, in the middle %s, 1 MiB overwritten %s; "
+                    "chunk list of a 64 MiB file %s (%d chunks)"
+                    % (fmt_bytes(avg), fmt_bytes(g("insert100_start")), fmt_bytes(g("insert100_middle")),
+                       fmt_bytes(g("overwrite1m_middle")), fmt_bytes(g("list_bytes")), g("chunks")))
+    res.note("case 9: bytes in chunks an edit of a 64 MiB file makes new, per average size (min avg/4, "
+             "max avg*4): " + "; ".join(rows))
+
+
 # ---------------------------------------------------------------- main
 
 class Cfg:
@@ -1187,7 +1216,7 @@ def main():
     ap = argparse.ArgumentParser(description="backupsync benchmark suite")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per case (default 3)")
     ap.add_argument("--quick", action="store_true", help="small data, to smoke-test the suite")
-    ap.add_argument("--cases", default="1,2,3,4,5,6,7,8", help="comma-separated case numbers")
+    ap.add_argument("--cases", default="1,2,3,4,5,6,7,8,9", help="comma-separated case numbers")
     ap.add_argument("--trials", type=int, default=0, help="case 2 trials (default 100, quick 20)")
     ap.add_argument("--trials-default", type=int, default=0,
                     help="case 2 trials for lsyncd with its 15 s default delay (default 5)")
@@ -1266,6 +1295,7 @@ def main():
         run_case(6, case6_big_edit)
         run_case(7, case7_restore)
         run_case(8, case8_history)
+        run_case(9, case9_chunker)
     except KeyboardInterrupt:
         failed = True
         res.note("interrupted")

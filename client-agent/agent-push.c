@@ -66,19 +66,35 @@ static void upload_free(Upload *up) {
         up->base = up->buf = NULL;
 }
 
-/* Send a big file as a delta when the fingerprints of its base are kept. */
+/*
+ * Send a big file as a delta when the fingerprints of its base are kept;
+ * a new one (a copy, or a file deleted and made again) from a kept content
+ * of as many blocks, which the server holds: if it is the same, nothing
+ * but COPY travels, and if not, the blocks that differ go as DATA and the
+ * server's SHA-256 check of the result decides as for any delta.
+ */
 static void delta_begin(Agent *a, PushOp *op, Upload *up) {
         ManifestEntry *old;
+        uint8_t like[BS_SHA_LEN];
         if (up->size < BS_DELTA_MIN)
                 return;
         (void) bs_blocks_new(&up->blocks, up->size); /* without: no delta next time */
-        if (op->base == 0 || a->conn->version < BS_PROTO_DELTA_VERSION)
+        if (a->conn->version < BS_PROTO_DELTA_VERSION)
                 return;
         old = malloc(sizeof(*old));
         if (!old)
                 return;
-        if (manifest_get(a->state, op->path, old) == 0 && old->kind == BS_KIND_FILE && old->version == op->base &&
-            blocks_get(a->state, old->sha, &up->base_block, &up->base, &up->n_base) == 0) {
+        bool found = op->base != 0 && manifest_get(a->state, op->path, old) == 0 && old->kind == BS_KIND_FILE &&
+                     old->version == op->base;
+        if (!found) {
+                /* A refused attempt drops the candidate's fingerprints, so
+                 * the next round tries another or none. */
+                uint32_t b = bs_block_size(up->size);
+                found = blocks_find(a->state, b, (size_t) bs_block_count(up->size, b), like) == 0;
+                if (found)
+                        memcpy(old->sha, like, BS_SHA_LEN);
+        }
+        if (found && blocks_get(a->state, old->sha, &up->base_block, &up->base, &up->n_base) == 0) {
                 uint32_t b = up->base_block;
                 up->buf_len = b >= BS_CHUNK ? b : BS_CHUNK / b * b;
                 up->buf = malloc(up->buf_len);

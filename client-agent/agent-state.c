@@ -321,6 +321,25 @@ int blocks_get(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint32_t *block, ui
         return 0;
 }
 
+int blocks_find(AgentState *s, uint32_t block, size_t count, uint8_t sha[BS_SHA_LEN]) {
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
+        /* The table holds a row per big content: a scan is cheap. */
+        int rc = prepare(s, "SELECT sha FROM blocks WHERE block=? AND length(sums)=? LIMIT 1", &st);
+        if (rc < 0)
+                return rc;
+        sqlite3_bind_int64(st, 1, block);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64) (count * BS_BLOCK_SUM_LEN));
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE)
+                return -ENOENT;
+        if (rc != SQLITE_ROW)
+                return note(s, sql_err(rc));
+        if (sqlite3_column_bytes(st, 0) != BS_SHA_LEN)
+                return -ENOENT;
+        memcpy(sha, sqlite3_column_blob(st, 0), BS_SHA_LEN);
+        return 0;
+}
+
 int blocks_put(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint32_t block, const uint8_t *sums, size_t count) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
         int r = prepare(s, "INSERT OR REPLACE INTO blocks(sha, block, sums) VALUES(?,?,?)", &st);

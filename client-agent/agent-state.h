@@ -81,6 +81,8 @@ int manifest_below(AgentState *s, const char *dir, manifest_iter_t fn, void *use
  * else 0 with a malloc'ed array of *count fingerprints the caller frees.
  */
 int blocks_get(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint32_t *block, uint8_t **sums, size_t *count);
+/** A kept content fingerprinted in count blocks of block bytes (a copy candidate). -ENOENT: none. */
+int blocks_find(AgentState *s, uint32_t block, size_t count, uint8_t sha[BS_SHA_LEN]);
 int blocks_put(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint32_t block, const uint8_t *sums, size_t count);
 int blocks_delete(AgentState *s, const uint8_t sha[BS_SHA_LEN]);
 /**

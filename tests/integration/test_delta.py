@@ -5,6 +5,7 @@ import os
 import re
 import socket
 import stat
+import subprocess
 import time
 
 import bsproto
@@ -107,6 +108,51 @@ def test_delta_edit_both_ways():
         wait_until(lambda: _same(ps, os.path.join(b.dir, "small.txt")), 30, "small.txt on B")
         check(not _numbers(srv.log_lines(), r"uploaded \S+ small\.txt \((\d+) bytes, (\d+) sent"),
               "small.txt (100 KiB) was sent as a delta")
+
+
+def test_delta_copies_travel_as_nothing():
+    """A copy of a big file made with cp(1), a big file deleted and made
+    again with the same bytes, and a copy edited in one place: each goes up
+    as COPY from what the server already holds, with almost no data, and
+    arrives whole on the other computer."""
+    with Env("delta_copies") as env:
+        size = 8 * MiB
+        srv, a, b = _join(env, {"big.bin": (size, 3)})
+        pa = os.path.join(a.dir, "big.bin")
+
+        def sent(name):
+            return _numbers(srv.log_lines(), r"uploaded \S+ %s \((\d+) bytes, (\d+) sent" % re.escape(name))
+
+        subprocess.run(["cp", pa, os.path.join(a.dir, "copy.bin")], check=True)
+        wait_until(lambda: _same(pa, os.path.join(b.dir, "copy.bin")), 60, "copy.bin on B")
+        ups = sent("copy.bin")
+        check(len(ups) == 1 and ups[0] == (size, 0), "cp big.bin copy.bin: the server logged %r, want "
+              "(%d, 0): nothing but COPY" % (ups, size))
+
+        # Deleted everywhere, then made again with the same bytes: the server
+        # keeps the content in the history.
+        data = read_bytes(pa)
+        for n in ("big.bin", "copy.bin"):
+            os.unlink(os.path.join(a.dir, n))
+        wait_until(lambda: not os.path.exists(os.path.join(srv.tree(a.token), "copy.bin"))
+                   and not os.path.exists(os.path.join(srv.tree(a.token), "big.bin")), 30, "the deletions on the server")
+        write_file(os.path.join(a.dir, "again.bin"), data)
+        wait_until(lambda: _same(os.path.join(a.dir, "again.bin"), os.path.join(b.dir, "again.bin")), 60,
+                   "again.bin on B")
+        ups = sent("again.bin")
+        check(len(ups) == 1 and ups[0] == (size, 0), "a deleted file made again: the server logged %r" % ups)
+
+        # A copy edited in one block: that block travels.
+        pe = os.path.join(a.dir, "edited.bin")
+        subprocess.run(["cp", os.path.join(a.dir, "again.bin"), pe + ".tmp"], check=True)
+        _overwrite(pe + ".tmp", 3 * MiB + 7, b"E" * 1000)
+        os.rename(pe + ".tmp", pe)
+        wait_until(lambda: _same(pe, os.path.join(b.dir, "edited.bin")), 60, "edited.bin on B")
+        ups = sent("edited.bin")
+        check(len(ups) == 1 and ups[0][0] == size and 0 < ups[0][1] <= 2 * 64 * 1024,
+              "an edited copy: the server logged %r, want at most two blocks sent" % ups)
+        check(sha256_file(os.path.join(srv.tree(a.token), "edited.bin")) == sha256_file(pe),
+              "the server's edited.bin differs")
 
 
 def test_delta_many_turns():

@@ -1002,6 +1002,36 @@ def case6_big_edit(b, cfg, res):
             rt.append(dt)
             rb.append(lo_bytes() - l0)
             log("case 6 run %d: rsync %.2f s, %s on lo" % (run + 1, rt[-1], fmt_bytes(rb[-1])))
+        # (d) cp of the file to a new name: the upload hop, B paused.
+        os.kill(pair.b_agent.pid, signal.SIGSTOP)
+        try:
+            cfile = os.path.join(os.path.dirname(sfile), "copy.bin")
+            l0 = lo_bytes()
+            t0 = time.monotonic()
+            subprocess.run(["cp", os.path.join(pair.a_dir, "big.bin"), os.path.join(pair.a_dir, "copy.bin")],
+                           check=True, timeout=cfg.c6_timeout)
+            # The server renames an upload into the tree only once its SHA-256 checked out.
+            wait_until(lambda: os.path.exists(cfile), cfg.c6_timeout, "backupsync: the copy on the server",
+                       interval=0.02, procs=pair.procs)
+            ct, cb = time.monotonic() - t0, lo_bytes() - l0
+        finally:
+            os.kill(pair.b_agent.pid, signal.SIGCONT)
+        # B's download of the copy must not count in rsync's bytes.
+        bcopy = os.path.join(pair.b_dir, "copy.bin")
+        wait_until(lambda: os.path.exists(bcopy) and os.path.getsize(bcopy) == size, cfg.c6_timeout,
+                   "backupsync: the copy on B", interval=0.05, procs=pair.procs)
+        time.sleep(1)
+        subprocess.run(["cp", os.path.join(rsrc, "big.bin"), os.path.join(rsrc, "copy.bin")], check=True,
+                       timeout=cfg.c6_timeout)
+        l0 = lo_bytes()
+        t0 = time.monotonic()
+        r = subprocess.run(["rsync", "-a", rsrc + "/", "rsync://127.0.0.1:%d/big/" % rd.port],
+                           capture_output=True, timeout=cfg.c6_timeout)
+        if r.returncode != 0:
+            raise BenchError("rsync (copy) exited %d: %s" % (r.returncode, r.stderr.decode()[-300:]))
+        rct, rcb = time.monotonic() - t0, lo_bytes() - l0
+        log("case 6 cp: backupsync %.2f s, %s on lo; rsync %.2f s, %s on lo"
+            % (ct, fmt_bytes(cb), rct, fmt_bytes(rcb)))
     finally:
         pair.stop()
         b.stop(rd)
@@ -1016,6 +1046,9 @@ def case6_big_edit(b, cfg, res):
             statistics.median(rt))
     res.add(C, "bytes on loopback, A -> server -> B", statistics.median(bb), "rsync (daemon)",
             statistics.median(rb), fmt=fmt_bytes)
+    res.add(C, "bytes on loopback, cp of the file to a new name, A -> server", cb, "rsync (daemon)", rcb,
+            fmt=fmt_bytes, target=lambda v, r: v < MiB, target_text="< 1 MiB")
+    res.add(C, "time, cp of the file to a new name, A -> server", ct, "rsync (daemon)", rct)
     res.note("case 6: backupsync sends A's changed 64 KiB blocks to the server (COPY for the rest), "
              "and the server sends B only the 16 KiB pieces that differ from B's version. The upload "
              "(A -> server, timed until the server's tree shows the edit, B paused meanwhile) is the hop "

@@ -409,8 +409,15 @@ static void apply_move(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m) {
         if (!lt || !mt)
                 goto out;
         bool have_to = manifest_get(a->state, x->path2, mt) == 0;
-        if (have_to && mt->version >= x->seq)
-                goto out; /* already here (our own move) */
+        if (have_to && mt->version >= x->seq) {
+                /* Already here: our own move, or a later change of the
+                 * destination. A source the manifest still holds from
+                 * before the move is gone from the server all the same;
+                 * uploads based on it would be refused for ever. */
+                if (manifest_get(a->state, x->path, m) == 0 && m->version < x->seq)
+                        a->need_snapshot = true;
+                goto out;
+        }
         if (manifest_get(a->state, x->path, m) < 0 || local_stat(a, x->path, l) < 0 ||
             local_stat(a, x->path2, lt) < 0)
                 goto resync;

@@ -307,3 +307,23 @@ int bs_mkdir_p(const char *path, mode_t mode) {
                         return 0;
         }
 }
+
+int bs_write_file_atomic(int dir_fd, const char *name, const void *p, size_t n) {
+        char tmp[PATH_MAX];
+        if (snprintf(tmp, sizeof(tmp), "%s.tmp", name) >= (int) sizeof(tmp))
+                return -ENAMETOOLONG;
+        int fd = openat(dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+                return -errno;
+        /* An old tmp of another mode is reused by O_TRUNC: set it again. */
+        int r = fchmod(fd, 0600) < 0 ? -errno : 0;
+        r = r ?: bs_write_all(fd, p, n);
+        if (r == 0 && fsync(fd) < 0)
+                r = -errno;
+        close(fd);
+        if (r == 0 && renameat(dir_fd, tmp, dir_fd, name) < 0)
+                r = -errno;
+        if (r < 0)
+                (void) unlinkat(dir_fd, tmp, 0);
+        return r;
+}

@@ -29,6 +29,12 @@ int bs_open_parent(int rootfd, const char *path, const char **base);
 
 /** Create every missing directory of path (not the last component). */
 int bs_mkdir_parents(int rootfd, const char *path, mode_t mode);
+/**
+ * Replace dir_fd/name with n bytes of p, mode 0600, whole or not at all:
+ * written to name.tmp, synced, renamed over name (the directory is not
+ * synced). dir_fd may be AT_FDCWD.
+ */
+int bs_write_file_atomic(int dir_fd, const char *name, const void *p, size_t n);
 /** mkdir -p of an absolute or relative path; existing directories are left as they are. */
 int bs_mkdir_p(const char *path, mode_t mode);
 

@@ -195,25 +195,13 @@ int bs_status_read(int dir_fd, BsStatus *s) {
 }
 
 int bs_line_file_write(int dir_fd, const char *name, const char *line) {
-        char tmp[64], have[256];
-        if (snprintf(tmp, sizeof(tmp), "%s.tmp", name) >= (int) sizeof(tmp))
-                return -ENAMETOOLONG;
+        char have[256], text[258];
         if (bs_line_file_read(dir_fd, name, have, sizeof(have)) == 0 && strcmp(have, line) == 0)
                 return 0;
-        int fd = openat(dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0)
-                return -errno;
-        int r = fchmod(fd, 0600) < 0 ? -errno : 0;
-        r = r ?: bs_write_all(fd, line, strlen(line));
-        r = r ?: bs_write_all(fd, "\n", 1);
-        if (r == 0 && fsync(fd) < 0)
-                r = -errno;
-        close(fd);
-        if (r == 0 && renameat(dir_fd, tmp, dir_fd, name) < 0)
-                r = -errno;
-        if (r < 0)
-                (void) unlinkat(dir_fd, tmp, 0);
-        return r;
+        int n = snprintf(text, sizeof(text), "%s\n", line);
+        if (n < 0 || n >= (int) sizeof(text))
+                return -E2BIG;
+        return bs_write_file_atomic(dir_fd, name, text, (size_t) n);
 }
 
 int bs_line_file_read(int dir_fd, const char *name, char *buf, size_t size) {

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bs-fs.h"
 #include "bs-macro.h"
 #include "server-tls.h"
 
@@ -43,30 +44,15 @@ static X509 *self_signed(EVP_PKEY *key) {
 }
 
 static int write_pem(const char *path, EVP_PKEY *key, X509 *cert) {
-        char tmp[PATH_MAX];
-        if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int) sizeof(tmp))
-                return -ENAMETOOLONG;
-        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0)
-                return -errno;
-        FILE *f = fdopen(fd, "w");
-        if (!f) {
-                int r = -errno;
-                close(fd);
-                unlink(tmp);
-                return r;
+        /* Secure memory: the private key's text is wiped when freed. */
+        BIO *mem = BIO_new(BIO_s_secmem());
+        char *p;
+        int r = -ENOMEM;
+        if (mem && PEM_write_bio_PrivateKey(mem, key, NULL, NULL, 0, NULL, NULL) && PEM_write_bio_X509(mem, cert)) {
+                long n = BIO_get_mem_data(mem, &p);
+                r = n > 0 ? bs_write_file_atomic(AT_FDCWD, path, p, (size_t) n) : -EIO;
         }
-        int r = fchmod(fd, 0600) < 0 ? -errno : 0;
-        if (r == 0 && (!PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL) || !PEM_write_X509(f, cert)))
-                r = -EIO;
-        if (r == 0 && (fflush(f) != 0 || fsync(fd) < 0))
-                r = -errno;
-        if (fclose(f) != 0 && r == 0)
-                r = -errno;
-        if (r == 0 && rename(tmp, path) < 0)
-                r = -errno;
-        if (r < 0)
-                unlink(tmp);
+        BIO_free(mem);
         return r;
 }
 

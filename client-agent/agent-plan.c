@@ -19,7 +19,7 @@ void plan_clear(Plan *p) {
                 free(p->ops[i].path2);
                 free(p->ops[i].e);
                 bs_blocks_free(p->ops[i].blocks);
-                free(p->ops[i].delta_base);
+                free(p->ops[i].delta_bases);
                 if (p->ops[i].fd >= 0)
                         close(p->ops[i].fd);
         }

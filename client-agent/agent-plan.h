@@ -21,11 +21,12 @@ typedef struct PushOp {
         int fd; /* PUT opened ahead of its turn, its reading already started, or -1 */
         uint64_t prefetched; /* bytes asked to be read ahead */
         ManifestEntry *e; /* allocated short: target holds only the link text */
-        /* PUT of a big file: the block fingerprints of what was sent, kept
-         * on ACK for the next delta; and, when only changed blocks were
-         * sent, the SHA-256 of the content the rest was copied from. */
+        /* PUT of a big file: the chunk list of what was sent, kept on ACK
+         * for the next delta; and the SHA-256s of the contents chunks
+         * were copied from (n_bases of them). */
         BsBlocks *blocks;
-        uint8_t *delta_base;
+        uint8_t *delta_bases;
+        size_t n_bases;
         uint64_t sent; /* of a delta: the bytes that went as DATA */
 } PushOp;
 

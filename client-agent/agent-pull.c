@@ -398,11 +398,11 @@ static int finish_download(Agent *a, Pull *p) {
                         a->need_snapshot = true;
                 }
         }
-        /* The fingerprints of a big download replace those of the version it replaces. */
+        /* The chunk list of a big download replaces that of the version it replaces. */
         if (r == 0 && p->blocks && bs_blocks_final(p->blocks) == 0) {
                 size_t n;
-                const uint8_t *sums = bs_blocks_sums(p->blocks, &n);
-                blocks_replace(a->state, x->path, x->sha, bs_blocks_block(p->blocks), sums, n);
+                const uint8_t *recs = bs_blocks_recs(p->blocks, &n);
+                blocks_replace(a->state, x->path, x->sha, recs, n);
         }
         p->blocks = bs_blocks_free(p->blocks);
         if (r == 0 && fchmod(p->fd, x->mode & 07777) < 0)
@@ -517,7 +517,7 @@ static int handle_frame(Agent *a, Pull *p, const BsMsg *m) {
                 return r;
         }
         if (m->size >= BS_DELTA_MIN)
-                (void) bs_blocks_new(&p->blocks, m->size); /* without: no delta upload of it later */
+                (void) bs_blocks_new(&p->blocks); /* without: no delta upload of it later */
         p->fd = fd;
         p->cur = x;
         p->left = m->size;

@@ -5,11 +5,12 @@
  * the manifest is updated only by the server's ACK, so a lost connection
  * leaves the change queued for the next round.
  *
- * A big file whose last agreed content has block fingerprints kept
- * (bs-blocks.h) is sent as a delta: each block whose fingerprint is
- * unchanged becomes a COPY from that content on the server, only the
- * others travel. The server checks the SHA-256 of the result as for any
- * upload; if it refuses, the file is sent whole.
+ * A big file is sent as a delta: it is cut into content-defined chunks
+ * (bs-blocks.h) and each chunk found in the chunk list of its last agreed
+ * content, or of any content the state keeps a list of, becomes a COPY
+ * from that content on the server; only the others travel. The server
+ * checks the SHA-256 of the result as for any upload; if it refuses, the
+ * file is sent whole.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +23,7 @@
 #include "agent-plan.h"
 #include "agent-push.h"
 #include "agent-session.h"
+#include "bs-delta.h"
 #include "bs-fs.h"
 #include "bs-hash.h"
 #include "bs-log.h"
@@ -36,23 +38,23 @@
 #define PREFETCH_BYTES (32u * 1024 * 1024)
 #define PUSH_OUT_HIGH (4u * 1024 * 1024)
 #define ANSWER_TIMEOUT_MS 60000 /* of silence: then the connection is dropped and retried */
+/* Contents one delta may copy from: each switch costs the server a commit. */
+#define DELTA_BASES_MAX 4
 
 /* An upload in progress: file data goes out as the socket drains. */
 typedef struct Upload {
         int fd;
         PushOp *op;
-        uint64_t off, size;
+        uint64_t off, size; /* read so far, announced */
         struct stat st0;
         BsSha *sha;
-        BsBlocks *blocks; /* fingerprints of what is read (big files) */
-        /* A delta: the base content's fingerprints, a buffer of whole
-         * blocks, and the run of unchanged bytes the next COPY names. */
-        uint8_t *base;
-        size_t n_base;
-        uint32_t base_block;
-        uint8_t *buf;
-        size_t buf_len;
-        uint64_t copy_off, copy_len;
+        BsBlocks *blocks; /* the chunk list of what is read (a big file sent whole) */
+        /* A delta, and the chunk index of its base. */
+        bool delta;
+        BsDelta d;
+        BsBlockMap *base;
+        uint8_t base_sha[BS_SHA_LEN];
+        Agent *agent;
 } Upload;
 
 static void upload_free(Upload *up) {
@@ -61,54 +63,66 @@ static void upload_free(Upload *up) {
         up->fd = -1;
         up->sha = bs_sha_free(up->sha);
         up->blocks = bs_blocks_free(up->blocks);
-        free(up->base);
-        free(up->buf);
-        up->base = up->buf = NULL;
+        up->base = bs_block_map_free(up->base);
+        if (up->delta)
+                bs_delta_done(&up->d);
+        up->delta = false;
 }
 
 /*
- * Send a big file as a delta when the fingerprints of its base are kept;
- * a new one (a copy, or a file deleted and made again) from a kept content
- * of as many blocks, which the server holds: if it is the same, nothing
- * but COPY travels, and if not, the blocks that differ go as DATA and the
- * server's SHA-256 check of the result decides as for any delta.
+ * Send a big file as a delta: its chunks are looked up in the chunk list
+ * of the content the path had (the base), then in every list the state
+ * keeps, so a copy, a file deleted and made again or one moved in from
+ * outside travels as COPY frames too. Without a base or any match it all
+ * goes as DATA, its chunk list made on the way for the next delta.
  */
 static void delta_begin(Agent *a, PushOp *op, Upload *up) {
         ManifestEntry *old;
-        uint8_t like[BS_SHA_LEN];
+        uint8_t *recs;
+        size_t n;
         if (up->size < BS_DELTA_MIN)
                 return;
-        (void) bs_blocks_new(&up->blocks, up->size); /* without: no delta next time */
-        if (a->conn->version < BS_PROTO_DELTA_VERSION)
+        if (a->conn->version < BS_PROTO_DELTA_VERSION) {
+                (void) bs_blocks_new(&up->blocks); /* without: no delta next time */
                 return;
-        old = malloc(sizeof(*old));
-        if (!old)
-                return;
-        bool found = op->base != 0 && manifest_get(a->state, op->path, old) == 0 && old->kind == BS_KIND_FILE &&
-                     old->version == op->base;
-        if (!found) {
-                /* A refused attempt drops the candidate's fingerprints, so
-                 * the next round tries another or none. */
-                uint32_t b = bs_block_size(up->size);
-                found = blocks_find(a->state, b, (size_t) bs_block_count(up->size, b), like) == 0;
-                if (found)
-                        memcpy(old->sha, like, BS_SHA_LEN);
         }
-        if (found && blocks_get(a->state, old->sha, &up->base_block, &up->base, &up->n_base) == 0) {
-                uint32_t b = up->base_block;
-                up->buf_len = b >= BS_CHUNK ? b : BS_CHUNK / b * b;
-                up->buf = malloc(up->buf_len);
-                op->delta_base = malloc(BS_SHA_LEN);
-                if (up->buf && op->delta_base)
-                        memcpy(op->delta_base, old->sha, BS_SHA_LEN);
-                else {
-                        free(up->base);
-                        free(up->buf);
-                        free(op->delta_base);
-                        up->base = up->buf = op->delta_base = NULL;
-                }
+        op->delta_bases = calloc(DELTA_BASES_MAX, BS_SHA_LEN);
+        if (!op->delta_bases || bs_delta_init(&up->d, up->size, true) < 0) {
+                free(op->delta_bases);
+                op->delta_bases = NULL;
+                return;
+        }
+        op->n_bases = 0;
+        up->delta = true;
+        up->agent = a;
+        old = malloc(sizeof(*old));
+        if (old && op->base != 0 && manifest_get(a->state, op->path, old) == 0 && old->kind == BS_KIND_FILE &&
+            old->version == op->base && blocks_get(a->state, old->sha, &recs, &n) == 0) {
+                if (bs_block_map_new(&up->base, recs, n) == 0)
+                        memcpy(up->base_sha, old->sha, BS_SHA_LEN);
+                free(recs);
         }
         free(old);
+}
+
+/* Where the server holds a chunk: in the base or another kept content,
+ * among the few this upload may copy from. */
+static bool delta_find(void *userdata, const uint8_t *p, uint32_t len, const uint8_t sum[BS_BLOCK_SUM_LEN],
+                       uint8_t sha[BS_SHA_LEN], uint64_t *off) {
+        Upload *up = userdata;
+        PushOp *op = up->op;
+        (void) p;
+        if (up->base && bs_block_map_find(up->base, len, sum, off) == 0)
+                memcpy(sha, up->base_sha, BS_SHA_LEN);
+        else if (blocks_locate(up->agent->state, len, sum, sha, off) < 0)
+                return false;
+        for (size_t i = 0; i < op->n_bases; i++)
+                if (memcmp(op->delta_bases + i * BS_SHA_LEN, sha, BS_SHA_LEN) == 0)
+                        return true;
+        if (op->n_bases == DELTA_BASES_MAX)
+                return false;
+        memcpy(op->delta_bases + op->n_bases++ * BS_SHA_LEN, sha, BS_SHA_LEN);
+        return true;
 }
 
 /*
@@ -226,76 +240,42 @@ static int queue_data(Agent *a, uint32_t req, const uint8_t *p, size_t n) {
         return 0;
 }
 
-/* Queue COPY frames (each at most BS_COPY_MAX) for the run of unchanged blocks found so far. */
-static int flush_copy(Agent *a, Upload *up) {
-        BsMsg *m;
-        int r = 0;
-        if (up->copy_len == 0)
-                return 0;
-        m = malloc(sizeof(*m));
+/* The next piece of a delta: a COPY of what the server holds, or a chunk
+ * of DATA. 0 to go on, 1 when the file came out short, 2 to let the
+ * socket be serviced after a COPY (cheap to send, but the server's work). */
+static int delta_step(Agent *a, Upload *up) {
+        BsDeltaPiece piece;
+        int r = bs_delta_next(&up->d, delta_find, up, &piece);
+        if (r < 0)
+                return r;
+        if (r == 0) {
+                size_t want;
+                uint8_t *p = bs_delta_space(&up->d, &want);
+                if (want == 0)
+                        return 0; /* complete */
+                ssize_t n = bs_pread_full(up->fd, p, want, (off_t) up->off);
+                if (n <= 0)
+                        return 1;
+                bs_sha_update(up->sha, p, (size_t) n);
+                bs_delta_fed(&up->d, (size_t) n);
+                up->off += (uint64_t) n;
+                return (size_t) n < want ? 1 : 0;
+        }
+        if (piece.kind == BS_DELTA_DATA) {
+                r = queue_data(a, up->op->req, piece.data, (size_t) piece.len);
+                up->op->sent += piece.len;
+                return r;
+        }
+        BsMsg *m = malloc(sizeof(*m));
         if (!m)
                 return -ENOMEM;
-        while (r >= 0 && up->copy_len > 0) {
-                bs_msg_init(m, BS_MSG_COPY, up->op->req);
-                m->offset = up->copy_off;
-                m->size = MIN(up->copy_len, (uint64_t) BS_COPY_MAX);
-                memcpy(m->sha, up->op->delta_base, BS_SHA_LEN);
-                up->copy_off += m->size;
-                up->copy_len -= m->size;
-                r = bs_conn_send(a->conn, m);
-        }
+        bs_msg_init(m, BS_MSG_COPY, up->op->req);
+        m->offset = piece.off;
+        m->size = piece.len;
+        memcpy(m->sha, piece.sha, BS_SHA_LEN);
+        r = bs_conn_send(a->conn, m);
         free(m);
-        return r;
-}
-
-/* The next whole blocks of a delta: COPY for the unchanged, DATA for the
- * rest. 0 to go on, 1 when the file came out short, 2 to let the socket
- * be serviced after many unchanged blocks. */
-static int delta_step(Agent *a, Upload *up) {
-        uint32_t b = up->base_block;
-        size_t want = (size_t) MIN((uint64_t) up->buf_len, up->size - up->off);
-        bool yield = false;
-        ssize_t n = bs_pread_full(up->fd, up->buf, want, (off_t) up->off);
-        int r;
-        if (n <= 0)
-                return 1;
-        bs_sha_update(up->sha, up->buf, (size_t) n);
-        bool same_size = up->blocks && bs_blocks_block(up->blocks) == b;
-        if (up->blocks && !same_size && bs_blocks_update(up->blocks, up->buf, (size_t) n) < 0)
-                up->blocks = bs_blocks_free(up->blocks);
-        for (size_t i = 0; i < (size_t) n; i += b) {
-                size_t len = MIN((size_t) b, (size_t) n - i);
-                uint64_t k = (up->off + i) / b;
-                uint8_t sum[BS_BLOCK_SUM_LEN];
-                bs_block_sum(up->buf + i, len, sum);
-                if (same_size && bs_blocks_add(up->blocks, sum) < 0) {
-                        up->blocks = bs_blocks_free(up->blocks);
-                        same_size = false;
-                }
-                if (k < up->n_base && memcmp(sum, up->base + k * BS_BLOCK_SUM_LEN, BS_BLOCK_SUM_LEN) == 0) {
-                        /* A COPY names at most BS_COPY_MAX bytes; after each
-                         * the push loop gets to service the socket. */
-                        if (up->copy_len + len > BS_COPY_MAX) {
-                                r = flush_copy(a, up);
-                                if (r < 0)
-                                        return r;
-                                yield = true;
-                        }
-                        if (up->copy_len == 0)
-                                up->copy_off = up->off + i;
-                        up->copy_len += len;
-                        continue;
-                }
-                r = flush_copy(a, up);
-                r = r ?: queue_data(a, up->op->req, up->buf + i, len);
-                if (r < 0)
-                        return r;
-                up->op->sent += len;
-        }
-        up->off += (uint64_t) n;
-        if ((size_t) n < want)
-                return 1;
-        return yield ? 2 : 0;
+        return r < 0 ? r : 2;
 }
 
 /* Queue the next piece of an upload; 1 when it is complete, 2 after a
@@ -303,7 +283,7 @@ static int delta_step(Agent *a, Upload *up) {
 static int upload_step(Agent *a, Upload *up) {
         BsBuf *out = &a->conn->out;
         size_t off;
-        if (up->off < up->size && up->base) {
+        if (up->delta && !bs_delta_complete(&up->d)) {
                 int r = delta_step(a, up);
                 if (r == 0 || r == 2 || r < 0)
                         return r;
@@ -341,7 +321,8 @@ static int upload_step(Agent *a, Upload *up) {
                 m->flags = BS_PUT_ABORT; /* read again once it settles */
         else {
                 bs_sha_final(up->sha, up->op->e->sha);
-                r = flush_copy(a, up);
+                if (up->delta)
+                        up->blocks = bs_delta_steal_list(&up->d);
                 if (up->blocks && bs_blocks_final(up->blocks) == 0)
                         up->op->blocks = TAKE_PTR(up->blocks); /* kept on ACK */
         }
@@ -369,12 +350,12 @@ static int upload_cancel(Agent *a, Upload *up) {
         return r;
 }
 
-/* On ACK of a big file: its fingerprints replace those of the content it
- * replaced (fingerprints no manifest entry names are dropped at start). */
+/* On ACK of a big file: its chunk list replaces that of the content it
+ * replaced (lists no manifest entry names are dropped at start). */
 static void keep_blocks(Agent *a, PushOp *op) {
         size_t n;
-        const uint8_t *sums = bs_blocks_sums(op->blocks, &n);
-        blocks_replace(a->state, op->path, op->e->sha, bs_blocks_block(op->blocks), sums, n);
+        const uint8_t *recs = bs_blocks_recs(op->blocks, &n);
+        blocks_replace(a->state, op->path, op->e->sha, recs, n);
         op->blocks = bs_blocks_free(op->blocks);
 }
 
@@ -419,7 +400,7 @@ static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
                         manifest_put(a->state, op->path, op->e);
                         if (op->type == BS_MSG_PUT) {
                                 a->n_uploaded++;
-                                if (op->delta_base)
+                                if (op->n_bases > 0)
                                         log_event(AGENT_FILE_LOG(a), BS_MID_UPLOADED, a->account, op->path,
                                                   "uploaded %s (%llu bytes, %llu sent, the rest unchanged)", op->path,
                                                   (unsigned long long) op->e->size, (unsigned long long) op->sent);
@@ -463,11 +444,12 @@ static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
         }
         if (m->type != BS_MSG_ERROR)
                 return;
-        if (op->delta_base && (m->code == BS_ERR_CHECKSUM || m->code == BS_ERR_NOT_FOUND)) {
-                /* The server's copy of the base is not what the fingerprints say, or gone. */
-                log_warning("%s: the server refused the changed blocks (%s: %s); sending the whole file", op->path,
-                            bs_err_name(m->code), m->path);
-                blocks_delete(a->state, op->delta_base);
+        if (op->n_bases > 0 && (m->code == BS_ERR_CHECKSUM || m->code == BS_ERR_NOT_FOUND)) {
+                /* A content copied from is not what its chunk list says, or gone. */
+                log_warning("%s: the server refused the chunks copied from what it holds (%s: %s); sending the "
+                            "whole file", op->path, bs_err_name(m->code), m->path);
+                for (size_t i = 0; i < op->n_bases; i++)
+                        blocks_delete(a->state, op->delta_bases + i * BS_SHA_LEN);
                 agent_mark_dirty(a, op->path, false);
                 a->again = true;
                 return;

@@ -20,7 +20,7 @@ static inline void sqlite3_finalizep(sqlite3_stmt **st) {
 
 struct AgentState {
         sqlite3 *db;
-        sqlite3_stmt *get, *put, *del, *kv_get, *kv_set;
+        sqlite3_stmt *get, *put, *del, *kv_get, *kv_set, *locate, *index_put;
         /* The first failure since the transaction began: every later
          * statement refuses to run (SQLite may have rolled back already,
          * and a statement on its own would commit alone), and the commit
@@ -45,8 +45,15 @@ static const char schema[] =
         " target BLOB, seen INTEGER DEFAULT 0);"
         "CREATE INDEX IF NOT EXISTS manifest_parent ON manifest(parent);"
         "CREATE INDEX IF NOT EXISTS manifest_ino ON manifest(ino);"
-        "CREATE TABLE IF NOT EXISTS blocks(sha BLOB PRIMARY KEY, block INTEGER, sums BLOB);"
-        "DELETE FROM blocks WHERE sha NOT IN (SELECT sha FROM manifest WHERE kind=1);"
+        /* Fixed-size block fingerprints of older versions: chunk lists
+         * replace them as files travel (each big file goes whole once). */
+        "DROP TABLE IF EXISTS blocks;"
+        "CREATE TABLE IF NOT EXISTS chunks(sha BLOB PRIMARY KEY, recs BLOB);"
+        "CREATE TABLE IF NOT EXISTS chunk_index(sum BLOB, len INTEGER, sha BLOB, off INTEGER,"
+        " PRIMARY KEY(sum, len, sha)) WITHOUT ROWID;"
+        "CREATE INDEX IF NOT EXISTS chunk_index_sha ON chunk_index(sha);"
+        "DELETE FROM chunks WHERE sha NOT IN (SELECT sha FROM manifest WHERE kind=1);"
+        "DELETE FROM chunk_index WHERE sha NOT IN (SELECT sha FROM chunks);"
         "BEGIN IMMEDIATE; COMMIT;"; /* take the lock now */
 
 static int sql_err(int rc) {
@@ -88,6 +95,8 @@ AgentState *agent_state_free(AgentState *s) {
         sqlite3_finalize(s->del);
         sqlite3_finalize(s->kv_get);
         sqlite3_finalize(s->kv_set);
+        sqlite3_finalize(s->locate);
+        sqlite3_finalize(s->index_put);
         sqlite3_close(s->db);
         free(s);
         return NULL;
@@ -110,6 +119,10 @@ int agent_state_open(const char *dir, AgentState **ret) {
         rc = rc ?: sqlite3_prepare_v2(s->db, "DELETE FROM manifest WHERE path=?1 OR " BELOW("?1"), -1, &s->del, NULL);
         rc = rc ?: sqlite3_prepare_v2(s->db, "SELECT value FROM kv WHERE key=?", -1, &s->kv_get, NULL);
         rc = rc ?: sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO kv(key,value) VALUES(?,?)", -1, &s->kv_set, NULL);
+        rc = rc ?: sqlite3_prepare_v2(s->db, "SELECT sha, off FROM chunk_index WHERE sum=? AND len=? LIMIT 1", -1,
+                                      &s->locate, NULL);
+        rc = rc ?: sqlite3_prepare_v2(s->db, "INSERT OR IGNORE INTO chunk_index(sum, len, sha, off) VALUES(?,?,?,?)",
+                                      -1, &s->index_put, NULL);
         if (rc != SQLITE_OK)
                 return sql_err(rc);
         *ret = TAKE_PTR(s);
@@ -297,9 +310,9 @@ int manifest_move_tree(AgentState *s, const char *from, const char *to) {
         return step_done(s, st);
 }
 
-int blocks_get(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint32_t *block, uint8_t **sums, size_t *count) {
+int blocks_get(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint8_t **recs, size_t *count) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
-        int rc = prepare(s, "SELECT block, sums FROM blocks WHERE sha=?", &st);
+        int rc = prepare(s, "SELECT recs FROM chunks WHERE sha=?", &st);
         if (rc < 0)
                 return rc;
         sqlite3_bind_blob(st, 1, sha, BS_SHA_LEN, SQLITE_STATIC);
@@ -308,60 +321,75 @@ int blocks_get(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint32_t *block, ui
                 return -ENOENT;
         if (rc != SQLITE_ROW)
                 return note(s, sql_err(rc));
-        int n = sqlite3_column_bytes(st, 1);
-        sqlite3_int64 b = sqlite3_column_int64(st, 0);
-        if (n <= 0 || n % BS_BLOCK_SUM_LEN != 0 || b < BS_BLOCK_MIN || b > (1 << 30))
+        int n = sqlite3_column_bytes(st, 0);
+        if (n <= 0 || n % BS_BLOCK_REC_LEN != 0)
                 return -ENOENT;
-        *sums = malloc((size_t) n);
-        if (!*sums)
+        *recs = malloc((size_t) n);
+        if (!*recs)
                 return -ENOMEM;
-        memcpy(*sums, sqlite3_column_blob(st, 1), (size_t) n);
-        *block = (uint32_t) b;
-        *count = (size_t) n / BS_BLOCK_SUM_LEN;
+        memcpy(*recs, sqlite3_column_blob(st, 0), (size_t) n);
+        *count = (size_t) n / BS_BLOCK_REC_LEN;
         return 0;
 }
 
-int blocks_find(AgentState *s, uint32_t block, size_t count, uint8_t sha[BS_SHA_LEN]) {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
-        /* The table holds a row per big content: a scan is cheap. */
-        int rc = prepare(s, "SELECT sha FROM blocks WHERE block=? AND length(sums)=? LIMIT 1", &st);
-        if (rc < 0)
-                return rc;
-        sqlite3_bind_int64(st, 1, block);
-        sqlite3_bind_int64(st, 2, (sqlite3_int64) (count * BS_BLOCK_SUM_LEN));
-        rc = sqlite3_step(st);
-        if (rc == SQLITE_DONE)
-                return -ENOENT;
-        if (rc != SQLITE_ROW)
-                return note(s, sql_err(rc));
-        if (sqlite3_column_bytes(st, 0) != BS_SHA_LEN)
-                return -ENOENT;
-        memcpy(sha, sqlite3_column_blob(st, 0), BS_SHA_LEN);
-        return 0;
+int blocks_locate(AgentState *s, uint32_t len, const uint8_t sum[BS_BLOCK_SUM_LEN], uint8_t sha[BS_SHA_LEN],
+                  uint64_t *off) {
+        sqlite3_stmt *st = s->locate;
+        int r = -ENOENT;
+        if (s->error)
+                return s->error;
+        sqlite3_reset(st);
+        sqlite3_bind_blob(st, 1, sum, BS_BLOCK_SUM_LEN, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, len);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW && sqlite3_column_bytes(st, 0) == BS_SHA_LEN && sqlite3_column_int64(st, 1) >= 0) {
+                memcpy(sha, sqlite3_column_blob(st, 0), BS_SHA_LEN);
+                *off = (uint64_t) sqlite3_column_int64(st, 1);
+                r = 0;
+        } else if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+                r = note(s, sql_err(rc));
+        sqlite3_reset(st);
+        return r;
 }
 
-int blocks_put(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint32_t block, const uint8_t *sums, size_t count) {
+int blocks_put(AgentState *s, const uint8_t sha[BS_SHA_LEN], const uint8_t *recs, size_t count) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
-        int r = prepare(s, "INSERT OR REPLACE INTO blocks(sha, block, sums) VALUES(?,?,?)", &st);
+        uint64_t off = 0;
+        int r = prepare(s, "INSERT OR REPLACE INTO chunks(sha, recs) VALUES(?,?)", &st);
         if (r < 0)
                 return r;
         sqlite3_bind_blob(st, 1, sha, BS_SHA_LEN, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, block);
-        sqlite3_bind_blob(st, 3, sums, (int) (count * BS_BLOCK_SUM_LEN), SQLITE_STATIC);
-        return step_done(s, st);
+        sqlite3_bind_blob(st, 2, recs, (int) (count * BS_BLOCK_REC_LEN), SQLITE_STATIC);
+        r = step_done(s, st);
+        for (size_t i = 0; r >= 0 && i < count; i++) {
+                const uint8_t *rec = recs + i * BS_BLOCK_REC_LEN;
+                uint32_t len = bs_block_rec_len(rec);
+                sqlite3_reset(s->index_put);
+                sqlite3_bind_blob(s->index_put, 1, rec + 4, BS_BLOCK_SUM_LEN, SQLITE_STATIC);
+                sqlite3_bind_int64(s->index_put, 2, len);
+                sqlite3_bind_blob(s->index_put, 3, sha, BS_SHA_LEN, SQLITE_STATIC);
+                sqlite3_bind_int64(s->index_put, 4, (sqlite3_int64) off);
+                r = step_done(s, s->index_put);
+                off += len;
+        }
+        sqlite3_reset(s->index_put);
+        return r;
 }
 
 int blocks_delete(AgentState *s, const uint8_t sha[BS_SHA_LEN]) {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
-        int r = prepare(s, "DELETE FROM blocks WHERE sha=?", &st);
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL, *st2 = NULL;
+        int r = prepare(s, "DELETE FROM chunks WHERE sha=?", &st);
+        r = r ?: prepare(s, "DELETE FROM chunk_index WHERE sha=?", &st2);
         if (r < 0)
                 return r;
         sqlite3_bind_blob(st, 1, sha, BS_SHA_LEN, SQLITE_STATIC);
-        return step_done(s, st);
+        sqlite3_bind_blob(st2, 1, sha, BS_SHA_LEN, SQLITE_STATIC);
+        r = step_done(s, st);
+        return r ?: step_done(s, st2);
 }
 
-int blocks_replace(AgentState *s, const char *path, const uint8_t sha[BS_SHA_LEN], uint32_t block,
-                   const uint8_t *sums, size_t count) {
+int blocks_replace(AgentState *s, const char *path, const uint8_t sha[BS_SHA_LEN], const uint8_t *recs,
+                   size_t count) {
         ManifestEntry *old = malloc(sizeof(*old));
         int r = 0;
         if (!old)
@@ -372,7 +400,7 @@ int blocks_replace(AgentState *s, const char *path, const uint8_t sha[BS_SHA_LEN
         else if (k == 0 && old->kind == BS_KIND_FILE && memcmp(old->sha, sha, BS_SHA_LEN) != 0)
                 r = blocks_delete(s, old->sha);
         free(old);
-        return r ?: blocks_put(s, sha, block, sums, count);
+        return r ?: blocks_put(s, sha, recs, count);
 }
 
 int64_t manifest_count(AgentState *s) {

@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "bs-proto.h"
+#include "bs-blocks.h"
 
 typedef struct AgentState AgentState;
 
@@ -76,21 +77,23 @@ int manifest_children(AgentState *s, const char *dir, manifest_iter_t fn, void *
 /** Call fn for dir's entries below it (not dir itself), deepest first. */
 int manifest_below(AgentState *s, const char *dir, manifest_iter_t fn, void *userdata);
 /**
- * Block fingerprints (bs-blocks.h) of a content, by its SHA-256: what a
- * delta upload compares against. get returns -ENOENT when none are kept,
- * else 0 with a malloc'ed array of *count fingerprints the caller frees.
+ * Chunk lists (bs-blocks.h) of big contents, by SHA-256: what a delta
+ * compares against. get returns -ENOENT when none is kept, else 0 with a
+ * malloc'ed array of *count records the caller frees. put also indexes
+ * each chunk, so that locate finds a chunk in any kept content.
  */
-int blocks_get(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint32_t *block, uint8_t **sums, size_t *count);
-/** A kept content fingerprinted in count blocks of block bytes (a copy candidate). -ENOENT: none. */
-int blocks_find(AgentState *s, uint32_t block, size_t count, uint8_t sha[BS_SHA_LEN]);
-int blocks_put(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint32_t block, const uint8_t *sums, size_t count);
+int blocks_get(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint8_t **recs, size_t *count);
+int blocks_put(AgentState *s, const uint8_t sha[BS_SHA_LEN], const uint8_t *recs, size_t count);
 int blocks_delete(AgentState *s, const uint8_t sha[BS_SHA_LEN]);
+/** A kept content holding a chunk of len bytes with fingerprint sum, and where. -ENOENT: none. */
+int blocks_locate(AgentState *s, uint32_t len, const uint8_t sum[BS_BLOCK_SUM_LEN], uint8_t sha[BS_SHA_LEN],
+                  uint64_t *off);
 /**
- * Keep the fingerprints of content sha, which path now holds, in place of
- * those of the content the manifest still records for path.
+ * Keep the chunk list of content sha, which path now holds, in place of
+ * that of the content the manifest still records for path.
  */
-int blocks_replace(AgentState *s, const char *path, const uint8_t sha[BS_SHA_LEN], uint32_t block,
-                   const uint8_t *sums, size_t count);
+int blocks_replace(AgentState *s, const char *path, const uint8_t sha[BS_SHA_LEN], const uint8_t *recs,
+                   size_t count);
 /** Call fn for each file the manifest records with inode ino (its hard links). */
 int manifest_same_inode(AgentState *s, uint64_t ino, manifest_iter_t fn, void *userdata);
 /** A number that changes whenever the manifest does. */

@@ -1,43 +1,62 @@
-/* bs-blocks.h - per-block fingerprints of a file's content, for delta uploads
+/* bs-blocks.h - a file's content-defined chunks and their fingerprints, for deltas
  *
- * A file is cut into blocks of one size (64 KiB, doubled for big files so
- * that a file never has more than BS_BLOCKS_MAX of them) and each block
- * gets a 128-bit XXH3 fingerprint. An agent keeps the fingerprints of the
- * content it last agreed on with the server and sends only the blocks
- * whose fingerprint changed. A fingerprint only picks what to send: the
- * server checks the whole result against its SHA-256, so a collision
- * costs a retry, never a wrong file.
+ * A file is cut where its content says (bs-chunk.h, 16/64/256 KiB) and
+ * each chunk gets a 128-bit XXH3 fingerprint. Both sides of a delta cut
+ * alike, so a chunk that moved (bytes inserted or deleted before it)
+ * still matches. A fingerprint only picks what to send: the receiver
+ * checks the whole result against its SHA-256, so a collision costs a
+ * retry, never a wrong file.
+ *
+ * A list is kept as records of BS_BLOCK_REC_LEN bytes: the chunk's
+ * length (u32, little-endian) and its fingerprint. Offsets are the sums
+ * of the lengths before.
  */
 #pragma once
 
 #include <stddef.h>
 #include <stdint.h>
 
-#define BS_BLOCK_MIN (64u * 1024)
-#define BS_BLOCKS_MAX 16384u
 #define BS_BLOCK_SUM_LEN 16u
+#define BS_BLOCK_REC_LEN (4u + BS_BLOCK_SUM_LEN)
+/* 4 Mi chunks: 256 GiB at the average size, 80 MiB of records. A bigger
+ * file is sent whole. */
+#define BS_BLOCKS_MAX (4u * 1024 * 1024)
 /* Smaller files are sent whole: fingerprints would cost more than they save. */
 #define BS_DELTA_MIN (1024u * 1024)
 
 typedef struct BsBlocks BsBlocks;
+typedef struct BsBlockMap BsBlockMap;
 
-/** The block size for a file of size bytes. */
-uint32_t bs_block_size(uint64_t size);
-/** The number of blocks of a file of size bytes cut into blocks of block bytes. */
-uint64_t bs_block_count(uint64_t size, uint32_t block);
-/** Fingerprint of one whole block held in memory. */
+/** Fingerprint of one whole chunk held in memory. */
 void bs_block_sum(const void *p, size_t n, uint8_t out[BS_BLOCK_SUM_LEN]);
 
-/** Start fingerprinting a file of (expected) size bytes; -ENOMEM on failure. */
-int bs_blocks_new(BsBlocks **ret, uint64_t size);
+/** An empty list; -ENOMEM on failure. */
+int bs_blocks_new(BsBlocks **ret);
 BsBlocks *bs_blocks_free(BsBlocks *b);
 static inline void bs_blocks_freep(BsBlocks **b) { if (*b) bs_blocks_free(*b); }
-/** Feed the next n bytes of the file, in any pieces. -EFBIG past BS_BLOCKS_MAX blocks. */
+/**
+ * Feed the next n bytes of the file, in any pieces: the list cuts them
+ * itself (holding at most BS_CHUNK_MAX bytes back). -EFBIG past
+ * BS_BLOCKS_MAX chunks. Not to be mixed with bs_blocks_add().
+ */
 int bs_blocks_update(BsBlocks *b, const void *p, size_t n);
-/** Add the fingerprint of the next whole block, computed elsewhere (bs_block_sum()). */
-int bs_blocks_add(BsBlocks *b, const uint8_t sum[BS_BLOCK_SUM_LEN]);
-/** Close the last, partial block. Then the sums are complete. */
+/** Add the next chunk, cut and fingerprinted by the caller. */
+int bs_blocks_add(BsBlocks *b, uint32_t len, const uint8_t sum[BS_BLOCK_SUM_LEN]);
+/** Cut what bs_blocks_update() held back. Then the list is complete. */
 int bs_blocks_final(BsBlocks *b);
-uint32_t bs_blocks_block(const BsBlocks *b);
-/** The fingerprints so far: count * BS_BLOCK_SUM_LEN bytes. */
-const uint8_t *bs_blocks_sums(const BsBlocks *b, size_t *count);
+/** The records so far: count * BS_BLOCK_REC_LEN bytes. */
+const uint8_t *bs_blocks_recs(const BsBlocks *b, size_t *count);
+
+/** The length in a record. */
+uint32_t bs_block_rec_len(const uint8_t *rec);
+
+/**
+ * An index of a list's chunks by fingerprint (count records, copied).
+ * -EINVAL for a record of length 0 or more than BS_CHUNK_MAX, or lengths
+ * summing past UINT64_MAX: lists come from storage and the network.
+ */
+int bs_block_map_new(BsBlockMap **ret, const uint8_t *recs, size_t count);
+BsBlockMap *bs_block_map_free(BsBlockMap *m);
+static inline void bs_block_map_freep(BsBlockMap **m) { if (*m) bs_block_map_free(*m); }
+/** Where a chunk of len bytes and this fingerprint starts in the list's file; -ENOENT: nowhere. */
+int bs_block_map_find(const BsBlockMap *m, uint32_t len, const uint8_t sum[BS_BLOCK_SUM_LEN], uint64_t *off);

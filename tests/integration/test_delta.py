@@ -1,4 +1,4 @@
-"""Delta transfer: an edit in a big file sends only the changed blocks,
+"""Delta transfer: an edit in a big file sends only the chunks around it,
 both ways, and a wrong base falls back to the whole file."""
 
 import os
@@ -12,17 +12,15 @@ import bsproto
 from harness import (Env, check, fail, read_bytes, sha256_file, wait_until, write_file)
 
 MiB = 1 << 20
+# The largest content-defined chunk (common/bs-chunk.h): an edit costs its
+# own bytes and at most the chunk on either side of it.
+CHUNK_MAX = 256 * 1024
 
 
 def _random_file(path, size, seed):
     """Incompressible, reproducible content."""
-    import hashlib
-    out, block, i = bytearray(), b"", 0
-    while len(out) < size:
-        block = hashlib.sha256(b"%d-%d" % (seed, i)).digest() * 2048  # 64 KiB
-        out += block
-        i += 1
-    write_file(path, bytes(out[:size]))
+    import random
+    write_file(path, random.Random(seed).randbytes(size))
 
 
 def _overwrite(path, offset, data, keep_mtime=False):
@@ -69,17 +67,17 @@ def test_delta_edit_both_ways():
         srv, a, b = _join(env, {"disk.img": (size, 1), "small.txt": (100 * 1024, 2)})
         pa, pb = os.path.join(a.dir, "disk.img"), os.path.join(b.dir, "disk.img")
 
-        # 100 KB overwritten in the middle on A: at most 3 blocks of 64 KiB go up.
+        # 100 KB overwritten in the middle on A: it and a chunk on either side go up.
         _overwrite(pa, 10 * MiB + 1000, b"A" * 100000)
         wait_until(lambda: _same(pa, pb), 60, "A's edit of disk.img on B")
         ups = _numbers(srv.log_lines(), r"uploaded \S+ disk\.img \((\d+) bytes, (\d+) sent")
         check(len(ups) == 1, "server: one delta upload of disk.img expected, log shows %r" % ups)
-        check(ups[0][0] == size and ups[0][1] <= 3 * 64 * 1024,
-              "server: %d of %d bytes of disk.img were sent, want at most 192 KiB" % (ups[0][1], size))
+        check(ups[0][0] == size and ups[0][1] <= 100000 + 2 * CHUNK_MAX,
+              "server: %d of %d bytes of disk.img were sent, want at most 100000 + 512 KiB" % (ups[0][1], size))
         wait_until(lambda: _numbers(b.log_lines(), r"downloaded disk\.img \((\d+) bytes, (\d+) received"), 10,
                    "B to log a delta download of disk.img")
         downs = _numbers(b.log_lines(), r"downloaded disk\.img \((\d+) bytes, (\d+) received")
-        check(downs[-1][1] <= 3 * 64 * 1024,
+        check(downs[-1][1] <= 100000 + 2 * CHUNK_MAX,
               "B received %d bytes of disk.img for a 100 KB edit" % downs[-1][1])
 
         # B, which only ever downloaded the file, edits the start and grows it.
@@ -88,8 +86,8 @@ def test_delta_edit_both_ways():
             f.write(b"appended on B\n" * 1000)
         wait_until(lambda: _same(pb, pa), 60, "B's edit of disk.img on A")
         ups = _numbers(srv.log_lines(), r"uploaded \S+ disk\.img \((\d+) bytes, (\d+) sent")
-        check(len(ups) == 2 and ups[1][0] == size + 14000 and ups[1][1] <= 3 * 64 * 1024,
-              "server: B's edit should be a delta of at most 192 KiB, log shows %r" % ups)
+        check(len(ups) == 2 and ups[1][0] == size + 14000 and ups[1][1] <= 14000 + 3 * CHUNK_MAX,
+              "server: B's edit should be a delta of at most three chunks, log shows %r" % ups)
         wait_until(lambda: _numbers(a.log_lines(), r"downloaded disk\.img \((\d+) bytes, (\d+) received"), 10,
                    "A to log a delta download of disk.img")
 
@@ -149,8 +147,8 @@ def test_delta_copies_travel_as_nothing():
         os.rename(pe + ".tmp", pe)
         wait_until(lambda: _same(pe, os.path.join(b.dir, "edited.bin")), 60, "edited.bin on B")
         ups = sent("edited.bin")
-        check(len(ups) == 1 and ups[0][0] == size and 0 < ups[0][1] <= 2 * 64 * 1024,
-              "an edited copy: the server logged %r, want at most two blocks sent" % ups)
+        check(len(ups) == 1 and ups[0][0] == size and 0 < ups[0][1] <= 2 * CHUNK_MAX,
+              "an edited copy: the server logged %r, want at most two chunks sent" % ups)
         check(sha256_file(os.path.join(srv.tree(a.token), "edited.bin")) == sha256_file(pe),
               "the server's edited.bin differs")
 
@@ -184,7 +182,7 @@ def test_delta_many_turns():
             time.sleep(0.01)
         sock.close()
         ups = _numbers(srv.log_lines(), r"uploaded \S+ big\.bin \((\d+) bytes, (\d+) sent")
-        check(len(ups) == 1 and ups[0][1] <= 2 * 64 * 1024, "server: the edit was not a small delta: %r" % ups)
+        check(len(ups) == 1 and ups[0][1] <= 2 * CHUNK_MAX, "server: the edit was not a small delta: %r" % ups)
         check(pongs > 0, "the bystander connection was never answered")
 
 

@@ -200,38 +200,73 @@ Test(manifest, second_open_of_the_same_state_is_refused) {
         cr_assert(has("still-works"));
 }
 
-Test(manifest, block_fingerprints_by_content) {
-        uint8_t sha[BS_SHA_LEN], other[BS_SHA_LEN], sums[3 * BS_BLOCK_SUM_LEN], *got = NULL;
-        uint32_t block = 0;
-        size_t count = 0;
-        memset(sha, 0x11, sizeof(sha));
-        memset(other, 0x22, sizeof(other));
-        for (size_t i = 0; i < sizeof(sums); i++)
-                sums[i] = (uint8_t) i;
-        cr_assert_eq(blocks_get(st, sha, &block, &got, &count), -ENOENT);
-        cr_assert_eq(blocks_put(st, sha, 2 * BS_BLOCK_MIN, sums, 3), 0);
-        cr_assert_eq(blocks_get(st, sha, &block, &got, &count), 0);
-        cr_assert_eq(block, 2 * BS_BLOCK_MIN);
-        cr_assert_eq(count, 3);
-        cr_assert_eq(memcmp(got, sums, sizeof(sums)), 0);
-        free(got);
-        cr_assert_eq(blocks_get(st, other, &block, &got, &count), -ENOENT);
-        cr_assert_eq(blocks_delete(st, sha), 0);
-        cr_assert_eq(blocks_get(st, sha, &block, &got, &count), -ENOENT);
+/* Records of chunks of 1000, 2000, 3000 bytes, fingerprints 1.., 2.., 3... */
+static void make_recs(uint8_t recs[3 * BS_BLOCK_REC_LEN]) {
+        memset(recs, 0, 3 * BS_BLOCK_REC_LEN);
+        for (int i = 0; i < 3; i++) {
+                uint8_t *r = recs + i * BS_BLOCK_REC_LEN;
+                uint32_t len = 1000u * (uint32_t) (i + 1);
+                r[0] = (uint8_t) len;
+                r[1] = (uint8_t) (len >> 8);
+                memset(r + 4, i + 1, BS_BLOCK_SUM_LEN);
+        }
 }
 
-Test(manifest, block_fingerprints_no_entry_names_are_dropped_at_open) {
-        uint8_t sums[BS_BLOCK_SUM_LEN] = { 1 }, *got = NULL, kept[BS_SHA_LEN], stale[BS_SHA_LEN];
-        uint32_t block;
+Test(manifest, chunk_lists_by_content) {
+        uint8_t sha[BS_SHA_LEN], other[BS_SHA_LEN], recs[3 * BS_BLOCK_REC_LEN], *got = NULL, where[BS_SHA_LEN];
+        uint8_t sum[BS_BLOCK_SUM_LEN];
+        size_t count = 0;
+        uint64_t off;
+        memset(sha, 0x11, sizeof(sha));
+        memset(other, 0x22, sizeof(other));
+        make_recs(recs);
+        cr_assert_eq(blocks_get(st, sha, &got, &count), -ENOENT);
+        cr_assert_eq(blocks_put(st, sha, recs, 3), 0);
+        cr_assert_eq(blocks_get(st, sha, &got, &count), 0);
+        cr_assert_eq(count, 3);
+        cr_assert_eq(memcmp(got, recs, sizeof(recs)), 0);
+        free(got);
+        cr_assert_eq(blocks_get(st, other, &got, &count), -ENOENT);
+        /* Each chunk is found by length and fingerprint, with its offset. */
+        memset(sum, 3, sizeof(sum));
+        cr_assert_eq(blocks_locate(st, 3000, sum, where, &off), 0);
+        cr_assert_eq(memcmp(where, sha, BS_SHA_LEN), 0);
+        cr_assert_eq(off, 3000);
+        cr_assert_eq(blocks_locate(st, 2999, sum, where, &off), -ENOENT, "another length");
+        memset(sum, 4, sizeof(sum));
+        cr_assert_eq(blocks_locate(st, 3000, sum, where, &off), -ENOENT, "another fingerprint");
+        /* A second content with the same chunks keeps them findable when
+         * the first goes. */
+        cr_assert_eq(blocks_put(st, other, recs, 3), 0);
+        cr_assert_eq(blocks_delete(st, sha), 0);
+        cr_assert_eq(blocks_get(st, sha, &got, &count), -ENOENT);
+        memset(sum, 2, sizeof(sum));
+        cr_assert_eq(blocks_locate(st, 2000, sum, where, &off), 0);
+        cr_assert_eq(memcmp(where, other, BS_SHA_LEN), 0);
+        cr_assert_eq(off, 1000);
+        cr_assert_eq(blocks_delete(st, other), 0);
+        cr_assert_eq(blocks_locate(st, 2000, sum, where, &off), -ENOENT, "nothing holds it any more");
+}
+
+Test(manifest, chunk_lists_no_entry_names_are_dropped_at_open) {
+        uint8_t recs[3 * BS_BLOCK_REC_LEN], *got = NULL, kept[BS_SHA_LEN], stale[BS_SHA_LEN], where[BS_SHA_LEN];
+        uint8_t sum[BS_BLOCK_SUM_LEN];
         size_t count;
+        uint64_t off;
         put("big", BS_KIND_FILE, 9); /* sha: 32 bytes of 9 */
         memset(kept, 9, sizeof(kept));
         memset(stale, 8, sizeof(stale));
-        cr_assert_eq(blocks_put(st, kept, BS_BLOCK_MIN, sums, 1), 0);
-        cr_assert_eq(blocks_put(st, stale, BS_BLOCK_MIN, sums, 1), 0);
+        make_recs(recs);
+        cr_assert_eq(blocks_put(st, stale, recs, 3), 0);
+        cr_assert_eq(blocks_put(st, kept, recs, 1), 0);
         agent_state_free(st);
         cr_assert_eq(agent_state_open(dir, &st), 0);
-        cr_assert_eq(blocks_get(st, kept, &block, &got, &count), 0, "a manifest entry has this content");
+        cr_assert_eq(blocks_get(st, kept, &got, &count), 0, "a manifest entry has this content");
         free(got);
-        cr_assert_eq(blocks_get(st, stale, &block, &got, &count), -ENOENT, "nothing has this content any more");
+        cr_assert_eq(blocks_get(st, stale, &got, &count), -ENOENT, "nothing has this content any more");
+        memset(sum, 3, sizeof(sum));
+        cr_assert_eq(blocks_locate(st, 3000, sum, where, &off), -ENOENT, "its chunks are forgotten too");
+        memset(sum, 1, sizeof(sum));
+        cr_assert_eq(blocks_locate(st, 1000, sum, where, &off), 0);
+        cr_assert_eq(memcmp(where, kept, BS_SHA_LEN), 0);
 }

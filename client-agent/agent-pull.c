@@ -320,19 +320,34 @@ out:
         return want;
 }
 
-/* For GET_DELTA: an fd of the local file when it still holds the version the
- * manifest records, which have receives; -1 to fetch the whole file. */
+/*
+ * For GET_DELTA: an fd of a local file that still holds the version the
+ * manifest records, which have receives; -1 to fetch the whole file. The
+ * file at the path, or else one elsewhere with the very content asked for
+ * (a copy made on another computer), which the server answers with COPY
+ * alone.
+ */
 static int delta_source(Agent *a, const Rec *x, uint8_t have[BS_SHA_LEN]) {
         ManifestEntry *m = malloc(sizeof(*m));
         LocalEntry *l = malloc(sizeof(*l));
+        char *path = malloc(BS_PATH_MAX + 1);
         struct stat st;
         int fd = -1;
-        if (!m || !l)
+        if (!m || !l || !path)
                 goto out;
-        if (manifest_get(a->state, x->path, m) < 0 || m->kind != BS_KIND_FILE || m->size < BS_DELTA_MIN ||
-            memcmp(m->sha, x->sha, BS_SHA_LEN) == 0 || local_stat(a, x->path, l) < 0 || !local_matches(l, m))
+        size_t n = strlen(x->path);
+        if (n > BS_PATH_MAX)
                 goto out;
-        fd = bs_open_beneath(a->rootfd, x->path, O_RDONLY | O_NOCTTY, 0);
+        memcpy(path, x->path, n + 1);
+        if (manifest_get(a->state, path, m) < 0 || m->kind != BS_KIND_FILE || m->size < BS_DELTA_MIN ||
+            memcmp(m->sha, x->sha, BS_SHA_LEN) == 0) {
+                if (manifest_find_content(a->state, x->sha, path, BS_PATH_MAX + 1) < 0 ||
+                    manifest_get(a->state, path, m) < 0)
+                        goto out;
+        }
+        if (local_stat(a, path, l) < 0 || !local_matches(l, m))
+                goto out;
+        fd = bs_open_beneath(a->rootfd, path, O_RDONLY | O_NOCTTY, 0);
         /* The very file that was compared, not one renamed over it since. */
         if (fd >= 0 && (fstat(fd, &st) < 0 || st.st_ino != l->st.st_ino || st.st_dev != l->st.st_dev)) {
                 close(fd);
@@ -343,6 +358,7 @@ static int delta_source(Agent *a, const Rec *x, uint8_t have[BS_SHA_LEN]) {
 out:
         free(m);
         free(l);
+        free(path);
         return fd < 0 ? -1 : fd;
 }
 

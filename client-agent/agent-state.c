@@ -45,6 +45,9 @@ static const char schema[] =
         " target BLOB, seen INTEGER DEFAULT 0);"
         "CREATE INDEX IF NOT EXISTS manifest_parent ON manifest(parent);"
         "CREATE INDEX IF NOT EXISTS manifest_ino ON manifest(ino);"
+        /* Big files by content, to fetch a copy from one already here;
+         * small files do not pay for the index. */
+        "CREATE INDEX IF NOT EXISTS manifest_big_sha ON manifest(sha) WHERE kind=1 AND size>=1048576;"
         /* Fixed-size block fingerprints of older versions: chunk lists
          * replace them as files travel (each big file goes whole once). */
         "DROP TABLE IF EXISTS blocks;"
@@ -251,6 +254,26 @@ int manifest_get(AgentState *s, const char *path, ManifestEntry *e) {
                 return note(s, sql_err(rc));
         read_entry(s->get, 0, e);
         sqlite3_reset(s->get);
+        return 0;
+}
+
+int manifest_find_content(AgentState *s, const uint8_t sha[BS_SHA_LEN], char *path, size_t pathsz) {
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
+        /* The condition repeats the partial index's, which SQLite needs to use it. */
+        int rc = prepare(s, "SELECT path FROM manifest WHERE sha=? AND kind=1 AND size>=1048576 LIMIT 1", &st);
+        if (rc < 0)
+                return rc;
+        sqlite3_bind_blob(st, 1, sha, BS_SHA_LEN, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE)
+                return -ENOENT;
+        if (rc != SQLITE_ROW)
+                return note(s, sql_err(rc));
+        int n = sqlite3_column_bytes(st, 0);
+        if (n <= 0 || (size_t) n >= pathsz)
+                return -ENOENT;
+        memcpy(path, sqlite3_column_blob(st, 0), (size_t) n);
+        path[n] = 0;
         return 0;
 }
 

@@ -62,6 +62,8 @@ int agent_state_error(const AgentState *s);
 
 /** Manifest entry of path; -ENOENT when absent. */
 int manifest_get(AgentState *s, const char *path, ManifestEntry *e);
+/** A file of 1 MiB or more the manifest records with content sha (into path). -ENOENT: none. */
+int manifest_find_content(AgentState *s, const uint8_t sha[BS_SHA_LEN], char *path, size_t pathsz);
 int manifest_put(AgentState *s, const char *path, const ManifestEntry *e);
 /** Remove the entry of path alone. */
 int manifest_delete(AgentState *s, const char *path);

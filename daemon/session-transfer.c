@@ -23,15 +23,21 @@
 #include "server.h"
 #include "session.h"
 
-/* Equal runs are found in pieces of this size. */
-#define DELTA_PIECE (16u * 1024)
-/* Bytes found equal before a GET_DELTA sends their COPY and lets other sessions run. */
-#define DELTA_YIELD BS_COPY_MAX
+/* Bytes of the agent's content indexed before other sessions get a turn. */
+#define DELTA_INDEX_TURN (4u * 1024 * 1024)
 
 static void content_close(AccountContent *c) {
         if (c->fd >= 0)
                 close(c->fd);
         c->fd = -1;
+}
+
+/* Drop what a GET_DELTA holds: the agent's content and its index, the delta. */
+static void have_close(Session *s) {
+        content_close(&s->have);
+        s->have_list = bs_blocks_free(s->have_list);
+        s->have_map = bs_block_map_free(s->have_map);
+        bs_delta_done(&s->delta);
 }
 
 static void ahead_drop(Session *s) {
@@ -109,7 +115,7 @@ void session_transfer_reset(Session *s) {
         s->upload.active = false;
         content_close(&s->upload.src);
         content_close(&s->content);
-        content_close(&s->have);
+        have_close(s);
         ahead_drop(s);
         s->cursor = account_cursor_free(s->cursor);
         free(s->rec);
@@ -307,11 +313,12 @@ int session_start_get(Session *s, const BsMsg *m) {
                 return session_send_error(s, m->req, session_errno_to_code(r), "cannot open content");
         }
         /* Without the agent's content (no longer kept) the answer is all DATA. */
-        s->have.fd = -1;
-        s->copy_len = 0;
+        have_close(s);
+        s->have_off = 0;
         if (m->type == BS_MSG_GET_DELTA && account_content_open(s->account, m->have, m->path, &s->have) < 0)
                 s->have.fd = -1;
         memcpy(s->have_sha, m->have, BS_SHA_LEN);
+        s->have_same = memcmp(m->have, m->sha, BS_SHA_LEN) == 0;
         bs_msg_init(&f, BS_MSG_FILE, m->req);
         f.size = s->content.size;
         f.mode = s->content.mode;
@@ -358,19 +365,6 @@ static int fill_get(Session *s) {
         return 0;
 }
 
-/* Queue a COPY for the run of equal bytes found so far. */
-static int flush_copy(Session *s) {
-        BsMsg c;
-        if (s->copy_len == 0)
-                return 0;
-        bs_msg_init(&c, BS_MSG_COPY, s->stream_req);
-        c.offset = s->copy_off;
-        c.size = s->copy_len;
-        memcpy(c.sha, s->have_sha, BS_SHA_LEN);
-        s->copy_len = 0;
-        return session_send(s, &c);
-}
-
 static int queue_data(Session *s, const uint8_t *p, size_t n) {
         size_t off;
         int r = bs_buf_reserve(&s->out, BS_FRAME_HDR + 4 + n);
@@ -383,63 +377,126 @@ static int queue_data(Session *s, const uint8_t *p, size_t n) {
         return 0;
 }
 
-/* Whether the piece at j of n new bytes equals the agent's (hn bytes of it read). */
-static bool piece_same(const uint8_t *nb, const uint8_t *hb, size_t j, size_t n, size_t hn) {
-        size_t len = MIN(DELTA_PIECE, n - j);
-        return j + len <= hn && memcmp(nb + j, hb + j, len) == 0;
+/* Where the agent holds a chunk: found in its content's index, and the
+ * bytes there the same (the index only says where to look). */
+static bool have_find(void *userdata, const uint8_t *p, uint32_t len, const uint8_t sum[BS_BLOCK_SUM_LEN],
+                      uint8_t sha[BS_SHA_LEN], uint64_t *off) {
+        static uint8_t hb[BS_CHUNK_MAX]; /* one server thread */
+        Session *s = userdata;
+        if (bs_block_map_find(s->have_map, len, sum, off) < 0 ||
+            bs_pread_full(s->have.fd, hb, len, (off_t) *off) != (ssize_t) len || memcmp(hb, p, len) != 0)
+                return false;
+        memcpy(sha, s->have_sha, BS_SHA_LEN);
+        return true;
 }
 
-/* One chunk of a GET_DELTA answer; 1 when it is time to let others run. */
+/* Cut the next bytes of the agent's content; 1 when it is time to let
+ * others run. The content unreadable, the answer is all DATA. */
+static int index_have(Session *s) {
+        static uint8_t buf[BS_CHUNK];
+        uint64_t turn = 0;
+        int r = 0;
+        if (!s->have_list && bs_blocks_new(&s->have_list) < 0)
+                return -ENOMEM;
+        while (s->have_off < s->have.size && turn < DELTA_INDEX_TURN) {
+                size_t n = (size_t) MIN((uint64_t) sizeof(buf), s->have.size - s->have_off);
+                if (bs_pread_full(s->have.fd, buf, n, (off_t) s->have_off) != (ssize_t) n ||
+                    bs_blocks_update(s->have_list, buf, n) < 0) {
+                        have_close(s);
+                        return 0;
+                }
+                s->have_off += n;
+                turn += n;
+        }
+        if (s->have_off < s->have.size)
+                return 1;
+        size_t count;
+        r = bs_blocks_final(s->have_list);
+        if (r == 0) {
+                const uint8_t *recs = bs_blocks_recs(s->have_list, &count);
+                r = bs_block_map_new(&s->have_map, recs, count);
+        }
+        if (r < 0) {
+                have_close(s);
+                return 0;
+        }
+        s->have_list = bs_blocks_free(s->have_list);
+        r = bs_delta_init(&s->delta, s->content.size, false);
+        if (r < 0)
+                have_close(s);
+        return r < 0 ? r : 0;
+}
+
+/* The agent holds the very content (a copy elsewhere in its tree): COPY it all. */
+static int copy_all(Session *s) {
+        BsMsg c;
+        uint64_t left = s->content.size - s->content_off;
+        if (left == 0) {
+                content_close(&s->content);
+                have_close(s);
+                s->stream = STREAM_NONE;
+                return 0;
+        }
+        bs_msg_init(&c, BS_MSG_COPY, s->stream_req);
+        c.offset = s->content_off;
+        c.size = MIN(left, (uint64_t) BS_COPY_MAX);
+        memcpy(c.sha, s->have_sha, BS_SHA_LEN);
+        s->content_off += c.size;
+        int r = session_send(s, &c);
+        return r < 0 ? r : 1;
+}
+
+/*
+ * One step of a GET_DELTA answer: COPY for the runs of chunks the agent
+ * holds, DATA for the others. 1 when it is time to let others run.
+ */
 static int fill_get_delta(Session *s) {
-        /* One server thread: static buffers are never shared. */
-        static uint8_t nb[BS_CHUNK], hb[BS_CHUNK];
-        uint64_t off = s->content_off, left = s->content.size - off;
         size_t chunk = MIN((size_t) BS_CHUNK, (size_t) s->peer_max_frame - 64);
-        size_t n = (size_t) MIN((uint64_t) chunk, left), hn = 0;
+        BsDeltaPiece piece;
+        BsMsg c;
         int r;
 
-        if (left == 0) {
-                r = flush_copy(s);
-                content_close(&s->content);
-                content_close(&s->have);
-                s->stream = STREAM_NONE;
+        if (s->have_same)
+                return copy_all(s);
+        if (!s->have_map)
+                return index_have(s);
+        r = bs_delta_next(&s->delta, have_find, s, &piece);
+        if (r < 0)
                 return r;
+        if (r == 0) {
+                size_t want;
+                uint8_t *p = bs_delta_space(&s->delta, &want);
+                if (want == 0) {
+                        content_close(&s->content);
+                        have_close(s);
+                        s->stream = STREAM_NONE;
+                        return 0;
+                }
+                want = MIN(want, (size_t) BS_CHUNK);
+                ssize_t got = bs_pread_full(s->content.fd, p, want, (off_t) s->delta.fed);
+                if (got != (ssize_t) want) {
+                        errno = got < 0 ? (int) -got : EIO;
+                        log_error("account %s: reading content failed: %m", account_id(s->account));
+                        return session_fail(s, s->stream_req, BS_ERR_IO, "reading content failed");
+                }
+                bs_delta_fed(&s->delta, want);
+                return 0;
         }
-        ssize_t got = bs_pread_full(s->content.fd, nb, n, (off_t) off);
-        if (got != (ssize_t) n) {
-                errno = got < 0 ? (int) -got : EIO;
-                log_error("account %s: reading content failed: %m", account_id(s->account));
-                return session_fail(s, s->stream_req, BS_ERR_IO, "reading content failed");
-        }
-        if (off < s->have.size) {
-                /* A short or failed read of the agent's content only means less is equal. */
-                got = bs_pread_full(s->have.fd, hb, (size_t) MIN((uint64_t) n, s->have.size - off), (off_t) off);
-                hn = got > 0 ? (size_t) got : 0;
-        }
-        /* Runs of pieces alike in being equal in both, or not. */
-        for (size_t i = 0; i < n;) {
-                bool same = piece_same(nb, hb, i, n, hn);
-                size_t j = i + MIN(DELTA_PIECE, n - i);
-                while (j < n && piece_same(nb, hb, j, n, hn) == same)
-                        j += MIN(DELTA_PIECE, n - j);
-                if (same) {
-                        if (s->copy_len == 0)
-                                s->copy_off = off + i;
-                        s->copy_len += j - i;
-                } else {
-                        r = flush_copy(s);
-                        r = r ?: queue_data(s, nb + i, j - i);
+        if (piece.kind == BS_DELTA_DATA) {
+                for (uint64_t i = 0; i < piece.len; i += chunk) {
+                        r = queue_data(s, piece.data + i, (size_t) MIN((uint64_t) chunk, piece.len - i));
                         if (r < 0)
                                 return r;
                 }
-                i = j;
+                return 0;
         }
-        s->content_off += n;
-        if (s->copy_len >= DELTA_YIELD) {
-                r = flush_copy(s);
-                return r < 0 ? r : 1;
-        }
-        return 0;
+        bs_msg_init(&c, BS_MSG_COPY, s->stream_req);
+        c.offset = piece.off;
+        c.size = piece.len;
+        memcpy(c.sha, piece.sha, BS_SHA_LEN);
+        r = session_send(s, &c);
+        /* Cheap to send, but the agent's disk work: let others run. */
+        return r < 0 ? r : 1;
 }
 
 int session_fill_rows(Session *s, const SessionRows *rows) {

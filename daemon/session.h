@@ -19,6 +19,7 @@
 #include "account-history.h"
 #include "account-read.h"
 #include "bs-buf.h"
+#include "bs-delta.h"
 #include "bs-log.h"
 #include "bs-proto.h"
 
@@ -92,11 +93,16 @@ struct Session {
         bool rec_pending; /* rec or row */
         AccountContent content;
         uint64_t content_off;
-        /* GET_DELTA: the content the agent holds, and the run of bytes found
-         * equal in it that the next COPY will name. */
+        /* GET_DELTA: the content the agent holds, cut into chunks and
+         * indexed first (have_off bytes so far), then the delta of the
+         * content against it. */
         AccountContent have;
         uint8_t have_sha[BS_SHA_LEN];
-        uint64_t copy_off, copy_len;
+        bool have_same; /* the content asked for itself: all COPY */
+        uint64_t have_off;
+        BsBlocks *have_list;
+        BsBlockMap *have_map;
+        BsDelta delta;
         /* GETs queued behind the one being answered, opened and read ahead
          * so that the disk works on several at once (see session_prefetch). */
         struct {

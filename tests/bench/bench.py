@@ -99,6 +99,18 @@ def port_open(port):
         return False
 
 
+def insert_bytes(src, dst, at, data):
+    """dst: src with data inserted at offset at."""
+    with open(src, "rb") as f, open(dst, "wb") as g:
+        left = at
+        while left > 0:
+            buf = f.read(min(left, 8 * MiB))
+            g.write(buf)
+            left -= len(buf)
+        g.write(data)
+        shutil.copyfileobj(f, g, 8 * MiB)
+
+
 def lo_bytes():
     """Bytes received on the loopback interface (= bytes sent on it)."""
     with open("/proc/net/dev") as f:
@@ -1002,6 +1014,52 @@ def case6_big_edit(b, cfg, res):
             rt.append(dt)
             rb.append(lo_bytes() - l0)
             log("case 6 run %d: rsync %.2f s, %s on lo" % (run + 1, rt[-1], fmt_bytes(rb[-1])))
+        # (b), (c): 100 bytes inserted at the start and in the middle. The
+        # new file is made outside the tree and renamed over the old one, as
+        # an editor saves; the same for rsync's source. Timed from the rename.
+        inserts = []
+        for what, at in (("at the start", 0), ("in the middle", size // 2)):
+            ins = os.urandom(100)
+            new_size = os.path.getsize(os.path.join(pair.a_dir, "big.bin")) + 100
+
+            def has_ins(path):
+                try:
+                    if os.path.getsize(path) != new_size:
+                        return False
+                    with open(path, "rb") as f:
+                        f.seek(at)
+                        return f.read(100) == ins
+                except OSError:
+                    return False
+            tmp = b.path("c6-new.bin")
+            insert_bytes(os.path.join(pair.a_dir, "big.bin"), tmp, at, ins)
+            os.kill(pair.b_agent.pid, signal.SIGSTOP)
+            try:
+                l0 = lo_bytes()
+                t0 = time.monotonic()
+                os.rename(tmp, os.path.join(pair.a_dir, "big.bin"))
+                wait_until(lambda: has_ins(sfile), cfg.c6_timeout, "backupsync: insertion on the server",
+                           interval=0.02, procs=pair.procs)
+                it, ib = time.monotonic() - t0, lo_bytes() - l0
+            finally:
+                os.kill(pair.b_agent.pid, signal.SIGCONT)
+            wait_until(lambda: has_ins(bfile), cfg.c6_timeout, "backupsync: insertion on B", interval=0.02,
+                       procs=pair.procs)
+            ibt, ibb = time.monotonic() - t0, lo_bytes() - l0
+            time.sleep(1)
+            insert_bytes(os.path.join(rsrc, "big.bin"), tmp, at, ins)
+            os.rename(tmp, os.path.join(rsrc, "big.bin"))
+            l0 = lo_bytes()
+            t0 = time.monotonic()
+            r = subprocess.run(["rsync", "-a", rsrc + "/", "rsync://127.0.0.1:%d/big/" % rd.port],
+                               capture_output=True, timeout=cfg.c6_timeout)
+            rit, rib = time.monotonic() - t0, lo_bytes() - l0
+            if r.returncode != 0 or not has_ins(os.path.join(rdst, "big.bin")):
+                raise BenchError("rsync (insertion %s) exited %d: %s" % (what, r.returncode, r.stderr.decode()[-300:]))
+            log("case 6 insertion %s: backupsync A -> server %.2f s, %s on lo; A -> B %.2f s, %s on lo; "
+                "rsync %.2f s, %s on lo" % (what, it, fmt_bytes(ib), ibt, fmt_bytes(ibb), rit, fmt_bytes(rib)))
+            inserts.append((what, it, ib, ibt, ibb, rit, rib))
+            time.sleep(1)
         # (d) cp of the file to a new name: the upload hop, B paused.
         os.kill(pair.b_agent.pid, signal.SIGSTOP)
         try:
@@ -1018,7 +1076,7 @@ def case6_big_edit(b, cfg, res):
             os.kill(pair.b_agent.pid, signal.SIGCONT)
         # B's download of the copy must not count in rsync's bytes.
         bcopy = os.path.join(pair.b_dir, "copy.bin")
-        wait_until(lambda: os.path.exists(bcopy) and os.path.getsize(bcopy) == size, cfg.c6_timeout,
+        wait_until(lambda: os.path.exists(bcopy) and os.path.getsize(bcopy) == os.path.getsize(cfile), cfg.c6_timeout,
                    "backupsync: the copy on B", interval=0.05, procs=pair.procs)
         time.sleep(1)
         subprocess.run(["cp", os.path.join(rsrc, "big.bin"), os.path.join(rsrc, "copy.bin")], check=True,
@@ -1046,11 +1104,18 @@ def case6_big_edit(b, cfg, res):
             statistics.median(rt))
     res.add(C, "bytes on loopback, A -> server -> B", statistics.median(bb), "rsync (daemon)",
             statistics.median(rb), fmt=fmt_bytes)
+    for what, it, ib, ibt, ibb, rit, rib in inserts:
+        res.add(C, "bytes on loopback, 100 bytes inserted %s, A -> server" % what, ib, "rsync (daemon)", rib,
+                fmt=fmt_bytes, target=lambda v, r: r <= 1.0, target_text="ratio <= 1.0")
+        res.add(C, "time, 100 bytes inserted %s, A -> server" % what, it, "rsync (daemon)", rit)
+        res.add(C, "bytes on loopback, 100 bytes inserted %s, A -> server -> B" % what, ibb, "rsync (daemon)", rib,
+                fmt=fmt_bytes)
     res.add(C, "bytes on loopback, cp of the file to a new name, A -> server", cb, "rsync (daemon)", rcb,
             fmt=fmt_bytes, target=lambda v, r: v < MiB, target_text="< 1 MiB")
     res.add(C, "time, cp of the file to a new name, A -> server", ct, "rsync (daemon)", rct)
-    res.note("case 6: backupsync sends A's changed 64 KiB blocks to the server (COPY for the rest), "
-             "and the server sends B only the 16 KiB pieces that differ from B's version. The upload "
+    res.note("case 6: backupsync cuts the file into content-defined chunks (FastCDC, 16/64/256 KiB) and "
+             "sends A's changed chunks to the server (COPY for the rest), and the server sends B only the "
+             "chunks B's version lacks, wherever they moved. Insertions are one run each, after (a). The upload "
              "(A -> server, timed until the server's tree shows the edit, B paused meanwhile) is the hop "
              "rsync's one hop to its daemon compares with; A -> server -> B adds B fetching it.")
 

@@ -108,6 +108,49 @@ def test_delta_edit_both_ways():
               "small.txt (100 KiB) was sent as a delta")
 
 
+def test_delta_insertions_both_ways():
+    """Bytes inserted at the start and in the middle of a big file, and
+    bytes deleted, with the tools a user would use (cat, head, tail, mv):
+    the rest of the file moves, yet only the chunks around each edit travel
+    up to the server and down to the other computer."""
+    with Env("delta_insertions") as env:
+        size = 16 * MiB
+        srv, a, b = _join(env, {"big.bin": (size, 5)})
+        pa, pb = os.path.join(a.dir, "big.bin"), os.path.join(b.dir, "big.bin")
+        spath = os.path.join(srv.tree(a.token), "big.bin")
+        ins = env.path("ins.bin")
+        write_file(ins, os.urandom(100))
+
+        def sh(cmd, d):
+            subprocess.run(["sh", "-c", cmd], cwd=d, check=True)
+
+        steps = [
+            # (who edits, shell command, new size, what it is)
+            (a, "cat %s big.bin > .big.new && mv .big.new big.bin" % ins, size + 100,
+             "100 bytes inserted at the start on A"),
+            (b, "head -c 8000000 big.bin > .big.new && cat %s >> .big.new && tail -c +8000001 big.bin >> .big.new "
+                "&& mv .big.new big.bin" % ins, size + 200, "100 bytes inserted in the middle on B"),
+            (a, "head -c 5000000 big.bin > .big.new && tail -c +5001001 big.bin >> .big.new && mv .big.new big.bin",
+             size - 800, "1000 bytes deleted in the middle on A"),
+        ]
+        for i, (who, cmd, new_size, what) in enumerate(steps):
+            other = b if who is a else a
+            mine, theirs = os.path.join(who.dir, "big.bin"), os.path.join(other.dir, "big.bin")
+            pat = r"downloaded big\.bin \((\d+) bytes, (\d+) received"
+            seen = len(_numbers(other.log_lines(), pat))
+            sh(cmd, who.dir)
+            check(os.path.getsize(mine) == new_size, "%s: the edit made %d bytes" % (what, os.path.getsize(mine)))
+            wait_until(lambda: _same(mine, theirs), 60, "%s: the file on the other computer" % what)
+            check(sha256_file(spath) == sha256_file(mine), "%s: the server's copy differs" % what)
+            ups = _numbers(srv.log_lines(), r"uploaded \S+ big\.bin \((\d+) bytes, (\d+) sent")
+            check(len(ups) == i + 1 and ups[i][0] == new_size and ups[i][1] <= 2 * CHUNK_MAX,
+                  "%s: want at most two chunks sent up, the server logged %r" % (what, ups))
+            wait_until(lambda: len(_numbers(other.log_lines(), pat)) > seen, 10, "%s: a delta download logged" % what)
+            downs = _numbers(other.log_lines(), pat)
+            check(downs[-1][0] == new_size and downs[-1][1] <= 2 * CHUNK_MAX,
+                  "%s: want at most two chunks received, the other computer logged %r" % (what, downs))
+
+
 def test_delta_copies_travel_as_nothing():
     """A copy of a big file made with cp(1), a big file deleted and made
     again with the same bytes, and a copy edited in one place: each goes up
@@ -126,6 +169,11 @@ def test_delta_copies_travel_as_nothing():
         ups = sent("copy.bin")
         check(len(ups) == 1 and ups[0] == (size, 0), "cp big.bin copy.bin: the server logged %r, want "
               "(%d, 0): nothing but COPY" % (ups, size))
+        # B holds those bytes as big.bin: the copy comes down as COPY too.
+        wait_until(lambda: _numbers(b.log_lines(), r"downloaded copy\.bin \((\d+) bytes, (\d+) received"), 10,
+                   "B to log the download of copy.bin")
+        downs = _numbers(b.log_lines(), r"downloaded copy\.bin \((\d+) bytes, (\d+) received")
+        check(downs == [(size, 0)], "B fetched copy.bin with %r, want (%d, 0): copied from its big.bin" % (downs, size))
 
         # Deleted everywhere, then made again with the same bytes: the server
         # keeps the content in the history.

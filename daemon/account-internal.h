@@ -47,6 +47,8 @@ typedef struct AccountDirSync {
 
 /* Uploads placed per batch (each holds an fd until then). */
 #define ACCOUNT_PENDING_MAX 1024
+/* Bytes of kept contents cut into the chunk store per pruning slice. */
+#define ACCOUNT_PACK_BUDGET (32u * 1024 * 1024)
 /* From this many uploads on, a batch is synced with syncfs(). */
 #define ACCOUNT_BULK_MIN 16
 /* Directories (and files given a new mode) waiting for their sync at
@@ -81,6 +83,10 @@ struct Account {
         size_t n_dir_sync;
         bool unclean; /* not closed by account_free() last time */
         unsigned prune_phase, prune_fan; /* where account_prune() goes on */
+        /* Packing (phase 6): the content last tried in this fan-out
+         * directory, and whether it is only partly cut. */
+        uint8_t pack_last[BS_SHA_LEN];
+        bool pack_started, pack_more;
         char key_hash[65];
 };
 

@@ -17,6 +17,10 @@
  *     it begins, and a PULL from before it is answered by a snapshot.
  *  5. a sweep of one fan-out directory of the store per call, for
  *     contents no row names.
+ *  6. kept contents of 1 MiB or more are cut into the chunk store, one
+ *     budget of bytes per call (store-chunks.c).
+ *  7. a sweep of the chunk store, one fan-out directory per call, for
+ *     chunks no recipe names (after a recipe was removed, or a crash).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -335,6 +339,19 @@ static int prune_log(Account *a, const AccountRetention *ret, time_t now, unsign
         return 1;
 }
 
+/* The content a store name is for: a plain content or a recipe. */
+static bool content_of(const char *name, uint8_t sha[BS_SHA_LEN], bool *recipe) {
+        char hex[2 * BS_SHA_LEN + 1];
+        size_t n = strlen(name);
+        *recipe = n == 2 * BS_SHA_LEN + strlen(STORE_RECIPE_SUFFIX) &&
+                  strcmp(name + 2 * BS_SHA_LEN, STORE_RECIPE_SUFFIX) == 0;
+        if (n != 2 * BS_SHA_LEN && !*recipe)
+                return false;
+        memcpy(hex, name, 2 * BS_SHA_LEN);
+        hex[2 * BS_SHA_LEN] = 0;
+        return bs_unhex(hex, sha, BS_SHA_LEN) == 0;
+}
+
 /* Phase 5: the contents of one fan-out directory that no row names. */
 static int sweep_one(Account *a, unsigned fan, AccountPruneStats *stats) {
         char dir[3];
@@ -351,7 +368,8 @@ static int sweep_one(Account *a, unsigned fan, AccountPruneStats *stats) {
         for (size_t i = 0; r >= 0 && i < n; i++) {
                 uint8_t sha[BS_SHA_LEN];
                 uint64_t freed = 0;
-                if (bs_unhex(v[i].name, sha, BS_SHA_LEN) < 0 || sha[0] != fan)
+                bool recipe;
+                if (!content_of(v[i].name, sha, &recipe) || sha[0] != fan)
                         continue;
                 int k = referenced(a, sha, NULL);
                 if (k < 0)
@@ -363,6 +381,57 @@ static int sweep_one(Account *a, unsigned fan, AccountPruneStats *stats) {
         }
         bs_dir_list_free(v, n);
         return r < 0 ? r : store_sync(a->store);
+}
+
+/*
+ * Phase 6: the next step of cutting one fan-out directory's big contents
+ * into the chunk store, after a->pack_last in name order. 1 while more
+ * remains in this directory, 0 when it is done.
+ */
+static int pack_one(Account *a, unsigned fan) {
+        char dir[3];
+        BsDirent *v = NULL;
+        size_t n = 0;
+        int r;
+        if (a->pack_more) {
+                r = store_pack_step(a->store, a->pack_last, ACCOUNT_PACK_BUDGET);
+                a->pack_more = r == 1;
+                return r < 0 ? r : 1;
+        }
+        bs_hex((const uint8_t[]) { (uint8_t) fan }, 1, dir);
+        _cleanup_(closep) int fd = openat(a->dir_fd, "content", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        _cleanup_(closep) int dfd = openat(fd, dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (dfd < 0)
+                return errno == ENOENT ? 0 : -errno;
+        r = bs_dir_list(dfd, &v, &n);
+        if (r < 0)
+                return r;
+        /* The smallest plain content after the last one tried. */
+        bool found = false;
+        uint8_t next[BS_SHA_LEN];
+        for (size_t i = 0; i < n; i++) {
+                uint8_t sha[BS_SHA_LEN];
+                bool recipe;
+                if (!content_of(v[i].name, sha, &recipe) || recipe || sha[0] != fan)
+                        continue;
+                if (a->pack_started && memcmp(sha, a->pack_last, BS_SHA_LEN) <= 0)
+                        continue;
+                if (!found || memcmp(sha, next, BS_SHA_LEN) < 0)
+                        memcpy(next, sha, BS_SHA_LEN);
+                found = true;
+        }
+        bs_dir_list_free(v, n);
+        if (!found) {
+                a->pack_started = false;
+                return 0;
+        }
+        memcpy(a->pack_last, next, BS_SHA_LEN);
+        a->pack_started = true;
+        r = store_pack_step(a->store, next, ACCOUNT_PACK_BUDGET);
+        a->pack_more = r == 1;
+        return r < 0 ? r : 1;
 }
 
 int account_prune(Account *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats) {
@@ -384,14 +453,44 @@ int account_prune(Account *a, const AccountRetention *ret, time_t now, unsigned 
                 a->prune_phase = 2;
                 a->prune_fan = 0;
         }
-        /* The sweep: one fan-out directory per call. */
-        r = sweep_one(a, a->prune_fan, stats);
-        if (r < 0)
-                return r;
-        if (++a->prune_fan < 256)
-                return 1;
-        a->prune_phase = 0;
-        return 0;
+        if (a->prune_phase == 2) {
+                /* The sweep: one fan-out directory per call. */
+                r = sweep_one(a, a->prune_fan, stats);
+                if (r < 0)
+                        return r;
+                if (++a->prune_fan < 256)
+                        return 1;
+                a->prune_phase = 3;
+                a->prune_fan = 0;
+                a->pack_started = a->pack_more = false;
+        }
+        if (a->prune_phase == 3) {
+                r = pack_one(a, a->prune_fan);
+                if (r < 0) {
+                        /* Left as it was, readable; tried again next round. */
+                        a->pack_more = false;
+                        errno = -r;
+                        return r;
+                }
+                if (r == 1 || ++a->prune_fan < 256)
+                        return 1;
+                a->prune_phase = 4;
+                a->prune_fan = 0;
+                r = store_gc_begin(a->store);
+                if (r < 0) {
+                        a->prune_phase = 0;
+                        return r;
+                }
+        }
+        /* The chunk sweep: one fan-out directory per call. */
+        uint64_t count = 0;
+        r = store_gc_fan(a->store, a->prune_fan, &stats->bytes, &count);
+        if (r < 0 || ++a->prune_fan >= 256) {
+                store_gc_end(a->store);
+                a->prune_phase = 0;
+                return r < 0 ? r : 0;
+        }
+        return 1;
 }
 
 /* Disk space below fd (a file or a directory of files), not shared with the tree. */

@@ -326,6 +326,15 @@ static int rescue_versions(Verify *v) {
         return r ?: bs_fsync_dir(a->versions_fd);
 }
 
+/* A problem of the chunk store, named after the content it breaks. */
+static void content_problem(void *userdata, const uint8_t sha[BS_SHA_LEN], const char *problem) {
+        Verify *v = userdata;
+        char name[sizeof("content/") + 2 * BS_SHA_LEN];
+        memcpy(name, "content/", 8);
+        bs_hex(sha, BS_SHA_LEN, name + 8);
+        note(v, name, problem);
+}
+
 int account_verify(Account *a, bool repair, bool hash_all, account_verify_fn report, void *userdata) {
         account_forget_parent(a); /* a repair may replace directories */
         Verify v = { .a = a, .repair = repair, .hash_all = hash_all, .report = report, .userdata = userdata };
@@ -338,6 +347,12 @@ int account_verify(Account *a, bool repair, bool hash_all, account_verify_fn rep
         r = r ?: rescue_versions(&v);
         r = r ?: walk(&v, a->tree_fd, "", 0);
         r = r ?: check_missing(&v);
+        /* Kept versions in the chunk store: each chunk there (and intact
+         * with hash_all). Not in a recovery, which is about the tree. */
+        if (r >= 0 && !repair) {
+                int k = store_check(a->store, hash_all, content_problem, &v);
+                r = k < 0 ? k : 0;
+        }
         if (r >= 0 && repair && a->in_txn)
                 r = account_commit(a);
         if (r >= 0 && repair)

@@ -3,7 +3,9 @@
  * Puts are renames and links within one file system, so they cost no
  * copy and are atomic: a content file is complete or absent. Their
  * directory entries are made durable by store_sync(), which the account
- * calls before it commits the rows that name them.
+ * calls before it commits the rows that name them. A big content may
+ * later be cut into the chunk store and kept as a recipe beside
+ * (store-chunks.c); get, has and remove take either form.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -15,17 +17,10 @@
 #include "bs-fs.h"
 #include "bs-hash.h"
 #include "bs-macro.h"
-#include "store.h"
+#include "store-internal.h"
 
 /* From this many fan-out directories to sync, one syncfs() instead. */
 #define STORE_BULK_MIN 16
-
-struct Store {
-        int fd;              /* content/ */
-        uint8_t dirty[32];   /* fan-out directories with new names, a bit each */
-        unsigned n_dirty;
-        bool top_dirty;      /* a fan-out directory was created */
-};
 
 int store_open(int dir_fd, Store **ret) {
         Store *s = calloc(1, sizeof(*s));
@@ -41,6 +36,13 @@ int store_open(int dir_fd, Store **ret) {
                 free(s);
                 return r;
         }
+        s->pack.fd = -1;
+        s->gc_needed = true;
+        int r = chunk_store_open(dir_fd, &s->chunks);
+        if (r < 0) {
+                store_free(s);
+                return r;
+        }
         *ret = s;
         return 0;
 }
@@ -48,20 +50,22 @@ int store_open(int dir_fd, Store **ret) {
 Store *store_free(Store *s) {
         if (!s)
                 return NULL;
+        store_pack_abort(s);
+        chunk_store_free(s->chunks);
+        free(s->gc_refs);
         if (s->fd >= 0)
                 close(s->fd);
         free(s);
         return NULL;
 }
 
-/* "ab/abcd...": the fan-out directory is the first byte. */
-static void content_name(const uint8_t sha[BS_SHA_LEN], char out[2 + 1 + 2 * BS_SHA_LEN + 1]) {
+void store_content_name(const uint8_t sha[BS_SHA_LEN], char out[STORE_NAME_LEN + 1]) {
         bs_hex(sha, 1, out);
         out[2] = '/';
         bs_hex(sha, BS_SHA_LEN, out + 3);
 }
 
-static void mark_dirty(Store *s, uint8_t fan) {
+void store_mark_dirty(Store *s, uint8_t fan) {
         if (!(s->dirty[fan / 8] & (1u << (fan % 8)))) {
                 s->dirty[fan / 8] |= (uint8_t) (1u << (fan % 8));
                 s->n_dirty++;
@@ -69,14 +73,14 @@ static void mark_dirty(Store *s, uint8_t fan) {
 }
 
 int store_put(Store *s, const uint8_t sha[BS_SHA_LEN], int dfd, const char *name, StorePut how) {
-        char n[2 + 1 + 2 * BS_SHA_LEN + 1], fan[3];
-        content_name(sha, n);
+        char n[STORE_NAME_LEN + 1], fan[3];
+        store_content_name(sha, n);
         memcpy(fan, n, 2);
         fan[2] = 0;
         for (int attempt = 0;; attempt++) {
                 int r = how == STORE_LINK ? linkat(dfd, name, s->fd, n, 0) : renameat(dfd, name, s->fd, n);
                 if (r == 0) {
-                        mark_dirty(s, sha[0]);
+                        store_mark_dirty(s, sha[0]);
                         return 0;
                 }
                 if (errno == EEXIST && how == STORE_LINK)
@@ -93,12 +97,12 @@ int store_put(Store *s, const uint8_t sha[BS_SHA_LEN], int dfd, const char *name
 }
 
 int store_get(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t size) {
-        char n[2 + 1 + 2 * BS_SHA_LEN + 1];
+        char n[STORE_NAME_LEN + 1];
         struct stat st;
-        content_name(sha, n);
+        store_content_name(sha, n);
         int fd = openat(s->fd, n, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC);
         if (fd < 0)
-                return -errno;
+                return errno == ENOENT ? store_get_chunked(s, sha, size) : -errno;
         if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t) st.st_size != size) {
                 close(fd);
                 return -ENOENT;
@@ -106,24 +110,53 @@ int store_get(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t size) {
         return fd;
 }
 
+void store_recipe_name(const uint8_t sha[BS_SHA_LEN], char out[STORE_RECIPE_NAME_LEN + 1]) {
+        store_content_name(sha, out);
+        memcpy(out + STORE_NAME_LEN, STORE_RECIPE_SUFFIX, sizeof(STORE_RECIPE_SUFFIX));
+}
+
 bool store_has(Store *s, const uint8_t sha[BS_SHA_LEN]) {
-        char n[2 + 1 + 2 * BS_SHA_LEN + 1];
-        content_name(sha, n);
+        char n[STORE_RECIPE_NAME_LEN + 1];
+        store_content_name(sha, n);
+        if (faccessat(s->fd, n, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+                return true;
+        store_recipe_name(sha, n);
         return faccessat(s->fd, n, F_OK, AT_SYMLINK_NOFOLLOW) == 0;
 }
 
-int store_remove(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t *freed) {
-        char n[2 + 1 + 2 * BS_SHA_LEN + 1];
+/* Remove content/name if there: 1 and the space it frees, 0 when absent, -errno. */
+static int remove_name(Store *s, const char *name, uint64_t *freed) {
         struct stat st;
-        content_name(sha, n);
-        if (fstatat(s->fd, n, &st, AT_SYMLINK_NOFOLLOW) < 0)
-                return -errno;
-        if (unlinkat(s->fd, n, 0) < 0)
-                return -errno;
-        mark_dirty(s, sha[0]);
+        if (fstatat(s->fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                return errno == ENOENT ? 0 : -errno;
+        if (unlinkat(s->fd, name, 0) < 0)
+                return errno == ENOENT ? 0 : -errno;
         /* A content still linked elsewhere (the tree) frees nothing. */
+        *freed += st.st_nlink <= 1 ? (uint64_t) st.st_blocks * 512 : 0;
+        return 1;
+}
+
+int store_remove(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t *freed) {
+        char n[STORE_RECIPE_NAME_LEN + 1];
+        uint64_t f = 0;
+        if (s->pack.active && memcmp(s->pack.sha, sha, BS_SHA_LEN) == 0)
+                store_pack_abort(s);
+        store_content_name(sha, n);
+        int r1 = remove_name(s, n, &f);
+        if (r1 < 0)
+                return r1;
+        /* The recipe's chunks go with the sweep (store_gc_*()). */
+        store_recipe_name(sha, n);
+        int r2 = remove_name(s, n, &f);
+        if (r2 < 0)
+                return r2;
+        if (r1 == 0 && r2 == 0)
+                return -ENOENT;
+        if (r2 > 0)
+                s->gc_needed = true;
+        store_mark_dirty(s, sha[0]);
         if (freed)
-                *freed = st.st_nlink <= 1 ? (uint64_t) st.st_blocks * 512 : 0;
+                *freed = f;
         return 0;
 }
 
@@ -170,13 +203,24 @@ int store_usage(Store *s, uint64_t *bytes, uint64_t *count) {
                         struct stat st;
                         if (fstatat(fd, v[i].name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
                                 continue;
-                        n++;
+                        /* A content is a plain file or a recipe; a content
+                         * in both forms (packing) counts once. */
+                        size_t len = strlen(v[i].name);
+                        char plain[2 * BS_SHA_LEN + 1];
+                        if (len == 2 * BS_SHA_LEN)
+                                n++;
+                        else if (len == 2 * BS_SHA_LEN + strlen(STORE_RECIPE_SUFFIX) &&
+                                 strcmp(v[i].name + 2 * BS_SHA_LEN, STORE_RECIPE_SUFFIX) == 0) {
+                                memcpy(plain, v[i].name, 2 * BS_SHA_LEN);
+                                plain[2 * BS_SHA_LEN] = 0;
+                                n += faccessat(fd, plain, F_OK, AT_SYMLINK_NOFOLLOW) < 0;
+                        }
                         if (st.st_nlink <= 1)
                                 b += (uint64_t) st.st_blocks * 512;
                 }
                 bs_dir_list_free(v, nv);
         }
-        *bytes = b;
+        *bytes = b + store_chunks_usage(s);
         if (count)
                 *count = n;
         return 0;

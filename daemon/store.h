@@ -3,10 +3,12 @@
  * The version store: what replaced and deleted files held, each content
  * once however many versions, paths or accounts' copies name it. Narrow
  * on purpose (put, get, has, remove by hash), so another implementation
- * (an object store, content-defined chunks) can take its place without
- * touching the code that decides what to keep. This one keeps plain
- * files in STORAGE/<ID>/content/<2 hex>/<64 hex> on the tree's file
- * system, so putting a file from the tree is a link or a rename.
+ * (an object store) can take its place without touching the code that
+ * decides what to keep. This one keeps plain files in
+ * STORAGE/<ID>/content/<2 hex>/<64 hex> on the tree's file system, so
+ * putting a file from the tree is a link or a rename; the pruning slices
+ * later cut big ones into the chunk store (chunk-store.h), where each
+ * chunk is kept once, and keep a recipe in their place.
  */
 #pragma once
 
@@ -49,3 +51,34 @@ int store_usage(Store *s, uint64_t *bytes, uint64_t *count);
 
 /** Make every put since the last call durable (their directories synced). */
 int store_sync(Store *s);
+
+/* A content kept as a recipe of chunks: content/<2 hex>/<64 hex> and this. */
+#define STORE_RECIPE_SUFFIX ".chunks"
+
+/* Kept contents from this size on are cut into the chunk store. */
+#define STORE_PACK_MIN (1024u * 1024)
+
+/**
+ * Cut kept content sha into the chunk store, reading at most budget bytes
+ * a call: 1 when there is more to do, 0 when done (or nothing to do: a
+ * small content, one the tree links, one gone), -errno. The content stays
+ * readable throughout and after a crash at any point.
+ */
+int store_pack_step(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t budget);
+
+/**
+ * The sweep of chunks no recipe names: begin collects what every recipe
+ * names, each fan call removes the others whose hash starts with byte
+ * fan (adding the space freed and their number), end lets go.
+ */
+int store_gc_begin(Store *s);
+int store_gc_fan(Store *s, unsigned fan, uint64_t *freed, uint64_t *count);
+void store_gc_end(Store *s);
+
+typedef void (*store_check_fn)(void *userdata, const uint8_t sha[BS_SHA_LEN], const char *problem);
+/**
+ * Check every content kept as a recipe: each chunk there with its size,
+ * and with hash_all each chunk's SHA-256 and the whole content's. The
+ * number of problems reported, or -errno.
+ */
+int store_check(Store *s, bool hash_all, store_check_fn report, void *userdata);

@@ -1,0 +1,48 @@
+/* store-internal.h - the content store's state, shared by store.c and store-chunks.c */
+#pragma once
+
+#include "bs-chunk.h"
+#include "chunk-store.h"
+#include "store.h"
+
+#define STORE_NAME_LEN (2 + 1 + 2 * BS_SHA_LEN) /* "ab/abcd..." */
+#define STORE_RECIPE_NAME_LEN (STORE_NAME_LEN + 7) /* "ab/abcd....chunks" */
+
+/* A content being cut into the chunk store, a budget at a time. */
+typedef struct StorePack {
+        bool active;
+        uint8_t sha[BS_SHA_LEN];
+        int fd;
+        uint64_t off, size;
+        BsChunker chunker;
+        uint8_t *buf; /* read but not yet cut: buf[start, end) */
+        size_t start, end;
+        uint8_t *recipe; /* the entries so far */
+        size_t n, cap;
+} StorePack;
+
+struct Store {
+        int fd;              /* content/ */
+        uint8_t dirty[32];   /* fan-out directories with new names, a bit each */
+        unsigned n_dirty;
+        bool top_dirty;      /* a fan-out directory was created */
+        ChunkStore *chunks;
+        StorePack pack;
+        uint8_t *gc_refs;    /* store_gc_begin(): every chunk a recipe names, sorted */
+        size_t n_gc_refs;
+        /* Chunks may be left that no recipe names: a recipe was removed,
+         * a pack dropped, or a crash (so: since the store was opened). */
+        bool gc_needed, gc_running;
+};
+
+/** "ab/abcd...": the fan-out directory is the first byte. */
+void store_content_name(const uint8_t sha[BS_SHA_LEN], char out[STORE_NAME_LEN + 1]);
+/** "ab/abcd....chunks": where content sha's recipe is. */
+void store_recipe_name(const uint8_t sha[BS_SHA_LEN], char out[STORE_RECIPE_NAME_LEN + 1]);
+void store_mark_dirty(Store *s, uint8_t fan);
+/** Rebuild a content kept as a recipe into an unnamed file: its fd, -ENOENT, -EIO (chunks lost). */
+int store_get_chunked(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t size);
+/** Drop a pack in progress. */
+void store_pack_abort(Store *s);
+/** The disk space of the chunk store. */
+uint64_t store_chunks_usage(Store *s);

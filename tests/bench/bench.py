@@ -99,6 +99,23 @@ def port_open(port):
         return False
 
 
+def du(path):
+    """Disk space of the regular files below path that have one link."""
+    n = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            st = os.lstat(os.path.join(root, name))
+            if st.st_nlink == 1:
+                n += st.st_blocks * 512
+    return n
+
+
+def history_du(account_dir):
+    """An account's kept versions on the server's disk: the content store
+    and the chunk store."""
+    return du(os.path.join(account_dir, "content")) + du(os.path.join(account_dir, "chunks"))
+
+
 def insert_bytes(src, dst, at, data):
     """dst: src with data inserted at offset at."""
     with open(src, "rb") as f, open(dst, "wb") as g:
@@ -1090,9 +1107,37 @@ def case6_big_edit(b, cfg, res):
         rct, rcb = time.monotonic() - t0, lo_bytes() - l0
         log("case 6 cp: backupsync %.2f s, %s on lo; rsync %.2f s, %s on lo"
             % (ct, fmt_bytes(cb), rct, fmt_bytes(rcb)))
+        # History: ten more 1 MiB edits, then backupsyncd --prune (the
+        # server stopped) cuts every kept version into the chunk store.
+        rng = random.Random(6)
+        for i in range(10):
+            patch = os.urandom(MiB)
+            at = rng.randrange(0, os.path.getsize(sfile) - MiB)
+            with open(os.path.join(pair.a_dir, "big.bin"), "r+b") as f:
+                f.seek(at)
+                f.write(patch)
+
+            def edited(path=sfile, at=at, patch=patch):
+                with open(path, "rb") as f:
+                    f.seek(at)
+                    return f.read(MiB) == patch
+            wait_until(edited, cfg.c6_timeout, "backupsync: history edit %d on the server" % (i + 1),
+                       interval=0.05, procs=pair.procs)
     finally:
         pair.stop()
         b.stop(rd)
+    storage = b.path("c6-bs-server-storage")
+    account = os.path.dirname(os.path.dirname(sfile))
+    t0 = time.monotonic()
+    p = subprocess.run([SERVER_BIN, "--prune", "--storage", storage, "--config", "/dev/null"],
+                       capture_output=True, timeout=cfg.c6_timeout)
+    prune_s = time.monotonic() - t0
+    if p.returncode != 0:
+        raise BenchError("backupsyncd --prune exited %d: %s" % (p.returncode, p.stderr.decode()[-300:]))
+    history = history_du(account)
+    n_versions = sum(1 for _, _, names in os.walk(os.path.join(account, "content"))
+                     for n in names if n.endswith(".chunks"))
+    log("case 6 history: %s in %d recipes after --prune (%.1f s)" % (fmt_bytes(history), n_versions, prune_s))
     for d in (rsrc, rdst, pair.a_dir, pair.b_dir, b.path("c6-bs-server-storage")):
         shutil.rmtree(d, ignore_errors=True)
     res.add(C, "time, 1 MiB overwritten in a %s file, A -> server" % fmt_bytes(size), statistics.median(ut),
@@ -1113,6 +1158,9 @@ def case6_big_edit(b, cfg, res):
     res.add(C, "bytes on loopback, cp of the file to a new name, A -> server", cb, "rsync (daemon)", rcb,
             fmt=fmt_bytes, target=lambda v, r: v < MiB, target_text="< 1 MiB")
     res.add(C, "time, cp of the file to a new name, A -> server", ct, "rsync (daemon)", rct)
+    res.add(C, "history on the server after ten more 1 MiB edits (%d kept versions)" % n_versions, history,
+            fmt=fmt_bytes, target=lambda v, r: v <= 1.1 * GiB, target_text="<= 1.1 GiB beyond the current file")
+    res.add(C, "backupsyncd --prune time (cuts every kept version into chunks)", prune_s)
     res.note("case 6: backupsync cuts the file into content-defined chunks (FastCDC, 16/64/256 KiB) and "
              "sends A's changed chunks to the server (COPY for the rest), and the server sends B only the "
              "chunks B's version lacks, wherever they moved. Insertions are one run each, after (a). The upload "
@@ -1200,17 +1248,8 @@ def case8_history(b, cfg, res):
     finally:
         del os.environ["BACKUPSYNC_TEST_CLOCK"]
     storage = b.path("c8-server-storage")
-    content = os.path.join(storage, a.token[:4], "content")
+    content = os.path.join(storage, a.token[:4])
     sfile = os.path.join(storage, a.token[:4], "tree", "big.bin")
-
-    def du(path):
-        n = 0
-        for root, _, files in os.walk(path):
-            for name in files:
-                st = os.lstat(os.path.join(root, name))
-                if st.st_nlink == 1:
-                    n += st.st_blocks * 512
-        return n
 
     try:
         for i in range(20):
@@ -1223,12 +1262,12 @@ def case8_history(b, cfg, res):
             head = data[:4096]
             wait_until(lambda: os.path.getsize(sfile) == size and open(sfile, "rb").read(4096) == head,
                        cfg.c6_timeout, "rewrite %d on the server" % i, interval=0.05, procs=[srv, a])
-        rewritten = du(content)
+        rewritten = history_du(content)
         for i in range(5):
             os.utime(os.path.join(d, "big.bin"), (1700000000 + i, 1700000000 + i))
             time.sleep(0.5)
         time.sleep(2)
-        unchanged = du(content) - rewritten
+        unchanged = history_du(content) - rewritten
         b.stop(a)
         b.stop(srv)
         with open(clock, "w") as f:
@@ -1240,7 +1279,7 @@ def case8_history(b, cfg, res):
         if p.returncode != 0:
             raise BenchError("backupsyncd --prune exited %d: %s" % (p.returncode, p.stderr.decode()[-300:]))
         report = p.stdout.decode().strip().splitlines()[-1]
-        after = du(content)
+        after = history_du(content)
     finally:
         shutil.rmtree(d, ignore_errors=True)
     shutil.rmtree(storage, ignore_errors=True)

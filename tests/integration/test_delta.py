@@ -465,6 +465,25 @@ def test_hostile_delta():
                      + bsproto.enc_put_end(6, os.urandom(32)))
         m = bsproto.answer(sock)
         check(m["type"] == "ERROR" and m["name"] == "NOT_FOUND", "COPY of unknown content: %r" % m)
+        # A content only another account holds: each account's store is its own.
+        other = bsproto.connect(port)
+        other_tok = bsproto.hello(other, "", device=os.urandom(16), name="other")["token"]
+        secret = os.urandom(2 * MiB)
+        other.sendall(bsproto.enc_put(1, "secret.bin", 0, len(secret))
+                      + b"".join(bsproto.enc_data(1, secret[i:i + 256 * 1024]) for i in range(0, len(secret), 256 * 1024))
+                      + bsproto.enc_put_end(1, bsproto.sha256(secret)))
+        m = bsproto.answer(other)
+        check(m["type"] == "ACK", "the other account's upload was refused: %r" % m)
+        other.close()
+        check(other_tok.split("-")[0] != tok.split("-")[0], "a second account was not made")
+        sock.sendall(bsproto.enc_put(12, "stolen.bin", 0, len(secret))
+                     + bsproto.enc_copy(12, 0, len(secret), bsproto.sha256(secret))
+                     + bsproto.enc_put_end(12, bsproto.sha256(secret)))
+        m = bsproto.answer(sock)
+        check(m["type"] == "ERROR" and m["name"] == "NOT_FOUND", "COPY of another account's content: %r" % m)
+        sock.sendall(bsproto.enc_get_delta(13, bsproto.sha256(secret), bsproto.sha256(secret), "secret.bin"))
+        m = bsproto.answer(sock)
+        check(m["type"] == "ERROR" and m["name"] == "NOT_FOUND", "GET_DELTA of another account's content: %r" % m)
         # A result whose SHA-256 is not what was claimed: base.bin stays as it was.
         m = put_copy(7, "base.bin", size, [(0, size - 5)], bsproto.sha256(base), data=b"EVIL!")
         check(m["type"] == "ERROR" and m["name"] == "CHECKSUM", "a lying delta was not refused: %r" % m)
@@ -510,7 +529,7 @@ def test_hostile_delta():
         # Nothing half-written is left, and the honest agents still sync.
         tmp = os.path.join(os.path.dirname(tree), "tmp")
         wait_until(lambda: not os.listdir(tmp), 10, "the refused uploads' temporary files to go")
-        for name in ("past.bin", "wrap.bin", "long.bin", "ghost.bin", "huge.bin"):
+        for name in ("past.bin", "wrap.bin", "long.bin", "ghost.bin", "huge.bin", "stolen.bin"):
             check(not os.path.exists(os.path.join(tree, name)), "%s was stored" % name)
         _overwrite(pa, 100, b"honest edit")
         wait_until(lambda: _same(pa, os.path.join(b.dir, "base.bin")), 30, "an honest edit on B")

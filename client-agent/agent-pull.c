@@ -414,11 +414,11 @@ static int finish_download(Agent *a, Pull *p) {
                         a->need_snapshot = true;
                 }
         }
-        /* The chunk list of a big download replaces that of the version it replaces. */
+        /* The chunk list of a big download, for deltas and copies of it. */
         if (r == 0 && p->blocks && bs_blocks_final(p->blocks) == 0) {
                 size_t n;
                 const uint8_t *recs = bs_blocks_recs(p->blocks, &n);
-                blocks_replace(a->state, x->path, x->sha, recs, n);
+                blocks_keep(a->state, x->sha, recs, n);
         }
         p->blocks = bs_blocks_free(p->blocks);
         if (r == 0 && fchmod(p->fd, x->mode & 07777) < 0)

@@ -350,12 +350,12 @@ static int upload_cancel(Agent *a, Upload *up) {
         return r;
 }
 
-/* On ACK of a big file: its chunk list replaces that of the content it
- * replaced (lists no manifest entry names are dropped at start). */
+/* On ACK of a big file: its chunk list is kept, and that of the content
+ * it replaced too, among the newest old ones (agent-state.h). */
 static void keep_blocks(Agent *a, PushOp *op) {
         size_t n;
         const uint8_t *recs = bs_blocks_recs(op->blocks, &n);
-        blocks_replace(a->state, op->path, op->e->sha, recs, n);
+        blocks_keep(a->state, op->e->sha, recs, n);
         op->blocks = bs_blocks_free(op->blocks);
 }
 

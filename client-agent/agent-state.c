@@ -55,7 +55,6 @@ static const char schema[] =
         "CREATE TABLE IF NOT EXISTS chunk_index(sum BLOB, len INTEGER, sha BLOB, off INTEGER,"
         " PRIMARY KEY(sum, len, sha)) WITHOUT ROWID;"
         "CREATE INDEX IF NOT EXISTS chunk_index_sha ON chunk_index(sha);"
-        "DELETE FROM chunks WHERE sha NOT IN (SELECT sha FROM manifest WHERE kind=1);"
         "DELETE FROM chunk_index WHERE sha NOT IN (SELECT sha FROM chunks);"
         "BEGIN IMMEDIATE; COMMIT;"; /* take the lock now */
 
@@ -128,6 +127,9 @@ int agent_state_open(const char *dir, AgentState **ret) {
                                       -1, &s->index_put, NULL);
         if (rc != SQLITE_OK)
                 return sql_err(rc);
+        int r = blocks_trim(s);
+        if (r < 0)
+                return r;
         *ret = TAKE_PTR(s);
         return 0;
 }
@@ -411,19 +413,22 @@ int blocks_delete(AgentState *s, const uint8_t sha[BS_SHA_LEN]) {
         return r ?: step_done(s, st2);
 }
 
-int blocks_replace(AgentState *s, const char *path, const uint8_t sha[BS_SHA_LEN], const uint8_t *recs,
-                   size_t count) {
-        ManifestEntry *old = malloc(sizeof(*old));
-        int r = 0;
-        if (!old)
-                return -ENOMEM;
-        int k = manifest_get(s, path, old);
-        if (k < 0 && k != -ENOENT)
-                r = k;
-        else if (k == 0 && old->kind == BS_KIND_FILE && memcmp(old->sha, sha, BS_SHA_LEN) != 0)
-                r = blocks_delete(s, old->sha);
-        free(old);
-        return r ?: blocks_put(s, sha, recs, count);
+/* Contents no big file of the manifest holds, beyond the newest
+ * BLOCKS_KEEP_OLD: their chunk lists and index rows go. */
+#define OLD_LISTS "SELECT sha FROM chunks WHERE sha NOT IN (SELECT sha FROM manifest WHERE kind=1 AND " \
+                  "size>=1048576) ORDER BY rowid DESC LIMIT -1 OFFSET " STRINGIFY(BLOCKS_KEEP_OLD)
+
+int blocks_trim(AgentState *s) {
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL, *st2 = NULL;
+        int r = prepare(s, "DELETE FROM chunk_index WHERE sha IN (" OLD_LISTS ")", &st);
+        r = r ?: prepare(s, "DELETE FROM chunks WHERE sha IN (" OLD_LISTS ")", &st2);
+        r = r ?: step_done(s, st);
+        return r ?: step_done(s, st2);
+}
+
+int blocks_keep(AgentState *s, const uint8_t sha[BS_SHA_LEN], const uint8_t *recs, size_t count) {
+        int r = blocks_put(s, sha, recs, count);
+        return r ?: blocks_trim(s);
 }
 
 int64_t manifest_count(AgentState *s) {

@@ -90,12 +90,17 @@ int blocks_delete(AgentState *s, const uint8_t sha[BS_SHA_LEN]);
 /** A kept content holding a chunk of len bytes with fingerprint sum, and where. -ENOENT: none. */
 int blocks_locate(AgentState *s, uint32_t len, const uint8_t sum[BS_BLOCK_SUM_LEN], uint8_t sha[BS_SHA_LEN],
                   uint64_t *off);
-/**
- * Keep the chunk list of content sha, which path now holds, in place of
- * that of the content the manifest still records for path.
+/*
+ * Lists of contents the manifest no longer names (replaced, deleted) are
+ * kept for the newest BLOCKS_KEEP_OLD of them: such a content is likely
+ * still on the server, as a version, and comes back as a restore, a file
+ * made again or a copy from elsewhere.
  */
-int blocks_replace(AgentState *s, const char *path, const uint8_t sha[BS_SHA_LEN], const uint8_t *recs,
-                   size_t count);
+#define BLOCKS_KEEP_OLD 64
+/** Keep the chunk list of content sha, now the newest, and trim the old ones. */
+int blocks_keep(AgentState *s, const uint8_t sha[BS_SHA_LEN], const uint8_t *recs, size_t count);
+/** Drop the lists of old contents beyond the newest BLOCKS_KEEP_OLD. */
+int blocks_trim(AgentState *s);
 /** Call fn for each file the manifest records with inode ino (its hard links). */
 int manifest_same_inode(AgentState *s, uint64_t ino, manifest_iter_t fn, void *userdata);
 /** A number that changes whenever the manifest does. */

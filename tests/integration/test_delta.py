@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import bsproto
+import harness
 from harness import (Env, check, fail, read_bytes, sha256_file, wait_until, write_file)
 
 MiB = 1 << 20
@@ -199,6 +200,43 @@ def test_delta_copies_travel_as_nothing():
               "an edited copy: the server logged %r, want at most two chunks sent" % ups)
         check(sha256_file(os.path.join(srv.tree(a.token), "edited.bin")) == sha256_file(pe),
               "the server's edited.bin differs")
+
+
+def test_delta_restores_travel_as_nothing():
+    """An old version of a big file restored in place with backupsync
+    restore, and a deleted big file restored, each after the agent was
+    restarted: the server holds those bytes, so each upload is COPY alone."""
+    with Env("delta_restores") as env:
+        size = 8 * MiB
+        srv, a, b = _join(env, {"big.bin": (size, 11)})
+        pa, pb = os.path.join(a.dir, "big.bin"), os.path.join(b.dir, "big.bin")
+        spath = os.path.join(srv.tree(a.token), "big.bin")
+
+        def sent():
+            return _numbers(srv.log_lines(), r"uploaded \S+ big\.bin \((\d+) bytes, (\d+) sent")
+
+        def restore(what):
+            n = len(sent())
+            a.stop()
+            a.start()
+            r = subprocess.run([harness.CLI_BIN, "restore", "big.bin", "--state-dir", a.state_dir],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+            check(r.returncode == 0, "%s: backupsync restore exited %d: %s" % (what, r.returncode, r.stderr.decode()))
+            wait_until(lambda: len(sent()) > n, 60, "%s: the restored file uploaded" % what)
+            wait_until(lambda: _same(pa, pb), 60, "%s: the restored file on B" % what)
+            check(sent()[-1] == (size, 0), "%s: the server logged %r, want (%d, 0): nothing but COPY"
+                  % (what, sent()[-1], size))
+
+        v1 = sha256_file(pa)
+        _overwrite(pa, 3 * MiB, os.urandom(MiB))
+        wait_until(lambda: _same(pa, pb), 60, "the edit on B")
+        restore("the previous version restored in place")
+        check(sha256_file(pa) == v1 and sha256_file(spath) == v1, "the restore did not bring back the first version")
+
+        os.unlink(pa)
+        wait_until(lambda: not os.path.exists(spath) and not os.path.exists(pb), 30, "the deletion everywhere")
+        restore("the deleted file restored")
+        check(sha256_file(spath) == v1, "the server's big.bin is not the restored content")
 
 
 def test_delta_many_turns():

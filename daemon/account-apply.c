@@ -620,7 +620,7 @@ int account_delete(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *
 /* Rewrite the entries below from to lie below to; they keep their versions
  * (an agent's base) but their state at the new path begins at seq. */
 static int rebase_below(Account *a, const char *from, const char *to, uint64_t seq) {
-        time_t now = bs_now();
+        time_t now = account_change_time(a, seq);
         AccountRange range;
         sqlite3_stmt *st;
         char **paths = NULL;

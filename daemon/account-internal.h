@@ -83,6 +83,9 @@ struct Account {
         size_t n_dir_sync;
         bool unclean; /* not closed by account_free() last time */
         unsigned prune_phase, prune_fan; /* where account_prune() goes on */
+        /* The time of change time_seq: see account_change_time(). */
+        uint64_t time_seq;
+        time_t time_of_seq;
         /* Packing (phase 6): the content last tried in this fan-out
          * directory, and whether it is only partly cut. */
         uint8_t pack_last[BS_SHA_LEN];
@@ -144,6 +147,11 @@ int account_change_begin(Account *a);
 /** Close a change: keep it on r >= 0, else roll back to its savepoint. Returns r. */
 int account_change_end(Account *a, int r);
 
+/**
+ * The server's time of change seq, taken once: its log record, the states
+ * it ends and those it begins then agree to the second.
+ */
+time_t account_change_time(Account *a, uint64_t seq);
 int account_entry_set(Account *a, const char *path, const AccountEntry *e);
 /** Remove the entries of path and all below it. */
 int account_entries_remove(Account *a, const char *path);

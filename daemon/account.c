@@ -699,6 +699,7 @@ int account_change_begin(Account *a) {
                 a->in_txn = true;
         }
         a->change_seq = a->seq;
+        a->time_seq = 0; /* a number rolled back earlier gets a time of its own */
         return stmt_exec(a, STMT_SAVEPOINT);
 }
 
@@ -743,6 +744,14 @@ int account_entry_get(Account *a, const char *path, AccountEntry *ret) {
         return r;
 }
 
+time_t account_change_time(Account *a, uint64_t seq) {
+        if (a->time_seq != seq || seq == 0) {
+                a->time_seq = seq;
+                a->time_of_seq = bs_now();
+        }
+        return a->time_of_seq;
+}
+
 int account_entry_set(Account *a, const char *path, const AccountEntry *e) {
         sqlite3_stmt *st;
         int r = account_stmt(a, STMT_ENTRY_PUT, &st);
@@ -760,7 +769,7 @@ int account_entry_set(Account *a, const char *path, const AccountEntry *e) {
                 account_bind_path(st, 7, e->target);
         sqlite3_bind_int64(st, 8, (sqlite3_int64) e->version);
         sqlite3_bind_blob(st, 9, e->device, BS_DEVICE_LEN, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 10, (sqlite3_int64) bs_now());
+        sqlite3_bind_int64(st, 10, (sqlite3_int64) account_change_time(a, e->version));
         return account_step_done(st);
 }
 
@@ -793,7 +802,7 @@ int account_log_add(Account *a, uint64_t seq, const uint8_t device[BS_DEVICE_LEN
         sqlite3_bind_int64(st, 8, (sqlite3_int64) e->mode);
         sqlite3_bind_int64(st, 9, e->mtime_ns);
         sqlite3_bind_blob(st, 10, e->sha, BS_SHA_LEN, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 11, (sqlite3_int64) bs_now());
+        sqlite3_bind_int64(st, 11, (sqlite3_int64) account_change_time(a, seq));
         return account_step_done(st);
 }
 
@@ -829,7 +838,7 @@ int account_history_close(Account *a, const char *path, bool below, uint64_t unt
         if (below)
                 sqlite3_bind_blob(st, 3, range.hi, (int) range.len, SQLITE_STATIC);
         sqlite3_bind_int64(st, 4, (sqlite3_int64) until);
-        sqlite3_bind_int64(st, 5, (sqlite3_int64) bs_now());
+        sqlite3_bind_int64(st, 5, (sqlite3_int64) account_change_time(a, until));
         return account_step_done(st);
 }
 

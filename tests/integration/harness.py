@@ -120,6 +120,54 @@ def sha256_file(path):
     return _file_digest(path)
 
 
+def kept_content(account_dir, sha):
+    """The bytes the server keeps for content sha (hex) of an account: the
+    plain file content/ab/<sha>, or, once cut into the chunk store, the
+    chunks its recipe content/ab/<sha>.chunks names, in order. None when
+    it keeps neither; a missing chunk gives None too."""
+    plain = os.path.join(account_dir, "content", sha[:2], sha)
+    try:
+        with open(plain, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        pass
+    try:
+        with open(plain + ".chunks", "rb") as f:
+            r = f.read()
+    except FileNotFoundError:
+        return None
+    if r[:8] != b"bsrecip1" or len(r) < 20:
+        return None
+    size, count = int.from_bytes(r[8:16], "little"), int.from_bytes(r[16:20], "little")
+    if len(r) != 20 + 36 * count:
+        return None
+    out = bytearray()
+    for i in range(count):
+        e = r[20 + 36 * i:56 + 36 * i]
+        n, h = int.from_bytes(e[:4], "little"), e[4:].hex()
+        try:
+            with open(os.path.join(account_dir, "chunks", h[:2], h), "rb") as f:
+                c = f.read()
+        except FileNotFoundError:
+            return None
+        if len(c) != n:
+            return None
+        out += c
+    return bytes(out) if len(out) == size else None
+
+
+def kept_contents(account_dir):
+    """The hex SHA-256 of every content the server keeps for an account,
+    plain or as a recipe."""
+    out = set()
+    for _, _, names in os.walk(os.path.join(account_dir, "content")):
+        for n in names:
+            h = n[:-len(".chunks")] if n.endswith(".chunks") else n
+            if len(h) == 64:
+                out.add(h)
+    return out
+
+
 def snapshot(root, modes=True, mtimes=False):
     """relpath -> (kind, content, mode) for everything below root.
 

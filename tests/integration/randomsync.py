@@ -296,13 +296,17 @@ def server_contents(srv, account):
         h = bytes(sha).hex()
         if h in versions:
             continue
-        # Kept contents are in content/ by SHA-256; versions/ holds those of
-        # earlier releases, by the name the row gives.
-        p = os.path.join(base, "content", h[:2], h) if stored is None else os.path.join(base, "versions", s(stored))
-        try:
-            ok = sha256_path(p) == h
-        except OSError:
-            ok = False
+        # Kept contents are in content/ by SHA-256 (big ones as a recipe of
+        # chunks); versions/ holds those of earlier releases, by the name
+        # the row gives.
+        if stored is None:
+            data = harness.kept_content(base, h)
+            ok = data is not None and hashlib.sha256(data).hexdigest() == h
+        else:
+            try:
+                ok = sha256_path(os.path.join(base, "versions", s(stored))) == h
+            except OSError:
+                ok = False
         if ok:
             versions.add(h)
             bad.pop(h, None)
@@ -1175,6 +1179,9 @@ class Run:
             for d, dirs, files in os.walk(os.path.join(acct, sub)):
                 for n in files:
                     p = os.path.join(d, n)
+                    if n.endswith(".chunks"):
+                        out.setdefault(n[:-len(".chunks")], os.path.relpath(p, acct))
+                        continue
                     try:
                         out.setdefault(sha256_path(p), os.path.relpath(p, acct))
                     except OSError:

@@ -165,7 +165,8 @@ int bs_block_map_new(BsBlockMap **ret, const uint8_t *recs, size_t count) {
                 off += len; /* at most 4 Mi * 256 KiB: no overflow */
         }
         m->n = count;
-        qsort(m->e, m->n, sizeof(*m->e), entry_cmp);
+        if (count > 0)
+                qsort(m->e, m->n, sizeof(*m->e), entry_cmp);
         *ret = m;
         return 0;
 }

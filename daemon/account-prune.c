@@ -339,97 +339,56 @@ static int prune_log(Account *a, const AccountRetention *ret, time_t now, unsign
         return 1;
 }
 
-/* The content a store name is for: a plain content or a recipe. */
-static bool content_of(const char *name, uint8_t sha[BS_SHA_LEN], bool *recipe) {
-        char hex[2 * BS_SHA_LEN + 1];
-        size_t n = strlen(name);
-        *recipe = n == 2 * BS_SHA_LEN + strlen(STORE_RECIPE_SUFFIX) &&
-                  strcmp(name + 2 * BS_SHA_LEN, STORE_RECIPE_SUFFIX) == 0;
-        if (n != 2 * BS_SHA_LEN && !*recipe)
-                return false;
-        memcpy(hex, name, 2 * BS_SHA_LEN);
-        hex[2 * BS_SHA_LEN] = 0;
-        return bs_unhex(hex, sha, BS_SHA_LEN) == 0;
+typedef struct Sweep {
+        Account *a;
+        AccountPruneStats *stats;
+} Sweep;
+
+static int sweep_content(void *userdata, const uint8_t sha[BS_SHA_LEN], unsigned forms) {
+        Sweep *w = userdata;
+        uint64_t freed = 0;
+        (void) forms;
+        int k = referenced(w->a, sha, NULL);
+        if (k < 0)
+                return k;
+        if (k == 0 && store_remove(w->a->store, sha, &freed) == 0) {
+                w->stats->contents++;
+                w->stats->bytes += freed;
+        }
+        return 0;
 }
 
 /* Phase 5: the contents of one fan-out directory that no row names. */
 static int sweep_one(Account *a, unsigned fan, AccountPruneStats *stats) {
-        char dir[3];
-        BsDirent *v = NULL;
-        size_t n = 0;
-        bs_hex((const uint8_t[]) { (uint8_t) fan }, 1, dir);
-        _cleanup_(closep) int fd = openat(a->dir_fd, "content", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        _cleanup_(closep) int dfd = openat(fd, dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (dfd < 0)
-                return errno == ENOENT ? 0 : -errno;
-        int r = bs_dir_list(dfd, &v, &n);
-        for (size_t i = 0; r >= 0 && i < n; i++) {
-                uint8_t sha[BS_SHA_LEN];
-                uint64_t freed = 0;
-                bool recipe;
-                if (!content_of(v[i].name, sha, &recipe) || sha[0] != fan)
-                        continue;
-                int k = referenced(a, sha, NULL);
-                if (k < 0)
-                        r = k;
-                else if (k == 0 && store_remove(a->store, sha, &freed) == 0) {
-                        stats->contents++;
-                        stats->bytes += freed;
-                }
-        }
-        bs_dir_list_free(v, n);
+        int r = store_each(a->store, fan, sweep_content, &(Sweep) { .a = a, .stats = stats });
         return r < 0 ? r : store_sync(a->store);
+}
+
+/* The first plain content after a->pack_last (or the first at all). */
+static int next_to_pack(void *userdata, const uint8_t sha[BS_SHA_LEN], unsigned forms) {
+        Account *a = userdata;
+        if (!(forms & STORE_PLAIN) || (a->pack_started && memcmp(sha, a->pack_last, BS_SHA_LEN) <= 0))
+                return 0;
+        memcpy(a->pack_last, sha, BS_SHA_LEN);
+        return 1;
 }
 
 /*
  * Phase 6: the next step of cutting one fan-out directory's big contents
- * into the chunk store, after a->pack_last in name order. 1 while more
+ * into the chunk store, after a->pack_last in hash order. 1 while more
  * remains in this directory, 0 when it is done.
  */
 static int pack_one(Account *a, unsigned fan) {
-        char dir[3];
-        BsDirent *v = NULL;
-        size_t n = 0;
         int r;
-        if (a->pack_more) {
-                r = store_pack_step(a->store, a->pack_last, ACCOUNT_PACK_BUDGET);
-                a->pack_more = r == 1;
-                return r < 0 ? r : 1;
+        if (!a->pack_more) {
+                r = store_each(a->store, fan, next_to_pack, a);
+                if (r <= 0) {
+                        a->pack_started = false;
+                        return r;
+                }
+                a->pack_started = true;
         }
-        bs_hex((const uint8_t[]) { (uint8_t) fan }, 1, dir);
-        _cleanup_(closep) int fd = openat(a->dir_fd, "content", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        _cleanup_(closep) int dfd = openat(fd, dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (dfd < 0)
-                return errno == ENOENT ? 0 : -errno;
-        r = bs_dir_list(dfd, &v, &n);
-        if (r < 0)
-                return r;
-        /* The smallest plain content after the last one tried. */
-        bool found = false;
-        uint8_t next[BS_SHA_LEN];
-        for (size_t i = 0; i < n; i++) {
-                uint8_t sha[BS_SHA_LEN];
-                bool recipe;
-                if (!content_of(v[i].name, sha, &recipe) || recipe || sha[0] != fan)
-                        continue;
-                if (a->pack_started && memcmp(sha, a->pack_last, BS_SHA_LEN) <= 0)
-                        continue;
-                if (!found || memcmp(sha, next, BS_SHA_LEN) < 0)
-                        memcpy(next, sha, BS_SHA_LEN);
-                found = true;
-        }
-        bs_dir_list_free(v, n);
-        if (!found) {
-                a->pack_started = false;
-                return 0;
-        }
-        memcpy(a->pack_last, next, BS_SHA_LEN);
-        a->pack_started = true;
-        r = store_pack_step(a->store, next, ACCOUNT_PACK_BUDGET);
+        r = store_pack_step(a->store, a->pack_last, ACCOUNT_PACK_BUDGET);
         a->pack_more = r == 1;
         return r < 0 ? r : 1;
 }

@@ -289,32 +289,22 @@ static int ref_cmp(const void *a, const void *b) {
 
 typedef int (*recipe_fn)(Store *s, const uint8_t sha[BS_SHA_LEN], void *userdata);
 
+typedef struct EachRecipe {
+        Store *s;
+        recipe_fn fn;
+        void *userdata;
+} EachRecipe;
+
+static int if_recipe(void *userdata, const uint8_t sha[BS_SHA_LEN], unsigned forms) {
+        EachRecipe *e = userdata;
+        return forms & STORE_RECIPE ? e->fn(e->s, sha, e->userdata) : 0;
+}
+
 /* Call fn for every content kept as a recipe. */
 static int each_recipe(Store *s, recipe_fn fn, void *userdata) {
+        EachRecipe e = { .s = s, .fn = fn, .userdata = userdata };
         for (unsigned fan = 0; fan < 256; fan++) {
-                char dir[3];
-                BsDirent *v = NULL;
-                size_t n = 0;
-                bs_hex((const uint8_t[]) { (uint8_t) fan }, 1, dir);
-                _cleanup_(closep) int dfd = openat(s->fd, dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-                if (dfd < 0) {
-                        if (errno == ENOENT)
-                                continue;
-                        return -errno;
-                }
-                int r = bs_dir_list(dfd, &v, &n);
-                for (size_t i = 0; r >= 0 && i < n; i++) {
-                        char hex[2 * BS_SHA_LEN + 1];
-                        uint8_t sha[BS_SHA_LEN];
-                        if (strlen(v[i].name) != 2 * BS_SHA_LEN + strlen(STORE_RECIPE_SUFFIX) ||
-                            strcmp(v[i].name + 2 * BS_SHA_LEN, STORE_RECIPE_SUFFIX) != 0)
-                                continue;
-                        memcpy(hex, v[i].name, 2 * BS_SHA_LEN);
-                        hex[2 * BS_SHA_LEN] = 0;
-                        if (bs_unhex(hex, sha, BS_SHA_LEN) == 0 && sha[0] == fan)
-                                r = fn(s, sha, userdata);
-                }
-                bs_dir_list_free(v, n);
+                int r = store_each(s, fan, if_recipe, &e);
                 if (r < 0)
                         return r;
         }

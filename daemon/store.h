@@ -55,6 +55,18 @@ int store_sync(Store *s);
 /* A content kept as a recipe of chunks: content/<2 hex>/<64 hex> and this. */
 #define STORE_RECIPE_SUFFIX ".chunks"
 
+/* How a content is kept (both while it is being cut into chunks). */
+#define STORE_PLAIN 0x1
+#define STORE_RECIPE 0x2
+
+/** fn's answer: < 0 an error, 0 go on, > 0 stop (store_each() returns it). */
+typedef int (*store_each_fn)(void *userdata, const uint8_t sha[BS_SHA_LEN], unsigned forms);
+/**
+ * Call fn once for each content kept whose hash starts with byte fan, in
+ * hash order, with the forms it is kept in. 0, fn's answer, or -errno.
+ */
+int store_each(Store *s, unsigned fan, store_each_fn fn, void *userdata);
+
 /* Kept contents from this size on are cut into the chunk store. */
 #define STORE_PACK_MIN (1024u * 1024)
 

@@ -41,6 +41,13 @@ def _account_dir(srv, a):
     return os.path.dirname(srv.tree(a.token))
 
 
+def _wait_cut(acc, n, timeout, what):
+    """Until n kept versions are recipes and no plain kept file is left."""
+    content = os.path.join(acc, "content")
+    wait_until(lambda: len(_files(content, ".chunks")) == n and
+               not [f for f in _files(content) if not f.endswith(".chunks")], timeout, what)
+
+
 def _server_with_fast_pruning(env):
     conf = env.path("server.ini")
     write_file(conf, "[server]\nprune-interval = 1s\n")
@@ -97,9 +104,7 @@ def test_chunks_history_each_chunk_once():
         versions = _edit_versions(a, p, data, 10, 256 * 1024)
         acc = _account_dir(srv, a)
         # Cut in the background after the ACKs: ten recipes, no plain copy left.
-        wait_until(lambda: len(_files(os.path.join(acc, "content"), ".chunks")) == 10 and
-                   not [f for f in _files(os.path.join(acc, "content")) if not f.endswith(".chunks")],
-                   60, "the ten kept versions cut into the chunk store")
+        _wait_cut(acc, 10, 60, "the ten kept versions cut into the chunk store")
         history = _du(os.path.join(acc, "content")) + _du(os.path.join(acc, "chunks"))
         # One copy, and per edit the chunks it touched (at most 2 x 256 KiB
         # around 256 KiB), far from the 160 MiB of ten copies.
@@ -149,8 +154,6 @@ def test_chunks_server_killed_while_cutting():
             kills += 1
             srv.start()
         check(kills > 0, "the server was never caught cutting")
-        wait_until(lambda: len(_files(os.path.join(acc, "content"), ".chunks")) == 2 and
-                   not [f for f in _files(os.path.join(acc, "content")) if not f.endswith(".chunks")],
-                   120, "both kept versions cut after the restarts")
+        _wait_cut(acc, 2, 120, "both kept versions cut after the restarts")
         _restore_all(env, a, versions)
         harness.verify_server(srv)

@@ -6,20 +6,14 @@
 
 #include "bs-delta.h"
 #include "bs-proto.h"
+#include "test-util.h"
 
 #define MiB (1024u * 1024)
 
-/* xorshift64: no period within any size used here (an LCG's byte repeats every 16 MiB). */
 static uint8_t *pattern(size_t n, uint64_t seed) {
         uint8_t *p = malloc(n + 1);
         cr_assert_not_null(p);
-        seed = seed * 0x9e3779b97f4a7c15ULL + 1;
-        for (size_t i = 0; i < n; i++) {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                p[i] = (uint8_t) (seed >> 32);
-        }
+        test_fill(p, n, seed);
         return p;
 }
 

@@ -10,6 +10,7 @@
 
 #include "bs-hash.h"
 #include "store.h"
+#include "test-util.h"
 
 static char dir[] = "/tmp/bs-test-store-XXXXXX";
 static int dfd = -1;
@@ -96,17 +97,6 @@ Test(store, many_contents) {
 
 #define MiB (1024u * 1024)
 
-/* xorshift64 bytes: no repeats at any size used here. */
-static void fill(uint8_t *p, size_t n, uint64_t seed) {
-        seed = seed * 0x9e3779b97f4a7c15ULL + 1;
-        for (size_t i = 0; i < n; i++) {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                p[i] = (uint8_t) (seed >> 32);
-        }
-}
-
 /* Keep n bytes of p as a content (moved into the store); its SHA-256 in sha. */
 static void keep(const char *name, const uint8_t *p, size_t n, uint8_t sha[BS_SHA_LEN]) {
         int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -174,12 +164,12 @@ Test(store, versions_share_their_chunks) {
         uint8_t *v1 = malloc(n), *v2 = malloc(n + 100), a[BS_SHA_LEN], b[BS_SHA_LEN];
         uint64_t before, after, freed = 0;
         cr_assert(v1 && v2);
-        fill(v1, n, 1);
+        test_fill(v1, n, 1);
         /* v2: 100 bytes inserted in the middle, 64 KiB overwritten near the end */
         memcpy(v2, v1, n / 2);
-        fill(v2 + n / 2, 100, 2);
+        test_fill(v2 + n / 2, 100, 2);
         memcpy(v2 + n / 2 + 100, v1 + n / 2, n / 2);
-        fill(v2 + n - 2 * 65536, 65536, 3);
+        test_fill(v2 + n - 2 * 65536, 65536, 3);
         keep("v1", v1, n, a);
         keep("v2", v2, n + 100, b);
         cr_assert_eq(store_usage(st, &before, NULL), 0);
@@ -210,8 +200,8 @@ Test(store, versions_share_their_chunks) {
 Test(store, small_and_linked_contents_stay_plain) {
         uint8_t small[1000], *big = malloc(2 * MiB), s1[BS_SHA_LEN], s2[BS_SHA_LEN];
         cr_assert_not_null(big);
-        fill(small, sizeof(small), 4);
-        fill(big, 2 * MiB, 5);
+        test_fill(small, sizeof(small), 4);
+        test_fill(big, 2 * MiB, 5);
         keep("small", small, sizeof(small), s1);
         /* Linked, not moved: the tree still has it, packing would free nothing. */
         int fd = openat(dfd, "big", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -234,7 +224,7 @@ Test(store, an_interrupted_pack_loses_nothing) {
         uint8_t *p = malloc(n), sha[BS_SHA_LEN];
         uint64_t freed = 0;
         cr_assert_not_null(p);
-        fill(p, n, 6);
+        test_fill(p, n, 6);
         keep("big", p, n, sha);
         /* Half cut, then the server stops: the plain file is still the content. */
         cr_assert_eq(store_pack_step(st, sha, 3 * MiB), 1);
@@ -259,7 +249,7 @@ Test(store, check_finds_missing_and_damaged_chunks) {
         size_t n = 3 * MiB;
         uint8_t *p = malloc(n), sha[BS_SHA_LEN];
         cr_assert_not_null(p);
-        fill(p, n, 7);
+        test_fill(p, n, 7);
         keep("big", p, n, sha);
         pack(sha);
         cr_assert_eq(store_check(st, true, no_problem, "fresh"), 0);

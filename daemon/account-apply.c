@@ -327,8 +327,13 @@ int account_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN
                 r = -ESTALE;
                 goto out;
         }
+        /* Already what was asked (a repeated upload whose ACK was lost,
+         * or the same save again): done. The same content with another
+         * mode or mtime on an old base is another computer's change,
+         * not a repeat: CONFLICT, or that computer would record a state
+         * the server does not have. */
         if (e.kind == BS_KIND_FILE && memcmp(e.sha, sha, BS_SHA_LEN) == 0 &&
-            (base != e.version || ((e.mode & 07777) == (mode & 07777) && e.mtime_ns == mtime_ns))) {
+            (e.mode & 07777) == (mode & 07777) && e.mtime_ns == mtime_ns) {
                 *ret_version = e.version;
                 r = 1;
                 goto out;

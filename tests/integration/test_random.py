@@ -58,6 +58,10 @@ REGRESSION_SEEDS = [
                    "name (d2/g) reached no one; after a server crash, a directory replaced by a file "
                    "was recorded without its content's hash, the download failed for good and the "
                    "agent sent NOT_FOUND uploads without pause"),
+    (8008, 150, 3, "a file deleted on one computer while two others changed its mode and time: "
+                   "both kept their copy, and the second upload (same content, another mode, on "
+                   "an old base) was acknowledged without its mode and time, so that computer "
+                   "never matched the server again"),
 ]
 
 

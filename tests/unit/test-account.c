@@ -419,3 +419,40 @@ Test(account, tree_as_of_every_sequence) {
         tree_as_of(seqs[5], got, sizeof(got));
         cr_assert(strstr(got, "e/x 1") && strstr(got, "e/l 3") && !strstr(got, "d/"), "after the move: %s", got);
 }
+
+/* Upload content with mode and mtime as path on base. */
+static int put_meta(const char *path, uint64_t base, const char *content, uint32_t mode, int64_t mtime,
+                    uint64_t *version) {
+        AccountUpload u;
+        uint8_t sha[BS_SHA_LEN];
+        size_t n = strlen(content);
+        cr_assert_eq(bs_sha_buf(content, n, sha), 0);
+        cr_assert_eq(account_upload_begin(acc, &u), 0);
+        cr_assert_eq(account_upload_write(&u, content, n, n), 0);
+        int r = account_put(acc, &u, device, path, base, n, mode, mtime, sha, version);
+        if (r < 0)
+                account_upload_discard(acc, &u);
+        return r;
+}
+
+/* The same content on a stale base is a repeat only when mode and mtime
+ * are the same too; else it is another computer's change. */
+Test(account, same_content_on_an_old_base) {
+        uint64_t v1, v2, v;
+        cr_assert_eq(put_meta("b.txt", 0, "bytes\n", 0644, 1000, &v1), 0);
+        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(put_meta("b.txt", v1, "bytes\n", 0755, 2000, &v2), 0, "a metadata change on the current base");
+        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_gt(v2, v1);
+        /* A retry of that change, its ACK lost: the agent's base is still v1. */
+        cr_assert_eq(put_meta("b.txt", v1, "bytes\n", 0755, 2000, &v), 1);
+        cr_assert_eq(v, v2, "acknowledged with the current version");
+        /* Another computer, also on v1, with its own mode: refused. */
+        cr_assert_eq(put_meta("b.txt", v1, "bytes\n", 0644, 3000, &v), -ESTALE);
+        cr_assert_eq(put_meta("b.txt", 0, "bytes\n", 0600, 1000, &v), -ESTALE, "made again elsewhere");
+        AccountEntry e;
+        cr_assert_eq(account_entry_get(acc, "b.txt", &e), 0);
+        cr_assert_eq(e.mode & 07777, 0755);
+        cr_assert_eq(e.mtime_ns, 2000);
+        cr_assert_eq(e.version, v2);
+}

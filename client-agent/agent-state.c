@@ -259,23 +259,43 @@ int manifest_get(AgentState *s, const char *path, ManifestEntry *e) {
         return 0;
 }
 
-int manifest_find_content(AgentState *s, const uint8_t sha[BS_SHA_LEN], char *path, size_t pathsz) {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
-        /* The condition repeats the partial index's, which SQLite needs to use it. */
-        int rc = prepare(s, "SELECT path FROM manifest WHERE sha=? AND kind=1 AND size>=1048576 LIMIT 1", &st);
-        if (rc < 0)
-                return rc;
-        sqlite3_bind_blob(st, 1, sha, BS_SHA_LEN, SQLITE_STATIC);
-        rc = sqlite3_step(st);
+/*
+ * Step st (its ?1 bound to a SHA-256 already) to its first row and copy
+ * that row's first column, a blob of 1 to max bytes, into a malloc'ed
+ * *out. -ENOENT without a row or with a blob out of bounds.
+ */
+static int first_blob(AgentState *s, sqlite3_stmt *st, size_t max, uint8_t **out, size_t *n) {
+        int rc = sqlite3_step(st);
         if (rc == SQLITE_DONE)
                 return -ENOENT;
         if (rc != SQLITE_ROW)
                 return note(s, sql_err(rc));
-        int n = sqlite3_column_bytes(st, 0);
-        if (n <= 0 || (size_t) n >= pathsz)
+        int len = sqlite3_column_bytes(st, 0);
+        if (len <= 0 || (size_t) len > max)
                 return -ENOENT;
-        memcpy(path, sqlite3_column_blob(st, 0), (size_t) n);
-        path[n] = 0;
+        *out = malloc((size_t) len + 1);
+        if (!*out)
+                return -ENOMEM;
+        memcpy(*out, sqlite3_column_blob(st, 0), (size_t) len);
+        (*out)[len] = 0;
+        *n = (size_t) len;
+        return 0;
+}
+
+int manifest_find_content(AgentState *s, const uint8_t sha[BS_SHA_LEN], char *path, size_t pathsz) {
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
+        uint8_t *p;
+        size_t n;
+        /* The condition repeats the partial index's, which SQLite needs to use it. */
+        int r = prepare(s, "SELECT path FROM manifest WHERE sha=? AND kind=1 AND size>=1048576 LIMIT 1", &st);
+        if (r < 0)
+                return r;
+        sqlite3_bind_blob(st, 1, sha, BS_SHA_LEN, SQLITE_STATIC);
+        r = first_blob(s, st, pathsz - 1, &p, &n);
+        if (r < 0)
+                return r;
+        memcpy(path, p, n + 1);
+        free(p);
         return 0;
 }
 
@@ -337,23 +357,20 @@ int manifest_move_tree(AgentState *s, const char *from, const char *to) {
 
 int blocks_get(AgentState *s, const uint8_t sha[BS_SHA_LEN], uint8_t **recs, size_t *count) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
-        int rc = prepare(s, "SELECT recs FROM chunks WHERE sha=?", &st);
-        if (rc < 0)
-                return rc;
+        size_t n;
+        int r = prepare(s, "SELECT recs FROM chunks WHERE sha=?", &st);
+        if (r < 0)
+                return r;
         sqlite3_bind_blob(st, 1, sha, BS_SHA_LEN, SQLITE_STATIC);
-        rc = sqlite3_step(st);
-        if (rc == SQLITE_DONE)
+        r = first_blob(s, st, (size_t) BS_BLOCKS_MAX * BS_BLOCK_REC_LEN, recs, &n);
+        if (r < 0)
+                return r;
+        if (n % BS_BLOCK_REC_LEN != 0) {
+                free(*recs);
+                *recs = NULL;
                 return -ENOENT;
-        if (rc != SQLITE_ROW)
-                return note(s, sql_err(rc));
-        int n = sqlite3_column_bytes(st, 0);
-        if (n <= 0 || n % BS_BLOCK_REC_LEN != 0)
-                return -ENOENT;
-        *recs = malloc((size_t) n);
-        if (!*recs)
-                return -ENOMEM;
-        memcpy(*recs, sqlite3_column_blob(st, 0), (size_t) n);
-        *count = (size_t) n / BS_BLOCK_REC_LEN;
+        }
+        *count = n / BS_BLOCK_REC_LEN;
         return 0;
 }
 

@@ -54,6 +54,20 @@ def _server_with_fast_pruning(env):
     return env.server(args=["--config", conf])
 
 
+def _start_with_big_file(env, size, seed):
+    """A server that prunes every second, and agent A with big.bin (size
+    random bytes) uploaded: (server, agent, path, bytes)."""
+    srv = _server_with_fast_pruning(env)
+    adir = env.path("A")
+    os.makedirs(adir)
+    data = bytearray(random.Random(seed).randbytes(size))
+    p = os.path.join(adir, "big.bin")
+    write_file(p, bytes(data))
+    a = env.agent("A", adir)
+    wait_until(lambda: "uploaded big.bin" in a.log_text(), harness.SYNC_TIMEOUT, "big.bin uploaded")
+    return srv, a, p, data
+
+
 def _edit_versions(a, path, data, n, edit):
     """n successive edits of path, each waiting for the server's ACK (the
     agent's log); the bytes of every version, oldest first."""
@@ -92,15 +106,8 @@ def test_chunks_history_each_chunk_once():
     version comes back byte for byte; a chunk lost on the server's disk
     is what --verify reports."""
     with Env("chunks_history") as env:
-        srv = _server_with_fast_pruning(env)
-        adir = env.path("A")
-        os.makedirs(adir)
         size = 16 * MiB
-        data = bytearray(random.Random(5).randbytes(size))
-        p = os.path.join(adir, "big.bin")
-        write_file(p, bytes(data))
-        a = env.agent("A", adir)
-        wait_until(lambda: "uploaded big.bin" in a.log_text(), harness.SYNC_TIMEOUT, "big.bin uploaded")
+        srv, a, p, data = _start_with_big_file(env, size, 5)
         versions = _edit_versions(a, p, data, 10, 256 * 1024)
         acc = _account_dir(srv, a)
         # Cut in the background after the ACKs: ten recipes, no plain copy left.
@@ -128,15 +135,8 @@ def test_chunks_server_killed_while_cutting():
     64 MiB version into chunks: every version stays restorable, the
     cutting finishes after the restarts, and --verify finds nothing."""
     with Env("chunks_killed") as env:
-        srv = _server_with_fast_pruning(env)
-        adir = env.path("A")
-        os.makedirs(adir)
         size = 64 * MiB
-        data = bytearray(random.Random(9).randbytes(size))
-        p = os.path.join(adir, "big.bin")
-        write_file(p, bytes(data))
-        a = env.agent("A", adir)
-        wait_until(lambda: "uploaded big.bin" in a.log_text(), harness.SYNC_TIMEOUT, "big.bin uploaded")
+        srv, a, p, data = _start_with_big_file(env, size, 9)
         versions = _edit_versions(a, p, data, 2, MiB)
         acc = _account_dir(srv, a)
         chunks = os.path.join(acc, "chunks")

@@ -1,4 +1,4 @@
-/* store-chunks.c - big kept contents as recipes of chunks in the chunk store
+/* store-chunks.c - big kept contents as recipes of chunks; listing either form
  *
  * A kept content of STORE_PACK_MIN bytes or more is cut into
  * content-defined chunks (the same cut as the wire's), each kept once per
@@ -285,6 +285,64 @@ int store_pack_step(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t budget) {
 
 static int ref_cmp(const void *a, const void *b) {
         return memcmp(a, b, BS_SHA_LEN);
+}
+
+typedef struct Kept {
+        uint8_t sha[BS_SHA_LEN];
+        unsigned forms;
+} Kept;
+
+static int kept_cmp(const void *x, const void *y) {
+        return memcmp(((const Kept *) x)->sha, ((const Kept *) y)->sha, BS_SHA_LEN);
+}
+
+/* The content a name in a fan-out directory is for, and in which form; 0 if none. */
+static unsigned parse_name(const char *name, uint8_t sha[BS_SHA_LEN]) {
+        char hex[2 * BS_SHA_LEN + 1];
+        size_t n = strlen(name);
+        unsigned form = n == 2 * BS_SHA_LEN ? STORE_PLAIN
+                        : n == 2 * BS_SHA_LEN + strlen(STORE_RECIPE_SUFFIX) &&
+                                          strcmp(name + 2 * BS_SHA_LEN, STORE_RECIPE_SUFFIX) == 0
+                                  ? STORE_RECIPE
+                                  : 0;
+        if (!form)
+                return 0;
+        memcpy(hex, name, 2 * BS_SHA_LEN);
+        hex[2 * BS_SHA_LEN] = 0;
+        return bs_unhex(hex, sha, BS_SHA_LEN) == 0 ? form : 0;
+}
+
+int store_each(Store *s, unsigned fan, store_each_fn fn, void *userdata) {
+        char dir[3];
+        BsDirent *v = NULL;
+        size_t n = 0, m = 0;
+        bs_hex((const uint8_t[]) { (uint8_t) fan }, 1, dir);
+        _cleanup_(closep) int dfd = openat(s->fd, dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (dfd < 0)
+                return errno == ENOENT ? 0 : -errno;
+        int r = bs_dir_list(dfd, &v, &n);
+        if (r < 0)
+                return r;
+        Kept *k = calloc(n + 1, sizeof(*k));
+        if (!k) {
+                bs_dir_list_free(v, n);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < n; i++) {
+                unsigned form = parse_name(v[i].name, k[m].sha);
+                if (form && k[m].sha[0] == fan)
+                        k[m++].forms = form;
+        }
+        bs_dir_list_free(v, n);
+        qsort(k, m, sizeof(*k), kept_cmp);
+        for (size_t i = 0; r == 0 && i < m; i++) {
+                unsigned forms = k[i].forms;
+                while (i + 1 < m && kept_cmp(&k[i], &k[i + 1]) == 0)
+                        forms |= k[++i].forms;
+                r = fn(userdata, k[i].sha, forms);
+        }
+        free(k);
+        return r;
 }
 
 typedef int (*recipe_fn)(Store *s, const uint8_t sha[BS_SHA_LEN], void *userdata);

@@ -1,7 +1,10 @@
 /* store-internal.h - the content store's state, shared by store.c and store-chunks.c */
 #pragma once
 
+#include <string.h>
+
 #include "bs-chunk.h"
+#include "bs-hash.h"
 #include "chunk-store.h"
 #include "store.h"
 
@@ -36,10 +39,25 @@ struct Store {
 };
 
 /** "ab/abcd...": the fan-out directory is the first byte. */
-void store_content_name(const uint8_t sha[BS_SHA_LEN], char out[STORE_NAME_LEN + 1]);
+static inline void store_content_name(const uint8_t sha[BS_SHA_LEN], char out[STORE_NAME_LEN + 1]) {
+        bs_hex(sha, 1, out);
+        out[2] = '/';
+        bs_hex(sha, BS_SHA_LEN, out + 3);
+}
+
 /** "ab/abcd....chunks": where content sha's recipe is. */
-void store_recipe_name(const uint8_t sha[BS_SHA_LEN], char out[STORE_RECIPE_NAME_LEN + 1]);
-void store_mark_dirty(Store *s, uint8_t fan);
+static inline void store_recipe_name(const uint8_t sha[BS_SHA_LEN], char out[STORE_RECIPE_NAME_LEN + 1]) {
+        store_content_name(sha, out);
+        memcpy(out + STORE_NAME_LEN, STORE_RECIPE_SUFFIX, sizeof(STORE_RECIPE_SUFFIX));
+}
+
+/** A fan-out directory got or lost a name: store_sync() syncs it. */
+static inline void store_mark_dirty(Store *s, uint8_t fan) {
+        if (!(s->dirty[fan / 8] & (1u << (fan % 8)))) {
+                s->dirty[fan / 8] |= (uint8_t) (1u << (fan % 8));
+                s->n_dirty++;
+        }
+}
 /** Rebuild a content kept as a recipe into an unnamed file: its fd, -ENOENT, -EIO (chunks lost). */
 int store_get_chunked(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t size);
 /** Drop a pack in progress. */

@@ -59,18 +59,7 @@ Store *store_free(Store *s) {
         return NULL;
 }
 
-void store_content_name(const uint8_t sha[BS_SHA_LEN], char out[STORE_NAME_LEN + 1]) {
-        bs_hex(sha, 1, out);
-        out[2] = '/';
-        bs_hex(sha, BS_SHA_LEN, out + 3);
-}
 
-void store_mark_dirty(Store *s, uint8_t fan) {
-        if (!(s->dirty[fan / 8] & (1u << (fan % 8)))) {
-                s->dirty[fan / 8] |= (uint8_t) (1u << (fan % 8));
-                s->n_dirty++;
-        }
-}
 
 int store_put(Store *s, const uint8_t sha[BS_SHA_LEN], int dfd, const char *name, StorePut how) {
         char n[STORE_NAME_LEN + 1], fan[3];
@@ -110,10 +99,6 @@ int store_get(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t size) {
         return fd;
 }
 
-void store_recipe_name(const uint8_t sha[BS_SHA_LEN], char out[STORE_RECIPE_NAME_LEN + 1]) {
-        store_content_name(sha, out);
-        memcpy(out + STORE_NAME_LEN, STORE_RECIPE_SUFFIX, sizeof(STORE_RECIPE_SUFFIX));
-}
 
 bool store_has(Store *s, const uint8_t sha[BS_SHA_LEN]) {
         char n[STORE_RECIPE_NAME_LEN + 1];
@@ -158,64 +143,6 @@ int store_remove(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t *freed) {
         if (freed)
                 *freed = f;
         return 0;
-}
-
-typedef struct Kept {
-        uint8_t sha[BS_SHA_LEN];
-        unsigned forms;
-} Kept;
-
-static int kept_cmp(const void *x, const void *y) {
-        return memcmp(((const Kept *) x)->sha, ((const Kept *) y)->sha, BS_SHA_LEN);
-}
-
-/* The content a name in a fan-out directory is for, and in which form; 0 if none. */
-static unsigned parse_name(const char *name, uint8_t sha[BS_SHA_LEN]) {
-        char hex[2 * BS_SHA_LEN + 1];
-        size_t n = strlen(name);
-        unsigned form = n == 2 * BS_SHA_LEN ? STORE_PLAIN
-                        : n == 2 * BS_SHA_LEN + strlen(STORE_RECIPE_SUFFIX) &&
-                                          strcmp(name + 2 * BS_SHA_LEN, STORE_RECIPE_SUFFIX) == 0
-                                  ? STORE_RECIPE
-                                  : 0;
-        if (!form)
-                return 0;
-        memcpy(hex, name, 2 * BS_SHA_LEN);
-        hex[2 * BS_SHA_LEN] = 0;
-        return bs_unhex(hex, sha, BS_SHA_LEN) == 0 ? form : 0;
-}
-
-int store_each(Store *s, unsigned fan, store_each_fn fn, void *userdata) {
-        char dir[3];
-        BsDirent *v = NULL;
-        size_t n = 0, m = 0;
-        bs_hex((const uint8_t[]) { (uint8_t) fan }, 1, dir);
-        _cleanup_(closep) int dfd = openat(s->fd, dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (dfd < 0)
-                return errno == ENOENT ? 0 : -errno;
-        int r = bs_dir_list(dfd, &v, &n);
-        if (r < 0)
-                return r;
-        Kept *k = calloc(n + 1, sizeof(*k));
-        if (!k) {
-                bs_dir_list_free(v, n);
-                return -ENOMEM;
-        }
-        for (size_t i = 0; i < n; i++) {
-                unsigned form = parse_name(v[i].name, k[m].sha);
-                if (form && k[m].sha[0] == fan)
-                        k[m++].forms = form;
-        }
-        bs_dir_list_free(v, n);
-        qsort(k, m, sizeof(*k), kept_cmp);
-        for (size_t i = 0; r == 0 && i < m; i++) {
-                unsigned forms = k[i].forms;
-                while (i + 1 < m && kept_cmp(&k[i], &k[i + 1]) == 0)
-                        forms |= k[++i].forms;
-                r = fn(userdata, k[i].sha, forms);
-        }
-        free(k);
-        return r;
 }
 
 int store_sync(Store *s) {

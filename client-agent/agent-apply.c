@@ -462,6 +462,27 @@ void apply_record(Agent *a, Rec *x, bool snapshot) {
         if (x->superseded)
                 goto out; /* a later record of this pull replaces it */
         bool have = manifest_get(a->state, x->path, m) == 0;
+        /* Selective sync: what this computer ignores is neither made,
+         * changed nor removed here. A move across the line is a deletion
+         * of what leaves the synced part, or a new entry, which a
+         * snapshot brings. */
+        bool is_dir = x->op == BS_OP_MKDIR || (have && m->kind == BS_KIND_DIR);
+        bool ign = ignore_set_path(a->ignore, a->rootfd, x->path, is_dir);
+        if (x->op == BS_OP_MOVE) {
+                bool ign_to = ignore_set_path(a->ignore, a->rootfd, x->path2, have && m->kind == BS_KIND_DIR);
+                if (ign && ign_to)
+                        goto out;
+                if (ign) {
+                        a->need_snapshot = true;
+                        goto out;
+                }
+                if (ign_to) {
+                        if (have)
+                                (void) apply_delete_tree(a, x->path, x->seq);
+                        goto out;
+                }
+        } else if (ign)
+                goto out;
         if (x->op == BS_OP_MOVE) {
                 apply_move(a, x, l, m);
                 goto out;

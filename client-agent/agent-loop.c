@@ -95,11 +95,29 @@ static void schedule_round(Agent *a) {
         sd_event_source_set_enabled(a->coalesce_timer, SD_EVENT_ONESHOT);
 }
 
+void agent_ignore_changed(Agent *a, const char *path) {
+        char dir[BS_PATH_MAX + 1];
+        if (!ignore_is_file(path, dir) || ignore_set_reload(a->ignore, a->rootfd, dir) <= 0)
+                return;
+        /* What the patterns now say, everywhere: paths no longer ignored
+         * are synced like offline changes, both ways. */
+        log_info("%s changed: looking at the whole tree again", path);
+        watcher_add_tree(a->watcher, "");
+        a->rescan_all = true;
+        a->need_snapshot = true;
+}
+
 static void on_dirty(void *userdata, const char *path, bool recursive) {
         Agent *a = userdata;
         log_debug("event: %s%s", path, recursive ? " (and below)" : "");
+        agent_ignore_changed(a, path);
         agent_closed(a, path, recursive);
         schedule_round(a);
+}
+
+static bool on_ignored(void *userdata, const char *path) {
+        Agent *a = userdata;
+        return ignore_set_path(a->ignore, a->rootfd, path, true);
 }
 
 /* Files waiting to settle need the settle timer. */
@@ -206,6 +224,7 @@ static const WatcherOps watcher_ops = {
         .removed_written = on_removed_written,
         .rescan = on_rescan,
         .root_gone = on_root_gone,
+        .ignored = on_ignored,
 };
 
 static void report_watch_limit(Agent *a) {
@@ -494,6 +513,22 @@ static void reload_config(Agent *a) {
                 a->reloaded_device_name = TAKE_PTR(c.device_name);
                 a->cfg.device_name = a->reloaded_device_name;
                 set_device_label(a);
+        }
+        if (!a->cfg.ignore_pinned) {
+                /* The patterns may have changed: a new set, and everything
+                 * looked at again (paths no longer ignored sync like
+                 * offline changes, both ways). */
+                IgnoreSet *s;
+                if (ignore_set_new(c.default_ignores, c.ignore, c.n_ignore, &s) < 0)
+                        log_error("out of memory; keeping the old ignore patterns");
+                else {
+                        ignore_set_free(a->ignore);
+                        a->ignore = s;
+                        watcher_add_tree(a->watcher, "");
+                        a->rescan_all = true;
+                        a->need_snapshot = true;
+                        schedule_round(a);
+                }
         }
         log_info("configuration reloaded: poll interval %llu ms, verification every %llu s, device name %s",
                  (unsigned long long) (a->cfg.poll_usec / 1000), (unsigned long long) (a->cfg.verify_usec / 1000000),

@@ -99,7 +99,8 @@ static int collect_gone(const char *path, const ManifestEntry *e, void *userdata
         int k = local_stat(g->a, path, l);
         bool missing = k == 0 && (!l->exists || l->kind == BS_KIND_NONE);
         free(l);
-        if (!missing)
+        /* Absent because ignored here: that deletes nothing elsewhere. */
+        if (!missing || ignore_set_path(g->a->ignore, g->a->rootfd, path, e->kind == BS_KIND_DIR))
                 return 0;
         if (g->n == g->cap) {
                 size_t cap = g->cap ? g->cap * 2 : 16;
@@ -111,7 +112,6 @@ static int collect_gone(const char *path, const ManifestEntry *e, void *userdata
         }
         if ((g->v[g->n] = strdup(path)))
                 g->n++;
-        (void) e;
         return 0;
 }
 
@@ -130,6 +130,8 @@ static int reconcile_children(Agent *a, Plan *p, const char *dir, bool fresh) {
         for (size_t i = 0; i < n; i++) {
                 if (bs_path_is_temp(names[i].name))
                         continue;
+                /* An ignored child is skipped by plan_reconcile(), which
+                 * knows whether it is a directory. */
                 int w = dir[0] ? snprintf(child, sizeof(child), "%s/%s", dir, names[i].name)
                                : snprintf(child, sizeof(child), "%s", names[i].name);
                 if (w > 0 && (size_t) w <= BS_PATH_MAX && bs_path_check(child, (size_t) w) == 0) {
@@ -185,6 +187,10 @@ int plan_reconcile(Agent *a, Plan *p, const char *path, bool recursive) {
         if (r < 0)
                 return r;
         bool have = manifest_get(a->state, path, m) == 0;
+        /* Ignored here: neither uploaded nor, absent, deleted elsewhere. */
+        if (ignore_set_path(a->ignore, a->rootfd, path,
+                            l->exists ? l->kind == BS_KIND_DIR : have && m->kind == BS_KIND_DIR))
+                return 0;
 
         if (!l->exists || l->kind == BS_KIND_NONE) {
                 if (l->exists)

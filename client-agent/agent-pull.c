@@ -303,7 +303,7 @@ static bool wants_content(Agent *a, Rec *x) {
         bool want = true;
         if (!m || !l)
                 goto out;
-        if (x->superseded)
+        if (x->superseded || ignore_set_path(a->ignore, a->rootfd, x->path, false))
                 want = false;
         else if (x->touched)
                 want = true;
@@ -594,8 +594,17 @@ static void apply_batch(Agent *a, Pull *p, size_t end) {
         watcher_process(a->watcher);
 }
 
+typedef struct Unseen {
+        Agent *a;
+        PathList list;
+} Unseen;
+
 static int unseen_deleted(const char *path, const ManifestEntry *e, void *userdata) {
-        return apply_collect_path(path, e, userdata);
+        Unseen *u = userdata;
+        /* Not on the server but ignored here: this computer's copy stays. */
+        if (ignore_set_path(u->a->ignore, u->a->rootfd, path, e->kind == BS_KIND_DIR))
+                return 0;
+        return apply_collect_path(path, e, &u->list);
 }
 
 static int pull_once(Agent *a, uint64_t since) {
@@ -644,8 +653,10 @@ static int pull_once(Agent *a, uint64_t since) {
                 apply_batch(a, &p, p.n);
         if (r >= 0 && p.snapshot) {
                 /* Entries the server no longer has were deleted elsewhere. */
+                Unseen u = { .a = a };
                 PathList pl = {};
-                manifest_unseen(a->state, unseen_deleted, &pl);
+                manifest_unseen(a->state, unseen_deleted, &u);
+                pl = u.list;
                 for (size_t i = 0; i < pl.n; i++) {
                         if (manifest_get(a->state, pl.v[i], &(ManifestEntry) {}) == 0)
                                 apply_delete_tree(a, pl.v[i], UINT64_MAX);

@@ -197,6 +197,8 @@ static int add_tree(Watcher *w, const char *dir, int depth) {
                 int n = dir[0] ? snprintf(sub, sizeof(sub), "%s/%s", dir, name) : snprintf(sub, sizeof(sub), "%s", name);
                 if (n < 0 || (size_t) n >= sizeof(sub))
                         continue;
+                if (w->ops->ignored && w->ops->ignored(w->userdata, sub))
+                        continue;
                 int k = add_tree(w, sub, depth + 1);
                 if (k < 0 && r == 0)
                         r = k;

@@ -24,6 +24,9 @@ typedef struct WatcherOps {
         void (*removed_written)(void *userdata, const char *path);
         void (*rescan)(void *userdata, const char *reason);
         void (*root_gone)(void *userdata);
+        /* Whether the directory at path is not synced here: it gets no
+         * watch, nor anything below it. May be NULL. */
+        bool (*ignored)(void *userdata, const char *path);
 } WatcherOps;
 
 /** Create a watcher for root (an absolute path); no watch is added yet. */

@@ -32,6 +32,11 @@ int agent_new(const AgentConfig *cfg, Agent **ret) {
                 return -ENOMEM;
         a->cfg = *cfg;
         a->rootfd = a->scan_fd = a->state_dir_fd = -1;
+        int r = ignore_set_new(!cfg->no_default_ignores, cfg->ignore, cfg->n_ignore, &a->ignore);
+        if (r < 0) {
+                free(a);
+                return r;
+        }
         *ret = a;
         return 0;
 }
@@ -55,6 +60,7 @@ Agent *agent_free(Agent *a) {
         sd_event_unref(a->event);
         watcher_free(a->watcher);
         agent_state_free(a->state);
+        ignore_set_free(a->ignore);
         if (a->rootfd >= 0)
                 close(a->rootfd);
         if (a->scan_fd >= 0)

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "bs-conn.h"
+#include "agent-ignore.h"
 #include "agent-state.h"
 #include "agent-watch.h"
 #include "bs-proto.h"
@@ -43,6 +44,9 @@ typedef struct AgentConfig {
         uint64_t poll_usec;
         uint64_t verify_usec;   /* the verification pass; 0: none */
         uint64_t coalesce_usec; /* longest wait from a local event to its round */
+        char *const *ignore;    /* this computer's patterns (ignore =) */
+        size_t n_ignore;
+        bool no_default_ignores;
         bool once;
 
         /* With --instance: what SIGHUP re-reads, and what the command line
@@ -51,7 +55,7 @@ typedef struct AgentConfig {
         const char *config_file;
         bool config_must_exist;
         const char *user_config_file; /* NULL: none */
-        bool poll_pinned, verify_pinned, device_name_pinned, tls_pinned;
+        bool poll_pinned, verify_pinned, device_name_pinned, tls_pinned, ignore_pinned;
 } AgentConfig;
 
 typedef struct DirtyPath {
@@ -88,6 +92,7 @@ typedef struct LateMode {
 
 typedef struct Agent {
         AgentConfig cfg;
+        IgnoreSet *ignore;
         AgentState *state;
         Watcher *watcher;
         BsConn *conn;
@@ -196,6 +201,8 @@ static inline uint64_t realtime_usec(void) {
 
 /* agent.c */
 int agent_new(const AgentConfig *cfg, Agent **ret);
+/** path changed here or on the server: if it is an ignore file, read it again and look at everything. */
+void agent_ignore_changed(Agent *a, const char *path);
 /** Free everything the agent owns, event sources included; NULL. */
 Agent *agent_free(Agent *a);
 static inline void agent_freep(Agent **a) { if (*a) agent_free(*a); }

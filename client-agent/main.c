@@ -56,6 +56,11 @@ static void help(void) {
                "  --ca-file FILE|system  verify the server's certificate with these CAs and\n"
                "                         its name, instead of pinning its key\n"
                "  --tls yes|no           no: clear text, for a server with tls = no\n"
+               "  --ignore PATTERN       do not sync what PATTERN names on this computer\n"
+               "                         (repeatable; see docs/ignore.md)\n"
+               "  --default-ignores yes|no\n"
+               "                         the shipped ignores of editors' and OS litter\n"
+               "                         (default yes)\n"
                "  --once                 sync once and exit: 0 when in sync\n"
                "  -h, --help             show this help\n"
                "  --version              show the version\n"
@@ -91,6 +96,9 @@ static int load_instance(AgentConfig *cfg, BsAgentConfig *ini) {
                 return EX_SOFTWARE;
         }
         cfg->id = ini->id;
+        cfg->ignore = ini->ignore;
+        cfg->n_ignore = ini->n_ignore;
+        cfg->no_default_ignores = !ini->default_ignores;
         if (!cfg->poll_pinned)
                 cfg->poll_usec = ini->poll_usec;
         if (!cfg->verify_pinned)
@@ -128,7 +136,7 @@ static int exit_status(AgentStop stop) {
 
 int main(int argc, char **argv) {
         enum { ARG_STATE_DIR = 0x100, ARG_POLL, ARG_VERIFY, ARG_ONCE, ARG_VERSION, ARG_DEVICE, ARG_INSTANCE,
-               ARG_CONFIG, ARG_FINGERPRINT, ARG_CA_FILE, ARG_TLS };
+               ARG_CONFIG, ARG_FINGERPRINT, ARG_CA_FILE, ARG_TLS, ARG_IGNORE, ARG_DEFAULT_IGNORES };
         static const struct option options[] = {
                 { "instance", required_argument, NULL, ARG_INSTANCE },
                 { "config", required_argument, NULL, ARG_CONFIG },
@@ -140,6 +148,8 @@ int main(int argc, char **argv) {
                 { "server-fingerprint", required_argument, NULL, ARG_FINGERPRINT },
                 { "ca-file", required_argument, NULL, ARG_CA_FILE },
                 { "tls", required_argument, NULL, ARG_TLS },
+                { "ignore", required_argument, NULL, ARG_IGNORE },
+                { "default-ignores", required_argument, NULL, ARG_DEFAULT_IGNORES },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
                 {},
@@ -153,6 +163,10 @@ int main(int argc, char **argv) {
         /* What main() allocated for cfg (the rest points into argv or ini). */
         _cleanup_(freep) char *owned_dir = NULL, *owned_port = NULL, *owned_state_dir = NULL, *owned_user_file = NULL;
         Agent *a = NULL;
+        /* --ignore PATTERN, repeatable: they replace the configuration's. */
+        _cleanup_(freep) char **opt_ignore = NULL;
+        size_t n_opt_ignore = 0;
+        int opt_defaults = -1; /* --default-ignores: -1 not given */
         int c, r;
 
         bs_agent_config_init(&ini);
@@ -223,6 +237,25 @@ int main(int argc, char **argv) {
                         }
                         cfg.tls_pinned = true;
                         break;
+                case ARG_DEFAULT_IGNORES: {
+                        bool on;
+                        if (bs_parse_bool(optarg, &on) < 0) {
+                                log_error("--default-ignores takes yes or no, not %s", optarg);
+                                return EX_USAGE;
+                        }
+                        opt_defaults = on ? 1 : 0;
+                        break;
+                }
+                case ARG_IGNORE: {
+                        char **v = realloc(opt_ignore, (n_opt_ignore + 1) * sizeof(*v));
+                        if (!v) {
+                                log_error("out of memory");
+                                return EX_SOFTWARE;
+                        }
+                        opt_ignore = v;
+                        opt_ignore[n_opt_ignore++] = optarg;
+                        break;
+                }
                 default:
                         fprintf(stderr, "Try 'backupsync-agent --help'.\n");
                         return EX_USAGE;
@@ -291,6 +324,15 @@ int main(int argc, char **argv) {
                 (void) bs_mkdir_p(cfg.state_dir, 0700);
         }
 
+        if (n_opt_ignore > 0) {
+                cfg.ignore = opt_ignore;
+                cfg.n_ignore = n_opt_ignore;
+                cfg.ignore_pinned = true;
+        }
+        if (opt_defaults >= 0) {
+                cfg.no_default_ignores = !opt_defaults;
+                cfg.ignore_pinned = true;
+        }
         if (agent_new(&cfg, &a) < 0) {
                 log_error("out of memory");
                 return EX_SOFTWARE;

@@ -34,13 +34,15 @@ typedef struct Parser {
         const char *instance;
         bool found;               /* [agent:instance] seen in some file */
         const char *section_file; /* last file with [agent:instance] */
+        const char *ignore_file;  /* the file the ignore = lines so far came from */
 
         BsConfigError *err;
         int error; /* negative errno of the first problem; 0: none */
 } Parser;
 
 static const char *const agent_keys[] = { "server", "port", "path", "id", "poll-interval", "verify-interval",
-                                           "device-name", "tls", "server-fingerprint", "ca-file" };
+                                           "device-name", "tls", "server-fingerprint", "ca-file", "ignore",
+                                           "default-ignores" };
 
 void bs_server_config_init(BsServerConfig *cfg) {
         *cfg = (BsServerConfig) {
@@ -68,7 +70,8 @@ void bs_server_config_done(BsServerConfig *cfg) {
 void bs_agent_config_init(BsAgentConfig *cfg) {
         *cfg = (BsAgentConfig) { .poll_usec = BS_CONFIG_DEFAULT_POLL_USEC,
                                  .verify_usec = BS_CONFIG_DEFAULT_VERIFY_USEC,
-                                 .tls = true };
+                                 .tls = true,
+                                 .default_ignores = true };
 }
 
 void bs_agent_config_done(BsAgentConfig *cfg) {
@@ -81,6 +84,11 @@ void bs_agent_config_done(BsAgentConfig *cfg) {
         free(cfg->ca_file);
         cfg->name = cfg->server = cfg->path = cfg->id = cfg->device_name = NULL;
         cfg->server_fingerprint = cfg->ca_file = NULL;
+        for (size_t i = 0; i < cfg->n_ignore; i++)
+                free(cfg->ignore[i]);
+        free(cfg->ignore);
+        cfg->ignore = NULL;
+        cfg->n_ignore = 0;
 }
 
 bool bs_config_instance_valid(const char *name) {
@@ -275,6 +283,31 @@ static void server_key(Parser *p, const char *key, const char *value) {
                             "max-connections)");
 }
 
+/* One ignore = line: a pattern of this computer's. A file's lines replace
+ * those of the file before it, as its other keys do. */
+static void add_ignore(Parser *p, const char *key, const char *value) {
+        BsAgentConfig *c = p->agent;
+        if (!value[0]) {
+                parser_fail(p, -EINVAL, key, "empty pattern");
+                return;
+        }
+        if (p->ignore_file != p->file) {
+                for (size_t i = 0; i < c->n_ignore; i++)
+                        free(c->ignore[i]);
+                c->n_ignore = 0;
+                p->ignore_file = p->file;
+        }
+        char **v = realloc(c->ignore, (c->n_ignore + 1) * sizeof(*v));
+        if (!v || !(v[c->n_ignore] = strdup(value))) {
+                if (v)
+                        c->ignore = v;
+                parser_fail(p, -ENOMEM, key, "out of memory");
+                return;
+        }
+        c->ignore = v;
+        c->n_ignore++;
+}
+
 static void agent_key(Parser *p, const char *instance, const char *key, const char *value) {
         BsAgentConfig *c = p->agent;
         bool known = false;
@@ -283,7 +316,8 @@ static void agent_key(Parser *p, const char *instance, const char *key, const ch
                 known = known || strcmp(key, agent_keys[i]) == 0;
         if (!known) {
                 parser_fail(p, -EINVAL, key, "unknown key in [agent:%s] (known: server, port, path, id, "
-                            "poll-interval, verify-interval, device-name, tls, server-fingerprint, ca-file)",
+                            "poll-interval, verify-interval, device-name, tls, server-fingerprint, ca-file, "
+                            "ignore, default-ignores)",
                             instance);
                 return;
         }
@@ -343,6 +377,11 @@ static void agent_key(Parser *p, const char *instance, const char *key, const ch
                         free(c->ca_file);
                         c->ca_file = s;
                 }
+        } else if (strcmp(key, "ignore") == 0)
+                add_ignore(p, key, value);
+        else if (strcmp(key, "default-ignores") == 0) {
+                if (bs_parse_bool(value, &c->default_ignores) < 0)
+                        parser_fail(p, -EINVAL, key, "'%s' is not a boolean (yes or no)", value);
         }
 }
 

@@ -67,6 +67,11 @@ typedef struct BsAgentConfig {
         bool tls;                 /* default yes */
         char *server_fingerprint; /* "SHA256:..." as validated; NULL: pinned at first contact */
         char *ca_file;            /* "" for the system store; NULL: no CA verification */
+        /* What this computer does not sync: ignore = lines (those of the
+         * user file replace the system file's) and the shipped defaults. */
+        char **ignore;
+        size_t n_ignore;
+        bool default_ignores; /* default yes */
 } BsAgentConfig;
 
 /** Fill cfg with the built-in defaults (port 7373, listen ::, require-key yes, ...). */

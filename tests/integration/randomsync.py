@@ -1207,9 +1207,11 @@ class Run:
         harness.write_file(a.p(SENTINEL), "never touched: the tree is never empty\n")
         harness.write_file(a.p("d0/a.txt"), "first\n")
         harness.write_file(a.p("b.txt"), "second\n")
-        a.agent = env.agent("A", a.dir)
+        # Its editors leave name~ backups, which the default ignores keep
+        # local: this checks convergence of everything, so without them.
+        a.agent = env.agent("A", a.dir, args=["--default-ignores", "no"])
         for c in self.computers[1:]:
-            c.agent = env.agent(c.name, c.dir, token=a.agent.token)
+            c.agent = env.agent(c.name, c.dir, token=a.agent.token, args=["--default-ignores", "no"])
         assert_converged(self.srv, [c.agent for c in self.computers], timeout=60,
                          msg="initial join", verify=False)
 

@@ -82,14 +82,14 @@ def _converged(srv, agents, timeout=None, msg="", verify=True):
         raise TestFailure("%s\n--- field by field ---\n%s" % (e, "\n".join(detail))) from None
 
 
-def _pair(env, name):
+def _pair(env, name, args=()):
     """Server + agent A (registers, empty directory) + agent B (joins),
     converged on the empty tree."""
     srv = env.server()
     adir = env.path("A")
     os.makedirs(adir)
-    a = env.agent("A", adir)
-    b = env.agent("B", env.path("B"), token=a.token)
+    a = env.agent("A", adir, args=list(args))
+    b = env.agent("B", env.path("B"), token=a.token, args=list(args))
     _converged(srv, [a, b], msg="%s: empty tree at the start" % name, verify=False)
     return srv, a, b
 
@@ -426,7 +426,9 @@ def test_tools_vim():
     kept."""
     _need("vim")
     with Env("tools_vim") as env:
-        srv, a, b = _pair(env, "vim")
+        # Every file vim makes, its backups too, must sync exactly: without
+        # the default ignores, which keep backups and swap files local.
+        srv, a, b = _pair(env, "vim", args=["--default-ignores", "no"])
         variants = [
             ("wb-auto.txt", 0o644, "set writebackup"),
             ("nowb.txt", 0o644, "set nowritebackup nobackup"),

@@ -402,6 +402,8 @@ Test(config, agent_bad_values) {
                 { "server-fingerprint = MD5:0ed8dadbb51c7b4a6e124636ba2d3e185ebdf698025eb62d2491ae26ea700fbb",
                   "server-fingerprint", "not a fingerprint" },
                 { "ca-file = ca.pem", "ca-file", "not an absolute path" },
+                { "ignore =", "ignore", "empty pattern" },
+                { "default-ignores = maybe", "default-ignores", "not a boolean" },
                 { "colour = blue", "colour", "unknown key in [agent:docs]" },
         };
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -415,6 +417,32 @@ Test(config, agent_bad_values) {
                 cr_expect(strstr(e.message, bad[i].needle) != NULL, "%s: %s", bad[i].line, e.message);
                 bs_agent_config_done(&c);
         }
+}
+
+Test(config, agent_ignore_keys) {
+        BsAgentConfig c;
+        BsConfigError e = {};
+        static const char base[] = "[agent:docs]\nserver = h\nport = 1\npath = /p\n";
+        char sys[512], user[256];
+        cr_assert_eq(agent_load(base, NULL, "docs", &c, &e), 0, "%s", formatted(&e));
+        cr_assert_eq(c.n_ignore, 0);
+        cr_assert(c.default_ignores, "default ignores are on unless switched off");
+        bs_agent_config_done(&c);
+        snprintf(sys, sizeof(sys), "%signore = videos/\nignore = *.iso\ndefault-ignores = no\n", base);
+        cr_assert_eq(agent_load(sys, NULL, "docs", &c, &e), 0, "%s", formatted(&e));
+        cr_assert_eq(c.n_ignore, 2, "each ignore = line adds a pattern");
+        cr_assert_str_eq(c.ignore[0], "videos/");
+        cr_assert_str_eq(c.ignore[1], "*.iso");
+        cr_assert(!c.default_ignores);
+        bs_agent_config_done(&c);
+        /* The user file's lines replace the system file's, as other keys do. */
+        snprintf(user, sizeof(user), "[agent:docs]\nignore = build/\n");
+        cr_assert_eq(agent_load(sys, user, "docs", &c, &e), 0, "%s", formatted(&e));
+        cr_assert_eq(c.n_ignore, 1);
+        cr_assert_str_eq(c.ignore[0], "build/");
+        cr_assert(!c.default_ignores, "a key the user file does not set stays");
+        bs_agent_config_done(&c);
+        cr_assert_null(c.ignore);
 }
 
 Test(config, agent_other_sections) {

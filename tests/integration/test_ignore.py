@@ -1,0 +1,130 @@
+"""Choosing what syncs: .backupsyncignore files, this computer's --ignore
+patterns (selective sync) and the default ignores."""
+
+import os
+
+from harness import Env, check, wait_until, write_file
+
+
+def _server_tree(srv, a):
+    out = set()
+    root = srv.tree(a.token)
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            out.add(os.path.relpath(os.path.join(d, n), root))
+    return out
+
+
+def _inotify_watches(pid):
+    """The number of inotify watches the process holds."""
+    n = 0
+    for fd in os.listdir("/proc/%d/fdinfo" % pid):
+        try:
+            with open("/proc/%d/fdinfo/%s" % (pid, fd)) as f:
+                n += sum(1 for line in f if line.startswith("inotify wd:"))
+        except OSError:
+            pass
+    return n
+
+
+def test_ignore_files_nested_and_defaults():
+    """Ignore files at several depths, each for its own directory and
+    below, a negation, and the default ignores: what they name never
+    reaches the server; the rest does."""
+    with Env("ignore_nested") as env:
+        env.server()
+        adir = env.path("A")
+        write_file(os.path.join(adir, ".backupsyncignore"), "*.log\n/build/\n")
+        write_file(os.path.join(adir, "src/.backupsyncignore"), "gen/\n!keep.log\n")
+        write_file(os.path.join(adir, "src/deep/.backupsyncignore"), "*.tmp\n")
+        files = {
+            "notes.txt": True, "run.log": False, "build/out.o": False, "sub/build/x": True,
+            "src/main.c": True, "src/gen/table.c": False, "src/keep.log": True, "src/other.log": False,
+            "src/deep/a.tmp": False, "src/deep/b.c": True, "a.tmp": True,
+            ".notes.txt.swp": False, "notes.txt~": False, ".~lock.report.odt#": False, "dl.part": False,
+            "thumbs/a.png": False, "notcache/a.png": True,
+        }
+        for rel in files:
+            write_file(os.path.join(adir, rel), rel + "\n")
+        # A cache directory by the CACHEDIR.TAG convention, and one whose tag lacks the signature.
+        write_file(os.path.join(adir, "thumbs/CACHEDIR.TAG"),
+                   "Signature: 8a477f597d28d172789f06886806bc55\n# a cache\n")
+        write_file(os.path.join(adir, "notcache/CACHEDIR.TAG"), "not the signature\n")
+        a = env.agent("A", adir)
+        srv = env.servers[0]
+        wait_until(lambda: "src/deep/b.c" in _server_tree(srv, a) and "a.tmp" in _server_tree(srv, a), 30,
+                   "the synced files on the server")
+        tree = _server_tree(srv, a)
+        for rel, synced in files.items():
+            check((rel in tree) == synced, "%s: %s on the server" % (rel, "missing" if synced else "present"))
+        for rel in (".backupsyncignore", "src/.backupsyncignore", "src/deep/.backupsyncignore"):
+            check(rel in tree, "the ignore file %s is synced" % rel)
+        check("thumbs" not in tree and "notcache/CACHEDIR.TAG" in tree, "cache directories: %r" % sorted(tree))
+
+
+def test_ignore_selective_sync_both_ways():
+    """B ignores videos/: B gets none of A's videos, sends none of its
+    own, and its lack of them deletes nothing; everything else syncs."""
+    with Env("ignore_selective") as env:
+        srv = env.server()
+        adir = env.path("A")
+        write_file(os.path.join(adir, "videos/a.mp4"), "A's video\n")
+        write_file(os.path.join(adir, "docs/x.txt"), "x\n")
+        a = env.agent("A", adir)
+        b = env.agent("B", env.path("B"), token=a.token, args=["--ignore", "videos/"])
+        wait_until(lambda: os.path.exists(os.path.join(b.dir, "docs/x.txt")), 30, "docs/x.txt on B")
+        write_file(os.path.join(adir, "videos/b.mp4"), "another\n")
+        write_file(os.path.join(b.dir, "videos/local.mp4"), "B's own\n")
+        write_file(os.path.join(adir, "docs/y.txt"), "y\n")
+        write_file(os.path.join(b.dir, "docs/z.txt"), "z\n")
+        wait_until(lambda: os.path.exists(os.path.join(b.dir, "docs/y.txt")) and
+                   os.path.exists(os.path.join(adir, "docs/z.txt")), 30, "the other files both ways")
+        tree = _server_tree(srv, a)
+        check({"videos/a.mp4", "videos/b.mp4"} <= tree, "A's videos left the server: %r" % sorted(tree))
+        check("videos/local.mp4" not in tree, "B's ignored file reached the server")
+        check(not os.path.exists(os.path.join(b.dir, "videos/a.mp4")) and
+              not os.path.exists(os.path.join(b.dir, "videos/b.mp4")), "A's videos reached B")
+        check(os.path.exists(os.path.join(adir, "videos/a.mp4")), "B's lack of videos deleted A's")
+
+
+def test_ignore_becoming_ignored_and_back():
+    """A directory that becomes ignored stays on the server as it was and
+    its new files stay here; once the pattern goes they sync."""
+    with Env("ignore_toggle") as env:
+        srv = env.server()
+        adir = env.path("A")
+        write_file(os.path.join(adir, "node_modules/x/i.js"), "i\n")
+        a = env.agent("A", adir)
+        wait_until(lambda: "node_modules/x/i.js" in _server_tree(srv, a), 30, "i.js on the server")
+        write_file(os.path.join(adir, ".backupsyncignore"), "node_modules/\n")
+        wait_until(lambda: ".backupsyncignore" in _server_tree(srv, a), 30, "the ignore file on the server")
+        write_file(os.path.join(adir, "node_modules/x/j.js"), "j\n")
+        os.unlink(os.path.join(adir, "node_modules/x/i.js"))
+        write_file(os.path.join(adir, "marker"), "m\n")
+        wait_until(lambda: "marker" in _server_tree(srv, a), 30, "the marker on the server")
+        tree = _server_tree(srv, a)
+        check("node_modules/x/i.js" in tree, "a file deleted inside an ignored directory was deleted on the server")
+        check("node_modules/x/j.js" not in tree, "a new file inside an ignored directory was uploaded")
+        write_file(os.path.join(adir, ".backupsyncignore"), "")
+        wait_until(lambda: "node_modules/x/j.js" in _server_tree(srv, a), 30,
+                   "the file no longer ignored on the server")
+
+
+def test_ignore_node_modules_costs_no_watches():
+    """20,000 files in an ignored node_modules/: no upload, no watch."""
+    with Env("ignore_node_modules") as env:
+        srv = env.server()
+        adir = env.path("A")
+        write_file(os.path.join(adir, ".backupsyncignore"), "node_modules/\n")
+        for i in range(200):
+            d = os.path.join(adir, "node_modules/pkg%03d" % i)
+            os.makedirs(d)
+            for j in range(100):
+                with open(os.path.join(d, "f%03d.js" % j), "w") as f:
+                    f.write("x")
+        write_file(os.path.join(adir, "src/app.js"), "app\n")
+        a = env.agent("A", adir)
+        wait_until(lambda: "src/app.js" in _server_tree(srv, a), 60, "src/app.js on the server")
+        check(not any(p.startswith("node_modules") for p in _server_tree(srv, a)), "node_modules reached the server")
+        w = _inotify_watches(a.popen.pid)
+        check(w <= 3, "%d inotify watches for a tree of 2 directories besides node_modules" % w)

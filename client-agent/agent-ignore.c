@@ -28,7 +28,7 @@ typedef struct DirRead {
 struct IgnoreSet {
         BsIgnore *ig;
         bool caches;  /* cache directories are ignored (with the defaults) */
-        DirRead *read; /* directories whose ignore file was read (or found absent) */
+        DirRead *read; /* directories whose ignore file was read (or found absent), sorted */
         size_t n_read, cap_read;
 };
 
@@ -60,11 +60,30 @@ IgnoreSet *ignore_set_free(IgnoreSet *s) {
         return NULL;
 }
 
+/* Where dir is in the sorted list, or would go: every path decision
+ * looks up each directory above it, so this must not scan the list. */
+static size_t read_pos(const IgnoreSet *s, const char *dir, bool *found) {
+        size_t lo = 0, hi = s->n_read;
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+                int c = strcmp(s->read[mid].dir, dir);
+                if (c == 0) {
+                        *found = true;
+                        return mid;
+                }
+                if (c < 0)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        *found = false;
+        return lo;
+}
+
 static DirRead *find_read(const IgnoreSet *s, const char *dir) {
-        for (size_t i = 0; i < s->n_read; i++)
-                if (strcmp(s->read[i].dir, dir) == 0)
-                        return &s->read[i];
-        return NULL;
+        bool found;
+        size_t i = read_pos(s, dir, &found);
+        return found ? &s->read[i] : NULL;
 }
 
 /* Whether dir holds a CACHEDIR.TAG with the convention's signature. */
@@ -99,7 +118,11 @@ static int read_file(IgnoreSet *s, int rootfd, const char *dir) {
         char *d = strdup(dir);
         if (!d)
                 return -ENOMEM;
-        s->read[s->n_read++] = (DirRead) { .dir = d, .cache = s->caches && is_cache_dir(rootfd, dir) };
+        bool found;
+        size_t at = read_pos(s, dir, &found);
+        memmove(s->read + at + 1, s->read + at, (s->n_read - at) * sizeof(*s->read));
+        s->read[at] = (DirRead) { .dir = d, .cache = s->caches && is_cache_dir(rootfd, dir) };
+        s->n_read++;
         int fd = bs_open_beneath(rootfd, path, O_RDONLY | O_NOCTTY, 0);
         if (fd < 0) {
                 bs_ignore_drop_file(s->ig, dir);
@@ -144,10 +167,12 @@ bool ignore_set_path(IgnoreSet *s, int rootfd, const char *path, bool is_dir) {
 }
 
 int ignore_set_reload(IgnoreSet *s, int rootfd, const char *dir) {
-        DirRead *d = find_read(s, dir);
-        if (d) {
-                free(d->dir);
-                *d = s->read[--s->n_read];
+        bool found;
+        size_t at = read_pos(s, dir, &found);
+        if (found) {
+                free(s->read[at].dir);
+                memmove(s->read + at, s->read + at + 1, (s->n_read - at - 1) * sizeof(*s->read));
+                s->n_read--;
         }
         int r = read_file(s, rootfd, dir);
         return r < 0 ? r : 1;

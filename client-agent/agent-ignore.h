@@ -25,7 +25,7 @@ static inline void ignore_set_freep(IgnoreSet **s) { if (*s) ignore_set_free(*s)
  */
 bool ignore_set_path(IgnoreSet *s, int rootfd, const char *path, bool is_dir);
 
-/** The ignore file of dir changed or went: read it again when next needed. 1 when dir's patterns changed. */
+/** The ignore file of dir changed or went: read it again now. 1, or -errno. */
 int ignore_set_reload(IgnoreSet *s, int rootfd, const char *dir);
 
 /** Whether path is an ignore file; its directory into dir (BS_PATH_MAX + 1 bytes). */

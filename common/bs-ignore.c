@@ -377,16 +377,32 @@ static size_t cut(const unsigned char *b, const unsigned char *e, Seg *v, size_t
         }
 }
 
+static size_t count_segments(const char *s, size_t n) {
+        size_t k = 1;
+        for (size_t i = 0; i < n; i++)
+                k += s[i] == '/';
+        return k;
+}
+
 bool bs_glob_match(const char *pat, size_t plen, const char *str, size_t slen) {
-        /* A path has at most 2049 segments (4096 bytes): so has a pattern worth matching. */
-        enum { MAX_SEGS = 2050 };
-        Seg *ps = malloc(2 * MAX_SEGS * sizeof(Seg)), *ss;
+        const unsigned char *p = (const unsigned char *) pat, *q = (const unsigned char *) str;
+        /* Most patterns and names have no "/": one segment, no list. */
+        if (!memchr(pat, '/', plen) && !memchr(str, '/', slen) && !(plen == 2 && pat[0] == '*' && pat[1] == '*'))
+                return segment_match(p, p + plen, q, q + slen);
+        /* A path has at most 2049 segments (4096 bytes): so has a pattern
+         * worth matching; short ones stay on the stack. */
+        enum { MAX_SEGS = 2050, STACK_SEGS = 32 };
+        Seg stack[2 * STACK_SEGS], *ps = stack, *ss;
+        size_t max = STACK_SEGS;
         bool ok = false;
-        if (!ps)
-                return false;
-        ss = ps + MAX_SEGS;
-        size_t np = cut((const unsigned char *) pat, (const unsigned char *) pat + plen, ps, MAX_SEGS);
-        size_t ns = cut((const unsigned char *) str, (const unsigned char *) str + slen, ss, MAX_SEGS);
+        if (count_segments(pat, plen) > STACK_SEGS || count_segments(str, slen) > STACK_SEGS) {
+                if (!(ps = malloc(2 * MAX_SEGS * sizeof(Seg))))
+                        return false;
+                max = MAX_SEGS;
+        }
+        ss = ps + max;
+        size_t np = cut(p, p + plen, ps, max);
+        size_t ns = cut(q, q + slen, ss, max);
         if (np == 0 || ns == 0)
                 goto out;
         /* The same greedy match one level up: "**" takes any number of
@@ -417,7 +433,8 @@ bool bs_glob_match(const char *pat, size_t plen, const char *str, size_t slen) {
                 i++;
         ok = i == np;
 out:
-        free(ps);
+        if (ps != stack)
+                free(ps);
         return ok;
 }
 

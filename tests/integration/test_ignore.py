@@ -2,8 +2,10 @@
 patterns (selective sync) and the default ignores."""
 
 import os
+import signal
 
 from harness import Env, check, wait_until, write_file
+from test_config import InstanceAgent, _environ
 
 
 def _server_tree(srv, a):
@@ -85,6 +87,14 @@ def test_ignore_selective_sync_both_ways():
         check(not os.path.exists(os.path.join(b.dir, "videos/a.mp4")) and
               not os.path.exists(os.path.join(b.dir, "videos/b.mp4")), "A's videos reached B")
         check(os.path.exists(os.path.join(adir, "videos/a.mp4")), "B's lack of videos deleted A's")
+        # Moves across the line: out of the synced part is gone from B, into it arrives.
+        os.rename(os.path.join(adir, "docs/x.txt"), os.path.join(adir, "videos/x.txt"))
+        os.rename(os.path.join(adir, "videos/a.mp4"), os.path.join(adir, "docs/a.mp4"))
+        wait_until(lambda: not os.path.exists(os.path.join(b.dir, "docs/x.txt")) and
+                   os.path.exists(os.path.join(b.dir, "docs/a.mp4")), 30, "the moves across the line on B")
+        check(not os.path.exists(os.path.join(b.dir, "videos/x.txt")), "a file moved into videos/ reached B")
+        check(os.path.exists(os.path.join(adir, "videos/x.txt")) and "videos/x.txt" in _server_tree(srv, a),
+              "the file moved into videos/ was lost")
 
 
 def test_ignore_becoming_ignored_and_back():
@@ -128,3 +138,32 @@ def test_ignore_node_modules_costs_no_watches():
         check(not any(p.startswith("node_modules") for p in _server_tree(srv, a)), "node_modules reached the server")
         w = _inotify_watches(a.popen.pid)
         check(w <= 3, "%d inotify watches for a tree of 2 directories besides node_modules" % w)
+
+
+def test_ignore_sighup_reload():
+    """ignore = in [agent:NAME], changed and reloaded with SIGHUP: a path
+    no longer ignored arrives, a newly ignored one stops syncing."""
+    with Env("ignore_sighup") as env:
+        srv = env.server()
+        adir = env.path("A")
+        write_file(os.path.join(adir, "videos/a.mp4"), "video\n")
+        write_file(os.path.join(adir, "docs/x.txt"), "x\n")
+        a = env.agent("A", adir)
+        home = env.path("home-b")
+        environ = _environ(home, state=os.path.join(home, "state"), config=os.path.join(home, "cfg"))
+        ini = env.path("agent.ini")
+        base = "[agent:b]\nserver = 127.0.0.1\nport = %d\npath = %s\nid = %s\n" % (srv.port, env.path("B"), a.token)
+        write_file(ini, base + "ignore = videos/\n")
+        b = InstanceAgent(env, "B", "b", ini, environ, env.path("B"), token=a.token)
+        b.start()
+        wait_until(lambda: os.path.exists(os.path.join(b.dir, "docs/x.txt")), 30, "docs/x.txt on B")
+        check(not os.path.exists(os.path.join(b.dir, "videos")), "videos/ reached B while ignored")
+        write_file(ini, base + "ignore = docs/\n")
+        b.popen.send_signal(signal.SIGHUP)
+        wait_until(lambda: os.path.exists(os.path.join(b.dir, "videos/a.mp4")), 30,
+                   "videos/a.mp4 on B once no longer ignored")
+        write_file(os.path.join(b.dir, "docs/new.txt"), "new\n")
+        write_file(os.path.join(b.dir, "marker"), "m\n")
+        wait_until(lambda: "marker" in _server_tree(srv, a), 30, "B's marker on the server")
+        check("docs/new.txt" not in _server_tree(srv, a), "a file in docs/ went up after docs/ became ignored")
+        check("docs/x.txt" in _server_tree(srv, a), "docs/x.txt left the server when B began to ignore it")

@@ -639,8 +639,10 @@ static bool session_update(Session *s) {
         /* Work left in our buffers (or held decrypted inside TLS, which the
          * socket no longer signals): level-triggered EPOLLOUT brings us back
          * as soon as the socket takes more, even when the peer sends nothing
-         * further. */
-        bool tls_held = s->ssl && SSL_has_pending(s->ssl) && bs_buf_len(&s->in) < SESSION_IN_MAX;
+         * further. Not after the end of input: TLS reports the end only once
+         * every whole record is read, so what it still holds is part of a
+         * record that will never complete, and waiting for it would spin. */
+        bool tls_held = s->ssl && !s->read_eof && SSL_has_pending(s->ssl) && bs_buf_len(&s->in) < SESSION_IN_MAX;
         bool pending = s->state != SESSION_CLOSING &&
                        (s->stream != STREAM_NONE || tls_held ||
                         bs_frame_peek(bs_buf_head(&s->in), bs_buf_len(&s->in), BS_FRAME_MAX_DEFAULT, &len) != 0);
@@ -676,7 +678,7 @@ static int on_io(sd_event_source *source, int fd, uint32_t revents, void *userda
          * otherwise: a read reserves the input buffer, which an idle
          * connection should not hold. */
         if (((revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) || (s->ssl && SSL_has_pending(s->ssl))) &&
-            s->state != SESSION_CLOSING)
+            s->state != SESSION_CLOSING && !s->read_eof)
                 r = session_read(s);
         if (r >= 0 && (revents & EPOLLOUT))
                 r = session_flush(s);

@@ -54,7 +54,8 @@ def test_ignore_files_nested_and_defaults():
         write_file(os.path.join(adir, "notcache/CACHEDIR.TAG"), "not the signature\n")
         a = env.agent("A", adir)
         srv = env.servers[0]
-        wait_until(lambda: "src/deep/b.c" in _server_tree(srv, a) and "a.tmp" in _server_tree(srv, a), 30,
+        # Upload order is the agent's own: wait for every path that must arrive.
+        wait_until(lambda: all(rel in _server_tree(srv, a) for rel, synced in files.items() if synced), 30,
                    "the synced files on the server")
         tree = _server_tree(srv, a)
         for rel, synced in files.items():

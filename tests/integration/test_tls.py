@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -395,3 +396,63 @@ def test_tls_handshake_flood():
         check("no TLS handshake in time" in srv.log_text(), "the stalled handshakes were not logged")
         write_file(os.path.join(a.dir, "after.txt"), "after\n")
         wait_content(os.path.join(b.dir, "after.txt"), "after\n", timeout=10)
+
+
+def _cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cut_upload(port, token, rst, tmpdir):
+    """Authenticate, begin an upload, then end the connection in the middle
+    of a TLS record, as an agent killed while sending does."""
+    sock = socket.create_connection(("127.0.0.1", port), 5)
+    inb, outb = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = bsproto.tls_context().wrap_bio(inb, outb)
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            sock.sendall(outb.read())
+            data = sock.recv(65536)
+            check(data, "the server closed the connection during the handshake")
+            inb.write(data)
+    sock.sendall(outb.read())
+    obj.write(bsproto.enc_hello(token, os.urandom(16), "cut") +
+              bsproto.enc_put(2, "cut.bin", 0, 1 << 20) + bsproto.enc_data(2, b"x" * 4096))
+    sock.sendall(outb.read())
+    wait_until(lambda: os.listdir(tmpdir), 10, "the server to begin the upload")
+    obj.write(bsproto.enc_data(2, b"y" * 8192))
+    record = outb.read()
+    sock.sendall(record[:len(record) // 2])
+    time.sleep(0.2)
+    if rst:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_tls_cut_record():
+    """A connection that ends in the middle of a TLS record (an agent
+    killed while uploading) is closed at once: its partial upload is
+    dropped and the server does not spin on what TLS still holds."""
+    with Env("tls_cut_record") as env:
+        srv = env.server()
+        write_file(env.path("A", "first.txt"), "first\n")
+        a = env.agent("A", env.path("A"))
+        wait_until(lambda: os.path.exists(os.path.join(srv.tree(a.token), "first.txt")), 30,
+                   "first.txt on the server")
+        tmpdir = os.path.join(srv.storage, a.account, "tmp")
+        for rst in (False, True):
+            _cut_upload(srv.port, a.token, rst, tmpdir)
+            wait_until(lambda: not os.listdir(tmpdir), 5,
+                       "the server to drop the cut upload (%s)" % ("reset" if rst else "FIN"))
+            cpu0 = _cpu_seconds(srv.popen.pid)
+            time.sleep(1)
+            used = _cpu_seconds(srv.popen.pid) - cpu0
+            check(used < 0.3, "the server used %.2f s of CPU in 1 s after a cut record (%s)"
+                  % (used, "reset" if rst else "FIN"))
+        write_file(os.path.join(a.dir, "after.txt"), "after\n")
+        wait_until(lambda: os.path.exists(os.path.join(srv.tree(a.token), "after.txt")), 10,
+                   "after.txt on the server")

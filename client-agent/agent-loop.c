@@ -102,6 +102,7 @@ void agent_ignore_changed(Agent *a, const char *path) {
         /* What the patterns now say, everywhere: paths no longer ignored
          * are synced like offline changes, both ways. */
         log_info("%s changed: looking at the whole tree again", path);
+        watcher_drop_ignored(a->watcher);
         watcher_add_tree(a->watcher, "");
         a->rescan_all = true;
         a->need_snapshot = true;
@@ -494,6 +495,8 @@ static void reload_config(Agent *a) {
                 log_warning("[agent:%s]: tls, server-fingerprint or ca-file changed; that needs a restart",
                             a->cfg.instance);
 
+        if (!a->cfg.max_delete_pinned)
+                a->cfg.max_delete = c.max_delete; /* the next round decides with it */
         if (!a->cfg.poll_pinned && c.poll_usec != a->cfg.poll_usec) {
                 a->cfg.poll_usec = c.poll_usec;
                 /* Counted from now; arm_timer() makes it one-shot, but on_poll() expects it on. */
@@ -524,6 +527,7 @@ static void reload_config(Agent *a) {
                 else {
                         ignore_set_free(a->ignore);
                         a->ignore = s;
+                        watcher_drop_ignored(a->watcher);
                         watcher_add_tree(a->watcher, "");
                         a->rescan_all = true;
                         a->need_snapshot = true;
@@ -698,6 +702,11 @@ AgentStop agent_run(Agent *a) {
                         watcher_process(a->watcher);
                         watcher_flush(a->watcher);
                         agent_settle_all(a);
+                        if (agent_idle(a) && a->held_shown) {
+                                log_error("%s is not in sync: the deletion of %llu files is held (max-delete)",
+                                          a->cfg.dir, (unsigned long long) a->held_files);
+                                return AGENT_STOP_NOT_IN_SYNC;
+                        }
                         if (agent_idle(a))
                                 return AGENT_STOP_NONE;
                         /* What the server could not store will not fit a moment later either. */

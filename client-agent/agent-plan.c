@@ -13,21 +13,35 @@
 #include "bs-macro.h"
 #include "bs-path.h"
 
+static void op_done(PushOp *op) {
+        free(op->path);
+        free(op->path2);
+        free(op->e);
+        bs_blocks_free(op->blocks);
+        free(op->delta_bases);
+        if (op->fd >= 0)
+                close(op->fd);
+}
+
 void plan_clear(Plan *p) {
-        for (size_t i = 0; i < p->n; i++) {
-                free(p->ops[i].path);
-                free(p->ops[i].path2);
-                free(p->ops[i].e);
-                bs_blocks_free(p->ops[i].blocks);
-                free(p->ops[i].delta_bases);
-                if (p->ops[i].fd >= 0)
-                        close(p->ops[i].fd);
-        }
+        for (size_t i = 0; i < p->n; i++)
+                op_done(&p->ops[i]);
         free(p->ops);
         for (size_t i = 0; i < p->n_dirs; i++)
                 free(p->dirs[i]);
         free(p->dirs);
         *p = (Plan) {};
+}
+
+void plan_filter(Plan *p, bool (*keep)(const PushOp *op, void *userdata), void *userdata) {
+        size_t k = 0;
+        for (size_t i = 0; i < p->n; i++) {
+                if (keep(&p->ops[i], userdata))
+                        p->ops[k++] = p->ops[i];
+                else
+                        op_done(&p->ops[i]);
+        }
+        p->n = k;
 }
 
 PushOp *plan_add(Plan *p, uint8_t type, const char *path, const char *path2, uint64_t base,

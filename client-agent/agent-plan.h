@@ -38,6 +38,8 @@ typedef struct Plan {
 } Plan;
 
 void plan_clear(Plan *p);
+/** Keep the ops keep() says true of, in order; the others are freed. */
+void plan_filter(Plan *p, bool (*keep)(const PushOp *op, void *userdata), void *userdata);
 /** Append an op; l (may be NULL) gives what the manifest records on ACK. */
 PushOp *plan_add(Plan *p, uint8_t type, const char *path, const char *path2, uint64_t base, const LocalEntry *l);
 /**

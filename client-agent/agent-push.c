@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent-brake.h"
 #include "agent-plan.h"
 #include "agent-push.h"
 #include "agent-session.h"
@@ -688,7 +689,10 @@ int agent_push_moves(Agent *a) {
                         free(m);
                         continue;
                 }
-                if (!move_still_true(a, mv, m)) {
+                /* Into or out of an ignored name (vim's file~ backup): a
+                 * deletion or a new file for the server, never a move. */
+                if (!move_still_true(a, mv, m) || ignore_set_path(a->ignore, a->rootfd, mv->from, mv->is_dir) ||
+                    ignore_set_path(a->ignore, a->rootfd, mv->to, mv->is_dir)) {
                         /* Our own rename (a conflict copy) or undone since: compare instead. */
                         agent_mark_dirty(a, mv->from, false);
                         agent_mark_dirty(a, mv->to, mv->is_dir);
@@ -777,6 +781,10 @@ int agent_push(Agent *a) {
         if (r < 0)
                 return r;
 
+        /* Held deletions are decided again with whatever else this round
+         * brings, and at once when the user let them go. */
+        if (a->n_held > 0 && (a->n_dirty > 0 || brake_confirm_waiting(a)))
+                brake_review(a);
         DirtyPath *dirty = a->dirty;
         size_t n = a->n_dirty;
         a->dirty = NULL;
@@ -807,6 +815,14 @@ int agent_push(Agent *a) {
                         log_warning("could not look at %s: %s", dirty[i].path, strerror(-r));
         }
         local_scan_end(a);
+        r = brake_apply(a, &p);
+        if (r < 0) {
+                /* Deletions that cannot be counted are not sent; nothing is lost. */
+                log_warning("cannot count the files this round deletes: %s; sending nothing, looking again",
+                            strerror(-r));
+                plan_clear(&p);
+                a->rescan_all = true;
+        }
         if (verifying) {
                 clock_gettime(CLOCK_MONOTONIC, &t1);
                 report_unseen(a, &p, (double) (t1.tv_sec - t0.tv_sec) * 1e3 + (double) (t1.tv_nsec - t0.tv_nsec) / 1e6);

@@ -475,6 +475,20 @@ static int iterate(AgentState *s, sqlite3_stmt *st, manifest_iter_t fn, void *us
         return note(s, sql_err(rc));
 }
 
+int64_t manifest_count_files(AgentState *s, const char *path) {
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
+        int rc = path[0] ? prepare(s, "SELECT count(*) FROM manifest WHERE kind<>2 AND (path=CAST(?1 AS BLOB) OR "
+                                      BELOW("?1") ")", &st)
+                         : prepare(s, "SELECT count(*) FROM manifest WHERE kind<>2", &st);
+        if (rc < 0)
+                return rc;
+        if (path[0])
+                sqlite3_bind_blob(st, 1, path, (int) strlen(path), SQLITE_STATIC);
+        if (sqlite3_step(st) != SQLITE_ROW)
+                return -EIO;
+        return sqlite3_column_int64(st, 0);
+}
+
 #define COLS "path,kind,size,mode,mtime,ino,sha,version,target"
 
 int manifest_children(AgentState *s, const char *dir, manifest_iter_t fn, void *userdata) {

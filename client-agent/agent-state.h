@@ -72,6 +72,8 @@ int manifest_delete_tree(AgentState *s, const char *path);
 /** Rename path and everything below it to a new prefix. */
 int manifest_move_tree(AgentState *s, const char *from, const char *to);
 int64_t manifest_count(AgentState *s);
+/** Files and symlinks (not directories) at path and below it; "" for the whole tree. */
+int64_t manifest_count_files(AgentState *s, const char *path);
 
 typedef int (*manifest_iter_t)(const char *path, const ManifestEntry *e, void *userdata);
 /** Call fn for each direct child of dir ("" = root), in path order. */

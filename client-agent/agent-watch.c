@@ -222,6 +222,28 @@ static void drop_below(Watcher *w, const char *dir) {
                 }
 }
 
+void watcher_drop_ignored(Watcher *w) {
+        if (!w->ops->ignored)
+                return;
+        for (size_t i = 0; i < w->n_paths; i++)
+                if (w->paths[i] && w->paths[i][0] && w->ops->ignored(w->userdata, w->paths[i])) {
+                        char *dir = w->paths[i];
+                        w->paths[i] = NULL; /* drop_below() must not free what it compares with */
+                        inotify_rm_watch(w->fd, (int) i);
+                        w->count--;
+                        drop_below(w, dir);
+                        free(dir);
+                }
+        size_t kept = 0;
+        for (size_t i = 0; i < w->n_unwatched; i++) {
+                if (w->ops->ignored(w->userdata, w->unwatched[i]))
+                        free(w->unwatched[i]);
+                else
+                        w->unwatched[kept++] = w->unwatched[i];
+        }
+        w->n_unwatched = kept;
+}
+
 /* A directory moved within the tree keeps its watches; rename them. */
 static void rename_below(Watcher *w, const char *from, const char *to) {
         char buf[BS_PATH_MAX + 1];

@@ -45,6 +45,9 @@ int watcher_fd(Watcher *w);
  */
 int watcher_add_tree(Watcher *w, const char *dir);
 
+/** Stop watching the directories the ignored callback now names, and what is below them. */
+void watcher_drop_ignored(Watcher *w);
+
 /** Read and dispatch what the kernel has queued. */
 int watcher_process(Watcher *w);
 

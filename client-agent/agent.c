@@ -61,6 +61,9 @@ Agent *agent_free(Agent *a) {
         watcher_free(a->watcher);
         agent_state_free(a->state);
         ignore_set_free(a->ignore);
+        for (size_t i = 0; i < a->n_held; i++)
+                free(a->held[i]);
+        free(a->held);
         if (a->rootfd >= 0)
                 close(a->rootfd);
         if (a->scan_fd >= 0)
@@ -220,6 +223,7 @@ static void write_status(Agent *a, BsSyncState state) {
                 .downloaded = a->n_downloaded,
                 .conflicts = a->n_conflicts,
                 .conflicts_present = conflicts_present(a),
+                .held_deletes = a->held_shown ? a->held_files : 0,
                 .progress_done = a->progress_done,
                 .progress_total = a->progress_total,
                 .progress_bytes = a->progress_bytes,
@@ -233,6 +237,10 @@ static void write_status(Agent *a, BsSyncState state) {
         if (state == BS_SYNC_PAUSED)
                 (void) strlcpy(st.reason, a->root_gone ? "the directory was removed, moved or unmounted"
                                                        : "the directory is empty but was synced", sizeof(st.reason));
+        else if (state == BS_SYNC_HOLDING)
+                snprintf(st.reason, sizeof(st.reason),
+                         "the deletion of %llu files is held (max-delete); run backupsync confirm-deletes "
+                         "to let it go, or bring the files back", (unsigned long long) a->held_files);
         else if (state == BS_SYNC_ERROR)
                 snprintf(st.reason, sizeof(st.reason), "the state in %s cannot be written: %s", a->cfg.state_dir,
                          strerror(-a->state_error));
@@ -268,7 +276,7 @@ void agent_update_status(Agent *a) {
                 a->offline_since_usec = realtime_usec();
         size_t pending = agent_pending(a);
         write_status(a, a->paused ? BS_SYNC_PAUSED : a->state_error ? BS_SYNC_ERROR : !a->conn ? BS_SYNC_OFFLINE
-                        : pending ? BS_SYNC_SYNCING : BS_SYNC_IN_SYNC);
+                        : pending ? BS_SYNC_SYNCING : a->held_shown ? BS_SYNC_HOLDING : BS_SYNC_IN_SYNC);
 
         char when[32] = "never";
         if (a->last_sync_usec) {
@@ -277,8 +285,13 @@ void agent_update_status(Agent *a) {
                 localtime_r(&t, &tm);
                 strftime(when, sizeof(when), "%H:%M:%S", &tm);
         }
-        sd_notifyf(false, "STATUS=%s%s%s: %zu directories watched, last sync %s, %zu changes pending, %llu uploaded, %llu downloaded%s",
-                   a->paused ? "PAUSED " : "", a->state_error ? "STATE NOT WRITABLE " : "", a->account[0] ? a->account : "(no account yet)",
+        char held[64] = "";
+        if (a->held_shown)
+                snprintf(held, sizeof(held), "%llu DELETIONS HELD (backupsync confirm-deletes) ",
+                         (unsigned long long) a->held_files);
+        sd_notifyf(false, "STATUS=%s%s%s%s: %zu directories watched, last sync %s, %zu changes pending, %llu uploaded, %llu downloaded%s",
+                   a->paused ? "PAUSED " : "", a->state_error ? "STATE NOT WRITABLE " : "", held,
+                   a->account[0] ? a->account : "(no account yet)",
                    a->watcher ? watcher_count(a->watcher) : 0, when,
                    pending,
                    (unsigned long long) a->n_uploaded, (unsigned long long) a->n_downloaded,

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "bs-conn.h"
+#include "bs-parse.h"
 #include "agent-ignore.h"
 #include "agent-state.h"
 #include "agent-watch.h"
@@ -47,6 +48,7 @@ typedef struct AgentConfig {
         char *const *ignore;    /* this computer's patterns (ignore =) */
         size_t n_ignore;
         bool no_default_ignores;
+        BsDeleteLimit max_delete; /* past it, a round's deletions wait for confirm-deletes */
         bool once;
 
         /* With --instance: what SIGHUP re-reads, and what the command line
@@ -55,7 +57,7 @@ typedef struct AgentConfig {
         const char *config_file;
         bool config_must_exist;
         const char *user_config_file; /* NULL: none */
-        bool poll_pinned, verify_pinned, device_name_pinned, tls_pinned, ignore_pinned;
+        bool poll_pinned, verify_pinned, device_name_pinned, tls_pinned, ignore_pinned, max_delete_pinned;
 } AgentConfig;
 
 typedef struct DirtyPath {
@@ -137,6 +139,16 @@ typedef struct Agent {
         bool again;     /* another round is needed at once */
         bool verify_wanted; /* a change may have gone unreported: bring the verification pass forward */
         bool paused;    /* the watched directory is missing or was emptied */
+        /* Deletions the brake (agent-brake.c) keeps back: the top paths
+         * and the files and symlinks they remove; held_shown when held
+         * past max-delete (logged, in the status), else waiting for a
+         * burst to end. */
+        char **held;
+        size_t n_held;
+        uint64_t held_files, held_logged_usec, defer_usec;
+        bool held_shown;
+        /* Files deleted by recent rounds, and when the last one was. */
+        uint64_t burst_deleted, burst_usec;
         bool root_gone;
         AgentStop stop; /* set when the agent must stop */
         int state_error; /* the state database could not be written: the failure logged, until a commit works */

@@ -61,6 +61,9 @@ static void help(void) {
                "  --default-ignores yes|no\n"
                "                         the shipped ignores of editors' and OS litter\n"
                "                         (default yes)\n"
+               "  --max-delete LIMIT     hold a round's deletions past LIMIT until\n"
+               "                         backupsync confirm-deletes: files, a share of the\n"
+               "                         tree, both, or no (default '100 50%%')\n"
                "  --once                 sync once and exit: 0 when in sync\n"
                "  -h, --help             show this help\n"
                "  --version              show the version\n"
@@ -99,6 +102,8 @@ static int load_instance(AgentConfig *cfg, BsAgentConfig *ini) {
         cfg->ignore = ini->ignore;
         cfg->n_ignore = ini->n_ignore;
         cfg->no_default_ignores = !ini->default_ignores;
+        if (!cfg->max_delete_pinned)
+                cfg->max_delete = ini->max_delete;
         if (!cfg->poll_pinned)
                 cfg->poll_usec = ini->poll_usec;
         if (!cfg->verify_pinned)
@@ -136,7 +141,8 @@ static int exit_status(AgentStop stop) {
 
 int main(int argc, char **argv) {
         enum { ARG_STATE_DIR = 0x100, ARG_POLL, ARG_VERIFY, ARG_ONCE, ARG_VERSION, ARG_DEVICE, ARG_INSTANCE,
-               ARG_CONFIG, ARG_FINGERPRINT, ARG_CA_FILE, ARG_TLS, ARG_IGNORE, ARG_DEFAULT_IGNORES };
+               ARG_CONFIG, ARG_FINGERPRINT, ARG_CA_FILE, ARG_TLS, ARG_IGNORE, ARG_DEFAULT_IGNORES,
+               ARG_MAX_DELETE };
         static const struct option options[] = {
                 { "instance", required_argument, NULL, ARG_INSTANCE },
                 { "config", required_argument, NULL, ARG_CONFIG },
@@ -150,12 +156,13 @@ int main(int argc, char **argv) {
                 { "tls", required_argument, NULL, ARG_TLS },
                 { "ignore", required_argument, NULL, ARG_IGNORE },
                 { "default-ignores", required_argument, NULL, ARG_DEFAULT_IGNORES },
+                { "max-delete", required_argument, NULL, ARG_MAX_DELETE },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
                 {},
         };
         AgentConfig cfg = { .poll_usec = BS_CONFIG_DEFAULT_POLL_USEC, .verify_usec = BS_CONFIG_DEFAULT_VERIFY_USEC,
-                            .coalesce_usec = 20000ULL, .tls = true };
+                            .coalesce_usec = 20000ULL, .tls = true, .max_delete = BS_DELETE_LIMIT_DEFAULT };
         uint8_t fp[BS_FP_LEN];
         char fp_text[BS_FP_TEXT_MAX];
         /* Owns the strings cfg points to under --instance, until exit. */
@@ -236,6 +243,14 @@ int main(int argc, char **argv) {
                                 return EX_USAGE;
                         }
                         cfg.tls_pinned = true;
+                        break;
+                case ARG_MAX_DELETE:
+                        if (bs_parse_delete_limit(optarg, &cfg.max_delete) < 0) {
+                                log_error("--max-delete takes a number of files, a share of the tree (50%%), "
+                                          "both ('100 50%%') or no, not %s", optarg);
+                                return EX_USAGE;
+                        }
+                        cfg.max_delete_pinned = true;
                         break;
                 case ARG_DEFAULT_IGNORES: {
                         bool on;

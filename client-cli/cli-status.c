@@ -23,8 +23,7 @@
 #include "cli-status.h"
 #include "cli-util.h"
 
-/* Is the agent that wrote s still running? Its pid alive and named so. */
-static bool agent_running(const BsStatus *s) {
+bool cli_agent_running(const BsStatus *s) {
         char path[64], comm[32] = "";
         if (s->state == BS_SYNC_STOPPED || (kill(s->pid, 0) < 0 && errno == ESRCH))
                 return false;
@@ -75,9 +74,10 @@ static void print_json(const char *name, const char *state_dir, const BsStatus *
         cli_json_time("offline_since", (time_t) (s->offline_since_usec / 1000000u));
         cli_json_time("updated", (time_t) (s->updated_usec / 1000000u));
         printf(", \"pid\": %ld, \"pending\": %" PRIu64 ", \"watched\": %" PRIu64 ", \"uploaded\": %" PRIu64
-               ", \"downloaded\": %" PRIu64 ", \"conflicts\": %" PRIu64 ", \"conflicts_present\": %" PRIu64,
+               ", \"downloaded\": %" PRIu64 ", \"conflicts\": %" PRIu64 ", \"conflicts_present\": %" PRIu64
+               ", \"held_deletes\": %" PRIu64,
                (long) s->pid, s->pending, s->watched, s->uploaded, s->downloaded, s->conflicts,
-               s->conflicts_present);
+               s->conflicts_present, s->held_deletes);
         if (s->progress_what[0] && running) {
                 fputs(", \"progress\": {\"what\": ", stdout);
                 cli_json_string(s->progress_what);
@@ -149,7 +149,7 @@ static int show(const char *state_dir, bool json, bool *first) {
                         r == -EBADMSG ? "not a status file" : strerror(-r));
                 return r == -EBADMSG ? EX_DATAERR : EX_NOINPUT;
         }
-        bool running = agent_running(&s);
+        bool running = cli_agent_running(&s);
         if (json) {
                 fputs(*first ? "[" : ",\n ", stdout);
                 print_json(name, state_dir, &s, running);

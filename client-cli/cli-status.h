@@ -4,6 +4,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "bs-status.h"
+
 /**
  * Print the status of the agents whose state directories are given (n > 0),
  * else of every [agent:NAME] configured in system_file or the user's file
@@ -11,3 +13,6 @@
  * status (sysexits.h).
  */
 int cli_status(char *const *state_dirs, size_t n, const char *system_file, bool json);
+
+/** Is the agent that wrote s still running? Its pid alive and named so. */
+bool cli_agent_running(const BsStatus *s);

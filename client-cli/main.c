@@ -18,6 +18,7 @@
 #include "bs-parse.h"
 #include "bs-path.h"
 #include "cli-account.h"
+#include "cli-confirm.h"
 #include "cli-history.h"
 #include "cli-restore.h"
 #include "cli-status.h"
@@ -29,6 +30,7 @@ static void usage(FILE *f) {
                    "       backupsync deleted [DIR] [--json] [ACCOUNT]\n"
                    "       backupsync ls [PATH] [--at TIME] [--json] [ACCOUNT]\n"
                    "       backupsync restore PATH... [--at TIME | --version N] [--to DIR] [ACCOUNT]\n"
+                   "       backupsync confirm-deletes [--instance NAME | --state-dir DIR]\n"
                    "\n"
                    "  status               how each agent of this user stands: in sync, syncing,\n"
                    "                       offline, paused or in error, last sync, pending changes\n"
@@ -37,7 +39,8 @@ static void usage(FILE *f) {
                    "  deleted              what was deleted under DIR and is still kept\n"
                    "  ls                   the tree as it is, or was at TIME\n"
                    "  restore              bring files or trees back as they were (default: the\n"
-                   "                       content before the current one, or before deletion)\n"
+                   "                       content before the current one, or before deletion)\n"                   "  confirm-deletes      let go the deletions an agent holds because they were\n"
+                   "                       more than its max-delete\n"
                    "\n"
                    "ACCOUNT: --instance NAME (the agent of backupsync-agent@NAME), --state-dir DIR\n"
                    "(an agent run by hand), or --server HOST [--port PORT] --token TOKEN (or\n"
@@ -325,6 +328,13 @@ int main(int argc, char **argv) {
                 } else
                         ret = cli_status(o.state_dirs, o.n_state_dirs, o.config ?: BS_SYSCONFDIR "/backupsync.ini",
                                          o.json);
+        } else if (strcmp(cmd, "confirm-deletes") == 0) {
+                if (n_args || o.server) {
+                        fprintf(stderr, "backupsync: confirm-deletes takes --instance NAME or --state-dir DIR, "
+                                        "nothing else\n");
+                        ret = EX_USAGE;
+                } else
+                        ret = cli_confirm_deletes(o.state_dirs, o.n_state_dirs);
         } else if (!strcmp(cmd, "log") || !strcmp(cmd, "versions") || !strcmp(cmd, "deleted") ||
                    !strcmp(cmd, "restore") || !strcmp(cmd, "ls")) {
                 if (o.when.at && strcmp(cmd, "restore") != 0 && strcmp(cmd, "ls") != 0) {

@@ -42,7 +42,7 @@ typedef struct Parser {
 
 static const char *const agent_keys[] = { "server", "port", "path", "id", "poll-interval", "verify-interval",
                                            "device-name", "tls", "server-fingerprint", "ca-file", "ignore",
-                                           "default-ignores" };
+                                           "default-ignores", "max-delete" };
 
 void bs_server_config_init(BsServerConfig *cfg) {
         *cfg = (BsServerConfig) {
@@ -71,7 +71,8 @@ void bs_agent_config_init(BsAgentConfig *cfg) {
         *cfg = (BsAgentConfig) { .poll_usec = BS_CONFIG_DEFAULT_POLL_USEC,
                                  .verify_usec = BS_CONFIG_DEFAULT_VERIFY_USEC,
                                  .tls = true,
-                                 .default_ignores = true };
+                                 .default_ignores = true,
+                                 .max_delete = BS_DELETE_LIMIT_DEFAULT };
 }
 
 void bs_agent_config_done(BsAgentConfig *cfg) {
@@ -317,7 +318,7 @@ static void agent_key(Parser *p, const char *instance, const char *key, const ch
         if (!known) {
                 parser_fail(p, -EINVAL, key, "unknown key in [agent:%s] (known: server, port, path, id, "
                             "poll-interval, verify-interval, device-name, tls, server-fingerprint, ca-file, "
-                            "ignore, default-ignores)",
+                            "ignore, default-ignores, max-delete)",
                             instance);
                 return;
         }
@@ -382,6 +383,11 @@ static void agent_key(Parser *p, const char *instance, const char *key, const ch
         else if (strcmp(key, "default-ignores") == 0) {
                 if (bs_parse_bool(value, &c->default_ignores) < 0)
                         parser_fail(p, -EINVAL, key, "'%s' is not a boolean (yes or no)", value);
+        } else if (strcmp(key, "max-delete") == 0) {
+                if (bs_parse_delete_limit(value, &c->max_delete) < 0)
+                        parser_fail(p, -EINVAL, key,
+                                    "'%s' is not a limit: a number of files, a share of the tree (50%%), "
+                                    "both (100 50%%), or no", value);
         }
 }
 

@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "bs-parse.h"
+
 #define BS_CONFIG_DEFAULT_PORT 7373
 #define BS_CONFIG_DEFAULT_IDLE_USEC (120ULL * 1000000ULL)
 #define BS_CONFIG_DEFAULT_MAX_CONNECTIONS 1024u
@@ -72,6 +74,7 @@ typedef struct BsAgentConfig {
         char **ignore;
         size_t n_ignore;
         bool default_ignores; /* default yes */
+        BsDeleteLimit max_delete; /* default 100 files and 50 % */
 } BsAgentConfig;
 
 /** Fill cfg with the built-in defaults (port 7373, listen ::, require-key yes, ...). */

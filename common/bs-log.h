@@ -29,6 +29,8 @@
 #define BS_MID_TLS_KEY      "6f0c1a4e2b7d4f0a9c1e3b5d7f9a1c11"
 #define BS_MID_TLS_PINNED   "6f0c1a4e2b7d4f0a9c1e3b5d7f9a1c12"
 #define BS_MID_TLS_MISMATCH "6f0c1a4e2b7d4f0a9c1e3b5d7f9a1c13"
+#define BS_MID_DELETES_HELD "6f0c1a4e2b7d4f0a9c1e3b5d7f9a1c14"
+#define BS_MID_DELETES_LET_GO "6f0c1a4e2b7d4f0a9c1e3b5d7f9a1c15"
 
 /* Extra structured fields of one event; any may be NULL. */
 typedef struct BsLogCtx {

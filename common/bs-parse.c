@@ -79,6 +79,62 @@ int bs_parse_bool(const char *s, bool *b) {
         return -EINVAL;
 }
 
+/* One word of max-delete: a count, or a share with '%'. */
+static int delete_limit_word(const char *w, size_t n, BsDeleteLimit *l, bool *count, bool *share) {
+        char buf[24];
+        if (n == 0 || n >= sizeof(buf))
+                return -EINVAL;
+        memcpy(buf, w, n);
+        buf[n] = 0;
+        bool pct = buf[n - 1] == '%';
+        if (pct)
+                buf[--n] = 0;
+        if (n == 0 || n > 19 || strspn(buf, "0123456789") != n)
+                return -EINVAL;
+        unsigned long long v = strtoull(buf, NULL, 10);
+        if (pct) {
+                if (*share || v > 100)
+                        return -EINVAL;
+                l->percent = (unsigned) v;
+                *share = true;
+        } else {
+                if (*count)
+                        return -EINVAL;
+                l->files = v;
+                *count = true;
+        }
+        return 0;
+}
+
+int bs_parse_delete_limit(const char *s, BsDeleteLimit *ret) {
+        BsDeleteLimit l = {};
+        bool count = false, share = false, b;
+        if (bs_parse_bool(s, &b) == 0 && !b && strcmp(s, "0") != 0) {
+                *ret = (BsDeleteLimit) { .off = true };
+                return 0;
+        }
+        for (const char *p = s;;) {
+                p += strspn(p, " \t");
+                if (!*p)
+                        break;
+                size_t n = strcspn(p, " \t");
+                if (delete_limit_word(p, n, &l, &count, &share) < 0)
+                        return -EINVAL;
+                p += n;
+        }
+        if (!count && !share)
+                return -EINVAL;
+        *ret = l;
+        return 0;
+}
+
+bool bs_delete_limit_exceeded(const BsDeleteLimit *l, uint64_t n, uint64_t total) {
+        if (l->off || n <= l->files)
+                return false;
+        /* n > total * percent / 100, without the division's rounding. */
+        return (unsigned __int128) n * 100 > (unsigned __int128) total * l->percent;
+}
+
 /* Read exactly n digits as a number; NULL when they are not there. */
 static const char *digits(const char *p, int n, int *v) {
         *v = 0;

@@ -17,7 +17,7 @@
 static const char *const state_names[_BS_SYNC_MAX] = {
         [BS_SYNC_UNKNOWN] = "unknown",  [BS_SYNC_IN_SYNC] = "in sync", [BS_SYNC_SYNCING] = "syncing",
         [BS_SYNC_OFFLINE] = "offline",  [BS_SYNC_PAUSED] = "paused",   [BS_SYNC_ERROR] = "error",
-        [BS_SYNC_STOPPED] = "stopped",
+        [BS_SYNC_STOPPED] = "stopped",  [BS_SYNC_HOLDING] = "holding deletions",
 };
 
 const char *bs_sync_state_to_string(BsSyncState s) {
@@ -49,10 +49,10 @@ static char *format(const BsStatus *s, size_t *len) {
                 "UPDATED_USEC=%" PRIu64 "\nLAST_SYNC_USEC=%" PRIu64 "\nOFFLINE_SINCE_USEC=%" PRIu64 "\n"
                 "PENDING=%" PRIu64 "\nWATCHED=%" PRIu64 "\nUPLOADED=%" PRIu64 "\nDOWNLOADED=%" PRIu64
                 "\nCONFLICTS=%" PRIu64 "\nCONFLICTS_PRESENT=%" PRIu64 "\nPROGRESS_DONE=%" PRIu64
-                "\nPROGRESS_TOTAL=%" PRIu64 "\nPROGRESS_BYTES=%" PRIu64 "\n",
+                "\nPROGRESS_TOTAL=%" PRIu64 "\nPROGRESS_BYTES=%" PRIu64 "\nHELD_DELETES=%" PRIu64 "\n",
                 s->updated_usec, s->last_sync_usec, s->offline_since_usec, s->pending, s->watched, s->uploaded,
                 s->downloaded, s->conflicts, s->conflicts_present, s->progress_done, s->progress_total,
-                s->progress_bytes);
+                s->progress_bytes, s->held_deletes);
         if (fclose(f) != 0) {
                 free(buf);
                 return NULL;
@@ -152,6 +152,7 @@ static int parse_line(BsStatus *s, char *line) {
                         { "PROGRESS_DONE", offsetof(BsStatus, progress_done) },
                         { "PROGRESS_TOTAL", offsetof(BsStatus, progress_total) },
                         { "PROGRESS_BYTES", offsetof(BsStatus, progress_bytes) },
+                        { "HELD_DELETES", offsetof(BsStatus, held_deletes) },
                 };
                 for (size_t i = 0; i < ELEMENTSOF(nums); i++)
                         if (strcmp(k, nums[i].key) == 0) {

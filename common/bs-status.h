@@ -18,6 +18,9 @@
  * database is locked while it runs. */
 #define BS_TOKEN_FILE "token"
 #define BS_STATUS_TEXT_MAX 256
+/* Left by `backupsync confirm-deletes`: the number of held deletions the
+ * user let go. The agent takes it (and removes it) at its next round. */
+#define BS_CONFIRM_DELETES_FILE "confirm-deletes"
 
 typedef enum BsSyncState {
         BS_SYNC_UNKNOWN = 0,
@@ -27,6 +30,7 @@ typedef enum BsSyncState {
         BS_SYNC_PAUSED,   /* the directory is gone or was emptied */
         BS_SYNC_ERROR,    /* the agent's own state cannot be written */
         BS_SYNC_STOPPED,  /* the agent exited */
+        BS_SYNC_HOLDING,  /* connected, but deletions are held back (max-delete) */
         _BS_SYNC_MAX,
 } BsSyncState;
 
@@ -43,6 +47,7 @@ typedef struct BsStatus {
         uint64_t offline_since_usec;     /* CLOCK_REALTIME; 0 while connected */
         uint64_t pending, watched, uploaded, downloaded, conflicts;
         uint64_t conflicts_present; /* conflict copies in the directory now */
+        uint64_t held_deletes;      /* files whose deletion waits for confirm-deletes */
         /* A long transfer under way: what ("uploading", "downloading"), how
          * many changes of how many, bytes so far; what is "" otherwise. */
         char progress_what[16];

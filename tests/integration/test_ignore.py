@@ -168,3 +168,43 @@ def test_ignore_sighup_reload():
         wait_until(lambda: "marker" in _server_tree(srv, a), 30, "B's marker on the server")
         check("docs/new.txt" not in _server_tree(srv, a), "a file in docs/ went up after docs/ became ignored")
         check("docs/x.txt" in _server_tree(srv, a), "docs/x.txt left the server when B began to ignore it")
+
+
+def test_ignore_file_changed_during_burst():
+    """gen/ becomes ignored half-way through a burst of 400 new files
+    there and 400 elsewhere: nothing of gen/ written after the change goes
+    up, what went up stays (on the server and B), everything else
+    arrives, and gen/'s watches are dropped."""
+    with Env("ignore_burst") as env:
+        srv = env.server()
+        adir = env.path("A")
+        write_file(os.path.join(adir, ".backupsyncignore"), "*.log\n")
+        for k in range(5):
+            os.makedirs(os.path.join(adir, "gen/sub%d" % k))
+        os.makedirs(os.path.join(adir, "src"))
+        a = env.agent("A", adir)
+        b = env.agent("B", env.path("B"), token=a.token)
+        wait_until(lambda: os.path.isdir(os.path.join(b.dir, "gen/sub4")), 30, "gen/ on B")
+        check(_inotify_watches(a.popen.pid) == 8, "watches before: %d, want 8" % _inotify_watches(a.popen.pid))
+        for i in range(400):
+            write_file(os.path.join(adir, "gen/sub%d/f%03d.txt" % (i % 5, i)), "g%d\n" % i)
+            write_file(os.path.join(adir, "src/s%03d.txt" % i), "s%d\n" % i)
+            if i == 199:
+                write_file(os.path.join(adir, ".backupsyncignore"), "*.log\ngen/\n")
+        wait_until(lambda: len(os.listdir(os.path.join(b.dir, "src"))) == 400, 60, "src/ on B")
+        tree = srv.tree(a.token)
+
+        def gen_files(root):
+            out = set()
+            for k in range(5):
+                d = os.path.join(root, "gen/sub%d" % k)
+                out |= set(os.listdir(d)) if os.path.isdir(d) else set()
+            return out
+        on_server = gen_files(tree)
+        late = sorted(n for n in on_server if int(n[1:4]) >= 200)
+        check(not late, "gen/ files written after gen/ became ignored went up: %s" % late[:10])
+        check(gen_files(adir) == set("f%03d.txt" % i for i in range(400)), "A's gen/ changed")
+        wait_until(lambda: gen_files(b.dir) == on_server, 15, "B's gen/ to be what the server kept")
+        w = _inotify_watches(a.popen.pid)
+        check(w == 2, "%d inotify watches after gen/ became ignored, want 2 (the top and src/)" % w)
+        print("ignore_burst: %d of gen/'s 200 files before the change went up" % len(on_server))

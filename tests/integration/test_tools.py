@@ -9,9 +9,10 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import time
 
 from harness import (Env, TestFailure, assert_converged, check, fail,
-                     server_snapshot, snapshot, write_file)
+                     server_snapshot, snapshot, wait_content, write_file)
 
 # A tool's changes must arrive within this; the bigger trees get more.
 CONVERGE = 45.0
@@ -463,6 +464,43 @@ def test_tools_vim():
                 check(snap[rel][2] == mode, "%s has mode %o, want %o" % (rel, snap[rel][2], mode))
         check("keep-backup.txt~" in snap and "sub/keep-backup.txt~" in snap,
               "vim's kept backup files are missing: %s" % sorted(snap))
+
+
+def test_tools_vim_default_ignores():
+    """vim with its swap file and a kept backup, the default ignores on:
+    the edits arrive on B, neither .notes.txt.swp (while vim holds it)
+    nor notes.txt~ ever leaves A."""
+    _need("vim")
+    with Env("tools_vim_defaults") as env:
+        srv, a, b = _pair(env, "vim, default ignores")
+        path = os.path.join(a.dir, "notes.txt")
+        write_file(path, "first\n")
+        wait_content(os.path.join(b.dir, "notes.txt"), "first\n")
+        tree = srv.tree(a.token)
+        argv = ["vim", "-u", "NONE", "-N", "-i", "NONE", "-es", "-c", "set backupskip= backup backupcopy=no",
+                "-c", "normal Gosecond", "-c", "w", "-c", "sleep 2", "-c", "normal Gothird", "-c", "w",
+                "-c", "q", "notes.txt"]
+        p = subprocess.Popen(argv, cwd=a.dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        swap = os.path.join(a.dir, ".notes.txt.swp")
+        seen_swap = False
+        try:
+            while p.poll() is None:
+                seen_swap |= os.path.exists(swap)
+                check(not os.path.exists(os.path.join(tree, ".notes.txt.swp")),
+                      "vim's swap file reached the server")
+                time.sleep(0.02)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        check(p.returncode == 0, "vim exited %d" % p.returncode)
+        check(seen_swap, "vim made no swap file: the test saw nothing to ignore")
+        wait_content(os.path.join(b.dir, "notes.txt"), "first\nsecond\nthird\n")
+        check(os.path.exists(path + "~"), "vim kept no backup file")
+        time.sleep(1)
+        for rel in (".notes.txt.swp", "notes.txt~"):
+            check(not os.path.lexists(os.path.join(tree, rel)) and not os.path.lexists(os.path.join(b.dir, rel)),
+                  "%s left A" % rel)
 
 
 def test_tools_sed_i():

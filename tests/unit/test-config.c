@@ -404,6 +404,8 @@ Test(config, agent_bad_values) {
                 { "ca-file = ca.pem", "ca-file", "not an absolute path" },
                 { "ignore =", "ignore", "empty pattern" },
                 { "default-ignores = maybe", "default-ignores", "not a boolean" },
+                { "max-delete = lots", "max-delete", "'lots' is not a limit" },
+                { "max-delete = 150%", "max-delete", "'150%' is not a limit" },
                 { "colour = blue", "colour", "unknown key in [agent:docs]" },
         };
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -427,6 +429,16 @@ Test(config, agent_ignore_keys) {
         cr_assert_eq(agent_load(base, NULL, "docs", &c, &e), 0, "%s", formatted(&e));
         cr_assert_eq(c.n_ignore, 0);
         cr_assert(c.default_ignores, "default ignores are on unless switched off");
+        cr_assert(!c.max_delete.off && c.max_delete.files == 100 && c.max_delete.percent == 50,
+                  "deletions are held past 100 files and half the tree unless configured");
+        bs_agent_config_done(&c);
+        snprintf(sys, sizeof(sys), "%smax-delete = 20 10%%\n", base);
+        cr_assert_eq(agent_load(sys, NULL, "docs", &c, &e), 0, "%s", formatted(&e));
+        cr_assert(!c.max_delete.off && c.max_delete.files == 20 && c.max_delete.percent == 10);
+        bs_agent_config_done(&c);
+        snprintf(sys, sizeof(sys), "%smax-delete = no\n", base);
+        cr_assert_eq(agent_load(sys, NULL, "docs", &c, &e), 0, "%s", formatted(&e));
+        cr_assert(c.max_delete.off);
         bs_agent_config_done(&c);
         snprintf(sys, sizeof(sys), "%signore = videos/\nignore = *.iso\ndefault-ignores = no\n", base);
         cr_assert_eq(agent_load(sys, NULL, "docs", &c, &e), 0, "%s", formatted(&e));

@@ -78,6 +78,22 @@ Test(manifest, delete_tree_spares_look_alike_siblings) {
         cr_expect_eq(manifest_count(st), 3);
 }
 
+Test(manifest, count_files_below_a_path) {
+        put("a", BS_KIND_DIR, 1);
+        put("a/x", BS_KIND_FILE, 2);
+        put("a/y", BS_KIND_DIR, 3);
+        put("a/y/z", BS_KIND_FILE, 4);
+        put("a/l", BS_KIND_SYMLINK, 5);
+        put("ab", BS_KIND_FILE, 6);
+        put("a-", BS_KIND_FILE, 7);
+        cr_expect_eq(manifest_count_files(st, "a"), 3, "files and links below a, not directories");
+        cr_expect_eq(manifest_count_files(st, "a/y"), 1);
+        cr_expect_eq(manifest_count_files(st, "ab"), 1, "a file counts itself");
+        cr_expect_eq(manifest_count_files(st, "a/y/z"), 1);
+        cr_expect_eq(manifest_count_files(st, "none"), 0);
+        cr_expect_eq(manifest_count_files(st, ""), 5, "the whole tree");
+}
+
 Test(manifest, move_tree_rewrites_paths_and_parents) {
         put("old", BS_KIND_DIR, 1);
         put("old/f", BS_KIND_FILE, 2);

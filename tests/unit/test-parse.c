@@ -107,3 +107,49 @@ Test(parse, sizes) {
                 cr_expect_eq(bs_parse_size(bad[i], &v), -EINVAL, "'%s' should be refused", bad[i]);
         }
 }
+
+Test(parse, delete_limits) {
+        static const struct {
+                const char *s;
+                bool off;
+                uint64_t files;
+                unsigned percent;
+        } ok[] = {
+                { "100 50%", false, 100, 50 }, { "50% 100", false, 100, 50 }, { "100", false, 100, 0 },
+                { "25%", false, 0, 25 },       { "0", false, 0, 0 },          { "no", true, 0, 0 },
+                { "off", true, 0, 0 },         { " 7\t100% ", false, 7, 100 },
+        };
+        for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+                BsDeleteLimit l = { .files = 99, .percent = 99 };
+                cr_expect_eq(bs_parse_delete_limit(ok[i].s, &l), 0, "%s", ok[i].s);
+                cr_expect_eq(l.off, ok[i].off, "%s", ok[i].s);
+                cr_expect_eq(l.files, ok[i].files, "%s", ok[i].s);
+                cr_expect_eq(l.percent, ok[i].percent, "%s", ok[i].s);
+        }
+        static const char *const bad[] = { "", " ", "yes", "101%", "%", "-1", "1 2", "5% 6%", "1e3", "10 %",
+                                           "99999999999999999999", "50%%", "1,50%" };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                BsDeleteLimit l;
+                cr_expect_eq(bs_parse_delete_limit(bad[i], &l), -EINVAL, "'%s' should be refused", bad[i]);
+        }
+}
+
+Test(parse, delete_limit_decisions) {
+        static const struct {
+                BsDeleteLimit l;
+                uint64_t n, total;
+                bool held;
+        } t[] = {
+                /* The default: more than 100 files and more than half the tree. */
+                { BS_DELETE_LIMIT_DEFAULT, 100, 100, false }, { BS_DELETE_LIMIT_DEFAULT, 101, 101, true },
+                { BS_DELETE_LIMIT_DEFAULT, 101, 202, false }, { BS_DELETE_LIMIT_DEFAULT, 101, 201, true },
+                { BS_DELETE_LIMIT_DEFAULT, 5000, 10000, false }, { BS_DELETE_LIMIT_DEFAULT, 5001, 10000, true },
+                { BS_DELETE_LIMIT_DEFAULT, 99, 99, false },
+                { { .files = 10 }, 11, 1000000, true },       { { .files = 10 }, 10, 10, false },
+                { { .percent = 10 }, 2, 10, true },           { { .percent = 10 }, 1, 10, false },
+                { { .off = true }, 1000000, 1000000, false }, { { .percent = 100 }, 10, 10, false },
+                { { .files = UINT64_MAX - 1, .percent = 0 }, UINT64_MAX, UINT64_MAX, true },
+        };
+        for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+                cr_expect_eq(bs_delete_limit_exceeded(&t[i].l, t[i].n, t[i].total), t[i].held, "case %zu", i);
+}

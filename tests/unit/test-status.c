@@ -30,7 +30,7 @@ Test(status, round_trip) {
         BsStatus s = {
                 .pid = 4242, .state = BS_SYNC_OFFLINE, .updated_usec = 1796000000123456, .last_sync_usec = 17,
                 .offline_since_usec = 1796000000000000, .pending = 3, .watched = 12, .uploaded = 100,
-                .downloaded = 7, .conflicts = 1,
+                .downloaded = 7, .conflicts = 1, .held_deletes = 150,
         }, t;
         strcpy(s.dir, "/home/u/my docs");
         strcpy(s.server, "backup.example.org");
@@ -55,11 +55,13 @@ Test(status, round_trip) {
         cr_assert_eq(t.uploaded, 100);
         cr_assert_eq(t.downloaded, 7);
         cr_assert_eq(t.conflicts, 1);
+        cr_assert_eq(t.held_deletes, 150);
 }
 
 Test(status, state_names) {
         cr_assert_str_eq(bs_sync_state_to_string(BS_SYNC_IN_SYNC), "in sync");
         cr_assert_str_eq(bs_sync_state_to_string(BS_SYNC_STOPPED), "stopped");
+        cr_assert_str_eq(bs_sync_state_to_string(BS_SYNC_HOLDING), "holding deletions");
         cr_assert_null(bs_sync_state_to_string(_BS_SYNC_MAX));
         cr_assert_null(bs_sync_state_to_string((BsSyncState) -1));
 }

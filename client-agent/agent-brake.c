@@ -141,6 +141,10 @@ int brake_apply(Agent *a, Plan *p) {
                 }
                 snprintf(limit, sizeof(limit), "%" PRIu64 " were held before", a->held_files);
         } else {
+                if (n == 0) {
+                        held_clear(a); /* what waited for a quiet moment is back */
+                        return 0;
+                }
                 /* The deletions of rounds close together count as one. */
                 if (now - a->burst_usec > BRAKE_BURST_GAP_USEC)
                         a->burst_deleted = 0;
@@ -148,27 +152,26 @@ int brake_apply(Agent *a, Plan *p) {
                 int64_t left = all > a->cfg.max_delete.files ? manifest_count_files(a->state, "") : 0;
                 if (left < 0)
                         return (int) left;
-                if (!bs_delete_limit_exceeded(&a->cfg.max_delete, all, (uint64_t) left + a->burst_deleted)) {
-                        /* More than a few wait until no more come for a
-                         * moment: rm -rf reaches us in several rounds, and
-                         * the limit is for all of them. */
-                        if (n > 0 && all > BRAKE_QUIET_FILES && !a->cfg.once) {
-                                if (a->n_held == 0 || n > a->held_files)
-                                        a->defer_usec = now;
-                                if (now - a->defer_usec < BRAKE_QUIET_USEC) {
-                                        r = take_removals(a, p, k);
-                                        if (r < 0)
-                                                return r;
-                                        a->held_files = n;
-                                        agent_settle(a, a->held[0]); /* a round once quiet */
-                                        return 1;
-                                }
+                bool over = bs_delete_limit_exceeded(&a->cfg.max_delete, all, (uint64_t) left + a->burst_deleted);
+                /* More than a few wait until no more come for a moment,
+                 * unsaid: rm -rf reaches us in several rounds, and the
+                 * limit, like what the hold says, is for all of them. */
+                if ((over || all > BRAKE_QUIET_FILES) && !a->cfg.once && !a->cfg.max_delete.off) {
+                        if (a->n_held == 0 || n > a->held_files)
+                                a->defer_usec = now;
+                        if (now - a->defer_usec < BRAKE_QUIET_USEC) {
+                                r = take_removals(a, p, k);
+                                if (r < 0)
+                                        return r;
+                                a->held_files = n;
+                                agent_settle(a, a->held[0]); /* a round once quiet */
+                                return 1;
                         }
+                }
+                if (!over) {
                         held_clear(a);
-                        if (n > 0) {
-                                a->burst_deleted = all;
-                                a->burst_usec = now;
-                        }
+                        a->burst_deleted = all;
+                        a->burst_usec = now;
                         return 0;
                 }
                 describe(&a->cfg.max_delete, (uint64_t) left + a->burst_deleted, limit, sizeof(limit));

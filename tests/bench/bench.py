@@ -354,7 +354,8 @@ class Bench:
         argv = [AGENT_BIN, "127.0.0.1", str(srv.port), d]
         if token:
             argv.append(token)
-        argv += ["--state-dir", state]
+        # The cases remove their own bursts between runs: no brake.
+        argv += ["--state-dir", state, "--max-delete", "no"]
         if once:
             argv.append("--once")
         if not srv.tls:

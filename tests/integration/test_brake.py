@@ -60,15 +60,16 @@ def test_brake_hold_and_confirm():
         check("confirm-deletes" in line and "more than 100 files and more than 50% of the 170 synced" in line,
               "the hold's log line: %r" % line)
         print("brake: " + line.strip())
-        # rm -rf removes one file after another: the first rounds' few may
-        # go before the burst passes the limit; the rest is held.
+        # rm -rf removes one file after another: a first round of 10 or
+        # fewer goes at once; from the 11th the burst waits and is held whole.
         wait_until(lambda: not os.path.exists(os.path.join(adir, "photos")) and
                    _status(a)["held_deletes"] + (150 - _count(tree, "photos")) == 150, 10,
                    "every deletion of photos/ held or sent")
         st = _status(a)
         held = st["held_deletes"]
         print("brake: %d deletions held, %d went before the hold" % (held, 150 - held))
-        check(st["state"] == "holding deletions" and held > 50, "status: %r" % st)
+        check(st["state"] == "holding deletions" and held >= 140, "status: %r" % st)
+        check("holding the deletion of %d files" % held in line, "the log line names %d: %r" % (held, line))
         rc, out, _ = _cli("status", "--state-dir", a.state_dir)
         check(rc == 0 and "holding deletions" in out and "%d files" % held in out and "confirm-deletes" in out,
               "status text: %s" % out)

@@ -270,6 +270,10 @@ def test_restore_token_only():
         before = int(time.time())
         time.sleep(1.1)
         shutil.rmtree(os.path.join(a.dir, "many"))
+        # Past max-delete: held until confirmed, as a user would.
+        wait_until(lambda: "holding the deletion of 300 files" in a.log_text(), 30, "the mass deletion held")
+        rc, out, err = _cli("confirm-deletes", "--state-dir", a.state_dir)
+        check(rc == 0 and "deleted 300 files" in out, "confirm-deletes: %d %s %s" % (rc, out, err))
         _wait_log(a, lambda log: log[0]["op"] == "delete" and log[0]["path"] == "many", "the deletion logged")
         a.stop()
 

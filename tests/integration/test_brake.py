@@ -6,6 +6,7 @@ back; everything else keeps syncing."""
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 
@@ -49,7 +50,14 @@ def test_brake_hold_and_confirm():
         adir = env.path("A")
         _fill(adir, "photos", 150)
         _fill(adir, "docs", 20)
-        a = env.agent("A", adir, poll="300ms")
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(env.path("notify.sock"))
+        notify.setblocking(False)
+        os.environ["NOTIFY_SOCKET"] = env.path("notify.sock")
+        try:
+            a = env.agent("A", adir, poll="300ms")
+        finally:
+            del os.environ["NOTIFY_SOCKET"]
         b = env.agent("B", env.path("B"), token=a.token, poll="300ms")
         wait_until(lambda: _count(b.dir, "photos") == 150 and _count(b.dir, "docs") == 20, 60, "B to join")
         tree = srv.tree(a.token)
@@ -73,6 +81,16 @@ def test_brake_hold_and_confirm():
         rc, out, _ = _cli("status", "--state-dir", a.state_dir)
         check(rc == 0 and "holding deletions" in out and "%d files" % held in out and "confirm-deletes" in out,
               "status text: %s" % out)
+        said = []
+
+        def status_says_held():
+            while True:
+                try:
+                    said.append(notify.recv(65536).decode(errors="replace"))
+                except BlockingIOError:
+                    break
+            return any("STATUS=%d DELETIONS HELD" % held in m for m in said)
+        wait_until(status_says_held, 10, "STATUS= to say the deletions are held")
 
         # Everything else syncs, both ways, while the deletions wait.
         write_file(os.path.join(adir, "docs/new.txt"), "new\n")

@@ -635,7 +635,9 @@ def test_tools_stress_ng():
     for 5 s with --keep-files: what the stressors left converges too."""
     _need("stress-ng")
     with Env("tools_stress_ng") as env:
-        srv, a, b = _pair(env, "stress-ng")
+        # stress-ng removes nearly all it made when it stops: a mass
+        # deletion the brake would hold (test_brake.py tests that).
+        srv, a, b = _pair(env, "stress-ng", args=["--max-delete", "no"])
         write_file(os.path.join(a.dir, "before.txt"), "here before stress-ng\n", mode=0o640)
         sdir = os.path.join(a.dir, "stress")
         os.mkdir(sdir)

@@ -276,7 +276,7 @@ void agent_update_status(Agent *a) {
                 a->offline_since_usec = realtime_usec();
         size_t pending = agent_pending(a);
         write_status(a, a->paused ? BS_SYNC_PAUSED : a->state_error ? BS_SYNC_ERROR : !a->conn ? BS_SYNC_OFFLINE
-                        : pending ? BS_SYNC_SYNCING : a->held_shown ? BS_SYNC_HOLDING : BS_SYNC_IN_SYNC);
+                        : a->held_shown ? BS_SYNC_HOLDING : pending ? BS_SYNC_SYNCING : BS_SYNC_IN_SYNC);
 
         char when[32] = "never";
         if (a->last_sync_usec) {

@@ -68,6 +68,10 @@ bool brake_confirm_waiting(Agent *a) {
         return a->held_shown && fd >= 0 && faccessat(fd, BS_CONFIRM_DELETES_FILE, F_OK, AT_SYMLINK_NOFOLLOW) == 0;
 }
 
+uint64_t brake_due(const Agent *a) {
+        return a->n_held > 0 && !a->held_shown ? a->defer_usec + BRAKE_QUIET_USEC : 0;
+}
+
 void brake_review(Agent *a) {
         for (size_t i = 0; i < a->n_held; i++)
                 agent_mark_dirty(a, a->held[i], false);
@@ -164,8 +168,7 @@ int brake_apply(Agent *a, Plan *p) {
                                 if (r < 0)
                                         return r;
                                 a->held_files = n;
-                                agent_settle(a, a->held[0]); /* a round once quiet */
-                                return 1;
+                                return 1; /* brake_due() tells the loop when to look again */
                         }
                 }
                 if (!over) {

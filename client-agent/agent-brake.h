@@ -2,10 +2,16 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "agent-plan.h"
 #include "agent.h"
 
+/**
+ * When deletions wait for a burst to end: the CLOCK_MONOTONIC time at
+ * which a round must look at them again (brake_review() first); 0: none.
+ */
+uint64_t brake_due(const Agent *a);
 /** Queue the held deletions to be planned again with this round's changes. */
 void brake_review(Agent *a);
 /** True when deletions are held and `backupsync confirm-deletes` left its answer. */

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent-brake.h"
 #include "agent-conflict.h"
 #include "agent-local.h"
 #include "agent-loop.h"
@@ -152,6 +153,24 @@ static int on_settle_timer(sd_event_source *s, uint64_t usec, void *userdata) {
                 sd_event_source_set_time(s, next);
                 sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
         }
+        return 0;
+}
+
+/* Deletions waiting for the end of a burst are looked at once it ended. */
+static void arm_brake(Agent *a) {
+        uint64_t due = brake_due(a);
+        if (due == 0) {
+                (void) sd_event_source_set_enabled(a->brake_timer, SD_EVENT_OFF);
+                return;
+        }
+        (void) sd_event_source_set_time(a->brake_timer, due);
+        (void) sd_event_source_set_enabled(a->brake_timer, SD_EVENT_ONESHOT);
+}
+
+static int on_brake_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Agent *a = userdata;
+        brake_review(a);
+        schedule_round(a);
         return 0;
 }
 
@@ -300,6 +319,7 @@ static void run_round(Agent *a) {
                 return;
         }
         arm_settle(a); /* files a round found still being written */
+        arm_brake(a);
         if (a->verify_wanted) {
                 a->verify_wanted = false;
                 verify_soon(a);
@@ -652,6 +672,7 @@ AgentStop agent_run(Agent *a) {
         r = r ?: sd_event_add_time(a->event, &a->retry_timer, CLOCK_MONOTONIC, 0, 100000, on_retry, a);
         r = r ?: sd_event_add_time(a->event, &a->failed_timer, CLOCK_MONOTONIC, 0, 100000, on_failed_retry, a);
         r = r ?: sd_event_add_time(a->event, &a->settle_timer, CLOCK_MONOTONIC, 0, 50000, on_settle_timer, a);
+        r = r ?: sd_event_add_time(a->event, &a->brake_timer, CLOCK_MONOTONIC, 0, 50000, on_brake_timer, a);
         r = r ?: sd_event_add_time_relative(a->event, &a->verify_timer, CLOCK_MONOTONIC,
                                             a->cfg.verify_usec ?: UINT64_MAX / 2, 1000000, on_verify, a);
         if (r < 0) {
@@ -667,9 +688,11 @@ AgentStop agent_run(Agent *a) {
         sd_event_source_set_description(a->retry_timer, "retry-timer");
         sd_event_source_set_description(a->failed_timer, "failed-changes-timer");
         sd_event_source_set_description(a->settle_timer, "settle-timer");
+        sd_event_source_set_description(a->brake_timer, "brake-timer");
         sd_event_source_set_description(a->verify_timer, "verify-timer");
         sd_event_source_set_enabled(a->verify_timer, a->cfg.verify_usec ? SD_EVENT_ON : SD_EVENT_OFF);
         sd_event_source_set_enabled(a->settle_timer, SD_EVENT_OFF);
+        sd_event_source_set_enabled(a->brake_timer, SD_EVENT_OFF);
         sd_event_source_set_enabled(a->coalesce_timer, SD_EVENT_OFF);
         sd_event_source_set_enabled(a->retry_timer, SD_EVENT_OFF);
         sd_event_source_set_enabled(a->failed_timer, SD_EVENT_OFF);

@@ -51,6 +51,7 @@ Agent *agent_free(Agent *a) {
         sd_event_source_disable_unref(a->coalesce_timer);
         sd_event_source_disable_unref(a->poll_timer);
         sd_event_source_disable_unref(a->settle_timer);
+        sd_event_source_disable_unref(a->brake_timer);
         sd_event_source_disable_unref(a->verify_timer);
         sd_event_source_disable_unref(a->retry_timer);
         sd_event_source_disable_unref(a->failed_timer);

@@ -159,6 +159,7 @@ typedef struct Agent {
         uint64_t coalesce_first_usec; /* CLOCK_MONOTONIC of the first event the armed timer waits for */
         sd_event_source *poll_timer;
         sd_event_source *settle_timer;
+        sd_event_source *brake_timer; /* deletions waiting for a burst to end */
         sd_event_source *verify_timer;
         uint64_t verify_last_usec; /* CLOCK_MONOTONIC of the last verification pass; 0: none yet */
         uint64_t verify_cost_usec; /* how long it took */

@@ -91,6 +91,7 @@ def test_brake_hold_and_confirm():
                     break
             return any("STATUS=%d DELETIONS HELD" % held in m for m in said)
         wait_until(status_says_held, 10, "STATUS= to say the deletions are held")
+        notify.close()  # unread, a full queue would block the agent's next sd_notify()
 
         # Everything else syncs, both ways, while the deletions wait.
         write_file(os.path.join(adir, "docs/new.txt"), "new\n")

@@ -128,13 +128,17 @@ def test_delta_insertions_both_ways():
         def sh(cmd, d):
             subprocess.run(["sh", "-c", cmd], cwd=d, check=True)
 
+        # The new version is put together beside the tree and moved in: one
+        # written inside would be synced half-written now and then (it is a
+        # file like any other), and be the other computer's base.
+        new = env.path("big.new")
         steps = [
             # (who edits, shell command, new size, what it is)
-            (a, "cat %s big.bin > .big.new && mv .big.new big.bin" % ins, size + 100,
+            (a, "cat %s big.bin > %s && mv %s big.bin" % (ins, new, new), size + 100,
              "100 bytes inserted at the start on A"),
-            (b, "head -c 8000000 big.bin > .big.new && cat %s >> .big.new && tail -c +8000001 big.bin >> .big.new "
-                "&& mv .big.new big.bin" % ins, size + 200, "100 bytes inserted in the middle on B"),
-            (a, "head -c 5000000 big.bin > .big.new && tail -c +5001001 big.bin >> .big.new && mv .big.new big.bin",
+            (b, "head -c 8000000 big.bin > %s && cat %s >> %s && tail -c +8000001 big.bin >> %s "
+                "&& mv %s big.bin" % (new, ins, new, new, new), size + 200, "100 bytes inserted in the middle on B"),
+            (a, "head -c 5000000 big.bin > %s && tail -c +5001001 big.bin >> %s && mv %s big.bin" % (new, new, new),
              size - 800, "1000 bytes deleted in the middle on A"),
         ]
         for i, (who, cmd, new_size, what) in enumerate(steps):

@@ -50,12 +50,15 @@ static int confirmed(Agent *a, uint64_t *ret) {
         char line[32], *end;
         int fd = agent_state_dir_fd(a);
         int r = fd < 0 ? fd : bs_line_file_read(fd, BS_CONFIRM_DELETES_FILE, line, sizeof(line));
-        if (r < 0)
+        if (r == -ENOENT || fd < 0)
                 return r;
+        /* Taken once, whatever it says. */
         (void) unlinkat(fd, BS_CONFIRM_DELETES_FILE, 0);
+        if (r < 0)
+                line[0] = 0;
         errno = 0;
-        unsigned long long v = strtoull(line, &end, 10);
-        if (errno || end == line || *end) {
+        unsigned long long v = line[0] >= '0' && line[0] <= '9' ? strtoull(line, &end, 10) : 0;
+        if (errno || line[0] < '0' || line[0] > '9' || *end) {
                 log_warning("%s/" BS_CONFIRM_DELETES_FILE " holds '%s', not a number; ignored", a->cfg.state_dir, line);
                 return -EBADMSG;
         }

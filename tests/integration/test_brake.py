@@ -178,6 +178,13 @@ def test_brake_once_and_config():
         check(rc == EX_TEMPFAIL, "--once with held deletions exited %d, want 75: %s" % (rc, err[-2000:]))
         check("holding the deletion of 120 files" in err, "no hold logged: %s" % err[-2000:])
         check(_count(tree, "x") == 120, "--once deleted what it held")
+        # What the state directory holds is read with care: a confirmation
+        # that is not a count lets nothing go, and is dropped.
+        confirm = os.path.join(a.state_dir, "confirm-deletes")
+        write_file(confirm, "-5\n")
+        rc, _, err = a.run_once()
+        check(rc == EX_TEMPFAIL and "not a number" in err and not os.path.exists(confirm) and _count(tree, "x") == 120,
+              "a confirmation of -5: %d %s" % (rc, err[-1000:]))
         rc, out, err = _cli("confirm-deletes", "--state-dir", a.state_dir)
         check(rc == 0 and "not running" in out, "confirm-deletes, agent stopped: %d %r %r" % (rc, out, err))
         rc, _, err = a.run_once()

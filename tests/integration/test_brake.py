@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 
 import harness
@@ -50,9 +51,21 @@ def test_brake_hold_and_confirm():
         adir = env.path("A")
         _fill(adir, "photos", 150)
         _fill(adir, "docs", 20)
+        # Read all along: a datagram queue left full would block the
+        # agent's sd_notify(), and so the agent.
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(env.path("notify.sock"))
-        notify.setblocking(False)
+        notify.settimeout(0.1)
+        said, stop = [], threading.Event()
+
+        def read_notify():
+            while not stop.is_set():
+                try:
+                    said.append(notify.recv(65536).decode(errors="replace"))
+                except socket.timeout:
+                    pass
+        reader = threading.Thread(target=read_notify, daemon=True)
+        reader.start()
         os.environ["NOTIFY_SOCKET"] = env.path("notify.sock")
         try:
             a = env.agent("A", adir, poll="300ms")
@@ -81,17 +94,13 @@ def test_brake_hold_and_confirm():
         rc, out, _ = _cli("status", "--state-dir", a.state_dir)
         check(rc == 0 and "holding deletions" in out and "%d files" % held in out and "confirm-deletes" in out,
               "status text: %s" % out)
-        said = []
-
-        def status_says_held():
-            while True:
-                try:
-                    said.append(notify.recv(65536).decode(errors="replace"))
-                except BlockingIOError:
-                    break
-            return any("STATUS=%d DELETIONS HELD" % held in m for m in said)
-        wait_until(status_says_held, 10, "STATUS= to say the deletions are held")
-        notify.close()  # unread, a full queue would block the agent's next sd_notify()
+        try:
+            wait_until(lambda: any("STATUS=%d DELETIONS HELD" % held in m for m in list(said)), 10,
+                       "STATUS= to say the deletions are held")
+        finally:
+            stop.set()
+            reader.join()
+            notify.close()  # the agent's next sd_notify() fails instead of waiting
 
         # Everything else syncs, both ways, while the deletions wait.
         write_file(os.path.join(adir, "docs/new.txt"), "new\n")

@@ -465,12 +465,16 @@ static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
         case BS_ERR_CONFLICT:
         case BS_ERR_NOT_FOUND:
                 if (refused_before(a, op->path)) {
-                        /* Refused again with nothing new pulled since: pulling
-                         * at once cannot help, so it waits like a change the
-                         * server could not store (a bug; say so once). */
+                        /* Refused again with nothing new pulled since: the
+                         * manifest and the server disagree on it (a record
+                         * missed or misapplied: a bug). Pulling the changes
+                         * cannot help; comparing the whole tree with the
+                         * server can, and the change waits until then like
+                         * one the server could not store. */
                         log_event(LOG_WARNING, BS_MID_REJECTED, a->account, op->path,
-                                  "%s: refused again although nothing changed on the server since; retrying later",
-                                  op->path);
+                                  "%s: refused again although nothing changed on the server since; comparing "
+                                  "the whole tree with the server, retrying later", op->path);
+                        a->need_snapshot = true;
                         agent_mark_failed(a, op->path, op->type == BS_MSG_MKDIR);
                         if (op->path2)
                                 agent_mark_failed(a, op->path2, true);

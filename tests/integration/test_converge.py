@@ -506,3 +506,42 @@ def test_move_against_delete_and_move_out():
             snap = assert_converged(srv, [a, b], verify=False, msg="round %d after" % rnd)
             check("e%d/other" % rnd in snap and "n%d/sub" % rnd in snap, "round %d: %r" % (rnd, sorted(snap)))
         harness.verify_server(srv)
+
+
+def _kv(state_dir, key, value=None):
+    """Read (or, with value, write) a key of an agent's state database."""
+    import sqlite3
+    db = sqlite3.connect(os.path.join(state_dir, "state.db"), timeout=10)
+    try:
+        if value is None:
+            row = db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+            return bytes(row[0]).decode() if row else None
+        db.execute("UPDATE kv SET value=? WHERE key=?", (value.encode(), key))
+        db.commit()
+    finally:
+        db.close()
+
+
+def test_refused_twice_compares_the_tree():
+    """A computer whose manifest says the server has a file the server
+    deleted in a change this computer never applied (its last sequence
+    says it saw everything): the upload of an edit is refused twice; the
+    agent then compares the whole tree with the server and sends the file
+    as new instead of retrying for ever."""
+    with harness.Env("refused_twice") as env:
+        srv, a, b = _pair(env)
+        write_file(os.path.join(a.dir, "x.txt"), "one\n")
+        write_file(os.path.join(a.dir, "keep.txt"), "keep\n")
+        harness.wait_content(os.path.join(b.dir, "x.txt"), "one\n")
+        a.stop()
+        tree = srv.tree(a.token)
+        os.unlink(os.path.join(b.dir, "x.txt"))
+        harness.wait_until(lambda: not os.path.exists(os.path.join(tree, "x.txt")), 30, "the deletion on the server")
+        b.stop()  # its state is locked while it runs
+        _kv(a.state_dir, "last_seq", _kv(b.state_dir, "last_seq"))  # as if A had applied the deletion's record
+        b.start()
+        write_file(os.path.join(a.dir, "x.txt"), "two, written while the deletion went unseen\n")
+        a.start()
+        harness.wait_content(os.path.join(b.dir, "x.txt"), "two, written while the deletion went unseen\n", timeout=30)
+        check("comparing the whole tree with the server" in a.log_text(), "A healed without comparing the tree?")
+        assert_converged(srv, [a, b])

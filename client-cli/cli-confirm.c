@@ -26,14 +26,6 @@
 /* Long enough for an agent's round at the default poll interval (5 s). */
 #define CONFIRM_WAIT_MS 20000
 
-static int read_status(const char *dir, BsStatus *s) {
-        int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        int r = fd < 0 ? -errno : bs_status_read(fd, s);
-        if (fd >= 0)
-                close(fd);
-        return r;
-}
-
 /* Leave the answer for the agent of dir, then wait for it to act. */
 static int confirm_one(const char *dir, const BsStatus *s) {
         char line[32];
@@ -65,7 +57,7 @@ static int confirm_one(const char *dir, const BsStatus *s) {
                         clock_gettime(CLOCK_REALTIME, &ts);
                         gone_usec = (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
                 }
-                if (read_status(dir, &now) < 0 || now.updated_usec < gone_usec)
+                if (cli_status_read(dir, &now) < 0 || now.updated_usec < gone_usec)
                         continue;
                 close(fd);
                 if (now.held_deletes > 0) {
@@ -93,7 +85,7 @@ int cli_confirm_deletes(char *const *state_dirs, size_t n) {
 
         if (n > 0) {
                 for (size_t i = 0; i < n; i++) {
-                        int r = read_status(state_dirs[i], &s);
+                        int r = cli_status_read(state_dirs[i], &s);
                         if (r < 0) {
                                 fprintf(stderr, "backupsync: %s: %s\n", state_dirs[i],
                                         r == -ENOENT ? "no agent has run with this state directory"
@@ -116,7 +108,7 @@ int cli_confirm_deletes(char *const *state_dirs, size_t n) {
         }
         cli_find_agents(base, &found, &n_found);
         for (size_t i = 0; i < n_found; i++)
-                if (read_status(found[i], &s) == 0 && s.held_deletes > 0 && n_holding++ == 0) {
+                if (cli_status_read(found[i], &s) == 0 && s.held_deletes > 0 && n_holding++ == 0) {
                         holding = found[i];
                         hs = s;
                 }
@@ -127,7 +119,7 @@ int cli_confirm_deletes(char *const *state_dirs, size_t n) {
                 fprintf(stderr, "backupsync: %zu agents hold deletions; choose one with --instance NAME or "
                                 "--state-dir DIR:\n", n_holding);
                 for (size_t i = 0; i < n_found; i++)
-                        if (read_status(found[i], &s) == 0 && s.held_deletes > 0)
+                        if (cli_status_read(found[i], &s) == 0 && s.held_deletes > 0)
                                 fprintf(stderr, "  %s: %" PRIu64 " deletions held\n", found[i], s.held_deletes);
                 ret = EX_USAGE;
         } else

@@ -131,14 +131,19 @@ static void print_text(const char *name, const char *state_dir, const BsStatus *
 }
 
 /* One agent; returns an exit status. */
+int cli_status_read(const char *state_dir, BsStatus *s) {
+        int fd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int r = fd < 0 ? -errno : bs_status_read(fd, s);
+        if (fd >= 0)
+                close(fd);
+        return r;
+}
+
 static int show(const char *state_dir, bool json, bool *first) {
         BsStatus s;
         const char *slash = strrchr(state_dir, '/');
         const char *name = slash && slash[1] ? slash + 1 : state_dir;
-        int fd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        int r = fd < 0 ? -errno : bs_status_read(fd, &s);
-        if (fd >= 0)
-                close(fd);
+        int r = cli_status_read(state_dir, &s);
         if (r == -ENOENT) {
                 fprintf(stderr, "backupsync: %s: no agent status here (no agent has run with this state directory)\n",
                         state_dir);

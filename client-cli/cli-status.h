@@ -16,3 +16,6 @@ int cli_status(char *const *state_dirs, size_t n, const char *system_file, bool 
 
 /** Is the agent that wrote s still running? Its pid alive and named so. */
 bool cli_agent_running(const BsStatus *s);
+
+/** Read STATE_DIR/status (bs_status_read()); -errno also when the directory cannot be opened. */
+int cli_status_read(const char *state_dir, BsStatus *s);

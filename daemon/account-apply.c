@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "account-internal.h"
+#include "account-read.h"
 #include "bs-clock.h"
 #include "bs-fs.h"
 #include "bs-macro.h"
@@ -237,17 +238,31 @@ static int reserve_pending(Account *a) {
         return 0;
 }
 
-int account_upload_begin(Account *a, AccountUpload *u) {
-        *u = ACCOUNT_UPLOAD_NULL;
+/* A temporary file in tmp/, named so that account_open() removes it if we die. */
+struct AccountUpload {
+        Account *account;
+        int fd;
+        char name[64];
+        BsSha *sha;
+        uint64_t written;
+        uint64_t writeback; /* written bytes whose writeback was started */
+};
+
+int account_upload_begin(Account *a, AccountUpload **ret) {
+        _cleanup_(account_upload_freep) AccountUpload *u = NULL;
+
+        u = calloc(1, sizeof(*u));
+        if (!u)
+                return -ENOMEM;
+        u->account = a;
+        u->fd = -1;
         int r = bs_sha_new(&u->sha);
         if (r < 0)
                 return r;
         u->fd = bs_tmpfile_at(a->tmp_fd, u->name, sizeof(u->name), 0600);
-        if (u->fd < 0) {
-                r = u->fd;
-                u->sha = bs_sha_free(u->sha);
-                return r;
-        }
+        if (u->fd < 0)
+                return u->fd;
+        *ret = TAKE_PTR(u);
         return 0;
 }
 
@@ -263,20 +278,19 @@ int account_upload_write(AccountUpload *u, const void *p, size_t n, uint64_t lim
         return r;
 }
 
-int account_upload_copy(AccountUpload *u, const AccountContent *src, uint64_t off, uint64_t len, uint64_t limit) {
+int account_upload_copy(AccountUpload *u, AccountContent *src, uint64_t off, uint64_t len, uint64_t limit) {
         /* One server thread: a static buffer is never shared. */
         static uint8_t buf[BS_CHUNK];
+        uint64_t size = account_content_info(src)->size;
 
-        if (off > src->size || len > src->size - off)
+        if (off > size || len > size - off)
                 return -EBADMSG;
         while (len > 0) {
                 size_t n = (size_t) MIN((uint64_t) sizeof(buf), len);
-                ssize_t got = bs_pread_full(src->fd, buf, n, (off_t) off);
-                if (got < 0)
-                        return (int) got;
-                if ((size_t) got != n)
-                        return -EBADMSG; /* shorter than its entry said: cannot be the content */
-                int r = account_upload_write(u, buf, n, limit);
+                int r = account_content_read(src, off, buf, n);
+                if (r < 0)
+                        return r;
+                r = account_upload_write(u, buf, n, limit);
                 if (r < 0)
                         return r;
                 off += n;
@@ -285,13 +299,16 @@ int account_upload_copy(AccountUpload *u, const AccountContent *src, uint64_t of
         return 0;
 }
 
-void account_upload_discard(Account *a, AccountUpload *u) {
+AccountUpload *account_upload_free(AccountUpload *u) {
+        if (!u)
+                return NULL;
         if (u->fd >= 0) {
                 close(u->fd);
-                (void) unlinkat(a->tmp_fd, u->name, 0);
+                (void) unlinkat(u->account->tmp_fd, u->name, 0);
         }
         bs_sha_free(u->sha);
-        *u = ACCOUNT_UPLOAD_NULL;
+        free(u);
+        return NULL;
 }
 
 int account_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN],
@@ -407,7 +424,7 @@ int account_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN
                 *ret_version = seq;
         }
 out:
-        account_upload_discard(a, u);
+        account_upload_free(u);
         return r;
 }
 

@@ -18,6 +18,11 @@
 #include "bs-fs.h"
 #include "bs-macro.h"
 
+struct AccountContent {
+        int fd;
+        AccountContentInfo info;
+};
+
 struct AccountCursor {
         sqlite3 *db;
         sqlite3_stmt *stmt;
@@ -133,9 +138,20 @@ static int open_checked(int dir_fd, const char *path, uint64_t size) {
         return fd;
 }
 
+static int content_new(int fd, const AccountContentInfo *info, AccountContent **ret) {
+        AccountContent *c = malloc(sizeof(*c));
+        if (!c) {
+                close(fd);
+                return -ENOMEM;
+        }
+        *c = (AccountContent) { .fd = fd, .info = *info };
+        *ret = c;
+        return 0;
+}
+
 /* Try the rows of a sha lookup (path/stored, size, mode, mtime, version) in turn. */
 static int open_from_rows(Account *a, unsigned id, int dir_fd, const uint8_t sha[BS_SHA_LEN],
-                          AccountContent *ret) {
+                          AccountContent **ret) {
         sqlite3_stmt *st;
         int r = account_stmt(a, id, &st);
         if (r < 0)
@@ -159,14 +175,12 @@ static int open_from_rows(Account *a, unsigned id, int dir_fd, const uint8_t sha
                                                              : open_checked(dir_fd, p, size);
                 if (fd < 0)
                         continue;
-                *ret = (AccountContent) {
-                        .fd = fd,
-                        .size = size,
-                        .mode = (uint32_t) sqlite3_column_int64(st, 2),
-                        .mtime_ns = sqlite3_column_int64(st, 3),
-                        .version = (uint64_t) sqlite3_column_int64(st, 4),
-                };
-                r = 0;
+                r = content_new(fd, &(AccountContentInfo) {
+                                        .size = size,
+                                        .mode = (uint32_t) sqlite3_column_int64(st, 2),
+                                        .mtime_ns = sqlite3_column_int64(st, 3),
+                                        .version = (uint64_t) sqlite3_column_int64(st, 4),
+                                }, ret);
                 break;
         }
         sqlite3_reset(st);
@@ -174,18 +188,17 @@ static int open_from_rows(Account *a, unsigned id, int dir_fd, const uint8_t sha
 }
 
 int account_content_open(Account *a, const uint8_t sha[BS_SHA_LEN], const char *path,
-                         AccountContent *ret) {
+                         AccountContent **ret) {
         AccountEntry e;
         int r;
 
         if (path && path[0] && account_entry_get(a, path, &e) >= 0 && e.kind == BS_KIND_FILE &&
             memcmp(e.sha, sha, BS_SHA_LEN) == 0) {
                 int fd = open_checked(a->tree_fd, path, e.size);
-                if (fd >= 0) {
-                        *ret = (AccountContent) { .fd = fd, .size = e.size, .mode = e.mode,
-                                                  .mtime_ns = e.mtime_ns, .version = e.version };
-                        return 0;
-                }
+                if (fd >= 0)
+                        return content_new(fd, &(AccountContentInfo) { .size = e.size, .mode = e.mode,
+                                                                       .mtime_ns = e.mtime_ns, .version = e.version },
+                                           ret);
         }
         r = open_from_rows(a, STMT_ENTRY_BY_SHA, a->tree_fd, sha, ret);
         if (r != -ENOENT)
@@ -193,8 +206,28 @@ int account_content_open(Account *a, const uint8_t sha[BS_SHA_LEN], const char *
         return open_from_rows(a, STMT_VERSION_BY_SHA, a->versions_fd, sha, ret);
 }
 
-void account_content_prefetch(const AccountContent *c, uint64_t len) {
+AccountContent *account_content_free(AccountContent *c) {
+        if (!c)
+                return NULL;
+        close(c->fd);
+        free(c);
+        return NULL;
+}
+
+const AccountContentInfo *account_content_info(const AccountContent *c) {
+        return &c->info;
+}
+
+int account_content_read(AccountContent *c, uint64_t off, void *buf, size_t n) {
+        if (off > c->info.size || n > c->info.size - off)
+                return -EBADMSG;
+        ssize_t got = bs_pread_full(c->fd, buf, n, (off_t) off);
+        if (got < 0)
+                return (int) got;
+        return (size_t) got == n ? 0 : -EBADMSG;
+}
+
+void account_content_prefetch(AccountContent *c, uint64_t len) {
         /* Advice only: a failure costs speed, never correctness. */
-        if (c->fd >= 0)
-                (void) posix_fadvise(c->fd, 0, (off_t) MIN(len, c->size), POSIX_FADV_WILLNEED);
+        (void) posix_fadvise(c->fd, 0, (off_t) MIN(len, c->info.size), POSIX_FADV_WILLNEED);
 }

@@ -16,9 +16,18 @@
  * any current file or kept version with it. -ENOENT when there is none.
  */
 int account_content_open(Account *a, const uint8_t sha[BS_SHA_LEN], const char *path,
-                         AccountContent *ret);
-/** Ask the kernel to start reading the first len bytes of c, without waiting. */
-void account_content_prefetch(const AccountContent *c, uint64_t len);
+                         AccountContent **ret);
+AccountContent *account_content_free(AccountContent *c);
+static inline void account_content_freep(AccountContent **c) { if (*c) account_content_free(*c); }
+/** Size, mode, mtime and version of the content. */
+const AccountContentInfo *account_content_info(const AccountContent *c);
+/**
+ * Read exactly n bytes at off into buf: 0, -EBADMSG when the content
+ * ends before (it cannot be what its entry said), or a negative errno.
+ */
+int account_content_read(AccountContent *c, uint64_t off, void *buf, size_t n);
+/** Start reading the first len bytes of c ahead, without waiting. */
+void account_content_prefetch(AccountContent *c, uint64_t len);
 
 /**
  * Start reading the account for PULL: a snapshot of all entries (since 0)

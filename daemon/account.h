@@ -41,25 +41,21 @@ typedef struct AccountEntry {
         char target[BS_PATH_MAX + 1]; /* symlink text */
 } AccountEntry;
 
-/* An upload in progress: a temporary file in tmp/ and its running hash. */
-typedef struct AccountUpload {
-        int fd;
-        char name[64];
-        BsSha *sha;
-        uint64_t written;
-        uint64_t writeback; /* written bytes whose writeback was started */
-} AccountUpload;
+/* An upload in progress (account_upload_begin()): where its bytes go
+ * until account_put() takes them, and their running hash. */
+typedef struct AccountUpload AccountUpload;
 
-#define ACCOUNT_UPLOAD_NULL ((AccountUpload) { .fd = -1 })
+/* A stored content opened for reading (account_content_open()): it stays
+ * readable while the path it came from changes. */
+typedef struct AccountContent AccountContent;
 
-/* An opened content for GET: the fd stays valid while the path changes. */
-typedef struct AccountContent {
-        int fd;
+/* What a stored content is, as the entry or version it was found by says. */
+typedef struct AccountContentInfo {
         uint64_t size;
         uint32_t mode;
         int64_t mtime_ns;
         uint64_t version;
-} AccountContent;
+} AccountContentInfo;
 
 /**
  * Create a new account with a fresh unique ID and key below storage.
@@ -153,8 +149,8 @@ int account_entry_get(Account *a, const char *path, AccountEntry *ret);
  */
 int account_put_check(Account *a, const char *path, uint64_t base, uint64_t size);
 
-/** Start an upload: a temporary file in tmp/. */
-int account_upload_begin(Account *a, AccountUpload *u);
+/** Start an upload; *ret is freed by account_put() or account_upload_free(). */
+int account_upload_begin(Account *a, AccountUpload **ret);
 /** Append bytes to an upload; -EFBIG once it would pass limit. */
 int account_upload_write(AccountUpload *u, const void *p, size_t n, uint64_t limit);
 /**
@@ -162,16 +158,17 @@ int account_upload_write(AccountUpload *u, const void *p, size_t n, uint64_t lim
  * (COPY): -EBADMSG when the range is not within src, -EFBIG once the
  * upload would pass limit.
  */
-int account_upload_copy(AccountUpload *u, const AccountContent *src, uint64_t off, uint64_t len, uint64_t limit);
-/** Drop an upload and its temporary file. */
-void account_upload_discard(Account *a, AccountUpload *u);
+int account_upload_copy(AccountUpload *u, AccountContent *src, uint64_t off, uint64_t len, uint64_t limit);
+/** Drop an upload and what it wrote. Returns NULL. */
+AccountUpload *account_upload_free(AccountUpload *u);
+static inline void account_upload_freep(AccountUpload **u) { if (*u) account_upload_free(*u); }
 
 /**
  * Finish an upload as path. Checks size and SHA-256, re-checks base, keeps
  * the replaced file in versions/ and records the change; the file is
  * renamed into the tree with the rest of its batch, after one sync, at the
  * latest by account_commit().
- * The upload is consumed. Returns 0 (applied; *ret_version is the new
+ * The upload is consumed (freed), whatever the outcome. Returns 0 (applied; *ret_version is the new
  * sequence), 1 (the file already had this content; *ret_version is its
  * version), or a negative errno.
  */

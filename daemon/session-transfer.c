@@ -26,10 +26,8 @@
 /* Bytes of the agent's content indexed before other sessions get a turn. */
 #define DELTA_INDEX_TURN (4u * 1024 * 1024)
 
-static void content_close(AccountContent *c) {
-        if (c->fd >= 0)
-                close(c->fd);
-        c->fd = -1;
+static void content_close(AccountContent **c) {
+        *c = account_content_free(*c);
 }
 
 /* Drop what a GET_DELTA holds: the agent's content and its index, the delta. */
@@ -51,7 +49,7 @@ static void ahead_drop(Session *s) {
 }
 
 /* The content read ahead for this GET, if any: 1 and ret taken over, else 0. */
-static int ahead_take(Session *s, const BsMsg *m, AccountContent *ret) {
+static int ahead_take(Session *s, const BsMsg *m, AccountContent **ret) {
         if (s->ahead.count == 0)
                 return 0;
         unsigned k = s->ahead.head;
@@ -60,13 +58,12 @@ static int ahead_take(Session *s, const BsMsg *m, AccountContent *ret) {
                 ahead_drop(s);
                 return 0;
         }
-        *ret = s->ahead.slot[k].c;
-        s->ahead.slot[k].c.fd = -1;
+        *ret = TAKE_PTR(s->ahead.slot[k].c);
         free(s->ahead.slot[k].path);
-                s->ahead.slot[k].path = NULL;
+        s->ahead.slot[k].path = NULL;
         s->ahead.head = (k + 1) % SESSION_PREFETCH;
         s->ahead.count--;
-        return ret->fd >= 0;
+        return *ret != NULL;
 }
 
 void session_prefetch(Session *s) {
@@ -94,11 +91,10 @@ void session_prefetch(Session *s) {
                         break;
                 s->ahead.slot[k].path = path;
                 memcpy(s->ahead.slot[k].sha, m.sha, BS_SHA_LEN);
-                if (m.path_len > 0 && bs_path_check(m.path, m.path_len) < 0)
-                        s->ahead.slot[k].c.fd = -1;
-                else if (account_content_open(s->account, m.sha, m.path, &s->ahead.slot[k].c) < 0)
-                        s->ahead.slot[k].c.fd = -1;
-                account_content_prefetch(&s->ahead.slot[k].c, SESSION_PREFETCH_BYTES);
+                s->ahead.slot[k].c = NULL;
+                if ((m.path_len == 0 || bs_path_check(m.path, m.path_len) == 0) &&
+                    account_content_open(s->account, m.sha, m.path, &s->ahead.slot[k].c) == 0)
+                        account_content_prefetch(s->ahead.slot[k].c, SESSION_PREFETCH_BYTES);
                 s->ahead.count++;
         }
 }
@@ -110,8 +106,7 @@ void session_prefetch_consumed(Session *s) {
 }
 
 void session_transfer_reset(Session *s) {
-        if (s->upload.active && s->account)
-                account_upload_discard(s->account, &s->upload.u);
+        s->upload.u = account_upload_free(s->upload.u);
         s->upload.active = false;
         content_close(&s->upload.src);
         content_close(&s->content);
@@ -140,7 +135,7 @@ static int upload_refuse(Session *s, int r, const char *what) {
         else
                 session_log_event(s, LOG_INFO, code == BS_ERR_CONFLICT ? BS_MID_CONFLICT : BS_MID_REJECTED,
                           s->upload.path, "upload %s %s refused: %s", id, lp, bs_err_name(code));
-        account_upload_discard(s->account, &s->upload.u);
+        s->upload.u = account_upload_free(s->upload.u);
         content_close(&s->upload.src);
         s->upload.discard = true;
         return session_send_error(s, s->upload.req, code, "%s: %s", what, strerror(-r));
@@ -159,7 +154,7 @@ int session_handle_put(Session *s, const BsMsg *m) {
         s->upload.size = m->size;
         s->upload.mode = m->mode;
         s->upload.mtime_ns = m->mtime_ns;
-        s->upload.u = ACCOUNT_UPLOAD_NULL;
+        s->upload.u = NULL;
         s->upload.copied = 0;
         memcpy(s->upload.path, m->path, m->path_len + 1);
 
@@ -180,7 +175,7 @@ int session_handle_data(Session *s, const BsMsg *m) {
                                     m->req);
         if (s->upload.discard)
                 return 0;
-        int r = account_upload_write(&s->upload.u, m->data, m->data_len, s->upload.size);
+        int r = account_upload_write(s->upload.u, m->data, m->data_len, s->upload.size);
         if (r == -EFBIG)
                 return upload_refuse(s, r, "more data than announced");
         if (r < 0)
@@ -201,20 +196,18 @@ int session_handle_copy(Session *s, const BsMsg *m) {
                 return 0;
         if (m->size > BS_COPY_MAX)
                 return upload_refuse(s, -EFBIG, "COPY of more than 16 MiB");
-        if (s->upload.src.fd < 0 || memcmp(s->upload.src_sha, m->sha, BS_SHA_LEN) != 0) {
+        if (!s->upload.src || memcmp(s->upload.src_sha, m->sha, BS_SHA_LEN) != 0) {
                 content_close(&s->upload.src);
                 /* The tree must hold this pass's uploads before a file in it is read. */
                 r = session_end_pass(s);
                 if (r < 0)
                         return r;
                 r = account_content_open(s->account, m->sha, s->upload.path, &s->upload.src);
-                if (r < 0) {
-                        s->upload.src.fd = -1;
+                if (r < 0)
                         return upload_refuse(s, r, "no stored content to copy from");
-                }
                 memcpy(s->upload.src_sha, m->sha, BS_SHA_LEN);
         }
-        r = account_upload_copy(&s->upload.u, &s->upload.src, m->offset, m->size, s->upload.size);
+        r = account_upload_copy(s->upload.u, s->upload.src, m->offset, m->size, s->upload.size);
         if (r == -EFBIG)
                 return upload_refuse(s, r, "more data than announced");
         if (r == -EBADMSG)
@@ -242,13 +235,13 @@ int session_handle_put_end(Session *s, const BsMsg *m) {
                 return 0;
         }
         if (m->flags & BS_PUT_ABORT) {
-                account_upload_discard(s->account, &s->upload.u);
+                s->upload.u = account_upload_free(s->upload.u);
                 s->upload.active = false;
                 return session_send_error(s, m->req, BS_ERR_ABORTED, "upload aborted by the agent");
         }
 
         session_change_begin(s);
-        r = account_put(s->account, &s->upload.u, s->device, s->upload.path, s->upload.base, s->upload.size,
+        r = account_put(s->account, TAKE_PTR(s->upload.u), s->device, s->upload.path, s->upload.base, s->upload.size,
                         s->upload.mode, s->upload.mtime_ns, m->sha, &version);
         s->upload.active = false;
         if (r < 0)
@@ -316,14 +309,15 @@ int session_start_get(Session *s, const BsMsg *m) {
         have_close(s);
         s->have_off = 0;
         if (m->type == BS_MSG_GET_DELTA && account_content_open(s->account, m->have, m->path, &s->have) < 0)
-                s->have.fd = -1;
+                s->have = NULL;
         memcpy(s->have_sha, m->have, BS_SHA_LEN);
         s->have_same = memcmp(m->have, m->sha, BS_SHA_LEN) == 0;
         bs_msg_init(&f, BS_MSG_FILE, m->req);
-        f.size = s->content.size;
-        f.mode = s->content.mode;
-        f.mtime_ns = s->content.mtime_ns;
-        f.seq = s->content.version;
+        const AccountContentInfo *info = account_content_info(s->content);
+        f.size = info->size;
+        f.mode = info->mode;
+        f.mtime_ns = info->mtime_ns;
+        f.seq = info->version;
         memcpy(f.sha, m->sha, BS_SHA_LEN);
         r = session_send(s, &f);
         if (r < 0)
@@ -335,14 +329,13 @@ int session_start_get(Session *s, const BsMsg *m) {
 }
 
 static int fill_get(Session *s) {
-        uint64_t left = s->content.size - s->content_off;
+        uint64_t left = account_content_info(s->content)->size - s->content_off;
         size_t chunk = MIN((size_t) BS_CHUNK, (size_t) s->peer_max_frame - 64);
         size_t n = (size_t) MIN((uint64_t) chunk, left), off;
         int r;
 
         if (left == 0) {
-                close(s->content.fd);
-                s->content.fd = -1;
+                content_close(&s->content);
                 s->stream = STREAM_NONE;
                 return 0;
         }
@@ -352,10 +345,10 @@ static int fill_get(Session *s) {
                 return r;
         bs_frame_begin(&s->out, BS_MSG_DATA, &off);
         bs_buf_put_u32(&s->out, s->stream_req);
-        ssize_t got = bs_pread_full(s->content.fd, s->out.data + s->out.end, n, (off_t) s->content_off);
-        if (got != (ssize_t) n) {
+        r = account_content_read(s->content, s->content_off, s->out.data + s->out.end, n);
+        if (r < 0) {
                 bs_frame_cancel(&s->out, off);
-                errno = got < 0 ? (int) -got : EIO;
+                errno = -r;
                 log_error("account %s: reading content failed: %m", account_id(s->account));
                 return session_fail(s, s->stream_req, BS_ERR_IO, "reading content failed");
         }
@@ -384,7 +377,7 @@ static bool have_find(void *userdata, const uint8_t *p, uint32_t len, const uint
         static uint8_t hb[BS_CHUNK_MAX]; /* one server thread */
         Session *s = userdata;
         if (bs_block_map_find(s->have_map, len, sum, off) < 0 ||
-            bs_pread_full(s->have.fd, hb, len, (off_t) *off) != (ssize_t) len || memcmp(hb, p, len) != 0)
+            account_content_read(s->have, *off, hb, len) < 0 || memcmp(hb, p, len) != 0)
                 return false;
         memcpy(sha, s->have_sha, BS_SHA_LEN);
         return true;
@@ -398,9 +391,10 @@ static int index_have(Session *s) {
         int r = 0;
         if (!s->have_list && bs_blocks_new(&s->have_list) < 0)
                 return -ENOMEM;
-        while (s->have_off < s->have.size && turn < DELTA_INDEX_TURN) {
-                size_t n = (size_t) MIN((uint64_t) sizeof(buf), s->have.size - s->have_off);
-                if (bs_pread_full(s->have.fd, buf, n, (off_t) s->have_off) != (ssize_t) n ||
+        uint64_t size = account_content_info(s->have)->size;
+        while (s->have_off < size && turn < DELTA_INDEX_TURN) {
+                size_t n = (size_t) MIN((uint64_t) sizeof(buf), size - s->have_off);
+                if (account_content_read(s->have, s->have_off, buf, n) < 0 ||
                     bs_blocks_update(s->have_list, buf, n) < 0) {
                         have_close(s);
                         return 0;
@@ -408,7 +402,7 @@ static int index_have(Session *s) {
                 s->have_off += n;
                 turn += n;
         }
-        if (s->have_off < s->have.size)
+        if (s->have_off < size)
                 return 1;
         size_t count;
         r = bs_blocks_final(s->have_list);
@@ -421,7 +415,7 @@ static int index_have(Session *s) {
                 return 0;
         }
         s->have_list = bs_blocks_free(s->have_list);
-        r = bs_delta_init(&s->delta, s->content.size, false);
+        r = bs_delta_init(&s->delta, account_content_info(s->content)->size, false);
         if (r < 0)
                 have_close(s);
         return r < 0 ? r : 0;
@@ -430,7 +424,7 @@ static int index_have(Session *s) {
 /* The agent holds the very content (a copy elsewhere in its tree): COPY it all. */
 static int copy_all(Session *s) {
         BsMsg c;
-        uint64_t left = s->content.size - s->content_off;
+        uint64_t left = account_content_info(s->content)->size - s->content_off;
         if (left == 0) {
                 content_close(&s->content);
                 have_close(s);
@@ -473,9 +467,9 @@ static int fill_get_delta(Session *s) {
                         return 0;
                 }
                 want = MIN(want, (size_t) BS_CHUNK);
-                ssize_t got = bs_pread_full(s->content.fd, p, want, (off_t) s->delta.fed);
-                if (got != (ssize_t) want) {
-                        errno = got < 0 ? (int) -got : EIO;
+                r = account_content_read(s->content, s->delta.fed, p, want);
+                if (r < 0) {
+                        errno = -r;
                         log_error("account %s: reading content failed: %m", account_id(s->account));
                         return session_fail(s, s->stream_req, BS_ERR_IO, "reading content failed");
                 }
@@ -586,5 +580,5 @@ static int fill_pull(Session *s) {
 int session_transfer_fill(Session *s) {
         if (s->stream == STREAM_PULL)
                 return fill_pull(s);
-        return s->have.fd >= 0 ? fill_get_delta(s) : fill_get(s);
+        return s->have ? fill_get_delta(s) : fill_get(s);
 }

@@ -60,10 +60,6 @@ int session_new(Session **ret, Server *server, int fd, const struct sockaddr *pe
                 return -ENOMEM;
         s->server = server;
         s->fd = fd;
-        s->upload.u = ACCOUNT_UPLOAD_NULL;
-        s->content.fd = -1;
-        s->have.fd = -1;
-        s->upload.src.fd = -1;
         s->peer_max_frame = BS_FRAME_MIN;
         s->state = server->tls ? SESSION_TLS : SESSION_HELLO;
         peer_format(s, peer);

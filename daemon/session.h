@@ -77,9 +77,9 @@ struct Session {
                 uint32_t mode;
                 int64_t mtime_ns;
                 char path[BS_PATH_MAX + 1];
-                AccountUpload u;
+                AccountUpload *u;
                 /* COPY: the stored content bytes are copied from, opened at the first COPY */
-                AccountContent src;
+                AccountContent *src;
                 uint8_t src_sha[BS_SHA_LEN];
                 uint64_t copied;
         } upload;
@@ -91,12 +91,12 @@ struct Session {
         AccountQuery *query;
         BsHistRow *row; /* read from the query but not yet sent */
         bool rec_pending; /* rec or row */
-        AccountContent content;
+        AccountContent *content;
         uint64_t content_off;
         /* GET_DELTA: the content the agent holds, cut into chunks and
          * indexed first (have_off bytes so far), then the delta of the
          * content against it. */
-        AccountContent have;
+        AccountContent *have;
         uint8_t have_sha[BS_SHA_LEN];
         bool have_same; /* the content asked for itself: all COPY */
         uint64_t have_off;
@@ -111,7 +111,7 @@ struct Session {
                 struct {
                         uint8_t sha[BS_SHA_LEN];
                         char *path;
-                        AccountContent c; /* fd -1: open it when its turn comes */
+                        AccountContent *c; /* NULL: open it when its turn comes */
                 } slot[SESSION_PREFETCH];
         } ahead;
 };

@@ -13,6 +13,7 @@
 #include "account-internal.h"
 #include "account-history.h"
 #include "account-read.h"
+#include "bs-fs.h"
 #include "bs-hash.h"
 
 static char storage[] = "/tmp/bs-test-account-XXXXXX";
@@ -39,14 +40,14 @@ static void path_of(char *buf, size_t n, const char *sub, const char *rel) {
 
 /* Upload content as path on base; returns what account_put() returns. */
 static int put(const char *path, uint64_t base, const char *content, uint64_t *version) {
-        AccountUpload u;
+        AccountUpload *u;
         uint8_t sha[BS_SHA_LEN];
         size_t n = strlen(content);
         cr_assert_eq(bs_sha_buf(content, n, sha), 0);
         cr_assert_eq(account_put_check(acc, path, base, n), 0, "put check %s", path);
         cr_assert_eq(account_upload_begin(acc, &u), 0);
-        cr_assert_eq(account_upload_write(&u, content, n, n), 0);
-        return account_put(acc, &u, device, path, base, n, 0644, 1000000000, sha, version);
+        cr_assert_eq(account_upload_write(u, content, n, n), 0);
+        return account_put(acc, u, device, path, base, n, 0644, 1000000000, sha, version);
 }
 
 static char *tree_content(const char *rel) {
@@ -155,12 +156,16 @@ Test(account, closing_without_commit_leaves_nothing) {
 
 Test(account, crash_leftovers_in_tmp_removed_at_open) {
         char p[4200];
-        AccountUpload u;
+        char name[64];
         /* An upload cut off by a crash: its temporary file stays behind. */
-        cr_assert_eq(account_upload_begin(acc, &u), 0);
-        cr_assert_eq(account_upload_write(&u, "partial", 7, 100), 0);
-        close(u.fd);
-        bs_sha_free(u.sha);
+        path_of(p, sizeof(p), "tmp", "");
+        int dfd = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        cr_assert_geq(dfd, 0);
+        int fd = bs_tmpfile_at(dfd, name, sizeof(name), 0600);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(write(fd, "partial", 7), 7);
+        close(fd);
+        close(dfd);
         path_of(p, sizeof(p), "tmp", "stray");
         FILE *f = fopen(p, "we");
         cr_assert_not_null(f);
@@ -234,8 +239,8 @@ Test(account, upload_copy_from_stored_content) {
         const char *old = "0123456789abcdefghij", *want = "0123456789ABCDEFghij";
         uint8_t old_sha[BS_SHA_LEN], sha[BS_SHA_LEN];
         uint64_t v1, v2;
-        AccountContent src;
-        AccountUpload u;
+        AccountContent *src;
+        AccountUpload *u;
 
         cr_assert_eq(put("f", 0, old, &v1), 0);
         cr_assert_eq(account_commit(acc), 0);
@@ -245,22 +250,22 @@ Test(account, upload_copy_from_stored_content) {
 
         cr_assert_eq(account_put_check(acc, "f", v1, 20), 0);
         cr_assert_eq(account_upload_begin(acc, &u), 0);
-        cr_assert_eq(account_upload_copy(&u, &src, 0, 10, 20), 0);
-        cr_assert_eq(account_upload_write(&u, "ABCDEF", 6, 20), 0);
-        cr_assert_eq(account_upload_copy(&u, &src, 16, 4, 20), 0);
-        cr_assert_eq(account_put(acc, &u, device, "f", v1, 20, 0644, 1000000000, sha, &v2), 0);
+        cr_assert_eq(account_upload_copy(u, src, 0, 10, 20), 0);
+        cr_assert_eq(account_upload_write(u, "ABCDEF", 6, 20), 0);
+        cr_assert_eq(account_upload_copy(u, src, 16, 4, 20), 0);
+        cr_assert_eq(account_put(acc, u, device, "f", v1, 20, 0644, 1000000000, sha, &v2), 0);
         cr_assert_eq(account_commit(acc), 0);
         cr_assert_str_eq(tree_content("f"), want);
 
         /* Ranges outside the content, however they are spelled, and past the limit. */
         cr_assert_eq(account_upload_begin(acc, &u), 0);
-        cr_assert_eq(account_upload_copy(&u, &src, 15, 6, 100), -EBADMSG);
-        cr_assert_eq(account_upload_copy(&u, &src, 21, 0, 100), -EBADMSG);
-        cr_assert_eq(account_upload_copy(&u, &src, UINT64_MAX - 2, 4, 100), -EBADMSG);
-        cr_assert_eq(account_upload_copy(&u, &src, 0, 20, 19), -EFBIG);
-        cr_assert_eq(account_upload_copy(&u, &src, 20, 0, 19), 0, "an empty range at the end is fine");
-        account_upload_discard(acc, &u);
-        close(src.fd);
+        cr_assert_eq(account_upload_copy(u, src, 15, 6, 100), -EBADMSG);
+        cr_assert_eq(account_upload_copy(u, src, 21, 0, 100), -EBADMSG);
+        cr_assert_eq(account_upload_copy(u, src, UINT64_MAX - 2, 4, 100), -EBADMSG);
+        cr_assert_eq(account_upload_copy(u, src, 0, 20, 19), -EFBIG);
+        cr_assert_eq(account_upload_copy(u, src, 20, 0, 19), 0, "an empty range at the end is fine");
+        account_upload_free(u);
+        account_content_free(src);
 }
 
 /* A crash in the middle of an overwrite: the tree holds the new content,
@@ -284,10 +289,14 @@ Test(account, repair_keeps_content_of_an_unfinished_change) {
         fputs("new content\n", f);
         fclose(f);
         cr_assert_gt(account_verify(acc, true, false, NULL, NULL), 0, "differences were found and recorded");
-        AccountContent c;
+        AccountContent *c;
+        char got[8];
         cr_assert_eq(account_content_open(acc, old_sha, "f", &c), 0, "the acknowledged content is reachable");
-        cr_assert_eq(c.size, 4);
-        close(c.fd);
+        cr_assert_eq(account_content_info(c)->size, 4);
+        cr_assert_eq(account_content_read(c, 0, got, 4), 0);
+        cr_assert_eq(memcmp(got, "old\n", 4), 0);
+        cr_assert_eq(account_content_read(c, 1, got, 4), -EBADMSG, "a read past the end");
+        account_content_free(c);
         cr_assert_str_eq(tree_content("f"), "new content\n");
 }
 
@@ -330,19 +339,19 @@ Test(account, identical_content_is_stored_once) {
         /* The same content with another mtime: a new version, no new content. */
         AccountEntry e;
         cr_assert_eq(account_entry_get(acc, "f", &e), 0);
-        AccountUpload u;
+        AccountUpload *u;
         cr_assert_eq(account_upload_begin(acc, &u), 0);
-        cr_assert_eq(account_upload_write(&u, "new f\n", 6, 6), 0);
-        cr_assert_eq(account_put(acc, &u, device, "f", e.version, 6, 0644, 2000000000, e.sha, &v), 0);
+        cr_assert_eq(account_upload_write(u, "new f\n", 6, 6), 0);
+        cr_assert_eq(account_put(acc, u, device, "f", e.version, 6, 0644, 2000000000, e.sha, &v), 0);
         cr_assert_gt(v, e.version);
         cr_assert_eq(account_commit(acc), 0);
         cr_assert_eq(count_entries("content"), 1, "saving unchanged content grew the store");
         uint8_t sha[BS_SHA_LEN];
-        AccountContent c;
+        AccountContent *c;
         cr_assert_eq(bs_sha_buf("same bytes\n", 11, sha), 0);
         cr_assert_eq(account_content_open(acc, sha, "h", &c), 0, "the deleted copies' content is reachable");
-        cr_assert_eq(c.size, 11);
-        close(c.fd);
+        cr_assert_eq(account_content_info(c)->size, 11);
+        account_content_free(c);
 }
 
 /* A deleted tree: out of the tree and tmp/, its contents in the store. */
@@ -362,10 +371,13 @@ Test(account, deleted_tree_contents_reachable) {
         const char *contents[] = { "file a\n", "file b\n" };
         for (size_t i = 0; i < 2; i++) {
                 uint8_t sha[BS_SHA_LEN];
-                AccountContent c;
+                AccountContent *c;
+                char got[7];
                 cr_assert_eq(bs_sha_buf(contents[i], 7, sha), 0);
                 cr_assert_eq(account_content_open(acc, sha, "", &c), 0, "%s", contents[i]);
-                close(c.fd);
+                cr_assert_eq(account_content_read(c, 0, got, 7), 0);
+                cr_assert_eq(memcmp(got, contents[i], 7), 0);
+                account_content_free(c);
         }
 }
 
@@ -423,16 +435,13 @@ Test(account, tree_as_of_every_sequence) {
 /* Upload content with mode and mtime as path on base. */
 static int put_meta(const char *path, uint64_t base, const char *content, uint32_t mode, int64_t mtime,
                     uint64_t *version) {
-        AccountUpload u;
+        AccountUpload *u;
         uint8_t sha[BS_SHA_LEN];
         size_t n = strlen(content);
         cr_assert_eq(bs_sha_buf(content, n, sha), 0);
         cr_assert_eq(account_upload_begin(acc, &u), 0);
-        cr_assert_eq(account_upload_write(&u, content, n, n), 0);
-        int r = account_put(acc, &u, device, path, base, n, mode, mtime, sha, version);
-        if (r < 0)
-                account_upload_discard(acc, &u);
-        return r;
+        cr_assert_eq(account_upload_write(u, content, n, n), 0);
+        return account_put(acc, u, device, path, base, n, mode, mtime, sha, version);
 }
 
 /* The same content on a stale base is a repeat only when mode and mtime

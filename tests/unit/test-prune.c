@@ -56,15 +56,15 @@ TestSuite(prune, .init = setup, .fini = teardown);
 static void edit(const char *path, int i) {
         char content[1000];
         uint8_t sha[BS_SHA_LEN];
-        AccountUpload u;
+        AccountUpload *u;
         AccountEntry e;
         uint64_t v, base = account_entry_get(acc, path, &e) == 0 ? e.version : 0;
         memset(content, 'a' + i % 26, sizeof(content));
         snprintf(content, sizeof(content), "edit %d", i);
         cr_assert_eq(bs_sha_buf(content, sizeof(content), sha), 0);
         cr_assert_eq(account_upload_begin(acc, &u), 0);
-        cr_assert_eq(account_upload_write(&u, content, sizeof(content), sizeof(content)), 0);
-        cr_assert_eq(account_put(acc, &u, device, path, base, sizeof(content), 0644, 0, sha, &v), 0);
+        cr_assert_eq(account_upload_write(u, content, sizeof(content), sizeof(content)), 0);
+        cr_assert_eq(account_put(acc, u, device, path, base, sizeof(content), 0644, 0, sha, &v), 0);
         cr_assert_eq(account_commit(acc), 0);
 }
 
@@ -140,9 +140,9 @@ Test(prune, thinning_by_age) {
         sqlite3_stmt *st;
         cr_assert_eq(sqlite3_prepare_v2(acc->db, "SELECT sha FROM versions", -1, &st, NULL), SQLITE_OK);
         while (sqlite3_step(st) == SQLITE_ROW) {
-                AccountContent c;
+                AccountContent *c;
                 cr_assert_eq(account_content_open(acc, sqlite3_column_blob(st, 0), "", &c), 0);
-                close(c.fd);
+                account_content_free(c);
         }
         sqlite3_finalize(st);
 }
@@ -221,12 +221,12 @@ Test(prune, sweep_finds_unnamed_contents) {
         cr_assert(!store_has(acc->store, sha), "the unnamed content is still there");
         cr_assert_eq(stats.contents, 1);
         cr_assert_eq(count("SELECT COUNT(*) FROM versions"), 1);
-        AccountContent c;
+        AccountContent *c;
         uint8_t first[BS_SHA_LEN];
         char content[1000];
         memset(content, 'a' + 1, sizeof(content));
         snprintf(content, sizeof(content), "edit %d", 1);
         cr_assert_eq(bs_sha_buf(content, sizeof(content), first), 0);
         cr_assert_eq(account_content_open(acc, first, "", &c), 0, "the kept version's content was swept");
-        close(c.fd);
+        account_content_free(c);
 }

@@ -1,7 +1,7 @@
 /* account-history.h - reading an account's past: the log, versions, deleted entries, a past tree
  *
- * Readers only, like account-read.h; each query reads one snapshot over
- * a connection of its own.
+ * Readers only, like account-read.h; each query reads one consistent
+ * committed state.
  */
 #pragma once
 

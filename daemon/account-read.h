@@ -30,10 +30,10 @@ int account_content_read(AccountContent *c, uint64_t off, void *buf, size_t n);
 void account_content_prefetch(AccountContent *c, uint64_t len);
 
 /**
- * Start reading the account for PULL: a snapshot of all entries (since 0)
- * or the change-log records after since. The cursor reads one consistent
- * state over its own database connection, so changes committed meanwhile
- * do not tear the answer. Commit before creating one.
+ * Start reading the account for PULL: a snapshot of all entries (since 0,
+ * or before the pruned part of the log) or the change-log records after
+ * since. The cursor reads one consistent committed state, so changes
+ * committed meanwhile do not tear the answer: commit before creating one.
  */
 int account_cursor_new(Account *a, uint64_t since, AccountCursor **ret);
 AccountCursor *account_cursor_free(AccountCursor *c);

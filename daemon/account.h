@@ -1,18 +1,20 @@
-/* account.h - one account's storage: tree, kept versions, change log
+/* account.h - the storage interface: where accounts live, as the sessions see it
  *
- * This is the storage interface of the server. An Account owns the
- * account's directory STORAGE/<ID>/ (tree/, tmp/, versions/) and its
- * metadata database meta.db (SQLite). Every change is checked against the
- * path's current version, applied to tree/ only through directory fds and
- * recorded as one change-log record. Changes join the open transaction
- * (group commit); nothing is durable until account_commit().
+ * The server talks to accounts only through this interface, and does not
+ * know which implementation is behind it: the embedded backend (local.h:
+ * SQLite and plain files on one machine) or the cluster backend. A
+ * Backend opens and creates accounts; an Account takes changes, checked
+ * against each path's current version and recorded as one change-log
+ * record each. Changes join the open batch; nothing is durable, and so
+ * nothing may be acknowledged, until account_commit(). A session commits
+ * its batch before it reads (account-read.h, account-history.h).
  *
  * Errors are negative errno values with these meanings for the protocol:
  * -ESTALE base is not the current version (CONFLICT), -ENOENT missing
  * entry, content or parent (NOT_FOUND), -EINVAL/-ELOOP/-EXDEV the path
  * breaks the rules or leaves the tree (BAD_PATH), -EBADMSG size or SHA-256
  * mismatch (CHECKSUM), -EFBIG more data than announced (TOO_LARGE),
- * -ENOSPC/-EDQUOT disk full (NO_SPACE); anything else is an I/O error.
+ * -ENOSPC/-EDQUOT no space (NO_SPACE); anything else is an I/O error.
  */
 #pragma once
 
@@ -25,6 +27,7 @@
 #include "bs-proto.h"
 #include "bs-token.h"
 
+typedef struct Backend Backend;
 typedef struct Account Account;
 typedef struct AccountCursor AccountCursor;
 
@@ -58,46 +61,44 @@ typedef struct AccountContentInfo {
 } AccountContentInfo;
 
 /**
- * Create a new account with a fresh unique ID and key below storage.
- * token receives "ID-KEY" (BS_TOKEN_MAX + 1 bytes); only its hash is kept.
+ * Create a new account with a fresh unique ID and key. token receives
+ * "ID-KEY" (BS_TOKEN_MAX + 1 bytes); only its hash is kept.
  */
-int account_create(const char *storage, Account **ret, char *token);
+int backend_account_create(Backend *b, Account **ret, char *token);
+
+/**
+ * Open an existing account: -ENOENT when there is no such (complete)
+ * account. What interrupted uploads left is removed.
+ */
+int backend_account_open(Backend *b, const char *id, Account **ret);
+
+/** The IDs of the accounts. Free with account_list_free(). */
+int backend_account_list(Backend *b, char ***ret, size_t *ret_n);
+char **account_list_free(char **ids, size_t n);
+
+/** Close the backend; every account must be closed first. Returns NULL. */
+Backend *backend_free(Backend *b);
+static inline void backend_freep(Backend **b) { if (*b) backend_free(*b); }
 
 typedef void (*account_verify_fn)(void *userdata, const char *path, const char *problem);
 
 /**
- * Compare tree/ with the metadata and call report for each disagreement
- * (files are hashed when size or mtime differ, or all of them with
- * hash_all). With repair, each difference is recorded as a change, so the
- * metadata agrees with the tree again and agents converge on it. Returns
- * the number of disagreements, or a negative errno.
+ * Compare the stored content with the metadata and call report for each
+ * disagreement (contents are hashed when size or mtime differ, or all of
+ * them with hash_all). With repair, each difference is recorded as a
+ * change, so the metadata agrees with the content again and agents
+ * converge on it. Returns the number of disagreements, or a negative errno.
  */
 int account_verify(Account *a, bool repair, bool hash_all, account_verify_fn report, void *userdata);
 
-/**
- * The IDs of the accounts below storage (directories named like one; an
- * incomplete one fails account_open() with -ENOENT). Free with
- * account_list_free().
- */
-int account_list(const char *storage, char ***ret, size_t *ret_n);
-char **account_list_free(char **ids, size_t n);
-
 /** True when the account was not closed cleanly (the server was killed). */
 bool account_needs_recovery(const Account *a);
-
-/**
- * Open an existing account. -ENOENT when there is no such (complete)
- * account. Leftover temporary files of interrupted uploads are removed.
- */
-int account_open(const char *storage, const char *id, Account **ret);
 
 /** Close the account; an open transaction is rolled back. Returns NULL. */
 Account *account_free(Account *a);
 static inline void account_freep(Account **a) { if (*a) account_free(*a); }
 
 const char *account_id(const Account *a);
-/** The account's sequence, including changes not committed yet. */
-uint64_t account_seq(const Account *a);
 /** The sequence of the last committed change. */
 uint64_t account_committed_seq(const Account *a);
 
@@ -112,7 +113,7 @@ bool account_in_transaction(const Account *a);
 /** Make the pending changes durable. On failure they are rolled back. */
 int account_commit(Account *a);
 
-/* What the history keeps, in seconds (see account-prune.c). */
+/* What the history keeps, in seconds (see local-prune.c). */
 typedef struct AccountRetention {
         uint64_t keep_versions; /* 0: forever */
         uint64_t keep_all, keep_hourly, keep_daily;
@@ -136,7 +137,7 @@ typedef struct AccountPruneStats {
  */
 int account_prune(Account *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats);
 
-/** The disk space the kept versions' contents take (the store, and versions/ of earlier releases). */
+/** The space the kept versions' contents take. */
 int account_history_usage(Account *a, uint64_t *bytes);
 
 /** Look up the entry of path: 0, or -ENOENT. */
@@ -165,9 +166,8 @@ static inline void account_upload_freep(AccountUpload **u) { if (*u) account_upl
 
 /**
  * Finish an upload as path. Checks size and SHA-256, re-checks base, keeps
- * the replaced file in versions/ and records the change; the file is
- * renamed into the tree with the rest of its batch, after one sync, at the
- * latest by account_commit().
+ * the replaced content as a version and records the change, durable with
+ * the rest of its batch at account_commit().
  * The upload is consumed (freed), whatever the outcome. Returns 0 (applied; *ret_version is the new
  * sequence), 1 (the file already had this content; *ret_version is its
  * version), or a negative errno.

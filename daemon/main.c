@@ -28,6 +28,7 @@
 #include "bs-log.h"
 #include "bs-macro.h"
 #include "bs-parse.h"
+#include "local.h"
 #include "offline.h"
 #include "server.h"
 #include "server-tls.h"
@@ -361,6 +362,7 @@ int main(int argc, char **argv) {
         /* Declared before the server, so it outlives the server's SIGHUP handler. */
         _cleanup_(context_done) Context ctx = {};
         _cleanup_(server_freep) Server *server = NULL;
+        _cleanup_(backend_freep) Backend *backend = NULL;
         sd_event *event = NULL;
         BsConfigError err;
         char storage[PATH_MAX], first[PATH_MAX], msg[PATH_MAX + 1024];
@@ -421,8 +423,14 @@ int main(int argc, char **argv) {
                 return EX_CANTCREAT;
         }
 
+        r = local_backend_new(storage, &backend);
+        if (r < 0) {
+                errno = -r;
+                log_error("cannot open storage %s: %m", storage);
+                return EX_OSERR;
+        }
         if (ctx.args.verify)
-                return offline_verify(storage);
+                return offline_verify(backend);
         int lock_fd = lock_storage(storage);
         if (lock_fd == -EWOULDBLOCK) {
                 log_error("storage %s is in use by another backupsyncd%s", storage,
@@ -437,7 +445,7 @@ int main(int argc, char **argv) {
         }
         if (ctx.args.prune) {
                 AccountRetention ret = retention_of(&ctx.cfg);
-                r = offline_prune(storage, &ret);
+                r = offline_prune(backend, &ret);
                 close(lock_fd);
                 return r;
         }
@@ -463,9 +471,11 @@ int main(int argc, char **argv) {
                         .retention = retention_of(&ctx.cfg),
                         .prune_interval_usec = ctx.cfg.prune_interval_usec,
                 };
-                r = server_new(&server, event, &config);
-                if (r >= 0)
+                r = server_new(&server, event, &config, backend);
+                if (r >= 0) {
+                        backend = NULL; /* the server's now */
                         r = server_prune_start(server);
+                }
         }
         sd_event_unref(event);
         if (r < 0) {

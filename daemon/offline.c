@@ -18,25 +18,25 @@
 #include "bs-token.h"
 #include "offline.h"
 
-/* fn(account, id, userdata) for each account below storage: 0, or an exit status to note. */
+/* fn(account, id, userdata) for each account of the backend: 0, or an exit status to note. */
 typedef int (*account_fn)(Account *a, const char *id, void *userdata);
 
 /* Open each account in turn; *ret_n counts them. Returns the first exit status fn or opening gave. */
-static int for_each_account(const char *storage, account_fn fn, void *userdata, unsigned *ret_n) {
+static int for_each_account(Backend *b, account_fn fn, void *userdata, unsigned *ret_n) {
         char **ids = NULL;
         size_t n = 0;
         int ret = EXIT_SUCCESS;
 
         *ret_n = 0;
-        int r = account_list(storage, &ids, &n);
+        int r = backend_account_list(b, &ids, &n);
         if (r < 0) {
                 errno = -r;
-                log_error("cannot read storage %s: %m", storage);
+                log_error("cannot list the accounts: %m");
                 return EX_NOINPUT;
         }
         for (size_t i = 0; i < n; i++) {
                 Account *a = NULL;
-                r = account_open(storage, ids[i], &a);
+                r = backend_account_open(b, ids[i], &a);
                 if (r == -ENOENT)
                         continue;
                 (*ret_n)++;
@@ -74,9 +74,9 @@ static int verify_one(Account *a, const char *id, void *userdata) {
         return EXIT_SUCCESS;
 }
 
-int offline_verify(const char *storage) {
+int offline_verify(Backend *b) {
         unsigned accounts, bad = 0;
-        int ret = for_each_account(storage, verify_one, &bad, &accounts);
+        int ret = for_each_account(b, verify_one, &bad, &accounts);
         if (ret != EX_NOINPUT)
                 printf("%u account%s checked, %u with differences\n", accounts, accounts == 1 ? "" : "s", bad);
         return ret;
@@ -127,11 +127,11 @@ static int prune_one(Account *a, const char *id, void *userdata) {
         return EXIT_SUCCESS;
 }
 
-int offline_prune(const char *storage, const AccountRetention *ret) {
+int offline_prune(Backend *b, const AccountRetention *ret) {
         Prune p = { .ret = ret };
         unsigned accounts;
         char b1[32], b2[32], b3[32];
-        int r = for_each_account(storage, prune_one, &p, &accounts);
+        int r = for_each_account(b, prune_one, &p, &accounts);
         if (r == EX_NOINPUT)
                 return r;
         format_bytes(p.total.bytes, b1, sizeof(b1));

@@ -3,8 +3,8 @@
 
 #include "account.h"
 
-/** Check every account below storage (hashing every file) and print each difference. Returns an exit status. */
-int offline_verify(const char *storage);
+/** Check every account of b (hashing every file) and print each difference. Returns an exit status. */
+int offline_verify(Backend *b);
 
-/** Prune every account below storage at once and print what was freed. Returns an exit status. */
-int offline_prune(const char *storage, const AccountRetention *ret);
+/** Prune every account of b at once and print what was freed. Returns an exit status. */
+int offline_prune(Backend *b, const AccountRetention *ret);

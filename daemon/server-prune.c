@@ -75,7 +75,7 @@ static int on_prune_timer(sd_event_source *source, uint64_t usec, void *userdata
         (void) sd_event_source_set_enabled(source, SD_EVENT_ONESHOT);
         if (s->n_prune_ids || s->prune_account)
                 return 0; /* the last round is still going */
-        int r = account_list(s->storage, &s->prune_ids, &s->n_prune_ids);
+        int r = backend_account_list(s->backend, &s->prune_ids, &s->n_prune_ids);
         if (r < 0) {
                 errno = -r;
                 log_warning("cannot list the accounts to prune: %m");

@@ -45,7 +45,7 @@ static int on_sighup(sd_event_source *source, const struct signalfd_siginfo *si,
         return 0;
 }
 
-int server_new(Server **ret, sd_event *event, const ServerConfig *config) {
+int server_new(Server **ret, sd_event *event, const ServerConfig *config, Backend *backend) {
         _cleanup_(server_freep) Server *s = NULL;
         int r;
 
@@ -79,6 +79,7 @@ int server_new(Server **ret, sd_event *event, const ServerConfig *config) {
         r = sd_event_set_watchdog(event, true);
         if (r < 0)
                 return r;
+        s->backend = backend;
         *ret = TAKE_PTR(s);
         return 0;
 }
@@ -107,6 +108,7 @@ Server *server_free(Server *s) {
         if (s->listen_fd >= 0)
                 close(s->listen_fd);
         ratelimit_free(s->ratelimit);
+        backend_free(s->backend);
         free(s->storage);
         SSL_CTX_free(s->tls);
         sd_event_unref(s->event);
@@ -237,7 +239,7 @@ static int cache_add(Server *s, Account *a) {
 
 int server_account_register(Server *s, Account **ret, char *token) {
         Account *a;
-        int r = account_create(s->storage, &a, token);
+        int r = backend_account_create(s->backend, &a, token);
         if (r < 0)
                 return r;
         r = cache_add(s, a);
@@ -264,7 +266,7 @@ int server_account_acquire(Server *s, const char *id, Account **ret) {
                         *ret = sa->account;
                         return 0;
                 }
-        r = account_open(s->storage, id, &a);
+        r = backend_account_open(s->backend, id, &a);
         if (r < 0)
                 return r;
         if (account_needs_recovery(a)) {

@@ -26,7 +26,7 @@ typedef struct ServerAccount ServerAccount;
 typedef struct Session Session;
 
 typedef struct ServerConfig {
-        const char *storage;        /* absolute path of the storage directory; fixed for the process */
+        const char *storage;        /* absolute path of the storage directory (the TLS key); fixed for the process */
         uint64_t idle_timeout_usec; /* 0: never */
         unsigned max_connections;
         bool require_key;
@@ -47,6 +47,7 @@ struct ServerAccount {
 
 struct Server {
         sd_event *event;
+        Backend *backend;
         char *storage;
         uint64_t idle_timeout_usec;
         unsigned max_connections;
@@ -82,10 +83,11 @@ struct Server {
 };
 
 /**
- * Create the manager on event (referenced), with signal handlers for a
+ * Create the manager on event (referenced), serving the accounts of
+ * backend (taken over when this succeeds), with signal handlers for a
  * clean exit and for SIGHUP, and the watchdog enabled on event.
  */
-int server_new(Server **ret, sd_event *event, const ServerConfig *config);
+int server_new(Server **ret, sd_event *event, const ServerConfig *config, Backend *backend);
 Server *server_free(Server *s);
 static inline void server_freep(Server **s) { if (*s) server_free(*s); }
 

@@ -10,44 +10,44 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "account-internal.h"
+#include "local-internal.h"
 #include "account-history.h"
 #include "account-read.h"
 #include "bs-fs.h"
 #include "bs-hash.h"
 
 static char storage[] = "/tmp/bs-test-account-XXXXXX";
-static Account *acc;
+static LocalAccount *acc;
 static char token[BS_TOKEN_MAX + 1];
 static const uint8_t device[BS_DEVICE_LEN] = { 1 };
 
 static void setup(void) {
         cr_assert_not_null(mkdtemp(storage));
-        cr_assert_eq(account_create(storage, &acc, token), 0);
+        cr_assert_eq(local_create(storage, &acc, token), 0);
 }
 
 static void teardown(void) {
         char cmd[128];
-        account_free(acc);
+        local_free(acc);
         snprintf(cmd, sizeof(cmd), "rm -rf %s", storage);
         cr_assert_eq(system(cmd), 0);
         strcpy(storage, "/tmp/bs-test-account-XXXXXX");
 }
 
 static void path_of(char *buf, size_t n, const char *sub, const char *rel) {
-        snprintf(buf, n, "%s/%s/%s/%s", storage, account_id(acc), sub, rel);
+        snprintf(buf, n, "%s/%s/%s/%s", storage, local_id(acc), sub, rel);
 }
 
-/* Upload content as path on base; returns what account_put() returns. */
+/* Upload content as path on base; returns what local_put() returns. */
 static int put(const char *path, uint64_t base, const char *content, uint64_t *version) {
-        AccountUpload *u;
+        LocalUpload *u;
         uint8_t sha[BS_SHA_LEN];
         size_t n = strlen(content);
         cr_assert_eq(bs_sha_buf(content, n, sha), 0);
-        cr_assert_eq(account_put_check(acc, path, base, n), 0, "put check %s", path);
-        cr_assert_eq(account_upload_begin(acc, &u), 0);
-        cr_assert_eq(account_upload_write(u, content, n, n), 0);
-        return account_put(acc, u, device, path, base, n, 0644, 1000000000, sha, version);
+        cr_assert_eq(local_put_check(acc, path, base, n), 0, "put check %s", path);
+        cr_assert_eq(local_upload_begin(acc, &u), 0);
+        cr_assert_eq(local_upload_write(u, content, n, n), 0);
+        return local_put(acc, u, device, path, base, n, 0644, 1000000000, sha, version);
 }
 
 static char *tree_content(const char *rel) {
@@ -108,9 +108,9 @@ ParameterizedTest(int *n, account, batch_appears_only_at_commit) {
         /* Recorded but neither durable nor visible yet. */
         cr_assert_eq(count_entries("tree"), 0, "an upload is in the tree before the commit");
         cr_assert_eq(count_entries("tmp"), *n);
-        cr_assert_eq(account_committed_seq(acc), 0);
-        cr_assert_eq(account_commit(acc), 0);
-        cr_assert_eq(account_committed_seq(acc), (uint64_t) *n);
+        cr_assert_eq(local_committed_seq(acc), 0);
+        cr_assert_eq(local_commit(acc), 0);
+        cr_assert_eq(local_committed_seq(acc), (uint64_t) *n);
         cr_assert_eq(count_entries("tree"), *n);
         cr_assert_eq(count_entries("tmp"), 0);
         for (int i = 0; i < *n; i++) {
@@ -124,7 +124,7 @@ Test(account, same_path_twice_in_one_batch_keeps_the_last) {
         uint64_t v1, v2;
         cr_assert_eq(put("f", 0, "first\n", &v1), 0);
         cr_assert_eq(put("f", v1, "second\n", &v2), 0);
-        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(local_commit(acc), 0);
         cr_assert_str_eq(tree_content("f"), "second\n");
         cr_assert_eq(count_entries("content"), 1, "the first content was not kept as a version");
 }
@@ -134,9 +134,9 @@ Test(account, other_changes_see_the_waiting_uploads) {
         cr_assert_eq(put("a", 0, "moved\n", &v), 0);
         cr_assert_eq(put("b", 0, "deleted\n", &v), 0);
         /* Both act on the tree: the uploads must be placed first. */
-        cr_assert_eq(account_move(acc, device, "a", 1, "c", 0, &vm), 0);
-        cr_assert_eq(account_delete(acc, device, "b", 2, &vm), 0);
-        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(local_move(acc, device, "a", 1, "c", 0, &vm), 0);
+        cr_assert_eq(local_delete(acc, device, "b", 2, &vm), 0);
+        cr_assert_eq(local_commit(acc), 0);
         cr_assert_null(tree_content("a"));
         cr_assert_null(tree_content("b"));
         cr_assert_str_eq(tree_content("c"), "moved\n");
@@ -147,9 +147,9 @@ Test(account, closing_without_commit_leaves_nothing) {
         uint64_t v;
         cr_assert_eq(put("x", 0, "never committed\n", &v), 0);
         cr_assert_eq(put("y", 0, "never committed\n", &v), 0);
-        acc = account_free(acc);
-        cr_assert_eq(account_open(storage, strtok(token, "-"), &acc), 0);
-        cr_assert_eq(account_committed_seq(acc), 0);
+        acc = local_free(acc);
+        cr_assert_eq(local_open(storage, strtok(token, "-"), &acc), 0);
+        cr_assert_eq(local_committed_seq(acc), 0);
         cr_assert_eq(count_entries("tree"), 0);
         cr_assert_eq(count_entries("tmp"), 0);
 }
@@ -171,13 +171,13 @@ Test(account, crash_leftovers_in_tmp_removed_at_open) {
         cr_assert_not_null(f);
         fclose(f);
         cr_assert_eq(count_entries("tmp"), 2);
-        acc = account_free(acc);
-        cr_assert_eq(account_open(storage, strtok(token, "-"), &acc), 0);
+        acc = local_free(acc);
+        cr_assert_eq(local_open(storage, strtok(token, "-"), &acc), 0);
         cr_assert_eq(count_entries("tmp"), 0);
         /* and uploads still work after the cleanup */
         uint64_t v;
         cr_assert_eq(put("g", 0, "after\n", &v), 0);
-        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(local_commit(acc), 0);
         cr_assert_str_eq(tree_content("g"), "after\n");
 }
 
@@ -187,28 +187,28 @@ Test(account, directory_syncs_deferred_to_commit) {
         uint64_t v;
         for (int i = 0; i < 100; i++) {
                 snprintf(name, sizeof(name), "d%03d", i);
-                cr_assert_eq(account_mkdir(acc, device, name, 0, 0755, 0, &v), 0);
+                cr_assert_eq(local_mkdir(acc, device, name, 0, 0755, 0, &v), 0);
         }
-        cr_assert_eq(account_mkdir(acc, device, "d000/sub", 0, 0755, 0, &v), 0);
+        cr_assert_eq(local_mkdir(acc, device, "d000/sub", 0, 0755, 0, &v), 0);
         cr_assert_eq(acc->n_dir_sync, 2, "the root and d000 wait for one sync each");
-        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(local_commit(acc), 0);
         cr_assert_eq(acc->n_dir_sync, 0);
-        cr_assert_eq(account_committed_seq(acc), 101);
+        cr_assert_eq(local_committed_seq(acc), 101);
 }
 
 /* Uploads reuse the last parent directory; a delete or move must not leave
  * them writing into a directory that no longer has that name. */
 Test(account, cached_parent_follows_delete_and_move) {
         uint64_t vd, vf, vx, v;
-        cr_assert_eq(account_mkdir(acc, device, "d", 0, 0755, 0, &vd), 0);
+        cr_assert_eq(local_mkdir(acc, device, "d", 0, 0755, 0, &vd), 0);
         cr_assert_eq(put("d/f", 0, "one\n", &vf), 0);
-        cr_assert_eq(account_delete(acc, device, "d", vd, &vx), 0);
-        cr_assert_eq(account_mkdir(acc, device, "d", 0, 0755, 0, &vd), 0);
+        cr_assert_eq(local_delete(acc, device, "d", vd, &vx), 0);
+        cr_assert_eq(local_mkdir(acc, device, "d", 0, 0755, 0, &vd), 0);
         cr_assert_eq(put("d/g", 0, "two\n", &v), 0);
-        cr_assert_eq(account_move(acc, device, "d", vd, "e", 0, &vx), 0);
-        cr_assert_eq(account_put_check(acc, "d/h", 0, 6), -ENOENT, "upload into a moved directory's old name");
+        cr_assert_eq(local_move(acc, device, "d", vd, "e", 0, &vx), 0);
+        cr_assert_eq(local_put_check(acc, "d/h", 0, 6), -ENOENT, "upload into a moved directory's old name");
         cr_assert_eq(put("e/h", 0, "three\n", &v), 0);
-        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(local_commit(acc), 0);
         cr_assert_null(tree_content("d/f"));
         cr_assert_null(tree_content("d/g"));
         cr_assert_str_eq(tree_content("e/g"), "two\n");
@@ -221,44 +221,45 @@ Test(account, sequence_survives_reopen) {
         cr_assert_eq(put("a", 0, "1\n", &v), 0);
         cr_assert_eq(put("b", 0, "2\n", &v), 0);
         cr_assert_eq(put("c", 0, "3\n", &v), 0);
-        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(local_commit(acc), 0);
         cr_assert_eq(put("d", 0, "not committed\n", &v), 0);
-        acc = account_free(acc);
-        cr_assert_eq(account_open(storage, strtok(token, "-"), &acc), 0);
-        cr_assert_eq(account_committed_seq(acc), 3);
+        acc = local_free(acc);
+        cr_assert_eq(local_open(storage, strtok(token, "-"), &acc), 0);
+        cr_assert_eq(local_committed_seq(acc), 3);
         cr_assert_eq(put("e", 0, "4\n", &v), 0);
         cr_assert_eq(v, 4);
-        cr_assert_eq(account_commit(acc), 0);
-        acc = account_free(acc);
-        cr_assert_eq(account_open(storage, token, &acc), 0);
-        cr_assert_eq(account_committed_seq(acc), 4);
+        cr_assert_eq(local_commit(acc), 0);
+        acc = local_free(acc);
+        cr_assert_eq(local_open(storage, token, &acc), 0);
+        cr_assert_eq(local_committed_seq(acc), 4);
 }
 
-/* COPY: an upload built from a stored content and new bytes. */
+/* COPY: an upload built from a stored content and new bytes (through the interface, which builds it). */
 Test(account, upload_copy_from_stored_content) {
         const char *old = "0123456789abcdefghij", *want = "0123456789ABCDEFghij";
         uint8_t old_sha[BS_SHA_LEN], sha[BS_SHA_LEN];
         uint64_t v1, v2;
+        Account *ia = local_account(acc);
         AccountContent *src;
         AccountUpload *u;
 
         cr_assert_eq(put("f", 0, old, &v1), 0);
-        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(local_commit(acc), 0);
         cr_assert_eq(bs_sha_buf(old, strlen(old), old_sha), 0);
         cr_assert_eq(bs_sha_buf(want, strlen(want), sha), 0);
-        cr_assert_eq(account_content_open(acc, old_sha, "f", &src), 0);
+        cr_assert_eq(account_content_open(ia, old_sha, "f", &src), 0);
 
-        cr_assert_eq(account_put_check(acc, "f", v1, 20), 0);
-        cr_assert_eq(account_upload_begin(acc, &u), 0);
+        cr_assert_eq(local_put_check(acc, "f", v1, 20), 0);
+        cr_assert_eq(account_upload_begin(ia, &u), 0);
         cr_assert_eq(account_upload_copy(u, src, 0, 10, 20), 0);
         cr_assert_eq(account_upload_write(u, "ABCDEF", 6, 20), 0);
         cr_assert_eq(account_upload_copy(u, src, 16, 4, 20), 0);
-        cr_assert_eq(account_put(acc, u, device, "f", v1, 20, 0644, 1000000000, sha, &v2), 0);
-        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(account_put(ia, u, device, "f", v1, 20, 0644, 1000000000, sha, &v2), 0);
+        cr_assert_eq(local_commit(acc), 0);
         cr_assert_str_eq(tree_content("f"), want);
 
         /* Ranges outside the content, however they are spelled, and past the limit. */
-        cr_assert_eq(account_upload_begin(acc, &u), 0);
+        cr_assert_eq(account_upload_begin(ia, &u), 0);
         cr_assert_eq(account_upload_copy(u, src, 15, 6, 100), -EBADMSG);
         cr_assert_eq(account_upload_copy(u, src, 21, 0, 100), -EBADMSG);
         cr_assert_eq(account_upload_copy(u, src, UINT64_MAX - 2, 4, 100), -EBADMSG);
@@ -276,7 +277,7 @@ Test(account, repair_keeps_content_of_an_unfinished_change) {
         uint8_t old_sha[BS_SHA_LEN];
         uint64_t v;
         cr_assert_eq(put("f", 0, "old\n", &v), 0);
-        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(local_commit(acc), 0);
         cr_assert_eq(bs_sha_buf("old\n", 4, old_sha), 0);
         path_of(tree_f, sizeof(tree_f), "tree", "f");
         char name[32];
@@ -288,15 +289,15 @@ Test(account, repair_keeps_content_of_an_unfinished_change) {
         cr_assert_not_null(f);
         fputs("new content\n", f);
         fclose(f);
-        cr_assert_gt(account_verify(acc, true, false, NULL, NULL), 0, "differences were found and recorded");
-        AccountContent *c;
+        cr_assert_gt(local_verify(acc, true, false, NULL, NULL), 0, "differences were found and recorded");
+        LocalContent *c;
         char got[8];
-        cr_assert_eq(account_content_open(acc, old_sha, "f", &c), 0, "the acknowledged content is reachable");
-        cr_assert_eq(account_content_info(c)->size, 4);
-        cr_assert_eq(account_content_read(c, 0, got, 4), 0);
+        cr_assert_eq(local_content_open(acc, old_sha, "f", &c), 0, "the acknowledged content is reachable");
+        cr_assert_eq(local_content_info(c)->size, 4);
+        cr_assert_eq(local_content_read(c, 0, got, 4), 0);
         cr_assert_eq(memcmp(got, "old\n", 4), 0);
-        cr_assert_eq(account_content_read(c, 1, got, 4), -EBADMSG, "a read past the end");
-        account_content_free(c);
+        cr_assert_eq(local_content_read(c, 1, got, 4), -EBADMSG, "a read past the end");
+        local_content_free(c);
         cr_assert_str_eq(tree_content("f"), "new content\n");
 }
 
@@ -308,16 +309,16 @@ Test(account, repair_records_the_hash_of_a_file_that_replaced_a_directory) {
         uint8_t sha[BS_SHA_LEN];
         uint64_t v;
         AccountEntry e;
-        cr_assert_eq(account_mkdir(acc, device, "d", 0, 0755, 0, &v), 0);
-        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(local_mkdir(acc, device, "d", 0, 0755, 0, &v), 0);
+        cr_assert_eq(local_commit(acc), 0);
         path_of(tree_d, sizeof(tree_d), "tree", "d");
         cr_assert_eq(rmdir(tree_d), 0);
         FILE *f = fopen(tree_d, "we");
         cr_assert_not_null(f);
         fputs("a file now\n", f);
         fclose(f);
-        cr_assert_gt(account_verify(acc, true, false, NULL, NULL), 0, "the difference was found and recorded");
-        cr_assert_eq(account_entry_get(acc, "d", &e), 0);
+        cr_assert_gt(local_verify(acc, true, false, NULL, NULL), 0, "the difference was found and recorded");
+        cr_assert_eq(local_entry_get(acc, "d", &e), 0);
         cr_assert_eq(e.kind, BS_KIND_FILE);
         cr_assert_eq(bs_sha_buf("a file now\n", 11, sha), 0);
         cr_assert_arr_eq(e.sha, sha, BS_SHA_LEN, "the record carries the content's hash");
@@ -330,71 +331,71 @@ Test(account, identical_content_is_stored_once) {
         cr_assert_eq(put("f", 0, "same bytes\n", &vf), 0);
         cr_assert_eq(put("g", 0, "same bytes\n", &vg), 0);
         cr_assert_eq(put("h", 0, "same bytes\n", &vh), 0);
-        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(local_commit(acc), 0);
         cr_assert_eq(put("f", vf, "new f\n", &v), 0);
         cr_assert_eq(put("g", vg, "new g\n", &v), 0);
-        cr_assert_eq(account_delete(acc, device, "h", vh, &v), 0);
-        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(local_delete(acc, device, "h", vh, &v), 0);
+        cr_assert_eq(local_commit(acc), 0);
         cr_assert_eq(count_entries("content"), 1, "three copies of one content are kept once");
         /* The same content with another mtime: a new version, no new content. */
         AccountEntry e;
-        cr_assert_eq(account_entry_get(acc, "f", &e), 0);
-        AccountUpload *u;
-        cr_assert_eq(account_upload_begin(acc, &u), 0);
-        cr_assert_eq(account_upload_write(u, "new f\n", 6, 6), 0);
-        cr_assert_eq(account_put(acc, u, device, "f", e.version, 6, 0644, 2000000000, e.sha, &v), 0);
+        cr_assert_eq(local_entry_get(acc, "f", &e), 0);
+        LocalUpload *u;
+        cr_assert_eq(local_upload_begin(acc, &u), 0);
+        cr_assert_eq(local_upload_write(u, "new f\n", 6, 6), 0);
+        cr_assert_eq(local_put(acc, u, device, "f", e.version, 6, 0644, 2000000000, e.sha, &v), 0);
         cr_assert_gt(v, e.version);
-        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(local_commit(acc), 0);
         cr_assert_eq(count_entries("content"), 1, "saving unchanged content grew the store");
         uint8_t sha[BS_SHA_LEN];
-        AccountContent *c;
+        LocalContent *c;
         cr_assert_eq(bs_sha_buf("same bytes\n", 11, sha), 0);
-        cr_assert_eq(account_content_open(acc, sha, "h", &c), 0, "the deleted copies' content is reachable");
-        cr_assert_eq(account_content_info(c)->size, 11);
-        account_content_free(c);
+        cr_assert_eq(local_content_open(acc, sha, "h", &c), 0, "the deleted copies' content is reachable");
+        cr_assert_eq(local_content_info(c)->size, 11);
+        local_content_free(c);
 }
 
 /* A deleted tree: out of the tree and tmp/, its contents in the store. */
 Test(account, deleted_tree_contents_reachable) {
         uint64_t vd, v;
-        cr_assert_eq(account_mkdir(acc, device, "d", 0, 0755, 0, &vd), 0);
-        cr_assert_eq(account_mkdir(acc, device, "d/e", 0, 0700, 0, &v), 0);
+        cr_assert_eq(local_mkdir(acc, device, "d", 0, 0755, 0, &vd), 0);
+        cr_assert_eq(local_mkdir(acc, device, "d/e", 0, 0700, 0, &v), 0);
         cr_assert_eq(put("d/a", 0, "file a\n", &v), 0);
         cr_assert_eq(put("d/e/b", 0, "file b\n", &v), 0);
-        cr_assert_eq(account_symlink(acc, device, "d/l", 0, "a", 0, &v), 0);
-        cr_assert_eq(account_commit(acc), 0);
-        cr_assert_eq(account_delete(acc, device, "d", vd, &v), 0);
-        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(local_symlink(acc, device, "d/l", 0, "a", 0, &v), 0);
+        cr_assert_eq(local_commit(acc), 0);
+        cr_assert_eq(local_delete(acc, device, "d", vd, &v), 0);
+        cr_assert_eq(local_commit(acc), 0);
         cr_assert_eq(count_entries("tree"), 0);
         cr_assert_eq(count_entries("tmp"), 0);
         cr_assert_eq(count_entries("content"), 2);
         const char *contents[] = { "file a\n", "file b\n" };
         for (size_t i = 0; i < 2; i++) {
                 uint8_t sha[BS_SHA_LEN];
-                AccountContent *c;
+                LocalContent *c;
                 char got[7];
                 cr_assert_eq(bs_sha_buf(contents[i], 7, sha), 0);
-                cr_assert_eq(account_content_open(acc, sha, "", &c), 0, "%s", contents[i]);
-                cr_assert_eq(account_content_read(c, 0, got, 7), 0);
+                cr_assert_eq(local_content_open(acc, sha, "", &c), 0, "%s", contents[i]);
+                cr_assert_eq(local_content_read(c, 0, got, 7), 0);
                 cr_assert_eq(memcmp(got, contents[i], 7), 0);
-                account_content_free(c);
+                local_content_free(c);
         }
 }
 
 /* The tree as of a sequence, as a string "path kind sha0;..." in path order. */
 static void tree_as_of(uint64_t seq, char *out, size_t n) {
-        AccountQuery *q;
+        LocalQuery *q;
         static BsHistRow row;
         size_t o = 0;
         out[0] = 0;
-        cr_assert_eq(account_query_new(acc, BS_HIST_TREE, "", seq, 0, 0, &q), 0);
-        while (account_query_next(q, &row) == 1) {
+        cr_assert_eq(local_query_new(acc, BS_HIST_TREE, "", seq, 0, 0, &q), 0);
+        while (local_query_next(q, &row) == 1) {
                 int k = snprintf(out + o, n - o, "%s %u %02x%s;", row.rec.path, row.rec.kind, row.rec.sha[0],
                                  row.rec.kind == BS_KIND_SYMLINK ? row.rec.path2 : "");
                 cr_assert(k > 0 && (size_t) k < n - o);
                 o += (size_t) k;
         }
-        account_query_free(q);
+        local_query_free(q);
 }
 
 /* After every kind of change, the tree as of each earlier sequence is
@@ -406,21 +407,21 @@ Test(account, tree_as_of_every_sequence) {
 #define STEP(expr)                                                                 \
         do {                                                                       \
                 cr_assert_geq((expr), 0, #expr);                                   \
-                cr_assert_eq(account_commit(acc), 0);                              \
-                seqs[n] = account_committed_seq(acc);                              \
+                cr_assert_eq(local_commit(acc), 0);                              \
+                seqs[n] = local_committed_seq(acc);                              \
                 tree_as_of(0, want[n], sizeof(want[n]));                           \
                 n++;                                                               \
         } while (0)
-        STEP(account_mkdir(acc, device, "d", 0, 0755, 0, &vd));
+        STEP(local_mkdir(acc, device, "d", 0, 0755, 0, &vd));
         STEP(put("d/x", 0, "one\n", &vx));
         STEP(put("d/x", vx, "two\n", &vx));
-        STEP(account_symlink(acc, device, "d/l", 0, "x", 0, &vl));
-        STEP(account_symlink(acc, device, "d/l", vl, "y", 0, &vl));
-        STEP(account_move(acc, device, "d", vd, "e", 0, &vd));
-        STEP(account_mkdir(acc, device, "e", vd, 0700, 0, &vd));
+        STEP(local_symlink(acc, device, "d/l", 0, "x", 0, &vl));
+        STEP(local_symlink(acc, device, "d/l", vl, "y", 0, &vl));
+        STEP(local_move(acc, device, "d", vd, "e", 0, &vd));
+        STEP(local_mkdir(acc, device, "e", vd, 0700, 0, &vd));
         STEP(put("f", 0, "three\n", &v));
-        STEP(account_move(acc, device, "f", v, "e/x", vx, &v));
-        STEP(account_delete(acc, device, "e", vd, &v));
+        STEP(local_move(acc, device, "f", v, "e/x", vx, &v));
+        STEP(local_delete(acc, device, "e", vd, &v));
 #undef STEP
         for (size_t i = 0; i < n; i++) {
                 tree_as_of(seqs[i], got, sizeof(got));
@@ -435,13 +436,13 @@ Test(account, tree_as_of_every_sequence) {
 /* Upload content with mode and mtime as path on base. */
 static int put_meta(const char *path, uint64_t base, const char *content, uint32_t mode, int64_t mtime,
                     uint64_t *version) {
-        AccountUpload *u;
+        LocalUpload *u;
         uint8_t sha[BS_SHA_LEN];
         size_t n = strlen(content);
         cr_assert_eq(bs_sha_buf(content, n, sha), 0);
-        cr_assert_eq(account_upload_begin(acc, &u), 0);
-        cr_assert_eq(account_upload_write(u, content, n, n), 0);
-        return account_put(acc, u, device, path, base, n, mode, mtime, sha, version);
+        cr_assert_eq(local_upload_begin(acc, &u), 0);
+        cr_assert_eq(local_upload_write(u, content, n, n), 0);
+        return local_put(acc, u, device, path, base, n, mode, mtime, sha, version);
 }
 
 /* The same content on a stale base is a repeat only when mode and mtime
@@ -449,9 +450,9 @@ static int put_meta(const char *path, uint64_t base, const char *content, uint32
 Test(account, same_content_on_an_old_base) {
         uint64_t v1, v2, v;
         cr_assert_eq(put_meta("b.txt", 0, "bytes\n", 0644, 1000, &v1), 0);
-        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(local_commit(acc), 0);
         cr_assert_eq(put_meta("b.txt", v1, "bytes\n", 0755, 2000, &v2), 0, "a metadata change on the current base");
-        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(local_commit(acc), 0);
         cr_assert_gt(v2, v1);
         /* A retry of that change, its ACK lost: the agent's base is still v1. */
         cr_assert_eq(put_meta("b.txt", v1, "bytes\n", 0755, 2000, &v), 1);
@@ -460,7 +461,7 @@ Test(account, same_content_on_an_old_base) {
         cr_assert_eq(put_meta("b.txt", v1, "bytes\n", 0644, 3000, &v), -ESTALE);
         cr_assert_eq(put_meta("b.txt", 0, "bytes\n", 0600, 1000, &v), -ESTALE, "made again elsewhere");
         AccountEntry e;
-        cr_assert_eq(account_entry_get(acc, "b.txt", &e), 0);
+        cr_assert_eq(local_entry_get(acc, "b.txt", &e), 0);
         cr_assert_eq(e.mode & 07777, 0755);
         cr_assert_eq(e.mtime_ns, 2000);
         cr_assert_eq(e.version, v2);

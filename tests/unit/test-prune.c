@@ -13,7 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "account-internal.h"
+#include "local-internal.h"
 #include "account-history.h"
 #include "account-read.h"
 #include "bs-clock.h"
@@ -21,7 +21,7 @@
 
 static char storage[] = "/tmp/bs-test-prune-XXXXXX";
 static char clock_file[64];
-static Account *acc;
+static LocalAccount *acc;
 static char token[BS_TOKEN_MAX + 1];
 static const uint8_t device[BS_DEVICE_LEN] = { 2 };
 static time_t t0;
@@ -39,12 +39,12 @@ static void setup(void) {
         set_clock(0);
         setenv("BACKUPSYNC_TEST_CLOCK", clock_file, 1);
         t0 = time(NULL);
-        cr_assert_eq(account_create(storage, &acc, token), 0);
+        cr_assert_eq(local_create(storage, &acc, token), 0);
 }
 
 static void teardown(void) {
         char cmd[128];
-        account_free(acc);
+        local_free(acc);
         snprintf(cmd, sizeof(cmd), "rm -rf %s", storage);
         cr_assert_eq(system(cmd), 0);
         strcpy(storage, "/tmp/bs-test-prune-XXXXXX");
@@ -56,16 +56,16 @@ TestSuite(prune, .init = setup, .fini = teardown);
 static void edit(const char *path, int i) {
         char content[1000];
         uint8_t sha[BS_SHA_LEN];
-        AccountUpload *u;
+        LocalUpload *u;
         AccountEntry e;
-        uint64_t v, base = account_entry_get(acc, path, &e) == 0 ? e.version : 0;
+        uint64_t v, base = local_entry_get(acc, path, &e) == 0 ? e.version : 0;
         memset(content, 'a' + i % 26, sizeof(content));
         snprintf(content, sizeof(content), "edit %d", i);
         cr_assert_eq(bs_sha_buf(content, sizeof(content), sha), 0);
-        cr_assert_eq(account_upload_begin(acc, &u), 0);
-        cr_assert_eq(account_upload_write(u, content, sizeof(content), sizeof(content)), 0);
-        cr_assert_eq(account_put(acc, u, device, path, base, sizeof(content), 0644, 0, sha, &v), 0);
-        cr_assert_eq(account_commit(acc), 0);
+        cr_assert_eq(local_upload_begin(acc, &u), 0);
+        cr_assert_eq(local_upload_write(u, content, sizeof(content), sizeof(content)), 0);
+        cr_assert_eq(local_put(acc, u, device, path, base, sizeof(content), 0644, 0, sha, &v), 0);
+        cr_assert_eq(local_commit(acc), 0);
 }
 
 static int64_t count(const char *sql) {
@@ -79,20 +79,20 @@ static int64_t count(const char *sql) {
 
 static void prune_all(const AccountRetention *ret, time_t now, AccountPruneStats *stats) {
         int r, slices = 0;
-        while ((r = account_prune(acc, ret, now, 50, stats)) == 1)
+        while ((r = local_prune(acc, ret, now, 50, stats)) == 1)
                 cr_assert_lt(++slices, 100000);
         cr_assert_eq(r, 0);
 }
 
 /* Whether the tree as of seq has path. */
 static bool tree_has(uint64_t seq, const char *path) {
-        AccountQuery *q;
+        LocalQuery *q;
         static BsHistRow row;
         bool found = false;
-        cr_assert_eq(account_query_new(acc, BS_HIST_TREE, "", seq, 0, 0, &q), 0);
-        while (account_query_next(q, &row) == 1)
+        cr_assert_eq(local_query_new(acc, BS_HIST_TREE, "", seq, 0, 0, &q), 0);
+        while (local_query_next(q, &row) == 1)
                 found |= strcmp(row.rec.path, path) == 0;
-        account_query_free(q);
+        local_query_free(q);
         return found;
 }
 
@@ -140,9 +140,9 @@ Test(prune, thinning_by_age) {
         sqlite3_stmt *st;
         cr_assert_eq(sqlite3_prepare_v2(acc->db, "SELECT sha FROM versions", -1, &st, NULL), SQLITE_OK);
         while (sqlite3_step(st) == SQLITE_ROW) {
-                AccountContent *c;
-                cr_assert_eq(account_content_open(acc, sqlite3_column_blob(st, 0), "", &c), 0);
-                account_content_free(c);
+                LocalContent *c;
+                cr_assert_eq(local_content_open(acc, sqlite3_column_blob(st, 0), "", &c), 0);
+                local_content_free(c);
         }
         sqlite3_finalize(st);
 }
@@ -168,13 +168,13 @@ Test(prune, keep_versions_and_log) {
         snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM log WHERE %lld - time >= %d", (long long) now, 5 * 86400);
         cr_assert_eq(count(sql), 0, "log records older than keep-versions are kept");
         cr_assert_eq(count("SELECT MAX(seq) FROM log"), 20, "the newest record stays");
-        AccountCursor *c;
-        cr_assert_eq(account_cursor_new(acc, 1, &c), 0);
-        cr_assert(account_cursor_is_snapshot(c), "a PULL from before the pruned log is not a snapshot");
-        account_cursor_free(c);
-        cr_assert_eq(account_cursor_new(acc, 19, &c), 0);
-        cr_assert(!account_cursor_is_snapshot(c));
-        account_cursor_free(c);
+        LocalCursor *c;
+        cr_assert_eq(local_cursor_new(acc, 1, &c), 0);
+        cr_assert(local_cursor_is_snapshot(c), "a PULL from before the pruned log is not a snapshot");
+        local_cursor_free(c);
+        cr_assert_eq(local_cursor_new(acc, 19, &c), 0);
+        cr_assert(!local_cursor_is_snapshot(c));
+        local_cursor_free(c);
 }
 
 /* history-max-size: the oldest versions go until the rest fits. */
@@ -203,14 +203,14 @@ Test(prune, sweep_finds_unnamed_contents) {
         edit("f", 1);
         edit("f", 2);
         cr_assert_eq(bs_sha_buf("stray", 5, sha), 0);
-        snprintf(path, sizeof(path), "%s/%s/stray", storage, account_id(acc));
+        snprintf(path, sizeof(path), "%s/%s/stray", storage, local_id(acc));
         FILE *f = fopen(path, "we");
         cr_assert_not_null(f);
         fputs("stray", f);
         fclose(f);
         int dfd = open(storage, O_RDONLY | O_DIRECTORY);
         char rel[64];
-        snprintf(rel, sizeof(rel), "%s", account_id(acc));
+        snprintf(rel, sizeof(rel), "%s", local_id(acc));
         int afd = openat(dfd, rel, O_RDONLY | O_DIRECTORY);
         cr_assert_eq(store_put(acc->store, sha, afd, "stray", STORE_MOVE), 0);
         close(afd);
@@ -221,12 +221,12 @@ Test(prune, sweep_finds_unnamed_contents) {
         cr_assert(!store_has(acc->store, sha), "the unnamed content is still there");
         cr_assert_eq(stats.contents, 1);
         cr_assert_eq(count("SELECT COUNT(*) FROM versions"), 1);
-        AccountContent *c;
+        LocalContent *c;
         uint8_t first[BS_SHA_LEN];
         char content[1000];
         memset(content, 'a' + 1, sizeof(content));
         snprintf(content, sizeof(content), "edit %d", 1);
         cr_assert_eq(bs_sha_buf(content, sizeof(content), first), 0);
-        cr_assert_eq(account_content_open(acc, first, "", &c), 0, "the kept version's content was swept");
-        account_content_free(c);
+        cr_assert_eq(local_content_open(acc, first, "", &c), 0, "the kept version's content was swept");
+        local_content_free(c);
 }

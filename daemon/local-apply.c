@@ -7,10 +7,10 @@
  *
  * An upload is not renamed into the tree at once: it waits in tmp/
  * (account->pending) so that a batch is made durable together before any
- * of it gets a name in the tree (account_flush_pending()). Other changes
+ * of it gets a name in the tree (local_flush_pending()). Other changes
  * place the waiting uploads first, so the tree is always what the log
  * says; the directories they change (and the store's) are synced once per
- * transaction, before its COMMIT, by account_commit().
+ * transaction, before its COMMIT, by local_commit().
  *
  * Modes on disk always grant the server read and write (and search for
  * directories), so a client's read-only directory cannot lock the server
@@ -24,8 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "account-internal.h"
-#include "account-read.h"
+#include "local-internal.h"
 #include "bs-clock.h"
 #include "bs-fs.h"
 #include "bs-macro.h"
@@ -35,8 +34,8 @@
 #define DIR_DISK_MODE(m) (((m) & 0777) | 0700)
 
 /* Look up path; a missing entry is kind NONE with version 0, as the protocol counts it. */
-static int lookup(Account *a, const char *path, AccountEntry *e) {
-        int r = account_entry_get(a, path, e);
+static int lookup(LocalAccount *a, const char *path, AccountEntry *e) {
+        int r = local_entry_get(a, path, e);
         if (r == -ENOENT) {
                 *e = (AccountEntry) { .kind = BS_KIND_NONE };
                 return 0;
@@ -49,7 +48,7 @@ static int check_path(const char *path) {
 }
 
 /* Open the parent directory in the tree and make sure it is a known directory. */
-static int open_parent(Account *a, const char *path, const char **base) {
+static int open_parent(LocalAccount *a, const char *path, const char **base) {
         size_t n = bs_path_parent_len(path);
         if (n > 0 && a->parent_fd >= 0 && n == a->parent_len && memcmp(path, a->parent_path, n) == 0) {
                 int fd = fcntl(a->parent_fd, F_DUPFD_CLOEXEC, 3);
@@ -67,14 +66,14 @@ static int open_parent(Account *a, const char *path, const char **base) {
                 AccountEntry e;
                 memcpy(parent, path, n);
                 parent[n] = 0;
-                int r = account_entry_get(a, parent, &e);
+                int r = local_entry_get(a, parent, &e);
                 if (r >= 0 && e.kind != BS_KIND_DIR)
                         r = -ENOENT;
                 if (r < 0) {
                         close(fd);
                         return r;
                 }
-                account_forget_parent(a);
+                local_forget_parent(a);
                 a->parent_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
                 if (a->parent_fd >= 0) {
                         memcpy(a->parent_path, path, n);
@@ -86,7 +85,7 @@ static int open_parent(Account *a, const char *path, const char **base) {
 
 /* What every change starts with: a valid path, its parent open (a known
  * directory) and its entry. Returns the parent's fd or -errno. */
-static int open_entry(Account *a, const char *path, const char **name, AccountEntry *e) {
+static int open_entry(LocalAccount *a, const char *path, const char **name, AccountEntry *e) {
         int r = check_path(path);
         if (r < 0)
                 return r;
@@ -102,16 +101,16 @@ static int open_entry(Account *a, const char *path, const char **name, AccountEn
 }
 
 /* Link every file below the directory at path (open as dfd) into the store. */
-static int store_below(Account *a, int dfd, const char *path) {
+static int store_below(LocalAccount *a, int dfd, const char *path) {
         AccountRange range;
         sqlite3_stmt *st;
-        int r = account_stmt(a, STMT_ENTRY_LIST_BELOW, &st), pfd = -1;
+        int r = local_stmt(a, STMT_ENTRY_LIST_BELOW, &st), pfd = -1;
         char parent[BS_PATH_MAX + 1] = "";
         size_t parent_len = SIZE_MAX;
 
         if (r < 0)
                 return r;
-        account_range(&range, path);
+        local_range(&range, path);
         sqlite3_bind_blob(st, 1, range.lo, (int) range.len, SQLITE_STATIC);
         sqlite3_bind_blob(st, 2, range.hi, (int) range.len, SQLITE_STATIC);
         for (;;) {
@@ -120,13 +119,13 @@ static int store_below(Account *a, int dfd, const char *path) {
                 const char *base;
                 int rc = sqlite3_step(st);
                 if (rc != SQLITE_ROW) {
-                        r = rc == SQLITE_DONE ? 0 : account_sqlite_errno(rc) ?: -EIO;
+                        r = rc == SQLITE_DONE ? 0 : local_sqlite_errno(rc) ?: -EIO;
                         break;
                 }
                 if (sqlite3_column_int(st, 1) != BS_KIND_FILE || sqlite3_column_bytes(st, 5) != BS_SHA_LEN)
                         continue;
                 memcpy(sha, sqlite3_column_blob(st, 5), BS_SHA_LEN);
-                r = account_column_path(st, 0, p, NULL);
+                r = local_column_path(st, 0, p, NULL);
                 if (r < 0)
                         break;
                 const char *rel = p + range.len;
@@ -167,10 +166,10 @@ static int store_below(Account *a, int dfd, const char *path) {
  * linked into the store before it goes, so a crash at any point leaves
  * every content either in the tree or in the store.
  */
-static int keep_version(Account *a, int parent_fd, const char *name, const char *path,
+static int keep_version(LocalAccount *a, int parent_fd, const char *name, const char *path,
                         const AccountEntry *e, uint64_t seq, StorePut how) {
         char del[64];
-        int r = account_history_close(a, path, e->kind == BS_KIND_DIR, seq);
+        int r = local_history_close(a, path, e->kind == BS_KIND_DIR, seq);
         if (r < 0)
                 return r;
         switch (e->kind) {
@@ -199,16 +198,16 @@ static int keep_version(Account *a, int parent_fd, const char *name, const char 
 }
 
 /* Record an applied change: entry (unless removed), log record, sequence. */
-static int record(Account *a, uint64_t seq, const uint8_t *device, BsOp op, const char *path,
+static int record(LocalAccount *a, uint64_t seq, const uint8_t *device, BsOp op, const char *path,
                   const char *path2, const AccountEntry *e) {
         int r = 0;
         if (op != BS_OP_DELETE && op != BS_OP_MOVE)
-                r = account_entry_set(a, path, e);
-        r = r ?: account_log_add(a, seq, device, op, e, path, path2);
-        return r ?: account_set_seq(a, seq);
+                r = local_entry_set(a, path, e);
+        r = r ?: local_log_add(a, seq, device, op, e, path, path2);
+        return r ?: local_set_seq(a, seq);
 }
 
-int account_put_check(Account *a, const char *path, uint64_t base, uint64_t size) {
+int local_put_check(LocalAccount *a, const char *path, uint64_t base, uint64_t size) {
         _cleanup_(closep) int pfd = -1;
         const char *name;
         AccountEntry e;
@@ -226,7 +225,7 @@ int account_put_check(Account *a, const char *path, uint64_t base, uint64_t size
         return -ESTALE;
 }
 
-static int reserve_pending(Account *a) {
+static int reserve_pending(LocalAccount *a) {
         if (a->n_pending < a->cap_pending)
                 return 0;
         size_t cap = a->cap_pending ? a->cap_pending * 2 : 64;
@@ -238,9 +237,10 @@ static int reserve_pending(Account *a) {
         return 0;
 }
 
-/* A temporary file in tmp/, named so that account_open() removes it if we die. */
-struct AccountUpload {
-        Account *account;
+/* A temporary file in tmp/, named so that local_open() removes it if we die. */
+struct LocalUpload {
+        AccountUpload base;
+        LocalAccount *account;
         int fd;
         char name[64];
         BsSha *sha;
@@ -248,12 +248,13 @@ struct AccountUpload {
         uint64_t writeback; /* written bytes whose writeback was started */
 };
 
-int account_upload_begin(Account *a, AccountUpload **ret) {
-        _cleanup_(account_upload_freep) AccountUpload *u = NULL;
+int local_upload_begin(LocalAccount *a, LocalUpload **ret) {
+        _cleanup_(local_upload_freep) LocalUpload *u = NULL;
 
         u = calloc(1, sizeof(*u));
         if (!u)
                 return -ENOMEM;
+        u->base.ops = &local_ops;
         u->account = a;
         u->fd = -1;
         int r = bs_sha_new(&u->sha);
@@ -266,7 +267,7 @@ int account_upload_begin(Account *a, AccountUpload **ret) {
         return 0;
 }
 
-int account_upload_write(AccountUpload *u, const void *p, size_t n, uint64_t limit) {
+int local_upload_write(LocalUpload *u, const void *p, size_t n, uint64_t limit) {
         if (n > limit || u->written > limit - n)
                 return -EFBIG;
         int r = bs_write_sparse(u->fd, p, n);
@@ -278,28 +279,7 @@ int account_upload_write(AccountUpload *u, const void *p, size_t n, uint64_t lim
         return r;
 }
 
-int account_upload_copy(AccountUpload *u, AccountContent *src, uint64_t off, uint64_t len, uint64_t limit) {
-        /* One server thread: a static buffer is never shared. */
-        static uint8_t buf[BS_CHUNK];
-        uint64_t size = account_content_info(src)->size;
-
-        if (off > size || len > size - off)
-                return -EBADMSG;
-        while (len > 0) {
-                size_t n = (size_t) MIN((uint64_t) sizeof(buf), len);
-                int r = account_content_read(src, off, buf, n);
-                if (r < 0)
-                        return r;
-                r = account_upload_write(u, buf, n, limit);
-                if (r < 0)
-                        return r;
-                off += n;
-                len -= n;
-        }
-        return 0;
-}
-
-AccountUpload *account_upload_free(AccountUpload *u) {
+LocalUpload *local_upload_free(LocalUpload *u) {
         if (!u)
                 return NULL;
         if (u->fd >= 0) {
@@ -311,7 +291,7 @@ AccountUpload *account_upload_free(AccountUpload *u) {
         return NULL;
 }
 
-int account_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN],
+int local_put(LocalAccount *a, LocalUpload *u, const uint8_t device[BS_DEVICE_LEN],
                 const char *path, uint64_t base, uint64_t size, uint32_t mode,
                 int64_t mtime_ns, const uint8_t sha[BS_SHA_LEN], uint64_t *ret_version) {
         _cleanup_(closep) int pfd = -1;
@@ -383,7 +363,7 @@ int account_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN
          * newer than the last commit (no need to search the batch). */
         bool maybe_waiting = e.kind == BS_KIND_FILE && e.version > a->committed_seq;
         if (maybe_waiting || a->n_pending >= ACCOUNT_PENDING_MAX) {
-                r = account_flush_pending(a);
+                r = local_flush_pending(a);
                 if (r < 0)
                         goto out;
         }
@@ -395,17 +375,17 @@ int account_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN
                 r = -ENOMEM;
                 goto out;
         }
-        r = account_change_begin(a);
+        r = local_change_begin(a);
         if (r < 0)
                 goto out;
         /* The same content saved again costs no history space: the tree keeps it. */
         if (e.kind == BS_KIND_FILE)
                 r = memcmp(e.sha, sha, BS_SHA_LEN) ? keep_version(a, pfd, name, path, &e, seq, STORE_LINK)
-                                                   : account_history_close(a, path, false, seq);
+                                                   : local_history_close(a, path, false, seq);
         r = r ?: record(a, seq, device, BS_OP_PUT, path, NULL, &n);
-        r = account_change_end(a, r);
+        r = local_change_end(a, r);
         if (r >= 0) {
-                /* Renamed into the tree by account_flush_pending(), after one sync. */
+                /* Renamed into the tree by local_flush_pending(), after one sync. */
                 AccountPending *p = &a->pending[a->n_pending];
                 p->path = TAKE_PTR(dup);
                 memcpy(p->tmp, u->name, sizeof(p->tmp));
@@ -424,11 +404,11 @@ int account_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN
                 *ret_version = seq;
         }
 out:
-        account_upload_free(u);
+        local_upload_free(u);
         return r;
 }
 
-int account_attr(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
+int local_attr(LocalAccount *a, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
                  uint32_t mode, int64_t mtime_ns, const uint8_t sha[BS_SHA_LEN], uint64_t *ret_version) {
         _cleanup_(closep) int pfd = -1, fd = -1;
         const char *name;
@@ -448,7 +428,7 @@ int account_attr(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *pa
                 return -ESTALE;
         /* Its file may still wait in tmp/: place it first. */
         if (e.version > a->committed_seq) {
-                r = account_flush_pending(a);
+                r = local_flush_pending(a);
                 if (r < 0)
                         return r;
         }
@@ -459,7 +439,7 @@ int account_attr(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *pa
         n.mtime_ns = mtime_ns;
         n.version = seq;
         memcpy(n.device, device, BS_DEVICE_LEN);
-        r = account_change_begin(a);
+        r = local_change_begin(a);
         if (r < 0)
                 return r;
         fd = openat(pfd, name, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC);
@@ -469,16 +449,16 @@ int account_attr(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *pa
                 r = -errno;
         r = r ?: bs_set_mtime_fd(fd, mtime_ns);
         /* The mtime is compared by recovery: durable before the commit. */
-        r = r ?: account_defer_sync(a, fd);
-        r = r ?: account_history_close(a, path, false, seq);
+        r = r ?: local_defer_sync(a, fd);
+        r = r ?: local_history_close(a, path, false, seq);
         r = r ?: record(a, seq, device, BS_OP_PUT, path, NULL, &n);
-        r = account_change_end(a, r);
+        r = local_change_end(a, r);
         if (r >= 0)
                 *ret_version = seq;
         return r;
 }
 
-int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path,
+int local_mkdir(LocalAccount *a, const uint8_t device[BS_DEVICE_LEN], const char *path,
                   uint64_t base, uint32_t mode, int64_t mtime_ns, uint64_t *ret_version) {
         _cleanup_(closep) int pfd = -1;
         const char *name;
@@ -501,14 +481,14 @@ int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *p
                 n.mode = mode & 07777;
                 n.version = seq;
                 memcpy(n.device, device, BS_DEVICE_LEN);
-                r = account_change_begin(a);
+                r = local_change_begin(a);
                 if (r < 0)
                         return r;
                 if (fchmodat(pfd, name, DIR_DISK_MODE(mode), 0) < 0)
                         r = -errno;
-                r = r ?: account_history_close(a, path, false, seq);
+                r = r ?: local_history_close(a, path, false, seq);
                 r = r ?: record(a, seq, device, BS_OP_MKDIR, path, NULL, &n);
-                r = account_change_end(a, r);
+                r = local_change_end(a, r);
                 if (r >= 0)
                         *ret_version = seq;
                 return r;
@@ -522,7 +502,7 @@ int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *p
 
         /* A waiting upload's path holds a file entry, refused above: the
          * new name never collides with the batch. */
-        r = account_change_begin(a);
+        r = local_change_begin(a);
         if (r < 0)
                 return r;
         /* A directory left by a change that was not committed is reused. */
@@ -532,15 +512,15 @@ int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *p
         if (r >= 0 && fchmodat(pfd, name, DIR_DISK_MODE(mode), 0) < 0)
                 r = -errno;
         r = r ?: bs_set_mtime_at(pfd, name, mtime_ns);
-        r = r ?: account_defer_sync(a, pfd);
+        r = r ?: local_defer_sync(a, pfd);
         r = r ?: record(a, seq, device, BS_OP_MKDIR, path, NULL, &n);
-        r = account_change_end(a, r);
+        r = local_change_end(a, r);
         if (r >= 0)
                 *ret_version = seq;
         return r;
 }
 
-int account_symlink(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path,
+int local_symlink(LocalAccount *a, const uint8_t device[BS_DEVICE_LEN], const char *path,
                     uint64_t base, const char *target, int64_t mtime_ns, uint64_t *ret_version) {
         _cleanup_(closep) int pfd = -1;
         char tmp[64];
@@ -574,7 +554,7 @@ int account_symlink(Account *a, const uint8_t device[BS_DEVICE_LEN], const char 
         memcpy(n.device, device, BS_DEVICE_LEN);
 
         /* A waiting upload's path holds a file entry, refused above. */
-        r = account_change_begin(a);
+        r = local_change_begin(a);
         if (r < 0)
                 return r;
         /* Made in tmp/ and renamed over: the path never lacks an entry mid-way. */
@@ -586,16 +566,16 @@ int account_symlink(Account *a, const uint8_t device[BS_DEVICE_LEN], const char 
                 r = -errno;
         if (r < 0)
                 (void) unlinkat(a->tmp_fd, tmp, 0);
-        r = r ?: account_defer_sync(a, pfd);
-        r = r ?: account_history_close(a, path, false, seq);
+        r = r ?: local_defer_sync(a, pfd);
+        r = r ?: local_history_close(a, path, false, seq);
         r = r ?: record(a, seq, device, BS_OP_SYMLINK, path, target, &n);
-        r = account_change_end(a, r);
+        r = local_change_end(a, r);
         if (r >= 0)
                 *ret_version = seq;
         return r;
 }
 
-int account_delete(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path,
+int local_delete(LocalAccount *a, const uint8_t device[BS_DEVICE_LEN], const char *path,
                    uint64_t base, uint64_t *ret_version) {
         _cleanup_(closep) int pfd = -1;
         const char *name;
@@ -623,17 +603,17 @@ int account_delete(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *
         memcpy(n.device, device, BS_DEVICE_LEN);
 
         /* It may remove or move a directory the cache names. */
-        account_forget_parent(a);
+        local_forget_parent(a);
         /* The tree must hold every upload before it changes otherwise. */
-        r = account_flush_pending(a);
-        r = r ?: account_change_begin(a);
+        r = local_flush_pending(a);
+        r = r ?: local_change_begin(a);
         if (r < 0)
                 return r;
         r = keep_version(a, pfd, name, path, &e, seq, STORE_MOVE);
-        r = r ?: account_defer_sync(a, pfd);
-        r = r ?: account_entries_remove(a, path);
+        r = r ?: local_defer_sync(a, pfd);
+        r = r ?: local_entries_remove(a, path);
         r = r ?: record(a, seq, device, BS_OP_DELETE, path, NULL, &n);
-        r = account_change_end(a, r);
+        r = local_change_end(a, r);
         if (r >= 0)
                 *ret_version = seq;
         return r;
@@ -641,18 +621,18 @@ int account_delete(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *
 
 /* Rewrite the entries below from to lie below to; they keep their versions
  * (an agent's base) but their state at the new path begins at seq. */
-static int rebase_below(Account *a, const char *from, const char *to, uint64_t seq) {
-        time_t now = account_change_time(a, seq);
+static int rebase_below(LocalAccount *a, const char *from, const char *to, uint64_t seq) {
+        time_t now = local_change_time(a, seq);
         AccountRange range;
         sqlite3_stmt *st;
         char **paths = NULL;
         size_t n = 0, cap = 0;
         int r;
 
-        r = account_stmt(a, STMT_ENTRY_LIST_BELOW, &st);
+        r = local_stmt(a, STMT_ENTRY_LIST_BELOW, &st);
         if (r < 0)
                 return r;
-        account_range(&range, from);
+        local_range(&range, from);
         sqlite3_bind_blob(st, 1, range.lo, (int) range.len, SQLITE_STATIC);
         sqlite3_bind_blob(st, 2, range.hi, (int) range.len, SQLITE_STATIC);
         /* Collected first: rows must not change under a running listing. */
@@ -662,10 +642,10 @@ static int rebase_below(Account *a, const char *from, const char *to, uint64_t s
                 if (rc == SQLITE_DONE)
                         break;
                 if (rc != SQLITE_ROW) {
-                        r = account_sqlite_errno(rc) ?: -EIO;
+                        r = local_sqlite_errno(rc) ?: -EIO;
                         break;
                 }
-                r = account_column_path(st, 0, p, NULL);
+                r = local_column_path(st, 0, p, NULL);
                 if (r < 0)
                         break;
                 if (n == cap) {
@@ -691,14 +671,14 @@ static int rebase_below(Account *a, const char *from, const char *to, uint64_t s
                 r = bs_path_rebase(paths[i], from, to, np, sizeof(np));
                 if (r < 0)
                         break;
-                r = account_stmt(a, STMT_ENTRY_RENAME, &st);
+                r = local_stmt(a, STMT_ENTRY_RENAME, &st);
                 if (r < 0)
                         break;
-                account_bind_path(st, 1, paths[i]);
-                account_bind_path(st, 2, np);
+                local_bind_path(st, 1, paths[i]);
+                local_bind_path(st, 2, np);
                 sqlite3_bind_int64(st, 3, (sqlite3_int64) seq);
                 sqlite3_bind_int64(st, 4, (sqlite3_int64) now);
-                r = account_step_done(st);
+                r = local_step_done(st);
         }
         for (size_t i = 0; i < n; i++)
                 free(paths[i]);
@@ -706,7 +686,7 @@ static int rebase_below(Account *a, const char *from, const char *to, uint64_t s
         return r;
 }
 
-int account_move(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *from,
+int local_move(LocalAccount *a, const uint8_t device[BS_DEVICE_LEN], const char *from,
                  uint64_t base_from, const char *to, uint64_t base_to, uint64_t *ret_version) {
         _cleanup_(closep) int from_pfd = -1, to_pfd = -1;
         const char *from_name, *to_name;
@@ -736,10 +716,10 @@ int account_move(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *fr
         if (e.kind == BS_KIND_DIR && strlen(to) > strlen(from)) {
                 AccountRange range;
                 sqlite3_stmt *st;
-                r = account_stmt(a, STMT_ENTRY_LIST_BELOW, &st);
+                r = local_stmt(a, STMT_ENTRY_LIST_BELOW, &st);
                 if (r < 0)
                         return r;
-                account_range(&range, from);
+                local_range(&range, from);
                 sqlite3_bind_blob(st, 1, range.lo, (int) range.len, SQLITE_STATIC);
                 sqlite3_bind_blob(st, 2, range.hi, (int) range.len, SQLITE_STATIC);
                 while (r >= 0 && sqlite3_step(st) == SQLITE_ROW)
@@ -756,26 +736,26 @@ int account_move(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *fr
         memcpy(n.device, device, BS_DEVICE_LEN);
 
         /* It may remove or move a directory the cache names. */
-        account_forget_parent(a);
+        local_forget_parent(a);
         /* The tree must hold every upload before it changes otherwise. */
-        r = account_flush_pending(a);
-        r = r ?: account_change_begin(a);
+        r = local_flush_pending(a);
+        r = r ?: local_change_begin(a);
         if (r < 0)
                 return r;
         if (t.kind != BS_KIND_NONE) {
                 r = keep_version(a, to_pfd, to_name, to, &t, seq, STORE_MOVE);
-                r = r ?: account_entries_remove(a, to);
+                r = r ?: local_entries_remove(a, to);
         }
         if (r >= 0 && renameat(from_pfd, from_name, to_pfd, to_name) < 0)
                 r = -errno;
-        r = r ?: account_defer_sync(a, to_pfd);
-        r = r ?: account_defer_sync(a, from_pfd);
-        r = r ?: account_history_close(a, from, true, seq);
+        r = r ?: local_defer_sync(a, to_pfd);
+        r = r ?: local_defer_sync(a, from_pfd);
+        r = r ?: local_history_close(a, from, true, seq);
         r = r ?: rebase_below(a, from, to, seq);
-        r = r ?: account_entries_remove(a, from);
-        r = r ?: account_entry_set(a, to, &n);
+        r = r ?: local_entries_remove(a, from);
+        r = r ?: local_entry_set(a, to, &n);
         r = r ?: record(a, seq, device, BS_OP_MOVE, from, to, &n);
-        r = account_change_end(a, r);
+        r = local_change_end(a, r);
         if (r >= 0)
                 *ret_version = seq;
         return r;

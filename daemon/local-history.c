@@ -10,12 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "account-internal.h"
-#include "account-history.h"
+#include "local-internal.h"
 #include "bs-macro.h"
 #include "bs-path.h"
 
-struct AccountQuery {
+struct LocalQuery {
+        AccountQuery base;
         sqlite3 *db;
         sqlite3_stmt *stmt;
         uint64_t seq;
@@ -71,11 +71,11 @@ static const char *const query_sql[] = {
                 "WHERE since <= ?5 ORDER BY path LIMIT ?6",
 };
 
-AccountQuery *account_query_free(AccountQuery *q) {
+LocalQuery *local_query_free(LocalQuery *q) {
         if (!q)
                 return NULL;
         sqlite3_finalize(q->stmt);
-        account_reader_close(q->db);
+        local_reader_close(q->db);
         free(q);
         return NULL;
 }
@@ -85,18 +85,18 @@ static int query_int(sqlite3 *db, const char *sql, int64_t arg, uint64_t *ret) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
         int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
         if (rc != SQLITE_OK)
-                return account_sqlite_errno(rc) ?: -EIO;
+                return local_sqlite_errno(rc) ?: -EIO;
         sqlite3_bind_int64(st, 1, arg);
         rc = sqlite3_step(st);
         if (rc != SQLITE_ROW)
-                return account_sqlite_errno(rc) ?: -EIO;
+                return local_sqlite_errno(rc) ?: -EIO;
         *ret = (uint64_t) sqlite3_column_int64(st, 0);
         return 0;
 }
 
-int account_query_new(Account *a, BsHistWhat what, const char *path, uint64_t seq, int64_t time,
-                      uint32_t limit, AccountQuery **ret) {
-        _cleanup_(account_query_freep) AccountQuery *q = NULL;
+int local_query_new(LocalAccount *a, BsHistWhat what, const char *path, uint64_t seq, int64_t time,
+                      uint32_t limit, LocalQuery **ret) {
+        _cleanup_(local_query_freep) LocalQuery *q = NULL;
         uint64_t now;
         int r, rc;
 
@@ -107,7 +107,8 @@ int account_query_new(Account *a, BsHistWhat what, const char *path, uint64_t se
         q = calloc(1, sizeof(*q));
         if (!q)
                 return -ENOMEM;
-        r = account_reader_open(a, &q->db, &now);
+        q->base.ops = &local_ops;
+        r = local_reader_open(a, &q->db, &now);
         if (r < 0)
                 return r;
         /* The tree as of a time is as of the last change made by then;
@@ -121,9 +122,9 @@ int account_query_new(Account *a, BsHistWhat what, const char *path, uint64_t se
         }
         rc = sqlite3_prepare_v2(q->db, query_sql[what], -1, &q->stmt, NULL);
         if (rc != SQLITE_OK)
-                return account_sqlite_errno(rc) ?: -EIO;
-        account_range(&q->range, path);
-        account_bind_path(q->stmt, 1, path);
+                return local_sqlite_errno(rc) ?: -EIO;
+        local_range(&q->range, path);
+        local_bind_path(q->stmt, 1, path);
         sqlite3_bind_blob(q->stmt, 2, q->range.lo, (int) q->range.len, SQLITE_STATIC);
         sqlite3_bind_blob(q->stmt, 3, q->range.hi, (int) q->range.len, SQLITE_STATIC);
         sqlite3_bind_int64(q->stmt, 4, time);
@@ -133,11 +134,11 @@ int account_query_new(Account *a, BsHistWhat what, const char *path, uint64_t se
         return 0;
 }
 
-uint64_t account_query_seq(const AccountQuery *q) {
+uint64_t local_query_seq(const LocalQuery *q) {
         return q->seq;
 }
 
-int account_query_next(AccountQuery *q, BsHistRow *row) {
+int local_query_next(LocalQuery *q, BsHistRow *row) {
         sqlite3_stmt *st = q->stmt;
         int rc = sqlite3_step(st);
         int r;
@@ -145,15 +146,15 @@ int account_query_next(AccountQuery *q, BsHistRow *row) {
         if (rc == SQLITE_DONE)
                 return 0;
         if (rc != SQLITE_ROW)
-                return account_sqlite_errno(rc) ?: -EIO;
+                return local_sqlite_errno(rc) ?: -EIO;
         memset(&row->rec, 0, offsetof(BsRecord, path));
         row->rec.seq = (uint64_t) sqlite3_column_int64(st, 1);
         row->rec.kind = (uint8_t) sqlite3_column_int(st, 2);
         row->rec.size = (uint64_t) sqlite3_column_int64(st, 3);
         row->rec.mode = (uint32_t) sqlite3_column_int64(st, 4);
         row->rec.mtime_ns = sqlite3_column_int64(st, 5);
-        account_column_fixed(st, 6, row->rec.sha, BS_SHA_LEN);
-        account_column_fixed(st, 8, row->rec.device, BS_DEVICE_LEN);
+        local_column_fixed(st, 6, row->rec.sha, BS_SHA_LEN);
+        local_column_fixed(st, 8, row->rec.device, BS_DEVICE_LEN);
         row->until = (uint64_t) sqlite3_column_int64(st, 9);
         row->time = sqlite3_column_int64(st, 10);
         row->until_time = sqlite3_column_int64(st, 11);
@@ -162,7 +163,7 @@ int account_query_next(AccountQuery *q, BsHistRow *row) {
         row->name_len = name ? MIN((size_t) sqlite3_column_bytes(st, 12), (size_t) BS_NAME_MAX) : 0;
         memcpy(row->device_name, name ? (const char *) name : "", row->name_len);
         row->device_name[row->name_len] = 0;
-        r = account_column_path(st, 0, row->rec.path, &row->rec.path_len);
-        r = r ?: account_column_path(st, 7, row->rec.path2, &row->rec.path2_len);
+        r = local_column_path(st, 0, row->rec.path, &row->rec.path_len);
+        r = r ?: local_column_path(st, 7, row->rec.path2, &row->rec.path2_len);
         return r < 0 ? r : 1;
 }

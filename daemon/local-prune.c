@@ -30,7 +30,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "account-internal.h"
+#include "local-internal.h"
 #include "bs-fs.h"
 #include "bs-hash.h"
 #include "bs-macro.h"
@@ -70,20 +70,20 @@ static const char history_bytes_sql[] =
         " WHERE kind = 1 AND sha IS NOT NULL AND sha NOT IN (SELECT sha FROM entries WHERE sha IS NOT NULL)"
         " GROUP BY sha)";
 
-static int exec(Account *a, const char *sql) {
-        return account_sqlite_errno(sqlite3_exec(a->db, sql, NULL, NULL, NULL));
+static int exec(LocalAccount *a, const char *sql) {
+        return local_sqlite_errno(sqlite3_exec(a->db, sql, NULL, NULL, NULL));
 }
 
-static int one_int(Account *a, const char *sql, int64_t arg, int64_t *ret) {
+static int one_int(LocalAccount *a, const char *sql, int64_t arg, int64_t *ret) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
         int rc = sqlite3_prepare_v2(a->db, sql, -1, &st, NULL);
         if (rc != SQLITE_OK)
-                return account_sqlite_errno(rc) ?: -EIO;
+                return local_sqlite_errno(rc) ?: -EIO;
         if (sqlite3_bind_parameter_count(st) > 0)
                 sqlite3_bind_int64(st, 1, arg);
         rc = sqlite3_step(st);
         if (rc != SQLITE_ROW)
-                return account_sqlite_errno(rc) ?: -EIO;
+                return local_sqlite_errno(rc) ?: -EIO;
         *ret = sqlite3_column_int64(st, 0);
         return 0;
 }
@@ -104,7 +104,7 @@ static int collect(sqlite3_stmt *st, Dropped **ret, size_t *ret_n, unsigned budg
         while (n < budget && (rc = sqlite3_step(st)) == SQLITE_ROW) {
                 Dropped *x = &d[n];
                 x->id = sqlite3_column_int64(st, 0);
-                r = account_column_path(st, 1, x->path, NULL);
+                r = local_column_path(st, 1, x->path, NULL);
                 if (r < 0)
                         break;
                 x->since = (uint64_t) sqlite3_column_int64(st, 2);
@@ -136,7 +136,7 @@ static int collect(sqlite3_stmt *st, Dropped **ret, size_t *ret_n, unsigned budg
  * the state before it at that path (its end moves up to the dropped one's),
  * or, for the first state, to the one after it (its beginning moves
  * back), so the tree as of any moment keeps the path. */
-static int drop_rows(Account *a, const Dropped *d, size_t n) {
+static int drop_rows(LocalAccount *a, const Dropped *d, size_t n) {
         static const char *const sql[] = {
                 "SELECT COALESCE(since, version), replaced_seq FROM versions WHERE id = ?1",
                 "DELETE FROM versions WHERE id = ?1",
@@ -149,7 +149,7 @@ static int drop_rows(Account *a, const Dropped *d, size_t n) {
         if (r < 0)
                 return r;
         for (size_t i = 0; r >= 0 && i < ELEMENTSOF(sql); i++)
-                r = account_sqlite_errno(sqlite3_prepare_v2(a->db, sql[i], -1, &st[i], NULL));
+                r = local_sqlite_errno(sqlite3_prepare_v2(a->db, sql[i], -1, &st[i], NULL));
         /* Newest first; each row as it is now, after the changes made for the ones before. */
         for (size_t i = 0; r >= 0 && i < n; i++) {
                 sqlite3_reset(st[0]);
@@ -160,20 +160,20 @@ static int drop_rows(Account *a, const Dropped *d, size_t n) {
                 sqlite3_reset(st[0]);
                 sqlite3_reset(st[1]);
                 sqlite3_bind_int64(st[1], 1, d[i].id);
-                r = account_step_done(st[1]);
+                r = local_step_done(st[1]);
                 sqlite3_reset(st[2]);
                 sqlite3_bind_int64(st[2], 1, until);
-                account_bind_path(st[2], 2, d[i].path);
+                local_bind_path(st[2], 2, d[i].path);
                 sqlite3_bind_int64(st[2], 3, since);
-                r = r ?: account_step_done(st[2]);
+                r = r ?: local_step_done(st[2]);
                 if (r < 0 || sqlite3_changes(a->db) > 0)
                         continue;
                 for (size_t k = 3; r >= 0 && k <= 4; k++) {
                         sqlite3_reset(st[k]);
                         sqlite3_bind_int64(st[k], 1, since);
-                        account_bind_path(st[k], 2, d[i].path);
+                        local_bind_path(st[k], 2, d[i].path);
                         sqlite3_bind_int64(st[k], 3, until);
-                        r = account_step_done(st[k]);
+                        r = local_step_done(st[k]);
                 }
         }
         for (size_t i = 0; i < ELEMENTSOF(sql); i++)
@@ -185,26 +185,26 @@ static int drop_rows(Account *a, const Dropped *d, size_t n) {
 }
 
 /* Whether any row still names content sha (or a legacy stored name). */
-static int referenced(Account *a, const uint8_t *sha, const char *stored) {
+static int referenced(LocalAccount *a, const uint8_t *sha, const char *stored) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
         const char *sql = sha ? "SELECT EXISTS(SELECT 1 FROM versions WHERE sha = ?1)"
                                 " OR EXISTS(SELECT 1 FROM entries WHERE sha = ?1)"
                               : "SELECT EXISTS(SELECT 1 FROM versions WHERE stored = ?1)";
         int rc = sqlite3_prepare_v2(a->db, sql, -1, &st, NULL);
         if (rc != SQLITE_OK)
-                return account_sqlite_errno(rc) ?: -EIO;
+                return local_sqlite_errno(rc) ?: -EIO;
         if (sha)
                 sqlite3_bind_blob(st, 1, sha, BS_SHA_LEN, SQLITE_STATIC);
         else
                 sqlite3_bind_text(st, 1, stored, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
         if (rc != SQLITE_ROW)
-                return account_sqlite_errno(rc) ?: -EIO;
+                return local_sqlite_errno(rc) ?: -EIO;
         return sqlite3_column_int(st, 0);
 }
 
 /* After the commit: the contents of dropped rows that nothing names now. */
-static int free_contents(Account *a, const Dropped *d, size_t n, AccountPruneStats *stats) {
+static int free_contents(LocalAccount *a, const Dropped *d, size_t n, AccountPruneStats *stats) {
         for (size_t i = 0; i < n; i++) {
                 uint64_t freed = 0;
                 int k;
@@ -233,13 +233,13 @@ static int free_contents(Account *a, const Dropped *d, size_t n, AccountPruneSta
 }
 
 /* Phases 1 and 2: 1 when rows were dropped (there may be more), 0, or -errno. */
-static int prune_rows(Account *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats) {
+static int prune_rows(LocalAccount *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
         Dropped *d = NULL;
         size_t n = 0;
         int rc = sqlite3_prepare_v2(a->db, thin_sql, -1, &st, NULL);
         if (rc != SQLITE_OK)
-                return account_sqlite_errno(rc) ?: -EIO;
+                return local_sqlite_errno(rc) ?: -EIO;
         sqlite3_bind_int64(st, 1, (sqlite3_int64) now);
         sqlite3_bind_int64(st, 2, (sqlite3_int64) ret->keep_all);
         sqlite3_bind_int64(st, 3, (sqlite3_int64) ret->keep_hourly);
@@ -255,7 +255,7 @@ static int prune_rows(Account *a, const AccountRetention *ret, time_t now, unsig
                         dropped_free(d, n);
                         d = NULL;
                         rc = sqlite3_prepare_v2(a->db, oldest_sql, -1, &st, NULL);
-                        r = account_sqlite_errno(rc);
+                        r = local_sqlite_errno(rc);
                         if (r >= 0) {
                                 sqlite3_bind_int64(st, 1, (sqlite3_int64) now);
                                 sqlite3_bind_int64(st, 2, (sqlite3_int64) ret->keep_all);
@@ -293,7 +293,7 @@ static int prune_rows(Account *a, const AccountRetention *ret, time_t now, unsig
 }
 
 /* Phase 4: 1 when records were removed, 0 when the log is as short as it may be. */
-static int prune_log(Account *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats) {
+static int prune_log(LocalAccount *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats) {
         int64_t target, floor = 0;
         char buf[32];
         if (!ret->keep_versions)
@@ -314,20 +314,20 @@ static int prune_log(Account *a, const AccountRetention *ret, time_t now, unsign
         if (r < 0)
                 return r;
         int rc = sqlite3_prepare_v2(a->db, "DELETE FROM log WHERE seq <= ?1", -1, &st, NULL);
-        r = account_sqlite_errno(rc);
+        r = local_sqlite_errno(rc);
         if (r >= 0) {
                 sqlite3_bind_int64(st, 1, upto);
-                r = account_step_done(st);
+                r = local_step_done(st);
         }
         snprintf(buf, sizeof(buf), "%lld", (long long) upto);
         if (r >= 0) {
                 sqlite3_finalize(TAKE_PTR(st));
                 rc = sqlite3_prepare_v2(a->db, "INSERT OR REPLACE INTO meta(key, value) VALUES ('log_floor', ?1)", -1,
                                         &st, NULL);
-                r = account_sqlite_errno(rc);
+                r = local_sqlite_errno(rc);
                 if (r >= 0) {
                         sqlite3_bind_text(st, 1, buf, -1, SQLITE_STATIC);
-                        r = account_step_done(st);
+                        r = local_step_done(st);
                 }
         }
         r = r ?: exec(a, "COMMIT");
@@ -340,7 +340,7 @@ static int prune_log(Account *a, const AccountRetention *ret, time_t now, unsign
 }
 
 typedef struct Sweep {
-        Account *a;
+        LocalAccount *a;
         AccountPruneStats *stats;
 } Sweep;
 
@@ -359,14 +359,14 @@ static int sweep_content(void *userdata, const uint8_t sha[BS_SHA_LEN], unsigned
 }
 
 /* Phase 5: the contents of one fan-out directory that no row names. */
-static int sweep_one(Account *a, unsigned fan, AccountPruneStats *stats) {
+static int sweep_one(LocalAccount *a, unsigned fan, AccountPruneStats *stats) {
         int r = store_each(a->store, fan, sweep_content, &(Sweep) { .a = a, .stats = stats });
         return r < 0 ? r : store_sync(a->store);
 }
 
 /* The first plain content after a->pack_last (or the first at all). */
 static int next_to_pack(void *userdata, const uint8_t sha[BS_SHA_LEN], unsigned forms) {
-        Account *a = userdata;
+        LocalAccount *a = userdata;
         if (!(forms & STORE_PLAIN) || (a->pack_started && memcmp(sha, a->pack_last, BS_SHA_LEN) <= 0))
                 return 0;
         memcpy(a->pack_last, sha, BS_SHA_LEN);
@@ -378,7 +378,7 @@ static int next_to_pack(void *userdata, const uint8_t sha[BS_SHA_LEN], unsigned 
  * into the chunk store, after a->pack_last in hash order. 1 while more
  * remains in this directory, 0 when it is done.
  */
-static int pack_one(Account *a, unsigned fan) {
+static int pack_one(LocalAccount *a, unsigned fan) {
         int r;
         if (!a->pack_more) {
                 r = store_each(a->store, fan, next_to_pack, a);
@@ -393,7 +393,7 @@ static int pack_one(Account *a, unsigned fan) {
         return r < 0 ? r : 1;
 }
 
-int account_prune(Account *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats) {
+int local_prune(LocalAccount *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats) {
         int r;
         if (a->in_txn)
                 return -EBUSY;
@@ -473,7 +473,7 @@ static uint64_t du_at(int dfd, const char *name, int depth) {
         return sum;
 }
 
-int account_history_usage(Account *a, uint64_t *bytes) {
+int local_history_usage(LocalAccount *a, uint64_t *bytes) {
         uint64_t b = 0;
         int r = store_usage(a->store, &b, NULL);
         if (r < 0)

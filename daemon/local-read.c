@@ -13,41 +13,42 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "account-internal.h"
-#include "account-read.h"
+#include "local-internal.h"
 #include "bs-fs.h"
 #include "bs-macro.h"
 
-struct AccountContent {
+struct LocalContent {
+        AccountContent base;
         int fd;
-        AccountContentInfo info;
 };
 
-struct AccountCursor {
+struct LocalCursor {
+        AccountCursor base;
         sqlite3 *db;
         sqlite3_stmt *stmt;
         uint64_t seq;
         bool snapshot;
 };
 
-AccountCursor *account_cursor_free(AccountCursor *c) {
+LocalCursor *local_cursor_free(LocalCursor *c) {
         if (!c)
                 return NULL;
         sqlite3_finalize(c->stmt);
-        account_reader_close(c->db);
+        local_reader_close(c->db);
         free(c);
         return NULL;
 }
 
-int account_cursor_new(Account *a, uint64_t since, AccountCursor **ret) {
-        _cleanup_(account_cursor_freep) AccountCursor *c = NULL;
+int local_cursor_new(LocalAccount *a, uint64_t since, LocalCursor **ret) {
+        _cleanup_(local_cursor_freep) LocalCursor *c = NULL;
         sqlite3_stmt *st = NULL;
         int r, rc;
 
         c = calloc(1, sizeof(*c));
         if (!c)
                 return -ENOMEM;
-        r = account_reader_open(a, &c->db, &c->seq);
+        c->base.ops = &local_ops;
+        r = local_reader_open(a, &c->db, &c->seq);
         if (r < 0)
                 return r;
         /* From before the pruned part of the log: the whole tree instead. */
@@ -58,7 +59,7 @@ int account_cursor_new(Account *a, uint64_t since, AccountCursor **ret) {
                 floor = (uint64_t) sqlite3_column_int64(st, 0);
         sqlite3_finalize(st);
         if (rc != SQLITE_ROW)
-                return account_sqlite_errno(rc) ?: -EIO;
+                return local_sqlite_errno(rc) ?: -EIO;
         c->snapshot = since == 0 || since < floor;
         if (c->snapshot)
                 rc = sqlite3_prepare_v2(c->db,
@@ -71,22 +72,22 @@ int account_cursor_new(Account *a, uint64_t since, AccountCursor **ret) {
                                         "FROM log WHERE seq > ?1 ORDER BY seq",
                                         -1, &c->stmt, NULL);
         if (rc != SQLITE_OK)
-                return account_sqlite_errno(rc) ?: -EIO;
+                return local_sqlite_errno(rc) ?: -EIO;
         if (!c->snapshot)
                 sqlite3_bind_int64(c->stmt, 1, (sqlite3_int64) since);
         *ret = TAKE_PTR(c);
         return 0;
 }
 
-uint64_t account_cursor_seq(const AccountCursor *c) {
+uint64_t local_cursor_seq(const LocalCursor *c) {
         return c->seq;
 }
 
-bool account_cursor_is_snapshot(const AccountCursor *c) {
+bool local_cursor_is_snapshot(const LocalCursor *c) {
         return c->snapshot;
 }
 
-int account_cursor_next(AccountCursor *c, BsRecord *rec) {
+int local_cursor_next(LocalCursor *c, BsRecord *rec) {
         sqlite3_stmt *st = c->stmt;
         int rc = sqlite3_step(st);
         int r;
@@ -94,7 +95,7 @@ int account_cursor_next(AccountCursor *c, BsRecord *rec) {
         if (rc == SQLITE_DONE)
                 return 0;
         if (rc != SQLITE_ROW)
-                return account_sqlite_errno(rc) ?: -EIO;
+                return local_sqlite_errno(rc) ?: -EIO;
 
         memset(rec, 0, offsetof(BsRecord, path));
         if (c->snapshot) {
@@ -105,22 +106,22 @@ int account_cursor_next(AccountCursor *c, BsRecord *rec) {
                 rec->size = (uint64_t) sqlite3_column_int64(st, 2);
                 rec->mode = (uint32_t) sqlite3_column_int64(st, 3);
                 rec->mtime_ns = sqlite3_column_int64(st, 4);
-                account_column_fixed(st, 5, rec->sha, BS_SHA_LEN);
+                local_column_fixed(st, 5, rec->sha, BS_SHA_LEN);
                 rec->seq = (uint64_t) sqlite3_column_int64(st, 7);
-                account_column_fixed(st, 8, rec->device, BS_DEVICE_LEN);
-                r = account_column_path(st, 0, rec->path, &rec->path_len);
-                r = r ?: account_column_path(st, 6, rec->path2, &rec->path2_len);
+                local_column_fixed(st, 8, rec->device, BS_DEVICE_LEN);
+                r = local_column_path(st, 0, rec->path, &rec->path_len);
+                r = r ?: local_column_path(st, 6, rec->path2, &rec->path2_len);
         } else {
                 rec->seq = (uint64_t) sqlite3_column_int64(st, 0);
-                account_column_fixed(st, 1, rec->device, BS_DEVICE_LEN);
+                local_column_fixed(st, 1, rec->device, BS_DEVICE_LEN);
                 rec->op = (uint8_t) sqlite3_column_int(st, 2);
                 rec->kind = (uint8_t) sqlite3_column_int(st, 3);
                 rec->size = (uint64_t) sqlite3_column_int64(st, 6);
                 rec->mode = (uint32_t) sqlite3_column_int64(st, 7);
                 rec->mtime_ns = sqlite3_column_int64(st, 8);
-                account_column_fixed(st, 9, rec->sha, BS_SHA_LEN);
-                r = account_column_path(st, 4, rec->path, &rec->path_len);
-                r = r ?: account_column_path(st, 5, rec->path2, &rec->path2_len);
+                local_column_fixed(st, 9, rec->sha, BS_SHA_LEN);
+                r = local_column_path(st, 4, rec->path, &rec->path_len);
+                r = r ?: local_column_path(st, 5, rec->path2, &rec->path2_len);
         }
         return r < 0 ? r : 1;
 }
@@ -138,22 +139,22 @@ static int open_checked(int dir_fd, const char *path, uint64_t size) {
         return fd;
 }
 
-static int content_new(int fd, const AccountContentInfo *info, AccountContent **ret) {
-        AccountContent *c = malloc(sizeof(*c));
+static int content_new(int fd, const AccountContentInfo *info, LocalContent **ret) {
+        LocalContent *c = malloc(sizeof(*c));
         if (!c) {
                 close(fd);
                 return -ENOMEM;
         }
-        *c = (AccountContent) { .fd = fd, .info = *info };
+        *c = (LocalContent) { .base = { .ops = &local_ops, .info = *info }, .fd = fd };
         *ret = c;
         return 0;
 }
 
 /* Try the rows of a sha lookup (path/stored, size, mode, mtime, version) in turn. */
-static int open_from_rows(Account *a, unsigned id, int dir_fd, const uint8_t sha[BS_SHA_LEN],
-                          AccountContent **ret) {
+static int open_from_rows(LocalAccount *a, unsigned id, int dir_fd, const uint8_t sha[BS_SHA_LEN],
+                          LocalContent **ret) {
         sqlite3_stmt *st;
-        int r = account_stmt(a, id, &st);
+        int r = local_stmt(a, id, &st);
         if (r < 0)
                 return r;
         sqlite3_bind_blob(st, 1, sha, BS_SHA_LEN, SQLITE_STATIC);
@@ -187,12 +188,12 @@ static int open_from_rows(Account *a, unsigned id, int dir_fd, const uint8_t sha
         return r;
 }
 
-int account_content_open(Account *a, const uint8_t sha[BS_SHA_LEN], const char *path,
-                         AccountContent **ret) {
+int local_content_open(LocalAccount *a, const uint8_t sha[BS_SHA_LEN], const char *path,
+                         LocalContent **ret) {
         AccountEntry e;
         int r;
 
-        if (path && path[0] && account_entry_get(a, path, &e) >= 0 && e.kind == BS_KIND_FILE &&
+        if (path && path[0] && local_entry_get(a, path, &e) >= 0 && e.kind == BS_KIND_FILE &&
             memcmp(e.sha, sha, BS_SHA_LEN) == 0) {
                 int fd = open_checked(a->tree_fd, path, e.size);
                 if (fd >= 0)
@@ -206,7 +207,7 @@ int account_content_open(Account *a, const uint8_t sha[BS_SHA_LEN], const char *
         return open_from_rows(a, STMT_VERSION_BY_SHA, a->versions_fd, sha, ret);
 }
 
-AccountContent *account_content_free(AccountContent *c) {
+LocalContent *local_content_free(LocalContent *c) {
         if (!c)
                 return NULL;
         close(c->fd);
@@ -214,12 +215,12 @@ AccountContent *account_content_free(AccountContent *c) {
         return NULL;
 }
 
-const AccountContentInfo *account_content_info(const AccountContent *c) {
-        return &c->info;
+const AccountContentInfo *local_content_info(const LocalContent *c) {
+        return &c->base.info;
 }
 
-int account_content_read(AccountContent *c, uint64_t off, void *buf, size_t n) {
-        if (off > c->info.size || n > c->info.size - off)
+int local_content_read(LocalContent *c, uint64_t off, void *buf, size_t n) {
+        if (off > c->base.info.size || n > c->base.info.size - off)
                 return -EBADMSG;
         ssize_t got = bs_pread_full(c->fd, buf, n, (off_t) off);
         if (got < 0)
@@ -227,7 +228,7 @@ int account_content_read(AccountContent *c, uint64_t off, void *buf, size_t n) {
         return (size_t) got == n ? 0 : -EBADMSG;
 }
 
-void account_content_prefetch(AccountContent *c, uint64_t len) {
+void local_content_prefetch(LocalContent *c, uint64_t len) {
         /* Advice only: a failure costs speed, never correctness. */
-        (void) posix_fadvise(c->fd, 0, (off_t) MIN(len, c->info.size), POSIX_FADV_WILLNEED);
+        (void) posix_fadvise(c->fd, 0, (off_t) MIN(len, c->base.info.size), POSIX_FADV_WILLNEED);
 }

@@ -18,14 +18,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "account-internal.h"
+#include "local-internal.h"
 #include "bs-fs.h"
 #include "bs-hash.h"
 #include "bs-macro.h"
 #include "bs-path.h"
 
 typedef struct Verify {
-        Account *a;
+        LocalAccount *a;
         bool repair;
         bool hash_all;
         account_verify_fn report;
@@ -41,13 +41,13 @@ static void note(Verify *v, const char *path, const char *what) {
                 v->report(v->userdata, path, what);
 }
 
-static int seen_add(Account *a, const char *path) {
+static int seen_add(LocalAccount *a, const char *path) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
         int rc = sqlite3_prepare_v2(a->db, "INSERT OR IGNORE INTO temp.seen(path) VALUES (?1)", -1, &st, NULL);
         if (rc != SQLITE_OK)
-                return account_sqlite_errno(rc);
-        account_bind_path(st, 1, path);
-        return account_step_done(st);
+                return local_sqlite_errno(rc);
+        local_bind_path(st, 1, path);
+        return local_step_done(st);
 }
 
 /*
@@ -56,22 +56,22 @@ static int seen_add(Account *a, const char *path) {
  * replace, whatever the metadata had at path and below goes first.
  */
 static int record_found(Verify *v, BsOp op, const char *path, const AccountEntry *found, bool replace) {
-        Account *a = v->a;
-        int r = account_change_begin(a);
+        LocalAccount *a = v->a;
+        int r = local_change_begin(a);
         if (r < 0)
                 return r;
         uint64_t seq = a->seq + 1;
         AccountEntry e = *found;
         e.version = seq;
         /* Whatever disk holds now, what the metadata had stays in the history. */
-        r = account_history_close(a, path, replace, seq);
+        r = local_history_close(a, path, replace, seq);
         if (replace)
-                r = r ?: account_entries_remove(a, path);
+                r = r ?: local_entries_remove(a, path);
         if (op != BS_OP_DELETE)
-                r = r ?: account_entry_set(a, path, &e);
-        r = r ?: account_log_add(a, seq, server_device, op, &e, path, op == BS_OP_SYMLINK ? e.target : NULL);
-        r = r ?: account_set_seq(a, seq);
-        return account_change_end(a, r);
+                r = r ?: local_entry_set(a, path, &e);
+        r = r ?: local_log_add(a, seq, server_device, op, &e, path, op == BS_OP_SYMLINK ? e.target : NULL);
+        r = r ?: local_set_seq(a, seq);
+        return local_change_end(a, r);
 }
 
 static int hash_at(int dfd, const char *name, uint8_t sha[BS_SHA_LEN]) {
@@ -85,7 +85,7 @@ static int hash_at(int dfd, const char *name, uint8_t sha[BS_SHA_LEN]) {
 static int check_one(Verify *v, int dfd, const char *name, const char *path, const struct stat *st) {
         AccountEntry e, disk = {};
         char buf[BS_PATH_MAX + 64];
-        int r = account_entry_get(v->a, path, &e);
+        int r = local_entry_get(v->a, path, &e);
         bool known = r == 0;
         if (r < 0 && r != -ENOENT)
                 return r;
@@ -190,7 +190,7 @@ static int check_missing(Verify *v) {
         int rc = sqlite3_prepare_v2(v->a->db,
                 "SELECT path FROM entries WHERE path NOT IN (SELECT path FROM temp.seen) ORDER BY path", -1, &st, NULL);
         if (rc != SQLITE_OK)
-                return account_sqlite_errno(rc);
+                return local_sqlite_errno(rc);
         char last[BS_PATH_MAX + 1] = "";
         bool have_last = false;
         char (*paths)[BS_PATH_MAX + 1] = NULL;
@@ -198,7 +198,7 @@ static int check_missing(Verify *v) {
         int r = 0;
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
                 char p[BS_PATH_MAX + 1];
-                r = account_column_path(st, 0, p, NULL);
+                r = local_column_path(st, 0, p, NULL);
                 if (r < 0)
                         break;
                 /* Below a missing directory: covered by its deletion. */
@@ -215,12 +215,12 @@ static int check_missing(Verify *v) {
                 have_last = true;
         }
         if (r == 0 && rc != SQLITE_DONE)
-                r = account_sqlite_errno(rc) ?: -EIO;
+                r = local_sqlite_errno(rc) ?: -EIO;
         for (size_t i = 0; r >= 0 && i < n; i++) {
                 AccountEntry e;
                 note(v, paths[i], v->repair ? "in the metadata but not in the tree; recorded as deleted"
                                             : "in the metadata but not in the tree");
-                if (v->repair && account_entry_get(v->a, paths[i], &e) == 0)
+                if (v->repair && local_entry_get(v->a, paths[i], &e) == 0)
                         r = record_found(v, BS_OP_DELETE, paths[i], &e, true);
         }
         free(paths);
@@ -233,19 +233,19 @@ static int check_missing(Verify *v) {
  * which the repair below may now record as found. A versions row keeps
  * it reachable (GET by content, history). stored is below versions/.
  */
-static int rescue_row(Account *a, const char *stored) {
+static int rescue_row(LocalAccount *a, const char *stored) {
         uint8_t sha[BS_SHA_LEN];
         char path[BS_PATH_MAX + 1];
         sqlite3_stmt *st;
         int r = hash_at(a->versions_fd, stored, sha);
-        r = r ?: account_stmt(a, STMT_ENTRY_BY_SHA, &st);
+        r = r ?: local_stmt(a, STMT_ENTRY_BY_SHA, &st);
         if (r < 0)
                 return r == -EISDIR ? 0 : r;
         sqlite3_bind_blob(st, 1, sha, BS_SHA_LEN, SQLITE_STATIC);
         int rc = sqlite3_step(st);
         if (rc != SQLITE_ROW) {
                 sqlite3_reset(st);
-                return rc == SQLITE_DONE ? 0 : (account_sqlite_errno(rc) ?: -EIO);
+                return rc == SQLITE_DONE ? 0 : (local_sqlite_errno(rc) ?: -EIO);
         }
         AccountEntry e = {
                 .kind = BS_KIND_FILE,
@@ -255,17 +255,17 @@ static int rescue_row(Account *a, const char *stored) {
                 .version = (uint64_t) sqlite3_column_int64(st, 4),
         };
         memcpy(e.sha, sha, BS_SHA_LEN);
-        r = account_column_path(st, 0, path, NULL);
+        r = local_column_path(st, 0, path, NULL);
         sqlite3_reset(st);
         if (r < 0)
                 return r;
-        r = account_change_begin(a);
-        r = r ?: account_version_add(a, path, &e, stored, a->committed_seq + 1);
-        return account_change_end(a, r);
+        r = local_change_begin(a);
+        r = r ?: local_version_add(a, path, &e, stored, a->committed_seq + 1);
+        return local_change_end(a, r);
 }
 
 /* The files below a rescued directory, each as rescue_row(). */
-static int rescue_rows(Account *a, const char *stored, int depth) {
+static int rescue_rows(LocalAccount *a, const char *stored, int depth) {
         struct stat st;
         if (fstatat(a->versions_fd, stored, &st, AT_SYMLINK_NOFOLLOW) < 0)
                 return -errno;
@@ -295,7 +295,7 @@ static int rescue_rows(Account *a, const char *stored, int depth) {
  * would be overwritten by the next change of that number: keep it aside,
  * and reachable when it is content an entry names. */
 static int rescue_versions(Verify *v) {
-        Account *a = v->a;
+        LocalAccount *a = v->a;
         _cleanup_(closep) int fd = openat(a->versions_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd < 0)
                 return -errno;
@@ -335,14 +335,14 @@ static void content_problem(void *userdata, const uint8_t sha[BS_SHA_LEN], const
         note(v, name, problem);
 }
 
-int account_verify(Account *a, bool repair, bool hash_all, account_verify_fn report, void *userdata) {
-        account_forget_parent(a); /* a repair may replace directories */
+int local_verify(LocalAccount *a, bool repair, bool hash_all, account_verify_fn report, void *userdata) {
+        local_forget_parent(a); /* a repair may replace directories */
         Verify v = { .a = a, .repair = repair, .hash_all = hash_all, .report = report, .userdata = userdata };
         int r;
 
         if (a->in_txn)
                 return -EBUSY;
-        r = account_sqlite_errno(sqlite3_exec(a->db,
+        r = local_sqlite_errno(sqlite3_exec(a->db,
                 "CREATE TEMP TABLE IF NOT EXISTS seen(path BLOB PRIMARY KEY); DELETE FROM temp.seen;", NULL, NULL, NULL));
         r = r ?: rescue_versions(&v);
         r = r ?: walk(&v, a->tree_fd, "", 0);
@@ -354,7 +354,7 @@ int account_verify(Account *a, bool repair, bool hash_all, account_verify_fn rep
                 r = k < 0 ? k : 0;
         }
         if (r >= 0 && repair && a->in_txn)
-                r = account_commit(a);
+                r = local_commit(a);
         if (r >= 0 && repair)
                 a->unclean = false;
         (void) sqlite3_exec(a->db, "DROP TABLE IF EXISTS temp.seen;", NULL, NULL, NULL);

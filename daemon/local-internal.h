@@ -1,14 +1,15 @@
-/* account-internal.h - what account.c and account-apply.c share
+/* local-internal.h - what the embedded backend's files share
  *
- * Not part of the storage interface: only the account-*.c files include
- * this header.
+ * Not part of the storage interface: only the local-*.c files (and their
+ * unit tests) include this header.
  */
 #pragma once
 
 #include <sqlite3.h>
 #include <sys/types.h>
 
-#include "account.h"
+#include "account-backend.h"
+#include "local.h"
 #include "store.h"
 
 enum {
@@ -57,7 +58,11 @@ typedef struct AccountDirSync {
 /* Uploads from this size on start their writeback as soon as they end. */
 #define ACCOUNT_WRITEBACK_MIN (1024 * 1024)
 
-struct Account {
+/* The interface's operations on local objects (local-ops.c). */
+extern const AccountOps local_ops;
+
+struct LocalAccount {
+        Account base;
         char id[BS_ID_LEN + 1];
         char *db_path;
         int dir_fd;
@@ -74,16 +79,16 @@ struct Account {
         int txn_error; /* a batch that could not be placed: the commit fails */
         AccountPending *pending;
         size_t n_pending, cap_pending;
-        AccountDirSync dir_sync[ACCOUNT_DIR_SYNC_MAX]; /* see account_defer_sync() */
+        AccountDirSync dir_sync[ACCOUNT_DIR_SYNC_MAX]; /* see local_defer_sync() */
         /* The last parent directory an upload went to, known to be a
          * directory entry: a burst names the same one again and again. */
         int parent_fd;
         size_t parent_len;
         char parent_path[BS_PATH_MAX + 1];
         size_t n_dir_sync;
-        bool unclean; /* not closed by account_free() last time */
-        unsigned prune_phase, prune_fan; /* where account_prune() goes on */
-        /* The time of change time_seq: see account_change_time(). */
+        bool unclean; /* not closed by local_free() last time */
+        unsigned prune_phase, prune_fan; /* where local_prune() goes on */
+        /* The time of change time_seq: see local_change_time(). */
         uint64_t time_seq;
         time_t time_of_seq;
         /* Packing (phase 6): the content last tried in this fan-out
@@ -105,65 +110,65 @@ static inline void sqlite3_finalizep(sqlite3_stmt **st) {
 }
 
 /** Map an SQLite result code to a negative errno. */
-int account_sqlite_errno(int rc);
+int local_sqlite_errno(int rc);
 /** A reset, unbound cached statement. */
-int account_stmt(Account *a, unsigned id, sqlite3_stmt **ret);
+int local_stmt(LocalAccount *a, unsigned id, sqlite3_stmt **ret);
 /** Step a statement that returns no rows (SQLITE_DONE). */
-int account_step_done(sqlite3_stmt *st);
+int local_step_done(sqlite3_stmt *st);
 /** Bind a NUL-free byte path as a BLOB. */
-int account_bind_path(sqlite3_stmt *st, int idx, const char *p);
+int local_bind_path(sqlite3_stmt *st, int idx, const char *p);
 /** Copy a BLOB path column into out (BS_PATH_MAX + 1 bytes). */
-int account_column_path(sqlite3_stmt *st, int col, char *out, size_t *len);
+int local_column_path(sqlite3_stmt *st, int col, char *out, size_t *len);
 /** Copy a fixed-size BLOB column (a SHA-256, a device id) into out; zeros when it has another size. */
-void account_column_fixed(sqlite3_stmt *st, int col, uint8_t *out, size_t n);
-void account_range(AccountRange *r, const char *path);
+void local_column_fixed(sqlite3_stmt *st, int col, uint8_t *out, size_t n);
+void local_range(AccountRange *r, const char *path);
 /**
  * A connection of its own inside one read transaction: in WAL mode a
  * consistent snapshot while the account's connection commits on.
  * *ret_seq is the account's sequence in it.
  */
-int account_reader_open(Account *a, sqlite3 **ret, uint64_t *ret_seq);
-void account_reader_close(sqlite3 *db);
+int local_reader_open(LocalAccount *a, sqlite3 **ret, uint64_t *ret_seq);
+void local_reader_close(sqlite3 *db);
 
 /**
  * Make the uploads waiting in tmp/ durable and rename them into the tree,
  * in order, then sync the directories that changed. Called before any
  * change that is not a plain upload, and at commit.
  */
-int account_flush_pending(Account *a);
+int local_flush_pending(LocalAccount *a);
 /** Drop the cached parent directory: after a change that can remove or move one. */
-void account_forget_parent(Account *a);
+void local_forget_parent(LocalAccount *a);
 /** Forget the waiting uploads and remove their files. */
-void account_drop_pending(Account *a);
+void local_drop_pending(LocalAccount *a);
 /**
  * Have fd synced before the transaction commits (once, however many
  * changes touched it): a directory whose entries changed, or a file whose
  * mode or mtime did. The fd is duplicated. Returns 0 or -errno.
  */
-int account_defer_sync(Account *a, int dfd);
+int local_defer_sync(LocalAccount *a, int dfd);
 
 /** Open a change: the transaction if needed, and a savepoint for this one change. */
-int account_change_begin(Account *a);
+int local_change_begin(LocalAccount *a);
 /** Close a change: keep it on r >= 0, else roll back to its savepoint. Returns r. */
-int account_change_end(Account *a, int r);
+int local_change_end(LocalAccount *a, int r);
 
 /**
  * The server's time of change seq, taken once: its log record, the states
  * it ends and those it begins then agree to the second.
  */
-time_t account_change_time(Account *a, uint64_t seq);
-int account_entry_set(Account *a, const char *path, const AccountEntry *e);
+time_t local_change_time(LocalAccount *a, uint64_t seq);
+int local_entry_set(LocalAccount *a, const char *path, const AccountEntry *e);
 /** Remove the entries of path and all below it. */
-int account_entries_remove(Account *a, const char *path);
-int account_log_add(Account *a, uint64_t seq, const uint8_t device[BS_DEVICE_LEN], BsOp op,
+int local_entries_remove(LocalAccount *a, const char *path);
+int local_log_add(LocalAccount *a, uint64_t seq, const uint8_t device[BS_DEVICE_LEN], BsOp op,
                     const AccountEntry *e, const char *path, const char *path2);
-int account_version_add(Account *a, const char *path, const AccountEntry *e,
+int local_version_add(LocalAccount *a, const char *path, const AccountEntry *e,
                         const char *stored, uint64_t replaced_seq);
 /**
  * Keep the state of path (and, with below, of everything below it) in
  * the history as ended at until: the entries are about to change, move or
  * go. Their contents are the store's or the tree's business.
  */
-int account_history_close(Account *a, const char *path, bool below, uint64_t until);
+int local_history_close(LocalAccount *a, const char *path, bool below, uint64_t until);
 /** Advance the account's sequence to seq (inside the open change; stored at commit). */
-int account_set_seq(Account *a, uint64_t seq);
+int local_set_seq(LocalAccount *a, uint64_t seq);

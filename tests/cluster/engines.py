@@ -582,9 +582,10 @@ def _start_pg(d, info, timings):
     log = os.path.join(top, "log")
     _run(_as_postgres() + [PG_BIN + "/initdb", "-D", pg["data"], "-U", pg["user"],
                            "--pwfile", pwfile, "--auth-local=trust",
-                           "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"],
+                           "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
+                           "--no-sync"],
          "postgres: initdb", timeout=120, cwd="/")
-    os.unlink(pwfile)
+    os.unlink(pwfile)  # (initdb --no-sync: a throwaway cluster; the server itself runs with fsync)
     with open(os.path.join(pg["data"], "postgresql.auto.conf"), "a") as f:
         f.write("# engines.py: a throwaway cluster on 127.0.0.1 only\n"
                 "port = %d\nlisten_addresses = '127.0.0.1'\n"
@@ -649,7 +650,12 @@ def start(d):
         _start_ceph(d, info, timings)
     except BaseException as e:
         errors.insert(0, e)
-    th.join()
+    while True:  # PostgreSQL must not start behind stop()'s back
+        try:
+            th.join()
+            break
+        except BaseException as e:
+            errors.insert(0, e)
     if errors:
         stop(d, remove=False)
         e = errors[0]
@@ -755,6 +761,8 @@ def _cmd_stop(d):
 
 def _cmd_run(d, cmd):
     def on_signal(signum, frame):
+        for x in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(x, signal.SIG_IGN)  # one is enough: clean up
         raise _Signalled(signum)
 
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -775,7 +783,9 @@ def _cmd_run(d, cmd):
         env = dict(os.environ)
         env.update(eng.env())
         try:
-            child = subprocess.Popen(cmd, env=env)
+            # Its own process group: a signal to run reaches all of CMD
+            # (a shell's children too) without hitting run's caller.
+            child = subprocess.Popen(cmd, env=env, process_group=0)
         except OSError as e:
             print("engines.py: run: %s: %s" % (cmd[0], e.strerror), file=sys.stderr)
             return 127
@@ -783,15 +793,19 @@ def _cmd_run(d, cmd):
         rc = 128 - r if r < 0 else r
         return rc
     except _Signalled as s:
-        for x in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(x, signal.SIG_IGN)  # finish cleaning up
-        if child is not None and child.poll() is None:
+        if child is not None:
             try:
-                child.send_signal(s.signum)
+                os.killpg(child.pid, s.signum)
                 child.wait(10)
             except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+                pass
+            except ProcessLookupError:
+                pass
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            child.wait()
         print("engines.py: %s: stopping the engines" % signal.Signals(s.signum).name,
               file=sys.stderr)
         rc = 128 + s.signum

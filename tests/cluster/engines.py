@@ -14,6 +14,13 @@ directory DIR given by the caller (nothing in /etc/ceph, /var/lib/ceph,
                               and clean up (also on Ctrl-C / SIGTERM), exit
                               with CMD's status; if an engine cannot start,
                               say which one with its log tail and exit 70
+                              (CMD runs in its own process group; a signal
+                              to `run` is passed on to all of it)
+    engines.py rss DIR        memory of each engine, MiB [rss, pss]
+
+A failed `start` stops what it started, prints which engine failed with its
+log tail, exits 70 and keeps DIR (logs in DIR/log, DIR/pg/log) until
+`stop DIR`.
 
 Environment given to CMD (and printed by `start`):
     BS_TEST_ENGINES        DIR/engines.json (read by Engines.from_env())
@@ -37,19 +44,31 @@ Ctrl-C on the terminal reaches only `run`, which stops them in order); their
 pids are in DIR/run/*.pid, so another process (a test) may stop and start
 RGW or PostgreSQL and `stop` still finds them.
 
+Module API (tests): e = Engines.from_env(); e.dsn, e.s3_endpoint,
+e.s3_region, e.access_key, e.secret_key, e.pg_port, e.pg_password;
+e.create_database(name) -> dsn, e.drop_database(name), e.psql(sql, db);
+e.create_bucket(name), e.delete_bucket(name) (empties it first),
+e.put_object/get_object/delete_object, e.list_objects(bucket, prefix) ->
+[(key, size)]; e.stop_postgres(), start_postgres(), restart_postgres(),
+kill_postgres() (immediate mode: crash recovery on the next start);
+e.stop_rgw(), e.start_rgw() (same port, same data).
+
 The engines are shared by every test of a run: give each test its own
 database and bucket. A test that stops or restarts an engine must be
 registered with is_parallel: false.
 
-Measured on the 2-core Debian 12 VM (16.2.15, PostgreSQL 15):
-    start: PostgreSQL 1.0 s (initdb + start), Ceph 7.6 s (mon, OSD, pools,
-           user, RGW to a successful bucket create+delete), both in
-           parallel: 7.7 s wall
-    stop and remove DIR: 1.6 s
-    idle RSS: postgres 33 MiB (all processes), ceph-mon 37 MiB,
-              ceph-osd 56 MiB, radosgw 52 MiB; 178 MiB in all
-    stop_rgw() + start_rgw() to a working endpoint: 1.3 s;
-    restart_postgres(): 0.4 s
+Measured on the 2-core Debian 12 VM (Ceph 16.2.15, PostgreSQL 15.18; other
+work running on the machine, load 2-5):
+    start, both engines in parallel: 4.9-6.4 s wall to a successful S3
+        bucket create+delete (8-9.5 s under heavier load). PostgreSQL
+        (initdb --no-sync + start) 1.5-1.9 s; Ceph: mon up 0.5 s, OSD up
+        3.9-4.8 s, radosgw-admin user + RGW serving S3 another 0.9-1.0 s
+    stop (all daemons, DIR removed): 0.4-1.0 s
+    idle RSS after 20-30 s: ceph-mon 39 MiB, ceph-osd 58 MiB, radosgw
+        48 MiB, PostgreSQL 65 MiB summed over its 6 processes (16 MiB
+        PSS: most of it is shared memory); `engines.py rss DIR` prints it
+    restart_postgres() 0.23 s; stop_rgw() + start_rgw() to a working
+        endpoint 0.35-0.45 s
 """
 import datetime
 import hashlib
@@ -191,13 +210,14 @@ def _procs_under(path):
     return found
 
 
-def _rss_mib(pids):
+def _mem_mib(pids, field="Rss:"):
+    """Sum of Rss (or Pss: shared pages split, right for postgres) in MiB."""
     total = 0
     for pid in pids:
         try:
-            with open("/proc/%d/status" % pid) as f:
+            with open("/proc/%d/smaps_rollup" % pid) as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(field):
                         total += int(line.split()[1])
         except OSError:
             pass
@@ -579,7 +599,6 @@ def _start_pg(d, info, timings):
         shutil.chown(top, "postgres", "postgres")
         shutil.chown(pwfile, "postgres", "postgres")
     os.chmod(pwfile, 0o600)
-    log = os.path.join(top, "log")
     _run(_as_postgres() + [PG_BIN + "/initdb", "-D", pg["data"], "-U", pg["user"],
                            "--pwfile", pwfile, "--auth-local=trust",
                            "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
@@ -594,7 +613,6 @@ def _start_pg(d, info, timings):
                 "shared_buffers = 32MB\nmax_connections = 200\n"
                 "log_min_messages = warning\n" % (pg["port"], top))
     Engines(info).start_postgres()
-    del log
     timings["postgres_s"] = round(time.monotonic() - t0, 2)
 
 
@@ -711,12 +729,13 @@ def stop(d, remove=True):
 
 
 def _idle_rss(d):
+    """Memory of each engine in MiB: {name: [rss, pss]}."""
     out = {}
     for name in ("mon", "osd", "rgw"):
         pid = _read_pid(os.path.join(d, "run", name + ".pid"))
-        out[name] = round(_rss_mib([pid]) if pid else 0, 1)
-    pm = _read_pid(os.path.join(d, "pg", "data", "postmaster.pid"))
-    out["postgres"] = round(_rss_mib(_procs_under(os.path.join(d, "pg", "data"))) if pm else 0, 1)
+        out[name] = [round(_mem_mib([pid] if pid else [], f), 1) for f in ("Rss:", "Pss:")]
+    pg = _procs_under(os.path.join(d, "pg", "data"))
+    out["postgres"] = [round(_mem_mib(pg, f), 1) for f in ("Rss:", "Pss:")]
     return out
 
 
@@ -829,7 +848,7 @@ def main(argv):
         return _cmd_start(argv[2])
     if len(argv) == 3 and argv[1] == "stop":
         return _cmd_stop(argv[2])
-    if len(argv) == 3 and argv[1] == "rss":  # idle memory of a running set, MiB
+    if len(argv) == 3 and argv[1] == "rss":  # memory of a running set: MiB [rss, pss]
         print(json.dumps(_idle_rss(os.path.abspath(argv[2]))))
         return 0
     if len(argv) >= 2 and argv[1] == "run":

@@ -97,9 +97,13 @@ struct PgTxn {
         Item *item;
 };
 
-/* Copy at most size - 1 bytes of untrusted text as one printable line. */
+/* Copy the first line of untrusted text, at most size - 1 bytes, printable:
+ * libpq's further lines are hints ("Is the server running...?"). */
 static void copy_line(char *dst, size_t size, const char *src) {
         size_t n = src ? strnlen(src, size - 1) : 0;
+        const char *nl = n ? memchr(src, '\n', n) : NULL;
+        if (nl)
+                n = (size_t) (nl - src);
         memcpy(dst, src ? src : "", n);
         while (n > 0 && isspace((unsigned char) dst[n - 1]))
                 n--;
@@ -472,6 +476,12 @@ static bool on_result(Pg *pg, Item *it, const PGresult *res) {
                                 s->fn(pg, -EIO, res, s->userdata);
                 }
                 return true;
+        case PGRES_COPY_IN:
+        case PGRES_COPY_OUT:
+        case PGRES_COPY_BOTH:
+                /* The session would wait for data we never send. */
+                set_error(pg, NULL, "COPY is not supported");
+                return false;
         default: {
                 const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
                 if (PQstatus(pg->conn) == CONNECTION_BAD || !state || sqlstate_is_connection(state)) {
@@ -526,7 +536,8 @@ static bool read_results(Pg *pg) {
                                 return false;
                         }
                         ok = on_result(pg, it, res);
-                        it->phase = PHASE_END;
+                        if (!pg->freed)
+                                it->phase = PHASE_END;
                         break;
                 case PHASE_END:
                         if (res) {
@@ -571,9 +582,12 @@ static void read_notifies(Pg *pg) {
         PGnotify *m;
         while (!pg->freed && pg->conn && (m = PQnotifies(pg->conn))) {
                 PgNotify n = { .channel = m->relname, .payload = m->extra ? m->extra : "", .pid = m->be_pid };
-                for (Listener *l = pg->listeners; l && !pg->freed; l = l->next)
-                        if (strcmp(l->channel, m->relname) == 0)
+                for (Listener *l = pg->listeners; l; l = l->next)
+                        if (strcmp(l->channel, m->relname) == 0) {
                                 l->fn(pg, &n, l->userdata);
+                                if (pg->freed)
+                                        break;
+                        }
                 PQfreemem(m);
         }
 }

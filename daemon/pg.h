@@ -29,6 +29,8 @@
  *   -ENOMEM
  * pg_error_sqlstate() and pg_error_message() say more, for the log line.
  *
+ * Statements must not control transactions (BEGIN, COMMIT...: use PgTxn)
+ * nor COPY (that drops the connection).
  * Callbacks may make new requests and may pg_free() the Pg.
  */
 #pragma once
@@ -70,10 +72,12 @@ typedef void (*pg_notify_fn)(Pg *pg, const PgNotify *n, void *userdata);
 
 /**
  * Start connecting to conninfo (a libpq connection string or URI) in the
- * background. TCP keepalives are on unless conninfo says otherwise.
+ * background; -EINVAL when it does not parse. TCP keepalives are on unless
+ * conninfo says otherwise. libpq resolves a host name with a blocking
+ * lookup: give an address (host=IP or hostaddr=).
  */
 int pg_new(Pg **ret, sd_event *event, const char *conninfo);
-/** Close the connection; pending callbacks are not called. NULL. */
+/** Close the connection; pending callbacks are not called. Commit or abort every PgTxn first. NULL. */
 Pg *pg_free(Pg *pg);
 static inline void pg_freep(Pg **pg) { if (*pg) pg_free(*pg); }
 

@@ -17,17 +17,22 @@
  * Error codes given to callbacks:
  *   -ECONNRESET   the connection broke before the request was answered
  *                 (a pg_query() may or may not have run: use a
- *                 transaction when that matters)
+ *                 transaction when that matters); so do errors of
+ *                 classes 08 and 57P0 (the server ending the session)
  *   -ENOTCONN     the request was never sent: no connection could be set up
  *   -EINPROGRESS  the connection broke while a transaction's COMMIT was
  *                 sent and unanswered: it may have committed or not; the
- *                 caller must look before retrying
+ *                 caller must look before retrying (a transaction already
+ *                 known to have failed gets its own error instead)
  *   -EAGAIN       serialization failure (40001) or deadlock (40P01): the
  *                 transaction was rolled back, run it again
  *   -EEXIST       unique violation (23505)
  *   -EIO          any other error reported by the server
- *   -ENOMEM
  * pg_error_sqlstate() and pg_error_message() say more, for the log line.
+ * Functions return -EINVAL, -ENOMEM or -ENOTCONN when they refuse.
+ *
+ * A dead peer is noticed within about 25 s: TCP keepalives (10 s idle,
+ * then 3 probes 5 s apart) and tcp_user_timeout for unacknowledged data.
  *
  * Statements must not control transactions (BEGIN, COMMIT...: use PgTxn)
  * nor COPY (that drops the connection).
@@ -77,7 +82,8 @@ typedef void (*pg_notify_fn)(Pg *pg, const PgNotify *n, void *userdata);
  * lookup: give an address (host=IP or hostaddr=).
  */
 int pg_new(Pg **ret, sd_event *event, const char *conninfo);
-/** Close the connection; pending callbacks are not called. Commit or abort every PgTxn first. NULL. */
+/** Close the connection; pending callbacks are not called. Commit or abort
+ * every PgTxn first. NULL. */
 Pg *pg_free(Pg *pg);
 static inline void pg_freep(Pg **pg) { if (*pg) pg_free(*pg); }
 
@@ -108,7 +114,8 @@ int pg_txn_begin(Pg *pg, PgTxn **ret);
 /**
  * Add a statement (parameters as for pg_query()). fn, which may be NULL,
  * runs only when the statement succeeded, before the transaction's done
- * callback; what it saw counts only if done then gets 0.
+ * callback; what it saw counts only if done then gets 0. A first statement
+ * SET TRANSACTION ISOLATION LEVEL ... sets the isolation.
  */
 int pg_txn_query(PgTxn *t, const char *sql, int nparams, const char *const *values,
                  const int *lengths, const int *formats, pg_result_fn fn, void *userdata);
@@ -122,7 +129,7 @@ PgTxn *pg_txn_abort(PgTxn *t);
 static inline void pg_txn_abortp(PgTxn **t) { if (*t) pg_txn_abort(*t); }
 
 /**
- * LISTEN on channel (any name; quoted here) for as long as the Pg lives,
+ * LISTEN on channel (1 to 63 bytes, any; quoted here) for as long as the Pg lives,
  * again after each reconnect. fn gets every notification on channel, and a
  * resync each time the LISTEN takes effect.
  */

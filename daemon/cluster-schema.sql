@@ -1,0 +1,397 @@
+-- cluster-schema.sql - the cluster backend's metadata in PostgreSQL
+--
+-- Every account's state, as the embedded backend keeps it in meta.db, in
+-- one schema shared by all nodes. Each change is one function call that
+-- answers for itself (applied, already done, or an error code), so a
+-- batch of changes is one transaction sent in one round trip and a
+-- refused change does not abort the others.
+--
+-- Order: every change function first takes the row lock of the account's
+-- row in accounts. Under READ COMMITTED each statement then sees every
+-- change committed before the lock was granted, so base versions are
+-- checked against the account's one total order, whichever node applies
+-- them. The lock is held to the end of the transaction.
+--
+-- Answers: r = 0 applied (version is the new sequence), 1 already done
+-- (version is the entry's), or a negative errno as the embedded backend
+-- gives it: -116 ESTALE (conflict), -2 ENOENT (missing entry or parent),
+-- -22 EINVAL (a move into itself, a path that would grow too long).
+-- Paths are bytes (bytea), checked against the path rules by the server
+-- before they get here.
+
+CREATE TABLE IF NOT EXISTS bs_accounts (
+        id text PRIMARY KEY,
+        key_hash text NOT NULL,
+        seq bigint NOT NULL DEFAULT 0,
+        log_floor bigint NOT NULL DEFAULT 0,
+        created bigint NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS bs_entries (
+        account text NOT NULL REFERENCES bs_accounts(id) ON DELETE CASCADE,
+        path bytea NOT NULL,
+        kind smallint NOT NULL,
+        size bigint NOT NULL,
+        mode integer NOT NULL,
+        mtime_ns bigint NOT NULL,
+        sha bytea,            -- files only
+        target bytea,         -- symlinks only
+        version bigint NOT NULL,
+        device bytea,
+        since bigint NOT NULL, -- where the current state began (differs from version below a moved directory)
+        time bigint NOT NULL,
+        PRIMARY KEY (account, path)
+);
+CREATE INDEX IF NOT EXISTS bs_entries_sha ON bs_entries (account, sha) WHERE sha IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS bs_log (
+        account text NOT NULL REFERENCES bs_accounts(id) ON DELETE CASCADE,
+        seq bigint NOT NULL,
+        device bytea,
+        op smallint NOT NULL,
+        kind smallint NOT NULL,
+        path bytea NOT NULL,
+        path2 bytea,
+        size bigint NOT NULL,
+        mode integer NOT NULL,
+        mtime_ns bigint NOT NULL,
+        sha bytea,
+        time bigint NOT NULL,
+        PRIMARY KEY (account, seq)
+);
+
+-- Each state an entry left, with the sequences and times it began and ended.
+CREATE TABLE IF NOT EXISTS bs_versions (
+        account text NOT NULL REFERENCES bs_accounts(id) ON DELETE CASCADE,
+        id bigserial,
+        path bytea NOT NULL,
+        version bigint NOT NULL,
+        kind smallint NOT NULL,
+        sha bytea,
+        size bigint NOT NULL,
+        mode integer NOT NULL,
+        mtime_ns bigint NOT NULL,
+        target bytea,
+        device bytea,
+        since bigint NOT NULL,
+        since_time bigint,
+        replaced_seq bigint NOT NULL,
+        until_time bigint NOT NULL,
+        PRIMARY KEY (account, id)
+);
+CREATE INDEX IF NOT EXISTS bs_versions_path ON bs_versions (account, path);
+CREATE INDEX IF NOT EXISTS bs_versions_sha ON bs_versions (account, sha) WHERE sha IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS bs_devices (
+        account text NOT NULL REFERENCES bs_accounts(id) ON DELETE CASCADE,
+        id bytea NOT NULL,
+        name text,
+        first_seen bigint NOT NULL,
+        last_seen bigint NOT NULL,
+        PRIMARY KEY (account, id)
+);
+
+-- Contents the object store holds for an account: a row only once its
+-- object was stored, so a name in bs_entries or bs_versions never points
+-- at a missing object.
+CREATE TABLE IF NOT EXISTS bs_objects (
+        account text NOT NULL REFERENCES bs_accounts(id) ON DELETE CASCADE,
+        sha bytea NOT NULL,
+        size bigint NOT NULL,
+        stored bigint NOT NULL,
+        PRIMARY KEY (account, sha)
+);
+
+-- The answer of every change function.
+DO $$ BEGIN
+        CREATE TYPE bs_result AS (r integer, version bigint);
+EXCEPTION WHEN duplicate_object THEN NULL;
+END $$;
+
+-- Kinds and operations as the protocol numbers them (bs-proto.h).
+-- kind: 1 file, 2 dir, 3 symlink; op: 1 put, 2 mkdir, 3 symlink, 4 delete, 5 move.
+
+-- The transaction's time: all changes of a batch agree to the second.
+CREATE OR REPLACE FUNCTION bs_now() RETURNS bigint LANGUAGE sql STABLE AS
+$$ SELECT extract(epoch FROM now())::bigint $$;
+
+-- Take the account's row lock: the total order. False for an unknown account.
+CREATE OR REPLACE FUNCTION bs_lock(a text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+        PERFORM 1 FROM bs_accounts WHERE id = a FOR UPDATE;
+        RETURN FOUND;
+END $$;
+
+-- The lower and upper bounds of "everything below p": [p || '/', p || '0').
+CREATE OR REPLACE FUNCTION bs_below_lo(p bytea) RETURNS bytea LANGUAGE sql IMMUTABLE AS
+$$ SELECT p || '\x2f'::bytea $$;
+CREATE OR REPLACE FUNCTION bs_below_hi(p bytea) RETURNS bytea LANGUAGE sql IMMUTABLE AS
+$$ SELECT p || '\x30'::bytea $$;
+
+-- The parent of p, or NULL at the top.
+CREATE OR REPLACE FUNCTION bs_parent(p bytea) RETURNS bytea LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+        i integer;
+BEGIN
+        FOR i IN REVERSE length(p) .. 1 LOOP
+                IF get_byte(p, i - 1) = 47 THEN
+                        RETURN substring(p FROM 1 FOR i - 1);
+                END IF;
+        END LOOP;
+        RETURN NULL;
+END $$;
+
+-- True when p's parent is a directory entry (or p is at the top).
+CREATE OR REPLACE FUNCTION bs_parent_ok(a text, p bytea) RETURNS boolean LANGUAGE sql STABLE AS $$
+        SELECT bs_parent(p) IS NULL OR EXISTS (
+                SELECT 1 FROM bs_entries WHERE account = a AND path = bs_parent(p) AND kind = 2)
+$$;
+
+-- The next sequence of a locked account.
+CREATE OR REPLACE FUNCTION bs_next_seq(a text) RETURNS bigint LANGUAGE sql AS $$
+        UPDATE bs_accounts SET seq = seq + 1 WHERE id = a RETURNING seq
+$$;
+
+-- The states of p (and with below, of everything below it) end at until.
+CREATE OR REPLACE FUNCTION bs_history_close(a text, p bytea, below boolean, until bigint) RETURNS void
+LANGUAGE sql AS $$
+        INSERT INTO bs_versions (account, path, version, kind, sha, size, mode, mtime_ns, target, device,
+                                 since, since_time, replaced_seq, until_time)
+        SELECT account, path, version, kind, sha, size, mode, mtime_ns, target, device,
+               since, time, until, bs_now()
+        FROM bs_entries
+        WHERE account = a AND (path = p OR (below AND path >= bs_below_lo(p) AND path < bs_below_hi(p)))
+$$;
+
+CREATE OR REPLACE FUNCTION bs_log_add(a text, s bigint, dev bytea, o smallint, e bs_entries, p bytea, p2 bytea)
+RETURNS void LANGUAGE sql AS $$
+        INSERT INTO bs_log (account, seq, device, op, kind, path, path2, size, mode, mtime_ns, sha, time)
+        VALUES (a, s, dev, o, e.kind, p, p2, e.size, e.mode, e.mtime_ns, e.sha, bs_now())
+$$;
+
+CREATE OR REPLACE FUNCTION bs_entry_set(e bs_entries) RETURNS void LANGUAGE sql AS $$
+        INSERT INTO bs_entries VALUES (e.*)
+        ON CONFLICT (account, path) DO UPDATE SET
+                kind = excluded.kind, size = excluded.size, mode = excluded.mode,
+                mtime_ns = excluded.mtime_ns, sha = excluded.sha, target = excluded.target,
+                version = excluded.version, device = excluded.device, since = excluded.since,
+                time = excluded.time
+$$;
+
+-- A file's new content. The object is stored already (bs_objects).
+CREATE OR REPLACE FUNCTION bs_put(a text, dev bytea, p bytea, base bigint, sz bigint, md integer,
+                                  mt bigint, h bytea) RETURNS bs_result LANGUAGE plpgsql AS $$
+DECLARE
+        e bs_entries;
+        had boolean;
+        s bigint;
+BEGIN
+        IF NOT bs_lock(a) OR NOT bs_parent_ok(a, p) THEN
+                RETURN (-2, 0::bigint);
+        END IF;
+        SELECT * INTO e FROM bs_entries WHERE account = a AND path = p;
+        had := FOUND;
+        IF had AND e.kind <> 1 THEN
+                RETURN (-116, 0::bigint);
+        END IF;
+        -- A repeat whose ACK was lost, or the same save again. The same
+        -- content with another mode or mtime on an old base is another
+        -- computer's change: a conflict.
+        IF had AND e.sha = h AND (e.mode & 4095) = (md & 4095) AND e.mtime_ns = mt THEN
+                RETURN (1, e.version);
+        END IF;
+        IF COALESCE(e.version, 0) <> base THEN
+                RETURN (-116, 0::bigint);
+        END IF;
+        s := bs_next_seq(a);
+        IF had THEN
+                PERFORM bs_history_close(a, p, false, s);
+        END IF;
+        e := ROW(a, p, 1, sz, md & 4095, mt, h, NULL, s, dev, s, bs_now());
+        PERFORM bs_entry_set(e);
+        PERFORM bs_log_add(a, s, dev, 1::smallint, e, p, NULL);
+        RETURN (0, s);
+END $$;
+
+-- A file's new mode and mtime, its content (h) unchanged.
+CREATE OR REPLACE FUNCTION bs_attr(a text, dev bytea, p bytea, base bigint, md integer, mt bigint, h bytea)
+RETURNS bs_result LANGUAGE plpgsql AS $$
+DECLARE
+        e bs_entries;
+        s bigint;
+BEGIN
+        IF NOT bs_lock(a) OR NOT bs_parent_ok(a, p) THEN
+                RETURN (-2, 0::bigint);
+        END IF;
+        SELECT * INTO e FROM bs_entries WHERE account = a AND path = p;
+        IF NOT FOUND THEN
+                RETURN (-2, 0::bigint);
+        END IF;
+        IF e.kind <> 1 OR e.sha <> h THEN
+                RETURN (-116, 0::bigint);
+        END IF;
+        IF (e.mode & 4095) = (md & 4095) AND e.mtime_ns = mt THEN
+                RETURN (1, e.version);
+        END IF;
+        IF base <> e.version THEN
+                RETURN (-116, 0::bigint);
+        END IF;
+        s := bs_next_seq(a);
+        PERFORM bs_history_close(a, p, false, s);
+        e.mode := md & 4095;
+        e.mtime_ns := mt;
+        e.version := s;
+        e.since := s;
+        e.device := dev;
+        e.time := bs_now();
+        PERFORM bs_entry_set(e);
+        PERFORM bs_log_add(a, s, dev, 1::smallint, e, p, NULL);
+        RETURN (0, s);
+END $$;
+
+-- A new directory, or a new mode for one (the last one sent wins: a
+-- directory holds no content to lose).
+CREATE OR REPLACE FUNCTION bs_mkdir(a text, dev bytea, p bytea, base bigint, md integer, mt bigint)
+RETURNS bs_result LANGUAGE plpgsql AS $$
+DECLARE
+        e bs_entries;
+        s bigint;
+BEGIN
+        IF NOT bs_lock(a) OR NOT bs_parent_ok(a, p) THEN
+                RETURN (-2, 0::bigint);
+        END IF;
+        SELECT * INTO e FROM bs_entries WHERE account = a AND path = p;
+        IF FOUND AND e.kind = 2 THEN
+                IF (e.mode & 4095) = (md & 4095) THEN
+                        RETURN (1, e.version);
+                END IF;
+                s := bs_next_seq(a);
+                PERFORM bs_history_close(a, p, false, s);
+                e.mode := md & 4095;
+                e.version := s;
+                e.since := s;
+                e.device := dev;
+                e.time := bs_now();
+        ELSIF FOUND OR base <> 0 THEN
+                RETURN (-116, 0::bigint);
+        ELSE
+                s := bs_next_seq(a);
+                e := ROW(a, p, 2, 0, md & 4095, mt, NULL, NULL, s, dev, s, bs_now());
+        END IF;
+        PERFORM bs_entry_set(e);
+        PERFORM bs_log_add(a, s, dev, 2::smallint, e, p, NULL);
+        RETURN (0, s);
+END $$;
+
+CREATE OR REPLACE FUNCTION bs_symlink(a text, dev bytea, p bytea, base bigint, tgt bytea, mt bigint)
+RETURNS bs_result LANGUAGE plpgsql AS $$
+DECLARE
+        e bs_entries;
+        had boolean;
+        s bigint;
+BEGIN
+        IF length(tgt) = 0 OR length(tgt) > 4096 THEN
+                RETURN (-22, 0::bigint);
+        END IF;
+        IF NOT bs_lock(a) OR NOT bs_parent_ok(a, p) THEN
+                RETURN (-2, 0::bigint);
+        END IF;
+        SELECT * INTO e FROM bs_entries WHERE account = a AND path = p;
+        had := FOUND;
+        IF had AND e.kind = 3 AND e.target = tgt THEN
+                RETURN (1, e.version);
+        END IF;
+        IF (had AND e.kind <> 3) OR COALESCE(e.version, 0) <> base THEN
+                RETURN (-116, 0::bigint);
+        END IF;
+        s := bs_next_seq(a);
+        IF had THEN
+                PERFORM bs_history_close(a, p, false, s);
+        END IF;
+        e := ROW(a, p, 3, length(tgt), 511, mt, NULL, tgt, s, dev, s, bs_now());
+        PERFORM bs_entry_set(e);
+        PERFORM bs_log_add(a, s, dev, 3::smallint, e, p, tgt);
+        RETURN (0, s);
+END $$;
+
+-- Delete p and, for a directory, everything below it; all kept as history.
+CREATE OR REPLACE FUNCTION bs_delete(a text, dev bytea, p bytea, base bigint)
+RETURNS bs_result LANGUAGE plpgsql AS $$
+DECLARE
+        e bs_entries;
+        s bigint;
+BEGIN
+        IF NOT bs_lock(a) THEN
+                RETURN (-2, 0::bigint);
+        END IF;
+        SELECT * INTO e FROM bs_entries WHERE account = a AND path = p;
+        IF NOT FOUND THEN
+                RETURN (1, 0::bigint);
+        END IF;
+        IF base <> e.version THEN
+                RETURN (-116, 0::bigint);
+        END IF;
+        s := bs_next_seq(a);
+        PERFORM bs_history_close(a, p, e.kind = 2, s);
+        DELETE FROM bs_entries WHERE account = a
+                AND (path = p OR (path >= bs_below_lo(p) AND path < bs_below_hi(p)));
+        e.device := dev;
+        PERFORM bs_log_add(a, s, dev, 4::smallint, e, p, NULL);
+        RETURN (0, s);
+END $$;
+
+-- Move src to dst; an entry at dst (base_dst <> 0) is replaced and kept.
+-- Entries below a moved directory keep their versions (an agent's base)
+-- but their state at the new path begins now.
+CREATE OR REPLACE FUNCTION bs_move(a text, dev bytea, src bytea, base_src bigint, dst bytea, base_dst bigint)
+RETURNS bs_result LANGUAGE plpgsql AS $$
+DECLARE
+        e bs_entries;
+        t bs_entries;
+        s bigint;
+BEGIN
+        -- Into itself, onto itself, or over its own parent.
+        IF src = dst OR position(bs_below_lo(src) IN dst) = 1 OR position(bs_below_lo(dst) IN src) = 1 THEN
+                RETURN (-22, 0::bigint);
+        END IF;
+        IF NOT bs_lock(a) THEN
+                RETURN (-2, 0::bigint);
+        END IF;
+        SELECT * INTO e FROM bs_entries WHERE account = a AND path = src;
+        SELECT * INTO t FROM bs_entries WHERE account = a AND path = dst;
+        IF e.path IS NULL OR e.version <> base_src OR COALESCE(t.version, 0) <> base_dst THEN
+                RETURN (-116, 0::bigint);
+        END IF;
+        IF NOT bs_parent_ok(a, src) OR NOT bs_parent_ok(a, dst) THEN
+                RETURN (-2, 0::bigint);
+        END IF;
+        -- The rewritten paths below must still fit the path rules.
+        IF e.kind = 2 AND length(dst) > length(src) AND EXISTS (
+                SELECT 1 FROM bs_entries WHERE account = a AND path >= bs_below_lo(src)
+                        AND path < bs_below_hi(src) AND length(path) + length(dst) - length(src) > 4096) THEN
+                RETURN (-22, 0::bigint);
+        END IF;
+        s := bs_next_seq(a);
+        IF t.path IS NOT NULL THEN
+                PERFORM bs_history_close(a, dst, t.kind = 2, s);
+                DELETE FROM bs_entries WHERE account = a
+                        AND (path = dst OR (path >= bs_below_lo(dst) AND path < bs_below_hi(dst)));
+        END IF;
+        PERFORM bs_history_close(a, src, true, s);
+        UPDATE bs_entries SET path = dst || substring(path FROM length(src) + 1), since = s, time = bs_now()
+                WHERE account = a AND path >= bs_below_lo(src) AND path < bs_below_hi(src);
+        DELETE FROM bs_entries WHERE account = a AND path = src;
+        e.path := dst;
+        e.version := s;
+        e.since := s;
+        e.device := dev;
+        e.time := bs_now();
+        PERFORM bs_entry_set(e);
+        PERFORM bs_log_add(a, s, dev, 5::smallint, e, src, dst);
+        RETURN (0, s);
+END $$;
+
+-- Tell every node that a's sequence advanced (delivered at commit).
+CREATE OR REPLACE FUNCTION bs_announce(a text) RETURNS void LANGUAGE sql AS $$
+        SELECT pg_notify('backupsync', a || ' ' || seq) FROM bs_accounts WHERE id = a
+$$;

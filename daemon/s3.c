@@ -126,6 +126,7 @@ struct S3 {
         unsigned max_connections;
         uint64_t retry_usec;
         unsigned n_active;
+        uint64_t connects;               /* connections opened, for s3_connects() */
         bool curl_global;                /* curl_global_init() to balance */
         S3Request *requests;
         S3Request *queue_head, *queue_tail;
@@ -1088,7 +1089,11 @@ static void request_finished(S3Request *req, CURLcode cc) {
         char s3code[64];
         int r;
 
+        long connects = 0;
+
         (void) curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE, &code);
+        if (curl_easy_getinfo(req->easy, CURLINFO_NUM_CONNECTS, &connects) == CURLE_OK && connects > 0)
+                s->connects += (uint64_t) connects;
         if (req->abort_r < 0)
                 r = req->abort_r;
         else if (cc != CURLE_OK) {
@@ -1524,6 +1529,10 @@ bool s3_request_truncated(S3Request *req) {
 
 const char *s3_request_error(S3Request *req) {
         return req->error;
+}
+
+uint64_t s3_connects(S3 *s) {
+        return s->connects;
 }
 
 unsigned s3_request_attempts(S3Request *req) {

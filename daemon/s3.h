@@ -24,7 +24,8 @@
  *   -EFBIG      the object is larger than the store accepts (EntityTooLarge)
  *   -EEXIST     create_bucket: the name is taken by another owner
  *   -EBADMSG    the answer is not what was asked (longer body, wrong range,
- *               malformed XML or header, a listing out of order)
+ *               malformed XML or header, a listing out of order), or the
+ *               store found the body corrupted (XAmzContentSHA256Mismatch)
  *   -ETIMEDOUT  retryable failures went on for longer than retry_usec
  *   -EINVAL, -EIO, -ENOMEM, -errno of pread/pwrite on the caller's fd
  * s3_request_error() gives the store's code and message (or curl's
@@ -70,6 +71,8 @@ typedef void (*s3_done_fn)(S3Request *req, int r, void *userdata);
 
 /** A client for one bucket on event's loop; the configuration's strings are copied. */
 int s3_new(S3 **ret, sd_event *event, const S3Config *c);
+/** How many connections the client opened so far: few, when they are reused. */
+uint64_t s3_connects(S3 *s);
 /** Cancel every pending request without calling back and free the client; NULL.
  * Not from inside a done callback. */
 S3 *s3_free(S3 *s);

@@ -92,6 +92,7 @@ struct S3Request {
         size_t err_len;
         bool err_mode;                   /* this attempt's body is an error document */
         bool mode_known;
+        bool err_overflow;               /* the error document was cut short */
         int abort_r;                     /* why a callback stopped the transfer */
         int start_r;                     /* why it could not be started: reported from the loop */
 
@@ -645,16 +646,21 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata) {
         size_t n = size * nmemb;
 
         if (body_is_error(req)) {
-                /* Keep the start of an error document, drop the rest. */
+                /* Keep the start of an error document; a longer one is not
+                 * one, and ends the transfer rather than being read on. */
                 size_t take = MIN(n, (size_t) ERROR_BODY_MAX - req->err_len);
-                if (take > 0) {
+                if (!req->err_body) {
+                        req->err_body = malloc(ERROR_BODY_MAX);
                         if (!req->err_body) {
-                                req->err_body = malloc(ERROR_BODY_MAX + 1);
-                                if (!req->err_body)
-                                        return n;
+                                req->abort_r = -ENOMEM;
+                                return 0;
                         }
-                        memcpy(req->err_body + req->err_len, ptr, take);
-                        req->err_len += take;
+                }
+                memcpy(req->err_body + req->err_len, ptr, take);
+                req->err_len += take;
+                if (take < n) {
+                        req->err_overflow = true;
+                        return 0;
                 }
                 return n;
         }
@@ -662,16 +668,46 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata) {
         uint64_t limit;
         switch (req->op) {
         case OP_GET:
-                limit = req->want_len == UINT64_MAX ? S3_GET_MEMORY_MAX : req->want_len;
+        case OP_GET_FD: {
+                curl_off_t cl = -1;
+                limit = req->op == OP_GET_FD ? UINT64_MAX :
+                        req->want_len == UINT64_MAX ? S3_GET_MEMORY_MAX : req->want_len;
+                /* S3 always says how long an object's body is; without it
+                 * nothing would bound what a broken store sends. */
+                if (req->got == 0 &&
+                    (curl_easy_getinfo(req->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl) != CURLE_OK || cl < 0)) {
+                        req->abort_r = -EBADMSG;
+                        set_error(req, "an object's body without Content-Length");
+                        return 0;
+                }
+                if (req->got == 0 && (uint64_t) cl > limit) {
+                        req->abort_r = -EBADMSG;
+                        set_error(req, "the answer is longer than asked (%" PRIu64 " bytes)", (uint64_t) cl);
+                        return 0;
+                }
+                if (req->op == OP_GET && req->got == 0 && (uint64_t) cl > req->buf_size) {
+                        uint8_t *b = realloc(req->buf, (size_t) cl);
+                        if (!b) {
+                                req->abort_r = -ENOMEM;
+                                return 0;
+                        }
+                        req->buf = b;
+                        req->buf_size = (size_t) cl;
+                }
                 break;
+        }
         case OP_LIST:
                 limit = LIST_BODY_MAX;
                 break;
-        case OP_GET_FD:
-                limit = UINT64_MAX;
-                break;
         default:
-                /* PUT, DELETE and bucket creation answer with nothing we need. */
+                /* PUT, DELETE and bucket creation answer with nothing we
+                 * need: counted only to bound it. */
+                if (n > ERROR_BODY_MAX - req->got) {
+                        req->abort_r = -EBADMSG;
+                        set_error(req, "an unexpected body of more than %u bytes", ERROR_BODY_MAX);
+                        return 0;
+                }
+                req->got += n;
                 return n;
         }
         if (n > limit - req->got) {
@@ -776,7 +812,7 @@ static void attempt_reset(S3Request *req) {
         req->up_pos = 0;
         req->got = 0;
         req->err_len = 0;
-        req->err_mode = req->mode_known = false;
+        req->err_mode = req->mode_known = req->err_overflow = false;
         req->abort_r = 0;
         req->curl_error[0] = 0;
         req->size = UINT64_MAX;
@@ -1096,7 +1132,7 @@ static void request_finished(S3Request *req, CURLcode cc) {
                 s->connects += (uint64_t) connects;
         if (req->abort_r < 0)
                 r = req->abort_r;
-        else if (cc != CURLE_OK) {
+        else if (cc != CURLE_OK && !(cc == CURLE_WRITE_ERROR && req->err_overflow)) {
                 r = curl_error_to_errno(cc, &retry);
                 set_error(req, "%s", req->curl_error[0] ? req->curl_error : curl_easy_strerror(cc));
         } else if (code >= 200 && code < 300)

@@ -102,7 +102,8 @@ int s3_get(S3 *s, const char *key, uint64_t off, uint64_t len,
 /**
  * Write the whole object key into fd with pwrite(), starting at fd's
  * offset at the time of the call (a retry rewrites the same bytes; fd
- * must be seekable). s3_request_size() gives the object's size.
+ * must be seekable; bytes past the object's end are left as they were).
+ * s3_request_size() gives the object's size.
  */
 int s3_get_fd(S3 *s, const char *key, int fd,
               s3_done_fn done, void *userdata, S3Request **ret);

@@ -129,12 +129,15 @@ struct S3 {
         unsigned n_active;
         uint64_t connects;               /* connections opened, for s3_connects() */
         bool curl_global;                /* curl_global_init() to balance */
+        unsigned in_callback;            /* a done callback runs */
+        bool free_requested;             /* s3_free() from it: free once it returns */
         S3Request *requests;
         S3Request *queue_head, *queue_tail;
         S3Socket *sockets;
 };
 
 static void request_free(S3Request *req);
+static void s3_free_now(S3 *s);
 static void s3_process(S3 *s);
 static void s3_start_queued(S3 *s);
 
@@ -353,9 +356,7 @@ int s3_new(S3 **ret, sd_event *event, const S3Config *c) {
         return 0;
 }
 
-S3 *s3_free(S3 *s) {
-        if (!s)
-                return NULL;
+static void s3_free_now(S3 *s) {
         while (s->requests)
                 s3_request_cancel(s->requests);
         if (s->multi)
@@ -379,6 +380,23 @@ S3 *s3_free(S3 *s) {
         if (s->curl_global)
                 curl_global_cleanup();
         free(s);
+}
+
+S3 *s3_free(S3 *s) {
+        if (!s)
+                return NULL;
+        if (s->in_callback > 0) {
+                /* From a done callback: the request calling back is freed
+                 * when it returns, and the client with it. */
+                s->free_requested = true;
+                for (S3Request *req = s->requests, *next; req; req = next) {
+                        next = req->next;
+                        if (req->state != STATE_DONE)
+                                s3_request_cancel(req);
+                }
+                return NULL;
+        }
+        s3_free_now(s);
         return NULL;
 }
 
@@ -819,6 +837,8 @@ static void attempt_reset(S3Request *req) {
 }
 
 static void s3_start_queued(S3 *s) {
+        if (s->free_requested)
+                return;
         while (s->queue_head && s->n_active < s->max_connections) {
                 S3Request *req = s->queue_head;
                 s->queue_head = req->queue_next;
@@ -842,11 +862,21 @@ static void s3_start_queued(S3 *s) {
         }
 }
 
-static void request_complete(S3Request *req, int r) {
+/* Call back and free req; true when the callback freed the client too. */
+static bool request_complete(S3Request *req, int r) {
+        S3 *s = req->s3;
+
         req->state = STATE_DONE;
+        s->in_callback++;
         if (req->done)
                 req->done(req, r, req->userdata);
+        s->in_callback--;
         request_free(req);
+        if (s->free_requested && s->in_callback == 0) {
+                s3_free_now(s);
+                return true;
+        }
+        return false;
 }
 
 static int on_retry(sd_event_source *source, uint64_t usec, void *userdata) {
@@ -854,7 +884,8 @@ static int on_retry(sd_event_source *source, uint64_t usec, void *userdata) {
         S3 *s = req->s3;
 
         if (req->start_r < 0) {
-                request_complete(req, req->start_r);
+                if (!request_complete(req, req->start_r))
+                        s3_start_queued(s);
                 return 0;
         }
         request_enqueue(req);
@@ -1118,7 +1149,8 @@ static const char *error_document(S3Request *req, long code, char *s3code, size_
         return s3code[0] ? s3code : NULL;
 }
 
-static void request_finished(S3Request *req, CURLcode cc) {
+/* True when the callback freed the client. */
+static bool request_finished(S3Request *req, CURLcode cc) {
         S3 *s = req->s3;
         long code = 0;
         bool retry = false;
@@ -1168,7 +1200,7 @@ static void request_finished(S3Request *req, CURLcode cc) {
                         req->state = STATE_BACKOFF;
                         if (sd_event_source_set_time_relative(req->retry_source, delay) >= 0 &&
                             sd_event_source_set_enabled(req->retry_source, SD_EVENT_ONESHOT) >= 0)
-                                return;
+                                return false;
                 }
                 if (s->retry_usec > 0) {
                         char last[sizeof(req->error)];
@@ -1177,7 +1209,7 @@ static void request_finished(S3Request *req, CURLcode cc) {
                         r = -ETIMEDOUT;
                 }
         }
-        request_complete(req, r);
+        return request_complete(req, r);
 }
 
 static void s3_process(S3 *s) {
@@ -1200,7 +1232,8 @@ static void s3_process(S3 *s) {
                         continue;
                 s->n_active--;
                 req->state = STATE_BACKOFF;
-                request_finished(req, cc);
+                if (request_finished(req, cc))
+                        return;
                 s3_start_queued(s);
         }
         s3_start_queued(s);

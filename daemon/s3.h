@@ -74,7 +74,7 @@ int s3_new(S3 **ret, sd_event *event, const S3Config *c);
 /** How many connections the client opened so far: few, when they are reused. */
 uint64_t s3_connects(S3 *s);
 /** Cancel every pending request without calling back and free the client; NULL.
- * Not from inside a done callback. */
+ * From inside a done callback the client goes once that callback returns. */
 S3 *s3_free(S3 *s);
 static inline void s3_freep(S3 **s) { if (*s) s3_free(*s); }
 

@@ -544,6 +544,33 @@ static void on_done_cancel_other(S3Request *req, int r, void *userdata) {
         *other = NULL;
 }
 
+static bool client_freed;
+
+static void on_done_free_client(S3Request *req, int r, void *userdata) {
+        S3 **s = userdata;
+        cr_assert_eq(r, 0);
+        *s = s3_free(*s);
+        client_freed = true;
+}
+
+static void on_done_before_free(S3Request *req, int r, void *userdata) {
+        cr_assert_not(client_freed, "callback after the client was freed: %d", r);
+}
+
+/* Freed from a callback (a shutdown): the others are cancelled, none calls back. */
+Test(s3, free_from_callback) {
+        static uint8_t data[65536];
+        S3 *s = client();
+
+        cr_assert_eq(s3_put(s, "first", "1", 1, on_done_free_client, &s, NULL), 0);
+        for (size_t i = 0; i < 30; i++)
+                cr_assert_eq(s3_put(s, "many", data, sizeof(data), on_done_before_free, NULL, NULL), 0);
+        cr_assert_eq(s3_head(s, "nothing", on_done_before_free, NULL, NULL), 0);
+        while (s)
+                cr_assert_geq(sd_event_run(event, UINT64_MAX), 0);
+        run_for(300000);
+}
+
 Test(s3, cancel) {
         _cleanup_(s3_freep) S3 *s = client();
         _cleanup_(s3_freep) S3 *dead = NULL;

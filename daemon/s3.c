@@ -92,6 +92,7 @@ struct S3Request {
         size_t err_len;
         bool err_mode;                   /* this attempt's body is an error document */
         bool mode_known;
+        bool err_overflow;               /* the error document was cut short */
         int abort_r;                     /* why a callback stopped the transfer */
         int start_r;                     /* why it could not be started: reported from the loop */
 
@@ -128,12 +129,15 @@ struct S3 {
         unsigned n_active;
         uint64_t connects;               /* connections opened, for s3_connects() */
         bool curl_global;                /* curl_global_init() to balance */
+        unsigned in_callback;            /* a done callback runs */
+        bool free_requested;             /* s3_free() from it: free once it returns */
         S3Request *requests;
         S3Request *queue_head, *queue_tail;
         S3Socket *sockets;
 };
 
 static void request_free(S3Request *req);
+static void s3_free_now(S3 *s);
 static void s3_process(S3 *s);
 static void s3_start_queued(S3 *s);
 
@@ -352,9 +356,7 @@ int s3_new(S3 **ret, sd_event *event, const S3Config *c) {
         return 0;
 }
 
-S3 *s3_free(S3 *s) {
-        if (!s)
-                return NULL;
+static void s3_free_now(S3 *s) {
         while (s->requests)
                 s3_request_cancel(s->requests);
         if (s->multi)
@@ -378,6 +380,23 @@ S3 *s3_free(S3 *s) {
         if (s->curl_global)
                 curl_global_cleanup();
         free(s);
+}
+
+S3 *s3_free(S3 *s) {
+        if (!s)
+                return NULL;
+        if (s->in_callback > 0) {
+                /* From a done callback: the request calling back is freed
+                 * when it returns, and the client with it. */
+                s->free_requested = true;
+                for (S3Request *req = s->requests, *next; req; req = next) {
+                        next = req->next;
+                        if (req->state != STATE_DONE)
+                                s3_request_cancel(req);
+                }
+                return NULL;
+        }
+        s3_free_now(s);
         return NULL;
 }
 
@@ -645,16 +664,21 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata) {
         size_t n = size * nmemb;
 
         if (body_is_error(req)) {
-                /* Keep the start of an error document, drop the rest. */
+                /* Keep the start of an error document; a longer one is not
+                 * one, and ends the transfer rather than being read on. */
                 size_t take = MIN(n, (size_t) ERROR_BODY_MAX - req->err_len);
-                if (take > 0) {
+                if (!req->err_body) {
+                        req->err_body = malloc(ERROR_BODY_MAX);
                         if (!req->err_body) {
-                                req->err_body = malloc(ERROR_BODY_MAX + 1);
-                                if (!req->err_body)
-                                        return n;
+                                req->abort_r = -ENOMEM;
+                                return 0;
                         }
-                        memcpy(req->err_body + req->err_len, ptr, take);
-                        req->err_len += take;
+                }
+                memcpy(req->err_body + req->err_len, ptr, take);
+                req->err_len += take;
+                if (take < n) {
+                        req->err_overflow = true;
+                        return 0;
                 }
                 return n;
         }
@@ -662,16 +686,46 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata) {
         uint64_t limit;
         switch (req->op) {
         case OP_GET:
-                limit = req->want_len == UINT64_MAX ? S3_GET_MEMORY_MAX : req->want_len;
+        case OP_GET_FD: {
+                curl_off_t cl = -1;
+                limit = req->op == OP_GET_FD ? UINT64_MAX :
+                        req->want_len == UINT64_MAX ? S3_GET_MEMORY_MAX : req->want_len;
+                /* S3 always says how long an object's body is; without it
+                 * nothing would bound what a broken store sends. */
+                if (req->got == 0 &&
+                    (curl_easy_getinfo(req->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl) != CURLE_OK || cl < 0)) {
+                        req->abort_r = -EBADMSG;
+                        set_error(req, "an object's body without Content-Length");
+                        return 0;
+                }
+                if (req->got == 0 && (uint64_t) cl > limit) {
+                        req->abort_r = -EBADMSG;
+                        set_error(req, "the answer is longer than asked (%" PRIu64 " bytes)", (uint64_t) cl);
+                        return 0;
+                }
+                if (req->op == OP_GET && req->got == 0 && (uint64_t) cl > req->buf_size) {
+                        uint8_t *b = realloc(req->buf, (size_t) cl);
+                        if (!b) {
+                                req->abort_r = -ENOMEM;
+                                return 0;
+                        }
+                        req->buf = b;
+                        req->buf_size = (size_t) cl;
+                }
                 break;
+        }
         case OP_LIST:
                 limit = LIST_BODY_MAX;
                 break;
-        case OP_GET_FD:
-                limit = UINT64_MAX;
-                break;
         default:
-                /* PUT, DELETE and bucket creation answer with nothing we need. */
+                /* PUT, DELETE and bucket creation answer with nothing we
+                 * need: counted only to bound it. */
+                if (n > ERROR_BODY_MAX - req->got) {
+                        req->abort_r = -EBADMSG;
+                        set_error(req, "an unexpected body of more than %u bytes", ERROR_BODY_MAX);
+                        return 0;
+                }
+                req->got += n;
                 return n;
         }
         if (n > limit - req->got) {
@@ -776,13 +830,15 @@ static void attempt_reset(S3Request *req) {
         req->up_pos = 0;
         req->got = 0;
         req->err_len = 0;
-        req->err_mode = req->mode_known = false;
+        req->err_mode = req->mode_known = req->err_overflow = false;
         req->abort_r = 0;
         req->curl_error[0] = 0;
         req->size = UINT64_MAX;
 }
 
 static void s3_start_queued(S3 *s) {
+        if (s->free_requested)
+                return;
         while (s->queue_head && s->n_active < s->max_connections) {
                 S3Request *req = s->queue_head;
                 s->queue_head = req->queue_next;
@@ -806,11 +862,21 @@ static void s3_start_queued(S3 *s) {
         }
 }
 
-static void request_complete(S3Request *req, int r) {
+/* Call back and free req; true when the callback freed the client too. */
+static bool request_complete(S3Request *req, int r) {
+        S3 *s = req->s3;
+
         req->state = STATE_DONE;
+        s->in_callback++;
         if (req->done)
                 req->done(req, r, req->userdata);
+        s->in_callback--;
         request_free(req);
+        if (s->free_requested && s->in_callback == 0) {
+                s3_free_now(s);
+                return true;
+        }
+        return false;
 }
 
 static int on_retry(sd_event_source *source, uint64_t usec, void *userdata) {
@@ -818,7 +884,8 @@ static int on_retry(sd_event_source *source, uint64_t usec, void *userdata) {
         S3 *s = req->s3;
 
         if (req->start_r < 0) {
-                request_complete(req, req->start_r);
+                if (!request_complete(req, req->start_r))
+                        s3_start_queued(s);
                 return 0;
         }
         request_enqueue(req);
@@ -1082,7 +1149,8 @@ static const char *error_document(S3Request *req, long code, char *s3code, size_
         return s3code[0] ? s3code : NULL;
 }
 
-static void request_finished(S3Request *req, CURLcode cc) {
+/* True when the callback freed the client. */
+static bool request_finished(S3Request *req, CURLcode cc) {
         S3 *s = req->s3;
         long code = 0;
         bool retry = false;
@@ -1096,7 +1164,7 @@ static void request_finished(S3Request *req, CURLcode cc) {
                 s->connects += (uint64_t) connects;
         if (req->abort_r < 0)
                 r = req->abort_r;
-        else if (cc != CURLE_OK) {
+        else if (cc != CURLE_OK && !(cc == CURLE_WRITE_ERROR && req->err_overflow)) {
                 r = curl_error_to_errno(cc, &retry);
                 set_error(req, "%s", req->curl_error[0] ? req->curl_error : curl_easy_strerror(cc));
         } else if (code >= 200 && code < 300)
@@ -1132,7 +1200,7 @@ static void request_finished(S3Request *req, CURLcode cc) {
                         req->state = STATE_BACKOFF;
                         if (sd_event_source_set_time_relative(req->retry_source, delay) >= 0 &&
                             sd_event_source_set_enabled(req->retry_source, SD_EVENT_ONESHOT) >= 0)
-                                return;
+                                return false;
                 }
                 if (s->retry_usec > 0) {
                         char last[sizeof(req->error)];
@@ -1141,7 +1209,7 @@ static void request_finished(S3Request *req, CURLcode cc) {
                         r = -ETIMEDOUT;
                 }
         }
-        request_complete(req, r);
+        return request_complete(req, r);
 }
 
 static void s3_process(S3 *s) {
@@ -1164,7 +1232,8 @@ static void s3_process(S3 *s) {
                         continue;
                 s->n_active--;
                 req->state = STATE_BACKOFF;
-                request_finished(req, cc);
+                if (request_finished(req, cc))
+                        return;
                 s3_start_queued(s);
         }
         s3_start_queued(s);

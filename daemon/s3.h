@@ -74,7 +74,7 @@ int s3_new(S3 **ret, sd_event *event, const S3Config *c);
 /** How many connections the client opened so far: few, when they are reused. */
 uint64_t s3_connects(S3 *s);
 /** Cancel every pending request without calling back and free the client; NULL.
- * Not from inside a done callback. */
+ * From inside a done callback the client goes once that callback returns. */
 S3 *s3_free(S3 *s);
 static inline void s3_freep(S3 **s) { if (*s) s3_free(*s); }
 
@@ -102,7 +102,8 @@ int s3_get(S3 *s, const char *key, uint64_t off, uint64_t len,
 /**
  * Write the whole object key into fd with pwrite(), starting at fd's
  * offset at the time of the call (a retry rewrites the same bytes; fd
- * must be seekable). s3_request_size() gives the object's size.
+ * must be seekable; bytes past the object's end are left as they were).
+ * s3_request_size() gives the object's size.
  */
 int s3_get_fd(S3 *s, const char *key, int fd,
               s3_done_fn done, void *userdata, S3Request **ret);

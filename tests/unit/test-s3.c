@@ -544,6 +544,33 @@ static void on_done_cancel_other(S3Request *req, int r, void *userdata) {
         *other = NULL;
 }
 
+static bool client_freed;
+
+static void on_done_free_client(S3Request *req, int r, void *userdata) {
+        S3 **s = userdata;
+        cr_assert_eq(r, 0);
+        *s = s3_free(*s);
+        client_freed = true;
+}
+
+static void on_done_before_free(S3Request *req, int r, void *userdata) {
+        cr_assert_not(client_freed, "callback after the client was freed: %d", r);
+}
+
+/* Freed from a callback (a shutdown): the others are cancelled, none calls back. */
+Test(s3, free_from_callback) {
+        static uint8_t data[65536];
+        S3 *s = client();
+
+        cr_assert_eq(s3_put(s, "first", "1", 1, on_done_free_client, &s, NULL), 0);
+        for (size_t i = 0; i < 30; i++)
+                cr_assert_eq(s3_put(s, "many", data, sizeof(data), on_done_before_free, NULL, NULL), 0);
+        cr_assert_eq(s3_head(s, "nothing", on_done_before_free, NULL, NULL), 0);
+        while (s)
+                cr_assert_geq(sd_event_run(event, UINT64_MAX), 0);
+        run_for(300000);
+}
+
 Test(s3, cancel) {
         _cleanup_(s3_freep) S3 *s = client();
         _cleanup_(s3_freep) S3 *dead = NULL;
@@ -620,39 +647,52 @@ Test(s3, closed_port_gives_up) {
         result_clear(&res);
 }
 
-/* TLS to the endpoint: openssl s_server -WWW serves files over HTTPS, which
- * is all the transport needs (RGW here speaks plain HTTP). */
-Test(s3, tls_verifies_the_endpoint) {
-        char dir[] = "/tmp/bs-test-s3-tls-XXXXXX", cmd[PATH_MAX * 2], cert[PATH_MAX], key[PATH_MAX], port[16];
+static pid_t tls_server = -1;
+
+static void tls_teardown(void) {
+        if (tls_server > 0) {
+                kill(tls_server, SIGTERM);
+                (void) waitpid(tls_server, NULL, 0);
+        }
+        teardown();
+}
+
+/* TLS to the endpoint: Python's http.server behind ssl serves files over
+ * HTTPS, which is all the transport needs (RGW here speaks plain HTTP). */
+Test(s3, tls_verifies_the_endpoint, .fini = tls_teardown) {
+        static const char server[] =
+                "import http.server, ssl, sys\n"
+                "h = http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), http.server.SimpleHTTPRequestHandler)\n"
+                "c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n"
+                "c.load_cert_chain('cert.pem', 'key.pem')\n"
+                "h.socket = c.wrap_socket(h.socket, server_side=True)\n"
+                "h.serve_forever()\n";
+        char dir[] = "/tmp/bs-test-s3-tls-XXXXXX", cmd[PATH_MAX * 2], cert[PATH_MAX], port[16];
         _cleanup_(freep) char *free_endpoint = closed_endpoint(), *endpoint = NULL;
-        char *argv[] = { "openssl", "s_server", "-quiet", "-accept", NULL, "-cert", cert, "-key", key, "-WWW", NULL };
+        char *argv[] = { "python3", "-c", (char *) server, port, NULL };
+        posix_spawn_file_actions_t fa;
         S3Config c = config();
         Result res = {};
-        pid_t pid;
         S3 *s;
 
         cr_assert_not_null(mkdtemp(dir));
         snprintf(cert, sizeof(cert), "%s/cert.pem", dir);
-        snprintf(key, sizeof(key), "%s/key.pem", dir);
         snprintf(cmd, sizeof(cmd),
                  "cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
                  "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout key.pem -out cert.pem 2>/dev/null && "
                  "mkdir %s && printf 'over tls' > %s/obj", dir, bucket, bucket);
         cr_assert_eq(system(cmd), 0);
         snprintf(port, sizeof(port), "%s", strrchr(free_endpoint, ':') + 1);
-        argv[4] = port;
         cr_assert_gt(asprintf(&endpoint, "https://127.0.0.1:%s", port), 0);
-        {
-                posix_spawn_file_actions_t fa;
-                posix_spawn_file_actions_init(&fa);
-                posix_spawn_file_actions_addchdir_np(&fa, dir);
-                posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-                cr_assert_eq(posix_spawnp(&pid, "openssl", &fa, NULL, argv, environ), 0);
-                posix_spawn_file_actions_destroy(&fa);
-        }
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_addchdir_np(&fa, dir);
+        posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+        posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+        cr_assert_eq(posix_spawnp(&tls_server, "python3", &fa, NULL, argv, environ), 0);
+        posix_spawn_file_actions_destroy(&fa);
 
         c.endpoint = endpoint;
-        c.retry_usec = 5000000;   /* refused until s_server listens */
+        c.retry_usec = 5000000;   /* refused until the server listens */
         s = client_with(c);
         WAIT(res, s3_get(s, "obj", 0, UINT64_MAX, on_done, &res, NULL));
         cr_assert_eq(res.r, -EPERM, "an unknown certificate: %d %s", res.r, res.error);
@@ -664,9 +704,6 @@ Test(s3, tls_verifies_the_endpoint) {
         cr_assert_eq(res.len, 8);
         cr_assert_eq(memcmp(res.data, "over tls", 8), 0);
         s3_free(s);
-
-        kill(pid, SIGTERM);
-        cr_assert_eq(waitpid(pid, NULL, 0), pid);
         snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
         cr_assert_eq(system(cmd), 0);
         result_clear(&res);

@@ -21,10 +21,10 @@ typedef struct AccountQuery AccountQuery;
  * path that breaks the rules. Commit before creating one.
  */
 int account_query_new(Account *a, BsHistWhat what, const char *path, uint64_t seq, int64_t time,
-                      uint32_t limit, AccountQuery **ret);
+                      uint32_t limit, const AccountWaker *w, AccountQuery **ret);
 AccountQuery *account_query_free(AccountQuery *q);
 static inline void account_query_freep(AccountQuery **q) { if (*q) account_query_free(*q); }
-/** The sequence the answer is as of. */
+/** The sequence the answer is as of (once next() answered other than -EINPROGRESS). */
 uint64_t account_query_seq(const AccountQuery *q);
-/** Next row: 1, or 0 at the end, or a negative errno. */
+/** Next row: 1, or 0 at the end, -EINPROGRESS (w is told), or a negative errno. */
 int account_query_next(AccountQuery *q, BsHistRow *row);

@@ -1,7 +1,7 @@
 /* account.c - the storage interface: each call goes to the object's implementation
  *
- * Nothing here knows a backend; what can be built from other operations
- * (COPY into an upload, freeing a list) is built here once for all.
+ * Nothing here knows a backend; the checks every implementation needs
+ * (a read within the content) are made here once.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -21,6 +21,10 @@ int backend_account_list(Backend *b, char ***ret, size_t *ret_n) {
         return b->ops->account_list(b, ret, ret_n);
 }
 
+void backend_set_watch(Backend *b, backend_watch_fn fn, void *userdata) {
+        b->ops->set_watch(b, fn, userdata);
+}
+
 char **account_list_free(char **ids, size_t n) {
         for (size_t i = 0; i < n; i++)
                 free(ids[i]);
@@ -32,6 +36,14 @@ Backend *backend_free(Backend *b) {
         if (b)
                 b->ops->free(b);
         return NULL;
+}
+
+int account_wait(Account *a, const AccountWaker *w) {
+        return a->ops->wait(a, w);
+}
+
+void account_forget_waker(Account *a, const AccountWaker *w) {
+        a->ops->forget_waker(a, w);
 }
 
 Account *account_free(Account *a) {
@@ -56,12 +68,22 @@ int account_device_seen(Account *a, const uint8_t device[BS_DEVICE_LEN], const c
         return a->ops->device_seen(a, device, name);
 }
 
-bool account_in_transaction(const Account *a) {
-        return a->ops->in_transaction(a);
+int account_batch_new(Account *a, AccountBatch **ret) {
+        return a->ops->batch_new(a, ret);
 }
 
-int account_commit(Account *a) {
-        return a->ops->commit(a);
+int account_batch_commit(AccountBatch *b, const AccountWaker *w) {
+        return b->ops->batch_commit(b, w);
+}
+
+int account_batch_answer(AccountBatch *b, unsigned i, uint64_t *ret_version) {
+        return b->ops->batch_answer(b, i, ret_version);
+}
+
+AccountBatch *account_batch_free(AccountBatch *b) {
+        if (b)
+                b->ops->batch_free(b);
+        return NULL;
 }
 
 bool account_needs_recovery(const Account *a) {
@@ -96,63 +118,49 @@ int account_upload_write(AccountUpload *u, const void *p, size_t n, uint64_t lim
         return u->ops->upload_write(u, p, n, limit);
 }
 
-int account_upload_copy(AccountUpload *u, AccountContent *src, uint64_t off, uint64_t len, uint64_t limit) {
-        /* One server thread: a static buffer is never shared. */
-        static uint8_t buf[BS_CHUNK];
-        uint64_t size = src->info.size;
-
-        if (off > size || len > size - off)
-                return -EBADMSG;
-        while (len > 0) {
-                size_t n = (size_t) MIN((uint64_t) sizeof(buf), len);
-                int r = account_content_read(src, off, buf, n);
-                r = r ?: account_upload_write(u, buf, n, limit);
-                if (r < 0)
-                        return r;
-                off += n;
-                len -= n;
-        }
-        return 0;
-}
-
 AccountUpload *account_upload_free(AccountUpload *u) {
         if (u)
                 u->ops->upload_free(u);
         return NULL;
 }
 
-int account_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
+int account_put(AccountBatch *b, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
                 uint64_t size, uint32_t mode, int64_t mtime_ns, const uint8_t sha[BS_SHA_LEN], uint64_t *ret_version) {
-        return a->ops->put(a, u, device, path, base, size, mode, mtime_ns, sha, ret_version);
+        return b->ops->put(b, u, device, path, base, size, mode, mtime_ns, sha, ret_version);
 }
 
-int account_attr(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base, uint32_t mode,
+int account_attr(AccountBatch *b, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base, uint32_t mode,
                  int64_t mtime_ns, const uint8_t sha[BS_SHA_LEN], uint64_t *ret_version) {
-        return a->ops->attr(a, device, path, base, mode, mtime_ns, sha, ret_version);
+        return b->ops->attr(b, device, path, base, mode, mtime_ns, sha, ret_version);
 }
 
-int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base, uint32_t mode,
+int account_mkdir(AccountBatch *b, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base, uint32_t mode,
                   int64_t mtime_ns, uint64_t *ret_version) {
-        return a->ops->mkdir(a, device, path, base, mode, mtime_ns, ret_version);
+        return b->ops->mkdir(b, device, path, base, mode, mtime_ns, ret_version);
 }
 
-int account_symlink(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
+int account_symlink(AccountBatch *b, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
                     const char *target, int64_t mtime_ns, uint64_t *ret_version) {
-        return a->ops->symlink(a, device, path, base, target, mtime_ns, ret_version);
+        return b->ops->symlink(b, device, path, base, target, mtime_ns, ret_version);
 }
 
-int account_delete(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
+int account_delete(AccountBatch *b, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
                    uint64_t *ret_version) {
-        return a->ops->delete(a, device, path, base, ret_version);
+        return b->ops->delete(b, device, path, base, ret_version);
 }
 
-int account_move(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *from, uint64_t base_from,
+int account_move(AccountBatch *b, const uint8_t device[BS_DEVICE_LEN], const char *from, uint64_t base_from,
                  const char *to, uint64_t base_to, uint64_t *ret_version) {
-        return a->ops->move(a, device, from, base_from, to, base_to, ret_version);
+        return b->ops->move(b, device, from, base_from, to, base_to, ret_version);
 }
 
-int account_content_open(Account *a, const uint8_t sha[BS_SHA_LEN], const char *path, AccountContent **ret) {
-        return a->ops->content_open(a, sha, path, ret);
+int account_content_open(Account *a, const uint8_t sha[BS_SHA_LEN], const char *path, const AccountWaker *w,
+                         AccountContent **ret) {
+        return a->ops->content_open(a, sha, path, w, ret);
+}
+
+int account_content_wait(AccountContent *c) {
+        return c->ops->content_wait(c);
 }
 
 AccountContent *account_content_free(AccountContent *c) {
@@ -172,11 +180,11 @@ int account_content_read(AccountContent *c, uint64_t off, void *buf, size_t n) {
 }
 
 void account_content_prefetch(AccountContent *c, uint64_t len) {
-        c->ops->content_prefetch(c, MIN(len, c->info.size));
+        c->ops->content_prefetch(c, len);
 }
 
-int account_cursor_new(Account *a, uint64_t since, AccountCursor **ret) {
-        return a->ops->cursor_new(a, since, ret);
+int account_cursor_new(Account *a, uint64_t since, const AccountWaker *w, AccountCursor **ret) {
+        return a->ops->cursor_new(a, since, w, ret);
 }
 
 AccountCursor *account_cursor_free(AccountCursor *c) {
@@ -198,8 +206,8 @@ int account_cursor_next(AccountCursor *c, BsRecord *rec) {
 }
 
 int account_query_new(Account *a, BsHistWhat what, const char *path, uint64_t seq, int64_t time, uint32_t limit,
-                      AccountQuery **ret) {
-        return a->ops->query_new(a, what, path, seq, time, limit, ret);
+                      const AccountWaker *w, AccountQuery **ret) {
+        return a->ops->query_new(a, what, path, seq, time, limit, w, ret);
 }
 
 AccountQuery *account_query_free(AccountQuery *q) {

@@ -3,11 +3,16 @@
  * The server talks to accounts only through this interface, and does not
  * know which implementation is behind it: the embedded backend (local.h:
  * SQLite and plain files on one machine) or the cluster backend. A
- * Backend opens and creates accounts; an Account takes changes, checked
- * against each path's current version and recorded as one change-log
- * record each. Changes join the open batch; nothing is durable, and so
- * nothing may be acknowledged, until account_commit(). A session commits
- * its batch before it reads (account-read.h, account-history.h).
+ * Backend opens and creates accounts; an Account takes changes in
+ * batches, each change checked against its path's current version and
+ * recorded as one change-log record. Nothing in a batch is durable, and
+ * so nothing of it may be acknowledged, before account_batch_commit()
+ * succeeded. A session commits its batch before it reads
+ * (account-read.h, account-history.h).
+ *
+ * A backend that must ask the network answers -EINPROGRESS where this
+ * says so, and calls the AccountWaker it was given, on the event loop,
+ * when the answer is there; the embedded backend always answers at once.
  *
  * Errors are negative errno values with these meanings for the protocol:
  * -ESTALE base is not the current version (CONFLICT), -ENOENT missing
@@ -29,6 +34,7 @@
 
 typedef struct Backend Backend;
 typedef struct Account Account;
+typedef struct AccountBatch AccountBatch;
 typedef struct AccountCursor AccountCursor;
 
 /* The current state of one path, as kept in the entries table. */
@@ -52,6 +58,12 @@ typedef struct AccountUpload AccountUpload;
  * readable while the path it came from changes. */
 typedef struct AccountContent AccountContent;
 
+/* Whom to tell when an answer given as -EINPROGRESS is there. */
+typedef struct AccountWaker {
+        void (*fn)(void *userdata);
+        void *userdata;
+} AccountWaker;
+
 /* What a stored content is, as the entry or version it was found by says. */
 typedef struct AccountContentInfo {
         uint64_t size;
@@ -62,19 +74,27 @@ typedef struct AccountContentInfo {
 
 /**
  * Create a new account with a fresh unique ID and key. token receives
- * "ID-KEY" (BS_TOKEN_MAX + 1 bytes); only its hash is kept.
+ * "ID-KEY" (BS_TOKEN_MAX + 1 bytes; with -EINPROGRESS, by the time
+ * account_wait() answers 0, so it must stay valid until then); only its
+ * hash is kept. 0 or -EINPROGRESS, and then *ret is the account.
  */
 int backend_account_create(Backend *b, Account **ret, char *token);
 
 /**
  * Open an existing account: -ENOENT when there is no such (complete)
- * account. What interrupted uploads left is removed.
+ * account. What interrupted uploads left is removed. 0 or -EINPROGRESS
+ * (see account_wait()), and then *ret is the account.
  */
 int backend_account_open(Backend *b, const char *id, Account **ret);
 
 /** The IDs of the accounts. Free with account_list_free(). */
 int backend_account_list(Backend *b, char ***ret, size_t *ret_n);
 char **account_list_free(char **ids, size_t n);
+
+/* An account's sequence advanced through another server node. */
+typedef void (*backend_watch_fn)(void *userdata, const char *id, uint64_t seq);
+/** Be told of every account advanced elsewhere (never by this process's own commits). */
+void backend_set_watch(Backend *b, backend_watch_fn fn, void *userdata);
 
 /** Close the backend; every account must be closed first. Returns NULL. */
 Backend *backend_free(Backend *b);
@@ -94,6 +114,15 @@ int account_verify(Account *a, bool repair, bool hash_all, account_verify_fn rep
 /** True when the account was not closed cleanly (the server was killed). */
 bool account_needs_recovery(const Account *a);
 
+/**
+ * 0 once the account is open (or created: then the token is filled in),
+ * -EINPROGRESS while it is being opened (w is told), or what opening
+ * found: -ENOENT for no such account.
+ */
+int account_wait(Account *a, const AccountWaker *w);
+/** Forget w, given to account_wait() by a caller that goes away. */
+void account_forget_waker(Account *a, const AccountWaker *w);
+
 /** Close the account; an open transaction is rolled back. Returns NULL. */
 Account *account_free(Account *a);
 static inline void account_freep(Account **a) { if (*a) account_free(*a); }
@@ -108,10 +137,27 @@ bool account_key_valid(Account *a, const char *key);
 /** Remember a device (id and readable name) that connected now. */
 int account_device_seen(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *name);
 
-/** True while changes wait for account_commit(). */
-bool account_in_transaction(const Account *a);
-/** Make the pending changes durable. On failure they are rolled back. */
-int account_commit(Account *a);
+/** Start a batch of changes on a (one at a time per caller). */
+int account_batch_new(Account *a, AccountBatch **ret);
+/**
+ * Make the batch's changes durable: 0 when they are, -EINPROGRESS when
+ * the waker will be told (then call again: it answers the outcome), or a
+ * negative errno: none of it is durable, and no answer of it may be sent.
+ */
+int account_batch_commit(AccountBatch *b, const AccountWaker *w);
+/**
+ * The answer of the batch's change number i (from 0, in the order they
+ * were made) that was answered -EINPROGRESS, once the commit succeeded:
+ * as the change would have answered, with *ret_version.
+ */
+int account_batch_answer(AccountBatch *b, unsigned i, uint64_t *ret_version);
+/**
+ * Drop a batch. Of one not committed nothing may be acknowledged; whether
+ * it becomes durable is the backend's choice (the embedded one commits
+ * what its tree already holds). Returns NULL.
+ */
+AccountBatch *account_batch_free(AccountBatch *b);
+static inline void account_batch_freep(AccountBatch **b) { if (*b) account_batch_free(*b); }
 
 /* What the history keeps, in seconds (see local-prune.c). */
 typedef struct AccountRetention {
@@ -154,25 +200,19 @@ int account_put_check(Account *a, const char *path, uint64_t base, uint64_t size
 int account_upload_begin(Account *a, AccountUpload **ret);
 /** Append bytes to an upload; -EFBIG once it would pass limit. */
 int account_upload_write(AccountUpload *u, const void *p, size_t n, uint64_t limit);
-/**
- * Append len bytes of stored content src, from offset off, to an upload
- * (COPY): -EBADMSG when the range is not within src, -EFBIG once the
- * upload would pass limit.
- */
-int account_upload_copy(AccountUpload *u, AccountContent *src, uint64_t off, uint64_t len, uint64_t limit);
 /** Drop an upload and what it wrote. Returns NULL. */
 AccountUpload *account_upload_free(AccountUpload *u);
 static inline void account_upload_freep(AccountUpload **u) { if (*u) account_upload_free(*u); }
 
 /**
- * Finish an upload as path. Checks size and SHA-256, re-checks base, keeps
- * the replaced content as a version and records the change, durable with
- * the rest of its batch at account_commit().
- * The upload is consumed (freed), whatever the outcome. Returns 0 (applied; *ret_version is the new
- * sequence), 1 (the file already had this content; *ret_version is its
- * version), or a negative errno.
+ * Finish an upload as path, in batch b. Checks size and SHA-256, re-checks
+ * base, keeps the replaced content as a version and records the change.
+ * The upload is consumed (freed), whatever the outcome. Returns 0
+ * (applied; *ret_version is the new sequence), 1 (the file already had
+ * this content; *ret_version is its version), a negative errno, or
+ * -EINPROGRESS: the answer comes with the commit (account_batch_answer()).
  */
-int account_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN],
+int account_put(AccountBatch *b, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN],
                 const char *path, uint64_t base, uint64_t size, uint32_t mode,
                 int64_t mtime_ns, const uint8_t sha[BS_SHA_LEN], uint64_t *ret_version);
 
@@ -183,18 +223,18 @@ int account_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN
  * agent names the content (sha) it means, so a file changed meanwhile is
  * a conflict (-ESTALE), as is a base that is not the current version.
  */
-int account_attr(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
+int account_attr(AccountBatch *b, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
                  uint32_t mode, int64_t mtime_ns, const uint8_t sha[BS_SHA_LEN], uint64_t *ret_version);
 /** Create a directory, or give an existing one a new mode. */
-int account_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path,
+int account_mkdir(AccountBatch *b, const uint8_t device[BS_DEVICE_LEN], const char *path,
                   uint64_t base, uint32_t mode, int64_t mtime_ns, uint64_t *ret_version);
 /** Create or replace a symlink; target is stored verbatim, never followed. */
-int account_symlink(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path,
+int account_symlink(AccountBatch *b, const uint8_t device[BS_DEVICE_LEN], const char *path,
                     uint64_t base, const char *target, int64_t mtime_ns, uint64_t *ret_version);
 /** Delete a path and, for a directory, all below it; files are kept as versions. */
-int account_delete(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path,
+int account_delete(AccountBatch *b, const uint8_t device[BS_DEVICE_LEN], const char *path,
                    uint64_t base, uint64_t *ret_version);
 /** Move from to to; an entry at to (base_to != 0) is replaced and kept. */
-int account_move(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *from,
+int account_move(AccountBatch *b, const uint8_t device[BS_DEVICE_LEN], const char *from,
                  uint64_t base_from, const char *to, uint64_t base_to, uint64_t *ret_version);
 

@@ -15,6 +15,15 @@
 #define LOCAL(a) ((LocalAccount *) (a))
 #define CLOCAL(a) ((const LocalAccount *) (a))
 
+/* The embedded backend applies each change at once, inside the account's
+ * open transaction: a batch is that transaction. */
+typedef struct LocalBatch {
+        AccountBatch base;
+        LocalAccount *account;
+} LocalBatch;
+
+#define BATCH(b) (((LocalBatch *) (b))->account)
+
 typedef struct LocalBackend {
         Backend base;
         char *storage;
@@ -22,6 +31,13 @@ typedef struct LocalBackend {
 
 Account *local_account(LocalAccount *a) {
         return &a->base;
+}
+
+static int ops_wait(Account *a, const AccountWaker *w) {
+        return 0; /* opened or created at once */
+}
+
+static void ops_forget_waker(Account *a, const AccountWaker *w) {
 }
 
 static void ops_free(Account *a) {
@@ -44,12 +60,28 @@ static int ops_device_seen(Account *a, const uint8_t device[BS_DEVICE_LEN], cons
         return local_device_seen(LOCAL(a), device, name);
 }
 
-static bool ops_in_transaction(const Account *a) {
-        return local_in_transaction(CLOCAL(a));
+static int ops_batch_new(Account *a, AccountBatch **ret) {
+        LocalBatch *b = calloc(1, sizeof(*b));
+        if (!b)
+                return -ENOMEM;
+        b->base.ops = &local_ops;
+        b->account = LOCAL(a);
+        *ret = &b->base;
+        return 0;
 }
 
-static int ops_commit(Account *a) {
-        return local_commit(LOCAL(a));
+static int ops_batch_commit(AccountBatch *b, const AccountWaker *w) {
+        return local_commit(BATCH(b));
+}
+
+static int ops_batch_answer(AccountBatch *b, unsigned i, uint64_t *ret_version) {
+        return -EOPNOTSUPP; /* every change was answered at once */
+}
+
+static void ops_batch_free(AccountBatch *b) {
+        /* What the tree holds already is kept: the metadata must agree with it. */
+        (void) local_commit(BATCH(b));
+        free(b);
 }
 
 static bool ops_needs_recovery(const Account *a) {
@@ -88,39 +120,44 @@ static void ops_upload_free(AccountUpload *u) {
         local_upload_free((LocalUpload *) u);
 }
 
-static int ops_put(Account *a, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN], const char *path,
+static int ops_put(AccountBatch *b, AccountUpload *u, const uint8_t device[BS_DEVICE_LEN], const char *path,
                    uint64_t base, uint64_t size, uint32_t mode, int64_t mtime_ns, const uint8_t sha[BS_SHA_LEN],
                    uint64_t *ret_version) {
-        return local_put(LOCAL(a), (LocalUpload *) u, device, path, base, size, mode, mtime_ns, sha, ret_version);
+        return local_put(BATCH(b), (LocalUpload *) u, device, path, base, size, mode, mtime_ns, sha, ret_version);
 }
 
-static int ops_attr(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
+static int ops_attr(AccountBatch *b, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
                     uint32_t mode, int64_t mtime_ns, const uint8_t sha[BS_SHA_LEN], uint64_t *ret_version) {
-        return local_attr(LOCAL(a), device, path, base, mode, mtime_ns, sha, ret_version);
+        return local_attr(BATCH(b), device, path, base, mode, mtime_ns, sha, ret_version);
 }
 
-static int ops_mkdir(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
+static int ops_mkdir(AccountBatch *b, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
                      uint32_t mode, int64_t mtime_ns, uint64_t *ret_version) {
-        return local_mkdir(LOCAL(a), device, path, base, mode, mtime_ns, ret_version);
+        return local_mkdir(BATCH(b), device, path, base, mode, mtime_ns, ret_version);
 }
 
-static int ops_symlink(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
+static int ops_symlink(AccountBatch *b, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
                        const char *target, int64_t mtime_ns, uint64_t *ret_version) {
-        return local_symlink(LOCAL(a), device, path, base, target, mtime_ns, ret_version);
+        return local_symlink(BATCH(b), device, path, base, target, mtime_ns, ret_version);
 }
 
-static int ops_delete(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
+static int ops_delete(AccountBatch *b, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base,
                       uint64_t *ret_version) {
-        return local_delete(LOCAL(a), device, path, base, ret_version);
+        return local_delete(BATCH(b), device, path, base, ret_version);
 }
 
-static int ops_move(Account *a, const uint8_t device[BS_DEVICE_LEN], const char *from, uint64_t base_from,
+static int ops_move(AccountBatch *b, const uint8_t device[BS_DEVICE_LEN], const char *from, uint64_t base_from,
                     const char *to, uint64_t base_to, uint64_t *ret_version) {
-        return local_move(LOCAL(a), device, from, base_from, to, base_to, ret_version);
+        return local_move(BATCH(b), device, from, base_from, to, base_to, ret_version);
 }
 
-static int ops_content_open(Account *a, const uint8_t sha[BS_SHA_LEN], const char *path, AccountContent **ret) {
+static int ops_content_open(Account *a, const uint8_t sha[BS_SHA_LEN], const char *path, const AccountWaker *w,
+                            AccountContent **ret) {
         return local_content_open(LOCAL(a), sha, path, (LocalContent **) ret);
+}
+
+static int ops_content_wait(AccountContent *c) {
+        return 0; /* found when opened */
 }
 
 static void ops_content_free(AccountContent *c) {
@@ -135,7 +172,7 @@ static void ops_content_prefetch(AccountContent *c, uint64_t len) {
         local_content_prefetch((LocalContent *) c, len);
 }
 
-static int ops_cursor_new(Account *a, uint64_t since, AccountCursor **ret) {
+static int ops_cursor_new(Account *a, uint64_t since, const AccountWaker *w, AccountCursor **ret) {
         return local_cursor_new(LOCAL(a), since, (LocalCursor **) ret);
 }
 
@@ -156,7 +193,7 @@ static int ops_cursor_next(AccountCursor *c, BsRecord *rec) {
 }
 
 static int ops_query_new(Account *a, BsHistWhat what, const char *path, uint64_t seq, int64_t time, uint32_t limit,
-                         AccountQuery **ret) {
+                         const AccountWaker *w, AccountQuery **ret) {
         return local_query_new(LOCAL(a), what, path, seq, time, limit, (LocalQuery **) ret);
 }
 
@@ -173,13 +210,17 @@ static int ops_query_next(AccountQuery *q, BsHistRow *row) {
 }
 
 const AccountOps local_ops = {
+        .wait = ops_wait,
+        .forget_waker = ops_forget_waker,
         .free = ops_free,
         .id = ops_id,
         .committed_seq = ops_committed_seq,
         .key_valid = ops_key_valid,
         .device_seen = ops_device_seen,
-        .in_transaction = ops_in_transaction,
-        .commit = ops_commit,
+        .batch_new = ops_batch_new,
+        .batch_commit = ops_batch_commit,
+        .batch_answer = ops_batch_answer,
+        .batch_free = ops_batch_free,
         .needs_recovery = ops_needs_recovery,
         .verify = ops_verify,
         .prune = ops_prune,
@@ -196,6 +237,7 @@ const AccountOps local_ops = {
         .delete = ops_delete,
         .move = ops_move,
         .content_open = ops_content_open,
+        .content_wait = ops_content_wait,
         .content_free = ops_content_free,
         .content_read = ops_content_read,
         .content_prefetch = ops_content_prefetch,
@@ -232,6 +274,10 @@ static int backend_list(Backend *b, char ***ret, size_t *ret_n) {
         return local_list(((LocalBackend *) b)->storage, ret, ret_n);
 }
 
+static void backend_set_watch_local(Backend *b, backend_watch_fn fn, void *userdata) {
+        /* One process per storage: no account advances elsewhere. */
+}
+
 static void backend_drop(Backend *b) {
         LocalBackend *l = (LocalBackend *) b;
         free(l->storage);
@@ -242,6 +288,7 @@ static const BackendOps local_backend_ops = {
         .account_create = backend_create,
         .account_open = backend_open,
         .account_list = backend_list,
+        .set_watch = backend_set_watch_local,
         .free = backend_drop,
 };
 

@@ -45,6 +45,8 @@ static int on_sighup(sd_event_source *source, const struct signalfd_siginfo *si,
         return 0;
 }
 
+static void on_advanced(void *userdata, const char *id, uint64_t seq);
+
 int server_new(Server **ret, sd_event *event, const ServerConfig *config, Backend *backend) {
         _cleanup_(server_freep) Server *s = NULL;
         int r;
@@ -80,6 +82,7 @@ int server_new(Server **ret, sd_event *event, const ServerConfig *config, Backen
         if (r < 0)
                 return r;
         s->backend = backend;
+        backend_set_watch(backend, on_advanced, s);
         *ret = TAKE_PTR(s);
         return 0;
 }
@@ -240,7 +243,7 @@ static int cache_add(Server *s, Account *a) {
 int server_account_register(Server *s, Account **ret, char *token) {
         Account *a;
         int r = backend_account_create(s->backend, &a, token);
-        if (r < 0)
+        if (r < 0 && r != -EINPROGRESS)
                 return r;
         r = cache_add(s, a);
         if (r < 0) {
@@ -267,9 +270,9 @@ int server_account_acquire(Server *s, const char *id, Account **ret) {
                         return 0;
                 }
         r = backend_account_open(s->backend, id, &a);
-        if (r < 0)
+        if (r < 0 && r != -EINPROGRESS)
                 return r;
-        if (account_needs_recovery(a)) {
+        if (r == 0 && account_needs_recovery(a)) {
                 /* Killed last time: make the metadata agree with the tree
                  * before anyone is served from it. */
                 r = account_verify(a, true, false, log_recovered, (void *) account_id(a));
@@ -310,6 +313,16 @@ void server_notify(Server *s, Account *a, Session *except) {
         for (Session *session = s->sessions; session; session = session->next)
                 if (session != except && session->account == a)
                         session_notify(session, account_committed_seq(a));
+}
+
+/* Another node committed a change of an account: its sessions here pull. */
+static void on_advanced(void *userdata, const char *id, uint64_t seq) {
+        Server *s = userdata;
+        for (ServerAccount *sa = s->accounts; sa; sa = sa->next)
+                if (strcmp(account_id(sa->account), id) == 0) {
+                        server_notify(s, sa->account, NULL);
+                        return;
+                }
 }
 
 void server_session_gone(Server *s) {

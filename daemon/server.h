@@ -99,9 +99,15 @@ int server_listen(Server *s, const char *addr, uint16_t port, uint16_t *ret_port
 /** Use a listening socket passed by systemd. */
 int server_adopt_listen_fd(Server *s, int fd);
 
-/** Register a new account; token receives "ID-KEY". The caller holds one use. */
+/**
+ * Register a new account; token receives "ID-KEY" once account_wait()
+ * answers 0. The caller holds one use.
+ */
 int server_account_register(Server *s, Account **ret, char *token);
-/** Open or share an account by ID; -ENOENT for an unknown one. */
+/**
+ * Open or share an account by ID (see account_wait() for whether it is
+ * open yet); -ENOENT for an unknown one, then or from account_wait().
+ */
 int server_account_acquire(Server *s, const char *id, Account **ret);
 /** Drop one use; the account is closed with its last user. */
 void server_account_release(Server *s, Account *a);

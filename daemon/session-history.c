@@ -28,14 +28,14 @@ int session_start_history(Session *s, const BsMsg *m) {
                 return session_send_error(s, m->req, BS_ERR_BAD_PATH, "VERSIONS needs a path");
         /* The query reads committed state only: commit this pass's changes first. */
         r = session_end_pass(s);
-        if (r < 0)
+        if (r != 0)
                 return r;
         if (!s->row) {
                 s->row = malloc(sizeof(*s->row));
                 if (!s->row)
                         return -ENOMEM;
         }
-        r = account_query_new(s->account, (BsHistWhat) m->flags, m->path, m->seq, m->time, m->count, &s->query);
+        r = account_query_new(s->account, (BsHistWhat) m->flags, m->path, m->seq, m->time, m->count, &s->waker, &s->query);
         if (r < 0) {
                 errno = -r;
                 log_error("account %s: cannot read the history: %m", account_id(s->account));
@@ -63,10 +63,15 @@ static void history_done(Session *s) {
         s->query = account_query_free(s->query);
 }
 
+static void history_header(Session *s, uint64_t *seq, uint8_t *flags) {
+        *seq = account_query_seq(s->query);
+        *flags = 0;
+}
+
 int session_history_fill(Session *s) {
         return session_fill_rows(s, &(SessionRows) {
                 .type = BS_MSG_HISTORY_ROWS,
-                .seq = account_query_seq(s->query),
+                .header = history_header,
                 .row_max = BS_HIST_ROW_MIN + BS_NAME_MAX + 2 * BS_PATH_MAX,
                 .what = "history",
                 .next = history_next,

@@ -73,7 +73,7 @@ void session_prefetch(Session *s) {
         unsigned i;
 
         /* Inside a pass the tree may not yet hold what the entries say. */
-        if (!s->account || account_in_transaction(s->account))
+        if (!s->account || s->batch)
                 return;
         for (i = 0; s->ahead.count < SESSION_PREFETCH; i++, off += len) {
                 if (bs_frame_peek(p + off, n - off, BS_FRAME_MAX_DEFAULT, &len) <= 0)
@@ -93,7 +93,7 @@ void session_prefetch(Session *s) {
                 memcpy(s->ahead.slot[k].sha, m.sha, BS_SHA_LEN);
                 s->ahead.slot[k].c = NULL;
                 if ((m.path_len == 0 || bs_path_check(m.path, m.path_len) == 0) &&
-                    account_content_open(s->account, m.sha, m.path, &s->ahead.slot[k].c) == 0)
+                    account_content_open(s->account, m.sha, m.path, &s->waker, &s->ahead.slot[k].c) == 0)
                         account_content_prefetch(s->ahead.slot[k].c, SESSION_PREFETCH_BYTES);
                 s->ahead.count++;
         }
@@ -198,32 +198,50 @@ int session_handle_copy(Session *s, const BsMsg *m) {
                 return upload_refuse(s, -EFBIG, "COPY of more than 16 MiB");
         if (!s->upload.src || memcmp(s->upload.src_sha, m->sha, BS_SHA_LEN) != 0) {
                 content_close(&s->upload.src);
-                /* The tree must hold this pass's uploads before a file in it is read. */
+                /* The account must hold this pass's uploads before one is read. */
                 r = session_end_pass(s);
-                if (r < 0)
+                if (r != 0)
                         return r;
-                r = account_content_open(s->account, m->sha, s->upload.path, &s->upload.src);
+                r = account_content_open(s->account, m->sha, s->upload.path, &s->waker, &s->upload.src);
                 if (r < 0)
                         return upload_refuse(s, r, "no stored content to copy from");
                 memcpy(s->upload.src_sha, m->sha, BS_SHA_LEN);
+                s->upload.copy_done = 0;
         }
-        r = account_upload_copy(s->upload.u, s->upload.src, m->offset, m->size, s->upload.size);
-        if (r == -EFBIG)
-                return upload_refuse(s, r, "more data than announced");
-        if (r == -EBADMSG)
-                return upload_refuse(s, r, "COPY beyond the end of the stored content");
+        r = account_content_wait(s->upload.src);
+        if (r == -EINPROGRESS)
+                return session_again(s, r);
         if (r < 0)
-                return upload_refuse(s, r, "cannot copy");
+                return upload_refuse(s, r, "no stored content to copy from");
+        uint64_t size = account_content_info(s->upload.src)->size;
+        if (m->offset > size || m->size > size - m->offset)
+                return upload_refuse(s, -EBADMSG, "COPY beyond the end of the stored content");
+        /* Piece by piece: a read that has to wait resumes here, the frame handled again. */
+        while (s->upload.copy_done < m->size) {
+                static uint8_t buf[BS_CHUNK]; /* one server thread */
+                size_t n = (size_t) MIN((uint64_t) sizeof(buf), m->size - s->upload.copy_done);
+                r = account_content_read(s->upload.src, m->offset + s->upload.copy_done, buf, n);
+                if (r == -EINPROGRESS)
+                        return session_again(s, r);
+                if (r == -EBADMSG)
+                        return upload_refuse(s, r, "COPY beyond the end of the stored content");
+                if (r < 0)
+                        return upload_refuse(s, r, "cannot copy");
+                r = account_upload_write(s->upload.u, buf, n, s->upload.size);
+                if (r == -EFBIG)
+                        return upload_refuse(s, r, "more data than announced");
+                if (r < 0)
+                        return upload_refuse(s, r, "cannot copy");
+                s->upload.copy_done += n;
+        }
+        s->upload.copy_done = 0;
         s->upload.copied += m->size;
         s->copied_this_turn += m->size;
         return 0;
 }
 
 int session_handle_put_end(Session *s, const BsMsg *m) {
-        char lp[4 * BS_PATH_MAX + 1];
-        const char *id = account_id(s->account);
         uint64_t version = 0;
-        BsMsg ack;
         int r;
 
         if (!s->upload.active || m->req != s->upload.req)
@@ -240,36 +258,39 @@ int session_handle_put_end(Session *s, const BsMsg *m) {
                 return session_send_error(s, m->req, BS_ERR_ABORTED, "upload aborted by the agent");
         }
 
-        session_change_begin(s);
-        r = account_put(s->account, TAKE_PTR(s->upload.u), s->device, s->upload.path, s->upload.base, s->upload.size,
+        r = session_batch(s);
+        if (r < 0) {
+                s->upload.active = false;
+                return r;
+        }
+        r = account_put(s->batch, TAKE_PTR(s->upload.u), s->device, s->upload.path, s->upload.base, s->upload.size,
                         s->upload.mode, s->upload.mtime_ns, m->sha, &version);
         s->upload.active = false;
-        if (r < 0)
-                return upload_refuse(s, r, bs_err_name(session_errno_to_code(r)));
-        if (r == 0 && s->upload.copied > 0)
-                session_log_event(s, LOG_INFO, BS_MID_UPLOADED, s->upload.path,
-                                  "uploaded %s %s (%llu bytes, %llu sent, the rest copied from the stored version)", id,
-                                  session_log_path(s->upload.path, lp), (unsigned long long) s->upload.size,
-                                  (unsigned long long) (s->upload.size - s->upload.copied));
-        else if (r == 0)
-                session_log_event(s, LOG_INFO, BS_MID_UPLOADED, s->upload.path, "uploaded %s %s (%llu bytes)", id,
-                          session_log_path(s->upload.path, lp), (unsigned long long) s->upload.size);
-        bs_msg_init(&ack, BS_MSG_ACK, m->req);
-        ack.seq = version;
-        return session_send(s, &ack);
+        s->batch_changes++;
+        SessionHole h = {
+                .req = m->req,
+                .type = BS_MSG_PUT,
+                .mode = s->upload.mode,
+                .size = s->upload.size,
+                .copied = s->upload.copied,
+                .path = s->upload.path,
+        };
+        if (r == -EINPROGRESS)
+                return session_defer(s, &h);
+        return session_change_answer(s, &h, r, version);
 }
 
 int session_start_pull(Session *s, const BsMsg *m) {
         /* The cursor reads committed state only: commit this pass's changes first. */
         int r = session_end_pass(s);
-        if (r < 0)
+        if (r != 0)
                 return r;
         if (!s->rec) {
                 s->rec = malloc(sizeof(*s->rec));
                 if (!s->rec)
                         return -ENOMEM;
         }
-        r = account_cursor_new(s->account, m->seq, &s->cursor);
+        r = account_cursor_new(s->account, m->seq, &s->waker, &s->cursor);
         if (r < 0) {
                 errno = -r;
                 log_error("account %s: cannot read the change log: %m", account_id(s->account));
@@ -282,7 +303,6 @@ int session_start_pull(Session *s, const BsMsg *m) {
 }
 
 int session_start_get(Session *s, const BsMsg *m) {
-        BsMsg f;
         int r;
 
         if (m->type == BS_MSG_GET_DELTA && s->version < BS_PROTO_DELTA_VERSION)
@@ -291,11 +311,11 @@ int session_start_get(Session *s, const BsMsg *m) {
         if (m->path_len > 0 && bs_path_check(m->path, m->path_len) < 0)
                 return session_send_error(s, m->req, BS_ERR_BAD_PATH, "bad path");
         r = session_end_pass(s);
-        if (r < 0)
+        if (r != 0)
                 return r;
         r = ahead_take(s, m, &s->content);
         if (r == 0)
-                r = account_content_open(s->account, m->sha, m->path, &s->content);
+                r = account_content_open(s->account, m->sha, m->path, &s->waker, &s->content);
         if (r > 0)
                 r = 0;
         if (r == -ENOENT)
@@ -308,23 +328,53 @@ int session_start_get(Session *s, const BsMsg *m) {
         /* Without the agent's content (no longer kept) the answer is all DATA. */
         have_close(s);
         s->have_off = 0;
-        if (m->type == BS_MSG_GET_DELTA && account_content_open(s->account, m->have, m->path, &s->have) < 0)
+        if (m->type == BS_MSG_GET_DELTA && account_content_open(s->account, m->have, m->path, &s->waker, &s->have) < 0)
                 s->have = NULL;
         memcpy(s->have_sha, m->have, BS_SHA_LEN);
         s->have_same = memcmp(m->have, m->sha, BS_SHA_LEN) == 0;
-        bs_msg_init(&f, BS_MSG_FILE, m->req);
+        memcpy(s->get_sha, m->sha, BS_SHA_LEN);
+        s->stream = STREAM_GET;
+        s->stream_req = m->req;
+        s->content_off = 0;
+        s->file_sent = false;
+        return 0;
+}
+
+/* FILE, once the content is found (and the agent's, for GET_DELTA, or not): 0 (sent, or
+ * the stream ended with an error), SESSION_AGAIN, or -errno. */
+static int send_file(Session *s) {
+        BsMsg f;
+        int r = account_content_wait(s->content);
+        if (r == -EINPROGRESS)
+                return session_again(s, r);
+        if (r < 0) {
+                content_close(&s->content);
+                have_close(s);
+                s->stream = STREAM_NONE;
+                if (r == -ENOENT)
+                        return session_send_error(s, s->stream_req, BS_ERR_NOT_FOUND, "no such content");
+                errno = -r;
+                log_error("account %s: cannot open content: %m", account_id(s->account));
+                return session_send_error(s, s->stream_req, session_errno_to_code(r), "cannot open content");
+        }
+        if (s->have) {
+                r = account_content_wait(s->have);
+                if (r == -EINPROGRESS)
+                        return session_again(s, r);
+                if (r < 0)
+                        have_close(s); /* no longer kept: the answer is all DATA */
+        }
+        bs_msg_init(&f, BS_MSG_FILE, s->stream_req);
         const AccountContentInfo *info = account_content_info(s->content);
         f.size = info->size;
         f.mode = info->mode;
         f.mtime_ns = info->mtime_ns;
         f.seq = info->version;
-        memcpy(f.sha, m->sha, BS_SHA_LEN);
+        memcpy(f.sha, s->get_sha, BS_SHA_LEN);
         r = session_send(s, &f);
         if (r < 0)
                 return r;
-        s->stream = STREAM_GET;
-        s->stream_req = m->req;
-        s->content_off = 0;
+        s->file_sent = true;
         return 0;
 }
 
@@ -346,6 +396,10 @@ static int fill_get(Session *s) {
         bs_frame_begin(&s->out, BS_MSG_DATA, &off);
         bs_buf_put_u32(&s->out, s->stream_req);
         r = account_content_read(s->content, s->content_off, s->out.data + s->out.end, n);
+        if (r == -EINPROGRESS) {
+                bs_frame_cancel(&s->out, off);
+                return session_again(s, r);
+        }
         if (r < 0) {
                 bs_frame_cancel(&s->out, off);
                 errno = -r;
@@ -377,7 +431,7 @@ static bool have_find(void *userdata, const uint8_t *p, uint32_t len, const uint
         static uint8_t hb[BS_CHUNK_MAX]; /* one server thread */
         Session *s = userdata;
         if (bs_block_map_find(s->have_map, len, sum, off) < 0 ||
-            account_content_read(s->have, *off, hb, len) < 0 || memcmp(hb, p, len) != 0)
+            account_content_read(s->have, *off, hb, len) != 0 || memcmp(hb, p, len) != 0)
                 return false;
         memcpy(sha, s->have_sha, BS_SHA_LEN);
         return true;
@@ -394,7 +448,10 @@ static int index_have(Session *s) {
         uint64_t size = account_content_info(s->have)->size;
         while (s->have_off < size && turn < DELTA_INDEX_TURN) {
                 size_t n = (size_t) MIN((uint64_t) sizeof(buf), size - s->have_off);
-                if (account_content_read(s->have, s->have_off, buf, n) < 0 ||
+                r = account_content_read(s->have, s->have_off, buf, n);
+                if (r == -EINPROGRESS)
+                        return session_again(s, r);
+                if (r < 0 ||
                     bs_blocks_update(s->have_list, buf, n) < 0) {
                         have_close(s);
                         return 0;
@@ -468,6 +525,8 @@ static int fill_get_delta(Session *s) {
                 }
                 want = MIN(want, (size_t) BS_CHUNK);
                 r = account_content_read(s->content, s->delta.fed, p, want);
+                if (r == -EINPROGRESS)
+                        return session_again(s, r);
                 if (r < 0) {
                         errno = -r;
                         log_error("account %s: reading content failed: %m", account_id(s->account));
@@ -493,34 +552,58 @@ static int fill_get_delta(Session *s) {
         return r < 0 ? r : 1;
 }
 
+/* The stream's source failed: say so, end it. */
+static int rows_failed(Session *s, const SessionRows *rows, int r) {
+        s->stream = STREAM_NONE;
+        rows->done(s);
+        errno = -r;
+        log_error("account %s: reading the %s failed: %m", account_id(s->account), rows->what);
+        return session_send_error(s, s->stream_req, BS_ERR_IO, "reading the %s failed", rows->what);
+}
+
 int session_fill_rows(Session *s, const SessionRows *rows) {
         size_t budget = s->peer_max_frame / 2, off, flags_at, count_at;
         uint32_t count = 0, be;
         bool done = false;
+        uint64_t seq;
+        uint8_t flags;
         int r;
 
+        /* A row first: what the frame says of the answer (its seq) is known
+         * once the source answered, and a frame is never left half-built
+         * while the source makes us wait. */
+        if (!s->rec_pending) {
+                r = rows->next(s);
+                if (r == -EINPROGRESS)
+                        return session_again(s, r);
+                if (r < 0)
+                        return rows_failed(s, rows, r);
+                s->rec_pending = r > 0;
+                done = r == 0;
+        }
+        rows->header(s, &seq, &flags);
         r = bs_buf_reserve(&s->out, budget + rows->row_max + 64);
         if (r < 0)
                 return r;
         bs_frame_begin(&s->out, rows->type, &off);
         bs_buf_put_u32(&s->out, s->stream_req);
-        bs_buf_put_u64(&s->out, rows->seq);
+        bs_buf_put_u64(&s->out, seq);
         flags_at = s->out.end;
         bs_buf_put_u8(&s->out, 0);
         count_at = s->out.end;
         bs_buf_put_u32(&s->out, 0);
 
-        for (;;) {
+        bool wait = false;
+        while (!done) {
                 if (!s->rec_pending) {
                         r = rows->next(s);
+                        if (r == -EINPROGRESS) {
+                                wait = true; /* this frame goes as it is, with more to come */
+                                break;
+                        }
                         if (r < 0) {
                                 bs_frame_cancel(&s->out, off);
-                                s->stream = STREAM_NONE;
-                                rows->done(s);
-                                errno = -r;
-                                log_error("account %s: reading the %s failed: %m", account_id(s->account), rows->what);
-                                return session_send_error(s, s->stream_req, BS_ERR_IO, "reading the %s failed",
-                                                          rows->what);
+                                return rows_failed(s, rows, r);
                         }
                         if (r == 0) {
                                 done = true;
@@ -536,7 +619,7 @@ int session_fill_rows(Session *s, const SessionRows *rows) {
                 s->rec_pending = false;
                 count++;
         }
-        s->out.data[flags_at] = (uint8_t) (rows->flags | (done ? 0 : BS_CHANGES_MORE));
+        s->out.data[flags_at] = (uint8_t) (flags | (done ? 0 : BS_CHANGES_MORE));
         be = htobe32(count);
         memcpy(s->out.data + count_at, &be, 4);
         bs_frame_end(&s->out, off);
@@ -544,7 +627,7 @@ int session_fill_rows(Session *s, const SessionRows *rows) {
                 rows->done(s);
                 s->stream = STREAM_NONE;
         }
-        return 0;
+        return wait ? session_again(s, -EINPROGRESS) : 0;
 }
 
 static int pull_next(Session *s) {
@@ -563,11 +646,15 @@ static void pull_done(Session *s) {
         s->cursor = account_cursor_free(s->cursor);
 }
 
+static void pull_header(Session *s, uint64_t *seq, uint8_t *flags) {
+        *seq = account_cursor_seq(s->cursor);
+        *flags = account_cursor_is_snapshot(s->cursor) ? BS_CHANGES_SNAPSHOT : 0;
+}
+
 static int fill_pull(Session *s) {
         return session_fill_rows(s, &(SessionRows) {
                 .type = BS_MSG_CHANGES,
-                .seq = account_cursor_seq(s->cursor),
-                .flags = account_cursor_is_snapshot(s->cursor) ? BS_CHANGES_SNAPSHOT : 0,
+                .header = pull_header,
                 .row_max = BS_RECORD_MIN + 2 * BS_PATH_MAX,
                 .what = "change log",
                 .next = pull_next,
@@ -580,5 +667,10 @@ static int fill_pull(Session *s) {
 int session_transfer_fill(Session *s) {
         if (s->stream == STREAM_PULL)
                 return fill_pull(s);
+        if (!s->file_sent) {
+                int r = send_file(s);
+                if (r != 0 || !s->file_sent)
+                        return r;
+        }
         return s->have ? fill_get_delta(s) : fill_get(s);
 }

@@ -24,6 +24,7 @@
 
 static int on_io(sd_event_source *source, int fd, uint32_t revents, void *userdata);
 static int on_timer(sd_event_source *source, uint64_t usec, void *userdata);
+static void session_wake(void *userdata);
 
 static uint64_t now_usec(Session *s) {
         uint64_t t = 0;
@@ -61,6 +62,7 @@ int session_new(Session **ret, Server *server, int fd, const struct sockaddr *pe
         s->server = server;
         s->fd = fd;
         s->peer_max_frame = BS_FRAME_MIN;
+        s->waker = (AccountWaker) { .fn = session_wake, .userdata = s };
         s->state = server->tls ? SESSION_TLS : SESSION_HELLO;
         peer_format(s, peer);
         (void) peer_len;
@@ -138,13 +140,22 @@ Session *session_free(Session *s) {
                 SSL_free(s->ssl);
         }
         if (s->account) {
-                /* Changes of an interrupted pass are still answered in its buffer: keep them. */
-                if (account_in_transaction(s->account))
+                /* Changes of an interrupted pass are still answered in its
+                 * buffer: keep them (a commit under way goes on without us). */
+                if (s->batch && !s->committing)
                         (void) session_end_pass(s);
+                s->batch = account_batch_free(s->batch);
+                account_forget_waker(s->account, &s->waker);
                 server_account_release(server, s->account);
         }
+        for (size_t i = 0; i < s->n_holes; i++) {
+                free(s->holes[i].path);
+                free(s->holes[i].path2);
+        }
+        free(s->holes);
         sd_event_source_disable_unref(s->io_source);
         sd_event_source_disable_unref(s->timer_source);
+        sd_event_source_disable_unref(s->wake_source);
         if (s->fd >= 0)
                 close(s->fd);
         bs_buf_free(&s->in);
@@ -259,16 +270,96 @@ void session_notify(Session *s, uint64_t seq) {
         (void) sd_event_source_set_io_events(s->io_source, EPOLLIN | EPOLLOUT);
 }
 
-void session_change_begin(Session *s) {
-        if (!account_in_transaction(s->account))
-                s->txn_mark = bs_buf_len(&s->out);
+int session_batch(Session *s) {
+        if (s->batch)
+                return 0;
+        s->txn_mark = bs_buf_len(&s->out);
+        s->batch_changes = 0;
+        return account_batch_new(s->account, &s->batch);
+}
+
+int session_again(Session *s, int r) {
+        if (r != -EINPROGRESS)
+                return r;
+        s->waiting = true;
+        return SESSION_AGAIN;
+}
+
+int session_defer(Session *s, const SessionHole *h) {
+        if (s->n_holes == s->cap_holes) {
+                size_t cap = s->cap_holes ? s->cap_holes * 2 : 16;
+                SessionHole *n = reallocarray(s->holes, cap, sizeof(*n));
+                if (!n)
+                        return -ENOMEM;
+                s->holes = n;
+                s->cap_holes = cap;
+        }
+        SessionHole *d = &s->holes[s->n_holes];
+        *d = *h;
+        d->at = bs_buf_len(&s->out);
+        d->index = s->batch_changes - 1;
+        d->path = strdup(h->path);
+        d->path2 = h->path2 ? strdup(h->path2) : NULL;
+        if (!d->path || (h->path2 && !d->path2)) {
+                free(d->path);
+                free(d->path2);
+                return -ENOMEM;
+        }
+        s->n_holes++;
+        return 0;
+}
+
+/*
+ * The commit succeeded: write the answers of the changes it decided where
+ * they belong among the pass's other answers. Those after the first hole
+ * are set aside and put back piece by piece.
+ */
+static int fill_holes(Session *s) {
+        _cleanup_(freep) uint8_t *tail = NULL;
+        size_t base = s->holes[0].at, len = bs_buf_len(&s->out) - base;
+        int r = 0;
+
+        if (len > 0) {
+                tail = malloc(len);
+                if (!tail)
+                        return -ENOMEM;
+                memcpy(tail, bs_buf_head(&s->out) + base, len);
+        }
+        s->out.end = s->out.start + base;
+        for (size_t i = 0; i < s->n_holes && r >= 0; i++) {
+                SessionHole *h = &s->holes[i];
+                uint64_t version = 0;
+                int answer = account_batch_answer(s->batch, h->index, &version);
+                r = session_change_answer(s, h, answer, version);
+                size_t end = i + 1 < s->n_holes ? s->holes[i + 1].at : base + len;
+                if (r >= 0 && end > h->at)
+                        r = bs_buf_append(&s->out, tail + (h->at - base), end - h->at);
+        }
+        return r;
+}
+
+static void holes_clear(Session *s) {
+        for (size_t i = 0; i < s->n_holes; i++) {
+                free(s->holes[i].path);
+                free(s->holes[i].path2);
+        }
+        s->n_holes = 0;
 }
 
 int session_end_pass(Session *s) {
-        if (!s->account || !account_in_transaction(s->account))
+        if (!s->batch)
                 return 0;
         uint64_t before = account_committed_seq(s->account);
-        int r = account_commit(s->account);
+        int r = account_batch_commit(s->batch, &s->waker);
+        if (r == -EINPROGRESS) {
+                s->committing = true;
+                return session_again(s, r);
+        }
+        s->committing = false;
+        if (r >= 0 && s->n_holes > 0)
+                r = fill_holes(s);
+        holes_clear(s);
+        s->batch = account_batch_free(s->batch);
         if (r < 0) {
                 /* Those answers promised durability we do not have: take them back. */
                 s->out.end = s->out.start + MIN(s->txn_mark, bs_buf_len(&s->out));
@@ -305,7 +396,6 @@ static int auth_failed(Session *s, const char *id) {
 
 static int handle_hello(Session *s, const BsMsg *m) {
         Server *server = s->server;
-        char token[BS_TOKEN_MAX + 1] = "";
         uint64_t left;
         BsToken t;
         int r;
@@ -334,31 +424,49 @@ static int handle_hello(Session *s, const BsMsg *m) {
                 s->device_name[o++] = m->path2[i] > 0x20 && m->path2[i] < 0x7f ? m->path2[i] : '_';
         s->device_name[o] = 0;
 
-        if (m->path_len == 0) {
-                r = server_account_register(server, &s->account, token);
+        /* Registered or looked up once; handled again while the account is opened. */
+        if (m->path_len == 0 && !s->account) {
+                r = server_account_register(server, &s->account, s->token);
                 if (r < 0) {
                         errno = -r;
                         log_error("could not create an account for %s: %m", s->peer);
                         return session_fail(s, 0, session_errno_to_code(r) == BS_ERR_NO_SPACE ? BS_ERR_NO_SPACE : BS_ERR_IO,
                                             "could not create an account");
                 }
-                session_log_event(s, LOG_INFO, BS_MID_REGISTERED, NULL,
-                          "registered account %s", account_id(s->account));
-        } else {
+        } else if (m->path_len > 0) {
                 if (bs_token_parse(m->path, m->path_len, &t) < 0)
                         return auth_failed(s, "(malformed)");
                 /* Checked before the lookup, so the answer tells nothing about the ID. */
                 if (!t.key[0] && server->require_key)
                         return session_fail(s, 0, BS_ERR_AUTH,
                                             "this server needs the full token ID-KEY printed at registration");
-                r = server_account_acquire(server, t.id, &s->account);
-                if (r == -ENOENT)
-                        return auth_failed(s, t.id);
-                if (r < 0) {
-                        errno = -r;
-                        log_error("could not open account %s: %m", t.id);
-                        return session_fail(s, 0, BS_ERR_IO, "could not open the account");
+                if (!s->account) {
+                        r = server_account_acquire(server, t.id, &s->account);
+                        if (r == -ENOENT)
+                                return auth_failed(s, t.id);
+                        if (r < 0) {
+                                errno = -r;
+                                log_error("could not open account %s: %m", t.id);
+                                return session_fail(s, 0, BS_ERR_IO, "could not open the account");
+                        }
                 }
+        }
+        r = account_wait(s->account, &s->waker);
+        if (r == -EINPROGRESS)
+                return session_again(s, r);
+        if (r < 0) {
+                account_forget_waker(s->account, &s->waker);
+                server_account_release(server, TAKE_PTR(s->account));
+                if (r == -ENOENT && m->path_len > 0)
+                        return auth_failed(s, t.id);
+                errno = -r;
+                log_error("could not %s account: %m", m->path_len > 0 ? "open the" : "create an");
+                return session_fail(s, 0, session_errno_to_code(r) == BS_ERR_NO_SPACE ? BS_ERR_NO_SPACE : BS_ERR_IO,
+                                    m->path_len > 0 ? "could not open the account" : "could not create an account");
+        }
+        if (m->path_len == 0)
+                session_log_event(s, LOG_INFO, BS_MID_REGISTERED, NULL, "registered account %s", account_id(s->account));
+        else {
                 if (t.key[0] && !account_key_valid(s->account, t.key)) {
                         server_account_release(server, TAKE_PTR(s->account));
                         return auth_failed(s, t.id);
@@ -376,7 +484,9 @@ static int handle_hello(Session *s, const BsMsg *m) {
         }
         s->state = SESSION_RUNNING;
         server_update_status(server);
-        return send_welcome(s, token);
+        r = send_welcome(s, s->token);
+        explicit_bzero(s->token, sizeof(s->token));
+        return r;
 }
 
 static int send_ack(Session *s, uint32_t req, uint64_t version) {
@@ -386,10 +496,57 @@ static int send_ack(Session *s, uint32_t req, uint64_t version) {
         return session_send(s, &m);
 }
 
-/* ATTR, MKDIR, SYMLINK, DELETE and MOVE: one change each, answered ACK or ERROR. */
-static int handle_change(Session *s, const BsMsg *m) {
+int session_change_answer(Session *s, const SessionHole *h, int r, uint64_t version) {
         char lp[4 * BS_PATH_MAX + 1], lp2[4 * BS_PATH_MAX + 1];
         const char *id = account_id(s->account);
+        const char *what = h->type == BS_MSG_PUT ? "upload" : bs_msg_type_name(h->type);
+
+        session_log_path(h->path, lp);
+        if (r < 0) {
+                BsErr code = session_errno_to_code(r);
+                errno = -r;
+                if (code == BS_ERR_IO || code == BS_ERR_NO_SPACE)
+                        session_log_event(s, LOG_ERR, BS_MID_REJECTED, h->path, "%s %s %s failed: %m", what, id, lp);
+                else
+                        session_log_event(s, LOG_INFO, code == BS_ERR_CONFLICT ? BS_MID_CONFLICT : BS_MID_REJECTED,
+                                          h->path, "%s %s %s refused: %s", what, id, lp, bs_err_name(code));
+                return session_send_error(s, h->req, code, "%s: %s", bs_err_name(code), strerror(-r));
+        }
+        if (r == 0)
+                switch (h->type) {
+                case BS_MSG_PUT:
+                        if (h->copied > 0)
+                                session_log_event(s, LOG_INFO, BS_MID_UPLOADED, h->path,
+                                                  "uploaded %s %s (%llu bytes, %llu sent, the rest copied from the "
+                                                  "stored version)", id, lp, (unsigned long long) h->size,
+                                                  (unsigned long long) (h->size - h->copied));
+                        else
+                                session_log_event(s, LOG_INFO, BS_MID_UPLOADED, h->path, "uploaded %s %s (%llu bytes)",
+                                                  id, lp, (unsigned long long) h->size);
+                        break;
+                case BS_MSG_ATTR:
+                        session_log_event(s, LOG_INFO, BS_MID_CHANGED, h->path, "mode %04o and time of %s %s",
+                                          h->mode & 07777, id, lp);
+                        break;
+                case BS_MSG_MKDIR:
+                        session_log_event(s, LOG_INFO, BS_MID_CHANGED, h->path, "mkdir %s %s", id, lp);
+                        break;
+                case BS_MSG_SYMLINK:
+                        session_log_event(s, LOG_INFO, BS_MID_CHANGED, h->path, "symlink %s %s", id, lp);
+                        break;
+                case BS_MSG_DELETE:
+                        session_log_event(s, LOG_INFO, BS_MID_DELETED, h->path, "deleted %s %s", id, lp);
+                        break;
+                default:
+                        session_log_event(s, LOG_INFO, BS_MID_MOVED, h->path, "moved %s %s -> %s", id, lp,
+                                          session_log_path(h->path2, lp2));
+                        break;
+                }
+        return send_ack(s, h->req, version);
+}
+
+/* ATTR, MKDIR, SYMLINK, DELETE and MOVE: one change each, answered ACK or ERROR. */
+static int handle_change(Session *s, const BsMsg *m) {
         uint64_t version = 0;
         int r;
 
@@ -403,58 +560,37 @@ static int handle_change(Session *s, const BsMsg *m) {
         if (m->type == BS_MSG_ATTR && s->version < BS_PROTO_ATTR_VERSION)
                 return session_fail(s, m->req, BS_ERR_PROTOCOL, "ATTR needs protocol version %u (this session: %u)",
                                     BS_PROTO_ATTR_VERSION, s->version);
-        session_change_begin(s);
+        r = session_batch(s);
+        if (r < 0)
+                return r;
         switch (m->type) {
         case BS_MSG_ATTR:
-                r = account_attr(s->account, s->device, m->path, m->base, m->mode, m->mtime_ns, m->sha, &version);
+                r = account_attr(s->batch, s->device, m->path, m->base, m->mode, m->mtime_ns, m->sha, &version);
                 break;
         case BS_MSG_MKDIR:
-                r = account_mkdir(s->account, s->device, m->path, m->base, m->mode, m->mtime_ns, &version);
+                r = account_mkdir(s->batch, s->device, m->path, m->base, m->mode, m->mtime_ns, &version);
                 break;
         case BS_MSG_SYMLINK:
-                r = account_symlink(s->account, s->device, m->path, m->base, m->path2, m->mtime_ns, &version);
+                r = account_symlink(s->batch, s->device, m->path, m->base, m->path2, m->mtime_ns, &version);
                 break;
         case BS_MSG_DELETE:
-                r = account_delete(s->account, s->device, m->path, m->base, &version);
+                r = account_delete(s->batch, s->device, m->path, m->base, &version);
                 break;
         default:
-                r = account_move(s->account, s->device, m->path, m->base, m->path2, m->base2, &version);
+                r = account_move(s->batch, s->device, m->path, m->base, m->path2, m->base2, &version);
                 break;
         }
-        session_log_path(m->path, lp);
-        if (r < 0) {
-                BsErr code = session_errno_to_code(r);
-                errno = -r;
-                if (code == BS_ERR_IO || code == BS_ERR_NO_SPACE)
-                        session_log_event(s, LOG_ERR, BS_MID_REJECTED, m->path, "%s %s %s failed: %m",
-                                  bs_msg_type_name(m->type), id, lp);
-                else
-                        session_log_event(s, LOG_INFO, code == BS_ERR_CONFLICT ? BS_MID_CONFLICT : BS_MID_REJECTED,
-                                  m->path, "%s %s %s refused: %s", bs_msg_type_name(m->type), id, lp,
-                                  bs_err_name(code));
-                return session_send_error(s, m->req, code, "%s: %s", bs_err_name(code), strerror(-r));
-        }
-        if (r == 0)
-                switch (m->type) {
-                case BS_MSG_ATTR:
-                        session_log_event(s, LOG_INFO, BS_MID_CHANGED, m->path, "mode %04o and time of %s %s",
-                                          m->mode & 07777, id, lp);
-                        break;
-                case BS_MSG_MKDIR:
-                        session_log_event(s, LOG_INFO, BS_MID_CHANGED, m->path, "mkdir %s %s", id, lp);
-                        break;
-                case BS_MSG_SYMLINK:
-                        session_log_event(s, LOG_INFO, BS_MID_CHANGED, m->path, "symlink %s %s", id, lp);
-                        break;
-                case BS_MSG_DELETE:
-                        session_log_event(s, LOG_INFO, BS_MID_DELETED, m->path, "deleted %s %s", id, lp);
-                        break;
-                default:
-                        session_log_event(s, LOG_INFO, BS_MID_MOVED, m->path, "moved %s %s -> %s", id, lp,
-                                  session_log_path(m->path2, lp2));
-                        break;
-                }
-        return send_ack(s, m->req, version);
+        s->batch_changes++;
+        SessionHole h = {
+                .req = m->req,
+                .type = m->type,
+                .mode = m->mode,
+                .path = (char *) m->path,
+                .path2 = m->type == BS_MSG_MOVE ? (char *) m->path2 : NULL,
+        };
+        if (r == -EINPROGRESS)
+                return session_defer(s, &h);
+        return session_change_answer(s, &h, r, version);
 }
 
 static int handle_request(Session *s, const BsMsg *m) {
@@ -513,13 +649,13 @@ static void session_run(Session *s) {
         size_t len;
         int r;
 
-        while (s->state != SESSION_CLOSING) {
+        while (s->state != SESSION_CLOSING && !s->waiting) {
                 if (s->notify_pending && bs_buf_len(&s->out) < SESSION_OUT_HIGH) {
                         session_notify(s, s->notify_pending);
                         s->notify_pending = 0;
                 }
                 if (s->stream != STREAM_NONE) {
-                        if (stream_fill(s) < 0 || s->stream != STREAM_NONE)
+                        if (stream_fill(s) < 0 || s->stream != STREAM_NONE || s->waiting)
                                 break;
                 }
                 if (bs_buf_len(&s->out) >= SESSION_OUT_HIGH || s->copied_this_turn >= SESSION_COPY_BUDGET)
@@ -547,6 +683,8 @@ static void session_run(Session *s) {
                 if (m.type != BS_MSG_DATA)
                         log_debug("connection from %s: %s request %u", s->peer, bs_msg_type_name(m.type), m.req);
                 r = s->state == SESSION_HELLO ? handle_hello(s, &m) : handle_request(s, &m);
+                if (r == SESSION_AGAIN)
+                        break; /* the same frame again once woken */
                 bs_buf_consume(&s->in, len);
                 session_prefetch_consumed(s);
                 if ((m.type == BS_MSG_GET || m.type == BS_MSG_GET_DELTA) && s->state != SESSION_CLOSING)
@@ -632,6 +770,12 @@ static bool session_update(Session *s) {
                                                      s->ssl && SSL_want_write(s->ssl) ? EPOLLOUT : EPOLLIN);
                 return false;
         }
+        /* Waiting for the account: read on (up to the buffer's limit), nothing else. */
+        if (s->waiting) {
+                bool room = s->state != SESSION_CLOSING && !s->read_eof && bs_buf_len(&s->in) < SESSION_IN_MAX;
+                (void) sd_event_source_set_io_events(s->io_source, room ? EPOLLIN : 0);
+                return false;
+        }
         /* Work left in our buffers (or held decrypted inside TLS, which the
          * socket no longer signals): level-triggered EPOLLOUT brings us back
          * as soon as the socket takes more, even when the peer sends nothing
@@ -653,32 +797,24 @@ static bool session_update(Session *s) {
         return false;
 }
 
-static int on_io(sd_event_source *source, int fd, uint32_t revents, void *userdata) {
-        Session *s = userdata;
+/* Read, handle and write what the socket and the account allow now. */
+static void session_process(Session *s, uint32_t revents) {
         int r = 0;
 
-        if (s->state == SESSION_TLS) {
-                r = session_tls_step(s);
-                if (r < 0) {
-                        session_free(s);
-                        return 0;
-                }
-                if (s->state == SESSION_TLS) {
-                        (void) session_update(s);
-                        return 0;
-                }
-                /* Done. HELLO, if it came with the last handshake bytes, is
-                 * held inside TLS or still in the socket: see below. */
-        }
         /* With TLS a read may also be owed to bytes held inside it. Not
          * otherwise: a read reserves the input buffer, which an idle
          * connection should not hold. */
         if (((revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) || (s->ssl && SSL_has_pending(s->ssl))) &&
             s->state != SESSION_CLOSING && !s->read_eof)
                 r = session_read(s);
-        if (r >= 0 && (revents & EPOLLOUT))
+        /* While a batch is open the output holds its answers: nothing goes
+         * out before its commit. */
+        if (r >= 0 && (revents & EPOLLOUT) && !s->batch)
                 r = session_flush(s);
-        if (r >= 0) {
+        /* Woken by the commit: its outcome, and the answers it decided. */
+        if (r >= 0 && s->committing && !s->waiting)
+                (void) session_end_pass(s);
+        if (r >= 0 && !s->waiting) {
                 /* While the agent keeps sending, read on before committing: a
                  * burst of small files shares one commit (two syncs) per few
                  * MiB instead of one per input buffer. The budget keeps one
@@ -686,7 +822,7 @@ static int on_io(sd_event_source *source, int fd, uint32_t revents, void *userda
                 s->copied_this_turn = 0;
                 for (int i = 1;; i++) {
                         session_run(s);
-                        if (i >= SESSION_PASS_READS || s->state == SESSION_CLOSING || s->read_eof ||
+                        if (i >= SESSION_PASS_READS || s->state == SESSION_CLOSING || s->read_eof || s->waiting ||
                             s->copied_this_turn >= SESSION_COPY_BUDGET ||
                             s->stream != STREAM_NONE || bs_buf_len(&s->out) >= SESSION_OUT_HIGH)
                                 break;
@@ -695,7 +831,10 @@ static int on_io(sd_event_source *source, int fd, uint32_t revents, void *userda
                         if (r < 0 || bs_buf_len(&s->in) == before)
                                 break;
                 }
-                (void) session_end_pass(s);
+                if (!s->waiting)
+                        (void) session_end_pass(s);
+        }
+        if (!s->batch) {
                 r = r ?: session_flush(s);
                 /* An idle connection holds no buffers (a thousand would hold
                  * 64 MiB and more); the next bytes allocate them again. */
@@ -713,13 +852,55 @@ static int on_io(sd_event_source *source, int fd, uint32_t revents, void *userda
                                                 .account = s->account ? account_id(s->account) : NULL },
                         "connection from %s lost", s->peer);
                 session_free(s);
-                return 0;
+                return;
         }
         if (session_update(s)) {
                 log_debug("connection from %s closed", s->peer);
                 session_free(s);
         }
+}
+
+static int on_io(sd_event_source *source, int fd, uint32_t revents, void *userdata) {
+        Session *s = userdata;
+
+        if (s->state == SESSION_TLS) {
+                int r = session_tls_step(s);
+                if (r < 0) {
+                        session_free(s);
+                        return 0;
+                }
+                if (s->state == SESSION_TLS) {
+                        (void) session_update(s);
+                        return 0;
+                }
+                /* Done. HELLO, if it came with the last handshake bytes, is
+                 * held inside TLS or still in the socket: see below. */
+        }
+        session_process(s, revents);
         return 0;
+}
+
+static int on_wake(sd_event_source *source, void *userdata) {
+        session_process(userdata, 0);
+        return 0;
+}
+
+/* The account has an answer this session waits for: handle on, soon. */
+static void session_wake(void *userdata) {
+        Session *s = userdata;
+
+        s->waiting = false;
+        if (s->wake_source) {
+                (void) sd_event_source_set_enabled(s->wake_source, SD_EVENT_ONESHOT);
+                return;
+        }
+        if (sd_event_add_defer(s->server->event, &s->wake_source, on_wake, s) < 0) {
+                /* Cannot happen but for memory: the idle timer ends the session. */
+                s->wake_source = NULL;
+                return;
+        }
+        (void) sd_event_source_set_description(s->wake_source, "session-wake");
+        (void) sd_event_source_set_enabled(s->wake_source, SD_EVENT_ONESHOT);
 }
 
 static int on_timer(sd_event_source *source, uint64_t usec, void *userdata) {

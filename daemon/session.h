@@ -26,6 +26,23 @@
 typedef struct Server Server;
 typedef struct Session Session;
 
+/* A frame handler's answer besides 0 and -errno: the account answered
+ * -EINPROGRESS, so the frame stays unhandled (not consumed) and the
+ * session handles nothing more until the account wakes it. */
+#define SESSION_AGAIN 1
+
+/* A change the account answers at commit (-EINPROGRESS): where in the
+ * output its answer goes, and what it needs to be written and logged. */
+typedef struct SessionHole {
+        size_t at;         /* output length when the change was made */
+        unsigned index;    /* its number in the batch */
+        uint32_t req;
+        uint8_t type;      /* BS_MSG_PUT for an upload */
+        uint32_t mode;
+        uint64_t size, copied;
+        char *path, *path2;
+} SessionHole;
+
 typedef enum SessionState {
         SESSION_TLS,     /* before and during the TLS handshake */
         SESSION_HELLO,   /* waiting for HELLO */
@@ -67,7 +84,16 @@ struct Session {
         uint32_t peer_max_frame;
         uint64_t notify_pending; /* NOTIFY held back while the output is full */
         uint64_t copied_this_turn; /* by COPY frames, against SESSION_COPY_BUDGET */
-        size_t txn_mark;         /* output length when the open transaction began */
+        AccountBatch *batch;     /* this pass's changes, answered but not yet committed */
+        size_t txn_mark;         /* output length when the batch began */
+        unsigned batch_changes;  /* changes made in the batch: the next one's number */
+        SessionHole *holes;      /* changes of the batch answered at commit, in order */
+        size_t n_holes, cap_holes;
+        bool committing;         /* the batch's commit is under way: its answers are held */
+        bool waiting;            /* an answer is -EINPROGRESS: nothing is handled until woken */
+        AccountWaker waker;      /* what the account calls to wake this session */
+        sd_event_source *wake_source;
+        char token[BS_TOKEN_MAX + 1]; /* a new account's, from registration to WELCOME */
 
         struct {
                 bool active;
@@ -82,6 +108,7 @@ struct Session {
                 AccountContent *src;
                 uint8_t src_sha[BS_SHA_LEN];
                 uint64_t copied;
+                uint64_t copy_done; /* of the COPY in hand, when it had to wait */
         } upload;
 
         SessionStream stream;
@@ -93,6 +120,8 @@ struct Session {
         bool rec_pending; /* rec or row */
         AccountContent *content;
         uint64_t content_off;
+        bool file_sent;     /* GET: FILE went out (once the content was found) */
+        uint8_t get_sha[BS_SHA_LEN];
         /* GET_DELTA: the content the agent holds, cut into chunks and
          * indexed first (have_off bytes so far), then the delta of the
          * content against it. */
@@ -160,9 +189,15 @@ int session_send_error(Session *s, uint32_t req, BsErr code, const char *fmt, ..
 int session_fail(Session *s, uint32_t req, BsErr code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 /** The protocol error code for a negative errno from the account layer. */
 BsErr session_errno_to_code(int r);
-/** Note the output length before the first change of a transaction. */
-void session_change_begin(Session *s);
-/** Commit the pass's changes, then notify the other sessions. */
+/** The pass's batch, begun at its first change (noting where its answers start). */
+int session_batch(Session *s);
+/** r, or SESSION_AGAIN (waiting until woken) when r is -EINPROGRESS. */
+int session_again(Session *s, int r);
+/** Note the batch's last change, answered -EINPROGRESS: its answer is made at commit (h is copied). */
+int session_defer(Session *s, const SessionHole *h);
+/** Answer a change and log it (r as the account answered). */
+int session_change_answer(Session *s, const SessionHole *h, int r, uint64_t version);
+/** Commit the pass's changes, then notify the other sessions: 0, SESSION_AGAIN, or -errno. */
 int session_end_pass(Session *s);
 /** A path for a log line: control bytes escaped. buf: 4 * BS_PATH_MAX + 1 bytes. */
 const char *session_log_path(const char *p, char *buf);
@@ -180,11 +215,11 @@ int session_start_get(Session *s, const BsMsg *m);
  */
 typedef struct SessionRows {
         uint8_t type;
-        uint64_t seq;
-        uint8_t flags;                /* besides BS_CHANGES_MORE */
+        /* The frames' seq and flags (besides BS_CHANGES_MORE): known once a row was read. */
+        void (*header)(Session *s, uint64_t *seq, uint8_t *flags);
         size_t row_max;               /* the largest row on the wire */
         const char *what;             /* for the error */
-        int (*next)(Session *s);      /* read the next row: 1, 0 at the end, or -errno */
+        int (*next)(Session *s);      /* read the next row: 1, 0 at the end, -EINPROGRESS, or -errno */
         size_t (*size)(Session *s);   /* wire size of the row read */
         int (*encode)(Session *s);    /* append it to s->out */
         void (*done)(Session *s);     /* free the source */

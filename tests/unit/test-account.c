@@ -234,7 +234,8 @@ Test(account, sequence_survives_reopen) {
         cr_assert_eq(local_committed_seq(acc), 4);
 }
 
-/* COPY: an upload built from a stored content and new bytes (through the interface, which builds it). */
+/* COPY through the interface: an upload built from stored content read by
+ * offset and new bytes; reads outside the content, however spelled. */
 Test(account, upload_copy_from_stored_content) {
         const char *old = "0123456789abcdefghij", *want = "0123456789ABCDEFghij";
         uint8_t old_sha[BS_SHA_LEN], sha[BS_SHA_LEN];
@@ -242,30 +243,35 @@ Test(account, upload_copy_from_stored_content) {
         Account *ia = local_account(acc);
         AccountContent *src;
         AccountUpload *u;
+        char buf[20];
 
         cr_assert_eq(put("f", 0, old, &v1), 0);
         cr_assert_eq(local_commit(acc), 0);
         cr_assert_eq(bs_sha_buf(old, strlen(old), old_sha), 0);
         cr_assert_eq(bs_sha_buf(want, strlen(want), sha), 0);
-        cr_assert_eq(account_content_open(ia, old_sha, "f", &src), 0);
+        cr_assert_eq(account_content_open(ia, old_sha, "f", NULL, &src), 0);
+        cr_assert_eq(account_content_wait(src), 0);
+        cr_assert_eq(account_content_info(src)->size, 20);
 
         cr_assert_eq(local_put_check(acc, "f", v1, 20), 0);
         cr_assert_eq(account_upload_begin(ia, &u), 0);
-        cr_assert_eq(account_upload_copy(u, src, 0, 10, 20), 0);
+        cr_assert_eq(account_content_read(src, 0, buf, 10), 0);
+        cr_assert_eq(account_upload_write(u, buf, 10, 20), 0);
         cr_assert_eq(account_upload_write(u, "ABCDEF", 6, 20), 0);
-        cr_assert_eq(account_upload_copy(u, src, 16, 4, 20), 0);
-        cr_assert_eq(account_put(ia, u, device, "f", v1, 20, 0644, 1000000000, sha, &v2), 0);
-        cr_assert_eq(local_commit(acc), 0);
+        cr_assert_eq(account_content_read(src, 16, buf, 4), 0);
+        cr_assert_eq(account_upload_write(u, buf, 4, 20), 0);
+        cr_assert_eq(account_upload_write(u, "x", 1, 20), -EFBIG, "past the announced size");
+        AccountBatch *b;
+        cr_assert_eq(account_batch_new(ia, &b), 0);
+        cr_assert_eq(account_put(b, u, device, "f", v1, 20, 0644, 1000000000, sha, &v2), 0);
+        cr_assert_eq(account_batch_commit(b, NULL), 0);
+        account_batch_free(b);
         cr_assert_str_eq(tree_content("f"), want);
 
-        /* Ranges outside the content, however they are spelled, and past the limit. */
-        cr_assert_eq(account_upload_begin(ia, &u), 0);
-        cr_assert_eq(account_upload_copy(u, src, 15, 6, 100), -EBADMSG);
-        cr_assert_eq(account_upload_copy(u, src, 21, 0, 100), -EBADMSG);
-        cr_assert_eq(account_upload_copy(u, src, UINT64_MAX - 2, 4, 100), -EBADMSG);
-        cr_assert_eq(account_upload_copy(u, src, 0, 20, 19), -EFBIG);
-        cr_assert_eq(account_upload_copy(u, src, 20, 0, 19), 0, "an empty range at the end is fine");
-        account_upload_free(u);
+        cr_assert_eq(account_content_read(src, 15, buf, 6), -EBADMSG);
+        cr_assert_eq(account_content_read(src, 21, buf, 0), -EBADMSG);
+        cr_assert_eq(account_content_read(src, UINT64_MAX - 2, buf, 4), -EBADMSG);
+        cr_assert_eq(account_content_read(src, 20, buf, 0), 0, "an empty range at the end is fine");
         account_content_free(src);
 }
 

@@ -717,7 +717,7 @@ AgentStop agent_run(Agent *a) {
                         if (r < 0 && a->state_error)
                                 return AGENT_STOP_STATE;
                         if (r < 0) {
-                                log_error("sync with %s port %s failed: %s", a->cfg.server, a->cfg.port, strerror(-r));
+                                log_error("sync with %s port %s failed: %s", agent_server(a), a->cfg.port, strerror(-r));
                                 return AGENT_STOP_UNREACHABLE;
                         }
                         if (a->paused)

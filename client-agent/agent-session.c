@@ -27,7 +27,7 @@ void agent_disconnect(Agent *a, const char *why) {
                 return;
         if (why)
                 log_event(LOG_WARNING, BS_MID_CONN_LOST, a->account[0] ? a->account : NULL, NULL,
-                          "connection to %s port %s lost: %s", a->cfg.server, a->cfg.port, why);
+                          "connection to %s port %s lost: %s", agent_server(a), a->cfg.port, why);
         a->conn = bs_conn_free(a->conn);
 }
 
@@ -37,8 +37,8 @@ static bool token_saved(Agent *a) {
         return agent_state_get(a->state, "token", buf, sizeof(buf)) == 0 && strcmp(buf, a->token) == 0;
 }
 
-/* Connect, and check the server's key before anything is sent. */
-static int open_checked(Agent *a, BsConn **ret) {
+/* Connect to host, and check the server's key before anything is sent. */
+static int open_one(Agent *a, const char *host, BsConn **ret) {
         BsTrust t = { .tls = a->cfg.tls, .ca_file = a->cfg.ca_file, .pin_dir_fd = -1 };
         char have[BS_FP_TEXT_MAX], want[BS_FP_TEXT_MAX];
         BsConnReport rep;
@@ -56,7 +56,7 @@ static int open_checked(Agent *a, BsConn **ret) {
                 }
                 t.pin_dir_fd = fd;
         }
-        int r = bs_conn_open(a->cfg.server, a->cfg.port, CONNECT_TIMEOUT_MS, &t, ret, &rep);
+        int r = bs_conn_open(host, a->cfg.port, CONNECT_TIMEOUT_MS, &t, ret, &rep);
         bs_fp_format(rep.presented, have);
         bs_fp_format(rep.expected, want);
         if (r == -EPERM && t.have_fp) {
@@ -65,7 +65,7 @@ static int open_checked(Agent *a, BsConn **ret) {
                         "server-fingerprint); nothing was sent. If the server's key was changed on purpose (ask "
                         "its administrator: backupsyncd --fingerprint), give server-fingerprint = %s and start "
                         "the agent again",
-                        a->cfg.server, a->cfg.port, have, want, have);
+                        host, a->cfg.port, have, want, have);
                 a->stop = AGENT_STOP_IDENTITY;
                 return r;
         }
@@ -75,7 +75,7 @@ static int open_checked(Agent *a, BsConn **ret) {
                         "the first contact); nothing was sent. If the server's key was changed on purpose (ask "
                         "its administrator: backupsyncd --fingerprint), delete %s/%s or set server-fingerprint "
                         "= %s, and start the agent again",
-                        a->cfg.server, a->cfg.port, have, want, a->cfg.state_dir, BS_PIN_FILE, a->cfg.state_dir,
+                        host, a->cfg.port, have, want, a->cfg.state_dir, BS_PIN_FILE, a->cfg.state_dir,
                         BS_PIN_FILE, have);
                 a->stop = AGENT_STOP_IDENTITY;
                 return r;
@@ -83,20 +83,20 @@ static int open_checked(Agent *a, BsConn **ret) {
         if (r == -EPROTO) {
                 if (t.ca_file && strncmp(rep.reason, "certificate verify failed", 25) == 0) {
                         log_error("the server at %s port %s is not who it claims: %s; nothing was sent",
-                                  a->cfg.server, a->cfg.port, rep.reason);
+                                  host, a->cfg.port, rep.reason);
                         a->stop = AGENT_STOP_IDENTITY;
                 } else if (rep.server_said)
                         /* In clear text before any handshake: a server without
                          * TLS, or one that is full or has blocked us. */
-                        log_warning("the server at %s port %s %s: %s (%s)", a->cfg.server, a->cfg.port,
+                        log_warning("the server at %s port %s %s: %s (%s)", host, a->cfg.port,
                                     rep.code == BS_ERR_PROTOCOL ? "refused TLS" : "refused the connection",
                                     bs_err_name(rep.code), rep.text);
                 else
-                        log_warning("TLS with %s port %s failed: %s", a->cfg.server, a->cfg.port, rep.reason);
+                        log_warning("TLS with %s port %s failed: %s", host, a->cfg.port, rep.reason);
                 return r;
         }
         if (r == -ETIMEDOUT && rep.reason[0])
-                log_warning("%s port %s: %s", a->cfg.server, a->cfg.port, rep.reason);
+                log_warning("%s port %s: %s", host, a->cfg.port, rep.reason);
         if (r == -EBADMSG) {
                 /* A pin we cannot read checks nothing: a person must look. */
                 log_error("%s/%s is damaged; delete it to pin the server's key again at the next contact",
@@ -109,8 +109,29 @@ static int open_checked(Agent *a, BsConn **ret) {
                 bs_logf(LOG_NOTICE, &(BsLogCtx) { .message_id = BS_MID_TLS_PINNED, .fingerprint = have },
                         "first contact with %s port %s: its key %s is now pinned in %s/%s; compare it with what "
                         "the server's administrator sees (backupsyncd --fingerprint)",
-                        a->cfg.server, a->cfg.port, have, a->cfg.state_dir, BS_PIN_FILE);
+                        host, a->cfg.port, have, a->cfg.state_dir, BS_PIN_FILE);
         return 0;
+}
+
+/* The servers in turn, from the one that answered last, while they cannot
+ * be reached: a node that is down hands its agents to the next one. */
+static int open_checked(Agent *a, BsConn **ret) {
+        int r = -EHOSTUNREACH;
+        for (size_t k = 0; k < a->n_servers; k++) {
+                size_t i = (a->server_i + k) % a->n_servers;
+                r = open_one(a, a->servers[i], ret);
+                if (r >= 0) {
+                        if (i != a->server_i)
+                                log_info("%s port %s answers; %s did not", a->servers[i], a->cfg.port,
+                                         a->servers[a->server_i]);
+                        a->server_i = i;
+                        return r;
+                }
+                if (a->stop || (r != -ECONNREFUSED && r != -ETIMEDOUT && r != -EHOSTUNREACH && r != -ENETUNREACH &&
+                                r != -ECONNRESET && r != -EADDRNOTAVAIL))
+                        return r;
+        }
+        return r;
 }
 
 int agent_connect(Agent *a) {
@@ -218,7 +239,7 @@ int agent_connect(Agent *a) {
         }
         memcpy(a->account, m->path, BS_ID_LEN + 1);
         agent_token_file(a);
-        log_info("connected to %s port %s, account %s at sequence %llu", a->cfg.server, a->cfg.port, a->account,
+        log_info("connected to %s port %s, account %s at sequence %llu", agent_server(a), a->cfg.port, a->account,
                  (unsigned long long) m->seq);
         a->conn = TAKE_PTR(c);
         r = 0;

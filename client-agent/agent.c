@@ -26,6 +26,45 @@
 #define SETTLE_QUIET_USEC (1 * 1000000ULL)
 #define SETTLE_MAX_USEC (10 * 1000000ULL)
 
+/* "a.example.org, b.example.org": the names in order, spaces around them dropped. */
+static int split_servers(const char *list, char ***ret, size_t *ret_n) {
+        char **v = NULL;
+        size_t n = 0;
+        for (const char *p = list; p && *p;) {
+                p += strspn(p, " \t");
+                size_t len = strcspn(p, ",");
+                size_t end = len;
+                while (end > 0 && (p[end - 1] == ' ' || p[end - 1] == '\t'))
+                        end--;
+                if (end > 0) {
+                        char **nv = reallocarray(v, n + 1, sizeof(*v));
+                        if (!nv || !(nv[n] = strndup(p, end))) {
+                                v = nv ? nv : v;
+                                for (size_t i = 0; i < n; i++)
+                                        free(v[i]);
+                                free(v);
+                                return -ENOMEM;
+                        }
+                        v = nv;
+                        n++;
+                }
+                p += len;
+                if (*p == ',')
+                        p++;
+        }
+        if (n == 0) {
+                free(v);
+                return -EINVAL;
+        }
+        *ret = v;
+        *ret_n = n;
+        return 0;
+}
+
+const char *agent_server(const Agent *a) {
+        return a->servers[a->server_i];
+}
+
 int agent_new(const AgentConfig *cfg, Agent **ret) {
         Agent *a = calloc(1, sizeof(*a));
         if (!a)
@@ -33,7 +72,9 @@ int agent_new(const AgentConfig *cfg, Agent **ret) {
         a->cfg = *cfg;
         a->rootfd = a->scan_fd = a->state_dir_fd = -1;
         int r = ignore_set_new(!cfg->no_default_ignores, cfg->ignore, cfg->n_ignore, &a->ignore);
+        r = r ?: split_servers(cfg->server, &a->servers, &a->n_servers);
         if (r < 0) {
+                ignore_set_free(a->ignore);
                 free(a);
                 return r;
         }
@@ -45,6 +86,9 @@ int agent_new(const AgentConfig *cfg, Agent **ret) {
 Agent *agent_free(Agent *a) {
         if (!a)
                 return NULL;
+        for (size_t i = 0; i < a->n_servers; i++)
+                free(a->servers[i]);
+        free(a->servers);
         bs_conn_free(a->conn);
         sd_event_source_disable_unref(a->socket_source);
         sd_event_source_disable_unref(a->inotify_source);
@@ -232,7 +276,7 @@ static void write_status(Agent *a, BsSyncState state) {
         if (a->progress_what)
                 (void) strlcpy(st.progress_what, a->progress_what, sizeof(st.progress_what));
         (void) strlcpy(st.dir, a->cfg.dir, sizeof(st.dir));
-        (void) strlcpy(st.server, a->cfg.server, sizeof(st.server));
+        (void) strlcpy(st.server, agent_server(a), sizeof(st.server));
         (void) strlcpy(st.port, a->cfg.port, sizeof(st.port));
         (void) strlcpy(st.account, a->account, sizeof(st.account));
         if (state == BS_SYNC_PAUSED)

@@ -94,6 +94,9 @@ typedef struct LateMode {
 
 typedef struct Agent {
         AgentConfig cfg;
+        /* cfg.server as a list (server = a, b): tried in turn from the one that answered last. */
+        char **servers;
+        size_t n_servers, server_i;
         IgnoreSet *ignore;
         AgentState *state;
         Watcher *watcher;
@@ -214,6 +217,8 @@ static inline uint64_t realtime_usec(void) {
 
 /* agent.c */
 int agent_new(const AgentConfig *cfg, Agent **ret);
+/** The server now in use (of server = a, b: the one that answered last). */
+const char *agent_server(const Agent *a);
 /** path changed here or on the server: if it is an ignore file, read it again and look at everything. */
 void agent_ignore_changed(Agent *a, const char *path);
 /** Free everything the agent owns, event sources included; NULL. */

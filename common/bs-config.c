@@ -64,7 +64,41 @@ void bs_server_config_done(BsServerConfig *cfg) {
         free(cfg->storage);
         free(cfg->tls_cert);
         free(cfg->tls_key);
+        free(cfg->metadata);
+        free(cfg->content_bucket);
+        free(cfg->s3_endpoint);
+        free(cfg->s3_region);
+        free(cfg->s3_credentials);
+        free(cfg->s3_ca_file);
         cfg->listen = cfg->storage = cfg->tls_cert = cfg->tls_key = NULL;
+        cfg->metadata = cfg->content_bucket = cfg->s3_endpoint = cfg->s3_region = NULL;
+        cfg->s3_credentials = cfg->s3_ca_file = NULL;
+}
+
+/* A password in the world-readable configuration file is refused: libpq
+ * reads one from a passfile (passfile=, PGPASSFILE, ~/.pgpass). */
+static bool conninfo_has_password(const char *v) {
+        if (strncmp(v, "postgresql://", 13) == 0 || strncmp(v, "postgres://", 11) == 0) {
+                const char *auth = strstr(v, "://") + 3, *end = auth + strcspn(auth, "/?"), *at = NULL;
+                for (const char *q = auth; q < end; q++)
+                        if (*q == '@')
+                                at = q;
+                if (at && memchr(auth, ':', (size_t) (at - auth)))
+                        return true;
+                return strstr(v, "password=") != NULL;
+        }
+        return strstr(v, "password") != NULL;
+}
+
+/* S3 bucket names: 3 to 63 of a-z, 0-9, '.', '-', starting and ending with a letter or digit. */
+static bool bucket_valid(const char *b) {
+        size_t n = strlen(b);
+        if (n < 3 || n > 63 || !(isalnum((unsigned char) b[0]) && isalnum((unsigned char) b[n - 1])))
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (!(islower((unsigned char) b[i]) || isdigit((unsigned char) b[i]) || b[i] == '.' || b[i] == '-'))
+                        return false;
+        return true;
 }
 
 void bs_agent_config_init(BsAgentConfig *cfg) {
@@ -159,6 +193,30 @@ static bool is_host(const char *s) {
         return true;
 }
 
+/* Servers an agent tries in turn (server = a, b): a sane number. */
+#define SERVERS_MAX 16u
+
+/* "a.example.org, 10.0.0.2": each a host name or address, spaces around commas allowed. */
+static bool servers_valid(const char *s) {
+        char buf[1024];
+        unsigned n = 0;
+        if (strlen(s) >= sizeof(buf))
+                return false;
+        for (const char *p = s;;) {
+                p += strspn(p, " \t");
+                size_t len = strcspn(p, ","), end = len;
+                while (end > 0 && (p[end - 1] == ' ' || p[end - 1] == '\t'))
+                        end--;
+                memcpy(buf, p, end);
+                buf[end] = 0;
+                if (!(is_address(buf) || is_host(buf)) || ++n > SERVERS_MAX)
+                        return false;
+                if (!p[len])
+                        return true;
+                p += len + 1;
+        }
+}
+
 /* A leading "~" or "~/" is $HOME; "~user" is not supported. */
 static int expand_path(Parser *p, const char *key, const char *value, char **ret) {
         const char *home = getenv("HOME");
@@ -245,6 +303,41 @@ static void server_key(Parser *p, const char *key, const char *value) {
                         parser_fail(p, -EINVAL, key, "'%s' is not an absolute path", value);
                 else
                         (void) store_string(p, key, key[4] == 'c' ? &c->tls_cert : &c->tls_key, value);
+        } else if (strcmp(key, "metadata") == 0) {
+                if (!value[0])
+                        parser_fail(p, -EINVAL, key, "an empty connection string");
+                else if (conninfo_has_password(value))
+                        parser_fail(p, -EINVAL, key, "a password does not belong in this file: put it in a passfile "
+                                                     "(passfile=, PGPASSFILE or ~/.pgpass)");
+                else
+                        (void) store_string(p, key, &c->metadata, value);
+        } else if (strcmp(key, "content") == 0) {
+                if (strncmp(value, "s3://", 5) != 0 || !bucket_valid(value + 5))
+                        parser_fail(p, -EINVAL, key, "'%s' is not s3://BUCKET (a bucket name of 3 to 63 a-z, 0-9, "
+                                                     "'.' and '-')", value);
+                else
+                        (void) store_string(p, key, &c->content_bucket, value + 5);
+        } else if (strcmp(key, "s3-endpoint") == 0) {
+                if (strncmp(value, "http://", 7) != 0 && strncmp(value, "https://", 8) != 0)
+                        parser_fail(p, -EINVAL, key, "'%s' is not an http:// or https:// URL", value);
+                else
+                        (void) store_string(p, key, &c->s3_endpoint, value);
+        } else if (strcmp(key, "s3-region") == 0) {
+                if (!value[0] || strlen(value) > 64 || strspn(value, "abcdefghijklmnopqrstuvwxyz0123456789-") != strlen(value))
+                        parser_fail(p, -EINVAL, key, "'%s' is not a region name", value);
+                else
+                        (void) store_string(p, key, &c->s3_region, value);
+        } else if (strcmp(key, "s3-addressing") == 0) {
+                if (strcmp(value, "path") == 0 || strcmp(value, "virtual") == 0)
+                        c->s3_virtual_host = value[0] == 'v';
+                else
+                        parser_fail(p, -EINVAL, key, "'%s' is not path or virtual", value);
+        } else if (strcmp(key, "s3-credentials") == 0 || strcmp(key, "s3-ca-file") == 0) {
+                if (value[0] != '/')
+                        parser_fail(p, -EINVAL, key, "'%s' is not an absolute path", value);
+                else
+                        (void) store_string(p, key, strcmp(key, "s3-credentials") == 0 ? &c->s3_credentials
+                                                                                         : &c->s3_ca_file, value);
         } else if (strcmp(key, "keep-versions") == 0)
                 (void) parse_duration(p, key, value, 0, &c->keep_versions_usec);
         else if (strcmp(key, "keep-all") == 0)
@@ -330,8 +423,9 @@ static void agent_key(Parser *p, const char *instance, const char *key, const ch
         p->section_file = p->file;
 
         if (strcmp(key, "server") == 0) {
-                if (!is_address(value) && !is_host(value))
-                        parser_fail(p, -EINVAL, key, "'%s' is not a host name or address", value);
+                if (!servers_valid(value))
+                        parser_fail(p, -EINVAL, key, "'%s' is not a host name or address, or a list of up to %u "
+                                                     "of them separated by commas", value, SERVERS_MAX);
                 else
                         (void) store_string(p, key, &c->server, value);
         } else if (strcmp(key, "port") == 0)
@@ -493,6 +587,15 @@ int bs_config_load_server(const char *file, bool must_exist, BsServerConfig *cfg
         if (r == 0 && !cfg->tls_cert != !cfg->tls_key) {
                 error_set(err, file, 0, cfg->tls_cert ? "tls-key" : "tls-cert",
                           "tls-cert and tls-key go together: set both, or neither for the server's own key");
+                return -EINVAL;
+        }
+        if (r == 0 && !cfg->metadata != !cfg->content_bucket) {
+                error_set(err, file, 0, cfg->metadata ? "content" : "metadata",
+                          "metadata and content go together: set both for the cluster backend, or neither");
+                return -EINVAL;
+        }
+        if (r == 0 && cfg->content_bucket && !cfg->s3_endpoint) {
+                error_set(err, file, 0, "s3-endpoint", "content = s3://... needs s3-endpoint");
                 return -EINVAL;
         }
         return r;

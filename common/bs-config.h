@@ -54,6 +54,14 @@ typedef struct BsServerConfig {
         unsigned max_connections;
         bool tls;                    /* default yes */
         char *tls_cert, *tls_key;    /* an administrator's; NULL: the server's own */
+        /* The cluster backend (both set) instead of the embedded one (neither). */
+        char *metadata;              /* libpq connection string, without a password */
+        char *content_bucket;        /* from content = s3://BUCKET */
+        char *s3_endpoint;           /* http(s)://host[:port] */
+        char *s3_region;             /* NULL: us-east-1 */
+        bool s3_virtual_host;        /* s3-addressing = virtual; default path */
+        char *s3_credentials;        /* file with the access key and the secret; NULL: systemd's credential "s3" */
+        char *s3_ca_file;
 } BsServerConfig;
 
 /* [agent:NAME]; strings are owned (NULL: not set). */

@@ -109,7 +109,7 @@ EXCEPTION WHEN duplicate_object THEN NULL;
 END $$;
 
 -- Kinds and operations as the protocol numbers them (bs-proto.h).
--- kind: 1 file, 2 dir, 3 symlink; op: 1 put, 2 mkdir, 3 symlink, 4 delete, 5 move.
+-- kind: 1 file, 2 dir, 3 symlink; op: 1 put, 2 mkdir, 3 delete, 4 move, 5 symlink.
 
 -- The transaction's time: all changes of a batch agree to the second.
 CREATE OR REPLACE FUNCTION bs_now() RETURNS bigint LANGUAGE sql STABLE AS
@@ -310,7 +310,7 @@ BEGIN
         END IF;
         e := ROW(a, p, 3, length(tgt), 511, mt, NULL, tgt, s, dev, s, bs_now());
         PERFORM bs_entry_set(e);
-        PERFORM bs_log_add(a, s, dev, 3::smallint, e, p, tgt);
+        PERFORM bs_log_add(a, s, dev, 5::smallint, e, p, tgt);
         RETURN (0, s);
 END $$;
 
@@ -336,7 +336,7 @@ BEGIN
         DELETE FROM bs_entries WHERE account = a
                 AND (path = p OR (path >= bs_below_lo(p) AND path < bs_below_hi(p)));
         e.device := dev;
-        PERFORM bs_log_add(a, s, dev, 4::smallint, e, p, NULL);
+        PERFORM bs_log_add(a, s, dev, 3::smallint, e, p, NULL);
         RETURN (0, s);
 END $$;
 
@@ -387,7 +387,7 @@ BEGIN
         e.device := dev;
         e.time := bs_now();
         PERFORM bs_entry_set(e);
-        PERFORM bs_log_add(a, s, dev, 5::smallint, e, src, dst);
+        PERFORM bs_log_add(a, s, dev, 4::smallint, e, src, dst);
         RETURN (0, s);
 END $$;
 

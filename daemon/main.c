@@ -28,6 +28,7 @@
 #include "bs-log.h"
 #include "bs-macro.h"
 #include "bs-parse.h"
+#include "cluster.h"
 #include "local.h"
 #include "offline.h"
 #include "server.h"
@@ -338,6 +339,115 @@ static int reload(Server *server, void *userdata) {
         return 0;
 }
 
+/* How long the cluster backend may take to reach its engines at start. */
+#define CLUSTER_SETUP_USEC (60ULL * USEC_PER_SEC)
+
+/*
+ * The S3 access key and secret, one per line, from s3-credentials or
+ * systemd's credential "s3" (LoadCredential=): never from the
+ * configuration file, which every user may read.
+ */
+static int read_s3_credentials(const BsServerConfig *cfg, char *key, size_t key_size, char *secret,
+                               size_t secret_size) {
+        char path[PATH_MAX], buf[1024];
+        const char *creds = getenv("CREDENTIALS_DIRECTORY");
+
+        if (cfg->s3_credentials)
+                snprintf(path, sizeof(path), "%s", cfg->s3_credentials);
+        else if (creds && creds[0])
+                snprintf(path, sizeof(path), "%s/s3", creds);
+        else {
+                log_error("content = s3://%s needs its credentials: s3-credentials = FILE, or the credential "
+                          "\"s3\" (LoadCredential=s3:FILE)", cfg->content_bucket);
+                return -ENOENT;
+        }
+        FILE *f = fopen(path, "re");
+        if (!f) {
+                log_error("cannot read the S3 credentials %s: %m", path);
+                return -errno;
+        }
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        char *nl = strchr(buf, '\n');
+        if (nl)
+                *nl++ = 0;
+        size_t sl = nl ? strcspn(nl, "\r\n") : 0;
+        if (!nl || !buf[0] || sl == 0 || strlen(buf) >= key_size || sl >= secret_size) {
+                log_error("%s: expected the access key on the first line and the secret on the second", path);
+                explicit_bzero(buf, sizeof(buf));
+                return -EINVAL;
+        }
+        snprintf(key, key_size, "%s", buf);
+        snprintf(secret, secret_size, "%.*s", (int) sl, nl);
+        explicit_bzero(buf, sizeof(buf));
+        return 0;
+}
+
+/* The cluster backend, its schema and bucket in place: 0, or -errno after logging why not. */
+static int cluster_open(const BsServerConfig *cfg, const char *storage, sd_event *event, Backend **ret) {
+        char key[1024], secret[1024], spool[PATH_MAX];
+        Backend *b;
+        uint64_t start, now;
+        int r;
+
+        r = read_s3_credentials(cfg, key, sizeof(key), secret, sizeof(secret));
+        if (r < 0)
+                return r;
+        if (snprintf(spool, sizeof(spool), "%s/spool", storage) >= (int) sizeof(spool))
+                return -ENAMETOOLONG;
+        if (mkdir(spool, 0700) < 0 && errno != EEXIST) {
+                r = -errno;
+                log_error("cannot create the spool directory %s: %m", spool);
+                return r;
+        }
+        r = cluster_backend_new(event, &(ClusterConfig) {
+                .metadata = cfg->metadata,
+                .content = {
+                        .endpoint = cfg->s3_endpoint,
+                        .region = cfg->s3_region,
+                        .bucket = cfg->content_bucket,
+                        .access_key = key,
+                        .secret_key = secret,
+                        .virtual_host = cfg->s3_virtual_host,
+                        .ca_file = cfg->s3_ca_file,
+                        .retry_usec = S3_RETRY_USEC_DEFAULT,
+                },
+                .spool = spool,
+        }, &b);
+        explicit_bzero(secret, sizeof(secret));
+        if (r < 0) {
+                errno = -r;
+                log_error("cannot set up the cluster backend: %m");
+                return r;
+        }
+        /* Nothing is served before the engines answer: run the loop for them. */
+        (void) sd_event_now(event, CLOCK_MONOTONIC, &start);
+        while ((r = cluster_backend_wait(b, NULL)) == -EINPROGRESS) {
+                (void) sd_event_now(event, CLOCK_MONOTONIC, &now);
+                if (now - start > CLUSTER_SETUP_USEC) {
+                        r = -ETIMEDOUT;
+                        break;
+                }
+                int k = sd_event_run(event, USEC_PER_SEC);
+                if (k < 0) {
+                        r = k;
+                        break;
+                }
+        }
+        if (r < 0) {
+                errno = -r;
+                log_error("cluster backend: cannot reach the metadata database (%s) and the bucket %s at %s, or "
+                          "set them up: %m", cfg->metadata, cfg->content_bucket, cfg->s3_endpoint);
+                backend_free(b);
+                return r;
+        }
+        log_info("cluster backend: metadata in PostgreSQL, content in s3://%s at %s", cfg->content_bucket,
+                 cfg->s3_endpoint);
+        *ret = b;
+        return 0;
+}
+
 /* One backupsyncd per storage directory: the lock lives as long as the process. */
 static int lock_storage(const char *storage) {
         char path[PATH_MAX];
@@ -423,11 +533,18 @@ int main(int argc, char **argv) {
                 return EX_CANTCREAT;
         }
 
-        r = local_backend_new(storage, &backend);
-        if (r < 0) {
-                errno = -r;
-                log_error("cannot open storage %s: %m", storage);
-                return EX_OSERR;
+        if (ctx.cfg.metadata && (ctx.args.verify || ctx.args.prune)) {
+                log_error("--verify and --prune work on the embedded backend only, not yet on the cluster "
+                          "(metadata = ...)");
+                return EX_UNAVAILABLE;
+        }
+        if (!ctx.cfg.metadata) {
+                r = local_backend_new(storage, &backend);
+                if (r < 0) {
+                        errno = -r;
+                        log_error("cannot open storage %s: %m", storage);
+                        return EX_OSERR;
+                }
         }
         if (ctx.args.verify)
                 return offline_verify(backend);
@@ -462,6 +579,13 @@ int main(int argc, char **argv) {
         signal(SIGPIPE, SIG_IGN);
 
         r = sd_event_default(&event);
+        if (r >= 0 && ctx.cfg.metadata) {
+                r = cluster_open(&ctx.cfg, storage, event, &backend);
+                if (r < 0) {
+                        sd_event_unref(event);
+                        return EX_UNAVAILABLE;
+                }
+        }
         if (r >= 0) {
                 ServerConfig config = {
                         .storage = storage,

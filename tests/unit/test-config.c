@@ -163,6 +163,20 @@ Test(config, server_bad_values) {
                 { "tls = maybe", "tls", "not a boolean" },
                 { "tls-cert = cert.pem", "tls-cert", "not an absolute path" },
                 { "tls-key = ~/key.pem", "tls-key", "not an absolute path" },
+                { "metadata =", "metadata", "an empty connection string" },
+                { "metadata = host=db password=secret", "metadata", "a password does not belong in this file" },
+                { "metadata = postgresql://bs:secret@db/backup", "metadata", "passfile" },
+                { "metadata = postgres://db/backup?password=x", "metadata", "passfile" },
+                { "content = /srv/backup", "content", "is not s3://BUCKET" },
+                { "content = s3://", "content", "is not s3://BUCKET" },
+                { "content = s3://Backup", "content", "is not s3://BUCKET" },
+                { "content = s3://-bucket", "content", "is not s3://BUCKET" },
+                { "content = s3://b/key", "content", "is not s3://BUCKET" },
+                { "s3-endpoint = 127.0.0.1:7480", "s3-endpoint", "not an http:// or https:// URL" },
+                { "s3-region = US East", "s3-region", "not a region name" },
+                { "s3-addressing = dns", "s3-addressing", "not path or virtual" },
+                { "s3-credentials = s3.key", "s3-credentials", "not an absolute path" },
+                { "s3-ca-file = ca.pem", "s3-ca-file", "not an absolute path" },
                 { "bogus = 1", "bogus", "unknown key in [server]" },
         };
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -191,6 +205,42 @@ Test(config, server_tls_cert_and_key_together) {
         cr_expect_eq(server_load("[server]\ntls-key = /k.pem\n", &c, &e), -EINVAL);
         cr_expect_str_eq(e.key, "tls-cert");
         bs_server_config_done(&c);
+}
+
+/* The cluster backend: every key read, and the ones that go together. */
+Test(config, server_cluster_keys) {
+        BsServerConfig c;
+        BsConfigError e = {};
+        cr_assert_eq(server_load("[server]\n"
+                                 "metadata = postgresql://bs@db1.example.org/backup?passfile=/etc/bs/pgpass\n"
+                                 "content = s3://backup.example-1\n"
+                                 "s3-endpoint = https://s3.example.org:9000\n"
+                                 "s3-region = eu-west-1\n"
+                                 "s3-addressing = virtual\n"
+                                 "s3-credentials = /etc/backupsync/s3.key\n"
+                                 "s3-ca-file = /etc/ssl/ca.pem\n", &c, &e), 0, "%s", e.message);
+        cr_expect_str_eq(c.metadata, "postgresql://bs@db1.example.org/backup?passfile=/etc/bs/pgpass");
+        cr_expect_str_eq(c.content_bucket, "backup.example-1");
+        cr_expect_str_eq(c.s3_endpoint, "https://s3.example.org:9000");
+        cr_expect_str_eq(c.s3_region, "eu-west-1");
+        cr_expect(c.s3_virtual_host);
+        cr_expect_str_eq(c.s3_credentials, "/etc/backupsync/s3.key");
+        cr_expect_str_eq(c.s3_ca_file, "/etc/ssl/ca.pem");
+        bs_server_config_done(&c);
+
+        static const struct {
+                const char *text, *key, *needle;
+        } half[] = {
+                { "[server]\nmetadata = host=10.0.0.5 dbname=backup\n", "content", "go together" },
+                { "[server]\ncontent = s3://backup\ns3-endpoint = http://10.0.0.6:7480\n", "metadata", "go together" },
+                { "[server]\nmetadata = host=10.0.0.5\ncontent = s3://backup\n", "s3-endpoint", "needs s3-endpoint" },
+        };
+        for (size_t i = 0; i < sizeof(half) / sizeof(half[0]); i++) {
+                cr_expect_eq(server_load(half[i].text, &c, &e), -EINVAL, "%s", half[i].text);
+                cr_expect_str_eq(e.key, half[i].key);
+                cr_expect(strstr(e.message, half[i].needle) != NULL, "%s", e.message);
+                bs_server_config_done(&c);
+        }
 }
 
 Test(config, server_structure_errors) {
@@ -294,6 +344,10 @@ Test(config, agent_lookup) {
         bs_agent_config_done(&c);
 
         /* Addresses, IPv6 included, and a bare ~. */
+        cr_assert_eq(agent_load("[agent:x]\nserver = a.example.org, 10.0.0.2 ,::1\nport = 1\npath = /p\n", NULL, "x",
+                                &c, &e), 0, "%s", e.message);
+        cr_expect_str_eq(c.server, "a.example.org, 10.0.0.2 ,::1", "a list of servers is kept as written");
+        bs_agent_config_done(&c);
         cr_assert_eq(agent_load("[agent:x]\nserver = ::1\nport = 1\npath = ~\n", NULL, "x", &c, &e), 0,
                      "%s", formatted(&e));
         cr_expect_str_eq(c.server, "::1");
@@ -387,6 +441,9 @@ Test(config, agent_bad_values) {
         } bad[] = {
                 { "server = bad host", "server", "not a host name or address" },
                 { "server =", "server", "not a host name" },
+                { "server = a.example.org,,b.example.org", "server", "separated by commas" },
+                { "server = a.example.org, b c", "server", "separated by commas" },
+                { "server = a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q", "server", "up to 16" },
                 { "port = 0", "port", "not a TCP port" },
                 { "port = 70000", "port", "not a TCP port" },
                 { "path = relative", "path", "not an absolute path" },

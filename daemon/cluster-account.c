@@ -1,0 +1,899 @@
+/* cluster-account.c - an account of the cluster backend: batches, uploads, reads
+ *
+ * A batch collects its changes and answers each at commit: first every
+ * uploaded content is stored as an object (the store answered success),
+ * then one transaction applies the changes in order through the schema's
+ * functions, records the objects and announces the new sequence. Only
+ * then are the answers there, so an acknowledged change never names a
+ * missing object; a crash in between leaves an object nothing names.
+ * Reads look the content up in PostgreSQL and fetch it from the store in
+ * windows; a PULL reads one consistent state in one transaction.
+ */
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bs-clock.h"
+#include "bs-fs.h"
+#include "bs-hash.h"
+#include "bs-macro.h"
+#include "bs-token.h"
+#include "cluster-internal.h"
+
+/* Bytes fetched from the store per read of a content: a GET streams on
+ * from memory between round trips. */
+#define CONTENT_WINDOW (4u * 1024 * 1024)
+
+#define ACCOUNT(a) ((ClusterAccount *) (a))
+
+typedef struct ClusterBatch ClusterBatch;
+
+/* One change of a batch, as the agent asked it, and its answer. */
+typedef struct Change {
+        ClusterBatch *batch;
+        uint8_t type; /* BS_MSG_* */
+        uint8_t device[BS_DEVICE_LEN];
+        char *path, *path2; /* path2: MOVE's target or SYMLINK's link text */
+        uint64_t base, base2, size;
+        uint32_t mode;
+        int64_t mtime_ns;
+        uint8_t sha[BS_SHA_LEN];
+        int fd;             /* PUT: the spooled content, until the batch is done */
+        S3Request *req;     /* PUT: its object being stored */
+        int r;
+        uint64_t version;
+} Change;
+
+enum { BATCH_OPEN, BATCH_STORING, BATCH_COMMITTING, BATCH_DONE };
+
+struct ClusterBatch {
+        AccountBatch base;
+        ClusterAccount *account;
+        Change *changes;
+        size_t n, cap;
+        int state;
+        int result;
+        unsigned storing; /* objects in flight */
+        const AccountWaker *waker;
+        bool freed;       /* let go while committing: the commit's end frees it */
+};
+
+typedef struct ClusterUpload {
+        AccountUpload base;
+        int fd;
+        BsSha *sha;
+        uint64_t written;
+} ClusterUpload;
+
+typedef struct ClusterContent {
+        AccountContent base;
+        ClusterAccount *account;
+        const AccountWaker *waker;
+        int state; /* 1 while looked up, then 0 or -errno */
+        bool freed;
+        char key[S3_KEY_MAX];
+        uint8_t *data; /* a window of the object */
+        uint64_t data_off;
+        size_t data_len;
+        S3Request *req;
+        int read_error;
+} ClusterContent;
+
+typedef struct ClusterCursor {
+        AccountCursor base;
+        const AccountWaker *waker;
+        int state;
+        bool freed;
+        bool snapshot;
+        uint64_t since, seq;
+        PGresult *rows;
+        int row;
+} ClusterCursor;
+
+static void wake(const AccountWaker *w) {
+        if (w)
+                w->fn(w->userdata);
+}
+
+/* --- the account --- */
+
+static int ops_wait(Account *base, const AccountWaker *w) {
+        ClusterAccount *a = ACCOUNT(base);
+        if (a->state <= 0)
+                return a->state;
+        int r = cluster_waiters_add(&a->waiters, w);
+        return r < 0 ? r : -EINPROGRESS;
+}
+
+static void ops_forget_waker(Account *base, const AccountWaker *w) {
+        cluster_waiters_remove(&ACCOUNT(base)->waiters, w);
+}
+
+static void ops_free(Account *base) {
+        cluster_account_drop(ACCOUNT(base));
+}
+
+static const char *ops_id(const Account *base) {
+        return ((const ClusterAccount *) base)->id;
+}
+
+static uint64_t ops_committed_seq(const Account *base) {
+        return ((const ClusterAccount *) base)->seq;
+}
+
+static bool ops_key_valid(Account *base, const char *key) {
+        char h[65];
+        return bs_key_hash(key, h) >= 0 && bs_key_hash_equal(h, ACCOUNT(base)->key_hash);
+}
+
+static int ops_device_seen(Account *base, const uint8_t device[BS_DEVICE_LEN], const char *name) {
+        ClusterAccount *a = ACCOUNT(base);
+        char now[32];
+        snprintf(now, sizeof(now), "%" PRId64, (int64_t) bs_now());
+        const char *v[] = { a->id, (const char *) device, name, now };
+        const int len[] = { 0, BS_DEVICE_LEN, 0, 0 }, fmt[] = { 0, 1, 0, 0 };
+        /* Only for the status: not waited for. */
+        return pg_query(a->backend->pg,
+                        "INSERT INTO bs_devices (account, id, name, first_seen, last_seen) "
+                        "VALUES ($1, $2::bytea, $3, $4::bigint, $4::bigint) "
+                        "ON CONFLICT (account, id) DO UPDATE SET name = $3, last_seen = $4",
+                        4, v, len, fmt, NULL, NULL);
+}
+
+static bool ops_needs_recovery(const Account *base) {
+        return false; /* a transaction commits whole or not at all */
+}
+
+static int ops_unsupported(void) {
+        return -EOPNOTSUPP;
+}
+
+static int ops_verify(Account *a, bool repair, bool hash_all, account_verify_fn report, void *userdata) {
+        return ops_unsupported();
+}
+
+static int ops_prune(Account *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats) {
+        return ops_unsupported();
+}
+
+static int ops_history_usage(Account *a, uint64_t *bytes) {
+        return ops_unsupported();
+}
+
+static int ops_entry_get(Account *a, const char *path, AccountEntry *ret) {
+        return ops_unsupported();
+}
+
+static int ops_put_check(Account *a, const char *path, uint64_t base, uint64_t size) {
+        return 0; /* decided at PUT_END, inside the batch's transaction */
+}
+
+/* --- uploads: a file in the spool directory, without a name --- */
+
+static int ops_upload_begin(Account *base, AccountUpload **ret) {
+        ClusterAccount *a = ACCOUNT(base);
+        ClusterUpload *u = calloc(1, sizeof(*u));
+        if (!u)
+                return -ENOMEM;
+        u->base.ops = &cluster_account_ops;
+        u->fd = openat(a->backend->spool_fd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+        int r = u->fd < 0 ? -errno : bs_sha_new(&u->sha);
+        if (r < 0) {
+                if (u->fd >= 0)
+                        close(u->fd);
+                free(u);
+                return r;
+        }
+        *ret = &u->base;
+        return 0;
+}
+
+static int ops_upload_write(AccountUpload *base, const void *p, size_t n, uint64_t limit) {
+        ClusterUpload *u = (ClusterUpload *) base;
+        if (n > limit || u->written > limit - n)
+                return -EFBIG;
+        int r = bs_write_sparse(u->fd, p, n);
+        r = r ?: bs_sha_update(u->sha, p, n);
+        if (r >= 0)
+                u->written += n;
+        return r;
+}
+
+static void ops_upload_free(AccountUpload *base) {
+        ClusterUpload *u = (ClusterUpload *) base;
+        if (u->fd >= 0)
+                close(u->fd);
+        bs_sha_free(u->sha);
+        free(u);
+}
+
+/* --- batches --- */
+
+static void change_done(Change *c) {
+        free(c->path);
+        free(c->path2);
+        if (c->req)
+                s3_request_cancel(c->req);
+        if (c->fd >= 0)
+                close(c->fd);
+        c->req = NULL;
+        c->fd = -1;
+        c->path = c->path2 = NULL;
+}
+
+static void batch_destroy(ClusterBatch *b) {
+        for (size_t i = 0; i < b->n; i++)
+                change_done(&b->changes[i]);
+        free(b->changes);
+        free(b);
+}
+
+static int ops_batch_new(Account *base, AccountBatch **ret) {
+        ClusterBatch *b = calloc(1, sizeof(*b));
+        if (!b)
+                return -ENOMEM;
+        b->base.ops = &cluster_account_ops;
+        b->account = ACCOUNT(base);
+        *ret = &b->base;
+        return 0;
+}
+
+/* A new change at the end of the batch: answered at commit. */
+static int batch_add(AccountBatch *base, uint8_t type, const uint8_t device[BS_DEVICE_LEN], const char *path,
+                     const char *path2, Change **ret) {
+        ClusterBatch *b = (ClusterBatch *) base;
+        if (b->state != BATCH_OPEN)
+                return -EBUSY;
+        if (b->n == b->cap) {
+                size_t cap = b->cap ? b->cap * 2 : 16;
+                Change *n = reallocarray(b->changes, cap, sizeof(*n));
+                if (!n)
+                        return -ENOMEM;
+                b->changes = n;
+                b->cap = cap;
+        }
+        Change *c = &b->changes[b->n];
+        *c = (Change) { .batch = b, .type = type, .fd = -1 };
+        memcpy(c->device, device, BS_DEVICE_LEN);
+        c->path = strdup(path);
+        c->path2 = path2 ? strdup(path2) : NULL;
+        if (!c->path || (path2 && !c->path2)) {
+                change_done(c);
+                return -ENOMEM;
+        }
+        b->n++;
+        *ret = c;
+        return 0;
+}
+
+static int ops_put(AccountBatch *base, AccountUpload *ubase, const uint8_t device[BS_DEVICE_LEN], const char *path,
+                   uint64_t base_version, uint64_t size, uint32_t mode, int64_t mtime_ns, const uint8_t sha[BS_SHA_LEN],
+                   uint64_t *ret_version) {
+        ClusterUpload *u = (ClusterUpload *) ubase;
+        uint8_t got[BS_SHA_LEN];
+        Change *c;
+        int r = bs_sha_final(u->sha, got);
+        if (r >= 0 && (u->written != size || memcmp(got, sha, BS_SHA_LEN) != 0))
+                r = -EBADMSG;
+        r = r ?: batch_add(base, BS_MSG_PUT, device, path, NULL, &c);
+        if (r >= 0) {
+                c->base = base_version;
+                c->size = size;
+                c->mode = mode;
+                c->mtime_ns = mtime_ns;
+                memcpy(c->sha, sha, BS_SHA_LEN);
+                c->fd = TAKE_FD(u->fd);
+        }
+        ops_upload_free(ubase);
+        return r < 0 ? r : -EINPROGRESS;
+}
+
+static int ops_attr(AccountBatch *base, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base_version,
+                    uint32_t mode, int64_t mtime_ns, const uint8_t sha[BS_SHA_LEN], uint64_t *ret_version) {
+        Change *c;
+        int r = batch_add(base, BS_MSG_ATTR, device, path, NULL, &c);
+        if (r < 0)
+                return r;
+        c->base = base_version;
+        c->mode = mode;
+        c->mtime_ns = mtime_ns;
+        memcpy(c->sha, sha, BS_SHA_LEN);
+        return -EINPROGRESS;
+}
+
+static int ops_mkdir(AccountBatch *base, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base_version,
+                     uint32_t mode, int64_t mtime_ns, uint64_t *ret_version) {
+        Change *c;
+        int r = batch_add(base, BS_MSG_MKDIR, device, path, NULL, &c);
+        if (r < 0)
+                return r;
+        c->base = base_version;
+        c->mode = mode;
+        c->mtime_ns = mtime_ns;
+        return -EINPROGRESS;
+}
+
+static int ops_symlink(AccountBatch *base, const uint8_t device[BS_DEVICE_LEN], const char *path,
+                       uint64_t base_version, const char *target, int64_t mtime_ns, uint64_t *ret_version) {
+        Change *c;
+        size_t n = strlen(target);
+        if (n == 0 || n > BS_PATH_MAX)
+                return -EINVAL;
+        int r = batch_add(base, BS_MSG_SYMLINK, device, path, target, &c);
+        if (r < 0)
+                return r;
+        c->base = base_version;
+        c->mtime_ns = mtime_ns;
+        return -EINPROGRESS;
+}
+
+static int ops_delete(AccountBatch *base, const uint8_t device[BS_DEVICE_LEN], const char *path, uint64_t base_version,
+                      uint64_t *ret_version) {
+        Change *c;
+        int r = batch_add(base, BS_MSG_DELETE, device, path, NULL, &c);
+        if (r < 0)
+                return r;
+        c->base = base_version;
+        return -EINPROGRESS;
+}
+
+static int ops_move(AccountBatch *base, const uint8_t device[BS_DEVICE_LEN], const char *from, uint64_t base_from,
+                    const char *to, uint64_t base_to, uint64_t *ret_version) {
+        Change *c;
+        int r = batch_add(base, BS_MSG_MOVE, device, from, to, &c);
+        if (r < 0)
+                return r;
+        c->base = base_from;
+        c->base2 = base_to;
+        return -EINPROGRESS;
+}
+
+static void batch_finish(ClusterBatch *b, int r) {
+        b->state = BATCH_DONE;
+        b->result = r;
+        for (size_t i = 0; i < b->n; i++)
+                if (b->changes[i].fd >= 0) {
+                        close(b->changes[i].fd);
+                        b->changes[i].fd = -1;
+                }
+        if (b->freed) {
+                batch_destroy(b);
+                return;
+        }
+        wake(b->waker);
+}
+
+/* One change's answer, from its function's row (r, version). */
+static void on_answer(Pg *pg, int r, const PGresult *res, void *userdata) {
+        Change *c = userdata;
+        if (PQntuples(res) != 1) {
+                c->r = -EIO;
+                return;
+        }
+        c->r = (int) cluster_column_int(res, 0, 0);
+        c->version = (uint64_t) cluster_column_int(res, 0, 1);
+}
+
+static void on_committed(Pg *pg, int r, void *userdata) {
+        ClusterBatch *b = userdata;
+        if (r >= 0)
+                for (size_t i = 0; i < b->n; i++)
+                        if (b->changes[i].r == 0)
+                                (void) cluster_account_advance(b->account, b->changes[i].version);
+        /* An unknown outcome is a failure here: nothing is acknowledged, and
+         * the agent finds out by pulling what became of its changes. */
+        batch_finish(b, r == -EINPROGRESS ? -EIO : r);
+}
+
+static int query_change(PgTxn *t, const char *id, Change *c) {
+        char base[32], base2[32], size[32], mode[32], mtime[32];
+        snprintf(base, sizeof(base), "%" PRIu64, c->base);
+        snprintf(base2, sizeof(base2), "%" PRIu64, c->base2);
+        snprintf(size, sizeof(size), "%" PRIu64, c->size);
+        snprintf(mode, sizeof(mode), "%" PRIu32, c->mode);
+        snprintf(mtime, sizeof(mtime), "%" PRId64, c->mtime_ns);
+        const char *dev = (const char *) c->device, *sha = (const char *) c->sha;
+        int plen = (int) strlen(c->path), p2len = c->path2 ? (int) strlen(c->path2) : 0;
+
+        switch (c->type) {
+        case BS_MSG_PUT: {
+                const char *v[] = { id, dev, c->path, base, size, mode, mtime, sha };
+                const int l[] = { 0, BS_DEVICE_LEN, plen, 0, 0, 0, 0, BS_SHA_LEN }, f[] = { 0, 1, 1, 0, 0, 0, 0, 1 };
+                return pg_txn_query(t, "SELECT r, version FROM bs_put($1, $2::bytea, $3::bytea, $4::bigint, $5::bigint, $6::integer, "
+                                       "$7::bigint, $8::bytea)", 8, v, l, f,
+                                    on_answer, c);
+        }
+        case BS_MSG_ATTR: {
+                const char *v[] = { id, dev, c->path, base, mode, mtime, sha };
+                const int l[] = { 0, BS_DEVICE_LEN, plen, 0, 0, 0, BS_SHA_LEN }, f[] = { 0, 1, 1, 0, 0, 0, 1 };
+                return pg_txn_query(t, "SELECT r, version FROM bs_attr($1, $2::bytea, $3::bytea, $4::bigint, $5::integer, $6::bigint, "
+                                       "$7::bytea)", 7, v, l, f,
+                                    on_answer, c);
+        }
+        case BS_MSG_MKDIR: {
+                const char *v[] = { id, dev, c->path, base, mode, mtime };
+                const int l[] = { 0, BS_DEVICE_LEN, plen, 0, 0, 0 }, f[] = { 0, 1, 1, 0, 0, 0 };
+                return pg_txn_query(t, "SELECT r, version FROM bs_mkdir($1, $2::bytea, $3::bytea, $4::bigint, $5::integer, $6::bigint)", 6, v, l, f,
+                                    on_answer, c);
+        }
+        case BS_MSG_SYMLINK: {
+                const char *v[] = { id, dev, c->path, base, c->path2, mtime };
+                const int l[] = { 0, BS_DEVICE_LEN, plen, 0, p2len, 0 }, f[] = { 0, 1, 1, 0, 1, 0 };
+                return pg_txn_query(t, "SELECT r, version FROM bs_symlink($1, $2::bytea, $3::bytea, $4::bigint, $5::bytea, $6::bigint)", 6, v, l, f,
+                                    on_answer, c);
+        }
+        case BS_MSG_DELETE: {
+                const char *v[] = { id, dev, c->path, base };
+                const int l[] = { 0, BS_DEVICE_LEN, plen, 0 }, f[] = { 0, 1, 1, 0 };
+                return pg_txn_query(t, "SELECT r, version FROM bs_delete($1, $2::bytea, $3::bytea, $4::bigint)", 4, v, l, f, on_answer, c);
+        }
+        default: {
+                const char *v[] = { id, dev, c->path, base, c->path2, base2 };
+                const int l[] = { 0, BS_DEVICE_LEN, plen, 0, p2len, 0 }, f[] = { 0, 1, 1, 0, 1, 0 };
+                return pg_txn_query(t, "SELECT r, version FROM bs_move($1, $2::bytea, $3::bytea, $4::bigint, $5::bytea, $6::bigint)", 6, v, l, f,
+                                    on_answer, c);
+        }
+        }
+}
+
+/* Every object is stored: the transaction that names them. */
+static int batch_transaction(ClusterBatch *b) {
+        ClusterAccount *a = b->account;
+        const char *v[] = { a->id };
+        PgTxn *t;
+        char now[32];
+        int r = pg_txn_begin(a->backend->pg, &t);
+        if (r < 0)
+                return r;
+        snprintf(now, sizeof(now), "%" PRId64, (int64_t) bs_now());
+        for (size_t i = 0; r >= 0 && i < b->n; i++) {
+                Change *c = &b->changes[i];
+                r = query_change(t, a->id, c);
+                if (r >= 0 && c->type == BS_MSG_PUT) {
+                        char size[32];
+                        snprintf(size, sizeof(size), "%" PRIu64, c->size);
+                        const char *ov[] = { a->id, (const char *) c->sha, size, now };
+                        const int l[] = { 0, BS_SHA_LEN, 0, 0 }, f[] = { 0, 1, 0, 0 };
+                        r = pg_txn_query(t, "INSERT INTO bs_objects (account, sha, size, stored) "
+                                            "VALUES ($1, $2::bytea, $3::bigint, $4::bigint) "
+                                            "ON CONFLICT DO NOTHING", 4, ov, l, f, NULL, NULL);
+                }
+        }
+        r = r ?: pg_txn_query(t, "SELECT bs_announce($1)", 1, v, NULL, NULL, NULL, NULL);
+        if (r < 0) {
+                pg_txn_abort(t);
+                return r;
+        }
+        b->state = BATCH_COMMITTING;
+        return pg_txn_commit(t, on_committed, b);
+}
+
+static void on_stored(S3Request *req, int r, void *userdata) {
+        Change *c = userdata;
+        ClusterBatch *b = c->batch;
+        c->req = NULL;
+        if (r < 0 && b->result == 0)
+                b->result = r;
+        if (--b->storing > 0)
+                return;
+        if (b->result < 0) {
+                batch_finish(b, b->result);
+                return;
+        }
+        r = batch_transaction(b);
+        if (r < 0)
+                batch_finish(b, r);
+}
+
+/* Store each PUT's content (once per content in the batch). */
+static int batch_store(ClusterBatch *b) {
+        ClusterAccount *a = b->account;
+        char key[S3_KEY_MAX];
+
+        b->state = BATCH_STORING;
+        b->storing = 1; /* held while the requests are made */
+        for (size_t i = 0; i < b->n; i++) {
+                Change *c = &b->changes[i];
+                if (c->type != BS_MSG_PUT)
+                        continue;
+                bool again = false;
+                for (size_t k = 0; k < i && !again; k++)
+                        again = b->changes[k].type == BS_MSG_PUT && memcmp(b->changes[k].sha, c->sha, BS_SHA_LEN) == 0;
+                if (again)
+                        continue;
+                cluster_object_key(a->id, c->sha, key);
+                int r = s3_put_fd(a->backend->s3, key, c->fd, 0, c->size, on_stored, c, &c->req);
+                if (r < 0) {
+                        b->result = r;
+                        break;
+                }
+                b->storing++;
+        }
+        /* Let go of the hold: the last answer (or this) goes on. */
+        Change hold = { .batch = b };
+        on_stored(NULL, 0, &hold);
+        return 0;
+}
+
+static int ops_batch_commit(AccountBatch *base, const AccountWaker *w) {
+        ClusterBatch *b = (ClusterBatch *) base;
+        b->waker = w;
+        switch (b->state) {
+        case BATCH_OPEN:
+                if (b->n == 0) {
+                        b->state = BATCH_DONE;
+                        return 0;
+                }
+                (void) batch_store(b);
+                /* batch_store() may have ended it at once, on an error. */
+                return b->state == BATCH_DONE ? b->result : -EINPROGRESS;
+        case BATCH_DONE:
+                return b->result;
+        default:
+                return -EINPROGRESS;
+        }
+}
+
+static int ops_batch_answer(AccountBatch *base, unsigned i, uint64_t *ret_version) {
+        ClusterBatch *b = (ClusterBatch *) base;
+        if (b->state != BATCH_DONE || b->result < 0 || i >= b->n)
+                return -EINVAL;
+        *ret_version = b->changes[i].version;
+        return b->changes[i].r;
+}
+
+static void ops_batch_free(AccountBatch *base) {
+        ClusterBatch *b = (ClusterBatch *) base;
+        if (b->state == BATCH_COMMITTING) {
+                b->freed = true; /* the transaction's end frees it */
+                b->waker = NULL;
+                return;
+        }
+        batch_destroy(b);
+}
+
+/* --- reading contents --- */
+
+static void on_found(Pg *pg, int r, const PGresult *res, void *userdata) {
+        ClusterContent *c = userdata;
+        if (c->freed) {
+                free(c);
+                return;
+        }
+        if (r >= 0 && PQntuples(res) == 0)
+                r = -ENOENT;
+        if (r >= 0)
+                c->base.info = (AccountContentInfo) {
+                        .size = (uint64_t) cluster_column_int(res, 0, 0),
+                        .mode = (uint32_t) cluster_column_int(res, 0, 1),
+                        .mtime_ns = cluster_column_int(res, 0, 2),
+                        .version = (uint64_t) cluster_column_int(res, 0, 3),
+                };
+        c->state = r < 0 ? r : 0;
+        wake(c->waker);
+}
+
+static int ops_content_open(Account *base, const uint8_t sha[BS_SHA_LEN], const char *path, const AccountWaker *w,
+                            AccountContent **ret) {
+        ClusterAccount *a = ACCOUNT(base);
+        ClusterContent *c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        c->base.ops = &cluster_account_ops;
+        c->account = a;
+        c->waker = w;
+        c->state = 1;
+        cluster_object_key(a->id, sha, c->key);
+        /* The file at path when it has this content, else any file or kept version with it. */
+        const char *v[] = { a->id, (const char *) sha, path ? path : "" };
+        const int l[] = { 0, BS_SHA_LEN, path ? (int) strlen(path) : 0 }, f[] = { 0, 1, 1 };
+        int r = pg_query(a->backend->pg,
+                         "SELECT size, mode, mtime_ns, version FROM ("
+                         " SELECT size, mode, mtime_ns, version, CASE WHEN path = $3::bytea THEN 0 ELSE 1 END AS o"
+                         " FROM bs_entries WHERE account = $1 AND sha = $2::bytea AND kind = 1"
+                         " UNION ALL SELECT size, mode, mtime_ns, version, 2"
+                         " FROM bs_versions WHERE account = $1 AND sha = $2::bytea AND kind = 1) x "
+                         "ORDER BY o LIMIT 1",
+                         3, v, l, f, on_found, c);
+        if (r < 0) {
+                free(c);
+                return r;
+        }
+        *ret = &c->base;
+        return 0;
+}
+
+static int ops_content_wait(AccountContent *base) {
+        int state = ((ClusterContent *) base)->state;
+        return state > 0 ? -EINPROGRESS : state;
+}
+
+static void on_window(S3Request *req, int r, void *userdata) {
+        ClusterContent *c = userdata;
+        c->req = NULL;
+        if (r >= 0) {
+                free(c->data);
+                c->data = s3_request_take_data(req, &c->data_len);
+                if (!c->data)
+                        c->data_len = 0;
+        } else
+                c->read_error = r == -ENOENT || r == -ERANGE ? -EBADMSG : r;
+        wake(c->waker);
+}
+
+static int ops_content_read(AccountContent *base, uint64_t off, void *buf, size_t n) {
+        ClusterContent *c = (ClusterContent *) base;
+        if (c->state != 0)
+                return c->state > 0 ? -EINPROGRESS : c->state;
+        if (n == 0)
+                return 0;
+        if (c->data && off >= c->data_off && n <= c->data_len && off - c->data_off <= c->data_len - n) {
+                memcpy(buf, c->data + (off - c->data_off), n);
+                return 0;
+        }
+        if (c->req)
+                return -EINPROGRESS;
+        if (c->read_error) {
+                int r = c->read_error;
+                c->read_error = 0;
+                return r;
+        }
+        /* A window fetched before and still not enough: the object is shorter than its entry says. */
+        if (c->data && off == c->data_off && c->data_len < n)
+                return -EBADMSG;
+        uint64_t len = MAX((uint64_t) n, (uint64_t) CONTENT_WINDOW);
+        len = MIN(len, c->base.info.size - off);
+        free(c->data);
+        c->data = NULL;
+        c->data_off = off;
+        c->data_len = 0;
+        int r = s3_get(c->account->backend->s3, c->key, off, len, on_window, c, &c->req);
+        return r < 0 ? r : -EINPROGRESS;
+}
+
+static void ops_content_prefetch(AccountContent *base, uint64_t len) {
+        /* The first read fetches a window: nothing to start before the lookup. */
+}
+
+static void ops_content_free(AccountContent *base) {
+        ClusterContent *c = (ClusterContent *) base;
+        if (c->req)
+                s3_request_cancel(c->req);
+        free(c->data);
+        c->data = NULL;
+        c->req = NULL;
+        if (c->state == 1) {
+                c->freed = true;
+                return;
+        }
+        free(c);
+}
+
+/* --- PULL: the log after since, or the whole tree, as of one moment --- */
+
+static void on_floor(Pg *pg, int r, const PGresult *res, void *userdata) {
+        ClusterCursor *c = userdata;
+        if (PQntuples(res) != 1)
+                return;
+        c->seq = (uint64_t) cluster_column_int(res, 0, 0);
+        uint64_t floor = (uint64_t) cluster_column_int(res, 0, 1);
+        c->snapshot = c->since == 0 || c->since < floor;
+}
+
+/* The rows of the log, or of the tree: only one of the two statements is the answer. */
+static void keep_rows(ClusterCursor *c, const PGresult *res) {
+        if (c->freed || c->rows)
+                return;
+        c->rows = PQcopyResult(res, PG_COPYRES_ATTRS | PG_COPYRES_TUPLES);
+        if (!c->rows)
+                c->state = -ENOMEM;
+}
+
+static void on_log_rows(Pg *pg, int r, const PGresult *res, void *userdata) {
+        ClusterCursor *c = userdata;
+        if (!c->snapshot)
+                keep_rows(c, res);
+}
+
+static void on_tree_rows(Pg *pg, int r, const PGresult *res, void *userdata) {
+        ClusterCursor *c = userdata;
+        if (c->snapshot)
+                keep_rows(c, res);
+}
+
+static void on_cursor_done(Pg *pg, int r, void *userdata) {
+        ClusterCursor *c = userdata;
+        if (c->freed) {
+                PQclear(c->rows);
+                free(c);
+                return;
+        }
+        if (c->state == 1)
+                c->state = r < 0 ? (r == -EINPROGRESS ? -EIO : r) : 0;
+        wake(c->waker);
+}
+
+static int ops_cursor_new(Account *base, uint64_t since, const AccountWaker *w, AccountCursor **ret) {
+        ClusterAccount *a = ACCOUNT(base);
+        char s[32];
+        PgTxn *t;
+        ClusterCursor *c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        c->base.ops = &cluster_account_ops;
+        c->waker = w;
+        c->state = 1;
+        c->since = since;
+        snprintf(s, sizeof(s), "%" PRIu64, since);
+        const char *v[] = { a->id, s };
+        int r = pg_txn_begin(a->backend->pg, &t);
+        if (r < 0) {
+                free(c);
+                return r;
+        }
+        /* One snapshot for the sequence and the rows. */
+        r = pg_txn_query(t, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", 0, NULL, NULL, NULL, NULL, NULL);
+        r = r ?: pg_txn_query(t, "SELECT seq, log_floor FROM bs_accounts WHERE id = $1", 1, v, NULL, NULL, on_floor, c);
+        r = r ?: pg_txn_query(t,
+                              "SELECT seq, device, op, kind, path, path2, size, mode, mtime_ns, sha FROM bs_log "
+                              "WHERE account = $1 AND seq > $2::bigint AND $2::bigint > 0 AND "
+                              "$2::bigint >= (SELECT log_floor FROM bs_accounts WHERE id = $1) ORDER BY seq",
+                              2, v, NULL, NULL, on_log_rows, c);
+        r = r ?: pg_txn_query(t,
+                              "SELECT path, kind, size, mode, mtime_ns, sha, target, version, device FROM bs_entries "
+                              "WHERE account = $1 AND ($2::bigint = 0 OR "
+                              "$2::bigint < (SELECT log_floor FROM bs_accounts WHERE id = $1)) ORDER BY path",
+                              2, v, NULL, NULL, on_tree_rows, c);
+        if (r < 0) {
+                pg_txn_abort(t);
+                free(c);
+                return r;
+        }
+        r = pg_txn_commit(t, on_cursor_done, c);
+        if (r < 0) {
+                free(c);
+                return r;
+        }
+        *ret = &c->base;
+        return 0;
+}
+
+static void ops_cursor_free(AccountCursor *base) {
+        ClusterCursor *c = (ClusterCursor *) base;
+        if (c->state == 1) {
+                c->freed = true;
+                return;
+        }
+        PQclear(c->rows);
+        free(c);
+}
+
+static uint64_t ops_cursor_seq(const AccountCursor *base) {
+        return ((const ClusterCursor *) base)->seq;
+}
+
+static bool ops_cursor_is_snapshot(const AccountCursor *base) {
+        return ((const ClusterCursor *) base)->snapshot;
+}
+
+/* A fixed-size bytea column: its bytes, or zeros when it has another size. */
+static void column_fixed(const PGresult *res, int row, int col, uint8_t *out, size_t n) {
+        uint8_t buf[64];
+        if (cluster_column_bytes(res, row, col, buf, sizeof(buf)) != (ssize_t) n)
+                memset(out, 0, n);
+        else
+                memcpy(out, buf, n);
+}
+
+static int column_path(const PGresult *res, int row, int col, char *out, size_t *len) {
+        ssize_t n = cluster_column_bytes(res, row, col, out, BS_PATH_MAX);
+        if (n < 0)
+                return (int) n;
+        out[n] = 0;
+        *len = (size_t) n;
+        return 0;
+}
+
+static int ops_cursor_next(AccountCursor *base, BsRecord *rec) {
+        ClusterCursor *c = (ClusterCursor *) base;
+        const PGresult *res = c->rows;
+        int r, i = c->row;
+
+        if (c->state != 0)
+                return c->state > 0 ? -EINPROGRESS : c->state;
+        if (!res || i >= PQntuples(res))
+                return 0;
+        c->row++;
+        memset(rec, 0, offsetof(BsRecord, path));
+        if (c->snapshot) {
+                rec->kind = (uint8_t) cluster_column_int(res, i, 1);
+                rec->op = rec->kind == BS_KIND_DIR       ? BS_OP_MKDIR
+                          : rec->kind == BS_KIND_SYMLINK ? BS_OP_SYMLINK
+                                                         : BS_OP_PUT;
+                rec->size = (uint64_t) cluster_column_int(res, i, 2);
+                rec->mode = (uint32_t) cluster_column_int(res, i, 3);
+                rec->mtime_ns = cluster_column_int(res, i, 4);
+                column_fixed(res, i, 5, rec->sha, BS_SHA_LEN);
+                rec->seq = (uint64_t) cluster_column_int(res, i, 7);
+                column_fixed(res, i, 8, rec->device, BS_DEVICE_LEN);
+                r = column_path(res, i, 0, rec->path, &rec->path_len);
+                r = r ?: column_path(res, i, 6, rec->path2, &rec->path2_len);
+        } else {
+                rec->seq = (uint64_t) cluster_column_int(res, i, 0);
+                column_fixed(res, i, 1, rec->device, BS_DEVICE_LEN);
+                rec->op = (uint8_t) cluster_column_int(res, i, 2);
+                rec->kind = (uint8_t) cluster_column_int(res, i, 3);
+                rec->size = (uint64_t) cluster_column_int(res, i, 6);
+                rec->mode = (uint32_t) cluster_column_int(res, i, 7);
+                rec->mtime_ns = cluster_column_int(res, i, 8);
+                column_fixed(res, i, 9, rec->sha, BS_SHA_LEN);
+                r = column_path(res, i, 4, rec->path, &rec->path_len);
+                r = r ?: column_path(res, i, 5, rec->path2, &rec->path2_len);
+        }
+        return r < 0 ? r : 1;
+}
+
+/* --- what the cluster does not keep yet --- */
+
+static int ops_query_new(Account *a, BsHistWhat what, const char *path, uint64_t seq, int64_t time, uint32_t limit,
+                         const AccountWaker *w, AccountQuery **ret) {
+        return ops_unsupported();
+}
+
+static void ops_query_free(AccountQuery *q) {
+}
+
+static uint64_t ops_query_seq(const AccountQuery *q) {
+        return 0;
+}
+
+static int ops_query_next(AccountQuery *q, BsHistRow *row) {
+        return ops_unsupported();
+}
+
+const AccountOps cluster_account_ops = {
+        .wait = ops_wait,
+        .forget_waker = ops_forget_waker,
+        .free = ops_free,
+        .id = ops_id,
+        .committed_seq = ops_committed_seq,
+        .key_valid = ops_key_valid,
+        .device_seen = ops_device_seen,
+        .batch_new = ops_batch_new,
+        .batch_commit = ops_batch_commit,
+        .batch_answer = ops_batch_answer,
+        .batch_free = ops_batch_free,
+        .needs_recovery = ops_needs_recovery,
+        .verify = ops_verify,
+        .prune = ops_prune,
+        .history_usage = ops_history_usage,
+        .entry_get = ops_entry_get,
+        .put_check = ops_put_check,
+        .upload_begin = ops_upload_begin,
+        .upload_write = ops_upload_write,
+        .upload_free = ops_upload_free,
+        .put = ops_put,
+        .attr = ops_attr,
+        .mkdir = ops_mkdir,
+        .symlink = ops_symlink,
+        .delete = ops_delete,
+        .move = ops_move,
+        .content_open = ops_content_open,
+        .content_wait = ops_content_wait,
+        .content_free = ops_content_free,
+        .content_read = ops_content_read,
+        .content_prefetch = ops_content_prefetch,
+        .cursor_new = ops_cursor_new,
+        .cursor_free = ops_cursor_free,
+        .cursor_seq = ops_cursor_seq,
+        .cursor_is_snapshot = ops_cursor_is_snapshot,
+        .cursor_next = ops_cursor_next,
+        .query_new = ops_query_new,
+        .query_free = ops_query_free,
+        .query_seq = ops_query_seq,
+        .query_next = ops_query_next,
+};

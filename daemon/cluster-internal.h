@@ -1,0 +1,68 @@
+/* cluster-internal.h - what the cluster backend's files share
+ *
+ * Not part of the storage interface: only cluster-*.c include this.
+ */
+#pragma once
+
+#include "account-backend.h"
+#include "cluster.h"
+#include "pg.h"
+#include "s3.h"
+
+/* Whom an object tells when something it was asked for is there. */
+typedef struct ClusterWaiters {
+        const AccountWaker **w;
+        size_t n, cap;
+} ClusterWaiters;
+
+typedef struct ClusterAccount ClusterAccount;
+
+typedef struct ClusterBackend {
+        Backend base;
+        sd_event *event;
+        Pg *pg;          /* queries and transactions */
+        Pg *listen;      /* LISTEN backupsync */
+        S3 *s3;
+        int spool_fd;
+        int setup;       /* > 0 while the schema and the bucket are being set up, then 0 or -errno */
+        int setup_error;
+        ClusterWaiters setup_waiters;
+        ClusterAccount *accounts; /* open, for NOTIFY */
+        backend_watch_fn watch;
+        void *watch_userdata;
+} ClusterBackend;
+
+struct ClusterAccount {
+        Account base;
+        ClusterBackend *backend;
+        ClusterAccount *prev, *next;
+        char id[BS_ID_LEN + 1];
+        char key_hash[65];
+        char *token;      /* where a new account's token goes, until it is created */
+        unsigned create_tries;
+        int state;        /* 1 while opening or creating, then 0 or -errno */
+        bool freed;       /* let go while opening: the answer frees it */
+        uint64_t seq;     /* the last committed sequence this node knows of */
+        ClusterWaiters waiters;
+};
+
+extern const AccountOps cluster_account_ops;
+
+/** Remember w (once) to be told later. */
+int cluster_waiters_add(ClusterWaiters *ws, const AccountWaker *w);
+void cluster_waiters_remove(ClusterWaiters *ws, const AccountWaker *w);
+/** Tell every waiter, and forget them. */
+void cluster_waiters_wake(ClusterWaiters *ws);
+void cluster_waiters_done(ClusterWaiters *ws);
+
+/** A new account object, opening (id given) or being created (token given). */
+int cluster_account_new(ClusterBackend *b, const char *id, char *token, ClusterAccount **ret);
+/** Unlink a from its backend and free it, or leave that to the answer it waits for. */
+void cluster_account_drop(ClusterAccount *a);
+/** A sequence committed by any node: keep the newest. True when it is newer. */
+bool cluster_account_advance(ClusterAccount *a, uint64_t seq);
+
+/** Decode a bytea column (text format, hex) into out: its length, or -EBADMSG when longer than max. */
+ssize_t cluster_column_bytes(const PGresult *res, int row, int col, void *out, size_t max);
+/** An integer column; 0 when NULL. */
+int64_t cluster_column_int(const PGresult *res, int row, int col);

@@ -1,0 +1,38 @@
+/* cluster.h - the cluster backend: metadata in PostgreSQL, content in an S3-compatible store
+ *
+ * Any number of backupsyncd nodes share one PostgreSQL database (the
+ * schema of cluster-schema.sql, set up by the first node that starts) and
+ * one bucket. Every account's changes are applied in its one total order
+ * (the row lock of its row in bs_accounts), a batch in one transaction;
+ * contents are objects named by their SHA-256, stored before the
+ * transaction that names them commits. Uploads wait in a node-local spool
+ * directory until their batch commits. Nodes tell each other of new
+ * changes with NOTIFY (see docs/backend.md).
+ */
+#pragma once
+
+#include <systemd/sd-event.h>
+
+#include "account.h"
+#include "s3.h"
+
+typedef struct ClusterConfig {
+        const char *metadata; /* libpq connection string */
+        S3Config content;     /* the bucket and how to reach it */
+        const char *spool;    /* a directory on this node for uploads in progress */
+} ClusterConfig;
+
+/**
+ * The cluster backend on event: connects and sets up the schema in the
+ * background (see cluster_backend_wait()). The configuration is copied.
+ */
+int cluster_backend_new(sd_event *event, const ClusterConfig *c, Backend **ret);
+
+/**
+ * 0 once the database answers and its schema is in place, -EINPROGRESS
+ * while not yet (w is told), or why it cannot be set up.
+ */
+int cluster_backend_wait(Backend *b, const AccountWaker *w);
+
+/** The object key of a content of account id (S3_KEY_MAX bytes). */
+void cluster_object_key(const char *id, const uint8_t sha[BS_SHA_LEN], char *key);

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""test_nodes.py - backupsyncd on the cluster backend: two nodes, real agents
+
+Two backupsyncd nodes on different ports share one PostgreSQL database
+and one bucket of the suite's engines (tests/cluster/engines.py). Agent A
+registers on node 1 and agent B joins the account on node 2; files, edits,
+renames and deletions go both ways; what A changes reaches B through the
+other node (PostgreSQL NOTIFY), and the propagation time is printed.
+The content is in the bucket, one object per content, and the database's
+log is the account's one order. A configuration with a password in it is
+refused with the file, line and key.
+"""
+import os
+import sys
+import time
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration"))
+
+import harness  # noqa: E402
+from harness import Env, check, wait_content, wait_absent, write_file  # noqa: E402
+from engines import Engines  # noqa: E402
+
+
+class Cluster:
+    """A database and a bucket of their own, and the configuration naming them."""
+
+    def __init__(self, env, eng):
+        self.env, self.eng = env, eng
+        tag = uuid.uuid4().hex[:10]
+        self.db = "bs_nodes_" + tag
+        self.bucket = "bs-nodes-" + tag
+        eng.create_database(self.db)
+        passfile = env.path("pgpass")
+        with open(passfile, "w") as f:
+            f.write("%s:%s:%s:%s:%s\n" % (eng.pg_host, eng.pg_port, self.db, eng.pg_user, eng.pg_password))
+        os.chmod(passfile, 0o600)
+        creds = env.path("s3.key")
+        with open(creds, "w") as f:
+            f.write("%s\n%s\n" % (eng.access_key, eng.secret_key))
+        os.chmod(creds, 0o600)
+        self.config = env.path("backupsync.ini")
+        with open(self.config, "w") as f:
+            f.write("[server]\n"
+                    "metadata = host=%s port=%d user=%s dbname=%s passfile=%s\n"
+                    "content = s3://%s\n"
+                    "s3-endpoint = %s\n"
+                    "s3-credentials = %s\n"
+                    % (eng.pg_host, eng.pg_port, eng.pg_user, self.db, passfile, self.bucket,
+                       eng.s3_endpoint, creds))
+
+    def node(self, name):
+        srv = harness.Server(self.env, name=name, args=["--config", self.config])
+        self.env.servers.append(srv)
+        return srv.start(timeout=60)
+
+    def sql(self, query):
+        return self.eng.psql(query, dbname=self.db).strip()
+
+    def objects(self, account):
+        return self.eng.list_objects(self.bucket, "accounts/%s/c/" % account.split("-")[0])
+
+    def drop(self):
+        try:
+            self.eng.drop_database(self.db)
+        finally:
+            self.eng.delete_bucket(self.bucket)
+
+
+def refuses_password(env, eng):
+    bad = env.path("bad.ini")
+    with open(bad, "w") as f:
+        f.write("[server]\n# cluster\nmetadata = postgresql://u:secret@127.0.0.1/db\ncontent = s3://b-ucket\n"
+                "s3-endpoint = http://127.0.0.1:1\n")
+    import subprocess
+    p = subprocess.run([harness.SERVER_BIN, "1", "--storage", env.path("bad-storage"), "--config", bad],
+                       capture_output=True, text=True, timeout=30)
+    check(p.returncode == 78, "a password in the file: exit %d, expected 78 (EX_CONFIG)" % p.returncode)
+    check("%s:3: metadata:" % bad in p.stderr and "passfile" in p.stderr,
+          "the error names the file, line and key: %r" % p.stderr)
+
+
+def main():
+    eng = Engines.from_env()
+    with Env("nodes") as env:
+        refuses_password(env, eng)
+        cl = Cluster(env, eng)
+        try:
+            n1 = cl.node("node1")
+            n2 = cl.node("node2")
+            check("cluster backend" in n1.log_text(), "node 1 does not say it runs on the cluster backend")
+
+            a_dir, b_dir = env.path("a"), env.path("b")
+            os.makedirs(a_dir)
+            os.makedirs(b_dir)
+            write_file(os.path.join(a_dir, "hello.txt"), b"hello from A\n")
+            os.makedirs(os.path.join(a_dir, "docs", "deep"))
+            write_file(os.path.join(a_dir, "docs", "deep", "big.bin"), os.urandom(3 * 1024 * 1024 + 17))
+            os.symlink("hello.txt", os.path.join(a_dir, "link"))
+            a = harness.Agent(env, "A", a_dir, server=n1).start()
+            b = harness.Agent(env, "B", b_dir, token=a.token, server=n2).start()
+            wait_content(os.path.join(b_dir, "hello.txt"), b"hello from A\n", msg="A's file on B (via node 2)")
+            wait_content(os.path.join(b_dir, "docs", "deep", "big.bin"),
+                         harness.read_bytes(os.path.join(a_dir, "docs", "deep", "big.bin")), msg="the big file on B")
+            harness.wait_until(lambda: os.path.islink(os.path.join(b_dir, "link")), msg="the symlink on B")
+            check(os.readlink(os.path.join(b_dir, "link")) == "hello.txt", "the symlink's target")
+
+            # Both ways, and how fast: a change on one node reaches an agent of the other.
+            times = []
+            for i in range(10):
+                src, dst = (a_dir, b_dir) if i % 2 == 0 else (b_dir, a_dir)
+                data = ("change %d\n" % i).encode()
+                t0 = time.monotonic()
+                write_file(os.path.join(src, "ping.txt"), data)
+                wait_content(os.path.join(dst, "ping.txt"), data, msg="change %d across the nodes" % i)
+                times.append(time.monotonic() - t0)
+                time.sleep(0.2)
+            times.sort()
+            print("propagation across two nodes: p50 %.0f ms, max %.0f ms (10 changes)"
+                  % (times[len(times) // 2] * 1000, times[-1] * 1000))
+
+            # Edits, renames and deletions from B reach A.
+            write_file(os.path.join(b_dir, "hello.txt"), b"edited on B\n")
+            wait_content(os.path.join(a_dir, "hello.txt"), b"edited on B\n", msg="B's edit on A")
+            os.rename(os.path.join(b_dir, "docs"), os.path.join(b_dir, "papers"))
+            wait_content(os.path.join(a_dir, "papers", "deep", "big.bin"),
+                         harness.read_bytes(os.path.join(b_dir, "papers", "deep", "big.bin")), msg="the moved tree on A")
+            wait_absent(os.path.join(a_dir, "docs"), msg="the old name gone on A")
+            os.unlink(os.path.join(b_dir, "ping.txt"))
+            wait_absent(os.path.join(a_dir, "ping.txt"), msg="B's deletion on A")
+            harness.assert_trees_equal(a_dir, b_dir, msg="A and B")
+
+            # Content in the store, one object per content; one order in the log.
+            account = a.token.split("-")[0]
+            objs = cl.objects(account)
+            sizes = {size for _, size in objs}
+            check(3 * 1024 * 1024 + 17 in sizes, "the big file's object is not in the bucket: %s" % objs)
+            contents = int(cl.sql("SELECT count(DISTINCT sha) FROM bs_objects WHERE account = '%s'" % account))
+            check(len(objs) == contents, "%d objects in the bucket, %d contents recorded" % (len(objs), contents))
+            seqs = cl.sql("SELECT count(*), min(seq), max(seq) FROM bs_log WHERE account = '%s'" % account)
+            n, lo, hi = (int(x) for x in seqs.split("|"))
+            check(n == hi and lo == 1, "the log is not one gapless order: %s" % seqs)
+            check(cl.sql("SELECT seq FROM bs_accounts WHERE id = '%s'" % account) == str(hi),
+                  "the account's sequence is not its last change")
+            print("ok: two nodes, one account: %d changes in one order, %d objects" % (n, len(objs)))
+        finally:
+            for p in list(env.procs):
+                p.cleanup()
+            cl.drop()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except harness.TestFailure as e:
+        print("FAIL: %s" % e, file=sys.stderr)
+        sys.exit(1)

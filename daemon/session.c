@@ -349,7 +349,10 @@ static void holes_clear(Session *s) {
 int session_end_pass(Session *s) {
         if (!s->batch)
                 return 0;
-        uint64_t before = account_committed_seq(s->account);
+        /* Taken when the commit starts: one that finishes later has
+         * advanced the account by the time it is asked again. */
+        if (!s->committing)
+                s->seq_before_commit = account_committed_seq(s->account);
         int r = account_batch_commit(s->batch, &s->waker);
         if (r == -EINPROGRESS) {
                 s->committing = true;
@@ -367,7 +370,7 @@ int session_end_pass(Session *s) {
                 log_error("account %s: commit failed: %m", account_id(s->account));
                 return session_fail(s, 0, BS_ERR_IO, "could not commit changes");
         }
-        if (account_committed_seq(s->account) > before)
+        if (account_committed_seq(s->account) > s->seq_before_commit)
                 server_notify(s->server, s->account, s);
         return 0;
 }

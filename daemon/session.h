@@ -90,6 +90,7 @@ struct Session {
         SessionHole *holes;      /* changes of the batch answered at commit, in order */
         size_t n_holes, cap_holes;
         bool committing;         /* the batch's commit is under way: its answers are held */
+        uint64_t seq_before_commit; /* the account's sequence when it began */
         bool waiting;            /* an answer is -EINPROGRESS: nothing is handled until woken */
         AccountWaker waker;      /* what the account calls to wake this session */
         sd_event_source *wake_source;

@@ -83,9 +83,19 @@ def burst(src, tag, during, at=BURST // 3):
     return files
 
 
-def all_arrive(dst, files, what, timeout=120):
+def all_arrive(env, dst, files, what, timeout=120):
     for name, data in sorted(files.items()):
-        wait_content(os.path.join(dst, name), data, timeout=timeout, msg="%s: %s" % (what, name))
+        try:
+            wait_content(os.path.join(dst, name), data, timeout=timeout, msg="%s: %s" % (what, name))
+        except harness.TestFailure:
+            # What every process said of that file, beyond the logs' tails.
+            for log in env.logs:
+                if os.path.exists(log):
+                    with open(log, "rb") as f:
+                        for line in f.read().decode("utf-8", "replace").splitlines():
+                            if name in line or "lost" in line or "refused" in line or "failed" in line:
+                                print("%s: %s" % (os.path.basename(log), line), file=sys.stderr)
+            raise
 
 
 def main():
@@ -115,7 +125,7 @@ def main():
             # 1. Node 1 killed mid-burst: A goes on with node 2.
             t0 = time.monotonic()
             files = burst(a_dir, "killed", n1.kill9)
-            all_arrive(b_dir, files, "after node 1 was killed")
+            all_arrive(env, b_dir, files, "after node 1 was killed")
             print("node 1 killed mid-burst: all %d files on B after %.1f s" % (len(files), time.monotonic() - t0))
             check("127.0.0.2 port %d answers" % port in a.log_text(), "agent A did not say it moved to node 2")
             n1.start()
@@ -123,7 +133,7 @@ def main():
             # 2. PostgreSQL restarted mid-burst: commits in flight fail, nothing acknowledged is lost.
             t0 = time.monotonic()
             files = burst(a_dir, "pg", eng.restart_postgres)
-            all_arrive(b_dir, files, "after PostgreSQL restarted")
+            all_arrive(env, b_dir, files, "after PostgreSQL restarted")
             print("PostgreSQL restarted mid-burst: all %d files on B after %.1f s" % (len(files), time.monotonic() - t0))
 
             # 3. The store away for 3 s mid-burst: stores are retried, then go on.
@@ -133,7 +143,7 @@ def main():
                 eng.start_rgw()
             t0 = time.monotonic()
             files = burst(a_dir, "s3", store_away)
-            all_arrive(b_dir, files, "after the store came back")
+            all_arrive(env, b_dir, files, "after the store came back")
             print("store stopped for 3 s mid-burst: all %d files on B after %.1f s" % (len(files), time.monotonic() - t0))
 
             harness.assert_trees_equal(a_dir, b_dir, msg="A and B at the end")

@@ -21,6 +21,7 @@
 #include "bs-fs.h"
 #include "bs-hash.h"
 #include "bs-macro.h"
+#include "bs-path.h"
 #include "bs-token.h"
 #include "cluster-internal.h"
 
@@ -837,22 +838,187 @@ static int ops_cursor_next(AccountCursor *base, BsRecord *rec) {
         return r < 0 ? r : 1;
 }
 
-/* --- what the cluster does not keep yet --- */
+/* --- HISTORY: the log, a path's versions, what was deleted, a past tree --- */
 
-static int ops_query_new(Account *a, BsHistWhat what, const char *path, uint64_t seq, int64_t time, uint32_t limit,
+typedef struct ClusterQuery {
+        AccountQuery base;
+        const AccountWaker *waker;
+        int state;
+        bool freed;
+        uint64_t seq;
+        PGresult *rows;
+        int row;
+} ClusterQuery;
+
+/* $1 the account, $2 the path (bytea), $3 a time, $4 a sequence, $5 the limit (NULL: none).
+ * Every query yields: path, version, kind, size, mode, mtime_ns, sha, path2,
+ * device, until, time, until_time, name, op. */
+#define UNDER(col) "($2::bytea = ''::bytea OR " col " = $2::bytea OR (" col " >= bs_below_lo($2::bytea) AND " \
+                   col " < bs_below_hi($2::bytea)))"
+#define OP_OF_KIND "CASE kind WHEN 2 THEN 2 WHEN 3 THEN 5 ELSE 1 END"
+#define STATE "path, version, kind, size, mode, mtime_ns, sha, target, device, since"
+/* The answer's sequence: the one asked for, or now. */
+#define SEQ_NOW "(SELECT CASE WHEN $4::bigint > 0 AND $4::bigint < seq THEN $4::bigint ELSE seq END " \
+                "FROM bs_accounts WHERE id = $1)"
+/* The tree as of a time is as of the last change made by then. */
+#define SEQ_AT_TIME "(SELECT COALESCE(MAX(seq), 0) FROM bs_log WHERE account = $1 AND time <= $3::bigint)"
+
+static const char *const query_sql[] = {
+        [BS_HIST_LOG] =
+                "SELECT l.path, l.seq, l.kind, l.size, l.mode, l.mtime_ns, l.sha, l.path2, l.device, 0, l.time, 0,"
+                " d.name, l.op FROM bs_log l LEFT JOIN bs_devices d ON d.account = l.account AND d.id = l.device "
+                "WHERE l.account = $1 AND (" UNDER("l.path") " OR (l.op = 4 AND " UNDER("l.path2") "))"
+                " AND l.time >= $3::bigint AND l.seq <= %s ORDER BY l.seq DESC LIMIT $5::bigint",
+        [BS_HIST_VERSIONS] =
+                "SELECT h.path, h.version, h.kind, h.size, h.mode, h.mtime_ns, h.sha, h.target, h.device, h.until,"
+                " h.t0, h.t1, (SELECT name FROM bs_devices WHERE account = $1 AND id = h.device), " OP_OF_KIND
+                " FROM (SELECT " STATE ", 0::bigint AS until, time AS t0, 0::bigint AS t1 FROM bs_entries"
+                "  WHERE account = $1 AND path = $2::bytea"
+                "  UNION ALL SELECT " STATE ", replaced_seq, COALESCE(since_time, 0), until_time FROM bs_versions"
+                "  WHERE account = $1 AND path = $2::bytea) h "
+                "WHERE h.since <= %s ORDER BY h.until = 0 DESC, h.until DESC, h.since DESC LIMIT $5::bigint",
+        /* The last deletion of each path not there now; by whom it was deleted. */
+        [BS_HIST_DELETED] =
+                "SELECT * FROM (SELECT DISTINCT ON (v.path) v.path, v.version, v.kind, v.size, v.mode, v.mtime_ns,"
+                " v.sha, v.target, v.device, v.replaced_seq AS until, COALESCE(v.since_time, 0), v.until_time,"
+                " (SELECT name FROM bs_devices WHERE account = $1 AND id = l.device), 3"
+                " FROM bs_versions v JOIN bs_log l ON l.account = v.account AND l.seq = v.replaced_seq"
+                " WHERE v.account = $1 AND l.op = 3 AND " UNDER("v.path") " AND v.until_time >= $3::bigint"
+                " AND v.replaced_seq <= %s"
+                " AND NOT EXISTS (SELECT 1 FROM bs_entries e WHERE e.account = $1 AND e.path = v.path)"
+                " ORDER BY v.path, v.replaced_seq DESC) x ORDER BY until DESC, path LIMIT $5::bigint",
+        [BS_HIST_TREE] =
+                "SELECT path, version, kind, size, mode, mtime_ns, sha, target, device, until, 0, 0, NULL, "
+                OP_OF_KIND " FROM (SELECT " STATE ", 0::bigint AS until FROM bs_entries"
+                "  WHERE account = $1 AND " UNDER("path") " UNION ALL SELECT " STATE ", replaced_seq"
+                "  FROM bs_versions WHERE account = $1 AND replaced_seq > %1$s AND " UNDER("path") ") x "
+                "WHERE since <= %1$s ORDER BY path LIMIT $5::bigint",
+};
+
+static void on_query_seq(Pg *pg, int r, const PGresult *res, void *userdata) {
+        ClusterQuery *q = userdata;
+        if (PQntuples(res) == 1)
+                q->seq = (uint64_t) cluster_column_int(res, 0, 0);
+}
+
+static void on_query_rows(Pg *pg, int r, const PGresult *res, void *userdata) {
+        ClusterQuery *q = userdata;
+        if (q->freed)
+                return;
+        q->rows = PQcopyResult(res, PG_COPYRES_ATTRS | PG_COPYRES_TUPLES);
+        if (!q->rows)
+                q->state = -ENOMEM;
+}
+
+static void on_query_done(Pg *pg, int r, void *userdata) {
+        ClusterQuery *q = userdata;
+        if (q->freed) {
+                PQclear(q->rows);
+                free(q);
+                return;
+        }
+        if (q->state == 1)
+                q->state = r < 0 ? (r == -EINPROGRESS ? -EIO : r) : 0;
+        wake(q->waker);
+}
+
+static int ops_query_new(Account *base, BsHistWhat what, const char *path, uint64_t seq, int64_t time, uint32_t limit,
                          const AccountWaker *w, AccountQuery **ret) {
-        return ops_unsupported();
-}
+        ClusterAccount *a = ACCOUNT(base);
+        char sql[4096], seqsql[512], t[32], sq[32], lim[32];
+        PgTxn *txn;
 
-static void ops_query_free(AccountQuery *q) {
-}
+        if (what < BS_HIST_LOG || what > BS_HIST_TREE)
+                return -EINVAL;
+        if (path[0] && bs_path_check(path, strlen(path)) < 0)
+                return -EINVAL;
+        const char *q_seq = SEQ_NOW;
+        if (what == BS_HIST_TREE && seq == 0 && time != 0)
+                q_seq = SEQ_AT_TIME;
+        /* Every parameter named with its type, whether the query uses it or not:
+         * PostgreSQL cannot prepare one whose type it cannot tell. */
+#define PARAMS "WITH params AS (SELECT $1::text, $2::bytea, $3::bigint, $4::bigint, $5::bigint) "
+        int n = snprintf(sql, sizeof(sql), PARAMS);
+        snprintf(sql + n, sizeof(sql) - (size_t) n, query_sql[what], q_seq);
+        snprintf(seqsql, sizeof(seqsql), PARAMS "SELECT %s", q_seq);
+        snprintf(t, sizeof(t), "%" PRId64, time);
+        snprintf(sq, sizeof(sq), "%" PRIu64, seq);
+        snprintf(lim, sizeof(lim), "%" PRIu32, limit);
+        const char *v[] = { a->id, path, t, sq, limit ? lim : NULL };
+        const int l[] = { 0, (int) strlen(path), 0, 0, 0 }, f[] = { 0, 1, 0, 0, 0 };
 
-static uint64_t ops_query_seq(const AccountQuery *q) {
+        ClusterQuery *q = calloc(1, sizeof(*q));
+        if (!q)
+                return -ENOMEM;
+        q->base.ops = &cluster_account_ops;
+        q->waker = w;
+        q->state = 1;
+        int r = pg_txn_begin(a->backend->pg, &txn);
+        if (r < 0) {
+                free(q);
+                return r;
+        }
+        /* The answer's sequence and its rows from one snapshot. */
+        r = pg_txn_query(txn, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", 0, NULL, NULL, NULL, NULL, NULL);
+        r = r ?: pg_txn_query(txn, seqsql, 5, v, l, f, on_query_seq, q);
+        r = r ?: pg_txn_query(txn, sql, 5, v, l, f, on_query_rows, q);
+        if (r < 0) {
+                pg_txn_abort(txn);
+                free(q);
+                return r;
+        }
+        r = pg_txn_commit(txn, on_query_done, q);
+        if (r < 0) {
+                free(q);
+                return r;
+        }
+        *ret = &q->base;
         return 0;
 }
 
-static int ops_query_next(AccountQuery *q, BsHistRow *row) {
-        return ops_unsupported();
+static void ops_query_free(AccountQuery *base) {
+        ClusterQuery *q = (ClusterQuery *) base;
+        if (q->state == 1) {
+                q->freed = true;
+                return;
+        }
+        PQclear(q->rows);
+        free(q);
+}
+
+static uint64_t ops_query_seq(const AccountQuery *base) {
+        return ((const ClusterQuery *) base)->seq;
+}
+
+static int ops_query_next(AccountQuery *base, BsHistRow *row) {
+        ClusterQuery *q = (ClusterQuery *) base;
+        const PGresult *res = q->rows;
+        int r, i = q->row;
+
+        if (q->state != 0)
+                return q->state > 0 ? -EINPROGRESS : q->state;
+        if (!res || i >= PQntuples(res))
+                return 0;
+        q->row++;
+        memset(&row->rec, 0, offsetof(BsRecord, path));
+        row->rec.seq = (uint64_t) cluster_column_int(res, i, 1);
+        row->rec.kind = (uint8_t) cluster_column_int(res, i, 2);
+        row->rec.size = (uint64_t) cluster_column_int(res, i, 3);
+        row->rec.mode = (uint32_t) cluster_column_int(res, i, 4);
+        row->rec.mtime_ns = cluster_column_int(res, i, 5);
+        column_fixed(res, i, 6, row->rec.sha, BS_SHA_LEN);
+        column_fixed(res, i, 8, row->rec.device, BS_DEVICE_LEN);
+        row->until = (uint64_t) cluster_column_int(res, i, 9);
+        row->time = cluster_column_int(res, i, 10);
+        row->until_time = cluster_column_int(res, i, 11);
+        row->rec.op = (uint8_t) cluster_column_int(res, i, 13);
+        const char *name = PQgetisnull(res, i, 12) ? "" : PQgetvalue(res, i, 12);
+        row->name_len = MIN(strlen(name), (size_t) BS_NAME_MAX);
+        memcpy(row->device_name, name, row->name_len);
+        row->device_name[row->name_len] = 0;
+        r = column_path(res, i, 0, row->rec.path, &row->rec.path_len);
+        r = r ?: column_path(res, i, 7, row->rec.path2, &row->rec.path2_len);
+        return r < 0 ? r : 1;
 }
 
 const AccountOps cluster_account_ops = {

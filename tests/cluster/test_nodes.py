@@ -10,8 +10,11 @@ The content is in the bucket, one object per content, and the database's
 log is the account's one order. A configuration with a password in it is
 refused with the file, line and key.
 """
+import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -70,12 +73,22 @@ class Cluster:
             self.eng.delete_bucket(self.bucket)
 
 
+def cli(*args):
+    p = subprocess.run([harness.CLI_BIN] + [str(x) for x in args], capture_output=True, text=True, timeout=120)
+    return p.returncode, p.stdout, p.stderr
+
+
+def cli_json(*args):
+    rc, out, err = cli(*(args + ("--json",)))
+    check(rc == 0, "backupsync %s exited %d: %s" % (" ".join(args), rc, err))
+    return json.loads(out)
+
+
 def refuses_password(env, eng):
     bad = env.path("bad.ini")
     with open(bad, "w") as f:
         f.write("[server]\n# cluster\nmetadata = postgresql://u:secret@127.0.0.1/db\ncontent = s3://b-ucket\n"
                 "s3-endpoint = http://127.0.0.1:1\n")
-    import subprocess
     p = subprocess.run([harness.SERVER_BIN, "1", "--storage", env.path("bad-storage"), "--config", bad],
                        capture_output=True, text=True, timeout=30)
     check(p.returncode == 78, "a password in the file: exit %d, expected 78 (EX_CONFIG)" % p.returncode)
@@ -174,6 +187,25 @@ def main():
             check(any("conflict" in line.lower() and "same.txt" in line
                       for line in n1.log_lines() + n2.log_lines() + a.log_lines() + b.log_lines()),
                   "nobody logged the conflict on same.txt")
+
+            # Getting files back on the cluster: the log, a file's versions, and
+            # a deleted tree restored (through node 1) reaching B (node 2).
+            big = harness.read_bytes(os.path.join(a_dir, "papers", "deep", "big.bin"))
+            versions = cli_json("versions", "hello.txt", "--state-dir", a.state_dir)
+            check([v.get("size") for v in versions][:2] == [len(b"edited on B\n"), len(b"hello from A\n")],
+                  "versions of hello.txt: %s" % versions)
+            shutil.rmtree(os.path.join(b_dir, "papers"))
+            wait_absent(os.path.join(a_dir, "papers"), msg="the deletion of papers/ on A")
+            log = cli_json("log", "-n", "5", "--state-dir", a.state_dir)
+            check(any(r.get("path") == "papers" and r.get("op") in ("delete", "DELETE") for r in log),
+                  "the deletion is not in the log: %s" % log[:5])
+            deleted = cli_json("deleted", "--state-dir", a.state_dir)
+            check(any(r.get("path") == "papers" for r in deleted), "papers/ is not listed as deleted: %s" % deleted)
+            rc, out, err = cli("restore", "papers", "--state-dir", a.state_dir)
+            check(rc == 0, "restore exited %d: %s" % (rc, err))
+            check(harness.read_bytes(os.path.join(a_dir, "papers", "deep", "big.bin")) == big,
+                  "the restored big file differs")
+            wait_content(os.path.join(b_dir, "papers", "deep", "big.bin"), big, msg="the restore on B")
 
             # Content in the store, one object per content; one order in the log.
             account = a.token.split("-")[0]

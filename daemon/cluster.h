@@ -34,5 +34,17 @@ int cluster_backend_new(sd_event *event, const ClusterConfig *c, Backend **ret);
  */
 int cluster_backend_wait(Backend *b, const AccountWaker *w);
 
+typedef void (*cluster_verify_fn)(void *userdata, const char *account, const char *path, const char *problem);
+
+/**
+ * Check that every content the metadata names is an object in the store,
+ * recorded as stored, of its size and, with hash, its SHA-256; report
+ * each problem (with one path that names it). Runs event until done: for
+ * backupsyncd --verify, not a serving server. *ret_checked counts the
+ * contents. Returns the number of problems, or a negative errno.
+ */
+int cluster_verify(Backend *b, sd_event *event, bool hash, cluster_verify_fn report, void *userdata,
+                   unsigned *ret_checked);
+
 /** The object key of a content of account id (S3_KEY_MAX bytes). */
 void cluster_object_key(const char *id, const uint8_t sha[BS_SHA_LEN], char *key);

@@ -47,6 +47,7 @@ typedef struct Args {
         bool require_key;
         bool port_set, idle_timeout_set, max_connections_set, require_key_set;
         bool verify;
+        bool no_hash;    /* --verify compares sizes, not contents */
         bool prune;
         bool fingerprint;
 } Args;
@@ -79,7 +80,10 @@ static void help(void) {
                "  --require-key yes|no     joining needs the full token ID-KEY (default yes)\n"
                "  --verify                 check that every account's tree agrees with its\n"
                "                           metadata (hashing every file), print each\n"
-               "                           difference and exit: 0 all agree, 1 not\n"
+               "                           difference and exit: 0 all agree, 1 not; on the\n"
+               "                           cluster: every content named is in the store\n"
+               "  --no-hash                with --verify: compare sizes (and mtimes), not\n"
+               "                           contents\n"
                "  --prune                  prune every account once as the retention settings\n"
                "                           say (keep-versions, keep-all, ...), report what\n"
                "                           was freed and exit; the server must be stopped\n"
@@ -96,7 +100,7 @@ static void help(void) {
 
 static int parse_args(int argc, char **argv, Args *a) {
         enum { ARG_STORAGE = 0x100, ARG_LISTEN, ARG_CONFIG, ARG_IDLE, ARG_MAXCONN, ARG_KEY, ARG_VERSION, ARG_VERIFY,
-               ARG_PRUNE, ARG_FINGERPRINT };
+               ARG_PRUNE, ARG_FINGERPRINT, ARG_NO_HASH };
         static const struct option options[] = {
                 { "storage", required_argument, NULL, ARG_STORAGE },
                 { "listen", required_argument, NULL, ARG_LISTEN },
@@ -107,6 +111,7 @@ static int parse_args(int argc, char **argv, Args *a) {
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
                 { "verify", no_argument, NULL, ARG_VERIFY },
+                { "no-hash", no_argument, NULL, ARG_NO_HASH },
                 { "prune", no_argument, NULL, ARG_PRUNE },
                 { "fingerprint", no_argument, NULL, ARG_FINGERPRINT },
                 {},
@@ -159,6 +164,9 @@ static int parse_args(int argc, char **argv, Args *a) {
                         return 0;
                 case ARG_VERIFY:
                         a->verify = true;
+                        break;
+                case ARG_NO_HASH:
+                        a->no_hash = true;
                         break;
                 case ARG_PRUNE:
                         a->prune = true;
@@ -448,6 +456,36 @@ static int cluster_open(const BsServerConfig *cfg, const char *storage, sd_event
         return 0;
 }
 
+static void print_cluster_problem(void *userdata, const char *account, const char *path, const char *problem) {
+        printf("%s: %s: %s\n", account, path, problem);
+}
+
+/* --verify on the cluster: what the metadata names, in the store. Returns an exit status. */
+static int cluster_verify_main(const BsServerConfig *cfg, const char *storage, bool hash) {
+        _cleanup_(backend_freep) Backend *b = NULL;
+        sd_event *event = NULL;
+        unsigned checked = 0;
+        int r = sd_event_new(&event);
+        if (r < 0) {
+                errno = -r;
+                log_error("cannot set up an event loop: %m");
+                return EX_OSERR;
+        }
+        r = cluster_open(cfg, storage, event, &b);
+        if (r >= 0)
+                r = cluster_verify(b, event, hash, print_cluster_problem, NULL, &checked);
+        b = backend_free(b);
+        sd_event_unref(event);
+        if (r < 0) {
+                errno = -r;
+                log_error("cannot verify the cluster: %m");
+                return r == -ETIMEDOUT || r == -ECONNREFUSED ? EX_UNAVAILABLE : EX_SOFTWARE;
+        }
+        printf("%u content%s checked%s, %d problem%s\n", checked, checked == 1 ? "" : "s",
+               hash ? " (hashed)" : "", r, r == 1 ? "" : "s");
+        return r > 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
 /* One backupsyncd per storage directory: the lock lives as long as the process. */
 static int lock_storage(const char *storage) {
         char path[PATH_MAX];
@@ -533,11 +571,12 @@ int main(int argc, char **argv) {
                 return EX_CANTCREAT;
         }
 
-        if (ctx.cfg.metadata && (ctx.args.verify || ctx.args.prune)) {
-                log_error("--verify and --prune work on the embedded backend only, not yet on the cluster "
-                          "(metadata = ...)");
+        if (ctx.cfg.metadata && ctx.args.prune) {
+                log_error("--prune works on the embedded backend only, not yet on the cluster (metadata = ...)");
                 return EX_UNAVAILABLE;
         }
+        if (ctx.cfg.metadata && ctx.args.verify)
+                return cluster_verify_main(&ctx.cfg, storage, !ctx.args.no_hash);
         if (!ctx.cfg.metadata) {
                 r = local_backend_new(storage, &backend);
                 if (r < 0) {
@@ -547,7 +586,7 @@ int main(int argc, char **argv) {
                 }
         }
         if (ctx.args.verify)
-                return offline_verify(backend);
+                return offline_verify(backend, !ctx.args.no_hash);
         int lock_fd = lock_storage(storage);
         if (lock_fd == -EWOULDBLOCK) {
                 log_error("storage %s is in use by another backupsyncd%s", storage,

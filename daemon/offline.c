@@ -59,26 +59,32 @@ static void print_problem(void *userdata, const char *path, const char *problem)
         printf("%s: %s: %s\n", (const char *) userdata, path, problem);
 }
 
+typedef struct Verify {
+        bool hash;
+        unsigned bad;
+} Verify;
+
 static int verify_one(Account *a, const char *id, void *userdata) {
-        unsigned *bad = userdata;
-        int r = account_verify(a, false, true, print_problem, (void *) id);
+        Verify *v = userdata;
+        int r = account_verify(a, false, v->hash, print_problem, (void *) id);
         if (r < 0) {
                 errno = -r;
                 log_error("account %s: cannot verify: %m", id);
                 return EX_SOFTWARE;
         }
         if (r > 0) {
-                (*bad)++;
+                v->bad++;
                 return EXIT_FAILURE;
         }
         return EXIT_SUCCESS;
 }
 
-int offline_verify(Backend *b) {
-        unsigned accounts, bad = 0;
-        int ret = for_each_account(b, verify_one, &bad, &accounts);
+int offline_verify(Backend *b, bool hash) {
+        Verify v = { .hash = hash };
+        unsigned accounts;
+        int ret = for_each_account(b, verify_one, &v, &accounts);
         if (ret != EX_NOINPUT)
-                printf("%u account%s checked, %u with differences\n", accounts, accounts == 1 ? "" : "s", bad);
+                printf("%u account%s checked, %u with differences\n", accounts, accounts == 1 ? "" : "s", v.bad);
         return ret;
 }
 

@@ -3,8 +3,8 @@
 
 #include "account.h"
 
-/** Check every account of b (hashing every file) and print each difference. Returns an exit status. */
-int offline_verify(Backend *b);
+/** Check every account of b (hashing every file, with hash) and print each difference. Returns an exit status. */
+int offline_verify(Backend *b, bool hash);
 
 /** Prune every account of b at once and print what was freed. Returns an exit status. */
 int offline_prune(Backend *b, const AccountRetention *ret);

@@ -219,7 +219,28 @@ def main():
             check(n == hi and lo == 1, "the log is not one gapless order: %s" % seqs)
             check(cl.sql("SELECT seq FROM bs_accounts WHERE id = '%s'" % account) == str(hi),
                   "the account's sequence is not its last change")
-            print("ok: two nodes, one account: %d changes in one order, %d objects" % (n, len(objs)))
+
+            # backupsyncd --verify: every content named is in the store, whole.
+            def verify(*extra):
+                p = subprocess.run([harness.SERVER_BIN, "--verify", "--config", cl.config,
+                                    "--storage", env.path("verify-storage")] + list(extra),
+                                   capture_output=True, text=True, timeout=300)
+                return p.returncode, p.stdout, p.stderr
+            rc, out, err = verify()
+            check(rc == 0 and "%d contents checked (hashed), 0 problems" % contents in out,
+                  "--verify of a sound cluster: exit %d: %s %s" % (rc, out, err))
+            (gone, _), (damaged, dsize) = sorted(objs)[0], sorted(objs)[1]
+            eng.delete_object(cl.bucket, gone)
+            eng.put_object(cl.bucket, damaged, b"x" * dsize)
+            rc, out, err = verify()
+            check(rc == 1, "--verify with a lost and a damaged object: exit %d, expected 1: %s" % (rc, out))
+            check("missing in the store" in out and "damaged in the store" in out and "2 problems" in out,
+                  "--verify does not name both problems: %s" % out)
+            rc, out, err = verify("--no-hash")
+            check(rc == 1 and "missing in the store" in out and "damaged" not in out and "1 problem" in out,
+                  "--verify --no-hash: exit %d: %s" % (rc, out))
+            print("ok: two nodes, one account: %d changes in one order, %d objects; --verify finds a lost "
+                  "and a damaged object" % (n, len(objs)))
         finally:
             for p in list(env.procs):
                 p.cleanup()

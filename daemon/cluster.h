@@ -46,5 +46,19 @@ typedef void (*cluster_verify_fn)(void *userdata, const char *account, const cha
 int cluster_verify(Backend *b, sd_event *event, bool hash, cluster_verify_fn report, void *userdata,
                    unsigned *ret_checked);
 
+typedef void (*cluster_migrate_fn)(void *userdata, const char *account, const char *what);
+
+/**
+ * Copy every account of the single-machine storage (its server stopped)
+ * into the cluster: contents, then all metadata in one transaction per
+ * account, then counted on both sides; an account already there (same
+ * key) is passed over, one whose ID another account holds is refused.
+ * Runs event until done; say tells what became of each account.
+ * *ret_moved counts the accounts moved. Returns the number that could
+ * not be, or a negative errno.
+ */
+int cluster_migrate(Backend *b, sd_event *event, const char *storage, cluster_migrate_fn say, void *userdata,
+                    unsigned *ret_moved);
+
 /** The object key of a content of account id (S3_KEY_MAX bytes). */
 void cluster_object_key(const char *id, const uint8_t sha[BS_SHA_LEN], char *key);

@@ -48,6 +48,7 @@ typedef struct Args {
         bool port_set, idle_timeout_set, max_connections_set, require_key_set;
         bool verify;
         bool no_hash;    /* --verify compares sizes, not contents */
+        bool migrate;
         bool prune;
         bool fingerprint;
 } Args;
@@ -84,6 +85,9 @@ static void help(void) {
                "                           cluster: every content named is in the store\n"
                "  --no-hash                with --verify: compare sizes (and mtimes), not\n"
                "                           contents\n"
+               "  --migrate                copy the accounts of the storage directory (its\n"
+               "                           server stopped) into the cluster backend of the\n"
+               "                           configuration (metadata, content), then exit\n"
                "  --prune                  prune every account once as the retention settings\n"
                "                           say (keep-versions, keep-all, ...), report what\n"
                "                           was freed and exit; the server must be stopped\n"
@@ -100,7 +104,7 @@ static void help(void) {
 
 static int parse_args(int argc, char **argv, Args *a) {
         enum { ARG_STORAGE = 0x100, ARG_LISTEN, ARG_CONFIG, ARG_IDLE, ARG_MAXCONN, ARG_KEY, ARG_VERSION, ARG_VERIFY,
-               ARG_PRUNE, ARG_FINGERPRINT, ARG_NO_HASH };
+               ARG_PRUNE, ARG_FINGERPRINT, ARG_NO_HASH, ARG_MIGRATE };
         static const struct option options[] = {
                 { "storage", required_argument, NULL, ARG_STORAGE },
                 { "listen", required_argument, NULL, ARG_LISTEN },
@@ -112,6 +116,7 @@ static int parse_args(int argc, char **argv, Args *a) {
                 { "version", no_argument, NULL, ARG_VERSION },
                 { "verify", no_argument, NULL, ARG_VERIFY },
                 { "no-hash", no_argument, NULL, ARG_NO_HASH },
+                { "migrate", no_argument, NULL, ARG_MIGRATE },
                 { "prune", no_argument, NULL, ARG_PRUNE },
                 { "fingerprint", no_argument, NULL, ARG_FINGERPRINT },
                 {},
@@ -167,6 +172,9 @@ static int parse_args(int argc, char **argv, Args *a) {
                         break;
                 case ARG_NO_HASH:
                         a->no_hash = true;
+                        break;
+                case ARG_MIGRATE:
+                        a->migrate = true;
                         break;
                 case ARG_PRUNE:
                         a->prune = true;
@@ -486,6 +494,36 @@ static int cluster_verify_main(const BsServerConfig *cfg, const char *storage, b
         return r > 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 }
 
+static void print_migrated(void *userdata, const char *account, const char *what) {
+        printf("%s: %s\n", account, what);
+        fflush(stdout);
+}
+
+/* --migrate: the storage directory's accounts into the cluster. Returns an exit status. */
+static int cluster_migrate_main(const BsServerConfig *cfg, const char *storage) {
+        _cleanup_(backend_freep) Backend *b = NULL;
+        sd_event *event = NULL;
+        unsigned moved = 0;
+        int r = sd_event_new(&event);
+        if (r < 0) {
+                errno = -r;
+                log_error("cannot set up an event loop: %m");
+                return EX_OSERR;
+        }
+        r = cluster_open(cfg, storage, event, &b);
+        if (r >= 0)
+                r = cluster_migrate(b, event, storage, print_migrated, NULL, &moved);
+        b = backend_free(b);
+        sd_event_unref(event);
+        if (r < 0) {
+                errno = -r;
+                log_error("cannot move %s into the cluster: %m", storage);
+                return EX_SOFTWARE;
+        }
+        printf("%u account%s moved into the cluster, %d could not be\n", moved, moved == 1 ? "" : "s", r);
+        return r > 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
 /* One backupsyncd per storage directory: the lock lives as long as the process. */
 static int lock_storage(const char *storage) {
         char path[PATH_MAX];
@@ -598,6 +636,17 @@ int main(int argc, char **argv) {
                 errno = -lock_fd;
                 log_error("cannot lock storage %s: %m", storage);
                 return EX_CANTCREAT;
+        }
+        if (ctx.args.migrate) {
+                if (!ctx.cfg.metadata) {
+                        log_error("--migrate moves accounts into the cluster backend: give metadata and content in "
+                                  "[server] of the configuration");
+                        close(lock_fd);
+                        return EX_CONFIG;
+                }
+                r = cluster_migrate_main(&ctx.cfg, storage);
+                close(lock_fd);
+                return r;
         }
         if (ctx.args.prune) {
                 AccountRetention ret = retention_of(&ctx.cfg);

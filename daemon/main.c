@@ -468,58 +468,56 @@ static void print_cluster_problem(void *userdata, const char *account, const cha
         printf("%s: %s: %s\n", account, path, problem);
 }
 
-/* --verify on the cluster: what the metadata names, in the store. Returns an exit status. */
-static int cluster_verify_main(const BsServerConfig *cfg, const char *storage, bool hash) {
-        _cleanup_(backend_freep) Backend *b = NULL;
-        sd_event *event = NULL;
-        unsigned checked = 0;
-        int r = sd_event_new(&event);
-        if (r < 0) {
-                errno = -r;
-                log_error("cannot set up an event loop: %m");
-                return EX_OSERR;
-        }
-        r = cluster_open(cfg, storage, event, &b);
-        if (r >= 0)
-                r = cluster_verify(b, event, hash, print_cluster_problem, NULL, &checked);
-        b = backend_free(b);
-        sd_event_unref(event);
-        if (r < 0) {
-                errno = -r;
-                log_error("cannot verify the cluster: %m");
-                return r == -ETIMEDOUT || r == -ECONNREFUSED ? EX_UNAVAILABLE : EX_SOFTWARE;
-        }
-        printf("%u content%s checked%s, %d problem%s\n", checked, checked == 1 ? "" : "s",
-               hash ? " (hashed)" : "", r, r == 1 ? "" : "s");
-        return r > 0 ? EXIT_FAILURE : EXIT_SUCCESS;
-}
-
 static void print_migrated(void *userdata, const char *account, const char *what) {
         printf("%s: %s\n", account, what);
         fflush(stdout);
 }
 
-/* --migrate: the storage directory's accounts into the cluster. Returns an exit status. */
-static int cluster_migrate_main(const BsServerConfig *cfg, const char *storage) {
+/* What --verify and --migrate do with the cluster, on a loop of their own. */
+typedef enum ClusterTask { CLUSTER_VERIFY, CLUSTER_VERIFY_SIZES, CLUSTER_MIGRATE } ClusterTask;
+
+/* Run task on the cluster: the number of problems (accounts not moved), or -errno after logging. */
+static int cluster_task(const BsServerConfig *cfg, const char *storage, ClusterTask task, unsigned *ret_n) {
         _cleanup_(backend_freep) Backend *b = NULL;
         sd_event *event = NULL;
-        unsigned moved = 0;
         int r = sd_event_new(&event);
         if (r < 0) {
                 errno = -r;
                 log_error("cannot set up an event loop: %m");
-                return EX_OSERR;
+                return r;
         }
         r = cluster_open(cfg, storage, event, &b);
-        if (r >= 0)
-                r = cluster_migrate(b, event, storage, print_migrated, NULL, &moved);
+        if (r >= 0 && task == CLUSTER_MIGRATE)
+                r = cluster_migrate(b, event, storage, print_migrated, NULL, ret_n);
+        else if (r >= 0)
+                r = cluster_verify(b, event, task == CLUSTER_VERIFY, print_cluster_problem, NULL, ret_n);
         b = backend_free(b);
         sd_event_unref(event);
         if (r < 0) {
                 errno = -r;
-                log_error("cannot move %s into the cluster: %m", storage);
-                return EX_SOFTWARE;
+                log_error("cannot %s: %m", task == CLUSTER_MIGRATE ? "move the storage into the cluster"
+                                                                  : "verify the cluster");
         }
+        return r;
+}
+
+/* --verify on the cluster: what the metadata names, in the store. Returns an exit status. */
+static int cluster_verify_main(const BsServerConfig *cfg, const char *storage, bool hash) {
+        unsigned checked = 0;
+        int r = cluster_task(cfg, storage, hash ? CLUSTER_VERIFY : CLUSTER_VERIFY_SIZES, &checked);
+        if (r < 0)
+                return r == -ETIMEDOUT || r == -ECONNREFUSED ? EX_UNAVAILABLE : EX_SOFTWARE;
+        printf("%u content%s checked%s, %d problem%s\n", checked, checked == 1 ? "" : "s",
+               hash ? " (hashed)" : "", r, r == 1 ? "" : "s");
+        return r > 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
+/* --migrate: the storage directory's accounts into the cluster. Returns an exit status. */
+static int cluster_migrate_main(const BsServerConfig *cfg, const char *storage) {
+        unsigned moved = 0;
+        int r = cluster_task(cfg, storage, CLUSTER_MIGRATE, &moved);
+        if (r < 0)
+                return EX_SOFTWARE;
         printf("%u account%s moved into the cluster, %d could not be\n", moved, moved == 1 ? "" : "s", r);
         return r > 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -6,7 +6,10 @@ mode, and over ssh to a private sshd) and lsyncd (default.rsync) on the
 same generated data, prints a table of medians, ratios and targets, and
 writes tests/bench/results.md. backupsync runs with TLS, its default;
 cases 1 and 2 are measured again with tls = no beside it, so that the
-cost of encryption shows.
+cost of encryption shows. Case 10 starts a throwaway PostgreSQL and Ceph
+RGW (tests/cluster/engines.py) and measures the cluster backend beside
+the embedded one: a first backup, propagation through one node and
+across two, a burst across two, and what the store and database hold.
 
 Run it through tools/bench, which installs rsync, lsyncd and OpenSSH and
 builds:
@@ -1325,6 +1328,129 @@ def case9_chunker(b, cfg, res):
 
 # ---------------------------------------------------------------- main
 
+def case10_cluster(b, cfg, res):
+    """The cluster backend (PostgreSQL 15 and a single-node Ceph RGW, both
+    started here) beside the embedded one: a first backup, propagation
+    through one node and across two, a burst across two; objects and
+    bytes the store and the database hold."""
+    C = "10 cluster"
+    sys.path.insert(0, os.path.join(TOP, "tests", "cluster"))
+    import engines
+    # Apart from the bench's own directory (0700): PostgreSQL runs as its own user.
+    top = tempfile.mkdtemp(prefix="bs-bench-engines-", dir="/tmp")
+    os.chmod(top, 0o755)
+    d = os.path.join(top, "e")
+    eng = engines.start(d)
+    try:
+        _case10(b, cfg, res, eng, C)
+    finally:
+        engines.stop(d)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _case10(b, cfg, res, eng, C):
+    eng.create_database("bench")
+    eng.create_bucket("bench")
+    passfile, creds, conf = b.path("pgpass"), b.path("s3.key"), b.path("cluster.ini")
+    with open(passfile, "w") as f:
+        f.write("%s:%s:bench:%s:%s\n" % (eng.pg_host, eng.pg_port, eng.pg_user, eng.pg_password))
+    with open(creds, "w") as f:
+        f.write("%s\n%s\n" % (eng.access_key, eng.secret_key))
+    for path in (passfile, creds):
+        os.chmod(path, 0o600)
+    with open(conf, "w") as f:
+        f.write("[server]\nmetadata = host=%s port=%d user=%s dbname=bench passfile=%s\ncontent = s3://bench\n"
+                "s3-endpoint = %s\ns3-credentials = %s\n"
+                % (eng.pg_host, eng.pg_port, eng.pg_user, passfile, eng.s3_endpoint, creds))
+
+    def node(name):
+        srv = b.server(name, extra=["--config", conf])
+        return srv
+
+    src = b.path("c10-src")
+    make_tree(src, cfg.c10_dirs, 100, lambda: 4096)
+    write_random_file(os.path.join(src, "big.bin"), cfg.c10_big)
+    nfiles, total = tree_stats(src)
+
+    # First backup: embedded backend, then the cluster (fresh accounts each).
+    def first(srv, sub):
+        argv = b.agent_argv(srv, src, None, b.path(sub + "-state"), once=True)
+        t0 = time.monotonic()
+        with open(b.path(sub + "-agent.log"), "wb") as lf:
+            p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT, timeout=900)
+        if p.returncode != 0:
+            raise BenchError("%s: agent --once exited %d" % (sub, p.returncode))
+        return time.monotonic() - t0
+    local = b.server("c10-local")
+    t_local = first(local, "c10-local")
+    b.stop(local)
+    n1, n2 = node("c10-node1"), node("c10-node2")
+    t_cluster = first(n1, "c10-first")
+    res.add(C, "first backup, %d files, %s: cluster (one node) vs embedded" % (nfiles, fmt_bytes(total)),
+            t_cluster, "backupsync, embedded", t_local)
+
+    # Propagation: an agent beside the writer on node 1, and one on node 2.
+    dirs = {k: b.path("c10-" + k) for k in ("w", "same", "other")}
+    for x in dirs.values():
+        os.makedirs(x)
+    w = b.agent("c10-w", n1, dirs["w"])
+    token = w.token
+    b.agent("c10-same", n1, dirs["same"], token=token)
+    b.agent("c10-other", n2, dirs["other"], token=token)
+    lat = {"same": [], "other": []}
+    for i in range(cfg.c10_trials):
+        data = ("trial %d\n" % i).encode()
+        t0 = time.monotonic()
+        with open(os.path.join(dirs["w"], "ping.txt"), "wb") as f:
+            f.write(data)
+        got = set()
+        while len(got) < 2:
+            for k in ("same", "other"):
+                if k in got:
+                    continue
+                try:
+                    with open(os.path.join(dirs[k], "ping.txt"), "rb") as f:
+                        if f.read() == data:
+                            lat[k].append(time.monotonic() - t0)
+                            got.add(k)
+                except OSError:
+                    pass
+            if time.monotonic() - t0 > 30:
+                raise BenchError("case 10: trial %d did not arrive" % i)
+            time.sleep(0.002)
+        time.sleep(0.1)
+    p_same, p_other = percentile(lat["same"], 50), percentile(lat["other"], 50)
+    res.add(C, "propagation p50 across two nodes vs through one (%d trials)" % cfg.c10_trials,
+            p_other, "through one node", p_same)
+
+    # A burst of new files, until all are on node 2's agent.
+    burst = os.path.join(dirs["w"], "burst")
+    os.makedirs(burst)
+    t0 = time.monotonic()
+    for i in range(cfg.c10_burst):
+        with open(os.path.join(burst, "f%04d" % i), "wb") as f:
+            f.write(b"%d\n" % i * 64)
+    want = {"burst/f%04d" % i for i in range(cfg.c10_burst)}
+    def arrived(k):
+        try:
+            return len(want & {"burst/" + n for n in os.listdir(os.path.join(dirs[k], "burst"))}) == len(want)
+        except OSError:
+            return False
+    while not (arrived("same") and arrived("other")):
+        if time.monotonic() - t0 > 300:
+            raise BenchError("case 10: the burst did not arrive")
+        time.sleep(0.01)
+    t_burst = time.monotonic() - t0
+    res.add(C, "burst of %d new files, on every computer of both nodes" % cfg.c10_burst, t_burst)
+
+    objs = eng.list_objects("bench")
+    db = int(eng.psql("SELECT pg_database_size('bench')", dbname="bench").strip())
+    res.note("case 10: the store holds %d objects, %s; the database %s (one account of %d files, %s, "
+             "and the changes above)" % (len(objs), fmt_bytes(sum(sz for _, sz in objs)), fmt_bytes(db),
+                                          nfiles, fmt_bytes(total)))
+    log("case 10: %d objects, %s in the store" % (len(objs), fmt_bytes(sum(sz for _, sz in objs))))
+
+
 class Cfg:
     pass
 
@@ -1335,6 +1461,10 @@ def config(args):
     q = args.quick
     c.c1_dirs, c.c1_per_dir = (10, 100) if q else (100, 100)
     c.c1_big = 8 * MiB if q else 64 * MiB
+    c.c10_dirs = 5 if q else 20
+    c.c10_big = 4 * MiB if q else 32 * MiB
+    c.c10_trials = 10 if q else 30
+    c.c10_burst = 100 if q else 500
     c.c1_timeout = 600
     c.trials = args.trials or (20 if q else 100)
     c.trials_default = args.trials_default or (2 if q else 5)
@@ -1354,7 +1484,7 @@ def main():
     ap = argparse.ArgumentParser(description="backupsync benchmark suite")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per case (default 3)")
     ap.add_argument("--quick", action="store_true", help="small data, to smoke-test the suite")
-    ap.add_argument("--cases", default="1,2,3,4,5,6,7,8,9", help="comma-separated case numbers")
+    ap.add_argument("--cases", default="1,2,3,4,5,6,7,8,9,10", help="comma-separated case numbers")
     ap.add_argument("--trials", type=int, default=0, help="case 2 trials (default 100, quick 20)")
     ap.add_argument("--trials-default", type=int, default=0,
                     help="case 2 trials for lsyncd with its 15 s default delay (default 5)")
@@ -1434,6 +1564,7 @@ def main():
         run_case(7, case7_restore)
         run_case(8, case8_history)
         run_case(9, case9_chunker)
+        run_case(10, case10_cluster)
     except KeyboardInterrupt:
         failed = True
         res.note("interrupted")

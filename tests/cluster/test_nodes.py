@@ -155,6 +155,25 @@ def main():
             check(one[len(one) // 2] < 2.0, "a change reached an agent of the same node only by polling")
             c.stop()
 
+            # A small edit in the middle of the big file, both ways: the upload
+            # takes the rest from the stored content (COPY) and the download
+            # from the content the other computer holds (GET_DELTA), both read
+            # from the store a window at a time.
+            for src, dst, tag in ((b_dir, a_dir, b"B"), (a_dir, b_dir, b"A")):
+                path = os.path.join(src, "docs", "deep", "big.bin")
+                data = bytearray(harness.read_bytes(path))
+                data[1500000:1500100] = tag * 100
+                tmp = path + ".tmp"
+                write_file(tmp, bytes(data))
+                os.rename(tmp, path)
+                wait_content(os.path.join(dst, "docs", "deep", "big.bin"), bytes(data),
+                             msg="an edit in the middle of big.bin from %s" % tag.decode())
+            check(any("copied from the stored version" in line for line in n1.log_lines() + n2.log_lines()),
+                  "no upload took part of its content from the stored version (COPY)")
+            check(any("big.bin" in line and "the rest unchanged" in line and "downloaded" in line
+                      for line in a.log_lines() + b.log_lines()),
+                  "no download of the edit took the rest from the computer's own copy (GET_DELTA)")
+
             # Edits, renames and deletions from B reach A.
             write_file(os.path.join(b_dir, "hello.txt"), b"edited on B\n")
             wait_content(os.path.join(a_dir, "hello.txt"), b"edited on B\n", msg="B's edit on A")

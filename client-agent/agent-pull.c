@@ -692,6 +692,11 @@ int agent_pull(Agent *a) {
                 a->need_snapshot = false;
                 log_event(LOG_INFO, BS_MID_RESCAN, a->account, NULL, "comparing the whole tree with the server");
                 r = pull_once(a, 0);
+                /* Not done (the server failed it, the connection broke): the
+                 * records it was to make up for are behind last_seq now, so
+                 * only a comparison finds them; the next round tries again. */
+                if (r < 0)
+                        a->need_snapshot = true;
         }
         return r;
 }

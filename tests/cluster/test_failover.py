@@ -8,7 +8,8 @@ burst of new files on agent A while something fails, then checks that
 agent B (on the other node) has every one of them and that the trees
 agree:
   - node 1 killed with SIGKILL mid-burst: A moves to node 2;
-  - PostgreSQL restarted mid-burst (immediate stop: commits in flight);
+  - PostgreSQL restarted mid-burst (immediate stop: commits in flight),
+    and away for 3 s mid-burst;
   - the object store (RGW) stopped mid-burst and started again 3 s later.
 """
 import os
@@ -136,6 +137,18 @@ def main():
             all_arrive(env, b_dir, files, "after PostgreSQL restarted")
             print("PostgreSQL restarted mid-burst: all %d files on B after %.1f s" % (len(files), time.monotonic() - t0))
 
+            # 2b. PostgreSQL away for 3 s mid-burst: commits, lookups and listings
+            # fail meanwhile (an agent's download fails, then its comparison
+            # with the server's tree); all of it is made up afterwards.
+            def db_away():
+                eng.stop_postgres()
+                time.sleep(3)
+                eng.start_postgres()
+            t0 = time.monotonic()
+            files = burst(a_dir, "pgaway", db_away)
+            all_arrive(env, b_dir, files, "after PostgreSQL was away")
+            print("PostgreSQL away for 3 s mid-burst: all %d files on B after %.1f s" % (len(files), time.monotonic() - t0))
+
             # 3. The store away for 3 s mid-burst: stores are retried, then go on.
             def store_away():
                 eng.stop_rgw()
@@ -149,7 +162,7 @@ def main():
             harness.assert_trees_equal(a_dir, b_dir, msg="A and B at the end")
             account = a.token.split("-")[0]
             n = int(cl.sql("SELECT count(*) FROM bs_entries WHERE account = '%s' AND kind = 1" % account))
-            check(n == 1 + 3 * BURST, "%d files in the database, expected %d" % (n, 1 + 3 * BURST))
+            check(n == 1 + 4 * BURST, "%d files in the database, expected %d" % (n, 1 + 4 * BURST))
             missing = int(cl.sql("SELECT count(*) FROM bs_entries e WHERE account = '%s' AND kind = 1 AND NOT EXISTS "
                                  "(SELECT 1 FROM bs_objects o WHERE o.account = e.account AND o.sha = e.sha)"
                                  % account))

@@ -127,6 +127,15 @@ int session_rearm_idle_timer(Session *s) {
         return 0;
 }
 
+/* Forget the places kept for answers of a batch. */
+static void holes_clear(Session *s) {
+        for (size_t i = 0; i < s->n_holes; i++) {
+                free(s->holes[i].path);
+                free(s->holes[i].path2);
+        }
+        s->n_holes = 0;
+}
+
 Session *session_free(Session *s) {
         if (!s)
                 return NULL;
@@ -148,10 +157,7 @@ Session *session_free(Session *s) {
                 account_forget_waker(s->account, &s->waker);
                 server_account_release(server, s->account);
         }
-        for (size_t i = 0; i < s->n_holes; i++) {
-                free(s->holes[i].path);
-                free(s->holes[i].path2);
-        }
+        holes_clear(s);
         free(s->holes);
         sd_event_source_disable_unref(s->io_source);
         sd_event_source_disable_unref(s->timer_source);
@@ -336,14 +342,6 @@ static int fill_holes(Session *s) {
                         r = bs_buf_append(&s->out, tail + (h->at - base), end - h->at);
         }
         return r;
-}
-
-static void holes_clear(Session *s) {
-        for (size_t i = 0; i < s->n_holes; i++) {
-                free(s->holes[i].path);
-                free(s->holes[i].path2);
-        }
-        s->n_holes = 0;
 }
 
 int session_end_pass(Session *s) {

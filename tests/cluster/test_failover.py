@@ -99,6 +99,14 @@ def all_arrive(env, dst, files, what, timeout=120):
             raise
 
 
+def scenario(env, src, dst, tag, during, what):
+    """A burst on src with during() in its middle; every file must reach dst."""
+    t0 = time.monotonic()
+    files = burst(src, tag, during)
+    all_arrive(env, dst, files, "after: " + what)
+    print("%s mid-burst: all %d files on B after %.1f s" % (what, len(files), time.monotonic() - t0))
+
+
 def main():
     eng = Engines.from_env()
     with Env("failover") as env:
@@ -124,18 +132,12 @@ def main():
             wait_content(os.path.join(b_dir, "first.txt"), b"first\n", msg="the first file on B")
 
             # 1. Node 1 killed mid-burst: A goes on with node 2.
-            t0 = time.monotonic()
-            files = burst(a_dir, "killed", n1.kill9)
-            all_arrive(env, b_dir, files, "after node 1 was killed")
-            print("node 1 killed mid-burst: all %d files on B after %.1f s" % (len(files), time.monotonic() - t0))
+            scenario(env, a_dir, b_dir, "killed", n1.kill9, "node 1 killed")
             check("127.0.0.2 port %d answers" % port in a.log_text(), "agent A did not say it moved to node 2")
             n1.start()
 
             # 2. PostgreSQL restarted mid-burst: commits in flight fail, nothing acknowledged is lost.
-            t0 = time.monotonic()
-            files = burst(a_dir, "pg", eng.restart_postgres)
-            all_arrive(env, b_dir, files, "after PostgreSQL restarted")
-            print("PostgreSQL restarted mid-burst: all %d files on B after %.1f s" % (len(files), time.monotonic() - t0))
+            scenario(env, a_dir, b_dir, "pg", eng.restart_postgres, "PostgreSQL restarted")
 
             # 2b. PostgreSQL away for 3 s mid-burst: commits, lookups and listings
             # fail meanwhile (an agent's download fails, then its comparison
@@ -144,20 +146,14 @@ def main():
                 eng.stop_postgres()
                 time.sleep(3)
                 eng.start_postgres()
-            t0 = time.monotonic()
-            files = burst(a_dir, "pgaway", db_away)
-            all_arrive(env, b_dir, files, "after PostgreSQL was away")
-            print("PostgreSQL away for 3 s mid-burst: all %d files on B after %.1f s" % (len(files), time.monotonic() - t0))
+            scenario(env, a_dir, b_dir, "pgaway", db_away, "PostgreSQL away for 3 s")
 
             # 3. The store away for 3 s mid-burst: stores are retried, then go on.
             def store_away():
                 eng.stop_rgw()
                 time.sleep(3)
                 eng.start_rgw()
-            t0 = time.monotonic()
-            files = burst(a_dir, "s3", store_away)
-            all_arrive(env, b_dir, files, "after the store came back")
-            print("store stopped for 3 s mid-burst: all %d files on B after %.1f s" % (len(files), time.monotonic() - t0))
+            scenario(env, a_dir, b_dir, "s3", store_away, "store stopped for 3 s")
 
             harness.assert_trees_equal(a_dir, b_dir, msg="A and B at the end")
             account = a.token.split("-")[0]

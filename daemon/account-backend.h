@@ -48,7 +48,7 @@ struct AccountQuery {
 struct BackendOps {
         int (*account_create)(Backend *b, Account **ret, char *token);
         int (*account_open)(Backend *b, const char *id, Account **ret);
-        int (*account_list)(Backend *b, char ***ret, size_t *ret_n);
+        int (*account_list)(Backend *b, const AccountWaker *w, char ***ret, size_t *ret_n);
         void (*set_watch)(Backend *b, backend_watch_fn fn, void *userdata);
         void (*free)(Backend *b);
 };
@@ -67,7 +67,8 @@ struct AccountOps {
         void (*batch_free)(AccountBatch *b);
         bool (*needs_recovery)(const Account *a);
         int (*verify)(Account *a, bool repair, bool hash_all, account_verify_fn report, void *userdata);
-        int (*prune)(Account *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats);
+        int (*prune)(Account *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats,
+                     const AccountWaker *w);
         int (*history_usage)(Account *a, uint64_t *bytes);
         int (*entry_get)(Account *a, const char *path, AccountEntry *ret);
         int (*put_check)(Account *a, const char *path, uint64_t base, uint64_t size);

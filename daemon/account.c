@@ -17,8 +17,8 @@ int backend_account_open(Backend *b, const char *id, Account **ret) {
         return b->ops->account_open(b, id, ret);
 }
 
-int backend_account_list(Backend *b, char ***ret, size_t *ret_n) {
-        return b->ops->account_list(b, ret, ret_n);
+int backend_account_list(Backend *b, const AccountWaker *w, char ***ret, size_t *ret_n) {
+        return b->ops->account_list(b, w, ret, ret_n);
 }
 
 void backend_set_watch(Backend *b, backend_watch_fn fn, void *userdata) {
@@ -94,8 +94,9 @@ int account_verify(Account *a, bool repair, bool hash_all, account_verify_fn rep
         return a->ops->verify(a, repair, hash_all, report, userdata);
 }
 
-int account_prune(Account *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats) {
-        return a->ops->prune(a, ret, now, budget, stats);
+int account_prune(Account *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats,
+                  const AccountWaker *w) {
+        return a->ops->prune(a, ret, now, budget, stats, w);
 }
 
 int account_history_usage(Account *a, uint64_t *bytes) {

@@ -87,8 +87,11 @@ int backend_account_create(Backend *b, Account **ret, char *token);
  */
 int backend_account_open(Backend *b, const char *id, Account **ret);
 
-/** The IDs of the accounts. Free with account_list_free(). */
-int backend_account_list(Backend *b, char ***ret, size_t *ret_n);
+/**
+ * The IDs of the accounts: 0, or -EINPROGRESS while they are being looked
+ * up (w is told; call again for the answer). Free with account_list_free().
+ */
+int backend_account_list(Backend *b, const AccountWaker *w, char ***ret, size_t *ret_n);
 char **account_list_free(char **ids, size_t n);
 
 /* An account's sequence advanced through another server node. */
@@ -179,11 +182,14 @@ typedef struct AccountPruneStats {
  * transaction) as of now: the history the retention no longer keeps, the
  * contents nothing names any more, the log before keep-versions. Adds what
  * it freed to *stats. Returns 1 while more remains, 0 when a whole round
- * is done, -EBUSY while changes wait for a commit, or a negative errno.
+ * is done, -EBUSY while changes wait for a commit, -EINPROGRESS while the
+ * slice runs (w is told; call again, with the same arguments, for its
+ * outcome), or a negative errno.
  */
-int account_prune(Account *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats);
+int account_prune(Account *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats,
+                  const AccountWaker *w);
 
-/** The space the kept versions' contents take. */
+/** The space the kept versions' contents take (-ENODATA: not known yet). */
 int account_history_usage(Account *a, uint64_t *bytes);
 
 /** Look up the entry of path: 0, or -ENOENT. */

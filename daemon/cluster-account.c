@@ -5,7 +5,10 @@
  * then one transaction applies the changes in order through the schema's
  * functions, records the objects and announces the new sequence. Only
  * then are the answers there, so an acknowledged change never names a
- * missing object; a crash in between leaves an object nothing names.
+ * missing object; a crash in between leaves an object nothing names. A
+ * batch with contents holds its account's objects lock shared from
+ * before its first upload to its end, so the collector (cluster-prune.c)
+ * removes nothing it stored.
  * Reads look the content up in PostgreSQL and fetch it from the store in
  * windows; a PULL reads one consistent state in one transaction.
  */
@@ -49,7 +52,10 @@ typedef struct Change {
         uint64_t version;
 } Change;
 
-enum { BATCH_OPEN, BATCH_STORING, BATCH_COMMITTING, BATCH_DONE };
+enum { BATCH_OPEN, BATCH_LOCKING, BATCH_STORING, BATCH_COMMITTING, BATCH_DONE };
+
+/* How long a batch waits before asking again for the objects lock the collector holds. */
+#define SHARE_RETRY_USEC (20 * 1000ULL)
 
 struct ClusterBatch {
         AccountBatch base;
@@ -60,7 +66,9 @@ struct ClusterBatch {
         int result;
         unsigned storing; /* objects in flight */
         const AccountWaker *waker;
-        bool freed;       /* let go while committing: the commit's end frees it */
+        bool freed;       /* let go while locking or committing: the answer frees it */
+        bool shared;      /* holds the objects lock shared */
+        sd_event_source *retry;
 };
 
 typedef struct ClusterUpload {
@@ -157,12 +165,17 @@ static int ops_verify(Account *a, bool repair, bool hash_all, account_verify_fn 
         return ops_unsupported();
 }
 
-static int ops_prune(Account *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats) {
-        return ops_unsupported();
+static int ops_prune(Account *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats,
+                     const AccountWaker *w) {
+        return cluster_prune(ACCOUNT(a), ret, now, budget, stats, w);
 }
 
-static int ops_history_usage(Account *a, uint64_t *bytes) {
-        return ops_unsupported();
+static int ops_history_usage(Account *base, uint64_t *bytes) {
+        ClusterAccount *a = ACCOUNT(base);
+        if (a->history_bytes < 0)
+                return -ENODATA; /* learnt by pruning */
+        *bytes = (uint64_t) a->history_bytes;
+        return 0;
 }
 
 static int ops_entry_get(Account *a, const char *path, AccountEntry *ret) {
@@ -226,7 +239,19 @@ static void change_done(Change *c) {
         c->path = c->path2 = NULL;
 }
 
+/* Let go of the objects lock; not waited for. On a connection lost
+ * meanwhile it went with it, and this answers false. */
+static void batch_unshare(ClusterBatch *b) {
+        if (!b->shared)
+                return;
+        b->shared = false;
+        const char *v[] = { b->account->id };
+        (void) pg_query(b->account->backend->pg, "SELECT bs_objects_unshare($1)", 1, v, NULL, NULL, NULL, NULL);
+}
+
 static void batch_destroy(ClusterBatch *b) {
+        batch_unshare(b);
+        sd_event_source_disable_unref(b->retry);
         for (size_t i = 0; i < b->n; i++)
                 change_done(&b->changes[i]);
         free(b->changes);
@@ -356,6 +381,7 @@ static int ops_move(AccountBatch *base, const uint8_t device[BS_DEVICE_LEN], con
 static void batch_finish(ClusterBatch *b, int r) {
         b->state = BATCH_DONE;
         b->result = r;
+        batch_unshare(b);
         for (size_t i = 0; i < b->n; i++)
                 if (b->changes[i].fd >= 0) {
                         close(b->changes[i].fd);
@@ -451,6 +477,9 @@ static int batch_transaction(ClusterBatch *b) {
         if (r < 0)
                 return r;
         snprintf(now, sizeof(now), "%" PRId64, (int64_t) bs_now());
+        /* The lock taken on another connection than this one, since lost, protects nothing. */
+        if (b->shared)
+                r = pg_txn_query(t, "SELECT bs_objects_held($1)", 1, v, NULL, NULL, NULL, NULL);
         for (size_t i = 0; r >= 0 && i < b->n; i++) {
                 Change *c = &b->changes[i];
                 r = query_change(t, a->id, c);
@@ -520,6 +549,47 @@ static int batch_store(ClusterBatch *b) {
         return 0;
 }
 
+static int batch_share(ClusterBatch *b);
+
+static int on_share_retry(sd_event_source *s, uint64_t usec, void *userdata) {
+        ClusterBatch *b = userdata;
+        b->retry = sd_event_source_disable_unref(b->retry);
+        int r = batch_share(b);
+        if (r < 0)
+                batch_finish(b, r);
+        return 0;
+}
+
+static void on_shared(Pg *pg, int r, const PGresult *res, void *userdata) {
+        ClusterBatch *b = userdata;
+        bool got = r >= 0 && PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+        b->shared = got;
+        if (b->freed) {
+                batch_destroy(b);
+                return;
+        }
+        if (r < 0) {
+                batch_finish(b, r);
+                return;
+        }
+        if (got) {
+                (void) batch_store(b);
+                return;
+        }
+        /* The collector is removing this account's unnamed objects: a moment. */
+        r = sd_event_add_time_relative(b->account->backend->event, &b->retry, CLOCK_MONOTONIC, SHARE_RETRY_USEC, 0,
+                                       on_share_retry, b);
+        if (r < 0)
+                batch_finish(b, r);
+}
+
+/* Ask for the objects lock before the first upload. */
+static int batch_share(ClusterBatch *b) {
+        const char *v[] = { b->account->id };
+        b->state = BATCH_LOCKING;
+        return pg_query(b->account->backend->pg, "SELECT bs_objects_share($1)", 1, v, NULL, NULL, on_shared, b);
+}
+
 static int ops_batch_commit(AccountBatch *base, const AccountWaker *w) {
         ClusterBatch *b = (ClusterBatch *) base;
         b->waker = w;
@@ -529,6 +599,15 @@ static int ops_batch_commit(AccountBatch *base, const AccountWaker *w) {
                         b->state = BATCH_DONE;
                         return 0;
                 }
+                for (size_t i = 0; i < b->n; i++)
+                        if (b->changes[i].type == BS_MSG_PUT) {
+                                int r = batch_share(b);
+                                if (r < 0) {
+                                        batch_finish(b, r);
+                                        return r;
+                                }
+                                return -EINPROGRESS;
+                        }
                 (void) batch_store(b);
                 /* batch_store() may have ended it at once, on an error. */
                 return b->state == BATCH_DONE ? b->result : -EINPROGRESS;
@@ -549,7 +628,9 @@ static int ops_batch_answer(AccountBatch *base, unsigned i, uint64_t *ret_versio
 
 static void ops_batch_free(AccountBatch *base) {
         ClusterBatch *b = (ClusterBatch *) base;
-        if (b->state == BATCH_COMMITTING) {
+        if (b->state == BATCH_LOCKING && b->retry)
+                b->retry = sd_event_source_disable_unref(b->retry); /* nothing asked: destroy now */
+        else if (b->state == BATCH_COMMITTING || b->state == BATCH_LOCKING) {
                 b->freed = true; /* the transaction's end frees it */
                 b->waker = NULL;
                 return;

@@ -202,6 +202,7 @@ void cluster_account_drop(ClusterAccount *a) {
                 a->next->prev = a->prev;
         a->prev = a->next = NULL;
         cluster_waiters_done(&a->waiters);
+        cluster_prune_detach(TAKE_PTR(a->prune));
         if (a->state == 1) {
                 a->freed = true; /* its query's answer frees it */
                 a->token = NULL;
@@ -280,6 +281,7 @@ int cluster_account_new(ClusterBackend *b, const char *id, char *token, ClusterA
         a->base.ops = &cluster_account_ops;
         a->backend = b;
         a->state = 1;
+        a->history_bytes = -1;
         int r;
         if (id) {
                 memcpy(a->id, id, BS_ID_LEN);
@@ -320,10 +322,51 @@ static int backend_open(Backend *base, const char *id, Account **ret) {
         return r;
 }
 
-static int backend_list(Backend *base, char ***ret, size_t *ret_n) {
-        /* Pruning and --verify of the cluster are not there yet: no accounts to walk. */
-        *ret = NULL;
-        *ret_n = 0;
+static void on_listed(Pg *pg, int r, const PGresult *res, void *userdata) {
+        ClusterBackend *b = userdata;
+        size_t n = r >= 0 ? (size_t) PQntuples(res) : 0;
+        b->listing = 2;
+        b->list_error = r < 0 ? r : 0;
+        b->list_ids = calloc(n ? n : 1, sizeof(char *));
+        if (!b->list_ids)
+                b->list_error = -ENOMEM;
+        for (size_t i = 0; b->list_ids && i < n; i++) {
+                const char *id = PQgetvalue(res, (int) i, 0);
+                if (!bs_id_valid(id, strlen(id)))
+                        continue;
+                if (!(b->list_ids[b->n_list_ids] = strdup(id))) {
+                        b->list_error = -ENOMEM;
+                        break;
+                }
+                b->n_list_ids++;
+        }
+        const AccountWaker *w = TAKE_PTR(b->list_waker);
+        if (w)
+                w->fn(w->userdata);
+}
+
+static int backend_list(Backend *base, const AccountWaker *w, char ***ret, size_t *ret_n) {
+        ClusterBackend *b = (ClusterBackend *) base;
+        if (b->listing == 0) {
+                int r = pg_query(b->pg, "SELECT id FROM bs_accounts ORDER BY id", 0, NULL, NULL, NULL, on_listed, b);
+                if (r < 0)
+                        return r;
+                b->listing = 1;
+        }
+        b->list_waker = w;
+        if (b->listing == 1)
+                return -EINPROGRESS;
+        int r = b->list_error;
+        b->listing = 0;
+        b->list_waker = NULL;
+        if (r < 0) {
+                b->list_ids = account_list_free(b->list_ids, b->n_list_ids);
+                b->n_list_ids = 0;
+                return r;
+        }
+        *ret = TAKE_PTR(b->list_ids);
+        *ret_n = b->n_list_ids;
+        b->n_list_ids = 0;
         return 0;
 }
 
@@ -335,8 +378,11 @@ static void backend_watch(Backend *base, backend_watch_fn fn, void *userdata) {
 
 static void backend_drop(Backend *base) {
         ClusterBackend *b = (ClusterBackend *) base;
+        cluster_prune_free_all(b);
+        account_list_free(b->list_ids, b->n_list_ids);
         pg_free(b->pg);
         pg_free(b->listen);
+        pg_free(b->gc);
         s3_free(b->s3);
         if (b->spool_fd >= 0)
                 close(b->spool_fd);
@@ -369,6 +415,7 @@ int cluster_backend_new(sd_event *event, const ClusterConfig *c, Backend **ret) 
         }
         r = pg_new(&b->pg, event, c->metadata);
         r = r ?: pg_new(&b->listen, event, c->metadata);
+        r = r ?: pg_new(&b->gc, event, c->metadata);
         r = r ?: s3_new(&b->s3, event, &c->content);
         r = r ?: pg_listen(b->listen, "backupsync", on_notify, b);
         r = r ?: setup_schema(b);

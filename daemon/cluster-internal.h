@@ -16,18 +16,27 @@ typedef struct ClusterWaiters {
 } ClusterWaiters;
 
 typedef struct ClusterAccount ClusterAccount;
+typedef struct ClusterPrune ClusterPrune;
 
 typedef struct ClusterBackend {
         Backend base;
         sd_event *event;
         Pg *pg;          /* queries and transactions */
         Pg *listen;      /* LISTEN backupsync */
+        Pg *gc;          /* the collector's exclusive objects locks (cluster-prune.c) */
         S3 *s3;
         int spool_fd;
         int setup;       /* > 0 while the schema and the bucket are being set up, then 0 or -errno */
         int setup_error;
         ClusterWaiters setup_waiters;
         ClusterAccount *accounts; /* open, for NOTIFY */
+        ClusterPrune *prunes;     /* slices running or kept for their account */
+        /* backend_account_list(): one listing at a time. */
+        int listing;              /* 1 while asked, 2 answered */
+        int list_error;
+        char **list_ids;
+        size_t n_list_ids;
+        const AccountWaker *list_waker;
         backend_watch_fn watch;
         void *watch_userdata;
 } ClusterBackend;
@@ -43,6 +52,8 @@ struct ClusterAccount {
         int state;        /* 1 while opening or creating, then 0 or -errno */
         bool freed;       /* let go while opening: the answer frees it */
         uint64_t seq;     /* the last committed sequence this node knows of */
+        int64_t history_bytes; /* as the last pruning round found, -1: not known */
+        ClusterPrune *prune;
         ClusterWaiters waiters;
 };
 
@@ -61,6 +72,17 @@ int cluster_account_new(ClusterBackend *b, const char *id, char *token, ClusterA
 void cluster_account_drop(ClusterAccount *a);
 /** A sequence committed by any node: keep the newest. True when it is newer. */
 bool cluster_account_advance(ClusterAccount *a, uint64_t seq);
+
+/**
+ * One slice of pruning a (account_prune()): -EINPROGRESS while it runs
+ * (w is told), then its outcome.
+ */
+int cluster_prune(ClusterAccount *a, const AccountRetention *ret, time_t now, unsigned budget,
+                  AccountPruneStats *stats, const AccountWaker *w);
+/** The account goes away: a running slice ends on its own. */
+void cluster_prune_detach(ClusterPrune *p);
+/** Free what slices are left, with their backend. */
+void cluster_prune_free_all(ClusterBackend *b);
 
 /** Decode a bytea column (text format, hex) into out: its length, or -EBADMSG when longer than max. */
 ssize_t cluster_column_bytes(const PGresult *res, int row, int col, void *out, size_t max);

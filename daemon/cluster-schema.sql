@@ -395,3 +395,150 @@ END $$;
 CREATE OR REPLACE FUNCTION bs_announce(a text) RETURNS void LANGUAGE sql AS $$
         SELECT pg_notify('backupsync', a || ' ' || seq) FROM bs_accounts WHERE id = a
 $$;
+
+-- Pruning (as the embedded backend prunes: local-prune.c). Drop one kept
+-- state: its time goes to the state before it at its path (that one's
+-- end moves up), or, for the path's first kept state, to the state after
+-- it (its beginning moves back), so the tree as of any moment still
+-- shows the path with the nearest older content kept.
+CREATE OR REPLACE FUNCTION bs_drop_version(a text, vid bigint) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+        v bs_versions;
+BEGIN
+        DELETE FROM bs_versions WHERE account = a AND id = vid RETURNING * INTO v;
+        IF NOT FOUND THEN
+                RETURN;
+        END IF;
+        UPDATE bs_versions SET replaced_seq = v.replaced_seq
+                WHERE account = a AND path = v.path AND replaced_seq = v.since;
+        IF FOUND THEN
+                RETURN;
+        END IF;
+        UPDATE bs_versions SET since = v.since WHERE account = a AND path = v.path AND since = v.replaced_seq;
+        UPDATE bs_entries SET since = v.since WHERE account = a AND path = v.path AND since = v.replaced_seq;
+END $$;
+
+-- The space a's kept contents take, each counted once, those of current
+-- files not at all.
+CREATE OR REPLACE FUNCTION bs_history_bytes(a text) RETURNS bigint LANGUAGE sql STABLE AS $$
+        SELECT COALESCE(SUM(size), 0)::bigint FROM (
+                SELECT MAX(v.size) AS size FROM bs_versions v
+                WHERE v.account = a AND v.kind = 1 AND v.sha IS NOT NULL
+                        AND NOT EXISTS (SELECT 1 FROM bs_entries e WHERE e.account = a AND e.sha = v.sha)
+                GROUP BY v.sha) x
+$$;
+
+-- One slice of pruning a as of now, at most budget rows, under the
+-- account's row lock: the states the retention no longer keeps (every
+-- state younger than keep_all, then the newest per hour until
+-- keep_hourly, per day until keep_daily, per week until keep_versions;
+-- age counts from when the state ended), then, over max_bytes, the oldest
+-- states past keep_all, then the log before keep_versions (log_floor
+-- records where it begins). Returns what it removed and, on the slice
+-- that found nothing left to do, the history's size (else -1).
+CREATE OR REPLACE FUNCTION bs_prune(a text, now bigint, keep_all bigint, keep_hourly bigint, keep_daily bigint,
+                                    keep_versions bigint, max_bytes bigint, budget integer,
+                                    OUT versions integer, OUT log_records integer, OUT history bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+        d record;
+        ids bigint[] := '{}';
+        total bigint;
+        excess bigint;
+        seen bigint := 0;
+        target bigint;
+        fl bigint;
+        cur bigint;
+        upto bigint;
+BEGIN
+        versions := 0;
+        log_records := 0;
+        history := -1;
+        IF NOT bs_lock(a) THEN
+                RETURN;
+        END IF;
+        SELECT array_agg(id ORDER BY replaced_seq DESC) INTO ids FROM (
+                SELECT id, replaced_seq FROM (
+                        SELECT id, replaced_seq, age, tier,
+                               row_number() OVER (PARTITION BY path, tier, bucket ORDER BY replaced_seq DESC) AS rank
+                        FROM (SELECT id, path, replaced_seq, now - until_time AS age,
+                                     CASE WHEN now - until_time < keep_all THEN 0
+                                          WHEN now - until_time < keep_hourly THEN 1
+                                          WHEN now - until_time < keep_daily THEN 2 ELSE 3 END AS tier,
+                                     CASE WHEN now - until_time < keep_all THEN id
+                                          WHEN now - until_time < keep_hourly THEN until_time / 3600
+                                          WHEN now - until_time < keep_daily THEN until_time / 86400
+                                          ELSE until_time / 604800 END AS bucket
+                              FROM bs_versions WHERE account = a) x) y
+                WHERE (keep_versions > 0 AND age >= keep_versions) OR (tier > 0 AND rank > 1)
+                ORDER BY replaced_seq DESC LIMIT budget) z;
+        IF ids IS NULL AND max_bytes > 0 THEN
+                total := bs_history_bytes(a);
+                IF total > max_bytes THEN
+                        excess := total - max_bytes;
+                        ids := '{}';
+                        FOR d IN SELECT id, size FROM bs_versions
+                                 WHERE account = a AND until_time < now - keep_all
+                                 ORDER BY replaced_seq LIMIT budget LOOP
+                                EXIT WHEN seen >= excess;
+                                ids := d.id || ids; -- dropping goes newest first
+                                seen := seen + d.size;
+                        END LOOP;
+                END IF;
+        END IF;
+        IF ids IS NOT NULL THEN
+                FOR i IN 1 .. coalesce(array_length(ids, 1), 0) LOOP
+                        PERFORM bs_drop_version(a, ids[i]);
+                END LOOP;
+                versions := coalesce(array_length(ids, 1), 0);
+        END IF;
+        IF keep_versions > 0 THEN
+                SELECT COALESCE(MAX(seq), 0) INTO target FROM bs_log WHERE account = a AND time < now - keep_versions;
+                SELECT log_floor, seq INTO fl, cur FROM bs_accounts WHERE id = a;
+                -- Never the last record: the sequence must stay readable from the log.
+                target := LEAST(target, cur - 1);
+                IF target > fl THEN
+                        upto := LEAST(target, fl + budget);
+                        DELETE FROM bs_log WHERE account = a AND seq <= upto;
+                        GET DIAGNOSTICS log_records = ROW_COUNT;
+                        UPDATE bs_accounts SET log_floor = upto WHERE id = a;
+                END IF;
+        END IF;
+        IF versions = 0 AND log_records = 0 THEN
+                history := bs_history_bytes(a);
+        END IF;
+END $$;
+
+-- Objects and the collector. A batch that stores objects holds its
+-- account's objects lock shared from before its first upload until its
+-- transaction ended; the collector holds it exclusively while it removes
+-- objects nothing names. So no object is removed between its upload and
+-- the commit that names it. These are session locks: a lost connection
+-- lets go of them, and bs_objects_held() then refuses the transaction
+-- that relied on one (40001: run it again).
+CREATE OR REPLACE FUNCTION bs_objects_share(a text) RETURNS boolean LANGUAGE sql AS
+$$ SELECT pg_try_advisory_lock_shared(1651663679, hashtext(a)) $$;
+CREATE OR REPLACE FUNCTION bs_objects_unshare(a text) RETURNS boolean LANGUAGE sql AS
+$$ SELECT pg_advisory_unlock_shared(1651663679, hashtext(a)) $$;
+CREATE OR REPLACE FUNCTION bs_objects_collect(a text) RETURNS boolean LANGUAGE sql AS
+$$ SELECT pg_try_advisory_lock(1651663679, hashtext(a)) $$;
+CREATE OR REPLACE FUNCTION bs_objects_uncollect(a text) RETURNS boolean LANGUAGE sql AS
+$$ SELECT pg_advisory_unlock(1651663679, hashtext(a)) $$;
+
+CREATE OR REPLACE FUNCTION bs_objects_held(a text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+                       AND classid = 1651663679::oid AND objid = hashtext(a)::oid AND objsubid = 2
+                       AND mode = 'ShareLock' AND granted) THEN
+                RAISE EXCEPTION 'the objects lock of account % is not held', a USING ERRCODE = '40001';
+        END IF;
+END $$;
+
+-- Objects of a that no entry or kept version names: what the collector removes.
+CREATE OR REPLACE FUNCTION bs_unnamed(a text, budget integer) RETURNS TABLE (sha bytea, size bigint)
+LANGUAGE sql STABLE AS $$
+        SELECT o.sha, o.size FROM bs_objects o WHERE o.account = a
+                AND NOT EXISTS (SELECT 1 FROM bs_entries e WHERE e.account = a AND e.sha = o.sha)
+                AND NOT EXISTS (SELECT 1 FROM bs_versions v WHERE v.account = a AND v.sha = o.sha)
+        LIMIT budget
+$$;

@@ -92,7 +92,8 @@ static int ops_verify(Account *a, bool repair, bool hash_all, account_verify_fn 
         return local_verify(LOCAL(a), repair, hash_all, report, userdata);
 }
 
-static int ops_prune(Account *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats) {
+static int ops_prune(Account *a, const AccountRetention *ret, time_t now, unsigned budget, AccountPruneStats *stats,
+                     const AccountWaker *w) {
         return local_prune(LOCAL(a), ret, now, budget, stats);
 }
 
@@ -270,7 +271,7 @@ static int backend_open(Backend *b, const char *id, Account **ret) {
         return 0;
 }
 
-static int backend_list(Backend *b, char ***ret, size_t *ret_n) {
+static int backend_list(Backend *b, const AccountWaker *w, char ***ret, size_t *ret_n) {
         return local_list(((LocalBackend *) b)->storage, ret, ret_n);
 }
 

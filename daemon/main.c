@@ -522,6 +522,25 @@ static int cluster_migrate_main(const BsServerConfig *cfg, const char *storage) 
         return r > 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 }
 
+/* --prune on the cluster: beside running nodes, which prune too (the
+ * database's locks keep them apart). Returns an exit status. */
+static int cluster_prune_main(const BsServerConfig *cfg, const char *storage) {
+        _cleanup_(backend_freep) Backend *b = NULL;
+        AccountRetention ret = retention_of(cfg);
+        sd_event *event = NULL;
+        int r = sd_event_new(&event);
+        if (r < 0) {
+                errno = -r;
+                log_error("cannot set up an event loop: %m");
+                return EX_OSERR;
+        }
+        r = cluster_open(cfg, storage, event, &b);
+        r = r < 0 ? EX_UNAVAILABLE : offline_prune(b, event, &ret);
+        b = backend_free(b);
+        sd_event_unref(event);
+        return r;
+}
+
 /* One backupsyncd per storage directory: the lock lives as long as the process. */
 static int lock_storage(const char *storage) {
         char path[PATH_MAX];
@@ -607,10 +626,8 @@ int main(int argc, char **argv) {
                 return EX_CANTCREAT;
         }
 
-        if (ctx.cfg.metadata && ctx.args.prune) {
-                log_error("--prune works on the embedded backend only, not yet on the cluster (metadata = ...)");
-                return EX_UNAVAILABLE;
-        }
+        if (ctx.cfg.metadata && ctx.args.prune)
+                return cluster_prune_main(&ctx.cfg, storage);
         if (ctx.cfg.metadata && ctx.args.verify)
                 return cluster_verify_main(&ctx.cfg, storage, !ctx.args.no_hash);
         if (!ctx.cfg.metadata) {
@@ -648,7 +665,7 @@ int main(int argc, char **argv) {
         }
         if (ctx.args.prune) {
                 AccountRetention ret = retention_of(&ctx.cfg);
-                r = offline_prune(backend, &ret);
+                r = offline_prune(backend, NULL, &ret);
                 close(lock_fd);
                 return r;
         }

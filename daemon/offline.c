@@ -1,8 +1,10 @@
 /* offline.c - backupsyncd --verify and --prune: every account of a stopped server
  *
- * Both walk the storage directory's accounts one by one and report on
- * standard output; the server's lock on the storage keeps them from
- * running beside a live server (--verify only reads, so it does not ask).
+ * Both walk the backend's accounts one by one and report on standard
+ * output; the server's lock on the storage keeps them from running
+ * beside a live server (--verify only reads, so it does not ask). A
+ * backend that answers later (the cluster's, which may prune beside its
+ * running nodes) has the event loop run until it does.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -21,14 +23,46 @@
 /* fn(account, id, userdata) for each account of the backend: 0, or an exit status to note. */
 typedef int (*account_fn)(Account *a, const char *id, void *userdata);
 
+/* A backend's answer to wait for, on event (NULL for one that answers at once). */
+typedef struct Later {
+        sd_event *event;
+        bool told;
+        AccountWaker waker;
+} Later;
+
+static void on_told(void *userdata) {
+        ((Later *) userdata)->told = true;
+}
+
+static void later_init(Later *l, sd_event *event) {
+        *l = (Later) { .event = event, .waker = { .fn = on_told, .userdata = l } };
+}
+
+/* After -EINPROGRESS: run the loop until the waker was told. */
+static int later_wait(Later *l) {
+        if (!l->event)
+                return -EINVAL;
+        while (!l->told) {
+                int r = sd_event_run(l->event, UINT64_MAX);
+                if (r < 0)
+                        return r;
+        }
+        l->told = false;
+        return 0;
+}
+
 /* Open each account in turn; *ret_n counts them. Returns the first exit status fn or opening gave. */
-static int for_each_account(Backend *b, account_fn fn, void *userdata, unsigned *ret_n) {
+static int for_each_account(Backend *b, sd_event *event, account_fn fn, void *userdata, unsigned *ret_n) {
         char **ids = NULL;
         size_t n = 0;
         int ret = EXIT_SUCCESS;
+        Later later;
 
+        later_init(&later, event);
         *ret_n = 0;
-        int r = backend_account_list(b, &ids, &n);
+        int r;
+        while ((r = backend_account_list(b, &later.waker, &ids, &n)) == -EINPROGRESS && (r = later_wait(&later)) >= 0)
+                ;
         if (r < 0) {
                 errno = -r;
                 log_error("cannot list the accounts: %m");
@@ -37,6 +71,11 @@ static int for_each_account(Backend *b, account_fn fn, void *userdata, unsigned 
         for (size_t i = 0; i < n; i++) {
                 Account *a = NULL;
                 r = backend_account_open(b, ids[i], &a);
+                if (r == -EINPROGRESS)
+                        while ((r = account_wait(a, &later.waker)) == -EINPROGRESS && (r = later_wait(&later)) >= 0)
+                                ;
+                if (r < 0 && a)
+                        a = account_free(a);
                 if (r == -ENOENT)
                         continue;
                 (*ret_n)++;
@@ -82,16 +121,18 @@ static int verify_one(Account *a, const char *id, void *userdata) {
 int offline_verify(Backend *b, bool hash) {
         Verify v = { .hash = hash };
         unsigned accounts;
-        int ret = for_each_account(b, verify_one, &v, &accounts);
+        int ret = for_each_account(b, NULL, verify_one, &v, &accounts);
         if (ret != EX_NOINPUT)
                 printf("%u account%s checked, %u with differences\n", accounts, accounts == 1 ? "" : "s", v.bad);
         return ret;
 }
 
 typedef struct Prune {
+        sd_event *event;
         const AccountRetention *ret;
         AccountPruneStats total;
         uint64_t before, after;
+        bool before_unknown;
 } Prune;
 
 static void format_bytes(uint64_t n, char *buf, size_t size) {
@@ -105,21 +146,29 @@ static int prune_one(Account *a, const char *id, void *userdata) {
         Prune *p = userdata;
         AccountPruneStats st = {};
         uint64_t before = 0, after = 0;
-        char b1[32], b2[32];
+        char b1[32] = "unknown", b2[32];
+        Later later;
         int r = 0;
 
+        later_init(&later, p->event);
         if (account_needs_recovery(a))
                 r = account_verify(a, true, false, print_problem, (void *) id);
-        r = r < 0 ? r : account_history_usage(a, &before);
-        while (r >= 0 && (r = account_prune(a, p->ret, bs_now(), 1000, &st)) == 1)
-                ;
+        /* A backend that learns the figure while pruning knows only the one after. */
+        if (r >= 0 && (r = account_history_usage(a, &before)) == -ENODATA) {
+                p->before_unknown = true;
+                r = 0;
+        } else if (r >= 0)
+                format_bytes(before, b1, sizeof(b1));
+        do
+                while ((r = r < 0 ? r : account_prune(a, p->ret, bs_now(), 1000, &st, &later.waker)) == -EINPROGRESS)
+                        r = later_wait(&later);
+        while (r == 1);
         r = r < 0 ? r : account_history_usage(a, &after);
         if (r < 0) {
                 errno = -r;
                 log_error("account %s: cannot prune: %m", id);
                 return EX_SOFTWARE;
         }
-        format_bytes(before, b1, sizeof(b1));
         format_bytes(after, b2, sizeof(b2));
         printf("%s: %llu versions, %llu contents, %llu log records pruned; history %s before, %s after\n", id,
                (unsigned long long) st.versions, (unsigned long long) st.contents, (unsigned long long) st.log_records,
@@ -133,15 +182,18 @@ static int prune_one(Account *a, const char *id, void *userdata) {
         return EXIT_SUCCESS;
 }
 
-int offline_prune(Backend *b, const AccountRetention *ret) {
-        Prune p = { .ret = ret };
+int offline_prune(Backend *b, sd_event *event, const AccountRetention *ret) {
+        Prune p = { .event = event, .ret = ret };
         unsigned accounts;
         char b1[32], b2[32], b3[32];
-        int r = for_each_account(b, prune_one, &p, &accounts);
+        int r = for_each_account(b, event, prune_one, &p, &accounts);
         if (r == EX_NOINPUT)
                 return r;
         format_bytes(p.total.bytes, b1, sizeof(b1));
-        format_bytes(p.before, b2, sizeof(b2));
+        if (p.before_unknown)
+                strcpy(b2, "unknown");
+        else
+                format_bytes(p.before, b2, sizeof(b2));
         format_bytes(p.after, b3, sizeof(b3));
         printf("%u account%s pruned: %llu versions, %llu contents (%s freed), %llu log records; history %s before, "
                "%s after\n",

@@ -79,6 +79,8 @@ struct Server {
         char **prune_ids;
         size_t n_prune_ids, i_prune;
         Account *prune_account;
+        bool prune_listing;       /* the round's first slice lists the accounts */
+        AccountWaker prune_waker; /* a later answer turns the slice source on again */
         AccountPruneStats prune_stats;
 };
 

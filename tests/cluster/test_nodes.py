@@ -31,7 +31,7 @@ from engines import Engines  # noqa: E402
 class Cluster:
     """A database and a bucket of their own, and the configuration naming them."""
 
-    def __init__(self, env, eng):
+    def __init__(self, env, eng, extra=""):
         self.env, self.eng = env, eng
         tag = uuid.uuid4().hex[:10]
         self.db = "bs_nodes_" + tag
@@ -52,8 +52,9 @@ class Cluster:
                     "content = s3://%s\n"
                     "s3-endpoint = %s\n"
                     "s3-credentials = %s\n"
+                    "%s"
                     % (eng.pg_host, eng.pg_port, eng.pg_user, self.db, passfile, self.bucket,
-                       eng.s3_endpoint, creds))
+                       eng.s3_endpoint, creds, extra))
 
     def node(self, name):
         srv = harness.Server(self.env, name=name, args=["--config", self.config])

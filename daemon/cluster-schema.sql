@@ -112,8 +112,9 @@ END $$;
 -- kind: 1 file, 2 dir, 3 symlink; op: 1 put, 2 mkdir, 3 delete, 4 move, 5 symlink.
 
 -- The transaction's time: all changes of a batch agree to the second.
+-- Cut, not rounded, as time(2) is: a node's "now" is never before it.
 CREATE OR REPLACE FUNCTION bs_now() RETURNS bigint LANGUAGE sql STABLE AS
-$$ SELECT extract(epoch FROM now())::bigint $$;
+$$ SELECT floor(extract(epoch FROM now()))::bigint $$;
 
 -- Take the account's row lock: the total order. False for an unknown account.
 CREATE OR REPLACE FUNCTION bs_lock(a text) RETURNS boolean LANGUAGE plpgsql AS $$

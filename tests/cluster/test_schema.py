@@ -198,7 +198,68 @@ def main():
         got = node1.run("LISTEN backupsync; SELECT bs_announce('BBBB');")
         if 'payload "BBBB %d"' % (vk + 1) not in got:
             fail("no NOTIFY with the account and its sequence: %r" % got)
-        print("ok: every change answered as on one machine; two nodes kept one order (waited %.2f s)" % (t2 - t0))
+
+        # Pruning: with keep-all 0 the hour's newest state stays and takes
+        # the dropped ones' time; past keep-versions all go, and the log
+        # up to the one before the last record.
+        for i, t in enumerate((11, 12, 13)):
+            v = int(node1.one("SELECT version FROM bs_entries WHERE account = 'BBBB' AND path = %s;" % b("k")))
+            expect(node1.change("bs_put('BBBB', %s, %s, %d, 5, 420, %d, %s)" % (DEV, b("k"), v, 5000 + i, sha(t))),
+                   0, "k again")
+        kept = node1.run("SELECT count(*), min(since), max(replaced_seq) FROM bs_versions "
+                         "WHERE account = 'BBBB' AND path = %s;" % b("k")).split("|")
+        now = int(time.time())
+        out = node1.one("SELECT versions, log_records, history FROM bs_prune('BBBB', %d, 0, 86400, 604800, 0, 0, 1000);"
+                        % now).split("|")
+        if int(out[0]) != int(kept[0]) - 1 or out[1] != "0" or out[2] != "-1":
+            fail("bs_prune thinning the hour: %r (versions before %r)" % (out, kept))
+        left = node1.run("SELECT since, replaced_seq FROM bs_versions WHERE account = 'BBBB' AND path = %s;"
+                         % b("k")).split("|")
+        if left != [kept[1], kept[2]]:
+            fail("the kept state does not cover the dropped ones' time: %r, want %r" % (left, kept[1:]))
+        out = node1.one("SELECT versions, log_records FROM bs_prune('BBBB', %d, 0, 86400, 604800, 1, 0, 1000);"
+                        % (now + 10)).split("|")
+        seq = int(node1.one("SELECT seq FROM bs_accounts WHERE id = 'BBBB';"))
+        if node1.one("SELECT count(*) FROM bs_versions WHERE account = 'BBBB';") != "0" or \
+                node1.one("SELECT log_floor FROM bs_accounts WHERE id = 'BBBB';") != str(seq - 1):
+            fail("bs_prune past keep-versions: %r, log floor %s, seq %d" % (
+                out, node1.one("SELECT log_floor FROM bs_accounts WHERE id = 'BBBB';"), seq))
+        out = node1.one("SELECT versions, log_records, history FROM bs_prune('BBBB', %d, 0, 86400, 604800, 1, 0, 1000);"
+                        % (now + 10)).split("|")
+        if out != ["0", "0", "0"]:
+            fail("a pruned account pruned again: %r" % (out,))
+
+        # The collector: objects nothing names, and the lock that keeps it
+        # from a batch between its uploads and its commit.
+        cur = node1.one("SELECT encode(sha, 'hex') FROM bs_entries WHERE account = 'BBBB' AND path = %s;" % b("k"))
+        node1.run("INSERT INTO bs_objects VALUES ('BBBB', '\\x%s', 5, 1), ('BBBB', %s, 5, 1);" % (cur, sha(77)))
+        unnamed = node1.run("SELECT encode(sha, 'hex') FROM bs_unnamed('BBBB', 100);").split("\n")
+        if unnamed != ["%02x" % 77 * 32]:
+            fail("bs_unnamed: %r, want only the unnamed object" % (unnamed,))
+        p = subprocess.run(["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", node1.dsn],
+                           input="BEGIN; SELECT bs_objects_held('BBBB'); COMMIT;", capture_output=True, text=True,
+                           timeout=60)
+        if p.returncode == 0 or "objects lock" not in p.stderr:
+            fail("a transaction without the objects lock was not refused: %d %r" % (p.returncode, p.stderr))
+        if node1.one("SELECT bs_objects_share('BBBB'); SELECT bs_objects_held('BBBB'); "
+                     "SELECT bs_objects_unshare('BBBB');") != "t":
+            fail("a session holding the objects lock was refused")
+        held = {}
+
+        def batch():
+            held["out"] = node2.run("SELECT bs_objects_share('BBBB'); SELECT pg_sleep(1.5);")
+
+        t = threading.Thread(target=batch)
+        t.start()
+        time.sleep(0.5)
+        during = node1.one("SELECT bs_objects_collect('BBBB');")
+        share2 = node1.one("SELECT bs_objects_share('BBBB'); SELECT bs_objects_unshare('BBBB');")
+        t.join()
+        after = node1.one("SELECT bs_objects_collect('BBBB');")
+        if during != "f" or after != "t" or share2 != "t":
+            fail("the collector's lock beside a batch: during %r, after %r, a second batch %r" % (during, after, share2))
+        print("ok: every change answered as on one machine; two nodes kept one order (waited %.2f s); pruning and "
+              "the collector's lock" % (t2 - t0))
     finally:
         admin.run("DROP DATABASE IF EXISTS %s WITH (FORCE);" % name, check=False)
 

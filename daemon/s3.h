@@ -40,7 +40,7 @@
 
 #define S3_KEY_MAX 1024u                        /* bytes, as in S3 */
 #define S3_LIST_MAX 1000u                       /* keys per ListObjectsV2 page */
-#define S3_MAX_CONNECTIONS_DEFAULT 16u
+#define S3_MAX_CONNECTIONS_DEFAULT 64u
 #define S3_RETRY_USEC_DEFAULT (60ull * 1000000)
 /* The most s3_get() collects in memory when asked for "to the end": a
  * hostile or broken store must not make the daemon allocate without bound. */

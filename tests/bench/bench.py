@@ -6,10 +6,13 @@ mode, and over ssh to a private sshd) and lsyncd (default.rsync) on the
 same generated data, prints a table of medians, ratios and targets, and
 writes tests/bench/results.md. backupsync runs with TLS, its default;
 cases 1 and 2 are measured again with tls = no beside it, so that the
-cost of encryption shows. Case 10 starts a throwaway PostgreSQL and Ceph
-RGW (tests/cluster/engines.py) and measures the cluster backend beside
-the embedded one: a first backup, propagation through one node and
-across two, a burst across two, and what the store and database hold.
+cost of encryption shows. Cases 1 to 3 are measured on the cluster
+backend too, against the embedded one: a throwaway PostgreSQL and Ceph
+RGW (tests/cluster/engines.py) are started for them, and each case
+compares one node with two (a first backup as two computers with half
+the tree each, one per node; propagation and a burst to an agent on the
+other node); the notes say what the store and the database hold.
+--no-cluster leaves them out.
 
 Run it through tools/bench, which installs rsync, lsyncd and OpenSSH and
 builds:
@@ -479,6 +482,68 @@ def load_bsproto():
 
 # ---------------------------------------------------------------- results
 
+class BenchCluster:
+    """The cluster backend's engines (PostgreSQL 15 and a single-node Ceph
+    RGW, tests/cluster/engines.py), started on first use and stopped at
+    the end; one database and one bucket, nodes as backupsyncd processes
+    of the Bench on a configuration naming them."""
+
+    def __init__(self, b):
+        self.b = b
+        self.eng = None
+        self.top = None
+        self.conf = None
+
+    def start(self):
+        if self.eng is not None:
+            return
+        sys.path.insert(0, os.path.join(TOP, "tests", "cluster"))
+        import engines
+        # Apart from the bench's own directory (0700): PostgreSQL runs as its own user.
+        self.top = tempfile.mkdtemp(prefix="bs-bench-engines-", dir="/tmp")
+        os.chmod(self.top, 0o755)
+        log("cluster: starting PostgreSQL and Ceph RGW")
+        eng = engines.start(os.path.join(self.top, "e"))
+        self.eng = eng
+        eng.create_database("bench")
+        eng.create_bucket("bench")
+        b = self.b
+        passfile, creds, self.conf = b.path("pgpass"), b.path("s3.key"), b.path("cluster.ini")
+        with open(passfile, "w") as f:
+            f.write("%s:%s:bench:%s:%s\n" % (eng.pg_host, eng.pg_port, eng.pg_user, eng.pg_password))
+        with open(creds, "w") as f:
+            f.write("%s\n%s\n" % (eng.access_key, eng.secret_key))
+        for path in (passfile, creds):
+            os.chmod(path, 0o600)
+        with open(self.conf, "w") as f:
+            f.write("[server]\nmetadata = host=%s port=%d user=%s dbname=bench passfile=%s\n"
+                    "content = s3://bench\ns3-endpoint = %s\ns3-credentials = %s\n"
+                    % (eng.pg_host, eng.pg_port, eng.pg_user, passfile, eng.s3_endpoint, creds))
+
+    def node(self, name):
+        """A backupsyncd node of the cluster."""
+        self.start()
+        return self.b.server(name, extra=["--config", self.conf])
+
+    def stored(self, token=None):
+        """Objects and bytes in the bucket (of one account, given its token)."""
+        prefix = "accounts/%s/" % token.split("-")[0] if token else ""
+        objs = self.eng.list_objects("bench", prefix)
+        return len(objs), sum(sz for _, sz in objs)
+
+    def database_size(self):
+        return int(self.eng.psql("SELECT pg_database_size('bench')", dbname="bench").strip())
+
+    def stop(self):
+        if self.eng is None:
+            return
+        sys.path.insert(0, os.path.join(TOP, "tests", "cluster"))
+        import engines
+        engines.stop(os.path.join(self.top, "e"))
+        shutil.rmtree(self.top, ignore_errors=True)
+        self.eng = None
+
+
 class Results:
     def __init__(self):
         self.rows = []      # dicts
@@ -639,7 +704,84 @@ def case1_first_backup(b, cfg, res):
                     target_text="ratio <= 0.5 (well under 1)" if tls else "-")
         res.add(C, d, bs, "rsync -e ssh", statistics.median(times["rsync -e ssh"]),
                 target=(lambda v, r: r <= 0.5) if tls else None, target_text="ratio <= 0.5" if tls else "-")
-    shutil.rmtree(src, ignore_errors=True)
+    try:
+        if b.cluster:
+            case1_cluster(b, cfg, res, src, nfiles, total, desc, statistics.median(times["backupsync"]))
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+
+
+def _split_tree(src, dst, part, parts):
+    """Hard links of every parts-th top-level entry of src, from part, in dst."""
+    os.makedirs(dst)
+    for k, name in enumerate(sorted(os.listdir(src))):
+        if k % parts != part:
+            continue
+        p = os.path.join(src, name)
+        if os.path.isdir(p):
+            os.mkdir(os.path.join(dst, name))
+            for f in os.listdir(p):
+                os.link(os.path.join(p, f), os.path.join(dst, name, f))
+        else:
+            os.link(p, os.path.join(dst, name))
+
+
+def case1_cluster(b, cfg, res, src, nfiles, total, desc, embedded):
+    """Case 1's tree on the cluster backend: one computer through one node,
+    and two computers with half the tree each, one per node, at once."""
+    C = "1 first backup"
+    cl = b.cluster
+    n1, n2 = cl.node("c1-node1"), cl.node("c1-node2")
+    halves = [b.path("c1-half%d" % k) for k in range(2)]
+    for k, h in enumerate(halves):
+        _split_tree(src, h, k, 2)
+    times = {"one": [], "two": []}
+    stored = None
+
+    def once(srv, tree, sub):
+        argv = b.agent_argv(srv, tree, None, b.path(sub + "-state"), once=True)
+        lf = open(b.path(sub + "-agent.log"), "wb")
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT)
+        lf.close()
+        return p
+
+    def finish(p, sub):
+        if p.wait(cfg.c1_timeout) != 0:
+            b.logs.append(b.path(sub + "-agent.log"))
+            raise BenchError("%s: backupsync-agent --once exited %d" % (sub, p.returncode))
+
+    try:
+        for run in range(cfg.runs):
+            drop_caches()
+            t0 = time.monotonic()
+            p = once(n1, src, "c1-cluster-%d" % run)
+            finish(p, "c1-cluster-%d" % run)
+            times["one"].append(time.monotonic() - t0)
+            if stored is None:
+                with open(b.path("c1-cluster-0-state", "token")) as f:
+                    stored = cl.stored(f.read().strip())
+            drop_caches()
+            t0 = time.monotonic()
+            ps = [once(n, h, "c1-cluster2-%d-%d" % (run, k)) for k, (n, h) in enumerate(zip((n1, n2), halves))]
+            for k, p in enumerate(ps):
+                finish(p, "c1-cluster2-%d-%d" % (run, k))
+            times["two"].append(time.monotonic() - t0)
+            log("case 1 run %d: cluster, one node %.2f s; two nodes, half the tree each %.2f s"
+                % (run + 1, times["one"][-1], times["two"][-1]))
+    finally:
+        b.stop(n1)
+        b.stop(n2)
+        for h in halves:
+            shutil.rmtree(h, ignore_errors=True)
+    one, two = statistics.median(times["one"]), statistics.median(times["two"])
+    res.add(C, desc + ", cluster backend, one node", one, "backupsync, embedded", embedded)
+    res.add(C, desc + ", cluster backend, two computers with half each, one per node", two,
+            "cluster, one node", one)
+    res.note("case 1 cluster per run: one node %s; two nodes %s" % (
+        ", ".join("%.1f s" % t for t in times["one"]), ", ".join("%.1f s" % t for t in times["two"])))
+    if stored:
+        res.note("case 1 cluster: one account of the tree holds %d objects, %s, in the store" %
+                 (stored[0], fmt_bytes(stored[1])))
 
 
 class BsPair:
@@ -664,6 +806,33 @@ class BsPair:
 
     def stop(self):
         for p in (self.b_agent, self.a, self.srv):
+            self.b.stop(p)
+
+
+class ClusterTrio:
+    """Agents of one account on the cluster backend, idle and in sync: A
+    on node 1, B1 beside it on node 1 and B2 on node 2."""
+
+    def __init__(self, b, name):
+        self.b = b
+        cl = b.cluster
+        self.n1, self.n2 = cl.node(name + "-node1"), cl.node(name + "-node2")
+        self.a_dir = b.path(name + "-A")
+        self.b_dirs = {"one": b.path(name + "-B1"), "two": b.path(name + "-B2")}
+        os.makedirs(self.a_dir)
+        self.a = b.agent(name + "-A", self.n1, self.a_dir)
+        self.b1 = b.agent(name + "-B1", self.n1, self.b_dirs["one"], token=self.a.token)
+        self.b2 = b.agent(name + "-B2", self.n2, self.b_dirs["two"], token=self.a.token)
+        self.procs = [self.n1, self.n2, self.a, self.b1, self.b2]
+        with open(os.path.join(self.a_dir, ".bench-ready"), "w") as f:
+            f.write("ready")
+        for d in self.b_dirs.values():
+            wait_until(lambda d=d: os.path.exists(os.path.join(d, ".bench-ready")), 60,
+                       "%s: the marker file on both nodes' agents" % name, procs=self.procs)
+        time.sleep(1)
+
+    def stop(self):
+        for p in (self.b2, self.b1, self.a, self.n2, self.n1):
             self.b.stop(p)
 
 
@@ -744,6 +913,7 @@ def case2_latency(b, cfg, res, pairs):
         ld = latency_trials(lp, cfg.trials_default, "lsd", 60, gap=0.5)
     finally:
         lp.stop()
+    lcl = cluster_latency(pairs["cluster"], cfg.trials) if "cluster" in pairs else None
     res.note("case 2: %d trials for backupsync (with TLS, and with tls = no: a second server and "
              "pair of agents) and lsyncd delay=0; %d for lsyncd with its default delay (15 s), whose "
              "p99 is then just its maximum." % (cfg.trials, cfg.trials_default))
@@ -755,6 +925,42 @@ def case2_latency(b, cfg, res, pairs):
                 res.add(C, "p%d latency A -> B%s" % (p, suffix), v, peer, percentile(pl, p),
                         target=(lambda x, r, t=ms / 1000.0: x <= t) if tls else None,
                         target_text=("<= %d ms" % ms) if tls else "-")
+    if lcl:
+        for p in (50, 99):
+            one, two = percentile(lcl["one"], p), percentile(lcl["two"], p)
+            res.add(C, "p%d latency A -> B, cluster backend, through one node" % p, one,
+                    "backupsync, embedded", percentile(lb, p))
+            res.add(C, "p%d latency A -> B, cluster backend, across two nodes" % p, two,
+                    "cluster, through one node", one)
+
+
+def cluster_latency(trio, n):
+    """Trials of a small file written on A until both B1 and B2 have it."""
+    log("case 2: the cluster backend, %d trials" % n)
+    lat = {"one": [], "two": []}
+    for i in range(n):
+        name = "lat-cluster-%d" % i
+        data = ("cluster %d %s\n" % (i, os.urandom(8).hex())).encode()
+        t0 = time.monotonic()
+        with open(os.path.join(trio.a_dir, name), "wb") as f:
+            f.write(data)
+        got = set()
+        while len(got) < 2:
+            for k, d in trio.b_dirs.items():
+                if k in got:
+                    continue
+                try:
+                    with open(os.path.join(d, name), "rb") as f:
+                        if f.read() == data:
+                            lat[k].append(time.monotonic() - t0)
+                            got.add(k)
+                except OSError:
+                    pass
+            if time.monotonic() - t0 > 30:
+                raise BenchError("cluster: trial %d not on both nodes' agents after 30 s" % i)
+            time.sleep(0.001)
+        time.sleep(0.1)
+    return lat
 
 
 def wait_tree(d, want, timeout, procs, what):
@@ -783,12 +989,49 @@ def case3_burst(b, cfg, res, pairs):
             wait_until(lambda: not os.path.exists(os.path.join(pair.b_dir, name)),
                        cfg.wait_timeout, "%s: burst removed on B" % key, procs=pair.procs)
             time.sleep(1)
-    shutil.rmtree(prep)
     res.note("case 3 per run: backupsync %s; lsyncd %s" % (
         ", ".join("%.1f s" % t for t in times["bs"]), ", ".join("%.1f s" % t for t in times["ls0"])))
     res.add(C, "time, cp -r of %d files until all on B" % want[0], statistics.median(times["bs"]),
             "lsyncd delay=0", statistics.median(times["ls0"]),
             target=lambda v, r: r <= 1.0, target_text="ratio <= 1.0")
+    cl = {"one": [], "two": []}
+    trio = pairs.get("cluster")
+    for run in range(cfg.runs if trio else 0):
+        name = "burst-cluster-%d" % run
+        t0 = time.monotonic()
+        subprocess.run(["cp", "-r", prep, os.path.join(trio.a_dir, name)], check=True, timeout=300)
+        pending = dict(trio.b_dirs)
+        while pending:
+            for k, d in list(pending.items()):
+                p = os.path.join(d, name)
+                if os.path.isdir(p) and tree_stats(p) == want:
+                    cl[k].append(time.monotonic() - t0)
+                    del pending[k]
+            if time.monotonic() - t0 > cfg.wait_timeout:
+                raise BenchError("cluster: the burst did not reach both nodes' agents")
+            for pr in trio.procs:
+                if pr.poll() is not None:
+                    raise BenchError("%s exited with status %s" % (pr.bench_name, pr.returncode))
+            time.sleep(0.02)
+        log("case 3 run %d: cluster, through one node %.2f s, across two nodes %.2f s"
+            % (run + 1, cl["one"][-1], cl["two"][-1]))
+        shutil.rmtree(os.path.join(trio.a_dir, name))
+        for d in trio.b_dirs.values():
+            wait_until(lambda d=d: not os.path.exists(os.path.join(d, name)), cfg.wait_timeout,
+                       "cluster: burst removed on B", procs=trio.procs)
+        time.sleep(1)
+    if cl["one"]:
+        one, two = statistics.median(cl["one"]), statistics.median(cl["two"])
+        res.add(C, "time, cp -r of %d files until all on B, cluster backend, through one node" % want[0], one,
+                "backupsync, embedded", statistics.median(times["bs"]))
+        res.add(C, "time, cp -r of %d files until all on B, cluster backend, across two nodes" % want[0], two,
+                "cluster, through one node", one)
+        objs, size = b.cluster.stored()
+        res.note("case 3 cluster per run: through one node %s; across two nodes %s. After cases 1-3 the "
+                 "store holds %d objects, %s, and the database %s" % (
+                     ", ".join("%.1f s" % t for t in cl["one"]), ", ".join("%.1f s" % t for t in cl["two"]),
+                     objs, fmt_bytes(size), fmt_bytes(b.cluster.database_size())))
+    shutil.rmtree(prep)
 
 
 def case4_rename(b, cfg, res, pairs):
@@ -1328,129 +1571,6 @@ def case9_chunker(b, cfg, res):
 
 # ---------------------------------------------------------------- main
 
-def case10_cluster(b, cfg, res):
-    """The cluster backend (PostgreSQL 15 and a single-node Ceph RGW, both
-    started here) beside the embedded one: a first backup, propagation
-    through one node and across two, a burst across two; objects and
-    bytes the store and the database hold."""
-    C = "10 cluster"
-    sys.path.insert(0, os.path.join(TOP, "tests", "cluster"))
-    import engines
-    # Apart from the bench's own directory (0700): PostgreSQL runs as its own user.
-    top = tempfile.mkdtemp(prefix="bs-bench-engines-", dir="/tmp")
-    os.chmod(top, 0o755)
-    d = os.path.join(top, "e")
-    eng = engines.start(d)
-    try:
-        _case10(b, cfg, res, eng, C)
-    finally:
-        engines.stop(d)
-        shutil.rmtree(top, ignore_errors=True)
-
-
-def _case10(b, cfg, res, eng, C):
-    eng.create_database("bench")
-    eng.create_bucket("bench")
-    passfile, creds, conf = b.path("pgpass"), b.path("s3.key"), b.path("cluster.ini")
-    with open(passfile, "w") as f:
-        f.write("%s:%s:bench:%s:%s\n" % (eng.pg_host, eng.pg_port, eng.pg_user, eng.pg_password))
-    with open(creds, "w") as f:
-        f.write("%s\n%s\n" % (eng.access_key, eng.secret_key))
-    for path in (passfile, creds):
-        os.chmod(path, 0o600)
-    with open(conf, "w") as f:
-        f.write("[server]\nmetadata = host=%s port=%d user=%s dbname=bench passfile=%s\ncontent = s3://bench\n"
-                "s3-endpoint = %s\ns3-credentials = %s\n"
-                % (eng.pg_host, eng.pg_port, eng.pg_user, passfile, eng.s3_endpoint, creds))
-
-    def node(name):
-        srv = b.server(name, extra=["--config", conf])
-        return srv
-
-    src = b.path("c10-src")
-    make_tree(src, cfg.c10_dirs, 100, lambda: 4096)
-    write_random_file(os.path.join(src, "big.bin"), cfg.c10_big)
-    nfiles, total = tree_stats(src)
-
-    # First backup: embedded backend, then the cluster (fresh accounts each).
-    def first(srv, sub):
-        argv = b.agent_argv(srv, src, None, b.path(sub + "-state"), once=True)
-        t0 = time.monotonic()
-        with open(b.path(sub + "-agent.log"), "wb") as lf:
-            p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT, timeout=900)
-        if p.returncode != 0:
-            raise BenchError("%s: agent --once exited %d" % (sub, p.returncode))
-        return time.monotonic() - t0
-    local = b.server("c10-local")
-    t_local = first(local, "c10-local")
-    b.stop(local)
-    n1, n2 = node("c10-node1"), node("c10-node2")
-    t_cluster = first(n1, "c10-first")
-    res.add(C, "first backup, %d files, %s: cluster (one node) vs embedded" % (nfiles, fmt_bytes(total)),
-            t_cluster, "backupsync, embedded", t_local)
-
-    # Propagation: an agent beside the writer on node 1, and one on node 2.
-    dirs = {k: b.path("c10-" + k) for k in ("w", "same", "other")}
-    for x in dirs.values():
-        os.makedirs(x)
-    w = b.agent("c10-w", n1, dirs["w"])
-    token = w.token
-    b.agent("c10-same", n1, dirs["same"], token=token)
-    b.agent("c10-other", n2, dirs["other"], token=token)
-    lat = {"same": [], "other": []}
-    for i in range(cfg.c10_trials):
-        data = ("trial %d\n" % i).encode()
-        t0 = time.monotonic()
-        with open(os.path.join(dirs["w"], "ping.txt"), "wb") as f:
-            f.write(data)
-        got = set()
-        while len(got) < 2:
-            for k in ("same", "other"):
-                if k in got:
-                    continue
-                try:
-                    with open(os.path.join(dirs[k], "ping.txt"), "rb") as f:
-                        if f.read() == data:
-                            lat[k].append(time.monotonic() - t0)
-                            got.add(k)
-                except OSError:
-                    pass
-            if time.monotonic() - t0 > 30:
-                raise BenchError("case 10: trial %d did not arrive" % i)
-            time.sleep(0.002)
-        time.sleep(0.1)
-    p_same, p_other = percentile(lat["same"], 50), percentile(lat["other"], 50)
-    res.add(C, "propagation p50 across two nodes vs through one (%d trials)" % cfg.c10_trials,
-            p_other, "through one node", p_same)
-
-    # A burst of new files, until all are on node 2's agent.
-    burst = os.path.join(dirs["w"], "burst")
-    os.makedirs(burst)
-    t0 = time.monotonic()
-    for i in range(cfg.c10_burst):
-        with open(os.path.join(burst, "f%04d" % i), "wb") as f:
-            f.write(b"%d\n" % i * 64)
-    want = {"burst/f%04d" % i for i in range(cfg.c10_burst)}
-    def arrived(k):
-        try:
-            return len(want & {"burst/" + n for n in os.listdir(os.path.join(dirs[k], "burst"))}) == len(want)
-        except OSError:
-            return False
-    while not (arrived("same") and arrived("other")):
-        if time.monotonic() - t0 > 300:
-            raise BenchError("case 10: the burst did not arrive")
-        time.sleep(0.01)
-    t_burst = time.monotonic() - t0
-    res.add(C, "burst of %d new files, on every computer of both nodes" % cfg.c10_burst, t_burst)
-
-    objs = eng.list_objects("bench")
-    db = int(eng.psql("SELECT pg_database_size('bench')", dbname="bench").strip())
-    res.note("case 10: the store holds %d objects, %s; the database %s (one account of %d files, %s, "
-             "and the changes above)" % (len(objs), fmt_bytes(sum(sz for _, sz in objs)), fmt_bytes(db),
-                                          nfiles, fmt_bytes(total)))
-    log("case 10: %d objects, %s in the store" % (len(objs), fmt_bytes(sum(sz for _, sz in objs))))
-
-
 class Cfg:
     pass
 
@@ -1461,10 +1581,6 @@ def config(args):
     q = args.quick
     c.c1_dirs, c.c1_per_dir = (10, 100) if q else (100, 100)
     c.c1_big = 8 * MiB if q else 64 * MiB
-    c.c10_dirs = 5 if q else 20
-    c.c10_big = 4 * MiB if q else 32 * MiB
-    c.c10_trials = 10 if q else 30
-    c.c10_burst = 100 if q else 500
     c.c1_timeout = 600
     c.trials = args.trials or (20 if q else 100)
     c.trials_default = args.trials_default or (2 if q else 5)
@@ -1484,7 +1600,9 @@ def main():
     ap = argparse.ArgumentParser(description="backupsync benchmark suite")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per case (default 3)")
     ap.add_argument("--quick", action="store_true", help="small data, to smoke-test the suite")
-    ap.add_argument("--cases", default="1,2,3,4,5,6,7,8,9,10", help="comma-separated case numbers")
+    ap.add_argument("--cases", default="1,2,3,4,5,6,7,8,9", help="comma-separated case numbers")
+    ap.add_argument("--no-cluster", action="store_true",
+                    help="leave out the cluster backend's rows of cases 1-3 (and its engines)")
     ap.add_argument("--trials", type=int, default=0, help="case 2 trials (default 100, quick 20)")
     ap.add_argument("--trials-default", type=int, default=0,
                     help="case 2 trials for lsyncd with its 15 s default delay (default 5)")
@@ -1526,6 +1644,7 @@ def main():
         res.note("--quick: reduced data sizes; not comparable with a full run.")
     root = tempfile.mkdtemp(prefix="bs-bench-", dir="/var/tmp")
     b = Bench(root)
+    b.cluster = None if args.no_cluster else BenchCluster(b)
     failed = False
     log("bench: working in %s" % root)
 
@@ -1554,6 +1673,14 @@ def main():
                 b.tail()
                 res.fail("2-4", str(e))
                 cases -= {2, 3, 4}
+        if b.cluster and cases & {2, 3}:
+            try:
+                pairs["cluster"] = ClusterTrio(b, "cl")
+            except (BenchError, OSError, subprocess.SubprocessError) as e:
+                failed = True
+                log("setting up the cluster's agents FAILED: %s" % e)
+                b.tail()
+                res.fail("2-3 cluster", str(e))
         run_case(2, case2_latency, pairs)
         run_case(3, case3_burst, pairs)
         run_case(4, case4_rename, pairs)
@@ -1564,12 +1691,13 @@ def main():
         run_case(7, case7_restore)
         run_case(8, case8_history)
         run_case(9, case9_chunker)
-        run_case(10, case10_cluster)
     except KeyboardInterrupt:
         failed = True
         res.note("interrupted")
     finally:
         b.stop_all()
+        if b.cluster:
+            b.cluster.stop()
         if os.environ.get("BENCH_KEEP"):
             log("kept %s" % root)
         else:

@@ -90,6 +90,7 @@ typedef struct ClusterContent {
         size_t data_len;
         S3Request *req;
         int read_error;
+        uint64_t prefetch; /* bytes to fetch as soon as the lookup answered */
 } ClusterContent;
 
 typedef struct ClusterCursor {
@@ -640,6 +641,8 @@ static void ops_batch_free(AccountBatch *base) {
 
 /* --- reading contents --- */
 
+static int window_fetch(ClusterContent *c, uint64_t off, uint64_t len);
+
 static void on_found(Pg *pg, int r, const PGresult *res, void *userdata) {
         ClusterContent *c = userdata;
         if (c->freed) {
@@ -656,6 +659,8 @@ static void on_found(Pg *pg, int r, const PGresult *res, void *userdata) {
                         .version = (uint64_t) cluster_column_int(res, 0, 3),
                 };
         c->state = r < 0 ? r : 0;
+        if (c->state == 0 && c->prefetch > 0 && c->base.info.size > 0)
+                (void) window_fetch(c, 0, MIN(c->prefetch, c->base.info.size));
         wake(c->waker);
 }
 
@@ -728,17 +733,25 @@ static int ops_content_read(AccountContent *base, uint64_t off, void *buf, size_
         if (c->data && off == c->data_off && c->data_len < n)
                 return -EBADMSG;
         uint64_t len = MAX((uint64_t) n, (uint64_t) CONTENT_WINDOW);
-        len = MIN(len, c->base.info.size - off);
+        int r = window_fetch(c, off, MIN(len, c->base.info.size - off));
+        return r < 0 ? r : -EINPROGRESS;
+}
+
+/* Fetch [off, off + len) of the object into the window. */
+static int window_fetch(ClusterContent *c, uint64_t off, uint64_t len) {
         free(c->data);
         c->data = NULL;
         c->data_off = off;
         c->data_len = 0;
-        int r = s3_get(c->account->backend->s3, c->key, off, len, on_window, c, &c->req);
-        return r < 0 ? r : -EINPROGRESS;
+        return s3_get(c->account->backend->s3, c->key, off, len, on_window, c, &c->req);
 }
 
 static void ops_content_prefetch(AccountContent *base, uint64_t len) {
-        /* The first read fetches a window: nothing to start before the lookup. */
+        ClusterContent *c = (ClusterContent *) base;
+        /* The GET queued behind others: its first bytes travel meanwhile. */
+        c->prefetch = len;
+        if (c->state == 0 && !c->req && !c->data && c->base.info.size > 0)
+                (void) window_fetch(c, 0, MIN(len, c->base.info.size));
 }
 
 static void ops_content_free(AccountContent *base) {

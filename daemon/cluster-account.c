@@ -48,6 +48,7 @@ typedef struct Change {
         uint8_t sha[BS_SHA_LEN];
         int fd;             /* PUT: the spooled content, until the batch is done */
         S3Request *req;     /* PUT: its object being stored */
+        bool known;         /* PUT: the store holds its content already */
         int r;
         uint64_t version;
 } Change;
@@ -68,6 +69,8 @@ struct ClusterBatch {
         const AccountWaker *waker;
         bool freed;       /* let go while locking or committing: the answer frees it */
         bool shared;      /* holds the objects lock shared */
+        int share_error;
+        bool known_missing; /* the question of known contents was not asked */
         sd_event_source *retry;
 };
 
@@ -534,7 +537,7 @@ static int batch_store(ClusterBatch *b) {
                 bool again = false;
                 for (size_t k = 0; k < i && !again; k++)
                         again = b->changes[k].type == BS_MSG_PUT && memcmp(b->changes[k].sha, c->sha, BS_SHA_LEN) == 0;
-                if (again)
+                if (again || c->known)
                         continue;
                 cluster_object_key(a->id, c->sha, key);
                 int r = s3_put_fd(a->backend->s3, key, c->fd, 0, c->size, on_stored, c, &c->req);
@@ -561,34 +564,88 @@ static int on_share_retry(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
-static void on_shared(Pg *pg, int r, const PGresult *res, void *userdata) {
-        ClusterBatch *b = userdata;
-        bool got = r >= 0 && PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-        b->shared = got;
+/* Both answers are there: store, wait for the collector, or give up. */
+static void share_decide(ClusterBatch *b) {
         if (b->freed) {
                 batch_destroy(b);
                 return;
         }
-        if (r < 0) {
-                batch_finish(b, r);
+        if (b->share_error < 0) {
+                batch_finish(b, b->share_error);
                 return;
         }
-        if (got) {
+        if (b->shared) {
                 (void) batch_store(b);
                 return;
         }
         /* The collector is removing this account's unnamed objects: a moment. */
-        r = sd_event_add_time_relative(b->account->backend->event, &b->retry, CLOCK_MONOTONIC, SHARE_RETRY_USEC, 0,
-                                       on_share_retry, b);
+        int r = sd_event_add_time_relative(b->account->backend->event, &b->retry, CLOCK_MONOTONIC, SHARE_RETRY_USEC,
+                                           0, on_share_retry, b);
         if (r < 0)
                 batch_finish(b, r);
 }
 
-/* Ask for the objects lock before the first upload. */
+static void on_shared(Pg *pg, int r, const PGresult *res, void *userdata) {
+        ClusterBatch *b = userdata;
+        b->shared = r >= 0 && PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+        if (r < 0 && b->share_error == 0)
+                b->share_error = r;
+        if (b->known_missing)
+                share_decide(b);
+}
+
+/* The contents the store holds already, read once the lock is held: the
+ * collector cannot take them before this batch ends. */
+static void on_known(Pg *pg, int r, const PGresult *res, void *userdata) {
+        ClusterBatch *b = userdata;
+        if (r < 0 && b->share_error == 0)
+                b->share_error = r;
+        for (int row = 0; r >= 0 && b->shared && row < PQntuples(res); row++) {
+                uint8_t sha[BS_SHA_LEN];
+                if (cluster_column_bytes(res, row, 0, sha, BS_SHA_LEN) != BS_SHA_LEN)
+                        continue;
+                for (size_t i = 0; i < b->n; i++)
+                        if (b->changes[i].type == BS_MSG_PUT && memcmp(b->changes[i].sha, sha, BS_SHA_LEN) == 0)
+                                b->changes[i].known = true;
+        }
+        share_decide(b);
+}
+
+/* Ask for the objects lock before the first upload, then (a statement of
+ * its own, so it reads after the lock was granted) which of the batch's
+ * contents the store holds already: those are not stored again. */
 static int batch_share(ClusterBatch *b) {
-        const char *v[] = { b->account->id };
+        const char *v[] = { b->account->id, NULL };
+        _cleanup_(freep) char *list = malloc(b->n * (2 * BS_SHA_LEN + 1) + 1);
+        size_t len = 0;
+        if (!list)
+                return -ENOMEM;
+        for (size_t i = 0; i < b->n; i++) {
+                b->changes[i].known = false;
+                if (b->changes[i].type != BS_MSG_PUT)
+                        continue;
+                if (len)
+                        list[len++] = ',';
+                bs_hex(b->changes[i].sha, BS_SHA_LEN, list + len);
+                len += 2 * BS_SHA_LEN;
+        }
+        list[len] = 0;
+        v[1] = list;
         b->state = BATCH_LOCKING;
-        return pg_query(b->account->backend->pg, "SELECT bs_objects_share($1)", 1, v, NULL, NULL, on_shared, b);
+        b->share_error = 0;
+        b->known_missing = false;
+        int r = pg_query(b->account->backend->pg, "SELECT bs_objects_share($1)", 1, v, NULL, NULL, on_shared, b);
+        if (r < 0)
+                return r;
+        r = pg_query(b->account->backend->pg,
+                     "SELECT sha FROM bs_objects WHERE account = $1 AND sha = ANY("
+                     "SELECT decode(x, 'hex') FROM unnest(string_to_array($2, ',')) x)",
+                     2, v, NULL, NULL, on_known, b);
+        if (r < 0) {
+                b->share_error = r;
+                b->known_missing = true; /* on_shared decides */
+        }
+        return 0;
 }
 
 static int ops_batch_commit(AccountBatch *base, const AccountWaker *w) {

@@ -10,6 +10,7 @@ The content is in the bucket, one object per content, and the database's
 log is the account's one order. A configuration with a password in it is
 refused with the file, line and key.
 """
+import hashlib
 import json
 import os
 import shutil
@@ -121,6 +122,17 @@ def main():
                          harness.read_bytes(os.path.join(a_dir, "docs", "deep", "big.bin")), msg="the big file on B")
             harness.wait_until(lambda: os.path.islink(os.path.join(b_dir, "link")), msg="the symlink on B")
             check(os.readlink(os.path.join(b_dir, "link")) == "hello.txt", "the symlink's target")
+
+            # A copy (cp -a) names a content the store holds: not stored again.
+            big = harness.read_bytes(os.path.join(a_dir, "docs", "deep", "big.bin"))
+            key = "/%s/accounts/%s/c/%s" % (cl.bucket, a.token.split("-")[0], hashlib.sha256(big).hexdigest())
+            stamp = eng.s3("HEAD", key)[1].get("Last-Modified")
+            time.sleep(1.2)
+            subprocess.run(["cp", "-a", os.path.join(a_dir, "docs", "deep", "big.bin"),
+                            os.path.join(a_dir, "big-copy.bin")], check=True)
+            wait_content(os.path.join(b_dir, "big-copy.bin"), big, msg="the copy on B")
+            again = eng.s3("HEAD", key)[1].get("Last-Modified")
+            check(stamp and stamp == again, "the copy's content was stored again (%s, then %s)" % (stamp, again))
 
             # Both ways, and how fast: a change on one node reaches an agent of the other.
             times = []

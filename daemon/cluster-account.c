@@ -49,11 +49,22 @@ typedef struct Change {
         int fd;             /* PUT: the spooled content, until the batch is done */
         S3Request *req;     /* PUT: its object being stored */
         bool known;         /* PUT: the store holds its content already */
+        ClusterRecipe recipe; /* PUT of a big content: its chunks (none: one object) */
         int r;
         uint64_t version;
 } Change;
 
 enum { BATCH_OPEN, BATCH_LOCKING, BATCH_STORING, BATCH_COMMITTING, BATCH_DONE };
+
+/* A chunk of the batch's big contents, once however often they name it. */
+typedef struct BatchChunk {
+        uint8_t sha[BS_SHA_LEN];
+        ClusterBatch *batch;
+        Change *from;       /* a change whose spool file holds it */
+        size_t idx;         /* its place in that change's recipe */
+        bool known, needed;
+        S3Request *req;
+} BatchChunk;
 
 /* How long a batch waits before asking again for the objects lock the collector holds. */
 #define SHARE_RETRY_USEC (20 * 1000ULL)
@@ -71,6 +82,8 @@ struct ClusterBatch {
         bool shared;      /* holds the objects lock shared */
         int share_error;
         bool known_missing; /* the question of known contents was not asked */
+        BatchChunk *chunks; /* sorted by SHA-256 */
+        size_t n_chunks;
         sd_event_source *retry;
 };
 
@@ -79,6 +92,7 @@ typedef struct ClusterUpload {
         int fd;
         BsSha *sha;
         uint64_t written;
+        ClusterCutter cutter;
 } ClusterUpload;
 
 typedef struct ClusterContent {
@@ -94,6 +108,16 @@ typedef struct ClusterContent {
         S3Request *req;
         int read_error;
         uint64_t prefetch; /* bytes to fetch as soon as the lookup answered */
+        ClusterRecipe recipe; /* a chunked content's chunks (n = 0: one object) */
+        struct ContentPart {
+                struct ClusterContent *content;
+                size_t chunk;
+                S3Request *req;
+        } *parts;          /* the chunks of the window being fetched */
+        size_t n_parts;
+        unsigned fetching;
+        uint8_t *fill;     /* the window being fetched */
+        size_t fill_len;
 } ClusterContent;
 
 typedef struct ClusterCursor {
@@ -218,7 +242,7 @@ static int ops_upload_write(AccountUpload *base, const void *p, size_t n, uint64
         r = r ?: bs_sha_update(u->sha, p, n);
         if (r >= 0)
                 u->written += n;
-        return r;
+        return r ?: cluster_cutter_feed(&u->cutter, u->fd, u->written, false);
 }
 
 static void ops_upload_free(AccountUpload *base) {
@@ -226,6 +250,7 @@ static void ops_upload_free(AccountUpload *base) {
         if (u->fd >= 0)
                 close(u->fd);
         bs_sha_free(u->sha);
+        cluster_cutter_done(&u->cutter);
         free(u);
 }
 
@@ -234,6 +259,7 @@ static void ops_upload_free(AccountUpload *base) {
 static void change_done(Change *c) {
         free(c->path);
         free(c->path2);
+        cluster_recipe_done(&c->recipe);
         if (c->req)
                 s3_request_cancel(c->req);
         if (c->fd >= 0)
@@ -256,6 +282,10 @@ static void batch_unshare(ClusterBatch *b) {
 static void batch_destroy(ClusterBatch *b) {
         batch_unshare(b);
         sd_event_source_disable_unref(b->retry);
+        for (size_t i = 0; i < b->n_chunks; i++)
+                if (b->chunks[i].req)
+                        s3_request_cancel(b->chunks[i].req);
+        free(b->chunks);
         for (size_t i = 0; i < b->n; i++)
                 change_done(&b->changes[i]);
         free(b->changes);
@@ -309,8 +339,11 @@ static int ops_put(AccountBatch *base, AccountUpload *ubase, const uint8_t devic
         int r = bs_sha_final(u->sha, got);
         if (r >= 0 && (u->written != size || memcmp(got, sha, BS_SHA_LEN) != 0))
                 r = -EBADMSG;
+        r = r ?: cluster_cutter_feed(&u->cutter, u->fd, u->written, true);
         r = r ?: batch_add(base, BS_MSG_PUT, device, path, NULL, &c);
         if (r >= 0) {
+                c->recipe = u->cutter.recipe;
+                u->cutter.recipe = (ClusterRecipe) {};
                 c->base = base_version;
                 c->size = size;
                 c->mode = mode;
@@ -489,12 +522,15 @@ static int batch_transaction(ClusterBatch *b) {
                 r = query_change(t, a->id, c);
                 if (r >= 0 && c->type == BS_MSG_PUT) {
                         char size[32];
+                        _cleanup_(freep) uint8_t *recipe = NULL;
+                        size_t recipe_len = 0;
                         snprintf(size, sizeof(size), "%" PRIu64, c->size);
-                        const char *ov[] = { a->id, (const char *) c->sha, size, now };
-                        const int l[] = { 0, BS_SHA_LEN, 0, 0 }, f[] = { 0, 1, 0, 0 };
-                        r = pg_txn_query(t, "INSERT INTO bs_objects (account, sha, size, stored) "
-                                            "VALUES ($1, $2::bytea, $3::bigint, $4::bigint) "
-                                            "ON CONFLICT DO NOTHING", 4, ov, l, f, NULL, NULL);
+                        if (c->recipe.n > 0)
+                                r = cluster_recipe_encode(&c->recipe, &recipe, &recipe_len);
+                        const char *ov[] = { a->id, (const char *) c->sha, size, now, (const char *) recipe };
+                        const int l[] = { 0, BS_SHA_LEN, 0, 0, (int) recipe_len }, f[] = { 0, 1, 0, 0, 1 };
+                        r = r ?: pg_txn_query(t, "SELECT bs_object_add($1, $2::bytea, $3::bigint, $4::bigint, $5::bytea)",
+                                              5, ov, l, f, NULL, NULL);
                 }
         }
         r = r ?: pg_txn_query(t, "SELECT bs_announce($1)", 1, v, NULL, NULL, NULL, NULL);
@@ -506,10 +542,8 @@ static int batch_transaction(ClusterBatch *b) {
         return pg_txn_commit(t, on_committed, b);
 }
 
-static void on_stored(S3Request *req, int r, void *userdata) {
-        Change *c = userdata;
-        ClusterBatch *b = c->batch;
-        c->req = NULL;
+/* One object stored (or not); after the last, the transaction. */
+static void stored_one(ClusterBatch *b, int r) {
         if (r < 0 && b->result == 0)
                 b->result = r;
         if (--b->storing > 0)
@@ -521,6 +555,55 @@ static void on_stored(S3Request *req, int r, void *userdata) {
         r = batch_transaction(b);
         if (r < 0)
                 batch_finish(b, r);
+}
+
+static void on_stored(S3Request *req, int r, void *userdata) {
+        Change *c = userdata;
+        c->req = NULL;
+        stored_one(c->batch, r);
+}
+
+static void on_chunk_stored(S3Request *req, int r, void *userdata) {
+        BatchChunk *k = userdata;
+        k->req = NULL;
+        stored_one(k->batch, r);
+}
+
+static int chunk_compare(const void *x, const void *y) {
+        return memcmp(((const BatchChunk *) x)->sha, ((const BatchChunk *) y)->sha, BS_SHA_LEN);
+}
+
+static BatchChunk *chunk_find(ClusterBatch *b, const uint8_t sha[BS_SHA_LEN]) {
+        BatchChunk key;
+        memcpy(key.sha, sha, BS_SHA_LEN);
+        return bsearch(&key, b->chunks, b->n_chunks, sizeof(*b->chunks), chunk_compare);
+}
+
+/* Every chunk of the batch's big contents, each once, sorted. */
+static int chunks_collect(ClusterBatch *b) {
+        size_t n = 0;
+        for (size_t i = 0; i < b->n; i++)
+                n += b->changes[i].type == BS_MSG_PUT ? b->changes[i].recipe.n : 0;
+        free(b->chunks);
+        b->n_chunks = 0;
+        b->chunks = calloc(n ? n : 1, sizeof(*b->chunks));
+        if (!b->chunks)
+                return -ENOMEM;
+        for (size_t i = 0; i < b->n; i++) {
+                Change *c = &b->changes[i];
+                for (size_t k = 0; c->type == BS_MSG_PUT && k < c->recipe.n; k++) {
+                        BatchChunk *x = &b->chunks[b->n_chunks++];
+                        *x = (BatchChunk) { .batch = b, .from = c, .idx = k };
+                        memcpy(x->sha, c->recipe.sha[k], BS_SHA_LEN);
+                }
+        }
+        qsort(b->chunks, b->n_chunks, sizeof(*b->chunks), chunk_compare);
+        size_t k = 0;
+        for (size_t i = 0; i < b->n_chunks; i++)
+                if (k == 0 || memcmp(b->chunks[k - 1].sha, b->chunks[i].sha, BS_SHA_LEN) != 0)
+                        b->chunks[k++] = b->chunks[i];
+        b->n_chunks = k;
+        return 0;
 }
 
 /* Store each PUT's content (once per content in the batch). */
@@ -537,7 +620,7 @@ static int batch_store(ClusterBatch *b) {
                 bool again = false;
                 for (size_t k = 0; k < i && !again; k++)
                         again = b->changes[k].type == BS_MSG_PUT && memcmp(b->changes[k].sha, c->sha, BS_SHA_LEN) == 0;
-                if (again || c->known)
+                if (again || c->known || c->recipe.n > 0)
                         continue;
                 cluster_object_key(a->id, c->sha, key);
                 int r = s3_put_fd(a->backend->s3, key, c->fd, 0, c->size, on_stored, c, &c->req);
@@ -547,9 +630,31 @@ static int batch_store(ClusterBatch *b) {
                 }
                 b->storing++;
         }
+        /* The chunks of the big contents to store: only those not stored already. */
+        for (size_t i = 0; i < b->n && b->result == 0; i++) {
+                Change *c = &b->changes[i];
+                for (size_t k = 0; c->type == BS_MSG_PUT && !c->known && k < c->recipe.n; k++) {
+                        BatchChunk *x = chunk_find(b, c->recipe.sha[k]);
+                        if (x)
+                                x->needed = true;
+                }
+        }
+        for (size_t i = 0; i < b->n_chunks && b->result == 0; i++) {
+                BatchChunk *x = &b->chunks[i];
+                if (!x->needed || x->known)
+                        continue;
+                const ClusterRecipe *rc = &x->from->recipe;
+                cluster_chunk_key(a->id, x->sha, key);
+                int r = s3_put_fd(a->backend->s3, key, x->from->fd, rc->off[x->idx],
+                                  rc->off[x->idx + 1] - rc->off[x->idx], on_chunk_stored, x, &x->req);
+                if (r < 0) {
+                        b->result = r;
+                        break;
+                }
+                b->storing++;
+        }
         /* Let go of the hold: the last answer (or this) goes on. */
-        Change hold = { .batch = b };
-        on_stored(NULL, 0, &hold);
+        stored_one(b, 0);
         return 0;
 }
 
@@ -604,6 +709,12 @@ static void on_known(Pg *pg, int r, const PGresult *res, void *userdata) {
                 uint8_t sha[BS_SHA_LEN];
                 if (cluster_column_bytes(res, row, 0, sha, BS_SHA_LEN) != BS_SHA_LEN)
                         continue;
+                if (cluster_column_int(res, row, 1) == 1) {
+                        BatchChunk *x = chunk_find(b, sha);
+                        if (x)
+                                x->known = true;
+                        continue;
+                }
                 for (size_t i = 0; i < b->n; i++)
                         if (b->changes[i].type == BS_MSG_PUT && memcmp(b->changes[i].sha, sha, BS_SHA_LEN) == 0)
                                 b->changes[i].known = true;
@@ -615,10 +726,14 @@ static void on_known(Pg *pg, int r, const PGresult *res, void *userdata) {
  * its own, so it reads after the lock was granted) which of the batch's
  * contents the store holds already: those are not stored again. */
 static int batch_share(ClusterBatch *b) {
-        const char *v[] = { b->account->id, NULL };
+        const char *v[] = { b->account->id, NULL, NULL };
+        int r = chunks_collect(b);
+        if (r < 0)
+                return r;
         _cleanup_(freep) char *list = malloc(b->n * (2 * BS_SHA_LEN + 1) + 1);
+        _cleanup_(freep) char *chunks = malloc(b->n_chunks * (2 * BS_SHA_LEN + 1) + 1);
         size_t len = 0;
-        if (!list)
+        if (!list || !chunks)
                 return -ENOMEM;
         for (size_t i = 0; i < b->n; i++) {
                 b->changes[i].known = false;
@@ -631,16 +746,27 @@ static int batch_share(ClusterBatch *b) {
         }
         list[len] = 0;
         v[1] = list;
+        len = 0;
+        for (size_t i = 0; i < b->n_chunks; i++) {
+                if (len)
+                        chunks[len++] = ',';
+                bs_hex(b->chunks[i].sha, BS_SHA_LEN, chunks + len);
+                len += 2 * BS_SHA_LEN;
+        }
+        chunks[len] = 0;
+        v[2] = chunks;
         b->state = BATCH_LOCKING;
         b->share_error = 0;
         b->known_missing = false;
-        int r = pg_query(b->account->backend->pg, "SELECT bs_objects_share($1)", 1, v, NULL, NULL, on_shared, b);
+        r = pg_query(b->account->backend->pg, "SELECT bs_objects_share($1)", 1, v, NULL, NULL, on_shared, b);
         if (r < 0)
                 return r;
         r = pg_query(b->account->backend->pg,
-                     "SELECT sha FROM bs_objects WHERE account = $1 AND sha = ANY("
-                     "SELECT decode(x, 'hex') FROM unnest(string_to_array($2, ',')) x)",
-                     2, v, NULL, NULL, on_known, b);
+                     "SELECT sha, 0 FROM bs_objects WHERE account = $1 AND sha = ANY("
+                     "SELECT decode(x, 'hex') FROM unnest(string_to_array($2, ',')) x) "
+                     "UNION ALL SELECT sha, 1 FROM bs_chunks WHERE account = $1 AND refs > 0 AND sha = ANY("
+                     "SELECT decode(x, 'hex') FROM unnest(string_to_array($3, ',')) x)",
+                     3, v, NULL, NULL, on_known, b);
         if (r < 0) {
                 b->share_error = r;
                 b->known_missing = true; /* on_shared decides */
@@ -715,6 +841,12 @@ static void on_found(Pg *pg, int r, const PGresult *res, void *userdata) {
                         .mtime_ns = cluster_column_int(res, 0, 2),
                         .version = (uint64_t) cluster_column_int(res, 0, 3),
                 };
+        if (r >= 0 && !PQgetisnull(res, 0, 4)) {
+                size_t n;
+                unsigned char *p = PQunescapeBytea((const unsigned char *) PQgetvalue(res, 0, 4), &n);
+                r = p ? cluster_recipe_decode(p, n, c->base.info.size, &c->recipe) : -ENOMEM;
+                PQfreemem(p);
+        }
         c->state = r < 0 ? r : 0;
         if (c->state == 0 && c->prefetch > 0 && c->base.info.size > 0)
                 (void) window_fetch(c, 0, MIN(c->prefetch, c->base.info.size));
@@ -736,7 +868,8 @@ static int ops_content_open(Account *base, const uint8_t sha[BS_SHA_LEN], const 
         const char *v[] = { a->id, (const char *) sha, path ? path : "" };
         const int l[] = { 0, BS_SHA_LEN, path ? (int) strlen(path) : 0 }, f[] = { 0, 1, 1 };
         int r = pg_query(a->backend->pg,
-                         "SELECT size, mode, mtime_ns, version FROM ("
+                         "SELECT size, mode, mtime_ns, version,"
+                         " (SELECT recipe FROM bs_objects WHERE account = $1 AND sha = $2::bytea) FROM ("
                          " SELECT size, mode, mtime_ns, version, CASE WHEN path = $3::bytea THEN 0 ELSE 1 END AS o"
                          " FROM bs_entries WHERE account = $1 AND sha = $2::bytea AND kind = 1"
                          " UNION ALL SELECT size, mode, mtime_ns, version, 2"
@@ -779,7 +912,7 @@ static int ops_content_read(AccountContent *base, uint64_t off, void *buf, size_
                 memcpy(buf, c->data + (off - c->data_off), n);
                 return 0;
         }
-        if (c->req)
+        if (c->req || c->fetching)
                 return -EINPROGRESS;
         if (c->read_error) {
                 int r = c->read_error;
@@ -794,25 +927,97 @@ static int ops_content_read(AccountContent *base, uint64_t off, void *buf, size_
         return r < 0 ? r : -EINPROGRESS;
 }
 
-/* Fetch [off, off + len) of the object into the window. */
+static void parts_cancel(ClusterContent *c) {
+        for (size_t i = 0; i < c->n_parts; i++)
+                if (c->parts[i].req)
+                        s3_request_cancel(c->parts[i].req);
+        free(c->parts);
+        free(c->fill);
+        c->parts = NULL;
+        c->fill = NULL;
+        c->n_parts = 0;
+        c->fetching = 0;
+}
+
+static void on_part(S3Request *req, int r, void *userdata) {
+        struct ContentPart *part = userdata;
+        ClusterContent *c = part->content;
+        const ClusterRecipe *rc = &c->recipe;
+        size_t n = 0;
+        const void *data = r >= 0 ? s3_request_data(req, &n) : NULL;
+        part->req = NULL;
+        if (r >= 0 && n != rc->off[part->chunk + 1] - rc->off[part->chunk])
+                r = -EBADMSG; /* the chunk is not what the recipe says */
+        if (r >= 0)
+                memcpy(c->fill + (rc->off[part->chunk] - c->data_off), data, n);
+        else if (c->read_error == 0)
+                c->read_error = r == -ENOENT || r == -ERANGE ? -EBADMSG : r;
+        if (--c->fetching > 0)
+                return;
+        free(c->parts);
+        c->parts = NULL;
+        c->n_parts = 0;
+        if (c->read_error == 0) {
+                c->data = TAKE_PTR(c->fill);
+                c->data_len = c->fill_len;
+        }
+        free(c->fill);
+        c->fill = NULL;
+        wake(c->waker);
+}
+
+/* Fetch [off, off + len) of the content into the window: of its one
+ * object, or the whole chunks that hold it, at once. */
 static int window_fetch(ClusterContent *c, uint64_t off, uint64_t len) {
+        const ClusterRecipe *rc = &c->recipe;
+        char key[S3_KEY_MAX];
         free(c->data);
         c->data = NULL;
         c->data_off = off;
         c->data_len = 0;
-        return s3_get(c->account->backend->s3, c->key, off, len, on_window, c, &c->req);
+        if (rc->n == 0)
+                return s3_get(c->account->backend->s3, c->key, off, len, on_window, c, &c->req);
+        size_t i = cluster_recipe_find(rc, off), j = i;
+        while (j + 1 < rc->n && rc->off[j + 1] < off + len)
+                j++;
+        c->data_off = rc->off[i];
+        c->fill_len = (size_t) (rc->off[j + 1] - rc->off[i]);
+        c->fill = malloc(c->fill_len);
+        c->parts = calloc(j - i + 1, sizeof(*c->parts));
+        if (!c->fill || !c->parts) {
+                parts_cancel(c);
+                return -ENOMEM;
+        }
+        c->n_parts = j - i + 1;
+        for (size_t k = i; k <= j; k++) {
+                struct ContentPart *part = &c->parts[k - i];
+                *part = (struct ContentPart) { .content = c, .chunk = k };
+                cluster_chunk_key(c->account->id, rc->sha[k], key);
+                int r = s3_get(c->account->backend->s3, key, 0, rc->off[k + 1] - rc->off[k], on_part, part, &part->req);
+                if (r < 0) {
+                        if (c->fetching == 0)
+                                parts_cancel(c);
+                        else if (c->read_error == 0)
+                                c->read_error = r; /* the requests made end it */
+                        return c->fetching ? 0 : r;
+                }
+                c->fetching++;
+        }
+        return 0;
 }
 
 static void ops_content_prefetch(AccountContent *base, uint64_t len) {
         ClusterContent *c = (ClusterContent *) base;
         /* The GET queued behind others: its first bytes travel meanwhile. */
         c->prefetch = len;
-        if (c->state == 0 && !c->req && !c->data && c->base.info.size > 0)
+        if (c->state == 0 && !c->req && !c->fetching && !c->data && c->base.info.size > 0)
                 (void) window_fetch(c, 0, MIN(len, c->base.info.size));
 }
 
 static void ops_content_free(AccountContent *base) {
         ClusterContent *c = (ClusterContent *) base;
+        parts_cancel(c);
+        cluster_recipe_done(&c->recipe);
         if (c->req)
                 s3_request_cancel(c->req);
         free(c->data);

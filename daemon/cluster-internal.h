@@ -5,6 +5,7 @@
 #pragma once
 
 #include "account-backend.h"
+#include "bs-chunk.h"
 #include "cluster.h"
 #include "pg.h"
 #include "s3.h"
@@ -83,6 +84,47 @@ int cluster_prune(ClusterAccount *a, const AccountRetention *ret, time_t now, un
 void cluster_prune_detach(ClusterPrune *p);
 /** Free what slices are left, with their backend. */
 void cluster_prune_free_all(ClusterBackend *b);
+
+/* Contents of this size or more are kept as chunks (cluster-chunks.c). */
+#define CLUSTER_CHUNKED_MIN (1024u * 1024)
+#define CLUSTER_RECIPE_ENTRY (4 + BS_SHA_LEN)
+
+/* A content's chunks in order: chunk i is [off[i], off[i + 1]). */
+typedef struct ClusterRecipe {
+        size_t n, cap;
+        uint64_t *off; /* n + 1 entries */
+        uint8_t (*sha)[BS_SHA_LEN];
+} ClusterRecipe;
+
+void cluster_recipe_done(ClusterRecipe *r);
+/** Append a chunk of len bytes (1 to BS_CHUNK_MAX). */
+int cluster_recipe_add(ClusterRecipe *r, uint32_t len, const uint8_t sha[BS_SHA_LEN]);
+/** The recipe as bs_objects.recipe keeps it: *ret (malloc'd), *ret_len bytes. */
+int cluster_recipe_encode(const ClusterRecipe *r, uint8_t **ret, size_t *ret_len);
+/** Read a recipe from the database: -EBADMSG unless well formed and adding up to size. */
+int cluster_recipe_decode(const uint8_t *p, size_t n, uint64_t size, ClusterRecipe *ret);
+/** The chunk that holds byte off (off < the content's size). */
+size_t cluster_recipe_find(const ClusterRecipe *r, uint64_t off);
+
+/* Cutting an upload into chunks as it is written to its spool file. */
+typedef struct ClusterCutter {
+        BsChunker chunker;
+        uint8_t *buf; /* NULL until the upload reaches CLUSTER_CHUNKED_MIN */
+        size_t len;
+        uint64_t read;
+        ClusterRecipe recipe;
+} ClusterCutter;
+
+/**
+ * Cut what fd holds up to written bytes (with final, all of it): nothing
+ * while under CLUSTER_CHUNKED_MIN. Then c->buf is set and c->recipe,
+ * once final, lists every chunk.
+ */
+int cluster_cutter_feed(ClusterCutter *c, int fd, uint64_t written, bool final);
+void cluster_cutter_done(ClusterCutter *c);
+
+/** The object key of a chunk of account id (S3_KEY_MAX bytes). */
+void cluster_chunk_key(const char *id, const uint8_t sha[BS_SHA_LEN], char *key);
 
 /** Decode a bytea column (text format, hex) into out: its length, or -EBADMSG when longer than max. */
 ssize_t cluster_column_bytes(const PGresult *res, int row, int col, void *out, size_t max);

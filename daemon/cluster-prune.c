@@ -7,13 +7,18 @@
  *  1. rows: bs_prune() drops the states the retention no longer keeps
  *     and trims the log, at most budget rows per call, under the
  *     account's row lock (the same rules as the embedded backend).
- *  2. collect: objects no entry or kept version names leave the bucket,
- *     then their bs_objects rows.
- *  3. sweep: one page of the account's objects in the bucket is compared
- *     with bs_objects; those without a row (a node that died between an
- *     upload and its commit) leave the bucket.
+ *  2. collect: contents no entry or kept version names lose their
+ *     bs_objects rows (and their chunks the names their recipes gave
+ *     them), then their objects leave the bucket.
+ *  3. chunks no recipe names: their rows, then their objects.
+ *  4. sweep: one page of the account's keys in the bucket (contents,
+ *     then chunks) is compared with bs_objects and bs_chunks; objects
+ *     without a row (a node that died between an upload and its commit,
+ *     or the collector between a row and its object) leave the bucket.
  *
- * Phases 2 and 3 hold the account's objects lock exclusively, on a
+ * Rows always go before their objects, so a row always has its object
+ * and a batch may trust it. Phases 2 to 4 hold the account's objects
+ * lock exclusively, on a
  * connection of their own (cluster-schema.sql: batches hold it shared
  * from their first upload to their commit), and are passed over for this
  * round when a batch holds it.
@@ -30,7 +35,8 @@
 /* Keys per page of the sweep. */
 #define SWEEP_PAGE 1000u
 
-typedef enum PrunePhase { PRUNE_ROWS, PRUNE_COLLECT, PRUNE_SWEEP } PrunePhase;
+typedef enum PrunePhase { PRUNE_ROWS, PRUNE_COLLECT, PRUNE_CHUNKS, PRUNE_SWEEP } PrunePhase;
+typedef enum ObjectKind { OBJECT_CONTENT, OBJECT_CHUNK } ObjectKind;
 
 /* One object being removed from the bucket. */
 typedef struct Deletion {
@@ -52,28 +58,27 @@ struct ClusterPrune {
         /* Phase 2 and 3: the objects this slice removes. */
         uint8_t (*sha)[BS_SHA_LEN];
         uint64_t *size;
-        bool *gone;
+        bool *named;             /* the sweep: a row names it */
         Deletion *del;
         size_t n;
         unsigned deleting;
-        bool collecting;         /* the objects are bs_objects rows to remove too */
+        ObjectKind kind;         /* of the slice's objects */
         int error;
-        char after[S3_KEY_MAX];  /* the sweep goes on after this key */
-        bool last_page;
+        ObjectKind sweep;        /* the keys the sweep is going through */
+        char after[S3_KEY_MAX];  /* and where it goes on */
 };
 
 static void objects_clear(ClusterPrune *p) {
         free(p->sha);
         free(p->size);
-        free(p->gone);
+        free(p->named);
         free(p->del);
         p->sha = NULL;
         p->size = NULL;
-        p->gone = NULL;
+        p->named = NULL;
         p->del = NULL;
         p->n = 0;
         p->error = 0;
-        p->collecting = false;
 }
 
 static void prune_unlink(ClusterPrune *p) {
@@ -125,9 +130,9 @@ static void slice_end(ClusterPrune *p, int r) {
 static int objects_reserve(ClusterPrune *p, size_t n) {
         p->sha = calloc(n ? n : 1, sizeof(*p->sha));
         p->size = calloc(n ? n : 1, sizeof(*p->size));
-        p->gone = calloc(n ? n : 1, sizeof(*p->gone));
+        p->named = calloc(n ? n : 1, sizeof(*p->named));
         p->del = calloc(n ? n : 1, sizeof(*p->del));
-        return p->sha && p->size && p->gone && p->del ? 0 : -ENOMEM;
+        return p->sha && p->size && p->named && p->del ? 0 : -ENOMEM;
 }
 
 /* --- phase 1 --- */
@@ -168,7 +173,7 @@ static int start_rows(ClusterPrune *p, const AccountRetention *ret, time_t now) 
                         8, values, NULL, NULL, on_rows, p);
 }
 
-/* --- phases 2 and 3: under the objects lock --- */
+/* --- phases 2 to 4: under the objects lock --- */
 
 static void on_unlocked(Pg *pg, int r, const PGresult *res, void *userdata) {
         ClusterPrune *p = userdata;
@@ -176,36 +181,9 @@ static void on_unlocked(Pg *pg, int r, const PGresult *res, void *userdata) {
         slice_end(p, outcome);
 }
 
-/* The objects removed from the bucket lose their rows; then the lock goes. */
 static void finish_locked(ClusterPrune *p) {
-        const char *v[] = { p->id, NULL };
-        _cleanup_(freep) char *list = NULL;
-        size_t len = 0;
-        int r = 0;
-
-        if (p->collecting && p->n > 0) {
-                list = malloc(p->n * (2 * BS_SHA_LEN + 1) + 1);
-                if (!list)
-                        r = -ENOMEM;
-                for (size_t i = 0; r >= 0 && i < p->n; i++)
-                        if (p->gone[i]) {
-                                if (len)
-                                        list[len++] = ',';
-                                bs_hex(p->sha[i], BS_SHA_LEN, list + len);
-                                len += 2 * BS_SHA_LEN;
-                        }
-                if (r >= 0 && len) {
-                        list[len] = 0;
-                        v[1] = list;
-                        r = pg_query(p->backend->gc,
-                                     "DELETE FROM bs_objects WHERE account = $1 AND sha = ANY("
-                                     "SELECT decode(x, 'hex') FROM unnest(string_to_array($2, ',')) x)",
-                                     2, v, NULL, NULL, NULL, NULL);
-                }
-                if (r < 0 && p->error == 0)
-                        p->error = r;
-        }
-        r = pg_query(p->backend->gc, "SELECT bs_objects_uncollect($1)", 1, v, NULL, NULL, on_unlocked, p);
+        const char *v[] = { p->id };
+        int r = pg_query(p->backend->gc, "SELECT bs_objects_uncollect($1)", 1, v, NULL, NULL, on_unlocked, p);
         if (r < 0)
                 slice_end(p, r); /* the connection is gone, and the lock with it */
 }
@@ -213,23 +191,21 @@ static void finish_locked(ClusterPrune *p) {
 static void on_deleted(S3Request *req, int r, void *userdata) {
         Deletion *d = userdata;
         ClusterPrune *p = d->prune;
-        size_t i = d->i;
         if (r < 0 && p->error == 0)
                 p->error = r;
-        if (r >= 0) {
-                p->gone[i] = true;
-                p->got.contents++;
-                p->got.bytes += p->size[i];
-        }
         if (--p->deleting == 0)
                 finish_locked(p);
 }
 
+/* Remove the slice's objects from the bucket, then let go of the lock. */
 static void delete_objects(ClusterPrune *p) {
         char key[S3_KEY_MAX];
         p->deleting = 1; /* held while the requests are made */
         for (size_t i = 0; i < p->n; i++) {
-                cluster_object_key(p->id, p->sha[i], key);
+                if (p->kind == OBJECT_CHUNK)
+                        cluster_chunk_key(p->id, p->sha[i], key);
+                else
+                        cluster_object_key(p->id, p->sha[i], key);
                 p->del[i] = (Deletion) { .prune = p, .i = i };
                 int r = s3_delete(p->backend->s3, key, on_deleted, &p->del[i], NULL);
                 if (r < 0) {
@@ -242,6 +218,59 @@ static void delete_objects(ClusterPrune *p) {
                 finish_locked(p);
 }
 
+/* The slice's list as one text parameter: hex SHA-256s, comma-separated. */
+static char *objects_list(const ClusterPrune *p) {
+        char *list = malloc(p->n * (2 * BS_SHA_LEN + 1) + 1);
+        size_t len = 0;
+        if (!list)
+                return NULL;
+        for (size_t i = 0; i < p->n; i++) {
+                if (len)
+                        list[len++] = ',';
+                bs_hex(p->sha[i], BS_SHA_LEN, list + len);
+                len += 2 * BS_SHA_LEN;
+        }
+        list[len] = 0;
+        return list;
+}
+
+static void on_forgotten(Pg *pg, int r, const PGresult *res, void *userdata) {
+        ClusterPrune *p = userdata;
+        if (r < 0) {
+                p->error = r;
+                finish_locked(p);
+                return;
+        }
+        for (size_t i = 0; i < p->n; i++) {
+                if (p->kind == OBJECT_CONTENT)
+                        p->got.contents++;
+                p->got.bytes += p->size[i];
+        }
+        delete_objects(p);
+}
+
+/* Rows first, objects after: a row always has its object (a crash in
+ * between leaves an object without a row, for the sweep). */
+static void forget_rows(ClusterPrune *p) {
+        _cleanup_(freep) char *list = objects_list(p);
+        const char *v[] = { p->id, list };
+        int r = list ? 0 : -ENOMEM;
+        if (r >= 0 && p->kind == OBJECT_CONTENT)
+                r = pg_query(p->backend->gc,
+                             "SELECT count(bs_object_drop($1, decode(x, 'hex'))) FROM unnest(string_to_array($2, ',')) x",
+                             2, v, NULL, NULL, on_forgotten, p);
+        else if (r >= 0)
+                r = pg_query(p->backend->gc,
+                             "DELETE FROM bs_chunks WHERE account = $1 AND refs <= 0 AND sha = ANY("
+                             "SELECT decode(x, 'hex') FROM unnest(string_to_array($2, ',')) x)",
+                             2, v, NULL, NULL, on_forgotten, p);
+        if (r < 0) {
+                p->error = r;
+                finish_locked(p);
+        }
+}
+
+/* What nothing names any more: contents, then chunks. */
 static void on_unnamed(Pg *pg, int r, const PGresult *res, void *userdata) {
         ClusterPrune *p = userdata;
         size_t n = r >= 0 ? (size_t) PQntuples(res) : 0;
@@ -256,46 +285,65 @@ static void on_unnamed(Pg *pg, int r, const PGresult *res, void *userdata) {
         }
         if (r < 0) {
                 p->error = r;
-                n = 0;
+                finish_locked(p);
+                return;
         }
         p->n = n;
-        p->collecting = true;
-        if (r >= 0 && n < p->budget) {
-                p->phase = PRUNE_SWEEP;
+        if (n < p->budget) {
+                /* The last of these: on to the next phase. */
+                p->phase = p->phase == PRUNE_COLLECT ? PRUNE_CHUNKS : PRUNE_SWEEP;
+                p->sweep = OBJECT_CONTENT;
                 p->after[0] = 0;
         }
-        delete_objects(p);
+        if (n == 0)
+                finish_locked(p);
+        else
+                forget_rows(p);
 }
 
-/* The objects on one page of the bucket: the keys that are contents, as bytes. */
+/* A page of the bucket compared with the rows: the keys without one go. */
 static void on_rows_of_page(Pg *pg, int r, const PGresult *res, void *userdata) {
         ClusterPrune *p = userdata;
         if (r < 0) {
                 p->error = r;
-                p->n = 0;
+                finish_locked(p);
+                return;
         }
-        /* Whatever has a row stays; the rows come sorted as the page. */
-        for (int row = 0; r >= 0 && row < PQntuples(res); row++) {
+        for (int row = 0; row < PQntuples(res); row++) {
                 uint8_t sha[BS_SHA_LEN];
                 if (cluster_column_bytes(res, row, 0, sha, BS_SHA_LEN) != BS_SHA_LEN)
                         continue;
                 for (size_t i = 0; i < p->n; i++)
                         if (memcmp(p->sha[i], sha, BS_SHA_LEN) == 0)
-                                p->gone[i] = true; /* named: marked to be kept */
+                                p->named[i] = true;
         }
-        /* Keep the unnamed ones only, to be deleted. */
         size_t k = 0;
         for (size_t i = 0; i < p->n; i++)
-                if (!p->gone[i]) {
+                if (!p->named[i]) {
                         memcpy(p->sha[k], p->sha[i], BS_SHA_LEN);
                         p->size[k] = p->size[i];
-                        p->gone[k] = false;
                         k++;
                 }
         p->n = k;
-        if (p->last_page)
-                p->phase = PRUNE_ROWS;
+        for (size_t i = 0; i < k; i++) {
+                if (p->kind == OBJECT_CONTENT)
+                        p->got.contents++;
+                p->got.bytes += p->size[i];
+        }
         delete_objects(p);
+}
+
+static void sweep_prefix(const ClusterPrune *p, char *prefix) {
+        snprintf(prefix, S3_KEY_MAX, "accounts/%s/%s/", p->id, p->sweep == OBJECT_CHUNK ? "k" : "c");
+}
+
+/* The sweep of one kind ended: the other, or the round. */
+static void sweep_next(ClusterPrune *p) {
+        p->after[0] = 0;
+        if (p->sweep == OBJECT_CONTENT)
+                p->sweep = OBJECT_CHUNK;
+        else
+                p->phase = PRUNE_ROWS;
 }
 
 static void on_page(S3Request *req, int r, void *userdata) {
@@ -311,14 +359,15 @@ static void on_page(S3Request *req, int r, void *userdata) {
                 finish_locked(p);
                 return;
         }
-        p->last_page = !s3_request_truncated(req);
-        snprintf(prefix, sizeof(prefix), "accounts/%s/c/", p->id);
+        bool last = !s3_request_truncated(req);
+        sweep_prefix(p, prefix);
         size_t plen = strlen(prefix);
+        p->kind = p->sweep;
         for (size_t i = 0; i < n; i++) {
                 const char *hex = e[i].key + plen;
                 if (strncmp(e[i].key, prefix, plen) != 0 || strlen(hex) != 2 * BS_SHA_LEN ||
                     bs_unhex(hex, p->sha[p->n], BS_SHA_LEN) < 0)
-                        continue; /* not a content's object: not ours to judge */
+                        continue; /* not a content's or chunk's object: not ours to judge */
                 p->size[p->n++] = e[i].size;
                 if (!lo[0])
                         memcpy(lo, hex, sizeof(lo));
@@ -327,28 +376,30 @@ static void on_page(S3Request *req, int r, void *userdata) {
         if (n > 0 && strlen(e[n - 1].key) < sizeof(p->after))
                 strcpy(p->after, e[n - 1].key);
         else
-                p->last_page = true;
+                last = true;
+        if (last)
+                sweep_next(p);
         if (p->n == 0) {
-                if (p->last_page)
-                        p->phase = PRUNE_ROWS;
                 finish_locked(p);
                 return;
         }
         const char *v[] = { p->id, lo, hi };
         r = pg_query(p->backend->gc,
-                     "SELECT sha FROM bs_objects WHERE account = $1 AND sha >= decode($2, 'hex') "
-                     "AND sha <= decode($3, 'hex') ORDER BY sha",
+                     p->kind == OBJECT_CHUNK
+                             ? "SELECT sha FROM bs_chunks WHERE account = $1 AND sha >= decode($2, 'hex') "
+                               "AND sha <= decode($3, 'hex')"
+                             : "SELECT sha FROM bs_objects WHERE account = $1 AND sha >= decode($2, 'hex') "
+                               "AND sha <= decode($3, 'hex')",
                      3, v, NULL, NULL, on_rows_of_page, p);
         if (r < 0) {
                 p->error = r;
-                p->n = 0;
                 finish_locked(p);
         }
 }
 
 static void on_locked(Pg *pg, int r, const PGresult *res, void *userdata) {
         ClusterPrune *p = userdata;
-        char prefix[S3_KEY_MAX];
+        char prefix[S3_KEY_MAX], budget[16];
         if (r >= 0 && PQntuples(res) != 1)
                 r = -EIO;
         if (r < 0) {
@@ -361,14 +412,22 @@ static void on_locked(Pg *pg, int r, const PGresult *res, void *userdata) {
                 slice_end(p, 0);
                 return;
         }
-        if (p->phase == PRUNE_COLLECT) {
-                char budget[16];
-                snprintf(budget, sizeof(budget), "%u", p->budget);
-                const char *v[] = { p->id, budget };
+        snprintf(budget, sizeof(budget), "%u", p->budget);
+        const char *v[] = { p->id, budget };
+        switch (p->phase) {
+        case PRUNE_COLLECT:
+                p->kind = OBJECT_CONTENT;
                 r = pg_query(p->backend->gc, "SELECT sha, size FROM bs_unnamed($1, $2::integer)", 2, v, NULL, NULL,
                              on_unnamed, p);
-        } else {
-                snprintf(prefix, sizeof(prefix), "accounts/%s/c/", p->id);
+                break;
+        case PRUNE_CHUNKS:
+                p->kind = OBJECT_CHUNK;
+                r = pg_query(p->backend->gc,
+                             "SELECT sha, size FROM bs_chunks WHERE account = $1 AND refs <= 0 LIMIT $2::integer", 2,
+                             v, NULL, NULL, on_unnamed, p);
+                break;
+        default:
+                sweep_prefix(p, prefix);
                 r = s3_list(p->backend->s3, prefix, p->after[0] ? p->after : NULL, SWEEP_PAGE, on_page, p, NULL);
         }
         if (r < 0) {

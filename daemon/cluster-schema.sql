@@ -543,3 +543,53 @@ LANGUAGE sql STABLE AS $$
                 AND NOT EXISTS (SELECT 1 FROM bs_versions v WHERE v.account = a AND v.sha = o.sha)
         LIMIT budget
 $$;
+
+-- Big contents as chunks (cluster-chunks.c): bs_objects.recipe lists a
+-- chunked content's chunks, 36 bytes each (length, 4 bytes big-endian,
+-- and SHA-256); each chunk is one object accounts/ID/k/SHA, recorded in
+-- bs_chunks once per account with the number of recipe entries naming it.
+ALTER TABLE bs_objects ADD COLUMN IF NOT EXISTS recipe bytea;
+CREATE TABLE IF NOT EXISTS bs_chunks (
+        account text NOT NULL REFERENCES bs_accounts(id) ON DELETE CASCADE,
+        sha bytea NOT NULL,
+        size integer NOT NULL,
+        refs integer NOT NULL,
+        PRIMARY KEY (account, sha)
+);
+CREATE INDEX IF NOT EXISTS bs_chunks_unused ON bs_chunks (account) WHERE refs <= 0;
+
+-- The entries of a recipe, each chunk once with how often it is named.
+CREATE OR REPLACE FUNCTION bs_recipe_chunks(rec bytea) RETURNS TABLE (sha bytea, size integer, n bigint)
+LANGUAGE sql IMMUTABLE AS $$
+        SELECT c, max(len), count(*) FROM (
+                SELECT substring(rec FROM i * 36 + 5 FOR 32) AS c,
+                       (get_byte(rec, i * 36) << 24) | (get_byte(rec, i * 36 + 1) << 16)
+                       | (get_byte(rec, i * 36 + 2) << 8) | get_byte(rec, i * 36 + 3) AS len
+                FROM generate_series(0, length(rec) / 36 - 1) i) x
+        GROUP BY c
+$$;
+
+-- Record a stored content once (and count the chunks its recipe names).
+CREATE OR REPLACE FUNCTION bs_object_add(a text, h bytea, sz bigint, t bigint, rec bytea) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+        INSERT INTO bs_objects (account, sha, size, stored, recipe) VALUES (a, h, sz, t, rec) ON CONFLICT DO NOTHING;
+        IF FOUND AND rec IS NOT NULL THEN
+                INSERT INTO bs_chunks (account, sha, size, refs)
+                SELECT a, c.sha, c.size, c.n FROM bs_recipe_chunks(rec) c
+                ON CONFLICT (account, sha) DO UPDATE SET refs = bs_chunks.refs + excluded.refs;
+        END IF;
+END $$;
+
+-- Forget a stored content (the collector removes its object first), and
+-- the names its recipe gave its chunks.
+CREATE OR REPLACE FUNCTION bs_object_drop(a text, h bytea) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+        rec bytea;
+BEGIN
+        DELETE FROM bs_objects WHERE account = a AND sha = h RETURNING recipe INTO rec;
+        IF rec IS NOT NULL THEN
+                UPDATE bs_chunks k SET refs = k.refs - c.n FROM bs_recipe_chunks(rec) c
+                WHERE k.account = a AND k.sha = c.sha;
+        END IF;
+END $$;

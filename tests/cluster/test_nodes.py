@@ -66,7 +66,12 @@ class Cluster:
         return self.eng.psql(query, dbname=self.db).strip()
 
     def objects(self, account):
+        """The account's objects of whole contents: (key, size)."""
         return self.eng.list_objects(self.bucket, "accounts/%s/c/" % account.split("-")[0])
+
+    def chunks(self, account):
+        """The account's objects of chunks of big contents: (key, size)."""
+        return self.eng.list_objects(self.bucket, "accounts/%s/k/" % account.split("-")[0])
 
     def drop(self):
         try:
@@ -123,9 +128,22 @@ def main():
             harness.wait_until(lambda: os.path.islink(os.path.join(b_dir, "link")), msg="the symlink on B")
             check(os.readlink(os.path.join(b_dir, "link")) == "hello.txt", "the symlink's target")
 
-            # A copy (cp -a) names a content the store holds: not stored again.
+            # The big file (3 MiB) is kept as chunks, each one object, and no
+            # whole object; its recipe adds up to its size.
             big = harness.read_bytes(os.path.join(a_dir, "docs", "deep", "big.bin"))
-            key = "/%s/accounts/%s/c/%s" % (cl.bucket, a.token.split("-")[0], hashlib.sha256(big).hexdigest())
+            acct = a.token.split("-")[0]
+            chunks = cl.chunks(a.token)
+            check(len(chunks) >= 3 and all(size <= 256 * 1024 for _, size in chunks),
+                  "the big file's chunks: %r" % [size for _, size in chunks])
+            check(sum(size for _, size in chunks) == len(big), "the chunks do not add up to the big file")
+            check(not any(k.endswith(hashlib.sha256(big).hexdigest()) for k, _ in cl.objects(a.token)),
+                  "the big file was stored whole too")
+            check(cl.sql("SELECT length(recipe) / 36 FROM bs_objects WHERE account = '%s' AND sha = '\\x%s'"
+                         % (acct, hashlib.sha256(big).hexdigest())) == str(len(chunks)),
+                  "the recipe does not list every chunk")
+
+            # A copy (cp -a) names a content the store holds: not stored again.
+            key = "/%s/%s" % (cl.bucket, chunks[0][0])
             stamp = eng.s3("HEAD", key)[1].get("Last-Modified")
             time.sleep(1.2)
             subprocess.run(["cp", "-a", os.path.join(a_dir, "docs", "deep", "big.bin"),
@@ -172,6 +190,7 @@ def main():
             # takes the rest from the stored content (COPY) and the download
             # from the content the other computer holds (GET_DELTA), both read
             # from the store a window at a time.
+            before = len(cl.chunks(a.token))
             for src, dst, tag in ((b_dir, a_dir, b"B"), (a_dir, b_dir, b"A")):
                 path = os.path.join(src, "docs", "deep", "big.bin")
                 data = bytearray(harness.read_bytes(path))
@@ -181,6 +200,10 @@ def main():
                 os.rename(tmp, path)
                 wait_content(os.path.join(dst, "docs", "deep", "big.bin"), bytes(data),
                              msg="an edit in the middle of big.bin from %s" % tag.decode())
+            # The store keeps each chunk once: two edits add a few chunks, not
+            # two more copies of the file.
+            added = len(cl.chunks(a.token)) - before
+            check(1 <= added <= 6, "two 100-byte edits stored %d new chunks" % added)
             check(any("copied from the stored version" in line for line in n1.log_lines() + n2.log_lines()),
                   "no upload took part of its content from the stored version (COPY)")
             check(any("big.bin" in line and "the rest unchanged" in line and "downloaded" in line
@@ -239,13 +262,15 @@ def main():
                   "the restored big file differs")
             wait_content(os.path.join(b_dir, "papers", "deep", "big.bin"), big, msg="the restore on B")
 
-            # Content in the store, one object per content; one order in the log.
+            # Content in the store: an object per small content, a chunk object
+            # per chunk of the big ones; one order in the log.
             account = a.token.split("-")[0]
             objs = cl.objects(account)
-            sizes = {size for _, size in objs}
-            check(3 * 1024 * 1024 + 17 in sizes, "the big file's object is not in the bucket: %s" % objs)
-            contents = int(cl.sql("SELECT count(DISTINCT sha) FROM bs_objects WHERE account = '%s'" % account))
-            check(len(objs) == contents, "%d objects in the bucket, %d contents recorded" % (len(objs), contents))
+            contents = int(cl.sql("SELECT count(*) FROM bs_objects WHERE account = '%s'" % account))
+            whole = int(cl.sql("SELECT count(*) FROM bs_objects WHERE account = '%s' AND recipe IS NULL" % account))
+            check(len(objs) == whole, "%d objects in the bucket, %d whole contents recorded" % (len(objs), whole))
+            kept = int(cl.sql("SELECT count(*) FROM bs_chunks WHERE account = '%s' AND refs > 0" % account))
+            check(len(cl.chunks(account)) == kept, "%d chunk objects, %d chunks named" % (len(cl.chunks(account)), kept))
             seqs = cl.sql("SELECT count(*), min(seq), max(seq) FROM bs_log WHERE account = '%s'" % account)
             n, lo, hi = (int(x) for x in seqs.split("|"))
             check(n == hi and lo == 1, "the log is not one gapless order: %s" % seqs)
@@ -264,12 +289,20 @@ def main():
             (gone, _), (damaged, dsize) = sorted(objs)[0], sorted(objs)[1]
             eng.delete_object(cl.bucket, gone)
             eng.put_object(cl.bucket, damaged, b"x" * dsize)
+            # A chunk of the current big file lost, another damaged.
+            cur = hashlib.sha256(big).hexdigest()
+            rec = bytes.fromhex(cl.sql("SELECT encode(recipe, 'hex') FROM bs_objects WHERE account = '%s' AND "
+                                       "sha = '\\x%s'" % (account, cur)))
+            lost_chunk = "accounts/%s/k/%s" % (account, rec[4:36].hex())
+            bad_chunk, bad_len = "accounts/%s/k/%s" % (account, rec[40:72].hex()), int.from_bytes(rec[36:40], "big")
+            eng.delete_object(cl.bucket, lost_chunk)
+            eng.put_object(cl.bucket, bad_chunk, b"y" * bad_len)
             rc, out, err = verify()
-            check(rc == 1, "--verify with a lost and a damaged object: exit %d, expected 1: %s" % (rc, out))
-            check("missing in the store" in out and "damaged in the store" in out and "2 problems" in out,
-                  "--verify does not name both problems: %s" % out)
+            check(rc == 1, "--verify with lost and damaged objects: exit %d, expected 1: %s" % (rc, out))
+            check("missing in the store" in out and "damaged in the store" in out and "chunk 0" in out
+                  and "problems" in out, "--verify does not name the problems: %s" % out)
             rc, out, err = verify("--no-hash")
-            check(rc == 1 and "missing in the store" in out and "damaged" not in out and "1 problem" in out,
+            check(rc == 1 and "missing in the store" in out and "damaged" not in out and "chunk 0" in out,
                   "--verify --no-hash: exit %d: %s" % (rc, out))
             print("ok: two nodes, one account: %d changes in one order, %d objects; --verify finds a lost "
                   "and a damaged object" % (n, len(objs)))

@@ -33,6 +33,16 @@ def sha(data):
     return hashlib.sha256(data).hexdigest()
 
 
+def chunk_keys(cl, agent):
+    return set(k.rsplit("/", 1)[1] for k, _ in cl.chunks(agent.token))
+
+
+def recipe_chunks(cl, acct, data):
+    rec = bytes.fromhex(cl.sql("SELECT encode(recipe, 'hex') FROM bs_objects WHERE account = '%s' AND "
+                               "sha = '\\x%s'" % (acct, sha(data))))
+    return set(rec[i + 4:i + 36].hex() for i in range(0, len(rec), 36))
+
+
 def keys_of(cl, agent):
     """The last parts of the account's object keys."""
     return set(k.rsplit("/", 1)[1] for k, _ in cl.objects(agent.token))
@@ -59,6 +69,16 @@ def main():
                 write_file(os.path.join(a_dir, "diary.txt"), data)
                 wait_until(lambda d=data: cl.sql("SELECT encode(sha, 'hex') FROM bs_entries WHERE account = '%s' "
                                                  "AND path = 'diary.txt'" % acct) == sha(d), 30, "a diary state")
+            # A big file (kept as chunks) and an edit in its middle: the old
+            # version shares all chunks but the edited one.
+            big1 = bytearray(os.urandom(2 * 1024 * 1024 + 5))
+            big2 = bytearray(big1)
+            big2[1000000:1000100] = b"e" * 100
+            for data in (big1, big2):
+                write_file(os.path.join(a_dir, "big.bin"), bytes(data))
+                wait_until(lambda d=data: cl.sql("SELECT encode(sha, 'hex') FROM bs_entries WHERE account = '%s' "
+                                                 "AND path = 'big.bin'" % acct) == sha(bytes(d)), 30, "a big state")
+            chunks_both = chunk_keys(cl, a)
             write_file(os.path.join(a_dir, "gone.txt"), b"deleted soon\n")
             wait_until(lambda: cl.sql("SELECT count(*) FROM bs_entries WHERE account = '%s' AND path = 'gone.txt'"
                                       % acct) == "1", 30, "gone.txt")
@@ -73,6 +93,8 @@ def main():
             orphan = sha(b"an upload whose commit never came")
             eng.put_object(cl.bucket, "accounts/%s/c/%s" % (acct, orphan), b"an upload whose commit never came")
             eng.put_object(cl.bucket, "accounts/%s/c/NOTES" % acct, b"not a content")
+            orphan_chunk = sha(b"a chunk whose commit never came")
+            eng.put_object(cl.bucket, "accounts/%s/k/%s" % (acct, orphan_chunk), b"a chunk whose commit never came")
             check(orphan in keys_of(cl, a), "the orphan was not stored")
 
             # keep-versions = 3 s: the nodes prune it all away within seconds.
@@ -81,13 +103,19 @@ def main():
                 versions = cl.sql("SELECT count(*) FROM bs_versions WHERE account = '%s'" % acct)
                 floor = int(cl.sql("SELECT log_floor FROM bs_accounts WHERE id = '%s'" % acct))
                 return versions == "0" and floor > 0 and not any(sha(d) in keys for d in states[:-1] + [b"deleted soon\n"]) \
-                    and orphan not in keys
+                    and orphan not in keys and orphan_chunk not in chunk_keys(cl, a)
             wait_until(pruned, 60, "the old versions and their objects to be pruned")
             keys = keys_of(cl, a)
             check(sha(states[-1]) in keys and sha(b"kept for ever\n") in keys, "a current content was collected")
+            # The old big version's own chunks went, the shared ones stayed.
+            wait_until(lambda: chunk_keys(cl, a) == recipe_chunks(cl, acct, bytes(big2)), 30,
+                       "only the current big file's chunks in the bucket")
+            check(len(chunks_both - chunk_keys(cl, a)) >= 1, "no chunk of the old big version was collected")
+            check(cl.sql("SELECT count(*) FROM bs_chunks WHERE account = '%s' AND refs <= 0" % acct) == "0",
+                  "unnamed chunk rows are left")
             check("NOTES" in keys, "the sweep removed a key that is not a content's")
             objects = cl.sql("SELECT count(*) FROM bs_objects WHERE account = '%s'" % acct)
-            check(objects == "2", "bs_objects keeps %s rows, want the 2 current contents" % objects)
+            check(objects == "3", "bs_objects keeps %s rows, want the 3 current contents" % objects)
             log_floor = int(cl.sql("SELECT log_floor FROM bs_accounts WHERE id = '%s'" % acct))
             seq = int(cl.sql("SELECT seq FROM bs_accounts WHERE id = '%s'" % acct))
             check(0 < log_floor < seq, "the log was not trimmed (floor %d, seq %d)" % (log_floor, seq))
@@ -99,6 +127,7 @@ def main():
             b = harness.Agent(env, "B", b_dir, token=a.token, server=n2).start()
             wait_content(os.path.join(b_dir, "diary.txt"), states[-1], msg="the diary on B after pruning")
             wait_content(os.path.join(b_dir, "keep.txt"), b"kept for ever\n", msg="keep.txt on B")
+            wait_content(os.path.join(b_dir, "big.bin"), bytes(big2), msg="the big file on B after pruning")
 
             # Edits through both nodes while the collector runs every second:
             # nothing acknowledged may name a missing object.

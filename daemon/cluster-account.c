@@ -111,9 +111,10 @@ typedef struct ClusterContent {
         ClusterRecipe recipe; /* a chunked content's chunks (n = 0: one object) */
         struct ContentPart {
                 struct ClusterContent *content;
-                size_t chunk;
+                uint64_t off, len; /* of the window, in this chunk's object */
+                uint64_t at;       /* where in the window */
                 S3Request *req;
-        } *parts;          /* the chunks of the window being fetched */
+        } *parts;          /* the pieces of chunks of the window being fetched */
         size_t n_parts;
         unsigned fetching;
         uint8_t *fill;     /* the window being fetched */
@@ -942,14 +943,13 @@ static void parts_cancel(ClusterContent *c) {
 static void on_part(S3Request *req, int r, void *userdata) {
         struct ContentPart *part = userdata;
         ClusterContent *c = part->content;
-        const ClusterRecipe *rc = &c->recipe;
         size_t n = 0;
         const void *data = r >= 0 ? s3_request_data(req, &n) : NULL;
         part->req = NULL;
-        if (r >= 0 && n != rc->off[part->chunk + 1] - rc->off[part->chunk])
+        if (r >= 0 && n != part->len)
                 r = -EBADMSG; /* the chunk is not what the recipe says */
         if (r >= 0)
-                memcpy(c->fill + (rc->off[part->chunk] - c->data_off), data, n);
+                memcpy(c->fill + part->at, data, n);
         else if (c->read_error == 0)
                 c->read_error = r == -ENOENT || r == -ERANGE ? -EBADMSG : r;
         if (--c->fetching > 0)
@@ -967,7 +967,7 @@ static void on_part(S3Request *req, int r, void *userdata) {
 }
 
 /* Fetch [off, off + len) of the content into the window: of its one
- * object, or the whole chunks that hold it, at once. */
+ * object, or of the chunks that hold it, at once. */
 static int window_fetch(ClusterContent *c, uint64_t off, uint64_t len) {
         const ClusterRecipe *rc = &c->recipe;
         char key[S3_KEY_MAX];
@@ -980,8 +980,7 @@ static int window_fetch(ClusterContent *c, uint64_t off, uint64_t len) {
         size_t i = cluster_recipe_find(rc, off), j = i;
         while (j + 1 < rc->n && rc->off[j + 1] < off + len)
                 j++;
-        c->data_off = rc->off[i];
-        c->fill_len = (size_t) (rc->off[j + 1] - rc->off[i]);
+        c->fill_len = (size_t) len;
         c->fill = malloc(c->fill_len);
         c->parts = calloc(j - i + 1, sizeof(*c->parts));
         if (!c->fill || !c->parts) {
@@ -991,9 +990,11 @@ static int window_fetch(ClusterContent *c, uint64_t off, uint64_t len) {
         c->n_parts = j - i + 1;
         for (size_t k = i; k <= j; k++) {
                 struct ContentPart *part = &c->parts[k - i];
-                *part = (struct ContentPart) { .content = c, .chunk = k };
+                uint64_t from = MAX(off, rc->off[k]), to = MIN(off + len, rc->off[k + 1]);
+                *part = (struct ContentPart) { .content = c, .off = from - rc->off[k], .len = to - from,
+                                               .at = from - off };
                 cluster_chunk_key(c->account->id, rc->sha[k], key);
-                int r = s3_get(c->account->backend->s3, key, 0, rc->off[k + 1] - rc->off[k], on_part, part, &part->req);
+                int r = s3_get(c->account->backend->s3, key, part->off, part->len, on_part, part, &part->req);
                 if (r < 0) {
                         if (c->fetching == 0)
                                 parts_cancel(c);

@@ -7,14 +7,19 @@
  * chunks in order, CLUSTER_RECIPE_ENTRY bytes each: the length (4 bytes,
  * big-endian) and the SHA-256.
  *
+ * The cut is FastCDC as on the wire, with sizes 16 times larger
+ * (CLUSTER_CHUNK_*): a store's cost is per object, and 64 KiB chunks made
+ * a first backup of big files four times as many objects as files.
+ *
  * An upload is cut while it arrives: what was written to the spool file
- * is read back (from the page cache) and cut once at least a chunk's
- * maximum is there, so no pass over a big file blocks the loop at the end.
+ * is mapped (from the page cache, no copy) and cut once a chunk's maximum
+ * is there, so no pass over a big file blocks the loop at the end.
  */
 #include <endian.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "bs-hash.h"
@@ -53,7 +58,7 @@ static int recipe_grow(ClusterRecipe *r) {
 }
 
 int cluster_recipe_add(ClusterRecipe *r, uint32_t len, const uint8_t sha[BS_SHA_LEN]) {
-        if (len == 0 || len > BS_CHUNK_MAX)
+        if (len == 0 || len > CLUSTER_CHUNK_MAX)
                 return -EINVAL;
         int k = recipe_grow(r);
         if (k < 0)
@@ -113,52 +118,43 @@ size_t cluster_recipe_find(const ClusterRecipe *r, uint64_t off) {
 }
 
 void cluster_cutter_done(ClusterCutter *c) {
-        free(c->buf);
         cluster_recipe_done(&c->recipe);
         *c = (ClusterCutter) {};
 }
 
-/* Cut what the buffer holds: all of it at the end, else while a whole
- * chunk's maximum is there (the cut never looks further). */
-static int cut(ClusterCutter *c, bool final) {
-        size_t pos = 0;
-        while (c->len - pos > 0 && (final || c->len - pos >= BS_CHUNK_MAX)) {
-                size_t n = bs_chunk_next(&c->chunker, c->buf + pos, c->len - pos);
-                uint8_t sha[BS_SHA_LEN];
-                int r = bs_sha_buf(c->buf + pos, n, sha);
-                r = r ?: cluster_recipe_add(&c->recipe, (uint32_t) n, sha);
-                if (r < 0)
-                        return r;
-                pos += n;
-        }
-        memmove(c->buf, c->buf + pos, c->len - pos);
-        c->len -= pos;
-        return 0;
+/* Cut the chunk that begins at c->done, of the avail bytes there. */
+static int cut_one(ClusterCutter *c, int fd, size_t avail) {
+        uint64_t page = (uint64_t) sysconf(_SC_PAGESIZE);
+        uint64_t start = c->done - c->done % page;
+        size_t skip = (size_t) (c->done - start);
+        void *m = mmap(NULL, skip + avail, PROT_READ, MAP_SHARED, fd, (off_t) start);
+        if (m == MAP_FAILED)
+                return -errno;
+        const uint8_t *p = (const uint8_t *) m + skip;
+        size_t n = bs_chunk_next(&c->chunker, p, avail);
+        uint8_t sha[BS_SHA_LEN];
+        int r = bs_sha_buf(p, n, sha);
+        r = r ?: cluster_recipe_add(&c->recipe, (uint32_t) n, sha);
+        munmap(m, skip + avail);
+        if (r >= 0)
+                c->done += n;
+        return r;
 }
 
 int cluster_cutter_feed(ClusterCutter *c, int fd, uint64_t written, bool final) {
-        if (!c->buf) {
+        if (!c->cutting) {
                 if (written < CLUSTER_CHUNKED_MIN)
                         return 0; /* a small content stays one object */
-                c->buf = malloc(2 * BS_CHUNK_MAX);
-                if (!c->buf)
-                        return -ENOMEM;
-                bs_chunker_init_default(&c->chunker);
+                int r = bs_chunker_init(&c->chunker, CLUSTER_CHUNK_MIN, CLUSTER_CHUNK_AVG, CLUSTER_CHUNK_MAX);
+                if (r < 0)
+                        return r;
+                c->cutting = true;
         }
-        /* c->read: the bytes of the file read into the buffer so far. */
-        while (c->read < written) {
-                size_t room = 2 * BS_CHUNK_MAX - c->len;
-                size_t want = (size_t) MIN((uint64_t) room, written - c->read);
-                ssize_t k = pread(fd, c->buf + c->len, want, (off_t) c->read);
-                if (k < 0)
-                        return -errno;
-                if (k == 0)
-                        return -EIO; /* shorter than written: cannot be */
-                c->len += (size_t) k;
-                c->read += (uint64_t) k;
-                int r = cut(c, false);
+        /* The cut never looks past a chunk's maximum: cut while that much is there. */
+        while (written > c->done && (final || written - c->done >= CLUSTER_CHUNK_MAX)) {
+                int r = cut_one(c, fd, (size_t) MIN(written - c->done, (uint64_t) CLUSTER_CHUNK_MAX));
                 if (r < 0)
                         return r;
         }
-        return final ? cut(c, true) : 0;
+        return 0;
 }

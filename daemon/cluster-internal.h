@@ -85,8 +85,13 @@ void cluster_prune_detach(ClusterPrune *p);
 /** Free what slices are left, with their backend. */
 void cluster_prune_free_all(ClusterBackend *b);
 
-/* Contents of this size or more are kept as chunks (cluster-chunks.c). */
+/* Contents of this size or more are kept as chunks (cluster-chunks.c),
+ * cut larger than on the wire: each chunk is an object, and an object
+ * store's cost is per object (see docs/backend.md). */
 #define CLUSTER_CHUNKED_MIN (1024u * 1024)
+#define CLUSTER_CHUNK_MIN (256u * 1024)
+#define CLUSTER_CHUNK_AVG (1024u * 1024)
+#define CLUSTER_CHUNK_MAX (4u * 1024 * 1024)
 #define CLUSTER_RECIPE_ENTRY (4 + BS_SHA_LEN)
 
 /* A content's chunks in order: chunk i is [off[i], off[i + 1]). */
@@ -97,7 +102,7 @@ typedef struct ClusterRecipe {
 } ClusterRecipe;
 
 void cluster_recipe_done(ClusterRecipe *r);
-/** Append a chunk of len bytes (1 to BS_CHUNK_MAX). */
+/** Append a chunk of len bytes (1 to CLUSTER_CHUNK_MAX). */
 int cluster_recipe_add(ClusterRecipe *r, uint32_t len, const uint8_t sha[BS_SHA_LEN]);
 /** The recipe as bs_objects.recipe keeps it: *ret (malloc'd), *ret_len bytes. */
 int cluster_recipe_encode(const ClusterRecipe *r, uint8_t **ret, size_t *ret_len);
@@ -109,15 +114,14 @@ size_t cluster_recipe_find(const ClusterRecipe *r, uint64_t off);
 /* Cutting an upload into chunks as it is written to its spool file. */
 typedef struct ClusterCutter {
         BsChunker chunker;
-        uint8_t *buf; /* NULL until the upload reaches CLUSTER_CHUNKED_MIN */
-        size_t len;
-        uint64_t read;
+        bool cutting; /* false until the upload reaches CLUSTER_CHUNKED_MIN */
+        uint64_t done; /* the bytes cut so far */
         ClusterRecipe recipe;
 } ClusterCutter;
 
 /**
  * Cut what fd holds up to written bytes (with final, all of it): nothing
- * while under CLUSTER_CHUNKED_MIN. Then c->buf is set and c->recipe,
+ * while under CLUSTER_CHUNKED_MIN. Then c->cutting is set and c->recipe,
  * once final, lists every chunk.
  */
 int cluster_cutter_feed(ClusterCutter *c, int fd, uint64_t written, bool final);

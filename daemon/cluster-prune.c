@@ -18,10 +18,9 @@
  *
  * Rows always go before their objects, so a row always has its object
  * and a batch may trust it. Phases 2 to 4 hold the account's objects
- * lock exclusively, on a
- * connection of their own (cluster-schema.sql: batches hold it shared
- * from their first upload to their commit), and are passed over for this
- * round when a batch holds it.
+ * lock exclusively, on a connection of their own (cluster-schema.sql:
+ * batches hold it shared from their first upload to their commit), and
+ * are passed over for this round when a batch holds it.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -38,12 +37,6 @@
 typedef enum PrunePhase { PRUNE_ROWS, PRUNE_COLLECT, PRUNE_CHUNKS, PRUNE_SWEEP } PrunePhase;
 typedef enum ObjectKind { OBJECT_CONTENT, OBJECT_CHUNK } ObjectKind;
 
-/* One object being removed from the bucket. */
-typedef struct Deletion {
-        ClusterPrune *prune;
-        size_t i;
-} Deletion;
-
 struct ClusterPrune {
         ClusterBackend *backend;
         ClusterAccount *account; /* NULL once let go: the slice's end frees this */
@@ -55,11 +48,10 @@ struct ClusterPrune {
         const AccountWaker *waker;
         AccountPruneStats got;   /* what the slice freed */
         unsigned budget;
-        /* Phase 2 and 3: the objects this slice removes. */
+        /* Phases 2 to 4: the objects this slice removes. */
         uint8_t (*sha)[BS_SHA_LEN];
         uint64_t *size;
         bool *named;             /* the sweep: a row names it */
-        Deletion *del;
         size_t n;
         unsigned deleting;
         ObjectKind kind;         /* of the slice's objects */
@@ -72,11 +64,9 @@ static void objects_clear(ClusterPrune *p) {
         free(p->sha);
         free(p->size);
         free(p->named);
-        free(p->del);
         p->sha = NULL;
         p->size = NULL;
         p->named = NULL;
-        p->del = NULL;
         p->n = 0;
         p->error = 0;
 }
@@ -131,8 +121,7 @@ static int objects_reserve(ClusterPrune *p, size_t n) {
         p->sha = calloc(n ? n : 1, sizeof(*p->sha));
         p->size = calloc(n ? n : 1, sizeof(*p->size));
         p->named = calloc(n ? n : 1, sizeof(*p->named));
-        p->del = calloc(n ? n : 1, sizeof(*p->del));
-        return p->sha && p->size && p->named && p->del ? 0 : -ENOMEM;
+        return p->sha && p->size && p->named ? 0 : -ENOMEM;
 }
 
 /* --- phase 1 --- */
@@ -189,8 +178,7 @@ static void finish_locked(ClusterPrune *p) {
 }
 
 static void on_deleted(S3Request *req, int r, void *userdata) {
-        Deletion *d = userdata;
-        ClusterPrune *p = d->prune;
+        ClusterPrune *p = userdata;
         if (r < 0 && p->error == 0)
                 p->error = r;
         if (--p->deleting == 0)
@@ -206,8 +194,7 @@ static void delete_objects(ClusterPrune *p) {
                         cluster_chunk_key(p->id, p->sha[i], key);
                 else
                         cluster_object_key(p->id, p->sha[i], key);
-                p->del[i] = (Deletion) { .prune = p, .i = i };
-                int r = s3_delete(p->backend->s3, key, on_deleted, &p->del[i], NULL);
+                int r = s3_delete(p->backend->s3, key, on_deleted, p, NULL);
                 if (r < 0) {
                         p->error = r;
                         break;

@@ -118,7 +118,7 @@ def main():
             os.makedirs(b_dir)
             write_file(os.path.join(a_dir, "hello.txt"), b"hello from A\n")
             os.makedirs(os.path.join(a_dir, "docs", "deep"))
-            write_file(os.path.join(a_dir, "docs", "deep", "big.bin"), os.urandom(3 * 1024 * 1024 + 17))
+            write_file(os.path.join(a_dir, "docs", "deep", "big.bin"), os.urandom(6 * 1024 * 1024 + 17))
             os.symlink("hello.txt", os.path.join(a_dir, "link"))
             a = harness.Agent(env, "A", a_dir, server=n1).start()
             b = harness.Agent(env, "B", b_dir, token=a.token, server=n2).start()
@@ -128,12 +128,12 @@ def main():
             harness.wait_until(lambda: os.path.islink(os.path.join(b_dir, "link")), msg="the symlink on B")
             check(os.readlink(os.path.join(b_dir, "link")) == "hello.txt", "the symlink's target")
 
-            # The big file (3 MiB) is kept as chunks, each one object, and no
+            # The big file (6 MiB) is kept as chunks, each one object, and no
             # whole object; its recipe adds up to its size.
             big = harness.read_bytes(os.path.join(a_dir, "docs", "deep", "big.bin"))
             acct = a.token.split("-")[0]
             chunks = cl.chunks(a.token)
-            check(len(chunks) >= 3 and all(size <= 256 * 1024 for _, size in chunks),
+            check(len(chunks) >= 2 and all(size <= 4 * 1024 * 1024 for _, size in chunks),
                   "the big file's chunks: %r" % [size for _, size in chunks])
             check(sum(size for _, size in chunks) == len(big), "the chunks do not add up to the big file")
             check(not any(k.endswith(hashlib.sha256(big).hexdigest()) for k, _ in cl.objects(a.token)),

@@ -71,7 +71,7 @@ def main():
                                                  "AND path = 'diary.txt'" % acct) == sha(d), 30, "a diary state")
             # A big file (kept as chunks) and an edit in its middle: the old
             # version shares all chunks but the edited one.
-            big1 = bytearray(os.urandom(2 * 1024 * 1024 + 5))
+            big1 = bytearray(os.urandom(6 * 1024 * 1024 + 5))
             big2 = bytearray(big1)
             big2[1000000:1000100] = b"e" * 100
             for data in (big1, big2):

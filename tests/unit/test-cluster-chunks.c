@@ -30,7 +30,7 @@ Test(cluster_chunks, recipe_round_trip_and_find) {
                 cr_assert_eq(cluster_recipe_add(&r, 1000 + i, sha), 0);
         }
         cr_assert_eq(cluster_recipe_add(&r, 0, sha), -EINVAL);
-        cr_assert_eq(cluster_recipe_add(&r, BS_CHUNK_MAX + 1, sha), -EINVAL);
+        cr_assert_eq(cluster_recipe_add(&r, CLUSTER_CHUNK_MAX + 1, sha), -EINVAL);
         cr_assert_eq(cluster_recipe_encode(&r, &enc, &len), 0);
         cr_assert_eq(len, 100 * CLUSTER_RECIPE_ENTRY);
         cr_assert_eq(cluster_recipe_decode(enc, len, r.off[100], &back), 0);
@@ -58,20 +58,20 @@ Test(cluster_chunks, recipe_decode_refuses) {
         cr_assert_eq(cluster_recipe_decode(e, sizeof(e), 8191, &r), -EBADMSG);     /* size differs */
         cr_assert_eq(cluster_recipe_decode(e, sizeof(e) - 1, 8192, &r), -EBADMSG); /* cut entry */
         cr_assert_eq(cluster_recipe_decode(e, 0, 0, &r), -EBADMSG);                /* empty */
-        e[CLUSTER_RECIPE_ENTRY + 1] = 0x10;                                        /* 1 MiB + 4 KiB chunk */
-        cr_assert_eq(cluster_recipe_decode(e, sizeof(e), 4096 + 0x101000, &r), -EBADMSG);
+        e[CLUSTER_RECIPE_ENTRY + 1] = 0x40;                                        /* 4 MiB + 4 KiB chunk */
+        cr_assert_eq(cluster_recipe_decode(e, sizeof(e), 4096 + 0x401000, &r), -EBADMSG);
         memset(e, 0, sizeof(e));
         cr_assert_eq(cluster_recipe_decode(e, sizeof(e), 0, &r), -EBADMSG);        /* zero-length chunks */
 }
 
 /* An upload fed in pieces of these sizes is cut as the whole is cut at once. */
 ParameterizedTestParameters(cluster_chunks, cutter_matches_one_cut) {
-        static size_t pieces[] = { 7, 4093, 65536, 300000, 1 << 20 };
+        static size_t pieces[] = { 1021, 4093, 65536, 300000, 1 << 20, 5 << 20 };
         return cr_make_param_array(size_t, pieces, sizeof(pieces) / sizeof(pieces[0]));
 }
 
 ParameterizedTest(size_t *piece, cluster_chunks, cutter_matches_one_cut) {
-        const size_t n = 3 * 1024 * 1024 + 12345;
+        const size_t n = 13 * 1024 * 1024 + 12345;
         uint8_t *data = malloc(n);
         cr_assert_not_null(data);
         fill(data, n, 7);
@@ -88,12 +88,12 @@ ParameterizedTest(size_t *piece, cluster_chunks, cutter_matches_one_cut) {
                 written += k;
                 cr_assert_eq(cluster_cutter_feed(&c, fd, written, false), 0);
                 /* Nothing is held before the threshold. */
-                cr_assert_eq(c.buf != NULL, written >= CLUSTER_CHUNKED_MIN);
+                cr_assert_eq(c.cutting, written >= CLUSTER_CHUNKED_MIN);
         }
         cr_assert_eq(cluster_cutter_feed(&c, fd, written, true), 0);
 
         BsChunker ch;
-        bs_chunker_init_default(&ch);
+        cr_assert_eq(bs_chunker_init(&ch, CLUSTER_CHUNK_MIN, CLUSTER_CHUNK_AVG, CLUSTER_CHUNK_MAX), 0);
         size_t off = 0, i = 0;
         while (off < n) {
                 size_t len = bs_chunk_next(&ch, data + off, n - off);
@@ -120,7 +120,7 @@ Test(cluster_chunks, small_upload_is_not_cut) {
         cr_assert_eq(pwrite(fd, "hello", 5, 0), 5);
         ClusterCutter c = {};
         cr_assert_eq(cluster_cutter_feed(&c, fd, 5, true), 0);
-        cr_assert_null(c.buf);
+        cr_assert(!c.cutting);
         cr_assert_eq(c.recipe.n, 0);
         cluster_cutter_done(&c);
         close(fd);

@@ -9,12 +9,16 @@ timeout, and more connections than max-connections. Each is answered
 with its protocol error; nothing reaches the database or the bucket
 outside the account (no entry, no object, no account created), nothing
 is left in the spool directory, and a well-behaved agent on the other
-node keeps syncing through all of it.
+node keeps syncing through all of it. What the node tells systemd
+(READY=1, STATUS= with its accounts, connections and key) is read from
+its $NOTIFY_SOCKET, as `systemctl status` shows it.
 """
 import os
+import re
 import socket
 import struct
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -36,8 +40,25 @@ def main():
     eng = Engines.from_env()
     with Env("cluster_hostile") as env:
         cl = Cluster(env, eng, extra="idle-timeout = 2s\nmax-connections = 6\n")
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(env.path("notify.sock"))
+        notify.settimeout(0.1)
+        said, stop = [], threading.Event()
+
+        def read_notify():
+            while not stop.is_set():
+                try:
+                    said.append(notify.recv(65536).decode(errors="replace"))
+                except socket.timeout:
+                    pass
+        reader = threading.Thread(target=read_notify, daemon=True)
+        reader.start()
         try:
-            n1 = cl.node("node1")
+            os.environ["NOTIFY_SOCKET"] = env.path("notify.sock")
+            try:
+                n1 = cl.node("node1")
+            finally:
+                del os.environ["NOTIFY_SOCKET"]
             n2 = cl.node("node2")
             a_dir, b_dir = env.path("a"), env.path("b")
             os.makedirs(a_dir)
@@ -180,12 +201,20 @@ def main():
             still_syncing("connections over max-connections on the other node")
             wait_until(lambda: bsproto.ping(join(n1.port, tok)) or True, 10, "the node to serve again")
 
+            # systemctl status: ready, and the figures of accounts, connections and key.
+            check(any("READY=1" in m for m in said), "node 1 never said READY=1: %r" % said[:5])
+            status = [m for m in said if "STATUS=" in m]
+            check(any(re.search(r"STATUS=\d+ accounts open, \d+ connections; TLS key SHA256:[0-9a-f]{64}", m)
+                      for m in status), "no STATUS= with the figures: %r" % status[-3:])
+            check(any(re.search(r"STATUS=\d+ accounts open, ([6-9]|\d\d+) connections", m) for m in status),
+                  "STATUS= never counted the connections at the cap: %r" % status[-5:])
             check(not failures, "hostile input on a cluster node:\n  " + "\n  ".join(failures))
             check(rows("SELECT count(*) FROM bs_entries") != entries_before, "nothing synced meanwhile")
             print("ok: a cluster node refused malformed frames, %d hostile paths, a lying SHA-256, an "
                   "oversized upload, wrong keys (%s), another account's reads and a stalled frame; the "
                   "agents on the other node kept syncing" % (len(HOSTILE_PATHS), " ".join(names)))
         finally:
+            stop.set()
             cl.drop()
 
 

@@ -731,30 +731,20 @@ static int batch_share(ClusterBatch *b) {
         int r = chunks_collect(b);
         if (r < 0)
                 return r;
-        _cleanup_(freep) char *list = malloc(b->n * (2 * BS_SHA_LEN + 1) + 1);
-        _cleanup_(freep) char *chunks = malloc(b->n_chunks * (2 * BS_SHA_LEN + 1) + 1);
-        size_t len = 0;
+        _cleanup_(freep) char *list = malloc(CLUSTER_HEX_LIST_SIZE(b->n));
+        _cleanup_(freep) char *chunks = malloc(CLUSTER_HEX_LIST_SIZE(b->n_chunks));
+        size_t len = 0, clen = 0;
         if (!list || !chunks)
                 return -ENOMEM;
+        list[0] = chunks[0] = 0;
         for (size_t i = 0; i < b->n; i++) {
                 b->changes[i].known = false;
-                if (b->changes[i].type != BS_MSG_PUT)
-                        continue;
-                if (len)
-                        list[len++] = ',';
-                bs_hex(b->changes[i].sha, BS_SHA_LEN, list + len);
-                len += 2 * BS_SHA_LEN;
+                if (b->changes[i].type == BS_MSG_PUT)
+                        cluster_hex_append(list, &len, b->changes[i].sha);
         }
-        list[len] = 0;
+        for (size_t i = 0; i < b->n_chunks; i++)
+                cluster_hex_append(chunks, &clen, b->chunks[i].sha);
         v[1] = list;
-        len = 0;
-        for (size_t i = 0; i < b->n_chunks; i++) {
-                if (len)
-                        chunks[len++] = ',';
-                bs_hex(b->chunks[i].sha, BS_SHA_LEN, chunks + len);
-                len += 2 * BS_SHA_LEN;
-        }
-        chunks[len] = 0;
         v[2] = chunks;
         b->state = BATCH_LOCKING;
         b->share_error = 0;

@@ -87,6 +87,13 @@ int64_t cluster_column_int(const PGresult *res, int row, int col) {
         return strtoll(PQgetvalue(res, row, col), NULL, 10);
 }
 
+void cluster_hex_append(char *list, size_t *len, const uint8_t sha[BS_SHA_LEN]) {
+        if (*len)
+                list[(*len)++] = ',';
+        bs_hex(sha, BS_SHA_LEN, list + *len); /* and the NUL */
+        *len += 2 * BS_SHA_LEN;
+}
+
 void cluster_object_key(const char *id, const uint8_t sha[BS_SHA_LEN], char *key) {
         char hex[2 * BS_SHA_LEN + 1];
         bs_hex(sha, BS_SHA_LEN, hex);

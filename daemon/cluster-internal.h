@@ -130,6 +130,12 @@ void cluster_cutter_done(ClusterCutter *c);
 /** The object key of a chunk of account id (S3_KEY_MAX bytes). */
 void cluster_chunk_key(const char *id, const uint8_t sha[BS_SHA_LEN], char *key);
 
+/* A list of SHA-256s as one text parameter ("hex,hex,..."), for
+ * "sha = ANY(SELECT decode(x, 'hex') FROM unnest(string_to_array($n, ',')) x)":
+ * the size of n of them with the NUL, and appending one at *len. */
+#define CLUSTER_HEX_LIST_SIZE(n) ((n) * (2 * BS_SHA_LEN + 1) + 1)
+void cluster_hex_append(char *list, size_t *len, const uint8_t sha[BS_SHA_LEN]);
+
 /** Decode a bytea column (text format, hex) into out: its length, or -EBADMSG when longer than max. */
 ssize_t cluster_column_bytes(const PGresult *res, int row, int col, void *out, size_t max);
 /** An integer column; 0 when NULL. */

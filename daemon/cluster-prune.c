@@ -207,17 +207,13 @@ static void delete_objects(ClusterPrune *p) {
 
 /* The slice's list as one text parameter: hex SHA-256s, comma-separated. */
 static char *objects_list(const ClusterPrune *p) {
-        char *list = malloc(p->n * (2 * BS_SHA_LEN + 1) + 1);
+        char *list = malloc(CLUSTER_HEX_LIST_SIZE(p->n));
         size_t len = 0;
         if (!list)
                 return NULL;
-        for (size_t i = 0; i < p->n; i++) {
-                if (len)
-                        list[len++] = ',';
-                bs_hex(p->sha[i], BS_SHA_LEN, list + len);
-                len += 2 * BS_SHA_LEN;
-        }
-        list[len] = 0;
+        list[0] = 0;
+        for (size_t i = 0; i < p->n; i++)
+                cluster_hex_append(list, &len, p->sha[i]);
         return list;
 }
 

@@ -18,7 +18,6 @@ import re
 import socket
 import struct
 import sys
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -40,25 +39,11 @@ def main():
     eng = Engines.from_env()
     with Env("cluster_hostile") as env:
         cl = Cluster(env, eng, extra="idle-timeout = 2s\nmax-connections = 6\n")
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(env.path("notify.sock"))
-        notify.settimeout(0.1)
-        said, stop = [], threading.Event()
-
-        def read_notify():
-            while not stop.is_set():
-                try:
-                    said.append(notify.recv(65536).decode(errors="replace"))
-                except socket.timeout:
-                    pass
-        reader = threading.Thread(target=read_notify, daemon=True)
-        reader.start()
+        notify = harness.NotifyListener(env.path("notify.sock"))
+        said = notify.said
         try:
-            os.environ["NOTIFY_SOCKET"] = env.path("notify.sock")
-            try:
+            with notify.exported():
                 n1 = cl.node("node1")
-            finally:
-                del os.environ["NOTIFY_SOCKET"]
             n2 = cl.node("node2")
             a_dir, b_dir = env.path("a"), env.path("b")
             os.makedirs(a_dir)
@@ -214,7 +199,7 @@ def main():
                   "oversized upload, wrong keys (%s), another account's reads and a stalled frame; the "
                   "agents on the other node kept syncing" % (len(HOSTILE_PATHS), " ".join(names)))
         finally:
-            stop.set()
+            notify.close()
             cl.drop()
 
 

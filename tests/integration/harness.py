@@ -18,6 +18,7 @@ Everything started through an Env is killed when the `with` block ends,
 also on failure; on failure the tail of every log is printed first.
 """
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -27,6 +28,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 _SRC_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
@@ -609,6 +611,43 @@ class Agent(_Proc):
 
     def log_lines(self):
         return self.log_text().splitlines()
+
+
+class NotifyListener:
+    """A $NOTIFY_SOCKET of the test's own: every message a program started
+    with exported() sends to systemd (READY=1, STATUS=...), in .said."""
+
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.1)
+        self.path = path
+        self.said = []
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        while not self._stop.is_set():
+            try:
+                self.said.append(self.sock.recv(65536).decode(errors="replace"))
+            except socket.timeout:
+                pass
+
+    @contextlib.contextmanager
+    def exported(self):
+        """NOTIFY_SOCKET set for what starts inside the block."""
+        os.environ["NOTIFY_SOCKET"] = self.path
+        try:
+            yield self
+        finally:
+            del os.environ["NOTIFY_SOCKET"]
+
+    def close(self):
+        """Stop reading; the program's next sd_notify() fails instead of waiting."""
+        self._stop.set()
+        self._reader.join()
+        self.sock.close()
 
 
 class Env:

@@ -6,9 +6,7 @@ back; everything else keeps syncing."""
 import json
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import time
 
 import harness
@@ -53,24 +51,9 @@ def test_brake_hold_and_confirm():
         _fill(adir, "docs", 20)
         # Read all along: a datagram queue left full would block the
         # agent's sd_notify(), and so the agent.
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(env.path("notify.sock"))
-        notify.settimeout(0.1)
-        said, stop = [], threading.Event()
-
-        def read_notify():
-            while not stop.is_set():
-                try:
-                    said.append(notify.recv(65536).decode(errors="replace"))
-                except socket.timeout:
-                    pass
-        reader = threading.Thread(target=read_notify, daemon=True)
-        reader.start()
-        os.environ["NOTIFY_SOCKET"] = env.path("notify.sock")
-        try:
+        notify = harness.NotifyListener(env.path("notify.sock"))
+        with notify.exported():
             a = env.agent("A", adir, poll="300ms")
-        finally:
-            del os.environ["NOTIFY_SOCKET"]
         b = env.agent("B", env.path("B"), token=a.token, poll="300ms")
         wait_until(lambda: _count(b.dir, "photos") == 150 and _count(b.dir, "docs") == 20, 60, "B to join")
         tree = srv.tree(a.token)
@@ -95,12 +78,10 @@ def test_brake_hold_and_confirm():
         check(rc == 0 and "holding deletions" in out and "%d files" % held in out and "confirm-deletes" in out,
               "status text: %s" % out)
         try:
-            wait_until(lambda: any("STATUS=%d DELETIONS HELD" % held in m for m in list(said)), 10,
+            wait_until(lambda: any("STATUS=%d DELETIONS HELD" % held in m for m in list(notify.said)), 10,
                        "STATUS= to say the deletions are held")
         finally:
-            stop.set()
-            reader.join()
-            notify.close()  # the agent's next sd_notify() fails instead of waiting
+            notify.close()
 
         # Everything else syncs, both ways, while the deletions wait.
         write_file(os.path.join(adir, "docs/new.txt"), "new\n")

@@ -10,16 +10,8 @@
 #include "bs-chunk.h"
 #include "bs-hash.h"
 #include "cluster-internal.h"
+#include "test-util.h"
 
-static void fill(uint8_t *p, size_t n, uint64_t seed) {
-        uint64_t x = seed;
-        for (size_t i = 0; i < n; i++) {
-                x ^= x >> 12;
-                x ^= x << 25;
-                x ^= x >> 27;
-                p[i] = (uint8_t) ((x * 0x2545F4914F6CDD1DULL) >> 56);
-        }
-}
 
 Test(cluster_chunks, recipe_round_trip_and_find) {
         ClusterRecipe r = {}, back = {};
@@ -74,7 +66,7 @@ ParameterizedTest(size_t *piece, cluster_chunks, cutter_matches_one_cut) {
         const size_t n = 13 * 1024 * 1024 + 12345;
         uint8_t *data = malloc(n);
         cr_assert_not_null(data);
-        fill(data, n, 7);
+        test_fill(data, n, 7);
         char tmpl[] = "/tmp/bs-cutter-XXXXXX";
         int fd = mkstemp(tmpl);
         cr_assert_geq(fd, 0);

@@ -26,12 +26,6 @@
 #include "bs-macro.h"
 #include "cluster-internal.h"
 
-void cluster_chunk_key(const char *id, const uint8_t sha[BS_SHA_LEN], char *key) {
-        char hex[2 * BS_SHA_LEN + 1];
-        bs_hex(sha, BS_SHA_LEN, hex);
-        snprintf(key, S3_KEY_MAX, "accounts/%s/k/%s", id, hex);
-}
-
 void cluster_recipe_done(ClusterRecipe *r) {
         free(r->off);
         free(r->sha);

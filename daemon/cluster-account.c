@@ -121,15 +121,23 @@ typedef struct ClusterContent {
         size_t fill_len;
 } ClusterContent;
 
-typedef struct ClusterCursor {
-        AccountCursor base;
+/* One consistent state read for a PULL or a HISTORY: a sequence and rows,
+ * in one REPEATABLE READ transaction. */
+typedef struct ClusterRead {
+        void *owner;      /* what to free when it was let go while reading */
         const AccountWaker *waker;
-        int state;
+        int state;        /* 1 while reading, then 0 or -errno */
         bool freed;
-        bool snapshot;
-        uint64_t since, seq;
+        uint64_t seq;
         PGresult *rows;
         int row;
+} ClusterRead;
+
+typedef struct ClusterCursor {
+        AccountCursor base;
+        ClusterRead read;
+        bool snapshot;
+        uint64_t since;
 } ClusterCursor;
 
 static void wake(const AccountWaker *w) {
@@ -1021,48 +1029,96 @@ static void ops_content_free(AccountContent *base) {
         free(c);
 }
 
+/* --- reads of one moment: PULL and HISTORY --- */
+
+static void read_init(ClusterRead *rd, void *owner, const AccountWaker *w) {
+        *rd = (ClusterRead) { .owner = owner, .waker = w, .state = 1 };
+}
+
+/* Start the transaction; its statements follow, then read_commit(). */
+static int read_begin(ClusterAccount *a, PgTxn **ret) {
+        int r = pg_txn_begin(a->backend->pg, ret);
+        if (r < 0)
+                return r;
+        /* One snapshot for the sequence and the rows. */
+        r = pg_txn_query(*ret, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", 0, NULL, NULL, NULL, NULL, NULL);
+        if (r < 0)
+                pg_txn_abort(*ret);
+        return r;
+}
+
+/* Keep a statement's rows as the answer (the first kept stays). */
+static void read_keep(ClusterRead *rd, const PGresult *res) {
+        if (rd->freed || rd->rows)
+                return;
+        rd->rows = PQcopyResult(res, PG_COPYRES_ATTRS | PG_COPYRES_TUPLES);
+        if (!rd->rows)
+                rd->state = -ENOMEM;
+}
+
+static void on_read_done(Pg *pg, int r, void *userdata) {
+        ClusterRead *rd = userdata;
+        if (rd->freed) {
+                PQclear(rd->rows);
+                free(rd->owner);
+                return;
+        }
+        if (rd->state == 1)
+                rd->state = r < 0 ? (r == -EINPROGRESS ? -EIO : r) : 0;
+        wake(rd->waker);
+}
+
+/* After the statements (r, their outcome): send it all, or drop it. */
+static int read_commit(ClusterRead *rd, PgTxn *t, int r) {
+        if (r < 0) {
+                pg_txn_abort(t);
+                return r;
+        }
+        return pg_txn_commit(t, on_read_done, rd);
+}
+
+/* Let go: now (true: free the owner), or when the answer comes. */
+static bool read_free(ClusterRead *rd) {
+        if (rd->state == 1) {
+                rd->freed = true;
+                return false;
+        }
+        PQclear(rd->rows);
+        return true;
+}
+
+/* 1 and the next row to hand out, 0 at the end, -EINPROGRESS while reading, or -errno. */
+static int read_next(ClusterRead *rd, int *ret_row) {
+        if (rd->state != 0)
+                return rd->state > 0 ? -EINPROGRESS : rd->state;
+        if (!rd->rows || rd->row >= PQntuples(rd->rows))
+                return 0;
+        *ret_row = rd->row++;
+        return 1;
+}
+
 /* --- PULL: the log after since, or the whole tree, as of one moment --- */
 
 static void on_floor(Pg *pg, int r, const PGresult *res, void *userdata) {
         ClusterCursor *c = userdata;
         if (PQntuples(res) != 1)
                 return;
-        c->seq = (uint64_t) cluster_column_int(res, 0, 0);
+        c->read.seq = (uint64_t) cluster_column_int(res, 0, 0);
         uint64_t floor = (uint64_t) cluster_column_int(res, 0, 1);
         c->snapshot = c->since == 0 || c->since < floor;
 }
 
 /* The rows of the log, or of the tree: only one of the two statements is the answer. */
-static void keep_rows(ClusterCursor *c, const PGresult *res) {
-        if (c->freed || c->rows)
-                return;
-        c->rows = PQcopyResult(res, PG_COPYRES_ATTRS | PG_COPYRES_TUPLES);
-        if (!c->rows)
-                c->state = -ENOMEM;
-}
-
 static void on_log_rows(Pg *pg, int r, const PGresult *res, void *userdata) {
         ClusterCursor *c = userdata;
         if (!c->snapshot)
-                keep_rows(c, res);
+                read_keep(&c->read, res);
 }
 
 static void on_tree_rows(Pg *pg, int r, const PGresult *res, void *userdata) {
         ClusterCursor *c = userdata;
         if (c->snapshot)
-                keep_rows(c, res);
-}
-
-static void on_cursor_done(Pg *pg, int r, void *userdata) {
-        ClusterCursor *c = userdata;
-        if (c->freed) {
-                PQclear(c->rows);
-                free(c);
-                return;
-        }
-        if (c->state == 1)
-                c->state = r < 0 ? (r == -EINPROGRESS ? -EIO : r) : 0;
-        wake(c->waker);
+                read_keep(&c->read, res);
 }
 
 static int ops_cursor_new(Account *base, uint64_t since, const AccountWaker *w, AccountCursor **ret) {
@@ -1073,19 +1129,16 @@ static int ops_cursor_new(Account *base, uint64_t since, const AccountWaker *w, 
         if (!c)
                 return -ENOMEM;
         c->base.ops = &cluster_account_ops;
-        c->waker = w;
-        c->state = 1;
+        read_init(&c->read, c, w);
         c->since = since;
         snprintf(s, sizeof(s), "%" PRIu64, since);
         const char *v[] = { a->id, s };
-        int r = pg_txn_begin(a->backend->pg, &t);
+        int r = read_begin(a, &t);
         if (r < 0) {
                 free(c);
                 return r;
         }
-        /* One snapshot for the sequence and the rows. */
-        r = pg_txn_query(t, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", 0, NULL, NULL, NULL, NULL, NULL);
-        r = r ?: pg_txn_query(t, "SELECT seq, log_floor FROM bs_accounts WHERE id = $1", 1, v, NULL, NULL, on_floor, c);
+        r = pg_txn_query(t, "SELECT seq, log_floor FROM bs_accounts WHERE id = $1", 1, v, NULL, NULL, on_floor, c);
         r = r ?: pg_txn_query(t,
                               "SELECT seq, device, op, kind, path, path2, size, mode, mtime_ns, sha FROM bs_log "
                               "WHERE account = $1 AND seq > $2::bigint AND $2::bigint > 0 AND "
@@ -1096,12 +1149,7 @@ static int ops_cursor_new(Account *base, uint64_t since, const AccountWaker *w, 
                               "WHERE account = $1 AND ($2::bigint = 0 OR "
                               "$2::bigint < (SELECT log_floor FROM bs_accounts WHERE id = $1)) ORDER BY path",
                               2, v, NULL, NULL, on_tree_rows, c);
-        if (r < 0) {
-                pg_txn_abort(t);
-                free(c);
-                return r;
-        }
-        r = pg_txn_commit(t, on_cursor_done, c);
+        r = read_commit(&c->read, t, r);
         if (r < 0) {
                 free(c);
                 return r;
@@ -1112,16 +1160,12 @@ static int ops_cursor_new(Account *base, uint64_t since, const AccountWaker *w, 
 
 static void ops_cursor_free(AccountCursor *base) {
         ClusterCursor *c = (ClusterCursor *) base;
-        if (c->state == 1) {
-                c->freed = true;
-                return;
-        }
-        PQclear(c->rows);
-        free(c);
+        if (read_free(&c->read))
+                free(c);
 }
 
 static uint64_t ops_cursor_seq(const AccountCursor *base) {
-        return ((const ClusterCursor *) base)->seq;
+        return ((const ClusterCursor *) base)->read.seq;
 }
 
 static bool ops_cursor_is_snapshot(const AccountCursor *base) {
@@ -1148,14 +1192,11 @@ static int column_path(const PGresult *res, int row, int col, char *out, size_t 
 
 static int ops_cursor_next(AccountCursor *base, BsRecord *rec) {
         ClusterCursor *c = (ClusterCursor *) base;
-        const PGresult *res = c->rows;
-        int r, i = c->row;
+        const PGresult *res = c->read.rows;
+        int i = 0, r = read_next(&c->read, &i);
 
-        if (c->state != 0)
-                return c->state > 0 ? -EINPROGRESS : c->state;
-        if (!res || i >= PQntuples(res))
-                return 0;
-        c->row++;
+        if (r <= 0)
+                return r;
         memset(rec, 0, offsetof(BsRecord, path));
         if (c->snapshot) {
                 rec->kind = (uint8_t) cluster_column_int(res, i, 1);
@@ -1189,12 +1230,7 @@ static int ops_cursor_next(AccountCursor *base, BsRecord *rec) {
 
 typedef struct ClusterQuery {
         AccountQuery base;
-        const AccountWaker *waker;
-        int state;
-        bool freed;
-        uint64_t seq;
-        PGresult *rows;
-        int row;
+        ClusterRead read;
 } ClusterQuery;
 
 /* $1 the account, $2 the path (bytea), $3 a time, $4 a sequence, $5 the limit (NULL: none).
@@ -1245,28 +1281,12 @@ static const char *const query_sql[] = {
 static void on_query_seq(Pg *pg, int r, const PGresult *res, void *userdata) {
         ClusterQuery *q = userdata;
         if (PQntuples(res) == 1)
-                q->seq = (uint64_t) cluster_column_int(res, 0, 0);
+                q->read.seq = (uint64_t) cluster_column_int(res, 0, 0);
 }
 
 static void on_query_rows(Pg *pg, int r, const PGresult *res, void *userdata) {
         ClusterQuery *q = userdata;
-        if (q->freed)
-                return;
-        q->rows = PQcopyResult(res, PG_COPYRES_ATTRS | PG_COPYRES_TUPLES);
-        if (!q->rows)
-                q->state = -ENOMEM;
-}
-
-static void on_query_done(Pg *pg, int r, void *userdata) {
-        ClusterQuery *q = userdata;
-        if (q->freed) {
-                PQclear(q->rows);
-                free(q);
-                return;
-        }
-        if (q->state == 1)
-                q->state = r < 0 ? (r == -EINPROGRESS ? -EIO : r) : 0;
-        wake(q->waker);
+        read_keep(&q->read, res);
 }
 
 static int ops_query_new(Account *base, BsHistWhat what, const char *path, uint64_t seq, int64_t time, uint32_t limit,
@@ -1298,23 +1318,15 @@ static int ops_query_new(Account *base, BsHistWhat what, const char *path, uint6
         if (!q)
                 return -ENOMEM;
         q->base.ops = &cluster_account_ops;
-        q->waker = w;
-        q->state = 1;
-        int r = pg_txn_begin(a->backend->pg, &txn);
+        read_init(&q->read, q, w);
+        int r = read_begin(a, &txn);
         if (r < 0) {
                 free(q);
                 return r;
         }
-        /* The answer's sequence and its rows from one snapshot. */
-        r = pg_txn_query(txn, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", 0, NULL, NULL, NULL, NULL, NULL);
-        r = r ?: pg_txn_query(txn, seqsql, 5, v, l, f, on_query_seq, q);
+        r = pg_txn_query(txn, seqsql, 5, v, l, f, on_query_seq, q);
         r = r ?: pg_txn_query(txn, sql, 5, v, l, f, on_query_rows, q);
-        if (r < 0) {
-                pg_txn_abort(txn);
-                free(q);
-                return r;
-        }
-        r = pg_txn_commit(txn, on_query_done, q);
+        r = read_commit(&q->read, txn, r);
         if (r < 0) {
                 free(q);
                 return r;
@@ -1325,28 +1337,21 @@ static int ops_query_new(Account *base, BsHistWhat what, const char *path, uint6
 
 static void ops_query_free(AccountQuery *base) {
         ClusterQuery *q = (ClusterQuery *) base;
-        if (q->state == 1) {
-                q->freed = true;
-                return;
-        }
-        PQclear(q->rows);
-        free(q);
+        if (read_free(&q->read))
+                free(q);
 }
 
 static uint64_t ops_query_seq(const AccountQuery *base) {
-        return ((const ClusterQuery *) base)->seq;
+        return ((const ClusterQuery *) base)->read.seq;
 }
 
 static int ops_query_next(AccountQuery *base, BsHistRow *row) {
         ClusterQuery *q = (ClusterQuery *) base;
-        const PGresult *res = q->rows;
-        int r, i = q->row;
+        const PGresult *res = q->read.rows;
+        int i = 0, r = read_next(&q->read, &i);
 
-        if (q->state != 0)
-                return q->state > 0 ? -EINPROGRESS : q->state;
-        if (!res || i >= PQntuples(res))
-                return 0;
-        q->row++;
+        if (r <= 0)
+                return r;
         memset(&row->rec, 0, offsetof(BsRecord, path));
         row->rec.seq = (uint64_t) cluster_column_int(res, i, 1);
         row->rec.kind = (uint8_t) cluster_column_int(res, i, 2);

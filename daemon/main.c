@@ -476,17 +476,26 @@ static void print_migrated(void *userdata, const char *account, const char *what
 /* What --verify and --migrate do with the cluster, on a loop of their own. */
 typedef enum ClusterTask { CLUSTER_VERIFY, CLUSTER_VERIFY_SIZES, CLUSTER_MIGRATE } ClusterTask;
 
-/* Run task on the cluster: the number of problems (accounts not moved), or -errno after logging. */
-static int cluster_task(const BsServerConfig *cfg, const char *storage, ClusterTask task, unsigned *ret_n) {
-        _cleanup_(backend_freep) Backend *b = NULL;
-        sd_event *event = NULL;
-        int r = sd_event_new(&event);
+/* A loop of its own and the cluster on it, for a task run once: 0, or
+ * -errno after logging (then *ret_event is NULL). */
+static int cluster_open_once(const BsServerConfig *cfg, const char *storage, sd_event **ret_event, Backend **ret) {
+        int r = sd_event_new(ret_event);
         if (r < 0) {
                 errno = -r;
                 log_error("cannot set up an event loop: %m");
                 return r;
         }
-        r = cluster_open(cfg, storage, event, &b);
+        r = cluster_open(cfg, storage, *ret_event, ret);
+        if (r < 0)
+                *ret_event = sd_event_unref(*ret_event);
+        return r;
+}
+
+/* Run task on the cluster: the number of problems (accounts not moved), or -errno after logging. */
+static int cluster_task(const BsServerConfig *cfg, const char *storage, ClusterTask task, unsigned *ret_n) {
+        Backend *b = NULL;
+        sd_event *event = NULL;
+        int r = cluster_open_once(cfg, storage, &event, &b);
         if (r >= 0 && task == CLUSTER_MIGRATE)
                 r = cluster_migrate(b, event, storage, print_migrated, NULL, ret_n);
         else if (r >= 0)
@@ -525,17 +534,12 @@ static int cluster_migrate_main(const BsServerConfig *cfg, const char *storage) 
 /* --prune on the cluster: beside running nodes, which prune too (the
  * database's locks keep them apart). Returns an exit status. */
 static int cluster_prune_main(const BsServerConfig *cfg, const char *storage) {
-        _cleanup_(backend_freep) Backend *b = NULL;
+        Backend *b = NULL;
         AccountRetention ret = retention_of(cfg);
         sd_event *event = NULL;
-        int r = sd_event_new(&event);
-        if (r < 0) {
-                errno = -r;
-                log_error("cannot set up an event loop: %m");
-                return EX_OSERR;
-        }
-        r = cluster_open(cfg, storage, event, &b);
-        r = r < 0 ? EX_UNAVAILABLE : offline_prune(b, event, &ret);
+        if (cluster_open_once(cfg, storage, &event, &b) < 0)
+                return EX_UNAVAILABLE;
+        int r = offline_prune(b, event, &ret);
         b = backend_free(b);
         sd_event_unref(event);
         return r;

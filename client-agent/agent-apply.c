@@ -452,6 +452,10 @@ out:
         free(mt);
 }
 
+bool apply_is_news(const ManifestEntry *m, const Rec *x, bool snapshot) {
+        return snapshot ? m->version != x->seq : m->version < x->seq;
+}
+
 void apply_record(Agent *a, Rec *x, bool snapshot) {
         LocalEntry *l = malloc(sizeof(*l));
         ManifestEntry *m = malloc(sizeof(*m));
@@ -491,7 +495,7 @@ void apply_record(Agent *a, Rec *x, bool snapshot) {
                 apply_delete(a, x, m, have);
                 goto out;
         }
-        if (have && m->version >= x->seq)
+        if (have && !apply_is_news(m, x, snapshot))
                 goto out;
         if (local_stat(a, x->path, l) < 0)
                 goto out;

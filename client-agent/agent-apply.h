@@ -39,6 +39,14 @@ typedef struct PathList {
 
 /** manifest_iter_t that appends each path to a PathList. */
 int apply_collect_path(const char *path, const ManifestEntry *e, void *userdata);
+/**
+ * Does the record change what the manifest says the server holds at its
+ * path? A change record does when it is newer; a snapshot's record (the
+ * server's entry as it is now) whenever its version differs: entries keep
+ * their versions when a directory above them moves, so a move this
+ * computer missed leaves a manifest version newer than the server's.
+ */
+bool apply_is_news(const ManifestEntry *m, const Rec *x, bool snapshot);
 /** Apply one record in server order; snapshot marks the path as seen. */
 void apply_record(Agent *a, Rec *x, bool snapshot);
 /** Set the directory modes that had to wait for the end of a pull. */

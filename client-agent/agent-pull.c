@@ -297,7 +297,7 @@ static int follow_own_moves(Agent *a, Pull *p) {
 }
 
 /* Would applying this record need its content from the server? */
-static bool wants_content(Agent *a, Rec *x) {
+static bool wants_content(Agent *a, Rec *x, bool snapshot) {
         ManifestEntry *m = malloc(sizeof(*m));
         LocalEntry *l = malloc(sizeof(*l));
         bool want = true;
@@ -308,7 +308,7 @@ static bool wants_content(Agent *a, Rec *x) {
         else if (x->touched)
                 want = true;
         else if (manifest_get(a->state, x->path, m) == 0) {
-                if (m->version >= x->seq)
+                if (!apply_is_news(m, x, snapshot))
                         want = false;
                 else if (m->kind == BS_KIND_FILE && memcmp(m->sha, x->sha, BS_SHA_LEN) == 0 &&
                          local_stat(a, x->path, l) == 0 && local_matches(l, m))
@@ -365,7 +365,7 @@ out:
 static int send_gets(Agent *a, Pull *p) {
         while (p->next_get < p->n && p->fifo_tail - p->fifo_head < GET_WINDOW) {
                 Rec *x = &p->recs[p->next_get];
-                if (x->op == BS_OP_PUT && !x->requested && (x->want = wants_content(a, x))) {
+                if (x->op == BS_OP_PUT && !x->requested && (x->want = wants_content(a, x, p->snapshot))) {
                         BsMsg *m = malloc(sizeof(*m));
                         if (!m)
                                 return -ENOMEM;

@@ -1,4 +1,5 @@
 /* agent-plan.c - from local changes to a list of requests */
+#include <dirent.h>
 #include <errno.h>
 #include <stddef.h>
 #include <fcntl.h>
@@ -129,6 +130,13 @@ static int collect_gone(const char *path, const ManifestEntry *e, void *userdata
         return 0;
 }
 
+bool plan_known(Agent *a, const char *path) {
+        ManifestEntry *m = malloc(sizeof(*m));
+        bool have = m && manifest_get(a->state, path, m) == 0;
+        free(m);
+        return have;
+}
+
 /* Visit disk children, then delete what the manifest has and the disk lost. */
 static int reconcile_children(Agent *a, Plan *p, const char *dir, bool fresh) {
         _cleanup_(closep) int fd = dir[0] ? bs_open_beneath(a->rootfd, dir, O_RDONLY | O_DIRECTORY, 0)
@@ -149,6 +157,12 @@ static int reconcile_children(Agent *a, Plan *p, const char *dir, bool fresh) {
                 int w = dir[0] ? snprintf(child, sizeof(child), "%s/%s", dir, names[i].name)
                                : snprintf(child, sizeof(child), "%s", names[i].name);
                 if (w > 0 && (size_t) w <= BS_PATH_MAX && bs_path_check(child, (size_t) w) == 0) {
+                        if (p->slice && p->n >= p->slice && names[i].type == DT_DIR &&
+                            (fresh || !plan_known(a, child))) {
+                                agent_mark_dirty(a, child, true);
+                                p->deferred = true;
+                                continue;
+                        }
                         int k = plan_reconcile(a, p, child, true);
                         if (k < 0 && r == 0)
                                 r = k;

@@ -35,6 +35,14 @@ typedef struct Plan {
         size_t n, cap;
         char **dirs; /* directories made by this plan, sorted on demand */
         size_t n_dirs, cap_dirs;
+        /* Once this many ops are planned (0: no limit), new directories
+         * still to visit are queued as dirty instead, for the next plan:
+         * a first backup of a million files is sent in slices, and the
+         * agent's memory does not grow with it. Directories the manifest
+         * knows are never deferred: every deletion a rescan finds is in
+         * one plan, so the brake on mass deletions sees them all at once. */
+        size_t slice;
+        bool deferred; /* some were */
 } Plan;
 
 void plan_clear(Plan *p);
@@ -47,5 +55,7 @@ PushOp *plan_add(Plan *p, uint8_t type, const char *path, const char *path2, uin
  * Returns 1 when the whole subtree below path was covered, 0, or -errno.
  */
 int plan_reconcile(Agent *a, Plan *p, const char *path, bool recursive);
+/** Does the manifest record path (agreed with the server)? */
+bool plan_known(Agent *a, const char *path);
 /** qsort() order in which a directory's descendants directly follow it. */
 int plan_path_cmp(const void *x, const void *y);

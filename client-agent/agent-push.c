@@ -32,6 +32,8 @@
 #include "bs-path.h"
 
 #define PUSH_WINDOW 4096
+/* Ops planned at once (see Plan.slice): a few MiB of plan. */
+#define PLAN_SLICE 16384
 /* Files opened and their reading started ahead of the upload: the disk gets
  * many requests at once (merged, in parallel) instead of one small file at
  * a time, which on a cold cache is most of a first backup's time. */
@@ -761,6 +763,8 @@ static bool tree_suddenly_empty(Agent *a) {
         return empty;
 }
 
+static int push_dirty(Agent *a, bool *more);
+
 int agent_push(Agent *a) {
         int r;
 
@@ -784,7 +788,19 @@ int agent_push(Agent *a) {
         r = agent_push_moves(a);
         if (r < 0)
                 return r;
+        bool more;
+        do
+                r = push_dirty(a, &more);
+        while (r >= 0 && more && !a->paused);
+        return r;
+}
 
+/* Plan and send what is dirty, at most a slice of it; *more when the rest
+ * of the tree waits in the dirty list for the next slice. */
+static int push_dirty(Agent *a, bool *more) {
+        int r;
+
+        *more = false;
         /* Held deletions are decided again with whatever else this round
          * brings, and at once when the user let them go. */
         if (a->n_held > 0 && (a->n_dirty > 0 || brake_confirm_waiting(a)))
@@ -797,7 +813,7 @@ int agent_push(Agent *a) {
                 return 0;
 
         qsort(dirty, n, sizeof(*dirty), plan_path_cmp);
-        Plan p = {};
+        Plan p = { .slice = PLAN_SLICE };
         const char *skip = NULL;
         bool verifying = a->verifying && n == 1 && dirty[0].path[0] == 0;
         a->verifying = false;
@@ -812,6 +828,11 @@ int agent_push(Agent *a) {
                 }
                 if (skip && (skip[0] == 0 || bs_path_under(dirty[i].path, skip)))
                         continue;
+                if (p.n >= p.slice && !plan_known(a, dirty[i].path)) {
+                        agent_mark_dirty(a, dirty[i].path, dirty[i].recursive);
+                        p.deferred = true;
+                        continue;
+                }
                 r = plan_reconcile(a, &p, dirty[i].path, dirty[i].recursive);
                 if (r > 0)
                         skip = dirty[i].path;
@@ -832,6 +853,7 @@ int agent_push(Agent *a) {
                 report_unseen(a, &p, (double) (t1.tv_sec - t0.tv_sec) * 1e3 + (double) (t1.tv_nsec - t0.tv_nsec) / 1e6);
         }
         r = p.n ? push_plan(a, &p) : 0;
+        *more = p.deferred;
         plan_clear(&p);
         for (size_t i = 0; i < n; i++)
                 free(dirty[i].path);

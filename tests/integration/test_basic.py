@@ -186,6 +186,67 @@ def test_burst_2000():
                   timeout=60, modes=False, msg="2000 files on the server")
 
 
+def _slices(agent):
+    """The sizes of the plans the agent sent ("sending N changes", debug)."""
+    import re
+    return [int(m.group(1)) for m in re.finditer(r"sending (\d+) changes", agent.log_text())]
+
+
+def test_first_backup_in_slices():
+    """A first backup bigger than one plan (16,384 changes) goes in slices,
+    and nothing is lost between them; later, a rescan that finds a new
+    subtree bigger than a slice and more than half of the synced files
+    deleted still holds every deletion (known directories are never put
+    off to a later slice, so the brake sees them all at once)."""
+    os.environ["BACKUPSYNC_LOG_LEVEL"] = "debug"
+    with Env("first_backup_in_slices") as env:
+        srv = env.server()
+        adir = env.path("A")
+        for t in range(25):
+            for s in range(8):
+                d = os.path.join(adir, "t%02d" % t, "s%d" % s)
+                os.makedirs(d)
+                for f in range(90):
+                    with open(os.path.join(d, "f%02d" % f), "wb") as fh:
+                        fh.write(b"%d %d %d\n" % (t, s, f))
+        a = env.agent("A", adir)
+        b = env.agent("B", env.path("B"), token=a.token)
+        assert_trees_equal(adir, b.dir, timeout=240, msg="B after A's first backup of 18,000 files")
+        snap = snapshot(adir)
+        wait_tree(srv.tree(a.token), {k: (v[0], v[1], None) for k, v in snap.items()},
+                  timeout=60, modes=False, msg="18,000 files on the server")
+        sl = _slices(a)
+        print("slices: %s" % sl)
+        check(len(sl) >= 2 and max(sl) <= 16384 + 100 and sum(sl) >= 18000 + 225,
+              "A sent the first backup in slices of at most 16,384 changes: %s" % sl)
+
+        # Offline: 60 % of the files deleted all over, the others
+        # rewritten: 18,000 changes, more than a slice, all in directories
+        # the server has. --once (no quiet second to gather a burst in)
+        # must still see every deletion in one plan and hold them all.
+        a.stop()
+        for t in range(25):
+            for s in range(8):
+                for f in range(90):
+                    p = os.path.join(adir, "t%02d" % t, "s%d" % s, "f%02d" % f)
+                    if f < 54:
+                        os.unlink(p)
+                    else:
+                        with open(p, "ab") as fh:
+                            fh.write(b"rewritten\n")
+        n0 = len(_slices(a))
+        rc, _, err = a.run_once(timeout=300)
+        check(rc != 0 and "holding the deletion of 10800 files" in err,
+              "--once exited %d and held all 10,800 deletions at once: %s" % (rc, err[-2000:]))
+        print("slices after the restart: %s" % _slices(a)[n0:])
+        tree = srv.tree(a.token)
+        left = sum(len(os.listdir(os.path.join(tree, "t%02d" % t, "s%d" % s))) for t in range(25) for s in range(8))
+        check(left == 18000, "the server still has all 18,000 files, %d" % left)
+        wait_content(os.path.join(b.dir, "t24", "s7", "f89"), b"24 7 89\nrewritten\n", timeout=120,
+                     msg="the rewritten files on B")
+        check(os.path.exists(os.path.join(b.dir, "t00", "s0", "f00")), "B keeps the files whose deletion is held")
+
+
 def test_churn_during_first_backup():
     """Files deleted, replaced, rewritten and moved while the first upload
     reads ahead of what it sends: the server and a second computer end with

@@ -30,6 +30,13 @@ struct IgnoreSet {
         bool caches;  /* cache directories are ignored (with the defaults) */
         DirRead *read; /* directories whose ignore file was read (or found absent), sorted */
         size_t n_read, cap_read;
+        /* The last directory found not ignored: neither it nor anything
+         * above it is, and their files are read. A scan asks about each
+         * entry of the directory it is in, and then only the entry's own
+         * name needs a look. Forgotten when any ignore file changes. */
+        char ok_dir[BS_PATH_MAX + 1];
+        size_t ok_len;
+        bool ok;
 };
 
 int ignore_set_new(bool defaults, char *const *patterns, size_t n, IgnoreSet **ret) {
@@ -144,11 +151,32 @@ static bool visit(IgnoreSet *s, int rootfd, const char *dir) {
         return d && d->cache;
 }
 
+/* Whether the directory above path, and all above it, are known not ignored. */
+static bool parent_ok(const IgnoreSet *s, const char *path) {
+        size_t n = bs_path_parent_len(path);
+        return s->ok && n <= s->ok_len && memcmp(path, s->ok_dir, n) == 0 &&
+               (n == 0 || n == s->ok_len || s->ok_dir[n] == '/');
+}
+
+static bool remember(IgnoreSet *s, const char *path, size_t len, bool is_dir, bool ignored) {
+        if (!ignored && is_dir) {
+                memcpy(s->ok_dir, path, len + 1);
+                s->ok_len = len;
+                s->ok = true;
+        }
+        return ignored;
+}
+
 bool ignore_set_path(IgnoreSet *s, int rootfd, const char *path, bool is_dir) {
         char dir[BS_PATH_MAX + 1];
         size_t len = strlen(path);
         if (!s || len > BS_PATH_MAX)
                 return false;
+        if (parent_ok(s, path)) {
+                if (is_dir && visit(s, rootfd, path))
+                        return true;
+                return remember(s, path, len, is_dir, bs_ignore_match(s->ig, path, is_dir));
+        }
         /* Every directory above path, top first, and path itself when it
          * is one: their ignore files, and whether one is a cache. */
         for (size_t i = 0; i <= len; i++) {
@@ -163,11 +191,12 @@ bool ignore_set_path(IgnoreSet *s, int rootfd, const char *path, bool is_dir) {
                         return true;
         }
         (void) visit(s, rootfd, "");
-        return bs_ignore_path(s->ig, path, is_dir);
+        return remember(s, path, len, is_dir, bs_ignore_path(s->ig, path, is_dir));
 }
 
 int ignore_set_reload(IgnoreSet *s, int rootfd, const char *dir) {
         bool found;
+        s->ok = false;
         size_t at = read_pos(s, dir, &found);
         if (found) {
                 free(s->read[at].dir);

@@ -63,7 +63,14 @@ int local_stat(Agent *a, const char *path, LocalEntry *l) {
                         return 0;
                 return fd;
         }
-        if (fstatat(fd, base, &l->st, AT_SYMLINK_NOFOLLOW) < 0)
+        return local_stat_at(fd, base, l);
+}
+
+int local_stat_at(int dirfd, const char *name, LocalEntry *l) {
+        l->exists = false;
+        l->kind = BS_KIND_NONE;
+        l->target[0] = 0;
+        if (fstatat(dirfd, name, &l->st, AT_SYMLINK_NOFOLLOW) < 0)
                 return errno == ENOENT || errno == ENOTDIR ? 0 : -errno;
         l->exists = true;
         if (S_ISREG(l->st.st_mode))
@@ -72,7 +79,7 @@ int local_stat(Agent *a, const char *path, LocalEntry *l) {
                 l->kind = BS_KIND_DIR;
         else if (S_ISLNK(l->st.st_mode)) {
                 l->kind = BS_KIND_SYMLINK;
-                ssize_t n = readlinkat(fd, base, l->target, BS_PATH_MAX);
+                ssize_t n = readlinkat(dirfd, name, l->target, BS_PATH_MAX);
                 if (n < 0)
                         return -errno;
                 l->target[n] = 0;

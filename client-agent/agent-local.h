@@ -17,6 +17,8 @@ typedef struct LocalEntry {
 
 /** lstat() of a tree path beneath the root, never through a link; l->exists false when absent. */
 int local_stat(Agent *a, const char *path, LocalEntry *l);
+/** local_stat() of name in the directory open at dirfd. */
+int local_stat_at(int dirfd, const char *name, LocalEntry *l);
 /**
  * Between these, local_stat() keeps the last parent directory open: for
  * making a plan, where nothing is changed on disk by the agent and a

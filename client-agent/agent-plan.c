@@ -100,41 +100,91 @@ static bool plan_made_dir(const Plan *p, const char *dir) {
 }
 
 
-typedef struct Gone {
-        Agent *a;
-        char **v;
-        size_t n, cap;
-} Gone;
-
-static int collect_gone(const char *path, const ManifestEntry *e, void *userdata) {
-        Gone *g = userdata;
-        LocalEntry *l = malloc(sizeof(*l));
-        if (!l)
-                return -ENOMEM;
-        int k = local_stat(g->a, path, l);
-        bool missing = k == 0 && (!l->exists || l->kind == BS_KIND_NONE);
-        free(l);
-        /* Absent because ignored here: that deletes nothing elsewhere. */
-        if (!missing || ignore_set_path(g->a->ignore, g->a->rootfd, path, e->kind == BS_KIND_DIR))
-                return 0;
-        if (g->n == g->cap) {
-                size_t cap = g->cap ? g->cap * 2 : 16;
-                char **v = realloc(g->v, cap * sizeof(char *));
-                if (!v)
-                        return -ENOMEM;
-                g->v = v;
-                g->cap = cap;
-        }
-        if ((g->v[g->n] = strdup(path)))
-                g->n++;
-        return 0;
-}
-
 bool plan_known(Agent *a, const char *path) {
         ManifestEntry *m = malloc(sizeof(*m));
         bool have = m && manifest_get(a->state, path, m) == 0;
         free(m);
         return have;
+}
+
+static int reconcile_entry(Agent *a, Plan *p, const char *path, bool recursive, LocalEntry *l, ManifestEntry *m,
+                           bool have);
+
+/* A directory's disk listing (sorted by name) walked beside its manifest
+ * rows (sorted by path, so by name too): one query per directory instead
+ * of one per entry, and no stat for what is gone. */
+typedef struct Visit {
+        Agent *a;
+        Plan *p;
+        const char *dir;
+        int fd;
+        bool fresh;
+        BsDirent *names;
+        size_t n, next;
+        LocalEntry *l;
+        ManifestEntry *m;
+        char **gone;
+        size_t n_gone, cap_gone;
+        int r;
+} Visit;
+
+static int name_cmp(const void *x, const void *y) {
+        return strcmp(((const BsDirent *) x)->name, ((const BsDirent *) y)->name);
+}
+
+/* Reconcile the listing's entry i, with what the manifest has for it (e). */
+static void visit_listed(Visit *v, size_t i, const ManifestEntry *e) {
+        char child[BS_PATH_MAX + 2];
+        const char *name = v->names[i].name;
+        if (bs_path_is_temp(name))
+                return;
+        /* An ignored child is skipped by reconcile_entry(), which knows
+         * whether it is a directory. */
+        int w = v->dir[0] ? snprintf(child, sizeof(child), "%s/%s", v->dir, name)
+                          : snprintf(child, sizeof(child), "%s", name);
+        if (w <= 0 || (size_t) w > BS_PATH_MAX || bs_path_check(child, (size_t) w) < 0) {
+                log_warning("skipping %s/%s: path too long for the protocol", v->dir, name);
+                return;
+        }
+        if (!e && v->p->slice && v->p->n >= v->p->slice && v->names[i].type == DT_DIR) {
+                agent_mark_dirty(v->a, child, true);
+                v->p->deferred = true;
+                return;
+        }
+        int k = local_stat_at(v->fd, name, v->l);
+        if (k == 0) {
+                if (e)
+                        memcpy(v->m, e, sizeof(*v->m));
+                k = reconcile_entry(v->a, v->p, child, true, v->l, v->m, e != NULL);
+        }
+        if (k < 0 && v->r == 0)
+                v->r = k;
+}
+
+static int visit_row(const char *path, const ManifestEntry *e, void *userdata) {
+        Visit *v = userdata;
+        const char *name = bs_path_base(path);
+        int c = 1;
+        while (v->next < v->n && (c = strcmp(v->names[v->next].name, name)) < 0)
+                visit_listed(v, v->next++, NULL);
+        if (c == 0) {
+                visit_listed(v, v->next++, e);
+                return 0;
+        }
+        /* Gone from disk: deleted once the listing is done. */
+        if (ignore_set_path(v->a->ignore, v->a->rootfd, path, e->kind == BS_KIND_DIR))
+                return 0; /* absent because ignored here: that deletes nothing elsewhere */
+        if (v->n_gone == v->cap_gone) {
+                size_t cap = v->cap_gone ? v->cap_gone * 2 : 16;
+                char **g = realloc(v->gone, cap * sizeof(char *));
+                if (!g)
+                        return -ENOMEM;
+                v->gone = g;
+                v->cap_gone = cap;
+        }
+        if ((v->gone[v->n_gone] = strdup(path)))
+                v->n_gone++;
+        return 0;
 }
 
 /* Visit disk children, then delete what the manifest has and the disk lost. */
@@ -143,49 +193,34 @@ static int reconcile_children(Agent *a, Plan *p, const char *dir, bool fresh) {
                                           : openat(a->rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd < 0)
                 return 0;
-        BsDirent *names;
-        size_t n;
-        int r = bs_dir_list(fd, &names, &n);
+        Visit v = { .a = a, .p = p, .dir = dir, .fd = fd, .fresh = fresh };
+        int r = bs_dir_list(fd, &v.names, &v.n);
         if (r < 0)
                 return r;
-        char child[BS_PATH_MAX + 2];
-        for (size_t i = 0; i < n; i++) {
-                if (bs_path_is_temp(names[i].name))
-                        continue;
-                /* An ignored child is skipped by plan_reconcile(), which
-                 * knows whether it is a directory. */
-                int w = dir[0] ? snprintf(child, sizeof(child), "%s/%s", dir, names[i].name)
-                               : snprintf(child, sizeof(child), "%s", names[i].name);
-                if (w > 0 && (size_t) w <= BS_PATH_MAX && bs_path_check(child, (size_t) w) == 0) {
-                        if (p->slice && p->n >= p->slice && names[i].type == DT_DIR &&
-                            (fresh || !plan_known(a, child))) {
-                                agent_mark_dirty(a, child, true);
-                                p->deferred = true;
-                                continue;
-                        }
-                        int k = plan_reconcile(a, p, child, true);
-                        if (k < 0 && r == 0)
-                                r = k;
-                } else {
-                        log_warning("skipping %s/%s: path too long for the protocol", dir, names[i].name);
-                }
+        v.l = malloc(sizeof(*v.l));
+        v.m = malloc(sizeof(*v.m));
+        if (!v.l || !v.m) {
+                r = -ENOMEM;
+                goto out;
         }
-        bs_dir_list_free(names, n);
-        if (fresh)
-                return r;
-
-        /* Entries the manifest lists under dir that are gone from disk. */
-        Gone gone = { .a = a };
-        manifest_children(a->state, dir, collect_gone, &gone);
-        for (size_t i = 0; i < gone.n; i++) {
-                ManifestEntry *m = malloc(sizeof(*m));
-                if (m && manifest_get(a->state, gone.v[i], m) == 0)
-                        plan_add(p, BS_MSG_DELETE, gone.v[i], NULL, m->version, NULL);
-                free(m);
-                free(gone.v[i]);
+        qsort(v.names, v.n, sizeof(*v.names), name_cmp);
+        /* A new directory has no rows: nothing to ask, nothing gone. */
+        if (!fresh)
+                r = manifest_children(a->state, dir, visit_row, &v);
+        while (r >= 0 && v.next < v.n)
+                visit_listed(&v, v.next++, NULL);
+        for (size_t i = 0; i < v.n_gone; i++) {
+                if (r >= 0 && manifest_get(a->state, v.gone[i], v.m) == 0 &&
+                    !plan_add(p, BS_MSG_DELETE, v.gone[i], NULL, v.m->version, NULL))
+                        r = -ENOMEM;
+                free(v.gone[i]);
         }
-        free(gone.v);
-        return r;
+out:
+        free(v.gone);
+        free(v.l);
+        free(v.m);
+        bs_dir_list_free(v.names, v.n);
+        return r < 0 ? r : v.r;
 }
 
 /* Make sure the parent of a new entry exists on the server first. */
@@ -214,7 +249,14 @@ int plan_reconcile(Agent *a, Plan *p, const char *path, bool recursive) {
         int r = local_stat(a, path, l);
         if (r < 0)
                 return r;
-        bool have = manifest_get(a->state, path, m) == 0;
+        return reconcile_entry(a, p, path, recursive, l, m, manifest_get(a->state, path, m) == 0);
+}
+
+/* plan_reconcile() of path, once l says what the disk holds and m (when
+ * have) what the manifest records; both are scratch afterwards. */
+static int reconcile_entry(Agent *a, Plan *p, const char *path, bool recursive, LocalEntry *l, ManifestEntry *m,
+                           bool have) {
+        int r;
         /* Ignored here: neither uploaded nor, absent, deleted elsewhere. */
         if (ignore_set_path(a->ignore, a->rootfd, path,
                             l->exists ? l->kind == BS_KIND_DIR : have && m->kind == BS_KIND_DIR))

@@ -18,9 +18,16 @@ static inline void sqlite3_finalizep(sqlite3_stmt **st) {
 /* Paths are BLOBs (any bytes); '||' yields TEXT, so cast back to compare. */
 #define BELOW(p) "(path > CAST(" p "||'/' AS BLOB) AND path < CAST(" p "||'0' AS BLOB))"
 
+#define CHILDREN_POOL 16
+
 struct AgentState {
         sqlite3 *db;
         sqlite3_stmt *get, *put, *del, *kv_get, *kv_set, *locate, *index_put;
+        /* Unused statements of manifest_children(): a scan asks once per
+         * directory, nested as deep as the tree, and preparing one costs
+         * more than the query. */
+        sqlite3_stmt *children[CHILDREN_POOL];
+        size_t n_children;
         /* The first failure since the transaction began: every later
          * statement refuses to run (SQLite may have rolled back already,
          * and a statement on its own would commit alone), and the commit
@@ -99,6 +106,8 @@ AgentState *agent_state_free(AgentState *s) {
         sqlite3_finalize(s->kv_set);
         sqlite3_finalize(s->locate);
         sqlite3_finalize(s->index_put);
+        for (size_t i = 0; i < s->n_children; i++)
+                sqlite3_finalize(s->children[i]);
         sqlite3_close(s->db);
         free(s);
         return NULL;
@@ -492,12 +501,23 @@ int64_t manifest_count_files(AgentState *s, const char *path) {
 #define COLS "path,kind,size,mode,mtime,ino,sha,version,target"
 
 int manifest_children(AgentState *s, const char *dir, manifest_iter_t fn, void *userdata) {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
-        int rc = prepare(s, "SELECT " COLS " FROM manifest WHERE parent=? ORDER BY path", &st);
-        if (rc < 0)
+        sqlite3_stmt *st = NULL;
+        int rc;
+        if (s->error)
+                return s->error;
+        if (s->n_children > 0)
+                st = s->children[--s->n_children];
+        else if ((rc = prepare(s, "SELECT " COLS " FROM manifest WHERE parent=? ORDER BY path", &st)) < 0)
                 return rc;
         sqlite3_bind_blob(st, 1, dir, (int) strlen(dir), SQLITE_STATIC);
-        return iterate(s, st, fn, userdata);
+        rc = iterate(s, st, fn, userdata);
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+        if (s->n_children < CHILDREN_POOL)
+                s->children[s->n_children++] = st;
+        else
+                sqlite3_finalize(st);
+        return rc;
 }
 
 int manifest_below(AgentState *s, const char *dir, manifest_iter_t fn, void *userdata) {

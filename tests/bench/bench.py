@@ -46,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -1575,6 +1576,171 @@ class Cfg:
     pass
 
 
+def make_scale_tree(root, n):
+    """n files of 1-8 KiB, 10 per directory, 100 directories in each
+    top-level one (a million files: 100,000 directories)."""
+    rnd = random.Random(n)
+    data = os.urandom(MiB)
+    k = 0
+    for t in range(max(1, (n + 999) // 1000)):
+        for s in range(100):
+            if k >= n:
+                return
+            d = os.path.join(root, "t%04d" % t, "s%03d" % s)
+            os.makedirs(d)
+            for f in range(min(10, n - k)):
+                size = rnd.randint(1024, 8192)
+                off = rnd.randint(0, MiB - size)
+                with open(os.path.join(d, "f%d.dat" % f), "wb") as fh:
+                    fh.write(data[off:off + size])
+                k += 1
+
+
+def case10_scale(b, cfg, res):
+    """First backup, restart, join and restore of 10,000 to 1,000,000
+    small files, against rsync in the same run, with the agent's and the
+    server's peak memory, and how each cost per file grows."""
+    C = "10 scale"
+    per_file = {}
+    for n in cfg.c10_sizes:
+        src = b.path("c10-src-%d" % n)
+        log("case 10: generating %d files" % n)
+        make_scale_tree(src, n)
+        nfiles, total = tree_stats(src)
+        desc = "%d files, %s" % (nfiles, fmt_bytes(total))
+        name = "c10-%d" % n
+        srv = b.server(name + "-server")
+        rd = b.rsync_daemon({"c10": b.path(name + "-rsync")})
+        state = b.path(name + "-state")
+        tmo = cfg.c10_timeout
+        figures = {}
+        try:
+            def agent(d, token, st, once=True):
+                argv = b.agent_argv(srv, d, token, st, once=once)
+                return argv
+
+            def timed(argv, what, check_tree=None):
+                drop_caches()
+                peak = [0]
+                lf = open(b.path(name + "-%s.log" % what), "ab")
+                t0 = time.monotonic()
+                p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=lf)
+                lf.close()
+                out = []
+                reader = threading.Thread(target=lambda: out.append(p.stdout.read()))
+                reader.start()
+                # Reaped here, not by Popen: wait4() gives its peak memory.
+                while True:
+                    pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+                    if pid == p.pid:
+                        break
+                    if time.monotonic() - t0 > tmo:
+                        p.kill()
+                        raise BenchError("case 10: %s of %d files did not finish within %d s" % (what, n, tmo))
+                    time.sleep(0.01)
+                dt = time.monotonic() - t0
+                p.returncode = os.waitstatus_to_exitcode(status)
+                peak[0] = ru.ru_maxrss * 1024
+                reader.join()
+                if p.returncode != 0:
+                    b.logs.append(b.path(name + "-%s.log" % what))
+                    raise BenchError("case 10: %s of %d files exited %d" % (what, n, p.returncode))
+                if check_tree and tree_stats(check_tree) != (nfiles, total):
+                    raise BenchError("case 10: %s of %d files: the tree is incomplete" % (what, n))
+                log("case 10, %d files: %s %.2f s%s" % (n, what, dt,
+                                                        ", peak %s" % fmt_bytes(peak[0]) if peak[0] else ""))
+                return dt, peak[0], b"".join(out).decode("utf-8", "replace")
+
+            # first backup, then rsync of the same tree to its daemon
+            dt, peak, out = timed(agent(src, None, state), "first backup")
+            token = [l[4:].strip() for l in out.splitlines() if l.startswith("ID: ")][0]
+            figures["first"] = dt
+            figures["agent_peak"] = peak
+            figures["rsync"] = timed(["rsync", "-a", src + "/", "rsync://127.0.0.1:%d/c10/" % rd.port],
+                                     "rsync -a")[0]
+            # restart with nothing changed, cold and warm, beside rsync -an
+            figures["restart_cold"] = timed(agent(src, token, state), "restart")[0]
+            os.sync()
+            t0 = time.monotonic()
+            subprocess.run(agent(src, token, state), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=tmo, check=True)
+            figures["restart_warm"] = time.monotonic() - t0
+            rsync_n = ["rsync", "-an", src + "/", "rsync://127.0.0.1:%d/c10/" % rd.port]
+            figures["rsync_n_cold"] = timed(rsync_n, "rsync -an")[0]
+            t0 = time.monotonic()
+            subprocess.run(rsync_n, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=tmo, check=True)
+            figures["rsync_n_warm"] = time.monotonic() - t0
+            # watching: a restarted agent once idle
+            a = b.agent(name + "-watch", srv, src, token=token, state=state)
+            time.sleep(1)
+            wait_idle(a.pid, quiet=3.0, timeout=tmo, proc=a)
+            st = proc_status(a.pid)
+            figures["watch_rss"], figures["watch_hwm"] = st["VmRSS"], st["VmHWM"]
+            watches = count_lines(a.bench_log, "raise fs.inotify.max_user_watches")
+            b.stop(a)
+            # join into an empty directory; restore of the whole tree; rsync pulling
+            fp = b.fingerprint(srv)
+            at = "@%d" % int(time.time())
+            join = b.path(name + "-join")
+            os.makedirs(join)
+            figures["join"] = timed(agent(join, token, b.path(name + "-join-state")), "join", join)[0]
+            restore = b.path(name + "-restore")
+            figures["restore"] = timed([CLI_BIN, "restore", "/", "--at", at, "--to", restore, "--server",
+                                        "127.0.0.1", "--port", str(srv.port), "--token", token,
+                                        "--server-fingerprint", fp], "restore", restore)[0]
+            pull = b.path(name + "-pull")
+            figures["pull"] = timed(["rsync", "-a", "rsync://127.0.0.1:%d/c10/" % rd.port, pull + "/"],
+                                    "rsync -a pull", pull)[0]
+            figures["server_hwm"] = proc_status(srv.pid)["VmHWM"]
+        finally:
+            b.stop(srv)
+            b.stop(rd)
+            for sub in ("-server-storage", "-rsync", "-state", "-join", "-join-state", "-restore", "-pull"):
+                shutil.rmtree(b.path(name + sub), ignore_errors=True)
+            shutil.rmtree(src, ignore_errors=True)
+        f = figures
+        lim_100k = n <= 100000
+        mem = 32 * MiB if lim_100k else 64 * MiB
+        res.add(C, "first backup, " + desc, f["first"], "rsync -a to its daemon", f["rsync"],
+                target=lambda v, r: r <= 0.7, target_text="ratio <= 0.7")
+        res.add(C, "agent peak memory, first backup, %d files" % nfiles, f["agent_peak"], fmt=fmt_bytes,
+                target=lambda v, r, m=mem: v <= m, target_text="<= %d MiB" % (mem // MiB))
+        res.add(C, "agent memory watching %d files (VmRSS; VmHWM %s)" % (nfiles, fmt_bytes(f["watch_hwm"])),
+                f["watch_rss"], fmt=fmt_bytes, target=lambda v, r, m=mem: v <= m,
+                target_text="<= %d MiB" % (mem // MiB))
+        res.add(C, "server peak memory (VmHWM), %d files" % nfiles, f["server_hwm"], fmt=fmt_bytes,
+                target=lambda v, r: v <= 64 * MiB, target_text="<= 64 MiB")
+        # The targets name 100,000 files (1 s) and a million (10 s); a
+        # smaller tree is mostly the start-up's fixed cost.
+        limit = 10.0 * n / 1000000 if n >= 100000 else None
+        res.add(C, "restart, nothing changed, warm cache, %d files" % nfiles, f["restart_warm"],
+                "rsync -an (warm)", f["rsync_n_warm"], target=(lambda v, r, l=limit: v <= l) if limit else None,
+                target_text="<= %s" % fmt_time(limit) if limit else "-")
+        res.add(C, "restart, nothing changed, cold cache, %d files" % nfiles, f["restart_cold"],
+                "rsync -an (cold)", f["rsync_n_cold"])
+        res.add(C, "join into an empty directory, " + desc, f["join"], "rsync -a from its daemon", f["pull"],
+                target=lambda v, r: r <= 0.8, target_text="ratio <= 0.8")
+        res.add(C, "restore / --at into an empty directory, " + desc, f["restore"], "rsync -a from its daemon",
+                f["pull"], target=lambda v, r: r <= 0.8, target_text="ratio <= 0.8")
+        if watches:
+            res.note("case 10, %d files: the agent asked for a higher fs.inotify.max_user_watches." % nfiles)
+        per_file[nfiles] = f
+    sizes = sorted(per_file)
+    if len(sizes) >= 2:
+        lo, hi = sizes[0], sizes[-1]
+        for key, what in (("first", "first backup"), ("restart_warm", "restart (warm)"), ("join", "join"),
+                          ("restore", "restore")):
+            a = per_file[lo][key] / lo * 1e6
+            z = per_file[hi][key] / hi * 1e6
+            res.add(C, "%s: time per file at %d files / at %d files (%.1f / %.1f us)" % (what, hi, lo, z, a),
+                    z / a, fmt=lambda v: "%.2f" % v, target=lambda v, r: v <= 1.2, target_text="<= 1.20")
+    res.note("case 10: one run per size (a million files take minutes per tool), cold page cache before "
+             "each timed command but the warm restarts; per size: " + "; ".join(
+                 "%d files: %s" % (k, ", ".join("%s %.2f s" % (x, v) for x, v in per_file[k].items()
+                                                if not x.endswith(("peak", "rss", "hwm"))))
+                 for k in sizes))
+
+
 def config(args):
     c = Cfg()
     c.runs = args.runs
@@ -1593,6 +1759,8 @@ def config(args):
     c.c6_timeout = 600
     c.c8_size = 8 * MiB if q else 64 * MiB
     c.wait_timeout = 300
+    c.c10_sizes = [n for n in ((1000, 10000) if q else (10000, 100000, 1000000)) if n <= args.scale_max]
+    c.c10_timeout = 3600
     return c
 
 
@@ -1600,7 +1768,9 @@ def main():
     ap = argparse.ArgumentParser(description="backupsync benchmark suite")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per case (default 3)")
     ap.add_argument("--quick", action="store_true", help="small data, to smoke-test the suite")
-    ap.add_argument("--cases", default="1,2,3,4,5,6,7,8,9", help="comma-separated case numbers")
+    ap.add_argument("--cases", default="1,2,3,4,5,6,7,8,9,10", help="comma-separated case numbers")
+    ap.add_argument("--scale-max", type=int, default=1000000,
+                    help="case 10: the largest tree, in files (10,000, 100,000, 1,000,000)")
     ap.add_argument("--no-cluster", action="store_true",
                     help="leave out the cluster backend's rows of cases 1-3 (and its engines)")
     ap.add_argument("--trials", type=int, default=0, help="case 2 trials (default 100, quick 20)")
@@ -1691,6 +1861,7 @@ def main():
         run_case(7, case7_restore)
         run_case(8, case8_history)
         run_case(9, case9_chunker)
+        run_case(10, case10_scale)
     except KeyboardInterrupt:
         failed = True
         res.note("interrupted")

@@ -246,6 +246,10 @@ static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool hav
         r = r < 0 ? r : place(a, x->tmp, x->path);
         if (r < 0) {
                 log_error("cannot write %s: %s", x->path, strerror(-r));
+                /* Its record is behind last_seq now: only a comparison
+                 * brings it again (a directory moved here while we
+                 * pulled is in the way until that move is sent). */
+                a->need_snapshot = true;
                 return 0;
         }
         x->tmp[0] = 0;
@@ -272,6 +276,7 @@ static int apply_mkdir(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool h
                 _cleanup_(closep) int pfd = r < 0 ? r : bs_open_parent(a->rootfd, x->path, &base);
                 if (pfd < 0 || (mkdirat(pfd, base, 0700) < 0 && errno != EEXIST)) {
                         log_error("cannot create directory %s: %m", x->path);
+                        a->need_snapshot = true; /* as in apply_put() */
                         return 0;
                 }
                 set_dir_mode(a, x->path, x->mode); /* exact, whatever the umask */
@@ -307,6 +312,7 @@ static int apply_symlink(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool
         if (r < 0) {
                 unlinkat(a->rootfd, tmp, 0);
                 log_error("cannot create link %s: %s", x->path, strerror(-r));
+                a->need_snapshot = true; /* as in apply_put() */
                 return 0;
         }
         record(a, x->path, x, l, x->path2);
@@ -438,8 +444,15 @@ static void apply_move(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m) {
                 goto resync;
         manifest_move_tree(a->state, x->path, x->path2);
         if (manifest_get(a->state, x->path2, m) == 0) {
-                m->version = x->seq;
-                manifest_put(a->state, x->path2, m);
+                /* A file older than the one that moved (a record of it
+                 * missed here) keeps its older version, or it would pass
+                 * for the server's: the comparison fetches the content. */
+                if (x->kind == BS_KIND_FILE && m->kind == BS_KIND_FILE && memcmp(m->sha, x->sha, BS_SHA_LEN) != 0)
+                        a->need_snapshot = true;
+                else {
+                        m->version = x->seq;
+                        manifest_put(a->state, x->path2, m);
+                }
         }
         log_event(LOG_INFO, BS_MID_MOVED, a->account, x->path2, "moved %s -> %s (on another computer)", x->path,
                   x->path2);

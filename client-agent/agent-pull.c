@@ -276,6 +276,8 @@ static int follow_move(char **path, const char *from, const char *to) {
  * this pull) came after some records of the pull: those name the places
  * as they were before it (another computer deleted d/f, then we moved d
  * to e). Rename them through it, or they would miss what they change.
+ * What they changed at or below its destination, the move replaced on
+ * the server: applied now, they would change what moved there instead.
  */
 static int follow_own_moves(Agent *a, Pull *p) {
         ManifestEntry *m = malloc(sizeof(*m));
@@ -287,9 +289,19 @@ static int follow_own_moves(Agent *a, Pull *p) {
                 if (mv->op != BS_OP_MOVE || manifest_get(a->state, mv->path2, m) < 0 || m->version < mv->seq)
                         continue;
                 for (size_t i = 0; i < j && r >= 0; i++) {
-                        r = follow_move(&p->recs[i].path, mv->path, mv->path2);
-                        if (r >= 0 && p->recs[i].op == BS_OP_MOVE)
-                                r = follow_move(&p->recs[i].path2, mv->path, mv->path2);
+                        Rec *x = &p->recs[i];
+                        if (bs_path_under(x->path, mv->path2) ||
+                            (x->op == BS_OP_MOVE && bs_path_under(x->path2, mv->path2))) {
+                                /* Out of it (it lives on) or into it (its
+                                 * source is gone): the comparison says. */
+                                if (x->op == BS_OP_MOVE)
+                                        a->need_snapshot = true;
+                                x->superseded = true;
+                                continue;
+                        }
+                        r = follow_move(&x->path, mv->path, mv->path2);
+                        if (r >= 0 && x->op == BS_OP_MOVE)
+                                r = follow_move(&x->path2, mv->path, mv->path2);
                 }
         }
         free(m);

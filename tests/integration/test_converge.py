@@ -545,3 +545,75 @@ def test_refused_twice_compares_the_tree():
         harness.wait_content(os.path.join(b.dir, "x.txt"), "two, written while the deletion went unseen\n", timeout=30)
         check("comparing the whole tree with the server" in a.log_text(), "A healed without comparing the tree?")
         assert_converged(srv, [a, b])
+
+
+def test_converge_dir_moved_during_download():
+    """A directory renamed here (and a file made under its old name) while
+    this computer downloads a newer file inside it: the file cannot be
+    placed, its record is already passed, and the whole tree is compared
+    once our move is sent; the moved directory ends with the new content,
+    not the old one under a version that looks current."""
+    from harness import wait_content, wait_until
+    with harness.Env("converge_dir_moved_during_download") as env:
+        srv = env.server()
+        os.makedirs(env.path("a"))
+        a = env.agent("A", env.path("a"))
+        b = env.agent("B", env.path("b"), token=a.token)
+        os.makedirs(os.path.join(a.dir, "e"))
+        write_file(os.path.join(a.dir, "e", "a"), "one\n")
+        write_file(os.path.join(a.dir, "e", "k"), "keep\n")
+        wait_content(os.path.join(b.dir, "e", "a"), "one\n")
+        b.stop()
+        # A big file first, so that B is still downloading when its tree changes.
+        with open(os.path.join(a.dir, "big"), "wb") as f:
+            for _ in range(48):
+                f.write(os.urandom(4 << 20))
+        write_file(os.path.join(a.dir, "e", "a"), "two, newer\n")
+        tree = srv.tree(a.token)
+        wait_until(lambda: open(os.path.join(tree, "e", "a")).read() == "two, newer\n" and
+                   os.path.getsize(os.path.join(tree, "big")) == 48 << 22, 60, "A's uploads")
+        b.start()
+        t0 = time.monotonic()
+        while not any(n.startswith(".backupsync-tmp.") for n in os.listdir(b.dir)):
+            check(time.monotonic() - t0 < 30, "B started downloading")
+            time.sleep(0.001)
+        os.kill(b.popen.pid, signal.SIGSTOP)
+        os.rename(os.path.join(b.dir, "e"), os.path.join(b.dir, "d2"))
+        write_file(os.path.join(b.dir, "e"), "a file now\n")
+        os.kill(b.popen.pid, signal.SIGCONT)
+        assert_converged(srv, [a, b], timeout=60)
+        check(open(os.path.join(b.dir, "d2", "a")).read() == "two, newer\n", "B's d2/a has the newer content")
+
+
+def test_converge_move_replaces_unpulled():
+    """A directory replaced here by moving another onto it, while a file
+    another computer added to the replaced one is not yet pulled: the
+    server's move replaced that file, so it must not appear inside the
+    moved directory here."""
+    from harness import wait_content, wait_until
+    import shutil
+    with harness.Env("converge_move_replaces_unpulled") as env:
+        srv = env.server()
+        os.makedirs(env.path("a"))
+        a = env.agent("A", env.path("a"))
+        b = env.agent("B", env.path("b"), token=a.token)
+        os.makedirs(os.path.join(a.dir, "x y"))
+        os.makedirs(os.path.join(a.dir, "d1"))
+        write_file(os.path.join(a.dir, "x y", "old"), "old\n")
+        write_file(os.path.join(a.dir, "d1", "f"), "f\n")
+        wait_content(os.path.join(b.dir, "d1", "f"), "f\n")
+        wait_content(os.path.join(b.dir, "x y", "old"), "old\n")
+        time.sleep(1)
+        os.kill(a.popen.pid, signal.SIGSTOP)
+        write_file(os.path.join(b.dir, "x y", "c"), "B's new c\n")
+        tree = srv.tree(a.token)
+        wait_until(lambda: os.path.exists(os.path.join(tree, "x y", "c")), 30, "B's upload")
+        shutil.rmtree(os.path.join(a.dir, "x y"))
+        os.rename(os.path.join(a.dir, "d1"), os.path.join(a.dir, "x y"))
+        # The server restarts: A's next round sends its move before it pulls.
+        srv.kill9()
+        os.kill(a.popen.pid, signal.SIGCONT)
+        time.sleep(1.5)
+        srv.start()
+        assert_converged(srv, [a, b], timeout=60)
+        check(not os.path.exists(os.path.join(a.dir, "x y", "c")), "no x y/c inside the moved directory on A")

@@ -189,15 +189,22 @@ static int make_room(Agent *a, const char *path, LocalEntry *l) {
 
 static int place(Agent *a, const char *tmp, const char *path) {
         const char *base;
-        int r = bs_mkdir_parents(a->rootfd, path, 0755);
-        if (r < 0)
-                return r;
-        _cleanup_(closep) int pfd = bs_open_parent(a->rootfd, path, &base);
+        bool kept;
+        /* The parent usually exists (a pull makes directories first): make
+         * it only when it does not, not at every file of a join. */
+        int pfd = local_open_parent(a, path, &base, &kept);
+        if (pfd == -ENOENT) {
+                int r = bs_mkdir_parents(a->rootfd, path, 0755);
+                if (r < 0)
+                        return r;
+                pfd = local_open_parent(a, path, &base, &kept);
+        }
         if (pfd < 0)
                 return pfd;
-        if (renameat(a->rootfd, tmp, pfd, base) < 0)
-                return -errno;
-        return 0;
+        int r = renameat(a->rootfd, tmp, pfd, base) < 0 ? -errno : 0;
+        if (!kept)
+                close(pfd);
+        return r;
 }
 
 static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool have) {
@@ -242,7 +249,7 @@ static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool hav
         if (make_room(a, x->path, l) < 0)
                 return 0;
         /* The rename keeps inode, size, mode and mtime: stat before it. */
-        int r = local_stat(a, x->tmp, l);
+        int r = local_stat_at(a->rootfd, x->tmp, l);
         r = r < 0 ? r : place(a, x->tmp, x->path);
         if (r < 0) {
                 log_error("cannot write %s: %s", x->path, strerror(-r));
@@ -377,6 +384,7 @@ bool apply_delete_tree(Agent *a, const char *path, uint64_t seq) {
         }
         free(pl.v);
         removed |= delete_one_if_unchanged(a, path, seq, &kept);
+        local_scan_forget(a); /* a directory kept open may be gone */
         /* What changed here and was never sent survives and is sent now. */
         if (kept) {
                 log_event(LOG_WARNING, BS_MID_CONFLICT, a->account, path,
@@ -502,6 +510,7 @@ void apply_record(Agent *a, Rec *x, bool snapshot) {
                 goto out;
         if (x->op == BS_OP_MOVE) {
                 apply_move(a, x, l, m);
+                local_scan_forget(a); /* the directory kept open may have moved */
                 goto out;
         }
         if (x->op == BS_OP_DELETE) {

@@ -25,8 +25,14 @@ void local_scan_end(Agent *a) {
         a->scanning = false;
 }
 
+void local_scan_forget(Agent *a) {
+        if (a->scan_fd >= 0)
+                close(a->scan_fd);
+        a->scan_fd = -1;
+}
+
 /* The parent of path: the scan's kept directory when it is that one. */
-static int open_parent(Agent *a, const char *path, const char **base, bool *kept) {
+int local_open_parent(Agent *a, const char *path, const char **base, bool *kept) {
         size_t n = bs_path_parent_len(path);
         *kept = false;
         if (!a->scanning)
@@ -55,7 +61,7 @@ int local_stat(Agent *a, const char *path, LocalEntry *l) {
         l->exists = false;
         l->kind = BS_KIND_NONE;
         l->target[0] = 0;
-        int fd = open_parent(a, path, &base, &kept);
+        int fd = local_open_parent(a, path, &base, &kept);
         _cleanup_(closep) int pfd = kept ? -1 : fd;
         if (fd < 0) {
                 /* A missing parent, or one that is a link or a file now. */

@@ -26,6 +26,13 @@ int local_stat_at(int dirfd, const char *name, LocalEntry *l);
  */
 void local_scan_begin(Agent *a);
 void local_scan_end(Agent *a);
+/** Close the kept directory: one that was removed or moved may not be used again. */
+void local_scan_forget(Agent *a);
+/**
+ * An fd of path's parent and its base name; while scanning the fd is
+ * the kept one (*kept: do not close it), else the caller's to close.
+ */
+int local_open_parent(Agent *a, const char *path, const char **base, bool *kept);
 /** True when the disk entry is what the manifest last recorded. */
 bool local_matches(const LocalEntry *l, const ManifestEntry *m);
 /**

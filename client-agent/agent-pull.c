@@ -32,8 +32,9 @@
 #include "bs-macro.h"
 #include "bs-path.h"
 
-#define GET_WINDOW 64
-#define APPLY_BATCH_FILES 256
+#define GET_WINDOW 512
+#define APPLY_BATCH_FILES 4096
+#define APPLY_EVENTS_EVERY 256
 #define APPLY_BULK_MIN 16
 #define APPLY_BATCH_BYTES (64u * 1024 * 1024)
 #define PULL_TIMEOUT_MS 60000 /* of silence: then the connection is dropped and retried */
@@ -596,8 +597,11 @@ static void apply_batch(Agent *a, Pull *p, size_t end) {
                         close(x->fd);
                 x->fd = -1;
         }
+        /* Files placed one after another in a directory share its fd. */
+        local_scan_begin(a);
         for (size_t i = p->applied; i < end; i++)
                 apply_record(a, &p->recs[i], p->snapshot);
+        local_scan_end(a);
         p->applied = end;
         p->batch_files = 0;
         p->batch_bytes = 0;
@@ -657,6 +661,12 @@ static int pull_once(Agent *a, uint64_t since) {
                 if (x->ready) {
                         p.batch_files++;
                         p.batch_bytes += x->size;
+                        /* Each download queued a few inotify events (on its
+                         * temporary file, ignored): read them as they come,
+                         * or a big batch overflows the kernel's queue and
+                         * costs a rescan of the whole tree. */
+                        if (p.batch_files % APPLY_EVENTS_EVERY == 0)
+                                watcher_process(a->watcher);
                 }
                 if (p.batch_files >= APPLY_BATCH_FILES || p.batch_bytes >= APPLY_BATCH_BYTES)
                         apply_batch(a, &p, i + 1);

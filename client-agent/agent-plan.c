@@ -118,7 +118,6 @@ typedef struct Visit {
         Plan *p;
         const char *dir;
         int fd;
-        bool fresh;
         BsDirent *names;
         size_t n, next;
         LocalEntry *l;
@@ -193,7 +192,7 @@ static int reconcile_children(Agent *a, Plan *p, const char *dir, bool fresh) {
                                           : openat(a->rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd < 0)
                 return 0;
-        Visit v = { .a = a, .p = p, .dir = dir, .fd = fd, .fresh = fresh };
+        Visit v = { .a = a, .p = p, .dir = dir, .fd = fd };
         int r = bs_dir_list(fd, &v.names, &v.n);
         if (r < 0)
                 return r;
@@ -203,7 +202,8 @@ static int reconcile_children(Agent *a, Plan *p, const char *dir, bool fresh) {
                 r = -ENOMEM;
                 goto out;
         }
-        qsort(v.names, v.n, sizeof(*v.names), name_cmp);
+        if (v.n > 1) /* an empty directory's list is NULL */
+                qsort(v.names, v.n, sizeof(*v.names), name_cmp);
         /* A new directory has no rows: nothing to ask, nothing gone. */
         if (!fresh)
                 r = manifest_children(a->state, dir, visit_row, &v);

@@ -555,10 +555,7 @@ def test_converge_dir_moved_during_download():
     not the old one under a version that looks current."""
     from harness import wait_content, wait_until
     with harness.Env("converge_dir_moved_during_download") as env:
-        srv = env.server()
-        os.makedirs(env.path("a"))
-        a = env.agent("A", env.path("a"))
-        b = env.agent("B", env.path("b"), token=a.token)
+        srv, a, b = _pair(env)
         os.makedirs(os.path.join(a.dir, "e"))
         write_file(os.path.join(a.dir, "e", "a"), "one\n")
         write_file(os.path.join(a.dir, "e", "k"), "keep\n")
@@ -593,10 +590,7 @@ def test_converge_move_replaces_unpulled():
     from harness import wait_content, wait_until
     import shutil
     with harness.Env("converge_move_replaces_unpulled") as env:
-        srv = env.server()
-        os.makedirs(env.path("a"))
-        a = env.agent("A", env.path("a"))
-        b = env.agent("B", env.path("b"), token=a.token)
+        srv, a, b = _pair(env)
         os.makedirs(os.path.join(a.dir, "x y"))
         os.makedirs(os.path.join(a.dir, "d1"))
         write_file(os.path.join(a.dir, "x y", "old"), "old\n")

@@ -247,6 +247,26 @@ def test_first_backup_in_slices():
         check(os.path.exists(os.path.join(b.dir, "t00", "s0", "f00")), "B keeps the files whose deletion is held")
 
 
+def test_join_reads_events_during_batch():
+    """A join of 6,000 files: the downloads of a batch (up to 4,096 files)
+    queue inotify events on their temporary files; read only at the
+    batch's end they would overflow the kernel's queue (16,384 by
+    default), each overflow a rescan of the whole tree. None may happen."""
+    with Env("join_reads_events_during_batch") as env:
+        srv = env.server()
+        adir = env.path("A")
+        for d in range(60):
+            os.makedirs(os.path.join(adir, "d%02d" % d))
+            for i in range(100):
+                with open(os.path.join(adir, "d%02d" % d, "f%03d" % i), "wb") as f:
+                    f.write(b"%d %d\n" % (d, i))
+        a = env.agent("A", adir)
+        b = env.agent("B", env.path("B"), token=a.token)
+        assert_trees_equal(adir, b.dir, timeout=180, msg="B after joining 6,000 files")
+        over = [l for l in b.log_lines() if "overflowed" in l]
+        check(not over, "B's event queue never overflowed during the join: %s" % over[:3])
+
+
 def test_churn_during_first_backup():
     """Files deleted, replaced, rewritten and moved while the first upload
     reads ahead of what it sends: the server and a second computer end with

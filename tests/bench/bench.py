@@ -1615,9 +1615,8 @@ def case10_scale(b, cfg, res):
         tmo = cfg.c10_timeout
         figures = {}
         try:
-            def agent(d, token, st, once=True):
-                argv = b.agent_argv(srv, d, token, st, once=once)
-                return argv
+            def agent(d, token, st):
+                return b.agent_argv(srv, d, token, st, once=True)
 
             def timed(argv, what, check_tree=None):
                 drop_caches()
@@ -1699,8 +1698,7 @@ def case10_scale(b, cfg, res):
                 shutil.rmtree(b.path(name + sub), ignore_errors=True)
             shutil.rmtree(src, ignore_errors=True)
         f = figures
-        lim_100k = n <= 100000
-        mem = 32 * MiB if lim_100k else 64 * MiB
+        mem = 32 * MiB if n <= 100000 else 64 * MiB
         res.add(C, "first backup, " + desc, f["first"], "rsync -a to its daemon", f["rsync"],
                 target=lambda v, r: r <= 0.7, target_text="ratio <= 0.7")
         res.add(C, "agent peak memory, first backup, %d files" % nfiles, f["agent_peak"], fmt=fmt_bytes,

@@ -18,17 +18,15 @@ void local_scan_begin(Agent *a) {
         a->scanning = true;
 }
 
-void local_scan_end(Agent *a) {
-        if (a->scan_fd >= 0)
-                close(a->scan_fd);
-        a->scan_fd = -1;
-        a->scanning = false;
-}
-
 void local_scan_forget(Agent *a) {
         if (a->scan_fd >= 0)
                 close(a->scan_fd);
         a->scan_fd = -1;
+}
+
+void local_scan_end(Agent *a) {
+        local_scan_forget(a);
+        a->scanning = false;
 }
 
 /* The parent of path: the scan's kept directory when it is that one. */

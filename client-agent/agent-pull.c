@@ -38,12 +38,16 @@
 #define APPLY_BULK_MIN 16
 #define APPLY_BATCH_BYTES (64u * 1024 * 1024)
 #define PULL_TIMEOUT_MS 60000 /* of silence: then the connection is dropped and retried */
+/* Records per page of an answer (protocol 5): about 400 bytes each in memory. */
+#define PULL_PAGE_ROWS 16384
 
 typedef struct Pull {
         Rec *recs;
         size_t n, cap;
+        size_t total; /* records of the pages before */
         uint64_t seq;
         bool snapshot;
+        bool paged; /* the answer stopped at the end of a page: more to ask for */
         size_t next_get;   /* next record to consider fetching */
         size_t *fifo;      /* records whose GET is unanswered, in order */
         size_t fifo_head, fifo_tail, fifo_cap;
@@ -61,7 +65,8 @@ typedef struct Pull {
         uint64_t batch_bytes;
 } Pull;
 
-static void pull_clear(Agent *a, Pull *p) {
+/* Drop the records in hand (of a page done, or of an answer not used). */
+static void pull_drop_records(Agent *a, Pull *p) {
         for (size_t i = 0; i < p->n; i++) {
                 if (p->recs[i].tmp[0])
                         unlinkat(a->rootfd, p->recs[i].tmp, 0);
@@ -72,6 +77,17 @@ static void pull_clear(Agent *a, Pull *p) {
                 free(p->recs[i].path);
                 free(p->recs[i].path2);
         }
+        p->total += p->n;
+        p->n = 0;
+        p->next_get = 0;
+        p->fifo_head = p->fifo_tail = 0;
+        p->applied = 0;
+        p->batch_files = 0;
+        p->batch_bytes = 0;
+}
+
+static void pull_clear(Agent *a, Pull *p) {
+        pull_drop_records(a, p);
         free(p->recs);
         free(p->fifo);
         if (p->fd >= 0)
@@ -81,18 +97,31 @@ static void pull_clear(Agent *a, Pull *p) {
         free(p->copy_buf);
 }
 
-static int receive_changes(Agent *a, Pull *p, uint64_t since) {
+/*
+ * Ask for the changes since a sequence (or, with more, the next page of
+ * the answer before) and read them. A server speaking protocol 5 answers
+ * in pages of PULL_PAGE_ROWS records, so no answer needs more memory.
+ */
+static int receive_changes(Agent *a, Pull *p, uint64_t since, bool more) {
         BsMsg *m = malloc(sizeof(*m));
         BsRecord *rec = malloc(sizeof(*rec));
+        bool paging = a->conn->version >= BS_PROTO_PAGE_VERSION;
+        uint64_t seq0 = p->seq;
         int r;
         if (!m || !rec) {
                 r = -ENOMEM;
                 goto out;
         }
-        bs_msg_init(m, BS_MSG_PULL, ++a->next_req);
+        bs_msg_init(m, paging ? BS_MSG_PULL_PAGE : BS_MSG_PULL, ++a->next_req);
         m->seq = since;
+        if (paging) {
+                m->count = PULL_PAGE_ROWS;
+                m->flags = more ? BS_PULL_CONTINUE : 0;
+        }
         uint32_t req = m->req;
-        log_debug("asking for changes since %llu (request %u)", (unsigned long long) since, req);
+        p->paged = false;
+        log_debug("asking for changes since %llu%s (request %u)", (unsigned long long) since,
+                  more ? ", next page" : "", req);
         r = bs_conn_send(a->conn, m);
         if (r < 0)
                 goto out;
@@ -113,8 +142,15 @@ static int receive_changes(Agent *a, Pull *p, uint64_t since) {
                         r = -EPROTO;
                         goto out;
                 }
+                /* Every page is of one answer: the same sequence, the same kind. */
+                if (more && (m->seq != seq0 || !(m->flags & BS_CHANGES_SNAPSHOT) != !p->snapshot)) {
+                        log_error("the next page of changes is of another answer");
+                        r = -EPROTO;
+                        goto out;
+                }
                 p->seq = m->seq;
                 p->snapshot = m->flags & BS_CHANGES_SNAPSHOT;
+                p->paged = m->flags & BS_CHANGES_PAGE;
                 BsReader rd;
                 bs_reader_init(&rd, m->data, m->data_len);
                 for (uint32_t i = 0; i < m->count; i++) {
@@ -559,7 +595,7 @@ static int pump(Agent *a, Pull *p) {
         int r;
         if (!m)
                 return -ENOMEM;
-        agent_progress(a, "downloading", p->fifo_head, p->n, a->bytes_downloaded);
+        agent_progress(a, "downloading", p->total + p->fifo_head, p->total + p->n, a->bytes_downloaded);
         r = agent_io(a, PULL_TIMEOUT_MS);
         if (r == -ETIMEDOUT)
                 log_warning("no data from the server for %d s while downloading (%zu of %zu answers, %s)",
@@ -623,10 +659,57 @@ static int unseen_deleted(const char *path, const ManifestEntry *e, void *userda
         return apply_collect_path(path, e, &u->list);
 }
 
+/* Fetch and apply the records in hand, in order; what is complete is kept on failure. */
+static int apply_records(Agent *a, Pull *p) {
+        int r = 0;
+        for (size_t i = 0; i < p->n; i++) {
+                Rec *x = &p->recs[i];
+                /* Keep a window of GETs ahead; room frees as answers arrive. */
+                while (r >= 0 && p->next_get <= i) {
+                        r = send_gets(a, p);
+                        if (r >= 0 && p->next_get <= i)
+                                r = pump(a, p);
+                }
+                if (r >= 0)
+                        r = send_gets(a, p);
+                while (x->requested && !x->ready && !x->failed && r >= 0)
+                        r = pump(a, p);
+                if (r < 0) {
+                        apply_batch(a, p, i);
+                        return r;
+                }
+                if (x->ready) {
+                        p->batch_files++;
+                        p->batch_bytes += x->size;
+                        /* Each download queued a few inotify events (on its
+                         * temporary file, ignored): read them as they come,
+                         * or a big batch overflows the kernel's queue and
+                         * costs a rescan of the whole tree. */
+                        if (p->batch_files % APPLY_EVENTS_EVERY == 0)
+                                watcher_process(a->watcher);
+                }
+                if (p->batch_files >= APPLY_BATCH_FILES || p->batch_bytes >= APPLY_BATCH_BYTES)
+                        apply_batch(a, p, i + 1);
+        }
+        apply_batch(a, p, p->n);
+        return 0;
+}
+
 static int pull_once(Agent *a, uint64_t since) {
         Pull p = { .fd = -1 };
         uint64_t seq0 = a->last_seq;
-        int r = receive_changes(a, &p, since);
+        int r = receive_changes(a, &p, since, false);
+        /* A log longer than a page is not applied page by page: its records
+         * depend on later ones (a move of ours renames earlier records, see
+         * follow_own_moves()). The whole tree, whose records do not, comes
+         * instead. */
+        if (r >= 0 && p.paged && !p.snapshot) {
+                log_debug("more than %d changes since %llu: comparing the whole tree instead", PULL_PAGE_ROWS,
+                          (unsigned long long) since);
+                pull_drop_records(a, &p);
+                p.total = 0;
+                r = receive_changes(a, &p, 0, false);
+        }
         if (r >= 0 && !p.snapshot)
                 r = follow_own_moves(a, &p);
         if (r >= 0)
@@ -634,7 +717,7 @@ static int pull_once(Agent *a, uint64_t since) {
         if (r < 0)
                 goto out;
         uint64_t n0 = a->n_downloaded;
-        a->quiet_files = p.n > AGENT_FILE_LOG_MAX;
+        a->quiet_files = p.n > AGENT_FILE_LOG_MAX || p.paged;
         r = agent_state_begin(a->state);
         if (r < 0) {
                 r = agent_state_failed(a, r);
@@ -642,37 +725,17 @@ static int pull_once(Agent *a, uint64_t since) {
         }
         if (p.snapshot)
                 manifest_clear_seen(a->state);
-        for (size_t i = 0; i < p.n; i++) {
-                Rec *x = &p.recs[i];
-                /* Keep a window of GETs ahead; room frees as answers arrive. */
-                while (r >= 0 && p.next_get <= i) {
-                        r = send_gets(a, &p);
-                        if (r >= 0 && p.next_get <= i)
-                                r = pump(a, &p);
-                }
-                if (r >= 0)
-                        r = send_gets(a, &p);
-                while (x->requested && !x->ready && !x->failed && r >= 0)
-                        r = pump(a, &p);
-                if (r < 0) {
-                        apply_batch(a, &p, i); /* what is complete is kept */
+        /* Page by page: a snapshot names each path once, so each page
+         * stands alone; the seen marks of all pages are in the database. */
+        for (;;) {
+                r = apply_records(a, &p);
+                if (r < 0 || !p.paged)
                         break;
-                }
-                if (x->ready) {
-                        p.batch_files++;
-                        p.batch_bytes += x->size;
-                        /* Each download queued a few inotify events (on its
-                         * temporary file, ignored): read them as they come,
-                         * or a big batch overflows the kernel's queue and
-                         * costs a rescan of the whole tree. */
-                        if (p.batch_files % APPLY_EVENTS_EVERY == 0)
-                                watcher_process(a->watcher);
-                }
-                if (p.batch_files >= APPLY_BATCH_FILES || p.batch_bytes >= APPLY_BATCH_BYTES)
-                        apply_batch(a, &p, i + 1);
+                pull_drop_records(a, &p);
+                r = receive_changes(a, &p, since, true);
+                if (r < 0)
+                        break;
         }
-        if (r >= 0)
-                apply_batch(a, &p, p.n);
         if (r >= 0 && p.snapshot) {
                 /* Entries the server no longer has were deleted elsewhere. */
                 Unseen u = { .a = a };
@@ -700,7 +763,7 @@ static int pull_once(Agent *a, uint64_t since) {
                 agent_state_ok(a);
         if (a->quiet_files && a->n_downloaded > n0)
                 log_event(LOG_INFO, BS_MID_DOWNLOADED, a->account, NULL, "downloaded %llu files from other computers (%zu changes)",
-                          (unsigned long long) (a->n_downloaded - n0), p.n);
+                          (unsigned long long) (a->n_downloaded - n0), p.total + p.n);
         a->quiet_files = false;
 out:
         pull_clear(a, &p);

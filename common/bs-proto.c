@@ -20,6 +20,7 @@ const char *bs_msg_type_name(uint8_t type) {
         case BS_MSG_GET_DELTA: return "GET_DELTA";
         case BS_MSG_HISTORY: return "HISTORY";
         case BS_MSG_HISTORY_ROWS: return "HISTORY_ROWS";
+        case BS_MSG_PULL_PAGE: return "PULL_PAGE";
         case BS_MSG_PUT: return "PUT";
         case BS_MSG_DATA: return "DATA";
         case BS_MSG_PUT_END: return "PUT_END";
@@ -133,6 +134,12 @@ int bs_msg_decode(const uint8_t *frame, size_t len, BsMsg *m) {
         case BS_MSG_PULL:
                 m->req = bs_get_u32(&r);
                 m->seq = bs_get_u64(&r);
+                break;
+        case BS_MSG_PULL_PAGE:
+                m->req = bs_get_u32(&r);
+                m->flags = bs_get_u8(&r);
+                m->seq = bs_get_u64(&r);
+                m->count = bs_get_u32(&r);
                 break;
         case BS_MSG_HISTORY:
                 m->req = bs_get_u32(&r);
@@ -322,6 +329,12 @@ int bs_msg_encode(BsBuf *out, const BsMsg *m) {
         case BS_MSG_PULL:
                 r = bs_buf_put_u32(out, m->req);
                 r = r ?: bs_buf_put_u64(out, m->seq);
+                break;
+        case BS_MSG_PULL_PAGE:
+                r = bs_buf_put_u32(out, m->req);
+                r = r ?: bs_buf_put_u8(out, m->flags);
+                r = r ?: bs_buf_put_u64(out, m->seq);
+                r = r ?: bs_buf_put_u32(out, m->count);
                 break;
         case BS_MSG_HISTORY:
                 r = bs_buf_put_u32(out, m->req);

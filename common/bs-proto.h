@@ -12,7 +12,7 @@
 
 #include "bs-buf.h"
 
-#define BS_PROTO_VERSION 4u
+#define BS_PROTO_VERSION 5u
 #define BS_PROTO_MIN_VERSION 1u
 /* The first version with COPY and GET_DELTA (delta transfer). */
 #define BS_PROTO_DELTA_VERSION 2u
@@ -20,6 +20,8 @@
 #define BS_PROTO_ATTR_VERSION 3u
 /* The first version with HISTORY (the log, versions, deleted entries, the tree as of a moment). */
 #define BS_PROTO_HISTORY_VERSION 4u
+/* The first version with PULL_PAGE (a snapshot answered in pages). */
+#define BS_PROTO_PAGE_VERSION 5u
 #define BS_FRAME_HDR 5u
 #define BS_FRAME_MAX_DEFAULT (1024u * 1024u)
 #define BS_FRAME_MIN (64u * 1024u)
@@ -48,6 +50,7 @@ typedef enum BsMsgType {
         BS_MSG_GET_DELTA = 14,
         BS_MSG_HISTORY = 15,
         BS_MSG_HISTORY_ROWS = 16,
+        BS_MSG_PULL_PAGE = 17,
         BS_MSG_PUT = 20,
         BS_MSG_DATA = 21,
         BS_MSG_PUT_END = 22,
@@ -104,6 +107,8 @@ typedef enum BsHistWhat {
 
 #define BS_CHANGES_SNAPSHOT 0x01u /* records are the whole current tree */
 #define BS_CHANGES_MORE 0x02u     /* another CHANGES frame follows */
+#define BS_CHANGES_PAGE 0x04u     /* a page ends here: PULL_PAGE with CONTINUE for the next */
+#define BS_PULL_CONTINUE 0x01u    /* PULL_PAGE: the next page of the answer before */
 #define BS_PUT_ABORT 0x01u        /* PUT_END: discard the upload */
 
 /* A decoded message. Only the fields of its type are meaningful.

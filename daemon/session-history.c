@@ -44,6 +44,8 @@ int session_start_history(Session *s, const BsMsg *m) {
         s->stream = STREAM_HISTORY;
         s->stream_req = m->req;
         s->rec_pending = false;
+        s->page_rows = 0;
+        s->page_end = false;
         return 0;
 }
 

@@ -281,8 +281,14 @@ int session_handle_put_end(Session *s, const BsMsg *m) {
 }
 
 int session_start_pull(Session *s, const BsMsg *m) {
+        bool paged = m->type == BS_MSG_PULL_PAGE;
+        int r;
+
+        if (paged && s->version < BS_PROTO_PAGE_VERSION)
+                return session_fail(s, m->req, BS_ERR_PROTOCOL, "PULL_PAGE needs protocol version %u, this session speaks %u",
+                                    BS_PROTO_PAGE_VERSION, s->version);
         /* The cursor reads committed state only: commit this pass's changes first. */
-        int r = session_end_pass(s);
+        r = session_end_pass(s);
         if (r != 0)
                 return r;
         if (!s->rec) {
@@ -290,15 +296,25 @@ int session_start_pull(Session *s, const BsMsg *m) {
                 if (!s->rec)
                         return -ENOMEM;
         }
-        r = account_cursor_new(s->account, m->seq, &s->waker, &s->cursor);
-        if (r < 0) {
-                errno = -r;
-                log_error("account %s: cannot read the change log: %m", account_id(s->account));
-                return session_send_error(s, m->req, BS_ERR_IO, "cannot read the change log");
+        if (paged && (m->flags & BS_PULL_CONTINUE)) {
+                /* The next page, from the cursor (and its snapshot) the last one left. */
+                if (!s->cursor)
+                        return session_send_error(s, m->req, BS_ERR_PROTOCOL, "no paged answer to continue");
+        } else {
+                s->cursor = account_cursor_free(s->cursor);
+                r = account_cursor_new(s->account, m->seq, &s->waker, &s->cursor);
+                if (r < 0) {
+                        errno = -r;
+                        log_error("account %s: cannot read the change log: %m", account_id(s->account));
+                        return session_send_error(s, m->req, BS_ERR_IO, "cannot read the change log");
+                }
         }
         s->stream = STREAM_PULL;
         s->stream_req = m->req;
         s->rec_pending = false;
+        s->page_rows = paged ? m->count : 0;
+        s->page_sent = 0;
+        s->page_end = false;
         return 0;
 }
 
@@ -561,6 +577,15 @@ static int rows_failed(Session *s, const SessionRows *rows, int r) {
         return session_send_error(s, s->stream_req, BS_ERR_IO, "reading the %s failed", rows->what);
 }
 
+/* The next row, or 0 at the end of the answer or of its page (page_end). */
+static int rows_next(Session *s, const SessionRows *rows) {
+        if (s->page_rows > 0 && s->page_sent == s->page_rows) {
+                s->page_end = true;
+                return 0;
+        }
+        return rows->next(s);
+}
+
 int session_fill_rows(Session *s, const SessionRows *rows) {
         size_t budget = s->peer_max_frame / 2, off, flags_at, count_at;
         uint32_t count = 0, be;
@@ -573,7 +598,7 @@ int session_fill_rows(Session *s, const SessionRows *rows) {
          * once the source answered, and a frame is never left half-built
          * while the source makes us wait. */
         if (!s->rec_pending) {
-                r = rows->next(s);
+                r = rows_next(s, rows);
                 if (r == -EINPROGRESS)
                         return session_again(s, r);
                 if (r < 0)
@@ -596,7 +621,7 @@ int session_fill_rows(Session *s, const SessionRows *rows) {
         bool wait = false;
         while (!done) {
                 if (!s->rec_pending) {
-                        r = rows->next(s);
+                        r = rows_next(s, rows);
                         if (r == -EINPROGRESS) {
                                 wait = true; /* this frame goes as it is, with more to come */
                                 break;
@@ -617,14 +642,17 @@ int session_fill_rows(Session *s, const SessionRows *rows) {
                 if (r < 0)
                         return r;
                 s->rec_pending = false;
+                s->page_sent++;
                 count++;
         }
-        s->out.data[flags_at] = (uint8_t) (flags | (done ? 0 : BS_CHANGES_MORE));
+        s->out.data[flags_at] = (uint8_t) (flags | (done ? 0 : BS_CHANGES_MORE) | (s->page_end ? BS_CHANGES_PAGE : 0));
         be = htobe32(count);
         memcpy(s->out.data + count_at, &be, 4);
         bs_frame_end(&s->out, off);
         if (done) {
-                rows->done(s);
+                /* A page ends: the source stays for PULL_PAGE with CONTINUE. */
+                if (!s->page_end)
+                        rows->done(s);
                 s->stream = STREAM_NONE;
         }
         return wait ? session_again(s, -EINPROGRESS) : 0;

@@ -605,6 +605,7 @@ static int handle_request(Session *s, const BsMsg *m) {
         case BS_MSG_PONG:
                 return 0;
         case BS_MSG_PULL:
+        case BS_MSG_PULL_PAGE:
                 return session_start_pull(s, m);
         case BS_MSG_HISTORY:
                 return session_start_history(s, m);

@@ -114,8 +114,10 @@ struct Session {
 
         SessionStream stream;
         uint32_t stream_req;
-        AccountCursor *cursor;
+        AccountCursor *cursor; /* kept between the pages of a PULL_PAGE answer */
         BsRecord *rec; /* read from the cursor but not yet sent */
+        uint32_t page_rows, page_sent; /* PULL_PAGE: rows per page (0: one page), sent of this one */
+        bool page_end;
         AccountQuery *query;
         BsHistRow *row; /* read from the query but not yet sent */
         bool rec_pending; /* rec or row */

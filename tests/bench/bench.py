@@ -1682,7 +1682,8 @@ def case10_scale(b, cfg, res):
             at = "@%d" % int(time.time())
             join = b.path(name + "-join")
             os.makedirs(join)
-            figures["join"] = timed(agent(join, token, b.path(name + "-join-state")), "join", join)[0]
+            figures["join"], figures["join_peak"], _ = timed(agent(join, token, b.path(name + "-join-state")), "join",
+                                                             join)
             restore = b.path(name + "-restore")
             figures["restore"] = timed([CLI_BIN, "restore", "/", "--at", at, "--to", restore, "--server",
                                         "127.0.0.1", "--port", str(srv.port), "--token", token,
@@ -1716,6 +1717,8 @@ def case10_scale(b, cfg, res):
                 target_text="<= %s" % fmt_time(limit) if limit else "-")
         res.add(C, "restart, nothing changed, cold cache, %d files" % nfiles, f["restart_cold"],
                 "rsync -an (cold)", f["rsync_n_cold"])
+        res.add(C, "agent peak memory, join, %d files" % nfiles, f["join_peak"], fmt=fmt_bytes,
+                target=lambda v, r, m=mem: v <= m, target_text="<= %d MiB" % (mem // MiB))
         res.add(C, "join into an empty directory, " + desc, f["join"], "rsync -a from its daemon", f["pull"],
                 target=lambda v, r: r <= 0.8, target_text="ratio <= 0.8")
         res.add(C, "restore / --at into an empty directory, " + desc, f["restore"], "rsync -a from its daemon",

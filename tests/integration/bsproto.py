@@ -29,6 +29,7 @@ VERSION = 1        # what this client speaks unless told otherwise
 DELTA_VERSION = 2  # COPY and GET_DELTA
 ATTR_VERSION = 3   # ATTR
 HISTORY_VERSION = 4  # HISTORY and HISTORY_ROWS
+PAGE_VERSION = 5     # PULL_PAGE
 FRAME_MAX_DEFAULT = 1024 * 1024
 CHUNK = 256 * 1024
 
@@ -37,7 +38,7 @@ MSG = {
     "PULL": 10, "CHANGES": 11, "GET": 12, "FILE": 13, "GET_DELTA": 14,
     "PUT": 20, "DATA": 21, "PUT_END": 22, "MKDIR": 23, "DELETE": 24,
     "MOVE": 25, "SYMLINK": 26, "COPY": 27, "ATTR": 28, "ACK": 30,
-    "HISTORY": 15, "HISTORY_ROWS": 16,
+    "HISTORY": 15, "HISTORY_ROWS": 16, "PULL_PAGE": 17,
 }
 HIST = {"LOG": 1, "VERSIONS": 2, "DELETED": 3, "TREE": 4}
 MSG_NAME = {v: k for k, v in MSG.items()}
@@ -57,6 +58,8 @@ KIND_NAME = {v: k for k, v in KIND.items()}
 
 CHANGES_SNAPSHOT = 0x01
 CHANGES_MORE = 0x02
+CHANGES_PAGE = 0x04
+PULL_CONTINUE = 0x01
 PUT_ABORT = 0x01
 
 RECORD_MIN = 8 + 1 + 1 + 16 + 8 + 4 + 8 + 32 + 2 + 2
@@ -127,6 +130,10 @@ def enc_notify(seq):
 
 def enc_pull(req, since):
     return frame("PULL", struct.pack(">IQ", req, since))
+
+
+def enc_pull_page(req, since, count, flags=0):
+    return frame("PULL_PAGE", struct.pack(">IBQI", req, flags, since, count))
 
 
 def enc_record(rec):
@@ -265,6 +272,8 @@ def decode(msg_type, payload):
         (m["seq"],) = rd.unpack(">Q")
     elif name == "PULL":
         m["req"], m["since"] = rd.unpack(">IQ")
+    elif name == "PULL_PAGE":
+        m["req"], m["flags"], m["since"], m["count"] = rd.unpack(">IBQI")
     elif name == "CHANGES":
         m["req"], m["seq"], m["flags"], m["count"] = rd.unpack(">IQBI")
         if m["count"] * RECORD_MIN > len(payload) - rd.off:
@@ -514,6 +523,25 @@ def pull(sock, req, since):
         records += m["records"]
         if not m["flags"] & CHANGES_MORE:
             return seq, flags, records
+
+
+def pull_page(sock, req, since, count, flags=0):
+    """PULL_PAGE; returns (seq, flags of the last frame, records) of one
+    page (all CHANGES frames up to one without MORE), or the ERROR dict."""
+    sock.sendall(enc_pull_page(req, since, count, flags))
+    records, seq = [], None
+    while True:
+        m = recv_frame(sock, skip_notify=True)
+        if m["type"] == "ERROR":
+            return m
+        if m["type"] != "CHANGES" or m["req"] != req:
+            raise ProtocolError("expected CHANGES for %d, got %r" % (req, m))
+        if seq is not None and m["seq"] != seq:
+            raise ProtocolError("CHANGES frames of one page with seq %d and %d" % (seq, m["seq"]))
+        seq = m["seq"]
+        records += m["records"]
+        if not m["flags"] & CHANGES_MORE:
+            return seq, m["flags"], records
 
 
 def get(sock, req, content_sha, path=""):

@@ -14,7 +14,7 @@ static const uint8_t all_types[] = {
         BS_MSG_NOTIFY, BS_MSG_PULL, BS_MSG_CHANGES, BS_MSG_GET, BS_MSG_FILE,
         BS_MSG_PUT, BS_MSG_DATA, BS_MSG_PUT_END, BS_MSG_MKDIR, BS_MSG_DELETE,
         BS_MSG_MOVE, BS_MSG_SYMLINK, BS_MSG_ACK, BS_MSG_GET_DELTA, BS_MSG_COPY,
-        BS_MSG_ATTR, BS_MSG_HISTORY, BS_MSG_HISTORY_ROWS,
+        BS_MSG_ATTR, BS_MSG_HISTORY, BS_MSG_HISTORY_ROWS, BS_MSG_PULL_PAGE,
 };
 #define N_TYPES (sizeof(all_types) / sizeof(all_types[0]))
 
@@ -89,6 +89,12 @@ static BsMsg *sample(uint8_t type) {
         case BS_MSG_PULL:
                 m->req = req;
                 m->seq = 42;
+                break;
+        case BS_MSG_PULL_PAGE:
+                m->req = req;
+                m->flags = BS_PULL_CONTINUE;
+                m->seq = 0x0102030405060708ull;
+                m->count = 16384;
                 break;
         case BS_MSG_CHANGES: {
                 BsBuf b = { 0 };
@@ -1056,7 +1062,7 @@ Test(proto, names) {
         static const char *const names[] = {
                 "HELLO", "WELCOME", "ERROR", "PING", "PONG", "NOTIFY", "PULL", "CHANGES", "GET",
                 "FILE", "PUT", "DATA", "PUT_END", "MKDIR", "DELETE", "MOVE", "SYMLINK", "ACK",
-                "GET_DELTA", "COPY", "ATTR", "HISTORY", "HISTORY_ROWS",
+                "GET_DELTA", "COPY", "ATTR", "HISTORY", "HISTORY_ROWS", "PULL_PAGE",
         };
         for (size_t i = 0; i < N_TYPES; i++)
                 cr_assert_str_eq(bs_msg_type_name(all_types[i]), names[i]);

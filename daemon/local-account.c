@@ -464,6 +464,7 @@ LocalAccount *local_free(LocalAccount *a) {
         if (!a)
                 return NULL;
         local_drop_pending(a);
+        a->writer = local_writer_free(a->writer);
         free(a->pending);
         (void) sync_dirs(a, -ECANCELED); /* closes only */
         local_forget_parent(a);
@@ -558,6 +559,25 @@ static bool same_parent(const char *x, const char *y) {
         return y && n == bs_path_parent_len(y) && memcmp(x, y, n) == 0;
 }
 
+/* Wait for the writer and take its results: the first error, if any. */
+static int collect_writes(LocalAccount *a) {
+        int r = 0;
+        if (a->writer)
+                local_writer_wait(a->writer);
+        for (size_t i = 0; i < a->n_pending; i++) {
+                LocalWrite *w = a->pending[i].write;
+                if (!w)
+                        continue;
+                memcpy(a->pending[i].tmp, w->name, sizeof(a->pending[i].tmp));
+                a->pending[i].fd = w->fd;
+                if (w->error < 0 && r == 0)
+                        r = w->error;
+                free(w);
+                a->pending[i].write = NULL;
+        }
+        return r;
+}
+
 int local_flush_pending(LocalAccount *a) {
         int r = 0, pfd = -1;
         if (a->n_pending == 0)
@@ -567,8 +587,9 @@ int local_flush_pending(LocalAccount *a) {
          * one (which never waits for other files' dirty data); a burst with
          * one syncfs() before the renames and one after, about 25 times
          * cheaper per file than a sync of each file and directory. */
+        r = collect_writes(a);
         bool bulk = a->n_pending >= ACCOUNT_BULK_MIN;
-        if (bulk && syncfs(a->tmp_fd) < 0)
+        if (r >= 0 && bulk && syncfs(a->tmp_fd) < 0)
                 r = -errno;
         for (size_t i = 0; !bulk && r >= 0 && i < a->n_pending; i++)
                 if (fdatasync(a->pending[i].fd) < 0)
@@ -610,6 +631,7 @@ int local_flush_pending(LocalAccount *a) {
 }
 
 void local_drop_pending(LocalAccount *a) {
+        (void) collect_writes(a);
         for (size_t i = 0; i < a->n_pending; i++) {
                 if (a->pending[i].tmp[0])
                         (void) unlinkat(a->tmp_fd, a->pending[i].tmp, 0);

@@ -237,12 +237,16 @@ static int reserve_pending(LocalAccount *a) {
         return 0;
 }
 
-/* A temporary file in tmp/, named so that local_open() removes it if we die. */
+/* A temporary file in tmp/, named so that local_open() removes it if we
+ * die; or, up to LOCAL_BUFFER_MAX bytes, the content in memory, which the
+ * account's writer puts in such a file once the upload is recorded. */
 struct LocalUpload {
         AccountUpload base;
         LocalAccount *account;
-        int fd;
+        int fd; /* -1 while buffered */
         char name[64];
+        uint8_t *buf;
+        size_t buf_cap;
         BsSha *sha;
         uint64_t written;
         uint64_t writeback; /* written bytes whose writeback was started */
@@ -260,21 +264,51 @@ int local_upload_begin(LocalAccount *a, LocalUpload **ret) {
         int r = bs_sha_new(&u->sha);
         if (r < 0)
                 return r;
-        u->fd = bs_tmpfile_at(a->tmp_fd, u->name, sizeof(u->name), 0600);
-        if (u->fd < 0)
-                return u->fd;
         *ret = TAKE_PTR(u);
         return 0;
 }
 
+/* Bigger than a buffer: into a temporary file from now on. */
+static int upload_spill(LocalUpload *u) {
+        u->fd = bs_tmpfile_at(u->account->tmp_fd, u->name, sizeof(u->name), 0600);
+        if (u->fd < 0)
+                return u->fd;
+        int r = bs_write_sparse(u->fd, u->buf, u->written);
+        free(u->buf);
+        u->buf = NULL;
+        u->buf_cap = 0;
+        return r;
+}
+
+static int upload_buffer(LocalUpload *u, const void *p, size_t n) {
+        if (n == 0)
+                return 0;
+        if (u->written + n > u->buf_cap) {
+                size_t cap = MAX(u->written + n, MIN(2 * u->buf_cap, (size_t) LOCAL_BUFFER_MAX));
+                uint8_t *b = realloc(u->buf, cap);
+                if (!b)
+                        return -ENOMEM;
+                u->buf = b;
+                u->buf_cap = cap;
+        }
+        memcpy(u->buf + u->written, p, n);
+        return 0;
+}
+
 int local_upload_write(LocalUpload *u, const void *p, size_t n, uint64_t limit) {
+        int r = 0;
         if (n > limit || u->written > limit - n)
                 return -EFBIG;
-        int r = bs_write_sparse(u->fd, p, n);
+        if (u->fd < 0 && u->written + n > LOCAL_BUFFER_MAX)
+                r = upload_spill(u);
+        if (r < 0)
+                return r;
+        r = u->fd < 0 ? upload_buffer(u, p, n) : bs_write_sparse(u->fd, p, n);
         r = r ?: bs_sha_update(u->sha, p, n);
         if (r >= 0) {
                 u->written += n;
-                bs_writeback_step(u->fd, &u->writeback, u->written);
+                if (u->fd >= 0)
+                        bs_writeback_step(u->fd, &u->writeback, u->written);
         }
         return r;
 }
@@ -286,9 +320,34 @@ LocalUpload *local_upload_free(LocalUpload *u) {
                 close(u->fd);
                 (void) unlinkat(u->account->tmp_fd, u->name, 0);
         }
+        free(u->buf);
         bs_sha_free(u->sha);
         free(u);
         return NULL;
+}
+
+/* Hand a buffered upload to the account's writer (started at the first),
+ * or, if no thread can start, write it here. */
+static int upload_hand_over(LocalAccount *a, LocalUpload *u, AccountPending *p, uint32_t mode, int64_t mtime_ns) {
+        LocalWrite *job = calloc(1, sizeof(*job));
+        if (!job)
+                return -ENOMEM;
+        *job = (LocalWrite) {
+                .buf = TAKE_PTR(u->buf),
+                .len = u->written,
+                .mode = FILE_DISK_MODE(mode),
+                .mtime_ns = mtime_ns,
+                .keep_fd = a->n_pending < ACCOUNT_BULK_MIN,
+        };
+        u->buf_cap = 0;
+        if (!a->writer && local_writer_new(a->tmp_fd, &a->writer) < 0)
+                local_write_now(a->tmp_fd, job);
+        else
+                local_writer_submit(a->writer, job);
+        p->write = job;
+        p->tmp[0] = 0;
+        p->fd = -1;
+        return 0;
 }
 
 int local_put(LocalAccount *a, LocalUpload *u, const uint8_t device[BS_DEVICE_LEN],
@@ -351,11 +410,12 @@ int local_put(LocalAccount *a, LocalUpload *u, const uint8_t device[BS_DEVICE_LE
         memcpy(n.sha, sha, BS_SHA_LEN);
         memcpy(n.device, device, BS_DEVICE_LEN);
 
-        if (fchmod(u->fd, FILE_DISK_MODE(mode)) < 0) {
+        /* A buffered upload gets them from the writer. */
+        if (u->fd >= 0 && fchmod(u->fd, FILE_DISK_MODE(mode)) < 0) {
                 r = -errno;
                 goto out;
         }
-        r = bs_set_mtime_fd(u->fd, mtime_ns);
+        r = u->fd >= 0 ? bs_set_mtime_fd(u->fd, mtime_ns) : 0;
         if (r < 0)
                 goto out;
         /* The batch must not hold two files for one path, and stays bounded.
@@ -388,17 +448,29 @@ int local_put(LocalAccount *a, LocalUpload *u, const uint8_t device[BS_DEVICE_LE
                 /* Renamed into the tree by local_flush_pending(), after one sync. */
                 AccountPending *p = &a->pending[a->n_pending];
                 p->path = TAKE_PTR(dup);
-                memcpy(p->tmp, u->name, sizeof(p->tmp));
-                /* A big file starts going to disk now, so the flush waits
-                 * less; for small ones this costs more than it saves. */
-                if (size >= ACCOUNT_WRITEBACK_MIN)
-                        (void) sync_file_range(u->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-                /* Only a small batch syncs file by file: a big one needs no fds. */
-                if (a->n_pending < ACCOUNT_BULK_MIN)
-                        p->fd = TAKE_FD(u->fd);
+                p->write = NULL;
+                if (u->fd < 0)
+                        r = upload_hand_over(a, u, p, mode, mtime_ns);
                 else {
-                        p->fd = -1;
-                        close(TAKE_FD(u->fd));
+                        memcpy(p->tmp, u->name, sizeof(p->tmp));
+                        /* A big file starts going to disk now, so the flush waits
+                         * less; for small ones this costs more than it saves. */
+                        if (size >= ACCOUNT_WRITEBACK_MIN)
+                                (void) sync_file_range(u->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+                        /* Only a small batch syncs file by file: a big one needs no fds. */
+                        if (a->n_pending < ACCOUNT_BULK_MIN)
+                                p->fd = TAKE_FD(u->fd);
+                        else {
+                                p->fd = -1;
+                                close(TAKE_FD(u->fd));
+                        }
+                }
+                if (r < 0) {
+                        /* Recorded in the transaction, but with no file: it must not commit. */
+                        free(p->path);
+                        if (!a->txn_error)
+                                a->txn_error = r;
+                        goto out;
                 }
                 a->n_pending++;
                 *ret_version = seq;

@@ -10,6 +10,7 @@
 
 #include "account-backend.h"
 #include "local.h"
+#include "local-writer.h"
 #include "store.h"
 
 enum {
@@ -32,11 +33,13 @@ enum {
         _STMT_MAX,
 };
 
-/* An upload checked and recorded, whose file waits in tmp/ for the group sync. */
+/* An upload checked and recorded, whose file waits in tmp/ for the group
+ * sync; a small one may still be on its way there (write). */
 typedef struct AccountPending {
         char tmp[64];
         char *path;
         int fd; /* the first ACCOUNT_BULK_MIN keep it open for fdatasync(), or -1 */
+        LocalWrite *write; /* handed to the writer: tmp and fd come from it at the flush */
 } AccountPending;
 
 /* A directory changed in this transaction, synced before it commits. */
@@ -46,8 +49,9 @@ typedef struct AccountDirSync {
         ino_t ino;
 } AccountDirSync;
 
-/* Uploads placed per batch (each holds an fd until then). */
-#define ACCOUNT_PENDING_MAX 1024
+/* Uploads placed per batch: each sync of a batch has a fixed cost (on a
+ * journalled file system, a journal commit), so bursts go in big ones. */
+#define ACCOUNT_PENDING_MAX 8192
 /* Bytes of kept contents cut into the chunk store per pruning slice. */
 #define ACCOUNT_PACK_BUDGET (32u * 1024 * 1024)
 /* From this many uploads on, a batch is synced with syncfs(). */
@@ -55,6 +59,9 @@ typedef struct AccountDirSync {
 /* Directories (and files given a new mode) waiting for their sync at
  * commit, at most (then synced at once). */
 #define ACCOUNT_DIR_SYNC_MAX 64
+/* Uploads up to this size are kept in memory and written by the
+ * account's writer thread (local-writer.h) while the loop goes on. */
+#define LOCAL_BUFFER_MAX (64u * 1024)
 /* Uploads from this size on start their writeback as soon as they end. */
 #define ACCOUNT_WRITEBACK_MIN (1024 * 1024)
 
@@ -79,6 +86,7 @@ struct LocalAccount {
         int txn_error; /* a batch that could not be placed: the commit fails */
         AccountPending *pending;
         size_t n_pending, cap_pending;
+        LocalWriter *writer; /* started at the first small upload */
         AccountDirSync dir_sync[ACCOUNT_DIR_SYNC_MAX]; /* see local_defer_sync() */
         /* The last parent directory an upload went to, known to be a
          * directory entry: a burst names the same one again and again. */

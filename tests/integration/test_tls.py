@@ -420,8 +420,9 @@ def _cut_upload(port, token, rst, tmpdir):
             check(data, "the server closed the connection during the handshake")
             inb.write(data)
     sock.sendall(outb.read())
+    # More than the 64 KiB the server keeps in memory: the upload is in tmp/.
     obj.write(bsproto.enc_hello(token, os.urandom(16), "cut") +
-              bsproto.enc_put(2, "cut.bin", 0, 1 << 20) + bsproto.enc_data(2, b"x" * 4096))
+              bsproto.enc_put(2, "cut.bin", 0, 1 << 20) + bsproto.enc_data(2, b"x" * (68 << 10)))
     sock.sendall(outb.read())
     wait_until(lambda: os.listdir(tmpdir), 10, "the server to begin the upload")
     obj.write(bsproto.enc_data(2, b"y" * 8192))

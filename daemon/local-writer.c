@@ -1,0 +1,150 @@
+/* local-writer.c - a thread that writes small uploads into tmp/
+ *
+ * One queue under one mutex: the event loop appends, the thread takes
+ * from the head. Bytes waiting are bounded, so a disk slower than the
+ * network slows the loop down instead of growing the queue.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "bs-fs.h"
+#include "local-writer.h"
+
+/* Bytes handed over and not yet written, at most (then submit waits). */
+#define WRITER_QUEUE_BYTES (8u * 1024 * 1024)
+/* The thread's stack: it calls only a few system calls deep. */
+#define WRITER_STACK (256u * 1024)
+
+struct LocalWriter {
+        int dir_fd;
+        pthread_t thread;
+        pthread_mutex_t lock;
+        pthread_cond_t wake; /* work or stop */
+        pthread_cond_t done; /* a job finished */
+        LocalWrite *head, *tail;
+        size_t busy;  /* handed over, not finished */
+        size_t bytes; /* of those, bytes */
+        bool stop;
+};
+
+void local_write_now(int dir_fd, LocalWrite *job) {
+        int fd = bs_tmpfile_at(dir_fd, job->name, sizeof(job->name), 0600);
+        int r = fd;
+        job->fd = -1;
+        if (fd >= 0) {
+                r = bs_write_sparse(fd, job->buf, job->len);
+                if (r >= 0 && fchmod(fd, job->mode) < 0)
+                        r = -errno;
+                r = r ?: bs_set_mtime_fd(fd, job->mtime_ns);
+        }
+        if (r < 0) {
+                if (fd >= 0) {
+                        close(fd);
+                        (void) unlinkat(dir_fd, job->name, 0);
+                }
+                job->name[0] = 0;
+        } else if (job->keep_fd)
+                job->fd = fd;
+        else
+                close(fd);
+        job->error = r < 0 ? r : 0;
+        free(job->buf);
+        job->buf = NULL;
+}
+
+static void *writer_main(void *userdata) {
+        LocalWriter *w = userdata;
+
+        pthread_mutex_lock(&w->lock);
+        for (;;) {
+                while (!w->head && !w->stop)
+                        pthread_cond_wait(&w->wake, &w->lock);
+                if (!w->head)
+                        break;
+                LocalWrite *job = w->head;
+                w->head = job->next;
+                if (!w->head)
+                        w->tail = NULL;
+                size_t len = job->len;
+                pthread_mutex_unlock(&w->lock);
+                local_write_now(w->dir_fd, job);
+                pthread_mutex_lock(&w->lock);
+                w->busy--;
+                w->bytes -= len;
+                pthread_cond_broadcast(&w->done);
+        }
+        pthread_mutex_unlock(&w->lock);
+        return NULL;
+}
+
+int local_writer_new(int dir_fd, LocalWriter **ret) {
+        LocalWriter *w = calloc(1, sizeof(*w));
+        pthread_attr_t attr;
+        int r;
+
+        if (!w)
+                return -ENOMEM;
+        w->dir_fd = dir_fd;
+        pthread_mutex_init(&w->lock, NULL);
+        pthread_cond_init(&w->wake, NULL);
+        pthread_cond_init(&w->done, NULL);
+        r = pthread_attr_init(&attr);
+        if (r == 0) {
+                (void) pthread_attr_setstacksize(&attr, WRITER_STACK);
+                r = pthread_create(&w->thread, &attr, writer_main, w);
+                pthread_attr_destroy(&attr);
+        }
+        if (r != 0) {
+                pthread_cond_destroy(&w->done);
+                pthread_cond_destroy(&w->wake);
+                pthread_mutex_destroy(&w->lock);
+                free(w);
+                return -r;
+        }
+        *ret = w;
+        return 0;
+}
+
+LocalWriter *local_writer_free(LocalWriter *w) {
+        if (!w)
+                return NULL;
+        pthread_mutex_lock(&w->lock);
+        w->stop = true;
+        pthread_cond_signal(&w->wake);
+        pthread_mutex_unlock(&w->lock);
+        pthread_join(w->thread, NULL);
+        pthread_cond_destroy(&w->done);
+        pthread_cond_destroy(&w->wake);
+        pthread_mutex_destroy(&w->lock);
+        free(w);
+        return NULL;
+}
+
+void local_writer_submit(LocalWriter *w, LocalWrite *job) {
+        job->next = NULL;
+        job->fd = -1;
+        job->error = 0;
+        job->name[0] = 0;
+        pthread_mutex_lock(&w->lock);
+        while (w->busy > 0 && w->bytes + job->len > WRITER_QUEUE_BYTES)
+                pthread_cond_wait(&w->done, &w->lock);
+        if (w->tail)
+                w->tail->next = job;
+        else
+                w->head = job;
+        w->tail = job;
+        w->busy++;
+        w->bytes += job->len;
+        pthread_cond_signal(&w->wake);
+        pthread_mutex_unlock(&w->lock);
+}
+
+void local_writer_wait(LocalWriter *w) {
+        pthread_mutex_lock(&w->lock);
+        while (w->busy > 0)
+                pthread_cond_wait(&w->done, &w->lock);
+        pthread_mutex_unlock(&w->lock);
+}

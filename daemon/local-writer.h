@@ -1,0 +1,46 @@
+/* local-writer.h - a thread that writes small uploads into tmp/
+ *
+ * Creating and writing a small file costs the kernel more than the
+ * event loop's own work on it (TLS, SHA-256, SQLite). An account hands
+ * the files of a burst to its writer and goes on reading the next ones;
+ * local_flush_pending() waits for them before the batch's sync. The
+ * writer only creates, writes and closes files under the fd it was
+ * given, and never logs.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef struct LocalWriter LocalWriter;
+
+/* One file to write: its content, the mode and mtime it gets, and what came of it. */
+typedef struct LocalWrite {
+        uint8_t *buf; /* owned; freed once written */
+        size_t len;
+        mode_t mode;
+        int64_t mtime_ns;
+        bool keep_fd; /* leave it open in fd, for an fdatasync() of a small batch */
+        /* Set by the writer, read after local_writer_wait(): */
+        char name[64]; /* the temporary file, "" if none is left */
+        int fd;        /* open when keep_fd and no error, else -1 */
+        int error;     /* 0 or a negative errno */
+        struct LocalWrite *next;
+} LocalWrite;
+
+/** Start a writer for files in dir_fd (not owned). */
+int local_writer_new(int dir_fd, LocalWriter **ret);
+/** Wait for the files handed over, then stop the thread. */
+LocalWriter *local_writer_free(LocalWriter *w);
+/**
+ * Hand w a file to write (ownership of job stays with the caller, who
+ * must not touch it before local_writer_wait()). Blocks while more than
+ * a bounded number of bytes wait to be written.
+ */
+void local_writer_submit(LocalWriter *w, LocalWrite *job);
+/** Wait until every file handed over is written (or failed). */
+void local_writer_wait(LocalWriter *w);
+/** Write job at once in the calling thread (no writer, or none could start). */
+void local_write_now(int dir_fd, LocalWrite *job);

@@ -1,0 +1,131 @@
+/* test-local-writer.c - unit tests for daemon/local-writer.[ch] */
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "local-writer.h"
+
+static char dir[] = "/tmp/bs-test-writer-XXXXXX";
+static int dfd = -1;
+
+static void setup(void) {
+        cr_assert_not_null(mkdtemp(dir));
+        dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        cr_assert_geq(dfd, 0);
+}
+
+static void teardown(void) {
+        char cmd[128];
+        close(dfd);
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+        cr_assert_eq(system(cmd), 0);
+        strcpy(dir, "/tmp/bs-test-writer-XXXXXX");
+}
+
+static LocalWrite *job_new(size_t len, unsigned seed, bool keep_fd) {
+        LocalWrite *j = calloc(1, sizeof(*j));
+        cr_assert_not_null(j);
+        j->buf = malloc(len ? len : 1);
+        cr_assert_not_null(j->buf);
+        for (size_t i = 0; i < len; i++)
+                j->buf[i] = (uint8_t) (seed * 31 + i * 7);
+        j->len = len;
+        j->mode = 0640;
+        j->mtime_ns = 1500000000123456789LL + seed;
+        j->keep_fd = keep_fd;
+        return j;
+}
+
+/* The file the job made holds its bytes, mode and mtime. */
+static void check_file(const LocalWrite *j, size_t len, unsigned seed) {
+        struct stat st;
+        cr_assert_eq(j->error, 0, "error %d", j->error);
+        cr_assert_eq(strncmp(j->name, ".backupsync-tmp.", 16), 0, "name \"%s\"", j->name);
+        cr_assert_eq(fstatat(dfd, j->name, &st, AT_SYMLINK_NOFOLLOW), 0);
+        cr_assert_eq((size_t) st.st_size, len);
+        cr_assert_eq(st.st_mode & 07777, 0640);
+        cr_assert_eq(st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec, 1500000000123456789LL + seed);
+        int fd = openat(dfd, j->name, O_RDONLY | O_CLOEXEC);
+        cr_assert_geq(fd, 0);
+        uint8_t *got = malloc(len + 1);
+        cr_assert_eq(read(fd, got, len + 1), (ssize_t) len);
+        for (size_t i = 0; i < len; i++)
+                cr_assert_eq(got[i], (uint8_t) (seed * 31 + i * 7), "byte %zu of file %u", i, seed);
+        free(got);
+        close(fd);
+}
+
+TestSuite(local_writer, .init = setup, .fini = teardown);
+
+/* Many files of every size handed over (more bytes than the queue holds:
+ * submit waits), all written, in any order, with their attributes; the
+ * first few keep their fd when asked. */
+Test(local_writer, many_files) {
+        static const size_t sizes[] = { 0, 1, 4095, 4096, 4097, 65536, 300000 };
+        enum { N = 200 };
+        LocalWriter *w;
+        LocalWrite *jobs[N];
+        cr_assert_eq(local_writer_new(dfd, &w), 0);
+        for (unsigned i = 0; i < N; i++) {
+                jobs[i] = job_new(sizes[i % 7], i, i < 16);
+                local_writer_submit(w, jobs[i]);
+        }
+        local_writer_wait(w);
+        for (unsigned i = 0; i < N; i++) {
+                check_file(jobs[i], sizes[i % 7], i);
+                cr_assert_null(jobs[i]->buf, "the buffer is freed once written");
+                if (i < 16) {
+                        cr_assert_geq(jobs[i]->fd, 0);
+                        cr_assert_eq(fdatasync(jobs[i]->fd), 0);
+                        close(jobs[i]->fd);
+                } else
+                        cr_assert_eq(jobs[i]->fd, -1);
+                free(jobs[i]);
+        }
+        w = local_writer_free(w);
+        cr_assert_null(w);
+}
+
+/* A file that cannot be made (no such directory) fails alone: its error,
+ * no name left behind; writing in the caller's thread gives the same. */
+Test(local_writer, errors) {
+        LocalWriter *w;
+        int bad = open("/proc/self", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        cr_assert_geq(bad, 0);
+        cr_assert_eq(local_writer_new(bad, &w), 0);
+        LocalWrite *j = job_new(10, 1, true);
+        local_writer_submit(w, j);
+        local_writer_wait(w);
+        cr_assert_lt(j->error, 0);
+        cr_assert_eq(j->name[0], 0);
+        cr_assert_eq(j->fd, -1);
+        free(j);
+        local_writer_free(w);
+        close(bad);
+
+        j = job_new(5000, 2, false);
+        local_write_now(dfd, j);
+        check_file(j, 5000, 2);
+        cr_assert_eq(j->fd, -1);
+        free(j);
+}
+
+/* Freed with files still queued: they are written first. */
+Test(local_writer, free_waits) {
+        LocalWriter *w;
+        LocalWrite *jobs[50];
+        cr_assert_eq(local_writer_new(dfd, &w), 0);
+        for (unsigned i = 0; i < 50; i++) {
+                jobs[i] = job_new(20000, i, false);
+                local_writer_submit(w, jobs[i]);
+        }
+        local_writer_free(w);
+        for (unsigned i = 0; i < 50; i++) {
+                check_file(jobs[i], 20000, i);
+                free(jobs[i]);
+        }
+}

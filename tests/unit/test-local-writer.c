@@ -8,21 +8,18 @@
 #include <unistd.h>
 
 #include "local-writer.h"
+#include "test-util.h"
 
 static char dir[] = "/tmp/bs-test-writer-XXXXXX";
 static int dfd = -1;
 
 static void setup(void) {
-        cr_assert_not_null(mkdtemp(dir));
-        dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        dfd = test_dir_new(dir);
         cr_assert_geq(dfd, 0);
 }
 
 static void teardown(void) {
-        char cmd[128];
-        close(dfd);
-        snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-        cr_assert_eq(system(cmd), 0);
+        cr_assert_eq(test_dir_remove(dir, dfd), 0);
         strcpy(dir, "/tmp/bs-test-writer-XXXXXX");
 }
 

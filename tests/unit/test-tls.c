@@ -14,6 +14,7 @@
 
 #include "bs-trust.h"
 #include "server-tls.h"
+#include "test-util.h"
 
 static const char hex64[] = "0ed8dadbb51c7b4a6e124636ba2d3e185ebdf698025eb62d2491ae26ea700fbb";
 
@@ -55,16 +56,12 @@ static char dir[] = "/tmp/bs-test-tls-XXXXXX";
 static int dfd = -1;
 
 static void setup(void) {
-        cr_assert_not_null(mkdtemp(dir));
-        dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        dfd = test_dir_new(dir);
         cr_assert_geq(dfd, 0);
 }
 
 static void teardown(void) {
-        char cmd[128];
-        close(dfd);
-        snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-        cr_assert_eq(system(cmd), 0);
+        cr_assert_eq(test_dir_remove(dir, dfd), 0);
 }
 
 TestSuite(tls, .init = setup, .fini = teardown);

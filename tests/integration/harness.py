@@ -375,6 +375,16 @@ def write_file(path, data, mode=None, mtime=None):
         os.utime(path, (mtime, mtime))
 
 
+def make_small_files(root, ndirs, per_dir, dname="d%03d", fname="f%02d", tag=b""):
+    """ndirs directories of per_dir small files under root, each file's
+    content naming its place (tag, then "D I")."""
+    for d in range(ndirs):
+        os.makedirs(os.path.join(root, dname % d))
+        for i in range(per_dir):
+            with open(os.path.join(root, dname % d, fname % i), "wb") as f:
+                f.write(tag + b"%d %d\n" % (d, i))
+
+
 def wait_content(path, data, timeout=SYNC_TIMEOUT, msg=None):
     """Wait until the regular file at path holds exactly data."""
     if isinstance(data, str):

@@ -5,8 +5,8 @@ import stat
 import time
 
 from harness import (Env, assert_trees_equal, check, conflict_copies, fail,
-                     read_bytes, snapshot, wait_absent, wait_content,
-                     wait_tree, wait_until, write_file)
+                     make_small_files, read_bytes, snapshot, wait_absent,
+                     wait_content, wait_tree, wait_until, write_file)
 
 EXEC_MTIME = 1500000000
 
@@ -255,11 +255,7 @@ def test_join_reads_events_during_batch():
     with Env("join_reads_events_during_batch") as env:
         srv = env.server()
         adir = env.path("A")
-        for d in range(60):
-            os.makedirs(os.path.join(adir, "d%02d" % d))
-            for i in range(100):
-                with open(os.path.join(adir, "d%02d" % d, "f%03d" % i), "wb") as f:
-                    f.write(b"%d %d\n" % (d, i))
+        make_small_files(adir, 60, 100, "d%02d", "f%03d")
         a = env.agent("A", adir)
         b = env.agent("B", env.path("B"), token=a.token)
         assert_trees_equal(adir, b.dir, timeout=180, msg="B after joining 6,000 files")

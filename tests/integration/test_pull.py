@@ -6,7 +6,8 @@ import re
 import time
 
 import bsproto
-from harness import Env, assert_trees_equal, check, wait_content, wait_until, write_file
+from harness import (Env, assert_trees_equal, check, make_small_files, wait_content, wait_until,
+                     write_file)
 
 
 def _reader(srv, token, version=bsproto.PAGE_VERSION):
@@ -95,11 +96,7 @@ def test_join_in_pages():
     with Env("join_in_pages") as env:
         srv = env.server()
         adir = env.path("A")
-        for d in range(170):
-            os.makedirs(os.path.join(adir, "d%03d" % d))
-            for i in range(100):
-                with open(os.path.join(adir, "d%03d" % d, "f%02d" % i), "wb") as f:
-                    f.write(b"%d %d\n" % (d, i))
+        make_small_files(adir, 170, 100)
         a = env.agent("A", adir)
         wait_until(lambda: _files(srv.tree(a.token)) == 17000, 240, "A's first backup on the server")
         b = env.agent("B", env.path("B"), token=a.token)
@@ -108,11 +105,7 @@ def test_join_in_pages():
         check((0, False) in asked and (0, True) in asked, "B joined in pages: %s" % asked)
 
         b.stop()
-        for d in range(170):
-            os.makedirs(os.path.join(adir, "n%03d" % d))
-            for i in range(100):
-                with open(os.path.join(adir, "n%03d" % d, "g%02d" % i), "wb") as f:
-                    f.write(b"new %d %d\n" % (d, i))
+        make_small_files(adir, 170, 100, "n%03d", "g%02d", b"new ")
         os.unlink(os.path.join(adir, "d000", "f00"))
         os.rename(os.path.join(adir, "d001"), os.path.join(adir, "moved001"))
         wait_until(lambda: _files(srv.tree(a.token)) == 33999 and

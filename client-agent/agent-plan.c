@@ -31,6 +31,9 @@ void plan_clear(Plan *p) {
         for (size_t i = 0; i < p->n_dirs; i++)
                 free(p->dirs[i]);
         free(p->dirs);
+        for (size_t i = 0; i < p->n_later; i++)
+                free(p->later[i]);
+        free(p->later);
         *p = (Plan) {};
 }
 
@@ -43,6 +46,62 @@ void plan_filter(Plan *p, bool (*keep)(const PushOp *op, void *userdata), void *
                         op_done(&p->ops[i]);
         }
         p->n = k;
+}
+
+/* A directory this plan makes, for plan_made_dir(); without memory, its
+ * children's parent is looked up again (and made again) at worst. */
+static void plan_note_dir(Plan *p, const char *path) {
+        if (p->n_dirs >= 1u << 20)
+                return;
+        if (p->n_dirs == p->cap_dirs) {
+                size_t cap = p->cap_dirs ? p->cap_dirs * 2 : 64;
+                char **d = realloc(p->dirs, cap * sizeof(char *));
+                if (!d)
+                        return;
+                p->dirs = d;
+                p->cap_dirs = cap;
+        }
+        if ((p->dirs[p->n_dirs] = strdup(path)))
+                p->n_dirs++;
+}
+
+/* Keep path (taken over) for plan_more(); false without memory. */
+static bool plan_defer(Plan *p, char *path) {
+        if (p->n_later == p->cap_later) {
+                size_t cap = p->cap_later ? p->cap_later * 2 : 16;
+                char **v = realloc(p->later, cap * sizeof(char *));
+                if (!v)
+                        return false;
+                p->later = v;
+                p->cap_later = cap;
+        }
+        p->later[p->n_later++] = path;
+        return true;
+}
+
+void plan_drop_done(Plan *p, size_t k) {
+        for (size_t i = 0; i < k; i++)
+                op_done(&p->ops[i]);
+        memmove(p->ops, p->ops + k, (p->n - k) * sizeof(*p->ops));
+        p->n -= k;
+        /* A directory whose MKDIR was answered is in the manifest now (or
+         * was refused): only those still on their way are made here. */
+        for (size_t i = 0; i < p->n_dirs; i++)
+                free(p->dirs[i]);
+        p->n_dirs = 0;
+        for (size_t i = 0; i < p->n; i++)
+                if (p->ops[i].type == BS_MSG_MKDIR)
+                        plan_note_dir(p, p->ops[i].path);
+}
+
+void plan_requeue_later(Agent *a, Plan *p) {
+        for (size_t i = 0; i < p->n_later; i++) {
+                agent_mark_dirty(a, p->later[i], true);
+                free(p->later[i]);
+        }
+        if (p->n_later > 0)
+                p->deferred = true;
+        p->n_later = 0;
 }
 
 PushOp *plan_add(Plan *p, uint8_t type, const char *path, const char *path2, uint64_t base,
@@ -77,18 +136,8 @@ PushOp *plan_add(Plan *p, uint8_t type, const char *path, const char *path2, uin
                 return NULL;
         }
         p->n++;
-        if (type == BS_MSG_MKDIR && p->n_dirs < 1u << 20) {
-                if (p->n_dirs == p->cap_dirs) {
-                        size_t cap = p->cap_dirs ? p->cap_dirs * 2 : 64;
-                        char **d = realloc(p->dirs, cap * sizeof(char *));
-                        if (d) {
-                                p->dirs = d;
-                                p->cap_dirs = cap;
-                        }
-                }
-                if (p->n_dirs < p->cap_dirs && (p->dirs[p->n_dirs] = strdup(path)))
-                        p->n_dirs++;
-        }
+        if (type == BS_MSG_MKDIR)
+                plan_note_dir(p, path);
         return op;
 }
 
@@ -146,8 +195,12 @@ static void visit_listed(Visit *v, size_t i, const ManifestEntry *e) {
                 return;
         }
         if (!e && v->p->slice && v->p->n >= v->p->slice && v->names[i].type == DT_DIR) {
-                agent_mark_dirty(v->a, child, true);
-                v->p->deferred = true;
+                char *c = strdup(child);
+                if (!c || !plan_defer(v->p, c)) {
+                        free(c);
+                        agent_mark_dirty(v->a, child, true);
+                        v->p->deferred = true;
+                }
                 return;
         }
         int k = local_stat_at(v->fd, name, v->l);
@@ -250,6 +303,40 @@ int plan_reconcile(Agent *a, Plan *p, const char *path, bool recursive) {
         if (r < 0)
                 return r;
         return reconcile_entry(a, p, path, recursive, l, m, manifest_get(a->state, path, m) == 0);
+}
+
+int plan_more(Agent *a, Plan *p, size_t slice) {
+        char **take = p->later;
+        size_t n = p->n_later, i;
+        _cleanup_(freep) ManifestEntry *m = malloc(sizeof(*m));
+        if (!m)
+                return -ENOMEM;
+        p->later = NULL;
+        p->n_later = p->cap_later = 0;
+        p->slice = p->n + slice;
+        for (i = 0; i < n && p->n < p->slice; i++) {
+                /* A parent refused or gone is looked at after the answers,
+                 * never planned twice while its first plan is in flight. */
+                if (!parent_known(a, p, take[i], m)) {
+                        agent_mark_dirty(a, take[i], true);
+                        p->deferred = true;
+                } else {
+                        int r = plan_reconcile(a, p, take[i], true);
+                        if (r < 0)
+                                log_warning("could not look at %s: %s", take[i], strerror(-r));
+                }
+                free(take[i]);
+        }
+        /* What this slice had no room for goes after what it deferred:
+         * one subtree is finished before the next begins. */
+        for (; i < n; i++)
+                if (!plan_defer(p, take[i])) {
+                        agent_mark_dirty(a, take[i], true);
+                        p->deferred = true;
+                        free(take[i]);
+                }
+        free(take);
+        return 0;
 }
 
 /* plan_reconcile() of path, once l says what the disk holds and m (when

@@ -42,7 +42,13 @@ typedef struct Plan {
          * knows are never deferred: every deletion a rescan finds is in
          * one plan, so the brake on mass deletions sees them all at once. */
         size_t slice;
-        bool deferred; /* some were */
+        bool deferred; /* some dirty paths were: they wait in the agent's list */
+        /* New directories a slice left for later, in the order met:
+         * plan_more() plans them while the requests before them are still
+         * in flight, so a first backup never waits for a slice's answers
+         * before it looks at the next directories. */
+        char **later;
+        size_t n_later, cap_later;
 } Plan;
 
 void plan_clear(Plan *p);
@@ -55,6 +61,16 @@ PushOp *plan_add(Plan *p, uint8_t type, const char *path, const char *path2, uin
  * Returns 1 when the whole subtree below path was covered, 0, or -errno.
  */
 int plan_reconcile(Agent *a, Plan *p, const char *path, bool recursive);
+/** Free the first k ops (answered) and move the rest to the front. */
+void plan_drop_done(Plan *p, size_t k);
+/**
+ * Plan up to slice more ops (a directory is never split) from the
+ * directories left for later. One whose parent is neither recorded nor
+ * being made goes to the agent's dirty list. Returns 0 or -errno.
+ */
+int plan_more(Agent *a, Plan *p, size_t slice);
+/** Hand what is still left for later to the agent's dirty list. */
+void plan_requeue_later(Agent *a, Plan *p);
 /** Does the manifest record path (agreed with the server)? */
 bool plan_known(Agent *a, const char *path);
 /** qsort() order in which a directory's descendants directly follow it. */

@@ -32,8 +32,12 @@
 #include "bs-path.h"
 
 #define PUSH_WINDOW 4096
-/* Ops planned at once (see Plan.slice): a few MiB of plan. */
-#define PLAN_SLICE 16384
+/* Ops planned at once (see Plan.slice): the first slice is small, so the
+ * first request leaves after a few directories were looked at; each next
+ * one is planned once every op before it was sent, while their answers are
+ * on their way. The plan holds at most a window and a slice (a few MiB). */
+#define PLAN_SLICE_FIRST 512
+#define PLAN_SLICE 4096
 /* Files opened and their reading started ahead of the upload: the disk gets
  * many requests at once (merged, in parallel) instead of one small file at
  * a time, which on a cold cache is most of a first backup's time. */
@@ -544,13 +548,25 @@ static void prefetch(Agent *a, Plan *p, size_t next, size_t *pf, uint64_t *pf_by
         }
 }
 
+/* What the answers so far recorded becomes durable, as between two plans:
+ * the state of a million files is not one transaction. */
+static int push_checkpoint(Agent *a, uint64_t *last_seq0) {
+        if (a->last_seq != *last_seq0)
+                agent_state_set_u64(a->state, "last_seq", a->last_seq);
+        int r = agent_state_commit(a->state);
+        if (r < 0)
+                return r;
+        *last_seq0 = a->last_seq;
+        return agent_state_begin(a->state);
+}
+
 static int push_plan(Agent *a, Plan *p) {
         Upload up = { .fd = -1 };
-        size_t next = 0, head = 0, pf = 0;
+        size_t next = 0, head = 0, pf = 0, done = 0;
         uint64_t pf_bytes = 0;
         uint64_t last_seq0 = a->last_seq;
         BsMsg *m = malloc(sizeof(*m));
-        int r = 0;
+        int r = 0, failed = 0;
         if (!m)
                 return -ENOMEM;
 
@@ -562,7 +578,27 @@ static int push_plan(Agent *a, Plan *p) {
                 head = 0;
                 goto out;
         }
-        while (head < p->n) {
+        for (;;) {
+                /* Every op sent: plan the next slice while they are answered. */
+                if (next >= p->n && up.fd < 0 && p->n_later > 0 && !a->paused) {
+                        r = push_checkpoint(a, &last_seq0);
+                        if (r < 0) {
+                                failed = r;
+                                goto out;
+                        }
+                        plan_drop_done(p, head);
+                        done += head;
+                        next -= head;
+                        pf = pf > head ? pf - head : 0;
+                        head = 0;
+                        r = plan_more(a, p, PLAN_SLICE);
+                        if (r < 0)
+                                goto out;
+                        log_debug("sending %zu changes (%zu still answered before them)", p->n - next, next);
+                        a->quiet_files |= done + p->n > AGENT_FILE_LOG_MAX;
+                }
+                if (head >= p->n)
+                        break;
                 while (bs_buf_len(&a->conn->out) < PUSH_OUT_HIGH) {
                         if (up.fd >= 0) {
                                 r = upload_step(a, &up);
@@ -582,9 +618,9 @@ static int push_plan(Agent *a, Plan *p) {
                 }
                 while (head < next && p->ops[head].skipped)
                         head++;
-                if (head >= p->n)
-                        break;
-                agent_progress(a, "uploading", head, p->n, a->bytes_uploaded);
+                if (head >= p->n || (next >= p->n && up.fd < 0 && p->n_later > 0 && !a->paused))
+                        continue;
+                agent_progress(a, "uploading", done + head, done + p->n, a->bytes_uploaded);
                 if (head == next)
                         continue;
                 /* Block only when there is nothing more to send: data still
@@ -634,11 +670,13 @@ out:
         if (a->quiet_files && a->n_uploaded > n0)
                 log_event(LOG_INFO, BS_MID_UPLOADED, a->account, NULL, "uploaded %llu files (%.1f MiB), %zu of %zu changes answered",
                           (unsigned long long) (a->n_uploaded - n0), (double) (a->bytes_uploaded - b0) / (1024.0 * 1024.0),
-                          head, p->n);
+                          done + head, done + p->n);
         a->quiet_files = false;
         /* What the ACKs recorded is rolled back when a write failed: then
          * every op is sent again (the server acknowledges what it has). */
         int k = agent_state_commit(a->state);
+        if (failed < 0)
+                k = failed;
         if (k < 0) {
                 a->last_seq = last_seq0;
                 head = 0;
@@ -813,7 +851,7 @@ static int push_dirty(Agent *a, bool *more) {
                 return 0;
 
         qsort(dirty, n, sizeof(*dirty), plan_path_cmp);
-        Plan p = { .slice = PLAN_SLICE };
+        Plan p = { .slice = PLAN_SLICE_FIRST };
         const char *skip = NULL;
         bool verifying = a->verifying && n == 1 && dirty[0].path[0] == 0;
         a->verifying = false;
@@ -852,7 +890,8 @@ static int push_dirty(Agent *a, bool *more) {
                 clock_gettime(CLOCK_MONOTONIC, &t1);
                 report_unseen(a, &p, (double) (t1.tv_sec - t0.tv_sec) * 1e3 + (double) (t1.tv_nsec - t0.tv_nsec) / 1e6);
         }
-        r = p.n ? push_plan(a, &p) : 0;
+        r = p.n || p.n_later ? push_plan(a, &p) : 0;
+        plan_requeue_later(a, &p);
         *more = p.deferred;
         plan_clear(&p);
         for (size_t i = 0; i < n; i++)

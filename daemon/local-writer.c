@@ -15,6 +15,10 @@
 
 /* Bytes handed over and not yet written, at most (then submit waits). */
 #define WRITER_QUEUE_BYTES (8u * 1024 * 1024)
+/* Files queued before the thread is woken: waking it for each one costs
+ * both threads a context switch per file, more than a small file's write.
+ * Whatever is queued is written at the latest when someone waits. */
+#define WRITER_WAKE_JOBS 16
 /* The thread's stack: it calls only a few system calls deep. */
 #define WRITER_STACK (256u * 1024)
 
@@ -25,8 +29,9 @@ struct LocalWriter {
         pthread_cond_t wake; /* work or stop */
         pthread_cond_t done; /* a job finished */
         LocalWrite *head, *tail;
-        size_t busy;  /* handed over, not finished */
-        size_t bytes; /* of those, bytes */
+        size_t busy;   /* handed over, not finished */
+        size_t queued; /* of those, not yet taken by the thread */
+        size_t bytes;  /* of those handed over, bytes */
         bool stop;
 };
 
@@ -65,6 +70,7 @@ static void *writer_main(void *userdata) {
                 if (!w->head)
                         break;
                 LocalWrite *job = w->head;
+                w->queued--;
                 w->head = job->next;
                 if (!w->head)
                         w->tail = NULL;
@@ -129,21 +135,27 @@ void local_writer_submit(LocalWriter *w, LocalWrite *job) {
         job->error = 0;
         job->name[0] = 0;
         pthread_mutex_lock(&w->lock);
-        while (w->busy > 0 && w->bytes + job->len > WRITER_QUEUE_BYTES)
+        while (w->busy > 0 && w->bytes + job->len > WRITER_QUEUE_BYTES) {
+                pthread_cond_signal(&w->wake);
                 pthread_cond_wait(&w->done, &w->lock);
+        }
         if (w->tail)
                 w->tail->next = job;
         else
                 w->head = job;
         w->tail = job;
         w->busy++;
+        w->queued++;
         w->bytes += job->len;
-        pthread_cond_signal(&w->wake);
+        if (w->queued >= WRITER_WAKE_JOBS)
+                pthread_cond_signal(&w->wake);
         pthread_mutex_unlock(&w->lock);
 }
 
 void local_writer_wait(LocalWriter *w) {
         pthread_mutex_lock(&w->lock);
+        if (w->queued > 0)
+                pthread_cond_signal(&w->wake);
         while (w->busy > 0)
                 pthread_cond_wait(&w->done, &w->lock);
         pthread_mutex_unlock(&w->lock);

@@ -310,10 +310,21 @@ static bool root_back(Agent *a) {
 
 static int on_socket(sd_event_source *s, int fd, uint32_t revents, void *userdata);
 
+/* Once the first comparison listed every directory: how many are watched,
+ * and the sysctl to raise when some could not be. */
+static void report_watches(Agent *a) {
+        if (a->watch_in_scan || a->watch_reported)
+                return;
+        a->watch_reported = true;
+        log_info("watching %zu directories of %s", watcher_count(a->watcher), a->cfg.dir);
+        report_watch_limit(a);
+}
+
 static void run_round(Agent *a) {
         if (a->root_gone && !root_back(a))
                 return;
         int r = agent_round(a);
+        report_watches(a);
         if (a->stop) {
                 sd_event_exit(a->event, (int) a->stop);
                 return;
@@ -698,20 +709,24 @@ AgentStop agent_run(Agent *a) {
         sd_event_source_set_enabled(a->failed_timer, SD_EVENT_OFF);
         sd_event_source_set_enabled(a->poll_timer, SD_EVENT_ON);
 
-        /* Watch first, then compare: a change made during the first
+        /* Watch the top, then compare: the comparison watches each
+         * directory before it lists it, so a change made during the first
          * scan is seen either by the scan or by the watcher. */
-        r = watch_root(a);
-        if (r < 0) {
+        watcher_reset(a->watcher);
+        r = watcher_add_dir(a->watcher, "");
+        if (r < 0 && r != -ENOSPC) {
                 log_error("cannot watch %s: %s", a->cfg.dir, strerror(-r));
                 return AGENT_STOP_NO_DIR;
         }
+        a->watch_in_scan = true;
         a->rescan_all = true;
-        log_info("watching %s (%zu directories), state in %s", a->cfg.dir, watcher_count(a->watcher), a->cfg.state_dir);
+        log_info("watching %s, state in %s", a->cfg.dir, a->cfg.state_dir);
 
         if (a->cfg.once) {
                 for (int i = 0; i < 10; i++) {
                         agent_settle_all(a);
                         r = agent_round(a);
+                        report_watches(a);
                         if (a->stop)
                                 return a->stop;
                         if (r < 0 && a->state_error)

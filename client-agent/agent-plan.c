@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "agent-plan.h"
+#include "agent-watch.h"
 #include "bs-fs.h"
 #include "bs-log.h"
 #include "bs-macro.h"
@@ -246,6 +247,12 @@ static int reconcile_children(Agent *a, Plan *p, const char *dir, bool fresh) {
         if (fd < 0)
                 return 0;
         Visit v = { .a = a, .p = p, .dir = dir, .fd = fd };
+        /* Watched before it is listed: a change is in the listing or in an event. */
+        if (a->watch_in_scan) {
+                int k = watcher_add_dir(a->watcher, dir);
+                if (k < 0 && k != -ENOSPC)
+                        return k;
+        }
         int r = bs_dir_list(fd, &v.names, &v.n);
         if (r < 0)
                 return r;

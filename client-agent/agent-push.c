@@ -830,6 +830,9 @@ int agent_push(Agent *a) {
         do
                 r = push_dirty(a, &more);
         while (r >= 0 && more && !a->paused);
+        /* Every directory was listed, so every one is watched. */
+        if (r >= 0 && !more && !a->paused)
+                a->watch_in_scan = false;
         return r;
 }
 

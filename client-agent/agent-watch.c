@@ -146,6 +146,9 @@ static void abs_path(const Watcher *w, const char *rel, char *out, size_t outsz)
 }
 
 static void remember_unwatched(Watcher *w, const char *dir) {
+        for (size_t i = 0; i < w->n_unwatched; i++)
+                if (strcmp(w->unwatched[i], dir) == 0)
+                        return;
         char **p = realloc(w->unwatched, (w->n_unwatched + 1) * sizeof(char *));
         if (!p)
                 return;
@@ -154,26 +157,38 @@ static void remember_unwatched(Watcher *w, const char *dir) {
                 w->n_unwatched++;
 }
 
-/* Add one watch, then list the directory: a subdirectory made between the
- * two is still found by the listing. */
-static int add_tree(Watcher *w, const char *dir, int depth) {
-        char abs[PATH_MAX + BS_PATH_MAX + 2];
-        int r = 0;
-
-        abs_path(w, dir, abs, sizeof(abs));
+/* Watch dir itself: 0, -ENOSPC (remembered), 1 when it is gone or no
+ * directory any more, another -errno for the root. */
+static int add_one(Watcher *w, const char *dir, const char *abs) {
         int wd = inotify_add_watch(w->fd, abs, WATCH_MASK);
         if (wd < 0) {
                 if (errno == ENOSPC) {
                         remember_unwatched(w, dir);
-                        r = -ENOSPC;
-                } else if (dir[0] == 0) {
-                        return -errno;
-                } else {
-                        return 0; /* vanished or not a directory any more */
+                        return -ENOSPC;
                 }
-        } else if (set_path(w, wd, dir) < 0) {
-                return -ENOMEM;
+                return dir[0] == 0 ? -errno : 1;
         }
+        return set_path(w, wd, dir);
+}
+
+int watcher_add_dir(Watcher *w, const char *dir) {
+        char abs[PATH_MAX + BS_PATH_MAX + 2];
+        abs_path(w, dir, abs, sizeof(abs));
+        int r = add_one(w, dir, abs);
+        return r == 1 ? 0 : r;
+}
+
+/* Add one watch, then list the directory: a subdirectory made between the
+ * two is still found by the listing. */
+static int add_tree(Watcher *w, const char *dir, int depth) {
+        char abs[PATH_MAX + BS_PATH_MAX + 2];
+
+        abs_path(w, dir, abs, sizeof(abs));
+        int r = add_one(w, dir, abs);
+        if (r == 1)
+                return 0; /* vanished or not a directory any more */
+        if (r < 0 && r != -ENOSPC)
+                return r;
         if (depth > 512)
                 return r;
 

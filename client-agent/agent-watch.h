@@ -44,6 +44,13 @@ int watcher_fd(Watcher *w);
  * another negative errno for the root itself.
  */
 int watcher_add_tree(Watcher *w, const char *dir);
+/**
+ * Watch dir alone, as a scan that lists it next does (a change made after
+ * the watch is reported, one made before it is in the listing). Returns
+ * 0 (also when dir is gone), -ENOSPC (remembered as for watcher_add_tree()),
+ * or another negative errno for the root itself.
+ */
+int watcher_add_dir(Watcher *w, const char *dir);
 
 /** Stop watching the directories the ignored callback now names, and what is below them. */
 void watcher_drop_ignored(Watcher *w);

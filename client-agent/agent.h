@@ -136,6 +136,11 @@ typedef struct Agent {
         GoneLink gone_links[AGENT_GONE_LINKS]; /* a ring, oldest overwritten */
         size_t next_gone_link;
         bool rescan_all;
+        /* The first comparison of the tree adds each directory's watch as
+         * it lists it: one walk of the tree, and the first request leaves
+         * before the last directory of a big tree was looked at. */
+        bool watch_in_scan;
+        bool watch_reported; /* the count of watches, logged once it is known */
         bool verifying; /* this rescan is the verification pass: report what it finds */
         bool need_snapshot;
         bool no_delta;  /* a delta download failed: fetch whole files until the next round */

@@ -375,6 +375,18 @@ def write_file(path, data, mode=None, mtime=None):
         os.utime(path, (mtime, mtime))
 
 
+def inotify_watches(pid):
+    """The number of inotify watches the process holds."""
+    n = 0
+    for fd in os.listdir("/proc/%d/fdinfo" % pid):
+        try:
+            with open("/proc/%d/fdinfo/%s" % (pid, fd)) as f:
+                n += sum(1 for line in f if line.startswith("inotify wd:"))
+        except OSError:
+            pass
+    return n
+
+
 def make_small_files(root, ndirs, per_dir, dname="d%03d", fname="f%02d", tag=b""):
     """ndirs directories of per_dir small files under root, each file's
     content naming its place (tag, then "D I")."""

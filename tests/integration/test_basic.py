@@ -5,8 +5,9 @@ import stat
 import time
 
 from harness import (Env, assert_trees_equal, check, conflict_copies, fail,
-                     make_small_files, read_bytes, snapshot, wait_absent,
-                     wait_content, wait_tree, wait_until, write_file)
+                     inotify_watches, make_small_files, read_bytes, snapshot,
+                     wait_absent, wait_content, wait_tree, wait_until,
+                     write_file)
 
 EXEC_MTIME = 1500000000
 
@@ -247,6 +248,47 @@ def test_first_backup_in_slices():
         wait_content(os.path.join(b.dir, "t24", "s7", "f89"), b"24 7 89\nrewritten\n", timeout=120,
                      msg="the rewritten files on B")
         check(os.path.exists(os.path.join(b.dir, "t00", "s0", "f00")), "B keeps the files whose deletion is held")
+
+
+def test_first_scan_watches_as_it_lists():
+    """The first comparison adds each directory's watch just before it
+    lists it, in one walk of the tree, so the first request leaves before
+    the last directory was looked at. A change made while it runs, in a
+    directory listed already or not yet, reaches the server; afterwards
+    every directory is watched, and a change deep in the last one arrives
+    by its event, not by a poll."""
+    os.environ["BACKUPSYNC_LOG_LEVEL"] = "debug"
+    with Env("first_scan_watches_as_it_lists") as env:
+        srv = env.server()
+        adir = env.path("A")
+        make_small_files(adir, 40, 150, "d%02d", "f%03d")
+        for d in range(40):
+            os.makedirs(os.path.join(adir, "d%02d" % d, "sub", "deep"))
+            write_file(os.path.join(adir, "d%02d" % d, "sub", "deep", "x"), b"x %d\n" % d)
+        ndirs = 40 * 3
+        a = env.agent("A", adir, poll="1h")
+        # While the first scan and upload run (6,000 files, several slices).
+        with open(os.path.join(adir, "d00", "f000"), "ab") as f:
+            f.write(b"appended at once\n")
+        write_file(os.path.join(adir, "d39", "sub", "deep", "new"), b"made during the first scan\n")
+        os.makedirs(os.path.join(adir, "d39", "sub", "deep", "newdir"))
+        write_file(os.path.join(adir, "d39", "sub", "deep", "newdir", "n"), b"in a new directory\n")
+        snap = snapshot(adir)
+        wait_tree(srv.tree(a.token), {k: (v[0], v[1], None) for k, v in snap.items()},
+                  timeout=120, modes=False, msg="the first backup with the changes made during it")
+        wait_until(lambda: "watching %d directories of" % (ndirs + 2) in a.log_text(), 30,
+                   "A to log that it watches the %d directories" % (ndirs + 2))
+        log = a.log_text()
+        first = log.index("sending ")
+        check(log.index("watching %d directories of" % (ndirs + 2)) > first,
+              "the watch count is logged after the first scan, not before it")
+        check(inotify_watches(a.popen.pid) == ndirs + 2,
+              "%d inotify watches, want %d" % (inotify_watches(a.popen.pid), ndirs + 2))
+        # Every directory is watched: a change in the last one arrives at once
+        # (the poll is an hour away).
+        write_file(os.path.join(adir, "d39", "sub", "deep", "later"), b"after the first scan\n")
+        wait_content(os.path.join(srv.tree(a.token), "d39", "sub", "deep", "later"), b"after the first scan\n",
+                     timeout=10, msg="a change in the last directory, by its watch")
 
 
 def test_join_reads_events_during_batch():

@@ -375,12 +375,14 @@ def test_fault_watch_limit():
             with open(WATCHES, "w") as f:
                 f.write(str(limit))
             try:
-                a = env.agent("A", adir, poll="1s")  # returns once A printed its ID: watches are set
+                a = env.agent("A", adir, poll="1s")
+                # The first comparison adds the watches as it lists the
+                # directories; once it is done A says what it watches.
+                wait_until(lambda: "fs.inotify.max_user_watches" in a.log_text(), 10,
+                           "agent A to log that fs.inotify.max_user_watches is too low")
             finally:
                 restore()
             print("fault_watch_limit: max_user_watches was %d while A started" % limit)
-            wait_until(lambda: "fs.inotify.max_user_watches" in a.log_text(), 10,
-                       "agent A to log that fs.inotify.max_user_watches is too low")
             b = env.agent("B", env.path("B"), token=a.token, poll="1s")
             assert_trees_equal(adir, b.dir, msg="initial join")
 

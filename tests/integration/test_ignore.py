@@ -4,7 +4,7 @@ patterns (selective sync) and the default ignores."""
 import os
 import signal
 
-from harness import Env, check, wait_until, write_file
+from harness import Env, check, inotify_watches, wait_until, write_file
 from test_config import InstanceAgent, _environ
 
 
@@ -15,18 +15,6 @@ def _server_tree(srv, a):
         for n in dirs + files:
             out.add(os.path.relpath(os.path.join(d, n), root))
     return out
-
-
-def _inotify_watches(pid):
-    """The number of inotify watches the process holds."""
-    n = 0
-    for fd in os.listdir("/proc/%d/fdinfo" % pid):
-        try:
-            with open("/proc/%d/fdinfo/%s" % (pid, fd)) as f:
-                n += sum(1 for line in f if line.startswith("inotify wd:"))
-        except OSError:
-            pass
-    return n
 
 
 def test_ignore_files_nested_and_defaults():
@@ -137,7 +125,7 @@ def test_ignore_node_modules_costs_no_watches():
         a = env.agent("A", adir)
         wait_until(lambda: "src/app.js" in _server_tree(srv, a), 60, "src/app.js on the server")
         check(not any(p.startswith("node_modules") for p in _server_tree(srv, a)), "node_modules reached the server")
-        w = _inotify_watches(a.popen.pid)
+        w = inotify_watches(a.popen.pid)
         check(w <= 3, "%d inotify watches for a tree of 2 directories besides node_modules" % w)
 
 
@@ -185,7 +173,7 @@ def test_ignore_file_changed_during_burst():
         a = env.agent("A", adir)
         b = env.agent("B", env.path("B"), token=a.token)
         wait_until(lambda: os.path.isdir(os.path.join(b.dir, "gen/sub4")), 30, "gen/ on B")
-        check(_inotify_watches(a.popen.pid) == 8, "watches before: %d, want 8" % _inotify_watches(a.popen.pid))
+        check(inotify_watches(a.popen.pid) == 8, "watches before: %d, want 8" % inotify_watches(a.popen.pid))
         for i in range(400):
             write_file(os.path.join(adir, "gen/sub%d/f%03d.txt" % (i % 5, i)), "g%d\n" % i)
             write_file(os.path.join(adir, "src/s%03d.txt" % i), "s%d\n" % i)
@@ -205,6 +193,6 @@ def test_ignore_file_changed_during_burst():
         check(not late, "gen/ files written after gen/ became ignored went up: %s" % late[:10])
         check(gen_files(adir) == set("f%03d.txt" % i for i in range(400)), "A's gen/ changed")
         wait_until(lambda: gen_files(b.dir) == on_server, 15, "B's gen/ to be what the server kept")
-        w = _inotify_watches(a.popen.pid)
+        w = inotify_watches(a.popen.pid)
         check(w == 2, "%d inotify watches after gen/ became ignored, want 2 (the top and src/)" % w)
         print("ignore_burst: %d of gen/'s 200 files before the change went up" % len(on_server))

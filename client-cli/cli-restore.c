@@ -1,10 +1,13 @@
 /* cli-restore.c - `backupsync restore`: files and trees as they were
  *
  * First the entries to bring back are listed by the server (the tree as
- * of a sequence, or one version of a file); then directories are made,
- * symlinks placed, and the files fetched by SHA-256 with up to
- * PIPELINE_MAX requests in flight, so a big tree costs no round trip per
- * file. Every file is written to a temporary name beside its place,
+ * of a sequence, or one version of a file); directories are kept in
+ * memory, everything else waits in an unnamed file in $TMPDIR (default
+ * /var/tmp), so a tree of a million files costs its directories, not
+ * every entry. Then directories are made, and the rest is read back
+ * RESTORE_BATCH entries at a time: symlinks placed, files fetched by
+ * SHA-256 with up to PIPELINE_MAX requests in flight, so a big tree
+ * costs no round trip per file. Every file is written to a temporary name beside its place,
  * checked against its SHA-256, given its mode and mtime, and only then
  * renamed into place: nothing half-written is ever visible. Directory
  * modes and mtimes come last, deepest first, so a read-only directory
@@ -32,6 +35,7 @@
 
 #define PIPELINE_MAX 4096
 #define PIPELINE_BYTES (64u * 1024 * 1024)
+#define RESTORE_BATCH 16384
 
 typedef struct Item {
         char *path;
@@ -44,12 +48,25 @@ typedef struct Item {
         uint8_t sha[BS_SHA_LEN];
 } Item;
 
+/* An entry as it waits in the spill file, followed by its path and target. */
+typedef struct SpillHead {
+        uint8_t kind;
+        uint32_t mode;
+        int64_t mtime_ns;
+        uint64_t size, version;
+        uint8_t sha[BS_SHA_LEN];
+        uint16_t path_len, target_len;
+} SpillHead;
+
 typedef struct Restore {
-        Item *items;
+        Item *items; /* directories, all of them; then one batch of the rest */
         size_t n, cap;
+        FILE *spill; /* the rest, in the order listed */
+        uint64_t listed; /* entries listed, of every kind */
         const char *want_path; /* the path asked for, for messages */
         uint64_t version;      /* --version: the row to take */
         bool found;
+        uint8_t found_kind;
         BsHistRow first, second; /* versions: the newest two rows */
         size_t n_rows;
         /* progress */
@@ -63,31 +80,95 @@ typedef struct Restore {
         char parent[BS_PATH_MAX + 1];
 } Restore;
 
+static int push_item(Restore *r, const Item *it) {
+        if (r->n == r->cap) {
+                size_t cap = r->cap ? 2 * r->cap : 256;
+                Item *v = reallocarray(r->items, cap, sizeof(*v));
+                if (!v)
+                        return -ENOMEM;
+                r->items = v;
+                r->cap = cap;
+        }
+        r->items[r->n++] = *it;
+        return 0;
+}
+
+/* An unnamed file for the list, on disk where the system keeps such files. */
+static FILE *spill_open(void) {
+        const char *dir = getenv("TMPDIR");
+        int fd = open(dir && dir[0] ? dir : "/var/tmp", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+        if (fd < 0)
+                return tmpfile();
+        FILE *f = fdopen(fd, "w+");
+        if (!f)
+                close(fd);
+        return f;
+}
+
+static int spill_put(Restore *r, const BsRecord *rec) {
+        SpillHead h = { .kind = rec->kind, .mode = rec->mode & 07777, .mtime_ns = rec->mtime_ns, .size = rec->size,
+                        .version = rec->seq, .path_len = (uint16_t) strlen(rec->path),
+                        .target_len = rec->kind == BS_KIND_SYMLINK ? (uint16_t) strlen(rec->path2) : 0 };
+        memcpy(h.sha, rec->sha, BS_SHA_LEN);
+        if (!r->spill && !(r->spill = spill_open()))
+                return -errno;
+        if (fwrite(&h, sizeof(h), 1, r->spill) != 1 || fwrite(rec->path, 1, h.path_len, r->spill) != h.path_len ||
+            fwrite(rec->path2, 1, h.target_len, r->spill) != h.target_len)
+                return -EIO;
+        return 0;
+}
+
+/* The next spilled entry into *it: 1, 0 at the end, or -errno. */
+static int spill_get(Restore *r, Item *it) {
+        SpillHead h;
+        if (fread(&h, sizeof(h), 1, r->spill) != 1)
+                return ferror(r->spill) ? -EIO : 0;
+        if (h.path_len > BS_PATH_MAX || h.target_len > BS_PATH_MAX)
+                return -EBADMSG;
+        *it = (Item) { .kind = h.kind, .mode = h.mode, .mtime_ns = h.mtime_ns, .size = h.size, .version = h.version };
+        memcpy(it->sha, h.sha, BS_SHA_LEN);
+        it->path = malloc(h.path_len + 1u);
+        it->target = h.kind == BS_KIND_SYMLINK ? malloc(h.target_len + 1u) : NULL;
+        if (!it->path || (h.kind == BS_KIND_SYMLINK && !it->target)) {
+                free(it->path);
+                free(it->target);
+                return -ENOMEM;
+        }
+        if (fread(it->path, 1, h.path_len, r->spill) != h.path_len ||
+            (it->target && fread(it->target, 1, h.target_len, r->spill) != h.target_len)) {
+                free(it->path);
+                free(it->target);
+                return -EIO;
+        }
+        it->path[h.path_len] = 0;
+        if (it->target)
+                it->target[h.target_len] = 0;
+        return 1;
+}
+
 static int add_item(Restore *r, const BsRecord *rec) {
         if (bs_path_check(rec->path, rec->path_len) < 0 ||
             (rec->kind == BS_KIND_SYMLINK && (rec->path2_len == 0 || memchr(rec->path2, 0, rec->path2_len)))) {
                 fprintf(stderr, "backupsync: the server sent a bad path; stopping\n");
                 return EX_PROTOCOL;
         }
-        if (r->n == r->cap) {
-                size_t cap = r->cap ? 2 * r->cap : 256;
-                Item *v = reallocarray(r->items, cap, sizeof(*v));
-                if (!v)
-                        return EX_OSERR;
-                r->items = v;
-                r->cap = cap;
-        }
-        Item *it = &r->items[r->n];
-        *it = (Item) { .kind = rec->kind, .mode = rec->mode & 07777, .mtime_ns = rec->mtime_ns, .size = rec->size,
-                       .version = rec->seq };
-        memcpy(it->sha, rec->sha, BS_SHA_LEN);
-        it->path = strdup(rec->path);
-        it->target = rec->kind == BS_KIND_SYMLINK ? strdup(rec->path2) : NULL;
-        if (!it->path || (rec->kind == BS_KIND_SYMLINK && !it->target))
-                return EX_OSERR;
-        r->n++;
-        if (it->kind == BS_KIND_FILE)
+        r->listed++;
+        if (rec->kind == BS_KIND_FILE)
                 r->files_total++;
+        if (rec->kind != BS_KIND_DIR) {
+                int k = spill_put(r, rec);
+                if (k < 0) {
+                        fprintf(stderr, "backupsync: cannot keep the list of entries in a temporary file: %s\n",
+                                strerror(-k));
+                        return EX_CANTCREAT;
+                }
+                return EX_OK;
+        }
+        Item it = { .kind = rec->kind, .mode = rec->mode & 07777, .mtime_ns = rec->mtime_ns, .version = rec->seq };
+        if (!(it.path = strdup(rec->path)) || push_item(r, &it) < 0) {
+                free(it.path);
+                return EX_OSERR;
+        }
         return EX_OK;
 }
 
@@ -104,6 +185,7 @@ static int on_version_row(void *userdata, const BsHistRow *row) {
         r->n_rows++;
         if (r->version && row->rec.seq == r->version && !r->found) {
                 r->found = true;
+                r->found_kind = row->rec.kind;
                 return add_item(r, &row->rec);
         }
         return EX_OK;
@@ -128,13 +210,13 @@ static int on_log_row(void *userdata, const BsHistRow *row) {
 /* The entries of path as when says, into r->items. */
 static int collect(BsConn *c, Restore *r, const char *path, const CliRestoreWhen *when) {
         const char *show = path[0] ? path : "/";
-        size_t before = r->n;
+        uint64_t before = r->listed;
         int k;
 
         if (when->at) {
                 uint64_t seq = 0;
                 k = cli_history(c, BS_HIST_TREE, path, 0, (int64_t) when->at, 0, on_tree_row, r, &seq);
-                if (k == EX_OK && r->n == before) {
+                if (k == EX_OK && r->listed == before) {
                         fprintf(stderr, "backupsync: %s: nothing was there at that time\n", show);
                         return EX_DATAERR;
                 }
@@ -160,8 +242,9 @@ static int collect(BsConn *c, Restore *r, const char *path, const CliRestoreWhen
                                         "lists them)\n", show, when->version, show);
                         return EX_DATAERR;
                 }
-                /* A directory's version: the tree below it as it was then. */
-                if (r->items[r->n - 1].kind == BS_KIND_DIR) {
+                /* A directory's version: the tree below it as it was then
+                 * (directories are kept in memory, the last one is it). */
+                if (r->found_kind == BS_KIND_DIR) {
                         r->n--;
                         free(r->items[r->n].path);
                         return cli_history(c, BS_HIST_TREE, path, when->version, 0, 0, on_tree_row, r, NULL);
@@ -368,10 +451,11 @@ static int cmp_version(const void *x, const void *y) {
         return a->version < b->version ? -1 : a->version > b->version;
 }
 
-/* Fetch the files of r->items with requests pipelined. They are asked for
- * in the order they were written (their versions): files written together
- * lie together on the server's disk, so its reads follow one another. */
-static int fetch_files(BsConn *c, Restore *r, int root) {
+/* Fetch the files of r->items from from on, with requests pipelined. They
+ * are asked for in the order they were written (their versions): files
+ * written together lie together on the server's disk, so its reads follow
+ * one another. */
+static int fetch_files(BsConn *c, Restore *r, int root, size_t from) {
         static BsMsg m;
         size_t pos = 0, n_files = 0, inflight_bytes = 0, n_inflight = 0, head = 0;
         size_t *order = calloc(PIPELINE_MAX, sizeof(*order)); /* ring of item indexes in request order */
@@ -385,7 +469,7 @@ static int fetch_files(BsConn *c, Restore *r, int root) {
                 free(files);
                 return EX_OSERR;
         }
-        for (size_t i = 0; i < r->n; i++)
+        for (size_t i = from; i < r->n; i++)
                 if (r->items[i].kind == BS_KIND_FILE)
                         files[n_files++] = i;
         sort_items = r->items;
@@ -477,6 +561,49 @@ out:
         return ret;
 }
 
+static void drop_items(Restore *r, size_t from) {
+        for (size_t i = from; i < r->n; i++) {
+                free(r->items[i].path);
+                free(r->items[i].target);
+        }
+        r->n = from;
+}
+
+/* Links and files, RESTORE_BATCH at a time from the spill file, after the
+ * directories the list holds. */
+static int restore_spilled(BsConn *c, Restore *r, int root) {
+        size_t dirs = r->n;
+        int ret = EX_OK, k = 1;
+
+        if (fflush(r->spill) != 0 || fseek(r->spill, 0, SEEK_SET) != 0) {
+                fprintf(stderr, "backupsync: cannot read back the list of entries: %m\n");
+                return EX_IOERR;
+        }
+        while (ret == EX_OK && k > 0) {
+                Item it;
+                while (r->n - dirs < RESTORE_BATCH && (k = spill_get(r, &it)) > 0)
+                        if (push_item(r, &it) < 0) {
+                                free(it.path);
+                                free(it.target);
+                                k = -ENOMEM;
+                        }
+                if (k < 0) {
+                        fprintf(stderr, "backupsync: cannot read back the list of entries: %s\n", strerror(-k));
+                        ret = EX_IOERR;
+                        break;
+                }
+                for (size_t i = dirs; i < r->n; i++)
+                        if (r->items[i].kind == BS_KIND_SYMLINK) {
+                                int e = make_symlink(root, &r->items[i]);
+                                if (e < 0)
+                                        report(r, r->items[i].path, "cannot create", e);
+                        }
+                ret = fetch_files(c, r, root, dirs);
+                drop_items(r, dirs);
+        }
+        return ret;
+}
+
 /* Directory modes and mtimes, deepest first (reverse path order). */
 static void finish_dirs(Restore *r, int root) {
         for (size_t i = r->n; i-- > 0;) {
@@ -515,18 +642,14 @@ int cli_restore(const CliAccount *acc, char *const *paths, size_t n, const CliRe
         ret = cli_connect(acc, &c);
         for (size_t i = 0; ret == EX_OK && i < n; i++)
                 ret = collect(c, &r, paths[i], when);
-        /* Directories first (path order puts a parent before its children), then links. */
+        /* Directories first: path order puts a parent before its children. */
         for (size_t i = 0; ret == EX_OK && i < r.n; i++) {
-                int k = 0;
-                if (r.items[i].kind == BS_KIND_DIR)
-                        k = make_dir(root, &r.items[i]);
-                else if (r.items[i].kind == BS_KIND_SYMLINK)
-                        k = make_symlink(root, &r.items[i]);
+                int k = make_dir(root, &r.items[i]);
                 if (k < 0)
                         report(&r, r.items[i].path, "cannot create", k);
         }
-        if (ret == EX_OK)
-                ret = fetch_files(c, &r, root);
+        if (ret == EX_OK && r.spill)
+                ret = restore_spilled(c, &r, root);
         if (ret == EX_OK) {
                 finish_dirs(&r, root);
                 progress(&r, true);
@@ -537,10 +660,9 @@ int cli_restore(const CliAccount *acc, char *const *paths, size_t n, const CliRe
         }
         if (r.parent_fd >= 0)
                 close(r.parent_fd);
-        for (size_t i = 0; i < r.n; i++) {
-                free(r.items[i].path);
-                free(r.items[i].target);
-        }
+        drop_items(&r, 0);
         free(r.items);
+        if (r.spill)
+                fclose(r.spill);
         return ret;
 }

@@ -1685,9 +1685,9 @@ def case10_scale(b, cfg, res):
             figures["join"], figures["join_peak"], _ = timed(agent(join, token, b.path(name + "-join-state")), "join",
                                                              join)
             restore = b.path(name + "-restore")
-            figures["restore"] = timed([CLI_BIN, "restore", "/", "--at", at, "--to", restore, "--server",
-                                        "127.0.0.1", "--port", str(srv.port), "--token", token,
-                                        "--server-fingerprint", fp], "restore", restore)[0]
+            figures["restore"], figures["restore_peak"], _ = timed(
+                [CLI_BIN, "restore", "/", "--at", at, "--to", restore, "--server", "127.0.0.1", "--port",
+                 str(srv.port), "--token", token, "--server-fingerprint", fp], "restore", restore)
             pull = b.path(name + "-pull")
             figures["pull"] = timed(["rsync", "-a", "rsync://127.0.0.1:%d/c10/" % rd.port, pull + "/"],
                                     "rsync -a pull", pull)[0]
@@ -1723,6 +1723,8 @@ def case10_scale(b, cfg, res):
                 target=lambda v, r: r <= 0.8, target_text="ratio <= 0.8")
         res.add(C, "restore / --at into an empty directory, " + desc, f["restore"], "rsync -a from its daemon",
                 f["pull"], target=lambda v, r: r <= 0.8, target_text="ratio <= 0.8")
+        res.add(C, "backupsync restore peak memory, %d files" % nfiles, f["restore_peak"], fmt=fmt_bytes,
+                target=lambda v, r, m=mem: v <= m, target_text="<= %d MiB" % (mem // MiB))
         if watches:
             res.note("case 10, %d files: the agent asked for a higher fs.inotify.max_user_watches." % nfiles)
         per_file[nfiles] = f

@@ -206,6 +206,37 @@ def test_restore_in_place_and_undo():
         check(rc == EX_DATAERR and "no version 999999" in err, "a version that never was: %d %s" % (rc, err))
 
 
+def test_restore_tree_in_batches():
+    """A whole tree of more entries than a restore holds at once (16,384:
+    directories are kept apart, the rest waits in an unnamed file in
+    TMPDIR and comes back a batch at a time): every file, link, mode and
+    mtime is restored, and TMPDIR is left as it was."""
+    with Env("restore_tree_in_batches") as env:
+        srv = env.server()
+        adir = env.path("A")
+        harness.make_small_files(adir, 170, 100, "d%03d", "f%03d")
+        for d in (0, 85, 169):
+            os.symlink("f000", os.path.join(adir, "d%03d" % d, "link"))
+        write_file(os.path.join(adir, "d169", "run.sh"), "#!/bin/sh\n", mode=0o755, mtime=1600000000)
+        os.chmod(os.path.join(adir, "d120"), 0o555)
+        a = env.agent("A", adir)
+        snap = snapshot(adir, mtimes=True)
+        wait_tree(srv.tree(a.token), {k: (v[0], v[1], None) for k, v in snapshot(adir).items()},
+                  timeout=180, modes=False, msg="17,000 files on the server")
+        _next_second()
+        tmp = env.path("tmp")
+        os.makedirs(tmp)
+        out = env.path("restored")
+        rc, _, err = _cli("restore", "/", "--at", "@%d" % int(time.time()), "--to", out, "--state-dir", a.state_dir,
+                          env=dict(os.environ, TMPDIR=tmp), timeout=300)
+        got = snapshot(out, mtimes=True)
+        check(rc == 0 and got == snap, "restore of 17,000 entries: exit %d %s\n%s" % (
+            rc, err[-2000:], harness.diff_snapshots(got, snap, "restored", "expected")))
+        check(os.listdir(tmp) == [], "TMPDIR holds %r after the restore" % os.listdir(tmp))
+        os.chmod(os.path.join(adir, "d120"), 0o755)
+        os.chmod(os.path.join(out, "d120"), 0o755)
+
+
 def test_restore_at_boundaries():
     """--at TIME is the tree as of the last change made by then: exactly at
     a change's second it is included, a second before it is not; before

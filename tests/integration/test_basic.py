@@ -513,6 +513,10 @@ def test_log_summary():
         files = {"many/f%03d.txt" % i: "file %d\n" % i for i in range(260)}
         srv, a, b = _two(env, "summary", files)  # B has them all when this returns
         for agent, verb in ((a, "uploaded"), (b, "downloaded")):
+            # The summary follows the pull's commit, a moment after the
+            # files are in place.
+            wait_until(lambda: any((verb + " 260 files") in l for l in agent.log_lines()), 10,
+                       "%s to log the '%s 260 files' summary" % (agent.name, verb))
             lines = agent.log_lines()
             per_file = [l for l in lines if verb + " many/" in l]
             summary = [l for l in lines if (verb + " 260 files") in l]

@@ -66,18 +66,26 @@ static void plan_note_dir(Plan *p, const char *path) {
                 p->n_dirs++;
 }
 
-/* Keep path (taken over) for plan_more(); false without memory. */
-static bool plan_defer(Plan *p, char *path) {
-        if (p->n_later == p->cap_later) {
+/* Keep path (owned: taken over, else copied) for plan_more(); without
+ * memory it waits in the agent's dirty list instead. */
+static void plan_defer(Agent *a, Plan *p, const char *path, char *owned) {
+        if (!owned)
+                owned = strdup(path);
+        if (owned && p->n_later == p->cap_later) {
                 size_t cap = p->cap_later ? p->cap_later * 2 : 16;
                 char **v = realloc(p->later, cap * sizeof(char *));
-                if (!v)
-                        return false;
-                p->later = v;
-                p->cap_later = cap;
+                if (v) {
+                        p->later = v;
+                        p->cap_later = cap;
+                }
         }
-        p->later[p->n_later++] = path;
-        return true;
+        if (!owned || p->n_later == p->cap_later) {
+                agent_mark_dirty(a, path, true);
+                p->deferred = true;
+                free(owned);
+                return;
+        }
+        p->later[p->n_later++] = owned;
 }
 
 void plan_drop_done(Plan *p, size_t k) {
@@ -196,12 +204,7 @@ static void visit_listed(Visit *v, size_t i, const ManifestEntry *e) {
                 return;
         }
         if (!e && v->p->slice && v->p->n >= v->p->slice && v->names[i].type == DT_DIR) {
-                char *c = strdup(child);
-                if (!c || !plan_defer(v->p, c)) {
-                        free(c);
-                        agent_mark_dirty(v->a, child, true);
-                        v->p->deferred = true;
-                }
+                plan_defer(v->a, v->p, child, NULL);
                 return;
         }
         int k = local_stat_at(v->fd, name, v->l);
@@ -337,11 +340,7 @@ int plan_more(Agent *a, Plan *p, size_t slice) {
         /* What this slice had no room for goes after what it deferred:
          * one subtree is finished before the next begins. */
         for (; i < n; i++)
-                if (!plan_defer(p, take[i])) {
-                        agent_mark_dirty(a, take[i], true);
-                        p->deferred = true;
-                        free(take[i]);
-                }
+                plan_defer(a, p, take[i], take[i]);
         free(take);
         return 0;
 }

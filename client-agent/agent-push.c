@@ -560,6 +560,12 @@ static int push_checkpoint(Agent *a, uint64_t *last_seq0) {
         return agent_state_begin(a->state);
 }
 
+/* Every op of the plan sent and more directories waiting: the next slice
+ * is planned now, while the answers come. */
+static bool refill_due(const Agent *a, const Plan *p, size_t next, const Upload *up) {
+        return next >= p->n && up->fd < 0 && p->n_later > 0 && !a->paused;
+}
+
 static int push_plan(Agent *a, Plan *p) {
         Upload up = { .fd = -1 };
         size_t next = 0, head = 0, pf = 0, done = 0;
@@ -579,8 +585,7 @@ static int push_plan(Agent *a, Plan *p) {
                 goto out;
         }
         for (;;) {
-                /* Every op sent: plan the next slice while they are answered. */
-                if (next >= p->n && up.fd < 0 && p->n_later > 0 && !a->paused) {
+                if (refill_due(a, p, next, &up)) {
                         r = push_checkpoint(a, &last_seq0);
                         if (r < 0) {
                                 failed = r;
@@ -618,7 +623,7 @@ static int push_plan(Agent *a, Plan *p) {
                 }
                 while (head < next && p->ops[head].skipped)
                         head++;
-                if (head >= p->n || (next >= p->n && up.fd < 0 && p->n_later > 0 && !a->paused))
+                if (head >= p->n || refill_due(a, p, next, &up))
                         continue;
                 agent_progress(a, "uploading", done + head, done + p->n, a->bytes_uploaded);
                 if (head == next)

@@ -107,8 +107,8 @@ static FILE *spill_open(void) {
 
 static int spill_put(Restore *r, const BsRecord *rec) {
         SpillHead h = { .kind = rec->kind, .mode = rec->mode & 07777, .mtime_ns = rec->mtime_ns, .size = rec->size,
-                        .version = rec->seq, .path_len = (uint16_t) strlen(rec->path),
-                        .target_len = rec->kind == BS_KIND_SYMLINK ? (uint16_t) strlen(rec->path2) : 0 };
+                        .version = rec->seq, .path_len = (uint16_t) rec->path_len,
+                        .target_len = rec->kind == BS_KIND_SYMLINK ? (uint16_t) rec->path2_len : 0 };
         memcpy(h.sha, rec->sha, BS_SHA_LEN);
         if (!r->spill && !(r->spill = spill_open()))
                 return -errno;

@@ -227,8 +227,21 @@ def test_restore_tree_in_batches():
         tmp = env.path("tmp")
         os.makedirs(tmp)
         out = env.path("restored")
-        rc, _, err = _cli("restore", "/", "--at", "@%d" % int(time.time()), "--to", out, "--state-dir", a.state_dir,
-                          env=dict(os.environ, TMPDIR=tmp), timeout=300)
+        p = subprocess.Popen([harness.CLI_BIN, "restore", "/", "--at", "@%d" % int(time.time()), "--to", out,
+                              "--state-dir", a.state_dir], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=dict(os.environ, TMPDIR=tmp))
+        # While it runs, the list is an unnamed file in TMPDIR, open in it.
+        spill = False
+        while p.poll() is None and not spill:
+            try:
+                spill = any(os.readlink("/proc/%d/fd/%s" % (p.pid, fd)).startswith(tmp + "/")
+                            for fd in os.listdir("/proc/%d/fd" % p.pid))
+            except OSError:
+                pass
+            time.sleep(0.01)
+        _, err = p.communicate(timeout=300)
+        rc, err = p.returncode, err.decode()
+        check(spill, "restore kept no list in TMPDIR while it ran")
         got = snapshot(out, mtimes=True)
         check(rc == 0 and got == snap, "restore of 17,000 entries: exit %d %s\n%s" % (
             rc, err[-2000:], harness.diff_snapshots(got, snap, "restored", "expected")))

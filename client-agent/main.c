@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sqlite3.h>
 #include <sysexits.h>
 #include <unistd.h>
 
@@ -177,6 +178,10 @@ int main(int argc, char **argv) {
         int c, r;
 
         bs_agent_config_init(&ini);
+        /* Before SQLite starts: without its allocation counters, every
+         * allocation of a statement no longer takes a global mutex (about
+         * a hundred per file recorded). */
+        (void) sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
         bs_log_open("backupsync-agent");
         /* TLS writes with write(), not send(MSG_NOSIGNAL): a server gone
          * away must fail the write, not kill the agent. */

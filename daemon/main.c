@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sqlite3.h>
 #include <sysexits.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
@@ -576,6 +577,10 @@ int main(int argc, char **argv) {
         const char *dir;
         int r, n_fds;
 
+        /* Before SQLite starts: without its allocation counters, every
+         * allocation of a statement no longer takes a global mutex (about
+         * a hundred per file recorded). */
+        (void) sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
         bs_log_open("backupsyncd");
         r = parse_args(argc, argv, &ctx.args);
         if (r <= 0)

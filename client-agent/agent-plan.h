@@ -20,6 +20,7 @@ typedef struct PushOp {
         uint64_t base, base2;
         int fd; /* PUT opened ahead of its turn, its reading already started, or -1 */
         uint64_t prefetched; /* bytes asked to be read ahead */
+        bool cold;           /* not in the page cache when opened ahead: dropped once read */
         ManifestEntry *e; /* allocated short: target holds only the link text */
         /* PUT of a big file: the chunk list of what was sent, kept on ACK
          * for the next delta; and the SHA-256s of the contents chunks

@@ -43,6 +43,8 @@
  * a time, which on a cold cache is most of a first backup's time. */
 #define PREFETCH_FILES 256
 #define PREFETCH_BYTES (32u * 1024 * 1024)
+/* What the kernel reads ahead at least on the first read of a file. */
+#define PREFETCH_PROBED (16u * 1024)
 #define PUSH_OUT_HIGH (4u * 1024 * 1024)
 #define ANSWER_TIMEOUT_MS 60000 /* of silence: then the connection is dropped and retried */
 /* Contents one delta may copy from: each switch costs the server a commit. */
@@ -54,6 +56,7 @@ typedef struct Upload {
         PushOp *op;
         uint64_t off, size; /* read so far, announced */
         struct stat st0;
+        bool cold; /* read into the page cache by us: dropped from it when done */
         BsSha *sha;
         BsBlocks *blocks; /* the chunk list of what is read (a big file sent whole) */
         /* A delta, and the chunk index of its base. */
@@ -65,6 +68,8 @@ typedef struct Upload {
 } Upload;
 
 static void upload_free(Upload *up) {
+        if (up->fd >= 0 && up->cold)
+                (void) posix_fadvise(up->fd, 0, 0, POSIX_FADV_DONTNEED);
         if (up->fd >= 0)
                 close(up->fd);
         up->fd = -1;
@@ -195,12 +200,14 @@ static int start_op(Agent *a, PushOp *op, Upload *up) {
                 op->e->mtime_ns = m->mtime_ns;
                 op->e->ino = (uint64_t) st.st_ino;
                 if (same_content(a, op, fd, &st, op->e->sha)) {
+                        if (op->cold)
+                                (void) posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
                         close(fd);
                         op->type = m->type = BS_MSG_ATTR;
                         memcpy(m->sha, op->e->sha, BS_SHA_LEN);
                         break;
                 }
-                *up = (Upload) { .fd = fd, .op = op, .size = m->size, .st0 = st };
+                *up = (Upload) { .fd = fd, .op = op, .size = m->size, .st0 = st, .cold = op->cold };
                 r = bs_sha_new(&up->sha);
                 if (r < 0) {
                         upload_free(up);
@@ -541,6 +548,13 @@ static void prefetch(Agent *a, Plan *p, size_t next, size_t *pf, uint64_t *pf_by
                         op->fd = -1; /* start_op() tries again and decides */
                         continue;
                 }
+                /* A file in the page cache needs no reading ahead; the probe
+                 * of a cold one starts reading its first pages, which is
+                 * all of a small file. */
+                int k = bs_cache_probe(op->fd);
+                op->cold = k == 0;
+                if (k > 0 || (op->cold && op->e->size <= PREFETCH_PROBED))
+                        continue;
                 uint64_t len = MIN(op->e->size, (uint64_t) PREFETCH_BYTES - *pf_bytes);
                 (void) posix_fadvise(op->fd, 0, (off_t) len, POSIX_FADV_WILLNEED);
                 *pf_bytes += len;

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "bs-fs.h"
@@ -166,6 +167,14 @@ ssize_t bs_pread_full(int fd, void *p, size_t n, off_t off) {
                 got += (size_t) r;
         }
         return (ssize_t) got;
+}
+
+int bs_cache_probe(int fd) {
+        uint8_t b;
+        struct iovec v = { .iov_base = &b, .iov_len = 1 };
+        if (preadv2(fd, &v, 1, 0, RWF_NOWAIT) >= 0)
+                return 1;
+        return errno == EAGAIN ? 0 : -errno;
 }
 
 int bs_fsync_dir(int dirfd) {

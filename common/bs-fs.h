@@ -49,6 +49,16 @@ int bs_write_sparse(int fd, const void *p, size_t n);
 /** pread() exactly n bytes unless the file ends; returns bytes read or -errno. */
 ssize_t bs_pread_full(int fd, void *p, size_t n, off_t off);
 
+/*
+ * Whether the start of fd is in the page cache: 1 when it is, 0 when it
+ * is not (and reading it has begun, as the first read of a file would),
+ * negative errno when the file system cannot tell (RWF_NOWAIT refused).
+ * A backup reads what it found cold and drops it again, so that copying a
+ * tree does not push out what the machine was using.
+ */
+int bs_cache_probe(int fd);
+
+
 /* Written data of a big file is handed to the disk in steps of this size. */
 #define BS_WRITEBACK_STEP (8u * 1024 * 1024)
 /**

@@ -182,7 +182,13 @@ static int start_op(Agent *a, PushOp *op, Upload *up) {
         memcpy(m->path, op->path, m->path_len + 1);
         switch (op->type) {
         case BS_MSG_PUT: {
-                int fd = op->fd >= 0 ? TAKE_FD(op->fd) : bs_open_beneath(a->rootfd, op->path, O_RDONLY | O_NOCTTY, 0);
+                int fd = op->fd;
+                op->fd = -1;
+                if (fd < 0) {
+                        /* Not opened ahead: looked at here. */
+                        fd = bs_open_beneath(a->rootfd, op->path, O_RDONLY | O_NOCTTY, 0);
+                        op->cold = fd >= 0 && bs_cache_probe(fd) == 0;
+                }
                 struct stat st;
                 if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
                         if (fd >= 0)

@@ -387,6 +387,36 @@ def inotify_watches(pid):
     return n
 
 
+def resident_pages(path):
+    """How many pages of the file are in the page cache (mincore(2) on a
+    mapping of it: looking does not read it in)."""
+    import ctypes
+    import mmap
+    size = os.path.getsize(path)
+    if size == 0:
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    npages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            fail("mmap %s: %s" % (path, os.strerror(ctypes.get_errno())))
+        try:
+            vec = ctypes.create_string_buffer(npages)
+            if libc.mincore(addr, size, vec) != 0:
+                fail("mincore %s: %s" % (path, os.strerror(ctypes.get_errno())))
+            return sum(b & 1 for b in vec.raw)
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
 def make_small_files(root, ndirs, per_dir, dname="d%03d", fname="f%02d", tag=b""):
     """ndirs directories of per_dir small files under root, each file's
     content naming its place (tag, then "D I")."""

@@ -5,8 +5,8 @@ import stat
 import time
 
 from harness import (Env, assert_trees_equal, check, conflict_copies, fail,
-                     inotify_watches, make_small_files, read_bytes, snapshot,
-                     wait_absent, wait_content, wait_tree, wait_until,
+                     inotify_watches, make_small_files, read_bytes, resident_pages,
+                     snapshot, wait_absent, wait_content, wait_tree, wait_until,
                      write_file)
 
 EXEC_MTIME = 1500000000
@@ -289,6 +289,47 @@ def test_first_scan_watches_as_it_lists():
         write_file(os.path.join(adir, "d39", "sub", "deep", "later"), b"after the first scan\n")
         wait_content(os.path.join(srv.tree(a.token), "d39", "sub", "deep", "later"), b"after the first scan\n",
                      timeout=10, msg="a change in the last directory, by its watch")
+
+
+def test_backup_leaves_page_cache():
+    """A backup drops from the page cache what it read from disk, and only
+    that: files that were cold (a small one, read by the probe alone, and
+    bigger ones read ahead) are not cached after the first backup, files
+    that were cached still are; the server has them all."""
+    with Env("backup_leaves_page_cache") as env:
+        srv = env.server()
+        adir = env.path("A")
+        os.makedirs(adir)
+        sizes = {"cold-small": 8 * 1024, "cold-big": 512 * 1024, "cold-huge": 3 * 1024 * 1024,
+                 "hot-small": 8 * 1024, "hot-big": 512 * 1024}
+        data = {}
+        for name, size in sizes.items():
+            data[name] = os.urandom(size)
+            p = os.path.join(adir, name)
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+            os.write(fd, data[name])
+            os.fsync(fd)
+            if name.startswith("cold"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+            if name.startswith("hot"):
+                read_bytes(p)
+        pages = {n: (s + 4095) // 4096 for n, s in sizes.items()}
+        before = {n: resident_pages(os.path.join(adir, n)) for n in sizes}
+        check(all(before[n] == 0 for n in sizes if n.startswith("cold")) and
+              all(before[n] == pages[n] for n in sizes if n.startswith("hot")),
+              "set up: cold files out of the page cache, hot ones in: %s" % before)
+        a = env.agent("A", adir, start=False)
+        rc, out, err = a.run_once(timeout=120)
+        check(rc == 0, "--once exited %d: %s" % (rc, err[-2000:]))
+        after = {n: resident_pages(os.path.join(adir, n)) for n in sizes}
+        check(all(after[n] == 0 for n in sizes if n.startswith("cold")),
+              "what the backup read from disk is not left in the page cache: %s" % after)
+        check(all(after[n] == pages[n] for n in sizes if n.startswith("hot")),
+              "what was cached before still is: %s" % after)
+        token = next(l.split(" ", 1)[1] for l in out if l.startswith("ID: "))
+        for name in sizes:
+            check(read_bytes(os.path.join(srv.tree(token), name)) == data[name], "%s on the server" % name)
 
 
 def test_join_reads_events_during_batch():

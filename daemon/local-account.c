@@ -287,6 +287,17 @@ static int open_db(LocalAccount *a, bool create) {
          * of 10,000 files wrote 120 MB to /var/tmp), and nothing in them
          * needs to survive a crash. */
         r = r ?: exec(a, "PRAGMA temp_store=MEMORY");
+        /* A million entries: the index by content is written in random
+         * order, and in the default 2 MiB of cache nearly every insert read
+         * a page from the file (3.2 reads per file recorded). Pages are
+         * taken as used, so a small account's cache stays small. And a
+         * checkpoint every 32 MiB of log instead of every 4 MiB: a page
+         * that many commits change is copied into the database once, with
+         * one sync. A first backup of 1,000,000 files: 4.3 page writes,
+         * 3.2 page reads per file and 2,302 syncs before, 2.7, 1.0 and 1,085
+         * after. */
+        r = r ?: exec(a, "PRAGMA cache_size=-" STRINGIFY(LOCAL_DB_CACHE_KIB));
+        r = r ?: exec(a, "PRAGMA wal_autocheckpoint=" STRINGIFY(LOCAL_DB_CHECKPOINT_PAGES));
         r = r ?: exec(a, schema);
         return r ?: migrate(a);
 }

@@ -62,6 +62,10 @@ typedef struct AccountDirSync {
 /* Uploads up to this size are kept in memory and written by the
  * account's writer thread (local-writer.h) while the loop goes on. */
 #define LOCAL_BUFFER_MAX (64u * 1024)
+/* An account database's page cache at most, in KiB (the first user of
+ * memory at scale: see open_db()), and its log pages between checkpoints. */
+#define LOCAL_DB_CACHE_KIB 16384
+#define LOCAL_DB_CHECKPOINT_PAGES 8192
 /* Uploads from this size on start their writeback as soon as they end. */
 #define ACCOUNT_WRITEBACK_MIN (1024 * 1024)
 

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -339,6 +340,9 @@ static int local_alloc(const char *storage, const char *id, LocalAccount **ret) 
                 return -ENOMEM;
         a->base.ops = &local_ops;
         a->dir_fd = a->tree_fd = a->tmp_fd = a->versions_fd = a->parent_fd = -1;
+        struct rlimit rl;
+        rlim_t keep = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur / 8 : 0;
+        a->keep_fds = (size_t) MIN(MAX(keep, (rlim_t) ACCOUNT_BULK_MIN), (rlim_t) LOCAL_KEEP_FDS_MAX);
         memcpy(a->id, id, BS_ID_LEN);
         if (asprintf(&a->db_path, "%s/%s/meta.db", storage, id) < 0) {
                 free(a);
@@ -589,6 +593,28 @@ static int collect_writes(LocalAccount *a) {
         return r;
 }
 
+/* A burst's data is on disk: the writer lets its pages go, so the next
+ * files are written into them, not into pages never used before (on a
+ * virtual machine whose host takes back free memory, the first use of a
+ * page costs many times its copy). A few files stay cached, for the
+ * other computers about to pull them. */
+static void drop_cached(LocalAccount *a) {
+        size_t n = 0;
+        int *fds = malloc(a->n_pending * sizeof(int));
+        for (size_t i = 0; i < a->n_pending; i++) {
+                int fd = a->pending[i].fd;
+                a->pending[i].fd = -1;
+                if (fd >= 0 && fds)
+                        fds[n++] = fd;
+                else if (fd >= 0)
+                        close(fd);
+        }
+        if (n > 0)
+                local_writer_drop(a->writer, a->tmp_fd, fds, n);
+        else
+                free(fds);
+}
+
 int local_flush_pending(LocalAccount *a) {
         int r = 0, pfd = -1;
         if (a->n_pending == 0)
@@ -605,6 +631,8 @@ int local_flush_pending(LocalAccount *a) {
         for (size_t i = 0; !bulk && r >= 0 && i < a->n_pending; i++)
                 if (fdatasync(a->pending[i].fd) < 0)
                         r = -errno;
+        if (bulk && r >= 0)
+                drop_cached(a);
         for (size_t i = 0; r >= 0 && i < a->n_pending; i++) {
                 const char *base = bs_path_base(a->pending[i].path);
                 /* A burst comes directory by directory: open each parent once. */

@@ -337,7 +337,7 @@ static int upload_hand_over(LocalAccount *a, LocalUpload *u, AccountPending *p, 
                 .len = u->written,
                 .mode = FILE_DISK_MODE(mode),
                 .mtime_ns = mtime_ns,
-                .keep_fd = a->n_pending < ACCOUNT_BULK_MIN,
+                .keep_fd = a->n_pending < a->keep_fds,
         };
         u->buf_cap = 0;
         if (!a->writer && local_writer_new(a->tmp_fd, &a->writer) < 0)
@@ -457,8 +457,8 @@ int local_put(LocalAccount *a, LocalUpload *u, const uint8_t device[BS_DEVICE_LE
                          * less; for small ones this costs more than it saves. */
                         if (size >= ACCOUNT_WRITEBACK_MIN)
                                 (void) sync_file_range(u->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-                        /* Only a small batch syncs file by file: a big one needs no fds. */
-                        if (a->n_pending < ACCOUNT_BULK_MIN)
+                        /* Kept for the sync of a small batch, or to drop from the cache. */
+                        if (a->n_pending < a->keep_fds)
                                 p->fd = TAKE_FD(u->fd);
                         else {
                                 p->fd = -1;

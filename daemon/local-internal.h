@@ -38,7 +38,7 @@ enum {
 typedef struct AccountPending {
         char tmp[64];
         char *path;
-        int fd; /* the first ACCOUNT_BULK_MIN keep it open for fdatasync(), or -1 */
+        int fd; /* the first keep_fds keep it open (fdatasync(), then the page cache dropped), or -1 */
         LocalWrite *write; /* handed to the writer: tmp and fd come from it at the flush */
 } AccountPending;
 
@@ -66,6 +66,10 @@ typedef struct AccountDirSync {
  * memory at scale: see open_db()), and its log pages between checkpoints. */
 #define LOCAL_DB_CACHE_KIB 16384
 #define LOCAL_DB_CHECKPOINT_PAGES 8192
+/* Files of a batch kept open until it is durable, at most (and never more
+ * than an eighth of the fd limit): a burst's pages are then dropped from
+ * the page cache, and its next files are written into them. */
+#define LOCAL_KEEP_FDS_MAX 4096
 /* Uploads from this size on start their writeback as soon as they end. */
 #define ACCOUNT_WRITEBACK_MIN (1024 * 1024)
 
@@ -90,6 +94,7 @@ struct LocalAccount {
         int txn_error; /* a batch that could not be placed: the commit fails */
         AccountPending *pending;
         size_t n_pending, cap_pending;
+        size_t keep_fds; /* pending files kept open, at most (see local_alloc()) */
         LocalWriter *writer; /* started at the first small upload */
         AccountDirSync dir_sync[ACCOUNT_DIR_SYNC_MAX]; /* see local_defer_sync() */
         /* The last parent directory an upload went to, known to be a

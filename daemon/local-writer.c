@@ -35,7 +35,20 @@ struct LocalWriter {
         bool stop;
 };
 
+static void drop_files(int *fds, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                (void) posix_fadvise(fds[i], 0, 0, POSIX_FADV_DONTNEED);
+                close(fds[i]);
+        }
+        free(fds);
+}
+
 void local_write_now(int dir_fd, LocalWrite *job) {
+        if (job->drop) {
+                drop_files(job->drop, job->n_drop);
+                free(job); /* nobody waits for it */
+                return;
+        }
         int fd = bs_tmpfile_at(dir_fd, job->name, sizeof(job->name), 0600);
         int r = fd;
         job->fd = -1;
@@ -149,6 +162,25 @@ void local_writer_submit(LocalWriter *w, LocalWrite *job) {
         w->bytes += job->len;
         if (w->queued >= WRITER_WAKE_JOBS)
                 pthread_cond_signal(&w->wake);
+        pthread_mutex_unlock(&w->lock);
+}
+
+void local_writer_drop(LocalWriter *w, int dir_fd, int *fds, size_t n) {
+        LocalWrite *job = calloc(1, sizeof(*job));
+        if (!job) {
+                drop_files(fds, n);
+                return;
+        }
+        job->drop = fds;
+        job->n_drop = n;
+        if (!w) {
+                local_write_now(dir_fd, job);
+                return;
+        }
+        local_writer_submit(w, job);
+        /* Now, not with the next burst's files: the pages are wanted again. */
+        pthread_mutex_lock(&w->lock);
+        pthread_cond_signal(&w->wake);
         pthread_mutex_unlock(&w->lock);
 }
 

@@ -332,6 +332,29 @@ def test_backup_leaves_page_cache():
             check(read_bytes(os.path.join(srv.tree(token), name)) == data[name], "%s on the server" % name)
 
 
+def test_server_leaves_page_cache():
+    """The server drops a burst's files from the page cache once they are
+    on disk, and keeps a lone edit cached for the computers about to pull
+    it."""
+    with Env("server_leaves_page_cache") as env:
+        srv = env.server()
+        adir = env.path("A")
+        make_small_files(adir, 4, 50)
+        a = env.agent("A", adir)
+        tree = srv.tree(a.token)
+        names = [os.path.join("d%03d" % d, "f%02d" % f) for d in range(4) for f in range(50)]
+        wait_until(lambda: all(os.path.exists(os.path.join(tree, n)) for n in names), 60,
+                   "the 200 files on the server")
+
+        def cached():
+            return sum(resident_pages(os.path.join(tree, n)) for n in names)
+        wait_until(lambda: cached() == 0, 30, "the burst's files out of the server's page cache (%d pages left)" % cached())
+        write_file(os.path.join(adir, "d000", "edit"), b"one small edit\n")
+        p = os.path.join(tree, "d000", "edit")
+        wait_content(p, b"one small edit\n", timeout=30, msg="the edit on the server")
+        check(resident_pages(p) == 1, "a lone edit stays in the server's page cache (%d pages)" % resident_pages(p))
+
+
 def test_join_reads_events_during_batch():
     """A join of 6,000 files: the downloads of a batch (up to 4,096 files)
     queue inotify events on their temporary files; read only at the

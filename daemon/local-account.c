@@ -610,7 +610,7 @@ static void drop_cached(LocalAccount *a) {
                         close(fd);
         }
         if (n > 0)
-                local_writer_drop(a->writer, a->tmp_fd, fds, n);
+                local_writer_drop(a->writer, fds, n);
         else
                 free(fds);
 }

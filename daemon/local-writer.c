@@ -33,6 +33,10 @@ struct LocalWriter {
         size_t queued; /* of those, not yet taken by the thread */
         size_t bytes;  /* of those handed over, bytes */
         bool stop;
+        /* Files to drop from the page cache and close (local_writer_drop()),
+         * taken whole by the thread between two jobs. */
+        int *drop;
+        size_t n_drop;
 };
 
 static void drop_files(int *fds, size_t n) {
@@ -44,11 +48,6 @@ static void drop_files(int *fds, size_t n) {
 }
 
 void local_write_now(int dir_fd, LocalWrite *job) {
-        if (job->drop) {
-                drop_files(job->drop, job->n_drop);
-                free(job); /* nobody waits for it */
-                return;
-        }
         int fd = bs_tmpfile_at(dir_fd, job->name, sizeof(job->name), 0600);
         int r = fd;
         job->fd = -1;
@@ -78,8 +77,18 @@ static void *writer_main(void *userdata) {
 
         pthread_mutex_lock(&w->lock);
         for (;;) {
-                while (!w->head && !w->stop)
+                while (!w->head && !w->drop && !w->stop)
                         pthread_cond_wait(&w->wake, &w->lock);
+                if (w->drop) {
+                        int *fds = w->drop;
+                        size_t n = w->n_drop;
+                        w->drop = NULL;
+                        w->n_drop = 0;
+                        pthread_mutex_unlock(&w->lock);
+                        drop_files(fds, n);
+                        pthread_mutex_lock(&w->lock);
+                        continue;
+                }
                 if (!w->head)
                         break;
                 LocalWrite *job = w->head;
@@ -165,21 +174,19 @@ void local_writer_submit(LocalWriter *w, LocalWrite *job) {
         pthread_mutex_unlock(&w->lock);
 }
 
-void local_writer_drop(LocalWriter *w, int dir_fd, int *fds, size_t n) {
-        LocalWrite *job = calloc(1, sizeof(*job));
-        if (!job) {
+void local_writer_drop(LocalWriter *w, int *fds, size_t n) {
+        if (!w) {
                 drop_files(fds, n);
                 return;
         }
-        job->drop = fds;
-        job->n_drop = n;
-        if (!w) {
-                local_write_now(dir_fd, job);
-                return;
-        }
-        local_writer_submit(w, job);
-        /* Now, not with the next burst's files: the pages are wanted again. */
         pthread_mutex_lock(&w->lock);
+        if (w->drop) {
+                /* The last batch's are still there: those first, here. */
+                drop_files(w->drop, w->n_drop);
+        }
+        w->drop = fds;
+        w->n_drop = n;
+        /* Now, not with the next burst's files: the pages are wanted again. */
         pthread_cond_signal(&w->wake);
         pthread_mutex_unlock(&w->lock);
 }

@@ -23,8 +23,6 @@ typedef struct LocalWrite {
         mode_t mode;
         int64_t mtime_ns;
         bool keep_fd; /* leave it open in fd, for an fdatasync() and to drop it from the cache */
-        int *drop;    /* or a job that only drops these files from the page cache and */
-        size_t n_drop; /* closes them: see local_writer_drop() */
         /* Set by the writer, read after local_writer_wait(): */
         char name[64]; /* the temporary file, "" if none is left */
         int fd;        /* open when keep_fd and no error, else -1 */
@@ -48,6 +46,6 @@ void local_writer_wait(LocalWriter *w);
  * Drop n files whose data is on disk from the page cache and close them,
  * in the writer's thread (w NULL: here); fds (malloc()ed) is taken over.
  */
-void local_writer_drop(LocalWriter *w, int dir_fd, int *fds, size_t n);
+void local_writer_drop(LocalWriter *w, int *fds, size_t n);
 /** Write job at once in the calling thread (no writer, or none could start). */
 void local_write_now(int dir_fd, LocalWrite *job);

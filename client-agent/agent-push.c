@@ -67,11 +67,18 @@ typedef struct Upload {
         Agent *agent;
 } Upload;
 
+/* Close a file read for an upload; one we read cold leaves the page cache
+ * too, so the next file reuses its pages instead of fresh ones. */
+static void close_read(int fd, bool cold) {
+        if (fd < 0)
+                return;
+        if (cold)
+                (void) posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+        close(fd);
+}
+
 static void upload_free(Upload *up) {
-        if (up->fd >= 0 && up->cold)
-                (void) posix_fadvise(up->fd, 0, 0, POSIX_FADV_DONTNEED);
-        if (up->fd >= 0)
-                close(up->fd);
+        close_read(up->fd, up->cold);
         up->fd = -1;
         up->sha = bs_sha_free(up->sha);
         up->blocks = bs_blocks_free(up->blocks);
@@ -206,9 +213,7 @@ static int start_op(Agent *a, PushOp *op, Upload *up) {
                 op->e->mtime_ns = m->mtime_ns;
                 op->e->ino = (uint64_t) st.st_ino;
                 if (same_content(a, op, fd, &st, op->e->sha)) {
-                        if (op->cold)
-                                (void) posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-                        close(fd);
+                        close_read(fd, op->cold);
                         op->type = m->type = BS_MSG_ATTR;
                         memcpy(m->sha, op->e->sha, BS_SHA_LEN);
                         break;

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "agent-apply.h"
@@ -63,7 +64,18 @@ typedef struct Pull {
         size_t applied;
         size_t batch_files;
         uint64_t batch_bytes;
+        size_t keep_fds; /* downloads of a batch kept open, at most (see keep_budget()) */
 } Pull;
+
+/* Downloads of a burst are kept open until the batch's syncfs(), then
+ * dropped from the page cache: a join writes every file once, and new
+ * pages cost more than the ones just freed. An eighth of the fd limit,
+ * a batch at most. */
+static size_t keep_budget(void) {
+        struct rlimit rl;
+        rlim_t keep = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur / 8 : 0;
+        return (size_t) MIN(MAX(keep, (rlim_t) APPLY_BULK_MIN), (rlim_t) APPLY_BATCH_FILES);
+}
 
 /* Drop the records in hand (of a page done, or of an answer not used). */
 static void pull_drop_records(Agent *a, Pull *p) {
@@ -478,8 +490,8 @@ static int finish_download(Agent *a, Pull *p) {
         if (r == 0) {
                 if (x->size >= 1024 * 1024) /* small files: costs more than it saves */
                         (void) sync_file_range(p->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-                /* A batch this big is synced with syncfs(): no fd needed. */
-                if (p->batch_files < APPLY_BULK_MIN)
+                /* Past the budget, the batch's syncfs() needs no fd. */
+                if (p->batch_files < p->keep_fds)
                         x->fd = TAKE_FD(p->fd);
                 else {
                         close(p->fd);
@@ -615,7 +627,8 @@ static void apply_batch(Agent *a, Pull *p, size_t end) {
         bool missing = false;
         for (size_t i = p->applied; i < end; i++)
                 missing |= p->recs[i].ready && p->recs[i].fd < 0;
-        bool bulk = (p->batch_files >= APPLY_BULK_MIN || missing) && syncfs(a->rootfd) == 0;
+        bool burst = p->batch_files >= APPLY_BULK_MIN;
+        bool bulk = (burst || missing) && syncfs(a->rootfd) == 0;
         for (size_t i = p->applied; i < end; i++) {
                 Rec *x = &p->recs[i];
                 if (!x->ready)
@@ -629,6 +642,9 @@ static void apply_batch(Agent *a, Pull *p, size_t end) {
                         x->ready = false;
                         a->need_snapshot = true;
                 }
+                /* A few files stay cached: the user may be about to open them. */
+                if (x->fd >= 0 && bulk && burst)
+                        (void) posix_fadvise(x->fd, 0, 0, POSIX_FADV_DONTNEED);
                 if (x->fd >= 0)
                         close(x->fd);
                 x->fd = -1;
@@ -696,7 +712,7 @@ static int apply_records(Agent *a, Pull *p) {
 }
 
 static int pull_once(Agent *a, uint64_t since) {
-        Pull p = { .fd = -1 };
+        Pull p = { .fd = -1, .keep_fds = keep_budget() };
         uint64_t seq0 = a->last_seq;
         int r = receive_changes(a, &p, since, false);
         /* A log longer than a page is not applied page by page: its records

@@ -43,8 +43,6 @@
  * a time, which on a cold cache is most of a first backup's time. */
 #define PREFETCH_FILES 256
 #define PREFETCH_BYTES (32u * 1024 * 1024)
-/* What the kernel reads ahead at least on the first read of a file. */
-#define PREFETCH_PROBED (16u * 1024)
 #define PUSH_OUT_HIGH (4u * 1024 * 1024)
 #define ANSWER_TIMEOUT_MS 60000 /* of silence: then the connection is dropped and retried */
 /* Contents one delta may copy from: each switch costs the server a commit. */
@@ -564,7 +562,7 @@ static void prefetch(Agent *a, Plan *p, size_t next, size_t *pf, uint64_t *pf_by
                  * all of a small file. */
                 int k = bs_cache_probe(op->fd);
                 op->cold = k == 0;
-                if (k > 0 || (op->cold && op->e->size <= PREFETCH_PROBED))
+                if (k > 0 || (op->cold && op->e->size <= BS_CACHE_PROBED))
                         continue;
                 uint64_t len = MIN(op->e->size, (uint64_t) PREFETCH_BYTES - *pf_bytes);
                 (void) posix_fadvise(op->fd, 0, (off_t) len, POSIX_FADV_WILLNEED);

@@ -1,13 +1,14 @@
 /* main.c - backupsync-agent: back up a directory and keep it in sync */
 #include <errno.h>
-#include <sys/stat.h>
 #include <getopt.h>
-#include <signal.h>
 #include <limits.h>
+#include <signal.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sqlite3.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sysexits.h>
 #include <unistd.h>
 
@@ -186,6 +187,13 @@ int main(int argc, char **argv) {
         /* TLS writes with write(), not send(MSG_NOSIGNAL): a server gone
          * away must fail the write, not kill the agent. */
         signal(SIGPIPE, SIG_IGN);
+        /* A download burst keeps its files open until their sync (no
+         * select() here, so the hard limit is safe to use). */
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                (void) setrlimit(RLIMIT_NOFILE, &rl);
+        }
         while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
                 switch (c) {
                 case 'h':

@@ -57,6 +57,9 @@ ssize_t bs_pread_full(int fd, void *p, size_t n, off_t off);
  * tree does not push out what the machine was using.
  */
 int bs_cache_probe(int fd);
+/* What the kernel reads ahead at least on the first read of a file, the
+ * probe's: all of a small file. */
+#define BS_CACHE_PROBED (16u * 1024)
 
 
 /* Written data of a big file is handed to the disk in steps of this size. */

@@ -20,6 +20,7 @@
 struct LocalContent {
         AccountContent base;
         int fd;
+        bool cold; /* read into the page cache for this GET: dropped when done */
 };
 
 struct LocalCursor {
@@ -210,6 +211,10 @@ int local_content_open(LocalAccount *a, const uint8_t sha[BS_SHA_LEN], const cha
 LocalContent *local_content_free(LocalContent *c) {
         if (!c)
                 return NULL;
+        /* A join or restore reads many files once: new pages for each cost
+         * more than reusing those of the files before. */
+        if (c->cold)
+                (void) posix_fadvise(c->fd, 0, 0, POSIX_FADV_DONTNEED);
         close(c->fd);
         free(c);
         return NULL;
@@ -229,6 +234,12 @@ int local_content_read(LocalContent *c, uint64_t off, void *buf, size_t n) {
 }
 
 void local_content_prefetch(LocalContent *c, uint64_t len) {
-        /* Advice only: a failure costs speed, never correctness. */
+        /* What is cached is read as it is; the probe of a cold file reads
+         * its first pages, all of a small one. Advice only: a failure
+         * costs speed, never correctness. */
+        int k = bs_cache_probe(c->fd);
+        c->cold = k == 0;
+        if (k > 0 || (c->cold && c->base.info.size <= BS_CACHE_PROBED))
+                return;
         (void) posix_fadvise(c->fd, 0, (off_t) MIN(len, c->base.info.size), POSIX_FADV_WILLNEED);
 }

@@ -163,7 +163,10 @@ const AccountContentInfo *local_content_info(const LocalContent *c);
  * ends before (it cannot be what its entry said), or a negative errno.
  */
 int local_content_read(LocalContent *c, uint64_t off, void *buf, size_t n);
-/** Start reading the first len bytes of c ahead, without waiting. */
+/**
+ * Start reading the first len bytes of c ahead, without waiting. What was
+ * not cached before leaves the page cache again when c is freed.
+ */
 void local_content_prefetch(LocalContent *c, uint64_t len);
 
 /**

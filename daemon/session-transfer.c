@@ -330,8 +330,13 @@ int session_start_get(Session *s, const BsMsg *m) {
         if (r != 0)
                 return r;
         r = ahead_take(s, m, &s->content);
-        if (r == 0)
+        if (r == 0) {
                 r = account_content_open(s->account, m->sha, m->path, &s->waker, &s->content);
+                /* Not opened ahead: started as those are, so it leaves the
+                 * page cache as they do when it was not there before. */
+                if (r == 0)
+                        account_content_prefetch(s->content, SESSION_PREFETCH_BYTES);
+        }
         if (r > 0)
                 r = 0;
         if (r == -ENOENT)

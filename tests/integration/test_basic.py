@@ -355,6 +355,51 @@ def test_server_leaves_page_cache():
         check(resident_pages(p) == 1, "a lone edit stays in the server's page cache (%d pages)" % resident_pages(p))
 
 
+def test_join_leaves_page_cache():
+    """A join drops from the page cache what it wrote, once it is synced,
+    and the server what it read from disk for it; files the server had
+    cached stay cached, and a lone change pulled later stays cached for
+    the user about to open it."""
+    with Env("join_leaves_page_cache") as env:
+        srv = env.server()
+        adir = env.path("A")
+        make_small_files(adir, 2, 20)
+        for i in range(3):
+            write_file(os.path.join(adir, "big%d" % i), os.urandom(256 * 1024))
+        names = [os.path.join("d%03d" % d, "f%02d" % f) for d in range(2) for f in range(20)]
+        names += ["big%d" % i for i in range(3)]
+        a = env.agent("A", adir)
+        tree = srv.tree(a.token)
+        wait_until(lambda: all(os.path.exists(os.path.join(tree, n)) for n in names), 60, "the files on the server")
+
+        def cached(root, which):
+            return {n: resident_pages(os.path.join(root, n)) for n in which}
+        wait_until(lambda: not any(cached(tree, names).values()), 30, "the burst out of the server's page cache")
+        hot = ["d000/f00", "big0"]
+        for n in hot:
+            read_bytes(os.path.join(tree, n))
+        cold = [n for n in names if n not in hot]
+        b = env.agent("B", env.path("B"), token=a.token, start=False)
+        rc, _, err = b.run_once(timeout=120, token=a.token)
+        check(rc == 0, "B's join exited %d: %s" % (rc, err[-2000:]))
+        # Looked at before anything reads the files again.
+        got = cached(b.dir, names)
+        check(not any(got.values()), "what the join wrote left B's page cache once synced: %s" % got)
+        got = cached(tree, cold)
+        check(not any(got.values()), "what the server read from disk for the join left its page cache: %s" % got)
+        got = cached(tree, hot)
+        check(all(got[n] == (os.path.getsize(os.path.join(tree, n)) + 4095) // 4096 for n in hot),
+              "what the server had cached still is: %s" % got)
+        assert_trees_equal(adir, b.dir, timeout=1, msg="B after its join")
+        write_file(os.path.join(adir, "d000", "edit"), b"one small edit\n")
+        wait_content(os.path.join(tree, "d000", "edit"), b"one small edit\n", timeout=30, msg="the edit on the server")
+        rc, _, err = b.run_once(timeout=120, token=a.token)
+        check(rc == 0, "B's pull exited %d: %s" % (rc, err[-2000:]))
+        p = os.path.join(b.dir, "d000", "edit")
+        check(read_bytes(p) == b"one small edit\n", "the edit on B")
+        check(resident_pages(p) == 1, "a lone pulled change stays in B's page cache (%d pages)" % resident_pages(p))
+
+
 def test_join_reads_events_during_batch():
     """A join of 6,000 files: the downloads of a batch (up to 4,096 files)
     queue inotify events on their temporary files; read only at the

@@ -306,7 +306,7 @@ static int apply_symlink(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool
         if (keep_local(a, x->path, l, m, have) < 0 || make_room(a, x->path, l) < 0)
                 return 0;
         for (int i = 0;; i++) {
-                snprintf(tmp, sizeof(tmp), BS_TEMP_PREFIX "l%08x", arc4random());
+                bs_temp_name(tmp, sizeof(tmp));
                 if (symlinkat(x->path2, a->rootfd, tmp) == 0)
                         break;
                 if (errno != EEXIST || i > 10) {

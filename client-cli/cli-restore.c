@@ -323,7 +323,7 @@ static int make_symlink(int root, const Item *it) {
         _cleanup_(closep) int pfd = bs_open_parent(root, it->path, &base);
         if (pfd < 0)
                 return pfd;
-        snprintf(tmp, sizeof(tmp), BS_TEMP_PREFIX "%08x%08x", arc4random(), arc4random());
+        bs_temp_name(tmp, sizeof(tmp));
         if (symlinkat(it->target, pfd, tmp) < 0)
                 return -errno;
         r = bs_set_mtime_at(pfd, tmp, it->mtime_ns);
@@ -428,7 +428,7 @@ static int incoming_finish(Incoming *in) {
                 if (errno != EEXIST)
                         return -errno;
                 for (int i = 0;; i++) {
-                        snprintf(in->tmp, sizeof(in->tmp), BS_TEMP_PREFIX "%08x%08x", arc4random(), arc4random());
+                        bs_temp_name(in->tmp, sizeof(in->tmp));
                         if (linkat(AT_FDCWD, proc, in->pfd, in->tmp, AT_SYMLINK_FOLLOW) == 0)
                                 break;
                         if (errno != EEXIST || i > 100) {

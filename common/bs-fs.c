@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <linux/openat2.h>
 #include <stdbool.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -236,9 +238,29 @@ int bs_dir_list(int dirfd, BsDirent **ret, size_t *ret_n) {
         return 0;
 }
 
+static uint64_t temp_key;
+static pthread_once_t temp_once = PTHREAD_ONCE_INIT;
+
+static void temp_key_init(void) {
+        arc4random_buf(&temp_key, sizeof(temp_key));
+}
+
+void bs_temp_name(char *name, size_t namesz) {
+        /* A random start and a counter, mixed by a bijection: unique in the
+         * process, unguessable before, and no system call per name (a
+         * random number from libbsd costs a getpid() each). */
+        static _Atomic uint64_t next;
+        pthread_once(&temp_once, temp_key_init);
+        uint64_t x = temp_key + atomic_fetch_add(&next, 1);
+        x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+        x ^= x >> 31;
+        snprintf(name, namesz, BS_TEMP_PREFIX "%016llx", (unsigned long long) x);
+}
+
 int bs_tmpfile_at(int dirfd, char *name, size_t namesz, mode_t mode) {
         for (int i = 0; i < 100; i++) {
-                snprintf(name, namesz, BS_TEMP_PREFIX "%08x%08x", arc4random(), arc4random());
+                bs_temp_name(name, namesz);
                 int fd = openat(dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
                 if (fd >= 0)
                         return fd;

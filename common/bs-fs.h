@@ -75,6 +75,12 @@ void bs_writeback_step(int fd, uint64_t *started, uint64_t written);
 int bs_fsync_dir(int dirfd);
 
 /**
+ * A temporary name: ".backupsync-tmp." plus 16 hex digits, never the same
+ * twice in a process and not guessable from outside it (at least 33 bytes).
+ */
+void bs_temp_name(char *name, size_t namesz);
+
+/**
  * Create a new temporary file ".backupsync-tmp." plus 16 hex digits in dirfd.
  * name receives its name (at least 33 bytes). Returns the fd or -errno.
  */

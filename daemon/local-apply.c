@@ -630,7 +630,7 @@ int local_symlink(LocalAccount *a, const uint8_t device[BS_DEVICE_LEN], const ch
         if (r < 0)
                 return r;
         /* Made in tmp/ and renamed over: the path never lacks an entry mid-way. */
-        snprintf(tmp, sizeof(tmp), BS_TEMP_PREFIX "%08x%08x", arc4random(), arc4random());
+        bs_temp_name(tmp, sizeof(tmp));
         if (symlinkat(target, a->tmp_fd, tmp) < 0)
                 r = -errno;
         r = r ?: bs_set_mtime_at(a->tmp_fd, tmp, mtime_ns);

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -236,6 +237,38 @@ Test(fs, tmpfile_at) {
         cr_assert_str_neq(name, name2);
         close(fd);
         close(fd2);
+}
+
+#define NAMES_PER_THREAD 50000
+
+static void *make_names(void *arg) {
+        char (*names)[40] = arg;
+        for (int i = 0; i < NAMES_PER_THREAD; i++)
+                bs_temp_name(names[i], sizeof(names[i]));
+        return NULL;
+}
+
+static int cmp_name(const void *a, const void *b) {
+        return strcmp(a, b);
+}
+
+Test(fs, temp_names_unique_across_threads) {
+        /* The server's event loop and its writer thread name files at once. */
+        char (*names)[40] = calloc(2 * NAMES_PER_THREAD, sizeof(*names));
+        cr_assert_not_null(names);
+        pthread_t t;
+        cr_assert_eq(pthread_create(&t, NULL, make_names, names + NAMES_PER_THREAD), 0);
+        make_names(names);
+        cr_assert_eq(pthread_join(t, NULL), 0);
+        for (int i = 0; i < 2 * NAMES_PER_THREAD; i++) {
+                cr_assert(bs_path_is_temp(names[i]), "\"%s\"", names[i]);
+                cr_assert_eq(strlen(names[i]), 32, "\"%s\"", names[i]);
+                cr_assert_eq(strspn(names[i] + 16, "0123456789abcdef"), 16, "\"%s\"", names[i]);
+        }
+        qsort(names, 2 * NAMES_PER_THREAD, sizeof(*names), cmp_name);
+        for (int i = 1; i < 2 * NAMES_PER_THREAD; i++)
+                cr_assert_str_neq(names[i - 1], names[i], "a name given twice");
+        free(names);
 }
 
 Test(fs, tmpfile_at_small_buffer) {

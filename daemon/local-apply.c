@@ -83,6 +83,21 @@ static int open_parent(LocalAccount *a, const char *path, const char **base) {
         return fd;
 }
 
+/* Whether path's parent is a known directory of the tree, when no fd of it
+ * is needed: the parent of the files before answers without a system call
+ * (a burst comes directory by directory). */
+static int check_parent(LocalAccount *a, const char *path) {
+        size_t n = bs_path_parent_len(path);
+        if (n == 0 || (a->parent_fd >= 0 && n == a->parent_len && memcmp(path, a->parent_path, n) == 0))
+                return 0;
+        const char *base;
+        int fd = open_parent(a, path, &base);
+        if (fd < 0)
+                return fd;
+        close(fd);
+        return 0;
+}
+
 /* What every change starts with: a valid path, its parent open (a known
  * directory) and its entry. Returns the parent's fd or -errno. */
 static int open_entry(LocalAccount *a, const char *path, const char **name, AccountEntry *e) {
@@ -208,13 +223,13 @@ static int record(LocalAccount *a, uint64_t seq, const uint8_t *device, BsOp op,
 }
 
 int local_put_check(LocalAccount *a, const char *path, uint64_t base, uint64_t size) {
-        _cleanup_(closep) int pfd = -1;
-        const char *name;
         AccountEntry e;
 
-        pfd = open_entry(a, path, &name, &e);
-        if (pfd < 0)
-                return pfd;
+        int r = check_path(path);
+        r = r ?: check_parent(a, path);
+        r = r ?: lookup(a, path, &e);
+        if (r < 0)
+                return r;
         if (e.kind != BS_KIND_NONE && e.kind != BS_KIND_FILE)
                 return -ESTALE;
         if (base == e.version)
@@ -368,13 +383,9 @@ int local_put(LocalAccount *a, LocalUpload *u, const uint8_t device[BS_DEVICE_LE
                 goto out;
         }
         r = check_path(path);
+        r = r ?: check_parent(a, path);
         if (r < 0)
                 goto out;
-        pfd = open_parent(a, path, &name);
-        if (pfd < 0) {
-                r = pfd;
-                goto out;
-        }
         /* Checked again: another connection may have changed path during the upload. */
         r = lookup(a, path, &e);
         if (r < 0)
@@ -438,10 +449,13 @@ int local_put(LocalAccount *a, LocalUpload *u, const uint8_t device[BS_DEVICE_LE
         r = local_change_begin(a);
         if (r < 0)
                 goto out;
-        /* The same content saved again costs no history space: the tree keeps it. */
-        if (e.kind == BS_KIND_FILE)
-                r = memcmp(e.sha, sha, BS_SHA_LEN) ? keep_version(a, pfd, name, path, &e, seq, STORE_LINK)
-                                                   : local_history_close(a, path, false, seq);
+        /* The same content saved again costs no history space: the tree
+         * keeps it. Only a version kept needs the parent open. */
+        if (e.kind == BS_KIND_FILE && memcmp(e.sha, sha, BS_SHA_LEN) != 0) {
+                pfd = open_parent(a, path, &name);
+                r = pfd < 0 ? pfd : keep_version(a, pfd, name, path, &e, seq, STORE_LINK);
+        } else if (e.kind == BS_KIND_FILE)
+                r = local_history_close(a, path, false, seq);
         r = r ?: record(a, seq, device, BS_OP_PUT, path, NULL, &n);
         r = local_change_end(a, r);
         if (r >= 0) {

@@ -51,14 +51,15 @@ ssize_t bs_pread_full(int fd, void *p, size_t n, off_t off);
 
 /*
  * Whether the start of fd is in the page cache: 1 when it is, 0 when it
- * is not (and reading it has begun, as the first read of a file would),
- * negative errno when the file system cannot tell (RWF_NOWAIT refused).
+ * is not (and reading its first BS_CACHE_PROBED bytes has begun),
+ * negative errno when the kernel cannot tell. Exact with cachestat(2)
+ * (Linux 6.5); before, a one-byte RWF_NOWAIT read, which takes a cold
+ * page read at once for a cached one.
  * A backup reads what it found cold and drops it again, so that copying a
  * tree does not push out what the machine was using.
  */
 int bs_cache_probe(int fd);
-/* What the kernel reads ahead at least on the first read of a file, the
- * probe's: all of a small file. */
+/* What the probe of a cold file starts reading: all of a small file. */
 #define BS_CACHE_PROBED (16u * 1024)
 
 

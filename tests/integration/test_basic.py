@@ -4,7 +4,7 @@ import os
 import stat
 import time
 
-from harness import (Env, assert_trees_equal, check, conflict_copies, fail,
+from harness import (Env, TestFailure, assert_trees_equal, check, conflict_copies, fail,
                      inotify_watches, make_small_files, read_bytes, resident_pages,
                      snapshot, wait_absent, wait_content, wait_tree, wait_until,
                      write_file)
@@ -386,8 +386,10 @@ def test_join_leaves_page_cache():
         got = cached(b.dir, names)
         check(not any(got.values()), "what the join wrote left B's page cache once synced: %s" % got)
         # The server lets go of the last contents when it sees B leave.
-        wait_until(lambda: not any(cached(tree, cold).values()), 10,
-                   "what the server read from disk for the join out of its page cache")
+        try:
+            wait_until(lambda: not any(cached(tree, cold).values()), 10, "")
+        except TestFailure:
+            fail("what the server read from disk for the join left its page cache: %s" % cached(tree, cold))
         got = cached(tree, hot)
         check(all(got[n] == (os.path.getsize(os.path.join(tree, n)) + 4095) // 4096 for n in hot),
               "what the server had cached still is: %s" % got)

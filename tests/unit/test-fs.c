@@ -271,6 +271,22 @@ Test(fs, temp_names_unique_across_threads) {
         free(names);
 }
 
+Test(fs, cache_probe) {
+        /* A cold file is told cold, and the probe does not make it look
+         * cached; once read, it is cached. */
+        char data[8192];
+        memset(data, 'x', sizeof(data));
+        int fd = openat(rootfd, "probed", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(bs_write_all(fd, data, sizeof(data)), 0);
+        cr_assert_eq(fsync(fd), 0);
+        cr_assert_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+        cr_assert_eq(bs_cache_probe(fd), 0, "a file just dropped from the page cache is cold");
+        cr_assert_eq(bs_pread_full(fd, data, sizeof(data), 0), (ssize_t) sizeof(data));
+        cr_assert_eq(bs_cache_probe(fd), 1, "a file just read is cached");
+        close(fd);
+}
+
 Test(fs, tmpfile_at_small_buffer) {
         /* The header promises 32 bytes are enough for the name. */
         char name[32];

@@ -171,14 +171,15 @@ ssize_t bs_pread_full(int fd, void *p, size_t n, off_t off) {
         return (ssize_t) got;
 }
 
-/* cachestat(2), Linux 6.5: the same number on every architecture. */
+/* cachestat(2), Linux 6.5: the same number on every architecture; its
+ * structures, which older headers lack. */
 #ifndef __NR_cachestat
 #define __NR_cachestat 451
 #endif
-struct cachestat_range {
+struct bs_cachestat_range {
         uint64_t off, len;
 };
-struct cachestat {
+struct bs_cachestat {
         uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
 };
 
@@ -189,8 +190,8 @@ int bs_cache_probe(int fd) {
          * cold page, and when that finishes at once (a fast disk, a page
          * the host has) the read succeeds: a cold file taken for cached. */
         if (!atomic_load_explicit(&no_cachestat, memory_order_relaxed)) {
-                struct cachestat_range range = { .off = 0, .len = 1 };
-                struct cachestat cs;
+                struct bs_cachestat_range range = { .off = 0, .len = 1 };
+                struct bs_cachestat cs;
                 if (syscall(__NR_cachestat, fd, &range, &cs, 0) == 0) {
                         if (cs.nr_cache > 0)
                                 return 1;

@@ -330,6 +330,10 @@ static void run_round(Agent *a) {
                 return;
         }
         arm_settle(a); /* files a round found still being written */
+        /* A move the round read waits for what may follow it: only the
+         * coalesce timer flushes it (on_inotify found nothing left to read). */
+        if (watcher_holding(a->watcher))
+                schedule_round(a);
         arm_brake(a);
         if (a->verify_wanted) {
                 a->verify_wanted = false;

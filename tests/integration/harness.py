@@ -21,6 +21,7 @@ also on failure; on failure the tail of every log is printed first.
 import contextlib
 import hashlib
 import os
+import select
 import shutil
 import signal
 import socket
@@ -458,6 +459,62 @@ def _tail(path, n=LOG_TAIL):
     return lines[-n:]
 
 
+class Relay:
+    """A TCP relay from a local port to the server that keeps every byte it
+    carries, both ways: what anyone on the path could record. While hold
+    is set, what the server sends waits in the relay's socket."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        self.captured = bytearray()
+        self.lock = threading.Lock()
+        self.stop = False
+        self.hold = False
+        self.sent_up = 0
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        self.lsock.settimeout(0.2)
+        while not self.stop:
+            try:
+                c, _ = self.lsock.accept()
+            except socket.timeout:
+                continue
+            s = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pump, args=(c, s), daemon=True).start()
+
+    def _pump(self, a, b):
+        socks = [a, b]
+        try:
+            while not self.stop:
+                r, _, _ = select.select(socks[:1] if self.hold else socks, [], [], 0.05)
+                for x in r:
+                    data = x.recv(65536)
+                    if not data:
+                        return
+                    with self.lock:
+                        self.captured += data
+                        if x is a:
+                            self.sent_up += len(data)
+                    (b if x is a else a).sendall(data)
+        except OSError:
+            pass
+        finally:
+            a.close()
+            b.close()
+
+    def close(self):
+        self.stop = True
+        self.thread.join(2)
+        self.lsock.close()
+
+
 class _Proc:
     name = "process"
     popen = None
@@ -568,7 +625,7 @@ class Server(_Proc):
 
 class Agent(_Proc):
     def __init__(self, env, name, dir, token=None, server=None, state_dir=None,
-                 args=(), poll=None):
+                 args=(), poll=None, port=None):
         self.env = env
         self.name = "agent " + name
         self.device = name
@@ -578,6 +635,7 @@ class Agent(_Proc):
         self.state_dir = state_dir or env.path("state-" + name)
         self.args = list(args)
         self.poll = poll
+        self.port = port
         self.log = env.path("agent-%s.log" % name)
         self.out = env.path("agent-%s.out" % name)
         env.logs.append(self.log)
@@ -586,7 +644,7 @@ class Agent(_Proc):
 
     def argv(self, once=False, token=None, port=None):
         tok = token if token is not None else self.token
-        argv = [AGENT_BIN, "127.0.0.1", str(port or self.server.port), self.dir]
+        argv = [AGENT_BIN, "127.0.0.1", str(port or self.port or self.server.port), self.dir]
         if tok:
             argv.append(tok)
         argv += ["--state-dir", self.state_dir, "--device-name", self.device]

@@ -4,7 +4,7 @@ import os
 import stat
 import time
 
-from harness import (Env, TestFailure, assert_trees_equal, check, conflict_copies, fail,
+from harness import (Env, Relay, TestFailure, assert_trees_equal, check, conflict_copies, fail,
                      inotify_watches, make_small_files, read_bytes, resident_pages,
                      snapshot, wait_absent, wait_content, wait_tree, wait_until,
                      write_file)
@@ -168,6 +168,36 @@ def test_ops_both_directions():
         assert_trees_equal(a.dir, b.dir, msg="after B's operations")
         assert_trees_equal(a.dir, srv.tree(a.token), modes=False, msg="server equals A")
         check(conflict_copies(a.dir) == [], "conflict copies: %s" % conflict_copies(a.dir))
+
+
+def test_move_read_during_a_round():
+    """A move whose events the agent reads in the middle of a round (while
+    it applies what it pulled), with nothing after it, is still sent: the
+    round hands it on, not a later event."""
+    with Env("move_read_during_a_round") as env:
+        srv = env.server()
+        relay = Relay(srv.port)
+        os.makedirs(env.path("A"))
+        a = env.agent("A", env.path("A"), port=relay.port)
+        b = env.agent("B", env.path("B"), token=a.token)
+        write_file(os.path.join(a.dir, "note.txt"), "note\n")
+        os.makedirs(os.path.join(a.dir, "into"))
+        wait_content(os.path.join(b.dir, "note.txt"), "note\n")
+        wait_until(lambda: os.path.isdir(os.path.join(b.dir, "into")), msg="the directory on B")
+        # A change starts a round; the server's answers wait in the relay.
+        relay.hold = True
+        up = relay.sent_up
+        write_file(os.path.join(a.dir, "trigger.txt"), "go\n")
+        wait_until(lambda: relay.sent_up > up, msg="A to ask the server")
+        time.sleep(0.5)
+        os.rename(os.path.join(a.dir, "note.txt"), os.path.join(a.dir, "into", "moved.txt"))
+        relay.hold = False
+        wait_content(os.path.join(b.dir, "trigger.txt"), "go\n")
+        wait_content(os.path.join(b.dir, "into", "moved.txt"), "note\n", timeout=15,
+                     msg="the move on B (nothing happened after it on A)")
+        wait_absent(os.path.join(b.dir, "note.txt"), msg="the old name gone on B")
+        a.stop()
+        relay.close()
 
 
 def test_burst_2000():

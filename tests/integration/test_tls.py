@@ -11,65 +11,13 @@ import socket
 import ssl
 import struct
 import subprocess
-import threading
 import time
 
 import bsproto
 import harness
-from harness import (AGENT_BIN, Env, check, free_port, wait_content, wait_until, write_file)
+from harness import (AGENT_BIN, Env, Relay, check, free_port, wait_content, wait_until, write_file)
 
 EX_NOPERM = 77
-
-
-class Relay:
-    """A TCP relay from a local port to the server that keeps every byte it
-    carries, both ways: what anyone on the path could record."""
-
-    def __init__(self, target_port):
-        self.target = target_port
-        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(16)
-        self.port = self.lsock.getsockname()[1]
-        self.captured = bytearray()
-        self.lock = threading.Lock()
-        self.stop = False
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self):
-        self.lsock.settimeout(0.2)
-        while not self.stop:
-            try:
-                c, _ = self.lsock.accept()
-            except socket.timeout:
-                continue
-            s = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._pump, args=(c, s), daemon=True).start()
-
-    def _pump(self, a, b):
-        socks = [a, b]
-        try:
-            while not self.stop:
-                r, _, _ = select.select(socks, [], [], 0.2)
-                for x in r:
-                    data = x.recv(65536)
-                    if not data:
-                        return
-                    with self.lock:
-                        self.captured += data
-                    (b if x is a else a).sendall(data)
-        except OSError:
-            pass
-        finally:
-            a.close()
-            b.close()
-
-    def close(self):
-        self.stop = True
-        self.thread.join(2)
-        self.lsock.close()
 
 
 def _spki_fingerprint(der_cert):
@@ -122,19 +70,8 @@ def test_tls_nothing_readable_on_the_wire():
         secret = b"SECRET-CONTENT-" + os.urandom(8).hex().encode() + b"-END\n"
         adir = env.path("A")
         write_file(os.path.join(adir, secret_dir, secret_name + ".txt"), secret * 200)
-        a = env.agent("A", adir, start=False)
-        a.args = []
-        a.token = None
-        argv = a.argv()
-        argv[2] = str(relay.port)
-        with open(a.out, "ab") as out, open(a.log, "ab") as log:
-            a._start(argv, out, log)
-        a.token = a.wait_id()
-        b = env.agent("B", env.path("B"), token=a.token, start=False)
-        argv = b.argv()
-        argv[2] = str(relay.port)
-        with open(b.out, "ab") as out, open(b.log, "ab") as log:
-            b._start(argv, out, log)
+        a = env.agent("A", adir, port=relay.port)
+        b = env.agent("B", env.path("B"), token=a.token, port=relay.port)
         wait_content(os.path.join(b.dir, secret_dir, secret_name + ".txt"), (secret * 200).decode(), timeout=30)
         write_file(os.path.join(b.dir, secret_dir, "second-" + secret_name), secret)
         wait_content(os.path.join(adir, secret_dir, "second-" + secret_name), secret.decode(), timeout=30)

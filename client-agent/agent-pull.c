@@ -20,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include "agent-apply.h"
@@ -72,9 +71,7 @@ typedef struct Pull {
  * pages cost more than the ones just freed. An eighth of the fd limit,
  * a batch at most. */
 static size_t keep_budget(void) {
-        struct rlimit rl;
-        rlim_t keep = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur / 8 : 0;
-        return (size_t) MIN(MAX(keep, (rlim_t) APPLY_BULK_MIN), (rlim_t) APPLY_BATCH_FILES);
+        return bs_fd_budget(APPLY_BULK_MIN, APPLY_BATCH_FILES);
 }
 
 /* Drop the records in hand (of a page done, or of an answer not used). */

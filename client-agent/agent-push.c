@@ -192,7 +192,7 @@ static int start_op(Agent *a, PushOp *op, Upload *up) {
                 if (fd < 0) {
                         /* Not opened ahead: looked at here. */
                         fd = bs_open_beneath(a->rootfd, op->path, O_RDONLY | O_NOCTTY, 0);
-                        op->cold = fd >= 0 && bs_cache_probe(fd) == 0;
+                        op->cold = fd >= 0 && bs_cache_probe(fd, 0) == 0;
                 }
                 struct stat st;
                 if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
@@ -557,15 +557,11 @@ static void prefetch(Agent *a, Plan *p, size_t next, size_t *pf, uint64_t *pf_by
                         op->fd = -1; /* start_op() tries again and decides */
                         continue;
                 }
-                /* A file in the page cache needs no reading ahead; the probe
-                 * of a cold one starts reading its first pages, which is
-                 * all of a small file. */
-                int k = bs_cache_probe(op->fd);
-                op->cold = k == 0;
-                if (k > 0 || (op->cold && op->e->size <= BS_CACHE_PROBED))
-                        continue;
+                /* A file in the page cache needs no reading ahead. */
                 uint64_t len = MIN(op->e->size, (uint64_t) PREFETCH_BYTES - *pf_bytes);
-                (void) posix_fadvise(op->fd, 0, (off_t) len, POSIX_FADV_WILLNEED);
+                op->cold = bs_cache_probe(op->fd, len) == 0;
+                if (!op->cold)
+                        continue;
                 *pf_bytes += len;
                 op->prefetched = len;
         }

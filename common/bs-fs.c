@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -183,7 +184,10 @@ struct bs_cachestat {
         uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
 };
 
-int bs_cache_probe(int fd) {
+/* What the RWF_NOWAIT probe of a cold file starts reading itself. */
+#define PROBE_READS (16u * 1024)
+
+int bs_cache_probe(int fd, uint64_t ahead) {
         static _Atomic bool no_cachestat;
 
         /* cachestat() only looks. A read with RWF_NOWAIT starts reading a
@@ -195,7 +199,8 @@ int bs_cache_probe(int fd) {
                 if (syscall(__NR_cachestat, fd, &range, &cs, 0) == 0) {
                         if (cs.nr_cache > 0)
                                 return 1;
-                        (void) posix_fadvise(fd, 0, BS_CACHE_PROBED, POSIX_FADV_WILLNEED);
+                        if (ahead > 0)
+                                (void) posix_fadvise(fd, 0, (off_t) ahead, POSIX_FADV_WILLNEED);
                         return 0;
                 }
                 if (errno != ENOSYS)
@@ -206,7 +211,17 @@ int bs_cache_probe(int fd) {
         struct iovec v = { .iov_base = &b, .iov_len = 1 };
         if (preadv2(fd, &v, 1, 0, RWF_NOWAIT) >= 0)
                 return 1;
-        return errno == EAGAIN ? 0 : -errno;
+        if (errno != EAGAIN)
+                return -errno;
+        if (ahead > PROBE_READS)
+                (void) posix_fadvise(fd, 0, (off_t) ahead, POSIX_FADV_WILLNEED);
+        return 0;
+}
+
+size_t bs_fd_budget(size_t min, size_t max) {
+        struct rlimit rl;
+        rlim_t keep = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur / 8 : 0;
+        return (size_t) MIN(MAX(keep, (rlim_t) min), (rlim_t) max);
 }
 
 int bs_fsync_dir(int dirfd) {

@@ -51,16 +51,19 @@ ssize_t bs_pread_full(int fd, void *p, size_t n, off_t off);
 
 /*
  * Whether the start of fd is in the page cache: 1 when it is, 0 when it
- * is not (and reading its first BS_CACHE_PROBED bytes has begun),
- * negative errno when the kernel cannot tell. Exact with cachestat(2)
- * (Linux 6.5); before, a one-byte RWF_NOWAIT read, which takes a cold
- * page read at once for a cached one.
+ * is not, and then reading its first ahead bytes has begun; negative
+ * errno when the kernel cannot tell. Exact with cachestat(2) (Linux
+ * 6.5); before, a one-byte RWF_NOWAIT read, which takes a cold page read
+ * at once for a cached one, and whose own read covers a small file.
  * A backup reads what it found cold and drops it again, so that copying a
  * tree does not push out what the machine was using.
  */
-int bs_cache_probe(int fd);
-/* What the probe of a cold file starts reading: all of a small file. */
-#define BS_CACHE_PROBED (16u * 1024)
+int bs_cache_probe(int fd, uint64_t ahead);
+/**
+ * How many files a bulk writer or reader may keep open: an eighth of the
+ * fd limit, within [min, max].
+ */
+size_t bs_fd_budget(size_t min, size_t max);
 
 
 /* Written data of a big file is handed to the disk in steps of this size. */

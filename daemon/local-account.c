@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -340,9 +339,7 @@ static int local_alloc(const char *storage, const char *id, LocalAccount **ret) 
                 return -ENOMEM;
         a->base.ops = &local_ops;
         a->dir_fd = a->tree_fd = a->tmp_fd = a->versions_fd = a->parent_fd = -1;
-        struct rlimit rl;
-        rlim_t keep = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur / 8 : 0;
-        a->keep_fds = (size_t) MIN(MAX(keep, (rlim_t) ACCOUNT_BULK_MIN), (rlim_t) LOCAL_KEEP_FDS_MAX);
+        a->keep_fds = bs_fd_budget(ACCOUNT_BULK_MIN, LOCAL_KEEP_FDS_MAX);
         memcpy(a->id, id, BS_ID_LEN);
         if (asprintf(&a->db_path, "%s/%s/meta.db", storage, id) < 0) {
                 free(a);

@@ -234,12 +234,7 @@ int local_content_read(LocalContent *c, uint64_t off, void *buf, size_t n) {
 }
 
 void local_content_prefetch(LocalContent *c, uint64_t len) {
-        /* What is cached is read as it is; the probe of a cold file reads
-         * its first pages, all of a small one. Advice only: a failure
-         * costs speed, never correctness. */
-        int k = bs_cache_probe(c->fd);
-        c->cold = k == 0;
-        if (k > 0 || (c->cold && c->base.info.size <= BS_CACHE_PROBED))
-                return;
-        (void) posix_fadvise(c->fd, 0, (off_t) MIN(len, c->base.info.size), POSIX_FADV_WILLNEED);
+        /* What is cached is read as it is. Advice only: a failure costs
+         * speed, never correctness. */
+        c->cold = bs_cache_probe(c->fd, MIN(len, c->base.info.size)) == 0;
 }

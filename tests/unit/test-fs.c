@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -281,9 +283,37 @@ Test(fs, cache_probe) {
         cr_assert_eq(bs_write_all(fd, data, sizeof(data)), 0);
         cr_assert_eq(fsync(fd), 0);
         cr_assert_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
-        cr_assert_eq(bs_cache_probe(fd), 0, "a file just dropped from the page cache is cold");
+        cr_assert_eq(bs_cache_probe(fd, 0), 0, "a file just dropped from the page cache is cold");
+        cr_assert_eq(bs_cache_probe(fd, 0), 0, "the probe alone made the file look cached");
         cr_assert_eq(bs_pread_full(fd, data, sizeof(data), 0), (ssize_t) sizeof(data));
-        cr_assert_eq(bs_cache_probe(fd), 1, "a file just read is cached");
+        cr_assert_eq(bs_cache_probe(fd, 0), 1, "a file just read is cached");
+        close(fd);
+}
+
+Test(fs, cache_probe_reads_ahead) {
+        /* A cold file's probe starts reading what the caller asked for. */
+        static char data[256 * 1024];
+        memset(data, 'y', sizeof(data));
+        int fd = openat(rootfd, "ahead", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(bs_write_all(fd, data, sizeof(data)), 0);
+        cr_assert_eq(fsync(fd), 0);
+        cr_assert_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+        cr_assert_eq(bs_cache_probe(fd, sizeof(data)), 0);
+        unsigned char vec[sizeof(data) / 4096];
+        size_t resident = 0;
+        void *m = mmap(NULL, sizeof(data), PROT_READ, MAP_SHARED, fd, 0);
+        cr_assert_neq(m, MAP_FAILED);
+        for (int i = 0; i < 500 && resident < sizeof(vec); i++) {
+                cr_assert_eq(mincore(m, sizeof(data), vec), 0);
+                resident = 0;
+                for (size_t k = 0; k < sizeof(vec); k++)
+                        resident += vec[k] & 1;
+                if (resident < sizeof(vec))
+                        usleep(10000);
+        }
+        cr_assert_eq(resident, sizeof(vec), "%zu of %zu pages read ahead", resident, sizeof(vec));
+        munmap(m, sizeof(data));
         close(fd);
 }
 
@@ -469,4 +499,16 @@ Test(fs, dir_list) {
         }
         close(d);
         cr_assert_eq(bs_dir_list(-1, &v, &n), -EBADF);
+}
+
+Test(fs, fd_budget) {
+        /* An eighth of the soft fd limit, within the caller's bounds. */
+        struct rlimit rl;
+        cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+        rl.rlim_cur = rl.rlim_max < 800 ? rl.rlim_max : 800;
+        cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+        size_t eighth = (size_t) rl.rlim_cur / 8;
+        cr_assert_eq(bs_fd_budget(1, 1000), eighth);
+        cr_assert_eq(bs_fd_budget(eighth + 1, 1000), eighth + 1);
+        cr_assert_eq(bs_fd_budget(1, eighth - 1), eighth - 1);
 }

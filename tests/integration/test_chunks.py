@@ -137,23 +137,34 @@ def test_chunks_server_killed_while_cutting():
     with Env("chunks_killed") as env:
         size = 64 * MiB
         srv, a, p, data = _start_with_big_file(env, size, 9)
-        versions = _edit_versions(a, p, data, 2, MiB)
         acc = _account_dir(srv, a)
         chunks = os.path.join(acc, "chunks")
+        versions = [bytes(data)]
+        rng = random.Random(7)
         kills = 0
-        for _ in range(3):
-            # Killed as soon as the cutting has written more chunks (staged
-            # ".tmp" files or named ones) than were there at its start.
+        for i in range(3):
+            # An edit makes the version before it a kept one, which the
+            # server then cuts. Watched from before the edit: a slow run
+            # must not find the cutting over before it looks.
             n0 = len(_files(chunks)) if os.path.isdir(chunks) else 0
-            deadline = time.monotonic() + 30
+            seen = a.log_text().count("uploaded big.bin")
+            off = rng.randrange(0, size - MiB)
+            data[off:off + MiB] = rng.randbytes(MiB)
+            write_file(p, bytes(data))
+            versions.append(bytes(data))
+            # Killed as soon as the cutting has written more chunks (staged
+            # ".tmp" files or named ones) than there were before.
+            deadline = time.monotonic() + 60
             while time.monotonic() < deadline and (not os.path.isdir(chunks) or len(_files(chunks)) <= n0):
                 time.sleep(0.005)
-            if len(_files(chunks)) <= n0:
-                break
-            srv.kill9()
-            kills += 1
-            srv.start()
+            if os.path.isdir(chunks) and len(_files(chunks)) > n0:
+                srv.kill9()
+                kills += 1
+                srv.start()
+            wait_until(lambda: a.log_text().count("uploaded big.bin") > seen, harness.SYNC_TIMEOUT,
+                       "edit %d of big.bin uploaded" % (i + 1))
+        print("killed %d times while cutting" % kills)
         check(kills > 0, "the server was never caught cutting")
-        _wait_cut(acc, 2, 120, "both kept versions cut after the restarts")
+        _wait_cut(acc, 3, 120, "the three kept versions cut after the restarts")
         _restore_all(env, a, versions)
         harness.verify_server(srv)

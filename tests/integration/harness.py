@@ -476,6 +476,7 @@ class Relay:
         self.stop = False
         self.hold = False
         self.sent_up = 0
+        self.last_data = time.monotonic()
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
@@ -500,6 +501,7 @@ class Relay:
                         return
                     with self.lock:
                         self.captured += data
+                        self.last_data = time.monotonic()
                         if x is a:
                             self.sent_up += len(data)
                     (b if x is a else a).sendall(data)
@@ -508,6 +510,12 @@ class Relay:
         finally:
             a.close()
             b.close()
+
+    def hold_when_quiet(self, quiet=1.0, timeout=60):
+        """Hold the server's data once nothing has passed for quiet
+        seconds: no answer the client waits for is caught in the hold."""
+        wait_until(lambda: time.monotonic() - self.last_data >= quiet, timeout, "the relay to be quiet")
+        self.hold = True
 
     def close(self):
         self.stop = True

@@ -178,14 +178,15 @@ def test_move_read_during_a_round():
         srv = env.server()
         relay = Relay(srv.port)
         os.makedirs(env.path("A"))
-        a = env.agent("A", env.path("A"), port=relay.port)
+        # No poll rounds: A's only round is the one the change below starts.
+        a = env.agent("A", env.path("A"), port=relay.port, poll="1h")
         b = env.agent("B", env.path("B"), token=a.token)
         write_file(os.path.join(a.dir, "note.txt"), "note\n")
         os.makedirs(os.path.join(a.dir, "into"))
         wait_content(os.path.join(b.dir, "note.txt"), "note\n")
         wait_until(lambda: os.path.isdir(os.path.join(b.dir, "into")), msg="the directory on B")
         # A change starts a round; the server's answers wait in the relay.
-        relay.hold = True
+        relay.hold_when_quiet()
         up = relay.sent_up
         write_file(os.path.join(a.dir, "trigger.txt"), "go\n")
         wait_until(lambda: relay.sent_up > up, msg="A to ask the server")

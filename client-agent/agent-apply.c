@@ -187,7 +187,9 @@ static int make_room(Agent *a, const char *path, LocalEntry *l) {
         return local_stat(a, path, l);
 }
 
-static int place(Agent *a, const char *tmp, const char *path) {
+/* Rename tmp to path. fresh: path was not there when looked at, and must
+ * still not be (-EEXIST), or what was made here since would be lost. */
+static int place(Agent *a, const char *tmp, const char *path, bool fresh) {
         const char *base;
         bool kept;
         /* The parent usually exists (a pull makes directories first): make
@@ -201,7 +203,9 @@ static int place(Agent *a, const char *tmp, const char *path) {
         }
         if (pfd < 0)
                 return pfd;
-        int r = renameat(a->rootfd, tmp, pfd, base) < 0 ? -errno : 0;
+        int r = renameat2(a->rootfd, tmp, pfd, base, fresh ? RENAME_NOREPLACE : 0) < 0 ? -errno : 0;
+        if (r == -EINVAL && fresh) /* a file system without RENAME_NOREPLACE */
+                r = renameat(a->rootfd, tmp, pfd, base) < 0 ? -errno : 0;
         if (!kept)
                 close(pfd);
         return r;
@@ -249,8 +253,13 @@ static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool hav
         if (make_room(a, x->path, l) < 0)
                 return 0;
         /* The rename keeps inode, size, mode and mtime: stat before it. */
+        bool fresh = !l->exists;
         int r = local_stat_at(a->rootfd, x->tmp, l);
-        r = r < 0 ? r : place(a, x->tmp, x->path);
+        r = r < 0 ? r : place(a, x->tmp, x->path, fresh);
+        /* Made here since it was looked at: decided again, as a file that
+         * exists (so never a third time). */
+        if (r == -EEXIST && local_stat(a, x->path, l) == 0 && l->exists)
+                return apply_put(a, x, l, m, have);
         if (r < 0) {
                 log_error("cannot write %s: %s", x->path, strerror(-r));
                 /* Its record is behind last_seq now: only a comparison
@@ -314,8 +323,9 @@ static int apply_symlink(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool
                         return 0;
                 }
         }
+        bool fresh = !l->exists;
         int r = local_stat(a, tmp, l);
-        r = r < 0 ? r : place(a, tmp, x->path);
+        r = r < 0 ? r : place(a, tmp, x->path, fresh);
         if (r < 0) {
                 unlinkat(a->rootfd, tmp, 0);
                 log_error("cannot create link %s: %s", x->path, strerror(-r));
@@ -519,7 +529,13 @@ void apply_record(Agent *a, Rec *x, bool snapshot) {
         }
         if (have && !apply_is_news(m, x, snapshot))
                 goto out;
-        if (local_stat(a, x->path, l) < 0)
+        /* A file new to this computer (a join) is not looked for: the
+         * rename that places it refuses to replace what is there. */
+        if (x->op == BS_OP_PUT && !have && x->ready) {
+                l->exists = false;
+                l->kind = BS_KIND_NONE;
+                l->target[0] = 0;
+        } else if (local_stat(a, x->path, l) < 0)
                 goto out;
         switch (x->op) {
         case BS_OP_PUT:

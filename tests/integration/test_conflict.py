@@ -5,8 +5,9 @@ import os
 import harness
 import re
 import shutil
+import time
 
-from harness import (Env, assert_trees_equal, check, conflict_copies,
+from harness import (Env, Relay, assert_trees_equal, check, conflict_copies,
                      read_bytes, snapshot, wait_content, wait_tree,
                      wait_until, write_file)
 
@@ -87,6 +88,40 @@ def test_simultaneous_conflict():
         wait_until(lambda: present(a) == 1 and present(b) == 1, 90, "status: one conflict copy present")
         os.unlink(os.path.join(a.dir, copy))
         wait_until(lambda: present(a) == 0 and present(b) == 0, 90, "status: no conflict copy present")
+
+
+def test_new_name_taken_while_downloading():
+    """A name new to B is made on B while B fetches A's new file of that
+    name: B's file is not replaced but kept as a conflict copy, and both
+    contents end on both computers."""
+    with Env("new_name_taken_while_downloading") as env:
+        srv = env.server()
+        adir = env.path("A")
+        os.makedirs(adir)
+        write_file(os.path.join(adir, "seed.txt"), "seed\n")
+        a = env.agent("A", adir)
+        relay = Relay(srv.port)
+        # No poll rounds: B's only round is the one its change below starts,
+        # and it waits for the server's answers.
+        b = env.agent("B", env.path("B"), token=a.token, port=relay.port, poll="1h")
+        wait_content(os.path.join(b.dir, "seed.txt"), "seed\n")
+        relay.hold_when_quiet()
+        contents = {"A": b"made on A\n", "B": b"made on B meanwhile\n"}
+        write_file(os.path.join(adir, "f.txt"), contents["A"])
+        wait_content(os.path.join(srv.tree(a.token), "f.txt"), contents["A"])
+        up = relay.sent_up
+        write_file(os.path.join(b.dir, "trigger.txt"), "go\n")
+        wait_until(lambda: relay.sent_up > up, msg="B to ask the server")
+        time.sleep(0.5)
+        write_file(os.path.join(b.dir, "f.txt"), contents["B"])
+        relay.hold = False
+        wait_until(lambda: all(len(conflict_copies(d)) == 1 for d in (a.dir, b.dir)),
+                   msg="a conflict copy on A and B")
+        assert_trees_equal(a.dir, b.dir, msg="A and B after the conflict")
+        _check_one_conflict(b.dir, "f", ".txt", contents, "B")
+        check(any("conflict on f.txt" in l for l in b.log_lines()), "B did not log the conflict on f.txt")
+        b.stop()
+        relay.close()
 
 
 def test_offline_both_sides():

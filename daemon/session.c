@@ -79,7 +79,8 @@ int session_new(Session **ret, Server *server, int fd, const struct sockaddr *pe
                 return r;
         snprintf(desc, sizeof(desc), "session-io-%s", s->peer);
         (void) sd_event_source_set_description(s->io_source, desc);
-        s->last_io_usec = s->start_usec = now_usec(s);
+        s->last_io_usec = s->start_usec = s->log_refill_usec = now_usec(s);
+        s->log_budget = SESSION_LOG_BURST;
         r = session_rearm_idle_timer(s);
         if (r < 0)
                 return r;
@@ -315,6 +316,43 @@ int session_defer(Session *s, const SessionHole *h) {
         return 0;
 }
 
+/* The level of a change's line: LOG_INFO while the budget lasts, else
+ * LOG_DEBUG, and the change is counted for session_log_quiet(). */
+static int session_change_prio(Session *s, const SessionHole *h) {
+        uint64_t now = now_usec(s);
+        if (now > s->log_refill_usec) {
+                uint64_t n = (now - s->log_refill_usec) / SESSION_LOG_REFILL_USEC;
+                s->log_budget = (unsigned) MIN((uint64_t) SESSION_LOG_BURST, s->log_budget + n);
+                s->log_refill_usec += n * SESSION_LOG_REFILL_USEC;
+                if (s->log_budget == SESSION_LOG_BURST)
+                        s->log_refill_usec = now;
+        }
+        if (s->log_budget > 0) {
+                s->log_budget--;
+                return LOG_INFO;
+        }
+        if (h->type == BS_MSG_PUT) {
+                s->quiet.files++;
+                s->quiet.bytes += h->size;
+        } else if (h->type == BS_MSG_DELETE)
+                s->quiet.deleted++;
+        else
+                s->quiet.others++;
+        return LOG_DEBUG;
+}
+
+/* The changes logged at debug level since the last commit, in one line. */
+static void session_log_quiet(Session *s) {
+        if (s->quiet.files + s->quiet.deleted + s->quiet.others == 0)
+                return;
+        session_log_event(s, LOG_INFO, BS_MID_UPLOADED, NULL,
+                          "uploaded %s %llu more files (%.1f MiB), deleted %llu, %llu other changes (each at debug level)",
+                          account_id(s->account), (unsigned long long) s->quiet.files,
+                          (double) s->quiet.bytes / (1024.0 * 1024.0), (unsigned long long) s->quiet.deleted,
+                          (unsigned long long) s->quiet.others);
+        memset(&s->quiet, 0, sizeof(s->quiet));
+}
+
 /*
  * The commit succeeded: write the answers of the changes it decided where
  * they belong among the pass's other answers. Those after the first hole
@@ -368,6 +406,7 @@ int session_end_pass(Session *s) {
                 log_error("account %s: commit failed: %m", account_id(s->account));
                 return session_fail(s, 0, BS_ERR_IO, "could not commit changes");
         }
+        session_log_quiet(s);
         if (account_committed_seq(s->account) > s->seq_before_commit)
                 server_notify(s->server, s->account, s);
         return 0;
@@ -513,33 +552,34 @@ int session_change_answer(Session *s, const SessionHole *h, int r, uint64_t vers
                                           h->path, "%s %s %s refused: %s", what, id, lp, bs_err_name(code));
                 return session_send_error(s, h->req, code, "%s: %s", bs_err_name(code), strerror(-r));
         }
+        int prio = r == 0 ? session_change_prio(s, h) : LOG_INFO;
         if (r == 0)
                 switch (h->type) {
                 case BS_MSG_PUT:
                         if (h->copied > 0)
-                                session_log_event(s, LOG_INFO, BS_MID_UPLOADED, h->path,
+                                session_log_event(s, prio, BS_MID_UPLOADED, h->path,
                                                   "uploaded %s %s (%llu bytes, %llu sent, the rest copied from the "
                                                   "stored version)", id, lp, (unsigned long long) h->size,
                                                   (unsigned long long) (h->size - h->copied));
                         else
-                                session_log_event(s, LOG_INFO, BS_MID_UPLOADED, h->path, "uploaded %s %s (%llu bytes)",
+                                session_log_event(s, prio, BS_MID_UPLOADED, h->path, "uploaded %s %s (%llu bytes)",
                                                   id, lp, (unsigned long long) h->size);
                         break;
                 case BS_MSG_ATTR:
-                        session_log_event(s, LOG_INFO, BS_MID_CHANGED, h->path, "mode %04o and time of %s %s",
+                        session_log_event(s, prio, BS_MID_CHANGED, h->path, "mode %04o and time of %s %s",
                                           h->mode & 07777, id, lp);
                         break;
                 case BS_MSG_MKDIR:
-                        session_log_event(s, LOG_INFO, BS_MID_CHANGED, h->path, "mkdir %s %s", id, lp);
+                        session_log_event(s, prio, BS_MID_CHANGED, h->path, "mkdir %s %s", id, lp);
                         break;
                 case BS_MSG_SYMLINK:
-                        session_log_event(s, LOG_INFO, BS_MID_CHANGED, h->path, "symlink %s %s", id, lp);
+                        session_log_event(s, prio, BS_MID_CHANGED, h->path, "symlink %s %s", id, lp);
                         break;
                 case BS_MSG_DELETE:
-                        session_log_event(s, LOG_INFO, BS_MID_DELETED, h->path, "deleted %s %s", id, lp);
+                        session_log_event(s, prio, BS_MID_DELETED, h->path, "deleted %s %s", id, lp);
                         break;
                 default:
-                        session_log_event(s, LOG_INFO, BS_MID_MOVED, h->path, "moved %s %s -> %s", id, lp,
+                        session_log_event(s, prio, BS_MID_MOVED, h->path, "moved %s %s -> %s", id, lp,
                                           session_log_path(h->path2, lp2));
                         break;
                 }

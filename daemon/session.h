@@ -90,6 +90,13 @@ struct Session {
         SessionHole *holes;      /* changes of the batch answered at commit, in order */
         size_t n_holes, cap_holes;
         bool committing;         /* the batch's commit is under way: its answers are held */
+        /* Changes logged one by one: a budget of lines (see session_change_prio);
+         * the others are counted and logged together once committed. */
+        unsigned log_budget;
+        uint64_t log_refill_usec;
+        struct {
+                uint64_t files, bytes, deleted, others;
+        } quiet;
         uint64_t seq_before_commit; /* the account's sequence when it began */
         bool waiting;            /* an answer is -EINPROGRESS: nothing is handled until woken */
         AccountWaker waker;      /* what the account calls to wake this session */
@@ -156,6 +163,13 @@ struct Session {
                               .path = (p),                                                             \
                               .device = (s)->device_name[0] ? (s)->device_name : NULL },               \
                 __VA_ARGS__)
+
+/* Changes a session logs one by one: SESSION_LOG_BURST at once, then one
+ * per SESSION_LOG_REFILL_USEC; the rest in one line per commit. journald
+ * keeps at most 10,000 messages of a service in 30 s by default, and a
+ * line per file of a big backup would push out the ones that matter. */
+#define SESSION_LOG_BURST 100
+#define SESSION_LOG_REFILL_USEC (100ULL * 1000)
 
 /* Output levels: stop taking requests above HIGH, stream until FILL. */
 #define SESSION_OUT_HIGH (4u * 1024 * 1024)

@@ -216,6 +216,15 @@ def test_burst_2000():
         wait_tree(b.dir, snap, timeout=120, modes=True, msg="2000 files on B")
         wait_tree(srv.tree(a.token), {k: (v[0], v[1], None) for k, v in snap.items()},
                   timeout=60, modes=False, msg="2000 files on the server")
+        # The server logs 100 changes one by one, then 10 a second, and
+        # the others once committed, in one line per commit.
+        import re
+        lines = srv.log_lines()
+        each = [l for l in lines if re.search(r"uploaded \S+ dir\d\d/file\d+\.txt \(", l)]
+        burst = [int(m.group(1)) for m in (re.search(r"uploaded \S+ (\d+) more files \(", l) for l in lines) if m]
+        print("server: %d uploads logged one by one, %s in bursts" % (len(each), burst))
+        check(burst and len(each) < 1000 and sum(burst) + len(each) >= 2000,
+              "the server logged %d uploads one by one and %s in bursts" % (len(each), burst))
 
 
 def _slices(agent):

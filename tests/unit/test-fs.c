@@ -273,16 +273,22 @@ Test(fs, temp_names_unique_across_threads) {
         free(names);
 }
 
+/* A file of n copies of c, on disk and out of the page cache: its fd. */
+static int cold_file(const char *name, char *data, size_t n, char c) {
+        memset(data, c, n);
+        int fd = openat(rootfd, name, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(bs_write_all(fd, data, n), 0);
+        cr_assert_eq(fsync(fd), 0);
+        cr_assert_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+        return fd;
+}
+
 Test(fs, cache_probe) {
         /* A cold file is told cold, and the probe does not make it look
          * cached; once read, it is cached. */
         char data[8192];
-        memset(data, 'x', sizeof(data));
-        int fd = openat(rootfd, "probed", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-        cr_assert_geq(fd, 0);
-        cr_assert_eq(bs_write_all(fd, data, sizeof(data)), 0);
-        cr_assert_eq(fsync(fd), 0);
-        cr_assert_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+        int fd = cold_file("probed", data, sizeof(data), 'x');
         cr_assert_eq(bs_cache_probe(fd, 0), 0, "a file just dropped from the page cache is cold");
         cr_assert_eq(bs_cache_probe(fd, 0), 0, "the probe alone made the file look cached");
         cr_assert_eq(bs_pread_full(fd, data, sizeof(data), 0), (ssize_t) sizeof(data));
@@ -293,12 +299,7 @@ Test(fs, cache_probe) {
 Test(fs, cache_probe_reads_ahead) {
         /* A cold file's probe starts reading what the caller asked for. */
         static char data[256 * 1024];
-        memset(data, 'y', sizeof(data));
-        int fd = openat(rootfd, "ahead", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-        cr_assert_geq(fd, 0);
-        cr_assert_eq(bs_write_all(fd, data, sizeof(data)), 0);
-        cr_assert_eq(fsync(fd), 0);
-        cr_assert_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+        int fd = cold_file("ahead", data, sizeof(data), 'y');
         cr_assert_eq(bs_cache_probe(fd, sizeof(data)), 0);
         unsigned char vec[sizeof(data) / 4096];
         size_t resident = 0;

@@ -513,9 +513,13 @@ class Relay:
 
     def hold_when_quiet(self, quiet=1.0, timeout=60):
         """Hold the server's data once nothing has passed for quiet
-        seconds: no answer the client waits for is caught in the hold."""
+        seconds: no answer the client waits for is caught in the hold.
+        Returns the bytes the client had sent by then: more means it asked
+        and waits (a round of its own may start before the caller's)."""
         wait_until(lambda: time.monotonic() - self.last_data >= quiet, timeout, "the relay to be quiet")
-        self.hold = True
+        with self.lock:
+            self.hold = True
+            return self.sent_up
 
     def close(self):
         self.stop = True

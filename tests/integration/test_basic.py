@@ -186,8 +186,7 @@ def test_move_read_during_a_round():
         wait_content(os.path.join(b.dir, "note.txt"), "note\n")
         wait_until(lambda: os.path.isdir(os.path.join(b.dir, "into")), msg="the directory on B")
         # A change starts a round; the server's answers wait in the relay.
-        relay.hold_when_quiet()
-        up = relay.sent_up
+        up = relay.hold_when_quiet()
         write_file(os.path.join(a.dir, "trigger.txt"), "go\n")
         wait_until(lambda: relay.sent_up > up, msg="A to ask the server")
         time.sleep(0.5)

@@ -105,11 +105,10 @@ def test_new_name_taken_while_downloading():
         # and it waits for the server's answers.
         b = env.agent("B", env.path("B"), token=a.token, port=relay.port, poll="1h")
         wait_content(os.path.join(b.dir, "seed.txt"), "seed\n")
-        relay.hold_when_quiet()
+        up = relay.hold_when_quiet()
         contents = {"A": b"made on A\n", "B": b"made on B meanwhile\n"}
         write_file(os.path.join(adir, "f.txt"), contents["A"])
         wait_content(os.path.join(srv.tree(a.token), "f.txt"), contents["A"])
-        up = relay.sent_up
         write_file(os.path.join(b.dir, "trigger.txt"), "go\n")
         wait_until(lambda: relay.sent_up > up, msg="B to ask the server")
         time.sleep(0.5)

@@ -187,9 +187,10 @@ static int make_room(Agent *a, const char *path, LocalEntry *l) {
         return local_stat(a, path, l);
 }
 
-/* Rename tmp to path. fresh: path was not there when looked at, and must
- * still not be (-EEXIST), or what was made here since would be lost. */
-static int place(Agent *a, const char *tmp, const char *path, bool fresh) {
+/* Rename tmp (in the directory tmpfd) to path. fresh: path was not there
+ * when looked at, and must still not be (-EEXIST), or what was made here
+ * since would be lost. */
+static int place(Agent *a, int tmpfd, const char *tmp, const char *path, bool fresh) {
         const char *base;
         bool kept;
         /* The parent usually exists (a pull makes directories first): make
@@ -203,9 +204,9 @@ static int place(Agent *a, const char *tmp, const char *path, bool fresh) {
         }
         if (pfd < 0)
                 return pfd;
-        int r = renameat2(a->rootfd, tmp, pfd, base, fresh ? RENAME_NOREPLACE : 0) < 0 ? -errno : 0;
+        int r = renameat2(tmpfd, tmp, pfd, base, fresh ? RENAME_NOREPLACE : 0) < 0 ? -errno : 0;
         if (r == -EINVAL && fresh) /* a file system without RENAME_NOREPLACE */
-                r = renameat(a->rootfd, tmp, pfd, base) < 0 ? -errno : 0;
+                r = renameat(tmpfd, tmp, pfd, base) < 0 ? -errno : 0;
         if (!kept)
                 close(pfd);
         return r;
@@ -254,8 +255,8 @@ static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool hav
                 return 0;
         /* The rename keeps inode, size, mode and mtime: stat before it. */
         bool fresh = !l->exists;
-        int r = local_stat_at(a->rootfd, x->tmp, l);
-        r = r < 0 ? r : place(a, x->tmp, x->path, fresh);
+        int r = local_stat_at(a->downloads_fd, x->tmp, l);
+        r = r < 0 ? r : place(a, a->downloads_fd, x->tmp, x->path, fresh);
         /* Made here since it was looked at: decided again, as a file that
          * exists (so never a third time). */
         if (r == -EEXIST && local_stat(a, x->path, l) == 0 && l->exists)
@@ -325,7 +326,7 @@ static int apply_symlink(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool
         }
         bool fresh = !l->exists;
         int r = local_stat(a, tmp, l);
-        r = r < 0 ? r : place(a, tmp, x->path, fresh);
+        r = r < 0 ? r : place(a, a->rootfd, tmp, x->path, fresh);
         if (r < 0) {
                 unlinkat(a->rootfd, tmp, 0);
                 log_error("cannot create link %s: %s", x->path, strerror(-r));

@@ -273,13 +273,16 @@ static int open_root(Agent *a) {
         if (a->rootfd >= 0)
                 close(a->rootfd);
         a->rootfd = fd;
+        if (a->downloads_fd >= 0)
+                close(a->downloads_fd);
+        a->downloads_fd = -1;
         /* Leftovers of an interrupted download. */
         BsDirent *v;
         size_t n;
         if (bs_dir_list(fd, &v, &n) == 0) {
                 for (size_t i = 0; i < n; i++)
                         if (bs_path_is_temp(v[i].name))
-                                (void) unlinkat(fd, v[i].name, 0);
+                                (void) bs_rm_rf_at(fd, v[i].name);
                 bs_dir_list_free(v, n);
         }
         return 0;

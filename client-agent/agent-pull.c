@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "agent-apply.h"
@@ -74,11 +75,34 @@ static size_t keep_budget(void) {
         return bs_fd_budget(APPLY_BULK_MIN, APPLY_BATCH_FILES);
 }
 
+#define DOWNLOADS_DIR BS_TEMP_PREFIX "downloads"
+
+/* The directory downloads are written in (see Agent.downloads_fd). */
+static int downloads_open(Agent *a) {
+        if (a->downloads_fd >= 0)
+                return a->downloads_fd;
+        if (mkdirat(a->rootfd, DOWNLOADS_DIR, 0700) < 0 && errno != EEXIST)
+                return -errno;
+        int fd = openat(a->rootfd, DOWNLOADS_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        return a->downloads_fd = fd;
+}
+
+/* At a pull's end nothing is left in it: gone, as temporary files were. */
+static void downloads_close(Agent *a) {
+        if (a->downloads_fd < 0)
+                return;
+        close(a->downloads_fd);
+        a->downloads_fd = -1;
+        (void) unlinkat(a->rootfd, DOWNLOADS_DIR, AT_REMOVEDIR);
+}
+
 /* Drop the records in hand (of a page done, or of an answer not used). */
 static void pull_drop_records(Agent *a, Pull *p) {
         for (size_t i = 0; i < p->n; i++) {
                 if (p->recs[i].tmp[0])
-                        unlinkat(a->rootfd, p->recs[i].tmp, 0);
+                        unlinkat(a->downloads_fd, p->recs[i].tmp, 0);
                 if (p->recs[i].fd >= 0)
                         close(p->recs[i].fd);
                 if (p->recs[i].src_fd >= 0)
@@ -501,7 +525,7 @@ static int finish_download(Agent *a, Pull *p) {
         p->cur = NULL;
         if (r < 0) {
                 log_error("download of %s failed: %s; fetching it again", x->path, strerror(-r));
-                unlinkat(a->rootfd, x->tmp, 0);
+                unlinkat(a->downloads_fd, x->tmp, 0);
                 x->tmp[0] = 0;
                 x->failed = true;
                 a->need_snapshot = true; /* its record is passed: compare with the server's listing */
@@ -580,7 +604,8 @@ static int handle_frame(Agent *a, Pull *p, const BsMsg *m) {
         }
         if (m->type != BS_MSG_FILE || m->size != x->size)
                 return -EPROTO;
-        int fd = bs_tmpfile_at(a->rootfd, x->tmp, sizeof(x->tmp), 0600);
+        int fd = downloads_open(a);
+        fd = fd < 0 ? fd : bs_tmpfile_at(fd, x->tmp, sizeof(x->tmp), 0600);
         if (fd < 0) {
                 log_error("cannot create a temporary file in %s: %s", a->cfg.dir, strerror(-fd));
                 return fd;
@@ -634,7 +659,7 @@ static void apply_batch(Agent *a, Pull *p, size_t end) {
                 if (!bulk && (x->fd < 0 || fdatasync(x->fd) < 0)) {
                         log_error("cannot flush the download of %s to disk: %s; fetching it again later", x->path,
                                   x->fd < 0 ? "syncfs failed" : strerror(errno));
-                        unlinkat(a->rootfd, x->tmp, 0);
+                        unlinkat(a->downloads_fd, x->tmp, 0);
                         x->tmp[0] = 0;
                         x->ready = false;
                         a->need_snapshot = true;
@@ -694,10 +719,10 @@ static int apply_records(Agent *a, Pull *p) {
                 if (x->ready) {
                         p->batch_files++;
                         p->batch_bytes += x->size;
-                        /* Each download queued a few inotify events (on its
-                         * temporary file, ignored): read them as they come,
-                         * or a big batch overflows the kernel's queue and
-                         * costs a rescan of the whole tree. */
+                        /* Downloads queue no events (see downloads_open()),
+                         * but other programs may write meanwhile: read their
+                         * events as they come, or a long batch could
+                         * overflow the kernel's queue and cost a rescan. */
                         if (p->batch_files % APPLY_EVENTS_EVERY == 0)
                                 watcher_process(a->watcher);
                 }
@@ -780,6 +805,7 @@ static int pull_once(Agent *a, uint64_t since) {
         a->quiet_files = false;
 out:
         pull_clear(a, &p);
+        downloads_close(a);
         return r;
 }
 

@@ -70,7 +70,7 @@ int agent_new(const AgentConfig *cfg, Agent **ret) {
         if (!a)
                 return -ENOMEM;
         a->cfg = *cfg;
-        a->rootfd = a->scan_fd = a->state_dir_fd = -1;
+        a->rootfd = a->downloads_fd = a->scan_fd = a->state_dir_fd = -1;
         int r = ignore_set_new(!cfg->no_default_ignores, cfg->ignore, cfg->n_ignore, &a->ignore);
         r = r ?: split_servers(cfg->server, &a->servers, &a->n_servers);
         if (r < 0) {
@@ -109,6 +109,8 @@ Agent *agent_free(Agent *a) {
         for (size_t i = 0; i < a->n_held; i++)
                 free(a->held[i]);
         free(a->held);
+        if (a->downloads_fd >= 0)
+                close(a->downloads_fd);
         if (a->rootfd >= 0)
                 close(a->rootfd);
         if (a->scan_fd >= 0)

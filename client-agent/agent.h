@@ -102,6 +102,10 @@ typedef struct Agent {
         Watcher *watcher;
         BsConn *conn;
         int rootfd;
+        /* Downloads are written here, in the root but unwatched, and
+         * renamed into place: no inotify events of our own but the rename.
+         * Made at a pull's first download, removed at its end. */
+        int downloads_fd;
         /* While a plan is made: the directory whose entries are being
          * looked at, so each entry costs one fstatat(), not a path walk. */
         bool scanning;

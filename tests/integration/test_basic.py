@@ -443,10 +443,10 @@ def test_join_leaves_page_cache():
 
 
 def test_join_reads_events_during_batch():
-    """A join of 6,000 files: the downloads of a batch (up to 4,096 files)
-    queue inotify events on their temporary files; read only at the
-    batch's end they would overflow the kernel's queue (16,384 by
-    default), each overflow a rescan of the whole tree. None may happen."""
+    """A join of 6,000 files: each file placed and each directory made
+    queues inotify events (downloads are written in an unwatched
+    directory, so nothing more); an overflow of the kernel's queue (16,384
+    by default) would cost a rescan of the whole tree. None may happen."""
     with Env("join_reads_events_during_batch") as env:
         srv = env.server()
         adir = env.path("A")

@@ -286,8 +286,7 @@ def test_fault_agent_killed():
             os.rename(src, os.path.join(adir, "download.bin"))
 
             def downloading():
-                return any(n.startswith(TMP_PREFIX) and os.path.getsize(os.path.join(b.dir, n)) > 0
-                           for n in os.listdir(b.dir))
+                return any(os.path.isfile(p) and os.path.getsize(p) > 0 for p in _temps(b.dir))
             wait_until(downloading, 120, "B to start downloading download.bin into a temporary file")
             b.kill9()
             check(not os.path.lexists(os.path.join(b.dir, "download.bin")) or poller.seen_full,

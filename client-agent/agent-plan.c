@@ -256,7 +256,7 @@ static int reconcile_children(Agent *a, Plan *p, const char *dir, bool fresh) {
                 if (k < 0 && k != -ENOSPC)
                         return k;
         }
-        int r = bs_dir_list(fd, &v.names, &v.n);
+        int r = bs_dir_list_fd(fd, &v.names, &v.n);
         if (r < 0)
                 return r;
         v.l = malloc(sizeof(*v.l));

@@ -103,6 +103,12 @@ typedef struct BsDirent {
  * freed with bs_dir_list_free(). Returns 0 or -errno.
  */
 int bs_dir_list(int dirfd, BsDirent **ret, size_t *ret_n);
+/**
+ * As bs_dir_list(), for a descriptor opened for this listing alone: fd
+ * itself is read from its position (the start, when just opened) to its
+ * end, two system calls fewer than a listing of a copy.
+ */
+int bs_dir_list_fd(int fd, BsDirent **ret, size_t *ret_n);
 /** Free what bs_dir_list() returned; NULL. */
 BsDirent *bs_dir_list_free(BsDirent *v, size_t n);
 

@@ -502,6 +502,46 @@ Test(fs, dir_list) {
         cr_assert_eq(bs_dir_list(-1, &v, &n), -EBADF);
 }
 
+/* bs_dir_list_fd: the fd itself, across many getdents64() buffers; its
+ * position moves, so a second listing from there is empty. */
+Test(fs, dir_list_fd) {
+        enum { N = 3000 }; /* about 200 KiB of entries: several 32 KiB reads */
+        BsDirent *v;
+        size_t n;
+        cr_assert_eq(mkdirat(rootfd, "many", 0755), 0);
+        int d = openat(rootfd, "many", O_RDONLY | O_DIRECTORY);
+        cr_assert_geq(d, 0);
+        char name[80];
+        for (int i = 0; i < N; i++) {
+                snprintf(name, sizeof(name), "a-rather-long-name-to-fill-the-buffer-sooner-%05d", i);
+                write_file(d, name, "");
+        }
+        int fd = openat(d, ".", O_RDONLY | O_DIRECTORY);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(bs_dir_list_fd(fd, &v, &n), 0);
+        cr_assert_eq(n, N);
+        static bool seen[N];
+        for (size_t i = 0; i < n; i++) {
+                int k = atoi(v[i].name + strlen("a-rather-long-name-to-fill-the-buffer-sooner-"));
+                cr_assert(k >= 0 && k < N && !seen[k], "\"%s\"", v[i].name);
+                seen[k] = true;
+                struct stat st;
+                cr_assert_eq(fstatat(d, v[i].name, &st, AT_SYMLINK_NOFOLLOW), 0);
+                cr_expect_eq(v[i].ino, (uint64_t) st.st_ino, "%s", v[i].name);
+        }
+        bs_dir_list_free(v, n);
+        cr_assert_eq(bs_dir_list_fd(fd, &v, &n), 0);
+        cr_expect_eq(n, 0, "read to its end already");
+        bs_dir_list_free(v, n);
+        cr_assert_eq(lseek(fd, 0, SEEK_SET), 0);
+        cr_assert_eq(bs_dir_list_fd(fd, &v, &n), 0);
+        cr_expect_eq(n, N, "from the start again");
+        bs_dir_list_free(v, n);
+        close(fd);
+        close(d);
+        cr_assert_eq(bs_dir_list_fd(-1, &v, &n), -EBADF);
+}
+
 Test(fs, fd_budget) {
         /* An eighth of the soft fd limit, within the caller's bounds. */
         struct rlimit rl;

@@ -235,9 +235,9 @@ BsDirent *bs_dir_list_free(BsDirent *v, size_t n) {
         return NULL;
 }
 
-/* Every entry of the directory fd from its position, with getdents64()
- * itself: readdir() would cost an fstat() and two fcntl() per directory. */
-static int dir_read(int fd, BsDirent **ret, size_t *ret_n) {
+/* getdents64() itself: readdir() would cost an fstat() and two fcntl()
+ * per directory. */
+int bs_dir_list_fd(int fd, BsDirent **ret, size_t *ret_n) {
         char buf[32 * 1024] __attribute__((aligned(__alignof__(struct dirent64))));
         BsDirent *v = NULL;
         size_t n = 0, cap = 0;
@@ -287,13 +287,9 @@ int bs_dir_list(int dirfd, BsDirent **ret, size_t *ret_n) {
         int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd < 0)
                 return -errno;
-        int r = dir_read(fd, ret, ret_n);
+        int r = bs_dir_list_fd(fd, ret, ret_n);
         close(fd);
         return r;
-}
-
-int bs_dir_list_fd(int fd, BsDirent **ret, size_t *ret_n) {
-        return dir_read(fd, ret, ret_n);
 }
 
 static uint64_t temp_key;

@@ -288,6 +288,11 @@ def test_fault_agent_killed():
             def downloading():
                 return any(os.path.isfile(p) and os.path.getsize(p) > 0 for p in _temps(b.dir))
             wait_until(downloading, 120, "B to start downloading download.bin into a temporary file")
+            # Written in the unwatched downloads directory, not beside the
+            # user's files (where each write would queue inotify events).
+            downloads = os.path.join(b.dir, TMP_PREFIX + "downloads")
+            stray = [p for p in _temps(b.dir) if os.path.isfile(p) and os.path.dirname(p) != downloads]
+            check(stray == [], "temporary files outside %s: %s" % (downloads, stray))
             b.kill9()
             check(not os.path.lexists(os.path.join(b.dir, "download.bin")) or poller.seen_full,
                   "download.bin visible on B at kill time")

@@ -541,13 +541,16 @@ static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
 }
 
 /* Send every op, a window at a time, and apply the answers in order. */
-/* Open the uploads after next and ask the kernel to start reading them,
- * within PREFETCH_FILES and PREFETCH_BYTES of what is being sent. An fd
- * opened early names what the path held then, as one opened at its turn
- * would have: the usual checks at the end of the upload still apply. */
+/* Open the uploads after next and start reading them, within
+ * PREFETCH_FILES and PREFETCH_BYTES of what is being sent. The window is
+ * refilled by halves, so the reads of a refill reach the disk together.
+ * An fd opened early names what the path held then, as one opened at its
+ * turn would have: the usual checks at the end of the upload still apply. */
 static void prefetch(Agent *a, Plan *p, size_t next, size_t *pf, uint64_t *pf_bytes) {
         if (*pf < next)
                 *pf = next;
+        if (*pf - next > PREFETCH_FILES / 2 || *pf_bytes > PREFETCH_BYTES / 2)
+                return;
         while (*pf < p->n && *pf - next < PREFETCH_FILES && *pf_bytes < PREFETCH_BYTES) {
                 PushOp *op = &p->ops[(*pf)++];
                 if (op->type != BS_MSG_PUT || op->fd >= 0 || !op->e || op->e->size == 0)
@@ -558,13 +561,15 @@ static void prefetch(Agent *a, Plan *p, size_t next, size_t *pf, uint64_t *pf_by
                         continue;
                 }
                 /* A file in the page cache needs no reading ahead. */
-                uint64_t len = MIN(op->e->size, (uint64_t) PREFETCH_BYTES - *pf_bytes);
-                op->cold = bs_cache_probe(op->fd, len) == 0;
+                op->cold = bs_cache_probe(op->fd, 0) == 0;
                 if (!op->cold)
                         continue;
+                uint64_t len = MIN(op->e->size, (uint64_t) PREFETCH_BYTES - *pf_bytes);
+                bs_readahead(a->ra, op->fd, len);
                 *pf_bytes += len;
                 op->prefetched = len;
         }
+        bs_readahead_submit(a->ra);
 }
 
 /* What the answers so far recorded becomes durable, as between two plans:

@@ -73,6 +73,8 @@ int agent_new(const AgentConfig *cfg, Agent **ret) {
         a->rootfd = a->downloads_fd = a->scan_fd = a->state_dir_fd = -1;
         int r = ignore_set_new(!cfg->no_default_ignores, cfg->ignore, cfg->n_ignore, &a->ignore);
         r = r ?: split_servers(cfg->server, &a->servers, &a->n_servers);
+        if (r >= 0 && bs_readahead_new(&a->ra) < 0)
+                a->ra = NULL; /* read ahead file by file */
         if (r < 0) {
                 ignore_set_free(a->ignore);
                 free(a);
@@ -90,6 +92,7 @@ Agent *agent_free(Agent *a) {
                 free(a->servers[i]);
         free(a->servers);
         bs_conn_free(a->conn);
+        bs_readahead_free(a->ra);
         sd_event_source_disable_unref(a->socket_source);
         sd_event_source_disable_unref(a->inotify_source);
         sd_event_source_disable_unref(a->coalesce_timer);

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "bs-conn.h"
+#include "bs-readahead.h"
 #include "bs-parse.h"
 #include "agent-ignore.h"
 #include "agent-state.h"
@@ -102,6 +103,7 @@ typedef struct Agent {
         Watcher *watcher;
         BsConn *conn;
         int rootfd;
+        BsReadahead *ra; /* batched reading ahead of uploads; NULL: file by file */
         /* Downloads are written here, in the root but unwatched, and
          * renamed into place: no inotify events of our own but the rename.
          * Made at a pull's first download, removed at its end. */

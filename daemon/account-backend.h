@@ -95,7 +95,7 @@ struct AccountOps {
         int (*content_wait)(AccountContent *c);
         void (*content_free)(AccountContent *c);
         int (*content_read)(AccountContent *c, uint64_t off, void *buf, size_t n);
-        void (*content_prefetch)(AccountContent *c, uint64_t len);
+        void (*content_prefetch)(AccountContent *c, uint64_t len, BsReadahead *ra);
 
         int (*cursor_new)(Account *a, uint64_t since, const AccountWaker *w, AccountCursor **ret);
         void (*cursor_free)(AccountCursor *c);

@@ -10,6 +10,7 @@
 
 #include "account.h"
 #include "bs-proto.h"
+#include "bs-readahead.h"
 
 /**
  * Open content for GET: the file at path when it has this SHA-256, else
@@ -31,8 +32,11 @@ const AccountContentInfo *account_content_info(const AccountContent *c);
  * again when told), or a negative errno.
  */
 int account_content_read(AccountContent *c, uint64_t off, void *buf, size_t n);
-/** Start reading the first len bytes of c ahead, without waiting. */
-void account_content_prefetch(AccountContent *c, uint64_t len);
+/**
+ * Start reading the first len bytes of c ahead, without waiting; with ra
+ * (may be NULL), at its bs_readahead_submit(), together with the others.
+ */
+void account_content_prefetch(AccountContent *c, uint64_t len, BsReadahead *ra);
 
 /**
  * Start reading the account for PULL: a snapshot of all entries (since 0,

@@ -180,8 +180,8 @@ int account_content_read(AccountContent *c, uint64_t off, void *buf, size_t n) {
         return c->ops->content_read(c, off, buf, n);
 }
 
-void account_content_prefetch(AccountContent *c, uint64_t len) {
-        c->ops->content_prefetch(c, len);
+void account_content_prefetch(AccountContent *c, uint64_t len, BsReadahead *ra) {
+        c->ops->content_prefetch(c, len, ra);
 }
 
 int account_cursor_new(Account *a, uint64_t since, const AccountWaker *w, AccountCursor **ret) {

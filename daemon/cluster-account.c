@@ -1005,9 +1005,10 @@ static int window_fetch(ClusterContent *c, uint64_t off, uint64_t len) {
         return 0;
 }
 
-static void ops_content_prefetch(AccountContent *base, uint64_t len) {
+static void ops_content_prefetch(AccountContent *base, uint64_t len, BsReadahead *ra) {
         ClusterContent *c = (ClusterContent *) base;
-        /* The GET queued behind others: its first bytes travel meanwhile. */
+        /* The GET queued behind others: its first bytes travel meanwhile,
+         * a request to the store of its own (ra is for local files). */
         c->prefetch = len;
         if (c->state == 0 && !c->req && !c->fetching && !c->data && c->base.info.size > 0)
                 (void) window_fetch(c, 0, MIN(len, c->base.info.size));

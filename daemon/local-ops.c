@@ -169,8 +169,8 @@ static int ops_content_read(AccountContent *c, uint64_t off, void *buf, size_t n
         return local_content_read((LocalContent *) c, off, buf, n);
 }
 
-static void ops_content_prefetch(AccountContent *c, uint64_t len) {
-        local_content_prefetch((LocalContent *) c, len);
+static void ops_content_prefetch(AccountContent *c, uint64_t len, BsReadahead *ra) {
+        local_content_prefetch((LocalContent *) c, len, ra);
 }
 
 static int ops_cursor_new(Account *a, uint64_t since, const AccountWaker *w, AccountCursor **ret) {

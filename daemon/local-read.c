@@ -16,6 +16,7 @@
 #include "local-internal.h"
 #include "bs-fs.h"
 #include "bs-macro.h"
+#include "bs-readahead.h"
 
 struct LocalContent {
         AccountContent base;
@@ -233,8 +234,10 @@ int local_content_read(LocalContent *c, uint64_t off, void *buf, size_t n) {
         return (size_t) got == n ? 0 : -EBADMSG;
 }
 
-void local_content_prefetch(LocalContent *c, uint64_t len) {
+void local_content_prefetch(LocalContent *c, uint64_t len, BsReadahead *ra) {
         /* What is cached is read as it is. Advice only: a failure costs
          * speed, never correctness. */
-        c->cold = bs_cache_probe(c->fd, MIN(len, c->base.info.size)) == 0;
+        c->cold = bs_cache_probe(c->fd, 0) == 0;
+        if (c->cold)
+                bs_readahead(ra, c->fd, MIN(len, c->base.info.size));
 }

@@ -14,6 +14,7 @@
 
 #include "account.h"
 #include "account-history.h"
+#include "bs-readahead.h"
 
 typedef struct LocalAccount LocalAccount;
 typedef struct LocalCursor LocalCursor;
@@ -164,10 +165,11 @@ const AccountContentInfo *local_content_info(const LocalContent *c);
  */
 int local_content_read(LocalContent *c, uint64_t off, void *buf, size_t n);
 /**
- * Start reading the first len bytes of c ahead, without waiting. What was
- * not cached before leaves the page cache again when c is freed.
+ * Start reading the first len bytes of c ahead, without waiting (with ra,
+ * at its submit). What was not cached before leaves the page cache again
+ * when c is freed.
  */
-void local_content_prefetch(LocalContent *c, uint64_t len);
+void local_content_prefetch(LocalContent *c, uint64_t len, BsReadahead *ra);
 
 /**
  * Start reading the account for PULL: a snapshot of all entries (since 0)

@@ -64,6 +64,13 @@ int server_new(Server **ret, sd_event *event, const ServerConfig *config, Backen
         r = ratelimit_new(&s->ratelimit);
         if (r < 0)
                 return r;
+        r = bs_readahead_new(&s->readahead);
+        if (r < 0) {
+                /* io_uring refused (a seccomp filter, an old kernel): slower
+                 * on a cold cache, nothing more. */
+                errno = -r;
+                log_debug("reading ahead file by file: io_uring: %m");
+        }
         r = sd_event_add_signal(event, &s->sigterm_source, SIGTERM | SD_EVENT_SIGNAL_PROCMASK, on_signal, s);
         if (r < 0)
                 return r;
@@ -111,6 +118,7 @@ Server *server_free(Server *s) {
         if (s->listen_fd >= 0)
                 close(s->listen_fd);
         ratelimit_free(s->ratelimit);
+        bs_readahead_free(s->readahead);
         backend_free(s->backend);
         free(s->storage);
         SSL_CTX_free(s->tls);

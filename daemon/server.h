@@ -14,6 +14,7 @@
 #include <systemd/sd-event.h>
 
 #include "account.h"
+#include "bs-readahead.h"
 #include "bs-tls.h"
 #include "ratelimit.h"
 
@@ -63,6 +64,7 @@ struct Server {
         void *reload_userdata;
         unsigned status_accounts, status_sessions; /* last STATUS= sent */
         SSL_CTX *tls;      /* NULL: clear text (tls = no) */
+        BsReadahead *readahead; /* GETs' files read ahead together; NULL: one by one */
         char tls_fp[80];   /* "SHA256:..." of tls, for STATUS=; "" without */
 
         Session *sessions;

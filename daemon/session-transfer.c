@@ -72,8 +72,9 @@ void session_prefetch(Session *s) {
         size_t n = bs_buf_len(&s->in), off = 0, len;
         unsigned i;
 
-        /* Inside a pass the tree may not yet hold what the entries say. */
-        if (!s->account || s->batch)
+        /* Inside a pass the tree may not yet hold what the entries say.
+         * Refilled by halves: the reads of a refill reach the disk together. */
+        if (!s->account || s->batch || s->ahead.count > SESSION_PREFETCH / 2)
                 return;
         for (i = 0; s->ahead.count < SESSION_PREFETCH; i++, off += len) {
                 if (bs_frame_peek(p + off, n - off, BS_FRAME_MAX_DEFAULT, &len) <= 0)
@@ -94,9 +95,10 @@ void session_prefetch(Session *s) {
                 s->ahead.slot[k].c = NULL;
                 if ((m.path_len == 0 || bs_path_check(m.path, m.path_len) == 0) &&
                     account_content_open(s->account, m.sha, m.path, &s->waker, &s->ahead.slot[k].c) == 0)
-                        account_content_prefetch(s->ahead.slot[k].c, SESSION_PREFETCH_BYTES);
+                        account_content_prefetch(s->ahead.slot[k].c, SESSION_PREFETCH_BYTES, s->server->readahead);
                 s->ahead.count++;
         }
+        bs_readahead_submit(s->server->readahead);
 }
 
 /* The session consumed its head frame. */
@@ -335,7 +337,7 @@ int session_start_get(Session *s, const BsMsg *m) {
                 /* Not opened ahead: started as those are, so it leaves the
                  * page cache as they do when it was not there before. */
                 if (r == 0)
-                        account_content_prefetch(s->content, SESSION_PREFETCH_BYTES);
+                        account_content_prefetch(s->content, SESSION_PREFETCH_BYTES, NULL);
         }
         if (r > 0)
                 r = 0;

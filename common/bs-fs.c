@@ -324,6 +324,34 @@ int bs_tmpfile_at(int dirfd, char *name, size_t namesz, mode_t mode) {
         return -EEXIST;
 }
 
+/* The umask, from /proc: umask() itself cannot be read without being
+ * set, which another thread's file creation could catch. Unknown: as if
+ * it cleared every bit (then every caller sets the mode itself). */
+static mode_t read_umask(void) {
+        static _Atomic int cached = -1;
+        int m = atomic_load_explicit(&cached, memory_order_relaxed);
+        if (m >= 0)
+                return (mode_t) m;
+        m = 0777;
+        FILE *f = fopen("/proc/self/status", "re");
+        if (f) {
+                char line[128];
+                unsigned v;
+                while (fgets(line, sizeof(line), f))
+                        if (sscanf(line, "Umask: %o", &v) == 1) {
+                                m = (int) (v & 0777);
+                                break;
+                        }
+                fclose(f);
+        }
+        atomic_store_explicit(&cached, m, memory_order_relaxed);
+        return (mode_t) m;
+}
+
+bool bs_mode_kept(mode_t mode) {
+        return (mode & 07000) == 0 && (mode & read_umask()) == 0;
+}
+
 int bs_rm_rf_at(int dfd, const char *name) {
         struct stat st;
 

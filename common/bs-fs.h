@@ -1,6 +1,7 @@
 /* bs-fs.h - file-system helpers that never leave a tree or follow a link */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -89,6 +90,11 @@ void bs_temp_name(char *name, size_t namesz);
  * name receives its name (at least 33 bytes). Returns the fd or -errno.
  */
 int bs_tmpfile_at(int dirfd, char *name, size_t namesz, mode_t mode);
+/**
+ * Whether a file created with mode & 0777 gets mode itself, which then
+ * needs no fchmod(): no set-id or sticky bit, nothing the umask clears.
+ */
+bool bs_mode_kept(mode_t mode);
 
 /* A directory entry as bs_dir_list() returns it. */
 typedef struct BsDirent {

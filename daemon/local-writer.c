@@ -48,12 +48,13 @@ static void drop_files(int *fds, size_t n) {
 }
 
 void local_write_now(int dir_fd, LocalWrite *job) {
-        int fd = bs_tmpfile_at(dir_fd, job->name, sizeof(job->name), 0600);
+        /* Made with its mode where the umask allows: a system call less. */
+        int fd = bs_tmpfile_at(dir_fd, job->name, sizeof(job->name), job->mode & 0777);
         int r = fd;
         job->fd = -1;
         if (fd >= 0) {
                 r = bs_write_sparse(fd, job->buf, job->len);
-                if (r >= 0 && fchmod(fd, job->mode) < 0)
+                if (r >= 0 && !bs_mode_kept(job->mode) && fchmod(fd, job->mode) < 0)
                         r = -errno;
                 r = r ?: bs_set_mtime_fd(fd, job->mtime_ns);
         }

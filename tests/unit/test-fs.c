@@ -318,6 +318,24 @@ Test(fs, cache_probe_reads_ahead) {
         close(fd);
 }
 
+Test(fs, mode_kept) {
+        /* Read from the process, as a thread beside others must. */
+        umask(022);
+        cr_assert(bs_mode_kept(0644));
+        cr_assert(bs_mode_kept(0600));
+        cr_assert(bs_mode_kept(0));
+        cr_assert(!bs_mode_kept(0664), "the umask clears the group's write bit");
+        cr_assert(!bs_mode_kept(04755), "creation never sets the set-user-ID bit");
+        cr_assert(!bs_mode_kept(01777));
+        /* And what it says holds for a file made that way. */
+        char name[64];
+        int fd = bs_tmpfile_at(rootfd, name, sizeof(name), 0755);
+        struct stat st;
+        cr_assert_eq(fstat(fd, &st), 0);
+        cr_assert_eq(st.st_mode & 07777, 0755);
+        close(fd);
+}
+
 Test(fs, tmpfile_at_small_buffer) {
         /* The header promises 32 bytes are enough for the name. */
         char name[32];

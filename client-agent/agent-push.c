@@ -192,7 +192,7 @@ static int start_op(Agent *a, PushOp *op, Upload *up) {
                 if (fd < 0) {
                         /* Not opened ahead: looked at here. */
                         fd = bs_open_beneath(a->rootfd, op->path, O_RDONLY | O_NOCTTY, 0);
-                        op->cold = fd >= 0 && bs_cache_probe(fd, 0) == 0;
+                        op->cold = fd >= 0 && bs_cache_probe(fd) == 0;
                 }
                 struct stat st;
                 if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
@@ -561,7 +561,7 @@ static void prefetch(Agent *a, Plan *p, size_t next, size_t *pf, uint64_t *pf_by
                         continue;
                 }
                 /* A file in the page cache needs no reading ahead. */
-                op->cold = bs_cache_probe(op->fd, 0) == 0;
+                op->cold = bs_cache_probe(op->fd) == 0;
                 if (!op->cold)
                         continue;
                 uint64_t len = MIN(op->e->size, (uint64_t) PREFETCH_BYTES - *pf_bytes);

@@ -73,8 +73,8 @@ int agent_new(const AgentConfig *cfg, Agent **ret) {
         a->rootfd = a->downloads_fd = a->scan_fd = a->state_dir_fd = -1;
         int r = ignore_set_new(!cfg->no_default_ignores, cfg->ignore, cfg->n_ignore, &a->ignore);
         r = r ?: split_servers(cfg->server, &a->servers, &a->n_servers);
-        if (r >= 0 && bs_readahead_new(&a->ra) < 0)
-                a->ra = NULL; /* read ahead file by file */
+        if (r >= 0)
+                (void) bs_readahead_new(&a->ra); /* else NULL: read ahead file by file */
         if (r < 0) {
                 ignore_set_free(a->ignore);
                 free(a);

@@ -394,17 +394,6 @@ static int incoming_start(Incoming *in, Restore *r, int root, const Item *it) {
         return bs_sha_new(&in->sha);
 }
 
-/* The process's umask, read once: a file opened with a mode the umask
- * leaves whole needs no fchmod(). */
-static mode_t current_umask(void) {
-        static mode_t mask = (mode_t) -1;
-        if (mask == (mode_t) -1) {
-                mask = umask(0);
-                umask(mask);
-        }
-        return mask;
-}
-
 static int incoming_finish(Incoming *in) {
         uint8_t got[BS_SHA_LEN];
         int r = bs_sha_final(in->sha, got);
@@ -412,8 +401,9 @@ static int incoming_finish(Incoming *in) {
                 return r;
         if (memcmp(got, in->it->sha, BS_SHA_LEN) != 0)
                 return -EBADMSG;
-        mode_t made = (in->tmp[0] ? 0600 : in->it->mode | 0600) & ~current_umask();
-        if (made != in->it->mode && fchmod(in->fd, in->it->mode) < 0)
+        /* A file opened with a mode the umask leaves whole needs no fchmod(). */
+        mode_t opened = in->tmp[0] ? 0600 : in->it->mode | 0600;
+        if (!(opened == in->it->mode && bs_mode_kept(opened)) && fchmod(in->fd, in->it->mode) < 0)
                 return -errno;
         r = bs_set_mtime_fd(in->fd, in->it->mtime_ns);
         if (r < 0)

@@ -184,10 +184,7 @@ struct bs_cachestat {
         uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
 };
 
-/* What the RWF_NOWAIT probe of a cold file starts reading itself. */
-#define PROBE_READS (16u * 1024)
-
-int bs_cache_probe(int fd, uint64_t ahead) {
+int bs_cache_probe(int fd) {
         static _Atomic bool no_cachestat;
 
         /* cachestat() only looks. A read with RWF_NOWAIT starts reading a
@@ -197,11 +194,7 @@ int bs_cache_probe(int fd, uint64_t ahead) {
                 struct bs_cachestat_range range = { .off = 0, .len = 1 };
                 struct bs_cachestat cs;
                 if (syscall(__NR_cachestat, fd, &range, &cs, 0) == 0) {
-                        if (cs.nr_cache > 0)
-                                return 1;
-                        if (ahead > 0)
-                                (void) posix_fadvise(fd, 0, (off_t) ahead, POSIX_FADV_WILLNEED);
-                        return 0;
+                        return cs.nr_cache > 0;
                 }
                 if (errno != ENOSYS)
                         return -errno;
@@ -211,11 +204,7 @@ int bs_cache_probe(int fd, uint64_t ahead) {
         struct iovec v = { .iov_base = &b, .iov_len = 1 };
         if (preadv2(fd, &v, 1, 0, RWF_NOWAIT) >= 0)
                 return 1;
-        if (errno != EAGAIN)
-                return -errno;
-        if (ahead > PROBE_READS)
-                (void) posix_fadvise(fd, 0, (off_t) ahead, POSIX_FADV_WILLNEED);
-        return 0;
+        return errno == EAGAIN ? 0 : -errno;
 }
 
 size_t bs_fd_budget(size_t min, size_t max) {

@@ -52,14 +52,14 @@ ssize_t bs_pread_full(int fd, void *p, size_t n, off_t off);
 
 /*
  * Whether the start of fd is in the page cache: 1 when it is, 0 when it
- * is not, and then reading its first ahead bytes has begun; negative
- * errno when the kernel cannot tell. Exact with cachestat(2) (Linux
- * 6.5); before, a one-byte RWF_NOWAIT read, which takes a cold page read
- * at once for a cached one, and whose own read covers a small file.
- * A backup reads what it found cold and drops it again, so that copying a
- * tree does not push out what the machine was using.
+ * is not, negative errno when the kernel cannot tell. Exact with
+ * cachestat(2) (Linux 6.5); before, a one-byte RWF_NOWAIT read, which
+ * takes a cold page read at once for a cached one, and starts reading a
+ * cold file's first pages. A backup reads what it found cold (ahead with
+ * bs_readahead()) and drops it again, so that copying a tree does not push
+ * out what the machine was using.
  */
-int bs_cache_probe(int fd, uint64_t ahead);
+int bs_cache_probe(int fd);
 /**
  * How many files a bulk writer or reader may keep open: an eighth of the
  * fd limit, within [min, max].

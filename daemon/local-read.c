@@ -237,7 +237,7 @@ int local_content_read(LocalContent *c, uint64_t off, void *buf, size_t n) {
 void local_content_prefetch(LocalContent *c, uint64_t len, BsReadahead *ra) {
         /* What is cached is read as it is. Advice only: a failure costs
          * speed, never correctness. */
-        c->cold = bs_cache_probe(c->fd, 0) == 0;
+        c->cold = bs_cache_probe(c->fd) == 0;
         if (c->cold)
                 bs_readahead(ra, c->fd, MIN(len, c->base.info.size));
 }

@@ -289,14 +289,28 @@ static int apply_mkdir(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool h
                         return 0;
                 if (l->exists && have && local_matches(l, m))
                         unlinkat(a->rootfd, x->path, 0); /* an unchanged file or link */
-                int r = bs_mkdir_parents(a->rootfd, x->path, 0755);
-                _cleanup_(closep) int pfd = r < 0 ? r : bs_open_parent(a->rootfd, x->path, &base);
-                if (pfd < 0 || (mkdirat(pfd, base, 0700) < 0 && errno != EEXIST)) {
-                        log_error("cannot create directory %s: %m", x->path);
+                /* Made with its mode where the umask keeps it and we may
+                 * write into it; else 0700, and the mode set after (exact,
+                 * whatever the umask). In a join, a directory costs a few
+                 * system calls instead of fifteen. */
+                uint32_t mode = x->mode & 07777;
+                bool exact = bs_mode_kept(mode) && ((mode & 0300) == 0300 || geteuid() == 0);
+                bool kept;
+                int pfd = local_open_parent(a, x->path, &base, &kept);
+                if (pfd == -ENOENT) {
+                        int k = bs_mkdir_parents(a->rootfd, x->path, 0755);
+                        pfd = k < 0 ? k : local_open_parent(a, x->path, &base, &kept);
+                }
+                int r = pfd < 0 ? pfd : mkdirat(pfd, base, exact ? mode : 0700) < 0 ? -errno : 0;
+                if (pfd >= 0 && !kept)
+                        close(pfd);
+                if (r < 0 && r != -EEXIST) {
+                        log_error("cannot create directory %s: %s", x->path, strerror(-r));
                         a->need_snapshot = true; /* as in apply_put() */
                         return 0;
                 }
-                set_dir_mode(a, x->path, x->mode); /* exact, whatever the umask */
+                if (!exact || r == -EEXIST)
+                        set_dir_mode(a, x->path, x->mode);
         } else if (!have || (l->st.st_mode & 07777) == (m->mode & 07777)) {
                 /* Unchanged here (or never recorded): the server's mode. A
                  * mode changed here stays and is sent by the next push. */

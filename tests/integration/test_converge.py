@@ -94,6 +94,14 @@ def test_git_branch_switch_while_behind():
 def test_dir_modes():
     """Directory modes travel: one made 0700, filled, then opened up (as cp -a
     and tar do), and a chmod of a directory synced long before."""
+    old_umask = os.umask(0o022)  # the agents', whatever the caller's
+    try:
+        _dir_modes()
+    finally:
+        os.umask(old_umask)
+
+
+def _dir_modes():
     with harness.Env("dirmodes") as env:
         srv, a, b = _pair(env)
         old = os.path.join(a.dir, "old")
@@ -112,9 +120,15 @@ def test_dir_modes():
         os.mkdir(ro)
         write_file(os.path.join(ro, "r"), "r")
         os.chmod(ro, 0o555)
+        # Modes the agents' umask (022) would cut, and the sticky bit: B
+        # cannot make these with mkdir() alone.
+        for name, mode in (("open", 0o777), ("shared", 0o775), ("sticky", 0o1777)):
+            os.mkdir(os.path.join(a.dir, name))
+            os.chmod(os.path.join(a.dir, name), mode)
         snap = assert_converged(srv, [a, b])
-        check(snap["old"][2] == 0o750 and snap["new"][2] == 0o755 and snap["ro"][2] == 0o555,
-              "modes: %r" % {k: oct(v[2]) for k, v in snap.items() if v[0] == "dir"})
+        want = {"old": 0o750, "new": 0o755, "ro": 0o555, "open": 0o777, "shared": 0o775, "sticky": 0o1777}
+        got = {k: snap[k][2] for k in want}
+        check(got == want, "modes: %r" % {k: oct(v) for k, v in got.items()})
 
 
 def test_metadata_only():

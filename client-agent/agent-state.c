@@ -23,6 +23,7 @@ static inline void sqlite3_finalizep(sqlite3_stmt **st) {
 struct AgentState {
         sqlite3 *db;
         sqlite3_stmt *get, *put, *del, *kv_get, *kv_set, *locate, *index_put;
+        sqlite3_stmt *seen; /* once per record of a snapshot */
         /* Unused statements of manifest_children(): a scan asks once per
          * directory, nested as deep as the tree, and preparing one costs
          * more than the query. */
@@ -106,6 +107,7 @@ AgentState *agent_state_free(AgentState *s) {
         sqlite3_finalize(s->kv_set);
         sqlite3_finalize(s->locate);
         sqlite3_finalize(s->index_put);
+        sqlite3_finalize(s->seen);
         for (size_t i = 0; i < s->n_children; i++)
                 sqlite3_finalize(s->children[i]);
         sqlite3_close(s->db);
@@ -134,6 +136,7 @@ int agent_state_open(const char *dir, AgentState **ret) {
                                       &s->locate, NULL);
         rc = rc ?: sqlite3_prepare_v2(s->db, "INSERT OR IGNORE INTO chunk_index(sum, len, sha, off) VALUES(?,?,?,?)",
                                       -1, &s->index_put, NULL);
+        rc = rc ?: sqlite3_prepare_v2(s->db, "UPDATE manifest SET seen=1 WHERE path=?", -1, &s->seen, NULL);
         if (rc != SQLITE_OK)
                 return sql_err(rc);
         int r = blocks_trim(s);
@@ -562,12 +565,12 @@ int manifest_clear_seen(AgentState *s) {
 }
 
 int manifest_mark_seen(AgentState *s, const char *path) {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
-        int r = prepare(s, "UPDATE manifest SET seen=1 WHERE path=?", &st);
-        if (r < 0)
-                return r;
-        sqlite3_bind_blob(st, 1, path, (int) strlen(path), SQLITE_STATIC);
-        return step_done(s, st);
+        if (s->error)
+                return s->error;
+        sqlite3_bind_blob(s->seen, 1, path, (int) strlen(path), SQLITE_STATIC);
+        int r = step_done(s, s->seen);
+        sqlite3_reset(s->seen);
+        return r;
 }
 
 int manifest_unseen(AgentState *s, manifest_iter_t fn, void *userdata) {

@@ -36,6 +36,9 @@ typedef struct Pattern {
         size_t dir_len;
         char *pat;
         size_t plen;
+        /* Bytes every match begins and ends with (a pattern without "/"):
+         * most names fail these before any glob is walked. */
+        size_t head, tail;
 } Pattern;
 
 struct BsIgnore {
@@ -145,11 +148,31 @@ static unsigned depth_of(const char *dir) {
         return d;
 }
 
+/* The literal text before the first special character, and after the
+ * last "*" when nothing special follows it and no bracket comes before
+ * it (a "*" inside "[...]" is one character). */
+static void literal_ends(Pattern *p) {
+        p->head = p->tail = 0;
+        if (memchr(p->pat, '/', p->plen))
+                return;
+        while (p->head < p->plen && !strchr("*?[\\", p->pat[p->head]))
+                p->head++;
+        const char *star = memrchr(p->pat, '*', p->plen);
+        if (!star || memchr(p->pat, '[', (size_t) (star - p->pat)))
+                return;
+        size_t at = (size_t) (star + 1 - p->pat);
+        for (size_t i = at; i < p->plen; i++)
+                if (strchr("?[\\", p->pat[i]))
+                        return;
+        p->tail = p->plen - at;
+}
+
 static int add_line(BsIgnore *ig, unsigned source, const char *dir, const char *line, size_t len) {
         Pattern p = { .source = source, .depth = depth_of(dir), .order = ig->next_order++ };
         int r = parse_line(line, len, &p.pat, &p.plen, &p.flags);
         if (r <= 0)
                 return r;
+        literal_ends(&p);
         p.dir_len = strlen(dir);
         p.dir = strdup(dir);
         if (!p.dir) {
@@ -458,6 +481,9 @@ static bool pattern_matches(const Pattern *p, const char *path, size_t len, bool
                         r = slash + 1;
                 }
         }
+        if (rlen < p->head + p->tail || memcmp(r, p->pat, p->head) != 0 ||
+            memcmp(r + rlen - p->tail, p->pat + p->plen - p->tail, p->tail) != 0)
+                return false;
         return bs_glob_match(p->pat, p->plen, r, rlen);
 }
 

@@ -80,6 +80,21 @@ static const struct Case {
         { "a[\xff]b", "a\xff" "b", false, true },
         { "\xff*", "\xff\xfe.bin", false, true },
         { "*", "\x80", false, true },
+        /* what every match begins and ends with, and what only looks so */
+        { "a*a", "a", false, false },
+        { "a*a", "aa", false, true },
+        { "*.part", ".part", false, true },
+        { "*.part", "x.par", false, false },
+        { "\\#*#", "#", false, false },
+        { "\\#*#", "#a#", false, true },
+        { "[*]x", "*x", false, true },
+        { "[*]x", "]x", false, false },
+        { "*\\*ab", "x*ab", false, true },
+        { "*\\*ab", "xab", false, false },
+        { "4913", "4913", false, true },
+        { "4913", "49130", false, false },
+        { ".~lock.*#", ".~lock.doc#", false, true },
+        { ".~lock.*#", ".~lock.doc", false, false },
         /* Windows line ends */
         { "*.tmp\r\nkeep\r\n", "x.tmp", false, true },
 };

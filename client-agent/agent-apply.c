@@ -65,12 +65,18 @@ static void chmod_dir(Agent *a, const char *path, uint32_t mode) {
                             strerror(pfd < 0 ? -pfd : errno));
 }
 
+/* A directory mode that would keep us out of it (no write or search for
+ * its owner, and we are not root): set at the end of a pull. */
+static bool mode_locks_out(uint32_t mode) {
+        return (mode & 0300) != 0300 && geteuid() != 0;
+}
+
 /* Give a directory the mode a record names. One its owner cannot write
  * into waits for the end of the pull (apply_late_modes()), as with tar
  * and rsync, unless we are root. */
 static void set_dir_mode(Agent *a, const char *path, uint32_t mode) {
         mode &= 07777;
-        if ((mode & 0300) != 0300 && geteuid() != 0) {
+        if (mode_locks_out(mode)) {
                 if (a->n_late_modes == a->cap_late_modes) {
                         size_t cap = a->cap_late_modes ? a->cap_late_modes * 2 : 16;
                         LateMode *v = reallocarray(a->late_modes, cap, sizeof(*v));
@@ -190,18 +196,21 @@ static int make_room(Agent *a, const char *path, LocalEntry *l) {
 /* Rename tmp (in the directory tmpfd) to path. fresh: path was not there
  * when looked at, and must still not be (-EEXIST), or what was made here
  * since would be lost. */
+/* The parent of path (see local_open_parent()), made first when missing.
+ * It usually exists (a pull makes directories first): made only when it
+ * does not, not at every file of a join. */
+static int open_parent_made(Agent *a, const char *path, const char **base, bool *kept) {
+        int pfd = local_open_parent(a, path, base, kept);
+        if (pfd != -ENOENT)
+                return pfd;
+        int r = bs_mkdir_parents(a->rootfd, path, 0755);
+        return r < 0 ? r : local_open_parent(a, path, base, kept);
+}
+
 static int place(Agent *a, int tmpfd, const char *tmp, const char *path, bool fresh) {
         const char *base;
         bool kept;
-        /* The parent usually exists (a pull makes directories first): make
-         * it only when it does not, not at every file of a join. */
-        int pfd = local_open_parent(a, path, &base, &kept);
-        if (pfd == -ENOENT) {
-                int r = bs_mkdir_parents(a->rootfd, path, 0755);
-                if (r < 0)
-                        return r;
-                pfd = local_open_parent(a, path, &base, &kept);
-        }
+        int pfd = open_parent_made(a, path, &base, &kept);
         if (pfd < 0)
                 return pfd;
         int r = renameat2(tmpfd, tmp, pfd, base, fresh ? RENAME_NOREPLACE : 0) < 0 ? -errno : 0;
@@ -294,13 +303,9 @@ static int apply_mkdir(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool h
                  * whatever the umask). In a join, a directory costs a few
                  * system calls instead of fifteen. */
                 uint32_t mode = x->mode & 07777;
-                bool exact = bs_mode_kept(mode) && ((mode & 0300) == 0300 || geteuid() == 0);
+                bool exact = bs_mode_kept(mode) && !mode_locks_out(mode);
                 bool kept;
-                int pfd = local_open_parent(a, x->path, &base, &kept);
-                if (pfd == -ENOENT) {
-                        int k = bs_mkdir_parents(a->rootfd, x->path, 0755);
-                        pfd = k < 0 ? k : local_open_parent(a, x->path, &base, &kept);
-                }
+                int pfd = open_parent_made(a, x->path, &base, &kept);
                 int r = pfd < 0 ? pfd : mkdirat(pfd, base, exact ? mode : 0700) < 0 ? -errno : 0;
                 if (pfd >= 0 && !kept)
                         close(pfd);

@@ -1612,6 +1612,8 @@ def case10_sizes(b, cfg, res, C, per_file, runs_of, made):
     is listed in made, for the caller to remove."""
     for n in cfg.c10_sizes:
         src = b.path("c10-src-%d" % n)
+        runs = cfg.runs if n <= 100000 else 1
+        made.append((n, runs, src))
         log("case 10: generating %d files" % n)
         make_scale_tree(src, n)
         nfiles, total = tree_stats(src)
@@ -1710,8 +1712,6 @@ def case10_sizes(b, cfg, res, C, per_file, runs_of, made):
                 b.stop(rd)
             return figures
 
-        runs = cfg.runs if n <= 100000 else 1
-        made.append((n, runs, src))
         all_runs = [one_run(run) for run in range(runs)]
         f = {}
         for k in all_runs[0]:

@@ -265,6 +265,9 @@ struct LocalUpload {
         BsSha *sha;
         uint64_t written;
         uint64_t writeback; /* written bytes whose writeback was started */
+        LocalWrite *sync;   /* the last sync handed to the writer, or NULL */
+        uint64_t synced;    /* written bytes when it was handed over */
+        int sync_error;     /* the first a finished sync reported */
 };
 
 int local_upload_begin(LocalAccount *a, LocalUpload **ret) {
@@ -310,6 +313,47 @@ static int upload_buffer(LocalUpload *u, const void *p, size_t n) {
         return 0;
 }
 
+/* Whether u's last sync is finished, its error taken (or there is none). */
+static bool upload_sync_idle(LocalUpload *u) {
+        LocalWriter *w = u->account->writer;
+        if (!u->sync)
+                return true;
+        if (w && !local_writer_done(w, u->sync))
+                return false;
+        if (u->sync->error < 0 && u->sync_error == 0)
+                u->sync_error = u->sync->error;
+        return true;
+}
+
+/* A big upload's written part is synced in the writer's thread, a step at
+ * a time, while the rest arrives. A virtual disk's flush costs about as
+ * much as the data written since the previous one (50 ms per 64 MiB on
+ * ours), and the sync at commit stops the event loop: it should find
+ * only the last step left. Never fails: the sync at commit still decides. */
+static void upload_sync_step(LocalUpload *u) {
+        LocalAccount *a = u->account;
+        if (u->written - u->synced < LOCAL_SYNC_STEP || !upload_sync_idle(u))
+                return;
+        if (!a->writer && local_writer_new(a->tmp_fd, &a->writer) < 0)
+                return;
+        if (!u->sync && !(u->sync = malloc(sizeof(*u->sync))))
+                return;
+        int fd = fcntl(u->fd, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0)
+                return;
+        *u->sync = (LocalWrite) { .kind = LOCAL_JOB_SYNC, .sync_fd = fd };
+        local_writer_submit(a->writer, u->sync);
+        u->synced = u->written;
+}
+
+/* Wait for u's last sync: the first error any of them had. */
+static int upload_sync_wait(LocalUpload *u) {
+        if (u->sync && u->account->writer)
+                local_writer_wait_job(u->account->writer, u->sync);
+        (void) upload_sync_idle(u);
+        return u->sync_error;
+}
+
 int local_upload_write(LocalUpload *u, const void *p, size_t n, uint64_t limit) {
         int r = 0;
         if (n > limit || u->written > limit - n)
@@ -322,8 +366,10 @@ int local_upload_write(LocalUpload *u, const void *p, size_t n, uint64_t limit) 
         r = r ?: bs_sha_update(u->sha, p, n);
         if (r >= 0) {
                 u->written += n;
-                if (u->fd >= 0)
+                if (u->fd >= 0) {
                         bs_writeback_step(u->fd, &u->writeback, u->written);
+                        upload_sync_step(u);
+                }
         }
         return r;
 }
@@ -331,6 +377,8 @@ int local_upload_write(LocalUpload *u, const void *p, size_t n, uint64_t limit) 
 LocalUpload *local_upload_free(LocalUpload *u) {
         if (!u)
                 return NULL;
+        (void) upload_sync_wait(u);
+        free(u->sync);
         if (u->fd >= 0) {
                 close(u->fd);
                 (void) unlinkat(u->account->tmp_fd, u->name, 0);
@@ -382,6 +430,11 @@ int local_put(LocalAccount *a, LocalUpload *u, const uint8_t device[BS_DEVICE_LE
                 r = -EBADMSG;
                 goto out;
         }
+        /* A sync that failed on the way is this upload's failure: the
+         * kernel will not report it to the sync at commit again. */
+        r = upload_sync_wait(u);
+        if (r < 0)
+                goto out;
         r = check_path(path);
         r = r ?: check_parent(a, path);
         if (r < 0)

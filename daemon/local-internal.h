@@ -72,6 +72,9 @@ typedef struct AccountDirSync {
 #define LOCAL_KEEP_FDS_MAX 4096
 /* Uploads from this size on start their writeback as soon as they end. */
 #define ACCOUNT_WRITEBACK_MIN (1024 * 1024)
+/* A big upload is synced in the writer's thread every this many bytes
+ * while it arrives (see upload_sync_step()). */
+#define LOCAL_SYNC_STEP (16u * 1024 * 1024)
 
 /* The interface's operations on local objects (local-ops.c). */
 extern const AccountOps local_ops;

@@ -1,4 +1,4 @@
-/* local-writer.c - a thread that writes small uploads into tmp/
+/* local-writer.c - a thread that writes small uploads into tmp/ and syncs big ones
  *
  * One queue under one mutex: the event loop appends, the thread takes
  * from the head, many files at a time, so the two threads meet (and
@@ -77,6 +77,14 @@ void local_write_now(int dir_fd, LocalWrite *job) {
         job->buf = NULL;
 }
 
+/* The error is the job's: the descriptor is a duplicate of the upload's,
+ * so the kernel reports a failed writeback to this sync only. */
+static void sync_now(LocalWrite *job) {
+        job->error = fdatasync(job->sync_fd) < 0 ? -errno : 0;
+        close(job->sync_fd);
+        job->sync_fd = -1;
+}
+
 static void *writer_main(void *userdata) {
         LocalWriter *w = userdata;
 
@@ -112,11 +120,19 @@ static void *writer_main(void *userdata) {
                  * count below says it is done. */
                 for (LocalWrite *job = first, *next;; job = next) {
                         next = job->next;
-                        local_write_now(w->dir_fd, job);
+                        if (job->kind == LOCAL_JOB_SYNC)
+                                sync_now(job);
+                        else
+                                local_write_now(w->dir_fd, job);
                         if (job == last)
                                 break;
                 }
                 pthread_mutex_lock(&w->lock);
+                for (LocalWrite *job = first;; job = job->next) {
+                        job->done = true;
+                        if (job == last)
+                                break;
+                }
                 w->busy -= n;
                 w->bytes -= len;
                 pthread_cond_broadcast(&w->done);
@@ -172,6 +188,7 @@ void local_writer_submit(LocalWriter *w, LocalWrite *job) {
         job->next = NULL;
         job->fd = -1;
         job->error = 0;
+        job->done = false;
         job->name[0] = 0;
         pthread_mutex_lock(&w->lock);
         while (w->busy > 0 && w->bytes + job->len > WRITER_QUEUE_BYTES) {
@@ -186,7 +203,8 @@ void local_writer_submit(LocalWriter *w, LocalWrite *job) {
         w->busy++;
         w->queued++;
         w->bytes += job->len;
-        if (w->queued >= WRITER_WAKE_JOBS)
+        /* A sync is waited for soon: it starts now. */
+        if (w->queued >= WRITER_WAKE_JOBS || job->kind == LOCAL_JOB_SYNC)
                 pthread_cond_signal(&w->wake);
         pthread_mutex_unlock(&w->lock);
 }
@@ -213,6 +231,22 @@ void local_writer_wait(LocalWriter *w) {
         if (w->queued > 0)
                 pthread_cond_signal(&w->wake);
         while (w->busy > 0)
+                pthread_cond_wait(&w->done, &w->lock);
+        pthread_mutex_unlock(&w->lock);
+}
+
+bool local_writer_done(LocalWriter *w, const LocalWrite *job) {
+        pthread_mutex_lock(&w->lock);
+        bool done = job->done;
+        pthread_mutex_unlock(&w->lock);
+        return done;
+}
+
+void local_writer_wait_job(LocalWriter *w, const LocalWrite *job) {
+        pthread_mutex_lock(&w->lock);
+        if (!job->done)
+                pthread_cond_signal(&w->wake);
+        while (!job->done)
                 pthread_cond_wait(&w->done, &w->lock);
         pthread_mutex_unlock(&w->lock);
 }

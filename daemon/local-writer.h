@@ -3,8 +3,10 @@
  * Creating and writing a small file costs the kernel more than the
  * event loop's own work on it (TLS, SHA-256, SQLite). An account hands
  * the files of a burst to its writer and goes on reading the next ones;
- * local_flush_pending() waits for them before the batch's sync. The
- * writer only creates, writes and closes files under the fd it was
+ * local_flush_pending() waits for them before the batch's sync. A big
+ * upload still arriving has its written part synced here, piece by
+ * piece, so the sync at its commit finds little left to do. The writer
+ * only creates, writes, syncs and closes files under the fd it was
  * given, and never logs.
  */
 #pragma once
@@ -16,8 +18,16 @@
 
 typedef struct LocalWriter LocalWriter;
 
-/* One file to write: its content, the mode and mtime it gets, and what came of it. */
+typedef enum LocalJob {
+        LOCAL_JOB_WRITE, /* create a file in tmp/ with buf */
+        LOCAL_JOB_SYNC,  /* fdatasync() and close sync_fd */
+} LocalJob;
+
+/* One file to write (or sync): its content, the mode and mtime it gets,
+ * and what came of it. */
 typedef struct LocalWrite {
+        LocalJob kind;
+        int sync_fd;  /* LOCAL_JOB_SYNC: owned, closed once synced */
         uint8_t *buf; /* owned; freed once written */
         size_t len;
         mode_t mode;
@@ -27,6 +37,7 @@ typedef struct LocalWrite {
         char name[64]; /* the temporary file, "" if none is left */
         int fd;        /* open when keep_fd and no error, else -1 */
         int error;     /* 0 or a negative errno */
+        bool done;     /* under the writer's lock: see local_writer_done() */
         struct LocalWrite *next;
 } LocalWrite;
 
@@ -42,6 +53,10 @@ LocalWriter *local_writer_free(LocalWriter *w);
 void local_writer_submit(LocalWriter *w, LocalWrite *job);
 /** Wait until every file handed over is written (or failed). */
 void local_writer_wait(LocalWriter *w);
+/** Whether job, handed over, is done: its results may be read. */
+bool local_writer_done(LocalWriter *w, const LocalWrite *job);
+/** Wait until job, handed over, is done. */
+void local_writer_wait_job(LocalWriter *w, const LocalWrite *job);
 /**
  * Drop n files whose data is on disk from the page cache and close them,
  * in the writer's thread (w NULL: here); fds (malloc()ed) is taken over.

@@ -1,5 +1,6 @@
 /* test-local-writer.c - unit tests for daemon/local-writer.[ch] */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,4 +126,42 @@ Test(local_writer, free_waits) {
                 check_file(jobs[i], 20000, i);
                 free(jobs[i]);
         }
+}
+
+/* A sync job among writes: its descriptor synced and closed, done on its
+ * own (waited for alone, before the writes after it); a descriptor that
+ * cannot be synced (a pipe) is its error, not another job's. */
+Test(local_writer, sync_jobs) {
+        LocalWriter *w;
+        LocalWrite sync = { .kind = LOCAL_JOB_SYNC }, bad = { .kind = LOCAL_JOB_SYNC };
+        LocalWrite *before = job_new(3000, 1, false), *after = job_new(3000, 2, false);
+        int fd = openat(dfd, "big", O_RDWR | O_CREAT | O_CLOEXEC, 0600), p[2];
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(write(fd, "data", 4), 4);
+        cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+        sync.sync_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        bad.sync_fd = p[0];
+        cr_assert_geq(sync.sync_fd, 0);
+        cr_assert_eq(local_writer_new(dfd, &w), 0);
+        local_writer_submit(w, before);
+        local_writer_submit(w, &sync);
+        local_writer_submit(w, &bad);
+        local_writer_submit(w, after);
+        local_writer_wait_job(w, &sync);
+        cr_assert(local_writer_done(w, &sync));
+        cr_assert(local_writer_done(w, before), "jobs are done in order");
+        cr_assert_eq(sync.error, 0);
+        cr_assert_eq(sync.sync_fd, -1);
+        local_writer_wait(w);
+        cr_assert(local_writer_done(w, &bad) && local_writer_done(w, after));
+        cr_assert_eq(bad.error, -EINVAL, "fdatasync() of a pipe: %d", bad.error);
+        cr_assert_eq(bad.sync_fd, -1);
+        cr_assert_eq(fcntl(p[0], F_GETFD), -1, "the writer closed the synced descriptor");
+        check_file(before, 3000, 1);
+        check_file(after, 3000, 2);
+        local_writer_free(w);
+        close(p[1]);
+        close(fd);
+        free(before);
+        free(after);
 }

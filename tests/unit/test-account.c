@@ -15,6 +15,7 @@
 #include "account-read.h"
 #include "bs-fs.h"
 #include "bs-hash.h"
+#include "bs-macro.h"
 
 static char storage[] = "/tmp/bs-test-account-XXXXXX";
 static LocalAccount *acc;
@@ -472,4 +473,49 @@ Test(account, same_content_on_an_old_base) {
         cr_assert_eq(e.mode & 07777, 0755);
         cr_assert_eq(e.mtime_ns, 2000);
         cr_assert_eq(e.version, v2);
+}
+
+/* Big uploads are synced every LOCAL_SYNC_STEP bytes in the writer's
+ * thread while they arrive: the content lands whole at commit; one
+ * dropped with a sync under way, or refused for its hash, leaves nothing
+ * in tmp/. */
+Test(account, big_uploads_synced_on_the_way) {
+        const size_t size = 2 * LOCAL_SYNC_STEP + 12345, piece = 256 * 1024;
+        uint8_t *data = malloc(size), sha[BS_SHA_LEN], got[BS_SHA_LEN];
+        LocalUpload *u;
+        uint64_t v;
+        char p[4200];
+        cr_assert_not_null(data);
+        for (size_t i = 0; i < size; i++)
+                data[i] = (uint8_t) (i * 2654435761u >> 13);
+        cr_assert_eq(bs_sha_buf(data, size, sha), 0);
+
+        for (int round = 0; round < 3; round++) {
+                const char *name = round == 0 ? "big" : round == 1 ? "dropped" : "refused";
+                cr_assert_eq(local_put_check(acc, name, 0, size), 0);
+                cr_assert_eq(local_upload_begin(acc, &u), 0);
+                size_t end = round == 1 ? LOCAL_SYNC_STEP + piece : size;
+                for (size_t off = 0; off < end; off += piece)
+                        cr_assert_eq(local_upload_write(u, data + off, MIN(piece, end - off), size), 0);
+                if (round == 1) {
+                        local_upload_free(u);
+                        continue;
+                }
+                uint8_t *want = round == 0 ? sha : (uint8_t[BS_SHA_LEN]) { 1 };
+                cr_assert_eq(local_put(acc, u, device, name, 0, size, 0600, 1000000000, want, &v),
+                             round == 0 ? 0 : -EBADMSG);
+        }
+        cr_assert_eq(local_commit(acc), 0);
+        cr_assert_eq(count_entries("tmp"), 0, "a dropped or refused upload left its file");
+        path_of(p, sizeof(p), "tree", "big");
+        int fd = open(p, O_RDONLY | O_CLOEXEC);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(bs_sha_fd(fd, got), 0);
+        cr_assert_eq(memcmp(got, sha, BS_SHA_LEN), 0, "the committed content differs");
+        close(fd);
+        path_of(p, sizeof(p), "tree", "dropped");
+        cr_assert_eq(access(p, F_OK), -1);
+        path_of(p, sizeof(p), "tree", "refused");
+        cr_assert_eq(access(p, F_OK), -1);
+        free(data);
 }

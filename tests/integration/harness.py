@@ -21,6 +21,7 @@ also on failure; on failure the tail of every log is printed first.
 import contextlib
 import hashlib
 import os
+import re
 import select
 import shutil
 import signal
@@ -733,6 +734,13 @@ class Agent(_Proc):
 
     def log_lines(self):
         return self.log_text().splitlines()
+
+    def wait_scanned(self, timeout=30):
+        """Wait for the end of the first comparison of the tree (its "watching
+        N directories" line): a file written before may be found by that
+        scan half-written (created, not yet written) and sent as such."""
+        wait_until(lambda: re.search(r"watching \d+ directories of", self.log_text()), timeout,
+                   "%s to finish its first scan" % self.name)
 
 
 class NotifyListener:

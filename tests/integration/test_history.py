@@ -69,6 +69,9 @@ def test_history_log_versions_deleted():
         os.makedirs(env.path("A"))
         a = env.agent("A", env.path("A"))
         b = env.agent("B", env.path("B"), token=a.token)
+        # Exactly four versions: A's first scan must not catch the first
+        # write between its open() and its write() (an empty version).
+        a.wait_scanned()
         f = os.path.join(a.dir, "notes.txt")
         contents = ["first\n", "second, longer\n", "third\n"]
         for c in contents:

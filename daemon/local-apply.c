@@ -336,16 +336,14 @@ static void upload_sync_step(LocalUpload *u) {
                 return;
         if (!a->writer && local_writer_new(a->tmp_fd, &a->writer) < 0)
                 return;
-        if (!u->sync) {
-                u->sync = malloc(sizeof(*u->sync));
-                if (!u->sync)
-                        return;
-                /* Done until handed over: nothing to wait for. */
-                *u->sync = (LocalWrite) { .kind = LOCAL_JOB_SYNC, .sync_fd = -1, .done = true };
-        }
         int fd = fcntl(u->fd, F_DUPFD_CLOEXEC, 3);
         if (fd < 0)
                 return;
+        /* Only a job handed over exists: there is never one to wait for in vain. */
+        if (!u->sync && !(u->sync = malloc(sizeof(*u->sync)))) {
+                close(fd);
+                return;
+        }
         *u->sync = (LocalWrite) { .kind = LOCAL_JOB_SYNC, .sync_fd = fd };
         local_writer_submit(a->writer, u->sync);
         u->synced = u->written;

@@ -476,7 +476,7 @@ LocalAccount *local_free(LocalAccount *a) {
         if (!a)
                 return NULL;
         local_drop_pending(a);
-        a->writer = local_writer_free(a->writer);
+        a->writer = bs_writer_free(a->writer);
         free(a->pending);
         (void) sync_dirs(a, -ECANCELED); /* closes only */
         local_forget_parent(a);
@@ -575,9 +575,9 @@ static bool same_parent(const char *x, const char *y) {
 static int collect_writes(LocalAccount *a) {
         int r = 0;
         if (a->writer)
-                local_writer_wait(a->writer);
+                bs_writer_wait(a->writer);
         for (size_t i = 0; i < a->n_pending; i++) {
-                LocalWrite *w = a->pending[i].write;
+                BsWrite *w = a->pending[i].write;
                 if (!w)
                         continue;
                 memcpy(a->pending[i].tmp, w->name, sizeof(a->pending[i].tmp));
@@ -607,7 +607,7 @@ static void drop_cached(LocalAccount *a) {
                         close(fd);
         }
         if (n > 0)
-                local_writer_drop(a->writer, fds, n);
+                bs_writer_drop(a->writer, fds, n);
         else
                 free(fds);
 }

@@ -265,7 +265,7 @@ struct LocalUpload {
         BsSha *sha;
         uint64_t written;
         uint64_t writeback; /* written bytes whose writeback was started */
-        LocalWrite *sync;   /* the last sync handed to the writer, or NULL */
+        BsWrite *sync;   /* the last sync handed to the writer, or NULL */
         uint64_t synced;    /* written bytes when it was handed over */
         int sync_error;     /* the first a finished sync reported */
 };
@@ -315,10 +315,10 @@ static int upload_buffer(LocalUpload *u, const void *p, size_t n) {
 
 /* Whether u's last sync is finished, its error taken (or there is none). */
 static bool upload_sync_idle(LocalUpload *u) {
-        LocalWriter *w = u->account->writer;
+        BsWriter *w = u->account->writer;
         if (!u->sync)
                 return true;
-        if (w && !local_writer_done(w, u->sync))
+        if (w && !bs_writer_done(w, u->sync))
                 return false;
         if (u->sync->error < 0 && u->sync_error == 0)
                 u->sync_error = u->sync->error;
@@ -334,7 +334,7 @@ static void upload_sync_step(LocalUpload *u) {
         LocalAccount *a = u->account;
         if (u->written - u->synced < LOCAL_SYNC_STEP || !upload_sync_idle(u))
                 return;
-        if (!a->writer && local_writer_new(a->tmp_fd, &a->writer) < 0)
+        if (!a->writer && bs_writer_new(a->tmp_fd, &a->writer) < 0)
                 return;
         int fd = fcntl(u->fd, F_DUPFD_CLOEXEC, 3);
         if (fd < 0)
@@ -344,15 +344,15 @@ static void upload_sync_step(LocalUpload *u) {
                 close(fd);
                 return;
         }
-        *u->sync = (LocalWrite) { .kind = LOCAL_JOB_SYNC, .sync_fd = fd };
-        local_writer_submit(a->writer, u->sync);
+        *u->sync = (BsWrite) { .kind = BS_WRITE_SYNC, .sync_fd = fd };
+        bs_writer_submit(a->writer, u->sync);
         u->synced = u->written;
 }
 
 /* Wait for u's last sync: the first error any of them had. */
 static int upload_sync_wait(LocalUpload *u) {
         if (u->sync && u->account->writer)
-                local_writer_wait_job(u->account->writer, u->sync);
+                bs_writer_wait_job(u->account->writer, u->sync);
         (void) upload_sync_idle(u);
         return u->sync_error;
 }
@@ -395,10 +395,10 @@ LocalUpload *local_upload_free(LocalUpload *u) {
 /* Hand a buffered upload to the account's writer (started at the first),
  * or, if no thread can start, write it here. */
 static int upload_hand_over(LocalAccount *a, LocalUpload *u, AccountPending *p, uint32_t mode, int64_t mtime_ns) {
-        LocalWrite *job = calloc(1, sizeof(*job));
+        BsWrite *job = calloc(1, sizeof(*job));
         if (!job)
                 return -ENOMEM;
-        *job = (LocalWrite) {
+        *job = (BsWrite) {
                 .buf = TAKE_PTR(u->buf),
                 .len = u->written,
                 .mode = FILE_DISK_MODE(mode),
@@ -406,10 +406,10 @@ static int upload_hand_over(LocalAccount *a, LocalUpload *u, AccountPending *p, 
                 .keep_fd = a->n_pending < a->keep_fds,
         };
         u->buf_cap = 0;
-        if (!a->writer && local_writer_new(a->tmp_fd, &a->writer) < 0)
-                local_write_now(a->tmp_fd, job);
+        if (!a->writer && bs_writer_new(a->tmp_fd, &a->writer) < 0)
+                bs_write_now(a->tmp_fd, job);
         else
-                local_writer_submit(a->writer, job);
+                bs_writer_submit(a->writer, job);
         p->write = job;
         p->tmp[0] = 0;
         p->fd = -1;

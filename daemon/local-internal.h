@@ -10,7 +10,7 @@
 
 #include "account-backend.h"
 #include "local.h"
-#include "local-writer.h"
+#include "bs-writer.h"
 #include "store.h"
 
 enum {
@@ -39,7 +39,7 @@ typedef struct AccountPending {
         char tmp[64];
         char *path;
         int fd; /* the first keep_fds keep it open (fdatasync(), then the page cache dropped), or -1 */
-        LocalWrite *write; /* handed to the writer: tmp and fd come from it at the flush */
+        BsWrite *write; /* handed to the writer: tmp and fd come from it at the flush */
 } AccountPending;
 
 /* A directory changed in this transaction, synced before it commits. */
@@ -60,7 +60,7 @@ typedef struct AccountDirSync {
  * commit, at most (then synced at once). */
 #define ACCOUNT_DIR_SYNC_MAX 64
 /* Uploads up to this size are kept in memory and written by the
- * account's writer thread (local-writer.h) while the loop goes on. */
+ * account's writer thread (bs-writer.h) while the loop goes on. */
 #define LOCAL_BUFFER_MAX (64u * 1024)
 /* An account database's page cache at most, in KiB (the first user of
  * memory at scale: see open_db()), and its log pages between checkpoints. */
@@ -98,7 +98,7 @@ struct LocalAccount {
         AccountPending *pending;
         size_t n_pending, cap_pending;
         size_t keep_fds; /* pending files kept open, at most (see local_alloc()) */
-        LocalWriter *writer; /* started at the first small upload */
+        BsWriter *writer; /* started at the first small upload */
         AccountDirSync dir_sync[ACCOUNT_DIR_SYNC_MAX]; /* see local_defer_sync() */
         /* The last parent directory an upload went to, known to be a
          * directory entry: a burst names the same one again and again. */

@@ -108,7 +108,7 @@ ParameterizedTest(int *n, account, batch_appears_only_at_commit) {
         }
         /* Recorded but neither durable nor visible yet. */
         cr_assert_eq(count_entries("tree"), 0, "an upload is in the tree before the commit");
-        /* Small ones may still be on their way there (local-writer.c). */
+        /* Small ones may still be on their way there (bs-writer.c). */
         cr_assert_leq(count_entries("tmp"), *n);
         cr_assert_eq(local_committed_seq(acc), 0);
         cr_assert_eq(local_commit(acc), 0);

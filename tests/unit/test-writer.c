@@ -1,4 +1,4 @@
-/* test-local-writer.c - unit tests for daemon/local-writer.[ch] */
+/* test-writer.c - unit tests for common/bs-writer.[ch] */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -8,7 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "local-writer.h"
+#include "bs-writer.h"
 #include "test-util.h"
 
 static char dir[] = "/tmp/bs-test-writer-XXXXXX";
@@ -24,8 +24,8 @@ static void teardown(void) {
         strcpy(dir, "/tmp/bs-test-writer-XXXXXX");
 }
 
-static LocalWrite *job_new(size_t len, unsigned seed, bool keep_fd) {
-        LocalWrite *j = calloc(1, sizeof(*j));
+static BsWrite *job_new(size_t len, unsigned seed, bool keep_fd) {
+        BsWrite *j = calloc(1, sizeof(*j));
         cr_assert_not_null(j);
         j->buf = malloc(len ? len : 1);
         cr_assert_not_null(j->buf);
@@ -39,7 +39,7 @@ static LocalWrite *job_new(size_t len, unsigned seed, bool keep_fd) {
 }
 
 /* The file the job made holds its bytes, mode and mtime. */
-static void check_file(const LocalWrite *j, size_t len, unsigned seed) {
+static void check_file(const BsWrite *j, size_t len, unsigned seed) {
         struct stat st;
         cr_assert_eq(j->error, 0, "error %d", j->error);
         cr_assert_eq(strncmp(j->name, ".backupsync-tmp.", 16), 0, "name \"%s\"", j->name);
@@ -57,22 +57,22 @@ static void check_file(const LocalWrite *j, size_t len, unsigned seed) {
         close(fd);
 }
 
-TestSuite(local_writer, .init = setup, .fini = teardown);
+TestSuite(writer, .init = setup, .fini = teardown);
 
 /* Many files of every size handed over (more bytes than the queue holds:
  * submit waits), all written, in any order, with their attributes; the
  * first few keep their fd when asked. */
-Test(local_writer, many_files) {
+Test(writer, many_files) {
         static const size_t sizes[] = { 0, 1, 4095, 4096, 4097, 65536, 300000 };
         enum { N = 200 };
-        LocalWriter *w;
-        LocalWrite *jobs[N];
-        cr_assert_eq(local_writer_new(dfd, &w), 0);
+        BsWriter *w;
+        BsWrite *jobs[N];
+        cr_assert_eq(bs_writer_new(dfd, &w), 0);
         for (unsigned i = 0; i < N; i++) {
                 jobs[i] = job_new(sizes[i % 7], i, i < 16);
-                local_writer_submit(w, jobs[i]);
+                bs_writer_submit(w, jobs[i]);
         }
-        local_writer_wait(w);
+        bs_writer_wait(w);
         for (unsigned i = 0; i < N; i++) {
                 check_file(jobs[i], sizes[i % 7], i);
                 cr_assert_null(jobs[i]->buf, "the buffer is freed once written");
@@ -84,44 +84,44 @@ Test(local_writer, many_files) {
                         cr_assert_eq(jobs[i]->fd, -1);
                 free(jobs[i]);
         }
-        w = local_writer_free(w);
+        w = bs_writer_free(w);
         cr_assert_null(w);
 }
 
 /* A file that cannot be made (no such directory) fails alone: its error,
  * no name left behind; writing in the caller's thread gives the same. */
-Test(local_writer, errors) {
-        LocalWriter *w;
+Test(writer, errors) {
+        BsWriter *w;
         int bad = open("/proc/self", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         cr_assert_geq(bad, 0);
-        cr_assert_eq(local_writer_new(bad, &w), 0);
-        LocalWrite *j = job_new(10, 1, true);
-        local_writer_submit(w, j);
-        local_writer_wait(w);
+        cr_assert_eq(bs_writer_new(bad, &w), 0);
+        BsWrite *j = job_new(10, 1, true);
+        bs_writer_submit(w, j);
+        bs_writer_wait(w);
         cr_assert_lt(j->error, 0);
         cr_assert_eq(j->name[0], 0);
         cr_assert_eq(j->fd, -1);
         free(j);
-        local_writer_free(w);
+        bs_writer_free(w);
         close(bad);
 
         j = job_new(5000, 2, false);
-        local_write_now(dfd, j);
+        bs_write_now(dfd, j);
         check_file(j, 5000, 2);
         cr_assert_eq(j->fd, -1);
         free(j);
 }
 
 /* Freed with files still queued: they are written first. */
-Test(local_writer, free_waits) {
-        LocalWriter *w;
-        LocalWrite *jobs[50];
-        cr_assert_eq(local_writer_new(dfd, &w), 0);
+Test(writer, free_waits) {
+        BsWriter *w;
+        BsWrite *jobs[50];
+        cr_assert_eq(bs_writer_new(dfd, &w), 0);
         for (unsigned i = 0; i < 50; i++) {
                 jobs[i] = job_new(20000, i, false);
-                local_writer_submit(w, jobs[i]);
+                bs_writer_submit(w, jobs[i]);
         }
-        local_writer_free(w);
+        bs_writer_free(w);
         for (unsigned i = 0; i < 50; i++) {
                 check_file(jobs[i], 20000, i);
                 free(jobs[i]);
@@ -131,10 +131,10 @@ Test(local_writer, free_waits) {
 /* A sync job among writes: its descriptor synced and closed, done on its
  * own (waited for alone, before the writes after it); a descriptor that
  * cannot be synced (a pipe) is its error, not another job's. */
-Test(local_writer, sync_jobs) {
-        LocalWriter *w;
-        LocalWrite sync = { .kind = LOCAL_JOB_SYNC }, bad = { .kind = LOCAL_JOB_SYNC };
-        LocalWrite *before = job_new(3000, 1, false), *after = job_new(3000, 2, false);
+Test(writer, sync_jobs) {
+        BsWriter *w;
+        BsWrite sync = { .kind = BS_WRITE_SYNC }, bad = { .kind = BS_WRITE_SYNC };
+        BsWrite *before = job_new(3000, 1, false), *after = job_new(3000, 2, false);
         int fd = openat(dfd, "big", O_RDWR | O_CREAT | O_CLOEXEC, 0600), p[2];
         cr_assert_geq(fd, 0);
         cr_assert_eq(write(fd, "data", 4), 4);
@@ -142,24 +142,24 @@ Test(local_writer, sync_jobs) {
         sync.sync_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
         bad.sync_fd = p[0];
         cr_assert_geq(sync.sync_fd, 0);
-        cr_assert_eq(local_writer_new(dfd, &w), 0);
-        local_writer_submit(w, before);
-        local_writer_submit(w, &sync);
-        local_writer_submit(w, &bad);
-        local_writer_submit(w, after);
-        local_writer_wait_job(w, &sync);
-        cr_assert(local_writer_done(w, &sync));
-        cr_assert(local_writer_done(w, before), "jobs are done in order");
+        cr_assert_eq(bs_writer_new(dfd, &w), 0);
+        bs_writer_submit(w, before);
+        bs_writer_submit(w, &sync);
+        bs_writer_submit(w, &bad);
+        bs_writer_submit(w, after);
+        bs_writer_wait_job(w, &sync);
+        cr_assert(bs_writer_done(w, &sync));
+        cr_assert(bs_writer_done(w, before), "jobs are done in order");
         cr_assert_eq(sync.error, 0);
         cr_assert_eq(sync.sync_fd, -1);
-        local_writer_wait(w);
-        cr_assert(local_writer_done(w, &bad) && local_writer_done(w, after));
+        bs_writer_wait(w);
+        cr_assert(bs_writer_done(w, &bad) && bs_writer_done(w, after));
         cr_assert_eq(bad.error, -EINVAL, "fdatasync() of a pipe: %d", bad.error);
         cr_assert_eq(bad.sync_fd, -1);
         cr_assert_eq(fcntl(p[0], F_GETFD), -1, "the writer closed the synced descriptor");
         check_file(before, 3000, 1);
         check_file(after, 3000, 2);
-        local_writer_free(w);
+        bs_writer_free(w);
         close(p[1]);
         close(fd);
         free(before);

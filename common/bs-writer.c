@@ -1,4 +1,4 @@
-/* local-writer.c - a thread that writes small uploads into tmp/ and syncs big ones
+/* bs-writer.c - a thread that writes small files and syncs big ones
  *
  * One queue under one mutex: the event loop appends, the thread takes
  * from the head, many files at a time, so the two threads meet (and
@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "bs-fs.h"
-#include "local-writer.h"
+#include "bs-writer.h"
 
 /* Bytes handed over and not yet written, at most (then submit waits). */
 #define WRITER_QUEUE_BYTES (8u * 1024 * 1024)
@@ -26,18 +26,18 @@
 /* The thread's stack: it calls only a few system calls deep. */
 #define WRITER_STACK (256u * 1024)
 
-struct LocalWriter {
+struct BsWriter {
         int dir_fd;
         pthread_t thread;
         pthread_mutex_t lock;
         pthread_cond_t wake; /* work or stop */
         pthread_cond_t done; /* a job finished */
-        LocalWrite *head, *tail;
+        BsWrite *head, *tail;
         size_t busy;   /* handed over, not finished */
         size_t queued; /* of those, not yet taken by the thread */
         size_t bytes;  /* of those handed over, bytes */
         bool stop;
-        /* Files to drop from the page cache and close (local_writer_drop()),
+        /* Files to drop from the page cache and close (bs_writer_drop()),
          * taken whole by the thread between two jobs. */
         int *drop;
         size_t n_drop;
@@ -51,7 +51,7 @@ static void drop_files(int *fds, size_t n) {
         free(fds);
 }
 
-void local_write_now(int dir_fd, LocalWrite *job) {
+void bs_write_now(int dir_fd, BsWrite *job) {
         /* Made with its mode where the umask allows: a system call less. */
         int fd = bs_tmpfile_at(dir_fd, job->name, sizeof(job->name), job->mode & 0777);
         int r = fd;
@@ -79,14 +79,14 @@ void local_write_now(int dir_fd, LocalWrite *job) {
 
 /* The error is the job's: the descriptor is a duplicate of the upload's,
  * so the kernel reports a failed writeback to this sync only. */
-static void sync_now(LocalWrite *job) {
+static void sync_now(BsWrite *job) {
         job->error = fdatasync(job->sync_fd) < 0 ? -errno : 0;
         close(job->sync_fd);
         job->sync_fd = -1;
 }
 
 static void *writer_main(void *userdata) {
-        LocalWriter *w = userdata;
+        BsWriter *w = userdata;
 
         pthread_mutex_lock(&w->lock);
         for (;;) {
@@ -104,7 +104,7 @@ static void *writer_main(void *userdata) {
                 }
                 if (!w->head)
                         break;
-                LocalWrite *first = w->head, *last = first;
+                BsWrite *first = w->head, *last = first;
                 size_t n = 1, len = first->len;
                 while (n < WRITER_TAKE_JOBS && last->next) {
                         last = last->next;
@@ -118,17 +118,17 @@ static void *writer_main(void *userdata) {
                 pthread_mutex_unlock(&w->lock);
                 /* The jobs stay the caller's: none is touched after the
                  * count below says it is done. */
-                for (LocalWrite *job = first, *next;; job = next) {
+                for (BsWrite *job = first, *next;; job = next) {
                         next = job->next;
-                        if (job->kind == LOCAL_JOB_SYNC)
+                        if (job->kind == BS_WRITE_SYNC)
                                 sync_now(job);
                         else
-                                local_write_now(w->dir_fd, job);
+                                bs_write_now(w->dir_fd, job);
                         if (job == last)
                                 break;
                 }
                 pthread_mutex_lock(&w->lock);
-                for (LocalWrite *job = first;; job = job->next) {
+                for (BsWrite *job = first;; job = job->next) {
                         job->done = true;
                         if (job == last)
                                 break;
@@ -141,8 +141,8 @@ static void *writer_main(void *userdata) {
         return NULL;
 }
 
-int local_writer_new(int dir_fd, LocalWriter **ret) {
-        LocalWriter *w = calloc(1, sizeof(*w));
+int bs_writer_new(int dir_fd, BsWriter **ret) {
+        BsWriter *w = calloc(1, sizeof(*w));
         pthread_attr_t attr;
         int r;
 
@@ -169,7 +169,7 @@ int local_writer_new(int dir_fd, LocalWriter **ret) {
         return 0;
 }
 
-LocalWriter *local_writer_free(LocalWriter *w) {
+BsWriter *bs_writer_free(BsWriter *w) {
         if (!w)
                 return NULL;
         pthread_mutex_lock(&w->lock);
@@ -184,7 +184,7 @@ LocalWriter *local_writer_free(LocalWriter *w) {
         return NULL;
 }
 
-void local_writer_submit(LocalWriter *w, LocalWrite *job) {
+void bs_writer_submit(BsWriter *w, BsWrite *job) {
         job->next = NULL;
         job->fd = -1;
         job->error = 0;
@@ -204,12 +204,12 @@ void local_writer_submit(LocalWriter *w, LocalWrite *job) {
         w->queued++;
         w->bytes += job->len;
         /* A sync is waited for soon: it starts now. */
-        if (w->queued >= WRITER_WAKE_JOBS || job->kind == LOCAL_JOB_SYNC)
+        if (w->queued >= WRITER_WAKE_JOBS || job->kind == BS_WRITE_SYNC)
                 pthread_cond_signal(&w->wake);
         pthread_mutex_unlock(&w->lock);
 }
 
-void local_writer_drop(LocalWriter *w, int *fds, size_t n) {
+void bs_writer_drop(BsWriter *w, int *fds, size_t n) {
         if (!w) {
                 drop_files(fds, n);
                 return;
@@ -226,7 +226,7 @@ void local_writer_drop(LocalWriter *w, int *fds, size_t n) {
         pthread_mutex_unlock(&w->lock);
 }
 
-void local_writer_wait(LocalWriter *w) {
+void bs_writer_wait(BsWriter *w) {
         pthread_mutex_lock(&w->lock);
         if (w->queued > 0)
                 pthread_cond_signal(&w->wake);
@@ -235,14 +235,14 @@ void local_writer_wait(LocalWriter *w) {
         pthread_mutex_unlock(&w->lock);
 }
 
-bool local_writer_done(LocalWriter *w, const LocalWrite *job) {
+bool bs_writer_done(BsWriter *w, const BsWrite *job) {
         pthread_mutex_lock(&w->lock);
         bool done = job->done;
         pthread_mutex_unlock(&w->lock);
         return done;
 }
 
-void local_writer_wait_job(LocalWriter *w, const LocalWrite *job) {
+void bs_writer_wait_job(BsWriter *w, const BsWrite *job) {
         pthread_mutex_lock(&w->lock);
         if (!job->done)
                 pthread_cond_signal(&w->wake);

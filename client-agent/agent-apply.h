@@ -28,6 +28,7 @@ typedef struct Rec {
         uint32_t req;
         char tmp[64];
         int fd; /* the downloaded temporary file until its batch is synced, or -1 */
+        struct BsWrite *write; /* a small download handed to the pull's writer, until its batch */
         int src_fd; /* GET_DELTA: the local file COPY reads from, or -1 */
         uint64_t copied; /* bytes of the download taken from the local version */
 } Rec;

@@ -3,12 +3,18 @@
  * Records are applied in the server's order (agent-apply.c). File content
  * is fetched by its SHA-256 with GETs sent ahead of the record being
  * applied (a window of them), written to a temporary file and checked.
+ * A small file is received into memory, checked, and handed to a writer
+ * thread (bs-writer.h) that creates it while the next ones arrive.
  * Downloaded files are placed in batches: writeback starts as each one
  * completes (and every 8 MiB of a big one), the batch is synced (a few
  * files one by one, a burst with one syncfs()), then its records are
  * applied in order, so a crash never leaves a short file under a real
  * name (a rescan would take it for a local edit), and a burst costs one
- * sync per batch, not one per file.
+ * sync per batch, not one per file. A burst's syncfs() runs in the
+ * writer's thread, queued behind the batch's files, while the next
+ * batch downloads; the batch is placed when the next one closes, and the
+ * server's answers are read between its renames: in a join the server
+ * then never waits for the agent's disk.
  *
  * A big file the agent holds an older version of is asked for with
  * GET_DELTA: the server sends COPY for the ranges that version already
@@ -32,6 +38,7 @@
 #include "bs-log.h"
 #include "bs-macro.h"
 #include "bs-path.h"
+#include "bs-writer.h"
 
 #define GET_WINDOW 512
 #define APPLY_BATCH_FILES 4096
@@ -39,6 +46,11 @@
 #define APPLY_BULK_MIN 16
 #define APPLY_BATCH_BYTES (64u * 1024 * 1024)
 #define PULL_TIMEOUT_MS 60000 /* of silence: then the connection is dropped and retried */
+/* Downloads up to this size are received into memory and written by the
+ * pull's writer thread, at most this many bytes of them at once (the
+ * agent's memory is budgeted; the writer needs only to stay busy). */
+#define PULL_BUFFER_MAX (64u * 1024)
+#define PULL_WRITER_QUEUE (2u * 1024 * 1024)
 /* Records per page of an answer (protocol 5): about 400 bytes each in memory. */
 #define PULL_PAGE_ROWS 16384
 
@@ -52,8 +64,9 @@ typedef struct Pull {
         size_t next_get;   /* next record to consider fetching */
         size_t *fifo;      /* records whose GET is unanswered, in order */
         size_t fifo_head, fifo_tail, fifo_cap;
-        /* The download being received. */
+        /* The download being received: into fd, or (small) into buf. */
         int fd;
+        uint8_t *buf;
         Rec *cur;
         uint64_t left;
         uint64_t writeback; /* bytes of it whose writeback was started */
@@ -65,6 +78,16 @@ typedef struct Pull {
         size_t batch_files;
         uint64_t batch_bytes;
         size_t keep_fds; /* downloads of a batch kept open, at most (see keep_budget()) */
+        BsWriter *writer; /* made with the downloads directory; NULL: written here */
+        /* A burst's batch (the records before sync_end) waits for the
+         * syncfs() the writer runs behind its files, while the next
+         * batch's downloads arrive (see close_batch()). */
+        BsWrite *sync_job;
+        size_t sync_end;
+        /* The first download the writer failed to write: the pull applies
+         * the records before it and stops, as a write of its own would. */
+        int write_error;
+        size_t write_error_at;
 } Pull;
 
 /* Downloads of a burst are kept open until the batch's syncfs(), then
@@ -98,8 +121,38 @@ static void downloads_close(Agent *a) {
         (void) unlinkat(a->rootfd, DOWNLOADS_DIR, AT_REMOVEDIR);
 }
 
+/* Take what the writer made of the downloads before end handed to it:
+ * each one's temporary file (and fd), or the first error. */
+static void collect_writes(Pull *p, size_t end) {
+        for (size_t i = p->applied; i < end; i++) {
+                Rec *x = &p->recs[i];
+                BsWrite *w = x->write;
+                if (!w)
+                        continue;
+                if (p->writer)
+                        bs_writer_wait_job(p->writer, w);
+                memcpy(x->tmp, w->name, sizeof(x->tmp));
+                x->fd = w->fd;
+                if (w->error < 0) {
+                        x->ready = false;
+                        if (!p->write_error) {
+                                log_error("cannot write %s: %s", x->path, strerror(-w->error));
+                                p->write_error = w->error;
+                                p->write_error_at = i;
+                        }
+                }
+                free(w);
+                x->write = NULL;
+        }
+}
+
 /* Drop the records in hand (of a page done, or of an answer not used). */
 static void pull_drop_records(Agent *a, Pull *p) {
+        if (p->writer)
+                bs_writer_wait(p->writer);
+        free(p->sync_job);
+        p->sync_job = NULL;
+        collect_writes(p, p->n);
         for (size_t i = 0; i < p->n; i++) {
                 if (p->recs[i].tmp[0])
                         unlinkat(a->downloads_fd, p->recs[i].tmp, 0);
@@ -121,8 +174,10 @@ static void pull_drop_records(Agent *a, Pull *p) {
 
 static void pull_clear(Agent *a, Pull *p) {
         pull_drop_records(a, p);
+        p->writer = bs_writer_free(p->writer);
         free(p->recs);
         free(p->fifo);
+        free(p->buf);
         if (p->fd >= 0)
                 close(p->fd);
         bs_sha_free(p->sha);
@@ -479,6 +534,22 @@ static int send_gets(Agent *a, Pull *p) {
         return 0;
 }
 
+/* Hand a small download, checked, to the writer (or write it here). */
+static int hand_over(Agent *a, Pull *p, Rec *x) {
+        BsWrite *w = calloc(1, sizeof(*w));
+        if (!w)
+                return -ENOMEM;
+        *w = (BsWrite) { .kind = BS_WRITE_FILE, .buf = TAKE_PTR(p->buf), .len = x->size,
+                         .mode = x->mode & 07777, .mtime_ns = x->mtime_ns,
+                         .keep_fd = p->batch_files < p->keep_fds };
+        x->write = w;
+        if (p->writer)
+                bs_writer_submit(p->writer, w);
+        else
+                bs_write_now(a->downloads_fd, w);
+        return 0;
+}
+
 static int finish_download(Agent *a, Pull *p) {
         Rec *x = p->cur;
         uint8_t sha[BS_SHA_LEN];
@@ -503,6 +574,17 @@ static int finish_download(Agent *a, Pull *p) {
                 blocks_keep(a->state, x->sha, recs, n);
         }
         p->blocks = bs_blocks_free(p->blocks);
+        p->cur = NULL;
+        if (p->buf) {
+                if (r == 0)
+                        r = hand_over(a, p, x); /* takes buf */
+                free(p->buf);
+                p->buf = NULL;
+                if (r < 0)
+                        goto failed;
+                x->ready = true;
+                return 0;
+        }
         if (r == 0 && !bs_mode_kept(x->mode & 07777) && fchmod(p->fd, x->mode & 07777) < 0)
                 r = -errno;
         if (r == 0)
@@ -522,21 +604,29 @@ static int finish_download(Agent *a, Pull *p) {
                 close(p->fd);
                 p->fd = -1;
         }
-        p->cur = NULL;
         if (r < 0) {
-                log_error("download of %s failed: %s; fetching it again", x->path, strerror(-r));
                 unlinkat(a->downloads_fd, x->tmp, 0);
                 x->tmp[0] = 0;
-                x->failed = true;
-                a->need_snapshot = true; /* its record is passed: compare with the server's listing */
-                return 0;
+                goto failed;
         }
         x->ready = true;
+        return 0;
+failed:
+        log_error("download of %s failed: %s; fetching it again", x->path, strerror(-r));
+        x->failed = true;
+        a->need_snapshot = true; /* its record is passed: compare with the server's listing */
         return 0;
 }
 
 /* Write the next bytes of the download being received. */
 static int take_bytes(Agent *a, Pull *p, const uint8_t *data, size_t n) {
+        if (p->buf) {
+                /* handle_frame() checked n against what is left. */
+                memcpy(p->buf + (p->cur->size - p->left), data, n);
+                bs_sha_update(p->sha, data, n);
+                p->left -= n;
+                return 0;
+        }
         int r = bs_write_sparse(p->fd, data, n);
         if (r < 0) {
                 log_error("cannot write %s: %s", p->cur->path, strerror(-r));
@@ -605,15 +695,24 @@ static int handle_frame(Agent *a, Pull *p, const BsMsg *m) {
         if (m->type != BS_MSG_FILE || m->size != x->size)
                 return -EPROTO;
         int fd = downloads_open(a);
-        /* Made with its mode where the umask allows: a system call less. */
-        fd = fd < 0 ? fd : bs_tmpfile_at(fd, x->tmp, sizeof(x->tmp), x->mode & 0777);
-        if (fd < 0) {
+        if (fd >= 0 && !p->writer)
+                (void) bs_writer_new(fd, PULL_WRITER_QUEUE, &p->writer); /* without: written here */
+        if (fd >= 0 && m->size <= PULL_BUFFER_MAX) {
+                p->buf = malloc(m->size ?: 1);
+                fd = p->buf ? -1 : -ENOMEM;
+        } else if (fd >= 0)
+                /* Made with its mode where the umask allows: a system call less. */
+                fd = bs_tmpfile_at(fd, x->tmp, sizeof(x->tmp), x->mode & 0777);
+        if (fd < 0 && !p->buf) {
                 log_error("cannot create a temporary file in %s: %s", a->cfg.dir, strerror(-fd));
                 return fd;
         }
         int r = bs_sha_new(&p->sha);
         if (r < 0) {
-                close(fd);
+                if (fd >= 0)
+                        close(fd);
+                free(p->buf);
+                p->buf = NULL;
                 return r;
         }
         if (m->size >= BS_DELTA_MIN)
@@ -642,16 +741,31 @@ static int pump(Agent *a, Pull *p) {
 }
 
 
-/* Apply the records before end, in order, once their content is durable. */
-static void apply_batch(Agent *a, Pull *p, size_t end) {
-        /* A few files are synced one by one, which never waits for other
-         * programs' dirty data; a burst with one syncfs(). Files that
-         * finished while an earlier batch was big kept no fd: syncfs too. */
-        bool missing = false;
-        for (size_t i = p->applied; i < end; i++)
-                missing |= p->recs[i].ready && p->recs[i].fd < 0;
-        bool burst = p->batch_files >= APPLY_BULK_MIN;
-        bool bulk = (burst || missing) && syncfs(a->rootfd) == 0;
+/* Between the records a batch places: read what the server has sent
+ * meanwhile and keep the window of GETs full, so it never waits for the
+ * agent's renames. */
+static int pump_nowait(Agent *a, Pull *p) {
+        BsMsg *m = malloc(sizeof(*m));
+        if (!m)
+                return -ENOMEM;
+        int r = send_gets(a, p);
+        if (r >= 0 && (r = bs_conn_io(a->conn, 0)) == -ETIMEDOUT)
+                r = 0;
+        while (r >= 0 && (r = bs_conn_next(a->conn, m)) > 0)
+                r = handle_frame(a, p, m);
+        free(m);
+        return r;
+}
+
+/*
+ * Place the records before end, in order, their contents durable: bulk
+ * when a syncfs() covered them, else each one is synced here. burst: the
+ * batch was big, its pages are dropped. A failed read of the connection
+ * meanwhile is kept for the caller (*io_error).
+ */
+static void place_batch(Agent *a, Pull *p, size_t end, bool bulk, bool burst, int *io_error) {
+        int *drop = bulk && burst ? calloc(end - p->applied + 1, sizeof(int)) : NULL;
+        size_t n_drop = 0;
         for (size_t i = p->applied; i < end; i++) {
                 Rec *x = &p->recs[i];
                 if (!x->ready)
@@ -665,24 +779,95 @@ static void apply_batch(Agent *a, Pull *p, size_t end) {
                         x->ready = false;
                         a->need_snapshot = true;
                 }
-                /* A few files stay cached: the user may be about to open them. */
-                if (x->fd >= 0 && bulk && burst)
-                        (void) posix_fadvise(x->fd, 0, 0, POSIX_FADV_DONTNEED);
-                if (x->fd >= 0)
+                /* A few files stay cached: the user may be about to open
+                 * them. A burst's are dropped by the writer's thread. */
+                if (x->fd >= 0 && drop)
+                        drop[n_drop++] = x->fd;
+                else if (x->fd >= 0) {
+                        if (bulk && burst)
+                                (void) posix_fadvise(x->fd, 0, 0, POSIX_FADV_DONTNEED);
                         close(x->fd);
+                }
                 x->fd = -1;
         }
+        if (n_drop > 0)
+                bs_writer_drop(p->writer, drop, n_drop);
+        else
+                free(drop);
         /* Files placed one after another in a directory share its fd. */
         local_scan_begin(a);
-        for (size_t i = p->applied; i < end; i++)
+        for (size_t i = p->applied; i < end; i++) {
                 apply_record(a, &p->recs[i], p->snapshot);
+                if ((i - p->applied) % APPLY_EVENTS_EVERY == APPLY_EVENTS_EVERY - 1 && *io_error >= 0)
+                        *io_error = pump_nowait(a, p);
+        }
         local_scan_end(a);
         p->applied = end;
-        p->batch_files = 0;
-        p->batch_bytes = 0;
         /* Each placed file queued a few inotify events: read them now, or a
          * long burst overflows the kernel's queue and forces a full rescan. */
         watcher_process(a->watcher);
+}
+
+/* Where a batch ending at end really ends: before the first download the
+ * writer failed to write, if that is in it. */
+static size_t batch_end(Pull *p, size_t end) {
+        collect_writes(p, end);
+        return p->write_error && p->write_error_at < end ? MAX(p->write_error_at, p->applied) : end;
+}
+
+/* Place the batch whose syncfs() the writer was given, once it is done. */
+static void finish_pending(Agent *a, Pull *p, int *io_error) {
+        if (!p->sync_job)
+                return;
+        bs_writer_wait_job(p->writer, p->sync_job);
+        bool bulk = p->sync_job->error == 0;
+        free(p->sync_job);
+        p->sync_job = NULL;
+        place_batch(a, p, batch_end(p, p->sync_end), bulk, true, io_error);
+}
+
+/*
+ * The records before end are a batch, every download of it complete.
+ * A burst's syncfs() goes to the writer, behind the batch's files, and
+ * the batch is placed when the next one closes, so the disk's flush and
+ * the renames overlap the next downloads. A few files, or no writer: at
+ * once, each synced on its own. Returns a failed read of the connection,
+ * or the first download the writer failed to write.
+ */
+static int close_batch(Agent *a, Pull *p, size_t end) {
+        bool burst = p->batch_files >= APPLY_BULK_MIN;
+        int io_error = 0;
+        p->batch_files = 0;
+        p->batch_bytes = 0;
+        BsWrite *job = burst && p->writer ? calloc(1, sizeof(*job)) : NULL;
+        if (job) {
+                job->kind = BS_WRITE_SYNCFS;
+                job->sync_fd = fcntl(a->rootfd, F_DUPFD_CLOEXEC, 3);
+                if (job->sync_fd < 0) {
+                        free(job);
+                        job = NULL;
+                }
+        }
+        if (job)
+                bs_writer_submit(p->writer, job);
+        /* The batch before, whose sync came before this one's in the queue. */
+        finish_pending(a, p, &io_error);
+        if (job) {
+                p->sync_job = job;
+                p->sync_end = end;
+        } else {
+                /* A few files are synced one by one, which never waits for
+                 * other programs' dirty data; a burst with one syncfs().
+                 * Files that finished while an earlier batch was big kept
+                 * no fd: syncfs too. */
+                end = batch_end(p, end);
+                bool missing = false;
+                for (size_t i = p->applied; i < end; i++)
+                        missing |= p->recs[i].ready && p->recs[i].fd < 0;
+                bool bulk = (burst || missing) && syncfs(a->rootfd) == 0;
+                place_batch(a, p, end, bulk, burst, &io_error);
+        }
+        return io_error < 0 ? io_error : p->write_error;
 }
 
 typedef struct Unseen {
@@ -714,7 +899,9 @@ static int apply_records(Agent *a, Pull *p) {
                 while (x->requested && !x->ready && !x->failed && r >= 0)
                         r = pump(a, p);
                 if (r < 0) {
-                        apply_batch(a, p, i);
+                        (void) close_batch(a, p, i);
+                        int k = 0;
+                        finish_pending(a, p, &k);
                         return r;
                 }
                 if (x->ready) {
@@ -727,11 +914,19 @@ static int apply_records(Agent *a, Pull *p) {
                         if (p->batch_files % APPLY_EVENTS_EVERY == 0)
                                 watcher_process(a->watcher);
                 }
-                if (p->batch_files >= APPLY_BATCH_FILES || p->batch_bytes >= APPLY_BATCH_BYTES)
-                        apply_batch(a, p, i + 1);
+                if (p->batch_files >= APPLY_BATCH_FILES || p->batch_bytes >= APPLY_BATCH_BYTES) {
+                        r = close_batch(a, p, i + 1);
+                        if (r < 0) {
+                                int k = 0;
+                                finish_pending(a, p, &k);
+                                return r;
+                        }
+                }
         }
-        apply_batch(a, p, p->n);
-        return 0;
+        r = close_batch(a, p, p->n);
+        int k = 0;
+        finish_pending(a, p, &k);
+        return r < 0 ? r : k < 0 ? k : p->write_error;
 }
 
 static int pull_once(Agent *a, uint64_t since) {

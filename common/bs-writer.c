@@ -15,8 +15,6 @@
 #include "bs-fs.h"
 #include "bs-writer.h"
 
-/* Bytes handed over and not yet written, at most (then submit waits). */
-#define WRITER_QUEUE_BYTES (8u * 1024 * 1024)
 /* Files queued before the thread is woken: waking it for each one costs
  * both threads a context switch per file, more than a small file's write.
  * Whatever is queued is written at the latest when someone waits. */
@@ -36,6 +34,7 @@ struct BsWriter {
         size_t busy;   /* handed over, not finished */
         size_t queued; /* of those, not yet taken by the thread */
         size_t bytes;  /* of those handed over, bytes */
+        size_t max_bytes; /* then bs_writer_submit() waits */
         bool stop;
         /* Files to drop from the page cache and close (bs_writer_drop()),
          * taken whole by the thread between two jobs. */
@@ -80,7 +79,8 @@ void bs_write_now(int dir_fd, BsWrite *job) {
 /* The error is the job's: the descriptor is a duplicate of the upload's,
  * so the kernel reports a failed writeback to this sync only. */
 static void sync_now(BsWrite *job) {
-        job->error = fdatasync(job->sync_fd) < 0 ? -errno : 0;
+        int r = job->kind == BS_WRITE_SYNCFS ? syncfs(job->sync_fd) : fdatasync(job->sync_fd);
+        job->error = r < 0 ? -errno : 0;
         close(job->sync_fd);
         job->sync_fd = -1;
 }
@@ -120,7 +120,7 @@ static void *writer_main(void *userdata) {
                  * count below says it is done. */
                 for (BsWrite *job = first, *next;; job = next) {
                         next = job->next;
-                        if (job->kind == BS_WRITE_SYNC)
+                        if (job->kind != BS_WRITE_FILE)
                                 sync_now(job);
                         else
                                 bs_write_now(w->dir_fd, job);
@@ -141,7 +141,7 @@ static void *writer_main(void *userdata) {
         return NULL;
 }
 
-int bs_writer_new(int dir_fd, BsWriter **ret) {
+int bs_writer_new(int dir_fd, size_t queue_bytes, BsWriter **ret) {
         BsWriter *w = calloc(1, sizeof(*w));
         pthread_attr_t attr;
         int r;
@@ -149,6 +149,7 @@ int bs_writer_new(int dir_fd, BsWriter **ret) {
         if (!w)
                 return -ENOMEM;
         w->dir_fd = dir_fd;
+        w->max_bytes = queue_bytes;
         pthread_mutex_init(&w->lock, NULL);
         pthread_cond_init(&w->wake, NULL);
         pthread_cond_init(&w->done, NULL);
@@ -191,7 +192,7 @@ void bs_writer_submit(BsWriter *w, BsWrite *job) {
         job->done = false;
         job->name[0] = 0;
         pthread_mutex_lock(&w->lock);
-        while (w->busy > 0 && w->bytes + job->len > WRITER_QUEUE_BYTES) {
+        while (w->busy > 0 && w->bytes + job->len > w->max_bytes) {
                 pthread_cond_signal(&w->wake);
                 pthread_cond_wait(&w->done, &w->lock);
         }
@@ -204,7 +205,7 @@ void bs_writer_submit(BsWriter *w, BsWrite *job) {
         w->queued++;
         w->bytes += job->len;
         /* A sync is waited for soon: it starts now. */
-        if (w->queued >= WRITER_WAKE_JOBS || job->kind == BS_WRITE_SYNC)
+        if (w->queued >= WRITER_WAKE_JOBS || job->kind != BS_WRITE_FILE)
                 pthread_cond_signal(&w->wake);
         pthread_mutex_unlock(&w->lock);
 }

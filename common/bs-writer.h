@@ -21,13 +21,14 @@ typedef struct BsWriter BsWriter;
 typedef enum BsWriteKind {
         BS_WRITE_FILE, /* create a file in the directory with buf */
         BS_WRITE_SYNC,  /* fdatasync() and close sync_fd */
+        BS_WRITE_SYNCFS, /* syncfs() of sync_fd's file system, then close it */
 } BsWriteKind;
 
 /* One file to write (or sync): its content, the mode and mtime it gets,
  * and what came of it. */
 typedef struct BsWrite {
         BsWriteKind kind;
-        int sync_fd;  /* BS_WRITE_SYNC: owned, closed once synced */
+        int sync_fd;  /* BS_WRITE_SYNC, BS_WRITE_SYNCFS: owned, closed once synced */
         uint8_t *buf; /* owned; freed once written */
         size_t len;
         mode_t mode;
@@ -41,8 +42,12 @@ typedef struct BsWrite {
         struct BsWrite *next;
 } BsWrite;
 
-/** Start a writer for files in dir_fd (not owned). */
-int bs_writer_new(int dir_fd, BsWriter **ret);
+/**
+ * Start a writer for files in dir_fd (not owned), which holds at most
+ * queue_bytes of files handed over and not yet written (then
+ * bs_writer_submit() waits).
+ */
+int bs_writer_new(int dir_fd, size_t queue_bytes, BsWriter **ret);
 /** Wait for the files handed over, then stop the thread. */
 BsWriter *bs_writer_free(BsWriter *w);
 /**

@@ -334,7 +334,7 @@ static void upload_sync_step(LocalUpload *u) {
         LocalAccount *a = u->account;
         if (u->written - u->synced < LOCAL_SYNC_STEP || !upload_sync_idle(u))
                 return;
-        if (!a->writer && bs_writer_new(a->tmp_fd, &a->writer) < 0)
+        if (!a->writer && bs_writer_new(a->tmp_fd, LOCAL_WRITER_QUEUE, &a->writer) < 0)
                 return;
         int fd = fcntl(u->fd, F_DUPFD_CLOEXEC, 3);
         if (fd < 0)
@@ -406,7 +406,7 @@ static int upload_hand_over(LocalAccount *a, LocalUpload *u, AccountPending *p, 
                 .keep_fd = a->n_pending < a->keep_fds,
         };
         u->buf_cap = 0;
-        if (!a->writer && bs_writer_new(a->tmp_fd, &a->writer) < 0)
+        if (!a->writer && bs_writer_new(a->tmp_fd, LOCAL_WRITER_QUEUE, &a->writer) < 0)
                 bs_write_now(a->tmp_fd, job);
         else
                 bs_writer_submit(a->writer, job);

@@ -60,8 +60,10 @@ typedef struct AccountDirSync {
  * commit, at most (then synced at once). */
 #define ACCOUNT_DIR_SYNC_MAX 64
 /* Uploads up to this size are kept in memory and written by the
- * account's writer thread (bs-writer.h) while the loop goes on. */
+ * account's writer thread (bs-writer.h) while the loop goes on, at most
+ * this many bytes of them at once. */
 #define LOCAL_BUFFER_MAX (64u * 1024)
+#define LOCAL_WRITER_QUEUE (8u * 1024 * 1024)
 /* An account database's page cache at most, in KiB (the first user of
  * memory at scale: see open_db()), and its log pages between checkpoints. */
 #define LOCAL_DB_CACHE_KIB 16384

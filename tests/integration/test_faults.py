@@ -134,6 +134,60 @@ def test_fault_disk_full():
         os.rmdir(mnt)
 
 
+# ------------------------------------------------------------ agent's disk full
+
+def test_fault_agent_disk_full():
+    """A join into a file system too small for the account: the files that
+    fit are placed whole, none half-written under its name, no temporary
+    file is left; once there is room the same agent (not restarted)
+    completes the tree."""
+    _need_root("mounts a small tmpfs for an agent's tree")
+    mnt = tempfile.mkdtemp(prefix="bs-it-fault-agent-", dir="/tmp")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt], check=True)
+    try:
+        with Env("fault_agent_disk_full") as env:
+            env.server()
+            adir = env.path("A")
+            # 8 MB of small files (written by the pull's writer thread)
+            # in 30 directories, in bursts of several batches.
+            for d in range(30):
+                os.makedirs(os.path.join(adir, "d%02d" % d))
+                for f in range(25):
+                    write_file(os.path.join(adir, "d%02d" % d, "f%02d" % f), os.urandom(10000 + d * 100 + f))
+            a = env.agent("A", adir)
+            a.wait_scanned()
+            b = env.agent("B", os.path.join(mnt, "B"), token=a.token, start=False)
+            os.makedirs(b.dir, exist_ok=True)
+            b.start()
+            wait_until(lambda: _count(b.log_lines(), r"cannot write .*No space left|No space left"), 60,
+                       "agent B to log that its disk is full")
+            time.sleep(1)
+            # What is there is whole: each file has A's content or is absent.
+            placed = 0
+            for d, dirs, files in os.walk(b.dir):
+                for n in files:
+                    p = os.path.join(d, n)
+                    rel = os.path.relpath(p, b.dir)
+                    check(not n.startswith(TMP_PREFIX), "a temporary file under its own name in B: %s" % rel)
+                    if n.startswith(TMP_PREFIX):
+                        continue
+                    check(read_bytes(p) == read_bytes(os.path.join(adir, rel)),
+                          "%s on B is not A's (half-written?)" % rel)
+                    placed += 1
+            print("fault_agent_disk_full: %d of 750 files placed while the disk was full" % placed)
+            check(placed < 750, "all 750 files fit in 4 MB: the test proves nothing")
+            subprocess.run(["mount", "-o", "remount,size=64m", mnt], check=True)
+            assert_trees_equal(adir, b.dir, timeout=60, msg="B once its disk has room")
+            check(_temps(b.dir) == [], "temporary files left in B: %s" % _temps(b.dir))
+            check(conflict_copies(b.dir) == [], "conflict copies in B")
+            check(b.running(), "agent B exited")
+    finally:
+        r = subprocess.run(["umount", mnt])
+        if r.returncode != 0:
+            subprocess.run(["umount", "-l", mnt])
+        os.rmdir(mnt)
+
+
 # ------------------------------------------------------------ server unreachable
 
 def test_fault_server_unreachable():

@@ -67,7 +67,7 @@ Test(writer, many_files) {
         enum { N = 200 };
         BsWriter *w;
         BsWrite *jobs[N];
-        cr_assert_eq(bs_writer_new(dfd, &w), 0);
+        cr_assert_eq(bs_writer_new(dfd, 8u * 1024 * 1024, &w), 0);
         for (unsigned i = 0; i < N; i++) {
                 jobs[i] = job_new(sizes[i % 7], i, i < 16);
                 bs_writer_submit(w, jobs[i]);
@@ -94,7 +94,7 @@ Test(writer, errors) {
         BsWriter *w;
         int bad = open("/proc/self", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         cr_assert_geq(bad, 0);
-        cr_assert_eq(bs_writer_new(bad, &w), 0);
+        cr_assert_eq(bs_writer_new(bad, 8u * 1024 * 1024, &w), 0);
         BsWrite *j = job_new(10, 1, true);
         bs_writer_submit(w, j);
         bs_writer_wait(w);
@@ -116,7 +116,7 @@ Test(writer, errors) {
 Test(writer, free_waits) {
         BsWriter *w;
         BsWrite *jobs[50];
-        cr_assert_eq(bs_writer_new(dfd, &w), 0);
+        cr_assert_eq(bs_writer_new(dfd, 8u * 1024 * 1024, &w), 0);
         for (unsigned i = 0; i < 50; i++) {
                 jobs[i] = job_new(20000, i, false);
                 bs_writer_submit(w, jobs[i]);
@@ -142,7 +142,7 @@ Test(writer, sync_jobs) {
         sync.sync_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
         bad.sync_fd = p[0];
         cr_assert_geq(sync.sync_fd, 0);
-        cr_assert_eq(bs_writer_new(dfd, &w), 0);
+        cr_assert_eq(bs_writer_new(dfd, 8u * 1024 * 1024, &w), 0);
         bs_writer_submit(w, before);
         bs_writer_submit(w, &sync);
         bs_writer_submit(w, &bad);
@@ -164,4 +164,57 @@ Test(writer, sync_jobs) {
         close(fd);
         free(before);
         free(after);
+}
+
+/* A syncfs() job after writes (as a pull closes a batch): done once the
+ * writes before it are, its descriptor closed; a bad descriptor is its
+ * own error. */
+Test(writer, syncfs_jobs) {
+        BsWriter *w;
+        BsWrite sync = { .kind = BS_WRITE_SYNCFS }, bad = { .kind = BS_WRITE_SYNCFS };
+        BsWrite *jobs[20];
+        cr_assert_eq(bs_writer_new(dfd, 8u * 1024 * 1024, &w), 0);
+        for (unsigned i = 0; i < 20; i++) {
+                jobs[i] = job_new(5000, i, false);
+                bs_writer_submit(w, jobs[i]);
+        }
+        sync.sync_fd = fcntl(dfd, F_DUPFD_CLOEXEC, 3);
+        cr_assert_geq(sync.sync_fd, 0);
+        int fd = sync.sync_fd;
+        bs_writer_submit(w, &sync);
+        bad.sync_fd = fcntl(dfd, F_DUPFD_CLOEXEC, 3);
+        cr_assert_geq(bad.sync_fd, 0);
+        close(bad.sync_fd); /* a number no longer open */
+        bs_writer_submit(w, &bad);
+        bs_writer_wait_job(w, &sync);
+        for (unsigned i = 0; i < 20; i++)
+                cr_assert(bs_writer_done(w, jobs[i]), "file %u is written before the sync after it", i);
+        cr_assert_eq(sync.error, 0);
+        cr_assert_eq(sync.sync_fd, -1);
+        bs_writer_wait(w);
+        cr_assert_eq(bad.error, -EBADF, "syncfs() of a closed descriptor: %d", bad.error);
+        cr_assert_eq(fcntl(fd, F_GETFD), -1, "the writer closed the synced descriptor");
+        for (unsigned i = 0; i < 20; i++) {
+                check_file(jobs[i], 5000, i);
+                free(jobs[i]);
+        }
+        bs_writer_free(w);
+}
+
+/* A queue smaller than one file: each submit waits for the one before,
+ * and a file bigger than the bound still goes (alone). */
+Test(writer, small_queue) {
+        BsWriter *w;
+        BsWrite *jobs[40];
+        cr_assert_eq(bs_writer_new(dfd, 1, &w), 0);
+        for (unsigned i = 0; i < 40; i++) {
+                jobs[i] = job_new(i % 2 ? 70000 : 10, i, false);
+                bs_writer_submit(w, jobs[i]);
+        }
+        bs_writer_wait(w);
+        for (unsigned i = 0; i < 40; i++) {
+                check_file(jobs[i], i % 2 ? 70000 : 10, i);
+                free(jobs[i]);
+        }
+        bs_writer_free(w);
 }

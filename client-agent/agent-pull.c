@@ -883,6 +883,14 @@ static int unseen_deleted(const char *path, const ManifestEntry *e, void *userda
         return apply_collect_path(path, e, &u->list);
 }
 
+/* Close the batch before end and place it and the one before: every
+ * record before end is then applied (or failed). */
+static int flush_batches(Agent *a, Pull *p, size_t end) {
+        int r = close_batch(a, p, end), k = 0;
+        finish_pending(a, p, &k);
+        return r < 0 ? r : k < 0 ? k : p->write_error;
+}
+
 /* Fetch and apply the records in hand, in order; what is complete is kept on failure. */
 static int apply_records(Agent *a, Pull *p) {
         int r = 0;
@@ -899,9 +907,7 @@ static int apply_records(Agent *a, Pull *p) {
                 while (x->requested && !x->ready && !x->failed && r >= 0)
                         r = pump(a, p);
                 if (r < 0) {
-                        (void) close_batch(a, p, i);
-                        int k = 0;
-                        finish_pending(a, p, &k);
+                        (void) flush_batches(a, p, i);
                         return r;
                 }
                 if (x->ready) {
@@ -917,16 +923,12 @@ static int apply_records(Agent *a, Pull *p) {
                 if (p->batch_files >= APPLY_BATCH_FILES || p->batch_bytes >= APPLY_BATCH_BYTES) {
                         r = close_batch(a, p, i + 1);
                         if (r < 0) {
-                                int k = 0;
-                                finish_pending(a, p, &k);
+                                (void) flush_batches(a, p, i + 1);
                                 return r;
                         }
                 }
         }
-        r = close_batch(a, p, p->n);
-        int k = 0;
-        finish_pending(a, p, &k);
-        return r < 0 ? r : k < 0 ? k : p->write_error;
+        return flush_batches(a, p, p->n);
 }
 
 static int pull_once(Agent *a, uint64_t since) {

@@ -472,10 +472,23 @@ static int sync_dirs(LocalAccount *a, int r) {
         return r;
 }
 
+static uint64_t monotonic_usec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
+
+static void burst_close(LocalAccount *a) {
+        for (size_t i = 0; i < a->n_burst_fds; i++)
+                close(a->burst_fds[i]);
+        a->n_burst_fds = 0;
+}
+
 LocalAccount *local_free(LocalAccount *a) {
         if (!a)
                 return NULL;
         local_drop_pending(a);
+        burst_close(a);
         a->writer = bs_writer_free(a->writer);
         free(a->pending);
         (void) sync_dirs(a, -ECANCELED); /* closes only */
@@ -593,19 +606,38 @@ static int collect_writes(LocalAccount *a) {
 /* A burst's data is on disk: the writer lets its pages go, so the next
  * files are written into them, not into pages never used before (on a
  * virtual machine whose host takes back free memory, the first use of a
- * page costs many times its copy). A few files stay cached, for the
- * other computers about to pull them. */
+ * page costs many times its copy). A burst is told by its files, not by
+ * its batches: a batch ends whenever the agent's data stops for a moment
+ * (and a big file often has one of its own), so a burst can come in many
+ * small ones. The files of a few batches close together stay cached, for
+ * the other computers about to pull them. */
 static void drop_cached(LocalAccount *a) {
-        size_t n = 0;
-        int *fds = malloc(a->n_pending * sizeof(int));
-        for (size_t i = 0; i < a->n_pending; i++) {
-                int fd = a->pending[i].fd;
-                a->pending[i].fd = -1;
-                if (fd >= 0 && fds)
-                        fds[n++] = fd;
-                else if (fd >= 0)
-                        close(fd);
+        uint64_t now = monotonic_usec();
+        if (now - a->burst_last_usec >= ACCOUNT_BURST_GAP_USEC) {
+                burst_close(a);
+                a->burst_files = 0;
         }
+        a->burst_last_usec = now;
+        a->burst_files += a->n_pending;
+        if (a->burst_files < ACCOUNT_BULK_MIN) {
+                /* Kept until the burst is known: fewer than that many, so they fit. */
+                for (size_t i = 0; i < a->n_pending; i++)
+                        if (a->pending[i].fd >= 0)
+                                a->burst_fds[a->n_burst_fds++] = TAKE_FD(a->pending[i].fd);
+                return;
+        }
+        size_t n = 0;
+        int *fds = malloc((a->n_pending + a->n_burst_fds) * sizeof(int));
+        if (!fds) {
+                burst_close(a);
+                return; /* closed by local_drop_pending(), cached */
+        }
+        for (size_t i = 0; i < a->n_burst_fds; i++)
+                fds[n++] = a->burst_fds[i];
+        a->n_burst_fds = 0;
+        for (size_t i = 0; i < a->n_pending; i++)
+                if (a->pending[i].fd >= 0)
+                        fds[n++] = TAKE_FD(a->pending[i].fd);
         if (n > 0)
                 bs_writer_drop(a->writer, fds, n);
         else
@@ -628,7 +660,7 @@ int local_flush_pending(LocalAccount *a) {
         for (size_t i = 0; !bulk && r >= 0 && i < a->n_pending; i++)
                 if (fdatasync(a->pending[i].fd) < 0)
                         r = -errno;
-        if (bulk && r >= 0)
+        if (r >= 0)
                 drop_cached(a);
         for (size_t i = 0; r >= 0 && i < a->n_pending; i++) {
                 const char *base = bs_path_base(a->pending[i].path);

@@ -54,8 +54,11 @@ typedef struct AccountDirSync {
 #define ACCOUNT_PENDING_MAX 8192
 /* Bytes of kept contents cut into the chunk store per pruning slice. */
 #define ACCOUNT_PACK_BUDGET (32u * 1024 * 1024)
-/* From this many uploads on, a batch is synced with syncfs(). */
+/* From this many uploads on, a batch is synced with syncfs(); and from
+ * this many uploads in batches less than ACCOUNT_BURST_GAP_USEC apart,
+ * they are a burst, whose files leave the page cache once on disk. */
 #define ACCOUNT_BULK_MIN 16
+#define ACCOUNT_BURST_GAP_USEC (1000 * 1000ULL)
 /* Directories (and files given a new mode) waiting for their sync at
  * commit, at most (then synced at once). */
 #define ACCOUNT_DIR_SYNC_MAX 64
@@ -101,6 +104,13 @@ struct LocalAccount {
         size_t n_pending, cap_pending;
         size_t keep_fds; /* pending files kept open, at most (see local_alloc()) */
         BsWriter *writer; /* started at the first small upload */
+        /* The batches placed less than ACCOUNT_BURST_GAP_USEC apart: when
+         * the last ended, how many files, and those kept open until it is
+         * known whether they are a burst (fewer than ACCOUNT_BULK_MIN). */
+        uint64_t burst_last_usec;
+        size_t burst_files;
+        int burst_fds[ACCOUNT_BULK_MIN];
+        size_t n_burst_fds;
         AccountDirSync dir_sync[ACCOUNT_DIR_SYNC_MAX]; /* see local_defer_sync() */
         /* The last parent directory an upload went to, known to be a
          * directory entry: a burst names the same one again and again. */

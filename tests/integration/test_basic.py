@@ -4,6 +4,7 @@ import os
 import stat
 import time
 
+import bsproto
 from harness import (Env, Relay, TestFailure, assert_trees_equal, check, conflict_copies, fail,
                      inotify_watches, make_small_files, read_bytes, resident_pages,
                      snapshot, wait_absent, wait_content, wait_tree, wait_until,
@@ -387,11 +388,49 @@ def test_server_leaves_page_cache():
 
         def cached():
             return sum(resident_pages(os.path.join(tree, n)) for n in names)
-        wait_until(lambda: cached() == 0, 30, "the burst's files out of the server's page cache (%d pages left)" % cached())
+        try:
+            wait_until(lambda: cached() == 0, 30, "")
+        except TestFailure:
+            fail("the burst's files out of the server's page cache (%d pages left)" % cached())
+        # A change a second after the burst is not part of it.
+        time.sleep(1.2)
         write_file(os.path.join(adir, "d000", "edit"), b"one small edit\n")
         p = os.path.join(tree, "d000", "edit")
         wait_content(p, b"one small edit\n", timeout=30, msg="the edit on the server")
         check(resident_pages(p) == 1, "a lone edit stays in the server's page cache (%d pages)" % resident_pages(p))
+
+
+def test_burst_in_small_batches_leaves_page_cache():
+    """A burst is told by its files, not by its batches: twenty files
+    uploaded one by one, each waiting for its answer (so each is a batch
+    of its own, as a slow computer's or a big file's are), all leave the
+    server's page cache. Three files a second later stay cached."""
+    with Env("burst_in_small_batches_leaves_page_cache") as env:
+        srv = env.server()
+        os.makedirs(env.path("A"))
+        a = env.agent("A", env.path("A"))
+        a.stop()
+        tree = srv.tree(a.token)
+        sock = bsproto.connect(srv.port)
+        bsproto.hello(sock, a.token, device=os.urandom(16), name="slow")
+
+        def upload(names):
+            for i, n in enumerate(names):
+                ans = bsproto.put(sock, 100 + i, n, 0, os.urandom(8192))
+                check(ans["type"] == "ACK", "%s acknowledged: %r" % (n, ans))
+
+        burst = ["burst%02d" % i for i in range(20)]
+        upload(burst)
+        try:
+            wait_until(lambda: not any(resident_pages(os.path.join(tree, n)) for n in burst), 10, "")
+        except TestFailure:
+            fail("the burst out of the server's page cache: %s" %
+                 {n: resident_pages(os.path.join(tree, n)) for n in burst})
+        time.sleep(1.2)
+        few = ["few%d" % i for i in range(3)]
+        upload(few)
+        got = {n: resident_pages(os.path.join(tree, n)) for n in few}
+        check(all(v == 2 for v in got.values()), "three files after the burst stay cached: %s" % got)
 
 
 def test_join_leaves_page_cache():
@@ -413,7 +452,10 @@ def test_join_leaves_page_cache():
 
         def cached(root, which):
             return {n: resident_pages(os.path.join(root, n)) for n in which}
-        wait_until(lambda: not any(cached(tree, names).values()), 30, "the burst out of the server's page cache")
+        try:
+            wait_until(lambda: not any(cached(tree, names).values()), 30, "")
+        except TestFailure:
+            fail("the burst out of the server's page cache: %s" % {k: v for k, v in cached(tree, names).items() if v})
         hot = ["d000/f00", "big0"]
         for n in hot:
             read_bytes(os.path.join(tree, n))

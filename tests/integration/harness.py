@@ -607,10 +607,18 @@ class Server(_Proc):
         with open(self.log, "ab") as log:
             log.write(("### %s: %s\n" % (time.strftime("%H:%M:%S"), " ".join(argv))).encode())
             log.flush()
+            since = log.tell()
             self._start(argv, log, log)
         wait_until(lambda: port_open(self.port), timeout,
                    "%s listening on 127.0.0.1:%d" % (self.name, self.port))
+        # The socket listens before the last lines of the start are logged.
+        wait_until(lambda: b"identity: " in self._log_bytes()[since:], timeout,
+                   "%s logging its identity" % self.name)
         return self
+
+    def _log_bytes(self):
+        with open(self.log, "rb") as f:
+            return f.read()
 
     def restart(self):
         self.stop()

@@ -24,6 +24,7 @@ struct AgentState {
         sqlite3 *db;
         sqlite3_stmt *get, *put, *del, *kv_get, *kv_set, *locate, *index_put;
         sqlite3_stmt *seen; /* once per record of a snapshot */
+        sqlite3_stmt *same_ino; /* once per file with more than one name */
         /* Unused statements of manifest_children(): a scan asks once per
          * directory, nested as deep as the tree, and preparing one costs
          * more than the query. */
@@ -42,6 +43,9 @@ struct AgentState {
  * lock from the first write on, so a second agent started on the same
  * directory fails at once, and no statement pays for taking and dropping
  * file locks (four fcntl calls per lookup otherwise). */
+/* The columns iterate() reads, in its order. */
+#define COLS "path,kind,size,mode,mtime,ino,sha,version,target"
+
 static const char schema[] =
         "PRAGMA locking_mode=EXCLUSIVE;"
         "PRAGMA journal_mode=WAL;"
@@ -108,6 +112,7 @@ AgentState *agent_state_free(AgentState *s) {
         sqlite3_finalize(s->locate);
         sqlite3_finalize(s->index_put);
         sqlite3_finalize(s->seen);
+        sqlite3_finalize(s->same_ino);
         for (size_t i = 0; i < s->n_children; i++)
                 sqlite3_finalize(s->children[i]);
         sqlite3_close(s->db);
@@ -137,6 +142,8 @@ int agent_state_open(const char *dir, AgentState **ret) {
         rc = rc ?: sqlite3_prepare_v2(s->db, "INSERT OR IGNORE INTO chunk_index(sum, len, sha, off) VALUES(?,?,?,?)",
                                       -1, &s->index_put, NULL);
         rc = rc ?: sqlite3_prepare_v2(s->db, "UPDATE manifest SET seen=1 WHERE path=?", -1, &s->seen, NULL);
+        rc = rc ?: sqlite3_prepare_v2(s->db, "SELECT " COLS " FROM manifest WHERE ino=? AND kind=1", -1,
+                                      &s->same_ino, NULL);
         if (rc != SQLITE_OK)
                 return sql_err(rc);
         int r = blocks_trim(s);
@@ -501,8 +508,6 @@ int64_t manifest_count_files(AgentState *s, const char *path) {
         return sqlite3_column_int64(st, 0);
 }
 
-#define COLS "path,kind,size,mode,mtime,ino,sha,version,target"
-
 int manifest_children(AgentState *s, const char *dir, manifest_iter_t fn, void *userdata) {
         sqlite3_stmt *st = NULL;
         int rc;
@@ -550,12 +555,15 @@ int manifest_conflict_candidates(AgentState *s, manifest_iter_t fn, void *userda
 }
 
 int manifest_same_inode(AgentState *s, uint64_t ino, manifest_iter_t fn, void *userdata) {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
-        int rc = prepare(s, "SELECT " COLS " FROM manifest WHERE ino=? AND kind=1", &st);
-        if (rc < 0)
-                return rc;
+        /* Kept prepared: a tree of hard links (cp -al, rsnapshot) asks for
+         * each of its files, and parsing the query cost more than running it. */
+        sqlite3_stmt *st = s->same_ino;
+        if (s->error)
+                return s->error;
         sqlite3_bind_int64(st, 1, (sqlite3_int64) ino);
-        return iterate(s, st, fn, userdata);
+        int r = iterate(s, st, fn, userdata);
+        sqlite3_reset(st);
+        return r;
 }
 
 int manifest_clear_seen(AgentState *s) {

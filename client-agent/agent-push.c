@@ -47,6 +47,8 @@
 #define ANSWER_TIMEOUT_MS 60000 /* of silence: then the connection is dropped and retried */
 /* Contents one delta may copy from: each switch costs the server a commit. */
 #define DELTA_BASES_MAX 4
+/* An inode's times lag the clock by up to a tick (see being_written()). */
+#define PUSH_EVENTS_SLACK_USEC 20000
 
 /* An upload in progress: file data goes out as the socket drains. */
 typedef struct Upload {
@@ -175,6 +177,23 @@ out:
         return same;
 }
 
+/* Is another program still writing the file (created or written, not
+ * closed)? Then it is sent once it settles (see agent_settle()), not half
+ * written as found now: a first scan lists files that programs are
+ * writing. If the file changed after the events were last read, its
+ * IN_CREATE or IN_MODIFY may wait in the queue: read them first. --once
+ * does not wait. */
+static bool being_written(Agent *a, const char *path, const struct stat *st) {
+        if (a->cfg.once || !a->watcher)
+                return false;
+        int64_t changed = (int64_t) st->st_ctim.tv_sec * 1000000 + st->st_ctim.tv_nsec / 1000;
+        if (changed + PUSH_EVENTS_SLACK_USEC >= a->events_read_usec) {
+                a->events_read_usec = (int64_t) realtime_usec();
+                watcher_process(a->watcher);
+        }
+        return agent_settling(a, path);
+}
+
 static int start_op(Agent *a, PushOp *op, Upload *up) {
         BsMsg *m = calloc(1, sizeof(*m));
         int r = 0;
@@ -200,6 +219,12 @@ static int start_op(Agent *a, PushOp *op, Upload *up) {
                                 close(fd);
                         /* Gone or replaced since planned: look again next round. */
                         agent_mark_dirty(a, op->path, false);
+                        op->skipped = true;
+                        goto out;
+                }
+                if (being_written(a, op->path, &st)) {
+                        /* The settle timer marks it dirty again. */
+                        close_read(fd, op->cold);
                         op->skipped = true;
                         goto out;
                 }

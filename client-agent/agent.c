@@ -21,10 +21,6 @@
 #include "bs-path.h"
 #include "bs-status.h"
 
-/* A file being written is looked at once quiet this long, or at the latest
- * this long after its first event (see agent_settle()). */
-#define SETTLE_QUIET_USEC (1 * 1000000ULL)
-#define SETTLE_MAX_USEC (10 * 1000000ULL)
 
 /* "a.example.org, b.example.org": the names in order, spaces around them dropped. */
 static int split_servers(const char *list, char ***ret, size_t *ret_n) {
@@ -389,6 +385,14 @@ void agent_settle(Agent *a, const char *path) {
                 return;
         }
         a->settling[a->n_settling++] = (SettlePath) { d, now, now };
+}
+
+
+bool agent_settling(const Agent *a, const char *path) {
+        for (size_t i = 0; i < a->n_settling; i++)
+                if (strcmp(a->settling[i].path, path) == 0)
+                        return true;
+        return false;
 }
 
 

@@ -128,6 +128,7 @@ typedef struct Agent {
         size_t n_moves, cap_moves;
         SettlePath *settling;
         size_t n_settling, cap_settling;
+        int64_t events_read_usec; /* CLOCK_REALTIME when a push last read the watcher's events */
         /* Changes the server could not store (disk full, I/O error, busy):
          * retried on failed_timer with a growing delay, not at every round. */
         DirtyPath *failed;
@@ -259,6 +260,10 @@ void agent_mark_failed(Agent *a, const char *path, bool recursive);
 int agent_mark_refused(Agent *a, const char *path);
 /** The failed changes become dirty paths again (their retry is due). */
 void agent_requeue_failed(Agent *a);
+/* A file being written is looked at once quiet this long, or at the latest
+ * this long after its first event (see agent_settle()). */
+#define SETTLE_QUIET_USEC (1 * 1000000ULL)
+#define SETTLE_MAX_USEC (10 * 1000000ULL)
 /**
  * A file is being written (modified while open, created and not yet
  * closed, or changed while it was read for upload): it becomes dirty once
@@ -268,6 +273,8 @@ void agent_requeue_failed(Agent *a);
 void agent_settle(Agent *a, const char *path);
 /** Every settling file becomes dirty now (--once, which cannot wait). */
 void agent_settle_all(Agent *a);
+/** True when path waits to settle (written lately and not closed). */
+bool agent_settling(const Agent *a, const char *path);
 /**
  * The settling files whose time has come (CLOCK_MONOTONIC now) become
  * dirty; true when any did. *next: when the next one is due, or

@@ -589,36 +589,25 @@ def test_editor_save():
 def test_changing_while_read():
     """A file that changes while the agent reads it is read again: the
     upload is aborted (the server answers ABORTED) and the final content
-    arrives, never a mix of old and new bytes."""
+    arrives, never a mix of old and new bytes. The file grows only once
+    its upload has begun: one the agent knows is being written waits to
+    settle instead of being read."""
     import threading
-    import time
     with Env("changing_while_read") as env:
         srv, a, b = _two(env, "grow", {"grow.bin": "start\n"})
         path = os.path.join(a.dir, "grow.bin")
+        tmp = os.path.join(srv.storage, a.token.split("-")[0], "tmp")
+        with open(path, "wb") as f:
+            f.write(os.urandom(64 << 20))
+        # The server's temporary file for the upload: the agent is reading.
+        wait_until(lambda: any(n.startswith(".backupsync-tmp") for n in os.listdir(tmp)), 30,
+                   "the upload of grow.bin to begin")
         chunk = os.urandom(256 << 10)
-        stop = threading.Event()
-
-        def writer():
-            with open(path, "ab") as f:
-                for i in range(300):
-                    if stop.is_set():
-                        break
-                    f.write(chunk)
-                    f.flush()
-                    time.sleep(0.002)
-
-        t = threading.Thread(target=writer)
-        t.start()
-        try:
-            # IN_ATTRIB makes the agent look at the file while it grows.
-            mode = 0o600
-            while t.is_alive():
-                os.chmod(path, mode)
-                mode ^= 0o044
-                time.sleep(0.03)
-        finally:
-            stop.set()
-            t.join()
+        with open(path, "ab") as f:
+            for i in range(20):
+                f.write(chunk)
+                f.flush()
+                time.sleep(0.002)
         with open(path, "rb") as f:
             final = f.read()
         wait_content(os.path.join(b.dir, "grow.bin"), final, timeout=120)

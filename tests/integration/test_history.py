@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import harness
-from harness import Env, check, snapshot, wait_content, wait_tree, wait_until, write_file
+from harness import Env, check, read_bytes, snapshot, wait_content, wait_tree, wait_until, write_file
 
 EX_USAGE, EX_DATAERR, EX_NOPERM = 64, 65, 77
 
@@ -58,6 +58,52 @@ def _make_tree(root):
     os.symlink("/nonexistent/target", os.path.join(root, "proj/dangling"))
     os.chmod(os.path.join(root, "proj/secret"), 0o700)
     os.chmod(os.path.join(root, "proj/bin"), 0o750)
+
+
+def test_first_scan_waits_for_files_being_written():
+    """A log another program keeps appending to while the agent starts is
+    not sent as the first scan finds it: the scan watches its directory
+    before listing it, the writes queue events, and the agent reads them
+    before the upload. The log waits until it settles (here, until it is
+    closed), so its history holds one version, the whole file. The rest
+    of the tree goes up meanwhile."""
+    import threading
+    with Env("first_scan_waits_for_files_being_written") as env:
+        srv = env.server()
+        adir = env.path("A")
+        # Siblings: the log's upload comes a while after its directory is
+        # watched, and the writer writes meanwhile.
+        names = [os.path.join("logs", "old%03d" % i) for i in range(600)]
+        for n in names:
+            write_file(os.path.join(adir, n), "old log %s\n" % n)
+        log = os.path.join(adir, "logs", "app.log")
+        stop = threading.Event()
+
+        def append():
+            with open(log, "ab", buffering=0) as f:
+                i = 0
+                while not stop.is_set():
+                    f.write(b"line %d\n" % i)
+                    i += 1
+                    time.sleep(0.001)
+        t = threading.Thread(target=append)
+        t.start()
+        try:
+            time.sleep(0.05)
+            a = env.agent("A", adir)
+            tree = srv.tree(a.token)
+            wait_until(lambda: all(os.path.exists(os.path.join(tree, n)) for n in names), 60,
+                       "the rest of the tree on the server")
+            a.wait_scanned()
+            check(not os.path.exists(os.path.join(tree, "logs", "app.log")),
+                  "the log being written was sent by the first scan")
+        finally:
+            stop.set()
+            t.join()
+        final = read_bytes(log)
+        wait_content(os.path.join(tree, "logs", "app.log"), final, timeout=30, msg="the closed log on the server")
+        v = _json("versions", log, "--state-dir", a.state_dir)
+        check([x["sha256"] for x in v] == [_sha(final)], "the log's history is the whole file alone: %r" % (v,))
 
 
 def test_history_log_versions_deleted():

@@ -39,13 +39,13 @@ struct AgentState {
         uint64_t generation; /* manifest changes, counted */
 };
 
+/* The columns iterate() reads, in its order. */
+#define COLS "path,kind,size,mode,mtime,ino,sha,version,target"
+
 /* locking_mode=EXCLUSIVE: one agent owns its state directory. It keeps the
  * lock from the first write on, so a second agent started on the same
  * directory fails at once, and no statement pays for taking and dropping
  * file locks (four fcntl calls per lookup otherwise). */
-/* The columns iterate() reads, in its order. */
-#define COLS "path,kind,size,mode,mtime,ino,sha,version,target"
-
 static const char schema[] =
         "PRAGMA locking_mode=EXCLUSIVE;"
         "PRAGMA journal_mode=WAL;"

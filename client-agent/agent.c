@@ -21,7 +21,6 @@
 #include "bs-path.h"
 #include "bs-status.h"
 
-
 /* "a.example.org, b.example.org": the names in order, spaces around them dropped. */
 static int split_servers(const char *list, char ***ret, size_t *ret_n) {
         char **v = NULL;

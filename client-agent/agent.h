@@ -260,6 +260,7 @@ void agent_mark_failed(Agent *a, const char *path, bool recursive);
 int agent_mark_refused(Agent *a, const char *path);
 /** The failed changes become dirty paths again (their retry is due). */
 void agent_requeue_failed(Agent *a);
+
 /* A file being written is looked at once quiet this long, or at the latest
  * this long after its first event (see agent_settle()). */
 #define SETTLE_QUIET_USEC (1 * 1000000ULL)

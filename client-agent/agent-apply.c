@@ -279,6 +279,9 @@ static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool hav
                 return 0;
         }
         x->tmp[0] = 0;
+        /* Its IN_MOVED_TO says nothing new: a join would compare every
+         * file it brought once more. */
+        (void) watcher_expect(a->watcher, x->path, false, (uint64_t) l->st.st_ino);
         record(a, x->path, x, l, NULL);
         a->n_downloaded++;
         if (x->copied > 0)
@@ -313,6 +316,15 @@ static int apply_mkdir(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool h
                         log_error("cannot create directory %s: %s", x->path, strerror(-r));
                         a->need_snapshot = true; /* as in apply_put() */
                         return 0;
+                }
+                /* Watched at once, so that what the pull puts in it is
+                 * expected and anything else is an event, rather than
+                 * listed whole once its IN_CREATE is read. Something in
+                 * it already was made by another program meanwhile. */
+                if (r == 0) {
+                        if (watcher_add_made_dir(a->watcher, x->path) != 0)
+                                agent_mark_dirty(a, x->path, true);
+                        (void) watcher_expect(a->watcher, x->path, true, 0);
                 }
                 if (!exact || r == -EEXIST)
                         set_dir_mode(a, x->path, x->mode);

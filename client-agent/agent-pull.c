@@ -541,7 +541,7 @@ static int hand_over(Agent *a, Pull *p, Rec *x) {
                 return -ENOMEM;
         *w = (BsWrite) { .kind = BS_WRITE_FILE, .buf = TAKE_PTR(p->buf), .len = x->size,
                          .mode = x->mode & 07777, .mtime_ns = x->mtime_ns,
-                         .keep_fd = p->batch_files < p->keep_fds };
+                         .keep_fd = p->batch_files < p->keep_fds, .keep_read_only = true };
         x->write = w;
         if (p->writer)
                 bs_writer_submit(p->writer, w);
@@ -594,9 +594,11 @@ static int finish_download(Agent *a, Pull *p) {
                 if (x->size >= 1024 * 1024) /* small files: costs more than it saves */
                         (void) sync_file_range(p->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
                 /* Past the budget, the batch's syncfs() needs no fd. */
-                if (p->batch_files < p->keep_fds)
-                        x->fd = TAKE_FD(p->fd);
-                else {
+                if (p->batch_files < p->keep_fds) {
+                        r = bs_reopen_read_only(a->downloads_fd, x->tmp, TAKE_FD(p->fd));
+                        x->fd = r < 0 ? -1 : r;
+                        r = MIN(r, 0);
+                } else {
                         close(p->fd);
                         p->fd = -1;
                 }

@@ -839,10 +839,8 @@ static void report_unseen(Agent *a, const Plan *p, double ms) {
                  ms, p->n);
 }
 
-/* Refuse to turn a vanished or emptied tree into mass deletions. */
-static bool tree_suddenly_empty(Agent *a) {
-        if (manifest_count(a->state) <= 0)
-                return false;
+/* Nothing in the tree but our temporary files (true also when it is gone). */
+static bool tree_empty(Agent *a) {
         struct stat st;
         BsDirent *v;
         size_t n;
@@ -855,7 +853,19 @@ static bool tree_suddenly_empty(Agent *a) {
         return empty;
 }
 
+/* Emptied or gone while files synced from it are remembered: refused,
+ * rather than turned into mass deletions. */
+static bool tree_suddenly_empty(Agent *a) {
+        return manifest_count(a->state) > 0 && tree_empty(a);
+}
+
 static int push_dirty(Agent *a, bool *more);
+
+int agent_push_if_empty(Agent *a) {
+        if (!a->rescan_all || a->paused || manifest_count(a->state) != 0 || !tree_empty(a))
+                return 0;
+        return agent_push(a);
+}
 
 int agent_push(Agent *a) {
         int r;

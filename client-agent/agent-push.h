@@ -9,5 +9,12 @@
  * and returns 0. Returns 0 or a negative errno.
  */
 int agent_push(Agent *a);
+/**
+ * The first comparison, when it is due and both the tree and what was
+ * synced from it are empty (a join): done before the pull, it lists one
+ * directory, and what the pull then places is known to be its own. After
+ * the pull it would list and compare everything the pull brought.
+ */
+int agent_push_if_empty(Agent *a);
 /** Send the queued moves alone (MOVE, or plain changes when no longer true). */
 int agent_push_moves(Agent *a);

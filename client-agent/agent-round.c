@@ -25,6 +25,8 @@ int agent_round(Agent *a) {
          * moved d to e), which the pull follows once the move is recorded. */
         if (a->n_moves > 0 && !a->paused)
                 r = agent_push_moves(a);
+        if (r >= 0)
+                r = agent_push_if_empty(a);
         for (int i = 0; r >= 0 && i < 8; i++) {
                 a->again = false;
                 /* Pull first: what others did is applied (or kept as a

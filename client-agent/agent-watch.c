@@ -9,6 +9,7 @@
 #include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "agent-watch.h"
 #include "bs-fs.h"
@@ -47,7 +48,16 @@ struct Watcher {
          * event for one removed is a write through a removed name. */
         char *removed[WATCH_REMOVED];
         size_t next_removed, n_removed;
+        /* Events the agent caused itself (watcher_expect()): a 64-bit hash
+         * of the path, its low bit set for a directory, in an open-addressed
+         * table (a batch of a join places thousands between two reads of
+         * the queue). n_expect are live, n_filled also counts used ones;
+         * expect_ino: the inode a file was placed with. */
+        uint64_t *expect, *expect_ino;
+        size_t n_expect, n_filled, cap_expect;
 };
+
+static void expect_clear(Watcher *w);
 
 int watcher_new(const char *root, const WatcherOps *ops, void *userdata, Watcher **ret) {
         Watcher *w = calloc(1, sizeof(*w));
@@ -89,6 +99,7 @@ void watcher_reset(Watcher *w) {
         free(w->held_from);
         free(w->held_to);
         w->held_from = w->held_to = NULL;
+        expect_clear(w);
 }
 
 Watcher *watcher_free(Watcher *w) {
@@ -102,6 +113,8 @@ Watcher *watcher_free(Watcher *w) {
         watcher_reset(w);
         for (size_t i = 0; i < WATCH_REMOVED; i++)
                 free(w->removed[i]);
+        free(w->expect);
+        free(w->expect_ino);
         free(w->paths);
         free(w->root);
         free(w);
@@ -180,6 +193,106 @@ int watcher_add_dir(Watcher *w, const char *dir) {
         abs_path(w, dir, abs, sizeof(abs));
         int r = add_one(w, dir, abs);
         return r == 1 ? 0 : r;
+}
+
+int watcher_add_made_dir(Watcher *w, const char *dir) {
+        char abs[PATH_MAX + BS_PATH_MAX + 2];
+        BsDirent *v;
+        size_t n;
+
+        abs_path(w, dir, abs, sizeof(abs));
+        int r = add_one(w, dir, abs);
+        if (r != 0)
+                return r == 1 ? 1 : r;
+        _cleanup_(closep) int fd = open(abs, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 || bs_dir_list_fd(fd, &v, &n) < 0)
+                return 1;
+        bs_dir_list_free(v, n);
+        return n > 0;
+}
+
+/* Slots of the table of expected events: never a key. */
+#define EXPECT_EMPTY 0u
+#define EXPECT_USED 1u
+
+static uint64_t expect_key(const char *path, bool is_dir) {
+        uint64_t k = (XXH3_64bits(path, strlen(path)) & ~(uint64_t) 1) | is_dir;
+        return k > EXPECT_USED ? k : k + 2;
+}
+
+static void expect_put(uint64_t *t, uint64_t *ino, size_t cap, uint64_t k, uint64_t i_no) {
+        size_t i = k & (cap - 1);
+        while (t[i] != EXPECT_EMPTY)
+                i = (i + 1) & (cap - 1);
+        t[i] = k;
+        ino[i] = i_no;
+}
+
+/* Keep the table at most half full, counting used slots, which go here. */
+static int expect_grow(Watcher *w) {
+        size_t cap = w->cap_expect;
+        if (2 * (w->n_filled + 1) <= cap)
+                return 0;
+        while (2 * (w->n_expect + 1) > cap / 2)
+                cap = cap ? 2 * cap : 256;
+        uint64_t *t = calloc(cap, sizeof(*t)), *ino = calloc(cap, sizeof(*ino));
+        if (!t || !ino) {
+                free(t);
+                free(ino);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < w->cap_expect; i++)
+                if (w->expect[i] > EXPECT_USED)
+                        expect_put(t, ino, cap, w->expect[i], w->expect_ino[i]);
+        free(w->expect);
+        free(w->expect_ino);
+        w->expect = t;
+        w->expect_ino = ino;
+        w->cap_expect = cap;
+        w->n_filled = w->n_expect;
+        return 0;
+}
+
+int watcher_expect(Watcher *w, const char *path, bool is_dir, uint64_t ino) {
+        if (expect_grow(w) < 0)
+                return -ENOMEM; /* the event is then reported: a comparison too many */
+        expect_put(w->expect, w->expect_ino, w->cap_expect, expect_key(path, is_dir), ino);
+        w->n_expect++;
+        w->n_filled++;
+        return 0;
+}
+
+/*
+ * Whether the event for path is one the agent expected; it is then used
+ * up. The kernel merges an event into the one queued just before when
+ * they are alike, and a rename's cookie does not count: another program
+ * renaming a file in over a placed one at once leaves one IN_MOVED_TO.
+ * So a file must still be the inode that was placed.
+ */
+static bool expected(Watcher *w, const char *path, bool is_dir) {
+        if (w->n_expect == 0)
+                return false;
+        uint64_t k = expect_key(path, is_dir);
+        for (size_t i = k & (w->cap_expect - 1); w->expect[i] != EXPECT_EMPTY; i = (i + 1) & (w->cap_expect - 1))
+                if (w->expect[i] == k) {
+                        w->expect[i] = EXPECT_USED;
+                        w->n_expect--;
+                        if (is_dir)
+                                return true;
+                        char abs[PATH_MAX + BS_PATH_MAX + 2];
+                        struct stat st;
+                        abs_path(w, path, abs, sizeof(abs));
+                        return lstat(abs, &st) == 0 && (uint64_t) st.st_ino == w->expect_ino[i];
+                }
+        return false;
+}
+
+/* Forget every expected event (see watcher_process()). */
+static void expect_clear(Watcher *w) {
+        if (w->n_filled == 0)
+                return;
+        memset(w->expect, 0, w->cap_expect * sizeof(*w->expect));
+        w->n_expect = w->n_filled = 0;
 }
 
 /* Add one watch, then list the directory: a subdirectory made between the
@@ -500,6 +613,8 @@ static void handle(Watcher *w, const struct inotify_event *ev) {
                         return;
                 }
                 watcher_flush(w);
+                if (!isdir && expected(w, path, false))
+                        return; /* placed by a pull, recorded as it was placed */
                 /* Moved in from outside the tree: a creation. */
                 if (isdir)
                         add_tree(w, path, 0);
@@ -508,6 +623,8 @@ static void handle(Watcher *w, const struct inotify_event *ev) {
         }
         watcher_flush(w);
         if (ev->mask & IN_CREATE) {
+                if (isdir && expected(w, path, true))
+                        return; /* made by a pull, which watched it at once */
                 if (isdir) {
                         add_tree(w, path, 0);
                         w->ops->dirty(w->userdata, path, true);
@@ -556,9 +673,10 @@ int watcher_process(Watcher *w) {
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
-                        if (errno == EAGAIN)
-                                return 0;
-                        return -errno;
+                        /* The kernel queues an event as the change is made:
+                         * what was expected and did not come never will. */
+                        expect_clear(w);
+                        return errno == EAGAIN ? 0 : -errno;
                 }
                 for (char *p = buf; p < buf + n;) {
                         const struct inotify_event *ev = (const struct inotify_event *) p;

@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct Watcher Watcher;
 
@@ -51,6 +52,20 @@ int watcher_add_tree(Watcher *w, const char *dir);
  * or another negative errno for the root itself.
  */
 int watcher_add_dir(Watcher *w, const char *dir);
+/**
+ * Watch dir, which the caller has just made, and look whether something
+ * was put in it before the watch: 0 when it is empty, 1 when it is not
+ * (or could not be listed), -ENOSPC (remembered as for watcher_add_tree()).
+ */
+int watcher_add_made_dir(Watcher *w, const char *dir);
+/**
+ * The next IN_CREATE of the directory (is_dir) or IN_MOVED_TO of the file
+ * path, placed with inode ino, is the caller's own doing (a pull placing
+ * what it fetched): it is not reported, unless path is another inode by
+ * then. Forgotten at the end of the next watcher_process(), which has by
+ * then read the events of everything done before it.
+ */
+int watcher_expect(Watcher *w, const char *path, bool is_dir, uint64_t ino);
 
 /** Stop watching the directories the ignored callback now names, and what is below them. */
 void watcher_drop_ignored(Watcher *w);

@@ -313,6 +313,13 @@ int bs_tmpfile_at(int dirfd, char *name, size_t namesz, mode_t mode) {
         return -EEXIST;
 }
 
+int bs_reopen_read_only(int dirfd, const char *name, int fd) {
+        /* Closed first: the count of open files does not grow. */
+        close(fd);
+        fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        return fd < 0 ? -errno : fd;
+}
+
 /* The umask, from /proc: umask() itself cannot be read without being
  * set, which another thread's file creation could catch. Unknown: as if
  * it cleared every bit (then every caller sets the mode itself). */

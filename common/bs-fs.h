@@ -91,6 +91,15 @@ void bs_temp_name(char *name, size_t namesz);
  */
 int bs_tmpfile_at(int dirfd, char *name, size_t namesz, mode_t mode);
 /**
+ * Close fd, just written through, and open name in dirfd (the same file)
+ * for reading: a descriptor kept to sync the file and drop its pages
+ * later, when the file has its real name in a watched directory, whose
+ * close is then no IN_CLOSE_WRITE. A failed writeback is still reported
+ * to it: the data is still dirty when it is opened. Returns the new fd or
+ * -errno (fd closed either way).
+ */
+int bs_reopen_read_only(int dirfd, const char *name, int fd);
+/**
  * Whether a file created with mode & 0777 gets mode itself, which then
  * needs no fchmod(): no set-id or sticky bit, nothing the umask clears.
  */

@@ -54,18 +54,21 @@ void bs_write_now(int dir_fd, BsWrite *job) {
         /* Made with its mode where the umask allows: a system call less. */
         int fd = bs_tmpfile_at(dir_fd, job->name, sizeof(job->name), job->mode & 0777);
         int r = fd;
+        bool made = fd >= 0;
         job->fd = -1;
-        if (fd >= 0) {
+        if (made) {
                 r = bs_write_sparse(fd, job->buf, job->len);
                 if (r >= 0 && !bs_mode_kept(job->mode) && fchmod(fd, job->mode) < 0)
                         r = -errno;
                 r = r ?: bs_set_mtime_fd(fd, job->mtime_ns);
+                if (r >= 0 && job->keep_fd && job->keep_read_only)
+                        r = fd = bs_reopen_read_only(dir_fd, job->name, fd);
         }
         if (r < 0) {
-                if (fd >= 0) {
+                if (fd >= 0)
                         close(fd);
+                if (made)
                         (void) unlinkat(dir_fd, job->name, 0);
-                }
                 job->name[0] = 0;
         } else if (job->keep_fd)
                 job->fd = fd;

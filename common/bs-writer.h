@@ -34,6 +34,7 @@ typedef struct BsWrite {
         mode_t mode;
         int64_t mtime_ns;
         bool keep_fd; /* leave it open in fd, for an fdatasync() and to drop it from the cache */
+        bool keep_read_only; /* and then read-only (see bs_reopen_read_only()) */
         /* Set by the writer, read after bs_writer_wait(): */
         char name[64]; /* the temporary file, "" if none is left */
         int fd;        /* open when keep_fd and no error, else -1 */

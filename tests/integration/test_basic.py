@@ -500,6 +500,74 @@ def test_join_reads_events_during_batch():
         check(not over, "B's event queue never overflowed during the join: %s" % over[:3])
 
 
+def _count_files(root):
+    return sum(len(fs) for _, _, fs in os.walk(root))
+
+
+def test_join_compares_nothing_it_brought():
+    """A join into an empty directory makes its first comparison before
+    the pull (a listing of one empty directory), watches each directory
+    it makes at once and knows the events of the files it places as its
+    own: nothing it brought is looked at again as a change. Compared
+    after the pull, as before, that was every one of the 2,000 files."""
+    os.environ["BACKUPSYNC_LOG_LEVEL"] = "debug"
+    with Env("join_compares_nothing_it_brought") as env:
+        srv = env.server()
+        adir = env.path("A")
+        make_small_files(os.path.join(adir, "top"), 20, 100)
+        a = env.agent("A", adir)
+        wait_until(lambda: _count_files(srv.tree(a.token)) == 2000, 120, "A's files on the server")
+        b = env.agent("B", env.path("B"), token=a.token, start=False)
+        rc, _, err = b.run_once(timeout=120, token=a.token)
+        check(rc == 0, "B's join exited %d: %s" % (rc, err[-2000:]))
+        assert_trees_equal(adir, b.dir, timeout=1, msg="B after its join")
+        events = [l for l in err.splitlines() if "event: " in l]
+        check(not events, "B reported its own join as %d changes: %s" % (len(events), events[:5]))
+        rounds = [l for l in err.splitlines() if "round: " in l]
+        check(len(rounds) == 1, "B joined in one round: %s" % rounds)
+
+
+def test_changes_during_join_are_sent():
+    """While B joins 6,000 files, another program writes a file into each
+    directory as soon as the pull has made it, and appends to or renames a
+    file over the first file the pull placed there. The pull's own events
+    are told from these, which all reach A."""
+    with Env("changes_during_join_are_sent") as env:
+        srv = env.server()
+        adir = env.path("A")
+        make_small_files(adir, 60, 100, "d%02d", "f%03d")
+        a = env.agent("A", adir)
+        wait_until(lambda: _count_files(srv.tree(a.token)) == 6000, 120, "A's files on the server")
+        bdir = env.path("B")
+        os.makedirs(bdir)
+        b = env.agent("B", bdir, token=a.token)
+        made, edited = set(), set()
+        deadline = time.monotonic() + 120
+        while len(edited) < 60 and time.monotonic() < deadline:
+            for d in range(60):
+                dp = os.path.join(bdir, "d%02d" % d)
+                if d not in made and os.path.isdir(dp):
+                    write_file(os.path.join(dp, "from-b"), b"made on B in %d\n" % d)
+                    made.add(d)
+                first = os.path.join(dp, "f000")
+                if d in made and d not in edited and os.path.exists(first):
+                    if d % 2:
+                        with open(first, "ab") as f:
+                            f.write(b"appended on B\n")
+                    else:
+                        write_file(os.path.join(dp, "new-f000"), b"replaced on B %d\n" % d)
+                        os.rename(os.path.join(dp, "new-f000"), first)
+                    edited.add(d)
+            time.sleep(0.002)
+        check(len(edited) == 60, "the pull made every directory and its first file (%d of 60)" % len(edited))
+        assert_trees_equal(adir, bdir, timeout=180, msg="A with what was changed on B during its join")
+        for d in (0, 1):
+            got = read_bytes(os.path.join(adir, "d%02d" % d, "f000"))
+            want = b"replaced on B 0\n" if d == 0 else b"1 0\nappended on B\n"
+            check(got == want, "d%02d/f000 on A: %r" % (d, got))
+        check(read_bytes(os.path.join(adir, "d59", "from-b")) == b"made on B in 59\n", "d59/from-b on A")
+
+
 def test_churn_during_first_backup():
     """Files deleted, replaced, rewritten and moved while the first upload
     reads ahead of what it sends: the server and a second computer end with

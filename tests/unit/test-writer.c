@@ -59,6 +59,25 @@ static void check_file(const BsWrite *j, size_t len, unsigned seed) {
 
 TestSuite(writer, .init = setup, .fini = teardown);
 
+/* A descriptor kept read-only is another open of the same file, which
+ * its writes are through: the same inode, the bytes in it, no write
+ * access left. */
+Test(writer, keep_read_only) {
+        BsWrite *j = job_new(5000, 3, true);
+        struct stat a, b;
+        j->keep_read_only = true;
+        bs_write_now(dfd, j);
+        check_file(j, 5000, 3);
+        cr_assert_geq(j->fd, 0);
+        cr_expect_eq(fcntl(j->fd, F_GETFL) & O_ACCMODE, O_RDONLY);
+        cr_assert_eq(fstat(j->fd, &a), 0);
+        cr_assert_eq(fstatat(dfd, j->name, &b, AT_SYMLINK_NOFOLLOW), 0);
+        cr_expect_eq(a.st_ino, b.st_ino);
+        cr_expect_eq(fdatasync(j->fd), 0);
+        close(j->fd);
+        free(j);
+}
+
 /* Many files of every size handed over (more bytes than the queue holds:
  * submit waits), all written, in any order, with their attributes; the
  * first few keep their fd when asked. */

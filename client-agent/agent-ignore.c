@@ -28,6 +28,8 @@ typedef struct DirRead {
 struct IgnoreSet {
         BsIgnore *ig;
         bool caches;  /* cache directories are ignored (with the defaults) */
+        char **patterns; /* this computer's, kept for ignore_set_fresh() */
+        size_t n_patterns;
         DirRead *read; /* directories whose ignore file was read (or found absent), sorted */
         size_t n_read, cap_read;
         /* The last directory found not ignored: neither it nor anything
@@ -46,8 +48,13 @@ int ignore_set_new(bool defaults, char *const *patterns, size_t n, IgnoreSet **r
                 r = bs_ignore_add_defaults(s->ig);
                 s->caches = true;
         }
-        for (size_t i = 0; r >= 0 && i < n; i++)
+        if (r == 0 && n > 0 && !(s->patterns = calloc(n, sizeof(char *))))
+                r = -ENOMEM;
+        for (size_t i = 0; r >= 0 && i < n; i++) {
                 r = bs_ignore_add_local(s->ig, patterns[i]);
+                if (r >= 0 && !(s->patterns[s->n_patterns++] = strdup(patterns[i])))
+                        r = -ENOMEM;
+        }
         if (r < 0) {
                 ignore_set_free(s);
                 return r;
@@ -56,9 +63,16 @@ int ignore_set_new(bool defaults, char *const *patterns, size_t n, IgnoreSet **r
         return 0;
 }
 
+int ignore_set_fresh(const IgnoreSet *s, IgnoreSet **ret) {
+        return ignore_set_new(s->caches, s->patterns, s->n_patterns, ret);
+}
+
 IgnoreSet *ignore_set_free(IgnoreSet *s) {
         if (s) {
                 bs_ignore_free(s->ig);
+                for (size_t i = 0; i < s->n_patterns; i++)
+                        free(s->patterns[i]);
+                free(s->patterns);
                 for (size_t i = 0; i < s->n_read; i++)
                         free(s->read[i].dir);
                 free(s->read);

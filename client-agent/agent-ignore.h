@@ -15,6 +15,11 @@ typedef struct IgnoreSet IgnoreSet;
 
 /** A set of the defaults (when defaults) and the n patterns. -ENOMEM. */
 int ignore_set_new(bool defaults, char *const *patterns, size_t n, IgnoreSet **ret);
+/**
+ * A new set of the same defaults and patterns as s, with no ignore file
+ * read yet: for another thread, which must not share s. -ENOMEM.
+ */
+int ignore_set_fresh(const IgnoreSet *s, IgnoreSet **ret);
 IgnoreSet *ignore_set_free(IgnoreSet *s);
 static inline void ignore_set_freep(IgnoreSet **s) { if (*s) ignore_set_free(*s); }
 

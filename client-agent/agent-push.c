@@ -24,6 +24,7 @@
 #include "agent-plan.h"
 #include "agent-push.h"
 #include "agent-session.h"
+#include "agent-warm.h"
 #include "bs-delta.h"
 #include "bs-fs.h"
 #include "bs-hash.h"
@@ -868,6 +869,7 @@ int agent_push_if_empty(Agent *a) {
 }
 
 int agent_push(Agent *a) {
+        _cleanup_(warmer_freep) Warmer *warm = NULL;
         int r;
 
         if (a->rescan_all) {
@@ -883,6 +885,8 @@ int agent_push(Agent *a) {
                 a->paused = false;
                 a->rescan_all = false;
                 agent_mark_dirty(a, "", true);
+                /* Without it the scan still reads all; only slower when cold. */
+                (void) warmer_start(a->rootfd, a->ignore, NULL, NULL, &warm);
         }
         if (a->paused)
                 return 0; /* a state, not an error: the loop and --once look at it */

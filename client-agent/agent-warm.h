@@ -1,21 +1,19 @@
-/* agent-warm.h - read a tree's metadata ahead of its full scan */
+/* agent-warm.h - the tree's metadata read ahead of a full scan */
 #pragma once
 
 #include "agent-ignore.h"
+#include "bs-warm.h"
 
 typedef struct Warmer Warmer;
 
-/* Told the path of each directory the walk lists ("" for the top), on the walk's thread. */
-typedef void (*WarmVisit)(void *userdata, const char *path);
-
 /**
- * Start a thread that walks the tree at rootfd (duplicated, so the
- * caller's may close), entering no directory ignore ignores, and lists
- * its directories and stats some files so that a scan right behind it
- * finds them in the cache. visit, if not NULL, is told each directory.
- * -errno when no thread could start: the scan just reads on its own.
+ * Start reading the tree at rootfd ahead of a scan (bs-warm.h), entering
+ * no directory ignore ignores (rootfd is duplicated).
+ * listed, if not NULL, is told each directory listed, on the walk's
+ * thread. -errno when none could start: the scan just reads on its own.
  */
-int warmer_start(int rootfd, const IgnoreSet *ignore, WarmVisit visit, void *userdata, Warmer **ret);
-/** Stop the walk where it is, wait for its thread, free w; NULL. */
+int warmer_start(int rootfd, const IgnoreSet *ignore, void (*listed)(void *userdata, const char *path),
+                 void *userdata, Warmer **ret);
+/** Stop the walk where it is and free w; NULL. */
 Warmer *warmer_free(Warmer *w);
 static inline void warmer_freep(Warmer **w) { if (*w) warmer_free(*w); }

@@ -101,6 +101,7 @@ struct AccountOps {
         void (*cursor_free)(AccountCursor *c);
         uint64_t (*cursor_seq)(const AccountCursor *c);
         bool (*cursor_is_snapshot)(const AccountCursor *c);
+        int (*warm_start)(Account *a, const BsWarmOps *ops, void *userdata, BsWarm **ret);
         int (*cursor_next)(AccountCursor *c, BsRecord *rec);
 
         int (*query_new)(Account *a, BsHistWhat what, const char *path, uint64_t seq, int64_t time,

@@ -11,6 +11,7 @@
 #include "account.h"
 #include "bs-proto.h"
 #include "bs-readahead.h"
+#include "bs-warm.h"
 
 /**
  * Open content for GET: the file at path when it has this SHA-256, else
@@ -52,4 +53,12 @@ uint64_t account_cursor_seq(const AccountCursor *c);
 bool account_cursor_is_snapshot(const AccountCursor *c);
 /** Next record: 1, or 0 at the end, -EINPROGRESS (w is told), or a negative errno. */
 int account_cursor_next(AccountCursor *c, BsRecord *rec);
+
+/**
+ * Start reading the metadata of the account's files ahead of the GETs
+ * that follow a snapshot (bs-warm.h, which says what ops and userdata
+ * are, paths being those of the account): 0, -EOPNOTSUPP where the
+ * backend keeps no tree of files to walk, or another negative errno.
+ */
+int account_warm_start(Account *a, const BsWarmOps *ops, void *userdata, BsWarm **ret);
 

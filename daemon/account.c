@@ -202,6 +202,10 @@ bool account_cursor_is_snapshot(const AccountCursor *c) {
         return c->ops->cursor_is_snapshot(c);
 }
 
+int account_warm_start(Account *a, const BsWarmOps *ops, void *userdata, BsWarm **ret) {
+        return a->ops->warm_start(a, ops, userdata, ret);
+}
+
 int account_cursor_next(AccountCursor *c, BsRecord *rec) {
         return c->ops->cursor_next(c, rec);
 }

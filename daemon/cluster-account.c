@@ -1173,6 +1173,15 @@ static bool ops_cursor_is_snapshot(const AccountCursor *base) {
         return ((const ClusterCursor *) base)->snapshot;
 }
 
+/* Contents are objects in S3, named by hash: no tree to read ahead. */
+static int ops_warm_start(Account *a, const BsWarmOps *ops, void *userdata, BsWarm **ret) {
+        (void) a;
+        (void) ops;
+        (void) userdata;
+        (void) ret;
+        return -EOPNOTSUPP;
+}
+
 /* A fixed-size bytea column: its bytes, or zeros when it has another size. */
 static void column_fixed(const PGresult *res, int row, int col, uint8_t *out, size_t n) {
         uint8_t buf[64];
@@ -1410,6 +1419,7 @@ const AccountOps cluster_account_ops = {
         .cursor_free = ops_cursor_free,
         .cursor_seq = ops_cursor_seq,
         .cursor_is_snapshot = ops_cursor_is_snapshot,
+        .warm_start = ops_warm_start,
         .cursor_next = ops_cursor_next,
         .query_new = ops_query_new,
         .query_free = ops_query_free,

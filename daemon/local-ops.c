@@ -189,6 +189,11 @@ static bool ops_cursor_is_snapshot(const AccountCursor *c) {
         return local_cursor_is_snapshot((const LocalCursor *) c);
 }
 
+/* A GET of a current file reads it from tree/, in the snapshot's order. */
+static int ops_warm_start(Account *a, const BsWarmOps *ops, void *userdata, BsWarm **ret) {
+        return bs_warm_start(LOCAL(a)->tree_fd, ops, userdata, ret);
+}
+
 static int ops_cursor_next(AccountCursor *c, BsRecord *rec) {
         return local_cursor_next((LocalCursor *) c, rec);
 }
@@ -246,6 +251,7 @@ const AccountOps local_ops = {
         .cursor_free = ops_cursor_free,
         .cursor_seq = ops_cursor_seq,
         .cursor_is_snapshot = ops_cursor_is_snapshot,
+        .warm_start = ops_warm_start,
         .cursor_next = ops_cursor_next,
         .query_new = ops_query_new,
         .query_free = ops_query_free,

@@ -22,6 +22,10 @@
 #define USEC_PER_SEC 1000000ULL
 #endif
 
+/* Trees read ahead at once, at most: each is a thread and a disk's
+ * worth of small reads, so a crowd of joining computers takes turns. */
+#define SERVER_WARM_MAX 2
+
 typedef struct Server Server;
 typedef struct ServerAccount ServerAccount;
 typedef struct Session Session;
@@ -69,6 +73,7 @@ struct Server {
 
         Session *sessions;
         unsigned n_sessions;
+        unsigned n_warm; /* sessions reading a tree's metadata ahead, at most SERVER_WARM_MAX */
         ServerAccount *accounts;
         unsigned n_accounts;
         RateLimit *ratelimit;

@@ -107,7 +107,29 @@ void session_prefetch_consumed(Session *s) {
                 s->ahead.frames--;
 }
 
+static void warm_stop(Session *s) {
+        if (!s->warm)
+                return;
+        s->warm = bs_warm_free(s->warm);
+        s->server->n_warm--;
+}
+
+/* A snapshot is followed by a GET of each file in its order: read the
+ * tree's metadata ahead of them (the lookups are most of a cold GET's
+ * wait), unless as many sessions as allowed already do. */
+static void warm_start(Session *s) {
+        if (s->warm && bs_warm_done(s->warm))
+                warm_stop(s);
+        if (s->warm || s->server->n_warm >= SERVER_WARM_MAX)
+                return;
+        if (account_warm_start(s->account, NULL, NULL, &s->warm) == 0)
+                s->server->n_warm++;
+        else
+                s->warm = NULL; /* the GETs read on their own */
+}
+
 void session_transfer_reset(Session *s) {
+        warm_stop(s);
         s->upload.u = account_upload_free(s->upload.u);
         s->upload.active = false;
         content_close(&s->upload.src);
@@ -310,6 +332,10 @@ int session_start_pull(Session *s, const BsMsg *m) {
                         log_error("account %s: cannot read the change log: %m", account_id(s->account));
                         return session_send_error(s, m->req, BS_ERR_IO, "cannot read the change log");
                 }
+                if (account_cursor_is_snapshot(s->cursor))
+                        warm_start(s);
+                else if (s->warm && bs_warm_done(s->warm))
+                        warm_stop(s);
         }
         s->stream = STREAM_PULL;
         s->stream_req = m->req;

@@ -153,6 +153,7 @@ struct Session {
                         AccountContent *c; /* NULL: open it when its turn comes */
                 } slot[SESSION_PREFETCH];
         } ahead;
+        BsWarm *warm; /* the account's tree read ahead of a snapshot's GETs */
 };
 
 /* An event of this session's account and device, for the journal. */

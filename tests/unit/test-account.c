@@ -519,3 +519,34 @@ Test(account, big_uploads_synced_on_the_way) {
         cr_assert_eq(access(p, F_OK), -1);
         free(data);
 }
+
+static void on_listed(void *userdata, const char *path) {
+        char *seen = userdata;
+        size_t n = strlen(seen);
+        cr_assert_lt(n + strlen(path) + 2, 256);
+        snprintf(seen + n, 256 - n, "%s|", path);
+}
+
+/* What a joining computer GETs next is read ahead: the account's own
+ * tree, directory by directory, and nothing else of its storage. */
+Test(account, read_ahead_walks_the_tree) {
+        uint64_t v;
+        char seen[256] = "";
+        BsWarm *w = NULL;
+        cr_assert_eq(local_change_begin(acc), 0);
+        cr_assert_eq(local_mkdir(acc, device, "b", 0, 0755, 0, &v), 0);
+        cr_assert_eq(local_change_end(acc, 0), 0);
+        cr_assert_eq(local_change_begin(acc), 0);
+        cr_assert_eq(local_mkdir(acc, device, "b/in", 0, 0755, 0, &v), 0);
+        cr_assert_eq(local_change_end(acc, 0), 0);
+        cr_assert_eq(local_change_begin(acc), 0);
+        cr_assert_eq(put("a", 0, "x", &v), 0);
+        cr_assert_eq(local_change_end(acc, 0), 0);
+        cr_assert_eq(local_commit(acc), 0);
+        cr_assert_eq(account_warm_start(&acc->base, &(BsWarmOps) { .listed = on_listed }, seen, &w), 0);
+        for (int i = 0; i < 500 && !bs_warm_done(w); i++)
+                usleep(10000);
+        cr_assert(bs_warm_done(w));
+        bs_warm_free(w);
+        cr_assert_str_eq(seen, "|b|b/in|");
+}

@@ -1,5 +1,6 @@
-/* test-warm.c - unit tests for client-agent/agent-warm.[ch]: which
- * directories the walk ahead of a scan lists, on a real tree */
+/* test-warm.c - unit tests for common/bs-warm.[ch] and the agent's use of
+ * it (client-agent/agent-warm.[ch]): which directories a walk ahead lists,
+ * in what order, on a real tree */
 #include <criterion/criterion.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -9,6 +10,7 @@
 #include <unistd.h>
 
 #include "agent-warm.h"
+#include "bs-path.h"
 #include "test-util.h"
 
 static char dir[] = "/tmp/test-warm-XXXXXX";
@@ -50,7 +52,40 @@ static void teardown(void) {
 
 TestSuite(warm, .init = setup, .fini = teardown);
 
-/* Run a walk to its end: with no scan to stop it, it stops on its own. */
+static bool enter_unless_skip(void *userdata, const char *path) {
+        (void) userdata;
+        return strcmp(bs_path_base(path), "skip") != 0;
+}
+
+/* Run a bare walk to its end, which it reaches on its own. */
+static void bare_walk(const BsWarmOps *ops) {
+        BsWarm *w = NULL;
+        cr_assert_eq(bs_warm_start(rootfd, ops, NULL, &w), 0);
+        for (int i = 0; i < 500 && !bs_warm_done(w); i++)
+                usleep(10000);
+        cr_assert(bs_warm_done(w));
+        bs_warm_free(w);
+}
+
+Test(warm, a_bare_walk_lists_every_directory_by_name) {
+        static const char *const tree[] = {
+                "b/", "b/y/", "b/y/f", "b/x/", "b/x/skip/", "b/x/skip/in/", "a.b/", "a/", "a/f", "f", "skip/",
+        };
+        for (size_t i = 0; i < sizeof(tree) / sizeof(*tree); i++)
+                make(tree[i], "x");
+        bare_walk(&(BsWarmOps) { .listed = on_visit });
+        cr_assert_str_eq(seen, "|a|a.b|b|b/x|b/x/skip|b/x/skip/in|b/y|skip|");
+}
+
+Test(warm, enter_decides_which_directories_are_walked) {
+        static const char *const tree[] = { "b/", "b/skip/", "b/skip/in/", "b/y/", "skip/", "skip/in/" };
+        for (size_t i = 0; i < sizeof(tree) / sizeof(*tree); i++)
+                make(tree[i], NULL);
+        bare_walk(&(BsWarmOps) { .enter = enter_unless_skip, .listed = on_visit });
+        cr_assert_str_eq(seen, "|b|b/y|");
+}
+
+/* Run the agent's walk to its end: with no scan to stop it, it stops on its own. */
 static void walk(bool defaults, char *const *patterns, size_t n) {
         IgnoreSet *ig = NULL;
         Warmer *w = NULL;

@@ -10,11 +10,11 @@
  * files one by one, a burst with one syncfs()), then its records are
  * applied in order, so a crash never leaves a short file under a real
  * name (a rescan would take it for a local edit), and a burst costs one
- * sync per batch, not one per file. A burst's syncfs() runs in the
- * writer's thread, queued behind the batch's files, while the next
- * batch downloads; the batch is placed when the next one closes, and the
- * server's answers are read between its renames: in a join the server
- * then never waits for the agent's disk.
+ * sync per batch, not one per file. A burst's syncfs() runs in a thread
+ * of its own once the writer has written the batch's files, while the
+ * writer goes on with the next batch's; the batch is placed when the
+ * next one closes, and the server's answers are read between its
+ * renames: in a join the server then never waits for the agent's disk.
  *
  * A big file the agent holds an older version of is asked for with
  * GET_DELTA: the server sends COPY for the ranges that version already
@@ -80,8 +80,9 @@ typedef struct Pull {
         size_t keep_fds; /* downloads of a batch kept open, at most (see keep_budget()) */
         BsWriter *writer; /* made with the downloads directory; NULL: written here */
         /* A burst's batch (the records before sync_end) waits for the
-         * syncfs() the writer runs behind its files, while the next
-         * batch's downloads arrive (see close_batch()). */
+         * syncfs() the syncer runs once its files are written, while the
+         * writer goes on with the next batch's (see close_batch()). */
+        BsWriter *syncer; /* NULL: the writer syncs, behind its files */
         BsWrite *sync_job;
         size_t sync_end;
         /* The first download the writer failed to write: the pull applies
@@ -150,6 +151,8 @@ static void collect_writes(Pull *p, size_t end) {
 static void pull_drop_records(Agent *a, Pull *p) {
         if (p->writer)
                 bs_writer_wait(p->writer);
+        if (p->syncer)
+                bs_writer_wait(p->syncer);
         free(p->sync_job);
         p->sync_job = NULL;
         collect_writes(p, p->n);
@@ -175,6 +178,7 @@ static void pull_drop_records(Agent *a, Pull *p) {
 static void pull_clear(Agent *a, Pull *p) {
         pull_drop_records(a, p);
         p->writer = bs_writer_free(p->writer);
+        p->syncer = bs_writer_free(p->syncer);
         free(p->recs);
         free(p->fifo);
         free(p->buf);
@@ -821,7 +825,7 @@ static size_t batch_end(Pull *p, size_t end) {
 static void finish_pending(Agent *a, Pull *p, int *io_error) {
         if (!p->sync_job)
                 return;
-        bs_writer_wait_job(p->writer, p->sync_job);
+        bs_writer_wait_job(p->syncer ?: p->writer, p->sync_job);
         bool bulk = p->sync_job->error == 0;
         free(p->sync_job);
         p->sync_job = NULL;
@@ -850,9 +854,17 @@ static int close_batch(Agent *a, Pull *p, size_t end) {
                         job = NULL;
                 }
         }
-        if (job)
+        /* Its own thread, once the batch's files are written: the writer
+         * goes on with the next ones meanwhile instead of stopping the
+         * downloads for as long as the disk takes to flush. */
+        if (job && !p->syncer)
+                (void) bs_writer_new(a->downloads_fd, 0, &p->syncer);
+        if (job && p->syncer) {
+                collect_writes(p, end);
+                bs_writer_submit(p->syncer, job);
+        } else if (job)
                 bs_writer_submit(p->writer, job);
-        /* The batch before, whose sync came before this one's in the queue. */
+        /* The batch before, whose sync came before this one's. */
         finish_pending(a, p, &io_error);
         if (job) {
                 p->sync_job = job;

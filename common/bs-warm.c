@@ -54,7 +54,8 @@ static void walk(BsWarm *w, int fd, size_t len, unsigned depth) {
         if (w->ops.listed)
                 w->ops.listed(w->userdata, w->path);
         /* The order of the walk behind, so this one stays ahead of it. */
-        qsort(v, n, sizeof(*v), by_name);
+        if (n > 1)
+                qsort(v, n, sizeof(*v), by_name);
         uint64_t last = 0;
         for (size_t i = 0; i < n; i++) {
                 struct stat st;

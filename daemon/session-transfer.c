@@ -118,8 +118,6 @@ static void warm_stop(Session *s) {
  * tree's metadata ahead of them (the lookups are most of a cold GET's
  * wait), unless as many sessions as allowed already do. */
 static void warm_start(Session *s) {
-        if (s->warm && bs_warm_done(s->warm))
-                warm_stop(s);
         if (s->warm || s->server->n_warm >= SERVER_WARM_MAX)
                 return;
         if (account_warm_start(s->account, NULL, NULL, &s->warm) == 0)
@@ -332,10 +330,11 @@ int session_start_pull(Session *s, const BsMsg *m) {
                         log_error("account %s: cannot read the change log: %m", account_id(s->account));
                         return session_send_error(s, m->req, BS_ERR_IO, "cannot read the change log");
                 }
+                /* A walk at its end is let go: another session may need the slot. */
+                if (s->warm && bs_warm_done(s->warm))
+                        warm_stop(s);
                 if (account_cursor_is_snapshot(s->cursor))
                         warm_start(s);
-                else if (s->warm && bs_warm_done(s->warm))
-                        warm_stop(s);
         }
         s->stream = STREAM_PULL;
         s->stream_req = m->req;

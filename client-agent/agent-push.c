@@ -538,7 +538,10 @@ static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
                         parent[n] = 0;
                         agent_mark_dirty(a, parent, true);
                 }
-                agent_mark_dirty(a, op->path, op->type == BS_MSG_MKDIR || m->code == BS_ERR_NOT_FOUND);
+                /* A refused move of a directory: what left it may be in
+                 * the manifest still, and the pull may make it again. */
+                agent_mark_dirty(a, op->path,
+                                 op->type == BS_MSG_MKDIR || op->type == BS_MSG_MOVE || m->code == BS_ERR_NOT_FOUND);
                 if (op->path2)
                         agent_mark_dirty(a, op->path2, true);
                 a->again = true;
@@ -783,7 +786,7 @@ int agent_push_moves(Agent *a) {
                 }
                 if (r < 0 || manifest_get(a->state, mv->from, m) < 0) {
                         /* Not known to the server (or no connection): plain changes. */
-                        agent_mark_dirty(a, mv->from, false);
+                        agent_mark_dirty(a, mv->from, mv->is_dir);
                         agent_mark_dirty(a, mv->to, mv->is_dir);
                         free(m);
                         continue;
@@ -792,8 +795,10 @@ int agent_push_moves(Agent *a) {
                  * deletion or a new file for the server, never a move. */
                 if (!move_still_true(a, mv, m) || ignore_set_path(a->ignore, a->rootfd, mv->from, mv->is_dir) ||
                     ignore_set_path(a->ignore, a->rootfd, mv->to, mv->is_dir)) {
-                        /* Our own rename (a conflict copy) or undone since: compare instead. */
-                        agent_mark_dirty(a, mv->from, false);
+                        /* Our own rename (a conflict copy) or undone since: compare
+                         * instead. Below a directory a pull made again at the old
+                         * name, what left it is still in the manifest. */
+                        agent_mark_dirty(a, mv->from, mv->is_dir);
                         agent_mark_dirty(a, mv->to, mv->is_dir);
                         free(m);
                         continue;

@@ -625,3 +625,39 @@ def test_converge_move_replaces_unpulled():
         srv.start()
         assert_converged(srv, [a, b], timeout=60)
         check(not os.path.exists(os.path.join(a.dir, "x y", "c")), "no x y/c inside the moved directory on A")
+
+
+def test_converge_dir_move_refused():
+    """A directory moved here while another computer changed its mode. Sent
+    before the pull that would have told (the server restarted: moves go
+    first), the move is refused (CONFLICT); pulled first, the mode change
+    makes the directory again at its old name and the move is no longer
+    true. Either way the pull leaves the old directory here, empty, and the
+    files that left it must be deleted on the server too, not stay there
+    (and on every other computer) while this one lacks them."""
+    from harness import wait_content, wait_until
+    with harness.Env("converge_dir_move_refused") as env:
+        srv, a, b = _pair(env)
+        for rnd, restart in enumerate((True, False)):
+            d, e = "d%d" % rnd, "e%d" % rnd
+            write_file(os.path.join(a.dir, d, "f1"), "one\n")
+            write_file(os.path.join(a.dir, d, "f2"), "two\n")
+            wait_content(os.path.join(b.dir, d, "f2"), "two\n")
+            assert_converged(srv, [a, b], verify=False, msg="round %d before" % rnd)
+            os.kill(a.popen.pid, signal.SIGSTOP)
+            os.chmod(os.path.join(b.dir, d), 0o700)
+            wait_until(lambda: harness.server_snapshot(srv, a.token)[d][2] == 0o700, 30, "B's chmod on the server")
+            os.rename(os.path.join(a.dir, d), os.path.join(a.dir, e))
+            if restart:
+                srv.kill9()
+            os.kill(a.popen.pid, signal.SIGCONT)
+            if restart:
+                time.sleep(1.5)
+                srv.start()
+            snap = assert_converged(srv, [a, b], timeout=30, msg="round %d after" % rnd)
+            if restart:
+                check("%s: CONFLICT" % d in a.log_text(), "the move was not refused: the round missed its case")
+            check(d + "/f1" not in snap and d + "/f2" not in snap,
+                  "round %d: files that left %s are still there: %r" % (rnd, d, sorted(snap)))
+            check(snap[e + "/f1"][1] == b"one\n" and snap[e + "/f2"][1] == b"two\n",
+                  "round %d: %s holds the files: %r" % (rnd, e, sorted(snap)))

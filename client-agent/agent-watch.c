@@ -32,6 +32,7 @@ struct Watcher {
         const WatcherOps *ops;
         void *userdata;
         char **paths; /* indexed by watch descriptor; NULL = free */
+        uint64_t *inos; /* the inode each watches, 0 if unknown */
         size_t n_paths;
         size_t count;
         char **unwatched;
@@ -116,6 +117,7 @@ Watcher *watcher_free(Watcher *w) {
         free(w->expect);
         free(w->expect_ino);
         free(w->paths);
+        free(w->inos);
         free(w->root);
         free(w);
         return NULL;
@@ -142,6 +144,11 @@ static int set_path(Watcher *w, int wd, const char *path) {
                         return -ENOMEM;
                 memset(p + w->n_paths, 0, (n - w->n_paths) * sizeof(char *));
                 w->paths = p;
+                uint64_t *ino = realloc(w->inos, n * sizeof(uint64_t));
+                if (!ino)
+                        return -ENOMEM;
+                memset(ino + w->n_paths, 0, (n - w->n_paths) * sizeof(uint64_t));
+                w->inos = ino;
                 w->n_paths = n;
         }
         char *d = strdup(path);
@@ -152,6 +159,7 @@ static int set_path(Watcher *w, int wd, const char *path) {
         else
                 w->count++;
         w->paths[wd] = d;
+        w->inos[wd] = 0;
         return 0;
 }
 
@@ -175,8 +183,10 @@ static void remember_unwatched(Watcher *w, const char *dir) {
 }
 
 /* Watch dir itself: 0, -ENOSPC (remembered), 1 when it is gone or no
- * directory any more, another -errno for the root. */
-static int add_one(Watcher *w, const char *dir, const char *abs) {
+ * directory any more, another -errno for the root. *ret_wd: the watch,
+ * or -1. */
+static int add_one(Watcher *w, const char *dir, const char *abs, int *ret_wd) {
+        *ret_wd = -1;
         int wd = inotify_add_watch(w->fd, abs, WATCH_MASK);
         if (wd < 0) {
                 if (errno == ENOSPC) {
@@ -185,13 +195,40 @@ static int add_one(Watcher *w, const char *dir, const char *abs) {
                 }
                 return dir[0] == 0 ? -errno : 1;
         }
-        return set_path(w, wd, dir);
+        int r = set_path(w, wd, dir);
+        if (r >= 0)
+                *ret_wd = wd;
+        return r;
+}
+
+/* The inode watch wd names, from the directory opened after it was added
+ * (or from its parent's listing: ino), for still_there(). */
+static void set_ino(Watcher *w, int wd, int fd, uint64_t ino) {
+        struct stat st;
+        if (wd < 0)
+                return;
+        if (ino == 0 && fd >= 0 && fstat(fd, &st) == 0)
+                ino = (uint64_t) st.st_ino;
+        w->inos[wd] = ino;
+}
+
+/* Whether the watch wd still names what is at its path: a directory made
+ * there since the one it watched moved away (a pull may make it again
+ * before this computer's own move is read) keeps its own watch. */
+static bool still_there(const Watcher *w, size_t wd) {
+        char abs[PATH_MAX + BS_PATH_MAX + 2];
+        struct stat st;
+        if (w->inos[wd] == 0)
+                return false;
+        abs_path(w, w->paths[wd], abs, sizeof(abs));
+        return lstat(abs, &st) == 0 && S_ISDIR(st.st_mode) && (uint64_t) st.st_ino == w->inos[wd];
 }
 
 int watcher_add_dir(Watcher *w, const char *dir) {
         char abs[PATH_MAX + BS_PATH_MAX + 2];
+        int wd;
         abs_path(w, dir, abs, sizeof(abs));
-        int r = add_one(w, dir, abs);
+        int r = add_one(w, dir, abs, &wd);
         return r == 1 ? 0 : r;
 }
 
@@ -200,11 +237,13 @@ int watcher_add_made_dir(Watcher *w, const char *dir) {
         BsDirent *v;
         size_t n;
 
+        int wd;
         abs_path(w, dir, abs, sizeof(abs));
-        int r = add_one(w, dir, abs);
+        int r = add_one(w, dir, abs, &wd);
         if (r != 0)
                 return r == 1 ? 1 : r;
         _cleanup_(closep) int fd = open(abs, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        set_ino(w, wd, fd, 0);
         if (fd < 0 || bs_dir_list_fd(fd, &v, &n) < 0)
                 return 1;
         bs_dir_list_free(v, n);
@@ -297,11 +336,12 @@ static void expect_clear(Watcher *w) {
 
 /* Add one watch, then list the directory: a subdirectory made between the
  * two is still found by the listing. */
-static int add_tree(Watcher *w, const char *dir, int depth) {
+static int add_tree(Watcher *w, const char *dir, int depth, uint64_t ino) {
         char abs[PATH_MAX + BS_PATH_MAX + 2];
+        int wd;
 
         abs_path(w, dir, abs, sizeof(abs));
-        int r = add_one(w, dir, abs);
+        int r = add_one(w, dir, abs, &wd);
         if (r == 1)
                 return 0; /* vanished or not a directory any more */
         if (r < 0 && r != -ENOSPC)
@@ -312,6 +352,7 @@ static int add_tree(Watcher *w, const char *dir, int depth) {
         _cleanup_(closep) int fd = open(abs, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         BsDirent *v;
         size_t nv;
+        set_ino(w, wd, fd, ino);
         if (fd < 0 || bs_dir_list_fd(fd, &v, &nv) < 0)
                 return r;
         for (size_t i = 0; i < nv; i++) {
@@ -331,7 +372,7 @@ static int add_tree(Watcher *w, const char *dir, int depth) {
                         continue;
                 if (w->ops->ignored && w->ops->ignored(w->userdata, sub))
                         continue;
-                int k = add_tree(w, sub, depth + 1);
+                int k = add_tree(w, sub, depth + 1, v[i].ino);
                 if (k < 0 && r == 0)
                         r = k;
         }
@@ -340,13 +381,14 @@ static int add_tree(Watcher *w, const char *dir, int depth) {
 }
 
 int watcher_add_tree(Watcher *w, const char *dir) {
-        return add_tree(w, dir, 0);
+        return add_tree(w, dir, 0, 0);
 }
 
-/* Forget (and stop) every watch at or below dir. */
-static void drop_below(Watcher *w, const char *dir) {
+/* Forget (and stop) every watch at or below dir. moved: only those whose
+ * path no longer names their directory. */
+static void drop_below(Watcher *w, const char *dir, bool moved) {
         for (size_t i = 0; i < w->n_paths; i++)
-                if (w->paths[i] && bs_path_under(w->paths[i], dir)) {
+                if (w->paths[i] && bs_path_under(w->paths[i], dir) && !(moved && still_there(w, i))) {
                         inotify_rm_watch(w->fd, (int) i);
                         free(w->paths[i]);
                         w->paths[i] = NULL;
@@ -363,7 +405,7 @@ void watcher_drop_ignored(Watcher *w) {
                         w->paths[i] = NULL; /* drop_below() must not free what it compares with */
                         inotify_rm_watch(w->fd, (int) i);
                         w->count--;
-                        drop_below(w, dir);
+                        drop_below(w, dir, false);
                         free(dir);
                 }
         size_t kept = 0;
@@ -376,11 +418,12 @@ void watcher_drop_ignored(Watcher *w) {
         w->n_unwatched = kept;
 }
 
-/* A directory moved within the tree keeps its watches; rename them. */
-static void rename_below(Watcher *w, const char *from, const char *to) {
+/* A directory moved within the tree keeps its watches; rename them.
+ * moved: only those whose path no longer names their directory. */
+static void rename_below(Watcher *w, const char *from, const char *to, bool moved) {
         char buf[BS_PATH_MAX + 1];
         for (size_t i = 0; i < w->n_paths; i++)
-                if (w->paths[i] && bs_path_under(w->paths[i], from) &&
+                if (w->paths[i] && bs_path_under(w->paths[i], from) && !(moved && still_there(w, i)) &&
                     bs_path_rebase(w->paths[i], from, to, buf, sizeof(buf)) == 0) {
                         char *d = strdup(buf);
                         if (d) {
@@ -430,10 +473,12 @@ static void flush_pending(Watcher *w) {
                 return;
         char *from = TAKE_PTR(w->pending_from);
         if (w->pending_dir)
-                drop_below(w, from);
+                drop_below(w, from, true);
         else
                 remember_removed(w, from); /* moved out of the tree: seen going */
-        w->ops->dirty(w->userdata, from, false);
+        /* A directory: what it held is in the manifest still, and a pull
+         * may have made it again since. */
+        w->ops->dirty(w->userdata, from, w->pending_dir);
         free(from);
 }
 
@@ -442,7 +487,7 @@ static void deliver_held(Watcher *w) {
                 return;
         char *from = TAKE_PTR(w->held_from), *to = TAKE_PTR(w->held_to);
         if (w->held_dir)
-                rename_below(w, from, to);
+                rename_below(w, from, to, true);
         else
                 remember_removed(w, from); /* renamed: seen going */
         w->ops->move(w->userdata, from, to, w->held_dir);
@@ -461,11 +506,11 @@ static void moved(Watcher *w, char *from, const char *to, bool isdir) {
                         /* Watches: swap the two prefixes through a name no path has. */
                         static const char tmp[] = "\001exchange";
                         if (w->held_dir)
-                                rename_below(w, to, tmp);
+                                rename_below(w, to, tmp, false);
                         if (isdir)
-                                rename_below(w, from, to);
+                                rename_below(w, from, to, false);
                         if (w->held_dir)
-                                rename_below(w, tmp, from);
+                                rename_below(w, tmp, from, false);
                         forget_removed(w, to);
                         forget_removed(w, from);
                         w->ops->exchange(w->userdata, to, from);
@@ -617,7 +662,7 @@ static void handle(Watcher *w, const struct inotify_event *ev) {
                         return; /* placed by a pull, recorded as it was placed */
                 /* Moved in from outside the tree: a creation. */
                 if (isdir)
-                        add_tree(w, path, 0);
+                        add_tree(w, path, 0, 0);
                 w->ops->dirty(w->userdata, path, isdir);
                 return;
         }
@@ -626,7 +671,7 @@ static void handle(Watcher *w, const struct inotify_event *ev) {
                 if (isdir && expected(w, path, true))
                         return; /* made by a pull, which watched it at once */
                 if (isdir) {
-                        add_tree(w, path, 0);
+                        add_tree(w, path, 0, 0);
                         w->ops->dirty(w->userdata, path, true);
                         return;
                 }

@@ -192,3 +192,41 @@ Test(watch, made_dir_already_used) {
         place("empty/y");
         cr_expect_str_eq(reported(), "empty+ used+ empty/y");
 }
+
+static void rename_in_root(const char *from, const char *to) {
+        char f[256], t[256];
+        snprintf(f, sizeof(f), "%s/%s", root, from);
+        snprintf(t, sizeof(t), "%s/%s", root, to);
+        cr_assert_eq(rename(f, t), 0, "rename %s: %m", f);
+}
+
+/* A directory moved away and made again at its old name by a pull before
+ * the move is read: into a directory not yet watched (a removal for
+ * inotify), or into a watched one (a move held a moment). The one made
+ * again keeps its watch, the moved one follows its name, and the old name
+ * is reported with what was below it. */
+Test(watch, made_again_after_move) {
+        make_dir("p");
+        make_dir("r");
+        make_dir("s");
+        cr_expect_str_eq(reported(), "p+ r+ s+");
+
+        make_dir("q");
+        rename_in_root("p", "q/p");
+        rename_in_root("s", "r/s");
+        make_dir("p");
+        make_dir("s");
+        cr_assert_eq(watcher_add_made_dir(w, "p"), 0);
+        cr_assert_eq(watcher_expect(w, "p", true, 0), 0);
+        cr_assert_eq(watcher_add_made_dir(w, "s"), 0);
+        cr_assert_eq(watcher_expect(w, "s", true, 0), 0);
+        cr_assert_eq(watcher_process(w), 0);
+        watcher_flush(w);
+        cr_expect_str_eq(reported(), "q+ p+ s r/s");
+
+        place("p/x");
+        place("s/x");
+        place("q/p/y");
+        place("r/s/y");
+        cr_expect_str_eq(reported(), "p/x s/x q/p/y r/s/y");
+}

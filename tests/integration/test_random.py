@@ -40,7 +40,10 @@ REGRESSION_SEEDS = [
     (502, 150, 3, "RENAME_EXCHANGE of a file and a directory while another computer "
                   "added files in it: 'MKDIR d0 refused: CONFLICT' ~1700 times a second"),
     (315, 150, 3, "a file moved out of a directory on one computer while the directory "
-                  "was renamed on another: a stale copy stays at the new place, not on the server"),
+                  "was renamed on another: a stale copy stays at the new place, not on the server; "
+                  "under load, a directory moved here and made again at its old name by a pull "
+                  "before the move was read lost its watch, and the files that left it stayed "
+                  "on the server"),
     (319, 150, 3, "a file deleted on one computer while its directory was renamed on "
                   "another: the server keeps it at the new place, the deleting computer lacks it"),
     (306, 150, 2, "after directory exchanges, 'ATTR d1/g refused: CONFLICT' repeated "

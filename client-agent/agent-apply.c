@@ -38,12 +38,7 @@ static void record_meta(Agent *a, const char *path, const Rec *x, const LocalEnt
                 return;
         *k = *l;
         k->st.st_mode = (k->st.st_mode & ~07777u) | (x->mode & 07777);
-        k->st.st_mtim.tv_sec = x->mtime_ns / 1000000000LL;
-        k->st.st_mtim.tv_nsec = x->mtime_ns % 1000000000LL;
-        if (k->st.st_mtim.tv_nsec < 0) {
-                k->st.st_mtim.tv_nsec += 1000000000LL;
-                k->st.st_mtim.tv_sec -= 1;
-        }
+        k->st.st_mtim = bs_timespec_ns(x->mtime_ns);
         record(a, path, x, k, NULL);
         free(k);
 }

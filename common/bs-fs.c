@@ -377,26 +377,12 @@ int bs_rm_rf_at(int dfd, const char *name) {
 }
 
 int bs_set_mtime_fd(int fd, int64_t mtime_ns) {
-        struct timespec ts[2] = {
-                { .tv_nsec = UTIME_OMIT },
-                { .tv_sec = mtime_ns / 1000000000LL, .tv_nsec = mtime_ns % 1000000000LL },
-        };
-        if (ts[1].tv_nsec < 0) {
-                ts[1].tv_nsec += 1000000000LL;
-                ts[1].tv_sec -= 1;
-        }
+        struct timespec ts[2] = { { .tv_nsec = UTIME_OMIT }, bs_timespec_ns(mtime_ns) };
         return futimens(fd, ts) < 0 ? -errno : 0;
 }
 
 int bs_set_mtime_at(int dirfd, const char *name, int64_t mtime_ns) {
-        struct timespec ts[2] = {
-                { .tv_nsec = UTIME_OMIT },
-                { .tv_sec = mtime_ns / 1000000000LL, .tv_nsec = mtime_ns % 1000000000LL },
-        };
-        if (ts[1].tv_nsec < 0) {
-                ts[1].tv_nsec += 1000000000LL;
-                ts[1].tv_sec -= 1;
-        }
+        struct timespec ts[2] = { { .tv_nsec = UTIME_OMIT }, bs_timespec_ns(mtime_ns) };
         return utimensat(dirfd, name, ts, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
 }
 

@@ -134,6 +134,15 @@ int bs_rm_rf_at(int dirfd, const char *name);
 static inline int64_t bs_stat_mtime_ns(const struct stat *st) {
         return (int64_t) st->st_mtim.tv_sec * 1000000000LL + st->st_mtim.tv_nsec;
 }
+/** Nanoseconds since the epoch as a timespec (tv_nsec never negative). */
+static inline struct timespec bs_timespec_ns(int64_t ns) {
+        struct timespec ts = { .tv_sec = ns / 1000000000LL, .tv_nsec = ns % 1000000000LL };
+        if (ts.tv_nsec < 0) {
+                ts.tv_nsec += 1000000000LL;
+                ts.tv_sec -= 1;
+        }
+        return ts;
+}
 /** Set mtime (nanoseconds) on an fd; atime is left alone. */
 int bs_set_mtime_fd(int fd, int64_t mtime_ns);
 /** Set mtime on name in dirfd without following a link. */

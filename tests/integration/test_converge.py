@@ -627,6 +627,19 @@ def test_converge_move_replaces_unpulled():
         check(not os.path.exists(os.path.join(a.dir, "x y", "c")), "no x y/c inside the moved directory on A")
 
 
+def _dir_changed_there(srv, a, b, d):
+    """d, holding f1 and f2, synced; then A paused while B changes d's
+    mode, until the server has it. A is left stopped (SIGCONT it)."""
+    from harness import wait_content, wait_until
+    write_file(os.path.join(a.dir, d, "f1"), "one\n")
+    write_file(os.path.join(a.dir, d, "f2"), "two\n")
+    wait_content(os.path.join(b.dir, d, "f2"), "two\n")
+    assert_converged(srv, [a, b], verify=False, msg="%s before" % d)
+    os.kill(a.popen.pid, signal.SIGSTOP)
+    os.chmod(os.path.join(b.dir, d), 0o700)
+    wait_until(lambda: harness.server_snapshot(srv, a.token)[d][2] == 0o700, 30, "B's chmod on the server")
+
+
 def test_converge_dir_move_refused():
     """A directory moved here while another computer changed its mode. Sent
     before the pull that would have told (the server restarted: moves go
@@ -635,18 +648,11 @@ def test_converge_dir_move_refused():
     true. Either way the pull leaves the old directory here, empty, and the
     files that left it must be deleted on the server too, not stay there
     (and on every other computer) while this one lacks them."""
-    from harness import wait_content, wait_until
     with harness.Env("converge_dir_move_refused") as env:
         srv, a, b = _pair(env)
         for rnd, restart in enumerate((True, False)):
             d, e = "d%d" % rnd, "e%d" % rnd
-            write_file(os.path.join(a.dir, d, "f1"), "one\n")
-            write_file(os.path.join(a.dir, d, "f2"), "two\n")
-            wait_content(os.path.join(b.dir, d, "f2"), "two\n")
-            assert_converged(srv, [a, b], verify=False, msg="round %d before" % rnd)
-            os.kill(a.popen.pid, signal.SIGSTOP)
-            os.chmod(os.path.join(b.dir, d), 0o700)
-            wait_until(lambda: harness.server_snapshot(srv, a.token)[d][2] == 0o700, 30, "B's chmod on the server")
+            _dir_changed_there(srv, a, b, d)
             os.rename(os.path.join(a.dir, d), os.path.join(a.dir, e))
             if restart:
                 srv.kill9()
@@ -671,20 +677,14 @@ def test_converge_dir_moved_and_made_again():
     watcher holds a moment, in case an exchange follows). The directory
     made again must stay watched (a file written in it later is synced),
     and the files that left the old name are deleted on the server."""
-    from harness import wait_content, wait_until
+    from harness import wait_until
     with harness.Env("converge_dir_moved_and_made_again") as env:
         srv, a, b = _pair(env)
         for rnd, new_dir in enumerate((True, False)):
             p, q = "p%d" % rnd, "q%d" % rnd
-            write_file(os.path.join(a.dir, p, "f1"), "one\n")
-            write_file(os.path.join(a.dir, p, "f2"), "two\n")
             if not new_dir:
                 os.mkdir(os.path.join(a.dir, q))
-            wait_content(os.path.join(b.dir, p, "f2"), "two\n")
-            assert_converged(srv, [a, b], verify=False, msg="round %d before" % rnd)
-            os.kill(a.popen.pid, signal.SIGSTOP)
-            os.chmod(os.path.join(b.dir, p), 0o700)
-            wait_until(lambda: harness.server_snapshot(srv, a.token)[p][2] == 0o700, 30, "B's chmod on the server")
+            _dir_changed_there(srv, a, b, p)
             if new_dir:
                 os.mkdir(os.path.join(a.dir, q))
             os.rename(os.path.join(a.dir, p), os.path.join(a.dir, q, p))

@@ -212,16 +212,20 @@ static void set_ino(Watcher *w, int wd, int fd, uint64_t ino) {
         w->inos[wd] = ino;
 }
 
-/* Whether the watch wd still names what is at its path: a directory made
- * there since the one it watched moved away (a pull may make it again
- * before this computer's own move is read) keeps its own watch. */
-static bool still_there(const Watcher *w, size_t wd) {
+/* Whether path (relative to the root) names inode ino now. */
+static bool names_inode(const Watcher *w, const char *path, uint64_t ino) {
         char abs[PATH_MAX + BS_PATH_MAX + 2];
         struct stat st;
-        if (w->inos[wd] == 0)
-                return false;
-        abs_path(w, w->paths[wd], abs, sizeof(abs));
-        return lstat(abs, &st) == 0 && S_ISDIR(st.st_mode) && (uint64_t) st.st_ino == w->inos[wd];
+        abs_path(w, path, abs, sizeof(abs));
+        return lstat(abs, &st) == 0 && (uint64_t) st.st_ino == ino;
+}
+
+/* Whether the watch wd still names what is at its path: a directory made
+ * there since the one it watched moved away (a pull may make it again
+ * before this computer's own move is read) keeps its own watch. The one
+ * that moved still exists, so no other file can have its inode. */
+static bool still_there(const Watcher *w, size_t wd) {
+        return w->inos[wd] != 0 && names_inode(w, w->paths[wd], w->inos[wd]);
 }
 
 int watcher_add_dir(Watcher *w, const char *dir) {
@@ -318,10 +322,7 @@ static bool expected(Watcher *w, const char *path, bool is_dir) {
                         w->n_expect--;
                         if (is_dir)
                                 return true;
-                        char abs[PATH_MAX + BS_PATH_MAX + 2];
-                        struct stat st;
-                        abs_path(w, path, abs, sizeof(abs));
-                        return lstat(abs, &st) == 0 && (uint64_t) st.st_ino == w->expect_ino[i];
+                        return names_inode(w, path, w->expect_ino[i]);
                 }
         return false;
 }

@@ -35,7 +35,9 @@ int agent_round(Agent *a) {
                 if (r < 0)
                         break;
                 r = agent_push(a);
-                if (r < 0 || !a->again)
+                /* A NOTIFY read while waiting for our answers wakes no
+                 * one later: its change is pulled now. */
+                if (r < 0 || !(a->again || (a->conn && a->conn->notify_seq > a->last_seq)))
                         break;
         }
         if (r >= 0)

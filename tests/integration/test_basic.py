@@ -201,6 +201,33 @@ def test_move_read_during_a_round():
         relay.close()
 
 
+def test_notify_read_during_a_round():
+    """Another computer's change announced (NOTIFY) while this one waits
+    for the answers of a round of its own is pulled at once after that
+    round, not at the next poll."""
+    with Env("notify_read_during_a_round") as env:
+        srv = env.server()
+        os.makedirs(env.path("A"))
+        a = env.agent("A", env.path("A"))
+        relay = Relay(srv.port)
+        # No poll rounds: only a NOTIFY makes B pull.
+        b = env.agent("B", env.path("B"), token=a.token, port=relay.port, poll="1h")
+        write_file(os.path.join(a.dir, "seed.txt"), "seed\n")
+        wait_content(os.path.join(b.dir, "seed.txt"), "seed\n")
+        # B's round asks; the answer, made now, and the NOTIFY of A's change
+        # below reach B together once the relay lets them through.
+        up = relay.hold_when_quiet()
+        write_file(os.path.join(b.dir, "trigger.txt"), "go\n")
+        wait_until(lambda: relay.sent_up > up, msg="B to ask the server")
+        write_file(os.path.join(a.dir, "from-a.txt"), "A's change\n")
+        wait_until(lambda: os.path.isfile(os.path.join(srv.tree(a.token), "from-a.txt")), msg="A's change on the server")
+        relay.hold = False
+        wait_content(os.path.join(a.dir, "trigger.txt"), "go\n")
+        wait_content(os.path.join(b.dir, "from-a.txt"), "A's change\n", timeout=15, msg="A's change on B")
+        b.stop()
+        relay.close()
+
+
 def test_burst_2000():
     with Env("burst_2000") as env:
         srv, a, b = _two(env, "burst")

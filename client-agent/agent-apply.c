@@ -453,6 +453,58 @@ static void apply_delete(Agent *a, Rec *x, ManifestEntry *m, bool have) {
                           "removed %s (deleted on another computer)", x->path);
 }
 
+/* Entries below a directory another computer moved that are newer than
+ * the move: sent from here after the server had moved the directory, to
+ * the old name, which the server keeps them at. */
+typedef struct Newer {
+        PathList files;
+        uint64_t seq;
+        bool dirs;
+} Newer;
+
+static int collect_newer(const char *path, const ManifestEntry *e, void *userdata) {
+        Newer *nw = userdata;
+        if (e->version <= nw->seq)
+                return 0;
+        if (e->kind == BS_KIND_DIR) {
+                nw->dirs = true;
+                return 0;
+        }
+        return apply_collect_path(path, e, &nw->files);
+}
+
+/* After the directory moved here: put what is newer than the move back at
+ * the old name (with its manifest entry), where the server has it. A
+ * directory newer than the move, or a file that cannot be put back, is
+ * left to a comparison of the whole tree. */
+static void keep_newer_at_old_name(Agent *a, const Rec *x, Newer *nw) {
+        char from[BS_PATH_MAX + 1];
+        size_t fl = strlen(x->path), tl = strlen(x->path2);
+        a->need_snapshot |= nw->dirs;
+        for (size_t i = 0; i < nw->files.n; i++) {
+                const char *p = nw->files.v[i], *bf, *bt;
+                size_t rest = strlen(p) - fl;
+                int r = -ENAMETOOLONG;
+                if (tl + rest <= BS_PATH_MAX) {
+                        memcpy(from, x->path2, tl);
+                        memcpy(from + tl, p + fl, rest + 1);
+                        r = bs_mkdir_parents(a->rootfd, p, 0755);
+                }
+                int pf = r < 0 ? -1 : bs_open_parent(a->rootfd, from, &bf);
+                int pt = pf < 0 ? -1 : bs_open_parent(a->rootfd, p, &bt);
+                if (pt >= 0 && renameat(pf, bf, pt, bt) == 0)
+                        manifest_move_tree(a->state, from, p);
+                else
+                        a->need_snapshot = true;
+                if (pf >= 0)
+                        close(pf);
+                if (pt >= 0)
+                        close(pt);
+                free(nw->files.v[i]);
+        }
+        free(nw->files.v);
+}
+
 static void apply_move(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m) {
         LocalEntry *lt = malloc(sizeof(*lt));
         ManifestEntry *mt = malloc(sizeof(*mt));
@@ -487,7 +539,11 @@ static void apply_move(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m) {
                 close(pt);
         if (r < 0)
                 goto resync;
+        Newer nw = { .seq = x->seq };
+        if (m->kind == BS_KIND_DIR)
+                manifest_below(a->state, x->path, collect_newer, &nw);
         manifest_move_tree(a->state, x->path, x->path2);
+        keep_newer_at_old_name(a, x, &nw);
         if (manifest_get(a->state, x->path2, m) == 0) {
                 /* A file older than the one that moved (a record of it
                  * missed here) keeps its older version, or it would pass

@@ -701,3 +701,46 @@ def test_converge_dir_moved_and_made_again():
             # after an event named it at the moved directory's new place.
             missed = [l for l in a.log_lines() if "no file-system event said so" in l]
             check(not missed, "round %d: a change no event reported: %r" % (rnd, missed))
+
+
+def test_converge_upload_after_move_there():
+    """A file new here reaches the server after another computer moved its
+    directory away and made it again: this computer's pull went out just
+    before, so it sent the file (and a new directory) to the old name,
+    where the server keeps them. The move, pulled afterwards, must leave
+    them at the old name here too, not carry them along with the directory
+    (where the server has no such file and never gets one)."""
+    from harness import Relay, wait_content, wait_until
+    with harness.Env("converge_upload_after_move_there") as env:
+        srv = env.server()
+        os.makedirs(os.path.join(env.path("a"), "d0"))
+        write_file(os.path.join(env.path("a"), "d0", "f1"), "one\n")
+        a = env.agent("A", env.path("a"))
+        relay = Relay(srv.port)
+        b = env.agent("B", env.path("b"), token=a.token, port=relay.port, poll="1h")
+        wait_content(os.path.join(b.dir, "d0", "f1"), "one\n")
+        assert_converged(srv, [a, b], verify=False, msg="before")
+        # B's round pulls first; the answer, made now, waits in the relay
+        # while A moves d0 away and makes it again.
+        up = relay.hold_when_quiet()
+        write_file(os.path.join(b.dir, "d0", "new.txt"), "new on B\n")
+        os.makedirs(os.path.join(b.dir, "d0", "sub"))
+        write_file(os.path.join(b.dir, "d0", "sub", "g.txt"), "g on B\n")
+        wait_until(lambda: relay.sent_up > up, msg="B to ask the server")
+        time.sleep(0.5)
+        tree = srv.tree(a.token)
+        os.rename(os.path.join(a.dir, "d0"), os.path.join(a.dir, "x y"))
+        wait_until(lambda: os.path.isfile(os.path.join(tree, "x y", "f1")), 30, "A's move on the server")
+        os.mkdir(os.path.join(a.dir, "d0"))
+        wait_until(lambda: os.path.isdir(os.path.join(tree, "d0")), 30, "A's new d0 on the server")
+        check(any("moved d0 -> x y" in l for l in a.log_lines()), "A did not send a move")
+        relay.hold = False
+        snap = assert_converged(srv, [a, b], timeout=30, msg="after")
+        check(snap["d0/new.txt"][1] == b"new on B\n" and "x y/new.txt" not in snap,
+              "new.txt stays at the old name: %r" % sorted(snap))
+        check(snap["d0/sub/g.txt"][1] == b"g on B\n" and "x y/sub" not in snap,
+              "sub stays at the old name: %r" % sorted(snap))
+        missed = [l for l in b.log_lines() if "no file-system event said so" in l]
+        check(not missed, "a change no event reported: %r" % missed)
+        b.stop()
+        relay.close()

@@ -524,6 +524,11 @@ static void apply_move(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m) {
         if (manifest_get(a->state, x->path, m) < 0 || local_stat(a, x->path, l) < 0 ||
             local_stat(a, x->path2, lt) < 0)
                 goto resync;
+        /* What is here was sent after the server moved what was there
+         * before it (this computer replaced it meanwhile): it stays, and
+         * what moved is fetched by the comparison. */
+        if (m->version > x->seq)
+                goto resync;
         bool from_ok = m->kind == BS_KIND_DIR ? l->exists && l->kind == BS_KIND_DIR : local_matches(l, m);
         bool to_ok = !lt->exists || (have_to && lt->kind != BS_KIND_DIR && local_matches(lt, mt));
         if (!from_ok || !to_ok)

@@ -744,3 +744,34 @@ def test_converge_upload_after_move_there():
         check(not missed, "a change no event reported: %r" % missed)
         b.stop()
         relay.close()
+
+
+def test_converge_moved_there_replaced_here():
+    """A file another computer moved away while this computer replaced it
+    (here a symbolic link takes its name), sent after the move reached the
+    server: the move, pulled afterwards, must not carry along the link,
+    which is newer than the move, and the moved file must arrive."""
+    from harness import Relay, wait_content, wait_until
+    with harness.Env("converge_moved_there_replaced_here") as env:
+        srv = env.server()
+        os.makedirs(os.path.join(env.path("a"), "d0"))
+        write_file(os.path.join(env.path("a"), "e.txt"), "the file\n")
+        a = env.agent("A", env.path("a"))
+        relay = Relay(srv.port)
+        b = env.agent("B", env.path("b"), token=a.token, port=relay.port, poll="1h")
+        wait_content(os.path.join(b.dir, "e.txt"), "the file\n")
+        assert_converged(srv, [a, b], verify=False, msg="before")
+        up = relay.hold_when_quiet()
+        os.remove(os.path.join(b.dir, "e.txt"))
+        os.symlink("elsewhere", os.path.join(b.dir, "e.txt"))
+        wait_until(lambda: relay.sent_up > up, msg="B to ask the server")
+        time.sleep(0.5)
+        tree = srv.tree(a.token)
+        os.rename(os.path.join(a.dir, "e.txt"), os.path.join(a.dir, "d0", "c"))
+        wait_until(lambda: os.path.isfile(os.path.join(tree, "d0", "c")), 30, "A's move on the server")
+        relay.hold = False
+        snap = assert_converged(srv, [a, b], timeout=30, msg="after")
+        check(snap["d0/c"][:2] == ("file", b"the file\n") and snap["e.txt"][:2] == ("link", "elsewhere"),
+              "the link stays, the file moved: %r" % snap)
+        b.stop()
+        relay.close()

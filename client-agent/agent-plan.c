@@ -250,8 +250,11 @@ static int reconcile_children(Agent *a, Plan *p, const char *dir, bool fresh) {
         if (fd < 0)
                 return 0;
         Visit v = { .a = a, .p = p, .dir = dir, .fd = fd };
-        /* Watched before it is listed: a change is in the listing or in an event. */
-        if (a->watch_in_scan) {
+        /* Watched before it is listed: a change is in the listing or in an
+         * event. So is a directory new here: its own event may have come
+         * when it was gone from the name it had (made, then its parent
+         * moved, before the events were read), which left it unwatched. */
+        if (a->watch_in_scan || fresh) {
                 int k = watcher_add_dir(a->watcher, dir);
                 if (k < 0 && k != -ENOSPC)
                         return k;

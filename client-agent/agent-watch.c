@@ -151,6 +151,8 @@ static int set_path(Watcher *w, int wd, const char *path) {
                 w->inos = ino;
                 w->n_paths = n;
         }
+        if (w->paths[wd] && strcmp(w->paths[wd], path) == 0)
+                return 0; /* watched already: what it remembers stays */
         char *d = strdup(path);
         if (!d)
                 return -ENOMEM;

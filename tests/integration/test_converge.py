@@ -775,3 +775,30 @@ def test_converge_moved_there_replaced_here():
               "the link stays, the file moved: %r" % snap)
         b.stop()
         relay.close()
+
+
+def test_converge_made_then_parent_moved():
+    """A directory made in one that then moves, both before the agent
+    reads their events (`mkdir -p a/b && mv a c` while it is busy): b is
+    gone from its first name when its event is read, and must still be
+    watched at its new one, so a file written there later is synced by
+    its own event."""
+    from harness import wait_until
+    with harness.Env("converge_made_then_parent_moved") as env:
+        srv, a, b = _pair(env)
+        os.makedirs(os.path.join(a.dir, "a"))
+        write_file(os.path.join(a.dir, "a", "f"), "f\n")
+        assert_converged(srv, [a, b], verify=False, msg="before")
+        os.kill(a.popen.pid, signal.SIGSTOP)
+        os.makedirs(os.path.join(a.dir, "a", "b", "deeper"))
+        os.rename(os.path.join(a.dir, "a"), os.path.join(a.dir, "c"))
+        os.kill(a.popen.pid, signal.SIGCONT)
+        tree = srv.tree(a.token)
+        wait_until(lambda: os.path.isdir(os.path.join(tree, "c", "b", "deeper")), 30, "c/b/deeper on the server")
+        write_file(os.path.join(a.dir, "c", "b", "x.txt"), "written later\n")
+        write_file(os.path.join(a.dir, "c", "b", "deeper", "y.txt"), "written later too\n")
+        snap = assert_converged(srv, [a, b], timeout=30, msg="after")
+        check(snap["c/b/x.txt"][1] == b"written later\n" and snap["c/b/deeper/y.txt"][1] == b"written later too\n",
+              "c/b/x.txt, c/b/deeper/y.txt: %r" % sorted(snap))
+        missed = [l for l in a.log_lines() if "no file-system event said so" in l]
+        check(not missed, "a change no event reported: %r" % missed)

@@ -1,6 +1,7 @@
 /* agent-local.c - reading the watched tree without following links out of it */
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -8,6 +9,7 @@
 
 #include "agent-conflict.h"
 #include "agent-local.h"
+#include "agent-watch.h"
 #include "bs-fs.h"
 #include "bs-hash.h"
 #include "bs-macro.h"
@@ -149,8 +151,14 @@ int local_conflict_copy(Agent *a, const char *path, char *out, size_t outsz) {
                 if (r < 0)
                         return r;
                 /* renameat2(NOREPLACE): never overwrite an earlier copy. */
-                if (renameat2(pfd, base, pfd, bs_path_base(out), RENAME_NOREPLACE) == 0)
+                if (renameat2(pfd, base, pfd, bs_path_base(out), RENAME_NOREPLACE) == 0) {
+                        /* The caller queues what the rename changes now: a
+                         * change queued at path later must stay there. */
+                        struct stat st;
+                        if (fstatat(pfd, bs_path_base(out), &st, AT_SYMLINK_NOFOLLOW) == 0)
+                                (void) watcher_expect(a->watcher, out, S_ISDIR(st.st_mode), (uint64_t) st.st_ino);
                         return 0;
+                }
                 if (errno != EEXIST)
                         return -errno;
         }

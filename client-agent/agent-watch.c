@@ -535,6 +535,15 @@ static void moved(Watcher *w, char *from, const char *to, bool isdir) {
         w->held_dir = isdir;
 }
 
+/* from was renamed to to by the agent itself (a conflict copy), which
+ * queued what that changes when it did it: only the watches follow. */
+static void own_move(Watcher *w, char *from, const char *to, bool isdir) {
+        deliver_held(w);
+        if (isdir)
+                rename_below(w, from, to, true);
+        free(from);
+}
+
 bool watcher_holding(const Watcher *w) {
         return w->pending_from || w->held_from;
 }
@@ -657,7 +666,10 @@ static void handle(Watcher *w, const struct inotify_event *ev) {
                 forget_removed(w, path);
         if (ev->mask & IN_MOVED_TO) {
                 if (w->pending_from && w->pending_cookie == ev->cookie) {
-                        moved(w, TAKE_PTR(w->pending_from), path, isdir);
+                        if (expected(w, path, isdir))
+                                own_move(w, TAKE_PTR(w->pending_from), path, isdir);
+                        else
+                                moved(w, TAKE_PTR(w->pending_from), path, isdir);
                         return;
                 }
                 watcher_flush(w);

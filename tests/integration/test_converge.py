@@ -802,3 +802,21 @@ def test_converge_made_then_parent_moved():
               "c/b/x.txt, c/b/deeper/y.txt: %r" % sorted(snap))
         missed = [l for l in a.log_lines() if "no file-system event said so" in l]
         check(not missed, "a change no event reported: %r" % missed)
+
+
+def test_converge_dir_swapped_for_file_changed_there():
+    """A directory swapped here with a file (renameat2 RENAME_EXCHANGE)
+    while another computer changed its mode: the pull keeps the file as a
+    conflict copy and makes the directory again, empty. The files that
+    left it (now below the other name) must leave it on the server too,
+    not stay there while this computer's manifest claims it has them."""
+    from randomsync import rename_exchange
+    with harness.Env("converge_dir_swapped_for_file_changed_there") as env:
+        srv, a, b = _pair(env)
+        write_file(os.path.join(a.dir, "e.txt"), "a file\n")
+        _dir_changed_there(srv, a, b, "d0")
+        rename_exchange(os.path.join(a.dir, "d0"), os.path.join(a.dir, "e.txt"))
+        os.kill(a.popen.pid, signal.SIGCONT)
+        snap = assert_converged(srv, [a, b], timeout=30, msg="after")
+        check("d0/f1" not in snap and snap["e.txt/f1"][1] == b"one\n" and snap["e.txt/f2"][1] == b"two\n",
+              "the files moved with the directory: %r" % sorted(snap))

@@ -230,3 +230,23 @@ Test(watch, made_again_after_move) {
         place("r/s/y");
         cr_expect_str_eq(reported(), "p/x s/x q/p/y r/s/y");
 }
+
+/* A rename the agent made itself (to a conflict copy) and said it expects
+ * is not reported, but the watches below still follow it. */
+Test(watch, own_rename_followed_not_reported) {
+        make_dir("d");
+        make_dir("d/sub");
+        place("f");
+        cr_expect_str_eq(reported(), "d+ f");
+
+        rename_in_root("d", "d.copy");
+        cr_assert_eq(watcher_expect(w, "d.copy", true, 0), 0);
+        rename_in_root("f", "f.copy");
+        cr_assert_eq(watcher_expect(w, "f.copy", false, ino_of("f.copy")), 0);
+        cr_assert_eq(watcher_process(w), 0);
+        watcher_flush(w);
+        cr_expect_str_eq(reported(), "");
+
+        place("d.copy/sub/x");
+        cr_expect_str_eq(reported(), "d.copy/sub/x");
+}

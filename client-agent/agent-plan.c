@@ -251,14 +251,13 @@ static int reconcile_children(Agent *a, Plan *p, const char *dir, bool fresh) {
                 return 0;
         Visit v = { .a = a, .p = p, .dir = dir, .fd = fd };
         /* Watched before it is listed: a change is in the listing or in an
-         * event. So is a directory new here: its own event may have come
-         * when it was gone from the name it had (made, then its parent
-         * moved, before the events were read), which left it unwatched. */
-        if (a->watch_in_scan || fresh) {
-                int k = watcher_add_dir(a->watcher, dir);
-                if (k < 0 && k != -ENOSPC)
-                        return k;
-        }
+         * event. Also after the first scan: a directory's own event may
+         * have been read when it was gone from the name it had (made, then
+         * moved or its parent moved, before the events were read), which
+         * left it unwatched; one watched already costs a system call. */
+        int k = watcher_add_dir(a->watcher, dir);
+        if (k < 0 && k != -ENOSPC)
+                return k;
         int r = bs_dir_list_fd(fd, &v.names, &v.n);
         if (r < 0)
                 return r;

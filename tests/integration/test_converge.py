@@ -820,3 +820,30 @@ def test_converge_dir_swapped_for_file_changed_there():
         snap = assert_converged(srv, [a, b], timeout=30, msg="after")
         check("d0/f1" not in snap and snap["e.txt/f1"][1] == b"one\n" and snap["e.txt/f2"][1] == b"two\n",
               "the files moved with the directory: %r" % sorted(snap))
+
+
+def test_converge_new_dir_takes_moved_name():
+    """While the agent is busy: a new directory sub, d moved into it (out of
+    sight: sub is not watched yet), and a new directory n, filled, renamed
+    to d. n's own event is read when it is gone, d's name is a directory
+    the manifest knows: the new d must still be watched, so files written
+    in it later are synced by their events."""
+    from harness import wait_until
+    with harness.Env("converge_new_dir_takes_moved_name") as env:
+        srv, a, b = _pair(env)
+        write_file(os.path.join(a.dir, "d", "f"), "old d\n")
+        assert_converged(srv, [a, b], verify=False, msg="before")
+        os.kill(a.popen.pid, signal.SIGSTOP)
+        write_file(os.path.join(a.dir, "n", "g"), "new d\n")
+        os.mkdir(os.path.join(a.dir, "sub"))
+        os.rename(os.path.join(a.dir, "d"), os.path.join(a.dir, "sub", "d"))
+        os.rename(os.path.join(a.dir, "n"), os.path.join(a.dir, "d"))
+        os.kill(a.popen.pid, signal.SIGCONT)
+        tree = srv.tree(a.token)
+        wait_until(lambda: os.path.isfile(os.path.join(tree, "d", "g")), 30, "the new d on the server")
+        write_file(os.path.join(a.dir, "d", "later.txt"), "written later\n")
+        snap = assert_converged(srv, [a, b], timeout=30, msg="after")
+        check(snap["d/later.txt"][1] == b"written later\n" and snap["sub/d/f"][1] == b"old d\n",
+              "d/later.txt, sub/d/f: %r" % sorted(snap))
+        missed = [l for l in a.log_lines() if "no file-system event said so" in l]
+        check(not missed, "a change no event reported: %r" % missed)

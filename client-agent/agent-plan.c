@@ -419,6 +419,10 @@ static int reconcile_entry(Agent *a, Plan *p, const char *path, bool recursive, 
                         return 0;
                 if (l->st.st_nlink > 1)
                         local_mark_links(a, path, (uint64_t) l->st.st_ino);
+                /* Replaced (a save): the file it was may live on under
+                 * another name, changed through this one before. */
+                if (have && m->kind == BS_KIND_FILE && m->ino && m->ino != (uint64_t) l->st.st_ino)
+                        local_mark_links(a, path, m->ino);
                 return plan_add(p, BS_MSG_PUT, path, NULL, have ? m->version : 0, l) ? 0 : -ENOMEM;
         case BS_KIND_SYMLINK:
                 if (have && local_matches(l, m))

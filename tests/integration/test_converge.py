@@ -376,6 +376,19 @@ def test_hard_link_written_through_other_name():
         os.chmod(g, 0o600)
         snap = assert_converged(srv, [a, b], msg="chmod through one name")
         check(snap["d1/f"][2] == 0o600, "d1/f has mode %o" % snap["d1/f"][2])
+        # Changed through one name, which is then replaced (an editor's
+        # save) before the agent looks: only the other name has that inode.
+        os.kill(a.popen.pid, signal.SIGSTOP)
+        os.utime(g, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+        os.chmod(g, 0o640)
+        write_file(g + ".new", "saved over g\n")
+        os.rename(g + ".new", g)
+        os.kill(a.popen.pid, signal.SIGCONT)
+        snap = assert_converged(srv, [a, b], verify=False, msg="changed through a name then replaced")
+        check(snap["d1/f"][2:] == (0o640, 1_700_000_000_000_000_000) and snap["d2/g"][1] == b"saved over g\n",
+              "d1/f: %r, d2/g: %r" % (snap["d1/f"], snap["d2/g"]))
+        missed = [l for l in a.log_lines() if "no file-system event said so" in l]
+        check(not missed, "a change no event reported: %r" % missed)
 
 
 def test_write_through_removed_link_name():

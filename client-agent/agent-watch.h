@@ -59,11 +59,11 @@ int watcher_add_dir(Watcher *w, const char *dir);
  */
 int watcher_add_made_dir(Watcher *w, const char *dir);
 /**
- * The next IN_CREATE of the directory (is_dir) or IN_MOVED_TO of the file
- * path, placed with inode ino, is the caller's own doing (a pull placing
- * what it fetched, or a rename within the tree to a conflict copy, whose
- * watches still follow): it is not reported, unless path is another inode
- * by then. Forgotten at the end of the next watcher_process(), which has by
+ * The next IN_CREATE of the directory (is_dir) or IN_MOVED_TO of path,
+ * placed with inode ino (a file's is checked), is the caller's own doing:
+ * a pull placing what it fetched, or a rename within the tree to a
+ * conflict copy, whose watches still follow. It is not reported, unless
+ * the file at path is another inode by then. Forgotten at the end of the next watcher_process(), which has by
  * then read the events of everything done before it.
  */
 int watcher_expect(Watcher *w, const char *path, bool is_dir, uint64_t ino);

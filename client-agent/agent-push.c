@@ -538,10 +538,12 @@ static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
                         parent[n] = 0;
                         agent_mark_dirty(a, parent, true);
                 }
-                /* A refused move of a directory: what left it may be in
-                 * the manifest still, and the pull may make it again. */
+                /* A refused move or deletion of a directory: what left it
+                 * may be in the manifest still (a deletion stands for all
+                 * below it), and the pull may make it again. */
                 agent_mark_dirty(a, op->path,
-                                 op->type == BS_MSG_MKDIR || op->type == BS_MSG_MOVE || m->code == BS_ERR_NOT_FOUND);
+                                 op->type == BS_MSG_MKDIR || op->type == BS_MSG_MOVE || op->type == BS_MSG_DELETE ||
+                                         m->code == BS_ERR_NOT_FOUND);
                 if (op->path2)
                         agent_mark_dirty(a, op->path2, true);
                 a->again = true;

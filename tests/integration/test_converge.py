@@ -860,3 +860,34 @@ def test_converge_new_dir_takes_moved_name():
               "d/later.txt, sub/d/f: %r" % sorted(snap))
         missed = [l for l in a.log_lines() if "no file-system event said so" in l]
         check(not missed, "a change no event reported: %r" % missed)
+
+
+def test_converge_dir_delete_refused():
+    """A directory removed here while another computer changed its mode,
+    the DELETE sent after the change reached the server (this computer's
+    pull went out just before): refused (CONFLICT), the pull makes the
+    directory again, empty. The files removed with it must still be
+    deleted on the server, not stay there while this computer lacks them."""
+    from harness import Relay, wait_until
+    import shutil
+    with harness.Env("converge_dir_delete_refused") as env:
+        srv = env.server()
+        write_file(os.path.join(env.path("a"), "d0", "f1"), "one\n")
+        write_file(os.path.join(env.path("a"), "d0", "f2"), "two\n")
+        a = env.agent("A", env.path("a"))
+        relay = Relay(srv.port)
+        b = env.agent("B", env.path("b"), token=a.token, port=relay.port, poll="1h")
+        assert_converged(srv, [a, b], verify=False, msg="before")
+        up = relay.hold_when_quiet()
+        shutil.rmtree(os.path.join(b.dir, "d0"))
+        wait_until(lambda: relay.sent_up > up, msg="B to ask the server")
+        time.sleep(0.5)
+        os.chmod(os.path.join(a.dir, "d0"), 0o700)
+        wait_until(lambda: harness.server_snapshot(srv, a.token)["d0"][2] == 0o700, 30, "A's chmod on the server")
+        relay.hold = False
+        snap = assert_converged(srv, [a, b], timeout=30, msg="after")
+        check("d0/f1" not in snap and "d0/f2" not in snap and snap["d0"][2] == 0o700,
+              "d0 stays with A's mode, its files go: %r" % snap)
+        check("d0: CONFLICT" in b.log_text(), "the DELETE was not refused: the test missed its case")
+        b.stop()
+        relay.close()

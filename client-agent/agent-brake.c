@@ -76,8 +76,10 @@ uint64_t brake_due(const Agent *a) {
 }
 
 void brake_review(Agent *a) {
+        /* A held deletion of a directory stands for all below it: a pull
+         * may have made the directory again meanwhile. */
         for (size_t i = 0; i < a->n_held; i++)
-                agent_mark_dirty(a, a->held[i], false);
+                agent_mark_dirty(a, a->held[i], true);
 }
 
 static bool keep_unmarked(const PushOp *op, void *userdata) {

@@ -891,3 +891,27 @@ def test_converge_dir_delete_refused():
         check("d0: CONFLICT" in b.log_text(), "the DELETE was not refused: the test missed its case")
         b.stop()
         relay.close()
+
+
+def test_converge_held_dir_delete_made_again():
+    """A directory of more than ten files removed here: its deletion waits
+    a moment for the rest of the burst (the brake on mass deletions).
+    Meanwhile another computer changes the directory's mode, which the pull
+    applies by making the directory again, empty. When the deletion is
+    looked at again, the files removed here must still go from the server
+    (the directory stays, with the other computer's mode)."""
+    from harness import wait_until
+    import shutil
+    with harness.Env("converge_held_dir_delete_made_again") as env:
+        srv, a, b = _pair(env)
+        for i in range(12):
+            write_file(os.path.join(a.dir, "d0", "f%02d" % i), "file %d\n" % i)
+        assert_converged(srv, [a, b], verify=False, msg="before")
+        shutil.rmtree(os.path.join(a.dir, "d0"))
+        time.sleep(0.3)
+        os.chmod(os.path.join(b.dir, "d0"), 0o700)
+        wait_until(lambda: os.path.isdir(os.path.join(a.dir, "d0")), 30, "d0 made again on A")
+        snap = assert_converged(srv, [a, b], timeout=30, msg="after")
+        check(sorted(k for k in snap if k.startswith("d0")) == ["d0"] and snap["d0"][2] == 0o700,
+              "d0 is empty, with B's mode: %r" % snap)
+        check("holding the deletion" not in a.log_text(), "the brake held the deletion: not the case tested")

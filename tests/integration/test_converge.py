@@ -24,6 +24,42 @@ def _pair(env):
     return srv, a, b
 
 
+def _no_missed_events(ag, what=""):
+    """Every change ag sent was seen by its own event, none only by the
+    verification pass."""
+    missed = [l for l in ag.log_lines() if "no file-system event said so" in l]
+    check(not missed, "%sa change no event reported: %r" % (what, missed))
+
+
+def _relayed_pair(env, entries):
+    """A holding entries (path: text, or None for a directory), B joined
+    through a relay that can hold the server's answers, with no poll
+    rounds; both in sync. Returns srv, a, b, relay."""
+    srv = env.server()
+    for rel, text in entries.items():
+        if text is None:
+            os.makedirs(os.path.join(env.path("a"), rel))
+        else:
+            write_file(os.path.join(env.path("a"), rel), text)
+    a = env.agent("A", env.path("a"))
+    relay = harness.Relay(srv.port)
+    b = env.agent("B", env.path("b"), token=a.token, port=relay.port, poll="1h")
+    assert_converged(srv, [a, b], verify=False, msg="before")
+    return srv, a, b, relay
+
+
+def _pull_held_while(relay, on_b, on_server):
+    """on_b() changes B, whose round pulls first: the answer, made at once,
+    waits in the relay while on_server() changes the server through A.
+    B then sends its change after the server's, which it has not pulled."""
+    up = relay.hold_when_quiet()
+    on_b()
+    harness.wait_until(lambda: relay.sent_up > up, msg="B to ask the server")
+    time.sleep(0.5)
+    on_server()
+    relay.hold = False
+
+
 def test_behind_returns_to_earlier():
     """B, paused, misses a delete and re-create of the same bytes, and an
     edit undone on A: once resumed it holds exactly what A holds."""
@@ -387,8 +423,7 @@ def test_hard_link_written_through_other_name():
         snap = assert_converged(srv, [a, b], verify=False, msg="changed through a name then replaced")
         check(snap["d1/f"][2:] == (0o640, 1_700_000_000_000_000_000) and snap["d2/g"][1] == b"saved over g\n",
               "d1/f: %r, d2/g: %r" % (snap["d1/f"], snap["d2/g"]))
-        missed = [l for l in a.log_lines() if "no file-system event said so" in l]
-        check(not missed, "a change no event reported: %r" % missed)
+        _no_missed_events(a)
 
 
 def test_write_through_removed_link_name():
@@ -712,8 +747,7 @@ def test_converge_dir_moved_and_made_again():
                   "round %d: the files moved: %r" % (rnd, sorted(snap)))
             # Seen by its own event, not found by the verification pass
             # after an event named it at the moved directory's new place.
-            missed = [l for l in a.log_lines() if "no file-system event said so" in l]
-            check(not missed, "round %d: a change no event reported: %r" % (rnd, missed))
+            _no_missed_events(a, "round %d: " % rnd)
 
 
 def test_converge_upload_after_move_there():
@@ -723,38 +757,29 @@ def test_converge_upload_after_move_there():
     where the server keeps them. The move, pulled afterwards, must leave
     them at the old name here too, not carry them along with the directory
     (where the server has no such file and never gets one)."""
-    from harness import Relay, wait_content, wait_until
+    from harness import wait_until
     with harness.Env("converge_upload_after_move_there") as env:
-        srv = env.server()
-        os.makedirs(os.path.join(env.path("a"), "d0"))
-        write_file(os.path.join(env.path("a"), "d0", "f1"), "one\n")
-        a = env.agent("A", env.path("a"))
-        relay = Relay(srv.port)
-        b = env.agent("B", env.path("b"), token=a.token, port=relay.port, poll="1h")
-        wait_content(os.path.join(b.dir, "d0", "f1"), "one\n")
-        assert_converged(srv, [a, b], verify=False, msg="before")
-        # B's round pulls first; the answer, made now, waits in the relay
-        # while A moves d0 away and makes it again.
-        up = relay.hold_when_quiet()
-        write_file(os.path.join(b.dir, "d0", "new.txt"), "new on B\n")
-        os.makedirs(os.path.join(b.dir, "d0", "sub"))
-        write_file(os.path.join(b.dir, "d0", "sub", "g.txt"), "g on B\n")
-        wait_until(lambda: relay.sent_up > up, msg="B to ask the server")
-        time.sleep(0.5)
+        srv, a, b, relay = _relayed_pair(env, {"d0/f1": "one\n"})
         tree = srv.tree(a.token)
-        os.rename(os.path.join(a.dir, "d0"), os.path.join(a.dir, "x y"))
-        wait_until(lambda: os.path.isfile(os.path.join(tree, "x y", "f1")), 30, "A's move on the server")
-        os.mkdir(os.path.join(a.dir, "d0"))
-        wait_until(lambda: os.path.isdir(os.path.join(tree, "d0")), 30, "A's new d0 on the server")
-        check(any("moved d0 -> x y" in l for l in a.log_lines()), "A did not send a move")
-        relay.hold = False
+
+        def on_b():
+            write_file(os.path.join(b.dir, "d0", "new.txt"), "new on B\n")
+            write_file(os.path.join(b.dir, "d0", "sub", "g.txt"), "g on B\n")
+
+        def on_server():
+            os.rename(os.path.join(a.dir, "d0"), os.path.join(a.dir, "x y"))
+            wait_until(lambda: os.path.isfile(os.path.join(tree, "x y", "f1")), 30, "A's move on the server")
+            os.mkdir(os.path.join(a.dir, "d0"))
+            wait_until(lambda: os.path.isdir(os.path.join(tree, "d0")), 30, "A's new d0 on the server")
+            check(any("moved d0 -> x y" in l for l in a.log_lines()), "A did not send a move")
+
+        _pull_held_while(relay, on_b, on_server)
         snap = assert_converged(srv, [a, b], timeout=30, msg="after")
         check(snap["d0/new.txt"][1] == b"new on B\n" and "x y/new.txt" not in snap,
               "new.txt stays at the old name: %r" % sorted(snap))
         check(snap["d0/sub/g.txt"][1] == b"g on B\n" and "x y/sub" not in snap,
               "sub stays at the old name: %r" % sorted(snap))
-        missed = [l for l in b.log_lines() if "no file-system event said so" in l]
-        check(not missed, "a change no event reported: %r" % missed)
+        _no_missed_events(b)
         b.stop()
         relay.close()
 
@@ -764,25 +789,20 @@ def test_converge_moved_there_replaced_here():
     (here a symbolic link takes its name), sent after the move reached the
     server: the move, pulled afterwards, must not carry along the link,
     which is newer than the move, and the moved file must arrive."""
-    from harness import Relay, wait_content, wait_until
+    from harness import wait_until
     with harness.Env("converge_moved_there_replaced_here") as env:
-        srv = env.server()
-        os.makedirs(os.path.join(env.path("a"), "d0"))
-        write_file(os.path.join(env.path("a"), "e.txt"), "the file\n")
-        a = env.agent("A", env.path("a"))
-        relay = Relay(srv.port)
-        b = env.agent("B", env.path("b"), token=a.token, port=relay.port, poll="1h")
-        wait_content(os.path.join(b.dir, "e.txt"), "the file\n")
-        assert_converged(srv, [a, b], verify=False, msg="before")
-        up = relay.hold_when_quiet()
-        os.remove(os.path.join(b.dir, "e.txt"))
-        os.symlink("elsewhere", os.path.join(b.dir, "e.txt"))
-        wait_until(lambda: relay.sent_up > up, msg="B to ask the server")
-        time.sleep(0.5)
+        srv, a, b, relay = _relayed_pair(env, {"d0": None, "e.txt": "the file\n"})
         tree = srv.tree(a.token)
-        os.rename(os.path.join(a.dir, "e.txt"), os.path.join(a.dir, "d0", "c"))
-        wait_until(lambda: os.path.isfile(os.path.join(tree, "d0", "c")), 30, "A's move on the server")
-        relay.hold = False
+
+        def on_b():
+            os.remove(os.path.join(b.dir, "e.txt"))
+            os.symlink("elsewhere", os.path.join(b.dir, "e.txt"))
+
+        def on_server():
+            os.rename(os.path.join(a.dir, "e.txt"), os.path.join(a.dir, "d0", "c"))
+            wait_until(lambda: os.path.isfile(os.path.join(tree, "d0", "c")), 30, "A's move on the server")
+
+        _pull_held_while(relay, on_b, on_server)
         snap = assert_converged(srv, [a, b], timeout=30, msg="after")
         check(snap["d0/c"][:2] == ("file", b"the file\n") and snap["e.txt"][:2] == ("link", "elsewhere"),
               "the link stays, the file moved: %r" % snap)
@@ -813,8 +833,7 @@ def test_converge_made_then_parent_moved():
         snap = assert_converged(srv, [a, b], timeout=30, msg="after")
         check(snap["c/b/x.txt"][1] == b"written later\n" and snap["c/b/deeper/y.txt"][1] == b"written later too\n",
               "c/b/x.txt, c/b/deeper/y.txt: %r" % sorted(snap))
-        missed = [l for l in a.log_lines() if "no file-system event said so" in l]
-        check(not missed, "a change no event reported: %r" % missed)
+        _no_missed_events(a)
 
 
 def test_converge_dir_swapped_for_file_changed_there():
@@ -858,8 +877,7 @@ def test_converge_new_dir_takes_moved_name():
         snap = assert_converged(srv, [a, b], timeout=30, msg="after")
         check(snap["d/later.txt"][1] == b"written later\n" and snap["sub/d/f"][1] == b"old d\n",
               "d/later.txt, sub/d/f: %r" % sorted(snap))
-        missed = [l for l in a.log_lines() if "no file-system event said so" in l]
-        check(not missed, "a change no event reported: %r" % missed)
+        _no_missed_events(a)
 
 
 def test_converge_dir_delete_refused():
@@ -868,23 +886,16 @@ def test_converge_dir_delete_refused():
     pull went out just before): refused (CONFLICT), the pull makes the
     directory again, empty. The files removed with it must still be
     deleted on the server, not stay there while this computer lacks them."""
-    from harness import Relay, wait_until
+    from harness import wait_until
     import shutil
     with harness.Env("converge_dir_delete_refused") as env:
-        srv = env.server()
-        write_file(os.path.join(env.path("a"), "d0", "f1"), "one\n")
-        write_file(os.path.join(env.path("a"), "d0", "f2"), "two\n")
-        a = env.agent("A", env.path("a"))
-        relay = Relay(srv.port)
-        b = env.agent("B", env.path("b"), token=a.token, port=relay.port, poll="1h")
-        assert_converged(srv, [a, b], verify=False, msg="before")
-        up = relay.hold_when_quiet()
-        shutil.rmtree(os.path.join(b.dir, "d0"))
-        wait_until(lambda: relay.sent_up > up, msg="B to ask the server")
-        time.sleep(0.5)
-        os.chmod(os.path.join(a.dir, "d0"), 0o700)
-        wait_until(lambda: harness.server_snapshot(srv, a.token)["d0"][2] == 0o700, 30, "A's chmod on the server")
-        relay.hold = False
+        srv, a, b, relay = _relayed_pair(env, {"d0/f1": "one\n", "d0/f2": "two\n"})
+
+        def on_server():
+            os.chmod(os.path.join(a.dir, "d0"), 0o700)
+            wait_until(lambda: harness.server_snapshot(srv, a.token)["d0"][2] == 0o700, 30, "A's chmod on the server")
+
+        _pull_held_while(relay, lambda: shutil.rmtree(os.path.join(b.dir, "d0")), on_server)
         snap = assert_converged(srv, [a, b], timeout=30, msg="after")
         check("d0/f1" not in snap and "d0/f2" not in snap and snap["d0"][2] == 0o700,
               "d0 stays with A's mode, its files go: %r" % snap)

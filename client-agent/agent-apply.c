@@ -537,7 +537,10 @@ static void apply_move(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m) {
                 goto resync;
         int pf = bs_open_parent(a->rootfd, x->path, &bf);
         int pt = bs_open_parent(a->rootfd, x->path2, &bt);
-        int r = pf >= 0 && pt >= 0 ? renameat(pf, bf, pt, bt) : -1;
+        /* Two names of one file (hard links): rename() does nothing. */
+        bool same = lt->exists && l->kind != BS_KIND_DIR && lt->st.st_ino == l->st.st_ino &&
+                    lt->st.st_dev == l->st.st_dev;
+        int r = pf < 0 || pt < 0 ? -1 : same ? unlinkat(pf, bf, 0) : renameat(pf, bf, pt, bt);
         if (pf >= 0)
                 close(pf);
         if (pt >= 0)

@@ -426,6 +426,22 @@ def test_hard_link_written_through_other_name():
         _no_missed_events(a)
 
 
+def test_move_between_names_of_one_file():
+    """A file renamed on one computer over another name of itself (the two
+    are hard links on a second computer): rename() between two names of
+    one file does nothing, so applying the move there must remove the old
+    name itself."""
+    with harness.Env("move_between_names_of_one_file") as env:
+        srv, a, b = _pair(env)
+        write_file(os.path.join(a.dir, "b.txt"), "one file\n")
+        assert_converged(srv, [a, b], verify=False, msg="b.txt")
+        os.link(os.path.join(b.dir, "b.txt"), os.path.join(b.dir, "d.bin"))
+        assert_converged(srv, [a, b], verify=False, msg="d.bin, linked on B")
+        os.rename(os.path.join(a.dir, "d.bin"), os.path.join(a.dir, "b.txt"))
+        snap = assert_converged(srv, [a, b], timeout=30, verify=False, msg="d.bin moved over b.txt on A")
+        check(sorted(snap) == ["b.txt"], "only b.txt is left: %r" % sorted(snap))
+
+
 def test_write_through_removed_link_name():
     """A program keeps a file open while its name is replaced by another
     (link, then unlink: how git and mail programs publish a file) and goes

@@ -790,6 +790,63 @@ class Watch:
         self.sel.close()
 
 
+def test_hostile_big_upload():
+    """The server hashes a big upload in its writer thread, a few MiB at
+    a time while the rest arrives: a SHA-256 or a size that does not
+    match what came is still refused (CHECKSUM) with nothing stored,
+    wherever the bad byte falls, and the true content, holes included, is
+    stored exactly and reaches the other computers."""
+    MiB = 1 << 20
+    with Env("hostile_big_upload") as env:
+        srv, a, b = setup(env, "hostile_big_upload")
+        sock = bsproto.connect(srv.port)
+        bsproto.hello(sock, a.token, device=os.urandom(16), name="hostile")
+        data = bytearray(os.urandom(9 * MiB + 4097))
+        data[4 * MiB - 8192:4 * MiB + 8192] = bytes(16384)  # a hole across a step
+        data[-5000:] = bytes(5000)  # and one at the end
+        data = bytes(data)
+        m = bsproto.put(sock, 1, "big.bin", 0, data)
+        check(m["type"] == "ACK", "the upload was refused: %r" % m)
+        ver = m["version"]
+        stored = os.path.join(srv.tree(a.token), "big.bin")
+        check(read_bytes(stored) == data, "the server stored other bytes than were sent")
+        for at in (0, 4 * MiB + 1, len(data) - 1):
+            bad = bytearray(data)
+            bad[at] ^= 0x5A
+            m = bsproto.put(sock, 2, "big.bin", ver, bytes(bad), content_sha=bsproto.sha256(data))
+            check(m["type"] == "ERROR" and m["name"] == "CHECKSUM",
+                  "a byte changed at %d was not refused: %r" % (at, m))
+        short = data[:-1]
+        sock.sendall(bsproto.enc_put(3, "big.bin", ver, len(data))
+                     + b"".join(bsproto.enc_data(3, short[i:i + 256 * 1024])
+                                for i in range(0, len(short), 256 * 1024))
+                     + bsproto.enc_put_end(3, bsproto.sha256(data)))
+        m = bsproto.answer(sock)
+        check(m["type"] == "ERROR" and m["name"] == "CHECKSUM", "a short upload was not refused: %r" % m)
+        check(read_bytes(stored) == data, "a refused upload changed what the server holds")
+        tmp = os.path.join(srv.storage, a.token.split("-")[0], "tmp")
+        check([n for n in os.listdir(tmp) if n.startswith(".backupsync-tmp")] == [],
+              "refused uploads left temporary files: %s" % os.listdir(tmp))
+        # A size of whole steps: the last step is the one still running.
+        exact = os.urandom(8 * MiB)
+        m = bsproto.put(sock, 4, "exact.bin", 0, exact)
+        check(m["type"] == "ACK", "an upload of whole steps was refused: %r" % m)
+        bsproto.ping(sock)
+        sock.close()
+        wait_content(os.path.join(a.dir, "big.bin"), data, timeout=30)
+        wait_content(os.path.join(b.dir, "big.bin"), data, timeout=30)
+        wait_content(os.path.join(b.dir, "exact.bin"), exact, timeout=30)
+        # The agent hashes what it sends the same way, a step behind.
+        for name, size in (("steps.bin", 12 * MiB), ("odd.bin", 5 * MiB + 1)):
+            body = os.urandom(size)
+            with open(os.path.join(a.dir, name), "wb") as f:
+                f.write(body)
+            wait_content(os.path.join(b.dir, name), body, timeout=30)
+            wait_content(os.path.join(srv.tree(a.token), name), body, timeout=10)
+        bad = [l for l in a.log_lines() if "CHECKSUM" in l]
+        check(bad == [], "the server refused what the agent sent: %s" % bad)
+
+
 def test_hostile_idle_flood():
     with Env("hostile_idle_flood") as env:
         srv, a, b = setup(env, "hostile_idle_flood",

@@ -146,12 +146,24 @@ out:
         free(now);
 }
 
+/* Set path aside as a conflict copy. The watcher is told: the rename's
+ * events are ours, not a user's move, which would carry the changes queued
+ * at path along to the copy; what the rename changes is queued by the
+ * caller now, and a change queued at path later must stay there. */
+static int set_aside(Agent *a, const char *path, char *copy, size_t n) {
+        struct stat st;
+        int r = local_conflict_copy(a, path, copy, n, &st);
+        if (r == 0 && st.st_mode != 0)
+                (void) watcher_expect(a->watcher, copy, S_ISDIR(st.st_mode), (uint64_t) st.st_ino);
+        return r;
+}
+
 /* Set a local entry aside when it holds something the server has not seen. */
 static int keep_local(Agent *a, const char *path, const LocalEntry *l, const ManifestEntry *m, bool have) {
         char copy[BS_PATH_MAX + 1];
         if (!l->exists || (have && local_matches(l, m)))
                 return 0;
-        int r = local_conflict_copy(a, path, copy, sizeof(copy));
+        int r = set_aside(a, path, copy, sizeof(copy));
         if (r < 0) {
                 log_error("cannot keep local %s as a conflict copy: %s", path, strerror(-r));
                 return r;
@@ -175,7 +187,7 @@ static int make_room(Agent *a, const char *path, LocalEntry *l) {
         int r = local_stat(a, path, l);
         if (r < 0 || !l->exists)
                 return r;
-        r = local_conflict_copy(a, path, copy, sizeof(copy));
+        r = set_aside(a, path, copy, sizeof(copy));
         if (r < 0) {
                 log_error("cannot keep local directory %s as a conflict copy: %s", path, strerror(-r));
                 return r;
@@ -473,6 +485,23 @@ static int collect_newer(const char *path, const ManifestEntry *e, void *userdat
         return apply_collect_path(path, e, &nw->files);
 }
 
+/* Rename from to to, both relative to the tree; a source that is another
+ * name of the destination's file (hard links, where rename() does nothing
+ * and succeeds) is unlinked instead. */
+static int rename_in_tree(Agent *a, const char *from, const char *to, bool same_file) {
+        const char *bf, *bt;
+        int pf = bs_open_parent(a->rootfd, from, &bf);
+        int pt = pf < 0 ? -1 : bs_open_parent(a->rootfd, to, &bt);
+        int r = pf < 0 ? pf : pt < 0 ? pt : 0;
+        if (r == 0 && (same_file ? unlinkat(pf, bf, 0) : renameat(pf, bf, pt, bt)) < 0)
+                r = -errno;
+        if (pf >= 0)
+                close(pf);
+        if (pt >= 0)
+                close(pt);
+        return r;
+}
+
 /* After the directory moved here: put what is newer than the move back at
  * the old name (with its manifest entry), where the server has it. A
  * directory newer than the move, or a file that cannot be put back, is
@@ -482,7 +511,7 @@ static void keep_newer_at_old_name(Agent *a, const Rec *x, Newer *nw) {
         size_t fl = strlen(x->path), tl = strlen(x->path2);
         a->need_snapshot |= nw->dirs;
         for (size_t i = 0; i < nw->files.n; i++) {
-                const char *p = nw->files.v[i], *bf, *bt;
+                const char *p = nw->files.v[i];
                 size_t rest = strlen(p) - fl;
                 int r = -ENAMETOOLONG;
                 if (tl + rest <= BS_PATH_MAX) {
@@ -490,16 +519,11 @@ static void keep_newer_at_old_name(Agent *a, const Rec *x, Newer *nw) {
                         memcpy(from + tl, p + fl, rest + 1);
                         r = bs_mkdir_parents(a->rootfd, p, 0755);
                 }
-                int pf = r < 0 ? -1 : bs_open_parent(a->rootfd, from, &bf);
-                int pt = pf < 0 ? -1 : bs_open_parent(a->rootfd, p, &bt);
-                if (pt >= 0 && renameat(pf, bf, pt, bt) == 0)
+                r = r < 0 ? r : rename_in_tree(a, from, p, false);
+                if (r == 0)
                         manifest_move_tree(a->state, from, p);
                 else
                         a->need_snapshot = true;
-                if (pf >= 0)
-                        close(pf);
-                if (pt >= 0)
-                        close(pt);
                 free(nw->files.v[i]);
         }
         free(nw->files.v);
@@ -508,7 +532,6 @@ static void keep_newer_at_old_name(Agent *a, const Rec *x, Newer *nw) {
 static void apply_move(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m) {
         LocalEntry *lt = malloc(sizeof(*lt));
         ManifestEntry *mt = malloc(sizeof(*mt));
-        const char *bf, *bt;
         if (!lt || !mt)
                 goto out;
         bool have_to = manifest_get(a->state, x->path2, mt) == 0;
@@ -535,17 +558,9 @@ static void apply_move(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m) {
                 goto resync;
         if (bs_mkdir_parents(a->rootfd, x->path2, 0755) < 0)
                 goto resync;
-        int pf = bs_open_parent(a->rootfd, x->path, &bf);
-        int pt = bs_open_parent(a->rootfd, x->path2, &bt);
-        /* Two names of one file (hard links): rename() does nothing. */
         bool same = lt->exists && l->kind != BS_KIND_DIR && lt->st.st_ino == l->st.st_ino &&
                     lt->st.st_dev == l->st.st_dev;
-        int r = pf < 0 || pt < 0 ? -1 : same ? unlinkat(pf, bf, 0) : renameat(pf, bf, pt, bt);
-        if (pf >= 0)
-                close(pf);
-        if (pt >= 0)
-                close(pt);
-        if (r < 0)
+        if (rename_in_tree(a, x->path, x->path2, same) < 0)
                 goto resync;
         Newer nw = { .seq = x->seq };
         if (m->kind == BS_KIND_DIR)

@@ -9,7 +9,6 @@
 
 #include "agent-conflict.h"
 #include "agent-local.h"
-#include "agent-watch.h"
 #include "bs-fs.h"
 #include "bs-hash.h"
 #include "bs-macro.h"
@@ -140,7 +139,7 @@ void local_to_manifest(const LocalEntry *l, ManifestEntry *m) {
         snprintf(m->target, sizeof(m->target), "%s", l->target);
 }
 
-int local_conflict_copy(Agent *a, const char *path, char *out, size_t outsz) {
+int local_conflict_copy(Agent *a, const char *path, char *out, size_t outsz, struct stat *ret) {
         const char *base;
         _cleanup_(closep) int pfd = bs_open_parent(a->rootfd, path, &base);
         if (pfd < 0)
@@ -152,11 +151,8 @@ int local_conflict_copy(Agent *a, const char *path, char *out, size_t outsz) {
                         return r;
                 /* renameat2(NOREPLACE): never overwrite an earlier copy. */
                 if (renameat2(pfd, base, pfd, bs_path_base(out), RENAME_NOREPLACE) == 0) {
-                        /* The caller queues what the rename changes now: a
-                         * change queued at path later must stay there. */
-                        struct stat st;
-                        if (fstatat(pfd, bs_path_base(out), &st, AT_SYMLINK_NOFOLLOW) == 0)
-                                (void) watcher_expect(a->watcher, out, S_ISDIR(st.st_mode), (uint64_t) st.st_ino);
+                        if (fstatat(pfd, bs_path_base(out), ret, AT_SYMLINK_NOFOLLOW) < 0)
+                                ret->st_mode = 0; /* gone already */
                         return 0;
                 }
                 if (errno != EEXIST)

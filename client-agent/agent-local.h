@@ -40,8 +40,11 @@ bool local_matches(const LocalEntry *l, const ManifestEntry *m);
  * hashed; -EAGAIN when the file changed while it was read.
  */
 int local_hash(Agent *a, const char *path, uint8_t sha[BS_SHA_LEN], LocalEntry *l);
-/** Move a local entry aside as a conflict copy; out gets the new path. */
-int local_conflict_copy(Agent *a, const char *path, char *out, size_t outsz);
+/**
+ * Move a local entry aside as a conflict copy; out gets the new path, ret
+ * the lstat() of what is there now (st_mode 0: gone already).
+ */
+int local_conflict_copy(Agent *a, const char *path, char *out, size_t outsz, struct stat *ret);
 /**
  * A file with several names (hard links) changed through path: inotify
  * reports only the name used, but the bytes or mode changed under every

@@ -31,7 +31,6 @@
 #include "bs-log.h"
 #include "bs-macro.h"
 #include "bs-path.h"
-#include "bs-writer.h"
 
 #define PUSH_WINDOW 4096
 /* Ops planned at once (see Plan.slice): the first slice is small, so the
@@ -51,10 +50,6 @@
 #define DELTA_BASES_MAX 4
 /* An inode's times lag the clock by up to a tick (see being_written()). */
 #define PUSH_EVENTS_SLACK_USEC 20000
-/* A file from this size on is hashed in a thread of its own (see
- * hash_step()), every this many bytes read. */
-#define HASH_AHEAD_MIN BS_DELTA_MIN
-#define HASH_STEP (4u * 1024 * 1024)
 
 /* An upload in progress: file data goes out as the socket drains. */
 typedef struct Upload {
@@ -64,10 +59,6 @@ typedef struct Upload {
         struct stat st0;
         bool cold; /* read into the page cache by us: dropped from it when done */
         BsSha *sha;
-        /* A big file's SHA-256 is computed by the hasher (made at the first,
-         * kept for the push) from the file, up to hashed, a step behind off. */
-        BsWriter *hasher;
-        BsHashAhead hash;
         BsBlocks *blocks; /* the chunk list of what is read (a big file sent whole) */
         /* A delta, and the chunk index of its base. */
         bool delta;
@@ -87,31 +78,7 @@ static void close_read(int fd, bool cold) {
         close(fd);
 }
 
-/*
- * Hash what was read of a big file since the last step, in the hasher's
- * thread: SHA-256 is the largest part of the loop's work on a big file,
- * which goes on reading, chunking, encrypting and sending meanwhile. The
- * thread reads the pages the loop just read, still cached.
- */
-static void hash_step(Upload *up, bool last) {
-        if (!up->hasher)
-                (void) bs_writer_new(-1, 0, &up->hasher); /* NULL: hashed here */
-        bs_hash_ahead(up->hasher, &up->hash, up->fd, up->sha, up->off, HASH_STEP, last);
-}
-
-/* n more bytes of the file read into p. */
-static void upload_read(Upload *up, const uint8_t *p, size_t n) {
-        up->off += (uint64_t) n;
-        if (up->size >= HASH_AHEAD_MIN)
-                hash_step(up, false);
-        else {
-                bs_sha_update(up->sha, p, n);
-                up->hash.hashed = up->off;
-        }
-}
-
 static void upload_free(Upload *up) {
-        bs_hash_ahead_wait(up->hasher, &up->hash);
         close_read(up->fd, up->cold);
         up->fd = -1;
         up->sha = bs_sha_free(up->sha);
@@ -275,8 +242,7 @@ static int start_op(Agent *a, PushOp *op, Upload *up) {
                         memcpy(m->sha, op->e->sha, BS_SHA_LEN);
                         break;
                 }
-                *up = (Upload) { .fd = fd, .op = op, .size = m->size, .st0 = st, .cold = op->cold,
-                                 .hasher = up->hasher };
+                *up = (Upload) { .fd = fd, .op = op, .size = m->size, .st0 = st, .cold = op->cold };
                 r = bs_sha_new(&up->sha);
                 if (r < 0) {
                         upload_free(up);
@@ -339,8 +305,9 @@ static int delta_step(Agent *a, Upload *up) {
                 ssize_t n = bs_pread_full(up->fd, p, want, (off_t) up->off);
                 if (n <= 0)
                         return 1;
+                bs_sha_update(up->sha, p, (size_t) n);
                 bs_delta_fed(&up->d, (size_t) n);
-                upload_read(up, p, (size_t) n);
+                up->off += (uint64_t) n;
                 return (size_t) n < want ? 1 : 0;
         }
         if (piece.kind == BS_DELTA_DATA) {
@@ -378,10 +345,11 @@ static int upload_step(Agent *a, Upload *up) {
                         return r;
                 ssize_t n = bs_pread_full(up->fd, out->data + out->end, want, (off_t) up->off);
                 if (n > 0) {
-                        upload_read(up, out->data + out->end, (size_t) n);
+                        bs_sha_update(up->sha, out->data + out->end, (size_t) n);
                         if (up->blocks && bs_blocks_update(up->blocks, out->data + out->end, (size_t) n) < 0)
                                 up->blocks = bs_blocks_free(up->blocks);
                         out->end += (size_t) n;
+                        up->off += (uint64_t) n;
                         bs_frame_end(out, off);
                         a->bytes_uploaded += (uint64_t) n;
                         return 0;
@@ -394,11 +362,7 @@ static int upload_step(Agent *a, Upload *up) {
                 return -ENOMEM;
         bs_msg_init(m, BS_MSG_PUT_END, up->op->req);
         struct stat st1;
-        /* Hashed to the end before the file is looked at again: a change
-         * the hasher read is then seen. */
-        if (up->off == up->size && up->size >= HASH_AHEAD_MIN)
-                hash_step(up, true);
-        bool changed = up->off != up->size || up->hash.error < 0 || fstat(up->fd, &st1) < 0 || st1.st_size != up->st0.st_size ||
+        bool changed = up->off != up->size || fstat(up->fd, &st1) < 0 || st1.st_size != up->st0.st_size ||
                        bs_stat_mtime_ns(&st1) != bs_stat_mtime_ns(&up->st0) ||
                        st1.st_ctim.tv_sec != up->st0.st_ctim.tv_sec || st1.st_ctim.tv_nsec != up->st0.st_ctim.tv_nsec;
         int r = 0;
@@ -544,15 +508,6 @@ static void handle_answer(Agent *a, PushOp *op, const BsMsg *m) {
                 /* Changed while read: being written, look again once it settles. */
                 log_event(LOG_INFO, BS_MID_REJECTED, a->account, op->path,
                           "%s changed while it was read (ABORTED); sending it once it settles", op->path);
-                agent_settle(a, op->path);
-                break;
-        case BS_ERR_CHECKSUM:
-                /* A big file is hashed by a second read (hash_step()): one
-                 * that changed between the two and kept its times (mmap, a
-                 * clock set back) was sent with a hash of other bytes. */
-                log_event(LOG_WARNING, BS_MID_REJECTED, a->account, op->path,
-                          "%s: the server's SHA-256 of what was sent differs (CHECKSUM); it changed while it "
-                          "was read, sending it once it settles", op->path);
                 agent_settle(a, op->path);
                 break;
         case BS_ERR_CONFLICT:
@@ -770,7 +725,6 @@ static int push_plan(Agent *a, Plan *p) {
         r = 0;
 out:
         upload_free(&up);
-        up.hasher = bs_writer_free(up.hasher);
         if (a->last_seq != last_seq0)
                 agent_state_set_u64(a->state, "last_seq", a->last_seq);
         if (a->quiet_files && a->n_uploaded > n0)

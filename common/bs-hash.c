@@ -49,17 +49,14 @@ int bs_sha_buf(const void *p, size_t n, uint8_t out[BS_SHA_LEN]) {
         return EVP_Digest(p, n, out, &len, EVP_sha256(), NULL) == 1 ? 0 : -EIO;
 }
 
-/* One read buffer per thread for the two below: a file is hashed in
- * pieces, never held whole. */
-static __thread uint8_t hash_buf[128 * 1024];
-
 int bs_sha_fd(int fd, uint8_t out[BS_SHA_LEN]) {
         BsSha *s = NULL;
+        static __thread uint8_t buf[128 * 1024];
         int r = bs_sha_new(&s);
         if (r < 0)
                 return r;
         for (;;) {
-                ssize_t n = read(fd, hash_buf, sizeof(hash_buf));
+                ssize_t n = read(fd, buf, sizeof(buf));
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -70,29 +67,10 @@ int bs_sha_fd(int fd, uint8_t out[BS_SHA_LEN]) {
                         r = bs_sha_final(s, out);
                         break;
                 }
-                bs_sha_update(s, hash_buf, (size_t) n);
+                bs_sha_update(s, buf, (size_t) n);
         }
         bs_sha_free(s);
         return r;
-}
-
-int bs_sha_update_fd(BsSha *s, int fd, uint64_t off, uint64_t len) {
-        while (len > 0) {
-                size_t want = len < sizeof(hash_buf) ? (size_t) len : sizeof(hash_buf);
-                ssize_t n = pread(fd, hash_buf, want, (off_t) off);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return -errno;
-                if (n == 0)
-                        return -ENODATA;
-                int r = bs_sha_update(s, hash_buf, (size_t) n);
-                if (r < 0)
-                        return r;
-                off += (uint64_t) n;
-                len -= (uint64_t) n;
-        }
-        return 0;
 }
 
 void bs_hex(const uint8_t *p, size_t n, char *out) {

@@ -19,11 +19,6 @@ int bs_sha_final(BsSha *s, uint8_t out[BS_SHA_LEN]);
 int bs_sha_buf(const void *p, size_t n, uint8_t out[BS_SHA_LEN]);
 /** Hash the rest of an open file from its current offset. */
 int bs_sha_fd(int fd, uint8_t out[BS_SHA_LEN]);
-/**
- * Add len bytes of fd from off to s, read with pread(), so another thread
- * may hash what one reads or writes. -ENODATA if the file ends first.
- */
-int bs_sha_update_fd(BsSha *s, int fd, uint64_t off, uint64_t len);
 /** Lower-case hex of n bytes into out (2n+1 bytes). */
 void bs_hex(const uint8_t *p, size_t n, char *out);
 /** Read exactly 2n lower-case hex digits (and nothing more) into n bytes; -EINVAL otherwise. */

@@ -1,4 +1,4 @@
-/* bs-writer.c - a thread that writes small files, syncs and hashes big ones
+/* bs-writer.c - a thread that writes small files and syncs big ones
  *
  * One queue under one mutex: the event loop appends, the thread takes
  * from the head, many files at a time, so the two threads meet (and
@@ -88,21 +88,6 @@ static void sync_now(BsWrite *job) {
         job->sync_fd = -1;
 }
 
-static void run_job(int dir_fd, BsWrite *job) {
-        switch (job->kind) {
-        case BS_WRITE_FILE:
-                bs_write_now(dir_fd, job);
-                break;
-        case BS_WRITE_SYNC:
-        case BS_WRITE_SYNCFS:
-                sync_now(job);
-                break;
-        case BS_WRITE_HASH:
-                job->error = bs_sha_update_fd(job->hash, job->read_fd, job->hash_off, job->hash_len);
-                break;
-        }
-}
-
 static void *writer_main(void *userdata) {
         BsWriter *w = userdata;
 
@@ -138,7 +123,10 @@ static void *writer_main(void *userdata) {
                  * count below says it is done. */
                 for (BsWrite *job = first, *next;; job = next) {
                         next = job->next;
-                        run_job(w->dir_fd, job);
+                        if (job->kind != BS_WRITE_FILE)
+                                sync_now(job);
+                        else
+                                bs_write_now(w->dir_fd, job);
                         if (job == last)
                                 break;
                 }
@@ -219,7 +207,7 @@ void bs_writer_submit(BsWriter *w, BsWrite *job) {
         w->busy++;
         w->queued++;
         w->bytes += job->len;
-        /* A sync or a hash is waited for soon: it starts now. */
+        /* A sync is waited for soon: it starts now. */
         if (w->queued >= WRITER_WAKE_JOBS || job->kind != BS_WRITE_FILE)
                 pthread_cond_signal(&w->wake);
         pthread_mutex_unlock(&w->lock);
@@ -265,34 +253,4 @@ void bs_writer_wait_job(BsWriter *w, const BsWrite *job) {
         while (!job->done)
                 pthread_cond_wait(&w->done, &w->lock);
         pthread_mutex_unlock(&w->lock);
-}
-
-void bs_hash_ahead_wait(BsWriter *w, BsHashAhead *h) {
-        if (!h->busy)
-                return;
-        bs_writer_wait_job(w, &h->job);
-        h->busy = false;
-        if (h->job.error < 0 && h->error == 0)
-                h->error = h->job.error;
-}
-
-void bs_hash_ahead(BsWriter *w, BsHashAhead *h, int fd, BsSha *sha, uint64_t upto, uint64_t step, bool last) {
-        uint64_t n = upto - h->hashed;
-        if (!last && (n < step || (h->busy && !bs_writer_done(w, &h->job))))
-                return;
-        bs_hash_ahead_wait(w, h); /* the job is reused: its last run must be over */
-        if (n == 0)
-                return;
-        if (!w) {
-                if (h->error == 0)
-                        h->error = bs_sha_update_fd(sha, fd, h->hashed, n);
-                h->hashed = upto;
-                return;
-        }
-        h->job = (BsWrite) { .kind = BS_WRITE_HASH, .read_fd = fd, .hash = sha, .hash_off = h->hashed, .hash_len = n };
-        bs_writer_submit(w, &h->job);
-        h->busy = true;
-        h->hashed = upto;
-        if (last)
-                bs_hash_ahead_wait(w, h);
 }

@@ -6,10 +6,8 @@
  * a pull, and each goes on reading the next ones, then waits for them
  * before its batch's sync. A big upload still arriving has its written
  * part synced here, piece by piece, so the sync at its commit finds
- * little left to do, and hashed here, so its SHA-256 costs the event
- * loop nothing (the agent hashes a big file it sends the same way). The
- * writer only creates, writes, syncs, hashes and closes files under the
- * fd it was given, and never logs.
+ * little left to do. The writer only creates, writes, syncs and closes
+ * files under the fd it was given, and never logs.
  */
 #pragma once
 
@@ -18,15 +16,12 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "bs-hash.h"
-
 typedef struct BsWriter BsWriter;
 
 typedef enum BsWriteKind {
         BS_WRITE_FILE, /* create a file in the directory with buf */
         BS_WRITE_SYNC,  /* fdatasync() and close sync_fd */
         BS_WRITE_SYNCFS, /* syncfs() of sync_fd's file system, then close it */
-        BS_WRITE_HASH,  /* add hash_len bytes of read_fd from hash_off to hash */
 } BsWriteKind;
 
 /* One file to write (or sync): its content, the mode and mtime it gets,
@@ -34,11 +29,6 @@ typedef enum BsWriteKind {
 typedef struct BsWrite {
         BsWriteKind kind;
         int sync_fd;  /* BS_WRITE_SYNC, BS_WRITE_SYNCFS: owned, closed once synced */
-        /* BS_WRITE_HASH: neither owned; both the caller's again once done.
-         * Jobs run in order, so steps of one file may follow each other. */
-        int read_fd;
-        BsSha *hash;
-        uint64_t hash_off, hash_len;
         uint8_t *buf; /* owned; freed once written */
         size_t len;
         mode_t mode;
@@ -80,23 +70,3 @@ void bs_writer_wait_job(BsWriter *w, const BsWrite *job);
 void bs_writer_drop(BsWriter *w, int *fds, size_t n);
 /** Write job at once in the calling thread (no writer, or none could start). */
 void bs_write_now(int dir_fd, BsWrite *job);
-
-/* A file hashed in a writer's thread a step at a time, behind the loop
- * that reads it (the agent) or writes it (the server). Zeroed to start. */
-typedef struct BsHashAhead {
-        BsWrite job;
-        bool busy;       /* job handed over, its result not yet taken */
-        uint64_t hashed; /* bytes hashed, or handed over to be */
-        int error;       /* the first a step reported */
-} BsHashAhead;
-
-/**
- * Add fd's bytes from h->hashed up to upto to sha: in w's thread once at
- * least step bytes wait and the step before is done; with last, whatever
- * waits, and wait for it. w NULL (no thread): here. fd and sha must stay
- * until h is idle again (bs_hash_ahead_wait()). The first error is in
- * h->error.
- */
-void bs_hash_ahead(BsWriter *w, BsHashAhead *h, int fd, BsSha *sha, uint64_t upto, uint64_t step, bool last);
-/** Wait for h's step in w, if one is running. */
-void bs_hash_ahead_wait(BsWriter *w, BsHashAhead *h);

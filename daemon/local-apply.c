@@ -268,7 +268,6 @@ struct LocalUpload {
         BsWrite *sync;   /* the last sync handed to the writer, or NULL */
         uint64_t synced;    /* written bytes when it was handed over */
         int sync_error;     /* the first a finished sync reported */
-        BsHashAhead hash; /* from the file, in the writer's thread: for spilled uploads */
 };
 
 int local_upload_begin(LocalAccount *a, LocalUpload **ret) {
@@ -358,16 +357,6 @@ static int upload_sync_wait(LocalUpload *u) {
         return u->sync_error;
 }
 
-/* A big upload is hashed in the writer's thread, from the file it is
- * written to, a step at a time: the loop, which also decrypts it and
- * writes it, goes on with the next bytes meanwhile. */
-static void upload_hash_step(LocalUpload *u, bool last) {
-        LocalAccount *a = u->account;
-        if (!a->writer)
-                (void) bs_writer_new(a->tmp_fd, LOCAL_WRITER_QUEUE, &a->writer); /* NULL: hashed here */
-        bs_hash_ahead(a->writer, &u->hash, u->fd, u->sha, u->written, LOCAL_HASH_STEP, last);
-}
-
 int local_upload_write(LocalUpload *u, const void *p, size_t n, uint64_t limit) {
         int r = 0;
         if (n > limit || u->written > limit - n)
@@ -376,19 +365,14 @@ int local_upload_write(LocalUpload *u, const void *p, size_t n, uint64_t limit) 
                 r = upload_spill(u);
         if (r < 0)
                 return r;
-        if (u->fd < 0) {
-                r = upload_buffer(u, p, n);
-                r = r ?: bs_sha_update(u->sha, p, n);
-                if (r >= 0)
-                        u->hash.hashed = u->written += n;
-                return r;
-        }
-        r = bs_write_sparse(u->fd, p, n);
+        r = u->fd < 0 ? upload_buffer(u, p, n) : bs_write_sparse(u->fd, p, n);
+        r = r ?: bs_sha_update(u->sha, p, n);
         if (r >= 0) {
                 u->written += n;
-                bs_writeback_step(u->fd, &u->writeback, u->written);
-                upload_sync_step(u);
-                upload_hash_step(u, false);
+                if (u->fd >= 0) {
+                        bs_writeback_step(u->fd, &u->writeback, u->written);
+                        upload_sync_step(u);
+                }
         }
         return r;
 }
@@ -397,7 +381,6 @@ LocalUpload *local_upload_free(LocalUpload *u) {
         if (!u)
                 return NULL;
         (void) upload_sync_wait(u);
-        bs_hash_ahead_wait(u->account->writer, &u->hash);
         free(u->sync);
         if (u->fd >= 0) {
                 close(u->fd);
@@ -443,10 +426,7 @@ int local_put(LocalAccount *a, LocalUpload *u, const uint8_t device[BS_DEVICE_LE
         AccountEntry e;
         int r;
 
-        if (u->fd >= 0)
-                upload_hash_step(u, true);
-        r = u->hash.error;
-        r = r ?: bs_sha_final(u->sha, got);
+        r = bs_sha_final(u->sha, got);
         if (r < 0)
                 goto out;
         if (u->written != size || memcmp(got, sha, BS_SHA_LEN) != 0) {

@@ -80,8 +80,6 @@ typedef struct AccountDirSync {
 /* A big upload is synced in the writer's thread every this many bytes
  * while it arrives (see upload_sync_step()). */
 #define LOCAL_SYNC_STEP (16u * 1024 * 1024)
-/* And hashed there every this many bytes (see upload_hash_step()). */
-#define LOCAL_HASH_STEP (4u * 1024 * 1024)
 
 /* The interface's operations on local objects (local-ops.c). */
 extern const AccountOps local_ops;

@@ -791,18 +791,18 @@ class Watch:
 
 
 def test_hostile_big_upload():
-    """The server hashes a big upload in its writer thread, a few MiB at
-    a time while the rest arrives: a SHA-256 or a size that does not
-    match what came is still refused (CHECKSUM) with nothing stored,
-    wherever the bad byte falls, and the true content, holes included, is
-    stored exactly and reaches the other computers."""
+    """A big upload, written to a temporary file as it arrives: a SHA-256
+    or a size that does not match what came is refused (CHECKSUM) with
+    nothing stored and no temporary file left, wherever the bad byte
+    falls, and the true content, holes included, is stored exactly and
+    reaches the other computers."""
     MiB = 1 << 20
     with Env("hostile_big_upload") as env:
         srv, a, b = setup(env, "hostile_big_upload")
         sock = bsproto.connect(srv.port)
         bsproto.hello(sock, a.token, device=os.urandom(16), name="hostile")
         data = bytearray(os.urandom(9 * MiB + 4097))
-        data[4 * MiB - 8192:4 * MiB + 8192] = bytes(16384)  # a hole across a step
+        data[4 * MiB - 8192:4 * MiB + 8192] = bytes(16384)  # a hole
         data[-5000:] = bytes(5000)  # and one at the end
         data = bytes(data)
         m = bsproto.put(sock, 1, "big.bin", 0, data)
@@ -827,16 +827,14 @@ def test_hostile_big_upload():
         tmp = os.path.join(srv.storage, a.token.split("-")[0], "tmp")
         check([n for n in os.listdir(tmp) if n.startswith(".backupsync-tmp")] == [],
               "refused uploads left temporary files: %s" % os.listdir(tmp))
-        # A size of whole steps: the last step is the one still running.
         exact = os.urandom(8 * MiB)
         m = bsproto.put(sock, 4, "exact.bin", 0, exact)
-        check(m["type"] == "ACK", "an upload of whole steps was refused: %r" % m)
+        check(m["type"] == "ACK", "an upload of whole MiB was refused: %r" % m)
         bsproto.ping(sock)
         sock.close()
         wait_content(os.path.join(a.dir, "big.bin"), data, timeout=30)
         wait_content(os.path.join(b.dir, "big.bin"), data, timeout=30)
         wait_content(os.path.join(b.dir, "exact.bin"), exact, timeout=30)
-        # The agent hashes what it sends the same way, a step behind.
         for name, size in (("steps.bin", 12 * MiB), ("odd.bin", 5 * MiB + 1)):
             body = os.urandom(size)
             with open(os.path.join(a.dir, name), "wb") as f:

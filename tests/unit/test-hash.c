@@ -137,42 +137,6 @@ Test(hash, sha_fd) {
         free(p);
 }
 
-/* Ranges read with pread(), in any steps, add up to the hash of the
- * whole; the file offset is left alone; a range past the end is
- * -ENODATA, a bad descriptor its errno. */
-Test(hash, sha_update_fd) {
-        const size_t n = 3 * 128 * 1024 + 777; /* several read buffers */
-        uint8_t *p = make_mib(n);
-        uint8_t want[BS_SHA_LEN], got[BS_SHA_LEN];
-        char path[] = "/tmp/bs-test-hash-XXXXXX";
-        int fd = mkstemp(path);
-        cr_assert_geq(fd, 0);
-        unlink(path);
-        cr_assert_eq(write(fd, p, n), (ssize_t) n);
-        cr_assert_eq(bs_sha_buf(p, n, want), 0);
-        static const size_t steps[] = { 1, 4096, 128 * 1024, 128 * 1024 + 1, 300000 };
-        for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
-                _cleanup_(bs_sha_freep) BsSha *s = NULL;
-                cr_assert_eq(bs_sha_new(&s), 0);
-                for (size_t off = 0; off < n; off += steps[i]) {
-                        size_t k = n - off < steps[i] ? n - off : steps[i];
-                        cr_assert_eq(bs_sha_update_fd(s, fd, off, k), 0, "step %zu at %zu", steps[i], off);
-                }
-                cr_assert_eq(bs_sha_final(s, got), 0);
-                cr_assert_eq(memcmp(want, got, BS_SHA_LEN), 0, "steps of %zu", steps[i]);
-        }
-        cr_assert_eq(lseek(fd, 0, SEEK_CUR), (off_t) n, "the file offset moved");
-
-        _cleanup_(bs_sha_freep) BsSha *s = NULL;
-        cr_assert_eq(bs_sha_new(&s), 0);
-        cr_assert_eq(bs_sha_update_fd(s, fd, n - 10, 11), -ENODATA);
-        cr_assert_eq(bs_sha_update_fd(s, fd, n, 1), -ENODATA);
-        cr_assert_eq(bs_sha_update_fd(s, fd, 0, 0), 0);
-        cr_assert_eq(bs_sha_update_fd(s, -1, 0, 1), -EBADF);
-        close(fd);
-        free(p);
-}
-
 Test(hash, sha_fd_bad_fd) {
         uint8_t got[BS_SHA_LEN];
         cr_assert_eq(bs_sha_fd(-1, got), -EBADF);

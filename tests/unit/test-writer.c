@@ -8,7 +8,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "bs-macro.h"
 #include "bs-writer.h"
 #include "test-util.h"
 
@@ -184,100 +183,6 @@ Test(writer, sync_jobs) {
         close(fd);
         free(before);
         free(after);
-}
-
-/* Hash jobs, one file in steps among writes: they run in order, so the
- * steps add up to the hash of the whole; the descriptor stays open (the
- * caller's); a step past the end of the file is that job's -ENODATA. */
-Test(writer, hash_jobs) {
-        BsWriter *w;
-        const size_t n = 1000003;
-        uint8_t *p = malloc(n), want[BS_SHA_LEN], got[BS_SHA_LEN];
-        BsWrite steps[3], *before = job_new(3000, 1, false), past = { .kind = BS_WRITE_HASH };
-        BsSha *s = NULL, *s2 = NULL;
-        cr_assert_not_null(p);
-        for (size_t i = 0; i < n; i++)
-                p[i] = (uint8_t) (i * 13 + (i >> 9));
-        int fd = openat(dfd, "big", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-        cr_assert_geq(fd, 0);
-        cr_assert_eq(write(fd, p, n), (ssize_t) n);
-        cr_assert_eq(bs_sha_buf(p, n, want), 0);
-        cr_assert_eq(bs_sha_new(&s), 0);
-        cr_assert_eq(bs_sha_new(&s2), 0);
-        cr_assert_eq(bs_writer_new(dfd, 8u * 1024 * 1024, &w), 0);
-        bs_writer_submit(w, before);
-        uint64_t off = 0, len[3] = { 1, 600000, n - 600001 };
-        for (int i = 0; i < 3; i++) {
-                steps[i] = (BsWrite) { .kind = BS_WRITE_HASH, .read_fd = fd, .hash = s, .hash_off = off,
-                                       .hash_len = len[i] };
-                bs_writer_submit(w, &steps[i]);
-                off += len[i];
-        }
-        past = (BsWrite) { .kind = BS_WRITE_HASH, .read_fd = fd, .hash = s2, .hash_off = n - 1, .hash_len = 2 };
-        bs_writer_submit(w, &past);
-        bs_writer_wait_job(w, &steps[2]);
-        cr_assert(bs_writer_done(w, before) && bs_writer_done(w, &steps[0]), "jobs are done in order");
-        for (int i = 0; i < 3; i++)
-                cr_assert_eq(steps[i].error, 0, "step %d: %d", i, steps[i].error);
-        cr_assert_eq(bs_sha_final(s, got), 0);
-        cr_assert_eq(memcmp(want, got, BS_SHA_LEN), 0, "the steps hashed other bytes");
-        bs_writer_wait(w);
-        cr_assert_eq(past.error, -ENODATA, "a step past the end: %d", past.error);
-        cr_assert_eq(fcntl(fd, F_GETFD), FD_CLOEXEC, "the writer closed the hashed descriptor");
-        check_file(before, 3000, 1);
-        bs_writer_free(w);
-        bs_sha_free(s);
-        bs_sha_free(s2);
-        close(fd);
-        free(before);
-        free(p);
-}
-
-/* A file hashed ahead as it grows, in a writer's thread and without one
- * (NULL: here): the same digest as the whole, whatever steps were taken
- * on the way; a file shorter than said is the error of its last step. */
-Test(writer, hash_ahead) {
-        const size_t n = 700001;
-        uint8_t *p = malloc(n), want[BS_SHA_LEN], got[BS_SHA_LEN];
-        cr_assert_not_null(p);
-        for (size_t i = 0; i < n; i++)
-                p[i] = (uint8_t) (i * 7 + (i >> 11));
-        int fd = openat(dfd, "grow", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-        cr_assert_geq(fd, 0);
-        cr_assert_eq(bs_sha_buf(p, n, want), 0);
-        for (int threaded = 0; threaded < 2; threaded++) {
-                BsWriter *w = NULL;
-                BsHashAhead h = { 0 };
-                BsSha *s = NULL;
-                cr_assert_eq(ftruncate(fd, 0), 0);
-                cr_assert_eq(bs_sha_new(&s), 0);
-                if (threaded)
-                        cr_assert_eq(bs_writer_new(dfd, 0, &w), 0);
-                for (size_t off = 0; off < n;) {
-                        size_t k = MIN((size_t) 65536 + off % 1000, n - off);
-                        cr_assert_eq(pwrite(fd, p + off, k, (off_t) off), (ssize_t) k);
-                        off += k;
-                        bs_hash_ahead(w, &h, fd, s, off, 200000, false);
-                        cr_assert_leq(h.hashed, off);
-                }
-                bs_hash_ahead(w, &h, fd, s, n, 200000, true);
-                cr_assert(!h.busy, "the last step was not waited for");
-                cr_assert_eq(h.hashed, n);
-                cr_assert_eq(h.error, 0, "error %d", h.error);
-                cr_assert_eq(bs_sha_final(s, got), 0);
-                cr_assert_eq(memcmp(want, got, BS_SHA_LEN), 0, "threaded %d: another digest", threaded);
-
-                /* Said to be longer than it is. */
-                cr_assert_eq(bs_sha_reset(s), 0);
-                h = (BsHashAhead) { 0 };
-                bs_hash_ahead(w, &h, fd, s, n + 1, 200000, true);
-                cr_assert_eq(h.error, -ENODATA, "threaded %d: %d", threaded, h.error);
-                bs_hash_ahead_wait(w, &h);
-                bs_writer_free(w);
-                bs_sha_free(s);
-        }
-        close(fd);
-        free(p);
 }
 
 /* A syncfs() job after writes (as a pull closes a batch): done once the

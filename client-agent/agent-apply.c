@@ -154,7 +154,7 @@ static int set_aside(Agent *a, const char *path, char *copy, size_t n) {
         struct stat st;
         int r = local_conflict_copy(a, path, copy, n, &st);
         if (r == 0 && st.st_mode != 0)
-                (void) watcher_expect(a->watcher, copy, S_ISDIR(st.st_mode), (uint64_t) st.st_ino);
+                (void) watcher_expect_move(a->watcher, path, copy, S_ISDIR(st.st_mode), (uint64_t) st.st_ino);
         return r;
 }
 

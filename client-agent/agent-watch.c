@@ -265,6 +265,14 @@ static uint64_t expect_key(const char *path, bool is_dir) {
         return k > EXPECT_USED ? k : k + 2;
 }
 
+/* A rename within the tree: its key names both ends, so that another
+ * program's rename to a name where a pull placed a file is never taken
+ * for the agent's own. */
+static uint64_t expect_move_key(const char *from, const char *to, bool is_dir) {
+        uint64_t k = (XXH3_64bits_withSeed(to, strlen(to), XXH3_64bits(from, strlen(from))) & ~(uint64_t) 1) | is_dir;
+        return k > EXPECT_USED ? k : k + 2;
+}
+
 static void expect_put(uint64_t *t, uint64_t *ino, size_t cap, uint64_t k, uint64_t i_no) {
         size_t i = k & (cap - 1);
         while (t[i] != EXPECT_EMPTY)
@@ -298,13 +306,21 @@ static int expect_grow(Watcher *w) {
         return 0;
 }
 
-int watcher_expect(Watcher *w, const char *path, bool is_dir, uint64_t ino) {
+static int expect_add(Watcher *w, uint64_t k, uint64_t ino) {
         if (expect_grow(w) < 0)
                 return -ENOMEM; /* the event is then reported: a comparison too many */
-        expect_put(w->expect, w->expect_ino, w->cap_expect, expect_key(path, is_dir), ino);
+        expect_put(w->expect, w->expect_ino, w->cap_expect, k, ino);
         w->n_expect++;
         w->n_filled++;
         return 0;
+}
+
+int watcher_expect(Watcher *w, const char *path, bool is_dir, uint64_t ino) {
+        return expect_add(w, expect_key(path, is_dir), ino);
+}
+
+int watcher_expect_move(Watcher *w, const char *from, const char *to, bool is_dir, uint64_t ino) {
+        return expect_add(w, expect_move_key(from, to, is_dir), ino);
 }
 
 /*
@@ -314,10 +330,9 @@ int watcher_expect(Watcher *w, const char *path, bool is_dir, uint64_t ino) {
  * renaming a file in over a placed one at once leaves one IN_MOVED_TO.
  * So a file must still be the inode that was placed.
  */
-static bool expected(Watcher *w, const char *path, bool is_dir) {
+static bool expected_key(Watcher *w, uint64_t k, const char *path, bool is_dir) {
         if (w->n_expect == 0)
                 return false;
-        uint64_t k = expect_key(path, is_dir);
         for (size_t i = k & (w->cap_expect - 1); w->expect[i] != EXPECT_EMPTY; i = (i + 1) & (w->cap_expect - 1))
                 if (w->expect[i] == k) {
                         w->expect[i] = EXPECT_USED;
@@ -327,6 +342,15 @@ static bool expected(Watcher *w, const char *path, bool is_dir) {
                         return names_inode(w, path, w->expect_ino[i]);
                 }
         return false;
+}
+
+static bool expected(Watcher *w, const char *path, bool is_dir) {
+        return expected_key(w, expect_key(path, is_dir), path, is_dir);
+}
+
+/* Whether the rename of from to path is the agent's own (see expected()). */
+static bool expected_move(Watcher *w, const char *from, const char *path, bool is_dir) {
+        return expected_key(w, expect_move_key(from, path, is_dir), path, is_dir);
 }
 
 /* Forget every expected event (see watcher_process()). */
@@ -666,7 +690,7 @@ static void handle(Watcher *w, const struct inotify_event *ev) {
                 forget_removed(w, path);
         if (ev->mask & IN_MOVED_TO) {
                 if (w->pending_from && w->pending_cookie == ev->cookie) {
-                        if (expected(w, path, isdir))
+                        if (expected_move(w, w->pending_from, path, isdir))
                                 own_move(w, TAKE_PTR(w->pending_from), path, isdir);
                         else
                                 moved(w, TAKE_PTR(w->pending_from), path, isdir);

@@ -59,14 +59,21 @@ int watcher_add_dir(Watcher *w, const char *dir);
  */
 int watcher_add_made_dir(Watcher *w, const char *dir);
 /**
- * The next IN_CREATE of the directory (is_dir) or IN_MOVED_TO of path,
- * placed with inode ino (a file's is checked), is the caller's own doing:
- * a pull placing what it fetched, or a rename within the tree to a
- * conflict copy, whose watches still follow. It is not reported, unless
- * the file at path is another inode by then. Forgotten at the end of the next watcher_process(), which has by
- * then read the events of everything done before it.
+ * The next IN_CREATE of the directory (is_dir) or IN_MOVED_TO of path
+ * from outside the tree, placed with inode ino (a file's is checked), is
+ * the caller's own doing: a pull placing what it fetched. It is not
+ * reported, unless the file at path is another inode by then. Forgotten
+ * at the end of the next watcher_process(), which has by then read the
+ * events of everything done before it.
  */
 int watcher_expect(Watcher *w, const char *path, bool is_dir, uint64_t ino);
+/**
+ * The same for the caller's own rename of from to to within the tree (a
+ * conflict copy): its watches follow, nothing is reported. Another
+ * program's rename to to is still reported, even where a pull placed a
+ * file at to and expects that.
+ */
+int watcher_expect_move(Watcher *w, const char *from, const char *to, bool is_dir, uint64_t ino);
 
 /** Stop watching the directories the ignored callback now names, and what is below them. */
 void watcher_drop_ignored(Watcher *w);

@@ -463,7 +463,8 @@ def _tail(path, n=LOG_TAIL):
 class Relay:
     """A TCP relay from a local port to the server that keeps every byte it
     carries, both ways: what anyone on the path could record. While hold
-    is set, what the server sends waits in the relay's socket."""
+    is set, what the server sends waits in the relay's socket; while
+    hold_up is, what the client sends."""
 
     def __init__(self, target_port):
         self.target = target_port
@@ -476,6 +477,7 @@ class Relay:
         self.lock = threading.Lock()
         self.stop = False
         self.hold = False
+        self.hold_up = False
         self.sent_up = 0
         self.last_data = time.monotonic()
         self.thread = threading.Thread(target=self._accept, daemon=True)
@@ -495,7 +497,8 @@ class Relay:
         socks = [a, b]
         try:
             while not self.stop:
-                r, _, _ = select.select(socks[:1] if self.hold else socks, [], [], 0.05)
+                ready = [x for x in socks if not (self.hold if x is b else self.hold_up)]
+                r, _, _ = select.select(ready, [], [], 0.05)
                 for x in r:
                     data = x.recv(65536)
                     if not data:

@@ -870,6 +870,37 @@ def test_converge_dir_swapped_for_file_changed_there():
               "the files moved with the directory: %r" % sorted(snap))
 
 
+def test_converge_moved_over_name_set_aside():
+    """B renames x.txt over y.txt while A's change of y.txt is on its way,
+    and pulls that change before it reads its own rename's events (its
+    round pulls again at the NOTIFY): y.txt here is kept as a conflict
+    copy and A's placed. B's rename must still reach the server: x.txt
+    gone everywhere, not kept there while B's manifest says B has it."""
+    with harness.Env("converge_moved_over_name_set_aside") as env:
+        srv, a, b, relay = _relayed_pair(env, {"x.txt": "X\n", "y.txt": "Y\n"})
+        tree = srv.tree(a.token)
+
+        def on_server():
+            write_file(os.path.join(a.dir, "y.txt"), "Y from A\n")
+            harness.wait_until(lambda: harness.read_bytes(os.path.join(tree, "y.txt")) == b"Y from A\n", 10,
+                               "A's y.txt on the server")
+            os.rename(os.path.join(b.dir, "x.txt"), os.path.join(b.dir, "y.txt"))
+
+        # B's round begins; its PULL waits in the relay until A's change
+        # and B's rename are done, so B applies the pull before it reads
+        # the rename's events.
+        harness.wait_until(lambda: time.monotonic() - relay.last_data >= 1.0, 30, "the relay to be quiet")
+        relay.hold_up = True
+        os.mkdir(os.path.join(b.dir, "d"))
+        time.sleep(0.5)
+        on_server()
+        relay.hold_up = False
+        snap = assert_converged(srv, [a, b], timeout=30, msg="after")
+        copies = [p for p in snap if p.startswith("y.conflict-")]
+        check("x.txt" not in snap and snap["y.txt"][1] == b"Y from A\n" and len(copies) == 1
+              and snap[copies[0]][1] == b"X\n", "x.txt, y.txt and its copy: %r" % sorted(snap))
+
+
 def test_converge_new_dir_takes_moved_name():
     """While the agent is busy: a new directory sub, d moved into it (out of
     sight: sub is not watched yet), and a new directory n, filled, renamed

@@ -78,7 +78,9 @@ def _run_seeds(seeds, budget):
         if time.monotonic() - t0 > budget:
             skipped.append(seed)
             continue
-        run = Run(seed, ops, computers=computers)
+        # A failing seed's trees, state and logs stay (the path is in the
+        # report): its timing rarely comes back in a replay.
+        run = Run(seed, ops, computers=computers, keep_failed=True)
         try:
             took = run.run()
             print("seed %d: %d computers, %d ops (%d failed harmlessly) in %.1f s" % (

@@ -217,6 +217,50 @@ int bs_fsync_dir(int dirfd) {
         return fsync(dirfd) < 0 ? -errno : 0;
 }
 
+/* One "Key: <n> kB" line of /proc/meminfo, in bytes. */
+static int meminfo_field(const char *text, const char *key, uint64_t *ret) {
+        size_t n = strlen(key);
+        for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+                if (strncmp(l, key, n) != 0)
+                        continue;
+                const char *p = l + n + strspn(l + n, " ");
+                char *end;
+                errno = 0;
+                unsigned long long v = strtoull(p, &end, 10);
+                if (*p < '0' || *p > '9' || errno != 0 || strncmp(end, " kB", 3) != 0 || v > UINT64_MAX / 2048)
+                        return -EBADMSG;
+                *ret = (uint64_t) v * 1024;
+                return 0;
+        }
+        return -EBADMSG;
+}
+
+int bs_meminfo_dirty(const char *text, uint64_t *ret) {
+        uint64_t dirty, wb;
+        int r = meminfo_field(text, "Dirty:", &dirty);
+        r = r ?: meminfo_field(text, "Writeback:", &wb);
+        if (r < 0)
+                return r;
+        *ret = dirty + wb;
+        return 0;
+}
+
+bool bs_syncfs_cheap(uint64_t own_bytes) {
+        char buf[8192];
+        uint64_t dirty;
+        int fd = open("/proc/meminfo", O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return true;
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        if (n <= 0)
+                return true;
+        buf[n] = 0;
+        if (bs_meminfo_dirty(buf, &dirty) < 0)
+                return true;
+        return dirty <= own_bytes || dirty - own_bytes <= BS_FOREIGN_DIRTY_MAX;
+}
+
 BsDirent *bs_dir_list_free(BsDirent *v, size_t n) {
         for (size_t i = 0; i < n; i++)
                 free(v[i].name);

@@ -79,6 +79,23 @@ void bs_writeback_step(int fd, uint64_t *started, uint64_t written);
 /** fsync() a directory opened beneath dirfd ("." for dirfd itself). */
 int bs_fsync_dir(int dirfd);
 
+/* Other programs' dirty data a syncfs() may write along with ours, at most. */
+#define BS_FOREIGN_DIRTY_MAX (64ull * 1024 * 1024)
+/**
+ * The bytes of file data dirty or under writeback in text, /proc/meminfo's
+ * format (its Dirty: and Writeback: lines). -EBADMSG if either is missing.
+ */
+int bs_meminfo_dirty(const char *text, uint64_t *ret);
+/**
+ * Whether a syncfs() now would write little besides own_bytes of the
+ * caller's data: the machine's dirty data exceeds them by at most
+ * BS_FOREIGN_DIRTY_MAX. syncfs() waits for every program's data on the
+ * file system, so with another program's gigabytes waiting for a slow
+ * disk, a sync of each file is many times faster. True when /proc/meminfo
+ * cannot be read: syncfs() is then the better guess.
+ */
+bool bs_syncfs_cheap(uint64_t own_bytes);
+
 /**
  * A temporary name: ".backupsync-tmp." plus 16 hex digits, never the same
  * twice in a process and not guessable from outside it (at least 33 bytes).

@@ -25,6 +25,7 @@ struct ChunkStore {
         int fd; /* chunks/ */
         uint8_t *staged; /* BS_SHA_LEN each */
         size_t n_staged, cap_staged;
+        uint64_t staged_bytes;
 };
 
 int chunk_store_open(int dir_fd, ChunkStore **ret) {
@@ -117,15 +118,52 @@ int chunk_put(ChunkStore *c, const uint8_t sha[BS_SHA_LEN], const void *p, size_
                 return r;
         }
         memcpy(c->staged + c->n_staged++ * BS_SHA_LEN, sha, BS_SHA_LEN);
+        c->staged_bytes += n;
         return 0;
+}
+
+/* Each staged chunk synced on its own (see chunk_store_commit()). */
+static int sync_staged(ChunkStore *c) {
+        for (size_t i = 0; i < c->n_staged; i++) {
+                char t[TMP_LEN + 1];
+                tmp_name(c->staged + i * BS_SHA_LEN, t);
+                _cleanup_(closep) int fd = openat(c->fd, t, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+                if (fd < 0 || fdatasync(fd) < 0)
+                        return -errno;
+        }
+        return 0;
+}
+
+/* The fan-out directories the staged chunks were named in, each once,
+ * then chunks/ for the fan-out directories made for them. */
+static int sync_fans(ChunkStore *c) {
+        uint8_t done[256 / 8] = {};
+        for (size_t i = 0; i < c->n_staged; i++) {
+                uint8_t fan = c->staged[i * BS_SHA_LEN];
+                char name[3];
+                if (done[fan / 8] & (1u << (fan % 8)))
+                        continue;
+                done[fan / 8] |= (uint8_t) (1u << (fan % 8));
+                bs_hex(&fan, 1, name);
+                _cleanup_(closep) int fd = openat(c->fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                int r = fd < 0 ? -errno : bs_fsync_dir(fd);
+                if (r < 0)
+                        return r;
+        }
+        return bs_fsync_dir(c->fd);
 }
 
 int chunk_store_commit(ChunkStore *c) {
         if (c->n_staged == 0)
                 return 0;
-        /* Every staged byte on disk before any chunk gets its name. */
-        if (syncfs(c->fd) < 0)
-                return -errno;
+        /* Every staged byte on disk before any chunk gets its name: one
+         * syncfs() before the renames and one after, unless other programs
+         * have much more data waiting for the disk (see bs_syncfs_cheap()):
+         * then each chunk and directory is synced on its own. */
+        bool bulk = bs_syncfs_cheap(c->staged_bytes);
+        int r = bulk ? (syncfs(c->fd) < 0 ? -errno : 0) : sync_staged(c);
+        if (r < 0)
+                return r;
         for (size_t i = 0; i < c->n_staged; i++) {
                 char t[TMP_LEN + 1], n[NAME_LEN + 1];
                 tmp_name(c->staged + i * BS_SHA_LEN, t);
@@ -133,9 +171,11 @@ int chunk_store_commit(ChunkStore *c) {
                 if (renameat(c->fd, t, c->fd, n) < 0)
                         return -errno;
         }
-        c->n_staged = 0;
         /* The names, and the fan-out directories made for them. */
-        return syncfs(c->fd) < 0 ? -errno : 0;
+        r = bulk ? (syncfs(c->fd) < 0 ? -errno : 0) : sync_fans(c);
+        c->n_staged = 0;
+        c->staged_bytes = 0;
+        return r;
 }
 
 void chunk_store_abort(ChunkStore *c) {
@@ -145,6 +185,7 @@ void chunk_store_abort(ChunkStore *c) {
                 (void) unlinkat(c->fd, t, 0);
         }
         c->n_staged = 0;
+        c->staged_bytes = 0;
 }
 
 int chunk_get(ChunkStore *c, const uint8_t sha[BS_SHA_LEN], void *buf, size_t n) {

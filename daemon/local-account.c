@@ -456,7 +456,7 @@ int local_open(const char *storage, const char *id, LocalAccount **ret) {
 /* Sync (unless r < 0) and close the deferred directories and files; the
  * first error. Many at once cost one syncfs() instead. */
 static int sync_dirs(LocalAccount *a, int r) {
-        if (r >= 0 && a->n_dir_sync >= ACCOUNT_BULK_MIN) {
+        if (r >= 0 && a->n_dir_sync >= ACCOUNT_BULK_MIN && bs_syncfs_cheap(0)) {
                 r = syncfs(a->tree_fd) < 0 ? -errno : 0;
                 for (size_t i = 0; i < a->n_dir_sync; i++)
                         close(a->dir_sync[i].fd);
@@ -644,6 +644,34 @@ static void drop_cached(LocalAccount *a) {
                 free(fds);
 }
 
+/* Pending file i, to sync: its own fd, or (once) one opened for it. */
+static int pending_fd(LocalAccount *a, size_t i, int *opened) {
+        if (a->pending[i].fd >= 0)
+                return a->pending[i].fd;
+        *opened = openat(a->tmp_fd, a->pending[i].tmp, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        return *opened < 0 ? -errno : *opened;
+}
+
+/* Each pending file synced on its own: every one's writeback started
+ * first, so the disk has them all at once and the syncs mostly wait for
+ * a journal commit that the first one made. Files past keep_fds are
+ * opened again (a writeback error not yet reported is still reported to
+ * a new fd). */
+static int sync_each(LocalAccount *a) {
+        for (int pass = a->n_pending > 1 ? 0 : 1; pass < 2; pass++)
+                for (size_t i = 0; i < a->n_pending; i++) {
+                        _cleanup_(closep) int opened = -1;
+                        int fd = pending_fd(a, i, &opened);
+                        if (fd < 0)
+                                return fd;
+                        if (pass == 0)
+                                (void) sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+                        else if (fdatasync(fd) < 0)
+                                return -errno;
+                }
+        return 0;
+}
+
 int local_flush_pending(LocalAccount *a) {
         int r = 0, pfd = -1;
         if (a->n_pending == 0)
@@ -652,14 +680,16 @@ int local_flush_pending(LocalAccount *a) {
          * crash never shows a short file. A few files are synced one by
          * one (which never waits for other files' dirty data); a burst with
          * one syncfs() before the renames and one after, about 25 times
-         * cheaper per file than a sync of each file and directory. */
+         * cheaper per file than a sync of each file and directory, unless
+         * other programs have much more data waiting for the disk than
+         * the burst: a syncfs() would wait for all of it, stopping every
+         * client, so the burst is synced file by file too. */
         r = collect_writes(a);
-        bool bulk = a->n_pending >= ACCOUNT_BULK_MIN;
+        bool bulk = a->n_pending >= ACCOUNT_BULK_MIN && bs_syncfs_cheap(a->pending_bytes);
         if (r >= 0 && bulk && syncfs(a->tmp_fd) < 0)
                 r = -errno;
-        for (size_t i = 0; !bulk && r >= 0 && i < a->n_pending; i++)
-                if (fdatasync(a->pending[i].fd) < 0)
-                        r = -errno;
+        if (r >= 0 && !bulk)
+                r = sync_each(a);
         if (r >= 0)
                 drop_cached(a);
         for (size_t i = 0; r >= 0 && i < a->n_pending; i++) {
@@ -708,6 +738,7 @@ void local_drop_pending(LocalAccount *a) {
                 free(a->pending[i].path);
         }
         a->n_pending = 0;
+        a->pending_bytes = 0;
 }
 
 void local_forget_parent(LocalAccount *a) {

@@ -543,6 +543,7 @@ int local_put(LocalAccount *a, LocalUpload *u, const uint8_t device[BS_DEVICE_LE
                         goto out;
                 }
                 a->n_pending++;
+                a->pending_bytes += size;
                 *ret_version = seq;
         }
 out:

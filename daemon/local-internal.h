@@ -102,6 +102,7 @@ struct LocalAccount {
         int txn_error; /* a batch that could not be placed: the commit fails */
         AccountPending *pending;
         size_t n_pending, cap_pending;
+        uint64_t pending_bytes; /* their sizes: the data a syncfs() would be for */
         size_t keep_fds; /* pending files kept open, at most (see local_alloc()) */
         BsWriter *writer; /* started at the first small upload */
         /* The batches placed less than ACCOUNT_BURST_GAP_USEC apart: when

@@ -147,7 +147,7 @@ int store_remove(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t *freed) {
 
 int store_sync(Store *s) {
         int r = 0;
-        if (s->n_dirty >= STORE_BULK_MIN)
+        if (s->n_dirty >= STORE_BULK_MIN && bs_syncfs_cheap(0))
                 r = syncfs(s->fd) < 0 ? -errno : 0;
         else
                 for (unsigned fan = 0; r >= 0 && fan < 256; fan++) {

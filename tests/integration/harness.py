@@ -419,6 +419,29 @@ def resident_pages(path):
         os.close(fd)
 
 
+def dirty_pages(path):
+    """Pages of the file dirty, not yet handed to the disk (cachestat(2),
+    Linux 6.5)."""
+    import ctypes
+
+    class Range(ctypes.Structure):
+        _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+    class Stat(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_uint64) for n in
+                    ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = Stat()
+        if libc.syscall(451, fd, ctypes.byref(Range(0, 0)), ctypes.byref(st), 0) != 0:
+            fail("cachestat %s: %s" % (path, os.strerror(ctypes.get_errno())))
+        return st.dirty
+    finally:
+        os.close(fd)
+
+
 def make_small_files(root, ndirs, per_dir, dname="d%03d", fname="f%02d", tag=b""):
     """ndirs directories of per_dir small files under root, each file's
     content naming its place (tag, then "D I")."""

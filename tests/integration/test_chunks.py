@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import harness
-from harness import Env, check, wait_until, write_file
+from harness import Env, check, snapshot, wait_until, write_file
 
 MiB = 1 << 20
 
@@ -168,3 +168,55 @@ def test_chunks_server_killed_while_cutting():
         _wait_cut(acc, 3, 120, "the three kept versions cut after the restarts")
         _restore_all(env, a, versions)
         harness.verify_server(srv)
+
+
+def test_commit_leaves_others_data():
+    """With another program's data waiting for the disk, the server's
+    commits sync their own files, chunks and directories one by one: a
+    syncfs() would wait for all of it (a slow disk's minutes) while every
+    client waits. A burst of small files, a big one, and its old version
+    cut into chunks: all on the server, the other data still unwritten."""
+    import resource
+    with Env("commit_leaves_others_data") as env:
+        srv = _server_with_fast_pruning(env)
+        # An account opened now keeps 16 files of a commit open (an eighth
+        # of the limit): the rest of a burst is opened again to be synced.
+        resource.prlimit(srv.popen.pid, resource.RLIMIT_NOFILE, (128, 128))
+        adir = env.path("A")
+        harness.make_small_files(adir, 20, 20)
+        data = bytearray(random.Random(3).randbytes(4 * MiB))
+        big = os.path.join(adir, "big.bin")
+        write_file(big, bytes(data))
+        # Beside the server's storage, on its file system: 128 MiB never synced.
+        other = env.path("other-program.img")
+        chunk = os.urandom(MiB)
+        with open(other, "wb") as f:
+            for _ in range(128):
+                f.write(chunk)
+        pages = 128 * MiB // os.sysconf("SC_PAGE_SIZE")
+
+        def still_dirty(when):
+            n = harness.dirty_pages(other)
+            check(n >= pages * 0.9, "%s: %d of the other program's %d pages are still dirty: "
+                  "the server's commits wrote them" % (when, n, pages))
+        still_dirty("test setup (a file system that writes at once, such as tmpfs?)")
+        a = env.agent("A", adir)
+        want = snapshot(adir, mtimes=True)
+        wait_until(lambda: harness.server_snapshot(srv, a.token) == want, harness.SYNC_TIMEOUT,
+                   "the first backup on the server")
+        still_dirty("after the first backup")
+        # One burst that keeps 40 old versions (content/ in many fan-out
+        # directories) and deletes in 20 directories.
+        for d in range(20):
+            for i in range(2):
+                write_file(os.path.join(adir, "d%03d" % d, "f%02d" % i), "edited %d %d\n" % (d, i))
+            os.unlink(os.path.join(adir, "d%03d" % d, "f19"))
+        want = snapshot(adir, mtimes=True)
+        wait_until(lambda: harness.server_snapshot(srv, a.token) == want, harness.SYNC_TIMEOUT,
+                   "the edits and deletions on the server")
+        still_dirty("after the edits and deletions")
+        versions = _edit_versions(a, big, data, 1, 64 * 1024)
+        content = os.path.join(_account_dir(srv, a), "content")
+        wait_until(lambda: len(_files(content, ".chunks")) == 1, 30, "the old version of big.bin cut into chunks")
+        still_dirty("after the old version was cut")
+        _restore_all(env, a, versions)

@@ -1,5 +1,6 @@
 /* test-fs.c - unit tests for common/bs-fs.[ch], on real temporary directories */
 #include <criterion/criterion.h>
+#include <criterion/parameterized.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -573,4 +574,59 @@ Test(fs, fd_budget) {
         cr_assert_eq(bs_fd_budget(1, 1000), eighth);
         cr_assert_eq(bs_fd_budget(eighth + 1, 1000), eighth + 1);
         cr_assert_eq(bs_fd_budget(1, eighth - 1), eighth - 1);
+}
+
+typedef struct Meminfo {
+        char text[160];
+        int r;
+        uint64_t bytes;
+} Meminfo;
+
+ParameterizedTestParameters(fs, meminfo_dirty) {
+        static Meminfo cases[] = {
+                { "MemTotal: 100 kB\nDirty:  2408376 kB\nWriteback:  12 kB\nWritebackTmp: 9 kB\n", 0,
+                  (2408376ull + 12) * 1024 },
+                { "Dirty: 1 kB\nWritebackTmp: 5 kB\nWriteback: 2 kB\n", 0, 3 * 1024 },
+                { "SwapDirty: 7 kB\nDirty: 0 kB\nWriteback: 0 kB\n", 0, 0 },
+                { "Writeback: 2 kB\nDirty: 1 kB", 0, 3 * 1024 }, /* no final newline */
+                { "Dirty: 1 kB\nWritebackTmp: 5 kB\n", -EBADMSG, 0 },
+                { "SwapDirty: 7 kB\nWriteback: 0 kB\n", -EBADMSG, 0 },
+                { "x Dirty: 1 kB\nWriteback: 0 kB\n", -EBADMSG, 0 },
+                { "Dirty: -1 kB\nWriteback: 0 kB\n", -EBADMSG, 0 },
+                { "Dirty: 1 MB\nWriteback: 0 kB\n", -EBADMSG, 0 },
+                { "Dirty:\nWriteback: 0 kB\n", -EBADMSG, 0 },
+                { "Dirty: 99999999999999999999 kB\nWriteback: 0 kB\n", -EBADMSG, 0 },
+                { "Dirty: 9007199254740992 kB\nWriteback: 0 kB\n", -EBADMSG, 0 },
+                { "", -EBADMSG, 0 },
+        };
+        return cr_make_param_array(Meminfo, cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+/* Only the exact keys at a line's start count, and a number the sum of
+ * the two could overflow is refused. */
+ParameterizedTest(Meminfo *m, fs, meminfo_dirty) {
+        uint64_t got = 12345;
+        int r = bs_meminfo_dirty(m->text, &got);
+        cr_assert_eq(r, m->r, "%s: %d, want %d", m->text, r, m->r);
+        if (r == 0)
+                cr_assert_eq(got, m->bytes, "%s: %llu, want %llu", m->text, (unsigned long long) got,
+                             (unsigned long long) m->bytes);
+        else
+                cr_assert_eq(got, 12345, "%s: written on failure", m->text);
+}
+
+/* This machine's own figures parse, and a syncfs() with no data of ours
+ * is cheap when they say so. */
+Test(fs, meminfo_dirty_here) {
+        char buf[8192];
+        uint64_t dirty;
+        int fd = open("/proc/meminfo", O_RDONLY | O_CLOEXEC);
+        cr_assert(fd >= 0);
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        cr_assert(n > 0);
+        buf[n] = 0;
+        cr_assert_eq(bs_meminfo_dirty(buf, &dirty), 0, "%s", buf);
+        cr_assert_eq(bs_syncfs_cheap(UINT64_MAX), true);
+        cr_assert_eq(bs_syncfs_cheap(dirty + BS_FOREIGN_DIRTY_MAX * 1024), true);
 }

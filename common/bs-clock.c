@@ -1,9 +1,8 @@
 /* bs-clock.c - the wall clock, with a test-only offset (see bs-clock.h) */
-#include <fcntl.h>
 #include <stdlib.h>
-#include <unistd.h>
 
 #include "bs-clock.h"
+#include "bs-fs.h"
 
 time_t bs_now(void) {
         static int checked = 0;
@@ -17,13 +16,7 @@ time_t bs_now(void) {
         }
         if (!path)
                 return now;
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
+        if (bs_read_small(path, buf, sizeof(buf)) < 0)
                 return now;
-        ssize_t n = read(fd, buf, sizeof(buf) - 1);
-        close(fd);
-        if (n <= 0)
-                return now;
-        buf[n] = 0;
         return now + (time_t) strtoll(buf, NULL, 10);
 }

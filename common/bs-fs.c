@@ -245,18 +245,25 @@ int bs_meminfo_dirty(const char *text, uint64_t *ret) {
         return 0;
 }
 
+ssize_t bs_read_small(const char *path, char *buf, size_t size) {
+        if (size == 0)
+                return -EINVAL;
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        ssize_t n = read(fd, buf, size - 1);
+        int r = n < 0 ? -errno : n == 0 ? -ENODATA : 0;
+        close(fd);
+        if (r < 0)
+                return r;
+        buf[n] = 0;
+        return n;
+}
+
 bool bs_syncfs_cheap(uint64_t own_bytes) {
         char buf[8192];
         uint64_t dirty;
-        int fd = open("/proc/meminfo", O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return true;
-        ssize_t n = read(fd, buf, sizeof(buf) - 1);
-        close(fd);
-        if (n <= 0)
-                return true;
-        buf[n] = 0;
-        if (bs_meminfo_dirty(buf, &dirty) < 0)
+        if (bs_read_small("/proc/meminfo", buf, sizeof(buf)) < 0 || bs_meminfo_dirty(buf, &dirty) < 0)
                 return true;
         return dirty <= own_bytes || dirty - own_bytes <= BS_FOREIGN_DIRTY_MAX;
 }

@@ -79,6 +79,13 @@ void bs_writeback_step(int fd, uint64_t *started, uint64_t written);
 /** fsync() a directory opened beneath dirfd ("." for dirfd itself). */
 int bs_fsync_dir(int dirfd);
 
+/**
+ * Read a small file (of /proc, a test's setting) into buf as a string:
+ * at most size - 1 bytes, then a NUL. Returns the length, or -errno
+ * (-ENODATA if it is empty).
+ */
+ssize_t bs_read_small(const char *path, char *buf, size_t size);
+
 /* Other programs' dirty data a syncfs() may write along with ours, at most. */
 #define BS_FOREIGN_DIRTY_MAX (64ull * 1024 * 1024)
 /**

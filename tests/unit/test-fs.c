@@ -620,13 +620,25 @@ ParameterizedTest(Meminfo *m, fs, meminfo_dirty) {
 Test(fs, meminfo_dirty_here) {
         char buf[8192];
         uint64_t dirty;
-        int fd = open("/proc/meminfo", O_RDONLY | O_CLOEXEC);
-        cr_assert(fd >= 0);
-        ssize_t n = read(fd, buf, sizeof(buf) - 1);
-        close(fd);
-        cr_assert(n > 0);
-        buf[n] = 0;
+        cr_assert_gt(bs_read_small("/proc/meminfo", buf, sizeof(buf)), 0);
         cr_assert_eq(bs_meminfo_dirty(buf, &dirty), 0, "%s", buf);
         cr_assert_eq(bs_syncfs_cheap(UINT64_MAX), true);
         cr_assert_eq(bs_syncfs_cheap(dirty + BS_FOREIGN_DIRTY_MAX * 1024), true);
+}
+
+/* A string of at most size - 1 bytes; an empty or missing file is an error. */
+Test(fs, read_small) {
+        char path[PATH_MAX], buf[8];
+        snprintf(path, sizeof(path), "%s/small", base_dir);
+        cr_assert_eq(bs_read_small(path, buf, sizeof(buf)), -ENOENT);
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        cr_assert(fd >= 0);
+        close(fd);
+        cr_assert_eq(bs_read_small(path, buf, sizeof(buf)), -ENODATA);
+        fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+        cr_assert_eq(write(fd, "1234567890", 10), 10);
+        close(fd);
+        cr_assert_eq(bs_read_small(path, buf, sizeof(buf)), 7);
+        cr_assert_str_eq(buf, "1234567");
+        cr_assert_eq(bs_read_small(path, buf, 0), -EINVAL);
 }

@@ -77,7 +77,8 @@ typedef struct Pull {
         size_t applied;
         size_t batch_files;
         uint64_t batch_bytes;
-        size_t keep_fds; /* downloads of a batch kept open, at most (see keep_budget()) */
+        size_t keep_fds; /* downloads kept open at once, at most (see keep_budget()) */
+        size_t n_kept;   /* downloads kept open (or to be, by the writer) until placed */
         BsWriter *writer; /* made with the downloads directory; NULL: written here */
         /* A burst's batch (the records before sync_end) waits for the
          * syncfs() the syncer runs once its files are written, while the
@@ -94,7 +95,8 @@ typedef struct Pull {
 /* Downloads of a burst are kept open until the batch's syncfs(), then
  * dropped from the page cache: a join writes every file once, and new
  * pages cost more than the ones just freed. An eighth of the fd limit,
- * a batch at most. */
+ * a batch at most, counted over every download not yet placed: the GETs
+ * sent ahead finish long before their batch is. */
 static size_t keep_budget(void) {
         return bs_fd_budget(APPLY_BULK_MIN, APPLY_BATCH_FILES);
 }
@@ -134,6 +136,8 @@ static void collect_writes(Pull *p, size_t end) {
                         bs_writer_wait_job(p->writer, w);
                 memcpy(x->tmp, w->name, sizeof(x->tmp));
                 x->fd = w->fd;
+                if (w->keep_fd && w->fd < 0)
+                        p->n_kept--; /* counted when handed over */
                 if (w->error < 0) {
                         x->ready = false;
                         if (!p->write_error) {
@@ -173,6 +177,7 @@ static void pull_drop_records(Agent *a, Pull *p) {
         p->applied = 0;
         p->batch_files = 0;
         p->batch_bytes = 0;
+        p->n_kept = 0;
 }
 
 static void pull_clear(Agent *a, Pull *p) {
@@ -545,7 +550,8 @@ static int hand_over(Agent *a, Pull *p, Rec *x) {
                 return -ENOMEM;
         *w = (BsWrite) { .kind = BS_WRITE_FILE, .buf = TAKE_PTR(p->buf), .len = x->size,
                          .mode = x->mode & 07777, .mtime_ns = x->mtime_ns,
-                         .keep_fd = p->batch_files < p->keep_fds, .keep_read_only = true };
+                         .keep_fd = p->n_kept < p->keep_fds, .keep_read_only = true };
+        p->n_kept += w->keep_fd;
         x->write = w;
         if (p->writer)
                 bs_writer_submit(p->writer, w);
@@ -598,9 +604,10 @@ static int finish_download(Agent *a, Pull *p) {
                 if (x->size >= 1024 * 1024) /* small files: costs more than it saves */
                         (void) sync_file_range(p->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
                 /* Past the budget, the batch's syncfs() needs no fd. */
-                if (p->batch_files < p->keep_fds) {
+                if (p->n_kept < p->keep_fds) {
                         r = bs_reopen_read_only(a->downloads_fd, x->tmp, TAKE_FD(p->fd));
                         x->fd = r < 0 ? -1 : r;
+                        p->n_kept += x->fd >= 0;
                         r = MIN(r, 0);
                 } else {
                         close(p->fd);
@@ -776,7 +783,7 @@ static void place_batch(Agent *a, Pull *p, size_t end, bool bulk, bool burst, in
                 Rec *x = &p->recs[i];
                 if (!x->ready)
                         continue;
-                /* Only the first files of a batch keep an fd (see finish_download()). */
+                /* Past the budget a download keeps no fd (see keep_budget()). */
                 if (!bulk && (x->fd < 0 || fdatasync(x->fd) < 0)) {
                         log_error("cannot flush the download of %s to disk: %s; fetching it again later", x->path,
                                   x->fd < 0 ? "syncfs failed" : strerror(errno));
@@ -794,6 +801,8 @@ static void place_batch(Agent *a, Pull *p, size_t end, bool bulk, bool burst, in
                                 (void) posix_fadvise(x->fd, 0, 0, POSIX_FADV_DONTNEED);
                         close(x->fd);
                 }
+                if (x->fd >= 0)
+                        p->n_kept--;
                 x->fd = -1;
         }
         if (n_drop > 0)

@@ -739,14 +739,21 @@ class Agent(_Proc):
     def account(self):
         return self.token.split("-")[0]
 
-    def run_once(self, timeout=120, token=None, port=None):
-        """Run with --once; returns (exit status, stdout lines, stderr text)."""
+    def run_once(self, timeout=120, token=None, port=None, max_fds=None):
+        """Run with --once; returns (exit status, stdout lines, stderr text).
+        max_fds: its RLIMIT_NOFILE, soft and hard."""
         argv = self.argv(once=True, token=token, port=port)
+        limit = None
+        if max_fds:
+            import resource
+
+            def limit():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))
         self._mark(argv)
         out_start = os.path.getsize(self.out)
         log_start = os.path.getsize(self.log)
         with open(self.out, "ab") as out, open(self.log, "ab") as log:
-            p = subprocess.Popen(argv, stdout=out, stderr=log, stdin=subprocess.DEVNULL)
+            p = subprocess.Popen(argv, stdout=out, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=limit)
             self.popen = p
             try:
                 rc = p.wait(timeout)

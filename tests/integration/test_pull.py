@@ -6,6 +6,7 @@ import re
 import time
 
 import bsproto
+import harness
 from harness import (Env, assert_trees_equal, check, make_small_files, wait_content, wait_until,
                      write_file)
 
@@ -118,3 +119,36 @@ def test_join_in_pages():
         later = b.log_text()[n0:]
         check("comparing the whole tree instead" in later,
               "B was answered with the whole tree, not a log of 17,000 records: %s" % later[-3000:])
+
+
+def _account_for_joins(env):
+    """A server and agent A with 400 small files and a 3 MiB one, all on
+    the server: (server, A, A's snapshot with mtimes)."""
+    srv = env.server()
+    adir = env.path("A")
+    make_small_files(adir, 20, 20)
+    write_file(os.path.join(adir, "big.bin"), os.urandom(3 << 20))
+    a = env.agent("A", adir)
+    want = harness.snapshot(adir, mtimes=True)
+    wait_until(lambda: harness.server_snapshot(srv, a.token) == want, harness.SYNC_TIMEOUT,
+               "A's tree on the server")
+    return srv, a, want
+
+
+def _join(env, a, name, want):
+    """A new computer joins A's account with --once and a limit of 128
+    fds (so 16 downloads kept open at once: an eighth), and then holds
+    exactly A's tree."""
+    x = env.agent(name, env.path(name), token=a.token, start=False)
+    rc, _, err = x.run_once(timeout=120, max_fds=128)
+    check(rc == 0, "%s's join exited %d:\n%s" % (name, rc, err[-2000:]))
+    got = harness.snapshot(x.dir, mtimes=True)
+    check(got == want, "%s after its join differs from A:\n%s" % (name, harness.diff_snapshots(want, got, "A", name)))
+
+
+def test_join_with_few_fds():
+    """The downloads kept open stay within their budget of the fd limit,
+    however far ahead the GETs run: a join at 128 fds completes."""
+    with Env("join_with_few_fds") as env:
+        srv, a, want = _account_for_joins(env)
+        _join(env, a, "B", want)

@@ -770,23 +770,41 @@ static int pump_nowait(Agent *a, Pull *p) {
         return r;
 }
 
+/* x's download synced on its own (start: its writeback only started),
+ * through its fd or, past the fds kept open (see keep_budget()), its
+ * temporary file opened again: a writeback error not yet reported is
+ * still reported to a new fd. */
+static int sync_download(Agent *a, const Rec *x, bool start) {
+        _cleanup_(closep) int opened = -1;
+        int fd = x->fd;
+        if (fd < 0 && (fd = opened = openat(a->downloads_fd, x->tmp, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+                return -errno;
+        if (start)
+                return sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) < 0 ? -errno : 0;
+        return fdatasync(fd) < 0 ? -errno : 0;
+}
+
 /*
  * Place the records before end, in order, their contents durable: bulk
- * when a syncfs() covered them, else each one is synced here. burst: the
- * batch was big, its pages are dropped. A failed read of the connection
- * meanwhile is kept for the caller (*io_error).
+ * when a syncfs() covered them, else each one is synced here (every
+ * one's writeback started first, so the disk has them all at once).
+ * burst: the batch was big, its pages are dropped. A failed read of the
+ * connection meanwhile is kept for the caller (*io_error).
  */
 static void place_batch(Agent *a, Pull *p, size_t end, bool bulk, bool burst, int *io_error) {
-        int *drop = bulk && burst ? calloc(end - p->applied + 1, sizeof(int)) : NULL;
+        int *drop = burst ? calloc(end - p->applied + 1, sizeof(int)) : NULL;
         size_t n_drop = 0;
+        for (size_t i = p->applied; !bulk && end - p->applied > 1 && i < end; i++)
+                if (p->recs[i].ready)
+                        (void) sync_download(a, &p->recs[i], true);
         for (size_t i = p->applied; i < end; i++) {
                 Rec *x = &p->recs[i];
                 if (!x->ready)
                         continue;
-                /* Past the budget a download keeps no fd (see keep_budget()). */
-                if (!bulk && (x->fd < 0 || fdatasync(x->fd) < 0)) {
+                int r = bulk ? 0 : sync_download(a, x, false);
+                if (r < 0) {
                         log_error("cannot flush the download of %s to disk: %s; fetching it again later", x->path,
-                                  x->fd < 0 ? "syncfs failed" : strerror(errno));
+                                  strerror(-r));
                         unlinkat(a->downloads_fd, x->tmp, 0);
                         x->tmp[0] = 0;
                         x->ready = false;
@@ -797,7 +815,7 @@ static void place_batch(Agent *a, Pull *p, size_t end, bool bulk, bool burst, in
                 if (x->fd >= 0 && drop)
                         drop[n_drop++] = x->fd;
                 else if (x->fd >= 0) {
-                        if (bulk && burst)
+                        if (burst)
                                 (void) posix_fadvise(x->fd, 0, 0, POSIX_FADV_DONTNEED);
                         close(x->fd);
                 }
@@ -851,10 +869,13 @@ static void finish_pending(Agent *a, Pull *p, int *io_error) {
  */
 static int close_batch(Agent *a, Pull *p, size_t end) {
         bool burst = p->batch_files >= APPLY_BULK_MIN;
+        /* A syncfs() would also wait for other programs' data: with much
+         * of it waiting for the disk, the batch is synced file by file. */
+        bool cheap = bs_syncfs_cheap(p->batch_bytes);
         int io_error = 0;
         p->batch_files = 0;
         p->batch_bytes = 0;
-        BsWrite *job = burst && p->writer ? calloc(1, sizeof(*job)) : NULL;
+        BsWrite *job = burst && cheap && p->writer ? calloc(1, sizeof(*job)) : NULL;
         if (job) {
                 job->kind = BS_WRITE_SYNCFS;
                 job->sync_fd = fcntl(a->rootfd, F_DUPFD_CLOEXEC, 3);
@@ -887,7 +908,7 @@ static int close_batch(Agent *a, Pull *p, size_t end) {
                 bool missing = false;
                 for (size_t i = p->applied; i < end; i++)
                         missing |= p->recs[i].ready && p->recs[i].fd < 0;
-                bool bulk = (burst || missing) && syncfs(a->rootfd) == 0;
+                bool bulk = (burst || missing) && cheap && syncfs(a->rootfd) == 0;
                 place_batch(a, p, end, bulk, burst, &io_error);
         }
         return io_error < 0 ? io_error : p->write_error;

@@ -442,6 +442,25 @@ def dirty_pages(path):
         os.close(fd)
 
 
+class OthersData:
+    """mib MiB written to path and never synced: another program's data
+    waiting for the disk, which backupsync must not write for it."""
+
+    def __init__(self, path, mib=128):
+        self.path = path
+        chunk = os.urandom(1 << 20)
+        with open(path, "wb") as f:
+            for _ in range(mib):
+                f.write(chunk)
+        self.pages = (mib << 20) // os.sysconf("SC_PAGE_SIZE")
+        self.check("test setup (a file system that writes at once, such as tmpfs?)")
+
+    def check(self, when):
+        n = dirty_pages(self.path)
+        check(n >= self.pages * 0.9, "%s: %d of another program's %d unsynced pages are still dirty: "
+              "backupsync wrote them" % (when, n, self.pages))
+
+
 def make_small_files(root, ndirs, per_dir, dname="d%03d", fname="f%02d", tag=b""):
     """ndirs directories of per_dir small files under root, each file's
     content naming its place (tag, then "D I")."""

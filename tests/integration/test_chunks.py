@@ -187,24 +187,13 @@ def test_commit_leaves_others_data():
         data = bytearray(random.Random(3).randbytes(4 * MiB))
         big = os.path.join(adir, "big.bin")
         write_file(big, bytes(data))
-        # Beside the server's storage, on its file system: 128 MiB never synced.
-        other = env.path("other-program.img")
-        chunk = os.urandom(MiB)
-        with open(other, "wb") as f:
-            for _ in range(128):
-                f.write(chunk)
-        pages = 128 * MiB // os.sysconf("SC_PAGE_SIZE")
-
-        def still_dirty(when):
-            n = harness.dirty_pages(other)
-            check(n >= pages * 0.9, "%s: %d of the other program's %d pages are still dirty: "
-                  "the server's commits wrote them" % (when, n, pages))
-        still_dirty("test setup (a file system that writes at once, such as tmpfs?)")
+        # Beside the server's storage, on its file system.
+        other = harness.OthersData(env.path("other-program.img"))
         a = env.agent("A", adir)
         want = snapshot(adir, mtimes=True)
         wait_until(lambda: harness.server_snapshot(srv, a.token) == want, harness.SYNC_TIMEOUT,
                    "the first backup on the server")
-        still_dirty("after the first backup")
+        other.check("after the first backup")
         # One burst that keeps 40 old versions (content/ in many fan-out
         # directories) and deletes in 20 directories.
         for d in range(20):
@@ -214,9 +203,9 @@ def test_commit_leaves_others_data():
         want = snapshot(adir, mtimes=True)
         wait_until(lambda: harness.server_snapshot(srv, a.token) == want, harness.SYNC_TIMEOUT,
                    "the edits and deletions on the server")
-        still_dirty("after the edits and deletions")
+        other.check("after the edits and deletions")
         versions = _edit_versions(a, big, data, 1, 64 * 1024)
         content = os.path.join(_account_dir(srv, a), "content")
         wait_until(lambda: len(_files(content, ".chunks")) == 1, 30, "the old version of big.bin cut into chunks")
-        still_dirty("after the old version was cut")
+        other.check("after the old version was cut")
         _restore_all(env, a, versions)

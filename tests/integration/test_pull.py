@@ -152,3 +152,15 @@ def test_join_with_few_fds():
     with Env("join_with_few_fds") as env:
         srv, a, want = _account_for_joins(env)
         _join(env, a, "B", want)
+
+
+def test_join_leaves_others_data():
+    """A join with another program's data waiting for the disk syncs its
+    downloads one by one, those past the fds kept open opened again: a
+    syncfs() would write all of that data first, and make the join wait
+    for a slow disk."""
+    with Env("join_leaves_others_data") as env:
+        srv, a, want = _account_for_joins(env)
+        other = harness.OthersData(env.path("other-program.img"))
+        _join(env, a, "B", want)
+        other.check("after B joined")

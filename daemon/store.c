@@ -61,13 +61,31 @@ Store *store_free(Store *s) {
 
 
 
+/* STORE_MOVE onto a content the store has already. Often that is the
+ * very file: an earlier STORE_LINK whose transaction a crash undid left
+ * a second name for it here, and rename() between two names of one file
+ * does nothing, which would leave the name in the tree. Then that name
+ * is removed; another copy is replaced. */
+static int move_onto(Store *s, int dfd, const char *name, const char *n) {
+        struct stat from, to;
+        if (fstatat(dfd, name, &from, AT_SYMLINK_NOFOLLOW) < 0)
+                return -errno;
+        if (fstatat(s->fd, n, &to, AT_SYMLINK_NOFOLLOW) == 0 && from.st_dev == to.st_dev &&
+            from.st_ino == to.st_ino)
+                return unlinkat(dfd, name, 0) < 0 ? -errno : 0;
+        return renameat(dfd, name, s->fd, n) < 0 ? -errno : 0;
+}
+
 int store_put(Store *s, const uint8_t sha[BS_SHA_LEN], int dfd, const char *name, StorePut how) {
         char n[STORE_NAME_LEN + 1], fan[3];
         store_content_name(sha, n);
         memcpy(fan, n, 2);
         fan[2] = 0;
         for (int attempt = 0;; attempt++) {
-                int r = how == STORE_LINK ? linkat(dfd, name, s->fd, n, 0) : renameat(dfd, name, s->fd, n);
+                int r = how == STORE_LINK ? linkat(dfd, name, s->fd, n, 0)
+                                          : renameat2(dfd, name, s->fd, n, RENAME_NOREPLACE);
+                if (r < 0 && how == STORE_MOVE && (errno == EEXIST || errno == EINVAL))
+                        r = move_onto(s, dfd, name, n) < 0 ? -1 : 0;
                 if (r == 0) {
                         store_mark_dirty(s, sha[0]);
                         return 0;

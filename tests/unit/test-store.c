@@ -294,3 +294,40 @@ Test(store, malformed_recipes_are_refused) {
                 unlink(path);
         }
 }
+
+/* A crash after a STORE_LINK, its transaction undone, leaves the content
+ * as a second name of the tree's file: moving that file into the store
+ * later still takes it out of the tree (rename() alone would not). */
+Test(store, move_onto_own_link_leaves_no_name) {
+        uint8_t sha[BS_SHA_LEN];
+        struct stat sb;
+        make("a", "kept twice\n", sha);
+        cr_assert_eq(store_put(st, sha, dfd, "a", STORE_LINK), 0);
+        cr_assert_eq(store_put(st, sha, dfd, "a", STORE_MOVE), 0);
+        cr_assert_eq(fstatat(dfd, "a", &sb, AT_SYMLINK_NOFOLLOW), -1);
+        cr_assert_eq(errno, ENOENT);
+        int fd = store_get(st, sha, strlen("kept twice\n"));
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(fstat(fd, &sb), 0);
+        cr_assert_eq(sb.st_nlink, 1);
+        close(fd);
+}
+
+/* Another copy of the same content is replaced by the one moved. */
+Test(store, move_onto_other_copy) {
+        uint8_t sha[BS_SHA_LEN];
+        struct stat a, b, sb;
+        make("a", "same\n", sha);
+        make("b", "same\n", sha);
+        cr_assert_eq(fstatat(dfd, "b", &b, AT_SYMLINK_NOFOLLOW), 0);
+        cr_assert_eq(store_put(st, sha, dfd, "a", STORE_LINK), 0);
+        cr_assert_eq(store_put(st, sha, dfd, "b", STORE_MOVE), 0);
+        cr_assert_eq(fstatat(dfd, "b", &sb, AT_SYMLINK_NOFOLLOW), -1);
+        cr_assert_eq(fstatat(dfd, "a", &a, AT_SYMLINK_NOFOLLOW), 0);
+        cr_assert_eq(a.st_nlink, 1);
+        int fd = store_get(st, sha, strlen("same\n"));
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(fstat(fd, &sb), 0);
+        cr_assert_eq(sb.st_ino, b.st_ino);
+        close(fd);
+}

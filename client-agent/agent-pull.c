@@ -770,20 +770,6 @@ static int pump_nowait(Agent *a, Pull *p) {
         return r;
 }
 
-/* x's download synced on its own (start: its writeback only started),
- * through its fd or, past the fds kept open (see keep_budget()), its
- * temporary file opened again: a writeback error not yet reported is
- * still reported to a new fd. */
-static int sync_download(Agent *a, const Rec *x, bool start) {
-        _cleanup_(closep) int opened = -1;
-        int fd = x->fd;
-        if (fd < 0 && (fd = opened = openat(a->downloads_fd, x->tmp, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)) < 0)
-                return -errno;
-        if (start)
-                return sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) < 0 ? -errno : 0;
-        return fdatasync(fd) < 0 ? -errno : 0;
-}
-
 /*
  * Place the records before end, in order, their contents durable: bulk
  * when a syncfs() covered them, else each one is synced here (every
@@ -796,12 +782,13 @@ static void place_batch(Agent *a, Pull *p, size_t end, bool bulk, bool burst, in
         size_t n_drop = 0;
         for (size_t i = p->applied; !bulk && end - p->applied > 1 && i < end; i++)
                 if (p->recs[i].ready)
-                        (void) sync_download(a, &p->recs[i], true);
+                        (void) bs_sync_at(a->downloads_fd, p->recs[i].tmp, p->recs[i].fd, true);
         for (size_t i = p->applied; i < end; i++) {
                 Rec *x = &p->recs[i];
                 if (!x->ready)
                         continue;
-                int r = bulk ? 0 : sync_download(a, x, false);
+                /* Past the fds kept open (see keep_budget()), opened again. */
+                int r = bulk ? 0 : bs_sync_at(a->downloads_fd, x->tmp, x->fd, false);
                 if (r < 0) {
                         log_error("cannot flush the download of %s to disk: %s; fetching it again later", x->path,
                                   strerror(-r));

@@ -245,6 +245,17 @@ int bs_meminfo_dirty(const char *text, uint64_t *ret) {
         return 0;
 }
 
+int bs_sync_at(int dirfd, const char *name, int fd, bool start) {
+        _cleanup_(closep) int opened = -1;
+        if (fd < 0 && (fd = opened = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+                return -errno;
+        if (start) {
+                (void) sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+                return 0;
+        }
+        return fdatasync(fd) < 0 ? -errno : 0;
+}
+
 ssize_t bs_read_small(const char *path, char *buf, size_t size) {
         if (size == 0)
                 return -EINVAL;

@@ -80,6 +80,14 @@ void bs_writeback_step(int fd, uint64_t *started, uint64_t written);
 int bs_fsync_dir(int dirfd);
 
 /**
+ * Sync one file's data (fdatasync()) through fd, or when fd < 0 through
+ * name in dirfd opened for it (a writeback error not yet reported is
+ * still reported to a new fd). start: only start its writeback, whose
+ * failure is left to the sync. Returns 0 or -errno.
+ */
+int bs_sync_at(int dirfd, const char *name, int fd, bool start);
+
+/**
  * Read a small file (of /proc, a test's setting) into buf as a string:
  * at most size - 1 bytes, then a NUL. Returns the length, or -errno
  * (-ENODATA if it is empty).

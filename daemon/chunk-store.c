@@ -127,9 +127,9 @@ static int sync_staged(ChunkStore *c) {
         for (size_t i = 0; i < c->n_staged; i++) {
                 char t[TMP_LEN + 1];
                 tmp_name(c->staged + i * BS_SHA_LEN, t);
-                _cleanup_(closep) int fd = openat(c->fd, t, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-                if (fd < 0 || fdatasync(fd) < 0)
-                        return -errno;
+                int r = bs_sync_at(c->fd, t, -1, false);
+                if (r < 0)
+                        return r;
         }
         return 0;
 }

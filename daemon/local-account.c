@@ -644,30 +644,16 @@ static void drop_cached(LocalAccount *a) {
                 free(fds);
 }
 
-/* Pending file i, to sync: its own fd, or (once) one opened for it. */
-static int pending_fd(LocalAccount *a, size_t i, int *opened) {
-        if (a->pending[i].fd >= 0)
-                return a->pending[i].fd;
-        *opened = openat(a->tmp_fd, a->pending[i].tmp, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-        return *opened < 0 ? -errno : *opened;
-}
-
 /* Each pending file synced on its own: every one's writeback started
  * first, so the disk has them all at once and the syncs mostly wait for
  * a journal commit that the first one made. Files past keep_fds are
- * opened again (a writeback error not yet reported is still reported to
- * a new fd). */
+ * opened again. */
 static int sync_each(LocalAccount *a) {
         for (int pass = a->n_pending > 1 ? 0 : 1; pass < 2; pass++)
                 for (size_t i = 0; i < a->n_pending; i++) {
-                        _cleanup_(closep) int opened = -1;
-                        int fd = pending_fd(a, i, &opened);
-                        if (fd < 0)
-                                return fd;
-                        if (pass == 0)
-                                (void) sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-                        else if (fdatasync(fd) < 0)
-                                return -errno;
+                        int r = bs_sync_at(a->tmp_fd, a->pending[i].tmp, a->pending[i].fd, pass == 0);
+                        if (r < 0)
+                                return r;
                 }
         return 0;
 }

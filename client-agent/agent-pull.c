@@ -151,7 +151,19 @@ static void collect_writes(Pull *p, size_t end) {
         }
 }
 
-/* Drop the records in hand (of a page done, or of an answer not used). */
+/* Free a record; a download it still holds goes. */
+static void rec_clear(Agent *a, Rec *x) {
+        if (x->tmp[0])
+                unlinkat(a->downloads_fd, x->tmp, 0);
+        if (x->fd >= 0)
+                close(x->fd);
+        if (x->src_fd >= 0)
+                close(x->src_fd);
+        free(x->path);
+        free(x->path2);
+}
+
+/* Drop the records in hand (of an answer not used, or at the end). */
 static void pull_drop_records(Agent *a, Pull *p) {
         if (p->writer)
                 bs_writer_wait(p->writer);
@@ -160,16 +172,8 @@ static void pull_drop_records(Agent *a, Pull *p) {
         free(p->sync_job);
         p->sync_job = NULL;
         collect_writes(p, p->n);
-        for (size_t i = 0; i < p->n; i++) {
-                if (p->recs[i].tmp[0])
-                        unlinkat(a->downloads_fd, p->recs[i].tmp, 0);
-                if (p->recs[i].fd >= 0)
-                        close(p->recs[i].fd);
-                if (p->recs[i].src_fd >= 0)
-                        close(p->recs[i].src_fd);
-                free(p->recs[i].path);
-                free(p->recs[i].path2);
-        }
+        for (size_t i = 0; i < p->n; i++)
+                rec_clear(a, &p->recs[i]);
         p->total += p->n;
         p->n = 0;
         p->next_get = 0;
@@ -922,10 +926,51 @@ static int flush_batches(Agent *a, Pull *p, size_t end) {
         return r < 0 ? r : k < 0 ? k : p->write_error;
 }
 
-/* Fetch and apply the records in hand, in order; what is complete is kept on failure. */
-static int apply_records(Agent *a, Pull *p) {
+/*
+ * Every record in hand is fetched: drop the placed ones and append the
+ * next page of the answer behind the batches still open or waiting for
+ * their sync. Those are placed while the next page's files arrive, as
+ * within a page; waiting for them first left the server idle at every
+ * page's end. Indices into the records go down by the number dropped,
+ * which *i (the first record not yet looked at) follows.
+ */
+static int next_page(Agent *a, Pull *p, uint64_t since, size_t *i) {
+        size_t k = p->applied;
+        /* Every GET of the page is answered: no download is under way. */
+        if (p->cur || p->fifo_head != p->fifo_tail)
+                return -EINVAL;
+        for (size_t j = 0; j < k; j++)
+                rec_clear(a, &p->recs[j]);
+        memmove(p->recs, p->recs + k, (p->n - k) * sizeof(Rec));
+        p->n -= k;
+        p->total += k;
+        p->next_get -= k;
+        p->fifo_head = p->fifo_tail = 0;
+        p->applied = 0;
+        if (p->sync_job)
+                p->sync_end -= k;
+        if (p->write_error)
+                p->write_error_at = MAX(p->write_error_at, k) - k;
+        *i -= k;
+        return receive_changes(a, p, since, true);
+}
+
+/* Fetch and apply the records of the answer, page by page, in order; what
+ * is complete is kept on failure. A snapshot names each path once, so a
+ * page needs nothing of the one before; the seen marks of all pages are
+ * in the database. */
+static int apply_records(Agent *a, Pull *p, uint64_t since) {
         int r = 0;
-        for (size_t i = 0; i < p->n; i++) {
+        for (size_t i = 0;; i++) {
+                if (i == p->n && p->paged) {
+                        r = next_page(a, p, since, &i);
+                        if (r < 0) {
+                                (void) flush_batches(a, p, i);
+                                return r;
+                        }
+                }
+                if (i == p->n)
+                        break;
                 Rec *x = &p->recs[i];
                 /* Keep a window of GETs ahead; room frees as answers arrive. */
                 while (r >= 0 && p->next_get <= i) {
@@ -992,17 +1037,7 @@ static int pull_once(Agent *a, uint64_t since) {
         }
         if (p.snapshot)
                 manifest_clear_seen(a->state);
-        /* Page by page: a snapshot names each path once, so each page
-         * stands alone; the seen marks of all pages are in the database. */
-        for (;;) {
-                r = apply_records(a, &p);
-                if (r < 0 || !p.paged)
-                        break;
-                pull_drop_records(a, &p);
-                r = receive_changes(a, &p, since, true);
-                if (r < 0)
-                        break;
-        }
+        r = apply_records(a, &p, since);
         if (r >= 0 && p.snapshot) {
                 /* Entries the server no longer has were deleted elsewhere. */
                 Unseen u = { .a = a };

@@ -826,6 +826,8 @@ static void place_batch(Agent *a, Pull *p, size_t end, bool bulk, bool burst, in
                         *io_error = pump_nowait(a, p);
         }
         local_scan_end(a);
+        if (end > p->applied)
+                log_debug("placed records %zu to %zu of the answer", p->total + p->applied + 1, p->total + end);
         p->applied = end;
         /* Each placed file queued a few inotify events: read them now, or a
          * long burst overflows the kernel's queue and forces a full rescan. */

@@ -104,6 +104,15 @@ def test_join_in_pages():
         assert_trees_equal(adir, b.dir, timeout=240, msg="B after joining 17,000 files")
         asked = _asked(b)
         check((0, False) in asked and (0, True) in asked, "B joined in pages: %s" % asked)
+        # The next page is asked for while the last batches of the first
+        # are still to be placed: they are placed as its files arrive.
+        log = b.log_text()
+        nxt = log.index(", next page")
+        placed = [int(m.group(1)) for m in re.finditer(r"placed records \d+ to (\d+) of the answer", log[:nxt])]
+        check(placed and max(placed) < 16384,
+              "B placed the first page's last batches before asking for the next page: %s" % placed[-3:])
+        later = [int(m.group(1)) for m in re.finditer(r"placed records \d+ to (\d+) of the answer", log[nxt:])]
+        check(later and max(later) > 16384, "B placed the records after the first page: %s" % later[-3:])
 
         b.stop()
         make_small_files(adir, 170, 100, "n%03d", "g%02d", b"new ")

@@ -662,6 +662,11 @@ int local_flush_pending(LocalAccount *a) {
         int r = 0, pfd = -1;
         if (a->n_pending == 0)
                 return 0;
+        /* A batch that will not commit puts nothing in the tree. */
+        if (a->txn_error) {
+                local_drop_pending(a);
+                return a->txn_error;
+        }
         /* All data durable before any name in the tree points at it, so a
          * crash never shows a short file. A few files are synced one by
          * one (which never waits for other files' dirty data); a burst with
@@ -787,7 +792,7 @@ int local_commit(LocalAccount *a) {
         return r;
 }
 
-int local_change_begin(LocalAccount *a) {
+static int change_begin(LocalAccount *a, bool savepoint) {
         int r;
         if (!a->in_txn) {
                 r = exec(a, "BEGIN IMMEDIATE");
@@ -797,10 +802,34 @@ int local_change_begin(LocalAccount *a) {
         }
         a->change_seq = a->seq;
         a->time_seq = 0; /* a number rolled back earlier gets a time of its own */
-        return stmt_exec(a, STMT_SAVEPOINT);
+        a->change_savepoint = savepoint;
+        a->change_rows = sqlite3_total_changes64(a->db);
+        return savepoint ? stmt_exec(a, STMT_SAVEPOINT) : 0;
+}
+
+int local_change_begin(LocalAccount *a) {
+        return change_begin(a, true);
+}
+
+int local_change_begin_checked(LocalAccount *a) {
+        return change_begin(a, false);
 }
 
 int local_change_end(LocalAccount *a, int r) {
+        if (!a->change_savepoint) {
+                if (r >= 0)
+                        return r;
+                /* A failed statement undoes itself; one that went before
+                 * it stays, and only the rollback of the batch removes it
+                 * (its sequence stays taken until then). */
+                if (sqlite3_total_changes64(a->db) != a->change_rows) {
+                        if (!a->txn_error)
+                                a->txn_error = r;
+                } else
+                        a->seq = a->change_seq;
+                local_forget_parent(a);
+                return r;
+        }
         if (r >= 0) {
                 int k = stmt_exec(a, STMT_RELEASE);
                 if (k >= 0)

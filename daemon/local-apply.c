@@ -502,7 +502,8 @@ int local_put(LocalAccount *a, LocalUpload *u, const uint8_t device[BS_DEVICE_LE
                 r = -ENOMEM;
                 goto out;
         }
-        r = local_change_begin(a);
+        /* A new path is only recorded: nothing left to refuse it. */
+        r = e.kind == BS_KIND_NONE ? local_change_begin_checked(a) : local_change_begin(a);
         if (r < 0)
                 goto out;
         /* The same content saved again costs no history space: the tree
@@ -644,8 +645,9 @@ int local_mkdir(LocalAccount *a, const uint8_t device[BS_DEVICE_LEN], const char
         memcpy(n.device, device, BS_DEVICE_LEN);
 
         /* A waiting upload's path holds a file entry, refused above: the
-         * new name never collides with the batch. */
-        r = local_change_begin(a);
+         * new name never collides with the batch. What fails on the disk
+         * below fails before any record is written. */
+        r = local_change_begin_checked(a);
         if (r < 0)
                 return r;
         /* A directory left by a change that was not committed is reused. */

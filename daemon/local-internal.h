@@ -98,6 +98,8 @@ struct LocalAccount {
         uint64_t seq;
         uint64_t committed_seq;
         uint64_t change_seq; /* seq when the current change began */
+        bool change_savepoint; /* the current change has one */
+        int64_t change_rows; /* rows changed in the connection before it */
         bool in_txn;
         int txn_error; /* a batch that could not be placed: the commit fails */
         AccountPending *pending;
@@ -182,7 +184,19 @@ int local_defer_sync(LocalAccount *a, int dfd);
 
 /** Open a change: the transaction if needed, and a savepoint for this one change. */
 int local_change_begin(LocalAccount *a);
-/** Close a change: keep it on r >= 0, else roll back to its savepoint. Returns r. */
+/**
+ * Open a change that has made every check that can refuse it: a new
+ * entry, whose only writes left are its records. No savepoint, whose
+ * copies of the pages it touches cost the server a tenth of a first
+ * backup: should a write fail after another (the database full or
+ * failing), the whole batch fails at commit instead.
+ */
+int local_change_begin_checked(LocalAccount *a);
+/**
+ * Close a change: keep it on r >= 0, else roll back to its savepoint; a
+ * change opened by local_change_begin_checked() that wrote a row fails
+ * its batch. Returns r.
+ */
 int local_change_end(LocalAccount *a, int r);
 
 /**

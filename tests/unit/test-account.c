@@ -156,6 +156,40 @@ Test(account, closing_without_commit_leaves_nothing) {
         cr_assert_eq(count_entries("tmp"), 0);
 }
 
+/* A new entry's records are written without a savepoint: when the second
+ * fails (here the log's sequence is already taken), the first must not
+ * commit alone, nor the batch's other changes. */
+ParameterizedTestParameters(account, half_recorded_change_fails_its_batch) {
+        static int kinds[] = { 0, 1 }; /* a new file, a new directory */
+        return cr_make_param_array(int, kinds, sizeof(kinds) / sizeof(kinds[0]));
+}
+
+ParameterizedTest(int *kind, account, half_recorded_change_fails_its_batch) {
+        AccountEntry e;
+        uint64_t v;
+        char sql[128];
+        cr_assert_eq(put("a", 0, "first of the batch\n", &v), 0);
+        snprintf(sql, sizeof(sql), "INSERT INTO log(seq) VALUES (%llu)", (unsigned long long) acc->seq + 1);
+        cr_assert_eq(sqlite3_exec(acc->db, sql, NULL, NULL, NULL), SQLITE_OK);
+        int r = *kind ? local_mkdir(acc, device, "b", 0, 0755, 0, &v) : put("b", 0, "half recorded\n", &v);
+        cr_assert_lt(r, 0);
+        cr_assert_lt(local_commit(acc), 0, "a batch with a half-recorded change committed");
+        cr_assert_eq(local_committed_seq(acc), 0);
+        cr_assert_eq(local_entry_get(acc, "a", &e), -ENOENT);
+        cr_assert_eq(local_entry_get(acc, "b", &e), -ENOENT, "the entry of a change whose log record failed was kept");
+        cr_assert_null(tree_content("a"), "a batch that did not commit put a file in the tree");
+        cr_assert_eq(count_entries("tmp"), 0);
+        /* Sent again, the batch commits whole. */
+        cr_assert_eq(put("a", 0, "first of the batch\n", &v), 0);
+        r = *kind ? local_mkdir(acc, device, "b", 0, 0755, 0, &v) : put("b", 0, "half recorded\n", &v);
+        cr_assert_eq(r, 0);
+        cr_assert_eq(local_commit(acc), 0);
+        cr_assert_eq(local_committed_seq(acc), 2);
+        cr_assert_str_eq(tree_content("a"), "first of the batch\n");
+        cr_assert_eq(local_entry_get(acc, "b", &e), 0);
+        cr_assert_eq(e.kind, *kind ? BS_KIND_DIR : BS_KIND_FILE);
+}
+
 Test(account, crash_leftovers_in_tmp_removed_at_open) {
         char p[4200];
         char name[64];

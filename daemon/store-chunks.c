@@ -134,25 +134,6 @@ int store_get_chunked(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t size) {
         return fd;
 }
 
-/* Let go of a pack that ended. */
-static void pack_reset(Store *s) {
-        StorePack *p = &s->pack;
-        if (p->fd >= 0)
-                close(p->fd);
-        free(p->buf);
-        free(p->recipe);
-        *p = (StorePack) { .fd = -1 };
-}
-
-void store_pack_abort(Store *s) {
-        StorePack *p = &s->pack;
-        if (p->active)
-                s->gc_needed = true; /* chunks it shared may be committed already */
-        if (s->chunks)
-                chunk_store_abort(s->chunks);
-        pack_reset(s);
-}
-
 /* Cut, hash and stage the chunks held; all of them at the end of the file. */
 static int pack_cut(Store *s) {
         StorePack *p = &s->pack;
@@ -279,7 +260,7 @@ int store_pack_step(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t budget) {
         if (r < 0)
                 store_pack_abort(s);
         else
-                pack_reset(s);
+                store_pack_reset(s);
         return r;
 }
 

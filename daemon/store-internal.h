@@ -1,4 +1,4 @@
-/* store-internal.h - the content store's state, shared by store.c and store-chunks.c */
+/* store-internal.h - the content store's state, shared by store.c, store-chunks.c and store-front.c */
 #pragma once
 
 #include <string.h>
@@ -58,9 +58,15 @@ static inline void store_mark_dirty(Store *s, uint8_t fan) {
                 s->n_dirty++;
         }
 }
-/** Rebuild a content kept as a recipe into an unnamed file: its fd, -ENOENT, -EIO (chunks lost). */
-int store_get_chunked(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t size);
+
+/** Let go of a pack that ended, or was dropped: its file, buffers and recipe. */
+void store_pack_reset(Store *s);
 /** Drop a pack in progress. */
 void store_pack_abort(Store *s);
+
+/* store-chunks.c's, for store-front.c. */
+
+/** Rebuild a content kept as a recipe into an unnamed file: its fd, -ENOENT, -EIO (chunks lost). */
+int store_get_chunked(Store *s, const uint8_t sha[BS_SHA_LEN], uint64_t size);
 /** The disk space of the chunk store. */
 uint64_t store_chunks_usage(Store *s);

@@ -46,6 +46,7 @@ static int on_sighup(sd_event_source *source, const struct signalfd_siginfo *si,
 }
 
 static void on_advanced(void *userdata, const char *id, uint64_t seq);
+static void on_counts_changed(void *userdata);
 
 int server_new(Server **ret, sd_event *event, const ServerConfig *config, Backend *backend) {
         _cleanup_(server_freep) Server *s = NULL;
@@ -61,6 +62,9 @@ int server_new(Server **ret, sd_event *event, const ServerConfig *config, Backen
         s->storage = strdup(config->storage);
         if (!s->storage)
                 return -ENOMEM;
+        r = account_cache_new(&s->accounts, backend, on_counts_changed, s);
+        if (r < 0)
+                return r;
         r = ratelimit_new(&s->ratelimit);
         if (r < 0)
                 return r;
@@ -99,18 +103,13 @@ Server *server_free(Server *s) {
                 return NULL;
         /* Pruning's account and work list (server-prune.c); its sources below. */
         if (s->prune_account)
-                server_account_release(s, TAKE_PTR(s->prune_account));
+                account_cache_release(s->accounts, TAKE_PTR(s->prune_account));
         account_list_free(s->prune_ids, s->n_prune_ids);
         sd_event_source_disable_unref(s->prune_timer_source);
         sd_event_source_disable_unref(s->prune_slice_source);
         while (s->sessions)
                 session_free(s->sessions);
-        while (s->accounts) {
-                ServerAccount *a = s->accounts;
-                s->accounts = a->next;
-                account_free(a->account);
-                free(a);
-        }
+        account_cache_free(s->accounts);
         sd_event_source_disable_unref(s->listen_source);
         sd_event_source_disable_unref(s->sigterm_source);
         sd_event_source_disable_unref(s->sigint_source);
@@ -235,88 +234,6 @@ int server_adopt_listen_fd(Server *s, int fd) {
         return add_listen_source(s);
 }
 
-static int cache_add(Server *s, Account *a) {
-        ServerAccount *sa = calloc(1, sizeof(*sa));
-        if (!sa)
-                return -ENOMEM;
-        sa->account = a;
-        sa->n_users = 1;
-        sa->next = s->accounts;
-        s->accounts = sa;
-        s->n_accounts++;
-        server_update_status(s);
-        return 0;
-}
-
-int server_account_register(Server *s, Account **ret, char *token) {
-        Account *a;
-        int r = backend_account_create(s->backend, &a, token);
-        if (r < 0 && r != -EINPROGRESS)
-                return r;
-        r = cache_add(s, a);
-        if (r < 0) {
-                account_free(a);
-                return r;
-        }
-        *ret = a;
-        return 0;
-}
-
-static void log_recovered(void *userdata, const char *path, const char *problem) {
-        log_event(LOG_WARNING, BS_MID_RESCAN, (const char *) userdata, path, "account %s: %s: %s",
-                  (const char *) userdata, path, problem);
-}
-
-int server_account_acquire(Server *s, const char *id, Account **ret) {
-        Account *a;
-        int r;
-
-        for (ServerAccount *sa = s->accounts; sa; sa = sa->next)
-                if (strcmp(account_id(sa->account), id) == 0) {
-                        sa->n_users++;
-                        *ret = sa->account;
-                        return 0;
-                }
-        r = backend_account_open(s->backend, id, &a);
-        if (r < 0 && r != -EINPROGRESS)
-                return r;
-        if (r == 0 && account_needs_recovery(a)) {
-                /* Killed last time: make the metadata agree with the tree
-                 * before anyone is served from it. */
-                r = account_verify(a, true, false, log_recovered, (void *) account_id(a));
-                if (r < 0) {
-                        account_free(a);
-                        return r;
-                }
-                log_event(LOG_NOTICE, BS_MID_RESCAN, account_id(a), NULL,
-                          "account %s was not closed cleanly; checked its tree, %d difference%s recorded", account_id(a),
-                          r, r == 1 ? "" : "s");
-        }
-        r = cache_add(s, a);
-        if (r < 0) {
-                account_free(a);
-                return r;
-        }
-        *ret = a;
-        return 0;
-}
-
-void server_account_release(Server *s, Account *a) {
-        for (ServerAccount **p = &s->accounts; *p; p = &(*p)->next) {
-                ServerAccount *sa = *p;
-                if (sa->account != a)
-                        continue;
-                if (--sa->n_users > 0)
-                        return;
-                *p = sa->next;
-                account_free(sa->account);
-                free(sa);
-                s->n_accounts--;
-                server_update_status(s);
-                return;
-        }
-}
-
 void server_notify(Server *s, Account *a, Session *except) {
         for (Session *session = s->sessions; session; session = session->next)
                 if (session != except && session->account == a)
@@ -326,11 +243,13 @@ void server_notify(Server *s, Account *a, Session *except) {
 /* Another node committed a change of an account: its sessions here pull. */
 static void on_advanced(void *userdata, const char *id, uint64_t seq) {
         Server *s = userdata;
-        for (ServerAccount *sa = s->accounts; sa; sa = sa->next)
-                if (strcmp(account_id(sa->account), id) == 0) {
-                        server_notify(s, sa->account, NULL);
-                        return;
-                }
+        Account *a = account_cache_find(s->accounts, id);
+        if (a)
+                server_notify(s, a, NULL);
+}
+
+static void on_counts_changed(void *userdata) {
+        server_update_status(userdata);
 }
 
 void server_session_gone(Server *s) {
@@ -343,12 +262,13 @@ void server_session_gone(Server *s) {
 }
 
 void server_update_status(Server *s) {
-        if (s->n_accounts == s->status_accounts && s->n_sessions == s->status_sessions)
+        unsigned n_accounts = account_cache_count(s->accounts);
+        if (n_accounts == s->status_accounts && s->n_sessions == s->status_sessions)
                 return;
-        s->status_accounts = s->n_accounts;
+        s->status_accounts = n_accounts;
         s->status_sessions = s->n_sessions;
         /* The fingerprint is what an administrator reads out to users: keep it in view. */
-        (void) sd_notifyf(0, "STATUS=%u accounts open, %u connections; %s%s", s->n_accounts, s->n_sessions,
+        (void) sd_notifyf(0, "STATUS=%u accounts open, %u connections; %s%s", n_accounts, s->n_sessions,
                           s->tls ? "TLS key " : "TLS off (tls = no)", s->tls_fp);
 }
 

@@ -1,9 +1,9 @@
 /* server.h - the manager: listening socket, sessions, account cache, limits
  *
  * One Server per process. It accepts connections into Sessions, keeps each
- * Account open while any session uses it (so all sessions of an account
- * share one database handle and one tree fd, and the single-threaded loop
- * orders their changes), enforces the connection cap and the failed-login
+ * Account open while any session uses it (account-cache.h: so all sessions
+ * of an account share one database handle and one tree fd, and the
+ * single-threaded loop orders their changes), enforces the connection cap and the failed-login
  * rate limit, and keeps systemd informed through sd_notify().
  */
 #pragma once
@@ -14,6 +14,7 @@
 #include <systemd/sd-event.h>
 
 #include "account.h"
+#include "account-cache.h"
 #include "bs-readahead.h"
 #include "bs-tls.h"
 #include "ratelimit.h"
@@ -27,7 +28,6 @@
 #define SERVER_WARM_MAX 2
 
 typedef struct Server Server;
-typedef struct ServerAccount ServerAccount;
 typedef struct Session Session;
 
 typedef struct ServerConfig {
@@ -42,13 +42,6 @@ typedef struct ServerConfig {
 /* Re-reads the configuration on SIGHUP and applies it with server_apply().
  * Returns 0, or a negative errno after logging why the old one was kept. */
 typedef int (*ServerReloadFn)(Server *s, void *userdata);
-
-/* An open account and how many sessions use it. */
-struct ServerAccount {
-        ServerAccount *next;
-        Account *account;
-        unsigned n_users;
-};
 
 struct Server {
         sd_event *event;
@@ -74,8 +67,7 @@ struct Server {
         Session *sessions;
         unsigned n_sessions;
         unsigned n_warm; /* sessions reading a tree's metadata ahead, at most SERVER_WARM_MAX */
-        ServerAccount *accounts;
-        unsigned n_accounts;
+        AccountCache *accounts;
         RateLimit *ratelimit;
 
         /* Pruning (server-prune.c): the accounts of this round, the one in hand. */
@@ -107,19 +99,6 @@ static inline void server_freep(Server **s) { if (*s) server_free(*s); }
 int server_listen(Server *s, const char *addr, uint16_t port, uint16_t *ret_port);
 /** Use a listening socket passed by systemd. */
 int server_adopt_listen_fd(Server *s, int fd);
-
-/**
- * Register a new account; token receives "ID-KEY" once account_wait()
- * answers 0. The caller holds one use.
- */
-int server_account_register(Server *s, Account **ret, char *token);
-/**
- * Open or share an account by ID (see account_wait() for whether it is
- * open yet); -ENOENT for an unknown one, then or from account_wait().
- */
-int server_account_acquire(Server *s, const char *id, Account **ret);
-/** Drop one use; the account is closed with its last user. */
-void server_account_release(Server *s, Account *a);
 
 /** Tell every session of a but except that its sequence advanced. */
 void server_notify(Server *s, Account *a, Session *except);

@@ -156,7 +156,7 @@ Session *session_free(Session *s) {
                         (void) session_end_pass(s);
                 s->batch = account_batch_free(s->batch);
                 account_forget_waker(s->account, &s->waker);
-                server_account_release(server, s->account);
+                account_cache_release(server->accounts, s->account);
         }
         holes_clear(s);
         free(s->holes);
@@ -466,7 +466,7 @@ static int handle_hello(Session *s, const BsMsg *m) {
 
         /* Registered or looked up once; handled again while the account is opened. */
         if (m->path_len == 0 && !s->account) {
-                r = server_account_register(server, &s->account, s->token);
+                r = account_cache_register(server->accounts, &s->account, s->token);
                 if (r < 0) {
                         errno = -r;
                         log_error("could not create an account for %s: %m", s->peer);
@@ -481,7 +481,7 @@ static int handle_hello(Session *s, const BsMsg *m) {
                         return session_fail(s, 0, BS_ERR_AUTH,
                                             "this server needs the full token ID-KEY printed at registration");
                 if (!s->account) {
-                        r = server_account_acquire(server, t.id, &s->account);
+                        r = account_cache_acquire(server->accounts, t.id, &s->account);
                         if (r == -ENOENT)
                                 return auth_failed(s, t.id);
                         if (r < 0) {
@@ -496,7 +496,7 @@ static int handle_hello(Session *s, const BsMsg *m) {
                 return session_again(s, r);
         if (r < 0) {
                 account_forget_waker(s->account, &s->waker);
-                server_account_release(server, TAKE_PTR(s->account));
+                account_cache_release(server->accounts, TAKE_PTR(s->account));
                 if (r == -ENOENT && m->path_len > 0)
                         return auth_failed(s, t.id);
                 errno = -r;
@@ -508,7 +508,7 @@ static int handle_hello(Session *s, const BsMsg *m) {
                 session_log_event(s, LOG_INFO, BS_MID_REGISTERED, NULL, "registered account %s", account_id(s->account));
         else {
                 if (t.key[0] && !account_key_valid(s->account, t.key)) {
-                        server_account_release(server, TAKE_PTR(s->account));
+                        account_cache_release(server->accounts, TAKE_PTR(s->account));
                         return auth_failed(s, t.id);
                 }
                 ratelimit_success(server->ratelimit, s->peer_addr);

@@ -778,7 +778,7 @@ int main(int argc, char **argv) {
 
         log_info("storage %s, configuration %s", storage, ctx.args.config ?: DEFAULT_CONFIG);
         log_limits("limits", &ctx.cfg);
-        log_tls("identity", server->tls, fp, &ctx.cfg);
+        log_tls("identity", server->host.tls, fp, &ctx.cfg);
         (void) sd_notify(0, "READY=1");
         server_update_status(server);
         r = sd_event_loop(server->event);

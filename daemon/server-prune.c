@@ -36,7 +36,7 @@ static void account_done(Server *s) {
                          account_id(s->prune_account), (unsigned long long) st->versions,
                          (unsigned long long) st->contents, (unsigned long long) (st->bytes / 1024),
                          (unsigned long long) st->log_records);
-        account_cache_release(s->accounts, TAKE_PTR(s->prune_account));
+        account_cache_release(s->host.accounts, TAKE_PTR(s->prune_account));
         s->prune_stats = (AccountPruneStats) {};
 }
 
@@ -73,7 +73,7 @@ static int on_prune_slice(sd_event_source *source, void *userdata) {
                         return 0;
                 }
                 const char *id = s->prune_ids[s->i_prune++];
-                r = account_cache_acquire(s->accounts, id, &s->prune_account);
+                r = account_cache_acquire(s->host.accounts, id, &s->prune_account);
                 if (r < 0) {
                         if (r != -ENOENT) {
                                 errno = -r;

@@ -47,6 +47,8 @@ static int on_sighup(sd_event_source *source, const struct signalfd_siginfo *si,
 
 static void on_advanced(void *userdata, const char *id, uint64_t seq);
 static void on_counts_changed(void *userdata);
+static void on_session_advanced(void *userdata, Account *a, Session *except);
+static void on_session_gone(void *userdata);
 
 int server_new(Server **ret, sd_event *event, const ServerConfig *config, Backend *backend) {
         _cleanup_(server_freep) Server *s = NULL;
@@ -58,17 +60,24 @@ int server_new(Server **ret, sd_event *event, const ServerConfig *config, Backen
         s->listen_fd = -1;
         s->status_accounts = s->status_sessions = UINT32_MAX;
         s->event = sd_event_ref(event);
+        s->host = (SessionHost) {
+                .event = s->event,
+                .userdata = s,
+                .advanced = on_session_advanced,
+                .gone = on_session_gone,
+                .changed = on_counts_changed,
+        };
         server_apply(s, config);
         s->storage = strdup(config->storage);
         if (!s->storage)
                 return -ENOMEM;
-        r = account_cache_new(&s->accounts, backend, on_counts_changed, s);
+        r = account_cache_new(&s->host.accounts, backend, on_counts_changed, s);
         if (r < 0)
                 return r;
-        r = ratelimit_new(&s->ratelimit);
+        r = ratelimit_new(&s->host.ratelimit);
         if (r < 0)
                 return r;
-        r = bs_readahead_new(&s->readahead);
+        r = bs_readahead_new(&s->host.readahead);
         if (r < 0) {
                 /* io_uring refused (a seccomp filter, an old kernel): slower
                  * on a cold cache, nothing more. */
@@ -103,24 +112,24 @@ Server *server_free(Server *s) {
                 return NULL;
         /* Pruning's account and work list (server-prune.c); its sources below. */
         if (s->prune_account)
-                account_cache_release(s->accounts, TAKE_PTR(s->prune_account));
+                account_cache_release(s->host.accounts, TAKE_PTR(s->prune_account));
         account_list_free(s->prune_ids, s->n_prune_ids);
         sd_event_source_disable_unref(s->prune_timer_source);
         sd_event_source_disable_unref(s->prune_slice_source);
-        while (s->sessions)
-                session_free(s->sessions);
-        account_cache_free(s->accounts);
+        while (s->host.sessions)
+                session_free(s->host.sessions);
+        account_cache_free(s->host.accounts);
         sd_event_source_disable_unref(s->listen_source);
         sd_event_source_disable_unref(s->sigterm_source);
         sd_event_source_disable_unref(s->sigint_source);
         sd_event_source_disable_unref(s->sighup_source);
         if (s->listen_fd >= 0)
                 close(s->listen_fd);
-        ratelimit_free(s->ratelimit);
-        bs_readahead_free(s->readahead);
+        ratelimit_free(s->host.ratelimit);
+        bs_readahead_free(s->host.readahead);
         backend_free(s->backend);
         free(s->storage);
-        SSL_CTX_free(s->tls);
+        SSL_CTX_free(s->host.tls);
         sd_event_unref(s->event);
         free(s);
         return NULL;
@@ -164,13 +173,13 @@ static int on_accept(sd_event_source *source, int fd, uint32_t revents, void *us
                         break;
                 }
                 (void) setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-                if (s->n_sessions >= s->max_connections) {
+                if (s->host.n_sessions >= s->max_connections) {
                         log_warning("connection cap of %u reached, refusing a connection", s->max_connections);
                         refuse_busy(cfd);
                         close(cfd);
                         continue;
                 }
-                int r = session_new(&session, s, cfd, (struct sockaddr *) &sa, len);
+                int r = session_new(&session, &s->host, cfd, (struct sockaddr *) &sa, len);
                 if (r < 0) {
                         errno = -r;
                         log_error("cannot set up a connection: %m");
@@ -234,8 +243,9 @@ int server_adopt_listen_fd(Server *s, int fd) {
         return add_listen_source(s);
 }
 
-void server_notify(Server *s, Account *a, Session *except) {
-        for (Session *session = s->sessions; session; session = session->next)
+/* Tell every session of a but except that its sequence advanced. */
+static void server_notify(Server *s, Account *a, Session *except) {
+        for (Session *session = s->host.sessions; session; session = session->next)
                 if (session != except && session->account == a)
                         session_notify(session, account_committed_seq(a));
 }
@@ -243,17 +253,23 @@ void server_notify(Server *s, Account *a, Session *except) {
 /* Another node committed a change of an account: its sessions here pull. */
 static void on_advanced(void *userdata, const char *id, uint64_t seq) {
         Server *s = userdata;
-        Account *a = account_cache_find(s->accounts, id);
+        Account *a = account_cache_find(s->host.accounts, id);
         if (a)
                 server_notify(s, a, NULL);
+}
+
+/* A session here committed: the account's other sessions pull. */
+static void on_session_advanced(void *userdata, Account *a, Session *except) {
+        server_notify(userdata, a, except);
 }
 
 static void on_counts_changed(void *userdata) {
         server_update_status(userdata);
 }
 
-void server_session_gone(Server *s) {
-        s->n_sessions--;
+/* A session was unlinked: resume accepting if that was paused for want of fds. */
+static void on_session_gone(void *userdata) {
+        Server *s = userdata;
         if (s->accept_paused && s->listen_source) {
                 s->accept_paused = false;
                 (void) sd_event_source_set_enabled(s->listen_source, SD_EVENT_ON);
@@ -262,19 +278,19 @@ void server_session_gone(Server *s) {
 }
 
 void server_update_status(Server *s) {
-        unsigned n_accounts = account_cache_count(s->accounts);
-        if (n_accounts == s->status_accounts && s->n_sessions == s->status_sessions)
+        unsigned n_accounts = account_cache_count(s->host.accounts);
+        if (n_accounts == s->status_accounts && s->host.n_sessions == s->status_sessions)
                 return;
         s->status_accounts = n_accounts;
-        s->status_sessions = s->n_sessions;
+        s->status_sessions = s->host.n_sessions;
         /* The fingerprint is what an administrator reads out to users: keep it in view. */
-        (void) sd_notifyf(0, "STATUS=%u accounts open, %u connections; %s%s", n_accounts, s->n_sessions,
-                          s->tls ? "TLS key " : "TLS off (tls = no)", s->tls_fp);
+        (void) sd_notifyf(0, "STATUS=%u accounts open, %u connections; %s%s", n_accounts, s->host.n_sessions,
+                          s->host.tls ? "TLS key " : "TLS off (tls = no)", s->tls_fp);
 }
 
 void server_set_tls(Server *s, SSL_CTX *ctx, const uint8_t fp[BS_FP_LEN]) {
-        SSL_CTX_free(s->tls);
-        s->tls = ctx;
+        SSL_CTX_free(s->host.tls);
+        s->host.tls = ctx;
         s->tls_fp[0] = 0;
         if (ctx)
                 bs_fp_format(fp, s->tls_fp);
@@ -288,16 +304,16 @@ void server_set_reload(Server *s, ServerReloadFn fn, void *userdata) {
 }
 
 void server_apply(Server *s, const ServerConfig *config) {
-        bool idle_changed = s->idle_timeout_usec != config->idle_timeout_usec;
+        bool idle_changed = s->host.idle_timeout_usec != config->idle_timeout_usec;
 
-        s->idle_timeout_usec = config->idle_timeout_usec;
+        s->host.idle_timeout_usec = config->idle_timeout_usec;
         s->max_connections = config->max_connections;
-        s->require_key = config->require_key;
+        s->host.require_key = config->require_key;
         s->retention = config->retention;
         s->prune_interval_usec = config->prune_interval_usec ?: 600 * USEC_PER_SEC;
         /* Open connections get the new deadline too. Over a lowered cap,
          * existing connections stay; new ones wait until there is room. */
         if (idle_changed)
-                for (Session *session = s->sessions; session; session = session->next)
+                for (Session *session = s->host.sessions; session; session = session->next)
                         (void) session_rearm_idle_timer(session);
 }

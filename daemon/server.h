@@ -3,8 +3,11 @@
  * One Server per process. It accepts connections into Sessions, keeps each
  * Account open while any session uses it (account-cache.h: so all sessions
  * of an account share one database handle and one tree fd, and the
- * single-threaded loop orders their changes), enforces the connection cap and the failed-login
- * rate limit, and keeps systemd informed through sd_notify().
+ * single-threaded loop orders their changes), enforces the connection cap
+ * and the failed-login rate limit, and keeps systemd informed through
+ * sd_notify(). It sits above the sessions: what they need of it is lent
+ * to them, and what it must hear of them comes back, through a
+ * SessionHost (session-host.h).
  */
 #pragma once
 
@@ -18,17 +21,9 @@
 #include "bs-readahead.h"
 #include "bs-tls.h"
 #include "ratelimit.h"
-
-#ifndef USEC_PER_SEC
-#define USEC_PER_SEC 1000000ULL
-#endif
-
-/* Trees read ahead at once, at most: each is a thread and a disk's
- * worth of small reads, so a crowd of joining computers takes turns. */
-#define SERVER_WARM_MAX 2
+#include "session-host.h"
 
 typedef struct Server Server;
-typedef struct Session Session;
 
 typedef struct ServerConfig {
         const char *storage;        /* absolute path of the storage directory (the TLS key); fixed for the process */
@@ -47,9 +42,7 @@ struct Server {
         sd_event *event;
         Backend *backend;
         char *storage;
-        uint64_t idle_timeout_usec;
         unsigned max_connections;
-        bool require_key;
 
         int listen_fd;
         sd_event_source *listen_source;
@@ -60,15 +53,12 @@ struct Server {
         ServerReloadFn reload;
         void *reload_userdata;
         unsigned status_accounts, status_sessions; /* last STATUS= sent */
-        SSL_CTX *tls;      /* NULL: clear text (tls = no) */
-        BsReadahead *readahead; /* GETs' files read ahead together; NULL: one by one */
-        char tls_fp[80];   /* "SHA256:..." of tls, for STATUS=; "" without */
+        char tls_fp[80];   /* "SHA256:..." of host.tls, for STATUS=; "" without */
 
-        Session *sessions;
-        unsigned n_sessions;
-        unsigned n_warm; /* sessions reading a tree's metadata ahead, at most SERVER_WARM_MAX */
-        AccountCache *accounts;
-        RateLimit *ratelimit;
+        /* What the sessions share: the account cache, the rate limit, the
+         * read-ahead ring, TLS, their limits and their list. All of it is
+         * the server's (freed by server_free()); the sessions borrow it. */
+        SessionHost host;
 
         /* Pruning (server-prune.c): the accounts of this round, the one in hand. */
         AccountRetention retention;
@@ -100,10 +90,6 @@ int server_listen(Server *s, const char *addr, uint16_t port, uint16_t *ret_port
 /** Use a listening socket passed by systemd. */
 int server_adopt_listen_fd(Server *s, int fd);
 
-/** Tell every session of a but except that its sequence advanced. */
-void server_notify(Server *s, Account *a, Session *except);
-/** A session was unlinked: count it and resume accepting if that was paused. */
-void server_session_gone(Server *s);
 /** Publish STATUS= to the service manager when the counts changed. */
 void server_update_status(Server *s);
 

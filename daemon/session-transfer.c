@@ -20,7 +20,6 @@
 #include "bs-log.h"
 #include "bs-macro.h"
 #include "bs-path.h"
-#include "server.h"
 #include "session.h"
 
 /* Bytes of the agent's content indexed before other sessions get a turn. */
@@ -95,10 +94,10 @@ void session_prefetch(Session *s) {
                 s->ahead.slot[k].c = NULL;
                 if ((m.path_len == 0 || bs_path_check(m.path, m.path_len) == 0) &&
                     account_content_open(s->account, m.sha, m.path, &s->waker, &s->ahead.slot[k].c) == 0)
-                        account_content_prefetch(s->ahead.slot[k].c, SESSION_PREFETCH_BYTES, s->server->readahead);
+                        account_content_prefetch(s->ahead.slot[k].c, SESSION_PREFETCH_BYTES, s->host->readahead);
                 s->ahead.count++;
         }
-        bs_readahead_submit(s->server->readahead);
+        bs_readahead_submit(s->host->readahead);
 }
 
 /* The session consumed its head frame. */
@@ -111,17 +110,17 @@ static void warm_stop(Session *s) {
         if (!s->warm)
                 return;
         s->warm = bs_warm_free(s->warm);
-        s->server->n_warm--;
+        s->host->n_warm--;
 }
 
 /* A snapshot is followed by a GET of each file in its order: read the
  * tree's metadata ahead of them (the lookups are most of a cold GET's
  * wait), unless as many sessions as allowed already do. */
 static void warm_start(Session *s) {
-        if (s->warm || s->server->n_warm >= SERVER_WARM_MAX)
+        if (s->warm || s->host->n_warm >= SESSION_WARM_MAX)
                 return;
         if (account_warm_start(s->account, NULL, NULL, &s->warm) == 0)
-                s->server->n_warm++;
+                s->host->n_warm++;
         else
                 s->warm = NULL; /* the GETs read on their own */
 }

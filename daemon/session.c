@@ -19,7 +19,6 @@
 #include "bs-macro.h"
 #include "bs-path.h"
 #include "bs-tls.h"
-#include "server.h"
 #include "session.h"
 
 static int on_io(sd_event_source *source, int fd, uint32_t revents, void *userdata);
@@ -28,7 +27,7 @@ static void session_wake(void *userdata);
 
 static uint64_t now_usec(Session *s) {
         uint64_t t = 0;
-        (void) sd_event_now(s->server->event, CLOCK_MONOTONIC, &t);
+        (void) sd_event_now(s->host->event, CLOCK_MONOTONIC, &t);
         return t;
 }
 
@@ -51,7 +50,7 @@ static void peer_format(Session *s, const struct sockaddr *sa) {
                 snprintf(s->peer, sizeof(s->peer), "local");
 }
 
-int session_new(Session **ret, Server *server, int fd, const struct sockaddr *peer, socklen_t peer_len) {
+int session_new(Session **ret, SessionHost *host, int fd, const struct sockaddr *peer, socklen_t peer_len) {
         _cleanup_(session_freep) Session *s = NULL;
         char desc[96];
         int r;
@@ -59,22 +58,22 @@ int session_new(Session **ret, Server *server, int fd, const struct sockaddr *pe
         s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
-        s->server = server;
+        s->host = host;
         s->fd = fd;
         s->peer_max_frame = BS_FRAME_MIN;
         s->waker = (AccountWaker) { .fn = session_wake, .userdata = s };
-        s->state = server->tls ? SESSION_TLS : SESSION_HELLO;
+        s->state = host->tls ? SESSION_TLS : SESSION_HELLO;
         peer_format(s, peer);
         (void) peer_len;
 
         /* Linked first, so session_free() on a failure below unlinks it. */
-        s->next = server->sessions;
+        s->next = host->sessions;
         if (s->next)
                 s->next->prev = s;
-        server->sessions = s;
-        server->n_sessions++;
+        host->sessions = s;
+        host->n_sessions++;
 
-        r = sd_event_add_io(server->event, &s->io_source, fd, EPOLLIN, on_io, s);
+        r = sd_event_add_io(host->event, &s->io_source, fd, EPOLLIN, on_io, s);
         if (r < 0)
                 return r;
         snprintf(desc, sizeof(desc), "session-io-%s", s->peer);
@@ -87,7 +86,7 @@ int session_new(Session **ret, Server *server, int fd, const struct sockaddr *pe
         /* A blocked address costs no handshake: it is told in clear text and
          * the agent shows what it was told. */
         uint64_t left;
-        if (server->tls && ratelimit_blocked(server->ratelimit, s->peer_addr, s->start_usec, &left)) {
+        if (host->tls && ratelimit_blocked(host->ratelimit, s->peer_addr, s->start_usec, &left)) {
                 s->state = SESSION_HELLO;
                 (void) session_fail(s, 0, BS_ERR_RATE_LIMITED, "too many failed logins from %s; retry in %llu s",
                                     s->peer, (unsigned long long) (left + USEC_PER_SEC - 1) / USEC_PER_SEC);
@@ -100,16 +99,16 @@ int session_new(Session **ret, Server *server, int fd, const struct sockaddr *pe
 /* When the connection is closed unless something happens; 0: never. */
 static uint64_t session_deadline(Session *s) {
         if (s->state == SESSION_TLS) {
-                uint64_t idle = s->server->idle_timeout_usec;
+                uint64_t idle = s->host->idle_timeout_usec;
                 return s->start_usec + (idle ? MIN(idle, SESSION_HANDSHAKE_USEC) : SESSION_HANDSHAKE_USEC);
         }
-        if (s->server->idle_timeout_usec == 0)
+        if (s->host->idle_timeout_usec == 0)
                 return 0;
-        return s->last_io_usec + s->server->idle_timeout_usec;
+        return s->last_io_usec + s->host->idle_timeout_usec;
 }
 
 int session_rearm_idle_timer(Session *s) {
-        Server *server = s->server;
+        SessionHost *host = s->host;
         char desc[96];
         int r;
 
@@ -120,7 +119,7 @@ int session_rearm_idle_timer(Session *s) {
                 r = sd_event_source_set_time(s->timer_source, deadline);
                 return r < 0 ? r : sd_event_source_set_enabled(s->timer_source, SD_EVENT_ONESHOT);
         }
-        r = sd_event_add_time(server->event, &s->timer_source, CLOCK_MONOTONIC, deadline, USEC_PER_SEC, on_timer, s);
+        r = sd_event_add_time(host->event, &s->timer_source, CLOCK_MONOTONIC, deadline, USEC_PER_SEC, on_timer, s);
         if (r < 0)
                 return r;
         snprintf(desc, sizeof(desc), "session-timer-%s", s->peer);
@@ -140,7 +139,7 @@ static void holes_clear(Session *s) {
 Session *session_free(Session *s) {
         if (!s)
                 return NULL;
-        Server *server = s->server;
+        SessionHost *host = s->host;
 
         session_transfer_reset(s);
         if (s->ssl) {
@@ -156,7 +155,7 @@ Session *session_free(Session *s) {
                         (void) session_end_pass(s);
                 s->batch = account_batch_free(s->batch);
                 account_forget_waker(s->account, &s->waker);
-                account_cache_release(server->accounts, s->account);
+                account_cache_release(host->accounts, s->account);
         }
         holes_clear(s);
         free(s->holes);
@@ -170,11 +169,12 @@ Session *session_free(Session *s) {
 
         if (s->prev)
                 s->prev->next = s->next;
-        else if (server->sessions == s)
-                server->sessions = s->next;
+        else if (host->sessions == s)
+                host->sessions = s->next;
         if (s->next)
                 s->next->prev = s->prev;
-        server_session_gone(server);
+        host->n_sessions--;
+        host->gone(host->userdata);
         free(s);
         return NULL;
 }
@@ -408,7 +408,7 @@ int session_end_pass(Session *s) {
         }
         session_log_quiet(s);
         if (account_committed_seq(s->account) > s->seq_before_commit)
-                server_notify(s->server, s->account, s);
+                s->host->advanced(s->host->userdata, s->account, s);
         return 0;
 }
 
@@ -426,7 +426,7 @@ static int send_welcome(Session *s, const char *token) {
 }
 
 static int auth_failed(Session *s, const char *id) {
-        ratelimit_fail(s->server->ratelimit, s->peer_addr, now_usec(s));
+        ratelimit_fail(s->host->ratelimit, s->peer_addr, now_usec(s));
         bs_logf(LOG_WARNING, &(BsLogCtx) { .message_id = BS_MID_AUTH_FAILED, .account = id },
                 "auth failed for %s from %s", id, s->peer);
         (void) session_send_error(s, 0, BS_ERR_AUTH, "unknown account or wrong key");
@@ -435,7 +435,7 @@ static int auth_failed(Session *s, const char *id) {
 }
 
 static int handle_hello(Session *s, const BsMsg *m) {
-        Server *server = s->server;
+        SessionHost *host = s->host;
         uint64_t left;
         BsToken t;
         int r;
@@ -443,7 +443,7 @@ static int handle_hello(Session *s, const BsMsg *m) {
         if (m->type != BS_MSG_HELLO)
                 return session_fail(s, m->req, BS_ERR_PROTOCOL, "expected HELLO, got %s",
                                     bs_msg_type_name(m->type));
-        if (ratelimit_blocked(server->ratelimit, s->peer_addr, now_usec(s), &left))
+        if (ratelimit_blocked(host->ratelimit, s->peer_addr, now_usec(s), &left))
                 return session_fail(s, 0, BS_ERR_RATE_LIMITED,
                                     "too many failed logins from %s; retry in %llu s", s->peer,
                                     (unsigned long long) (left + USEC_PER_SEC - 1) / USEC_PER_SEC);
@@ -466,7 +466,7 @@ static int handle_hello(Session *s, const BsMsg *m) {
 
         /* Registered or looked up once; handled again while the account is opened. */
         if (m->path_len == 0 && !s->account) {
-                r = account_cache_register(server->accounts, &s->account, s->token);
+                r = account_cache_register(host->accounts, &s->account, s->token);
                 if (r < 0) {
                         errno = -r;
                         log_error("could not create an account for %s: %m", s->peer);
@@ -477,11 +477,11 @@ static int handle_hello(Session *s, const BsMsg *m) {
                 if (bs_token_parse(m->path, m->path_len, &t) < 0)
                         return auth_failed(s, "(malformed)");
                 /* Checked before the lookup, so the answer tells nothing about the ID. */
-                if (!t.key[0] && server->require_key)
+                if (!t.key[0] && host->require_key)
                         return session_fail(s, 0, BS_ERR_AUTH,
                                             "this server needs the full token ID-KEY printed at registration");
                 if (!s->account) {
-                        r = account_cache_acquire(server->accounts, t.id, &s->account);
+                        r = account_cache_acquire(host->accounts, t.id, &s->account);
                         if (r == -ENOENT)
                                 return auth_failed(s, t.id);
                         if (r < 0) {
@@ -496,7 +496,7 @@ static int handle_hello(Session *s, const BsMsg *m) {
                 return session_again(s, r);
         if (r < 0) {
                 account_forget_waker(s->account, &s->waker);
-                account_cache_release(server->accounts, TAKE_PTR(s->account));
+                account_cache_release(host->accounts, TAKE_PTR(s->account));
                 if (r == -ENOENT && m->path_len > 0)
                         return auth_failed(s, t.id);
                 errno = -r;
@@ -508,10 +508,10 @@ static int handle_hello(Session *s, const BsMsg *m) {
                 session_log_event(s, LOG_INFO, BS_MID_REGISTERED, NULL, "registered account %s", account_id(s->account));
         else {
                 if (t.key[0] && !account_key_valid(s->account, t.key)) {
-                        account_cache_release(server->accounts, TAKE_PTR(s->account));
+                        account_cache_release(host->accounts, TAKE_PTR(s->account));
                         return auth_failed(s, t.id);
                 }
-                ratelimit_success(server->ratelimit, s->peer_addr);
+                ratelimit_success(host->ratelimit, s->peer_addr);
                 session_log_event(s, LOG_INFO, BS_MID_JOINED, NULL,
                           "joined account %s from %s", account_id(s->account), s->peer);
         }
@@ -523,7 +523,7 @@ static int handle_hello(Session *s, const BsMsg *m) {
                 log_warning("account %s: could not record device: %m", account_id(s->account));
         }
         s->state = SESSION_RUNNING;
-        server_update_status(server);
+        host->changed(host->userdata);
         r = send_welcome(s, s->token);
         explicit_bzero(s->token, sizeof(s->token));
         return r;
@@ -780,7 +780,7 @@ static int session_tls_step(Session *s) {
                                             "this server requires TLS; an agent with tls = no cannot use it");
                         return 0;
                 }
-                s->ssl = SSL_new(s->server->tls);
+                s->ssl = SSL_new(s->host->tls);
                 if (!s->ssl || !SSL_set_fd(s->ssl, s->fd))
                         return -ENOMEM;
                 SSL_set_accept_state(s->ssl);
@@ -936,7 +936,7 @@ static void session_wake(void *userdata) {
                 (void) sd_event_source_set_enabled(s->wake_source, SD_EVENT_ONESHOT);
                 return;
         }
-        if (sd_event_add_defer(s->server->event, &s->wake_source, on_wake, s) < 0) {
+        if (sd_event_add_defer(s->host->event, &s->wake_source, on_wake, s) < 0) {
                 /* Cannot happen but for memory: the idle timer ends the session. */
                 s->wake_source = NULL;
                 return;
@@ -966,7 +966,7 @@ static int on_timer(sd_event_source *source, uint64_t usec, void *userdata) {
                   "connection from %s timed out", s->peer);
         if (s->state != SESSION_CLOSING)
                 (void) session_send_error(s, 0, BS_ERR_TIMEOUT, "idle for %llu s",
-                                          (unsigned long long) (s->server->idle_timeout_usec / USEC_PER_SEC));
+                                          (unsigned long long) (s->host->idle_timeout_usec / USEC_PER_SEC));
         (void) session_flush(s);
         session_free(s);
         return 0;

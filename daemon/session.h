@@ -22,8 +22,8 @@
 #include "bs-delta.h"
 #include "bs-log.h"
 #include "bs-proto.h"
+#include "session-host.h"
 
-typedef struct Server Server;
 typedef struct Session Session;
 
 /* A frame handler's answer besides 0 and -errno: the account answered
@@ -63,7 +63,7 @@ typedef enum SessionStream {
 #define SESSION_PREFETCH_BYTES (256u * 1024)
 
 struct Session {
-        Server *server;
+        SessionHost *host;  /* the manager's, borrowed */
         Session *prev, *next;
         int fd;
         SSL *ssl;           /* NULL: clear text, or the handshake not begun */
@@ -186,8 +186,11 @@ struct Session {
  * a 57-byte frame can ask for 16 MiB of disk work. */
 #define SESSION_COPY_BUDGET (64u * 1024 * 1024)
 
-/** Take over an accepted, non-blocking socket. */
-int session_new(Session **ret, Server *server, int fd, const struct sockaddr *peer, socklen_t peer_len);
+/**
+ * Take over an accepted, non-blocking socket, linked into host's list.
+ * host is borrowed: the manager keeps it for as long as any session lives.
+ */
+int session_new(Session **ret, SessionHost *host, int fd, const struct sockaddr *peer, socklen_t peer_len);
 /** Close the connection and release its account. Returns NULL. */
 Session *session_free(Session *s);
 static inline void session_freep(Session **s) { if (*s) session_free(*s); }

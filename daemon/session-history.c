@@ -12,7 +12,8 @@
 #include "account-read.h"
 #include "bs-log.h"
 #include "bs-path.h"
-#include "session.h"
+#include "session-history.h"
+#include "session-rows.h"
 
 int session_start_history(Session *s, const BsMsg *m) {
         int r;

@@ -1,14 +1,15 @@
-/* session.c - one client connection: I/O, frame dispatch, HELLO, changes
+/* session.c - one client connection: I/O, the pass, frame dispatch
  *
  * The event handler runs one pass: read what the socket has (reading on,
  * up to SESSION_PASS_READS buffers, while more keeps arriving), handle
  * whole frames in order, commit the account's transaction, then write.
  * Writing only after the commit is what makes every ACK mean "durable".
+ * The top of the session's layers: it hands each frame to its handler,
+ * and none of them calls back up here.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,19 +18,16 @@
 
 #include "bs-log.h"
 #include "bs-macro.h"
-#include "bs-path.h"
 #include "bs-tls.h"
 #include "session.h"
+#include "session-change.h"
+#include "session-hello.h"
+#include "session-history.h"
+#include "session-transfer.h"
 
 static int on_io(sd_event_source *source, int fd, uint32_t revents, void *userdata);
 static int on_timer(sd_event_source *source, uint64_t usec, void *userdata);
 static void session_wake(void *userdata);
-
-static uint64_t now_usec(Session *s) {
-        uint64_t t = 0;
-        (void) sd_event_now(s->host->event, CLOCK_MONOTONIC, &t);
-        return t;
-}
 
 static void peer_format(Session *s, const struct sockaddr *sa) {
         static const uint8_t v4mapped[12] = { [10] = 0xff, [11] = 0xff };
@@ -78,7 +76,7 @@ int session_new(Session **ret, SessionHost *host, int fd, const struct sockaddr 
                 return r;
         snprintf(desc, sizeof(desc), "session-io-%s", s->peer);
         (void) sd_event_source_set_description(s->io_source, desc);
-        s->last_io_usec = s->start_usec = s->log_refill_usec = now_usec(s);
+        s->last_io_usec = s->start_usec = s->log_refill_usec = session_now_usec(s);
         s->log_budget = SESSION_LOG_BURST;
         r = session_rearm_idle_timer(s);
         if (r < 0)
@@ -127,15 +125,6 @@ int session_rearm_idle_timer(Session *s) {
         return 0;
 }
 
-/* Forget the places kept for answers of a batch. */
-static void holes_clear(Session *s) {
-        for (size_t i = 0; i < s->n_holes; i++) {
-                free(s->holes[i].path);
-                free(s->holes[i].path2);
-        }
-        s->n_holes = 0;
-}
-
 Session *session_free(Session *s) {
         if (!s)
                 return NULL;
@@ -157,7 +146,7 @@ Session *session_free(Session *s) {
                 account_forget_waker(s->account, &s->waker);
                 account_cache_release(host->accounts, s->account);
         }
-        holes_clear(s);
+        session_holes_clear(s);
         free(s->holes);
         sd_event_source_disable_unref(s->io_source);
         sd_event_source_disable_unref(s->timer_source);
@@ -179,89 +168,6 @@ Session *session_free(Session *s) {
         return NULL;
 }
 
-/*
- * bs_buf_reserve() compacts the buffer when it lacks room, which moves
- * the offset bs_frame_begin() returned. Reserving the whole frame first
- * means nothing moves while it is encoded.
- */
-int session_send(Session *s, const BsMsg *m) {
-        int r = bs_buf_reserve(&s->out, BS_FRAME_HDR + 128 + m->path_len + m->path2_len + m->data_len);
-        return r ?: bs_msg_encode(&s->out, m);
-}
-
-static int send_errorv(Session *s, uint32_t req, BsErr code, const char *fmt, va_list ap) {
-        BsMsg m;
-        bs_msg_init(&m, BS_MSG_ERROR, req);
-        m.code = code;
-        int n = vsnprintf(m.path, BS_TEXT_MAX + 1, fmt, ap);
-        m.path_len = n < 0 ? 0 : MIN((size_t) n, (size_t) BS_TEXT_MAX);
-        return session_send(s, &m);
-}
-
-int session_send_error(Session *s, uint32_t req, BsErr code, const char *fmt, ...) {
-        va_list ap;
-        va_start(ap, fmt);
-        int r = send_errorv(s, req, code, fmt, ap);
-        va_end(ap);
-        return r;
-}
-
-int session_fail(Session *s, uint32_t req, BsErr code, const char *fmt, ...) {
-        char text[512];
-        va_list ap;
-
-        va_start(ap, fmt);
-        vsnprintf(text, sizeof(text), fmt, ap);
-        va_end(ap);
-        bs_logf(LOG_WARNING,
-                &(BsLogCtx) { .message_id = BS_MID_REJECTED,
-                              .account = s->account ? account_id(s->account) : NULL },
-                "connection from %s: %s: %s", s->peer, bs_err_name(code), text);
-        (void) session_send_error(s, req, code, "%s", text);
-        s->state = SESSION_CLOSING;
-        return -ECONNABORTED;
-}
-
-BsErr session_errno_to_code(int r) {
-        switch (r) {
-        case -ESTALE:
-        case -EEXIST:
-        case -EISDIR:
-        case -ENOTEMPTY:
-                return BS_ERR_CONFLICT;
-        case -ENOENT:
-        case -ENOTDIR:
-                return BS_ERR_NOT_FOUND;
-        case -EINVAL:
-        case -ELOOP:
-        case -EXDEV:
-        case -ENAMETOOLONG:
-                return BS_ERR_BAD_PATH;
-        case -EBADMSG:
-                return BS_ERR_CHECKSUM;
-        case -EFBIG:
-                return BS_ERR_TOO_LARGE;
-        case -ENOSPC:
-        case -EDQUOT:
-                return BS_ERR_NO_SPACE;
-        default:
-                return BS_ERR_IO;
-        }
-}
-
-const char *session_log_path(const char *p, char *buf) {
-        char *o = buf;
-        for (; *p; p++) {
-                unsigned char c = (unsigned char) *p;
-                if (c < 0x20 || c == 0x7f)
-                        o += sprintf(o, "\\x%02x", c);
-                else
-                        *o++ = (char) c;
-        }
-        *o = 0;
-        return buf;
-}
-
 void session_notify(Session *s, uint64_t seq) {
         BsMsg m;
         if (s->state != SESSION_RUNNING)
@@ -275,363 +181,6 @@ void session_notify(Session *s, uint64_t seq) {
         m.seq = seq;
         (void) session_send(s, &m);
         (void) sd_event_source_set_io_events(s->io_source, EPOLLIN | EPOLLOUT);
-}
-
-int session_batch(Session *s) {
-        if (s->batch)
-                return 0;
-        s->txn_mark = bs_buf_len(&s->out);
-        s->batch_changes = 0;
-        return account_batch_new(s->account, &s->batch);
-}
-
-int session_again(Session *s, int r) {
-        if (r != -EINPROGRESS)
-                return r;
-        s->waiting = true;
-        return SESSION_AGAIN;
-}
-
-int session_defer(Session *s, const SessionHole *h) {
-        if (s->n_holes == s->cap_holes) {
-                size_t cap = s->cap_holes ? s->cap_holes * 2 : 16;
-                SessionHole *n = reallocarray(s->holes, cap, sizeof(*n));
-                if (!n)
-                        return -ENOMEM;
-                s->holes = n;
-                s->cap_holes = cap;
-        }
-        SessionHole *d = &s->holes[s->n_holes];
-        *d = *h;
-        d->at = bs_buf_len(&s->out);
-        d->index = s->batch_changes - 1;
-        d->path = strdup(h->path);
-        d->path2 = h->path2 ? strdup(h->path2) : NULL;
-        if (!d->path || (h->path2 && !d->path2)) {
-                free(d->path);
-                free(d->path2);
-                return -ENOMEM;
-        }
-        s->n_holes++;
-        return 0;
-}
-
-/* The level of a change's line: LOG_INFO while the budget lasts, else
- * LOG_DEBUG, and the change is counted for session_log_quiet(). */
-static int session_change_prio(Session *s, const SessionHole *h) {
-        uint64_t now = now_usec(s);
-        if (now > s->log_refill_usec) {
-                uint64_t n = (now - s->log_refill_usec) / SESSION_LOG_REFILL_USEC;
-                s->log_budget = (unsigned) MIN((uint64_t) SESSION_LOG_BURST, s->log_budget + n);
-                s->log_refill_usec += n * SESSION_LOG_REFILL_USEC;
-                if (s->log_budget == SESSION_LOG_BURST)
-                        s->log_refill_usec = now;
-        }
-        if (s->log_budget > 0) {
-                s->log_budget--;
-                return LOG_INFO;
-        }
-        if (h->type == BS_MSG_PUT) {
-                s->quiet.files++;
-                s->quiet.bytes += h->size;
-        } else if (h->type == BS_MSG_DELETE)
-                s->quiet.deleted++;
-        else
-                s->quiet.others++;
-        return LOG_DEBUG;
-}
-
-/* The changes logged at debug level since the last commit, in one line. */
-static void session_log_quiet(Session *s) {
-        if (s->quiet.files + s->quiet.deleted + s->quiet.others == 0)
-                return;
-        session_log_event(s, LOG_INFO, BS_MID_UPLOADED, NULL,
-                          "uploaded %s %llu more files (%.1f MiB), deleted %llu, %llu other changes (each at debug level)",
-                          account_id(s->account), (unsigned long long) s->quiet.files,
-                          (double) s->quiet.bytes / (1024.0 * 1024.0), (unsigned long long) s->quiet.deleted,
-                          (unsigned long long) s->quiet.others);
-        memset(&s->quiet, 0, sizeof(s->quiet));
-}
-
-/*
- * The commit succeeded: write the answers of the changes it decided where
- * they belong among the pass's other answers. Those after the first hole
- * are set aside and put back piece by piece.
- */
-static int fill_holes(Session *s) {
-        _cleanup_(freep) uint8_t *tail = NULL;
-        size_t base = s->holes[0].at, len = bs_buf_len(&s->out) - base;
-        int r = 0;
-
-        if (len > 0) {
-                tail = malloc(len);
-                if (!tail)
-                        return -ENOMEM;
-                memcpy(tail, bs_buf_head(&s->out) + base, len);
-        }
-        s->out.end = s->out.start + base;
-        for (size_t i = 0; i < s->n_holes && r >= 0; i++) {
-                SessionHole *h = &s->holes[i];
-                uint64_t version = 0;
-                int answer = account_batch_answer(s->batch, h->index, &version);
-                r = session_change_answer(s, h, answer, version);
-                size_t end = i + 1 < s->n_holes ? s->holes[i + 1].at : base + len;
-                if (r >= 0 && end > h->at)
-                        r = bs_buf_append(&s->out, tail + (h->at - base), end - h->at);
-        }
-        return r;
-}
-
-int session_end_pass(Session *s) {
-        if (!s->batch)
-                return 0;
-        /* Taken when the commit starts: one that finishes later has
-         * advanced the account by the time it is asked again. */
-        if (!s->committing)
-                s->seq_before_commit = account_committed_seq(s->account);
-        int r = account_batch_commit(s->batch, &s->waker);
-        if (r == -EINPROGRESS) {
-                s->committing = true;
-                return session_again(s, r);
-        }
-        s->committing = false;
-        if (r >= 0 && s->n_holes > 0)
-                r = fill_holes(s);
-        holes_clear(s);
-        s->batch = account_batch_free(s->batch);
-        if (r < 0) {
-                /* Those answers promised durability we do not have: take them back. */
-                s->out.end = s->out.start + MIN(s->txn_mark, bs_buf_len(&s->out));
-                errno = -r;
-                log_error("account %s: commit failed: %m", account_id(s->account));
-                return session_fail(s, 0, BS_ERR_IO, "could not commit changes");
-        }
-        session_log_quiet(s);
-        if (account_committed_seq(s->account) > s->seq_before_commit)
-                s->host->advanced(s->host->userdata, s->account, s);
-        return 0;
-}
-
-static int send_welcome(Session *s, const char *token) {
-        BsMsg m;
-        bs_msg_init(&m, BS_MSG_WELCOME, 0);
-        m.version = s->version;
-        m.max_frame = BS_FRAME_MAX_DEFAULT;
-        m.seq = account_committed_seq(s->account);
-        m.path_len = strlen(account_id(s->account));
-        memcpy(m.path, account_id(s->account), m.path_len + 1);
-        m.path2_len = strlen(token);
-        memcpy(m.path2, token, m.path2_len + 1);
-        return session_send(s, &m);
-}
-
-static int auth_failed(Session *s, const char *id) {
-        ratelimit_fail(s->host->ratelimit, s->peer_addr, now_usec(s));
-        bs_logf(LOG_WARNING, &(BsLogCtx) { .message_id = BS_MID_AUTH_FAILED, .account = id },
-                "auth failed for %s from %s", id, s->peer);
-        (void) session_send_error(s, 0, BS_ERR_AUTH, "unknown account or wrong key");
-        s->state = SESSION_CLOSING;
-        return -ECONNABORTED;
-}
-
-static int handle_hello(Session *s, const BsMsg *m) {
-        SessionHost *host = s->host;
-        uint64_t left;
-        BsToken t;
-        int r;
-
-        if (m->type != BS_MSG_HELLO)
-                return session_fail(s, m->req, BS_ERR_PROTOCOL, "expected HELLO, got %s",
-                                    bs_msg_type_name(m->type));
-        if (ratelimit_blocked(host->ratelimit, s->peer_addr, now_usec(s), &left))
-                return session_fail(s, 0, BS_ERR_RATE_LIMITED,
-                                    "too many failed logins from %s; retry in %llu s", s->peer,
-                                    (unsigned long long) (left + USEC_PER_SEC - 1) / USEC_PER_SEC);
-        if (m->min_version > m->version || m->min_version > BS_PROTO_VERSION ||
-            m->version < BS_PROTO_MIN_VERSION)
-                return session_fail(s, 0, BS_ERR_VERSION,
-                                    "no common protocol version: agent speaks %u..%u, server speaks %u..%u",
-                                    m->min_version, m->version, BS_PROTO_MIN_VERSION, BS_PROTO_VERSION);
-        if (m->max_frame < BS_FRAME_MIN)
-                return session_fail(s, 0, BS_ERR_BAD_FRAME, "frame limit %u is below %u",
-                                    m->max_frame, BS_FRAME_MIN);
-        s->peer_max_frame = MIN(m->max_frame, BS_FRAME_LIMIT);
-        s->version = MIN(m->version, (uint16_t) BS_PROTO_VERSION);
-        memcpy(s->device, m->device, BS_DEVICE_LEN);
-        /* The agent's host name: untrusted, so printable ASCII only. */
-        size_t o = 0;
-        for (size_t i = 0; i < m->path2_len && o < sizeof(s->device_name) - 1; i++)
-                s->device_name[o++] = m->path2[i] > 0x20 && m->path2[i] < 0x7f ? m->path2[i] : '_';
-        s->device_name[o] = 0;
-
-        /* Registered or looked up once; handled again while the account is opened. */
-        if (m->path_len == 0 && !s->account) {
-                r = account_cache_register(host->accounts, &s->account, s->token);
-                if (r < 0) {
-                        errno = -r;
-                        log_error("could not create an account for %s: %m", s->peer);
-                        return session_fail(s, 0, session_errno_to_code(r) == BS_ERR_NO_SPACE ? BS_ERR_NO_SPACE : BS_ERR_IO,
-                                            "could not create an account");
-                }
-        } else if (m->path_len > 0) {
-                if (bs_token_parse(m->path, m->path_len, &t) < 0)
-                        return auth_failed(s, "(malformed)");
-                /* Checked before the lookup, so the answer tells nothing about the ID. */
-                if (!t.key[0] && host->require_key)
-                        return session_fail(s, 0, BS_ERR_AUTH,
-                                            "this server needs the full token ID-KEY printed at registration");
-                if (!s->account) {
-                        r = account_cache_acquire(host->accounts, t.id, &s->account);
-                        if (r == -ENOENT)
-                                return auth_failed(s, t.id);
-                        if (r < 0) {
-                                errno = -r;
-                                log_error("could not open account %s: %m", t.id);
-                                return session_fail(s, 0, BS_ERR_IO, "could not open the account");
-                        }
-                }
-        }
-        r = account_wait(s->account, &s->waker);
-        if (r == -EINPROGRESS)
-                return session_again(s, r);
-        if (r < 0) {
-                account_forget_waker(s->account, &s->waker);
-                account_cache_release(host->accounts, TAKE_PTR(s->account));
-                if (r == -ENOENT && m->path_len > 0)
-                        return auth_failed(s, t.id);
-                errno = -r;
-                log_error("could not %s account: %m", m->path_len > 0 ? "open the" : "create an");
-                return session_fail(s, 0, session_errno_to_code(r) == BS_ERR_NO_SPACE ? BS_ERR_NO_SPACE : BS_ERR_IO,
-                                    m->path_len > 0 ? "could not open the account" : "could not create an account");
-        }
-        if (m->path_len == 0)
-                session_log_event(s, LOG_INFO, BS_MID_REGISTERED, NULL, "registered account %s", account_id(s->account));
-        else {
-                if (t.key[0] && !account_key_valid(s->account, t.key)) {
-                        account_cache_release(host->accounts, TAKE_PTR(s->account));
-                        return auth_failed(s, t.id);
-                }
-                ratelimit_success(host->ratelimit, s->peer_addr);
-                session_log_event(s, LOG_INFO, BS_MID_JOINED, NULL,
-                          "joined account %s from %s", account_id(s->account), s->peer);
-        }
-        /* An all-zero device is a reader (the backupsync command), not a computer of the account. */
-        static const uint8_t reader[BS_DEVICE_LEN];
-        r = memcmp(s->device, reader, BS_DEVICE_LEN) ? account_device_seen(s->account, s->device, m->path2) : 0;
-        if (r < 0) {
-                errno = -r;
-                log_warning("account %s: could not record device: %m", account_id(s->account));
-        }
-        s->state = SESSION_RUNNING;
-        host->changed(host->userdata);
-        r = send_welcome(s, s->token);
-        explicit_bzero(s->token, sizeof(s->token));
-        return r;
-}
-
-static int send_ack(Session *s, uint32_t req, uint64_t version) {
-        BsMsg m;
-        bs_msg_init(&m, BS_MSG_ACK, req);
-        m.seq = version;
-        return session_send(s, &m);
-}
-
-int session_change_answer(Session *s, const SessionHole *h, int r, uint64_t version) {
-        char lp[4 * BS_PATH_MAX + 1], lp2[4 * BS_PATH_MAX + 1];
-        const char *id = account_id(s->account);
-        const char *what = h->type == BS_MSG_PUT ? "upload" : bs_msg_type_name(h->type);
-
-        session_log_path(h->path, lp);
-        if (r < 0) {
-                BsErr code = session_errno_to_code(r);
-                errno = -r;
-                if (code == BS_ERR_IO || code == BS_ERR_NO_SPACE)
-                        session_log_event(s, LOG_ERR, BS_MID_REJECTED, h->path, "%s %s %s failed: %m", what, id, lp);
-                else
-                        session_log_event(s, LOG_INFO, code == BS_ERR_CONFLICT ? BS_MID_CONFLICT : BS_MID_REJECTED,
-                                          h->path, "%s %s %s refused: %s", what, id, lp, bs_err_name(code));
-                return session_send_error(s, h->req, code, "%s: %s", bs_err_name(code), strerror(-r));
-        }
-        int prio = r == 0 ? session_change_prio(s, h) : LOG_INFO;
-        if (r == 0)
-                switch (h->type) {
-                case BS_MSG_PUT:
-                        if (h->copied > 0)
-                                session_log_event(s, prio, BS_MID_UPLOADED, h->path,
-                                                  "uploaded %s %s (%llu bytes, %llu sent, the rest copied from the "
-                                                  "stored version)", id, lp, (unsigned long long) h->size,
-                                                  (unsigned long long) (h->size - h->copied));
-                        else
-                                session_log_event(s, prio, BS_MID_UPLOADED, h->path, "uploaded %s %s (%llu bytes)",
-                                                  id, lp, (unsigned long long) h->size);
-                        break;
-                case BS_MSG_ATTR:
-                        session_log_event(s, prio, BS_MID_CHANGED, h->path, "mode %04o and time of %s %s",
-                                          h->mode & 07777, id, lp);
-                        break;
-                case BS_MSG_MKDIR:
-                        session_log_event(s, prio, BS_MID_CHANGED, h->path, "mkdir %s %s", id, lp);
-                        break;
-                case BS_MSG_SYMLINK:
-                        session_log_event(s, prio, BS_MID_CHANGED, h->path, "symlink %s %s", id, lp);
-                        break;
-                case BS_MSG_DELETE:
-                        session_log_event(s, prio, BS_MID_DELETED, h->path, "deleted %s %s", id, lp);
-                        break;
-                default:
-                        session_log_event(s, prio, BS_MID_MOVED, h->path, "moved %s %s -> %s", id, lp,
-                                          session_log_path(h->path2, lp2));
-                        break;
-                }
-        return send_ack(s, h->req, version);
-}
-
-/* ATTR, MKDIR, SYMLINK, DELETE and MOVE: one change each, answered ACK or ERROR. */
-static int handle_change(Session *s, const BsMsg *m) {
-        uint64_t version = 0;
-        int r;
-
-        if (bs_path_check(m->path, m->path_len) < 0)
-                return session_send_error(s, m->req, BS_ERR_BAD_PATH, "bad path");
-        if ((m->type == BS_MSG_MOVE && bs_path_check(m->path2, m->path2_len) < 0) ||
-            (m->type == BS_MSG_SYMLINK && (m->path2_len == 0 || strlen(m->path2) != m->path2_len)))
-                return session_send_error(s, m->req, BS_ERR_BAD_PATH,
-                                          m->type == BS_MSG_MOVE ? "bad target path" : "bad link target");
-
-        if (m->type == BS_MSG_ATTR && s->version < BS_PROTO_ATTR_VERSION)
-                return session_fail(s, m->req, BS_ERR_PROTOCOL, "ATTR needs protocol version %u (this session: %u)",
-                                    BS_PROTO_ATTR_VERSION, s->version);
-        r = session_batch(s);
-        if (r < 0)
-                return r;
-        switch (m->type) {
-        case BS_MSG_ATTR:
-                r = account_attr(s->batch, s->device, m->path, m->base, m->mode, m->mtime_ns, m->sha, &version);
-                break;
-        case BS_MSG_MKDIR:
-                r = account_mkdir(s->batch, s->device, m->path, m->base, m->mode, m->mtime_ns, &version);
-                break;
-        case BS_MSG_SYMLINK:
-                r = account_symlink(s->batch, s->device, m->path, m->base, m->path2, m->mtime_ns, &version);
-                break;
-        case BS_MSG_DELETE:
-                r = account_delete(s->batch, s->device, m->path, m->base, &version);
-                break;
-        default:
-                r = account_move(s->batch, s->device, m->path, m->base, m->path2, m->base2, &version);
-                break;
-        }
-        s->batch_changes++;
-        SessionHole h = {
-                .req = m->req,
-                .type = m->type,
-                .mode = m->mode,
-                .path = (char *) m->path,
-                .path2 = m->type == BS_MSG_MOVE ? (char *) m->path2 : NULL,
-        };
-        if (r == -EINPROGRESS)
-                return session_defer(s, &h);
-        return session_change_answer(s, &h, r, version);
 }
 
 static int handle_request(Session *s, const BsMsg *m) {
@@ -665,7 +214,7 @@ static int handle_request(Session *s, const BsMsg *m) {
         case BS_MSG_SYMLINK:
         case BS_MSG_DELETE:
         case BS_MSG_MOVE:
-                return handle_change(s, m);
+                return session_handle_change(s, m);
         default:
                 return session_fail(s, m->req, BS_ERR_PROTOCOL, "unexpected %s", bs_msg_type_name(m->type));
         }
@@ -724,7 +273,7 @@ static void session_run(Session *s) {
                 }
                 if (m.type != BS_MSG_DATA)
                         log_debug("connection from %s: %s request %u", s->peer, bs_msg_type_name(m.type), m.req);
-                r = s->state == SESSION_HELLO ? handle_hello(s, &m) : handle_request(s, &m);
+                r = s->state == SESSION_HELLO ? session_handle_hello(s, &m) : handle_request(s, &m);
                 if (r == SESSION_AGAIN)
                         break; /* the same frame again once woken */
                 bs_buf_consume(&s->in, len);
@@ -733,7 +282,7 @@ static void session_run(Session *s) {
                         session_prefetch(s);
                 /* Progress is a whole frame: a byte now and then must not
                  * keep a connection (and its slot) alive forever. */
-                s->last_io_usec = now_usec(s);
+                s->last_io_usec = session_now_usec(s);
                 if (r < 0 && s->state != SESSION_CLOSING)
                         (void) session_fail(s, m.req, BS_ERR_IO, "out of memory");
         }
@@ -748,7 +297,7 @@ static int session_read(Session *s) {
 static int session_flush(Session *s) {
         ssize_t n = s->ssl && SSL_is_init_finished(s->ssl) ? bs_tls_send(s->ssl, &s->out) : bs_buf_send(&s->out, s->fd);
         if (n > 0)
-                s->last_io_usec = now_usec(s);
+                s->last_io_usec = session_now_usec(s);
         return n < 0 ? (int) n : 0;
 }
 
@@ -795,7 +344,7 @@ static int session_tls_step(Session *s) {
                 return r;
         }
         s->state = SESSION_HELLO;
-        s->last_io_usec = now_usec(s);
+        s->last_io_usec = session_now_usec(s);
         (void) session_rearm_idle_timer(s);
         return 0;
 }

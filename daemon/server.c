@@ -65,7 +65,6 @@ int server_new(Server **ret, sd_event *event, const ServerConfig *config, Backen
                 .userdata = s,
                 .advanced = on_session_advanced,
                 .gone = on_session_gone,
-                .changed = on_counts_changed,
         };
         server_apply(s, config);
         s->storage = strdup(config->storage);

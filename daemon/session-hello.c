@@ -123,7 +123,6 @@ int session_handle_hello(Session *s, const BsMsg *m) {
                 log_warning("account %s: could not record device: %m", account_id(s->account));
         }
         s->state = SESSION_RUNNING;
-        host->changed(host->userdata);
         r = send_welcome(s, s->token);
         explicit_bzero(s->token, sizeof(s->token));
         return r;

@@ -48,6 +48,4 @@ typedef struct SessionHost {
         void (*advanced)(void *userdata, Account *a, Session *except);
         /* A session left the list (n_sessions no longer counts it): a slot is free. */
         void (*gone)(void *userdata);
-        /* A session began serving its account: the counts the manager publishes may have changed. */
-        void (*changed)(void *userdata);
 } SessionHost;

@@ -90,6 +90,8 @@ struct AccountOps {
         int (*move)(AccountBatch *b, const uint8_t device[BS_DEVICE_LEN], const char *from, uint64_t base_from,
                     const char *to, uint64_t base_to, uint64_t *ret_version);
 
+        void (*reads_begin)(Account *a); /* optional */
+        void (*reads_end)(Account *a);   /* optional */
         int (*content_open)(Account *a, const uint8_t sha[BS_SHA_LEN], const char *path, const AccountWaker *w,
                             AccountContent **ret);
         int (*content_wait)(AccountContent *c);

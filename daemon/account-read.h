@@ -14,6 +14,15 @@
 #include "bs-warm.h"
 
 /**
+ * The lookups from here to account_reads_end() may share one read of the
+ * metadata, as a run of GETs opened ahead does: advice, for a backend
+ * where each read has a fixed cost. No change may be made in between.
+ */
+void account_reads_begin(Account *a);
+/** End what account_reads_begin() started. */
+void account_reads_end(Account *a);
+
+/**
  * Open content for GET: the file at path when it has this SHA-256, else
  * any current file or kept version with it. -ENOENT when there is none,
  * then or from account_content_wait(). w is told whenever an answer of

@@ -155,6 +155,16 @@ int account_move(AccountBatch *b, const uint8_t device[BS_DEVICE_LEN], const cha
         return b->ops->move(b, device, from, base_from, to, base_to, ret_version);
 }
 
+void account_reads_begin(Account *a) {
+        if (a->ops->reads_begin)
+                a->ops->reads_begin(a);
+}
+
+void account_reads_end(Account *a) {
+        if (a->ops->reads_end)
+                a->ops->reads_end(a);
+}
+
 int account_content_open(Account *a, const uint8_t sha[BS_SHA_LEN], const char *path, const AccountWaker *w,
                          AccountContent **ret) {
         return a->ops->content_open(a, sha, path, w, ret);

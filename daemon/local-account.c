@@ -101,6 +101,8 @@ static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_SAVEPOINT] = "SAVEPOINT change",
         [STMT_RELEASE] = "RELEASE change",
         [STMT_ROLLBACK_TO] = "ROLLBACK TO change",
+        [STMT_READS_BEGIN] = "BEGIN",
+        [STMT_READS_END] = "COMMIT",
 };
 
 int local_sqlite_errno(int rc) {
@@ -794,6 +796,7 @@ int local_commit(LocalAccount *a) {
 
 static int change_begin(LocalAccount *a, bool savepoint) {
         int r;
+        local_reads_end(a); /* a caller's mistake, but no reason to fail the write */
         if (!a->in_txn) {
                 r = exec(a, "BEGIN IMMEDIATE");
                 if (r < 0)

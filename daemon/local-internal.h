@@ -30,6 +30,8 @@ enum {
         STMT_SAVEPOINT,
         STMT_RELEASE,
         STMT_ROLLBACK_TO,
+        STMT_READS_BEGIN,
+        STMT_READS_END,
         _STMT_MAX,
 };
 
@@ -101,6 +103,7 @@ struct LocalAccount {
         bool change_savepoint; /* the current change has one */
         int64_t change_rows; /* rows changed in the connection before it */
         bool in_txn;
+        bool reading; /* a run of lookups shares one read transaction (local_reads_begin()) */
         int txn_error; /* a batch that could not be placed: the commit fails */
         AccountPending *pending;
         size_t n_pending, cap_pending;

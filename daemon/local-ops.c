@@ -157,6 +157,14 @@ static int ops_content_open(Account *a, const uint8_t sha[BS_SHA_LEN], const cha
         return local_content_open(LOCAL(a), sha, path, (LocalContent **) ret);
 }
 
+static void ops_reads_begin(Account *a) {
+        local_reads_begin(LOCAL(a));
+}
+
+static void ops_reads_end(Account *a) {
+        local_reads_end(LOCAL(a));
+}
+
 static int ops_content_wait(AccountContent *c) {
         return 0; /* found when opened */
 }
@@ -242,6 +250,8 @@ const AccountOps local_ops = {
         .symlink = ops_symlink,
         .delete = ops_delete,
         .move = ops_move,
+        .reads_begin = ops_reads_begin,
+        .reads_end = ops_reads_end,
         .content_open = ops_content_open,
         .content_wait = ops_content_wait,
         .content_free = ops_content_free,

@@ -76,6 +76,8 @@ void session_prefetch(Session *s) {
          * Refilled by halves: the reads of a refill reach the disk together. */
         if (!s->account || s->batch || s->ahead.count > SESSION_PREFETCH / 2)
                 return;
+        /* One read lock for the refill's lookups, not one each. */
+        account_reads_begin(s->account);
         for (i = 0; s->ahead.count < SESSION_PREFETCH; i++, off += len) {
                 if (bs_frame_peek(p + off, n - off, BS_FRAME_MAX_DEFAULT, &len) <= 0)
                         break;
@@ -98,6 +100,7 @@ void session_prefetch(Session *s) {
                         account_content_prefetch(s->ahead.slot[k].c, SESSION_PREFETCH_BYTES, s->host->readahead);
                 s->ahead.count++;
         }
+        account_reads_end(s->account);
         bs_readahead_submit(s->host->readahead);
 }
 

@@ -584,3 +584,46 @@ Test(account, read_ahead_walks_the_tree) {
         bs_warm_free(w);
         cr_assert_str_eq(seen, "|b|b/in|");
 }
+
+/* Whether content sha is found for path now: 0 or -ENOENT. */
+static int content_found(const char *path, const char *content) {
+        uint8_t sha[BS_SHA_LEN];
+        LocalContent *c;
+        cr_assert_eq(bs_sha_buf(content, strlen(content), sha), 0);
+        int r = local_content_open(acc, sha, path, &c);
+        if (r == 0)
+                local_content_free(c);
+        return r;
+}
+
+/* The lookups of a read run share one snapshot: an entry removed by
+ * another connection meanwhile is still found until the run ends, then
+ * not. A change begun inside a run (the caller's mistake) ends the run
+ * and still commits. */
+Test(account, reads_share_one_snapshot) {
+        sqlite3 *other;
+        uint64_t v;
+        cr_assert_eq(put("a", 0, "one", &v), 0);
+        cr_assert_eq(put("b", 0, "two", &v), 0);
+        cr_assert_eq(local_commit(acc), 0);
+
+        local_reads_begin(acc);
+        cr_assert_eq(content_found("a", "one"), 0);
+        cr_assert_eq(sqlite3_open_v2(acc->db_path, &other, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+        sqlite3_busy_timeout(other, 5000);
+        cr_assert_eq(sqlite3_exec(other, "DELETE FROM entries WHERE CAST(path AS TEXT) IN ('a', 'b')", NULL, NULL, NULL),
+                     SQLITE_OK, "%s", sqlite3_errmsg(other));
+        cr_expect_eq(content_found("a", "one"), 0, "the run's snapshot still has it");
+        cr_expect_eq(content_found("b", "two"), 0);
+        local_reads_end(acc);
+        cr_expect_eq(content_found("a", "one"), -ENOENT, "after the run, the change is seen");
+        sqlite3_close(other);
+
+        local_reads_begin(acc);
+        cr_assert_eq(content_found("b", "two"), -ENOENT);
+        cr_assert_eq(put("c", 0, "three", &v), 0);
+        cr_assert_eq(local_commit(acc), 0);
+        local_reads_end(acc);
+        cr_expect_eq(content_found("c", "three"), 0);
+        cr_expect_str_eq(tree_content("c"), "three");
+}

@@ -228,6 +228,20 @@ static int place(Agent *a, int tmpfd, const char *tmp, const char *path, bool fr
         return r;
 }
 
+/* The local entry a download will be once placed, as its writer saw it. */
+static int downloaded_entry(const Rec *x, LocalEntry *l) {
+        l->exists = true;
+        l->kind = BS_KIND_FILE;
+        l->target[0] = 0;
+        memset(&l->st, 0, sizeof(l->st));
+        l->st.st_ino = (ino_t) x->disk_ino;
+        l->st.st_size = (off_t) x->disk_size;
+        l->st.st_mode = (mode_t) x->disk_mode;
+        l->st.st_mtim = bs_timespec_ns(x->disk_mtime_ns);
+        l->st.st_nlink = 1;
+        return 0;
+}
+
 static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool have) {
         bool meta_only = false; /* changed here in mode or mtime only */
         if (l->exists && !(have && local_matches(l, m))) {
@@ -269,9 +283,10 @@ static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool hav
                 return 0;
         if (make_room(a, x->path, l) < 0)
                 return 0;
-        /* The rename keeps inode, size, mode and mtime: stat before it. */
+        /* The rename keeps inode, size, mode and mtime: stat before it
+         * (the writer's, when it wrote the file). */
         bool fresh = !l->exists;
-        int r = local_stat_at(a->downloads_fd, x->tmp, l);
+        int r = x->disk_ino ? downloaded_entry(x, l) : local_stat_at(a->downloads_fd, x->tmp, l);
         r = r < 0 ? r : place(a, a->downloads_fd, x->tmp, x->path, fresh);
         /* Made here since it was looked at: decided again, as a file that
          * exists (so never a third time). */

@@ -31,6 +31,11 @@ typedef struct Rec {
         struct BsWrite *write; /* a small download handed to the pull's writer, until its batch */
         int src_fd; /* GET_DELTA: the local file COPY reads from, or -1 */
         uint64_t copied; /* bytes of the download taken from the local version */
+        /* The download as the writer left it (BsWrite.want_stat), so that
+         * placing it needs no lookup by name; disk_ino 0: not known. */
+        uint64_t disk_ino, disk_size;
+        int64_t disk_mtime_ns;
+        uint32_t disk_mode;
 } Rec;
 
 typedef struct PathList {

@@ -136,6 +136,12 @@ static void collect_writes(Pull *p, size_t end) {
                         bs_writer_wait_job(p->writer, w);
                 memcpy(x->tmp, w->name, sizeof(x->tmp));
                 x->fd = w->fd;
+                if (w->error == 0) {
+                        x->disk_ino = (uint64_t) w->st.st_ino;
+                        x->disk_size = (uint64_t) w->st.st_size;
+                        x->disk_mtime_ns = bs_stat_mtime_ns(&w->st);
+                        x->disk_mode = (uint32_t) w->st.st_mode;
+                }
                 if (w->keep_fd && w->fd < 0)
                         p->n_kept--; /* counted when handed over */
                 if (w->error < 0) {
@@ -554,7 +560,7 @@ static int hand_over(Agent *a, Pull *p, Rec *x) {
                 return -ENOMEM;
         *w = (BsWrite) { .kind = BS_WRITE_FILE, .buf = TAKE_PTR(p->buf), .len = x->size,
                          .mode = x->mode & 07777, .mtime_ns = x->mtime_ns,
-                         .keep_fd = p->n_kept < p->keep_fds, .keep_read_only = true };
+                         .keep_fd = p->n_kept < p->keep_fds, .keep_read_only = true, .want_stat = true };
         p->n_kept += w->keep_fd;
         x->write = w;
         if (p->writer)
@@ -717,9 +723,11 @@ static int handle_frame(Agent *a, Pull *p, const BsMsg *m) {
         if (fd >= 0 && m->size <= PULL_BUFFER_MAX) {
                 p->buf = malloc(m->size ?: 1);
                 fd = p->buf ? -1 : -ENOMEM;
-        } else if (fd >= 0)
+        } else if (fd >= 0) {
                 /* Made with its mode where the umask allows: a system call less. */
                 fd = bs_tmpfile_at(fd, x->tmp, sizeof(x->tmp), x->mode & 0777);
+                x->disk_ino = 0; /* written here: looked at when placed */
+        }
         if (fd < 0 && !p->buf) {
                 log_error("cannot create a temporary file in %s: %s", a->cfg.dir, strerror(-fd));
                 return fd;

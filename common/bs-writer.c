@@ -61,6 +61,10 @@ void bs_write_now(int dir_fd, BsWrite *job) {
                 if (r >= 0 && !bs_mode_kept(job->mode) && fchmod(fd, job->mode) < 0)
                         r = -errno;
                 r = r ?: bs_set_mtime_fd(fd, job->mtime_ns);
+                /* On the descriptor, in this thread: the caller's lookup of
+                 * the name in a directory of thousands would cost more. */
+                if (r >= 0 && job->want_stat && fstat(fd, &job->st) < 0)
+                        r = -errno;
                 if (r >= 0 && job->keep_fd && job->keep_read_only)
                         r = fd = bs_reopen_read_only(dir_fd, job->name, fd);
         }

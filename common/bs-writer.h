@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 typedef struct BsWriter BsWriter;
@@ -35,9 +36,11 @@ typedef struct BsWrite {
         int64_t mtime_ns;
         bool keep_fd; /* leave it open in fd, for an fdatasync() and to drop it from the cache */
         bool keep_read_only; /* and then read-only (see bs_reopen_read_only()) */
+        bool want_stat; /* fill st: the caller records the file without looking it up by name */
         /* Set by the writer, read after bs_writer_wait(): */
         char name[64]; /* the temporary file, "" if none is left */
         int fd;        /* open when keep_fd and no error, else -1 */
+        struct stat st; /* want_stat: the file as written, mode and mtime set */
         int error;     /* 0 or a negative errno */
         bool done;     /* under the writer's lock: see bs_writer_done() */
         struct BsWrite *next;

@@ -78,6 +78,32 @@ Test(writer, keep_read_only) {
         free(j);
 }
 
+/* Asked for, the file's stat as written comes with the job, mode and
+ * mtime already set, whether its fd is kept (reopened) or closed: what
+ * a lookup of its name would give. */
+Test(writer, stat_as_written) {
+        for (unsigned keep = 0; keep < 2; keep++) {
+                BsWrite *j = job_new(7000, 5 + keep, keep);
+                struct stat st;
+                j->keep_read_only = keep;
+                j->want_stat = true;
+                j->mode = 0604; /* not what the umask leaves: set by fchmod() */
+                bs_write_now(dfd, j);
+                cr_assert_eq(j->error, 0);
+                cr_assert_eq(fstatat(dfd, j->name, &st, AT_SYMLINK_NOFOLLOW), 0);
+                cr_expect_eq(j->st.st_ino, st.st_ino);
+                cr_expect_eq(j->st.st_size, 7000);
+                cr_expect_eq(j->st.st_mode, st.st_mode);
+                cr_expect_eq(j->st.st_mode & 07777, 0604);
+                cr_expect_eq(j->st.st_mtim.tv_sec, st.st_mtim.tv_sec);
+                cr_expect_eq(j->st.st_mtim.tv_nsec, st.st_mtim.tv_nsec);
+                cr_expect_eq(j->st.st_mtim.tv_sec * 1000000000LL + j->st.st_mtim.tv_nsec, 1500000000123456789LL + 5 + keep);
+                if (j->fd >= 0)
+                        close(j->fd);
+                free(j);
+        }
+}
+
 /* Many files of every size handed over (more bytes than the queue holds:
  * submit waits), all written, in any order, with their attributes; the
  * first few keep their fd when asked. */

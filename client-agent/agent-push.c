@@ -196,7 +196,7 @@ static bool being_written(Agent *a, const char *path, const struct stat *st) {
 }
 
 static int start_op(Agent *a, PushOp *op, Upload *up) {
-        BsMsg *m = calloc(1, sizeof(*m));
+        BsMsg *m = malloc(sizeof(*m)); /* bs_msg_init() sets what is sent */
         int r = 0;
         if (!m)
                 return -ENOMEM;
@@ -357,7 +357,7 @@ static int upload_step(Agent *a, Upload *up) {
                 /* Shrunk or unreadable: drop the empty frame and abort. */
                 bs_frame_cancel(out, off);
         }
-        BsMsg *m = calloc(1, sizeof(*m));
+        BsMsg *m = malloc(sizeof(*m)); /* as in start_op() */
         if (!m)
                 return -ENOMEM;
         bs_msg_init(m, BS_MSG_PUT_END, up->op->req);
@@ -387,7 +387,7 @@ static int upload_step(Agent *a, Upload *up) {
  * the upload now. PUT_END is still owed, or the server would take our next
  * PUT for a protocol error; it answers nothing more for this request. */
 static int upload_cancel(Agent *a, Upload *up) {
-        BsMsg *m = calloc(1, sizeof(*m));
+        BsMsg *m = malloc(sizeof(*m)); /* as in start_op() */
         int r = -ENOMEM;
         if (m) {
                 bs_msg_init(m, BS_MSG_PUT_END, up->op->req);

@@ -794,6 +794,24 @@ int local_commit(LocalAccount *a) {
         return r;
 }
 
+void local_reads_begin(LocalAccount *a) {
+        sqlite3_stmt *st;
+        if (a->reading || !sqlite3_get_autocommit(a->db) || local_stmt(a, STMT_READS_BEGIN, &st) < 0)
+                return;
+        /* Deferred: the lock is taken at the first read, if any. A failure
+         * leaves the lookups to take their own. */
+        a->reading = local_step_done(st) >= 0;
+}
+
+void local_reads_end(LocalAccount *a) {
+        sqlite3_stmt *st;
+        if (!a->reading)
+                return;
+        a->reading = false;
+        if (local_stmt(a, STMT_READS_END, &st) < 0 || local_step_done(st) < 0)
+                (void) sqlite3_exec(a->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
 static int change_begin(LocalAccount *a, bool savepoint) {
         int r;
         local_reads_end(a); /* a caller's mistake, but no reason to fail the write */

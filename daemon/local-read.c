@@ -209,24 +209,6 @@ int local_content_open(LocalAccount *a, const uint8_t sha[BS_SHA_LEN], const cha
         return open_from_rows(a, STMT_VERSION_BY_SHA, a->versions_fd, sha, ret);
 }
 
-void local_reads_begin(LocalAccount *a) {
-        sqlite3_stmt *st;
-        if (a->reading || !sqlite3_get_autocommit(a->db) || local_stmt(a, STMT_READS_BEGIN, &st) < 0)
-                return;
-        /* Deferred: the lock is taken at the first read, if any. A failure
-         * leaves the lookups to take their own. */
-        a->reading = local_step_done(st) >= 0;
-}
-
-void local_reads_end(LocalAccount *a) {
-        sqlite3_stmt *st;
-        if (!a->reading)
-                return;
-        a->reading = false;
-        if (local_stmt(a, STMT_READS_END, &st) < 0 || local_step_done(st) < 0)
-                (void) sqlite3_exec(a->db, "ROLLBACK", NULL, NULL, NULL);
-}
-
 LocalContent *local_content_free(LocalContent *c) {
         if (!c)
                 return NULL;

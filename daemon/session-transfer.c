@@ -70,14 +70,13 @@ void session_prefetch(Session *s) {
         static BsMsg m; /* one server thread; kept off the stack like session_run's */
         const uint8_t *p = bs_buf_head(&s->in);
         size_t n = bs_buf_len(&s->in), off = 0, len;
+        bool reading = false;
         unsigned i;
 
         /* Inside a pass the tree may not yet hold what the entries say.
          * Refilled by halves: the reads of a refill reach the disk together. */
         if (!s->account || s->batch || s->ahead.count > SESSION_PREFETCH / 2)
                 return;
-        /* One read lock for the refill's lookups, not one each. */
-        account_reads_begin(s->account);
         for (i = 0; s->ahead.count < SESSION_PREFETCH; i++, off += len) {
                 if (bs_frame_peek(p + off, n - off, BS_FRAME_MAX_DEFAULT, &len) <= 0)
                         break;
@@ -95,12 +94,19 @@ void session_prefetch(Session *s) {
                 s->ahead.slot[k].path = path;
                 memcpy(s->ahead.slot[k].sha, m.sha, BS_SHA_LEN);
                 s->ahead.slot[k].c = NULL;
+                /* One read lock for the refill's lookups, not one each;
+                 * taken at the first, as most passes have no GET. */
+                if (!reading) {
+                        account_reads_begin(s->account);
+                        reading = true;
+                }
                 if ((m.path_len == 0 || bs_path_check(m.path, m.path_len) == 0) &&
                     account_content_open(s->account, m.sha, m.path, &s->waker, &s->ahead.slot[k].c) == 0)
                         account_content_prefetch(s->ahead.slot[k].c, SESSION_PREFETCH_BYTES, s->host->readahead);
                 s->ahead.count++;
         }
-        account_reads_end(s->account);
+        if (reading)
+                account_reads_end(s->account);
         bs_readahead_submit(s->host->readahead);
 }
 

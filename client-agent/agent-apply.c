@@ -229,7 +229,7 @@ static int place(Agent *a, int tmpfd, const char *tmp, const char *path, bool fr
 }
 
 /* The local entry a download will be once placed, as its writer saw it. */
-static int downloaded_entry(const Rec *x, LocalEntry *l) {
+static void downloaded_entry(const Rec *x, LocalEntry *l) {
         l->exists = true;
         l->kind = BS_KIND_FILE;
         l->target[0] = 0;
@@ -239,7 +239,6 @@ static int downloaded_entry(const Rec *x, LocalEntry *l) {
         l->st.st_mode = (mode_t) x->disk_mode;
         l->st.st_mtim = bs_timespec_ns(x->disk_mtime_ns);
         l->st.st_nlink = 1;
-        return 0;
 }
 
 static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool have) {
@@ -286,7 +285,11 @@ static int apply_put(Agent *a, Rec *x, LocalEntry *l, ManifestEntry *m, bool hav
         /* The rename keeps inode, size, mode and mtime: stat before it
          * (the writer's, when it wrote the file). */
         bool fresh = !l->exists;
-        int r = x->disk_ino ? downloaded_entry(x, l) : local_stat_at(a->downloads_fd, x->tmp, l);
+        int r = 0;
+        if (x->disk_ino)
+                downloaded_entry(x, l);
+        else
+                r = local_stat_at(a->downloads_fd, x->tmp, l);
         r = r < 0 ? r : place(a, a->downloads_fd, x->tmp, x->path, fresh);
         /* Made here since it was looked at: decided again, as a file that
          * exists (so never a third time). */

@@ -17,9 +17,10 @@
  * The lookups from here to account_reads_end() may share one read of the
  * metadata, as a run of GETs opened ahead does: advice, for a backend
  * where each read has a fixed cost. No change may be made in between.
+ * Inside a run already begun, a no-op.
  */
 void account_reads_begin(Account *a);
-/** End what account_reads_begin() started. */
+/** End what account_reads_begin() started, if anything. */
 void account_reads_end(Account *a);
 
 /**

@@ -83,6 +83,15 @@ int local_device_seen(LocalAccount *a, const uint8_t device[BS_DEVICE_LEN], cons
 bool local_in_transaction(const LocalAccount *a);
 /** Make the pending changes durable. On failure they are rolled back. */
 int local_commit(LocalAccount *a);
+/**
+ * The lookups from here to local_reads_end() (content opened, entries
+ * read) share one read transaction instead of taking and releasing the
+ * database's read lock each. No change may be made between the two.
+ * Inside a batch's transaction, or a run already begun, a no-op.
+ */
+void local_reads_begin(LocalAccount *a);
+/** End what local_reads_begin() started, if anything. */
+void local_reads_end(LocalAccount *a);
 
 /**
  * One bounded slice of pruning (at most budget rows, its own short
@@ -157,15 +166,6 @@ int local_content_open(LocalAccount *a, const uint8_t sha[BS_SHA_LEN], const cha
                          LocalContent **ret);
 LocalContent *local_content_free(LocalContent *c);
 static inline void local_content_freep(LocalContent **c) { if (*c) local_content_free(*c); }
-/**
- * The lookups from here to local_reads_end() (content opened, entries
- * read) share one read transaction instead of taking and releasing the
- * database's read lock each. No change may be made between the two.
- * Inside a batch's transaction, a no-op: they share that one.
- */
-void local_reads_begin(LocalAccount *a);
-/** End what local_reads_begin() started, if anything. */
-void local_reads_end(LocalAccount *a);
 /** Size, mode, mtime and version of the content. */
 const AccountContentInfo *local_content_info(const LocalContent *c);
 /**

@@ -70,7 +70,6 @@ void session_prefetch(Session *s) {
         static BsMsg m; /* one server thread; kept off the stack like session_run's */
         const uint8_t *p = bs_buf_head(&s->in);
         size_t n = bs_buf_len(&s->in), off = 0, len;
-        bool reading = false;
         unsigned i;
 
         /* Inside a pass the tree may not yet hold what the entries say.
@@ -95,18 +94,14 @@ void session_prefetch(Session *s) {
                 memcpy(s->ahead.slot[k].sha, m.sha, BS_SHA_LEN);
                 s->ahead.slot[k].c = NULL;
                 /* One read lock for the refill's lookups, not one each;
-                 * taken at the first, as most passes have no GET. */
-                if (!reading) {
-                        account_reads_begin(s->account);
-                        reading = true;
-                }
+                 * begun at the first, as most passes have no GET. */
+                account_reads_begin(s->account);
                 if ((m.path_len == 0 || bs_path_check(m.path, m.path_len) == 0) &&
                     account_content_open(s->account, m.sha, m.path, &s->waker, &s->ahead.slot[k].c) == 0)
                         account_content_prefetch(s->ahead.slot[k].c, SESSION_PREFETCH_BYTES, s->host->readahead);
                 s->ahead.count++;
         }
-        if (reading)
-                account_reads_end(s->account);
+        account_reads_end(s->account);
         bs_readahead_submit(s->host->readahead);
 }
 

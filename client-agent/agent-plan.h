@@ -11,6 +11,7 @@
 
 #include "agent-local.h"
 #include "bs-blocks.h"
+#include "bs-readahead.h"
 
 typedef struct PushOp {
         uint8_t type;
@@ -21,6 +22,7 @@ typedef struct PushOp {
         int fd; /* PUT opened ahead of its turn, its reading already started, or -1 */
         uint64_t prefetched; /* bytes asked to be read ahead */
         bool cold;           /* not in the page cache when opened ahead: dropped once read */
+        BsReadBuf *rb;       /* a small file read ahead whole (freed by the push, not the plan) */
         ManifestEntry *e; /* allocated short: target holds only the link text */
         /* PUT of a big file: the chunk list of what was sent, kept on ACK
          * for the next delta; and the SHA-256s of the contents chunks

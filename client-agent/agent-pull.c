@@ -3,8 +3,8 @@
  * Records are applied in the server's order (agent-apply.c). File content
  * is fetched by its SHA-256 with GETs sent ahead of the record being
  * applied (a window of them), written to a temporary file and checked.
- * A small file is received into memory, checked, and handed to a writer
- * thread (bs-writer.h) that creates it while the next ones arrive.
+ * A small file is received into memory and handed to a writer thread
+ * (bs-writer.h) that checks and creates it while the next ones arrive.
  * Downloaded files are placed in batches: writeback starts as each one
  * completes (and every 8 MiB of a big one), the batch is synced (a few
  * files one by one, a burst with one syncfs()), then its records are
@@ -90,6 +90,7 @@ typedef struct Pull {
          * the records before it and stops, as a write of its own would. */
         int write_error;
         size_t write_error_at;
+        bool refetch; /* a download the writer found corrupt: a comparison fetches it again */
 } Pull;
 
 /* Downloads of a burst are kept open until the batch's syncfs(), then
@@ -144,7 +145,14 @@ static void collect_writes(Pull *p, size_t end) {
                 }
                 if (w->keep_fd && w->fd < 0)
                         p->n_kept--; /* counted when handed over */
-                if (w->error < 0) {
+                if (w->error == -EBADMSG) {
+                        /* Not what the server said it is: not written, and
+                         * its record is passed, as at any failed download. */
+                        log_error("download of %s failed: %s; fetching it again", x->path, strerror(EBADMSG));
+                        x->ready = false;
+                        x->failed = true;
+                        p->refetch = true;
+                } else if (w->error < 0) {
                         x->ready = false;
                         if (!p->write_error) {
                                 log_error("cannot write %s: %s", x->path, strerror(-w->error));
@@ -553,14 +561,17 @@ static int send_gets(Agent *a, Pull *p) {
         return 0;
 }
 
-/* Hand a small download, checked, to the writer (or write it here). */
+/* Hand a small download to the writer (or write it here), which checks it. */
 static int hand_over(Agent *a, Pull *p, Rec *x) {
         BsWrite *w = calloc(1, sizeof(*w));
         if (!w)
                 return -ENOMEM;
+        /* Its SHA-256 is checked by the writer, off this thread. */
         *w = (BsWrite) { .kind = BS_WRITE_FILE, .buf = TAKE_PTR(p->buf), .len = x->size,
                          .mode = x->mode & 07777, .mtime_ns = x->mtime_ns,
-                         .keep_fd = p->n_kept < p->keep_fds, .keep_read_only = true, .want_stat = true };
+                         .keep_fd = p->n_kept < p->keep_fds, .keep_read_only = true, .want_stat = true,
+                         .check_sha = true };
+        memcpy(w->sha, x->sha, BS_SHA_LEN);
         p->n_kept += w->keep_fd;
         x->write = w;
         if (p->writer)
@@ -573,10 +584,13 @@ static int hand_over(Agent *a, Pull *p, Rec *x) {
 static int finish_download(Agent *a, Pull *p) {
         Rec *x = p->cur;
         uint8_t sha[BS_SHA_LEN];
-        int r = bs_sha_final(p->sha, sha);
+        int r = 0;
+        if (!p->buf) { /* else checked by the writer (see hand_over()) */
+                r = bs_sha_final(p->sha, sha);
+                if (r == 0 && memcmp(sha, x->sha, BS_SHA_LEN) != 0)
+                        r = -EBADMSG;
+        }
         p->sha = bs_sha_free(p->sha);
-        if (r == 0 && memcmp(sha, x->sha, BS_SHA_LEN) != 0)
-                r = -EBADMSG;
         if (x->src_fd >= 0) {
                 close(x->src_fd);
                 x->src_fd = -1;
@@ -646,7 +660,6 @@ static int take_bytes(Agent *a, Pull *p, const uint8_t *data, size_t n) {
         if (p->buf) {
                 /* handle_frame() checked n against what is left. */
                 memcpy(p->buf + (p->cur->size - p->left), data, n);
-                bs_sha_update(p->sha, data, n);
                 p->left -= n;
                 return 0;
         }
@@ -732,7 +745,7 @@ static int handle_frame(Agent *a, Pull *p, const BsMsg *m) {
                 log_error("cannot create a temporary file in %s: %s", a->cfg.dir, strerror(-fd));
                 return fd;
         }
-        int r = bs_sha_new(&p->sha);
+        int r = p->buf ? 0 : bs_sha_new(&p->sha);
         if (r < 0) {
                 if (fd >= 0)
                         close(fd);
@@ -1079,6 +1092,8 @@ static int pull_once(Agent *a, uint64_t since) {
         a->quiet_files = false;
 out:
         pull_clear(a, &p);
+        if (p.refetch)
+                a->need_snapshot = true;
         downloads_close(a);
         return r;
 }

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "bs-fs.h"
@@ -50,12 +51,31 @@ static void drop_files(int *fds, size_t n) {
         free(fds);
 }
 
+/* Whether job's content is what the caller was told it is. */
+static int check_content(const BsWrite *job) {
+        uint8_t got[BS_SHA_LEN];
+        if (!job->check_sha)
+                return 0;
+        int r = bs_sha_buf(job->buf, job->len, got);
+        if (r < 0)
+                return r;
+        return memcmp(got, job->sha, BS_SHA_LEN) == 0 ? 0 : -EBADMSG;
+}
+
 void bs_write_now(int dir_fd, BsWrite *job) {
+        job->fd = -1;
+        job->name[0] = 0;
+        int r = check_content(job);
+        if (r < 0) {
+                job->error = r;
+                free(job->buf);
+                job->buf = NULL;
+                return;
+        }
         /* Made with its mode where the umask allows: a system call less. */
         int fd = bs_tmpfile_at(dir_fd, job->name, sizeof(job->name), job->mode & 0777);
-        int r = fd;
+        r = fd;
         bool made = fd >= 0;
-        job->fd = -1;
         if (made) {
                 r = bs_write_sparse(fd, job->buf, job->len);
                 if (r >= 0 && !bs_mode_kept(job->mode) && fchmod(fd, job->mode) < 0)

@@ -6,8 +6,8 @@
  * a pull, and each goes on reading the next ones, then waits for them
  * before its batch's sync. A big upload still arriving has its written
  * part synced here, piece by piece, so the sync at its commit finds
- * little left to do. The writer only creates, writes, syncs and closes
- * files under the fd it was given, and never logs.
+ * little left to do. The writer only checks, creates, writes, syncs and
+ * closes files under the fd it was given, and never logs.
  */
 #pragma once
 
@@ -16,6 +16,8 @@
 #include <stdint.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+
+#include "bs-hash.h"
 
 typedef struct BsWriter BsWriter;
 
@@ -37,6 +39,10 @@ typedef struct BsWrite {
         bool keep_fd; /* leave it open in fd, for an fdatasync() and to drop it from the cache */
         bool keep_read_only; /* and then read-only (see bs_reopen_read_only()) */
         bool want_stat; /* fill st: the caller records the file without looking it up by name */
+        /* check_sha: buf's SHA-256 must be sha, or nothing is written
+         * (error -EBADMSG); the hash then costs this thread, not the caller's. */
+        bool check_sha;
+        uint8_t sha[BS_SHA_LEN];
         /* Set by the writer, read after bs_writer_wait(): */
         char name[64]; /* the temporary file, "" if none is left */
         int fd;        /* open when keep_fd and no error, else -1 */

@@ -173,3 +173,34 @@ def test_join_leaves_others_data():
         other = harness.OthersData(env.path("other-program.img"))
         _join(env, a, "B", want)
         other.check("after B joined")
+
+
+def test_join_refuses_corrupt_download():
+    """A small file whose copy on the server rotted (the same size, one
+    byte changed) is refused by a computer joining: its SHA-256 is checked
+    before it is written, so nothing of it lands in the tree, the failure
+    is logged, and every file beside it arrives."""
+    with Env("join_refuses_corrupt_download") as env:
+        srv = env.server()
+        adir = env.path("A")
+        make_small_files(adir, 4, 25)
+        write_file(os.path.join(adir, "rot.txt"), b"the content A sent\n" * 100)
+        a = env.agent("A", adir)
+        want = harness.snapshot(adir, mtimes=True)
+        wait_until(lambda: harness.server_snapshot(srv, a.token) == want, harness.SYNC_TIMEOUT,
+                   "A's tree on the server")
+        a.stop()
+        spath = os.path.join(srv.tree(a.token), "rot.txt")
+        with open(spath, "r+b") as f:
+            f.seek(1000)
+            byte = f.read(1)
+            f.seek(1000)
+            f.write(bytes([byte[0] ^ 0x20]))
+        b = env.agent("B", env.path("B"), token=a.token, start=False)
+        rc, _, err = b.run_once(timeout=120)
+        check(not os.path.lexists(os.path.join(b.dir, "rot.txt")), "B placed the rotten rot.txt")
+        check("download of rot.txt failed: Bad message" in err,
+              "B did not report the refused download:\n%s" % err[-2000:])
+        got = harness.snapshot(b.dir, mtimes=True)
+        del want["rot.txt"]
+        check(got == want, "B beside rot.txt differs from A:\n%s" % harness.diff_snapshots(want, got, "A", "B"))

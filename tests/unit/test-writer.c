@@ -1,5 +1,6 @@
 /* test-writer.c - unit tests for common/bs-writer.[ch] */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -102,6 +103,44 @@ Test(writer, stat_as_written) {
                         close(j->fd);
                 free(j);
         }
+}
+
+/* A content checked before it is written: the right SHA-256 writes it,
+ * a wrong one writes nothing and says -EBADMSG; in the thread as here. */
+Test(writer, checks_content) {
+        BsWriter *w;
+        cr_assert_eq(bs_writer_new(dfd, 1u << 20, &w), 0);
+        BsWrite *j[4];
+        for (unsigned i = 0; i < 4; i++) {
+                j[i] = job_new(5000 + i, 40 + i, false);
+                j[i]->check_sha = true;
+                cr_assert_eq(bs_sha_buf(j[i]->buf, j[i]->len, j[i]->sha), 0);
+                if (i % 2)
+                        j[i]->sha[7] ^= 1;
+                if (i < 2)
+                        bs_writer_submit(w, j[i]);
+                else
+                        bs_write_now(dfd, j[i]);
+        }
+        bs_writer_wait(w);
+        bs_writer_free(w);
+        for (unsigned i = 0; i < 4; i++) {
+                if (i % 2) {
+                        cr_assert_eq(j[i]->error, -EBADMSG, "job %u: %d", i, j[i]->error);
+                        cr_assert_str_empty(j[i]->name);
+                        cr_assert_eq(j[i]->fd, -1);
+                } else
+                        check_file(j[i], 5000 + i, 40 + i);
+                cr_assert_null(j[i]->buf);
+                free(j[i]);
+        }
+        size_t n = 0;
+        DIR *d = fdopendir(dup(dfd));
+        cr_assert_not_null(d);
+        for (struct dirent *e; (e = readdir(d));)
+                n += e->d_name[0] != '.' || strncmp(e->d_name, ".backupsync-tmp.", 16) == 0;
+        closedir(d);
+        cr_assert_eq(n, 2, "files written: %zu, not the two whose content was right", n);
 }
 
 /* Many files of every size handed over (more bytes than the queue holds:

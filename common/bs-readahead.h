@@ -53,8 +53,10 @@ typedef struct BsReadBuf {
  * cache leave it when done, pages already there stay (RWF_DONTCACHE), so
  * the caller needs neither to look first nor to drop them after, nor to
  * read the file again. fd must stay open until bs_readahead_wait() says
- * the read is done. -EOPNOTSUPP (no ring), -EFBIG, -ENOSPC (the ring is
- * full) or a failed fstat(): nothing queued, the caller reads as usual.
+ * the read is done. On failure nothing is queued and the caller reads as
+ * usual: -EOPNOTSUPP (no ring, or uncached reads refused before), -EINVAL
+ * (not a regular file), -EFBIG (bigger than max or BS_READAHEAD_MAX),
+ * -ENOSPC (the ring is full until the next submit), -ENOMEM, or fstat()'s.
  */
 int bs_readahead_file(BsReadahead *ra, int fd, uint64_t max, BsReadBuf **ret);
 /**

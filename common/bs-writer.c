@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "bs-fs.h"
+#include "bs-hash.h"
 #include "bs-writer.h"
 
 /* Files queued before the thread is woken: waking it for each one costs

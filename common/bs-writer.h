@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
-#include "bs-hash.h"
+#include "bs-proto.h"
 
 typedef struct BsWriter BsWriter;
 

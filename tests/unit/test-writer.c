@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bs-hash.h"
 #include "bs-writer.h"
 #include "test-util.h"
 

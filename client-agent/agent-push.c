@@ -345,8 +345,11 @@ static int delta_step(Agent *a, Upload *up) {
  * Read as usual where the kernel could not read it uncached. */
 static ssize_t take_read(Agent *a, Upload *up, uint8_t *dst, size_t want) {
         int r = bs_readahead_wait(a->ra, up->rb);
-        if (r == -EOPNOTSUPP || r == -ECANCELED) {
+        if (r == -EOPNOTSUPP || r == -EINVAL || r == -ECANCELED) {
+                /* Nothing was read: looked at, read and dropped as any file
+                 * not read ahead. */
                 up->rb = bs_readbuf_free(a->ra, up->rb);
+                up->cold = bs_cache_probe(up->fd) == 0;
                 return bs_pread_full(up->fd, dst, want, (off_t) up->off);
         }
         if (r < 0)

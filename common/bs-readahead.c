@@ -51,7 +51,7 @@ static void reap(BsReadahead *ra) {
                 if (b) {
                         b->result = cqe->res;
                         b->pending = false;
-                        if (cqe->res == -EOPNOTSUPP)
+                        if (cqe->res == -EOPNOTSUPP || cqe->res == -EINVAL)
                                 ra->no_uncached = true;
                 }
                 n++;

@@ -60,9 +60,10 @@ typedef struct BsReadBuf {
  */
 int bs_readahead_file(BsReadahead *ra, int fd, uint64_t max, BsReadBuf **ret);
 /**
- * Wait for b's read: the bytes read, or -errno. -EOPNOTSUPP: this kernel or
- * file system cannot read uncached; later calls of bs_readahead_file() say
- * so at once, and the caller reads the file itself.
+ * Wait for b's read: the bytes read, or -errno. -EOPNOTSUPP (or -EINVAL):
+ * this kernel or file system cannot read uncached; nothing was read, later
+ * calls of bs_readahead_file() say so at once, and the caller reads the
+ * file itself.
  */
 int bs_readahead_wait(BsReadahead *ra, BsReadBuf *b);
 /** Free b once its read is done (waited for here); returns NULL. */

@@ -399,6 +399,34 @@ def test_backup_leaves_page_cache():
             check(read_bytes(os.path.join(srv.tree(token), name)) == data[name], "%s on the server" % name)
 
 
+def test_backup_from_tmpfs():
+    """A tree on tmpfs, which cannot be read uncached (RWF_DONTCACHE is
+    refused there, as on kernels before 6.14): the files read ahead into
+    memory are read again as usual, the rest the old way, and the server
+    and a second computer get every one of them whole."""
+    import shutil
+    import tempfile
+    with Env("backup_from_tmpfs") as env:
+        srv = env.server()
+        adir = tempfile.mkdtemp(prefix="bs-test-tmpfs-", dir="/dev/shm")
+        try:
+            for d in range(10):
+                for i in range(40):
+                    write_file(os.path.join(adir, "d%d" % d, "f%02d" % i), os.urandom(100 + 997 * i))
+            write_file(os.path.join(adir, "big.bin"), os.urandom(3 << 20))
+            a = env.agent("A", adir, start=False)
+            rc, out, err = a.run_once(timeout=120)
+            check(rc == 0, "--once exited %d: %s" % (rc, err[-2000:]))
+            token = next(l.split(" ", 1)[1] for l in out if l.startswith("ID: "))
+            want = snapshot(adir)
+            wait_tree(srv.tree(token), {k: (v[0], v[1], None) for k, v in want.items()}, timeout=30,
+                      msg="the server's tree after a backup from tmpfs")
+            b = env.agent("B", env.path("B"), token=token)
+            assert_trees_equal(adir, b.dir, msg="B after a backup from tmpfs")
+        finally:
+            shutil.rmtree(adir, ignore_errors=True)
+
+
 def test_server_leaves_page_cache():
     """The server drops a burst's files from the page cache once they are
     on disk, and keeps a lone edit cached for the computers about to pull

@@ -90,7 +90,7 @@ typedef struct Pull {
          * the records before it and stops, as a write of its own would. */
         int write_error;
         size_t write_error_at;
-        bool refetch; /* a download the writer found corrupt: a comparison fetches it again */
+        bool refetch; /* a download failed: a comparison fetches it again */
 } Pull;
 
 /* Downloads of a burst are kept open until the batch's syncfs(), then
@@ -125,6 +125,16 @@ static void downloads_close(Agent *a) {
         (void) unlinkat(a->rootfd, DOWNLOADS_DIR, AT_REMOVEDIR);
 }
 
+/* A download that failed or was not what the server said it is: its
+ * record is passed, and the pull ends with a comparison of the whole
+ * tree, which fetches it again. */
+static void download_failed(Pull *p, Rec *x, int r) {
+        log_error("download of %s failed: %s; fetching it again", x->path, strerror(-r));
+        x->ready = false;
+        x->failed = true;
+        p->refetch = true;
+}
+
 /* Take what the writer made of the downloads before end handed to it:
  * each one's temporary file (and fd), or the first error. */
 static void collect_writes(Pull *p, size_t end) {
@@ -145,14 +155,9 @@ static void collect_writes(Pull *p, size_t end) {
                 }
                 if (w->keep_fd && w->fd < 0)
                         p->n_kept--; /* counted when handed over */
-                if (w->error == -EBADMSG) {
-                        /* Not what the server said it is: not written, and
-                         * its record is passed, as at any failed download. */
-                        log_error("download of %s failed: %s; fetching it again", x->path, strerror(EBADMSG));
-                        x->ready = false;
-                        x->failed = true;
-                        p->refetch = true;
-                } else if (w->error < 0) {
+                if (w->error == -EBADMSG)
+                        download_failed(p, x, w->error); /* checked by the writer: not written */
+                else if (w->error < 0) {
                         x->ready = false;
                         if (!p->write_error) {
                                 log_error("cannot write %s: %s", x->path, strerror(-w->error));
@@ -649,9 +654,7 @@ static int finish_download(Agent *a, Pull *p) {
         x->ready = true;
         return 0;
 failed:
-        log_error("download of %s failed: %s; fetching it again", x->path, strerror(-r));
-        x->failed = true;
-        a->need_snapshot = true; /* its record is passed: compare with the server's listing */
+        download_failed(p, x, r);
         return 0;
 }
 

@@ -60,6 +60,13 @@ static void reap(BsReadahead *ra) {
         ra->inflight -= MIN(n, ra->inflight);
 }
 
+/* The next entry of the submission queue, while the completion queue
+ * would hold every read in flight; else NULL. */
+static struct io_uring_sqe *next_sqe(BsReadahead *ra) {
+        reap(ra);
+        return ra->queued + ra->inflight < *ra->ring.cq.kring_entries ? io_uring_get_sqe(&ra->ring) : NULL;
+}
+
 /* Wait until the kernel has finished every read it was given. */
 static void drain(BsReadahead *ra) {
         while (ra->inflight > 0) {
@@ -102,11 +109,7 @@ void bs_readahead(BsReadahead *ra, int fd, uint64_t len) {
         if (len == 0)
                 return;
         if (ra && !ra->dead && len <= BS_READAHEAD_MAX) {
-                reap(ra);
-                /* No more in flight than the completion queue holds. */
-                struct io_uring_sqe *sqe = ra->queued + ra->inflight < *ra->ring.cq.kring_entries
-                                                   ? io_uring_get_sqe(&ra->ring)
-                                                   : NULL;
+                struct io_uring_sqe *sqe = next_sqe(ra);
                 if (sqe) {
                         io_uring_prep_read(sqe, fd, sink, (unsigned) len, 0);
                         io_uring_sqe_set_data(sqe, NULL);
@@ -154,18 +157,13 @@ int bs_readahead_file(BsReadahead *ra, int fd, uint64_t max, BsReadBuf **ret) {
                 return -EINVAL;
         if (st.st_size < 0 || (uint64_t) st.st_size > MIN(max, (uint64_t) BS_READAHEAD_MAX))
                 return -EFBIG;
-        reap(ra);
-        struct io_uring_sqe *sqe = ra->queued + ra->inflight < *ra->ring.cq.kring_entries ? io_uring_get_sqe(&ra->ring)
-                                                                                            : NULL;
-        if (!sqe)
-                return -ENOSPC;
         BsReadBuf *b = malloc(sizeof(*b) + (size_t) st.st_size);
-        if (!b) {
-                /* The sqe is the ring's next: a no-op keeps the queue whole. */
-                io_uring_prep_nop(sqe);
-                io_uring_sqe_set_data(sqe, NULL);
-                ra->queued++;
+        if (!b)
                 return -ENOMEM;
+        struct io_uring_sqe *sqe = next_sqe(ra);
+        if (!sqe) {
+                free(b);
+                return -ENOSPC;
         }
         *b = (BsReadBuf) { .st = st, .pending = true };
         io_uring_prep_read(sqe, fd, b->data, (unsigned) st.st_size, 0);

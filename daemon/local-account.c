@@ -22,13 +22,15 @@
 #include "bs-macro.h"
 #include "bs-path.h"
 
+/* Made by local_sha_index(), and dropped during a bulk of new files. */
+#define SHA_INDEX_SQL "CREATE INDEX IF NOT EXISTS entries_sha ON entries(sha)"
+
 static const char *const schema =
         "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);"
         "CREATE TABLE IF NOT EXISTS entries("
         "  path BLOB PRIMARY KEY, kind INTEGER NOT NULL, size INTEGER NOT NULL,"
         "  mode INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha BLOB, target BLOB,"
         "  version INTEGER NOT NULL, device BLOB);"
-        "CREATE INDEX IF NOT EXISTS entries_sha ON entries(sha);"
         "CREATE TABLE IF NOT EXISTS log("
         "  seq INTEGER PRIMARY KEY, device BLOB, op INTEGER, kind INTEGER, path BLOB,"
         "  path2 BLOB, size INTEGER, mode INTEGER, mtime_ns INTEGER, sha BLOB, time INTEGER);"
@@ -103,6 +105,7 @@ static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_ROLLBACK_TO] = "ROLLBACK TO change",
         [STMT_READS_BEGIN] = "BEGIN",
         [STMT_READS_END] = "COMMIT",
+        [STMT_SHA_INDEXED] = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'entries_sha'",
 };
 
 int local_sqlite_errno(int rc) {
@@ -275,6 +278,15 @@ static int migrate(LocalAccount *a) {
         return 0;
 }
 
+/* The entries' last rowid: how big an index of them is, cheaply. */
+static uint64_t last_rowid(LocalAccount *a) {
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(a->db, "SELECT max(rowid) FROM entries", -1, &st, NULL) != SQLITE_OK ||
+            sqlite3_step(st) != SQLITE_ROW)
+                return 0;
+        return (uint64_t) sqlite3_column_int64(st, 0);
+}
+
 static int open_db(LocalAccount *a, bool create) {
         int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
         int rc = sqlite3_open_v2(a->db_path, &a->db, flags, NULL);
@@ -301,7 +313,14 @@ static int open_db(LocalAccount *a, bool create) {
         r = r ?: exec(a, "PRAGMA cache_size=-" STRINGIFY(LOCAL_DB_CACHE_KIB));
         r = r ?: exec(a, "PRAGMA wal_autocheckpoint=" STRINGIFY(LOCAL_DB_CHECKPOINT_PAGES));
         r = r ?: exec(a, schema);
-        return r ?: migrate(a);
+        r = r ?: migrate(a);
+        if (r < 0)
+                return r;
+        /* Without it (no room for its sort), lookups by content are slow,
+         * not wrong: each tries to make it again. */
+        (void) local_sha_index(a);
+        a->sha_scale = last_rowid(a);
+        return 0;
 }
 
 /* Open (and create when missing) one of the account's subdirectories. */
@@ -791,6 +810,11 @@ int local_commit(LocalAccount *a) {
                 a->committed_seq = a->seq;
         a->in_txn = false;
         a->txn_error = 0;
+        /* A quiet commit after a bulk: the index is made in one sorted
+         * pass now, before a lookup has to wait for it. */
+        if (r >= 0 && a->sha_dropped && a->txn_sets < LOCAL_SHA_QUIET)
+                (void) local_sha_index(a);
+        a->txn_sets = 0;
         return r;
 }
 
@@ -812,6 +836,48 @@ void local_reads_end(LocalAccount *a) {
                 (void) sqlite3_exec(a->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
+/*
+ * A bulk of new files: their keys in the index by content come in random
+ * order, so each one recorded wrote a page of it to the log at commit,
+ * two thirds of what a first backup's commits wrote. Dropped inside the
+ * transaction, before the change's first statement (a DROP fails while
+ * one is active); the drop is undone with the transaction.
+ */
+static void sha_bulk(LocalAccount *a) {
+        if (a->sha_dropped || a->sha_sets < LOCAL_SHA_BULK_MIN || a->sha_sets < a->sha_scale / 4)
+                return;
+        if (exec(a, "DROP INDEX IF EXISTS entries_sha") >= 0)
+                a->sha_dropped = true;
+        else
+                a->sha_sets = 0; /* tried again after as many */
+}
+
+int local_sha_index(LocalAccount *a) {
+        sqlite3_stmt *st;
+        int r = local_stmt(a, STMT_SHA_INDEXED, &st);
+        if (r < 0)
+                return r;
+        int rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc == SQLITE_ROW) {
+                a->sha_dropped = false; /* or its drop was rolled back */
+                return 0;
+        }
+        if (rc != SQLITE_DONE)
+                return local_sqlite_errno(rc) ?: -EIO;
+        /* Its keys sorted in a temporary file: in memory, those of a
+         * million entries took 100 MiB. */
+        (void) exec(a, "PRAGMA temp_store=FILE");
+        r = exec(a, SHA_INDEX_SQL);
+        (void) exec(a, "PRAGMA temp_store=MEMORY");
+        if (r < 0)
+                return r;
+        a->sha_dropped = false;
+        a->sha_sets = 0;
+        a->sha_scale = last_rowid(a);
+        return 0;
+}
+
 static int change_begin(LocalAccount *a, bool savepoint) {
         int r;
         local_reads_end(a); /* a caller's mistake, but no reason to fail the write */
@@ -821,6 +887,7 @@ static int change_begin(LocalAccount *a, bool savepoint) {
                         return r;
                 a->in_txn = true;
         }
+        sha_bulk(a);
         a->change_seq = a->seq;
         a->time_seq = 0; /* a number rolled back earlier gets a time of its own */
         a->change_savepoint = savepoint;
@@ -917,7 +984,12 @@ int local_entry_set(LocalAccount *a, const char *path, const AccountEntry *e) {
         sqlite3_bind_int64(st, 8, (sqlite3_int64) e->version);
         sqlite3_bind_blob(st, 9, e->device, BS_DEVICE_LEN, SQLITE_STATIC);
         sqlite3_bind_int64(st, 10, (sqlite3_int64) local_change_time(a, e->version));
-        return local_step_done(st);
+        r = local_step_done(st);
+        if (r >= 0) {
+                a->txn_sets++;
+                a->sha_sets += e->kind == BS_KIND_FILE;
+        }
+        return r;
 }
 
 int local_entries_remove(LocalAccount *a, const char *path) {

@@ -32,6 +32,7 @@ enum {
         STMT_ROLLBACK_TO,
         STMT_READS_BEGIN,
         STMT_READS_END,
+        STMT_SHA_INDEXED,
         _STMT_MAX,
 };
 
@@ -73,6 +74,12 @@ typedef struct AccountDirSync {
  * memory at scale: see open_db()), and its log pages between checkpoints. */
 #define LOCAL_DB_CACHE_KIB 16384
 #define LOCAL_DB_CHECKPOINT_PAGES 8192
+/* The index of entries by content is dropped once this many files were
+ * recorded since it was made (and a quarter of the entries it then held),
+ * and made again when a lookup needs it or after a commit of fewer than
+ * LOCAL_SHA_QUIET records: see local_sha_index(). */
+#define LOCAL_SHA_BULK_MIN 4096
+#define LOCAL_SHA_QUIET 64
 /* Files of a batch kept open until it is durable, at most (and never more
  * than an eighth of the fd limit): a burst's pages are then dropped from
  * the page cache, and its next files are written into them. */
@@ -125,6 +132,14 @@ struct LocalAccount {
         char parent_path[BS_PATH_MAX + 1];
         size_t n_dir_sync;
         bool unclean; /* not closed by local_free() last time */
+        /* The index by content while a bulk of files arrives: files
+         * recorded since it was made, the entries' last rowid then (its
+         * size), entries recorded by the open transaction, and whether
+         * this process dropped it and has not made it again. */
+        uint64_t sha_sets;
+        uint64_t sha_scale;
+        uint64_t txn_sets;
+        bool sha_dropped;
         unsigned prune_phase, prune_fan; /* where local_prune() goes on */
         /* The time of change time_seq: see local_change_time(). */
         uint64_t time_seq;
@@ -210,6 +225,13 @@ time_t local_change_time(LocalAccount *a, uint64_t seq);
 int local_entry_set(LocalAccount *a, const char *path, const AccountEntry *e);
 /** Remove the entries of path and all below it. */
 int local_entries_remove(LocalAccount *a, const char *path);
+/**
+ * Make the index of entries by content again if a bulk of new files
+ * dropped it (see LOCAL_SHA_BULK_MIN): called before every lookup by
+ * content, which without it reads every entry. 0, or -errno when it
+ * could not be made; the lookup is then slow, not wrong.
+ */
+int local_sha_index(LocalAccount *a);
 int local_log_add(LocalAccount *a, uint64_t seq, const uint8_t device[BS_DEVICE_LEN], BsOp op,
                     const AccountEntry *e, const char *path, const char *path2);
 int local_version_add(LocalAccount *a, const char *path, const AccountEntry *e,

@@ -187,6 +187,8 @@ static int drop_rows(LocalAccount *a, const Dropped *d, size_t n) {
 /* Whether any row still names content sha (or a legacy stored name). */
 static int referenced(LocalAccount *a, const uint8_t *sha, const char *stored) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
+        if (sha)
+                (void) local_sha_index(a);
         const char *sql = sha ? "SELECT EXISTS(SELECT 1 FROM versions WHERE sha = ?1)"
                                 " OR EXISTS(SELECT 1 FROM entries WHERE sha = ?1)"
                               : "SELECT EXISTS(SELECT 1 FROM versions WHERE stored = ?1)";

@@ -203,6 +203,7 @@ int local_content_open(LocalAccount *a, const uint8_t sha[BS_SHA_LEN], const cha
                                                                        .mtime_ns = e.mtime_ns, .version = e.version },
                                            ret);
         }
+        (void) local_sha_index(a);
         r = open_from_rows(a, STMT_ENTRY_BY_SHA, a->tree_fd, sha, ret);
         if (r != -ENOENT)
                 return r;

@@ -238,6 +238,8 @@ static int rescue_row(LocalAccount *a, const char *stored) {
         char path[BS_PATH_MAX + 1];
         sqlite3_stmt *st;
         int r = hash_at(a->versions_fd, stored, sha);
+        if (r >= 0)
+                (void) local_sha_index(a);
         r = r ?: local_stmt(a, STMT_ENTRY_BY_SHA, &st);
         if (r < 0)
                 return r == -EISDIR ? 0 : r;

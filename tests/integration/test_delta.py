@@ -209,6 +209,40 @@ def test_delta_copies_travel_as_nothing():
               "the server's edited.bin differs")
 
 
+def test_delta_copy_after_a_bulk():
+    """A first backup of more files than the server records with its index
+    by content (docs/backend.md), a big file among them: a cp(1) of the big
+    file then still goes up as COPY with nothing sent, the content found by
+    its SHA-256 alone, and the index is there again."""
+    import sqlite3
+    with Env("delta_copy_after_bulk") as env:
+        size = 2 * MiB
+        n = 4200
+        srv = env.server()
+        adir = env.path("A")
+        for i in range(n):
+            write_file(os.path.join(adir, "d%02d" % (i // 100), "f%d" % i), "small %d\n" % i)
+        pa = os.path.join(adir, "big.bin")
+        _random_file(pa, size, 5)
+        a = env.agent("A", adir)
+        b = env.agent("B", env.path("B"), token=a.token)
+        wait_until(lambda: _same(pa, os.path.join(b.dir, "big.bin"))
+                   and os.path.isfile(os.path.join(b.dir, "d41", "f%d" % (n - 1))), 60, "the first backup on B")
+        subprocess.run(["cp", pa, os.path.join(a.dir, "copy.bin")], check=True)
+        wait_until(lambda: _same(pa, os.path.join(b.dir, "copy.bin")), 60, "copy.bin on B")
+        ups = _numbers(srv.log_lines(), r"uploaded \S+ copy\.bin \((\d+) bytes, (\d+) sent")
+        check(ups == [(size, 0)], "cp big.bin copy.bin after a bulk: the server logged %r, want (%d, 0)" % (ups, size))
+        db = sqlite3.connect("file:%s?mode=ro" % os.path.join(srv.storage, a.token.split("-")[0], "meta.db"),
+                             uri=True, timeout=30)
+        try:
+            idx = db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'entries_sha'").fetchone()[0]
+            files = db.execute("SELECT count(*) FROM entries WHERE kind = 1").fetchone()[0]
+        finally:
+            db.close()
+        check(idx == 1, "the index by content is not there again after a lookup by content")
+        check(files == n + 2, "the server records %d files, want %d" % (files, n + 2))
+
+
 def test_delta_restores_travel_as_nothing():
     """An old version of a big file restored in place with backupsync
     restore, and a deleted big file restored, each after the agent was

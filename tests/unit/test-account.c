@@ -627,3 +627,61 @@ Test(account, reads_share_one_snapshot) {
         cr_expect_eq(content_found("c", "three"), 0);
         cr_expect_str_eq(tree_content("c"), "three");
 }
+
+static bool sha_indexed(void) {
+        sqlite3_stmt *st;
+        cr_assert_eq(sqlite3_prepare_v2(acc->db, "SELECT 1 FROM sqlite_master WHERE name = 'entries_sha'", -1, &st,
+                                        NULL), SQLITE_OK);
+        int rc = sqlite3_step(st);
+        sqlite3_finalize(st);
+        cr_assert(rc == SQLITE_ROW || rc == SQLITE_DONE);
+        return rc == SQLITE_ROW;
+}
+
+/* n new files d/<tag><i> holding "bulk <i>" in one batch, committed. */
+static void put_bulk(char tag, int n) {
+        char name[32], content[32];
+        uint64_t v;
+        for (int i = 0; i < n; i++) {
+                snprintf(name, sizeof(name), "d/%c%d", tag, i);
+                snprintf(content, sizeof(content), "bulk %d\n", i);
+                cr_assert_eq(put(name, 0, content, &v), 0);
+        }
+        cr_assert_eq(local_commit(acc), 0);
+}
+
+/* A bulk of new files is recorded without the index by content, whose
+ * keys would come in random order; what it drops is made again before a
+ * lookup by content, which finds the same as with it. */
+Test(account, bulk_goes_without_the_index_by_content) {
+        uint64_t v;
+        cr_assert_eq(local_mkdir(acc, device, "d", 0, 0755, 1000000000, &v), 0);
+        put_bulk('f', LOCAL_SHA_BULK_MIN + 8);
+        cr_assert_not(sha_indexed(), "dropped for the bulk");
+        cr_assert_eq(content_found("elsewhere", "bulk 4100\n"), 0, "found by content alone");
+        cr_assert(sha_indexed(), "made again for the lookup");
+        cr_assert_eq(content_found("elsewhere", "not there\n"), -ENOENT);
+}
+
+/* After a bulk, a commit of a few records makes the index again; so does
+ * the next start of the server. A smaller bulk keeps it. */
+Test(account, index_by_content_back_after_the_bulk) {
+        uint64_t v;
+        cr_assert_eq(local_mkdir(acc, device, "d", 0, 0755, 1000000000, &v), 0);
+        put_bulk('a', LOCAL_SHA_BULK_MIN - 8);
+        cr_assert(sha_indexed(), "fewer than LOCAL_SHA_BULK_MIN files keep it");
+        put_bulk('b', LOCAL_SHA_BULK_MIN + 8);
+        cr_assert_not(sha_indexed());
+        cr_assert_eq(put("quiet", 0, "one more\n", &v), 0);
+        cr_assert_eq(local_commit(acc), 0);
+        cr_assert(sha_indexed(), "made again after a quiet commit");
+
+        put_bulk('c', 3 * LOCAL_SHA_BULK_MIN);
+        cr_assert_not(sha_indexed());
+        char id[BS_ID_LEN + 1];
+        strcpy(id, local_id(acc));
+        acc = local_free(acc);
+        cr_assert_eq(local_open(storage, id, &acc), 0);
+        cr_assert(sha_indexed(), "made again when the account is opened");
+        cr_assert_eq(content_found("elsewhere", "bulk 3\n"), 0);
+}

@@ -278,6 +278,17 @@ static int migrate(LocalAccount *a) {
         return 0;
 }
 
+/* Whether the index by content exists: 1, 0 or -errno. */
+static int sha_indexed(LocalAccount *a) {
+        sqlite3_stmt *st;
+        int r = local_stmt(a, STMT_SHA_INDEXED, &st);
+        if (r < 0)
+                return r;
+        int rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : local_sqlite_errno(rc) ?: -EIO;
+}
+
 /* The entries' last rowid: how big an index of them is, cheaply. */
 static uint64_t last_rowid(LocalAccount *a) {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *st = NULL;
@@ -316,9 +327,14 @@ static int open_db(LocalAccount *a, bool create) {
         r = r ?: migrate(a);
         if (r < 0)
                 return r;
-        /* Without it (no room for its sort), lookups by content are slow,
-         * not wrong: each tries to make it again. */
-        (void) local_sha_index(a);
+        /* An account opened after a bulk is left without it: a start of
+         * the server waits for no sorted pass (2.5 s at a million entries
+         * on a warm cache). The next lookup by content or quiet commit
+         * makes it. */
+        if (create)
+                (void) local_sha_index(a);
+        else
+                a->sha_dropped = sha_indexed(a) == 0;
         a->sha_scale = last_rowid(a);
         return 0;
 }
@@ -853,23 +869,21 @@ static void sha_bulk(LocalAccount *a) {
 }
 
 int local_sha_index(LocalAccount *a) {
-        sqlite3_stmt *st;
-        int r = local_stmt(a, STMT_SHA_INDEXED, &st);
+        int r = sha_indexed(a);
         if (r < 0)
                 return r;
-        int rc = sqlite3_step(st);
-        sqlite3_reset(st);
-        if (rc == SQLITE_ROW) {
+        if (r > 0) {
                 a->sha_dropped = false; /* or its drop was rolled back */
                 return 0;
         }
-        if (rc != SQLITE_DONE)
-                return local_sqlite_errno(rc) ?: -EIO;
-        /* Its keys sorted in a temporary file: in memory, those of a
-         * million entries took 100 MiB. */
+        /* Sorted in a temporary file with a small cache: for a million
+         * entries 1.4 s and 8 MiB, against 3.2 s and 100 MiB in memory
+         * with the account's cache. */
+        (void) exec(a, "PRAGMA cache_size=-2048");
         (void) exec(a, "PRAGMA temp_store=FILE");
         r = exec(a, SHA_INDEX_SQL);
         (void) exec(a, "PRAGMA temp_store=MEMORY");
+        (void) exec(a, "PRAGMA cache_size=-" STRINGIFY(LOCAL_DB_CACHE_KIB));
         if (r < 0)
                 return r;
         a->sha_dropped = false;

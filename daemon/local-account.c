@@ -24,6 +24,11 @@
 
 /* Made by local_sha_index(), and dropped during a bulk of new files. */
 #define SHA_INDEX_SQL "CREATE INDEX IF NOT EXISTS entries_sha ON entries(sha)"
+/* The index's sort runs with a small cache and on disk; then the
+ * connection's own settings (see open_db()) are set back. */
+#define SHA_SORT_CACHE_KIB 2048
+#define DB_TEMP_SQL "PRAGMA temp_store=MEMORY"
+#define DB_CACHE_SQL "PRAGMA cache_size=-" STRINGIFY(LOCAL_DB_CACHE_KIB)
 
 static const char *const schema =
         "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);"
@@ -311,7 +316,7 @@ static int open_db(LocalAccount *a, bool create) {
          * were written for every row a transaction changed (a first backup
          * of 10,000 files wrote 120 MB to /var/tmp), and nothing in them
          * needs to survive a crash. */
-        r = r ?: exec(a, "PRAGMA temp_store=MEMORY");
+        r = r ?: exec(a, DB_TEMP_SQL);
         /* A million entries: the index by content is written in random
          * order, and in the default 2 MiB of cache nearly every insert read
          * a page from the file (3.2 reads per file recorded). Pages are
@@ -321,7 +326,7 @@ static int open_db(LocalAccount *a, bool create) {
          * one sync. A first backup of 1,000,000 files: 4.3 page writes,
          * 3.2 page reads per file and 2,302 syncs before, 2.7, 1.0 and 1,085
          * after. */
-        r = r ?: exec(a, "PRAGMA cache_size=-" STRINGIFY(LOCAL_DB_CACHE_KIB));
+        r = r ?: exec(a, DB_CACHE_SQL);
         r = r ?: exec(a, "PRAGMA wal_autocheckpoint=" STRINGIFY(LOCAL_DB_CHECKPOINT_PAGES));
         r = r ?: exec(a, schema);
         r = r ?: migrate(a);
@@ -879,11 +884,11 @@ int local_sha_index(LocalAccount *a) {
         /* Sorted in a temporary file with a small cache: for a million
          * entries 1.4 s and 8 MiB, against 3.2 s and 100 MiB in memory
          * with the account's cache. */
-        (void) exec(a, "PRAGMA cache_size=-2048");
+        (void) exec(a, "PRAGMA cache_size=-" STRINGIFY(SHA_SORT_CACHE_KIB));
         (void) exec(a, "PRAGMA temp_store=FILE");
         r = exec(a, SHA_INDEX_SQL);
-        (void) exec(a, "PRAGMA temp_store=MEMORY");
-        (void) exec(a, "PRAGMA cache_size=-" STRINGIFY(LOCAL_DB_CACHE_KIB));
+        (void) exec(a, DB_TEMP_SQL);
+        (void) exec(a, DB_CACHE_SQL);
         if (r < 0)
                 return r;
         a->sha_dropped = false;

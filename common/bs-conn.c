@@ -116,9 +116,15 @@ static int fill(BsConn *c) {
 }
 
 int bs_conn_io(BsConn *c, int timeout_ms) {
+        bool queued = bs_buf_len(&c->out) > 0;
         int r = bs_conn_flush(c);
         if (r < 0)
                 return r;
+        /* All of it written: back to the caller, who may have more to
+         * send. Waiting for input instead would wait for an answer that
+         * needs more of it: the rest of an upload, say. */
+        if (queued && bs_buf_len(&c->out) == 0 && !(c->ssl && SSL_want_write(c->ssl)))
+                return 0;
         struct pollfd p = { .fd = c->fd,
                             .events = POLLIN | (bs_buf_len(&c->out) || (c->ssl && SSL_want_write(c->ssl)) ? POLLOUT : 0) };
         int n;

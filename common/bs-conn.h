@@ -56,8 +56,10 @@ int bs_conn_send(BsConn *c, const BsMsg *m);
 
 /**
  * Wait up to timeout_ms for the socket, read what arrived and write what
- * is queued. Returns 0, -ETIMEDOUT when nothing happened, -ECONNRESET when
- * the server closed the connection, or another negative errno.
+ * is queued. Returns 0 (at once when what was queued is all written: the
+ * caller may have more to send), -ETIMEDOUT when nothing happened,
+ * -ECONNRESET when the server closed the connection, or another negative
+ * errno.
  */
 int bs_conn_io(BsConn *c, int timeout_ms);
 

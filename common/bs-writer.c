@@ -37,6 +37,7 @@ struct BsWriter {
         size_t queued; /* of those, not yet taken by the thread */
         size_t bytes;  /* of those handed over, bytes */
         size_t max_bytes; /* then bs_writer_submit() waits */
+        uint64_t n_handed, n_finished; /* jobs ever, for bs_writer_mark() */
         bool stop;
         /* Files to drop from the page cache and close (bs_writer_drop()),
          * taken whole by the thread between two jobs. */
@@ -106,7 +107,18 @@ void bs_write_now(int dir_fd, BsWrite *job) {
 
 /* The error is the job's: the descriptor is a duplicate of the upload's,
  * so the kernel reports a failed writeback to this sync only. */
+static void wait_finished(BsWriter *w, uint64_t mark) {
+        pthread_mutex_lock(&w->lock);
+        if (w->n_finished < mark)
+                pthread_cond_signal(&w->wake);
+        while (w->n_finished < mark)
+                pthread_cond_wait(&w->done, &w->lock);
+        pthread_mutex_unlock(&w->lock);
+}
+
 static void sync_now(BsWrite *job) {
+        if (job->after)
+                wait_finished(job->after, job->after_mark);
         int r = job->kind == BS_WRITE_SYNCFS ? syncfs(job->sync_fd) : fdatasync(job->sync_fd);
         job->error = r < 0 ? -errno : 0;
         close(job->sync_fd);
@@ -162,6 +174,7 @@ static void *writer_main(void *userdata) {
                                 break;
                 }
                 w->busy -= n;
+                w->n_finished += n;
                 w->bytes -= len;
                 pthread_cond_broadcast(&w->done);
         }
@@ -230,6 +243,7 @@ void bs_writer_submit(BsWriter *w, BsWrite *job) {
                 w->head = job;
         w->tail = job;
         w->busy++;
+        w->n_handed++;
         w->queued++;
         w->bytes += job->len;
         /* A sync is waited for soon: it starts now. */
@@ -253,6 +267,13 @@ void bs_writer_drop(BsWriter *w, int *fds, size_t n) {
         /* Now, not with the next burst's files: the pages are wanted again. */
         pthread_cond_signal(&w->wake);
         pthread_mutex_unlock(&w->lock);
+}
+
+uint64_t bs_writer_mark(BsWriter *w) {
+        pthread_mutex_lock(&w->lock);
+        uint64_t n = w->n_handed;
+        pthread_mutex_unlock(&w->lock);
+        return n;
 }
 
 void bs_writer_wait(BsWriter *w) {

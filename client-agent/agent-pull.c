@@ -211,8 +211,9 @@ static void pull_drop_records(Agent *a, Pull *p) {
 
 static void pull_clear(Agent *a, Pull *p) {
         pull_drop_records(a, p);
-        p->writer = bs_writer_free(p->writer);
+        /* The syncer first: its jobs wait for the writer's (BsWrite.after). */
         p->syncer = bs_writer_free(p->syncer);
+        p->writer = bs_writer_free(p->writer);
         free(p->recs);
         free(p->fifo);
         free(p->buf);

@@ -105,8 +105,9 @@ void bs_write_now(int dir_fd, BsWrite *job) {
         job->buf = NULL;
 }
 
-/* The error is the job's: the descriptor is a duplicate of the upload's,
- * so the kernel reports a failed writeback to this sync only. */
+/* Until w has finished mark jobs: those handed over before a sync that
+ * must cover them (BsWrite.after), woken to take them if it waits for
+ * more to queue. */
 static void wait_finished(BsWriter *w, uint64_t mark) {
         pthread_mutex_lock(&w->lock);
         if (w->n_finished < mark)
@@ -116,6 +117,8 @@ static void wait_finished(BsWriter *w, uint64_t mark) {
         pthread_mutex_unlock(&w->lock);
 }
 
+/* The error is the job's: the descriptor is a duplicate of the upload's,
+ * so the kernel reports a failed writeback to this sync only. */
 static void sync_now(BsWrite *job) {
         if (job->after)
                 wait_finished(job->after, job->after_mark);

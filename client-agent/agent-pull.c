@@ -12,11 +12,9 @@
  * name (a rescan would take it for a local edit), and a burst costs one
  * sync per batch, not one per file. A burst's syncfs() runs in a thread
  * of its own once the writer has written the batch's files, while the
- * writer goes on with the next batch's and the loop reads on; the batch
- * is placed when the next one closes, which is as soon as that sync is
- * done, and the server's answers are read between its renames: in a
- * join the server then never waits for the agent's disk, and what is
- * left to place after the last download is about one sync's worth.
+ * writer goes on with the next batch's; the batch is placed when the
+ * next one closes, and the server's answers are read between its
+ * renames: in a join the server then never waits for the agent's disk.
  *
  * A big file the agent holds an older version of is asked for with
  * GET_DELTA: the server sends COPY for the ranges that version already
@@ -44,10 +42,6 @@
 
 #define GET_WINDOW 512
 #define APPLY_BATCH_FILES 4096
-/* A batch closes from this many files when the one before is synced:
- * the disk's flushes follow the downloads, and the last batch, placed
- * after the last download, is small. */
-#define APPLY_EAGER_FILES 64
 #define APPLY_EVENTS_EVERY 256
 #define APPLY_BULK_MIN 16
 #define APPLY_BATCH_BYTES (64u * 1024 * 1024)
@@ -211,9 +205,8 @@ static void pull_drop_records(Agent *a, Pull *p) {
 
 static void pull_clear(Agent *a, Pull *p) {
         pull_drop_records(a, p);
-        /* The syncer first: its jobs wait for the writer's (BsWrite.after). */
-        p->syncer = bs_writer_free(p->syncer);
         p->writer = bs_writer_free(p->writer);
+        p->syncer = bs_writer_free(p->syncer);
         free(p->recs);
         free(p->fifo);
         free(p->buf);
@@ -872,11 +865,6 @@ static size_t batch_end(Pull *p, size_t end) {
         return p->write_error && p->write_error_at < end ? MAX(p->write_error_at, p->applied) : end;
 }
 
-/* No batch waits for its sync: the next one may close. */
-static bool sync_idle(Pull *p) {
-        return !p->sync_job || bs_writer_done(p->syncer ?: p->writer, p->sync_job);
-}
-
 /* Place the batch whose syncfs() the writer was given, once it is done. */
 static void finish_pending(Agent *a, Pull *p, int *io_error) {
         if (!p->sync_job)
@@ -919,9 +907,7 @@ static int close_batch(Agent *a, Pull *p, size_t end) {
         if (job && !p->syncer)
                 (void) bs_writer_new(a->downloads_fd, 0, &p->syncer);
         if (job && p->syncer) {
-                /* It waits there, not here: the loop reads on meanwhile. */
-                job->after = p->writer;
-                job->after_mark = bs_writer_mark(p->writer);
+                collect_writes(p, end);
                 bs_writer_submit(p->syncer, job);
         } else if (job)
                 bs_writer_submit(p->writer, job);
@@ -1036,8 +1022,7 @@ static int apply_records(Agent *a, Pull *p, uint64_t since) {
                         if (p->batch_files % APPLY_EVENTS_EVERY == 0)
                                 watcher_process(a->watcher);
                 }
-                if (p->batch_files >= APPLY_BATCH_FILES || p->batch_bytes >= APPLY_BATCH_BYTES ||
-                    (p->batch_files >= APPLY_EAGER_FILES && sync_idle(p))) {
+                if (p->batch_files >= APPLY_BATCH_FILES || p->batch_bytes >= APPLY_BATCH_BYTES) {
                         r = close_batch(a, p, i + 1);
                         if (r < 0) {
                                 (void) flush_batches(a, p, i + 1);

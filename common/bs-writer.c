@@ -37,7 +37,6 @@ struct BsWriter {
         size_t queued; /* of those, not yet taken by the thread */
         size_t bytes;  /* of those handed over, bytes */
         size_t max_bytes; /* then bs_writer_submit() waits */
-        uint64_t n_handed, n_finished; /* jobs ever, for bs_writer_mark() */
         bool stop;
         /* Files to drop from the page cache and close (bs_writer_drop()),
          * taken whole by the thread between two jobs. */
@@ -105,23 +104,9 @@ void bs_write_now(int dir_fd, BsWrite *job) {
         job->buf = NULL;
 }
 
-/* Until w has finished mark jobs: those handed over before a sync that
- * must cover them (BsWrite.after), woken to take them if it waits for
- * more to queue. */
-static void wait_finished(BsWriter *w, uint64_t mark) {
-        pthread_mutex_lock(&w->lock);
-        if (w->n_finished < mark)
-                pthread_cond_signal(&w->wake);
-        while (w->n_finished < mark)
-                pthread_cond_wait(&w->done, &w->lock);
-        pthread_mutex_unlock(&w->lock);
-}
-
 /* The error is the job's: the descriptor is a duplicate of the upload's,
  * so the kernel reports a failed writeback to this sync only. */
 static void sync_now(BsWrite *job) {
-        if (job->after)
-                wait_finished(job->after, job->after_mark);
         int r = job->kind == BS_WRITE_SYNCFS ? syncfs(job->sync_fd) : fdatasync(job->sync_fd);
         job->error = r < 0 ? -errno : 0;
         close(job->sync_fd);
@@ -177,7 +162,6 @@ static void *writer_main(void *userdata) {
                                 break;
                 }
                 w->busy -= n;
-                w->n_finished += n;
                 w->bytes -= len;
                 pthread_cond_broadcast(&w->done);
         }
@@ -246,7 +230,6 @@ void bs_writer_submit(BsWriter *w, BsWrite *job) {
                 w->head = job;
         w->tail = job;
         w->busy++;
-        w->n_handed++;
         w->queued++;
         w->bytes += job->len;
         /* A sync is waited for soon: it starts now. */
@@ -270,13 +253,6 @@ void bs_writer_drop(BsWriter *w, int *fds, size_t n) {
         /* Now, not with the next burst's files: the pages are wanted again. */
         pthread_cond_signal(&w->wake);
         pthread_mutex_unlock(&w->lock);
-}
-
-uint64_t bs_writer_mark(BsWriter *w) {
-        pthread_mutex_lock(&w->lock);
-        uint64_t n = w->n_handed;
-        pthread_mutex_unlock(&w->lock);
-        return n;
 }
 
 void bs_writer_wait(BsWriter *w) {

@@ -32,11 +32,6 @@ typedef enum BsWriteKind {
 typedef struct BsWrite {
         BsWriteKind kind;
         int sync_fd;  /* BS_WRITE_SYNC, BS_WRITE_SYNCFS: owned, closed once synced */
-        /* A sync that must cover files another writer has yet to write:
-         * it waits until after has finished after_mark jobs (see
-         * bs_writer_mark()). NULL: at once. */
-        struct BsWriter *after;
-        uint64_t after_mark;
         uint8_t *buf; /* owned; freed once written */
         size_t len;
         mode_t mode;
@@ -71,11 +66,6 @@ BsWriter *bs_writer_free(BsWriter *w);
  * a bounded number of bytes wait to be written.
  */
 void bs_writer_submit(BsWriter *w, BsWrite *job);
-/**
- * How many jobs were handed to w so far: a later sync's after_mark, to
- * wait for those written before, not for the ones handed over since.
- */
-uint64_t bs_writer_mark(BsWriter *w);
 /** Wait until every file handed over is written (or failed). */
 void bs_writer_wait(BsWriter *w);
 /** Whether job, handed over, is done: its results may be read. */

@@ -303,39 +303,3 @@ Test(writer, small_queue) {
         }
         bs_writer_free(w);
 }
-
-/* A sync in a thread of its own that covers another writer's files waits
- * for those handed over before its mark, however far behind that writer
- * is, and counts from the jobs ever handed over, not from those waiting. */
-Test(writer, syncfs_after_other_writer) {
-        enum { N = 100, LEN = 256 * 1024 };
-        BsWriter *files, *syncer;
-        BsWrite *jobs[N];
-        cr_assert_eq(bs_writer_new(dfd, 64u * 1024 * 1024, &files), 0);
-        cr_assert_eq(bs_writer_new(dfd, 0, &syncer), 0);
-        cr_assert_eq(bs_writer_mark(files), 0);
-        for (unsigned round = 0; round < 2; round++) {
-                /* Made first: handed over at once, the writer is far behind. */
-                for (unsigned i = 0; i < N; i++)
-                        jobs[i] = job_new(LEN, round * N + i, false);
-                for (unsigned i = 0; i < N; i++)
-                        bs_writer_submit(files, jobs[i]);
-                BsWrite sync = { .kind = BS_WRITE_SYNCFS, .after = files };
-                sync.after_mark = bs_writer_mark(files);
-                cr_assert_eq(sync.after_mark, (round + 1) * N);
-                sync.sync_fd = fcntl(dfd, F_DUPFD_CLOEXEC, 3);
-                cr_assert_geq(sync.sync_fd, 0);
-                bs_writer_submit(syncer, &sync);
-                bs_writer_wait_job(syncer, &sync);
-                cr_assert_eq(sync.error, 0);
-                for (unsigned i = 0; i < N; i++)
-                        cr_assert(bs_writer_done(files, jobs[i]), "round %u: file %u is written before the sync", round, i);
-                for (unsigned i = 0; i < N; i++) {
-                        check_file(jobs[i], LEN, round * N + i);
-                        cr_assert_eq(unlinkat(dfd, jobs[i]->name, 0), 0);
-                        free(jobs[i]);
-                }
-        }
-        bs_writer_free(syncer);
-        bs_writer_free(files);
-}

@@ -167,6 +167,31 @@ def kernel_tls():
             "record encryption to it where its build and the cipher allow.")
 
 
+def file_system_note(path):
+    """The file system the trees are made on, as a sentence for the notes:
+    an ext4 without a journal makes files slowly for minutes after a
+    removal (see Bench.discard())."""
+    try:
+        out = subprocess.run(["findmnt", "-no", "SOURCE,FSTYPE", "-T", path], capture_output=True, text=True,
+                             timeout=10).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return "file system of %s: unknown (findmnt failed)." % path
+    if len(out) != 2:
+        return "file system of %s: unknown." % path
+    source, fstype = out
+    if fstype != "ext4":
+        return "file system of %s: %s (%s)." % (path, fstype, source)
+    try:
+        with open("/sys/fs/ext4/%s/journal_task" % os.path.basename(source)) as f:
+            journal = f.read().strip() != "<none>"
+    except OSError:
+        return "file system of %s: ext4 (%s)." % (path, source)
+    if journal:
+        return "file system of %s: ext4 with a journal (%s)." % (path, source)
+    return ("file system of %s: ext4 without a journal (%s), which passes over inodes freed in the last "
+            "minutes when it makes files: no tree is removed before the end of the run." % (path, source))
+
+
 def drop_caches():
     os.sync()
     try:
@@ -1873,6 +1898,7 @@ def main():
     else:
         res.note("run in the host's network namespace: loopback bytes may include other traffic.")
     res.note(kernel_tls())
+    res.note(file_system_note("/var/tmp"))
     if args.quick:
         res.note("--quick: reduced data sizes; not comparable with a full run.")
     root = tempfile.mkdtemp(prefix="bs-bench-", dir="/var/tmp")

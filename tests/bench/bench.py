@@ -721,10 +721,8 @@ def case1_first_backup(b, cfg, res):
                 dt = fn()
                 times[name].append(dt)
                 log("case 1 run %d: %s %.2f s" % (run + 1, name, dt))
-            # Copies are removed only after the last run: on a file system
-            # without a journal, ext4 skips inodes freed in the last minutes
-            # when it allocates new ones, which would slow down whichever
-            # tool runs right after a removal.
+            # Copies are kept until the end of the whole run (see
+            # Bench.discard()): a removal slows whichever tool runs next.
     finally:
         b.stop(rd)
         if sshd is not None:
@@ -1515,8 +1513,7 @@ def case7_restore(b, cfg, res):
     finally:
         b.stop(srv)
         b.stop(rd)
-        # Removed only after the last run, as in case 1 (ext4 skips inodes
-        # freed recently when it allocates, slowing whoever runs next).
+        # Kept until the end of the whole run, as in case 1.
         for run in range(cfg.runs):
             for name in ("backupsync", "rsync"):
                 b.discard(b.path("c7-%s-%d" % (name, run)))
@@ -1801,11 +1798,7 @@ def case10_scale(b, cfg, res):
     try:
         case10_sizes(b, cfg, res, C, per_file, runs_of, made)
     finally:
-        # Removed only at the end: on ext4 without a journal the inodes
-        # freed in the last minute are passed over by new allocations in
-        # their group while their table block is cached, so a run right
-        # after the removal of a big tree was slower by a third (one tool
-        # more than the other, by where its directories fall).
+        # Kept until the end of the whole run (see Bench.discard()).
         for n, runs, src in made:
             for run in range(runs):
                 for sub in ("-server-storage", "-rsync", "-state", "-join", "-join-state", "-restore", "-pull"):

@@ -113,7 +113,7 @@ static bool is_cache_dir(int rootfd, const char *dir) {
         int w = snprintf(path, sizeof(path), "%s/%s", dir, CACHEDIR_TAG);
         if (!dir[0] || w < 0 || (size_t) w >= sizeof(path))
                 return false;
-        int fd = bs_open_beneath(rootfd, path, O_RDONLY | O_NOCTTY, 0);
+        int fd = bs_open_read_beneath(rootfd, path);
         if (fd < 0)
                 return false;
         ssize_t n = bs_pread_full(fd, buf, sizeof(buf), 0);
@@ -144,7 +144,7 @@ static int read_file(IgnoreSet *s, int rootfd, const char *dir) {
         memmove(s->read + at + 1, s->read + at, (s->n_read - at) * sizeof(*s->read));
         s->read[at] = (DirRead) { .dir = d, .cache = s->caches && is_cache_dir(rootfd, dir) };
         s->n_read++;
-        int fd = bs_open_beneath(rootfd, path, O_RDONLY | O_NOCTTY, 0);
+        int fd = bs_open_read_beneath(rootfd, path);
         if (fd < 0) {
                 bs_ignore_drop_file(s->ig, dir);
                 return 0;

@@ -109,7 +109,7 @@ bool local_matches(const LocalEntry *l, const ManifestEntry *m) {
 
 int local_hash(Agent *a, const char *path, uint8_t sha[BS_SHA_LEN], LocalEntry *l) {
         struct stat st0;
-        _cleanup_(closep) int fd = bs_open_beneath(a->rootfd, path, O_RDONLY | O_NOCTTY, 0);
+        _cleanup_(closep) int fd = bs_open_read_beneath(a->rootfd, path);
         if (fd < 0)
                 return fd;
         if (fstat(fd, &st0) < 0)

@@ -516,7 +516,7 @@ static int delta_source(Agent *a, const Rec *x, uint8_t have[BS_SHA_LEN]) {
         }
         if (local_stat(a, path, l) < 0 || !local_matches(l, m))
                 goto out;
-        fd = bs_open_beneath(a->rootfd, path, O_RDONLY | O_NOCTTY, 0);
+        fd = bs_open_read_beneath(a->rootfd, path);
         /* The very file that was compared, not one renamed over it since. */
         if (fd >= 0 && (fstat(fd, &st) < 0 || st.st_ino != l->st.st_ino || st.st_dev != l->st.st_dev)) {
                 close(fd);

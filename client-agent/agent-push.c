@@ -222,7 +222,7 @@ static int start_op(Agent *a, PushOp *op, Upload *up) {
                 op->fd = -1;
                 if (fd < 0) {
                         /* Not opened ahead: looked at here. */
-                        fd = bs_open_beneath(a->rootfd, op->path, O_RDONLY | O_NOCTTY, 0);
+                        fd = bs_open_read_beneath(a->rootfd, op->path);
                         op->cold = fd >= 0 && bs_cache_probe(fd) == 0;
                 }
                 /* Read ahead: as it was before the read. */
@@ -628,7 +628,7 @@ static void prefetch(Agent *a, Plan *p, size_t next, size_t *pf, uint64_t *pf_by
                 PushOp *op = &p->ops[(*pf)++];
                 if (op->type != BS_MSG_PUT || op->fd >= 0 || !op->e || op->e->size == 0)
                         continue;
-                op->fd = bs_open_beneath(a->rootfd, op->path, O_RDONLY | O_NOCTTY, 0);
+                op->fd = bs_open_read_beneath(a->rootfd, op->path);
                 if (op->fd < 0) {
                         op->fd = -1; /* start_op() tries again and decides */
                         continue;

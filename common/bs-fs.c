@@ -81,6 +81,13 @@ int bs_open_beneath(int dirfd, const char *path, int flags, mode_t mode) {
         return fd < 0 ? -errno : fd;
 }
 
+/* A backup that moves access times forward tells mail readers their
+ * mailboxes were read and atime-based cleanups that files are in use. */
+int bs_open_read_beneath(int dirfd, const char *path) {
+        int fd = bs_open_beneath(dirfd, path, O_RDONLY | O_NOCTTY | O_NOATIME, 0);
+        return fd == -EPERM ? bs_open_beneath(dirfd, path, O_RDONLY | O_NOCTTY, 0) : fd;
+}
+
 int bs_open_parent(int rootfd, const char *path, const char **base) {
         char parent[BS_PATH_MAX + 1];
         size_t n = bs_path_parent_len(path);

@@ -15,6 +15,13 @@
 int bs_open_beneath(int dirfd, const char *path, int flags, mode_t mode);
 
 /**
+ * bs_open_beneath() of a file to read only, leaving its access time as it
+ * was (O_NOATIME) where the kernel allows that: the caller owns the file
+ * or has CAP_FOWNER. Other files are opened as usual.
+ */
+int bs_open_read_beneath(int dirfd, const char *path);
+
+/**
  * The same without openat2(), one component at a time with O_NOFOLLOW;
  * bs_open_beneath() falls back to it where a seccomp filter refuses
  * openat2() (systemd's RestrictSUIDSGID=).

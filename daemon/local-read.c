@@ -131,7 +131,7 @@ int local_cursor_next(LocalCursor *c, BsRecord *rec) {
 /* Open a stored file and make sure it is what the metadata promises. */
 static int open_checked(int dir_fd, const char *path, uint64_t size) {
         struct stat st;
-        int fd = bs_open_beneath(dir_fd, path, O_RDONLY | O_NOCTTY, 0);
+        int fd = bs_open_read_beneath(dir_fd, path);
         if (fd < 0)
                 return fd;
         if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t) st.st_size != size) {

@@ -427,6 +427,56 @@ def test_backup_from_tmpfs():
             shutil.rmtree(adir, ignore_errors=True)
 
 
+def test_backup_leaves_access_times():
+    """Backing up reads every file but moves no access time (mail readers
+    take an mbox read after its last change as read): files read ahead
+    and read in chunks by a first backup, the ignore file, a file sent
+    again when it changes while watched, and the server's copies when a
+    second computer joins. Each atime is set older than the mtime, so a
+    relatime mount would move it at the first read."""
+    old_atime, mtime = 1000000000 * 10**9, 1600000000 * 10**9
+    with Env("backup_leaves_access_times") as env:
+        srv = env.server()
+        adir = env.path("A")
+        files = {"small.txt": os.urandom(3000), "sub/big.bin": os.urandom(3 << 20),
+                 ".bsignore": b"*.tmp\n", "mbox": b"From a@b\n\nhello\n"}
+        for name, data in files.items():
+            write_file(os.path.join(adir, name), data)
+            os.utime(os.path.join(adir, name), ns=(old_atime, mtime))
+
+        def atimes(root):
+            return {n: os.stat(os.path.join(root, n)).st_atime_ns for n in files}
+
+        a = env.agent("A", adir, start=False)
+        rc, out, err = a.run_once(timeout=120)
+        check(rc == 0, "--once exited %d: %s" % (rc, err[-2000:]))
+        token = next(l.split(" ", 1)[1] for l in out if l.startswith("ID: "))
+        for name, data in files.items():
+            check(read_bytes(os.path.join(srv.tree(token), name)) == data, "%s on the server" % name)
+        check(atimes(adir) == dict.fromkeys(files, old_atime),
+              "access times after the first backup: %s" % atimes(adir))
+
+        # Changed while watched: read again and sent, its atime still old.
+        a = env.agent("A", adir, token=token)
+        mbox = os.path.join(adir, "mbox")
+        more = b"From c@d\n\nsecond\n"
+        with open(mbox, "ab") as f:
+            f.write(more)
+        os.utime(mbox, ns=(old_atime, os.stat(mbox).st_mtime_ns))
+        wait_content(os.path.join(srv.tree(token), "mbox"), files["mbox"] + more,
+                     msg="the appended mbox on the server")
+        check(os.stat(mbox).st_atime_ns == old_atime, "the mbox's access time after it was sent again")
+
+        # The server reads its copies for a joining computer: theirs stay too.
+        stored = srv.tree(token)
+        for name in files:
+            os.utime(os.path.join(stored, name), ns=(old_atime, os.stat(os.path.join(stored, name)).st_mtime_ns))
+        b = env.agent("B", env.path("B"), token=token)
+        assert_trees_equal(adir, b.dir, msg="B after joining")
+        check(atimes(stored) == dict.fromkeys(files, old_atime),
+              "the server's access times after a join: %s" % atimes(stored))
+
+
 def test_server_leaves_page_cache():
     """The server drops a burst's files from the page cache once they are
     on disk, and keeps a lone edit cached for the computers about to pull

@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "bs-fs.h"
@@ -92,6 +93,47 @@ Test(fs, open_beneath_plain) {
 
         fd = bs_open_beneath(rootfd, "missing", O_RDONLY, 0);
         cr_assert_eq(fd, -ENOENT);
+}
+
+/* Reading leaves the access time: a relatime mount would move it, as the
+ * file's is older than its mtime. */
+Test(fs, open_read_leaves_atime) {
+        struct timespec t[2] = { { .tv_sec = 1000000000 }, { .tv_sec = 1600000000 } };
+        cr_assert_eq(utimensat(rootfd, "dir/inner", t, 0), 0, "%s", strerror(errno));
+        int fd = bs_open_read_beneath(rootfd, "dir/inner");
+        cr_assert_geq(fd, 0, "%s", strerror(-fd));
+        cr_assert(fcntl(fd, F_GETFL) & O_NOATIME, "opened with O_NOATIME");
+        char buf[16];
+        cr_assert_eq(read(fd, buf, sizeof(buf)), 6);
+        close(fd);
+        struct stat st;
+        cr_assert_eq(fstatat(rootfd, "dir/inner", &st, 0), 0);
+        cr_assert_eq(st.st_atim.tv_sec, 1000000000, "atime moved to %lld", (long long) st.st_atim.tv_sec);
+        cr_assert_eq(bs_open_read_beneath(rootfd, "missing"), -ENOENT);
+        cr_assert_eq(bs_open_read_beneath(rootfd, "../outside"), -EXDEV);
+}
+
+/* A file of another owner, without CAP_FOWNER: O_NOATIME is refused, the
+ * file is read anyway. As root the check runs in a child that is nobody. */
+Test(fs, open_read_other_owner) {
+        pid_t pid = geteuid() == 0 ? fork() : 0;
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                if (geteuid() == 0 && (setgid(65534) < 0 || setuid(65534) < 0))
+                        _exit(2);
+                int etc = open("/etc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                int fd = etc < 0 ? -1 : bs_open_read_beneath(etc, "passwd");
+                char c;
+                bool ok = fd >= 0 && !(fcntl(fd, F_GETFL) & O_NOATIME) && read(fd, &c, 1) == 1;
+                if (geteuid() != 65534) {
+                        cr_assert(ok, "/etc/passwd read without O_NOATIME: fd %d", fd);
+                        return;
+                }
+                _exit(ok ? 0 : 1);
+        }
+        int status;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child: status %d", status);
 }
 
 Test(fs, open_beneath_create_uses_mode) {

@@ -4,6 +4,9 @@ tests/integration/test_*.py. Prints 'ok NAME' and exits 0, or prints the
 failure (the harness prints the tail of every log) and exits 1.
 
     run.py --list     prints the scenario names
+    run.py --registered NAME...
+                      exits 1 unless NAME... (meson's list) names every
+                      scenario and no other
 """
 import glob
 import importlib
@@ -28,8 +31,15 @@ def scenarios():
 
 
 def main(argv):
+    if len(argv) >= 2 and argv[1] == "--registered":
+        have, listed = set(scenarios()), set(argv[2:])
+        for what, names in (("not in tests/integration/meson.build", have - listed),
+                            ("in tests/integration/meson.build but not defined", listed - have)):
+            for n in sorted(names):
+                print("scenario %s: %s" % (n, what))
+        return 0 if have == listed else 1
     if len(argv) != 2:
-        print("usage: run.py NAME | --list", file=sys.stderr)
+        print("usage: run.py NAME | --list | --registered NAME...", file=sys.stderr)
         return 64
     all_ = scenarios()
     if argv[1] == "--list":

@@ -689,3 +689,49 @@ Test(account, index_by_content_back_after_the_bulk) {
         cr_assert(sha_indexed(), "made again after a quiet commit following the start");
         cr_assert_eq(content_found("elsewhere", "bulk 3\n"), 0);
 }
+
+/* Whether the account's database has an index of that name. */
+static bool has_index(const char *name) {
+        sqlite3_stmt *st;
+        cr_assert_eq(sqlite3_prepare_v2(acc->db, "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1", -1,
+                                        &st, NULL), SQLITE_OK);
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        sqlite3_finalize(st);
+        cr_assert(rc == SQLITE_ROW || rc == SQLITE_DONE);
+        return rc == SQLITE_ROW;
+}
+
+/* An account made before schema 3 loses the log's index by path when
+ * opened, and the log of a path still lists its changes, newest first. */
+Test(account, log_index_by_path_dropped) {
+        uint64_t v, vx;
+        char id[BS_ID_LEN + 1];
+        cr_assert_not(has_index("log_path"), "a new account has none");
+        cr_assert(has_index("log_time"));
+        cr_assert_eq(put("x", 0, "one\n", &vx), 0);
+        cr_assert_eq(put("y", 0, "other\n", &v), 0);
+        cr_assert_eq(put("x", vx, "two\n", &vx), 0);
+        cr_assert_eq(local_commit(acc), 0);
+        /* As schema 2 left it. */
+        cr_assert_eq(sqlite3_exec(acc->db, "CREATE INDEX log_path ON log(path); PRAGMA user_version = 2", NULL, NULL,
+                                  NULL), SQLITE_OK);
+        strcpy(id, local_id(acc));
+        acc = local_free(acc);
+        cr_assert_eq(local_open(storage, id, &acc), 0);
+        cr_assert_not(has_index("log_path"), "dropped at open");
+
+        LocalQuery *q;
+        static BsHistRow row;
+        uint64_t got[4];
+        size_t n = 0;
+        cr_assert_eq(local_query_new(acc, BS_HIST_LOG, "x", local_committed_seq(acc), 0, 10, &q), 0);
+        while (n < 4 && local_query_next(q, &row) == 1) {
+                cr_assert_str_eq(row.rec.path, "x");
+                got[n++] = row.rec.seq;
+        }
+        local_query_free(q);
+        cr_assert_eq(n, 2, "both changes of x, not y's");
+        cr_assert_eq(got[0], vx, "newest first");
+        cr_assert_lt(got[1], got[0]);
+}

@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sysexits.h>
 #include <unistd.h>
@@ -22,6 +21,9 @@
 #include "bs-tls.h"
 
 #define DEFAULT_CONFIG BS_SYSCONFDIR "/backupsync.ini"
+/* Descriptors the table holds from the start: a download batch keeps up
+ * to 4,096 files open until its sync (agent-pull.c), besides the rest. */
+#define AGENT_FDS_WANT 8192
 
 static void help(void) {
         printf("Usage: backupsync-agent [OPTIONS] SERVER PORT DIR [ID]\n"
@@ -189,11 +191,7 @@ int main(int argc, char **argv) {
         signal(SIGPIPE, SIG_IGN);
         /* A download burst keeps its files open until their sync (no
          * select() here, so the hard limit is safe to use). */
-        struct rlimit rl;
-        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-                rl.rlim_cur = rl.rlim_max;
-                (void) setrlimit(RLIMIT_NOFILE, &rl);
-        }
+        (void) bs_fd_prepare(AGENT_FDS_WANT);
         while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
                 switch (c) {
                 case 'h':

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/openat2.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -218,6 +219,31 @@ size_t bs_fd_budget(size_t min, size_t max) {
         struct rlimit rl;
         rlim_t keep = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur / 8 : 0;
         return (size_t) MIN(MAX(keep, (rlim_t) min), (rlim_t) max);
+}
+
+size_t bs_fd_prepare(size_t want) {
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+                return 0;
+        if (rl.rlim_cur < rl.rlim_max) {
+                rlim_t cur = rl.rlim_cur;
+                rl.rlim_cur = rl.rlim_max;
+                if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                        rl.rlim_cur = cur;
+        }
+        /* The lowest free descriptor from want - 1 on is want - 1 itself
+         * (nothing is open that high yet): the table grows to hold it. */
+        want = (size_t) MIN((rlim_t) want, rl.rlim_cur);
+        if (want > 0 && want <= INT_MAX) {
+                int fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+                if (fd >= 0) {
+                        int high = fcntl(fd, F_DUPFD_CLOEXEC, (int) want - 1);
+                        if (high >= 0)
+                                close(high);
+                        close(fd);
+                }
+        }
+        return (size_t) rl.rlim_cur;
 }
 
 int bs_fsync_dir(int dirfd) {

@@ -72,6 +72,15 @@ int bs_cache_probe(int fd);
  * fd limit, within [min, max].
  */
 size_t bs_fd_budget(size_t min, size_t max);
+/**
+ * Raise the soft limit on open files to the hard one, and grow the
+ * descriptor table to hold want descriptors (at most the limit) now. For
+ * main(), before any thread starts: the kernel grows a table shared by
+ * threads only after an RCU grace period, each time it doubles (some 10
+ * ms each on a virtual machine), while a process alone grows it for free.
+ * Returns the limit now in force.
+ */
+size_t bs_fd_prepare(size_t want);
 
 
 /* Written data of a big file is handed to the disk in steps of this size. */

@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -36,6 +35,9 @@
 #include "server-tls.h"
 
 #define DEFAULT_CONFIG BS_SYSCONFDIR "/backupsync.ini"
+/* Descriptors the table holds from the start: a commit keeps up to 4,096
+ * uploads open (local-internal.h), besides the connections' sockets. */
+#define SERVER_FDS_WANT 8192
 
 /* The command line; what it sets wins over the configuration file. */
 typedef struct Args {
@@ -681,11 +683,7 @@ int main(int argc, char **argv) {
 
         /* Each connection needs a socket and, while downloading, a file: the
          * default soft limit of 1024 would be hit before --max-connections. */
-        struct rlimit rl;
-        if (getrlimit(RLIMIT_NOFILE, &rl) >= 0 && rl.rlim_cur < rl.rlim_max) {
-                rl.rlim_cur = rl.rlim_max;
-                (void) setrlimit(RLIMIT_NOFILE, &rl);
-        }
+        (void) bs_fd_prepare(SERVER_FDS_WANT);
 
         /* A broken connection must fail its write(), not kill the server. */
         signal(SIGPIPE, SIG_IGN);

@@ -622,6 +622,46 @@ Test(fs, fd_budget) {
         cr_assert_eq(bs_fd_budget(1, eighth - 1), eighth - 1);
 }
 
+/* The size of this process's descriptor table (FDSize in /proc/self/status). */
+static long fd_table_size(void) {
+        char line[128];
+        long n = -1;
+        FILE *f = fopen("/proc/self/status", "re");
+        cr_assert_not_null(f);
+        while (fgets(line, sizeof(line), f))
+                if (sscanf(line, "FDSize: %ld", &n) == 1)
+                        break;
+        fclose(f);
+        return n;
+}
+
+/* The soft limit rises to the hard one and the table holds what was asked,
+ * or the limit when that is lower; nothing is left open. */
+Test(fs, fd_prepare) {
+        struct rlimit rl;
+        cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+        cr_assert_geq(rl.rlim_max, 1024, "the test needs a hard limit of 1024");
+        rl.rlim_cur = 256;
+        rl.rlim_max = 1024;
+        cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+        int probe = open("/", O_PATH | O_CLOEXEC);
+        cr_assert_geq(probe, 0);
+        close(probe);
+        cr_assert_lt(fd_table_size(), 1000, "small to begin with");
+
+        cr_assert_eq(bs_fd_prepare(900), 1024);
+        cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+        cr_expect_eq(rl.rlim_cur, 1024);
+        cr_expect_geq(fd_table_size(), 900);
+        int fd = open("/", O_PATH | O_CLOEXEC);
+        cr_expect_eq(fd, probe, "the descriptors it used are closed again");
+        close(fd);
+
+        cr_assert_eq(bs_fd_prepare(5000), 1024, "no more than the limit");
+        cr_expect_geq(fd_table_size(), 1024);
+        cr_expect_lt(fd_table_size(), 5000);
+}
+
 typedef struct Meminfo {
         char text[160];
         int r;

@@ -104,8 +104,10 @@ def main():
                     return True
                 try:
                     eng.get_object(cl.bucket, "accounts/%s/%s/%s" % (acct, kind, tail))
-                except S3Error:
-                    return True
+                except S3Error as e:
+                    if e.status == 404:
+                        return True
+                    raise
                 return False
 
             check(listed_or_swept(orphan, "c", lambda: keys_of(cl, a)), "the orphan is not among the account's keys")

@@ -116,17 +116,17 @@ static int fill(BsConn *c) {
 }
 
 int bs_conn_io(BsConn *c, int timeout_ms) {
-        bool queued = bs_buf_len(&c->out) > 0;
+        bool queued = bs_buf_len(&c->out) > 0 || bs_tls_unsent(c->ssl);
         int r = bs_conn_flush(c);
         if (r < 0)
                 return r;
         /* All of it written: back to the caller, who may have more to
          * send. Waiting for input instead would wait for an answer that
          * needs more of it: the rest of an upload, say. */
-        if (queued && bs_buf_len(&c->out) == 0 && !(c->ssl && SSL_want_write(c->ssl)))
+        bool unsent = bs_buf_len(&c->out) > 0 || (c->ssl && SSL_want_write(c->ssl)) || bs_tls_unsent(c->ssl);
+        if (queued && !unsent)
                 return 0;
-        struct pollfd p = { .fd = c->fd,
-                            .events = POLLIN | (bs_buf_len(&c->out) || (c->ssl && SSL_want_write(c->ssl)) ? POLLOUT : 0) };
+        struct pollfd p = { .fd = c->fd, .events = POLLIN | (unsent ? POLLOUT : 0) };
         int n;
         /* Bytes TLS holds decrypted are not the socket's to signal. */
         if (c->ssl && SSL_has_pending(c->ssl)) {

@@ -5,9 +5,14 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/x509v3.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <sys/utsname.h>
+#include <unistd.h>
 
 #include "bs-macro.h"
 #include "bs-hash.h"
@@ -20,6 +25,8 @@
 #define BS_TLS_READ_BUFFER (64u * 1024)
 /* Plaintext handed to one SSL_write: many full 16 KiB records per call. */
 #define BS_TLS_WRITE_MAX (1u << 20)
+/* Ciphertext gathered before it goes to the socket in one write. */
+#define BS_TLS_WIRE_MAX (256u * 1024)
 
 void bs_fp_format(const uint8_t fp[BS_FP_LEN], char out[BS_FP_TEXT_MAX]) {
         memcpy(out, "SHA256:", 7);
@@ -119,13 +126,179 @@ int bs_tls_server_ctx_new(const char *cert_file, const char *key_file, SSL_CTX *
         return 0;
 }
 
+/*
+ * The write side of a connection without kernel TLS. OpenSSL writes each
+ * 16 KiB record to its BIO at once: with a socket BIO that is a system
+ * call and a TCP segment per record, which on loopback cost more than the
+ * encryption. This BIO gathers records and sends them in large writes.
+ * What it holds is sent by BIO_flush() (after each handshake flight) and
+ * by bs_tls_send(); bs_tls_unsent() tells a caller to wait for EPOLLOUT.
+ */
+typedef struct Wire {
+        int fd;
+        BsBuf buf;
+} Wire;
+
+/* 1 when all is sent, 0 when the socket is full, or a negative errno. */
+static int wire_push(Wire *w) {
+        ssize_t n = bs_buf_send(&w->buf, w->fd);
+        if (n < 0)
+                return (int) n;
+        if (bs_buf_len(&w->buf) > 0)
+                return 0;
+        /* An idle connection holds no buffer (SSL_MODE_RELEASE_BUFFERS). */
+        bs_buf_free(&w->buf);
+        return 1;
+}
+
+static int wire_write(BIO *b, const char *p, size_t n, size_t *done) {
+        Wire *w = BIO_get_data(b);
+        BIO_clear_retry_flags(b);
+        if (bs_buf_len(&w->buf) >= BS_TLS_WIRE_MAX) {
+                int r = wire_push(w);
+                if (r < 0) {
+                        errno = -r;
+                        return 0;
+                }
+                if (r == 0) {
+                        /* OpenSSL offers the same record again later. */
+                        BIO_set_retry_write(b);
+                        return 0;
+                }
+        }
+        if (bs_buf_append(&w->buf, p, n) < 0) {
+                errno = ENOMEM;
+                return 0;
+        }
+        *done = n;
+        return 1;
+}
+
+static long wire_ctrl(BIO *b, int cmd, long num, void *ptr) {
+        Wire *w = BIO_get_data(b);
+        (void) num;
+        (void) ptr;
+        switch (cmd) {
+        case BIO_CTRL_FLUSH: {
+                BIO_clear_retry_flags(b);
+                int r = wire_push(w);
+                if (r == 0)
+                        BIO_set_retry_write(b);
+                if (r < 0)
+                        errno = -r;
+                return r > 0;
+        }
+        case BIO_CTRL_WPENDING:
+                return (long) bs_buf_len(&w->buf);
+        case BIO_CTRL_DUP:
+                return 1;
+        default:
+                return 0;
+        }
+}
+
+static int wire_create(BIO *b) {
+        Wire *w = calloc(1, sizeof(*w));
+        if (!w)
+                return 0;
+        w->fd = -1;
+        BIO_set_data(b, w);
+        BIO_set_init(b, 1);
+        return 1;
+}
+
+static int wire_destroy(BIO *b) {
+        Wire *w = BIO_get_data(b);
+        if (w) {
+                bs_buf_free(&w->buf);
+                free(w);
+        }
+        BIO_set_data(b, NULL);
+        return 1;
+}
+
+static BIO_METHOD *wire_method;
+static pthread_once_t wire_once = PTHREAD_ONCE_INIT;
+
+static void wire_method_init(void) {
+        BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "backupsync wire");
+        if (m && BIO_meth_set_write_ex(m, wire_write) && BIO_meth_set_ctrl(m, wire_ctrl) &&
+            BIO_meth_set_create(m, wire_create) && BIO_meth_set_destroy(m, wire_destroy))
+                wire_method = m;
+        else
+                BIO_meth_free(m);
+}
+
+/* Kernel TLS sends from the socket BIO, in large writes of its own: keep
+ * that BIO where the kernel may have the module. */
+static bool kernel_tls_possible(void) {
+#ifdef OPENSSL_NO_KTLS
+        return false;
+#endif
+        char ulp[256] = "";
+        FILE *f = fopen("/proc/sys/net/ipv4/tcp_available_ulp", "re");
+        if (f) {
+                if (!fgets(ulp, sizeof(ulp), f))
+                        ulp[0] = 0;
+                fclose(f);
+        }
+        for (char *t = strtok(ulp, " \n"); t; t = strtok(NULL, " \n"))
+                if (strcmp(t, "tls") == 0)
+                        return true;
+        struct utsname u;
+        char dir[sizeof(u.release) + 32];
+        if (uname(&u) < 0)
+                return false;
+        snprintf(dir, sizeof(dir), "/lib/modules/%s/kernel/net/tls", u.release);
+        return access(dir, F_OK) == 0;
+}
+
+static int attach(SSL *ssl, int fd) {
+        static int gather = -1;
+        if (gather < 0)
+                gather = !kernel_tls_possible();
+        if (!gather)
+                return SSL_set_fd(ssl, fd) ? 0 : -ENOMEM;
+        (void) pthread_once(&wire_once, wire_method_init);
+        if (!wire_method)
+                return -ENOMEM;
+        BIO *rbio = BIO_new_socket(fd, BIO_NOCLOSE);
+        BIO *wbio = BIO_new(wire_method);
+        if (!rbio || !wbio) {
+                BIO_free(rbio);
+                BIO_free(wbio);
+                return -ENOMEM;
+        }
+        ((Wire *) BIO_get_data(wbio))->fd = fd;
+        SSL_set_bio(ssl, rbio, wbio);
+        return 0;
+}
+
+bool bs_tls_unsent(SSL *ssl) {
+        return ssl && BIO_wpending(SSL_get_wbio(ssl)) > 0;
+}
+
+int bs_tls_server_new(SSL_CTX *ctx, int fd, SSL **ret) {
+        SSL *ssl = SSL_new(ctx);
+        if (!ssl)
+                return -ENOMEM;
+        int r = attach(ssl, fd);
+        if (r < 0) {
+                SSL_free(ssl);
+                return r;
+        }
+        SSL_set_accept_state(ssl);
+        *ret = ssl;
+        return 0;
+}
+
 int bs_tls_client_new(SSL_CTX *ctx, int fd, const char *host, SSL **ret) {
         SSL *ssl = SSL_new(ctx);
         if (!ssl)
                 return -ENOMEM;
         unsigned char addr[16];
         bool is_ip = inet_pton(AF_INET, host, addr) == 1 || inet_pton(AF_INET6, host, addr) == 1;
-        int ok = SSL_set_fd(ssl, fd);
+        int ok = attach(ssl, fd) == 0;
         /* SNI is for names only; a CA-verifying context checks the name or address. */
         if (ok && !is_ip)
                 ok = SSL_set_tlsext_host_name(ssl, host);
@@ -215,6 +388,13 @@ ssize_t bs_tls_send(SSL *ssl, BsBuf *b) {
                 }
                 bs_buf_consume(b, n);
                 sent += n;
+        }
+        /* The last records gathered. */
+        BIO *w = SSL_get_wbio(ssl);
+        if (BIO_wpending(w) > 0) {
+                errno = 0;
+                if (BIO_flush(w) <= 0 && !BIO_should_retry(w))
+                        return errno ? -errno : -EIO;
         }
         return (ssize_t) sent;
 }

@@ -39,6 +39,8 @@ int bs_fp_of_peer(SSL *ssl, uint8_t fp[BS_FP_LEN]);
 int bs_tls_client_ctx_new(const char *ca_file, SSL_CTX **ret);
 /** A server context from a PEM certificate chain and key (the same file may hold both). */
 int bs_tls_server_ctx_new(const char *cert_file, const char *key_file, SSL_CTX **ret);
+/** A server connection on fd, to be driven by bs_tls_handshake(). */
+int bs_tls_server_new(SSL_CTX *ctx, int fd, SSL **ret);
 /** A client connection on fd to host (sent as SNI and checked by a CA-verifying ctx). */
 int bs_tls_client_new(SSL_CTX *ctx, int fd, const char *host, SSL **ret);
 
@@ -51,7 +53,13 @@ int bs_tls_client_new(SSL_CTX *ctx, int fd, const char *host, SSL **ret);
 int bs_tls_handshake(SSL *ssl);
 /** Like bs_buf_recv(), through ssl. */
 ssize_t bs_tls_recv(SSL *ssl, BsBuf *b, size_t chunk, size_t max, bool *eof);
-/** Like bs_buf_send(), through ssl. */
+/**
+ * Like bs_buf_send(), through ssl. Records may stay gathered after the
+ * plaintext is taken: bs_tls_unsent() says so, and the caller waits for
+ * the socket to take more as it would for its own buffer.
+ */
 ssize_t bs_tls_send(SSL *ssl, BsBuf *b);
+/** Ciphertext not yet on the socket (a NULL ssl has none). */
+bool bs_tls_unsent(SSL *ssl);
 /** Take OpenSSL's queued errors as one line (for a caller to log); clears the queue. */
 const char *bs_tls_error(char *buf, size_t size);

@@ -308,6 +308,7 @@ static int session_flush(Session *s) {
  */
 static int session_tls_step(Session *s) {
         char e[160];
+        int r;
 
         if (!s->ssl) {
                 uint8_t b;
@@ -329,12 +330,11 @@ static int session_tls_step(Session *s) {
                                             "this server requires TLS; an agent with tls = no cannot use it");
                         return 0;
                 }
-                s->ssl = SSL_new(s->host->tls);
-                if (!s->ssl || !SSL_set_fd(s->ssl, s->fd))
-                        return -ENOMEM;
-                SSL_set_accept_state(s->ssl);
+                r = bs_tls_server_new(s->host->tls, s->fd, &s->ssl);
+                if (r < 0)
+                        return r;
         }
-        int r = bs_tls_handshake(s->ssl);
+        r = bs_tls_handshake(s->ssl);
         if (r == 0)
                 return 0;
         if (r < 0) {
@@ -354,7 +354,7 @@ static bool session_update(Session *s) {
         uint32_t events = 0;
         size_t len;
 
-        if (s->state == SESSION_CLOSING && bs_buf_len(&s->out) == 0)
+        if (s->state == SESSION_CLOSING && bs_buf_len(&s->out) == 0 && !bs_tls_unsent(s->ssl))
                 return true;
         if (s->state == SESSION_TLS) {
                 (void) sd_event_source_set_io_events(s->io_source,
@@ -377,12 +377,12 @@ static bool session_update(Session *s) {
         bool pending = s->state != SESSION_CLOSING &&
                        (s->stream != STREAM_NONE || tls_held ||
                         bs_frame_peek(bs_buf_head(&s->in), bs_buf_len(&s->in), BS_FRAME_MAX_DEFAULT, &len) != 0);
-        if (s->read_eof && !pending && bs_buf_len(&s->out) == 0)
+        if (s->read_eof && !pending && bs_buf_len(&s->out) == 0 && !bs_tls_unsent(s->ssl))
                 return true;
         if (s->state != SESSION_CLOSING && !s->read_eof && bs_buf_len(&s->in) < SESSION_IN_MAX &&
             bs_buf_len(&s->out) < SESSION_OUT_HIGH)
                 events |= EPOLLIN;
-        if (bs_buf_len(&s->out) > 0 || pending || (s->ssl && SSL_want_write(s->ssl)))
+        if (bs_buf_len(&s->out) > 0 || pending || (s->ssl && SSL_want_write(s->ssl)) || bs_tls_unsent(s->ssl))
                 events |= EPOLLOUT;
         (void) sd_event_source_set_io_events(s->io_source, events);
         return false;

@@ -1,17 +1,24 @@
-/* test-tls.c - fingerprints: text form, of a real key, pinned at first contact and checked after */
+/* test-tls.c - fingerprints: text form, of a real key, pinned at first contact and checked after;
+ * records gathered into large writes */
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <linux/tcp.h>
+#include <poll.h>
+#include <pthread.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bs-tls.h"
 #include "bs-trust.h"
 #include "server-tls.h"
 #include "test-util.h"
@@ -187,4 +194,153 @@ Test(tls, damaged_pin_refused) {
         cr_assert_eq(write(fd, "SHA256:12\n", 10), 10);
         close(fd);
         cr_assert_eq(bs_trust_check(&t, k1, expected, &o), -EBADMSG, "never silently re-pinned");
+}
+
+/* A connected pair of non-blocking TCP sockets on loopback. */
+static void tcp_pair(int *a, int *b) {
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        socklen_t len = sizeof(sa);
+        int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        cr_assert_geq(l, 0);
+        cr_assert_eq(bind(l, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        cr_assert_eq(listen(l, 1), 0);
+        cr_assert_eq(getsockname(l, (struct sockaddr *) &sa, &len), 0);
+        *a = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        cr_assert_eq(connect(*a, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        *b = accept4(l, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        cr_assert_geq(*b, 0);
+        close(l);
+        cr_assert_eq(fcntl(*a, F_SETFL, O_NONBLOCK), 0);
+        int one = 1;
+        cr_assert_eq(setsockopt(*a, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)), 0);
+}
+
+/* Both ends of a TLS connection over a TCP pair, handshake done. */
+static void tls_pair(SSL **client, SSL **server, int *cfd, int *sfd) {
+        char path[PATH_MAX];
+        uint8_t fp[BS_FP_LEN];
+        SSL_CTX *sctx, *cctx;
+
+        cr_assert_geq(server_tls_own(dir, path), 0);
+        cr_assert_eq(server_tls_load(path, path, &sctx, fp), 0);
+        cr_assert_eq(bs_tls_client_ctx_new(NULL, &cctx), 0);
+        tcp_pair(cfd, sfd);
+        cr_assert_eq(bs_tls_client_new(cctx, *cfd, "127.0.0.1", client), 0);
+        cr_assert_eq(bs_tls_server_new(sctx, *sfd, server), 0);
+        SSL_CTX_free(cctx); /* held by each SSL */
+        SSL_CTX_free(sctx);
+        int c = 0, s = 0;
+        for (int i = 0; i < 1000 && (c != 1 || s != 1); i++) {
+                if (c != 1)
+                        c = bs_tls_handshake(*client);
+                if (s != 1)
+                        s = bs_tls_handshake(*server);
+                cr_assert_geq(c, 0);
+                cr_assert_geq(s, 0);
+        }
+        cr_assert(c == 1 && s == 1, "handshake done");
+}
+
+typedef struct Drain {
+        int fd;
+        size_t want, got;
+} Drain;
+
+/* Reads the ciphertext as fast as it comes, so that each write the
+ * sender makes leaves as a segment of its own. */
+static void *drain(void *arg) {
+        Drain *d = arg;
+        static uint8_t buf[1 << 20];
+        while (d->got < d->want) {
+                struct pollfd p = { .fd = d->fd, .events = POLLIN };
+                if (poll(&p, 1, 10000) != 1)
+                        break;
+                ssize_t k = read(d->fd, buf, sizeof(buf));
+                if (k <= 0 && !(k < 0 && errno == EAGAIN))
+                        break;
+                if (k > 0)
+                        d->got += (size_t) k;
+        }
+        return NULL;
+}
+
+/* Without the gathering each 16 KiB record was a write, and a TCP
+ * segment, of its own: some 64 for a MiB. In large writes a MiB leaves
+ * in a few large segments. */
+Test(tls, records_leave_in_large_writes) {
+        SSL *client, *server;
+        int cfd, sfd;
+        const size_t n = 1024 * 1024;
+        BsBuf out = { 0 };
+        Drain d = { .want = n };
+
+        tls_pair(&client, &server, &cfd, &sfd);
+        struct tcp_info ti0, ti1;
+        socklen_t len = sizeof(ti0);
+        cr_assert_eq(getsockopt(cfd, IPPROTO_TCP, TCP_INFO, &ti0, &len), 0);
+
+        cr_assert_eq(bs_buf_reserve(&out, n), 0);
+        test_fill(out.data, n, 7);
+        out.end = n;
+        d.fd = sfd;
+        pthread_t t;
+        cr_assert_eq(pthread_create(&t, NULL, drain, &d), 0);
+        while (bs_buf_len(&out) > 0 || bs_tls_unsent(client)) {
+                cr_assert_geq(bs_tls_send(client, &out), 0);
+                struct pollfd p = { .fd = cfd, .events = POLLOUT };
+                if (bs_buf_len(&out) > 0 || bs_tls_unsent(client))
+                        cr_assert_eq(poll(&p, 1, 10000), 1);
+        }
+        cr_assert_eq(pthread_join(t, NULL), 0);
+        cr_assert_geq(d.got, n, "all of it sent, with the records' overhead");
+
+        len = sizeof(ti1);
+        cr_assert_eq(getsockopt(cfd, IPPROTO_TCP, TCP_INFO, &ti1, &len), 0);
+        uint32_t segs = ti1.tcpi_data_segs_out - ti0.tcpi_data_segs_out;
+        cr_assert_lt(segs, 40, "1 MiB in %u segments", segs);
+
+        bs_buf_free(&out);
+        SSL_free(client);
+        SSL_free(server);
+        close(cfd);
+        close(sfd);
+}
+
+/* A peer that reads nothing: the send stops at a full socket with
+ * records still held, and they all arrive once it reads. */
+Test(tls, held_records_wait_for_the_socket) {
+        SSL *client, *server;
+        int cfd, sfd;
+        const size_t n = 8 * 1024 * 1024;
+        BsBuf out = { 0 }, got = { 0 };
+        bool eof = false;
+
+        tls_pair(&client, &server, &cfd, &sfd);
+        cr_assert_eq(bs_buf_reserve(&out, n), 0);
+        test_fill(out.data, n, 9);
+        out.end = n;
+        uint8_t *want = malloc(n);
+        cr_assert_not_null(want);
+        memcpy(want, out.data, n);
+
+        cr_assert_geq(bs_tls_send(client, &out), 0);
+        cr_assert(bs_buf_len(&out) > 0 || bs_tls_unsent(client) || SSL_want_write(client),
+                  "8 MiB do not fit a socket nobody reads");
+        for (int i = 0; i < 100000 && bs_buf_len(&got) < n; i++) {
+                cr_assert_geq(bs_tls_recv(server, &got, 64 * 1024, n, &eof), 0);
+                cr_assert_not(eof);
+                cr_assert_geq(bs_tls_send(client, &out), 0);
+        }
+        cr_assert_eq(bs_buf_len(&out), 0);
+        cr_assert_not(bs_tls_unsent(client));
+        cr_assert_eq(bs_buf_len(&got), n);
+        cr_assert_eq(memcmp(bs_buf_head(&got), want, n), 0);
+
+        free(want);
+        bs_buf_free(&out);
+        bs_buf_free(&got);
+        SSL_free(client);
+        SSL_free(server);
+        close(cfd);
+        close(sfd);
 }

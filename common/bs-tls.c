@@ -160,16 +160,21 @@ static int wire_write(BIO *b, const char *p, size_t n, size_t *done) {
                         errno = -r;
                         return 0;
                 }
-                if (r == 0) {
+                if (bs_buf_len(&w->buf) >= BS_TLS_WIRE_MAX) {
                         /* OpenSSL offers the same record again later. */
                         BIO_set_retry_write(b);
                         return 0;
                 }
         }
-        if (bs_buf_append(&w->buf, p, n) < 0) {
-                errno = ENOMEM;
+        /* Room for a whole gathering at once: grown by doubling, the
+         * buffer would be copied about as often as it is filled. */
+        int r = bs_buf_reserve(&w->buf, bs_buf_len(&w->buf) ? n : BS_TLS_WIRE_MAX + n);
+        if (r < 0) {
+                errno = -r;
                 return 0;
         }
+        memcpy(w->buf.data + w->buf.end, p, n);
+        w->buf.end += n;
         *done = n;
         return 1;
 }
@@ -217,24 +222,12 @@ static int wire_destroy(BIO *b) {
         return 1;
 }
 
-static BIO_METHOD *wire_method;
-static pthread_once_t wire_once = PTHREAD_ONCE_INIT;
-
-static void wire_method_init(void) {
-        BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "backupsync wire");
-        if (m && BIO_meth_set_write_ex(m, wire_write) && BIO_meth_set_ctrl(m, wire_ctrl) &&
-            BIO_meth_set_create(m, wire_create) && BIO_meth_set_destroy(m, wire_destroy))
-                wire_method = m;
-        else
-                BIO_meth_free(m);
-}
-
 /* Kernel TLS sends from the socket BIO, in large writes of its own: keep
  * that BIO where the kernel may have the module. */
 static bool kernel_tls_possible(void) {
 #ifdef OPENSSL_NO_KTLS
         return false;
-#endif
+#else
         char ulp[256] = "";
         FILE *f = fopen("/proc/sys/net/ipv4/tcp_available_ulp", "re");
         if (f) {
@@ -242,7 +235,8 @@ static bool kernel_tls_possible(void) {
                         ulp[0] = 0;
                 fclose(f);
         }
-        for (char *t = strtok(ulp, " \n"); t; t = strtok(NULL, " \n"))
+        char *save;
+        for (char *t = strtok_r(ulp, " \n", &save); t; t = strtok_r(NULL, " \n", &save))
                 if (strcmp(t, "tls") == 0)
                         return true;
         struct utsname u;
@@ -251,17 +245,29 @@ static bool kernel_tls_possible(void) {
                 return false;
         snprintf(dir, sizeof(dir), "/lib/modules/%s/kernel/net/tls", u.release);
         return access(dir, F_OK) == 0;
+#endif
+}
+
+static BIO_METHOD *wire_method;
+static pthread_once_t wire_once = PTHREAD_ONCE_INIT;
+
+/* Without the method (no memory) records go out one write each, as they
+ * do where kernel TLS may take them. */
+static void wire_method_init(void) {
+        if (kernel_tls_possible())
+                return;
+        BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "backupsync wire");
+        if (m && BIO_meth_set_write_ex(m, wire_write) && BIO_meth_set_ctrl(m, wire_ctrl) &&
+            BIO_meth_set_create(m, wire_create) && BIO_meth_set_destroy(m, wire_destroy))
+                wire_method = m;
+        else
+                BIO_meth_free(m);
 }
 
 static int attach(SSL *ssl, int fd) {
-        static int gather = -1;
-        if (gather < 0)
-                gather = !kernel_tls_possible();
-        if (!gather)
-                return SSL_set_fd(ssl, fd) ? 0 : -ENOMEM;
         (void) pthread_once(&wire_once, wire_method_init);
         if (!wire_method)
-                return -ENOMEM;
+                return SSL_set_fd(ssl, fd) ? 0 : -ENOMEM;
         BIO *rbio = BIO_new_socket(fd, BIO_NOCLOSE);
         BIO *wbio = BIO_new(wire_method);
         if (!rbio || !wbio) {

@@ -882,22 +882,46 @@ int agent_push_moves(Agent *a) {
         return r;
 }
 
+/* Whether an event read since the dirty list had from entries names path. */
+static bool named_by_event(const Agent *a, size_t from, const char *path) {
+        if (agent_settling(a, path))
+                return true;
+        for (size_t i = from; i < a->n_dirty; i++) {
+                const DirtyPath *d = &a->dirty[i];
+                if (strcmp(d->path, path) == 0 || (d->recursive && (!d->path[0] || bs_path_under(path, d->path))))
+                        return true;
+        }
+        return false;
+}
+
 /* After the verification pass made its plan: every change in it is one no
  * event reported. Each is logged (the first 100), since each is a bug to
- * find or a file system that does not report everything. */
+ * find or a file system that does not report everything. But a change
+ * made while the pass listed the tree has its event still in the queue:
+ * read it first, and such a change is sent all the same, not counted. */
 static void report_unseen(Agent *a, const Plan *p, double ms) {
         static const char *const what[] = {
                 [BS_MSG_PUT] = "changed", [BS_MSG_MKDIR] = "made or given a new mode",
                 [BS_MSG_SYMLINK] = "linked", [BS_MSG_DELETE] = "removed",
         };
-        for (size_t i = 0; i < p->n && i < 100; i++) {
+        size_t unseen = 0, during = 0, from = a->n_dirty;
+        if (a->watcher)
+                (void) watcher_process(a->watcher);
+        for (size_t i = 0; i < p->n; i++) {
                 const PushOp *op = &p->ops[i];
+                if (named_by_event(a, from, op->path)) {
+                        log_debug("verification pass: %s changed while the pass ran; its event came since", op->path);
+                        during++;
+                        continue;
+                }
+                if (unseen++ >= 100)
+                        continue;
                 const char *w = op->type < ELEMENTSOF(what) && what[op->type] ? what[op->type] : "changed";
                 log_event(LOG_WARNING, BS_MID_UNSEEN, a->account, op->path,
                           "verification pass: %s was %s but no file-system event said so; sending it now", op->path, w);
         }
-        log_info("verification pass: %lld entries compared in %.1f ms, %zu changes no event reported", (long long) manifest_count(a->state),
-                 ms, p->n);
+        log_info("verification pass: %lld entries compared in %.1f ms, %zu changes no event reported, %zu made "
+                 "meanwhile", (long long) manifest_count(a->state), ms, unseen, during);
 }
 
 /* Nothing in the tree but our temporary files (true also when it is gone). */

@@ -251,6 +251,41 @@ def test_verify_pass_mmap():
         harness.verify_server(srv)
 
 
+def test_verify_pass_changes_made_meanwhile():
+    """Files made while a verification pass lists the tree are in its
+    listing before their events are read: they are sent, and not counted
+    as changes no event reported (their events are read before the pass
+    reports). A tree big enough for a listing to take a while, passes
+    every second, and a new file every 0.1 s for 8 s. Before, two runs in
+    three logged such a file as missed by its event."""
+    import random
+    with harness.Env("verify_pass_meanwhile") as env:
+        srv = env.server()
+        top = env.path("a")
+        for d in range(200):
+            os.makedirs(os.path.join(top, "d%03d" % d))
+            for f in range(50):
+                with open(os.path.join(top, "d%03d" % d, "f%02d" % f), "wb") as fh:
+                    fh.write(b"x")
+        # A pass that finds the agent busy is tried again a poll later.
+        a = env.agent("A", top, args=["--verify-interval", "1s", "--poll-interval", "300ms"])
+        b = env.agent("B", env.path("b"), token=a.token)
+        assert_converged(srv, [a, b], timeout=60, verify=False, msg="before")
+        rnd = random.Random(7)
+        t_end = time.monotonic() + 8
+        made = 0
+        while time.monotonic() < t_end:
+            write_file(os.path.join(top, "d%03d" % rnd.randrange(200), "new%03d" % made), "new %d\n" % made)
+            made += 1
+            time.sleep(0.1)
+        snap = assert_converged(srv, [a, b], timeout=60, msg="after")
+        passes = [l for l in a.log_lines() if "entries compared in" in l]
+        check(len(passes) >= 3, "fewer than 3 verification passes ran: %r" % passes)
+        news = [k for k in snap if "/new" in k]
+        check(len(news) == made, "%d of %d new files on the server" % (len(news), made))
+        _no_missed_events(a)
+
+
 def _state_fs(env):
     """A 16 MiB ext4 file system on a loop device for a state directory."""
     img, mnt = env.path("state.img"), env.path("state-A")

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/utsname.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "bs-macro.h"
@@ -24,6 +24,8 @@
 #define BS_TLS_READ_BUFFER (64u * 1024)
 /* Plaintext handed to one SSL_write: many full 16 KiB records per call. */
 #define BS_TLS_WRITE_MAX (1u << 20)
+/* The most plaintext one record carries. */
+#define BS_TLS_RECORD (16u * 1024)
 /* Ciphertext gathered before it goes to the socket in one write. */
 #define BS_TLS_WIRE_MAX (256u * 1024)
 
@@ -221,40 +223,11 @@ static int wire_destroy(BIO *b) {
         return 1;
 }
 
-/* Kernel TLS sends from the socket BIO, in large writes of its own: keep
- * that BIO where the kernel may have the module. */
-static bool kernel_tls_possible(void) {
-#ifdef OPENSSL_NO_KTLS
-        return false;
-#else
-        char ulp[256] = "";
-        FILE *f = fopen("/proc/sys/net/ipv4/tcp_available_ulp", "re");
-        if (f) {
-                if (!fgets(ulp, sizeof(ulp), f))
-                        ulp[0] = 0;
-                fclose(f);
-        }
-        char *save;
-        for (char *t = strtok_r(ulp, " \n", &save); t; t = strtok_r(NULL, " \n", &save))
-                if (strcmp(t, "tls") == 0)
-                        return true;
-        struct utsname u;
-        char dir[sizeof(u.release) + 32];
-        if (uname(&u) < 0)
-                return false;
-        snprintf(dir, sizeof(dir), "/lib/modules/%s/kernel/net/tls", u.release);
-        return access(dir, F_OK) == 0;
-#endif
-}
-
 static BIO_METHOD *wire_method;
 static pthread_once_t wire_once = PTHREAD_ONCE_INIT;
 
-/* Without the method (no memory) records go out one write each, as they
- * do where kernel TLS may take them. */
+/* Without the method (no memory) records go out one write each. */
 static void wire_method_init(void) {
-        if (kernel_tls_possible())
-                return;
         BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "backupsync wire");
         if (m && BIO_meth_set_write_ex(m, wire_write) && BIO_meth_set_ctrl(m, wire_ctrl) &&
             BIO_meth_set_create(m, wire_create) && BIO_meth_set_destroy(m, wire_destroy))
@@ -263,20 +236,35 @@ static void wire_method_init(void) {
                 BIO_meth_free(m);
 }
 
+/* The handshake runs on the socket BIO, so that OpenSSL can hand the
+ * application keys to the kernel where it has the tls module. */
 static int attach(SSL *ssl, int fd) {
+        return SSL_set_fd(ssl, fd) ? 0 : -ENOMEM;
+}
+
+static bool kernel_sends(SSL *ssl) {
+#ifdef OPENSSL_NO_KTLS
+        (void) ssl;
+        return false;
+#else
+        return BIO_get_ktls_send(SSL_get_wbio(ssl));
+#endif
+}
+
+/* Once the handshake is done: where the kernel did not take the keys,
+ * records are gathered from now on. Failing that, they go out one write
+ * each, which is slower, not wrong. */
+static void gather_writes(SSL *ssl) {
+        if (kernel_sends(ssl))
+                return;
         (void) pthread_once(&wire_once, wire_method_init);
-        if (!wire_method)
-                return SSL_set_fd(ssl, fd) ? 0 : -ENOMEM;
-        BIO *rbio = BIO_new_socket(fd, BIO_NOCLOSE);
-        BIO *wbio = BIO_new(wire_method);
-        if (!rbio || !wbio) {
-                BIO_free(rbio);
-                BIO_free(wbio);
-                return -ENOMEM;
-        }
-        ((Wire *) BIO_get_data(wbio))->fd = fd;
-        SSL_set_bio(ssl, rbio, wbio);
-        return 0;
+        if (!wire_method || BIO_method_type(SSL_get_wbio(ssl)) != BIO_TYPE_SOCKET)
+                return;
+        BIO *w = BIO_new(wire_method);
+        if (!w)
+                return;
+        ((Wire *) BIO_get_data(w))->fd = SSL_get_wfd(ssl);
+        SSL_set0_wbio(ssl, w);
 }
 
 bool bs_tls_unsent(SSL *ssl) {
@@ -344,7 +332,10 @@ int bs_tls_handshake(SSL *ssl) {
         ERR_clear_error();
         errno = 0;
         int r = SSL_do_handshake(ssl);
-        return r == 1 ? 1 : failure(ssl, r);
+        if (r != 1)
+                return failure(ssl, r);
+        gather_writes(ssl);
+        return 1;
 }
 
 ssize_t bs_tls_recv(SSL *ssl, BsBuf *b, size_t chunk, size_t max, bool *eof) {
@@ -377,8 +368,39 @@ ssize_t bs_tls_recv(SSL *ssl, BsBuf *b, size_t chunk, size_t max, bool *eof) {
         return (ssize_t) got;
 }
 
+/*
+ * With kernel TLS the kernel seals the records. OpenSSL would hand it one
+ * record per call; the plaintext goes in large sends instead, all but the
+ * last 16 KiB with MSG_MORE so that records and TCP segments leave full.
+ */
+static ssize_t kernel_send(SSL *ssl, BsBuf *b) {
+        int fd = SSL_get_wfd(ssl);
+        size_t sent = 0;
+        while (bs_buf_len(b) > 0) {
+                size_t n = MIN(bs_buf_len(b), (size_t) BS_TLS_WRITE_MAX);
+                int flags = MSG_NOSIGNAL | MSG_DONTWAIT;
+                if (bs_buf_len(b) > BS_TLS_RECORD) {
+                        n = MIN(n, bs_buf_len(b) - BS_TLS_RECORD);
+                        flags |= MSG_MORE;
+                }
+                ssize_t k = send(fd, bs_buf_head(b), n, flags);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        if (errno == EAGAIN || errno == EWOULDBLOCK)
+                                break;
+                        return errno == EPIPE ? -ECONNRESET : -errno;
+                }
+                bs_buf_consume(b, (size_t) k);
+                sent += (size_t) k;
+        }
+        return (ssize_t) sent;
+}
+
 ssize_t bs_tls_send(SSL *ssl, BsBuf *b) {
         size_t sent = 0;
+        if (kernel_sends(ssl))
+                return kernel_send(ssl, b);
         while (bs_buf_len(b) > 0) {
                 size_t n;
                 ERR_clear_error();

@@ -241,6 +241,30 @@ static void tls_pair(SSL **client, SSL **server, int *cfd, int *sfd) {
         cr_assert(c == 1 && s == 1, "handshake done");
 }
 
+/* After the handshake records go to the kernel, where it has the tls
+ * module and took the keys, or to the gathering BIO: never a write per
+ * record. A guest with the module (tests/kernel) sets BS_TEST_KTLS=1 to
+ * demand the kernel. */
+Test(tls, writes_go_to_the_kernel_or_are_gathered) {
+        SSL *ssl[2];
+        int fd[2];
+        const char *want = getenv("BS_TEST_KTLS");
+        bool want_kernel = want && strcmp(want, "1") == 0;
+
+        tls_pair(&ssl[0], &ssl[1], &fd[0], &fd[1]);
+        for (int i = 0; i < 2; i++) {
+                BIO *w = SSL_get_wbio(ssl[i]);
+                bool kernel = BIO_get_ktls_send(w);
+                if (want_kernel)
+                        cr_assert(kernel, "%s: the kernel has the keys", i ? "server" : "client");
+                else
+                        cr_assert(kernel || BIO_method_type(w) != BIO_TYPE_SOCKET,
+                                  "%s: records gathered", i ? "server" : "client");
+                SSL_free(ssl[i]);
+                close(fd[i]);
+        }
+}
+
 typedef struct Drain {
         int fd;
         size_t want, got;

@@ -27,6 +27,7 @@ Python 3 stdlib only.
 import glob
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -34,8 +35,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE_DIR = os.environ.get("BS_SOURCE_DIR", os.path.dirname(os.path.dirname(HERE)))
-BUILD_DIR = os.environ.get("BS_BUILD_DIR", os.path.join(SOURCE_DIR, "build"))
+SOURCE_DIR = os.path.realpath(os.environ.get("BS_SOURCE_DIR", os.path.dirname(os.path.dirname(HERE))))
+BUILD_DIR = os.path.realpath(os.environ.get("BS_BUILD_DIR", os.path.join(SOURCE_DIR, "build")))
 CACHE = os.environ.get("BS_GUEST_CACHE", "/var/cache/backupsync-test-guest")
 BOOT_TIMEOUT = 900
 
@@ -139,6 +140,15 @@ def module_files(moddir, names):
     return order
 
 
+def below_tmp(paths):
+    """Those of paths below /tmp, outermost first, without any below another."""
+    out = []
+    for p in sorted({os.path.realpath(p) for p in paths}, key=len):
+        if p.startswith("/tmp/") and not any(p.startswith(o + "/") for o in out):
+            out.append(p)
+    return out
+
+
 INIT = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -158,8 +168,15 @@ exec switch_root /newroot /bin/bash "$job"
 
 # The job, run as the guest's PID 1 with the host's root as its root.
 JOB = r"""#!/bin/bash
-mount -t tmpfs tmpfs /tmp
+# A /tmp of its own (SQLite maps files, which 9p does not share), and the
+# host's source and build directories seen where they are when below /tmp.
 mount -t tmpfs tmpfs /run
+mkdir /run/host-tmp
+mount --bind /tmp /run/host-tmp
+mount -t tmpfs tmpfs /tmp
+for d in {host_dirs}; do
+	mkdir -p "$d" && mount --bind "/run/host-tmp/${{d#/tmp/}}" "$d"
+done
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
@@ -224,8 +241,10 @@ def main():
 
         job = os.path.join(work, "job.sh")
         with open(job, "w") as f:
-            f.write(JOB.format(moddir_parent=os.path.dirname(moddir), build=BUILD_DIR,
-                               source=SOURCE_DIR, work=work, path=os.environ.get("PATH", ""),
+            q = shlex.quote
+            f.write(JOB.format(moddir_parent=q(os.path.dirname(moddir)), build=q(BUILD_DIR),
+                               host_dirs=" ".join(q(d) for d in below_tmp([SOURCE_DIR, BUILD_DIR])),
+                               source=q(SOURCE_DIR), work=q(work), path=q(os.environ.get("PATH", "")),
                                scenarios=" ".join(GUEST_SCENARIOS)))
 
         argv = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max",

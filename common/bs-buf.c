@@ -56,11 +56,17 @@ void bs_buf_consume(BsBuf *b, size_t n) {
         b->start += n;
 }
 
-ssize_t bs_buf_send(BsBuf *b, int fd) {
+ssize_t bs_buf_send_more(BsBuf *b, int fd, size_t last) {
         size_t sent = 0;
         while (bs_buf_len(b) > 0) {
+                size_t len = bs_buf_len(b);
                 /* MSG_NOSIGNAL: a closed peer is an EPIPE to handle, not a signal. */
-                ssize_t n = send(fd, bs_buf_head(b), bs_buf_len(b), MSG_NOSIGNAL);
+                int flags = MSG_NOSIGNAL;
+                if (len > last) {
+                        len -= last;
+                        flags |= MSG_MORE;
+                }
+                ssize_t n = send(fd, bs_buf_head(b), len, flags);
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -72,6 +78,10 @@ ssize_t bs_buf_send(BsBuf *b, int fd) {
                 bs_buf_consume(b, (size_t) n);
         }
         return (ssize_t) sent;
+}
+
+ssize_t bs_buf_send(BsBuf *b, int fd) {
+        return bs_buf_send_more(b, fd, SIZE_MAX);
 }
 
 ssize_t bs_buf_recv(BsBuf *b, int fd, size_t chunk, size_t max, bool *eof) {

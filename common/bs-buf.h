@@ -27,6 +27,8 @@ void bs_buf_consume(BsBuf *b, size_t n);
  * Returns the bytes sent (0 when none could be), or -errno.
  */
 ssize_t bs_buf_send(BsBuf *b, int fd);
+/** Like bs_buf_send(), all but the last `last` bytes with MSG_MORE: the kernel may hold them for what follows. */
+ssize_t bs_buf_send_more(BsBuf *b, int fd, size_t last);
 /**
  * Read from a non-blocking fd into b, chunk bytes at a time, until it
  * would block, the peer closed (*eof set true), or b holds max bytes.

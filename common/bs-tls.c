@@ -368,39 +368,16 @@ ssize_t bs_tls_recv(SSL *ssl, BsBuf *b, size_t chunk, size_t max, bool *eof) {
         return (ssize_t) got;
 }
 
-/*
- * With kernel TLS the kernel seals the records. OpenSSL would hand it one
- * record per call; the plaintext goes in large sends instead, all but the
- * last 16 KiB with MSG_MORE so that records and TCP segments leave full.
- */
-static ssize_t kernel_send(SSL *ssl, BsBuf *b) {
-        int fd = SSL_get_wfd(ssl);
-        size_t sent = 0;
-        while (bs_buf_len(b) > 0) {
-                size_t n = MIN(bs_buf_len(b), (size_t) BS_TLS_WRITE_MAX);
-                int flags = MSG_NOSIGNAL | MSG_DONTWAIT;
-                if (bs_buf_len(b) > BS_TLS_RECORD) {
-                        n = MIN(n, bs_buf_len(b) - BS_TLS_RECORD);
-                        flags |= MSG_MORE;
-                }
-                ssize_t k = send(fd, bs_buf_head(b), n, flags);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        if (errno == EAGAIN || errno == EWOULDBLOCK)
-                                break;
-                        return errno == EPIPE ? -ECONNRESET : -errno;
-                }
-                bs_buf_consume(b, (size_t) k);
-                sent += (size_t) k;
-        }
-        return (ssize_t) sent;
-}
-
 ssize_t bs_tls_send(SSL *ssl, BsBuf *b) {
         size_t sent = 0;
-        if (kernel_sends(ssl))
-                return kernel_send(ssl, b);
+        /* With kernel TLS the kernel seals the records. OpenSSL would hand
+         * it one per call; the plaintext goes in large sends instead, all
+         * but the last record's worth with MSG_MORE, so that records and
+         * TCP segments leave full. */
+        if (kernel_sends(ssl)) {
+                ssize_t n = bs_buf_send_more(b, SSL_get_wfd(ssl), BS_TLS_RECORD);
+                return n == -EPIPE ? -ECONNRESET : n;
+        }
         while (bs_buf_len(b) > 0) {
                 size_t n;
                 ERR_clear_error();
